@@ -1,0 +1,7 @@
+"""ee_vla: fast Vision-Language-Action policies.
+
+Parallel (Jacobi / CEED) decoding of action-token chunks, action streaming, MuJoCo evaluation
+environments (`sim_envs`) and a ROS 2 node (`ros_nodes`). Heavy modules are imported lazily.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""Decoder configuration: which decoder, and when it may stop early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Method = Literal["ar", "jacobi", "ceed"]
+InitGuess = Literal["repeat", "prompt", "warm"]
+
+
+@dataclass
+class DecodeConfig:
+    """How a chunk of action tokens is decoded (greedy).
+
+    * ``ar``: one token per forward pass with a KV cache (the baseline).
+    * ``jacobi``: guess the whole chunk, refine all positions in parallel until the window stops
+      changing; returns exactly the AR tokens (PD-VLA, training-free).
+    * ``ceed``: Jacobi with CEED's early exit: an iteration cap, relaxed convergence (`tau`) and a
+      wall-clock deadline, for a consistency-distilled model that converges in few iterations.
+    """
+
+    method: Method = "ceed"
+    """Decoder: ar | jacobi | ceed."""
+    max_iterations: int | None = None
+    """ceed: stop after this many parallel iterations (after the prefill) and output the window."""
+    tau: int = 0
+    """ceed: stop when no token moved by more than tau bins between two iterations (0 = exact)."""
+    deadline_s: float | None = None
+    """Wall-clock budget of one call (prefill included): stop before an iteration that would overrun."""
+    init: InitGuess = "warm"
+    """Initial guess of the window: repeat (the first token everywhere), prompt (tokens drawn from the
+    prompt, as CLLM/CEED), warm (the previous control step's chunk shifted; repeat when none)."""
+    window: int | None = None
+    """Tokens refined per forward pass; None = the whole rest of the chunk (ar always uses 1)."""
+    keep_final_kv: bool = True
+    """Keep the KV entries of tokens already final and slide the window past them; False cuts the
+    cache back to the prompt before every iteration (CLLM's scheme; needs window=None)."""
+    seed: int = 0
+    """Seed for the `prompt` initial guess."""
+
+    def __post_init__(self) -> None:
+        if self.method not in ("ar", "jacobi", "ceed"):
+            raise ValueError(f"DecodeConfig.method must be ar|jacobi|ceed, got {self.method!r}")
+        if self.init not in ("repeat", "prompt", "warm"):
+            raise ValueError(f"DecodeConfig.init must be repeat|prompt|warm, got {self.init!r}")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise ValueError(f"DecodeConfig.max_iterations must be >= 1 or None, got {self.max_iterations}")
+        if self.tau < 0:
+            raise ValueError(f"DecodeConfig.tau must be >= 0, got {self.tau}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"DecodeConfig.deadline_s must be > 0 or None, got {self.deadline_s}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"DecodeConfig.window must be >= 1 or None, got {self.window}")
+        if not self.keep_final_kv and self.window is not None:
+            raise ValueError("DecodeConfig.keep_final_kv=False needs window=None (the window restarts at the prompt)")
+        if self.method != "ceed" and (self.tau != 0 or self.max_iterations is not None):
+            raise ValueError(
+                f"DecodeConfig.tau/max_iterations are CEED early-exit options; method={self.method!r} "
+                "always decodes exactly (use method='ceed')"
+            )
+
+    @property
+    def effective_window(self) -> int | None:
+        return 1 if self.method == "ar" else self.window
+
+    def with_(self, **changes) -> DecodeConfig:
+        """A copy with some fields changed (validated)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str) -> DecodeConfig:
+        """Named defaults: ``ar``, ``jacobi``, ``ceed`` (tau=1, i.e. accept one-bin jitter)."""
+        presets = {
+            "ar": cls(method="ar"),
+            "jacobi": cls(method="jacobi", init="repeat"),
+            "ceed": cls(method="ceed", tau=1, init="warm"),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown decoder {name!r}: choose one of {sorted(presets)}")
+        return presets[name]

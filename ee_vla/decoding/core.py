@@ -1,0 +1,273 @@
+"""The one decode loop behind AR, Jacobi and CEED decoding (greedy, batch-first).
+
+The loop works over a *step*: a callable `step(tokens, start) -> logits` that runs a window of
+generated tokens (B, L) placed at generated positions start .. start+L-1 after the prompt, given
+that the KV entries of generated positions < start are already cached (it drops any cached entries
+at >= start first). `ee_vla.decoding.hf.HFStep` implements it for transformers models.
+
+State per sample: the n-token window `y`, and `F`, the number of leading tokens known to be final
+(equal to what AR would produce, or frozen by an early exit). The prefill's logits make y[0] final.
+One iteration feeds inputs y[s:e] (s = number of committed KV entries) and takes the argmax at every
+position, giving predictions for y[s+1:e+1]. The prediction at j is exact when all inputs before j
+were; an input y_old[j] was right exactly when the new prediction at j equals it. So after an
+iteration F = s + 2 + (number of leading right inputs after s), and the KV entries of those right
+inputs stay valid: with `keep_final_kv` they are committed and the window slides past them (AR is
+this loop with a one-token window); without it the cache is cut back to the prompt (CLLM).
+
+Exits, per sample: exact convergence (F == n), relaxed convergence (no token moved by more than
+`tau` bins), an iteration cap, a wall-clock deadline, and per-action deadlines that freeze one
+action's tokens as they are (later tokens are then decoded conditioned on the frozen ones).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ee_vla.decoding.config import DecodeConfig
+
+Step = Callable[[torch.Tensor, int], torch.Tensor]
+_FAR = 1 << 30  # distance of a change that involves a non-action token
+
+
+def token_distance(a: torch.Tensor, b: torch.Tensor, action_range: tuple[int, int] | None) -> torch.Tensor:
+    """|a - b| in bins where both are action tokens (ids in the inclusive `action_range`); a huge
+    value where they differ and either is not; 0 where equal. Bin distance equals id distance in
+    both of `ActionTokenizer`'s layouts."""
+    d = (a - b).abs()
+    if action_range is None:
+        return torch.where(a == b, 0, _FAR)
+    lo, hi = action_range
+    both = (a >= lo) & (a <= hi) & (b >= lo) & (b <= hi)
+    return torch.where(both | (a == b), d, _FAR)
+
+
+def greedy(logits: torch.Tensor, action_range: tuple[int, int] | None) -> torch.Tensor:
+    """Argmax over the vocabulary, or over the action-token block when `action_range` is given."""
+    if action_range is None:
+        return logits.argmax(-1)
+    lo, hi = action_range
+    return logits[..., lo : hi + 1].argmax(-1) + lo
+
+
+@dataclass
+class DecodeStats:
+    """What one decode call did (batch of B samples, n tokens, units of `unit` tokens = actions)."""
+
+    iterations: int = 0
+    """Parallel forward passes after the prefill (AR: n - 1)."""
+    forward_passes: int = 1
+    """iterations + the prefill."""
+    accepted_per_iteration: list[float] = field(default_factory=list)
+    """Mean number of tokens that became final in each iteration (over the samples still running)."""
+    unit_final_iteration: list[list[int]] = field(default_factory=list)
+    """[B][n_units]: the iteration after which each action was final (0 = the prefill)."""
+    unit_final_time_s: list[list[float]] = field(default_factory=list)
+    """[B][n_units]: seconds since the call started at which each action was final."""
+    unit_exact: list[list[bool]] = field(default_factory=list)
+    """[B][n_units]: False where an early exit released the action before exact convergence."""
+    exit_reason: list[str] = field(default_factory=list)
+    """[B]: converged | tau | cap | deadline | action_deadline."""
+    wall_s: float = 0.0
+    """Seconds from the start of the call (prefill included when the caller timed it) to the end."""
+    prefill_s: float = 0.0
+    iteration_s: list[float] = field(default_factory=list)
+    n_tokens: int = 0
+    batch_size: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens * self.batch_size / self.wall_s if self.wall_s > 0 else float("nan")
+
+    @property
+    def exact(self) -> bool:
+        return all(all(r) for r in self.unit_exact)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["tokens_per_s"] = self.tokens_per_s
+        return d
+
+
+@dataclass
+class DecodeState:
+    """Snapshot yielded after the prefill and after every iteration."""
+
+    tokens: torch.Tensor
+    """(B, n) current window (final prefix + current guesses)."""
+    n_final: torch.Tensor
+    """(B,) number of leading final tokens."""
+    newly_final_units: list[int]
+    """Units (actions) that are now final in every sample and were not at the previous snapshot."""
+    iteration: int
+    done: bool
+    stats: DecodeStats
+
+
+def iter_decode(
+    step: Step,
+    first_logits: torch.Tensor,
+    n_tokens: int,
+    config: DecodeConfig,
+    *,
+    guess: torch.Tensor | None = None,
+    action_range: tuple[int, int] | None = None,
+    unit: int = 1,
+    deadline: float | None = None,
+    unit_deadline: Callable[[int], float | None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    t_start: float | None = None,
+    prefill_s: float = 0.0,
+) -> Iterator[DecodeState]:
+    """Decode `n_tokens` greedily after a prefill, yielding a `DecodeState` after the prefill and
+    after every iteration; the last one has `done=True`.
+
+    Args:
+        step: the model step (see module docstring).
+        first_logits: (B, V) logits of the prefill's last position (they give token 0).
+        n_tokens: tokens to decode (a chunk: k actions x action_dim).
+        config: decoder and exit rules.
+        guess: (B, n_tokens) initial window; tokens 1.. are used (token 0 comes from the prefill).
+            None: token 0 repeated.
+        action_range: inclusive (lo, hi) ids of the action tokens: restricts the argmax to them and
+            measures `tau` in bins. None: full vocabulary, `tau` counts only exact equality.
+        unit: tokens per action (streaming, per-action deadlines and per-action stats).
+        deadline: absolute `clock()` time by which the call must end (overrides config.deadline_s).
+        unit_deadline: absolute time by which action j must be final, or None.
+        clock: time source (injectable for tests).
+        t_start: when the call started (default: now); prefill_s: how long the prefill took.
+    """
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    if n_tokens % unit:
+        raise ValueError(f"n_tokens={n_tokens} is not a multiple of unit={unit}")
+    if first_logits.ndim != 2:
+        raise ValueError(f"first_logits must be (batch, vocab), got shape {tuple(first_logits.shape)}")
+    t0 = clock() if t_start is None else t_start
+    if deadline is None and config.deadline_s is not None:
+        deadline = t0 + config.deadline_s
+    B, n, dev = first_logits.shape[0], n_tokens, first_logits.device
+    n_units = n // unit
+    window = config.effective_window or n
+
+    y = torch.empty(B, n, dtype=torch.long, device=dev)
+    y[:, 0] = greedy(first_logits, action_range)
+    if guess is not None:
+        if guess.shape != (B, n):
+            raise ValueError(f"guess must have shape {(B, n)}, got {tuple(guess.shape)}")
+        y[:, 1:] = guess[:, 1:].to(dev)
+    else:
+        y[:, 1:] = y[:, :1]
+    F = torch.ones(B, dtype=torch.long, device=dev)
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    c = 0  # committed KV entries of generated tokens (shared by the batch)
+
+    stats = DecodeStats(n_tokens=n, batch_size=B, prefill_s=prefill_s)
+    unit_iter = [[-1] * n_units for _ in range(B)]
+    unit_time = [[float("nan")] * n_units for _ in range(B)]
+    unit_exact = [[True] * n_units for _ in range(B)]
+    reasons = [""] * B
+    emitted = 0  # units final in every sample, already reported
+
+    def mark(it: int, exact: bool, forced: list[int] | None = None) -> list[int]:
+        nonlocal emitted
+        now = clock() - t0
+        f = F.tolist()
+        for b in range(B):
+            for j in range(n_units):
+                if unit_iter[b][j] < 0 and f[b] >= (j + 1) * unit:
+                    unit_iter[b][j], unit_time[b][j] = it, now
+                    if not exact or (forced is not None and b in forced):
+                        unit_exact[b][j] = False
+        all_final = min(f) // unit
+        new = list(range(emitted, all_final))
+        emitted = max(emitted, all_final)
+        return new
+
+    def finish(b_mask: torch.Tensor, reason: str) -> None:
+        for b in torch.nonzero(b_mask & active).flatten().tolist():
+            reasons[b] = reason
+            if F[b] < n:
+                for j in range(n_units):
+                    if unit_iter[b][j] < 0:
+                        unit_exact[b][j] = False
+        F[b_mask & active] = n
+        active[b_mask] = False
+
+    def snapshot(it: int, done: bool, new_units: list[int]) -> DecodeState:
+        stats.iterations = it
+        stats.forward_passes = it + 1
+        stats.unit_final_iteration = unit_iter
+        stats.unit_final_time_s = unit_time
+        stats.unit_exact = unit_exact
+        stats.exit_reason = reasons
+        stats.wall_s = clock() - t0
+        return DecodeState(y, F.clone(), new_units, it, done, stats)
+
+    finish(F >= n, "converged")
+    it, last_iter_s = 0, 0.0
+    while True:
+        # ---- exits decided before spending another forward pass ------------------------------
+        if active.any():
+            now = clock()
+            if config.max_iterations is not None and it >= config.max_iterations:
+                finish(active.clone(), "cap")
+            elif deadline is not None and now + last_iter_s > deadline:
+                finish(active.clone(), "deadline")
+            elif unit_deadline is not None:
+                forced = []
+                for j in range(n_units):
+                    dl = unit_deadline(j)
+                    if dl is None or now + last_iter_s <= dl:
+                        continue
+                    late = active & (F < (j + 1) * unit)
+                    if late.any():
+                        forced += torch.nonzero(late).flatten().tolist()
+                        F[late] = (j + 1) * unit
+                if forced:
+                    mark(it, True, forced)
+                    finish(F >= n, "action_deadline")
+        new_units = mark(it, True)
+        if not active.any():
+            yield snapshot(it, True, new_units)
+            return
+        yield snapshot(it, False, new_units)
+
+        # ---- one parallel iteration ----------------------------------------------------------
+        t_it = clock()
+        s = c if config.keep_final_kv else 0
+        e = min(n - 1, s + window)
+        logits = step(y[:, s:e], s)
+        pred = greedy(logits, action_range)  # predictions for positions s+1 .. e
+        y_old = y[:, s + 1 : e + 1].clone()
+        pos = torch.arange(s + 1, e + 1, device=dev)
+        frozen = pos[None, :] < F[:, None]  # final tokens keep their value
+        upd = active[:, None] & ~frozen
+        y[:, s + 1 : e + 1] = torch.where(upd, pred, y_old)
+        # inputs s+1 .. e-1 were right if final or confirmed by the new prediction
+        right = frozen[:, :-1] | (y_old[:, :-1] == pred[:, :-1])
+        run = torch.cumprod(right.long(), dim=1).sum(1) if right.shape[1] else torch.zeros_like(F)
+        F_new = torch.where(active, torch.maximum(F, s + 2 + run), F).clamp(max=n)
+        accepted = (F_new - F)[active].float().mean().item()
+        stats.accepted_per_iteration.append(accepted)
+        moved = torch.where(upd, token_distance(pred, y_old, action_range), 0).amax(1)
+        F = F_new
+        it += 1
+        finish(F >= n, "converged")
+        if e == n - 1:
+            finish(active & (moved <= config.tau), "tau")
+        if config.keep_final_kv and active.any():
+            c = int(torch.minimum(s + 1 + run, F - 1)[active].min().item())
+        last_iter_s = clock() - t_it
+        stats.iteration_s.append(last_iter_s)
+
+
+def decode(step: Step, first_logits: torch.Tensor, n_tokens: int, config: DecodeConfig, **kwargs):
+    """Run `iter_decode` to the end; returns (tokens (B, n), DecodeStats)."""
+    state = None
+    for state in iter_decode(step, first_logits, n_tokens, config, **kwargs):
+        pass
+    return state.tokens, state.stats

@@ -1,0 +1,30 @@
+"""Initial guesses for the Jacobi window (token 0 always comes from the prefill)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def prompt_guess(
+    prompt_ids: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, n) tokens drawn uniformly from each sample's own (unpadded) prompt, as CLLM/CEED do."""
+    B = prompt_ids.shape[0]
+    out = torch.empty(B, n_tokens, dtype=torch.long)
+    for b in range(B):
+        valid = prompt_ids[b][attention_mask[b].bool()].cpu()
+        idx = torch.randint(len(valid), (n_tokens,), generator=generator)
+        out[b] = valid[idx]
+    return out.to(prompt_ids.device)
+
+
+def warm_guess(previous: torch.Tensor, shift: int, unit: int) -> torch.Tensor:
+    """The previous chunk shifted left by `shift` tokens (the actions executed since), the freed
+    tail filled with the last action repeated: robot actions are smooth in time."""
+    B, n = previous.shape
+    if shift < 0 or shift % unit:
+        raise ValueError(f"warm-start shift must be a non-negative multiple of {unit}, got {shift}")
+    if shift >= n:
+        return previous[:, -unit:].repeat(1, n // unit)
+    tail = previous[:, -unit:].repeat(1, shift // unit) if shift else previous[:, :0]
+    return torch.cat([previous[:, shift:], tail], dim=1)

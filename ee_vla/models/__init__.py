@@ -1,0 +1,12 @@
+"""VLA models: a stock Llava-family transformers network with ee_vla's tokenizers (see `vla`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def create_random_vla_dir(path: str | Path, preset: str = "tiny", chunk_size: int = 3, seed: int = 0, **kwargs) -> Path:
+    """Write a randomly initialised VLA of a preset to `path` (for tests, demos and benchmarks)."""
+    from ee_vla.models.vla import VLA
+
+    return VLA.create(preset, chunk_size=chunk_size, seed=seed, **kwargs).save_pretrained(path)

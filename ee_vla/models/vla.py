@@ -1,0 +1,316 @@
+"""The VLA: a Llava-family transformers model + text tokenizer + action tokenizer, saved together.
+
+A model directory holds what `save_pretrained` writes for the transformers model
+(`config.json`, `model.safetensors`) and tokenizer, plus `ee_vla.json`: the action tokenizer
+(statistics and token layout), chunk size, optional proprio tokenizer, image size/normalisation
+and prompt template. Loading needs no `trust_remote_code`: the network is a stock
+`LlavaForConditionalGeneration` (SigLIP-style vision tower, MLP projector, Llama or Qwen2 LM).
+
+Prompt (OpenVLA's): `<s> <image>*P In: What action should the robot take to {instruction}?\\nOut:`
+followed, when the model uses proprio, by the discretised proprio as tokens of the action block.
+The model then emits `chunk_size * action_dim` action tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
+
+log = logging.getLogger(__name__)
+
+EE_VLA_FILE = "ee_vla.json"
+PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+
+
+@dataclass(frozen=True)
+class VLASpec:
+    """Network sizes of a preset."""
+
+    image_size: int
+    patch_size: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    backbone: str = "llama"  # llama | qwen2
+
+
+PRESETS: dict[str, VLASpec] = {
+    # a few hundred thousand parameters: trains on a CPU in seconds (tests)
+    "tiny": VLASpec(64, 16, 32, 1, 2, 64, 2, 4, 2),
+    # ~10M parameters: trains on one GPU in minutes (the shipped default policy)
+    "small": VLASpec(128, 16, 192, 4, 4, 256, 6, 8, 4),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory is missing, incomplete or corrupt."""
+
+
+def _transformers_quiet() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def build_network(spec: VLASpec, vocab_size: int, image_token_id: int, pad_token_id: int):
+    from transformers import (
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    vision = SiglipVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+    text_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}.get(spec.backbone)
+    if text_cls is None:
+        raise ValueError(f"VLASpec.backbone must be llama|qwen2, got {spec.backbone!r}")
+    text = text_cls(
+        vocab_size=vocab_size,
+        hidden_size=spec.text_hidden,
+        intermediate_size=int(8 * spec.text_hidden / 3) // 16 * 16,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_kv_heads,
+        max_position_embeddings=1024,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=False,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+        image_seq_length=(spec.image_size // spec.patch_size) ** 2,
+    )
+    return LlavaForConditionalGeneration(cfg)
+
+
+class VLA:
+    """A loaded VLA: turns observations into model inputs and action tokens into actions."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        action_tokenizer: ActionTokenizer,
+        chunk_size: int,
+        image_size: int,
+        proprio_tokenizer: ActionTokenizer | None = None,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        prompt_template: str = PROMPT_TEMPLATE,
+        meta: dict | None = None,
+    ):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.action_tokenizer = action_tokenizer
+        self.proprio_tokenizer = proprio_tokenizer
+        self.chunk_size = chunk_size
+        self.image_size = image_size
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+        self.prompt_template = prompt_template
+        self.meta = dict(meta or {})
+        self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.n_image_tokens = model.config.image_seq_length
+        at = action_tokenizer
+        if at.last_token_id >= len(tokenizer) or at.first_token_id < 0:
+            raise ValueError(f"action tokens {at.first_token_id}..{at.last_token_id} outside vocabulary of {len(tokenizer)}")
+
+    # ---- construction / persistence --------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        preset: str | VLASpec = "tiny",
+        action_stats: ActionStats | None = None,
+        chunk_size: int = 3,
+        proprio_stats: ActionStats | None = None,
+        corpus: Sequence[str] | None = None,
+        seed: int = 0,
+        image_size: int | None = None,
+    ) -> VLA:
+        """A randomly initialised VLA. Without `action_stats`, actions are assumed in [-1, 1]."""
+        from ee_vla.models.text_tokenizer import build_text_tokenizer
+
+        spec = PRESETS[preset] if isinstance(preset, str) else preset
+        if isinstance(preset, str) and preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
+        if image_size is not None:
+            spec = VLASpec(**{**asdict(spec), "image_size": image_size})
+        if spec.image_size % spec.patch_size:
+            raise ValueError(f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}")
+        stats = action_stats or ActionStats(q01=[-1.0] * 7, q99=[1.0] * 7, mask=[True] * 6 + [False])
+        torch.manual_seed(seed)
+        tok = build_text_tokenizer(corpus)
+        net = build_network(spec, len(tok), tok.convert_tokens_to_ids("<image>"), tok.pad_token_id)
+        at = ActionTokenizer.openvla(stats, vocab_size=len(tok))
+        pt = ActionTokenizer.openvla(proprio_stats, vocab_size=len(tok)) if proprio_stats else None
+        meta = {"preset": preset if isinstance(preset, str) else "custom", "spec": asdict(spec)}
+        return cls(net, tok, at, chunk_size, spec.image_size, proprio_tokenizer=pt, meta=meta)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the model (safetensors), tokenizer and `ee_vla.json` to a directory."""
+        _transformers_quiet()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model = self.model if dtype is None else self.model.to(dtype)
+        model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        extra = {
+            "format_version": 1,
+            "chunk_size": self.chunk_size,
+            "image_size": self.image_size,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "prompt_template": self.prompt_template,
+            "action_tokenizer": self.action_tokenizer.to_dict(),
+            "proprio_tokenizer": self.proprio_tokenizer.to_dict() if self.proprio_tokenizer else None,
+            "meta": self.meta,
+        }
+        (path / EE_VLA_FILE).write_text(json.dumps(extra, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> VLA:
+        """Load a directory written by `save_pretrained`; clear errors for anything missing/corrupt."""
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        _transformers_quiet()
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelLoadError(f"policy path {path} is not a directory")
+        missing = [f for f in ("config.json", "model.safetensors", EE_VLA_FILE, "tokenizer.json") if not (path / f).is_file()]
+        if missing:
+            raise ModelLoadError(f"{path} is not an ee_vla model directory: missing {', '.join(missing)}")
+        try:
+            extra = json.loads((path / EE_VLA_FILE).read_text())
+            at = ActionTokenizer.from_dict(extra["action_tokenizer"])
+            pt = ActionTokenizer.from_dict(extra["proprio_tokenizer"]) if extra.get("proprio_tokenizer") else None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"{path / EE_VLA_FILE} is corrupt: {e}") from e
+        _check_safetensors(path / "model.safetensors")
+        try:
+            model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # transformers raises many types for broken files
+            raise ModelLoadError(f"could not load the model in {path}: {e}") from e
+        return cls(
+            model.to(device),
+            tok,
+            at,
+            chunk_size=extra["chunk_size"],
+            image_size=extra["image_size"],
+            proprio_tokenizer=pt,
+            image_mean=extra.get("image_mean", (0.5, 0.5, 0.5)),
+            image_std=extra.get("image_std", (0.5, 0.5, 0.5)),
+            prompt_template=extra.get("prompt_template", PROMPT_TEMPLATE),
+            meta=extra.get("meta"),
+        )
+
+    # ---- properties ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def action_dim(self) -> int:
+        return self.action_tokenizer.action_dim
+
+    @property
+    def proprio_dim(self) -> int:
+        return self.proprio_tokenizer.action_dim if self.proprio_tokenizer else 0
+
+    @property
+    def n_action_tokens(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    @property
+    def action_range(self) -> tuple[int, int]:
+        return (self.action_tokenizer.first_token_id, self.action_tokenizer.last_token_id)
+
+    # ---- inputs -------------------------------------------------------------------------
+    def preprocess_images(self, pixels: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, S, S) normalised float tensor on the model's device."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.model.dtype)
+
+    def prompt_ids(self, instruction: str, proprio: np.ndarray | None = None) -> list[int]:
+        text = self.prompt_template.format(instruction=instruction.strip().lower().rstrip(".?!"))
+        ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * self.n_image_tokens
+        ids += self.tokenizer(text, add_special_tokens=False).input_ids
+        if self.proprio_tokenizer is not None:
+            ids += self.proprio_tokenizer.encode(proprio).tolist()
+        return ids
+
+    def build_inputs(
+        self, pixels: np.ndarray, instructions: Sequence[str], proprio: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs for a batch of validated observations."""
+        rows = [self.prompt_ids(s, None if proprio is None else proprio[i]) for i, s in enumerate(instructions)]
+        P = max(map(len, rows))
+        ids = torch.full((len(rows), P), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), P), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, P - len(r) :] = torch.tensor(r)
+            mask[i, P - len(r) :] = 1
+        dev = self.device
+        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "pixel_values": self.preprocess_images(pixels)}
+
+    def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
+        """(..., chunk_size * action_dim) -> (..., chunk_size, action_dim)."""
+        return self.action_tokenizer.decode_chunk(tokens)
+
+
+def _check_safetensors(path: Path) -> None:
+    """Fail with a clear message if a safetensors file is truncated or not safetensors at all."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if not keys:
+                raise ModelLoadError(f"{path} holds no tensors")
+            f.get_slice(keys[-1])
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"{path} is not a valid safetensors file ({e})") from e
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise ModelLoadError(f"{path} is truncated: header says {8 + header_len + end} bytes, file has {size}")

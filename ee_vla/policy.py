@@ -1,0 +1,228 @@
+"""`VLAPolicy`: the lerobot-style policy contract over a VLA and a decoder.
+
+    policy = VLAPolicy.from_pretrained("path/to/model", decoder="ceed")
+    policy.reset()
+    chunk = policy.predict_action_chunk(obs)      # (chunk_size, action_dim)
+    action = policy.select_action(obs)            # (action_dim,), a queue over chunks
+    for a in policy.stream_action_chunk(obs):     # each action as soon as its tokens are final
+        ...
+
+`obs` is a dict: ``pixels`` (H, W, 3) uint8 RGB, ``instruction`` (non-empty str) and, for models
+trained with proprio, ``agent_pos`` (1-D float). A leading batch dimension (``pixels`` (B, H, W, 3),
+``instruction`` a list of B strings) decodes B observations in one batch. Bad observations raise
+`ObservationError` naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
+from ee_vla.decoding.guess import prompt_guess, warm_guess
+from ee_vla.decoding.hf import HFStep
+from ee_vla.streaming import StreamedAction
+
+
+class ObservationError(ValueError):
+    """An observation the policy cannot use (wrong shape, dtype, NaN, empty instruction...)."""
+
+
+@dataclass
+class PolicyConfig:
+    """Runtime options of a `VLAPolicy`."""
+
+    decoder: DecodeConfig = field(default_factory=lambda: DecodeConfig.preset("ceed"))
+    """Decoder and its early-exit rules."""
+    n_action_steps: int | None = None
+    """Actions executed from each chunk before re-planning (`select_action`; the warm start shifts
+    the previous chunk by this many actions). None = the whole chunk."""
+    device: str = "cpu"
+    """torch device of the model."""
+    dtype: str = "float32"
+    """Model dtype: float32 | bfloat16 | float16 | float64."""
+
+    def __post_init__(self) -> None:
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ValueError(f"PolicyConfig.n_action_steps must be >= 1 or None, got {self.n_action_steps}")
+        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
+            raise ValueError(f"PolicyConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
+
+
+def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
+    return DecodeConfig.preset(decoder) if isinstance(decoder, str) else decoder
+
+
+class VLAPolicy:
+    """Observations in, action chunks out, with AR / Jacobi / CEED decoding and streaming."""
+
+    def __init__(self, vla, config: PolicyConfig | None = None):
+        self.vla = vla
+        self.config = config or PolicyConfig()
+        k = vla.chunk_size
+        if self.config.n_action_steps is not None and self.config.n_action_steps > k:
+            raise ValueError(f"PolicyConfig.n_action_steps={self.config.n_action_steps} exceeds chunk_size={k}")
+        self._queue: deque[np.ndarray] = deque()
+        self._previous: torch.Tensor | None = None
+        self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
+        self.last_stats: DecodeStats | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        decoder: str | DecodeConfig = "ceed",
+        device: str = "cpu",
+        dtype: str = "float32",
+        n_action_steps: int | None = None,
+    ) -> VLAPolicy:
+        from ee_vla.models.vla import VLA
+
+        cfg = PolicyConfig(as_decode_config(decoder), n_action_steps, device, dtype)
+        return cls(VLA.from_pretrained(path, device=device, dtype=getattr(torch, dtype)), cfg)
+
+    # ---- properties --------------------------------------------------------------------
+    @property
+    def chunk_size(self) -> int:
+        return self.vla.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.vla.action_dim
+
+    @property
+    def decoder(self) -> DecodeConfig:
+        return self.config.decoder
+
+    @decoder.setter
+    def decoder(self, value: str | DecodeConfig) -> None:
+        self.config.decoder = as_decode_config(value)
+
+    @property
+    def n_action_steps(self) -> int:
+        return self.config.n_action_steps or self.chunk_size
+
+    # ---- contract ------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget queued actions and the warm-start chunk (call at every episode start)."""
+        self._queue.clear()
+        self._previous = None
+
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        """(chunk_size, action_dim) actions, or (B, chunk_size, action_dim) for a batched obs."""
+        batched = np.asarray(obs.get("pixels")).ndim == 4
+        final = None
+        for final in self._decode_states(obs):
+            pass
+        actions = self.vla.tokens_to_actions(final.tokens.cpu().numpy())
+        return actions if batched else actions[0]
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        """The next action: decodes a new chunk when the queue of `n_action_steps` is empty."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(obs)
+            if chunk.ndim != 2:
+                raise ObservationError("select_action takes one observation; use predict_action_chunk for batches")
+            self._queue.extend(chunk[: self.n_action_steps])
+        return self._queue.popleft()
+
+    def stream_action_chunk(
+        self, obs: dict, action_deadline: Callable[[int], float | None] | None = None
+    ) -> Iterator[StreamedAction]:
+        """Yield each action of the chunk as soon as its tokens are final (in order).
+
+        `action_deadline(i)` gives the `time.perf_counter()` time by which action i is due (e.g.
+        from `ChunkSchedule.deadline`); an action not final by then is released as it stands and
+        the rest is decoded conditioned on it.
+        """
+        D = self.action_dim
+        for state in self._decode_states(obs, action_deadline):
+            toks = state.tokens.cpu().numpy()
+            now = time.perf_counter()
+            for j in state.newly_final_units:
+                t = toks[:, j * D : (j + 1) * D]
+                act = self.vla.action_tokenizer.decode(t)
+                exact = all(row[j] for row in state.stats.unit_exact)
+                it = max(row[j] for row in state.stats.unit_final_iteration)
+                single = act.shape[0] == 1
+                yield StreamedAction(j, act[0] if single else act, t[0] if single else t, now, exact, it)
+
+    # ---- internals -----------------------------------------------------------------------
+    def validate(self, obs: dict) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+        """Check an observation; returns batched (pixels, instructions, proprio)."""
+        if not isinstance(obs, dict):
+            raise ObservationError(f"observation must be a dict, got {type(obs).__name__}")
+        if "pixels" not in obs:
+            raise ObservationError("observation has no 'pixels' (H, W, 3) uint8 RGB image")
+        px = np.asarray(obs["pixels"])
+        if px.ndim == 3:
+            px = px[None]
+        if px.ndim != 4 or px.shape[-1] != 3:
+            raise ObservationError(f"'pixels' must be (H, W, 3) or (B, H, W, 3) RGB, got shape {np.shape(obs['pixels'])}")
+        if px.dtype != np.uint8:
+            raise ObservationError(f"'pixels' must be uint8 (0..255), got dtype {px.dtype}")
+        if min(px.shape[1:3]) < 8:
+            raise ObservationError(f"'pixels' image {px.shape[1]}x{px.shape[2]} is too small")
+        B = px.shape[0]
+        instr = obs.get("instruction")
+        instrs = [instr] * 1 if isinstance(instr, str) else list(instr) if instr is not None else []
+        if len(instrs) != B:
+            raise ObservationError(f"'instruction' must be one string per image: {B} images, {len(instrs)} instructions")
+        for s in instrs:
+            if not isinstance(s, str) or not s.strip():
+                raise ObservationError(f"'instruction' must be a non-empty string, got {s!r}")
+        proprio = None
+        P = self.vla.proprio_dim
+        if P:
+            if obs.get("agent_pos") is None:
+                raise ObservationError(f"this policy needs 'agent_pos' (proprio of {P} dims)")
+            proprio = np.asarray(obs["agent_pos"], dtype=np.float64).reshape(B, -1)
+            if proprio.shape[1] != P:
+                raise ObservationError(f"'agent_pos' must have {P} dims, got {proprio.shape[1]}")
+            if not np.isfinite(proprio).all():
+                raise ObservationError("'agent_pos' contains NaN or inf")
+        elif obs.get("agent_pos") is not None:
+            ap = np.asarray(obs["agent_pos"], dtype=np.float64)
+            if not np.isfinite(ap).all():
+                raise ObservationError("'agent_pos' contains NaN or inf")
+        return px, instrs, proprio
+
+    def _decode_states(self, obs: dict, action_deadline=None):
+        cfg = self.config.decoder
+        px, instrs, proprio = self.validate(obs)
+        t_start = time.perf_counter()
+        with torch.inference_mode():
+            inputs = self.vla.build_inputs(px, instrs, proprio)
+            step, first_logits, prefill_s = HFStep.prefill(self.vla.model, **inputs)
+            n = self.vla.n_action_tokens
+            guess = self._guess(cfg, inputs, n)
+            state = None
+            for state in iter_decode(
+                step,
+                first_logits,
+                n,
+                cfg,
+                guess=guess,
+                action_range=self.vla.action_range,
+                unit=self.action_dim,
+                unit_deadline=action_deadline,
+                t_start=t_start,
+                prefill_s=prefill_s,
+            ):
+                yield state
+        self._previous = state.tokens.clone()
+        self.last_stats = state.stats
+
+    def _guess(self, cfg: DecodeConfig, inputs: dict, n: int) -> torch.Tensor | None:
+        B = inputs["input_ids"].shape[0]
+        if cfg.init == "prompt":
+            return prompt_guess(inputs["input_ids"], inputs["attention_mask"], n, self._generator)
+        if cfg.init == "warm" and self._previous is not None and self._previous.shape == (B, n):
+            return warm_guess(self._previous, self.n_action_steps * self.action_dim, self.action_dim)
+        return None

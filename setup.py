@@ -1,0 +1,56 @@
+"""ee_vla: one ament_python ROS 2 package that is also a pip package.
+
+`pip install -e .[sim,dds,test]` for research use; `colcon build` on a ROS 2 machine installs the
+same distribution plus the ROS resource marker, package.xml, launch files and parameter YAMLs.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ee_vla"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Fast VLA robot policies: CEED Jacobi decoding, action streaming, MuJoCo eval, ROS 2 node",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ee_vla", "ee_vla.*", "sim_envs", "sim_envs.*", "ros_nodes", "ros_nodes.*"]),
+    include_package_data=True,
+    package_data={"ee_vla": ["checkpoints/*/*", "checkpoints/*/*/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "numpy>=1.24",
+        # CPU machines: install with `-c constraints-cpu.txt` (pins the local CPU build of torch).
+        "torch>=2.4",
+        "transformers>=4.57,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "tyro>=0.9",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "sim": ["gymnasium>=1.1", "mujoco>=3.3,<3.10", "imageio>=2.30", "h5py>=3.8"],
+        "metaworld": ["metaworld==3.1.1"],
+        "dds": ["cyclonedds>=0.10.5", "rosbags>=0.10"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ee-vla = ee_vla.cli:main",
+            "policy_node = ros_nodes.policy_node:main",
+            "sim_bridge_node = ros_nodes.sim_bridge_node:main",
+        ],
+    },
+    zip_safe=False,
+)
