@@ -116,7 +116,7 @@ class VLAPolicy:
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """(chunk_size, action_dim) actions, or (B, chunk_size, action_dim) for a batched obs."""
-        batched = np.asarray(obs.get("pixels")).ndim == 4
+        batched = isinstance(obs, dict) and np.ndim(obs.get("pixels")) == 4
         final = None
         for final in self._decode_states(obs):
             pass

@@ -211,6 +211,7 @@ def iter_decode(
     it, last_iter_s = 0, 0.0
     while True:
         # ---- exits decided before spending another forward pass ------------------------------
+        new_units = mark(it, True)  # units that the last iteration made final
         if active.any():
             now = clock()
             if config.max_iterations is not None and it >= config.max_iterations:
@@ -228,9 +229,9 @@ def iter_decode(
                         forced += torch.nonzero(late).flatten().tolist()
                         F[late] = (j + 1) * unit
                 if forced:
-                    mark(it, True, forced)
+                    new_units += mark(it, True, forced)
                     finish(F >= n, "action_deadline")
-        new_units = mark(it, True)
+        new_units += mark(it, True)  # units released by an exit (marked inexact by finish)
         if not active.any():
             yield snapshot(it, True, new_units)
             return

@@ -157,9 +157,9 @@ class VLA:
         """A randomly initialised VLA. Without `action_stats`, actions are assumed in [-1, 1]."""
         from ee_vla.models.text_tokenizer import build_text_tokenizer
 
-        spec = PRESETS[preset] if isinstance(preset, str) else preset
         if isinstance(preset, str) and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
+        spec = PRESETS[preset] if isinstance(preset, str) else preset
         if image_size is not None:
             spec = VLASpec(**{**asdict(spec), "image_size": image_size})
         if spec.image_size % spec.patch_size:

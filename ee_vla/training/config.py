@@ -1,0 +1,238 @@
+"""Configuration of behaviour cloning (`TrainConfig`) and CEED consistency distillation (`DistillConfig`).
+
+Plain dataclasses with typed fields and attribute docstrings, so `tyro` renders them as a CLI
+(`--chunk-size 3`, `--no-augment`, `--data a.hdf5 b.hdf5`) with help text, and validated in
+`__post_init__` with errors that name the field. This module imports nothing heavy: `ee-vla train
+--help` must not load torch.
+
+Every choice METHOD.md section 3 leaves open is a field of `DistillConfig`; docs/training.md lists
+the defaults and why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Preset = Literal["tiny", "small"]
+TrainDtype = Literal["auto", "float32", "bfloat16"]
+SaveDtype = Literal["float32", "bfloat16", "float16"]
+Init = Literal["warm", "prompt", "repeat"]
+StateSampling = Literal["uniform", "all"]
+Reduction = Literal["mean", "sum"]
+
+
+def _check(cond: bool, cls: str, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{cls}.{name} {msg}")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Fields shared by behaviour cloning and distillation: data, optimisation, logging, hardware."""
+
+    data: tuple[str, ...]
+    """Demonstration HDF5 files (robomimic layout, see docs/training.md) or directories of them;
+    several files (one per task) are concatenated into one multi-task training set."""
+    out_dir: str
+    """Run directory: checkpoints/, model/ (the result), metrics.jsonl, loss.png, config.json."""
+    steps: int = 2000
+    """Optimizer steps in total (a resumed run continues up to this number)."""
+    batch_size: int = 64
+    """Samples per optimizer step and per process (the global batch is batch_size x world size)."""
+    lr: float = 3e-4
+    """Peak learning rate of AdamW (cosine decay to 0 after the warmup)."""
+    warmup_steps: int = 100
+    """Linear learning-rate warmup steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (applied to matrices only, not to biases and norms)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = no clipping)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the next-token cross-entropy."""
+    action_vocab_only: bool = True
+    """Softmax over the action-token block only (losses and accuracy). The decoders restrict their
+    argmax to that block (`action_range`), so probability mass elsewhere never matters at run time;
+    False = softmax over the whole vocabulary (OpenVLA)."""
+    augment: bool = True
+    """Image augmentation on each batch (random shift + colour jitter); False switches all of it off."""
+    aug_shift: float = 0.06
+    """Random shift: pad by this fraction of the image side (edge replicated) and crop back at a
+    random offset (DrQ-style); 0 = off."""
+    aug_brightness: float = 0.2
+    """Colour jitter: brightness factor drawn from [1 - x, 1 + x] per image; 0 = off."""
+    aug_contrast: float = 0.2
+    """Colour jitter: contrast factor drawn from [1 - x, 1 + x] per image; 0 = off."""
+    aug_saturation: float = 0.2
+    """Colour jitter: saturation factor drawn from [1 - x, 1 + x] per image; 0 = off."""
+    success_only: bool = True
+    """Skip demonstrations whose `success` attribute is False (a failed demo teaches failure)."""
+    seed: int = 0
+    """Seed of the model initialisation, data order, augmentation and trajectory sampling."""
+    device: str = "auto"
+    """torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1... Under torchrun each
+    process uses cuda:LOCAL_RANK."""
+    dtype: TrainDtype = "auto"
+    """Compute dtype: bfloat16 runs the forward under bf16 autocast with fp32 master weights;
+    auto = bfloat16 on CUDA, float32 on CPU."""
+    save_dtype: SaveDtype = "float32"
+    """dtype of the final model in out_dir/model (checkpoints are always float32). bfloat16/float16
+    halve the file for shipping."""
+    log_every: int = 10
+    """Write a metrics.jsonl row (means over the interval) every this many steps."""
+    save_every: int = 500
+    """Save a checkpoint (and redraw loss.png) every this many steps; the last step always saves."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk (older ones are deleted)."""
+    eval_every: int = 250
+    """Every this many steps, greedy-Jacobi-decode a fixed batch of training samples and log
+    iterations to converge and accuracy against the demonstrations (0 = never)."""
+    eval_samples: int = 32
+    """Samples in that fixed evaluation batch."""
+    num_workers: int = 0
+    """DataLoader worker processes (the data is held in memory; 0 is usually enough)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in out_dir (model, optimizer, scheduler, step, RNG)."""
+
+    def __post_init__(self) -> None:
+        c = type(self).__name__
+        if isinstance(self.data, str):
+            self.data = (self.data,)
+        self.data = tuple(str(p) for p in self.data)
+        _check(len(self.data) > 0, c, "data", "is empty: give at least one HDF5 file or directory")
+        _check(bool(str(self.out_dir)), c, "out_dir", "is empty")
+        for name in ("steps", "batch_size", "log_every", "save_every", "keep_checkpoints", "eval_samples"):
+            _check(getattr(self, name) >= 1, c, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "num_workers"):
+            _check(getattr(self, name) >= 0, c, name, f"must be >= 0, got {getattr(self, name)}")
+        _check(math.isfinite(self.lr) and self.lr > 0, c, "lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.grad_clip >= 0, c, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _check(0 <= self.label_smoothing < 1, c, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _check(0 <= self.aug_shift < 0.5, c, "aug_shift", f"must be in [0, 0.5), got {self.aug_shift}")
+        for name in ("aug_brightness", "aug_contrast", "aug_saturation"):
+            _check(0 <= getattr(self, name) < 1, c, name, f"must be in [0, 1), got {getattr(self, name)}")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), c, "dtype", f"must be auto|float32|bfloat16, got {self.dtype!r}")
+        _check(
+            self.save_dtype in ("float32", "bfloat16", "float16"),
+            c,
+            "save_dtype",
+            f"must be float32|bfloat16|float16, got {self.save_dtype!r}",
+        )
+        _check(bool(self.device), c, "device", "is empty")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """Behaviour cloning: teacher-forced next-token cross-entropy on the action tokens of
+    demonstration chunks (the prompt is context only, never a target)."""
+
+    preset: Preset = "small"
+    """Network size of a new model: tiny (tests, CPU) | small (~10M parameters, the shipped policy)."""
+    chunk_size: int = 3
+    """k: actions per chunk. The target at step t is actions t..t+k-1 (the last action repeated
+    past the episode end). Ignored with init_from (the model's own chunk size is used)."""
+    use_proprio: bool = False
+    """Append the discretised proprio (`obs/agent_pos`) to the prompt as action-block tokens."""
+    init_from: str | None = None
+    """Start from this ee_vla model directory (fine-tuning) instead of a random `preset` model; its
+    action/proprio statistics and chunk size are kept."""
+    action_stats: str | None = None
+    """ActionStats JSON to normalise actions with; None = computed from all training files together
+    (one tokenizer must cover every task)."""
+    unnormalized_dims: tuple[int, ...] = (-1,)
+    """Action dims left unnormalised when statistics are computed (only clipped to [-1, 1]); the
+    default -1 is the gripper, as OpenVLA's mask."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.chunk_size >= 1, "TrainConfig", "chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _check(self.preset in ("tiny", "small"), "TrainConfig", "preset", f"must be tiny|small, got {self.preset!r}")
+        self.unnormalized_dims = tuple(int(d) for d in self.unnormalized_dims)
+
+
+@dataclass(kw_only=True)
+class DistillConfig(RunConfig):
+    """CEED consistency distillation of an AR-trained VLA (METHOD.md section 3).
+
+    The student starts from the teacher. Loss = consistency_weight * KL(Q_sg(.|Y*) || Q(.|Y)) over
+    the window positions for a Jacobi state Y of the teacher's trajectory, + ar_weight * the
+    teacher-forced cross-entropy of the (mixed) labels.
+    """
+
+    teacher: str
+    """The AR-trained teacher: an ee_vla model directory (e.g. the out_dir/model of `ee-vla train`)."""
+    trajectories: str | None = None
+    """Jacobi trajectories collected earlier (a .safetensors file or a directory of parts) to reuse,
+    e.g. across a threshold ablation; None = collect them into out_dir/trajectories/."""
+    collect_only: bool = False
+    """Collect the trajectories and stop (no training): run once before an ablation sweep."""
+    collect_batch_size: int = 128
+    """Samples decoded together while collecting trajectories."""
+    inits: tuple[Init, ...] = ("warm", "prompt")
+    """Initial Jacobi guesses to collect one trajectory each from: warm (the teacher's chunk of the
+    previous control step shifted, what the shipped CEED decoder starts from; repeat at episode
+    start), prompt (tokens drawn from the prompt, CLLM/CEED), repeat (the first token repeated)."""
+    warm_shift: int | None = None
+    """warm: actions executed between two control steps (the policy's n_action_steps); None = the
+    chunk size (the policy default)."""
+    mixed_labels: bool = True
+    """Mixed-label supervision: AR labels are the teacher's fixed point Y* except on action steps
+    where Y* deviates from the demonstration by more than `mixed_label_threshold` (ablation switch)."""
+    mixed_label_threshold: float = 0.1
+    """Deviation above which an action step of Y* is replaced by the demonstration: mean absolute
+    difference over the action dims, in normalised units ([-1, 1] per dim; one bin = 2/255)."""
+    consistency_weight: float = 1.0
+    """Weight of the consistency loss (CEED: 1:1; its Table 6 finds 1:10 worse)."""
+    ar_weight: float = 1.0
+    """Weight of the AR (cross-entropy) loss."""
+    state_sampling: StateSampling = "uniform"
+    """Which trajectory states Y are trained on: uniform = one state per sample and step, drawn
+    uniformly among the states before the fixed point; all = every such state is a training item."""
+    mask_converged_prefix: bool = True
+    """Consistency loss only on positions after the first input token of Y that differs from Y*
+    (CLLM). Earlier positions see identical inputs and have zero KL; masking them only changes the
+    averaging of the `mean` reduction."""
+    reduction: Reduction = "mean"
+    """How both losses combine token positions: mean (CLLM's code; the 1:1 weighting does not depend
+    on the chunk length) or sum (the paper's formula)."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the AR loss (CLLM uses 0.1)."""
+    augment: bool = False
+    """Image augmentation; off by default because trajectories and fixed points belong to the clean
+    image."""
+    steps: int = 1000
+    """Optimizer steps in total (a resumed run continues up to this number)."""
+    lr: float = 1e-4
+    """Peak learning rate (lower than BC: the student starts from a trained teacher)."""
+    warmup_steps: int = 50
+    """Linear learning-rate warmup steps."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = "DistillConfig"
+        _check(bool(self.teacher), c, "teacher", "is empty: give the AR teacher's model directory")
+        _check(self.collect_batch_size >= 1, c, "collect_batch_size", f"must be >= 1, got {self.collect_batch_size}")
+        if isinstance(self.inits, str):
+            self.inits = (self.inits,)
+        self.inits = tuple(self.inits)
+        _check(len(self.inits) > 0, c, "inits", "is empty: give at least one of warm|prompt|repeat")
+        for i in self.inits:
+            _check(i in ("warm", "prompt", "repeat"), c, "inits", f"entries must be warm|prompt|repeat, got {i!r}")
+        _check(len(set(self.inits)) == len(self.inits), c, "inits", f"has duplicates: {self.inits}")
+        _check(self.warm_shift is None or self.warm_shift >= 1, c, "warm_shift", f"must be >= 1 or None, got {self.warm_shift}")
+        _check(
+            math.isfinite(self.mixed_label_threshold) and self.mixed_label_threshold >= 0,
+            c,
+            "mixed_label_threshold",
+            f"must be >= 0, got {self.mixed_label_threshold}",
+        )
+        for name in ("consistency_weight", "ar_weight"):
+            _check(getattr(self, name) >= 0, c, name, f"must be >= 0, got {getattr(self, name)}")
+        _check(self.consistency_weight + self.ar_weight > 0, c, "consistency_weight", "and ar_weight are both 0")
+        _check(self.state_sampling in ("uniform", "all"), c, "state_sampling", f"must be uniform|all, got {self.state_sampling!r}")
+        _check(self.reduction in ("mean", "sum"), c, "reduction", f"must be mean|sum, got {self.reduction!r}")

@@ -1,0 +1,142 @@
+"""The decode loop's exits, statistics and streaming, on a scripted fake model with a fake clock."""
+
+import pytest
+import torch
+
+from ee_vla.decoding import DecodeConfig, decode, iter_decode, token_distance
+
+LO, HI = 100, 355  # action-token block
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class CountingStep:
+    """A 'model' whose greedy next token is the previous token + 1, with a KV cache it checks:
+    outputs only depend on the cached inputs below `start` and the window, like a transformer."""
+
+    def __init__(self, batch: int, clock: Clock | None = None, cost_s: float = 0.01):
+        self.cached = [[] for _ in range(batch)]
+        self.clock, self.cost_s, self.calls = clock, cost_s, 0
+
+    def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        B, L = tokens.shape
+        logits = torch.zeros(B, L, HI + 1, dtype=torch.float64)
+        for b in range(B):
+            assert start <= len(self.cached[b]), "window starts past the committed cache"
+            self.cached[b] = self.cached[b][:start] + tokens[b].tolist()
+            for i in range(L):
+                logits[b, i, min(self.cached[b][start + i] + 1, HI)] = 1.0
+        self.calls += 1
+        if self.clock is not None:
+            self.clock.t += self.cost_s
+        return logits
+
+
+def first_logits(batch: int, token: int = LO) -> torch.Tensor:
+    out = torch.zeros(batch, HI + 1, dtype=torch.float64)
+    out[:, token] = 1.0
+    return out
+
+
+def test_exact_decoding_counts_and_stats():
+    step = CountingStep(2)
+    tokens, stats = decode(step, first_logits(2), 9, DecodeConfig(method="jacobi"), action_range=(LO, HI), unit=3)
+    assert tokens.tolist() == [list(range(LO, LO + 9))] * 2
+    # the repeat guess is all wrong after token 0, so one token becomes final per iteration
+    assert stats.iterations == 8 and stats.forward_passes == 9 == step.calls + 1
+    assert stats.accepted_per_iteration == [1.0] * 8
+    assert stats.unit_final_iteration == [[2, 5, 8]] * 2
+    assert stats.exact and stats.exit_reason == ["converged", "converged"]
+
+
+def test_a_right_guess_converges_in_one_iteration():
+    guess = torch.arange(LO, LO + 9).repeat(3, 1)
+    tokens, stats = decode(CountingStep(3), first_logits(3), 9, DecodeConfig(method="jacobi"), guess=guess)
+    assert torch.equal(tokens, guess) and stats.iterations == 1 and stats.accepted_per_iteration == [8.0]
+
+
+def test_iteration_cap_releases_the_window_as_is():
+    cfg = DecodeConfig(method="ceed", max_iterations=2)
+    tokens, stats = decode(CountingStep(1), first_logits(1), 9, cfg, unit=3)
+    assert stats.iterations == 2 and stats.exit_reason == ["cap"]
+    assert stats.unit_exact == [[True, False, False]]
+    assert tokens[0, :3].tolist() == [LO, LO + 1, LO + 2]
+
+
+@pytest.mark.parametrize("tau, iterations, reason", [(0, 8, "converged"), (1, 1, "tau")])
+def test_relaxed_convergence(tau, iterations, reason):
+    # first iteration moves every guessed token by exactly one bin
+    _, stats = decode(CountingStep(1), first_logits(1), 9, DecodeConfig(method="ceed", tau=tau), action_range=(LO, HI))
+    assert stats.iterations == iterations and stats.exit_reason == [reason]
+
+
+def test_tau_never_accepts_a_change_of_a_non_action_token():
+    assert token_distance(torch.tensor([5, LO]), torch.tensor([6, LO + 3]), (LO, HI)).tolist() == [1 << 30, 3]
+    assert token_distance(torch.tensor([5]), torch.tensor([5]), (LO, HI)).tolist() == [0]
+
+
+def test_wall_clock_deadline_stops_before_an_overrunning_iteration():
+    clock = Clock()
+    cfg = DecodeConfig(method="ceed", deadline_s=0.025)
+    _, stats = decode(CountingStep(1, clock), first_logits(1), 9, cfg, clock=clock)
+    assert stats.iterations == 2 and stats.exit_reason == ["deadline"]  # a third would end at 0.03
+
+
+def test_action_deadline_freezes_that_action_and_decodes_the_rest_after_it():
+    clock = Clock()
+    deadlines = {0: 0.005}
+    cfg = DecodeConfig(method="jacobi")
+    states = list(
+        iter_decode(CountingStep(1, clock), first_logits(1), 9, cfg, unit=3, unit_deadline=deadlines.get, clock=clock)
+    )
+    final = states[-1]
+    # after iteration 1 the window is [LO, LO+1, LO+1, ...]: action 0 is released with its guess
+    assert final.tokens[0].tolist() == [LO, LO + 1, LO + 1, LO + 2, LO + 3, LO + 4, LO + 5, LO + 6, LO + 7]
+    assert final.stats.unit_exact == [[False, True, True]]
+    emitted = [u for s in states for u in s.newly_final_units]
+    assert emitted == [0, 1, 2] and states[1].newly_final_units == [0]
+    assert final.done and not any(s.done for s in states[:-1])
+
+
+def test_per_sample_convergence_in_a_batch():
+    guess = torch.stack([torch.arange(LO, LO + 6), torch.full((6,), LO)])
+    step = CountingStep(2)
+    states = list(iter_decode(step, first_logits(2), 6, DecodeConfig(method="jacobi"), guess=guess))
+    assert states[-1].tokens.tolist() == [list(range(LO, LO + 6))] * 2
+    assert states[1].n_final.tolist() == [6, 2]  # sample 0 converged in one iteration, sample 1 did not
+    assert states[-1].stats.iterations == 5
+
+
+def test_ar_is_a_one_token_window():
+    step = CountingStep(1)
+    tokens, stats = decode(step, first_logits(1), 5, DecodeConfig(method="ar"))
+    assert tokens[0].tolist() == list(range(LO, LO + 5)) and stats.iterations == 4 and step.calls == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method="beam"), "method"),
+        (dict(method="jacobi", tau=2), "CEED early-exit"),
+        (dict(method="ceed", max_iterations=0), "max_iterations"),
+        (dict(window=4, keep_final_kv=False), "keep_final_kv"),
+        (dict(deadline_s=0), "deadline_s"),
+        (dict(init="zeros"), "init"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DecodeConfig(**kwargs)
+
+
+def test_bad_call_arguments():
+    with pytest.raises(ValueError, match="multiple of unit"):
+        decode(CountingStep(1), first_logits(1), 8, DecodeConfig(), unit=3)
+    with pytest.raises(ValueError, match="guess must have shape"):
+        decode(CountingStep(1), first_logits(1), 6, DecodeConfig(), guess=torch.zeros(1, 5, dtype=torch.long))

@@ -1,0 +1,67 @@
+"""Property: greedy Jacobi decoding run to convergence returns exactly the AR tokens."""
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ee_vla.decoding import DecodeConfig, decode
+from ee_vla.decoding.hf import HFStep
+
+from .conftest import VOCAB, tiny_lm
+
+
+def _prompts(draw, batch: int):
+    P = draw(st.integers(2, 12))
+    ids = torch.tensor(draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * P, max_size=batch * P))).view(batch, P)
+    mask = torch.ones(batch, P, dtype=torch.long)
+    for b in range(batch):
+        mask[b, : draw(st.integers(0, P - 1))] = 0  # left padding
+    return ids, mask
+
+
+def _run(model, ids, mask, n, cfg, guess=None, action_range=None):
+    step, logits, _ = HFStep.prefill(model, ids, mask)
+    return decode(step, logits, n, cfg, guess=guess, action_range=action_range)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_jacobi_to_convergence_equals_ar(data):
+    arch = data.draw(st.sampled_from(["llama", "qwen2"]))
+    model = tiny_lm(arch, data.draw(st.integers(0, 2)))
+    batch = data.draw(st.sampled_from([1, 4]))
+    ids, mask = _prompts(data.draw, batch)
+    n = data.draw(st.integers(1, 16))
+    action_range = data.draw(st.sampled_from([None, (VOCAB - 16, VOCAB - 1)]))
+    ar_tokens, ar_stats = _run(model, ids, mask, n, DecodeConfig(method="ar"), action_range=action_range)
+    assert ar_stats.iterations == n - 1
+
+    window = data.draw(st.one_of(st.none(), st.integers(1, 16)))
+    keep = True if window is not None else data.draw(st.booleans())
+    guess = torch.tensor(data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * n, max_size=batch * n))).view(batch, n)
+    cfg = DecodeConfig(method="jacobi", window=window, keep_final_kv=keep)
+    tokens, stats = _run(model, ids, mask, n, cfg, guess=guess, action_range=action_range)
+    assert torch.equal(tokens, ar_tokens)
+    assert stats.forward_passes <= n  # the prefill + at most n - 1 parallel iterations
+    assert stats.exact and set(stats.exit_reason) == {"converged"}
+
+
+def test_ar_equals_transformers_generate():
+    model = tiny_lm("llama", 0)
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(0, VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)[:, 7:]
+    tokens, _ = _run(model, ids, torch.ones_like(ids), 10, DecodeConfig(method="ar"))
+    assert torch.equal(tokens, ref)
+
+
+def test_padded_batch_equals_each_sample_alone():
+    model = tiny_lm("qwen2", 1)
+    ids = torch.randint(0, VOCAB, (4, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    for b, pad in enumerate([0, 3, 5, 8]):
+        mask[b, :pad] = 0
+    batch_tokens, _ = _run(model, ids, mask, 12, DecodeConfig(method="jacobi"))
+    for b in range(4):
+        alone, _ = _run(model, ids[b : b + 1, mask[b].bool()], None, 12, DecodeConfig(method="jacobi"))
+        assert torch.equal(alone[0], batch_tokens[b])

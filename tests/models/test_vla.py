@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ee_vla.action_tokenizer import ActionStats
+from ee_vla.models.vla import VLA, ModelLoadError
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_vla_dir, tmp_path):
+    a = VLA.from_pretrained(tiny_vla_dir)
+    px = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    inputs = a.build_inputs(px, ["pick up the red cube", "push it"])
+    a.save_pretrained(tmp_path / "copy")
+    b = VLA.from_pretrained(tmp_path / "copy")
+    with torch.no_grad():
+        assert torch.equal(a.model(**inputs).logits, b.model(**inputs).logits)
+    assert b.action_tokenizer.to_dict() == a.action_tokenizer.to_dict() and b.chunk_size == 3
+
+
+def test_action_tokens_are_the_last_ids_of_the_vocabulary(tiny_vla_dir):
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    lo, hi = vla.action_range
+    assert hi == len(vla.tokenizer) - 1 == vla.model.config.text_config.vocab_size - 1 and hi - lo == 255
+    assert vla.n_action_tokens == 21
+
+
+def test_inputs_are_left_padded_with_image_tokens(tiny_vla_dir):
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    px = np.zeros((2, 100, 80, 3), dtype=np.uint8)  # any size is resized to the model's
+    inp = vla.build_inputs(px, ["a", "a much longer instruction than the first"])
+    assert inp["pixel_values"].shape == (2, 3, 64, 64)
+    assert inp["attention_mask"][0, 0] == 0 and inp["attention_mask"][1].all()
+    assert (inp["input_ids"][1] == vla.image_token_id).sum() == vla.n_image_tokens == 16
+
+
+def test_proprio_is_tokenised_into_the_prompt(tmp_path):
+    stats = ActionStats(q01=[-1.0] * 4, q99=[1.0] * 4, mask=[True] * 4)
+    vla = VLA.create("tiny", proprio_stats=stats)
+    base = len(vla.prompt_ids("x", np.zeros(4)))
+    assert vla.proprio_dim == 4 and base == len(VLA.create("tiny").prompt_ids("x")) + 4
+    vla.save_pretrained(tmp_path / "p")
+    assert VLA.from_pretrained(tmp_path / "p").proprio_dim == 4
+
+
+def test_missing_directory_and_files(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        VLA.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="missing config.json, model.safetensors"):
+        VLA.from_pretrained(tmp_path / "empty")
+
+
+def test_corrupt_safetensors_and_metadata(tiny_vla_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_vla_dir, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="truncated|not a valid safetensors"):
+        VLA.from_pretrained(bad)
+    weights.write_bytes(b"this is not a safetensors file at all")
+    with pytest.raises(ModelLoadError, match="not a valid safetensors"):
+        VLA.from_pretrained(bad)
+    shutil.copy(tiny_vla_dir / "model.safetensors", weights)
+    (bad / "ee_vla.json").write_text(json.dumps({"chunk_size": 3}))
+    with pytest.raises(ModelLoadError, match="ee_vla.json is corrupt"):
+        VLA.from_pretrained(bad)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset"):
+        VLA.create("huge")

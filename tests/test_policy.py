@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from ee_vla.decoding import DecodeConfig
+from ee_vla.policy import ObservationError, VLAPolicy
+
+
+def obs(batch: int | None = None, size: int = 64):
+    rng = np.random.default_rng(0)
+    if batch is None:
+        return {"pixels": rng.integers(0, 255, (size, size, 3), dtype=np.uint8), "instruction": "pick up the red cube"}
+    return {
+        "pixels": rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8),
+        "instruction": [f"pick up object {i}" for i in range(batch)],
+    }
+
+
+@pytest.fixture()
+def policy(tiny_vla_dir):
+    return VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar")
+
+
+def test_decoders_agree_and_report_stats(policy):
+    ar = policy.predict_action_chunk(obs())
+    ar_iters = policy.last_stats.iterations
+    policy.decoder = "jacobi"
+    assert np.array_equal(policy.predict_action_chunk(obs()), ar)
+    assert ar.shape == (3, 7) and ar_iters == 20
+    assert policy.last_stats.iterations <= 20 and policy.last_stats.exact
+    assert np.all(np.abs(ar[:, :6]) <= 1.0 + 1e-6)
+
+
+def test_batched_decoding_matches_one_by_one(policy):
+    policy.decoder = "jacobi"
+    batch = obs(batch=3)
+    chunks = policy.predict_action_chunk(batch)
+    assert chunks.shape == (3, 3, 7)
+    for i in range(3):
+        single = {"pixels": batch["pixels"][i], "instruction": batch["instruction"][i]}
+        np.testing.assert_allclose(policy.predict_action_chunk(single), chunks[i], atol=1e-12)
+
+
+def test_stream_emits_every_action_in_order_and_equals_the_chunk(policy):
+    chunk = policy.predict_action_chunk(obs())
+    policy.decoder = DecodeConfig(method="jacobi")
+    streamed = list(policy.stream_action_chunk(obs()))
+    assert [a.index for a in streamed] == [0, 1, 2]
+    assert all(a.exact for a in streamed) and streamed[0].t <= streamed[-1].t
+    np.testing.assert_array_equal(np.stack([a.action for a in streamed]), chunk)
+
+
+def test_select_action_is_a_queue_over_chunks(tiny_vla_dir):
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", n_action_steps=2)
+    chunk = policy.predict_action_chunk(obs())
+    policy.reset()
+    first, second = policy.select_action(obs()), policy.select_action(obs())
+    np.testing.assert_array_equal(np.stack([first, second]), chunk[:2])
+    assert len(policy._queue) == 0  # the third call decodes a new chunk
+
+
+def test_warm_start_changes_the_guess_not_the_exact_result(tiny_vla_dir):
+    cold = VLAPolicy.from_pretrained(tiny_vla_dir, decoder=DecodeConfig(method="jacobi", init="repeat"))
+    warm = VLAPolicy.from_pretrained(tiny_vla_dir, decoder=DecodeConfig(method="jacobi", init="warm"))
+    for _ in range(2):
+        a, b = cold.predict_action_chunk(obs()), warm.predict_action_chunk(obs())
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"instruction": "x"}, "no 'pixels'"),
+        ({"pixels": np.zeros((64, 64), np.uint8), "instruction": "x"}, "must be \\(H, W, 3\\)"),
+        ({"pixels": np.zeros((64, 64, 3), np.float32), "instruction": "x"}, "uint8"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "   "}, "non-empty"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8)}, "one string per image"),
+        ({"pixels": np.zeros((2, 64, 64, 3), np.uint8), "instruction": ["a"]}, "2 images, 1 instructions"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "x", "agent_pos": [np.nan]}, "NaN"),
+        ("not a dict", "must be a dict"),
+    ],
+)
+def test_bad_observations_get_clear_errors(policy, bad, match):
+    with pytest.raises(ObservationError, match=match):
+        policy.predict_action_chunk(bad)
