@@ -1,0 +1,40 @@
+# The two quickstart commands: `make demo` (set up + run the main job) and `make test`.
+# Everything installs into ./.venv; torch is pinned to the local CPU build (constraints-cpu.txt)
+# so a CPU machine never downloads CUDA wheels. GPU users: install torch first, then
+# `pip install -e .[sim,dds,test]` without the constraints file.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= sim,metaworld,dds,test
+# Headless MuJoCo rendering: Mesa's software EGL on a CPU machine, the GPU's EGL where there is one.
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup sysdeps demo test lint clean
+
+$(VENV)/.installed: setup.py constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+# System libraries for headless software rendering (Debian/Ubuntu; skipped when present or not root).
+sysdeps:
+	@if ldconfig -p | grep -q 'libEGL_mesa.so' ; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; \
+	else echo "ee_vla: install Mesa's EGL (Debian: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) for headless rendering"; fi
+
+setup: sysdeps $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/ee-vla eval --policy ee_vla/checkpoints/default --compare ar ceed --episodes 10 --num-envs 4 --out outputs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,205 @@
+"""`ee-vla bench`: decode latency of AR vs Jacobi vs CEED for one policy, measured in one run.
+
+For a saved policy or a random model of a preset, decodes the same observations with every decoder
+and reports prefill ms, per-iteration ms, iterations and forward passes per chunk, tokens/s,
+actions/s, time to the first streamed action, p50/p95/p99 call latency and the speedup vs AR measured
+in the same run, with the device and library versions. Saves `bench.json` and PNG plots.
+Numbers are printed and saved, never asserted: machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ee_vla.decoding import DecodeConfig
+from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    """Options of `ee-vla bench`."""
+
+    model: str = "tiny"
+    """A policy directory, or a preset name (tiny | small) for a randomly initialised model."""
+    decoders: tuple[str, ...] = ("ar", "jacobi", "ceed")
+    """Decoders to compare (presets of DecodeConfig); the first 'ar' is the speedup reference."""
+    ceed_max_iterations: int | None = None
+    """Iteration cap of the ceed decoder (None: its preset)."""
+    ceed_tau: int | None = None
+    """Relaxed-convergence tolerance of the ceed decoder in bins (None: its preset)."""
+    calls: int = 30
+    """Timed decode calls per decoder."""
+    warmup: int = 3
+    """Untimed calls per decoder before timing."""
+    batch_size: int = 1
+    """Observations decoded per call."""
+    chunk_size: int = 3
+    """Actions per chunk of a random preset model (a saved policy keeps its own)."""
+    device: str = "cpu"
+    """torch device."""
+    dtype: str = "float32"
+    """Model dtype."""
+    seed: int = 0
+    """Seed of the random observations (and of a random model)."""
+    out: Path = Path("outputs/bench")
+    """Directory for bench.json and plots."""
+    plots: bool = True
+    """Save PNG plots (latency histogram, iterations histogram, speedup bars)."""
+
+    def __post_init__(self) -> None:
+        if self.calls < 1:
+            raise ValueError(f"BenchConfig.calls must be >= 1, got {self.calls}")
+        if self.warmup < 0:
+            raise ValueError(f"BenchConfig.warmup must be >= 0, got {self.warmup}")
+        if self.batch_size < 1:
+            raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not self.decoders:
+            raise ValueError("BenchConfig.decoders is empty")
+        for d in self.decoders:
+            DecodeConfig.preset(d)  # raises with the list of known names
+
+
+def decoder_config(name: str, cfg: BenchConfig) -> DecodeConfig:
+    dc = DecodeConfig.preset(name)
+    if name == "ceed":
+        changes = {k: v for k, v in (("max_iterations", cfg.ceed_max_iterations), ("tau", cfg.ceed_tau)) if v is not None}
+        dc = dc.with_(**changes)
+    return dc
+
+
+def _policy(cfg: BenchConfig):
+    from ee_vla.models import create_random_vla_dir
+    from ee_vla.models.vla import PRESETS
+    from ee_vla.policy import VLAPolicy
+
+    path = Path(cfg.model)
+    if not path.exists():
+        if cfg.model not in PRESETS:
+            raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})")
+        path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, cfg.chunk_size, cfg.seed)
+    return VLAPolicy.from_pretrained(path, decoder="ar", device=cfg.device, dtype=cfg.dtype)
+
+
+def _observations(policy, cfg: BenchConfig) -> dict:
+    rng = np.random.default_rng(cfg.seed)
+    S = policy.vla.image_size
+    obs = {
+        "pixels": rng.integers(0, 256, (cfg.batch_size, S, S, 3), dtype=np.uint8),
+        "instruction": ["pick up the red cube"] * cfg.batch_size,
+    }
+    if policy.vla.proprio_dim:
+        obs["agent_pos"] = rng.normal(size=(cfg.batch_size, policy.vla.proprio_dim))
+    return obs
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Benchmark every decoder on the same inputs; returns (and saves) the results."""
+    policy = _policy(cfg)
+    obs = _observations(policy, cfg)
+    n_tok = policy.vla.n_action_tokens * cfg.batch_size
+    n_act = policy.chunk_size * cfg.batch_size
+    results: dict[str, dict] = {}
+    for name in cfg.decoders:
+        policy.decoder = decoder_config(name, cfg)
+        for _ in range(cfg.warmup):
+            policy.reset()
+            policy.predict_action_chunk(obs)
+        calls, prefill, per_iter, first_action = LatencyRecorder(), [], [], []
+        iterations, passes = [], []
+        policy.reset()
+        for _ in range(cfg.calls):
+            with calls.time(cfg.device):
+                policy.predict_action_chunk(obs)
+            st = policy.last_stats
+            prefill.append(st.prefill_s)
+            per_iter.extend(st.iteration_s)
+            iterations.append(st.iterations)
+            passes.append(st.forward_passes)
+            first_action.append(max(row[0] for row in st.unit_final_time_s))
+        synchronize(cfg.device)
+        total = calls.total
+        results[name] = {
+            "decoder": asdict(policy.decoder),
+            "call_ms": calls.summary_ms(),
+            "prefill_ms": _ms(summarize(prefill)),
+            "iteration_ms": _ms(summarize(per_iter)),
+            "first_action_ms": _ms(summarize(first_action)),
+            "iterations_per_chunk": float(np.mean(iterations)),
+            "iterations_hist": np.bincount(iterations).tolist(),
+            "forward_passes_per_chunk": float(np.mean(passes)),
+            "tokens_per_s": n_tok * cfg.calls / total,
+            "actions_per_s": n_act * cfg.calls / total,
+            "chunks_per_s": cfg.calls / total,
+            "call_s": calls.samples,
+        }
+    ref = results.get("ar")
+    for r in results.values():
+        r["speedup_vs_ar"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+        r["forward_pass_reduction_vs_ar"] = ref["forward_passes_per_chunk"] / r["forward_passes_per_chunk"] if ref else None
+    out = {
+        "config": {**asdict(cfg), "out": str(cfg.out)},
+        "model": {"chunk_size": policy.chunk_size, "action_dim": policy.action_dim, "tokens_per_chunk": policy.vla.n_action_tokens,
+                  "parameters": sum(p.numel() for p in policy.vla.model.parameters()), "meta": policy.vla.meta},
+        "environment": environment_info(cfg.device, cfg.dtype),
+        "results": results,
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "bench.json").write_text(json.dumps(out, indent=2))
+    if cfg.plots:
+        plot_bench(out, cfg.out)
+    print(format_table(out))
+    log.info("saved %s", cfg.out / "bench.json")
+    return out
+
+
+def _ms(summary: dict) -> dict:
+    return {k: (v * 1e3 if k != "n" else v) for k, v in summary.items()}
+
+
+def format_table(out: dict) -> str:
+    env = out["environment"]
+    head = f"{'decoder':<8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} " \
+           f"{'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'speedup':>8}"
+    lines = [f"device: {env.get('device_name', out['config']['device'])}  dtype: {out['config']['dtype']}  "
+             f"batch: {out['config']['batch_size']}  tokens/chunk: {out['model']['tokens_per_chunk']}", head, "-" * len(head)]
+    for name, r in out["results"].items():
+        sp = r["speedup_vs_ar"]
+        lines.append(
+            f"{name:<8} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
+            f"{r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} {r['iterations_per_chunk']:>6.2f} "
+            f"{r['forward_passes_per_chunk']:>5.1f} {r['tokens_per_s']:>8.1f} {r['actions_per_s']:>8.1f} "
+            f"{r['first_action_ms']['p50']:>8.2f} {('%.2fx' % sp) if sp else '-':>8}"
+        )
+    return "\n".join(lines)
+
+
+def plot_bench(out: dict, directory: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = out["results"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, r in res.items():
+        axes[0].hist(np.asarray(r["call_s"]) * 1e3, bins=30, alpha=0.6, label=name)
+        axes[1].bar(np.arange(len(r["iterations_hist"])) + 0.1 * list(res).index(name), r["iterations_hist"], width=0.1, label=name)
+    axes[0].set(xlabel="decode call latency (ms)", ylabel="calls", title="latency")
+    axes[1].set(xlabel="iterations per chunk", ylabel="calls", title="iterations")
+    names = list(res)
+    axes[2].bar(names, [res[n]["speedup_vs_ar"] or 0 for n in names], color="tab:green")
+    axes[2].axhline(1.0, color="k", lw=0.8)
+    axes[2].set(ylabel="tokens/s relative to AR", title=f"speedup ({out['environment'].get('device_name', '')})")
+    for ax in axes[:2]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(directory / "bench.png", dpi=100)
+    plt.close(fig)

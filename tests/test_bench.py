@@ -1,0 +1,26 @@
+import json
+
+import pytest
+
+from ee_vla.bench import BenchConfig, run_bench
+
+
+def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path, capsys):
+    cfg = BenchConfig(model=str(tiny_vla_dir), calls=2, warmup=1, batch_size=2, out=tmp_path)
+    out = run_bench(cfg)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert set(saved["results"]) == {"ar", "jacobi", "ceed"} and (tmp_path / "bench.png").is_file()
+    ar = out["results"]["ar"]
+    assert ar["speedup_vs_ar"] == 1.0 and ar["iterations_per_chunk"] == 20 and ar["forward_passes_per_chunk"] == 21
+    for r in out["results"].values():
+        assert r["call_ms"]["n"] == 2 and r["tokens_per_s"] > 0 and r["iteration_ms"]["p50"] > 0
+        assert r["actions_per_s"] == pytest.approx(r["tokens_per_s"] / 7)
+    assert saved["environment"]["device"] == "cpu" and saved["environment"]["versions"]["torch"]
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_models_and_decoders(tmp_path):
+    with pytest.raises(ValueError, match="unknown decoder"):
+        BenchConfig(decoders=("ar", "beam"))
+    with pytest.raises(ValueError, match="neither a directory nor a preset"):
+        run_bench(BenchConfig(model=str(tmp_path / "missing"), calls=1, out=tmp_path))
