@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,9 @@ class BenchConfig:
 def decoder_config(name: str, cfg: BenchConfig) -> DecodeConfig:
     dc = DecodeConfig.preset(name)
     if name == "ceed":
-        changes = {k: v for k, v in (("max_iterations", cfg.ceed_max_iterations), ("tau", cfg.ceed_tau)) if v is not None}
+        changes = {
+            k: v for k, v in (("max_iterations", cfg.ceed_max_iterations), ("tau", cfg.ceed_tau)) if v is not None
+        }
         dc = dc.with_(**changes)
     return dc
 
@@ -143,11 +145,18 @@ def run_bench(cfg: BenchConfig) -> dict:
     ref = results.get("ar")
     for r in results.values():
         r["speedup_vs_ar"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
-        r["forward_pass_reduction_vs_ar"] = ref["forward_passes_per_chunk"] / r["forward_passes_per_chunk"] if ref else None
+        r["forward_pass_reduction_vs_ar"] = (
+            ref["forward_passes_per_chunk"] / r["forward_passes_per_chunk"] if ref else None
+        )
     out = {
         "config": {**asdict(cfg), "out": str(cfg.out)},
-        "model": {"chunk_size": policy.chunk_size, "action_dim": policy.action_dim, "tokens_per_chunk": policy.vla.n_action_tokens,
-                  "parameters": sum(p.numel() for p in policy.vla.model.parameters()), "meta": policy.vla.meta},
+        "model": {
+            "chunk_size": policy.chunk_size,
+            "action_dim": policy.action_dim,
+            "tokens_per_chunk": policy.vla.n_action_tokens,
+            "parameters": sum(p.numel() for p in policy.vla.model.parameters()),
+            "meta": policy.vla.meta,
+        },
         "environment": environment_info(cfg.device, cfg.dtype),
         "results": results,
     }
@@ -166,17 +175,23 @@ def _ms(summary: dict) -> dict:
 
 def format_table(out: dict) -> str:
     env = out["environment"]
-    head = f"{'decoder':<8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} " \
-           f"{'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'speedup':>8}"
-    lines = [f"device: {env.get('device_name', out['config']['device'])}  dtype: {out['config']['dtype']}  "
-             f"batch: {out['config']['batch_size']}  tokens/chunk: {out['model']['tokens_per_chunk']}", head, "-" * len(head)]
+    head = (
+        f"{'decoder':<8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} "
+        f"{'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'speedup':>8}"
+    )
+    lines = [
+        f"device: {env.get('device_name', out['config']['device'])}  dtype: {out['config']['dtype']}  "
+        f"batch: {out['config']['batch_size']}  tokens/chunk: {out['model']['tokens_per_chunk']}",
+        head,
+        "-" * len(head),
+    ]
     for name, r in out["results"].items():
         sp = r["speedup_vs_ar"]
         lines.append(
             f"{name:<8} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
             f"{r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} {r['iterations_per_chunk']:>6.2f} "
             f"{r['forward_passes_per_chunk']:>5.1f} {r['tokens_per_s']:>8.1f} {r['actions_per_s']:>8.1f} "
-            f"{r['first_action_ms']['p50']:>8.2f} {('%.2fx' % sp) if sp else '-':>8}"
+            f"{r['first_action_ms']['p50']:>8.2f} {f'{sp:.2f}x' if sp else '-':>8}"
         )
     return "\n".join(lines)
 
@@ -191,7 +206,12 @@ def plot_bench(out: dict, directory: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, r in res.items():
         axes[0].hist(np.asarray(r["call_s"]) * 1e3, bins=30, alpha=0.6, label=name)
-        axes[1].bar(np.arange(len(r["iterations_hist"])) + 0.1 * list(res).index(name), r["iterations_hist"], width=0.1, label=name)
+        axes[1].bar(
+            np.arange(len(r["iterations_hist"])) + 0.1 * list(res).index(name),
+            r["iterations_hist"],
+            width=0.1,
+            label=name,
+        )
     axes[0].set(xlabel="decode call latency (ms)", ylabel="calls", title="latency")
     axes[1].set(xlabel="iterations per chunk", ylabel="calls", title="iterations")
     names = list(res)

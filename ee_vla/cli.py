@@ -16,12 +16,22 @@ from pathlib import Path
 
 # name -> (module, config class, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "eval": ("ee_vla.evaluation", "EvalConfig", "evaluate", "evaluate a policy in simulation (success, latency; --compare decoders)"),
+    "eval": (
+        "ee_vla.evaluation",
+        "EvalConfig",
+        "evaluate",
+        "evaluate a policy in simulation (success, latency; --compare decoders)",
+    ),
     "bench": ("ee_vla.bench", "BenchConfig", "run_bench", "decode latency of AR vs Jacobi vs CEED on one machine"),
     "collect": ("sim_envs.collect", "CollectConfig", "collect", "record scripted-expert demonstrations to HDF5"),
     "train": ("ee_vla.training", "TrainConfig", "train", "behaviour-cloning training of a VLA on demonstrations"),
     "distill": ("ee_vla.training", "DistillConfig", "distill", "CEED consistency distillation of a trained VLA"),
-    "serve": ("ros_nodes.serve", "ServeConfig", "serve", "run the policy node over Cyclone DDS (no ROS install needed)"),
+    "serve": (
+        "ros_nodes.serve",
+        "ServeConfig",
+        "serve",
+        "run the policy node over Cyclone DDS (no ROS install needed)",
+    ),
     "init-model": ("ee_vla.cli", "InitModelConfig", "init_model", "write a randomly initialised VLA of a preset"),
 }
 
@@ -73,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
-        print(f"ee-vla {name}: a dependency is missing ({e}); install the matching extra, e.g. "
-              "`pip install -e .[sim]` or `.[dds]`", file=sys.stderr)
+        print(
+            f"ee-vla {name}: a dependency is missing ({e}); install the matching extra, e.g. "
+            "`pip install -e .[sim]` or `.[dds]`",
+            file=sys.stderr,
+        )
         return 1
     config = tyro.cli(getattr(mod, cls), args=rest, prog=f"ee-vla {name}")
     getattr(mod, fn)(config)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
+from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.decoding.hf import HFStep
 from ee_vla.streaming import StreamedAction
@@ -117,9 +118,7 @@ class VLAPolicy:
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """(chunk_size, action_dim) actions, or (B, chunk_size, action_dim) for a batched obs."""
         batched = isinstance(obs, dict) and np.ndim(obs.get("pixels")) == 4
-        final = None
-        for final in self._decode_states(obs):
-            pass
+        final = last(self._decode_states(obs))
         actions = self.vla.tokens_to_actions(final.tokens.cpu().numpy())
         return actions if batched else actions[0]
 
@@ -164,7 +163,9 @@ class VLAPolicy:
         if px.ndim == 3:
             px = px[None]
         if px.ndim != 4 or px.shape[-1] != 3:
-            raise ObservationError(f"'pixels' must be (H, W, 3) or (B, H, W, 3) RGB, got shape {np.shape(obs['pixels'])}")
+            raise ObservationError(
+                f"'pixels' must be (H, W, 3) or (B, H, W, 3) RGB, got shape {np.shape(obs['pixels'])}"
+            )
         if px.dtype != np.uint8:
             raise ObservationError(f"'pixels' must be uint8 (0..255), got dtype {px.dtype}")
         if min(px.shape[1:3]) < 8:
@@ -173,7 +174,9 @@ class VLAPolicy:
         instr = obs.get("instruction")
         instrs = [instr] * 1 if isinstance(instr, str) else list(instr) if instr is not None else []
         if len(instrs) != B:
-            raise ObservationError(f"'instruction' must be one string per image: {B} images, {len(instrs)} instructions")
+            raise ObservationError(
+                f"'instruction' must be one string per image: {B} images, {len(instrs)} instructions"
+            )
         for s in instrs:
             if not isinstance(s, str) or not s.strip():
                 raise ObservationError(f"'instruction' must be a non-empty string, got {s!r}")

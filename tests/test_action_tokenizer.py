@@ -6,7 +6,9 @@ from hypothesis.extra.numpy import arrays
 
 from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
 
-STATS = ActionStats(q01=[-0.5, -1.0, 0.0, -2.0, -0.1, -3.0, -1.0], q99=[0.5, 2.0, 0.3, 2.0, 0.1, 3.0, 1.0], mask=[True] * 6 + [False])
+STATS = ActionStats(
+    q01=[-0.5, -1.0, 0.0, -2.0, -0.1, -3.0, -1.0], q99=[0.5, 2.0, 0.3, 2.0, 0.1, 3.0, 1.0], mask=[True] * 6 + [False]
+)
 
 
 def _in_range_actions(n: int) -> st.SearchStrategy:
@@ -71,7 +73,11 @@ def test_stats_from_actions_and_save_load(tmp_path):
 
 @pytest.mark.parametrize(
     "bad, match",
-    [(np.full((2, 7), np.nan), "NaN"), (np.array([[np.inf] * 7]), "NaN or inf"), (np.zeros((2, 6)), "last dimension 7")],
+    [
+        (np.full((2, 7), np.nan), "NaN"),
+        (np.array([[np.inf] * 7]), "NaN or inf"),
+        (np.zeros((2, 6)), "last dimension 7"),
+    ],
 )
 def test_rejects_bad_actions(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -20,9 +20,27 @@ def test_init_model_then_bench_from_the_console(tmp_path):
     assert main(["init-model", "--out", str(model), "--preset", "tiny", "--chunk-size", "2"]) == 0
     assert (model / "model.safetensors").is_file()
     run = subprocess.run(
-        [sys.executable, "-m", "ee_vla.cli", "bench", "--model", str(model), "--calls", "1", "--warmup", "0",
-         "--decoders", "ar", "jacobi", "--no-plots", "--out", str(tmp_path / "b")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "ee_vla.cli",
+            "bench",
+            "--model",
+            str(model),
+            "--calls",
+            "1",
+            "--warmup",
+            "0",
+            "--decoders",
+            "ar",
+            "jacobi",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "jacobi" in run.stdout and (tmp_path / "b" / "bench.json").is_file()

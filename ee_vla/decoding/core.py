@@ -21,6 +21,7 @@ action's tokens as they are (later tokens are then decoded conditioned on the fr
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -268,7 +269,10 @@ def iter_decode(
 
 def decode(step: Step, first_logits: torch.Tensor, n_tokens: int, config: DecodeConfig, **kwargs):
     """Run `iter_decode` to the end; returns (tokens (B, n), DecodeStats)."""
-    state = None
-    for state in iter_decode(step, first_logits, n_tokens, config, **kwargs):
-        pass
+    state = last(iter_decode(step, first_logits, n_tokens, config, **kwargs))
     return state.tokens, state.stats
+
+
+def last(states: Iterator[DecodeState]) -> DecodeState:
+    """The final state of a decode stream (consumes it)."""
+    return collections.deque(states, maxlen=1)[0]

@@ -140,7 +140,9 @@ class VLA:
         self.n_image_tokens = model.config.image_seq_length
         at = action_tokenizer
         if at.last_token_id >= len(tokenizer) or at.first_token_id < 0:
-            raise ValueError(f"action tokens {at.first_token_id}..{at.last_token_id} outside vocabulary of {len(tokenizer)}")
+            raise ValueError(
+                f"action tokens {at.first_token_id}..{at.last_token_id} outside vocabulary of {len(tokenizer)}"
+            )
 
     # ---- construction / persistence --------------------------------------------------------
     @classmethod
@@ -206,7 +208,9 @@ class VLA:
         path = Path(path)
         if not path.is_dir():
             raise ModelLoadError(f"policy path {path} is not a directory")
-        missing = [f for f in ("config.json", "model.safetensors", EE_VLA_FILE, "tokenizer.json") if not (path / f).is_file()]
+        missing = [
+            f for f in ("config.json", "model.safetensors", EE_VLA_FILE, "tokenizer.json") if not (path / f).is_file()
+        ]
         if missing:
             raise ModelLoadError(f"{path} is not an ee_vla model directory: missing {', '.join(missing)}")
         try:
@@ -261,7 +265,9 @@ class VLA:
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+            )
         mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.model.dtype)
@@ -286,7 +292,11 @@ class VLA:
             ids[i, P - len(r) :] = torch.tensor(r)
             mask[i, P - len(r) :] = 1
         dev = self.device
-        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "pixel_values": self.preprocess_images(pixels)}
+        return {
+            "input_ids": ids.to(dev),
+            "attention_mask": mask.to(dev),
+            "pixel_values": self.preprocess_images(pixels),
+        }
 
     def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
         """(..., chunk_size * action_dim) -> (..., chunk_size, action_dim)."""

@@ -38,7 +38,9 @@ def test_jacobi_to_convergence_equals_ar(data):
 
     window = data.draw(st.one_of(st.none(), st.integers(1, 16)))
     keep = True if window is not None else data.draw(st.booleans())
-    guess = torch.tensor(data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * n, max_size=batch * n))).view(batch, n)
+    guess = torch.tensor(data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * n, max_size=batch * n))).view(
+        batch, n
+    )
     cfg = DecodeConfig(method="jacobi", window=window, keep_final_kv=keep)
     tokens, stats = _run(model, ids, mask, n, cfg, guess=guess, action_range=action_range)
     assert torch.equal(tokens, ar_tokens)
