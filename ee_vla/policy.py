@@ -109,6 +109,19 @@ class VLAPolicy:
     def n_action_steps(self) -> int:
         return self.config.n_action_steps or self.chunk_size
 
+    @property
+    def warm_start_tokens(self) -> torch.Tensor | None:
+        """(B, n) tokens of the last decoded chunk, the `warm` guess of the next call (None after
+        `reset`). Settable, so a caller that batches different episodes together (vectorised
+        evaluation) can give each row its own episode's previous chunk."""
+        return self._previous
+
+    @warm_start_tokens.setter
+    def warm_start_tokens(self, tokens: torch.Tensor | None) -> None:
+        if tokens is not None and (tokens.ndim != 2 or tokens.shape[1] != self.vla.n_action_tokens):
+            raise ValueError(f"warm_start_tokens must be (B, {self.vla.n_action_tokens}), got {tuple(tokens.shape)}")
+        self._previous = tokens
+
     # ---- contract ------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget queued actions and the warm-start chunk (call at every episode start)."""

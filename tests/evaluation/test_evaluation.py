@@ -1,0 +1,245 @@
+"""`ee_vla.evaluation`: eval_info.json schema, episode bookkeeping, AR == Jacobi end to end, bad input.
+
+A tiny random policy on a fake env (conftest) with a few short episodes; `ee_vla/PickCube-v0` gets a
+smoke test when sim_envs provides it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from ee_vla.evaluation import EvalConfig, EvalConfigError, evaluate, wilson_interval
+from ee_vla.models.vla import ModelLoadError
+
+FAKE_ENV = "test_ee_vla/FakeReach-v0"  # registered by conftest.py
+FAKE_ENV_4D = "test_ee_vla/FakeReach4D-v0"
+
+LEROBOT_EPISODE_KEYS = {"episode_ix", "sum_reward", "max_reward", "success", "seed"}
+LEROBOT_AGGREGATED_KEYS = {"avg_sum_reward", "avg_max_reward", "pc_success", "eval_s", "eval_ep_s"}
+
+
+def make_cfg(policy, out, **kw) -> EvalConfig:
+    base = dict(
+        policy=policy,
+        env=[FAKE_ENV],
+        episodes=3,
+        num_envs=1,
+        seed=10,
+        output_dir=out,
+        env_modules=[],
+        progress=False,
+        print_summary=False,
+        warmup=0,
+    )
+    return EvalConfig(**{**base, **kw})
+
+
+def episode_key(e: dict) -> tuple:
+    return (e["env_id"], e["episode_ix"], e["seed"], e["steps"], e["sum_reward"], e["max_reward"], e["success"])
+
+
+def check_eval_info(info: dict, cfg: EvalConfig) -> None:
+    on_disk = json.loads((cfg.output_dir / "eval_info.json").read_text())
+    assert on_disk["per_episode"] == info["per_episode"]
+    eps = info["per_episode"]
+    assert len(eps) == cfg.episodes * len(cfg.env)
+    for env_id in cfg.env:
+        block = info["per_env"][env_id]
+        mine = block["per_episode"]
+        assert [e["episode_ix"] for e in mine] == list(range(cfg.episodes))
+        assert [e["seed"] for e in mine] == [cfg.seed + i for i in range(cfg.episodes)]
+        assert all(LEROBOT_EPISODE_KEYS <= e.keys() for e in mine)
+        assert LEROBOT_AGGREGATED_KEYS <= block["aggregated"].keys()
+        agg = block["aggregated"]
+        assert agg["pc_success"] == pytest.approx(sum(e["success"] * 100 for e in mine) / len(mine))
+        assert agg["avg_sum_reward"] == pytest.approx(sum(e["sum_reward"] for e in mine) / len(mine))
+        assert agg["eval_ep_s"] == pytest.approx(agg["eval_s"] / cfg.episodes)
+        for e in mine:
+            assert e["steps"] >= 1 and isinstance(e["success"], bool)
+            if env_id == FAKE_ENV:  # rewards are minus distances, at most 8 steps
+                assert e["steps"] <= 8 and e["max_reward"] <= 0 and e["sum_reward"] <= e["max_reward"]
+    agg = info["aggregated"]
+    assert LEROBOT_AGGREGATED_KEYS <= agg.keys()
+    assert agg["pc_success"] == pytest.approx(sum(e["success"] * 100 for e in eps) / len(eps))
+    lo, hi = agg["pc_success_ci95"]
+    assert 0 <= lo <= agg["pc_success"] <= hi <= 100
+
+    dec = info["decode"]
+    n_tok = info["policy"]["tokens_per_chunk"]
+    assert dec["chunks"] == sum(dec["iterations_per_chunk"]["histogram"].values())
+    assert dec["calls"] == dec["latency_ms"]["n"] >= math.ceil(cfg.episodes / cfg.num_envs)
+    for p in ("p50", "p95", "p99"):
+        assert dec["latency_ms"][p] > 0
+    assert dec["latency_ms"]["p50"] <= dec["latency_ms"]["p95"] <= dec["latency_ms"]["p99"]
+    assert dec["tokens_per_s"] == pytest.approx(dec["chunks"] * n_tok / dec["decode_s"])
+    assert dec["actions_per_s"] == pytest.approx(dec["tokens_per_s"] / info["policy"]["action_dim"])
+    assert 1 <= dec["forward_passes_per_chunk"] <= dec["forward_passes_per_call"] <= n_tok
+    env = info["environment"]
+    assert env["device"] == "cpu" and env["dtype"] == "float32" and env["versions"]["torch"]
+
+
+def test_eval_info_schema_and_num_envs_do_not_change_episodes(tiny_policy_dir, tmp_path):
+    """Same seeds -> same episodes whether 1 or 2 copies run them (episodes end at different steps)."""
+    cfg1 = make_cfg(tiny_policy_dir, tmp_path / "n1", decoder="ar", num_envs=1, episodes=4, videos=1)
+    cfg2 = make_cfg(tiny_policy_dir, tmp_path / "n2", decoder="ar", num_envs=2, episodes=4, warmup=1)
+    info1, info2 = evaluate(cfg1), evaluate(cfg2)
+    check_eval_info(info1, cfg1)
+    check_eval_info(info2, cfg2)
+    assert len({e["steps"] for e in info1["per_episode"]}) > 1  # copies really finish at different times
+    assert [episode_key(e) for e in info1["per_episode"]] == [episode_key(e) for e in info2["per_episode"]]
+    assert info1["decode"]["iterations_per_chunk"]["histogram"] == {"20": info1["decode"]["chunks"]}  # AR: n - 1
+    assert info2["decode"]["mean_batch_size"] > 1
+    assert len(info1["video_paths"]) == 1 and info2["video_paths"] == []
+    assert (cfg1.output_dir / "videos" / "test_ee_vla_FakeReach-v0" / "episode_0.gif").stat().st_size > 0
+
+
+def sim_kwargs(env_id: str) -> dict:
+    """EvalConfig fields for the MuJoCo env: small images, short episodes, software rendering."""
+    return dict(
+        env=[env_id], env_modules=["sim_envs"], max_episode_steps=5, env_kwargs={"image_size": 64}, mujoco_gl="osmesa"
+    )
+
+
+@pytest.mark.parametrize("which", ["fake", "sim"])
+def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys, which, sim_env_id):
+    """Greedy Jacobi to convergence == AR, so whole episodes must match, reward for reward."""
+    extra = {}
+    if which == "sim":
+        if sim_env_id is None:
+            pytest.skip("sim_envs does not provide ee_vla/PickCube-v0 yet")
+        extra = sim_kwargs(sim_env_id)
+    cfg = make_cfg(
+        tiny_policy_dir, tmp_path, compare=["ar,jacobi"], num_envs=2, episodes=3, print_summary=True, **extra
+    )
+    result = evaluate(cfg)
+    check_eval_info(result["runs"]["ar"], replace(cfg, output_dir=tmp_path / "ar"))
+    check_eval_info(result["runs"]["jacobi"], replace(cfg, output_dir=tmp_path / "jacobi"))
+    ar, jac = result["runs"]["ar"], result["runs"]["jacobi"]
+    assert [e["seed"] for e in ar["per_episode"]] == [e["seed"] for e in jac["per_episode"]] == [10, 11, 12]
+    assert [episode_key(e) for e in ar["per_episode"]] == [episode_key(e) for e in jac["per_episode"]]
+    assert jac["decode"]["inexact_chunks"] == 0 and jac["decode"]["chunks"] == ar["decode"]["chunks"]
+    rows = result["decoders"]
+    assert result["baseline"] == "ar"
+    assert rows["ar"]["speedup_tokens_per_s"] == 1.0 and rows["ar"]["speedup_forward_passes"] == 1.0
+    assert rows["jacobi"]["episodes_identical_to_baseline"] == 3
+    assert rows["jacobi"]["speedup_forward_passes"] == pytest.approx(
+        rows["ar"]["forward_passes_per_call"] / rows["jacobi"]["forward_passes_per_call"]
+    )
+    on_disk = json.loads((tmp_path / "compare.json").read_text())
+    assert set(on_disk["decoders"]) == {"ar", "jacobi"} and "runs" not in on_disk
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    assert (tmp_path / "ar" / "eval_info.json").is_file() and (tmp_path / "jacobi" / "eval_info.json").is_file()
+    out = capsys.readouterr().out
+    assert "jacobi" in out and "tokens/s" in out
+
+
+def test_ceed_warm_start_is_per_copy(tiny_policy_dir, tmp_path):
+    """With a 1-iteration cap the output depends on the initial guess; warm guesses must come from each
+    copy's own previous chunk, so 1 and 2 copies (finishing at different steps) give the same episodes."""
+    kw = dict(decoder="ceed", init="warm", max_iterations=1, episodes=4)
+    cfg1 = make_cfg(tiny_policy_dir, tmp_path / "n1", num_envs=1, **kw)
+    cfg2 = make_cfg(tiny_policy_dir, tmp_path / "n2", num_envs=2, **kw)
+    info1, info2 = evaluate(cfg1), evaluate(cfg2)
+    check_eval_info(info2, cfg2)
+    assert [episode_key(e) for e in info1["per_episode"]] == [episode_key(e) for e in info2["per_episode"]]
+    dec = info2["decode"]
+    assert dec["iterations_per_chunk"]["max"] <= 1 and dec["forward_passes_per_call"] <= 2
+    assert sum(dec["exit_reasons"].values()) == dec["chunks"]
+    assert info2["decode_config"]["max_iterations"] == 1 and info2["decode_config"]["method"] == "ceed"
+
+
+def test_async_vector_env_matches_sync(tiny_policy_dir, tmp_path):
+    sync = evaluate(make_cfg(tiny_policy_dir, tmp_path / "s", decoder="ar", num_envs=2, episodes=2))
+    asyn = evaluate(make_cfg(tiny_policy_dir, tmp_path / "a", decoder="ar", num_envs=2, episodes=2, vector="async"))
+    assert [episode_key(e) for e in sync["per_episode"]] == [episode_key(e) for e in asyn["per_episode"]]
+
+
+def test_crashing_episode_is_an_error(tiny_policy_dir, tmp_path):
+    cfg = make_cfg(tiny_policy_dir, tmp_path, decoder="ar", env_kwargs={"crash_at_step": 2})
+    with pytest.raises(RuntimeError, match="crashed on purpose"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval_info.json").exists()
+
+
+# ---- bad input: clear errors before compute ----------------------------------------------------
+def test_unknown_env_id_fails_before_the_model_loads(tmp_path):
+    cfg = make_cfg(tmp_path / "no_such_model", tmp_path / "out", env=["test_ee_vla/FakeReech-v0"])
+    with pytest.raises(EvalConfigError, match="FakeReech-v0.*not a registered.*FakeReach-v0"):
+        evaluate(cfg)
+
+
+def test_policy_dir_missing_files(tiny_policy_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="missing .*model.safetensors"):
+        evaluate(make_cfg(broken, tmp_path / "out"))
+
+
+def test_action_dim_mismatch(tiny_policy_dir, tmp_path):
+    with pytest.raises(EvalConfigError, match="FakeReach4D-v0.*action_dim=7"):
+        evaluate(make_cfg(tiny_policy_dir, tmp_path, env=[FAKE_ENV_4D]))
+    assert not (tmp_path / "eval_info.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decoder": "beam"}, "unknown decoder 'beam'"),
+        ({"compare": ["ar,nucleus"]}, "unknown decoder 'nucleus'"),
+        ({"compare": ["ar", "ar"]}, "twice"),
+        ({"episodes": 0}, "EvalConfig.episodes"),
+        ({"num_envs": 0}, "EvalConfig.num_envs"),
+        ({"n_action_steps": 0}, "EvalConfig.n_action_steps"),
+        ({"decoder": "ar", "tau": 2}, "tau"),
+        ({"decoder": "ceed", "window": 0}, "window"),
+        ({"vector": "threads"}, "EvalConfig.vector"),
+        ({"env": [FAKE_ENV, FAKE_ENV]}, "twice"),
+    ],
+)
+def test_bad_config_fields(tmp_path, kwargs, match):
+    with pytest.raises(EvalConfigError, match=match):
+        make_cfg(tmp_path / "m", tmp_path, **kwargs)
+
+
+def test_compare_applies_ceed_options_to_ceed_only(tmp_path):
+    cfg = make_cfg(tmp_path / "m", tmp_path, compare=["ar", "jacobi", "ceed"], tau=2, max_iterations=3, init="prompt")
+    dc = cfg.decode_configs()
+    assert (dc["ceed"].tau, dc["ceed"].max_iterations, dc["ceed"].init) == (2, 3, "prompt")
+    assert (dc["jacobi"].tau, dc["jacobi"].max_iterations, dc["jacobi"].init) == (0, None, "prompt")
+    assert dc["ar"].method == "ar" and dc["ar"].tau == 0
+
+
+def test_cli_parsing_with_tyro():
+    tyro = pytest.importorskip("tyro")
+    cfg = tyro.cli(
+        EvalConfig,
+        args=["--policy", "m", "--env", "a/A-v0", "--env", "b/B-v0", "--compare", "ar,jacobi,ceed", "--episodes", "5"],
+    )
+    assert cfg.env == ["a/A-v0", "b/B-v0"] and cfg.compare == ["ar", "jacobi", "ceed"] and cfg.episodes == 5
+    assert tyro.cli(EvalConfig, args=["--policy", "m"]).env == ["ee_vla/PickCube-v0"]
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (1, 1, 0.2065, 1.0)],
+)
+def test_wilson_interval(k, n, lo, hi):
+    a, b = wilson_interval(k, n)
+    assert a == pytest.approx(lo, abs=1e-4) and b == pytest.approx(hi, abs=1e-4)
+
+
+def test_pick_cube_smoke(tiny_policy_dir, tmp_path, sim_env_id):
+    if sim_env_id is None:
+        pytest.skip("sim_envs does not provide ee_vla/PickCube-v0 yet")
+    cfg = make_cfg(
+        tiny_policy_dir, tmp_path, decoder="ceed", num_envs=2, episodes=3, videos=1, **sim_kwargs(sim_env_id)
+    )
+    info = evaluate(cfg)
+    check_eval_info(info, cfg)
+    assert all(e["steps"] <= 5 for e in info["per_episode"])
+    assert len(info["video_paths"]) == 1
