@@ -1,0 +1,67 @@
+"""The closed loop without a robot: the policy node plus the sim bridge running an ee_vla env.
+
+    ros2 launch ee_vla sim.launch.py model_path:=/models/ceed env_id:=ee_vla/PickCube-v0
+
+The policy node is ee_vla.launch.py with config/sim.yaml over config/ee_vla.yaml (Float64MultiArray
+commands, the env's 10 Hz, dry_run off: the commands only reach the simulator). MuJoCo renders
+headless with MUJOCO_GL (egl on a GPU, osmesa on a CPU).
+"""
+
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction, SetEnvironmentVariable
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+
+def _sim_bridge(context, *args, **kwargs):
+    overrides = {}
+    env_id = LaunchConfiguration("env_id").perform(context)
+    if env_id:
+        overrides["env_id"] = env_id
+    seed = LaunchConfiguration("seed").perform(context)
+    if seed:
+        overrides["seed"] = int(seed)
+    episodes = LaunchConfiguration("max_episodes").perform(context)
+    if episodes:
+        overrides["max_episodes"] = int(episodes)
+    return [
+        Node(
+            package="ee_vla",
+            executable="sim_bridge_node",
+            name="sim_bridge",
+            namespace=LaunchConfiguration("namespace").perform(context),
+            parameters=[LaunchConfiguration("sim_params_file").perform(context)] + ([overrides] if overrides else []),
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare("ee_vla")
+    sim_params = PathJoinSubstitution([share, "config", "sim.yaml"])
+    policy_launch = PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "ee_vla.launch.py"]))
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("model_path", default_value="", description="Directory of the saved ee_vla policy"),
+            DeclareLaunchArgument("env_id", default_value="", description="Gymnasium env id (empty: sim.yaml's)"),
+            DeclareLaunchArgument("seed", default_value="", description="Seed of the first episode"),
+            DeclareLaunchArgument("max_episodes", default_value="", description="Stop after N episodes (0: never)"),
+            DeclareLaunchArgument("sim_params_file", default_value=sim_params, description="Sim parameters YAML"),
+            DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes"),
+            DeclareLaunchArgument("mujoco_gl", default_value="egl", description="MuJoCo GL backend: egl | osmesa"),
+            SetEnvironmentVariable("MUJOCO_GL", LaunchConfiguration("mujoco_gl")),
+            IncludeLaunchDescription(
+                policy_launch,
+                launch_arguments={
+                    "model_path": LaunchConfiguration("model_path"),
+                    "extra_params_file": LaunchConfiguration("sim_params_file"),
+                    "namespace": LaunchConfiguration("namespace"),
+                }.items(),
+            ),
+            OpaqueFunction(function=_sim_bridge),
+        ]
+    )

@@ -1,0 +1,20 @@
+"""ee_vla's ROS 2 layer: a policy node, a sim bridge, and the same logic over plain Cyclone DDS.
+
+Everything the nodes do lives in ROS-free modules that are tested without ROS:
+
+* `params`      - every node parameter as one validated dataclass (and the ROS descriptors made from it);
+* `images`      - sensor_msgs/Image fields <-> RGB numpy arrays (rgb8/bgr8/rgba8/bgra8/mono8);
+* `safety`      - per-dim clipping, the stale-input watchdog, once-per-cause logging;
+* `diagnostics` - publish-rate and decode-latency statistics, DiagnosticStatus contents;
+* `messages`    - building command/diagnostic/image messages for either transport;
+* `runner`      - the policy runner: worker thread, `ee_vla.streaming.ChunkSchedule` glue, lifecycle;
+* `output`      - publishing the runner's commands, or logging them in dry-run mode;
+* `policy_process` - the policy in a child process (the command timer never waits for torch's GIL);
+* `launch_args` - typed, validated launch-argument overrides;
+* `sim_bridge`  - stepping an `ee_vla/*` Gymnasium env with incoming commands;
+* `bench`       - the DDS delivery/jitter/latency benchmark (`python -m ros_nodes.bench`).
+
+Two transports drive the same runner: `policy_node` / `sim_bridge_node` (rclpy lifecycle / plain
+nodes, imported only on a ROS 2 machine) and `serve` / `sim_serve` (Cyclone DDS with ROS 2 wire naming,
+for a machine without ROS). rclpy is never imported by the ROS-free modules.
+"""

@@ -1,0 +1,303 @@
+"""Benchmark of the DDS transport: command delivery and jitter at a high control rate while a policy
+decodes on the same machine, plus image -> first command latency. Prints and saves JSON.
+
+Two processes on loopback, as on a robot: `python -m ros_nodes.serve` (a subprocess, started through
+its CLI) runs the policy; this process plays the robot: it publishes camera images and the
+instruction and records when each command arrives.
+
+* delivered fraction = commands received / commands the server sent (the server's own count);
+* rate fraction = commands received during the window / (duration * control_hz);
+* jitter = |inter-arrival interval - 1/control_hz| at the receiver (p50/p99/max);
+* image -> first command: with the node halted (no image for longer than the watchdog timeout), the
+  time from publishing one image to receiving the first command (decode of the first action + the
+  wait for the next control tick + transport), over `latency_trials` trials.
+
+    python -m ros_nodes.bench --duration-s 10 --control-hz 200 --out outputs/ros_bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("ee_vla.bench")
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark."""
+
+    model_path: str = ""
+    """Saved policy to serve (empty: a random model of `preset`, created in a temp dir)."""
+    preset: str = "tiny"
+    """Preset of the random model when `model_path` is empty."""
+    chunk_size: int = 8
+    """Chunk size of the random model."""
+    decoder: str = "ceed"
+    """Decoder preset: ceed | jacobi | ar."""
+    control_hz: float = 200.0
+    """Command rate of the served node."""
+    duration_s: float = 10.0
+    """Length of the measured window."""
+    camera_hz: float = 30.0
+    """Rate of published images (each starts a new chunk when the decoder is free)."""
+    image_size: int = 64
+    """Side of the square RGB test images."""
+    latency_trials: int = 10
+    """Image -> first command measurements after the window."""
+    image_timeout_s: float = 0.2
+    """The server's watchdog timeout (also how long each latency trial waits for the halt)."""
+    torch_threads: int = 1
+    """torch threads of the server (1 leaves the second core of a 2-core machine to the timer)."""
+    timer_rt_priority: int = 0
+    """SCHED_FIFO priority of the server's control timer and of this process's command receiver
+    (0: normal scheduling; see ServeConfig)."""
+    domain_id: int = 201
+    """DDS domain for the run (loopback only)."""
+    out: str = "outputs/ros_bench.json"
+    """Where the JSON result is written."""
+
+    def __post_init__(self) -> None:
+        if not self.control_hz > 0:
+            raise ValueError(f"BenchConfig.control_hz: must be > 0, got {self.control_hz}")
+        if not self.duration_s > 0:
+            raise ValueError(f"BenchConfig.duration_s: must be > 0, got {self.duration_s}")
+        if not self.camera_hz > 0:
+            raise ValueError(f"BenchConfig.camera_hz: must be > 0, got {self.camera_hz}")
+        if not 0 <= self.domain_id <= 232:
+            raise ValueError(f"BenchConfig.domain_id: must be in [0, 232], got {self.domain_id}")
+
+
+def _ms(x: np.ndarray, q: float) -> float | None:
+    """q-th percentile of seconds, in milliseconds (None when empty)."""
+    return float(np.percentile(x, q)) * 1e3 if x.size else None
+
+
+def summarize_intervals(arrivals: list[float], period: float) -> dict[str, float | None]:
+    """Inter-arrival statistics (milliseconds) of command arrival times."""
+    dt = np.diff(np.asarray(arrivals, dtype=np.float64))
+    jit = np.abs(dt - period)
+    return {
+        "interval_p1_ms": _ms(dt, 1),
+        "interval_p50_ms": _ms(dt, 50),
+        "interval_p99_ms": _ms(dt, 99),
+        "jitter_p50_ms": _ms(jit, 50),
+        "jitter_p99_ms": _ms(jit, 99),
+        "jitter_max_ms": _ms(jit, 100),
+    }
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark; returns (and writes to `cfg.out`) the result dict."""
+    from ros_nodes.dds import msgs
+    from ros_nodes.dds.transport import DdsGraph, loopback_config
+    from ros_nodes.messages import build_image
+
+    tmp = tempfile.mkdtemp(prefix="ee_vla_bench_")
+    model_path = cfg.model_path
+    if not model_path:
+        from ee_vla.models import create_random_vla_dir
+
+        model_path = str(create_random_vla_dir(Path(tmp) / cfg.preset, preset=cfg.preset, chunk_size=cfg.chunk_size))
+    stats_path = os.path.join(tmp, "server_stats.json")
+    server_cmd = [
+        sys.executable,
+        "-m",
+        "ros_nodes.serve",
+        "--model-path",
+        model_path,
+        "--decoder",
+        cfg.decoder,
+        "--instruction",
+        "pick up the red cube",
+        "--command-type",
+        "array",
+        "--no-dry-run",
+        "--control-hz",
+        str(cfg.control_hz),
+        "--image-timeout-s",
+        str(cfg.image_timeout_s),
+        "--decode-deadline-s",
+        "1.0",
+        "--domain-id",
+        str(cfg.domain_id),
+        "--loopback-only",
+        "--torch-threads",
+        str(cfg.torch_threads),
+        "--diagnostics-hz",
+        "2.0",
+        "--stats-path",
+        stats_path,
+    ]
+    log.info("server: %s", " ".join(server_cmd))
+    server = subprocess.Popen(server_cmd, stderr=subprocess.PIPE, text=True)
+    server_log: list[str] = []
+    threading.Thread(target=lambda: server_log.extend(server.stderr), daemon=True).start()  # type: ignore[arg-type]
+
+    graph = DdsGraph(cfg.domain_id, loopback_config(cfg.domain_id))
+    arrivals: list[float] = []
+    sent_at: list[float] = []  # the writer's source timestamps (wall clock): the server's own timing
+    lock = threading.Lock()
+
+    def on_command(msg: Any) -> None:
+        t = time.perf_counter()
+        with lock:
+            arrivals.append(t)
+            sent_at.append(msg.sample_info.source_timestamp * 1e-9)
+
+    graph.reader("forward_command_controller/commands", msgs.Float64MultiArray, "default", callback=on_command)
+    img_w = graph.writer("camera/image_raw", msgs.Image, "sensor_data")
+    rng = np.random.default_rng(0)
+    frames = [
+        build_image(msgs, rng.integers(0, 255, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8), (0, 0))
+        for _ in range(8)
+    ]
+    stop_spin = threading.Event()
+
+    def spin() -> None:
+        if cfg.timer_rt_priority:  # the robot side's receiver, like a real-time controller
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(cfg.timer_rt_priority))
+            except OSError as e:
+                log.warning("receiver without real-time priority: %s", e)
+        while not stop_spin.is_set():
+            graph.spin_once(0.02)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+
+    def send_image(i: int) -> float:
+        t = time.perf_counter()
+        img_w.write(frames[i % len(frames)])
+        return t
+
+    def count() -> int:
+        with lock:
+            return len(arrivals)
+
+    result: dict[str, Any] = {}
+    try:
+        # Startup: images until the first command (model load, discovery, warm-up).
+        t_start = time.perf_counter()
+        i = 0
+        while count() == 0:
+            if server.poll() is not None:
+                raise RuntimeError("server exited during startup:\n" + "".join(server_log[-30:]))
+            if time.perf_counter() - t_start > 120:
+                raise TimeoutError("no command within 120 s of starting the server")
+            send_image(i)
+            i += 1
+            time.sleep(1.0 / cfg.camera_hz)
+        result["startup_to_first_command_s"] = time.perf_counter() - t_start
+        # Warm up 1 s, then the measured window.
+        cam_period = 1.0 / cfg.camera_hz
+        t_end = time.perf_counter() + 1.0
+        while time.perf_counter() < t_end:
+            send_image(i)
+            i += 1
+            time.sleep(cam_period)
+        n0 = count()
+        t0 = time.perf_counter()
+        next_img = t0
+        while time.perf_counter() < t0 + cfg.duration_s:
+            send_image(i)
+            i += 1
+            next_img += cam_period
+            time.sleep(max(0.0, next_img - time.perf_counter()))
+        t1 = t0 + cfg.duration_s
+        with lock:
+            idx = [k for k in range(n0, len(arrivals)) if t0 <= arrivals[k] < t1]
+            window = [arrivals[k] for k in idx]
+            window_sent = [sent_at[k] for k in idx]
+        send_side = summarize_intervals(window_sent, 1.0 / cfg.control_hz)
+        result.update(
+            commands_in_window=len(window),
+            expected_in_window=int(round(cfg.duration_s * cfg.control_hz)),
+            rate_fraction=len(window) / (cfg.duration_s * cfg.control_hz),
+            **summarize_intervals(window, 1.0 / cfg.control_hz),
+            send_side={k: v for k, v in send_side.items() if k.startswith("jitter")},
+        )
+        # Latency trials: let the watchdog halt the node, then one image -> first command.
+        latencies = []
+        for _ in range(cfg.latency_trials):
+            time.sleep(cfg.image_timeout_s + 0.15)  # halt + its single stop command
+            n_before = count()
+            t_img = send_image(i)
+            i += 1
+            deadline = t_img + 5.0
+            while count() == n_before and time.perf_counter() < deadline:
+                time.sleep(0.0002)
+            with lock:
+                if len(arrivals) > n_before:
+                    latencies.append(arrivals[n_before] - t_img)
+        lat = np.asarray(latencies)
+        result.update(
+            latency_trials=len(latencies),
+            image_to_first_command_p50_ms=_ms(lat, 50),
+            image_to_first_command_max_ms=_ms(lat, 100),
+        )
+    finally:
+        time.sleep(0.3)
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        time.sleep(0.3)  # the final stop command in flight
+        stop_spin.set()
+        spinner.join(timeout=2)
+        graph.close()
+    server_stats = json.loads(Path(stats_path).read_text()) if os.path.exists(stats_path) else {}
+    sent = int(server_stats.get("commands_sent", 0))
+    result.update(
+        commands_sent_by_server=sent,
+        commands_received_total=count(),
+        delivered_fraction=count() / sent if sent else None,
+        server_decode_latency_p50_ms=server_stats.get("decode_latency_p50_ms"),
+        server_decode_latency_p95_ms=server_stats.get("decode_latency_p95_ms"),
+        server_first_action_latency_p50_ms=server_stats.get("first_action_latency_p50_ms"),
+        server_iterations_per_chunk_mean=server_stats.get("iterations_per_chunk_mean"),
+        server_chunks_done=server_stats.get("chunks_done"),
+        server_timer_skipped_ticks=server_stats.get("timer_skipped_ticks"),
+        server_ticks=server_stats and {k: v for k, v in server_stats.items() if k.startswith("ticks_")},
+        config=asdict(cfg),
+        machine={
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_1_5_15_at_end": os.getloadavg(),
+        },
+        command=" ".join([sys.executable, "-m", "ros_nodes.bench"] + sys.argv[1:]),
+    )
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_bench(tyro.cli(BenchConfig, args=argv))
+    # The result is the product of this tool: printed on stdout for the user, as well as saved.
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

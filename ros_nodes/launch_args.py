@@ -1,0 +1,68 @@
+"""Launch-argument handling for `launch/*.launch.py`, ROS-free so it is tested without ROS.
+
+Launch arguments arrive as strings. An empty string means "not given: keep the params YAML's
+value", so the YAML stays the single source of defaults; given values are converted to the
+parameter's type and validated here, so a typo fails the launch with the parameter's reason
+instead of a node that later refuses to configure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ros_nodes.params import param_specs, validate_param
+
+POLICY_LAUNCH_ARGS = {
+    "model_path": "Directory of the saved ee_vla policy",
+    "instruction": "Instruction used until one arrives on the instruction topic",
+    "image_topic": "sensor_msgs/Image input topic",
+    "instruction_topic": "std_msgs/String instruction topic",
+    "command_topic": "Command output topic (default: the command type's consumer)",
+    "command_type": "twist | array | trajectory",
+    "control_hz": "Command rate in Hz",
+    "dry_run": "true: log commands instead of publishing them",
+    "device": "torch device (cpu, cuda, ...)",
+    "decoder": "ceed | jacobi | ar",
+}
+"""Parameters exposed as launch arguments (name -> description); empty = the YAML's value."""
+
+
+def _convert(ros_type: str, text: str) -> Any:
+    if ros_type == "bool":
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if ros_type == "double":
+        return float(text)
+    if ros_type == "integer":
+        return int(text)
+    if ros_type == "string":
+        return text
+    raise ValueError(f"launch arguments of type {ros_type} are not supported")
+
+
+def parameter_overrides(args: dict[str, str]) -> dict[str, Any]:
+    """Typed, validated parameter overrides from launch-argument strings (empty ones skipped).
+
+    Raises:
+        ValueError: naming the argument and why its value is invalid.
+    """
+    types = {s.name: s.ros_type for s in param_specs()}
+    out: dict[str, Any] = {}
+    for name, text in args.items():
+        if name not in types:
+            raise ValueError(f"launch argument {name!r} is not a policy_node parameter")
+        if text is None or text == "":
+            continue
+        try:
+            value = _convert(types[name], text)
+        except ValueError as e:
+            raise ValueError(f"launch argument {name}:={text!r}: {e}") from None
+        reason = validate_param(name, value)
+        if reason is not None:
+            raise ValueError(f"launch argument {name}:={text!r}: {reason}")
+        out[name] = value
+    return out

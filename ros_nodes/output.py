@@ -1,0 +1,82 @@
+"""Turning the runner's `Emit`s into published messages, or into log lines in dry-run mode.
+
+Shared by both transports so "dry run" means the same thing everywhere: the full pipeline runs and
+the publish-rate monitor counts, but nothing leaves the process; the would-be commands are logged
+(throttled, so a 200 Hz loop does not flood the console).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ros_nodes.messages import build_command
+from ros_nodes.runner import Emit, PolicyRunner
+
+
+class CommandSink:
+    """Build and publish (or log) commands for a runner.
+
+    Args:
+        runner: whose params (command_type, dry_run, scales...) and statistics are used.
+        m: message namespace (`ros_nodes.dds.msgs` or the rclpy one).
+        publish: sends one message (a DDS writer's write, an rclpy publisher's publish).
+        stamp: current (sec, nanosec) for headers (ROS time or wall time).
+        dry_log_period_s: at most one dry-run log line per period (stops are always logged).
+    """
+
+    def __init__(
+        self,
+        runner: PolicyRunner,
+        m: Any,
+        publish: Callable[[Any], None],
+        stamp: Callable[[], tuple[int, int]],
+        logger: logging.Logger | None = None,
+        dry_log_period_s: float = 1.0,
+    ):
+        self.runner = runner
+        self.m = m
+        self.publish = publish
+        self.stamp = stamp
+        self.log = logger or logging.getLogger(__name__)
+        self.dry_log_period_s = dry_log_period_s
+        self._last_dry_log = float("-inf")
+        self.published = 0
+        self.suppressed = 0
+
+    def send(self, emit: Emit | None) -> bool:
+        """Send one Emit; True when a message was published (or would have been, in dry run)."""
+        if emit is None:
+            return False
+        params = self.runner.params
+        msg = build_command(self.m, emit, params, self.stamp())
+        if msg is None:
+            return False
+        if params.dry_run:
+            now = time.monotonic()
+            if emit.kind == "stop" or now - self._last_dry_log >= self.dry_log_period_s:
+                self._last_dry_log = now
+                self.log.info(
+                    "DRY RUN (not published to %s): %s %s from %s%s",
+                    params.resolved_command_topic,
+                    emit.kind,
+                    np.array2string(np.asarray(emit.actions), precision=3, suppress_small=True, max_line_width=200),
+                    emit.source,
+                    f", {self.suppressed} more since last line" if self.suppressed else "",
+                )
+                self.suppressed = 0
+            else:
+                self.suppressed += 1
+        else:
+            self.publish(msg)
+            self.published += 1
+        self.runner.record_sent()
+        return True
+
+    def tick(self) -> bool:
+        """One control period: ask the runner what is due and send it."""
+        return self.send(self.runner.tick())

@@ -1,0 +1,372 @@
+"""The policy node's parameters: one dataclass, validated the same way for every transport.
+
+`PolicyParams` is the single source of truth. The rclpy node declares one ROS parameter per field
+(`param_specs()` gives name, default, type and description, the description being the field's
+docstring), validates every `set_parameters` request with `validate_param` (rejecting with a reason),
+and builds a `PolicyParams` on configure. The DDS `ServeConfig` subclasses it, so `ee-vla serve` takes
+the same options with the same checks.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import math
+import textwrap
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Literal
+
+COMMAND_TYPES = ("twist", "array", "trajectory")
+"""twist: geometry_msgs/TwistStamped (MoveIt Servo); array: std_msgs/Float64MultiArray (ros2_control
+forward_command_controller); trajectory: trajectory_msgs/JointTrajectory (a whole chunk as timed points)."""
+
+DEFAULT_COMMAND_TOPICS = {
+    "twist": "servo_node/delta_twist_cmds",
+    "array": "forward_command_controller/commands",
+    "trajectory": "joint_trajectory_controller/joint_trajectory",
+}
+"""Where each command type goes when `command_topic` is empty (the consumers' default topic names)."""
+
+COMMAND_MSG_TYPES = {
+    "twist": "geometry_msgs/msg/TwistStamped",
+    "array": "std_msgs/msg/Float64MultiArray",
+    "trajectory": "trajectory_msgs/msg/JointTrajectory",
+}
+
+DECODERS = ("ceed", "jacobi", "ar")
+
+CommandType = Literal["twist", "array", "trajectory"]
+
+
+@dataclass
+class PolicyParams:
+    """Everything the policy node (rclpy or DDS) is configured with."""
+
+    model_path: str = ""
+    """Directory of a saved ee_vla policy (`VLAPolicy.from_pretrained`); loaded on configure."""
+    decoder: str = "ceed"
+    """Decoder preset: ceed | jacobi | ar."""
+    device: str = "cpu"
+    """Torch device the policy runs on (cpu, cuda, cuda:1, ...)."""
+    policy_process: bool = True
+    """Run the policy in a child process, so decoding never holds the GIL the command timer needs."""
+    torch_threads: int = 0
+    """torch intra-op threads of the policy (0: torch's default; 1 leaves a small CPU's other cores free)."""
+    decode_nice: int = 10
+    """Niceness of the decoding process/thread (Linux, 0-19): the command timer wins a busy CPU."""
+    instruction: str = ""
+    """Instruction used until one arrives on `instruction_topic` (empty: wait for one)."""
+    image_topic: str = "camera/image_raw"
+    """sensor_msgs/Image input (subscribed with sensor-data QoS: best effort, keep last 5)."""
+    instruction_topic: str = "instruction"
+    """std_msgs/String input; the newest non-empty instruction is used for the next chunk."""
+    joint_state_topic: str = "joint_states"
+    """sensor_msgs/JointState input, used as the policy's `agent_pos` when `use_joint_state` is true."""
+    use_joint_state: bool = False
+    """Feed JointState positions to the policy as `agent_pos` (and wait for one before decoding)."""
+    joint_names: tuple[str, ...] = ()
+    """Joint order for `agent_pos` and trajectory commands (empty: JointState order; required for trajectory)."""
+    command_type: str = "twist"
+    """Output message: twist (TwistStamped) | array (Float64MultiArray) | trajectory (JointTrajectory)."""
+    command_topic: str = ""
+    """Where commands are published (empty: the consumer's default for `command_type`)."""
+    diagnostics_topic: str = "/diagnostics"
+    """diagnostic_msgs/DiagnosticArray output."""
+    control_hz: float = 20.0
+    """Rate of the command timer: one action per period (the policy's training control rate)."""
+    dry_run: bool = True
+    """Log the commands instead of publishing them (the safe default: opt in to move a robot)."""
+    action_low: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
+    """Per-dimension lower limit every command is clipped to (one value per action dim)."""
+    action_high: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    """Per-dimension upper limit every command is clipped to (one value per action dim)."""
+    linear_scale: float = 0.1
+    """twist: metres per second per unit of action dims 0-2."""
+    angular_scale: float = 0.5
+    """twist: radians per second per unit of action dims 3-5."""
+    frame_id: str = "base_link"
+    """Header frame of twist/trajectory commands."""
+    image_timeout_s: float = 0.5
+    """Stale-input watchdog: without a valid image for this long, send one stop command and go quiet."""
+    decode_deadline_s: float = 1.0
+    """Budget from an image to its chunk's first action; later chunks are dropped (acting on old input)."""
+    image_width: int = 0
+    """Expected image width in pixels (0: any); other sizes are rejected."""
+    image_height: int = 0
+    """Expected image height in pixels (0: any); other sizes are rejected."""
+    on_new_chunk: str = "replace"
+    """What a new chunk does to the rest of the previous one: replace | blend | hold."""
+    on_empty: str = "hold"
+    """No action queued: hold (repeat the last one) | zero (send zeros)."""
+    keep_dims_on_zero: tuple[int, ...] = ()
+    """Dims that keep their last value when zeroing or stopping (e.g. 6 for an absolute gripper)."""
+    max_hold_s: float = 1.0
+    """Repeat the last action at most this long before sending zeros (0: no limit)."""
+    diagnostics_hz: float = 1.0
+    """Rate of /diagnostics messages."""
+
+    def __post_init__(self) -> None:
+        for f in fields(PolicyParams):
+            reason = validate_param(f.name, getattr(self, f.name))
+            if reason is not None:
+                raise ValueError(f"{type(self).__name__}.{f.name}: {reason}")
+        # Normalise sequences to tuples (ROS hands lists, tyro tuples).
+        self.joint_names = tuple(str(n) for n in self.joint_names)
+        self.action_low = tuple(float(v) for v in self.action_low)
+        self.action_high = tuple(float(v) for v in self.action_high)
+        self.keep_dims_on_zero = tuple(int(v) for v in self.keep_dims_on_zero)
+        reason = cross_check(self)
+        if reason is not None:
+            raise ValueError(f"{type(self).__name__}.{reason}")
+
+    @property
+    def resolved_command_topic(self) -> str:
+        """`command_topic`, or the default topic of `command_type` when empty."""
+        return self.command_topic or DEFAULT_COMMAND_TOPICS[self.command_type]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PolicyParams:
+        """Build from a name -> value mapping (ROS parameters); unknown names raise, None means default."""
+        known = {f.name for f in fields(PolicyParams)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def to_ros(self) -> dict[str, Any]:
+        """Name -> ROS-typed value (lists instead of tuples), e.g. to write a params YAML."""
+        out: dict[str, Any] = {}
+        for f in fields(PolicyParams):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def _topic(v: Any) -> str | None:
+    if not isinstance(v, str) or not v:
+        return "must be a non-empty topic name"
+    if any(c.isspace() for c in v) or "//" in v or v.endswith("/"):
+        return f"{v!r} is not a valid ROS topic name"
+    return None
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {'|'.join(choices)}, got {v!r}"
+
+    return check
+
+
+def _positive(v: Any) -> str | None:
+    return None if _finite(v) and v > 0 else f"must be a positive finite number, got {v!r}"
+
+
+def _non_negative_int(v: Any) -> str | None:
+    return (
+        None
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 16384
+        else (f"must be an integer in [0, 16384], got {v!r}")
+    )
+
+
+def _limits(v: Any) -> str | None:
+    if not isinstance(v, (list, tuple)) or not v:
+        return f"must be a non-empty list of numbers, got {v!r}"
+    if not all(_finite(x) for x in v):
+        return f"must contain only finite numbers, got {list(v)!r}"
+    return None
+
+
+def _string(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"must be a string, got {type(v).__name__}"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def _names(v: Any) -> str | None:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
+        return f"must be a list of non-empty strings, got {v!r}"
+    if len(set(v)) != len(v):
+        return f"must not repeat names, got {list(v)!r}"
+    return None
+
+
+def _dims(v: Any) -> str | None:
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 64 for x in v)
+    return None if ok else f"must be a list of action dim indices in [0, 64), got {v!r}"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if _finite(v) and v >= 0 else f"must be a finite number >= 0, got {v!r}"
+
+
+def _rate(v: Any) -> str | None:
+    return None if _finite(v) and 0 < v <= 2000 else f"must be in (0, 2000] Hz, got {v!r}"
+
+
+def _optional_topic(v: Any) -> str | None:
+    return None if v == "" else _topic(v)
+
+
+_CHECKS = {
+    "model_path": _string,
+    "decoder": _one_of(DECODERS),
+    "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (cpu, cuda, ...)",
+    "policy_process": _bool,
+    "torch_threads": lambda v: (
+        None
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256
+        else f"must be an integer in [0, 256], got {v!r}"
+    ),
+    "decode_nice": lambda v: (
+        None
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 19
+        else f"must be an integer in [0, 19], got {v!r}"
+    ),
+    "instruction": _string,
+    "image_topic": _topic,
+    "instruction_topic": _topic,
+    "joint_state_topic": _topic,
+    "use_joint_state": _bool,
+    "joint_names": _names,
+    "command_type": _one_of(COMMAND_TYPES),
+    "command_topic": _optional_topic,
+    "diagnostics_topic": _topic,
+    "control_hz": _rate,
+    "dry_run": _bool,
+    "action_low": _limits,
+    "action_high": _limits,
+    "linear_scale": _non_negative,
+    "angular_scale": _non_negative,
+    "frame_id": _string,
+    "image_timeout_s": _positive,
+    "decode_deadline_s": _positive,
+    "image_width": _non_negative_int,
+    "image_height": _non_negative_int,
+    "on_new_chunk": _one_of(("replace", "blend", "hold")),
+    "on_empty": _one_of(("hold", "zero")),
+    "keep_dims_on_zero": _dims,
+    "max_hold_s": _non_negative,
+    "diagnostics_hz": _rate,
+}
+
+LIVE_PARAMS = frozenset(
+    {
+        "dry_run",
+        "action_low",
+        "action_high",
+        "linear_scale",
+        "angular_scale",
+        "image_timeout_s",
+        "decode_deadline_s",
+        "instruction",
+        "frame_id",
+    }
+)
+"""Parameters a running node applies at once; the others take effect on the next configure."""
+
+
+def validate_param(name: str, value: Any) -> str | None:
+    """Why `value` is not acceptable for parameter `name` (None when it is)."""
+    check = _CHECKS.get(name)
+    if check is None:
+        return f"unknown parameter {name!r}"
+    return check(value)
+
+
+def cross_check(p: PolicyParams) -> str | None:
+    """Constraints between fields: '<field>: <reason>' or None."""
+    if len(p.action_low) != len(p.action_high):
+        return (
+            f"action_high: has {len(p.action_high)} values but action_low has {len(p.action_low)} "
+            "(one limit per action dim)"
+        )
+    bad = [i for i, (lo, hi) in enumerate(zip(p.action_low, p.action_high, strict=True)) if lo > hi]
+    if bad:
+        return f"action_low: exceeds action_high at dims {bad}"
+    if p.command_type == "twist" and len(p.action_low) < 6:
+        return f"action_low: twist commands need >= 6 action dims (xyz + rpy), limits have {len(p.action_low)}"
+    if p.command_type == "trajectory" and not p.joint_names:
+        return "joint_names: trajectory commands need the joint names the action dims map to"
+    if p.keep_dims_on_zero and max(p.keep_dims_on_zero) >= len(p.action_low):
+        return f"keep_dims_on_zero: dim {max(p.keep_dims_on_zero)} is outside the {len(p.action_low)} action dims"
+    return None
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What the rclpy node needs to declare one parameter."""
+
+    name: str
+    default: Any
+    """ROS-typed default (lists, not tuples)."""
+    ros_type: str
+    """bool | integer | double | string | double_array | integer_array | string_array."""
+    description: str
+    live: bool
+
+
+_ROS_TYPES = {
+    "bool": "bool",
+    "int": "integer",
+    "float": "double",
+    "str": "string",
+    "tuple[float, ...]": "double_array",
+    "tuple[int, ...]": "integer_array",
+    "tuple[str, ...]": "string_array",
+}
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it (how tyro shows help, also used for ROS descriptors)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not hasattr(klass, "__dataclass_fields__"):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for prev, node in zip(body, body[1:], strict=False):
+            if (
+                isinstance(prev, ast.AnnAssign)
+                and isinstance(prev.target, ast.Name)
+                and isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def param_specs() -> list[ParamSpec]:
+    """One spec per `PolicyParams` field, in declaration order."""
+    docs = field_docs(PolicyParams)
+    specs = []
+    for f in fields(PolicyParams):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        ros_type = _ROS_TYPES[str(f.type)]
+        specs.append(
+            ParamSpec(
+                name=f.name,
+                default=list(default) if isinstance(default, tuple) else default,
+                ros_type=ros_type,
+                description=docs.get(f.name, f.name),
+                live=f.name in LIVE_PARAMS,
+            )
+        )
+    return specs

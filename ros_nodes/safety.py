@@ -1,0 +1,145 @@
+"""Safety pieces shared by every transport: clipping, the stale-input watchdog, once-per-cause logs.
+
+None of these know about ROS. The clock is injected so the logic is tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ActionLimits:
+    """Per-dimension [low, high] box every outgoing action is clipped to.
+
+    A non-finite action is never clipped into range (NaN would pass `np.clip`): `clip` returns None
+    and the caller sends nothing.
+    """
+
+    def __init__(self, low: Sequence[float], high: Sequence[float]):
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        if self.low.shape != self.high.shape or self.low.ndim != 1:
+            raise ValueError(
+                f"limits must be two 1-D sequences of one length, got {self.low.shape} and {self.high.shape}"
+            )
+        if np.any(self.low > self.high):
+            raise ValueError(f"low > high at dims {np.flatnonzero(self.low > self.high).tolist()}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.low.size)
+
+    def check_dim(self, action_dim: int) -> None:
+        """Raise when the limits do not cover exactly the policy's action dims."""
+        if action_dim != self.dim:
+            raise ValueError(
+                f"action_low/action_high have {self.dim} values but the policy outputs {action_dim}-dim actions"
+            )
+
+    def clip(self, action: np.ndarray) -> np.ndarray | None:
+        """The action clipped into the box (last axis = dims); None if it has NaN/inf or the wrong size."""
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape[-1:] != (self.dim,) or not np.isfinite(a).all():
+            return None
+        return np.clip(a, self.low, self.high)
+
+
+class Watchdog:
+    """Stale-input watchdog: `ok` while the last valid input is younger than `timeout_s`.
+
+    States: ``waiting`` (nothing received since reset), ``ok``, ``stale``.
+    """
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.perf_counter):
+        if not timeout_s > 0:
+            raise ValueError(f"watchdog timeout must be > 0, got {timeout_s}")
+        self.timeout_s = float(timeout_s)
+        self.clock = clock
+        self._last: float | None = None
+        self.trips = 0
+        self._was_stale = False
+
+    def feed(self, now: float | None = None) -> None:
+        """Record a valid input."""
+        self._last = self.clock() if now is None else now
+        self._was_stale = False
+
+    def reset(self) -> None:
+        self._last = None
+        self._was_stale = False
+
+    def age(self, now: float | None = None) -> float | None:
+        """Seconds since the last valid input (None if none)."""
+        if self._last is None:
+            return None
+        return (self.clock() if now is None else now) - self._last
+
+    def state(self, now: float | None = None) -> str:
+        """waiting | ok | stale (counting each transition into stale in `trips`)."""
+        age = self.age(now)
+        if age is None:
+            return "waiting"
+        if age > self.timeout_s:
+            if not self._was_stale:
+                self._was_stale = True
+                self.trips += 1
+            return "stale"
+        return "ok"
+
+
+@dataclass
+class _Cause:
+    count: int = 0
+    last_logged: float = float("-inf")
+    suppressed: int = 0
+
+
+class CauseLog:
+    """Log each distinct cause once, then at most once per `period_s` with a count of repeats.
+
+    Bad inputs arrive at camera rate; logging each would flood the console and hide the first,
+    useful, message. `counts` keeps the per-cause totals for diagnostics.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        period_s: float = 30.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.logger = logger
+        self.period_s = period_s
+        self.clock = clock
+        self._causes: dict[str, _Cause] = {}
+        self._lock = threading.Lock()
+
+    def log(self, cause: str, message: str, level: int = logging.WARNING) -> bool:
+        """Record one occurrence of `cause`; returns True when it was actually logged."""
+        now = self.clock()
+        with self._lock:
+            c = self._causes.setdefault(cause, _Cause())
+            c.count += 1
+            if now - c.last_logged < self.period_s:
+                c.suppressed += 1
+                return False
+            repeats = c.suppressed
+            c.suppressed = 0
+            c.last_logged = now
+        suffix = f" (repeated {repeats} more times since last logged)" if repeats else ""
+        self.logger.log(level, "%s%s", message, suffix)
+        return True
+
+    @property
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {k: c.count for k, c in self._causes.items()}
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(c.count for c in self._causes.values())

@@ -1,0 +1,104 @@
+"""The sim bridge as an rclpy node (Humble and Jazzy): an `ee_vla/*` env standing in for a robot.
+
+    ros2 run ee_vla sim_bridge_node --ros-args -p env_id:=ee_vla/PickCube-v0 -p command_type:=array
+
+Publishes the camera image (sensor-data QoS), the instruction (transient local), `agent_pos` as
+JointState and success (std_msgs/Bool); applies the newest command at the env's control rate. All
+the stepping logic is `ros_nodes.sim_bridge.SimBridge`. Rendering headless needs MUJOCO_GL=egl
+(GPU) or osmesa (CPU) in the environment (the sim launch file sets it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+
+from ros_nodes.messages import build_image, build_joint_state
+from ros_nodes.params import COMMAND_MSG_TYPES, ParamSpec
+from ros_nodes.rclpy_support import (
+    declare_from_specs,
+    msg_class,
+    python_logger,
+    rclpy_namespace,
+    read_values,
+    spin_until_shutdown,
+)
+from ros_nodes.sim_bridge import SimBridge, SimBridgeParams, SimFrame, sim_param_docs
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+_TYPES = {"bool": "bool", "int": "integer", "float": "double", "str": "string"}
+
+
+def sim_param_specs() -> list[ParamSpec]:
+    docs = sim_param_docs()
+    return [
+        ParamSpec(f.name, f.default, _TYPES[str(f.type)], docs.get(f.name, f.name), False)
+        for f in fields(SimBridgeParams)
+        if f.default is not MISSING
+    ]
+
+
+class SimBridgeNode(Node):
+    """Steps the env from one timer; commands arrive in the same mutually exclusive group."""
+
+    def __init__(self, node_name: str = "sim_bridge", **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        self.m = rclpy_namespace()
+        self.specs = sim_param_specs()
+        declare_from_specs(self, self.specs)
+        params = SimBridgeParams(**read_values(self, self.specs))  # invalid parameters: fail loudly at start
+        self.params = params
+        self.bridge = SimBridge(params, logger=python_logger(self))
+        group = MutuallyExclusiveCallbackGroup()
+        self.image_pub = self.create_publisher(Image, params.image_topic, qos_profile_sensor_data)
+        self.instruction_pub = self.create_publisher(String, params.instruction_topic, LATCHED)
+        self.joint_pub = self.create_publisher(JointState, params.joint_state_topic, RELIABLE)
+        self.success_pub = self.create_publisher(Bool, params.success_topic, RELIABLE)
+        self.create_subscription(
+            msg_class(self.m, COMMAND_MSG_TYPES[params.command_type]),
+            params.resolved_command_topic,
+            self.bridge.on_command_msg,
+            RELIABLE,
+            callback_group=group,
+        )
+        self.create_timer(1.0 / self.bridge.control_hz, self._on_step, callback_group=group)
+        self.create_timer(1.0, self._publish_instruction, callback_group=group)
+        self.get_logger().info(
+            f"{params.env_id} at {self.bridge.control_hz:.1f} Hz; commands ({params.command_type}) on "
+            f"{params.resolved_command_topic}"
+        )
+
+    def _publish_instruction(self) -> None:
+        self.instruction_pub.publish(String(data=self.bridge.instruction))
+
+    def _on_step(self) -> None:
+        if self.bridge.done:
+            return
+        frame: SimFrame = self.bridge.step()
+        stamp = self.get_clock().now().seconds_nanoseconds()
+        self.image_pub.publish(build_image(self.m, frame.pixels, stamp, self.params.frame_id))
+        if frame.agent_pos is not None:
+            names = [f"agent_pos_{i}" for i in range(frame.agent_pos.size)]
+            self.joint_pub.publish(build_joint_state(self.m, names, frame.agent_pos, stamp))
+        self.success_pub.publish(Bool(data=bool(frame.success)))
+        if frame.reset:
+            self._publish_instruction()
+
+    def on_exit(self) -> None:
+        self.bridge.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of `ros2 run ee_vla sim_bridge_node`."""
+    spin_until_shutdown(SimBridgeNode, args, threads=2)
+
+
+if __name__ == "__main__":
+    main()

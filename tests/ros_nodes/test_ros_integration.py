@@ -1,0 +1,157 @@
+"""The runner and the DDS loop with the real `VLAPolicy` (tiny random model) and the real sim envs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ros_nodes.params import PolicyParams
+from ros_nodes.runner import PolicyRunner, load_policy
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def test_runner_streams_the_tiny_model(tiny_vla_dir):
+    params = PolicyParams(
+        policy_process=False,
+        model_path=str(tiny_vla_dir),
+        decoder="ceed",
+        instruction="pick up the red cube",
+        image_timeout_s=30.0,
+        decode_deadline_s=30.0,
+        control_hz=20.0,
+    )
+    runner = PolicyRunner(params, load_policy)
+    runner.configure()
+    assert runner.policy.chunk_size == 3 and runner.policy.action_dim == 7
+    runner.activate()
+    try:
+        runner.on_image(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        assert runner.wait_for_chunks(1, timeout=60), runner.last_error
+        emit = runner.tick()
+        assert emit is not None and emit.kind == "action" and emit.actions.shape == (7,)
+        assert np.all(np.abs(emit.actions) <= 1.0)
+        v = runner.status().values
+        assert v["decode_latency_p50_ms"] != "n/a" and float(v["iterations_per_chunk_mean"]) >= 0
+    finally:
+        runner.shutdown()
+    assert runner.policy is None
+
+
+def test_bad_model_path_fails_configure_with_a_reason(tmp_path):
+    runner = PolicyRunner(PolicyParams(model_path=str(tmp_path / "missing"), policy_process=False), load_policy)
+    with pytest.raises(Exception) as e:
+        runner.configure()
+    assert str(e.value) and runner.state == "unconfigured"
+    with pytest.raises(ValueError, match="model_path is empty"):
+        PolicyRunner(PolicyParams(), load_policy).configure()
+
+
+def _sim_envs_available() -> bool:
+    try:
+        import gymnasium as gym
+
+        import sim_envs  # noqa: F401
+
+        return "ee_vla/PickCube-v0" in gym.registry
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not _sim_envs_available(), reason="sim_envs does not register ee_vla/PickCube-v0 yet")
+def test_tiny_model_drives_pickcube_over_dds(tiny_vla_dir):
+    """serve (tiny model) + sim bridge (ee_vla/PickCube-v0, osmesa) on loopback: one full episode."""
+    domain = 200 + os.getpid() % 30
+    env = dict(
+        os.environ,
+        MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
+    serve_cfg = dict(
+        model_path=str(tiny_vla_dir),
+        domain_id=domain,
+        loopback_only=True,
+        dry_run=False,
+        command_type="array",
+        control_hz=20.0,
+        image_timeout_s=2.0,
+        decode_deadline_s=5.0,
+        keep_dims_on_zero=[6],
+        torch_threads=1,
+    )
+    sim_cfg = dict(
+        domain_id=domain,
+        loopback_only=True,
+        command_type="array",
+        max_episodes=1,
+        control_hz=20.0,
+        env_id="ee_vla/PickCube-v0",
+        real_env=True,
+        command_timeout_s=1.0,
+    )
+    cmd = [sys.executable, str(HERE / "dds_proc.py")]
+    server = subprocess.Popen(
+        cmd + ["serve", json.dumps(serve_cfg), json.dumps({"real": True})],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sim = subprocess.Popen(
+        cmd + ["sim", json.dumps(sim_cfg)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = sim.communicate(timeout=200)
+        assert sim.returncode == 0, err[-3000:]
+        stats = json.loads(out.strip().splitlines()[-1])
+        assert stats["episodes"] == 1 and stats["commands_applied"] > 0
+        server.send_signal(2)
+        sout, serr = server.communicate(timeout=30)
+        assert server.returncode == 0, serr[-3000:]
+        served = json.loads(sout.strip().splitlines()[-1])
+        assert int(served["chunks_done"]) > 0 and int(served["model_errors"]) == 0
+    finally:
+        for p in (server, sim):
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=10)
+
+
+def test_process_policy_streams_and_reports_errors(tiny_vla_dir):
+    from ros_nodes.policy_process import ProcessPolicy, _deadlines
+
+    d = _deadlines([], 10.0, 0.1)
+    assert d(0) == 10.0 and d(2) == pytest.approx(10.2)
+    t_first = [5.0]
+    assert _deadlines(t_first, 10.0, 0.1)(3) == pytest.approx(5.3)
+    policy = ProcessPolicy(PolicyParams(model_path=str(tiny_vla_dir), torch_threads=1))
+    try:
+        assert policy.chunk_size == 3 and policy.action_dim == 7 and policy.vla.proprio_dim == 0
+        obs = {"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "pick up the cube"}
+        actions = list(policy.stream_action_chunk(obs, action_deadline=lambda i: None))
+        assert [a.index for a in actions] == [0, 1, 2] and actions[0].action.shape == (7,)
+        it = policy.stream_action_chunk(obs)
+        next(it)
+        it.close()  # stopping early drains the rest: the next call starts clean
+        with pytest.raises(ValueError, match="instruction"):
+            list(policy.stream_action_chunk({"pixels": obs["pixels"], "instruction": ""}))
+        assert len(list(policy.stream_action_chunk(obs))) == 3
+    finally:
+        policy.close()
+    assert not policy._proc.is_alive()
+
+
+def test_process_policy_load_failure(tmp_path):
+    from ros_nodes.policy_process import PolicyProcessError, ProcessPolicy
+
+    with pytest.raises(PolicyProcessError, match="loading the policy failed"):
+        ProcessPolicy(PolicyParams(model_path=str(tmp_path / "missing")))

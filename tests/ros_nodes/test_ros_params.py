@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ros_nodes.params import (
+    COMMAND_TYPES,
+    DEFAULT_COMMAND_TOPICS,
+    PolicyParams,
+    cross_check,
+    field_docs,
+    param_specs,
+    validate_param,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_valid_and_safe():
+    p = PolicyParams()
+    assert p.dry_run is True
+    assert p.resolved_command_topic == DEFAULT_COMMAND_TOPICS["twist"]
+    assert cross_check(p) is None
+
+
+@pytest.mark.parametrize(
+    "name,value,fragment",
+    [
+        ("command_type", "velocity", "twist|array|trajectory"),
+        ("control_hz", 0.0, "(0, 2000]"),
+        ("control_hz", float("nan"), "(0, 2000]"),
+        ("dry_run", "yes", "true or false"),
+        ("image_topic", "", "non-empty"),
+        ("image_topic", "cam era", "not a valid"),
+        ("action_low", [0.0, float("inf")], "finite"),
+        ("image_timeout_s", -1.0, "positive"),
+        ("decoder", "beam", "ceed|jacobi|ar"),
+        ("joint_names", ["a", "a"], "repeat"),
+        ("keep_dims_on_zero", [-1], "indices"),
+        ("image_width", 1.5, "integer"),
+    ],
+)
+def test_invalid_values_are_rejected_with_a_reason(name, value, fragment):
+    reason = validate_param(name, value)
+    assert reason is not None and fragment in reason
+    with pytest.raises(ValueError, match=f"PolicyParams.{name}"):
+        PolicyParams(**{name: value})
+
+
+def test_unknown_parameter():
+    assert "unknown parameter" in validate_param("speed", 1)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        PolicyParams.from_mapping({"speed": 1})
+
+
+def test_cross_field_checks_name_the_field():
+    with pytest.raises(ValueError, match="action_high: has 2 values"):
+        PolicyParams(action_low=(-1.0,) * 7, action_high=(1.0, 1.0))
+    with pytest.raises(ValueError, match="action_low: exceeds"):
+        PolicyParams(action_low=(1.0,) * 7, action_high=(0.0,) * 7)
+    with pytest.raises(ValueError, match="joint_names"):
+        PolicyParams(command_type="trajectory")
+    with pytest.raises(ValueError, match="keep_dims_on_zero"):
+        PolicyParams(keep_dims_on_zero=(9,))
+    assert PolicyParams(command_type="trajectory", joint_names=tuple(f"j{i}" for i in range(7)))
+
+
+def test_specs_cover_every_field_with_descriptions_and_ros_types():
+    specs = param_specs()
+    docs = field_docs(PolicyParams)
+    assert [s.name for s in specs] == list(PolicyParams.__dataclass_fields__)
+    for s in specs:
+        assert s.description and s.description == docs[s.name]
+        assert s.ros_type in {"bool", "integer", "double", "string", "double_array", "integer_array", "string_array"}
+        assert not isinstance(s.default, tuple)
+    assert {s.name for s in specs if s.live} >= {"dry_run", "action_low", "action_high"}
+
+
+def test_ros_lists_round_trip():
+    p = PolicyParams.from_mapping({"action_low": [-0.5] * 7, "joint_names": [], "control_hz": 20})
+    assert p.action_low == (-0.5,) * 7 and p.joint_names == ()
+    assert PolicyParams.from_mapping(p.to_ros()) == p
+
+
+def _yaml_params(path: Path, node: str) -> dict:
+    doc = yaml.safe_load(path.read_text())
+    return doc[node]["ros__parameters"]
+
+
+def test_config_yaml_is_valid():
+    values = _yaml_params(REPO / "config" / "ee_vla.yaml", "policy_node")
+    p = PolicyParams.from_mapping(values)
+    assert p.dry_run is True  # the shipped default must not move a robot
+    types = {s.name: s.ros_type for s in param_specs()}
+    for name, v in values.items():  # YAML types must match the declared ROS types
+        if types[name] == "double":
+            assert isinstance(v, float), f"{name} must be written as a float in YAML ({v!r})"
+        if types[name] == "bool":
+            assert isinstance(v, bool), name
+
+
+def test_sim_yaml_is_valid():
+    from ros_nodes.sim_bridge import SimBridgeParams
+
+    path = REPO / "config" / "sim.yaml"
+    p = PolicyParams.from_mapping(_yaml_params(path, "policy_node"))
+    s = SimBridgeParams(**_yaml_params(path, "sim_bridge"))
+    assert p.command_type == s.command_type and p.resolved_command_topic == s.resolved_command_topic
+    assert p.image_topic == s.image_topic and p.instruction_topic == s.instruction_topic
+
+
+def test_every_command_type_has_a_default_topic():
+    assert set(DEFAULT_COMMAND_TOPICS) == set(COMMAND_TYPES)

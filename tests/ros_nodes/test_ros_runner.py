@@ -1,0 +1,286 @@
+"""PolicyRunner: scheduling glue, deadlines, halting, bad inputs, model failures (fake clock, fake policy)."""
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+from ros_fakes import FakePolicy, action_value
+
+from ros_nodes.images import rgb_to_fields
+from ros_nodes.params import PolicyParams
+from ros_nodes.runner import PolicyRunner
+
+IMG = np.zeros((16, 16, 3), np.uint8)
+
+
+def make(clock, policy, threaded=False, **params):
+    kw = dict(instruction="pick up the cube", control_hz=10.0, image_timeout_s=0.5)
+    kw.update(params)
+    r = PolicyRunner(PolicyParams(**kw), lambda p: policy, clock=clock, threaded=threaded)
+    r.configure()
+    r.activate()
+    return r
+
+
+def run_ticks(r, clock, n, dt=0.1):
+    out = []
+    for _ in range(n):
+        out.append(r.tick())
+        clock.advance(dt)
+    return out
+
+
+def test_streams_actions_as_due_then_holds(clock, fake_policy):
+    r = make(clock, fake_policy)
+    assert r.tick() is None  # nothing received yet: nothing sent
+    r.on_image(IMG)
+    assert r.process_pending()
+    emits = run_ticks(r, clock, 5)
+    assert [e.source for e in emits] == ["chunk"] * 4 + ["hold"]
+    for i, e in enumerate(emits[:4]):
+        assert e.kind == "action" and np.allclose(e.actions, action_value(1, i))
+    obs = fake_policy.calls[0]
+    assert obs["instruction"] == "pick up the cube" and obs["pixels"].shape == (16, 16, 3)
+    assert "agent_pos" not in obs
+
+
+def test_policy_is_told_action_deadlines(clock, fake_policy):
+    r = make(clock, fake_policy, decode_deadline_s=0.3)
+    r.on_image(IMG, now=clock())
+    t_img = clock()
+    r.process_pending()
+    deadline = fake_policy.deadlines[0]
+    # Once the chunk started (its first action at t_img), action i is due at t_img + i * dt.
+    assert deadline(0) == pytest.approx(t_img) and deadline(3) == pytest.approx(t_img + 0.3)
+
+
+def test_deadline_before_first_action_is_the_decode_budget(clock):
+    seen = []
+
+    class Probe(FakePolicy):
+        def stream_action_chunk(self, obs, action_deadline=None):
+            seen.append((action_deadline(0), action_deadline(2)))
+            yield from super().stream_action_chunk(obs, action_deadline)
+
+    r = make(clock, Probe(clock=clock), decode_deadline_s=0.3)
+    r.on_image(IMG)
+    t_img = clock()
+    r.process_pending()
+    assert seen[0] == (pytest.approx(t_img + 0.3), pytest.approx(t_img + 0.3 + 0.2))
+
+
+def test_late_first_action_drops_the_chunk(clock):
+    class Slow(FakePolicy):
+        def stream_action_chunk(self, obs, action_deadline=None):
+            clock.advance(0.5)  # decoding took longer than the budget
+            yield from super().stream_action_chunk(obs, action_deadline)
+
+    r = make(clock, Slow(clock=clock), decode_deadline_s=0.3, image_timeout_s=5.0)
+    r.on_image(IMG)
+    r.process_pending()
+    assert r.deadline_misses == 1 and r.chunks_dropped == 1
+    assert r.tick() is None
+    assert r.status().values["deadline_misses"] == "1"
+
+
+def test_newest_image_wins(clock, fake_policy):
+    r = make(clock, fake_policy)
+    a, b = IMG.copy(), IMG.copy()
+    b[0, 0] = 255
+    r.on_image(a)
+    r.on_image(b)
+    assert r.process_pending()
+    assert not r.process_pending()  # the older one is never decoded
+    assert len(fake_policy.calls) == 1 and fake_policy.calls[0]["pixels"][0, 0, 0] == 255
+
+
+def test_clipping_to_limits(clock):
+    pol = FakePolicy(clock=clock, values=lambda c, i: np.array([5.0, -5.0, 0.2, 0, 0, 0, 1.0]))
+    r = make(clock, pol, action_low=(-0.5,) * 7, action_high=(0.5,) * 7)
+    r.on_image(IMG)
+    r.process_pending()
+    e = r.tick()
+    assert e.actions.tolist() == [0.5, -0.5, 0.2, 0, 0, 0, 0.5]
+
+
+def test_limits_must_match_the_policy(clock, fake_policy):
+    r = PolicyRunner(PolicyParams(action_low=(-1.0,) * 6, action_high=(1.0,) * 6), lambda p: fake_policy, clock=clock)
+    with pytest.raises(ValueError, match="6 values but the policy outputs 7"):
+        r.configure()
+    assert r.state == "unconfigured"
+
+
+def test_stale_input_sends_one_stop_then_nothing_then_resumes(clock, fake_policy):
+    r = make(clock, fake_policy, keep_dims_on_zero=(6,))
+    r.on_image(IMG)
+    r.process_pending()
+    run_ticks(r, clock, 6)  # the image is now 0.6 s old (> image_timeout_s)
+    stop = r.tick()
+    assert stop.kind == "stop" and stop.source == "stop:stale input"
+    assert stop.actions[:6].tolist() == [0.0] * 6 and stop.actions[6] == 0.5  # gripper kept
+    assert all(e is None for e in run_ticks(r, clock, 3))
+    assert r.status().values["watchdog"] == "stale" and r.status().level == 1
+    r.on_image(IMG)
+    r.process_pending()
+    e = r.tick()
+    assert e.kind == "action" and e.source == "chunk" and np.allclose(e.actions, action_value(2, 0))
+
+
+def test_deactivate_returns_stop_and_stops_commanding(clock, fake_policy):
+    r = make(clock, fake_policy)
+    r.on_image(IMG)
+    r.process_pending()
+    r.tick()
+    stop = r.deactivate()
+    assert stop.kind == "stop" and not stop.actions.any()
+    assert r.tick() is None and r.state == "inactive"
+    r.cleanup()
+    assert r.policy is None and r.state == "unconfigured"
+
+
+def test_deactivate_before_any_command_sends_nothing(clock, fake_policy):
+    r = make(clock, fake_policy)
+    assert r.deactivate() is None
+
+
+def test_model_exception_is_reported_and_node_recovers(clock, caplog):
+    pol = FakePolicy(clock=clock, fail=RuntimeError("CUDA out of memory"), fail_when=lambda call: call in (2, 3))
+    r = make(clock, pol, image_timeout_s=10.0)
+    r.on_image(IMG)
+    r.process_pending()
+    assert r.tick().source == "chunk"
+    with caplog.at_level(logging.ERROR):
+        for _ in range(2):
+            r.on_image(IMG)
+            assert not r.process_pending()
+    assert r.model_errors == 2 and "CUDA out of memory" in r.last_error
+    assert sum("CUDA out of memory" in m for m in caplog.messages) == 1  # logged once per cause
+    stop = r.tick()
+    assert stop.kind == "stop" and stop.source == "stop:model error"
+    assert r.tick() is None
+    st = r.status()
+    assert st.level == 2 and "CUDA out of memory" in st.message
+    r.on_image(IMG)
+    assert r.process_pending()  # the 4th call works again
+    assert r.tick().kind == "action"
+
+
+def test_nan_from_policy_is_a_model_error_and_nothing_is_sent(clock):
+    pol = FakePolicy(clock=clock, values=lambda c, i: np.full(7, np.nan))
+    r = make(clock, pol)
+    r.on_image(IMG)
+    assert not r.process_pending()
+    assert r.model_errors == 1 and "NaN" in r.last_error
+    assert r.tick() is None
+
+
+def test_bad_inputs_are_logged_once_and_ignored(clock, fake_policy, caplog):
+    r = make(clock, fake_policy, use_joint_state=True, joint_names=("a", "b"))
+    bad = rgb_to_fields(IMG)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert not r.on_image_fields(16, 16, "yuv422", 32, bad["data"])
+            assert not r.on_image_fields(16, 16, "rgb8", 48, b"\0" * 10)
+            assert not r.on_instruction("   ")
+            assert not r.on_joint_state(["a", "b"], [0.0, float("nan")])
+            assert not r.on_joint_state(["a"], [0.0])
+    assert sum("yuv422" in m for m in caplog.messages) == 1
+    assert sum("data has 10 bytes" in m for m in caplog.messages) == 1
+    assert sum("empty instruction" in m for m in caplog.messages) == 1
+    assert sum("NaN" in m for m in caplog.messages) == 1
+    assert sum("without joints ['b']" in m for m in caplog.messages) == 1
+    assert r.images_received == 0 and r.tick() is None
+    assert r.status().values["bad_inputs"] == "15"
+    # The previous instruction stays; joint state required before decoding.
+    r.on_image(IMG)
+    assert not r.process_pending() and fake_policy.calls == []
+    assert r.on_joint_state(["b", "a", "c"], [2.0, 1.0, 9.0])
+    r.on_image(IMG)
+    assert r.process_pending()
+    assert fake_policy.calls[0]["agent_pos"].tolist() == [1.0, 2.0]
+
+
+def test_wrong_image_size_is_rejected(clock, fake_policy):
+    r = make(clock, fake_policy, image_width=32, image_height=32)
+    f = rgb_to_fields(IMG)
+    assert not r.on_image_fields(f["height"], f["width"], f["encoding"], f["step"], f["data"])
+    assert "image:size:16x16" in r.causes.counts
+
+
+def test_no_instruction_no_decoding(clock, fake_policy, caplog):
+    r = make(clock, fake_policy, instruction="")
+    r.on_image(IMG)
+    with caplog.at_level(logging.WARNING):
+        assert not r.process_pending()
+    assert fake_policy.calls == [] and "no instruction yet" in caplog.text
+    assert r.on_instruction("  stack the blocks ")
+    r.on_image(IMG)
+    assert r.process_pending() and fake_policy.calls[0]["instruction"] == "stack the blocks"
+
+
+def test_trajectory_mode_sends_whole_chunks(clock, fake_policy):
+    names = tuple(f"j{i}" for i in range(7))
+    r = make(clock, fake_policy, command_type="trajectory", joint_names=names)
+    r.on_image(IMG)
+    r.process_pending()
+    e = r.tick()
+    assert e.kind == "trajectory" and e.actions.shape == (4, 7) and e.dt == pytest.approx(0.1)
+    assert np.allclose(e.actions[2], action_value(1, 2))
+    assert r.tick() is None  # each chunk once
+    clock.advance(0.25)
+    stop = r.deactivate()  # hold where the plan is now: point 2
+    assert stop.kind == "stop" and np.allclose(stop.actions, action_value(1, 2))
+
+
+def test_trajectory_joint_names_must_match_policy(clock, fake_policy):
+    r = PolicyRunner(
+        PolicyParams(command_type="trajectory", joint_names=("a", "b")), lambda p: fake_policy, clock=clock
+    )
+    with pytest.raises(ValueError, match="joint_names has 2 names"):
+        r.configure()
+
+
+def test_live_parameter_update(clock, fake_policy):
+    r = make(clock, fake_policy)
+    later = r.update_params(
+        PolicyParams(instruction="pick up the cube", control_hz=50.0, action_low=(0.0,) * 7, image_timeout_s=0.5)
+    )
+    assert later == ["control_hz"]
+    assert r.params.control_hz == 10.0 and r.limits.low.tolist() == [0.0] * 7
+    with pytest.raises(ValueError, match="policy outputs 7"):
+        r.update_params(PolicyParams(action_low=(0.0,) * 8, action_high=(1.0,) * 8))
+
+
+def test_status_reports_latency_and_iterations(clock, fake_policy):
+    r = make(clock, fake_policy)
+    for _ in range(3):
+        r.on_image(IMG)
+        r.process_pending()
+        r.record_sent()
+        clock.advance(0.1)
+    v = r.status().values
+    assert v["chunks_done"] == "3" and v["iterations_per_chunk_mean"] == "4.00"
+    assert v["decode_latency_p50_ms"] == "0.00" and v["commands_sent"] == "3" and v["watchdog"] == "ok"
+
+
+def test_threaded_worker_decodes_in_background():
+    gate = threading.Semaphore(0)
+    pol = FakePolicy(gate=gate)
+    r = PolicyRunner(PolicyParams(instruction="go", image_timeout_s=30.0), lambda p: pol, threaded=True)
+    r.configure()
+    r.activate()
+    r.on_image(IMG)
+    for _ in range(4):
+        gate.release()
+    assert r.wait_for_chunks(1, timeout=10)
+    assert r.tick().kind == "action"
+    assert r.deactivate().kind == "stop"
+    assert r._worker is None
+
+
+def test_policy_needing_proprio_requires_joint_state(clock, fake_policy):
+    fake_policy.vla = type("V", (), {"proprio_dim": 3})()
+    r = PolicyRunner(PolicyParams(), lambda p: fake_policy, clock=clock)
+    with pytest.raises(ValueError, match="use_joint_state=true"):
+        r.configure()

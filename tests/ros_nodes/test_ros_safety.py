@@ -1,0 +1,60 @@
+import logging
+
+import numpy as np
+import pytest
+
+from ros_nodes.diagnostics import RateMonitor, Window
+from ros_nodes.safety import ActionLimits, CauseLog, Watchdog
+
+
+def test_clip_per_dim_and_reject_nan():
+    lim = ActionLimits([-1, -0.5, 0], [1, 0.5, 0.2])
+    assert lim.clip(np.array([2.0, -2.0, 0.1])).tolist() == [1.0, -0.5, 0.1]
+    assert lim.clip(np.array([np.nan, 0, 0])) is None
+    assert lim.clip(np.array([0.0, 0.0])) is None
+    assert lim.clip(np.array([[2.0, 0, 0], [0, 0, 1]])).tolist() == [[1.0, 0, 0], [0, 0, 0.2]]
+    with pytest.raises(ValueError, match="low > high"):
+        ActionLimits([1.0], [0.0])
+    with pytest.raises(ValueError, match="policy outputs 4-dim"):
+        lim.check_dim(4)
+
+
+def test_watchdog_states(clock):
+    wd = Watchdog(0.5, clock)
+    assert wd.state() == "waiting"
+    wd.feed()
+    clock.advance(0.4)
+    assert wd.state() == "ok"
+    clock.advance(0.2)
+    assert wd.state() == "stale" and wd.state() == "stale" and wd.trips == 1
+    wd.feed()
+    assert wd.state() == "ok"
+    clock.advance(1.0)
+    assert wd.state() == "stale" and wd.trips == 2
+
+
+def test_cause_log_once_per_cause_then_rate_limited(clock, caplog):
+    logger = logging.getLogger("test.causes")
+    cl = CauseLog(logger, period_s=10.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.causes"):
+        assert cl.log("a", "bad a")
+        assert not cl.log("a", "bad a")
+        assert cl.log("b", "bad b")
+        clock.advance(11)
+        assert cl.log("a", "bad a")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["bad a", "bad b", "bad a (repeated 1 more times since last logged)"]
+    assert cl.counts == {"a": 3, "b": 1} and cl.total() == 4
+
+
+def test_rate_monitor_and_window():
+    rm = RateMonitor(window_s=1.0)
+    for i in range(21):
+        rm.event(10.0 + i * 0.05)
+    assert rm.rate(11.0) == pytest.approx(20.0, rel=0.06)
+    assert rm.rate(20.0) == 0.0
+    w = Window(size=3)
+    assert w.percentile(50) is None
+    for v in (1, 2, 3, 100):
+        w.add(v)
+    assert w.percentile(50) == 3 and w.last() == 100 and w.count == 4
