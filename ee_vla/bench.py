@@ -14,6 +14,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -47,6 +48,8 @@ class BenchConfig:
     """torch device."""
     dtype: str = "float32"
     """Model dtype."""
+    engine: Literal["auto", "eager", "static", "graph"] = "auto"
+    """Decode engine (see PolicyConfig.engine): auto = CUDA graphs on a GPU, eager otherwise."""
     seed: int = 0
     """Seed of the random observations (and of a random model)."""
     out: Path = Path("outputs/bench")
@@ -61,6 +64,8 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 1:
             raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.engine not in ("auto", "eager", "static", "graph"):
+            raise ValueError(f"BenchConfig.engine must be auto|eager|static|graph, got {self.engine!r}")
         if not self.decoders:
             raise ValueError("BenchConfig.decoders is empty")
         for d in self.decoders:
@@ -87,7 +92,7 @@ def _policy(cfg: BenchConfig):
         if cfg.model not in PRESETS:
             raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})")
         path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, cfg.chunk_size, cfg.seed)
-    return VLAPolicy.from_pretrained(path, decoder="ar", device=cfg.device, dtype=cfg.dtype)
+    return VLAPolicy.from_pretrained(path, decoder="ar", device=cfg.device, dtype=cfg.dtype, engine=cfg.engine)
 
 
 def _observations(policy, cfg: BenchConfig) -> dict:

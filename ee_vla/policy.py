@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ import torch
 from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
 from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
-from ee_vla.decoding.hf import HFStep
+from ee_vla.engine import make_prefill
 from ee_vla.streaming import StreamedAction
 
 
@@ -48,12 +49,17 @@ class PolicyConfig:
     """torch device of the model."""
     dtype: str = "float32"
     """Model dtype: float32 | bfloat16 | float16 | float64."""
+    engine: Literal["auto", "eager", "static", "graph"] = "auto"
+    """Decode engine: eager (transformers DynamicCache), graph (static KV cache + CUDA graphs; CUDA
+    only), static (graph's static-shape forwards without graphs), auto = graph on CUDA, else eager."""
 
     def __post_init__(self) -> None:
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"PolicyConfig.n_action_steps must be >= 1 or None, got {self.n_action_steps}")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise ValueError(f"PolicyConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
+        if self.engine not in ("auto", "eager", "static", "graph"):
+            raise ValueError(f"PolicyConfig.engine must be auto|eager|static|graph, got {self.engine!r}")
 
 
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
@@ -72,6 +78,8 @@ class VLAPolicy:
         self._queue: deque[np.ndarray] = deque()
         self._previous: torch.Tensor | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
+        # the decode step's prefill: HFStep.prefill (eager) or a static-cache / CUDA-graph engine
+        self._prefill = make_prefill(self.config.engine, vla.model, vla.n_action_tokens)
         self.last_stats: DecodeStats | None = None
 
     @classmethod
@@ -82,10 +90,11 @@ class VLAPolicy:
         device: str = "cpu",
         dtype: str = "float32",
         n_action_steps: int | None = None,
+        engine: str = "auto",
     ) -> VLAPolicy:
         from ee_vla.models.vla import VLA
 
-        cfg = PolicyConfig(as_decode_config(decoder), n_action_steps, device, dtype)
+        cfg = PolicyConfig(as_decode_config(decoder), n_action_steps, device, dtype, engine)
         return cls(VLA.from_pretrained(path, device=device, dtype=getattr(torch, dtype)), cfg)
 
     # ---- properties --------------------------------------------------------------------
@@ -215,7 +224,7 @@ class VLAPolicy:
         t_start = time.perf_counter()
         with torch.inference_mode():
             inputs = self.vla.build_inputs(px, instrs, proprio)
-            step, first_logits, prefill_s = HFStep.prefill(self.vla.model, **inputs)
+            step, first_logits, prefill_s = self._prefill(self.vla.model, **inputs)
             n = self.vla.n_action_tokens
             guess = self._guess(cfg, inputs, n)
             state = None

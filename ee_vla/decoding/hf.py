@@ -14,6 +14,8 @@ import time
 import torch
 from transformers import DynamicCache
 
+from ee_vla.timing import synchronize
+
 
 def crop_cache(cache, length: int) -> None:
     """Cut `cache` back to `length` positions, across transformers versions (4.x took an absolute
@@ -58,6 +60,7 @@ class HFStep:
             **extra,
         )
         logits = out.logits[:, -1, :]
+        synchronize(input_ids.device)
         return cls(model, out.past_key_values, attention_mask), logits, time.perf_counter() - t
 
     @torch.inference_mode()

@@ -1,0 +1,126 @@
+"""Pick the decode engine by name: one `prefill` callable with `HFStep.prefill`'s signature.
+
+    prefill = make_prefill("auto", model, max_new_tokens=21)       # graph on CUDA, eager otherwise
+    step, first_logits, seconds = prefill(model, input_ids, attention_mask, pixel_values=px)
+
+* ``eager``: `HFStep.prefill` (transformers DynamicCache, eager forwards): the reference.
+* ``static``: `StaticEngine` without CUDA graphs (same padded static-shape forwards, any device).
+* ``graph``: `StaticEngine` with one CUDA graph per window width (CUDA only).
+* ``auto``: ``graph`` when the device is CUDA, ``eager`` otherwise.
+
+A `StaticEngine` has a fixed batch size and prompt capacity; `EnginePool` keeps one engine per
+batch size and rebuilds it (recapturing its graphs, seconds) when a longer prompt arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from ee_vla.engine.static import StaticEngine, StaticStep, _round_up
+
+log = logging.getLogger(__name__)
+
+EngineKind = Literal["auto", "eager", "static", "graph"]
+ENGINES: tuple[str, ...] = ("auto", "eager", "static", "graph")
+Prefill = Callable[..., tuple[Callable[[torch.Tensor, int], torch.Tensor], torch.Tensor, float]]
+
+
+def resolve_engine(kind: str, device: str | torch.device) -> Literal["eager", "static", "graph"]:
+    """The concrete engine for `kind` on `device` (``auto``: graph on CUDA, eager otherwise)."""
+    if kind not in ENGINES:
+        raise ValueError(f"engine must be one of {'|'.join(ENGINES)}, got {kind!r}")
+    on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    if kind == "auto":
+        return "graph" if on_cuda else "eager"
+    if kind == "graph" and not on_cuda:
+        raise ValueError(f"engine='graph' needs a CUDA device with CUDA available, got device {device!r}")
+    return kind  # type: ignore[return-value]
+
+
+class EnginePool:
+    """`prefill(model, input_ids, attention_mask=None, **extra)` over `StaticEngine`s, one per batch
+    size (fixed shapes per engine), grown when a prompt exceeds an engine's capacity.
+
+    Args:
+        model: the model every call must pass (checked: an engine is bound to one model).
+        max_new_tokens: longest chunk decoded per call (the engine's widths cover every decoder).
+        graphs: capture CUDA graphs (``graph`` engine) or run the static forwards eagerly.
+        widths: window widths of each engine (None: `StaticEngine`'s default, 1 and n - 1).
+        prompt_headroom: extra prompt slots allocated beyond the first prompt seen (rounded up
+            to a multiple of 64), so that instructions of varying length reuse the engine.
+        max_engines: engines kept at once (least recently used dropped first).
+    """
+
+    def __init__(
+        self,
+        model,
+        max_new_tokens: int,
+        *,
+        graphs: bool,
+        widths: Sequence[int] | None = None,
+        prompt_headroom: int = 32,
+        max_engines: int = 4,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"EnginePool max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.graphs = graphs
+        self.widths = None if widths is None else tuple(widths)
+        self.prompt_headroom = prompt_headroom
+        self.max_engines = max_engines
+        self.engines: OrderedDict[int, StaticEngine] = OrderedDict()
+
+    def engine(self, batch_size: int, prompt_len: int) -> StaticEngine:
+        """The engine for this batch size, (re)built when missing or too small for the prompt."""
+        eng = self.engines.get(batch_size)
+        if eng is not None and prompt_len <= eng.max_prompt_len:
+            self.engines.move_to_end(batch_size)
+            return eng
+        if eng is not None:
+            log.info("prompt of %d tokens exceeds the engine's %d: rebuilding it", prompt_len, eng.max_prompt_len)
+            del self.engines[batch_size]
+        while len(self.engines) >= self.max_engines:
+            self.engines.popitem(last=False)
+        eng = StaticEngine(
+            self.model,
+            batch_size=batch_size,
+            max_prompt_len=_round_up(prompt_len + self.prompt_headroom, 64),
+            max_new_tokens=self.max_new_tokens,
+            widths=self.widths,
+            graphs=self.graphs,
+        )
+        self.engines[batch_size] = eng
+        return eng
+
+    def __call__(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra
+    ) -> tuple[StaticStep, torch.Tensor, float]:
+        """Same contract as `HFStep.prefill(model, input_ids, attention_mask, **extra)`."""
+        if model is not self.model:
+            raise ValueError("this engine pool was built for another model")
+        B, P = input_ids.shape
+        return self.engine(B, P).prefill(input_ids, attention_mask, **extra)
+
+
+def make_prefill(
+    kind: str,
+    model,
+    max_new_tokens: int,
+    *,
+    device: str | torch.device | None = None,
+    widths: Sequence[int] | None = None,
+) -> Prefill:
+    """A prefill callable for engine `kind` (see module docstring). `device` defaults to the
+    model's; `max_new_tokens` is the chunk length (tokens) the policy decodes."""
+    from ee_vla.decoding.hf import HFStep
+
+    kind = resolve_engine(kind, device if device is not None else next(model.parameters()).device)
+    if kind == "eager":
+        return HFStep.prefill
+    return EnginePool(model, max_new_tokens, graphs=kind == "graph", widths=widths)

@@ -1,0 +1,511 @@
+"""Latency profiler of the decode engines on a model of a named real shape (random weights).
+
+    python -m ee_vla.engine.profile --shape openvla-7b --device cuda --dtype bfloat16 --out outputs/profile
+    python -m ee_vla.engine.profile --shape tiny --calls 3          # CPU: eager vs static engine
+    python -m ee_vla.engine.profile summarize outputs/profile/*.json
+
+For one shape (`ee_vla.engine.shapes`), one batch size and one device it measures, in one run:
+
+* raw forwards: the prefill, and one step of width w (1 = an AR token; e.g. 22 = a Jacobi window)
+  per engine, p50/p95/p99 over many calls (`ee_vla.timing.time_call`, device-synchronised);
+* decode calls (prefill + `iter_decode`, as the policy runs them) per engine x decoder: AR, Jacobi
+  to convergence and CEED with a FIXED iteration cap (random weights converge randomly, so the cap,
+  e.g. 2 iterations plus the prefill, is what CEED's trained model is assumed to reach): call
+  latency percentiles, prefill ms, per-iteration ms, iterations per chunk, tokens/s, actions/s,
+  time to the first final action, speedup vs eager AR and vs the same engine's AR;
+* HF `generate` (greedy, max_new_tokens = chunk tokens) as the stock baseline;
+* token agreement of each engine with eager for the same decoder (bf16: near-ties may flip);
+* the issue's targets when their entries were measured (7B: one Jacobi iteration over 22 tokens
+  <= 5 ms in the graph engine; CEED at 2 iterations + prefill >= 100 actions/s).
+
+Writes `profile_<shape>[_b<B>].json` (+ `.png`: latency histograms and speedup bars). Numbers are
+printed and saved, never asserted: machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ee_vla.decoding import DecodeConfig, decode
+from ee_vla.engine.factory import ENGINES, make_prefill
+from ee_vla.engine.shapes import SHAPES, Workload, build_workload
+from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+DECODERS = ("ar", "jacobi", "ceed")
+
+
+@dataclass
+class ProfileConfig:
+    """Options of the engine profiler."""
+
+    shape: str = "tiny"
+    """Model shape: openvla-7b | qwen2-0.5b (LM only, random prefix) | tiny | small (whole VLA)."""
+    device: str = "cpu"
+    """torch device."""
+    dtype: str = "float32"
+    """Model dtype (bfloat16 on GPU for the real shapes)."""
+    batch_size: int = 1
+    """Observations per call (fixed per engine)."""
+    chunk_size: int = 3
+    """Actions per chunk (7 tokens each)."""
+    prefix_len: int | None = None
+    """LM shapes: prefix tokens (None: the shape's, 276 for OpenVLA)."""
+    left_pad: int = 0
+    """LM shapes with batch > 1: row b is left-padded by b * left_pad tokens."""
+    engines: tuple[str, ...] = ()
+    """Engines to compare (eager | static | graph); empty: eager + graph on CUDA, eager + static otherwise."""
+    decoders: tuple[str, ...] = DECODERS
+    """Decoders per engine: ar | jacobi (to convergence) | ceed (capped at ceed_iterations)."""
+    ceed_iterations: int = 2
+    """CEED's fixed iteration cap (after the prefill)."""
+    generate: bool = True
+    """Also time HF `generate` (greedy, eager, DynamicCache)."""
+    step_widths: tuple[int, ...] = (1, 22)
+    """Raw step widths timed per engine (1 = one AR token; 22 = OpenVLA's 3-action window + EOS)."""
+    calls: int = 20
+    """Timed decode calls per engine x decoder."""
+    warmup: int = 2
+    """Untimed calls before each timed series."""
+    step_iters: int = 50
+    """Timed raw forwards per width."""
+    seed: int = 0
+    """Seed of the random weights and inputs."""
+    out: Path = Path("outputs/profile")
+    """Directory for the JSON and PNG."""
+    plots: bool = True
+    """Save the PNG."""
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"ProfileConfig.shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ProfileConfig.dtype must be one of {'|'.join(DTYPES)}, got {self.dtype!r}")
+        for name, v in (
+            ("batch_size", self.batch_size),
+            ("chunk_size", self.chunk_size),
+            ("calls", self.calls),
+            ("step_iters", self.step_iters),
+            ("ceed_iterations", self.ceed_iterations),
+        ):
+            if v < 1:
+                raise ValueError(f"ProfileConfig.{name} must be >= 1, got {v}")
+        if self.warmup < 0:
+            raise ValueError(f"ProfileConfig.warmup must be >= 0, got {self.warmup}")
+        bad = [e for e in self.engines if e not in ENGINES or e == "auto"]
+        if bad:
+            raise ValueError(f"ProfileConfig.engines must be eager|static|graph, got {bad}")
+        bad = [d for d in self.decoders if d not in DECODERS]
+        if bad:
+            raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")
+        if "graph" in self.engines and torch.device(self.device).type != "cuda":
+            raise ValueError(f"ProfileConfig.engines: the graph engine needs a CUDA device, got {self.device!r}")
+        if any(w < 1 for w in self.step_widths):
+            raise ValueError(f"ProfileConfig.step_widths must be >= 1, got {self.step_widths}")
+        self.out = Path(self.out)
+
+    @property
+    def engine_list(self) -> tuple[str, ...]:
+        if self.engines:
+            return self.engines
+        cuda = torch.device(self.device).type == "cuda"
+        return ("eager", "graph") if cuda else ("eager", "static")
+
+    def decode_config(self, name: str) -> DecodeConfig:
+        if name == "ar":
+            return DecodeConfig(method="ar")
+        if name == "jacobi":
+            return DecodeConfig(method="jacobi", init="repeat")
+        return DecodeConfig(method="ceed", max_iterations=self.ceed_iterations, init="repeat")
+
+    @property
+    def stem(self) -> str:
+        return f"profile_{self.shape}" + (f"_b{self.batch_size}" if self.batch_size != 1 else "")
+
+
+def _ms(summary: dict) -> dict:
+    return {k: (v * 1e3 if k != "n" else v) for k, v in summary.items()}
+
+
+def _raw_forwards(cfg: ProfileConfig, wl: Workload, prefill) -> dict:
+    """Prefill and fixed-width step latency of one engine."""
+    dev = wl.device
+    out = {
+        "prefill_ms": time_call(
+            lambda: prefill(wl.model, **wl.inputs), cfg.warmup, max(3, cfg.step_iters // 5), dev
+        ).summary_ms()
+    }
+    step, _, _ = prefill(wl.model, **wl.inputs)
+    lo, hi = wl.action_range
+    g = torch.Generator().manual_seed(cfg.seed)
+    for w in cfg.step_widths:
+        toks = torch.randint(lo, hi + 1, (cfg.batch_size, w), generator=g).to(dev)
+        out[f"step_w{w}_ms"] = time_call(lambda t=toks: step(t, 0), cfg.warmup + 1, cfg.step_iters, dev).summary_ms()
+    return out
+
+
+def _decode_series(cfg: ProfileConfig, wl: Workload, prefill, dc: DecodeConfig) -> tuple[dict, torch.Tensor]:
+    """`calls` timed decode calls (prefill + iter_decode); returns the summary and the last tokens."""
+    dev = wl.device
+
+    def one():
+        t0 = time.perf_counter()
+        step, first, pre_s = prefill(wl.model, **wl.inputs)
+        return decode(
+            step, first, wl.n_tokens, dc, action_range=wl.action_range, unit=wl.unit, t_start=t0, prefill_s=pre_s
+        )
+
+    for _ in range(cfg.warmup):
+        one()
+    rec, prefill_s, per_iter, first_action, iterations = LatencyRecorder(), [], [], [], []
+    tokens = None
+    for _ in range(cfg.calls):
+        with rec.time(dev):
+            tokens, st = one()
+        prefill_s.append(st.prefill_s)
+        per_iter.extend(st.iteration_s)
+        iterations.append(st.iterations)
+        first_action.append(max(row[0] for row in st.unit_final_time_s))
+    total = rec.total
+    n_act = wl.n_tokens // wl.unit * cfg.batch_size
+    return {
+        "decoder": asdict(dc),
+        "call_ms": rec.summary_ms(),
+        "prefill_ms": _ms(summarize(prefill_s)),
+        "iteration_ms": _ms(summarize(per_iter)),
+        "first_action_ms": _ms(summarize(first_action)),
+        "iterations_per_chunk": float(np.mean(iterations)),
+        "forward_passes_per_chunk": float(np.mean(iterations)) + 1,
+        "tokens_per_s": wl.n_tokens * cfg.batch_size * cfg.calls / total,
+        "actions_per_s": n_act * cfg.calls / total,
+        "call_s": rec.samples,
+    }, tokens
+
+
+def _generate_series(cfg: ProfileConfig, wl: Workload) -> dict:
+    """HF `generate` (greedy, eager, DynamicCache) of one chunk, timed like a decode call."""
+    n = wl.n_tokens
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    def gen():
+        with torch.inference_mode():
+            return wl.model.generate(**wl.inputs, **kw)
+
+    rec = time_call(gen, cfg.warmup, cfg.calls, wl.device)
+    total = rec.total
+    return {
+        "call_ms": rec.summary_ms(),
+        "tokens_per_s": n * cfg.batch_size * cfg.calls / total,
+        "actions_per_s": n // wl.unit * cfg.batch_size * cfg.calls / total,
+        "call_s": rec.samples,
+    }
+
+
+def _targets(raw: dict, results: dict) -> dict:
+    """The issue's engine targets, where measured (values in the units named)."""
+    out = {}
+    w22 = raw.get("graph", {}).get("step_w22_ms")
+    if w22:
+        out["graph_jacobi_iteration_w22_ms_p50"] = {"value": w22["p50"], "target_max": 5.0, "met": w22["p50"] <= 5.0}
+    ceed = results.get("graph", {}).get("ceed")
+    if ceed:
+        v = ceed["actions_per_s"]
+        out["graph_ceed_actions_per_s"] = {
+            "value": v,
+            "target_min": 100.0,
+            "met": v >= 100.0,
+            "iterations_cap": ceed["decoder"]["max_iterations"],
+        }
+    return out
+
+
+def run_profile(cfg: ProfileConfig) -> dict:
+    """Profile every engine x decoder on the shape of `cfg`; returns (and saves) the results."""
+    dtype = getattr(torch, cfg.dtype)
+    t = time.perf_counter()
+    wl = build_workload(
+        cfg.shape,
+        cfg.device,
+        dtype,
+        batch_size=cfg.batch_size,
+        chunk_size=cfg.chunk_size,
+        prefix_len=cfg.prefix_len,
+        left_pad=cfg.left_pad,
+        seed=cfg.seed,
+    )
+    synchronize(cfg.device)
+    build_s = time.perf_counter() - t
+    log.info("built %s (%d tokens of prefix) in %.1f s", cfg.shape, wl.inputs["input_ids"].shape[1], build_s)
+    n = wl.n_tokens
+    widths = sorted({1, max(1, n - 1), *cfg.step_widths})
+    raw: dict[str, dict] = {}
+    results: dict[str, dict] = {}
+    tokens: dict[tuple[str, str], torch.Tensor] = {}
+    setup_s: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for engine in cfg.engine_list:
+        try:  # one engine failing (e.g. a capture error) must not cost the others' numbers
+            t = time.perf_counter()
+            prefill = make_prefill(engine, wl.model, n, device=cfg.device, widths=widths)
+            prefill(wl.model, **wl.inputs)  # builds the engine (and captures its graphs) once
+            synchronize(cfg.device)
+            setup_s[engine] = time.perf_counter() - t
+            log.info("%s engine ready in %.2f s", engine, setup_s[engine])
+            raw[engine] = _raw_forwards(cfg, wl, prefill)
+            results[engine] = {}
+            for name in cfg.decoders:
+                results[engine][name], tokens[engine, name] = _decode_series(cfg, wl, prefill, cfg.decode_config(name))
+                log.info("%s %s: p50 %.2f ms", engine, name, results[engine][name]["call_ms"]["p50"])
+        except Exception:
+            log.exception("the %s engine failed on %s", engine, cfg.shape)
+            errors[engine] = traceback.format_exc()
+            raw.pop(engine, None)
+            results.pop(engine, None)
+        finally:
+            prefill = None  # free the engine's cache and graphs before the next one
+    try:
+        generate = _generate_series(cfg, wl) if cfg.generate else None
+    except Exception:
+        log.exception("HF generate failed on %s", cfg.shape)
+        errors["hf_generate"], generate = traceback.format_exc(), None
+    ref = results.get("eager", {}).get("ar")
+    for engine, per in results.items():
+        for name, r in per.items():
+            own = per.get("ar")
+            r["speedup_vs_eager_ar"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+            r["speedup_vs_engine_ar"] = r["tokens_per_s"] / own["tokens_per_s"] if own else None
+            eager = tokens.get(("eager", name))
+            r["token_agreement_vs_eager"] = (
+                float((tokens[engine, name] == eager).float().mean()) if eager is not None else None
+            )
+    if generate is not None and ref:
+        generate["speedup_vs_eager_ar"] = generate["tokens_per_s"] / ref["tokens_per_s"]
+    out = {
+        "config": {**asdict(cfg), "out": str(cfg.out)},
+        "model": {
+            "shape": cfg.shape,
+            "parameters": sum(p.numel() for p in wl.model.parameters()),
+            "tokens_per_chunk": n,
+            "actions_per_chunk": n // wl.unit,
+            "vision_in_prefill": wl.vision_in_prefill,
+            "engine_widths": widths,
+            **wl.info,
+        },
+        "environment": environment_info(cfg.device, cfg.dtype),
+        "build_s": build_s,
+        "engine_setup_s": setup_s,
+        "raw": raw,
+        "results": results,
+        "hf_generate": generate,
+        "targets": _targets(raw, results),
+        "errors": errors,
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    path = cfg.out / f"{cfg.stem}.json"
+    path.write_text(json.dumps(out, indent=2))
+    if cfg.plots:
+        plot_profile(out, cfg.out / f"{cfg.stem}.png")
+    print(format_table(out))
+    log.info("saved %s", path)
+    return out
+
+
+def format_table(out: dict) -> str:
+    """A plain-text table of one profile (what the CLI prints)."""
+    env, m, c = out["environment"], out["model"], out["config"]
+    lines = [
+        f"{c['shape']} ({m['parameters'] / 1e6:.1f}M params, prefix {m['prefix_len']}, "
+        f"{m['tokens_per_chunk']} tokens/chunk{', vision in prefill' if m['vision_in_prefill'] else ''})  "
+        f"device: {env['device_name']}  dtype: {c['dtype']}  batch: {c['batch_size']}  "
+        f"torch {env['versions'].get('torch')}  transformers {env['versions'].get('transformers')}",
+    ]
+    widths = [k for k in next(iter(out["raw"].values()), {}) if k.startswith("step_")]
+    head = f"{'engine':<8} {'prefill ms':>10} " + " ".join(f"{k[5:-3] + ' ms':>9}" for k in widths)
+    lines += [head, "-" * len(head)]
+    for engine, r in out["raw"].items():
+        lines.append(f"{engine:<8} {r['prefill_ms']['p50']:>10.2f} " + " ".join(f"{r[k]['p50']:>9.2f}" for k in widths))
+    head = (
+        f"{'engine':<8} {'decoder':<8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} "
+        f"{'iters':>6} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'vs eager AR':>11} {'agree':>6}"
+    )
+    lines += ["", head, "-" * len(head)]
+    for engine, per in out["results"].items():
+        for name, r in per.items():
+            sp, ag = r["speedup_vs_eager_ar"], r["token_agreement_vs_eager"]
+            lines.append(
+                f"{engine:<8} {name:<8} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} "
+                f"{r['call_ms']['p99']:>8.2f} "
+                f"{r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} {r['iterations_per_chunk']:>6.2f} "
+                f"{r['tokens_per_s']:>8.1f} {r['actions_per_s']:>8.1f} {r['first_action_ms']['p50']:>8.2f} "
+                f"{(f'{sp:.2f}x' if sp else '-'):>11} {(f'{ag:.2f}' if ag is not None else '-'):>6}"
+            )
+    g = out.get("hf_generate")
+    if g:
+        sp = g.get("speedup_vs_eager_ar")
+        lines.append(
+            f"{'hf':<8} {'generate':<8} {g['call_ms']['p50']:>8.2f} {g['call_ms']['p95']:>8.2f} "
+            f"{g['call_ms']['p99']:>8.2f} {'':>8} {'':>8} {'':>6} {g['tokens_per_s']:>8.1f} "
+            f"{g['actions_per_s']:>8.1f} {'':>8} {(f'{sp:.2f}x' if sp else '-'):>11}"
+        )
+    for name, tg in out.get("targets", {}).items():
+        bound = f"<= {tg['target_max']}" if "target_max" in tg else f">= {tg['target_min']}"
+        lines.append(f"target {name}: {tg['value']:.2f} ({bound}) {'MET' if tg['met'] else 'NOT MET'}")
+    for name, tb in out.get("errors", {}).items():
+        lines.append(f"ERROR in {name}: {tb.strip().splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def plot_profile(out: dict, path: Path) -> None:
+    """Latency histogram per engine x decoder (and HF generate), speedup bars vs eager AR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {f"{e}/{d}": r for e, per in out["results"].items() for d, r in per.items()}
+    if out.get("hf_generate"):
+        series["hf/generate"] = out["hf_generate"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    ms = {name: np.asarray(r["call_s"]) * 1e3 for name, r in series.items()}
+    if ms:
+        lo = min(v.min() for v in ms.values())
+        hi = max(v.max() for v in ms.values())
+        bins = np.geomspace(lo * 0.95, hi * 1.05, 60)  # shared log bins: series of very different speeds
+        for name, v in ms.items():
+            axes[0].hist(v, bins=bins, alpha=0.5, label=name)
+    axes[0].set(
+        xlabel="decode call latency (ms, prefill included)",
+        ylabel="calls",
+        xscale="log",
+        title=f"{out['config']['shape']} b{out['config']['batch_size']} {out['config']['dtype']}",
+    )
+    axes[0].legend(fontsize=7)
+    names = [n for n, r in series.items() if r.get("speedup_vs_eager_ar")]
+    palette = {"eager": "tab:blue", "static": "tab:orange", "graph": "tab:green", "hf": "tab:gray"}
+    colors = [palette.get(n.split("/")[0], "tab:purple") for n in names]
+    axes[1].bar(names, [series[n]["speedup_vs_eager_ar"] for n in names], color=colors)
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set(ylabel="tokens/s relative to eager AR", title=f"speedup ({out['environment'].get('device_name', '')})")
+    axes[1].tick_params(axis="x", rotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summarize_files(paths: list[Path]) -> str:
+    """One line per engine x decoder over several profile JSONs (the GPU job's closing table)."""
+    lines = [
+        f"{'shape':<12} {'b':>2} {'engine':<7} {'decoder':<8} {'p50 ms':>8} {'iter ms':>8} {'iters':>6} "
+        f"{'act/s':>8} {'vs eager AR':>11}"
+    ]
+    for p in paths:
+        if not Path(p).is_file():
+            lines.append(f"{p}: no such profile (did its step fail?)")
+            continue
+        out = json.loads(Path(p).read_text())
+        c = out["config"]
+        for engine, per in out["results"].items():
+            for name, r in per.items():
+                sp = r["speedup_vs_eager_ar"]
+                lines.append(
+                    f"{c['shape']:<12} {c['batch_size']:>2} {engine:<7} {name:<8} {r['call_ms']['p50']:>8.2f} "
+                    f"{r['iteration_ms']['p50']:>8.2f} {r['iterations_per_chunk']:>6.2f} "
+                    f"{r['actions_per_s']:>8.1f} {(f'{sp:.2f}x' if sp else '-'):>11}"
+                )
+        if out.get("hf_generate"):
+            g = out["hf_generate"]
+            lines.append(
+                f"{c['shape']:<12} {c['batch_size']:>2} {'hf':<7} {'generate':<8} {g['call_ms']['p50']:>8.2f} "
+                f"{'':>8} {'':>6} {g['actions_per_s']:>8.1f}"
+            )
+        for engine, r in out["raw"].items():
+            steps = ", ".join(f"{k[5:-3]} {v['p50']:.2f}" for k, v in r.items() if k.startswith("step_"))
+            lines.append(
+                f"{c['shape']:<12} {c['batch_size']:>2} {engine:<7} raw ms: "
+                f"prefill {r['prefill_ms']['p50']:.2f}, {steps}"
+            )
+        for name, tg in out.get("targets", {}).items():
+            bound = f"<= {tg['target_max']}" if "target_max" in tg else f">= {tg['target_min']}"
+            lines.append(
+                f"{c['shape']:<12} target {name}: {tg['value']:.2f} ({bound}) {'MET' if tg['met'] else 'NOT MET'}"
+            )
+        for name, tb in out.get("errors", {}).items():
+            lines.append(f"{c['shape']:<12} {c['batch_size']:>2} ERROR in {name}: {tb.strip().splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ProfileConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default=d.shape, choices=SHAPES)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--dtype", default=d.dtype, choices=DTYPES)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    p.add_argument("--prefix-len", type=int, default=None)
+    p.add_argument("--left-pad", type=int, default=d.left_pad)
+    p.add_argument("--engines", nargs="*", default=list(d.engines), help="eager static graph (default: by device)")
+    p.add_argument("--decoders", nargs="*", default=list(d.decoders), choices=DECODERS)
+    p.add_argument("--ceed-iterations", type=int, default=d.ceed_iterations)
+    p.add_argument("--no-generate", action="store_true", help="skip HF generate")
+    p.add_argument("--step-widths", nargs="*", type=int, default=list(d.step_widths))
+    p.add_argument("--calls", type=int, default=d.calls)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--step-iters", type=int, default=d.step_iters)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
+    a = _parser().parse_args(argv)
+    return ProfileConfig(
+        shape=a.shape,
+        device=a.device,
+        dtype=a.dtype,
+        batch_size=a.batch_size,
+        chunk_size=a.chunk_size,
+        prefix_len=a.prefix_len,
+        left_pad=a.left_pad,
+        engines=tuple(a.engines),
+        decoders=tuple(a.decoders),
+        ceed_iterations=a.ceed_iterations,
+        generate=not a.no_generate,
+        step_widths=tuple(a.step_widths),
+        calls=a.calls,
+        warmup=a.warmup,
+        step_iters=a.step_iters,
+        seed=a.seed,
+        out=a.out,
+        plots=not a.no_plots,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if argv and argv[0] == "summarize":
+        print(summarize_files([Path(p) for p in argv[1:]]))
+        return 0
+    out = run_profile(config_from_args(argv))
+    return 1 if out["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

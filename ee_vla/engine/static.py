@@ -1,0 +1,424 @@
+"""The static-shape decode step: a preallocated KV cache for prompt + window, replayed as CUDA graphs.
+
+`StaticEngine(model, batch_size=..., max_prompt_len=..., max_new_tokens=...)` allocates, once, a KV
+cache of `capacity = max_prompt_len + max_new_tokens + max(widths)` slots per layer and, for every
+window width in `widths` (default: 1 for AR and `max_new_tokens - 1` for a whole Jacobi window),
+static input buffers (token ids, position ids, cache slots). `engine.prefill(input_ids,
+attention_mask, **extra)` mirrors `HFStep.prefill`: it runs the prompt into slots 0 .. P-1 and
+returns `(step, first_logits, seconds)`, where `step(tokens, start)` is the same protocol that
+`ee_vla.decoding.core.iter_decode` drives.
+
+Why the static step gives the eager step's tokens:
+
+* Slots. Generated position p lives at slot P + p (P = padded prompt length of this prefill). A
+  step writes its L tokens at slots P+start .. P+start+L-1 and overwrites whatever was there.
+* Masks. Every forward gets an explicit 4-D additive mask over all `capacity` slots: query at slot
+  q sees key slot k iff k <= q and k is not a prompt padding slot. Entries left over from earlier
+  iterations (or from the padding of the window) sit at slots > q of every real query, so they
+  are masked by causality: the cache never needs to be cropped, which is what `HFStep` does with a
+  DynamicCache (`crop` to P + start) and what makes the shapes static.
+* Padding of the window. A call with L tokens runs the smallest captured width w >= L; the w - L
+  padded inputs come after the real ones, so no real query sees them (causality again), and their
+  outputs are dropped. Their KV entries land above the real ones and are masked later.
+* Positions. Position ids are `valid_len + start + j`, exactly `HFStep`'s, so a left-padded
+  sample decodes as it would alone.
+* Prompt buckets. A prompt of P tokens is left-padded further, to a multiple of `prefill_bucket`
+  (masked padding, positions from the attention mask as in `HFStep`), so that prompts of nearby
+  lengths share one static prefill shape. Prompts that come with other inputs (`pixel_values` of a
+  VLA) are run eagerly at their own length: the vision path is not capture-safe in transformers
+  (it checks the image-token count on the host).
+
+With `graphs=True` (CUDA only) each width is captured once as a `torch.cuda.CUDAGraph` whose
+inputs are the static buffers (and each prompt bucket, lazily, at its first prefill): a step is
+then a few device copies into them and one replay, with no per-layer kernel launches from Python.
+Without graphs the very same buffers and padded forwards run eagerly, which is what the CPU tests
+check against `HFStep` (the graph only replays them).
+Nothing in transformers is patched: the cache is a `transformers.Cache` of our own layers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from ee_vla.timing import synchronize
+
+log = logging.getLogger(__name__)
+
+
+class _Slots:
+    """The cache slots written by the forward that is running now (shared by all layers)."""
+
+    def __init__(self, index: torch.Tensor):
+        self.index = index
+
+
+class SlotLayer(CacheLayerMixin):
+    """One layer's preallocated keys and values (batch, kv_heads, capacity, head_dim).
+
+    `update` writes the new entries at the slots in `slots.index` (set by the engine before each
+    forward; a static buffer while a CUDA graph is captured) and returns the whole cache: the mask
+    decides what each query sees.
+    """
+
+    is_compileable = True
+    is_sliding = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: _Slots):
+        super().__init__()
+        self.keys, self.values, self.slots = keys, values, slots
+        self.max_cache_len = keys.shape[2]
+        self.dtype, self.device = keys.dtype, keys.device
+        self.batch_size, self.num_heads = keys.shape[:2]
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Nothing to do: the tensors are allocated up front (their addresses must never change)."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        idx = self.slots.index
+        if (
+            key_states.shape[2] != idx.shape[0]
+            or key_states.shape[:2] != self.keys.shape[:2]
+            or (key_states.shape[-1] != self.keys.shape[-1] or value_states.shape[-1] != self.values.shape[-1])
+        ):
+            raise ValueError(
+                f"KV states of shape {tuple(key_states.shape)} do not fit a static cache of shape "
+                f"{tuple(self.keys.shape)} written at {idx.shape[0]} slots"
+            )
+        self.keys.index_copy_(2, idx, key_states.to(self.dtype))
+        self.values.index_copy_(2, idx, value_states.to(self.dtype))
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.max_cache_len, 0
+
+    def get_seq_length(self) -> int:
+        """0: the engine always passes explicit position ids and masks, nothing reads a length."""
+        return 0
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+
+@dataclass
+class _WidthBuffers:
+    """Static inputs of one window width (their addresses are baked into its CUDA graph)."""
+
+    ids: torch.Tensor  # (B, w) token ids
+    positions: torch.Tensor  # (B, w) position ids
+    slots: torch.Tensor  # (w,) cache slots written
+    arange: torch.Tensor  # (w,) 0 .. w-1
+
+
+@dataclass
+class _PromptBuffers:
+    """Static inputs of one prompt bucket (length Pb)."""
+
+    ids: torch.Tensor  # (B, Pb) token ids, left-padded
+    mask: torch.Tensor  # (B, Pb) attention mask (long)
+    positions: torch.Tensor  # (B, Pb) position ids
+    slots: torch.Tensor  # (Pb,) 0 .. Pb-1
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+class StaticEngine:
+    """A fixed-batch decode engine over one preallocated KV cache (optionally CUDA-graph replayed).
+
+    Args:
+        model: a transformers causal LM or Llava-style VLA (all-global attention: no sliding
+            window layers), on its device, in eval mode.
+        batch_size: rows of every prefill (fixed: the graphs have static shapes).
+        max_prompt_len: longest padded prompt a prefill may bring.
+        max_new_tokens: longest chunk decoded after a prefill (n_tokens of `iter_decode`).
+        widths: window widths to build (a call of L tokens runs the smallest width >= L); default
+            (1, max_new_tokens - 1): AR and a whole Jacobi window, which covers every DecodeConfig.
+        graphs: capture one CUDA graph per width (default: when the model is on CUDA).
+        prefill_bucket: prompts without extra inputs are left-padded to a multiple of this (at most
+            max_prompt_len) and, with graphs, each bucket's prefill is captured at its first use;
+            None: every prefill runs eagerly at the prompt's own length.
+        warmup: eager forwards per width before its capture (cuBLAS/allocator initialisation).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        batch_size: int,
+        max_prompt_len: int,
+        max_new_tokens: int,
+        widths: Sequence[int] | None = None,
+        graphs: bool | None = None,
+        prefill_bucket: int | None = 16,
+        warmup: int = 2,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"StaticEngine batch_size must be >= 1, got {batch_size}")
+        if max_prompt_len < 1:
+            raise ValueError(f"StaticEngine max_prompt_len must be >= 1, got {max_prompt_len}")
+        if max_new_tokens < 1:
+            raise ValueError(f"StaticEngine max_new_tokens must be >= 1, got {max_new_tokens}")
+        widths = sorted(set(widths if widths is not None else (1, max(1, max_new_tokens - 1))))
+        if not widths or widths[0] < 1:
+            raise ValueError(f"StaticEngine widths must be >= 1, got {widths}")
+        if prefill_bucket is not None and prefill_bucket < 1:
+            raise ValueError(f"StaticEngine prefill_bucket must be >= 1 or None, got {prefill_bucket}")
+        text = model.config.get_text_config(decoder=True)
+        layer_types = getattr(text, "layer_types", None) or []
+        if any(t != "full_attention" for t in layer_types) or getattr(text, "use_sliding_window", False):
+            raise NotImplementedError(
+                f"StaticEngine supports global attention only; this model has layers {layer_types}"
+            )
+        param = next(model.parameters())
+        self.model = model
+        self.device, self.dtype = param.device, param.dtype
+        if graphs is None:
+            graphs = self.device.type == "cuda"
+        if graphs and self.device.type != "cuda":
+            raise ValueError(f"StaticEngine graphs=True needs a CUDA model, the model is on {self.device}")
+        self.batch_size, self.max_prompt_len, self.max_new_tokens = batch_size, max_prompt_len, max_new_tokens
+        self.widths = widths
+        self.capacity = max_prompt_len + max_new_tokens + widths[-1]
+        self.uses_graphs = graphs
+        self.prefill_bucket = prefill_bucket
+        self._warmup = warmup
+        n_layers = text.num_hidden_layers
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self._min = torch.finfo(self.dtype).min
+        self._generation = 0
+        self.captured_s = 0.0
+        with torch.inference_mode():
+            dev = self.device
+            self._slots = _Slots(torch.arange(1, device=dev))
+            shape = (batch_size, kv_heads, self.capacity, head_dim)
+            self.cache = Cache(
+                layers=[
+                    SlotLayer(
+                        torch.zeros(shape, dtype=self.dtype, device=dev),
+                        torch.zeros(shape, dtype=self.dtype, device=dev),
+                        self._slots,
+                    )
+                    for _ in range(n_layers)
+                ]
+            )
+            self._kidx = torch.arange(self.capacity, device=dev)
+            self._key_ok = torch.ones(batch_size, self.capacity, dtype=torch.bool, device=dev)
+            self._buffers = {
+                w: _WidthBuffers(
+                    ids=torch.zeros(batch_size, w, dtype=torch.long, device=dev),
+                    positions=torch.arange(w, device=dev).repeat(batch_size, 1),
+                    slots=torch.arange(w, device=dev) + max_prompt_len,
+                    arange=torch.arange(w, device=dev),
+                )
+                for w in widths
+            }
+            self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+            self._prompts: dict[int, _PromptBuffers] = {}
+            self._prompt_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+            if graphs:
+                self._capture(warmup)
+
+    # ---- forward over the static buffers -------------------------------------------------------
+    def _mask(self, slots: torch.Tensor) -> torch.Tensor:
+        """(B, 1, len(slots), capacity) additive mask: a query at slot q sees key slots k <= q that
+        are not prompt padding. A padding query also sees itself, so that no row is fully masked
+        (a fully masked row can turn into NaN, which would then leak through 0 * NaN into the
+        attention of real queries); real queries never see padding keys."""
+        k, q = self._kidx[None, None, None, :], slots[None, None, :, None]
+        allowed = (k <= q) & (self._key_ok[:, None, None, :] | (k == q))
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~allowed, self._min)
+
+    def _forward(self, width: int) -> torch.Tensor:
+        """One forward of the width-`width` buffers (what a CUDA graph captures); (B, w, V) logits."""
+        buf = self._buffers[width]
+        self._slots.index = buf.slots
+        out = self.model(
+            input_ids=buf.ids,
+            attention_mask=self._mask(buf.slots),
+            position_ids=buf.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits
+
+    def _prompt_forward(self, length: int) -> torch.Tensor:
+        """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
+        buf = self._prompts[length]
+        self._slots.index = buf.slots
+        out = self.model(
+            input_ids=buf.ids,
+            attention_mask=self._mask(buf.slots),
+            position_ids=buf.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits
+
+    def _graph_of(self, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture `forward()` as a CUDA graph, after `warmup` eager runs on a side stream (the
+        PyTorch recipe). The cache entries written meanwhile are junk: every later prefill and step
+        overwrites or masks them."""
+        torch.cuda.synchronize(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(max(1, self._warmup)):
+                forward()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = forward()
+        torch.cuda.synchronize(self.device)
+        return graph, out
+
+    def _capture(self, warmup: int) -> None:
+        """Capture one CUDA graph per window width."""
+        t = time.perf_counter()
+        for w in self.widths:
+            self._graphs[w] = self._graph_of(lambda w=w: self._forward(w))
+        self.captured_s = time.perf_counter() - t
+        log.info(
+            "captured CUDA graphs for widths %s (batch %d, %d cache slots) in %.2f s",
+            self.widths,
+            self.batch_size,
+            self.capacity,
+            self.captured_s,
+        )
+
+    # ---- the step protocol -------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra
+    ) -> tuple[StaticStep, torch.Tensor, float]:
+        """Run the prompt into cache slots 0 .. P-1; returns (step, first_logits (B, V), seconds).
+        Mirrors `HFStep.prefill`: left padding allowed, `extra` goes to the model (e.g.
+        `pixel_values`). A new prefill invalidates the previous prefill's step."""
+        t = time.perf_counter()
+        B, P = input_ids.shape
+        if B != self.batch_size:
+            raise ValueError(f"this StaticEngine decodes batches of {self.batch_size}, got a batch of {B}")
+        if P > self.max_prompt_len:
+            raise ValueError(f"prompt of {P} tokens exceeds the engine's max_prompt_len={self.max_prompt_len}")
+        dev = self.device
+        input_ids = input_ids.to(dev)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(dev).long()
+        if self.prefill_bucket is not None and not extra:
+            logits, P, attention_mask = self._bucketed_prefill(input_ids, attention_mask)
+        else:
+            self._key_ok.fill_(True)
+            self._key_ok[:, :P] = attention_mask.bool()
+            slots = torch.arange(P, device=dev)
+            self._slots.index = slots
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=self._mask(slots),
+                position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+            logits = out.logits[:, -1, :]
+        self._generation += 1
+        step = StaticStep(self, self._generation, P, attention_mask.sum(1, keepdim=True))
+        synchronize(dev)  # the seconds are the prefill's, not its launch's
+        return step, logits, time.perf_counter() - t
+
+    def _bucketed_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Prefill left-padded to the prompt's bucket (replayed when graphs are on); returns
+        (first_logits, bucket length, the padded attention mask)."""
+        B, P = input_ids.shape
+        Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
+        buf = self._prompts.get(Pb)
+        if buf is None:
+            buf = self._prompts[Pb] = _PromptBuffers(
+                ids=torch.zeros(B, Pb, dtype=torch.long, device=self.device),
+                mask=torch.ones(B, Pb, dtype=torch.long, device=self.device),
+                positions=torch.arange(Pb, device=self.device).repeat(B, 1),
+                slots=torch.arange(Pb, device=self.device),
+            )
+        pad = Pb - P
+        buf.ids[:, :pad].zero_()  # any valid id: masked as a key, its own output unused
+        buf.ids[:, pad:].copy_(input_ids)
+        buf.mask[:, :pad].zero_()
+        buf.mask[:, pad:].copy_(attention_mask)
+        buf.positions.copy_((buf.mask.cumsum(1) - 1).clamp(min=0))
+        self._key_ok.fill_(True)
+        self._key_ok[:, :Pb] = buf.mask.bool()
+        if not self.uses_graphs:
+            return self._prompt_forward(Pb)[:, -1, :], Pb, buf.mask
+        if Pb not in self._prompt_graphs:  # its warm-up runs write the cache only; the replay redoes it
+            t = time.perf_counter()
+            self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
+            log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, time.perf_counter() - t)
+        graph, logits = self._prompt_graphs[Pb]
+        graph.replay()
+        return logits[:, -1, :].clone(), Pb, buf.mask
+
+    def width_for(self, length: int) -> int:
+        """The smallest built width that holds `length` tokens."""
+        i = bisect.bisect_left(self.widths, length)
+        if i == len(self.widths):
+            raise ValueError(
+                f"a window of {length} tokens exceeds the engine's widths {self.widths} "
+                f"(build it with a larger max_new_tokens or widths)"
+            )
+        return self.widths[i]
+
+    def _run(self, tokens: torch.Tensor, start: int, prompt_len: int, valid_len: torch.Tensor) -> torch.Tensor:
+        B, L = tokens.shape
+        if B != self.batch_size or L < 1:
+            raise ValueError(f"step tokens must be ({self.batch_size}, L >= 1), got {tuple(tokens.shape)}")
+        if start < 0:
+            raise ValueError(f"step start must be >= 0, got {start}")
+        w = self.width_for(L)
+        if prompt_len + start + w > self.capacity:
+            raise ValueError(
+                f"positions {start}..{start + w - 1} after a {prompt_len}-token prompt exceed the engine's "
+                f"{self.capacity} cache slots (max_new_tokens={self.max_new_tokens})"
+            )
+        buf = self._buffers[w]
+        buf.ids[:, :L].copy_(tokens)
+        if L < w:  # any valid id will do: padded outputs are dropped, their KV entries masked
+            buf.ids[:, L:].copy_(tokens[:, -1:].expand(B, w - L))
+        buf.positions.copy_(valid_len + (start + buf.arange))
+        buf.slots.copy_(buf.arange + (prompt_len + start))
+        if self.uses_graphs:
+            graph, logits = self._graphs[w]
+            graph.replay()
+            return logits[:, :L].clone()  # the graph's output buffer is overwritten by the next replay
+        return self._forward(w)[:, :L]
+
+
+class StaticStep:
+    """`step(tokens, start) -> logits` of one prefill of a `StaticEngine` (see `ee_vla.decoding.core`)."""
+
+    def __init__(self, engine: StaticEngine, generation: int, prompt_len: int, valid_len: torch.Tensor):
+        self.engine = engine
+        self.generation = generation
+        self.prompt_len = prompt_len
+        self.valid_len = valid_len  # (B, 1) real prompt tokens per sample
+        self.calls = 0
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        if self.generation != self.engine._generation:
+            raise RuntimeError("this step belongs to an earlier prefill: the engine's cache now holds another prompt")
+        logits = self.engine._run(tokens.to(self.engine.device), int(start), self.prompt_len, self.valid_len)
+        self.calls += 1
+        return logits

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU job of the decode engine, in one command (run from the repository root on a CUDA machine):
+#
+#   bash scripts/gpu_bench.sh            # writes under $OUT (default outputs/gpu_bench)
+#
+# 1. exactness: the engine tests (tests/engine: CPU static-vs-eager, GPU graph-vs-eager in float64)
+#    and `python -m ee_vla.engine.check` (exactness.json, with the bf16 agreement report);
+# 2. the profiler, bf16: OpenVLA's Llama-2-7B shape (276-token prefix, vision excluded) at batch 1
+#    and 4, the `small` VLA preset (vision in the prefill) and Qwen2-0.5B's shape;
+# 3. a summary table of every profile (printed last).
+#
+# Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
+# (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
+# Each step has its own time limit (580 s in all, under the device tool's 600 s per command) and a
+# failed step does not stop the others; the exit status is the number of failed steps.
+# At most 8 files land in $OUT (the device tool's limit).
+set -uo pipefail
+
+OUT="${OUT:-outputs/gpu_bench}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+LOG="$OUT/gpu_bench.log"
+: >"$LOG"
+FAILED=0
+declare -a STATUS=()
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, log everything, remember the outcome
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  STATUS+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")")
+  [ "$rc" -eq 0 ] || FAILED=$((FAILED + 1))
+}
+
+step env 20 python3 -c "
+import torch, transformers, platform
+print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda,
+      'transformers', transformers.__version__)
+print('device', torch.cuda.get_device_name(0), '%.1f GiB' % (torch.cuda.get_device_properties(0).total_memory / 2**30))
+"
+step pytest-engine 110 python3 -m pytest tests/engine -q -p no:cacheprovider
+step check 80 python3 -m ee_vla.engine.check --device cuda --out "$OUT"
+
+PROFILE=(python3 -m ee_vla.engine.profile --device cuda --dtype bfloat16 --out "$OUT")
+step profile-7b 170 "${PROFILE[@]}" --shape openvla-7b --calls 30 --step-widths 1 7 21 22 56
+step profile-7b-b4 80 "${PROFILE[@]}" --shape openvla-7b --batch-size 4 --left-pad 5 --decoders ar ceed \
+  --no-generate --no-plots --calls 20 --step-widths 1 22
+step profile-small 60 "${PROFILE[@]}" --shape small --calls 30
+step profile-qwen2 60 "${PROFILE[@]}" --shape qwen2-0.5b --calls 20 --no-plots
+
+echo "=== summary" | tee -a "$LOG"
+python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json 2>&1 | tee -a "$LOG"
+printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
+echo "failed steps: $FAILED; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+exit "$FAILED"

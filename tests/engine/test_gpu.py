@@ -1,0 +1,68 @@
+"""CUDA-graph engine vs eager HFStep on the GPU (skipped without CUDA; the GPU job runs them)."""
+
+import pytest
+import torch
+
+from ee_vla.decoding import DecodeConfig, decode
+from ee_vla.decoding.hf import HFStep
+from ee_vla.engine import StaticEngine, make_prefill
+from ee_vla.engine.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _assert_all_match(results: dict) -> None:
+    bad = {k: v for k, v in results.items() if not v["match"]}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("batch, pads", [(1, [0]), (4, [0, 3, 5, 8])])
+def test_graph_engine_equals_eager_float64(arch, batch, pads):
+    model = tiny_lm(arch, seed=1, device="cuda")
+    inputs = padded_prompts(batch, 9, pads, seed=3, device="cuda")
+    n = 12
+    guess = torch.randint(0, TINY_VOCAB, (batch, n), generator=torch.Generator().manual_seed(4)).cuda()
+    prefill = make_prefill("graph", model, n)
+    _assert_all_match(compare_to_eager(model, inputs, n, prefill, guess=guess))
+    _assert_all_match(compare_to_eager(model, inputs, n, prefill, action_range=(TINY_VOCAB - 16, TINY_VOCAB - 1)))
+    engine = prefill.engines[batch]
+    assert engine.uses_graphs and set(engine._graphs) == {1, n - 1} and engine._prompt_graphs
+
+
+def test_graph_engine_equals_eager_on_a_llava_vla():
+    _assert_all_match(vla_case("tiny", "cuda", "graph", torch.float64, batch=2)["results"])
+
+
+def test_graph_replays_follow_new_prompts_and_return_fresh_logits():
+    """Prompts of other lengths (other buckets, stale slots) after a capture; the logits a step
+    returns stay valid after the next replay."""
+    model = tiny_lm("llama", seed=0, device="cuda")
+    engine = StaticEngine(model, batch_size=2, max_prompt_len=40, max_new_tokens=10)
+    for length, pads in ((30, [0, 7]), (5, [2, 0]), (17, [0, 0]), (30, [4, 1])):
+        inputs = padded_prompts(2, length, pads, seed=length, device="cuda")
+        step, first, _ = engine.prefill(**inputs)
+        ref_step, ref_first, _ = HFStep.prefill(model, **inputs)
+        assert torch.allclose(first, ref_first, rtol=1e-9, atol=1e-9)
+        for cfg in (DecodeConfig(method="ar"), DecodeConfig(method="jacobi")):
+            step, first, _ = engine.prefill(**inputs)
+            ref_step, ref_first, _ = HFStep.prefill(model, **inputs)
+            assert torch.equal(decode(step, first, 10, cfg)[0], decode(ref_step, ref_first, 10, cfg)[0])
+        a = step(torch.ones(2, 3, dtype=torch.long, device="cuda"), 0)
+        a_copy = a.clone()
+        step(torch.full((2, 3), 5, dtype=torch.long, device="cuda"), 0)
+        assert torch.equal(a, a_copy)
+
+
+def test_graph_and_static_forwards_agree_in_bf16():
+    """The graph replays the static engine's forwards: in bf16 the logits of the same inputs must
+    be (nearly) the same, whatever eager HF's rounding does."""
+    model = tiny_lm("qwen2", seed=0, dtype=torch.bfloat16, device="cuda")
+    inputs = padded_prompts(2, 20, [0, 6], seed=1, device="cuda")
+    outs = []
+    for graphs in (False, True):
+        engine = StaticEngine(model, batch_size=2, max_prompt_len=32, max_new_tokens=8, graphs=graphs)
+        step, first, _ = engine.prefill(**inputs)
+        outs.append((first.float(), step(torch.arange(7, device="cuda").repeat(2, 1), 0).float()))
+    for a, b in zip(*outs, strict=True):
+        assert (a - b).abs().max() <= 1e-2 * a.abs().max()

@@ -1,0 +1,87 @@
+"""The engine profiler runs end to end on the tiny shape (CPU) and builds real shapes without
+allocating them on the CPU."""
+
+import json
+
+import pytest
+import torch
+
+from ee_vla.engine.profile import ProfileConfig, config_from_args, main, run_profile
+from ee_vla.engine.shapes import LM_SHAPES, build_workload
+
+
+def test_profile_smoke_on_the_tiny_shape(tmp_path, capsys):
+    cfg = ProfileConfig(
+        shape="tiny",
+        dtype="float64",
+        chunk_size=1,
+        calls=2,
+        warmup=1,
+        step_iters=3,
+        step_widths=(1, 5),
+        batch_size=2,
+        out=tmp_path,
+    )
+    out = run_profile(cfg)
+    saved = json.loads((tmp_path / "profile_tiny_b2.json").read_text())
+    assert (tmp_path / "profile_tiny_b2.png").is_file()
+    assert set(saved["results"]) == {"eager", "static"} and set(saved["raw"]["static"]) == {
+        "prefill_ms",
+        "step_w1_ms",
+        "step_w5_ms",
+    }
+    ar, ceed = out["results"]["eager"]["ar"], out["results"]["static"]["ceed"]
+    assert ar["speedup_vs_eager_ar"] == 1.0 and ar["iterations_per_chunk"] == 6  # 1 action: 7 tokens
+    assert ceed["iterations_per_chunk"] == 2 and ceed["decoder"]["max_iterations"] == 2
+    for per in out["results"].values():
+        for r in per.values():
+            assert r["call_ms"]["n"] == 2 and r["actions_per_s"] == pytest.approx(r["tokens_per_s"] / 7)
+            assert r["token_agreement_vs_eager"] == 1.0  # float64: the static engine is exact
+    assert out["hf_generate"]["call_ms"]["n"] == 2 and out["model"]["vision_in_prefill"]
+    assert saved["environment"]["device"] == "cpu" and out["targets"] == {} and out["errors"] == {}
+    assert "vs eager AR" in capsys.readouterr().out
+    assert main(["summarize", str(tmp_path / "profile_tiny_b2.json")]) == 0
+    assert "static" in capsys.readouterr().out
+
+
+def test_the_7b_shape_is_built_without_allocating_it():
+    """On the meta device nothing is allocated: the same code path creates the weights directly on
+    the GPU in bf16 (never on the CPU first)."""
+    wl = build_workload("openvla-7b", "meta", torch.bfloat16)
+    params = list(wl.model.parameters())
+    assert {p.device.type for p in params} == {"meta"} and {p.dtype for p in params} == {torch.bfloat16}
+    assert 6.7e9 < sum(p.numel() for p in params) < 6.8e9
+    assert wl.inputs["input_ids"].shape == (1, 276) and wl.n_tokens == 21
+    assert wl.action_range == (32064 - 256, 32063) and not wl.vision_in_prefill
+    assert LM_SHAPES["qwen2-0.5b"].num_kv_heads == 2
+
+
+def test_config_validation_and_cli_parsing(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        ProfileConfig(shape="gpt-5")
+    with pytest.raises(ValueError, match="engines"):
+        ProfileConfig(engines=("turbo",))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        ProfileConfig(engines=("eager", "graph"), device="cpu")
+    with pytest.raises(ValueError, match="calls"):
+        ProfileConfig(calls=0)
+    cfg = config_from_args(
+        [
+            "--shape",
+            "openvla-7b",
+            "--device",
+            "cuda",
+            "--dtype",
+            "bfloat16",
+            "--engines",
+            "graph",
+            "--decoders",
+            "ceed",
+            "--no-generate",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert cfg.engine_list == ("graph",) and cfg.decoders == ("ceed",) and not cfg.generate
+    assert ProfileConfig(device="cuda").engine_list == ("eager", "graph")
+    assert ProfileConfig(device="cpu").engine_list == ("eager", "static")

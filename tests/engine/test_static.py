@@ -1,0 +1,205 @@
+"""The static-cache step gives exactly the eager HFStep tokens through the one decode loop (CPU)."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ee_vla.decoding import DecodeConfig, decode
+from ee_vla.decoding.hf import HFStep
+from ee_vla.engine import EnginePool, StaticEngine, make_prefill, resolve_engine
+from ee_vla.engine.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
+
+
+def _assert_all_match(results: dict) -> None:
+    bad = {k: v for k, v in results.items() if not v["match"]}
+    assert not bad, bad
+    assert all(v["prefill_logits_max_abs_diff"] < 1e-10 for v in results.values())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("batch, pads", [(1, [0]), (4, [0, 3, 5, 8])])
+def test_static_step_equals_eager_for_every_decoder(arch, batch, pads):
+    model = tiny_lm(arch, seed=1)
+    inputs = padded_prompts(batch, 9, pads, seed=3)
+    n = 12
+    guess = torch.randint(0, TINY_VOCAB, (batch, n), generator=torch.Generator().manual_seed(4))
+    prefill = make_prefill("static", model, n)
+    _assert_all_match(compare_to_eager(model, inputs, n, prefill, guess=guess))
+    _assert_all_match(compare_to_eager(model, inputs, n, prefill, action_range=(TINY_VOCAB - 16, TINY_VOCAB - 1)))
+
+
+def test_static_step_equals_eager_with_eager_attention():
+    """The additive 4-D mask also serves transformers' eager attention (not only SDPA). float32:
+    in float64 HF's eager attention itself turns left-padded rows into NaN (its float32 softmax
+    sees float64's min as -inf on fully masked padding rows)."""
+    model = tiny_lm("llama", seed=2, dtype=torch.float32, attn_implementation="eager")
+    inputs = padded_prompts(4, 7, [0, 1, 4, 6], seed=5)
+    res = compare_to_eager(model, inputs, 9, make_prefill("static", model, 9))
+    assert all(v["match"] for v in res.values()), res
+    assert all(v["prefill_logits_max_abs_diff"] < 1e-5 for v in res.values())
+
+
+def test_static_step_equals_eager_on_a_llava_vla():
+    case = vla_case("tiny", "cpu", "static", torch.float64, batch=2)
+    assert case["batch"] == 2
+    _assert_all_match(case["results"])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_static_jacobi_to_convergence_equals_eager_ar(data):
+    """Property: any window / cache scheme / guess through the static engine == eager AR."""
+    model = tiny_lm(data.draw(st.sampled_from(["llama", "qwen2"])), data.draw(st.integers(0, 1)))
+    batch = data.draw(st.sampled_from([1, 3]))
+    P = data.draw(st.integers(2, 10))
+    pads = [data.draw(st.integers(0, P - 1)) for _ in range(batch)]
+    inputs = padded_prompts(batch, P, pads, seed=data.draw(st.integers(0, 1000)))
+    n = data.draw(st.integers(1, 14))
+    window = data.draw(st.one_of(st.none(), st.integers(1, 14)))
+    keep = True if window is not None else data.draw(st.booleans())
+    guess = torch.tensor(data.draw(st.lists(st.integers(0, TINY_VOCAB - 1), min_size=batch * n, max_size=batch * n)))
+    step, first, _ = HFStep.prefill(model, **inputs)
+    ar, _ = decode(step, first, n, DecodeConfig(method="ar"))
+    engine = StaticEngine(model, batch_size=batch, max_prompt_len=P, max_new_tokens=n)
+    step, first, _ = engine.prefill(**inputs)
+    tokens, stats = decode(
+        step, first, n, DecodeConfig(method="jacobi", window=window, keep_final_kv=keep), guess=guess.view(batch, n)
+    )
+    assert torch.equal(tokens, ar) and stats.exact
+
+
+def test_a_new_prefill_reuses_the_cache_and_stales_the_old_step():
+    model = tiny_lm("qwen2", seed=0)
+    engine = StaticEngine(model, batch_size=2, max_prompt_len=12, max_new_tokens=8)
+    long, short = padded_prompts(2, 12, [0, 5], seed=1), padded_prompts(2, 4, [1, 0], seed=2)
+    for inputs in (long, short, long):  # a short prompt after a long one leaves stale slots: masked
+        old, _, _ = engine.prefill(**inputs)
+        step, first, _ = engine.prefill(**inputs)
+        ref_step, ref_first, _ = HFStep.prefill(model, **inputs)
+        assert torch.equal(
+            decode(step, first, 8, DecodeConfig(method="jacobi"))[0],
+            decode(ref_step, ref_first, 8, DecodeConfig(method="jacobi"))[0],
+        )
+        with pytest.raises(RuntimeError, match="earlier prefill"):
+            old(torch.zeros(2, 1, dtype=torch.long), 0)
+
+
+def test_engine_errors_name_the_problem():
+    model = tiny_lm("llama", seed=0)
+    engine = StaticEngine(model, batch_size=2, max_prompt_len=6, max_new_tokens=5)
+    assert engine.widths == [1, 4] and engine.width_for(1) == 1 and engine.width_for(3) == 4
+    with pytest.raises(ValueError, match="batches of 2"):
+        engine.prefill(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_prompt_len=6"):
+        engine.prefill(torch.zeros(2, 7, dtype=torch.long))
+    step, _, _ = engine.prefill(torch.zeros(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds the engine's widths"):
+        step(torch.zeros(2, 5, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="cache slots"):
+        step(torch.zeros(2, 4, dtype=torch.long), 8)
+    with pytest.raises(ValueError, match="needs a CUDA model"):
+        StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, graphs=True)
+
+
+def test_forward_has_no_host_sync():
+    """What a CUDA graph captures must not read tensor values on the host (.item(), bool(tensor)):
+    on the meta device, which holds no values, such a read raises. Prefill and steps of every width
+    run there, Llama and Qwen2 (GQA), batch 2."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    kw = dict(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    for cls, cfg in ((LlamaForCausalLM, LlamaConfig(**kw)), (Qwen2ForCausalLM, Qwen2Config(**kw))):
+        with torch.device("meta"):
+            model = cls._from_config(cfg, dtype=torch.bfloat16).eval()
+        engine = StaticEngine(model, batch_size=2, max_prompt_len=8, max_new_tokens=6, graphs=False)
+        ids = torch.zeros(2, 5, dtype=torch.long, device="meta")
+        step, first, _ = engine.prefill(ids, torch.ones_like(ids))
+        assert first.shape == (2, 40)
+        for L in (1, 3, 5):
+            assert step(torch.zeros(2, L, dtype=torch.long, device="meta"), 1).shape == (2, L, 40)
+
+
+def test_sliding_window_models_are_refused():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+    )
+    with pytest.raises(NotImplementedError, match="global attention"):
+        StaticEngine(Qwen2ForCausalLM(cfg), batch_size=1, max_prompt_len=4, max_new_tokens=3)
+
+
+def test_resolve_and_make_prefill():
+    assert resolve_engine("auto", "cpu") == "eager" and resolve_engine("static", "cpu") == "static"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_engine("graph", "cpu")
+    with pytest.raises(ValueError, match="eager|static|graph"):
+        resolve_engine("fast", "cpu")
+    model = tiny_lm("llama", seed=0)
+    assert make_prefill("auto", model, 7) == HFStep.prefill
+    pool = make_prefill("static", model, 7)
+    assert isinstance(pool, EnginePool) and not pool.graphs
+    pool(model, **padded_prompts(2, 5, [0, 1]))
+    first = pool.engines[2]
+    pool(model, **padded_prompts(2, 9, [0, 1]))
+    assert pool.engines[2] is first  # built with headroom for longer prompts
+    pool(model, **padded_prompts(2, 100, [0, 1]))
+    assert pool.engines[2] is not first and pool.engines[2].max_prompt_len >= 100
+    pool(model, **padded_prompts(1, 5))
+    assert set(pool.engines) == {1, 2}
+    with pytest.raises(ValueError, match="another model"):
+        pool(tiny_lm("qwen2", seed=0), **padded_prompts(1, 5))
+
+
+class _ReplayGraph:
+    """Stands in for a CUDA graph on the CPU: a fixed output tensor that `replay` refills by
+    re-running the captured forward (which reads only the engine's static buffers)."""
+
+    def __init__(self, forward):
+        self.forward = forward
+        self.out = forward()
+
+    def replay(self) -> None:
+        self.out.copy_(self.forward())
+
+
+class _ReplayEngine(StaticEngine):
+    def _graph_of(self, forward):
+        graph = _ReplayGraph(forward)
+        return graph, graph.out
+
+
+def test_the_replay_path_feeds_static_buffers_and_returns_fresh_logits():
+    """The graph code path (buffers copied in, one replay per step and per prompt bucket, the
+    output cloned) run on the CPU with a stand-in graph."""
+    model = tiny_lm("llama", seed=3)
+    engine = _ReplayEngine(model, batch_size=4, max_prompt_len=24, max_new_tokens=10, graphs=False)
+    engine.uses_graphs = True
+    with torch.inference_mode():
+        engine._capture(0)
+    for length in (9, 20, 9):
+        inputs = padded_prompts(4, length, [0, 2, 5, 8], seed=length)
+        res = compare_to_eager(model, inputs, 10, lambda m, **kw: engine.prefill(**kw))
+        _assert_all_match(res)
+    assert set(engine._prompt_graphs) == {16, 24} and set(engine._graphs) == {1, 9}
+    step, _, _ = engine.prefill(**padded_prompts(4, 9, [0, 1, 2, 3]))
+    a = step(torch.ones(4, 2, dtype=torch.long), 0)
+    a_copy = a.clone()
+    step(torch.full((4, 2), 7, dtype=torch.long), 0)
+    assert torch.equal(a, a_copy)
