@@ -113,7 +113,12 @@ class RunConfig:
         _check(0 <= self.aug_shift < 0.5, c, "aug_shift", f"must be in [0, 0.5), got {self.aug_shift}")
         for name in ("aug_brightness", "aug_contrast", "aug_saturation"):
             _check(0 <= getattr(self, name) < 1, c, name, f"must be in [0, 1), got {getattr(self, name)}")
-        _check(self.dtype in ("auto", "float32", "bfloat16"), c, "dtype", f"must be auto|float32|bfloat16, got {self.dtype!r}")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16"),
+            c,
+            "dtype",
+            f"must be auto|float32|bfloat16, got {self.dtype!r}",
+        )
         _check(
             self.save_dtype in ("float32", "bfloat16", "float16"),
             c,
@@ -224,7 +229,12 @@ class DistillConfig(RunConfig):
         for i in self.inits:
             _check(i in ("warm", "prompt", "repeat"), c, "inits", f"entries must be warm|prompt|repeat, got {i!r}")
         _check(len(set(self.inits)) == len(self.inits), c, "inits", f"has duplicates: {self.inits}")
-        _check(self.warm_shift is None or self.warm_shift >= 1, c, "warm_shift", f"must be >= 1 or None, got {self.warm_shift}")
+        _check(
+            self.warm_shift is None or self.warm_shift >= 1,
+            c,
+            "warm_shift",
+            f"must be >= 1 or None, got {self.warm_shift}",
+        )
         _check(
             math.isfinite(self.mixed_label_threshold) and self.mixed_label_threshold >= 0,
             c,
@@ -234,5 +244,10 @@ class DistillConfig(RunConfig):
         for name in ("consistency_weight", "ar_weight"):
             _check(getattr(self, name) >= 0, c, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.consistency_weight + self.ar_weight > 0, c, "consistency_weight", "and ar_weight are both 0")
-        _check(self.state_sampling in ("uniform", "all"), c, "state_sampling", f"must be uniform|all, got {self.state_sampling!r}")
+        _check(
+            self.state_sampling in ("uniform", "all"),
+            c,
+            "state_sampling",
+            f"must be uniform|all, got {self.state_sampling!r}",
+        )
         _check(self.reduction in ("mean", "sum"), c, "reduction", f"must be mean|sum, got {self.reduction!r}")
