@@ -247,7 +247,9 @@ class VLAPolicy:
     def _guess(self, cfg: DecodeConfig, inputs: dict, n: int) -> torch.Tensor | None:
         B = inputs["input_ids"].shape[0]
         if cfg.init == "prompt":
-            return prompt_guess(inputs["input_ids"], inputs["attention_mask"], n, self._generator)
+            return prompt_guess(
+                inputs["input_ids"], inputs["attention_mask"], n, self._generator, exclude=self.vla.non_text_ids
+            )
         if cfg.init == "warm" and self._previous is not None and self._previous.shape == (B, n):
             return warm_guess(self._previous, self.n_action_steps * self.action_dim, self.action_dim)
         return None

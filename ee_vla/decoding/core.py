@@ -98,7 +98,8 @@ class DecodeState:
     """Snapshot yielded after the prefill and after every iteration."""
 
     tokens: torch.Tensor
-    """(B, n) current window (final prefix + current guesses)."""
+    """(B, n) current window (final prefix + current guesses). The loop updates this tensor in
+    place: clone it to keep a trajectory of states."""
     n_final: torch.Tensor
     """(B,) number of leading final tokens."""
     newly_final_units: list[int]

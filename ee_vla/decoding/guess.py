@@ -6,13 +6,21 @@ import torch
 
 
 def prompt_guess(
-    prompt_ids: torch.Tensor, attention_mask: torch.Tensor, n_tokens: int, generator: torch.Generator | None = None
+    prompt_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_tokens: int,
+    generator: torch.Generator | None = None,
+    exclude: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """(B, n) tokens drawn uniformly from each sample's own (unpadded) prompt, as CLLM/CEED do."""
+    """(B, n) tokens drawn uniformly from each sample's own (unpadded) prompt, as CLLM/CEED do,
+    skipping `exclude` ids (e.g. image placeholders, which are most of a VLA prompt)."""
     B = prompt_ids.shape[0]
     out = torch.empty(B, n_tokens, dtype=torch.long)
     for b in range(B):
-        valid = prompt_ids[b][attention_mask[b].bool()].cpu()
+        keep = attention_mask[b].bool() & ~torch.isin(prompt_ids[b], torch.tensor(exclude, dtype=prompt_ids.dtype))
+        valid = prompt_ids[b][keep].cpu()
+        if len(valid) == 0:
+            raise ValueError(f"sample {b}: no prompt token left to draw a guess from")
         idx = torch.randint(len(valid), (n_tokens,), generator=generator)
         out[b] = valid[idx]
     return out.to(prompt_ids.device)

@@ -13,6 +13,7 @@ The model then emits `chunk_size * action_dim` action tokens.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -53,6 +54,12 @@ PRESETS: dict[str, VLASpec] = {
     # ~10M parameters: trains on one GPU in minutes (the shipped default policy)
     "small": VLASpec(128, 16, 192, 4, 4, 256, 6, 8, 4),
 }
+
+
+def prompt_text(instruction: str, template: str = PROMPT_TEMPLATE) -> str:
+    """The prompt's text part: the instruction normalised (stripped, lower case, no final
+    punctuation) and placed in the template. Training and inference both go through here."""
+    return template.format(instruction=instruction.strip().lower().rstrip(".?!"))
 
 
 class ModelLoadError(RuntimeError):
@@ -180,7 +187,8 @@ class VLA:
         _transformers_quiet()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        model = self.model if dtype is None else self.model.to(dtype)
+        # cast a copy: saving in bf16 must not change the live model's dtype
+        model = self.model if dtype is None else copy.deepcopy(self.model).to(dtype)
         model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         extra = {
@@ -256,6 +264,12 @@ class VLA:
         return self.chunk_size * self.action_dim
 
     @property
+    def non_text_ids(self) -> tuple[int, ...]:
+        """Prompt ids that are not instruction text (image placeholders, padding, BOS): never drawn
+        into a `prompt` initial guess."""
+        return (self.image_token_id, self.tokenizer.pad_token_id, self.tokenizer.bos_token_id)
+
+    @property
     def action_range(self) -> tuple[int, int]:
         return (self.action_tokenizer.first_token_id, self.action_tokenizer.last_token_id)
 
@@ -273,7 +287,7 @@ class VLA:
         return ((x - mean) / std).to(self.model.dtype)
 
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None = None) -> list[int]:
-        text = self.prompt_template.format(instruction=instruction.strip().lower().rstrip(".?!"))
+        text = prompt_text(instruction, self.prompt_template)
         ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * self.n_image_tokens
         ids += self.tokenizer(text, add_special_tokens=False).input_ids
         if self.proprio_tokenizer is not None:

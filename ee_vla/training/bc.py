@@ -1,0 +1,101 @@
+"""Behaviour cloning of a VLA on demonstrations: `train(TrainConfig) -> Path`.
+
+The model reads the image, instruction (and optionally proprio) prompt and is taught, teacher
+forced, the action tokens of the chunk starting at each demonstration step: next-token
+cross-entropy on the k * action_dim chunk tokens only. The result is the AR teacher of CEED
+distillation (and a policy in its own right under any decoder).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ee_vla.decoding.core import greedy
+from ee_vla.training.config import TrainConfig
+from ee_vla.training.data import (
+    DemoDataset,
+    check_against_model,
+    compute_action_stats,
+    compute_proprio_stats,
+    instruction_corpus,
+    load_pixels,
+    model_dims,
+    scan_dataset,
+)
+from ee_vla.training.loop import Objective, fit, init_runtime, resolve_run_dir, shutdown_runtime
+from ee_vla.training.losses import ar_loss, window_logits
+
+log = logging.getLogger(__name__)
+
+
+def bc_objective(action_range: tuple[int, int] | None, label_smoothing: float = 0.0) -> Objective:
+    """Teacher-forced cross-entropy on the chunk tokens (`batch["target"]`), plus token accuracy."""
+
+    def objective(model, inputs: dict, batch: dict, generator: torch.Generator):
+        target = torch.as_tensor(batch["target"], device=inputs["input_ids"].device)
+        logits = window_logits(model, inputs, target[:, :-1])
+        loss = ar_loss(logits, target, action_range, label_smoothing)
+        with torch.no_grad():
+            acc = (greedy(logits, action_range) == target).float().mean()
+        return loss, {"token_acc": acc}
+
+    return objective
+
+
+def _check_inputs(cfg: TrainConfig, episodes, resume_from: Path | None):
+    """Check the data against the model it will train (checkpoint, `init_from` or `action_stats`)
+    without loading weights; returns the ActionStats of a new model (None when one is loaded)."""
+    from ee_vla.action_tokenizer import ActionStats
+
+    src = resume_from or (Path(cfg.init_from) if cfg.init_from else None)
+    if src is not None:
+        a_dim, p_dim, _ = model_dims(src)
+        check_against_model(episodes, a_dim, p_dim, what=f"the model in {src}")
+        return None
+    if cfg.action_stats:
+        stats = ActionStats.load(cfg.action_stats)
+        check_against_model(episodes, stats.action_dim, 0, what=f"action_stats {cfg.action_stats}")
+        return stats
+    stats = compute_action_stats(episodes, cfg.unnormalized_dims)
+    if cfg.use_proprio:
+        compute_proprio_stats(episodes)  # fails now if a demonstration has no agent_pos
+    return stats
+
+
+def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
+    """The model to train: the checkpoint when resuming, `init_from`, or a new `preset` model whose
+    tokenizers fit the data."""
+    from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
+
+    src = resume_from or (Path(cfg.init_from) if cfg.init_from else None)
+    if src is not None:
+        return VLA.from_pretrained(src)
+    proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
+    corpus = instruction_corpus(episodes, PROMPT_TEMPLATE)
+    return VLA.create(cfg.preset, stats, cfg.chunk_size, proprio_stats, corpus, seed=cfg.seed)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Behaviour-clone a VLA on `cfg.data`; returns the final model directory (out_dir/model).
+
+    Bad input (missing/empty dataset, dims that do not fit the model, an occupied out_dir without
+    `resume`) raises before any model is built.
+    """
+    episodes = scan_dataset(cfg.data, cfg.success_only)
+    resume_from = resolve_run_dir(cfg)
+    stats = _check_inputs(cfg, episodes, resume_from)
+    rt = init_runtime(cfg.device)
+    try:
+        torch.manual_seed(cfg.seed)
+        vla = _build_vla(cfg, episodes, resume_from, stats)
+        use_proprio = vla.proprio_tokenizer is not None
+        load_pixels(episodes)
+        dataset = DemoDataset(episodes, vla.action_tokenizer, vla.chunk_size, use_proprio)
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        objective = bc_objective(vla.action_range if cfg.action_vocab_only else None, cfg.label_smoothing)
+        return fit(cfg, vla, dataset, objective, rt, resume_from, kind="bc")
+    finally:
+        shutdown_runtime(rt)

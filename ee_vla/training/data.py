@@ -1,0 +1,296 @@
+"""Demonstration data: read robomimic-style HDF5 files and serve (observation, action-chunk tokens).
+
+File layout (what `sim_envs` collects; one file per task, several files make a multi-task set):
+
+    data/demo_<i>/obs/pixels     (T, H, W, 3) uint8   RGB camera image
+    data/demo_<i>/obs/agent_pos  (T, P) float32       proprio (optional unless the model uses it)
+    data/demo_<i>/actions        (T, A) float32       the action taken at each step
+    attrs: instruction (str), env_id, seed, success   on the demo group (or on `data` / the file)
+
+`scan_dataset` reads everything except the images and checks it, so a bad dataset (missing file,
+no demonstrations, inconsistent dims) fails before any model is built or any compute runs. The
+images are then loaded into memory once (`load_pixels`): datasets of this project are a few GB
+at most, and in-memory indexing keeps the training loop simple.
+
+`DemoDataset` item t of an episode carries the chunk target: actions t..t+k-1 (the last action
+repeated past the episode end), tokenised by the model's `ActionTokenizer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
+
+log = logging.getLogger(__name__)
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+
+
+class DatasetError(ValueError):
+    """A demonstration dataset that cannot be trained on (missing, empty, inconsistent)."""
+
+
+@dataclass
+class Episode:
+    """One demonstration (pixels are None until `load_pixels`)."""
+
+    source: str
+    """`file:demo_i`, for error messages."""
+    instruction: str
+    actions: np.ndarray
+    """(T, A) float32."""
+    proprio: np.ndarray | None
+    """(T, P) float32, or None when the file has no `obs/agent_pos`."""
+    pixels: np.ndarray | None = None
+    """(T, H, W, 3) uint8."""
+    image_shape: tuple[int, int, int] = (0, 0, 3)
+    attrs: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def find_dataset_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand files and directories (their *.hdf5 / *.h5, sorted) into a list of files."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in HDF5_SUFFIXES and f.is_file())
+            if not found:
+                raise DatasetError(f"dataset directory {p} holds no {'/'.join(HDF5_SUFFIXES)} files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DatasetError(f"dataset file {p} does not exist")
+    if not files:
+        raise DatasetError("no dataset files given")
+    return files
+
+
+def _attr(value) -> object:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _demo_key(name: str) -> tuple[int, str]:
+    tail = name.rsplit("_", 1)[-1]
+    return (int(tail), name) if tail.isdigit() else (1 << 62, name)
+
+
+def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list[Episode]:
+    """Read and check every episode's actions, proprio and attributes (not the images).
+
+    Raises:
+        DatasetError: a file is missing or not HDF5, has no demonstrations, a demonstration lacks a
+            key or an instruction, has NaN actions, or dims differ between demonstrations.
+    """
+    import h5py
+
+    episodes: list[Episode] = []
+    skipped = 0
+    for f in find_dataset_files(paths):
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as e:
+            raise DatasetError(f"dataset file {f} is not a readable HDF5 file ({e})") from e
+        with h5:
+            if "data" not in h5 or not len(h5["data"]):
+                raise DatasetError(f"dataset file {f} holds no demonstrations (expected groups data/demo_<i>)")
+            data = h5["data"]
+            outer = {**{k: _attr(v) for k, v in h5.attrs.items()}, **{k: _attr(v) for k, v in data.attrs.items()}}
+            for name in sorted(data.keys(), key=_demo_key):
+                g = data[name]
+                src = f"{f}:{name}"
+                for key in ("actions", "obs/pixels"):
+                    if key not in g:
+                        raise DatasetError(f"{src} has no '{key}'")
+                attrs = {**outer, **{k: _attr(v) for k, v in g.attrs.items()}}
+                if success_only and "success" in attrs and not bool(attrs["success"]):
+                    skipped += 1
+                    continue
+                instr = attrs.get("instruction")
+                if not isinstance(instr, str) or not instr.strip():
+                    raise DatasetError(f"{src} has no 'instruction' attribute (a non-empty string)")
+                actions = np.asarray(g["actions"][()], dtype=np.float32)
+                if actions.ndim != 2 or actions.shape[0] == 0:
+                    raise DatasetError(
+                        f"{src}/actions must be a non-empty (T, action_dim) array, got shape {actions.shape}"
+                    )
+                if not np.isfinite(actions).all():
+                    raise DatasetError(f"{src}/actions contains NaN or inf")
+                px = g["obs/pixels"]
+                if px.ndim != 4 or px.shape[-1] != 3 or px.dtype != np.uint8:
+                    raise DatasetError(f"{src}/obs/pixels must be (T, H, W, 3) uint8, got {px.shape} {px.dtype}")
+                if px.shape[0] != actions.shape[0]:
+                    raise DatasetError(f"{src} has {px.shape[0]} images but {actions.shape[0]} actions")
+                proprio = None
+                if "obs/agent_pos" in g:
+                    proprio = np.asarray(g["obs/agent_pos"][()], dtype=np.float32).reshape(len(actions), -1)
+                    if not np.isfinite(proprio).all():
+                        raise DatasetError(f"{src}/obs/agent_pos contains NaN or inf")
+                episodes.append(Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs))
+    if skipped:
+        log.info("skipped %d unsuccessful demonstrations (success_only)", skipped)
+    if not episodes:
+        raise DatasetError(f"no usable demonstrations in {list(map(str, paths))} ({skipped} unsuccessful skipped)")
+    _check_consistent(episodes)
+    return episodes
+
+
+def _check_consistent(episodes: list[Episode]) -> None:
+    first = episodes[0]
+    for e in episodes[1:]:
+        if e.actions.shape[1] != first.actions.shape[1]:
+            raise DatasetError(
+                f"action dims differ: {first.source} has {first.actions.shape[1]}, {e.source} has {e.actions.shape[1]}"
+            )
+        if e.image_shape != first.image_shape:
+            raise DatasetError(
+                f"image shapes differ: {first.source} has {first.image_shape}, {e.source} has {e.image_shape}"
+            )
+        p0 = None if first.proprio is None else first.proprio.shape[1]
+        p1 = None if e.proprio is None else e.proprio.shape[1]
+        if p0 != p1:
+            raise DatasetError(f"agent_pos dims differ: {first.source} has {p0}, {e.source} has {p1}")
+
+
+def check_against_model(episodes: list[Episode], action_dim: int, proprio_dim: int, what: str = "the policy") -> None:
+    """Fail before compute when the data does not fit a model's action/proprio dims."""
+    A = episodes[0].actions.shape[1]
+    if A != action_dim:
+        raise DatasetError(
+            f"the dataset's actions have {A} dims but {what} expects {action_dim} ({episodes[0].source})"
+        )
+    if proprio_dim:
+        P = None if episodes[0].proprio is None else episodes[0].proprio.shape[1]
+        if P != proprio_dim:
+            raise DatasetError(
+                f"{what} uses proprio of {proprio_dim} dims but the dataset's obs/agent_pos has "
+                f"{'none' if P is None else P} ({episodes[0].source})"
+            )
+
+
+def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
+    """(action_dim, proprio_dim, chunk_size) of an ee_vla model directory, read from its
+    `ee_vla.json` without loading weights (to check data against it before compute)."""
+    import json
+
+    from ee_vla.models.vla import EE_VLA_FILE, ModelLoadError
+
+    path = Path(model_dir) / EE_VLA_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{model_dir} is not an ee_vla model directory (no {EE_VLA_FILE})")
+    try:
+        extra = json.loads(path.read_text())
+        a_dim = len(extra["action_tokenizer"]["stats"]["q01"])
+        pt = extra.get("proprio_tokenizer")
+        return a_dim, len(pt["stats"]["q01"]) if pt else 0, int(extra["chunk_size"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{path} is corrupt: {e}") from e
+
+
+def load_pixels(episodes: list[Episode]) -> None:
+    """Read the images of every episode into memory."""
+    import h5py
+
+    by_file: dict[str, list[Episode]] = {}
+    for e in episodes:
+        by_file.setdefault(e.source.rsplit(":", 1)[0], []).append(e)
+    for f, eps in by_file.items():
+        with h5py.File(f, "r") as h5:
+            for e in eps:
+                e.pixels = np.asarray(h5[f"data/{e.source.rsplit(':', 1)[1]}/obs/pixels"][()])
+    nbytes = sum(e.pixels.nbytes for e in episodes)
+    log.info("loaded %d episodes, %d steps, %.1f MB of images", len(episodes), sum(map(len, episodes)), nbytes / 2**20)
+
+
+def compute_action_stats(episodes: list[Episode], unnormalized_dims: Sequence[int] = (-1,)) -> ActionStats:
+    """ActionStats over the actions of all episodes; `unnormalized_dims` are only clipped."""
+    actions = np.concatenate([e.actions for e in episodes])
+    A = actions.shape[1]
+    mask = [True] * A
+    for d in unnormalized_dims:
+        if not -A <= d < A:
+            raise DatasetError(f"unnormalized_dims entry {d} is out of range for {A}-dim actions")
+        mask[d] = False
+    return ActionStats.from_actions(actions, mask)
+
+
+def compute_proprio_stats(episodes: list[Episode]) -> ActionStats:
+    if any(e.proprio is None for e in episodes):
+        raise DatasetError("use_proprio needs obs/agent_pos in every demonstration")
+    return ActionStats.from_actions(np.concatenate([e.proprio for e in episodes]))
+
+
+def instruction_corpus(episodes: list[Episode], template: str) -> list[str]:
+    """Prompt strings of the distinct instructions, to train the BPE text tokenizer on. The
+    instruction is normalised as `VLA.prompt_ids` does before it fills the template."""
+    from ee_vla.models.vla import prompt_text
+
+    return sorted({prompt_text(e.instruction, template) for e in episodes})
+
+
+def chunk_actions(actions: np.ndarray, k: int) -> np.ndarray:
+    """(T, A) -> (T, k, A): row t holds actions t..t+k-1, the last action repeated past the end."""
+    T = len(actions)
+    idx = np.minimum(np.arange(T)[:, None] + np.arange(k)[None, :], T - 1)
+    return actions[idx]
+
+
+class DemoDataset(torch.utils.data.Dataset):
+    """Training samples (episode, step) with their chunk targets as action tokens.
+
+    Item: ``pixels`` (H, W, 3) uint8, ``instruction`` str, ``proprio`` (P,) float32 or None,
+    ``target`` (k * A,) int64 token ids, ``episode`` and ``t`` ints.
+    """
+
+    def __init__(self, episodes: list[Episode], action_tokenizer: ActionTokenizer, chunk_size: int, use_proprio: bool):
+        if any(e.pixels is None for e in episodes):
+            raise ValueError("DemoDataset needs episodes with pixels loaded (load_pixels)")
+        self.episodes = episodes
+        self.chunk_size = chunk_size
+        self.use_proprio = use_proprio
+        self.targets = [action_tokenizer.encode_chunk(chunk_actions(e.actions, chunk_size)) for e in episodes]
+        self.index = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e))], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])[:-1]]).astype(np.int64)
+        """Dataset index of step 0 of each episode (item offsets[e] + t is step t of episode e)."""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        ep, t = (int(x) for x in self.index[i])
+        e = self.episodes[ep]
+        return {
+            "pixels": e.pixels[t],
+            "instruction": e.instruction,
+            "proprio": e.proprio[t] if self.use_proprio else None,
+            "target": self.targets[ep][t],
+            "episode": ep,
+            "t": t,
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack numpy fields, keep strings as lists; a field that is None in every item stays None."""
+    out = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        if vals[0] is None:
+            out[key] = None
+        elif isinstance(vals[0], str):
+            out[key] = vals
+        else:
+            out[key] = np.stack([np.asarray(v) for v in vals])
+    return out

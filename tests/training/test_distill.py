@@ -1,0 +1,167 @@
+"""CEED distillation: teacher trajectories end at the AR output, the losses behave, a few steps train."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ee_vla.training import DistillConfig, TrainConfig, distill, train
+from ee_vla.training.data import DemoDataset, collate, load_pixels, scan_dataset
+from ee_vla.training.trajectories import Trajectories, TrajectoryError, collect_trajectories
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, write_demo):
+    """A demonstration file and a tiny BC teacher (chunk of 2 actions) trained on it briefly."""
+    root = tmp_path_factory.mktemp("distill")
+    data = write_demo(root / "demos.hdf5", n_episodes=3, steps=7)
+    teacher = train(
+        TrainConfig(
+            data=(str(data),),
+            out_dir=str(root / "bc"),
+            preset="tiny",
+            chunk_size=2,
+            steps=12,
+            batch_size=8,
+            lr=3e-3,
+            warmup_steps=1,
+            log_every=4,
+            save_every=12,
+            eval_every=0,
+            augment=False,
+        )
+    )
+    return root, data, teacher
+
+
+def _demo(data, vla) -> DemoDataset:
+    eps = scan_dataset([data])
+    load_pixels(eps)
+    return DemoDataset(eps, vla.action_tokenizer, vla.chunk_size, use_proprio=False)
+
+
+def test_trajectories_end_at_the_ar_output(setup, tmp_path):
+    from ee_vla.decoding import DecodeConfig, decode
+    from ee_vla.decoding.guess import warm_guess
+    from ee_vla.decoding.hf import HFStep
+    from ee_vla.models.vla import VLA
+
+    _, data, teacher = setup
+    vla = VLA.from_pretrained(teacher)
+    ds = _demo(data, vla)
+    traj = collect_trajectories(vla, ds, ("warm", "prompt", "repeat"), batch_size=8, progress=False)
+    n = vla.n_action_tokens
+    assert len(traj) == 3 * len(ds) and traj.states.shape == (3 * len(ds), n, n)
+    batch = collate([ds[i] for i in range(len(ds))])
+    inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
+    step, first, _ = HFStep.prefill(vla.model, **inputs)
+    ar, _ = decode(step, first, n, DecodeConfig(method="ar"), action_range=vla.action_range)
+    for init in range(3):
+        sel = traj.init == init
+        order = torch.argsort(traj.sample[sel])
+        fixed = traj.fixed_points[sel][order]
+        assert torch.equal(fixed.long(), ar), f"init {traj.meta['inits'][init]}: Y* != AR output"
+        states, n_states = traj.states[sel][order], traj.n_states[sel][order]
+        for m in range(len(ds)):  # after the first Y*, every state is Y*; before it, none is
+            assert (states[m, n_states[m] - 1 :] == fixed[m]).all()
+            assert not (states[m, : n_states[m] - 1] == fixed[m]).all(-1).any()
+    y0 = traj.states[traj.init == 2][:, 0]  # repeat: token 0 everywhere
+    assert (y0 == y0[:, :1]).all()
+    # warm: from step `shift` on, Y0 is the teacher's previous Y* shifted (as VLAPolicy does)
+    warm = {int(s): (traj.states[m, 0], traj.fixed_points[m]) for m, s in enumerate(traj.sample) if traj.init[m] == 0}
+    shift, A = traj.meta["warm_shift"], vla.action_dim
+    for i in range(len(ds)):
+        ep, t = ds.index[i]
+        if t >= shift:
+            expect = warm_guess(warm[i - shift][1][None], shift * A, A)[0]
+            assert torch.equal(warm[i][0][1:], expect[1:])
+    path = traj.save(tmp_path / "t.safetensors")
+    back = Trajectories.load(path)
+    assert torch.equal(back.states, traj.states) and back.meta == traj.meta
+    back.check_matches(ds, n)
+    with pytest.raises(TrajectoryError, match="tokens per chunk"):
+        back.check_matches(ds, n + 7)
+
+
+def test_consistency_is_zero_when_the_state_is_the_fixed_point(setup):
+    from ee_vla.models.vla import VLA
+    from ee_vla.training.consistency import DistillDataset, distill_objective
+    from ee_vla.training.losses import WindowLM
+
+    root, data, teacher = setup
+    vla = VLA.from_pretrained(teacher)
+    ds = _demo(data, vla)
+    traj = collect_trajectories(vla, ds, ("repeat",), batch_size=8, progress=False)
+    traj.states[:] = traj.fixed_points[:, None]  # every state is Y*
+    traj.n_states[:] = 1
+    batch = collate([DistillDataset(ds, traj)[i] for i in range(6)])
+    inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
+    for mask in (True, False):
+        cfg = DistillConfig(
+            data=(str(data),), out_dir=str(root / "x"), teacher=str(teacher), mask_converged_prefix=mask
+        )
+        with torch.no_grad():
+            _, metrics = distill_objective(cfg, vla)(WindowLM(vla.model), inputs, batch, torch.Generator())
+        assert metrics["consistency_loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_runs_reduces_the_loss_and_reuses_trajectories(setup):
+    from ee_vla.models.vla import VLA
+
+    root, data, teacher = setup
+    base = dict(
+        data=(str(data),),
+        teacher=str(teacher),
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=1,
+        log_every=1,
+        save_every=100,
+        inits=("warm", "prompt"),
+    )
+    traj_dir = distill(DistillConfig(out_dir=str(root / "collect"), collect_only=True, eval_every=0, **base))
+    assert traj_dir == root / "collect" / "trajectories" and (traj_dir / "part-000-of-001.safetensors").is_file()
+    out = root / "ceed"
+    model = distill(DistillConfig(out_dir=str(out), trajectories=str(traj_dir), steps=14, eval_every=14, **base))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["loss"] for r in rows[:3]]), np.mean([r["loss"] for r in rows[-3:]])
+    assert last < first - 0.2, f"distillation loss did not fall: {first:.3f} -> {last:.3f}"
+    assert {"consistency_loss", "ar_loss", "replaced_steps", "eval/jacobi_iterations"} <= set(rows[-1])
+    vla = VLA.from_pretrained(model)
+    assert vla.meta["training"]["kind"] == "distill" and vla.chunk_size == 2
+    # ablations reuse the same trajectories: mixed labels off, every state, summed reduction
+    out2 = root / "ceed_nomix"
+    distill(
+        DistillConfig(
+            out_dir=str(out2),
+            trajectories=str(traj_dir),
+            steps=2,
+            mixed_labels=False,
+            state_sampling="all",
+            reduction="sum",
+            eval_every=0,
+            **base,
+        )
+    )
+    rows2 = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["replaced_steps"] == 0 for r in rows2)
+
+
+def test_distill_bad_input(setup, tmp_path):
+    _, data, teacher = setup
+    with pytest.raises(TrajectoryError, match="does not exist"):
+        distill(
+            DistillConfig(
+                data=(str(data),),
+                out_dir=str(tmp_path / "o"),
+                teacher=str(teacher),
+                trajectories=str(tmp_path / "nope"),
+            )
+        )
+    from ee_vla.models.vla import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="not an ee_vla model"):
+        distill(DistillConfig(data=(str(data),), out_dir=str(tmp_path / "o"), teacher=str(tmp_path)))
