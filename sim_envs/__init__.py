@@ -1,0 +1,85 @@
+"""Simulated environments for ee_vla: the ee_vla tabletop suite and a Meta-World adapter.
+
+Importing this package registers the Gymnasium ids below (nothing else happens at import: MuJoCo
+models are built by `gymnasium.make`, Meta-World is imported only when one of its envs is made).
+
+| id                               | task                                        | max_episode_steps |
+|----------------------------------|---------------------------------------------|-------------------|
+| `ee_vla/Reach-v0`                | reach the named object                      | 50                |
+| `ee_vla/PickCube-v0`             | pick up the named object                    | 80                |
+| `ee_vla/Push-v0`                 | push the named object onto the white circle | 100               |
+| `ee_vla/Place-v0`                | put the named object on the named plate     | 120               |
+| `ee_vla/MetaWorld-<task>-v0`     | a Meta-World MT10 task, e.g. `MetaWorld-pick-place-v0` | 500    |
+| `ee_vla/MetaWorld-v0`            | any Meta-World v3 task via `task_name="..."` | 500              |
+
+Rendering is headless through MuJoCo: set `MUJOCO_GL=egl` (or `osmesa`) before importing mujoco.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+from sim_envs.common import ACTION_DIM, ACTION_NAMES, GRIPPER_CONVENTION
+
+SUITE_ENV_IDS = ("ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0")
+MT10_TASKS = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+"""Meta-World's MT10 task set (metaworld.env_dict.MT10_V3), kept here so that registering the ids
+does not import metaworld."""
+
+
+def metaworld_env_id(task_name: str) -> str:
+    """`"pick-place-v3"` -> `"ee_vla/MetaWorld-pick-place-v0"`."""
+    return f"ee_vla/MetaWorld-{task_name.removesuffix('-v3')}-v0"
+
+
+METAWORLD_ENV_IDS = tuple(metaworld_env_id(t) for t in MT10_TASKS)
+
+
+def _register(env_id: str, entry_point: str, max_episode_steps: int, **kwargs: object) -> None:
+    if env_id not in gymnasium.registry:
+        gymnasium.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs)
+
+
+_register("ee_vla/Reach-v0", "sim_envs.reach:ReachEnv", 50)
+_register("ee_vla/PickCube-v0", "sim_envs.pick_cube:PickCubeEnv", 80)
+_register("ee_vla/Push-v0", "sim_envs.push:PushEnv", 100)
+_register("ee_vla/Place-v0", "sim_envs.place:PlaceEnv", 120)
+_register("ee_vla/MetaWorld-v0", "sim_envs.metaworld_adapter:MetaWorldEnv", 500)
+for _task in MT10_TASKS:
+    _register(metaworld_env_id(_task), "sim_envs.metaworld_adapter:MetaWorldEnv", 500, task_name=_task)
+
+
+def registered_env_ids() -> list[str]:
+    """Every `ee_vla/...` id in the Gymnasium registry."""
+    return sorted(k for k in gymnasium.registry if k.startswith("ee_vla/"))
+
+
+def make(env_id: str, **kwargs: object) -> gymnasium.Env:
+    """`gymnasium.make` with a `ValueError` that lists the known ids when `env_id` is unknown."""
+    if env_id not in gymnasium.registry:
+        raise ValueError(f"unknown env id {env_id!r}; registered ee_vla ids: {registered_env_ids()}")
+    return gymnasium.make(env_id, **kwargs)
+
+
+__all__ = [
+    "ACTION_DIM",
+    "ACTION_NAMES",
+    "GRIPPER_CONVENTION",
+    "METAWORLD_ENV_IDS",
+    "MT10_TASKS",
+    "SUITE_ENV_IDS",
+    "make",
+    "metaworld_env_id",
+    "registered_env_ids",
+]

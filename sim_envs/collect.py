@@ -1,0 +1,404 @@
+"""Record scripted-expert demonstrations to a robomimic-style HDF5 file, and read them back.
+
+`collect(CollectConfig(...))` runs the expert of each env id until it has `episodes` successful
+episodes per env id (failed attempts are skipped, counted and logged, never stored), writes
+`<out>/demos.hdf5` plus `<out>/stats.json` (the action statistics the action tokenizer needs), and
+returns the HDF5 path. `load_dataset(path)` returns the episodes as numpy arrays with their
+instruction strings. The schema is documented in docs/sim_envs.md:
+
+    data/                      attrs: env_ids, num_demos, total, action_space, env_args,
+                                      creation_args, failed_attempts, action_stats, format_version
+    data/demo_<i>/             attrs: instruction, env_id, seed, success, num_samples
+    data/demo_<i>/obs/pixels        (T, H, W, 3) uint8, gzip
+    data/demo_<i>/obs/agent_pos     (T, D) float32
+    data/demo_<i>/obs/wrist_pixels  (T, H, W, 3) uint8, gzip (only with wrist_camera)
+    data/demo_<i>/actions           (T, 7) float32, the expert's action after observing obs[t]
+    data/demo_<i>/rewards, dones    (T,) float32 / uint8
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import multiprocessing.util
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DATA_FILE = "demos.hdf5"
+STATS_FILE = "stats.json"
+GRIPPER_MASK = [True] * 6 + [False]
+"""ActionStats mask: the gripper (already -1/+1) is not normalised."""
+
+
+@dataclass
+class CollectConfig:
+    """What to record and where (`ee-vla collect` exposes these fields as flags)."""
+
+    env: tuple[str, ...] = ("ee_vla/PickCube-v0",)
+    """Gymnasium ids to record, e.g. ee_vla/PickCube-v0 or ee_vla/MetaWorld-reach-v0."""
+    episodes: int = 100
+    """Successful demonstrations to record per env id."""
+    out: Path = Path("data/demos")
+    """Output directory; receives demos.hdf5 and stats.json."""
+    seed: int = 0
+    """Seed of the first attempt of each env id; attempt i is reset with seed + i."""
+    image_size: int = 128
+    """Side of the square camera images in pixels."""
+    wrist_camera: bool = False
+    """Also record the gripper camera (ee_vla suite only) as obs/wrist_pixels."""
+    num_workers: int = 1
+    """Processes that run episodes in parallel (1 = in this process)."""
+    max_attempts_factor: float = 2.0
+    """Give up (error) after episodes * max_attempts_factor + 10 attempts of one env id."""
+    compression_level: int = 4
+    """gzip level (0-9) of the image datasets."""
+    overwrite: bool = False
+    """Replace an existing demos.hdf5 in `out`."""
+
+    def __post_init__(self) -> None:
+        import sim_envs
+
+        if isinstance(self.env, str):
+            self.env = (self.env,)
+        self.env = tuple(self.env)
+        self.out = Path(self.out)
+        if not self.env:
+            raise ValueError("CollectConfig.env is empty: name at least one env id")
+        known = sim_envs.registered_env_ids()
+        for env_id in self.env:
+            if env_id not in known:
+                raise ValueError(f"CollectConfig.env: unknown env id {env_id!r}; registered: {known}")
+        if len(set(self.env)) != len(self.env):
+            raise ValueError(f"CollectConfig.env lists an id twice: {list(self.env)}")
+        if not isinstance(self.episodes, int) or self.episodes < 1:
+            raise ValueError(f"CollectConfig.episodes must be an int >= 1, got {self.episodes!r}")
+        if not isinstance(self.image_size, int) or not 16 <= self.image_size <= 1024:
+            raise ValueError(f"CollectConfig.image_size must be an int in [16, 1024], got {self.image_size!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise ValueError(f"CollectConfig.num_workers must be an int >= 1, got {self.num_workers!r}")
+        if not self.max_attempts_factor >= 1.0:
+            raise ValueError(f"CollectConfig.max_attempts_factor must be >= 1, got {self.max_attempts_factor!r}")
+        if not 0 <= self.compression_level <= 9:
+            raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
+        if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
+            raise ValueError("CollectConfig.wrist_camera is only supported by the ee_vla suite, not Meta-World envs")
+
+    def env_kwargs(self) -> dict:
+        """Keyword arguments passed to `gymnasium.make` for every env id."""
+        kw: dict = {"image_size": self.image_size}
+        if self.wrist_camera:
+            kw["wrist_camera"] = True
+        return kw
+
+
+@dataclass
+class Episode:
+    """One demonstration: T observations and the T actions taken after them."""
+
+    pixels: np.ndarray
+    """(T, H, W, 3) uint8."""
+    agent_pos: np.ndarray
+    """(T, D) float32."""
+    actions: np.ndarray
+    """(T, 7) float32 in [-1, 1]."""
+    instruction: str
+    env_id: str
+    seed: int
+    success: bool
+    rewards: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    wrist_pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+# ---- recording ------------------------------------------------------------------------------
+_WORKER_ENVS: dict = {}
+
+
+def _rollout(env_id: str, env_kwargs: dict, seed: int) -> Episode:
+    """One expert episode of `env_id` from `seed` (env and expert cached per process)."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401  (registers the ids in worker processes)
+    from sim_envs.experts import make_expert
+
+    if env_id not in _WORKER_ENVS:
+        env = gym.make(env_id, **env_kwargs)
+        _WORKER_ENVS[env_id] = (env, make_expert(env))
+    env, expert = _WORKER_ENVS[env_id]
+    obs, info = env.reset(seed=seed)
+    expert.reset()
+    frames, wrist, proprio, actions, rewards = [], [], [], [], []
+    while True:
+        action = expert.act()
+        frames.append(obs["pixels"])
+        proprio.append(obs["agent_pos"])
+        if "wrist_pixels" in obs:
+            wrist.append(obs["wrist_pixels"])
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    return Episode(
+        pixels=np.stack(frames),
+        agent_pos=np.stack(proprio).astype(np.float32),
+        actions=np.stack(actions).astype(np.float32),
+        instruction=str(info["task_description"]),
+        env_id=env_id,
+        seed=seed,
+        success=bool(info["is_success"]),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        wrist_pixels=np.stack(wrist) if wrist else None,
+    )
+
+
+def _close_worker_envs() -> None:
+    for env, _ in _WORKER_ENVS.values():
+        env.close()
+    _WORKER_ENVS.clear()
+
+
+def _init_worker() -> None:
+    """Close a worker's envs (and free its GL context) when the worker process exits."""
+    multiprocessing.util.Finalize(None, _close_worker_envs, exitpriority=10)
+
+
+def _successful_episodes(cfg: CollectConfig, env_id: str, pool: ProcessPoolExecutor | None) -> Iterator[Episode]:
+    """Every attempt (seeds cfg.seed, cfg.seed + 1, ...) in seed order until `cfg.episodes` of them
+    succeeded; failures are logged here and skipped by the caller."""
+    max_attempts = int(cfg.episodes * cfg.max_attempts_factor) + 10
+    kwargs = cfg.env_kwargs()
+    batch = 2 * cfg.num_workers
+    next_seed, attempts, done = cfg.seed, 0, 0
+    while done < cfg.episodes:
+        n = min(batch, max_attempts - attempts)
+        if n <= 0:
+            raise RuntimeError(
+                f"{env_id}: only {done} successful expert episodes in {attempts} attempts "
+                f"(CollectConfig.max_attempts_factor={cfg.max_attempts_factor}); the expert is broken"
+            )
+        seeds = list(range(next_seed, next_seed + n))
+        next_seed += n
+        attempts += n
+        if pool is None:
+            results: Iterator[Episode] = (_rollout(env_id, kwargs, s) for s in seeds)
+        else:
+            results = pool.map(_rollout, [env_id] * n, [kwargs] * n, seeds)
+        for ep in results:
+            if done == cfg.episodes:
+                break
+            if ep.success:
+                done += 1
+                yield ep
+            else:
+                logger.warning("%s seed %d: expert failed after %d steps; episode skipped", env_id, ep.seed, len(ep))
+                yield ep
+
+
+def _write_demo(group, ep: Episode, level: int) -> None:
+    img = {"compression": "gzip", "compression_opts": level} if level > 0 else {}
+    obs = group.create_group("obs")
+    obs.create_dataset("pixels", data=ep.pixels, chunks=(1, *ep.pixels.shape[1:]), **img)
+    obs.create_dataset("agent_pos", data=ep.agent_pos)
+    if ep.wrist_pixels is not None:
+        obs.create_dataset("wrist_pixels", data=ep.wrist_pixels, chunks=(1, *ep.wrist_pixels.shape[1:]), **img)
+    group.create_dataset("actions", data=ep.actions)
+    group.create_dataset("rewards", data=ep.rewards)
+    dones = np.zeros(len(ep), dtype=np.uint8)
+    dones[-1] = 1
+    group.create_dataset("dones", data=dones)
+    group.attrs["instruction"] = ep.instruction
+    group.attrs["env_id"] = ep.env_id
+    group.attrs["seed"] = ep.seed
+    group.attrs["success"] = ep.success
+    group.attrs["num_samples"] = len(ep)
+
+
+def _action_space_description() -> dict:
+    from sim_envs.common import ACTION_NAMES, GRIPPER_CONVENTION
+    from sim_envs.tabletop import CONTROL_HZ, MAX_ROTATION, MAX_TRANSLATION
+
+    return {
+        "dim": len(ACTION_NAMES),
+        "names": list(ACTION_NAMES),
+        "low": -1.0,
+        "high": 1.0,
+        "gripper": GRIPPER_CONVENTION,
+        "ee_vla_suite": {
+            "translation_m_per_step": MAX_TRANSLATION,
+            "rotation_rad_per_step": MAX_ROTATION,
+            "control_hz": CONTROL_HZ,
+        },
+        "metaworld": {"translation_m_per_step": 0.01, "rotation": "ignored", "control_hz": 80},
+    }
+
+
+def collect(cfg: CollectConfig) -> Path:
+    """Record `cfg.episodes` successful expert demonstrations per env id; returns the HDF5 path.
+
+    The file is written under a temporary name and renamed when complete, so an interrupted run
+    never leaves a truncated `demos.hdf5` behind.
+    """
+    import h5py
+    from tqdm import tqdm
+
+    from ee_vla.action_tokenizer import ActionStats
+
+    out = cfg.out
+    path = out / DATA_FILE
+    if path.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{path} exists (CollectConfig.out); pass overwrite=True to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (DATA_FILE + ".partial")
+    failed: dict[str, int] = {}
+    all_actions = []
+    pool = None
+    if cfg.num_workers > 1:
+        ctx = multiprocessing.get_context("spawn")  # no GL state inherited through fork
+        pool = ProcessPoolExecutor(cfg.num_workers, mp_context=ctx, initializer=_init_worker)
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            n_demo = total = 0
+            for env_id in cfg.env:
+                failed[env_id] = 0
+                bar = tqdm(total=cfg.episodes, desc=env_id, unit="demo")
+                for ep in _successful_episodes(cfg, env_id, pool):
+                    if not ep.success:
+                        failed[env_id] += 1
+                        bar.set_postfix(failed=failed[env_id])
+                        continue
+                    _write_demo(data.create_group(f"demo_{n_demo}"), ep, cfg.compression_level)
+                    all_actions.append(ep.actions)
+                    n_demo += 1
+                    total += len(ep)
+                    bar.update(1)
+                bar.close()
+                logger.info("%s: %d demos, %d failed attempts skipped", env_id, cfg.episodes, failed[env_id])
+            stats = ActionStats.from_actions(np.concatenate(all_actions), mask=GRIPPER_MASK)
+            creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+            data.attrs["format_version"] = FORMAT_VERSION
+            data.attrs["env_ids"] = json.dumps(list(cfg.env))
+            data.attrs["num_demos"] = n_demo
+            data.attrs["total"] = total
+            data.attrs["action_space"] = json.dumps(_action_space_description())
+            data.attrs["env_args"] = json.dumps({e: cfg.env_kwargs() for e in cfg.env})
+            data.attrs["creation_args"] = json.dumps(creation)
+            data.attrs["failed_attempts"] = json.dumps(failed)
+            data.attrs["action_stats"] = json.dumps(stats.to_dict())
+            data.attrs["created"] = datetime.now(timezone.utc).isoformat()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        _close_worker_envs()
+    os.replace(tmp, path)
+    stats.save(out / STATS_FILE)
+    logger.info("wrote %s (%d demos, %d samples) and %s", path, n_demo, total, out / STATS_FILE)
+    return path
+
+
+# ---- reading --------------------------------------------------------------------------------
+class DemoDataset:
+    """Read access to a demos.hdf5 file: `len(ds)`, `ds[i] -> Episode`, iteration, `ds.stats`.
+
+    Episodes are read on access (the file is opened per read, which is safe in DataLoader workers).
+    """
+
+    def __init__(self, path: Path, demo_keys: list[str], attrs: dict):
+        self.path = path
+        self.demo_keys = demo_keys
+        self.attrs = attrs
+
+    @property
+    def env_ids(self) -> list[str]:
+        return json.loads(self.attrs["env_ids"])
+
+    @property
+    def stats(self):
+        """The `ee_vla.action_tokenizer.ActionStats` of all actions in the file."""
+        from ee_vla.action_tokenizer import ActionStats
+
+        return ActionStats.from_dict(json.loads(self.attrs["action_stats"]))
+
+    def __len__(self) -> int:
+        return len(self.demo_keys)
+
+    def __getitem__(self, i: int) -> Episode:
+        import h5py
+
+        key = self.demo_keys[i]
+        with h5py.File(self.path, "r") as f:
+            g = f["data"][key]
+            wrist = g["obs"]["wrist_pixels"][()] if "wrist_pixels" in g["obs"] else None
+            return Episode(
+                pixels=g["obs"]["pixels"][()],
+                agent_pos=g["obs"]["agent_pos"][()],
+                actions=g["actions"][()],
+                instruction=str(g.attrs["instruction"]),
+                env_id=str(g.attrs["env_id"]),
+                seed=int(g.attrs["seed"]),
+                success=bool(g.attrs["success"]),
+                rewards=g["rewards"][()],
+                wrist_pixels=wrist,
+            )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def load_dataset(path: str | Path, action_dim: int = 7) -> DemoDataset:
+    """Open a demos.hdf5 written by `collect` (or its directory) and check its schema.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an HDF5 file, not in this schema, or actions that are not `action_dim` wide.
+    """
+    import h5py
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / DATA_FILE
+    if not p.exists():
+        raise FileNotFoundError(f"no dataset at {p}")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise ValueError(f"{p} is not a readable HDF5 file (corrupt or truncated?): {e}") from e
+    with f:
+        if "data" not in f:
+            raise ValueError(f"{p} has no 'data' group: not an ee_vla/robomimic demo file")
+        data = f["data"]
+        missing = [k for k in ("env_ids", "action_stats", "num_demos") if k not in data.attrs]
+        if missing:
+            raise ValueError(f"{p}: data group lacks attributes {missing}")
+        keys = sorted((k for k in data if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
+        if len(keys) != int(data.attrs["num_demos"]):
+            raise ValueError(f"{p}: num_demos says {int(data.attrs['num_demos'])} but the file has {len(keys)} demos")
+        for k in keys:
+            g = data[k]
+            for name in ("actions", "obs/pixels", "obs/agent_pos"):
+                if name not in g:
+                    raise ValueError(f"{p}: data/{k} has no {name}")
+            shape = g["actions"].shape
+            if len(shape) != 2 or shape[1] != action_dim:
+                raise ValueError(f"{p}: data/{k}/actions has shape {shape}, expected (T, {action_dim})")
+            if g["obs/pixels"].shape[0] != shape[0] or g["obs/agent_pos"].shape[0] != shape[0]:
+                raise ValueError(f"{p}: data/{k} has {shape[0]} actions but a different number of observations")
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in data.attrs.items()}
+    return DemoDataset(p, keys, attrs)

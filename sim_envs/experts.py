@@ -1,0 +1,286 @@
+"""Scripted experts: privileged-state controllers that produce the same 7-dim bounded actions a VLA
+emits, for data collection and as an upper bound in evaluation.
+
+Translation and rotation are proportional control on the error, scaled by the env's per-step
+limits and clipped by the vector norm (so actions shrink smoothly near a goal and are saturated only
+when far away: they tokenise well); the gripper is -1 (open) or +1 (closed). Each expert is a small
+state machine that re-plans from the current state, so a slipped grasp or a rotated cube is retried.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from sim_envs.common import ACTION_DIM
+from sim_envs.tabletop import (
+    MAX_ROTATION,
+    MAX_TRANSLATION,
+    OBJECT_HALF,
+    PLATE_HALF_HEIGHT,
+    YAW_LIMIT,
+    TabletopEnv,
+    wrap_half_turn,
+)
+
+OPEN, CLOSE = -1.0, 1.0
+GAIN = 0.8
+"""Fraction of the remaining error commanded per step."""
+
+
+class Expert(Protocol):
+    """A scripted policy bound to one env: `reset()` after `env.reset()`, then `act()` per step."""
+
+    def reset(self) -> None: ...
+
+    def act(self) -> np.ndarray: ...
+
+
+def _translate(tcp: np.ndarray, target: np.ndarray, max_speed: float = 1.0) -> np.ndarray:
+    """Normalised translation action towards `target`, norm-clipped to `max_speed`."""
+    v = GAIN * (np.asarray(target) - tcp) / MAX_TRANSLATION
+    n = float(np.linalg.norm(v))
+    return v * (max_speed / n) if n > max_speed else v
+
+
+def _rotate(state: dict, yaw: float) -> np.ndarray:
+    """Normalised rotation action: roll and pitch to 0, yaw to the equivalent of `yaw` (modulo a half
+    turn) inside the yaw limit that is nearest to the commanded yaw."""
+    cmd = state["commanded_euler"]
+    candidates = [c for c in (yaw - math.pi, yaw, yaw + math.pi) if abs(c) <= YAW_LIMIT - 0.05]
+    best = min(candidates, key=lambda c: abs(c - cmd[2]))
+    err = np.array([-cmd[0], -cmd[1], best - cmd[2]])
+    return np.clip(GAIN * err / MAX_ROTATION, -1.0, 1.0)
+
+
+def _grasp_yaw(state: dict) -> float:
+    """Gripper yaw that puts the fingers on two parallel faces of the target (any yaw for a cylinder)."""
+    if state["target_shape"] == "cylinder":
+        return float(state["commanded_euler"][2])
+    return (state["target_yaw"] + math.pi / 4) % (math.pi / 2) - math.pi / 4
+
+
+def _action(translation: np.ndarray, rotation: np.ndarray, gripper: float) -> np.ndarray:
+    return np.concatenate([translation, rotation, [gripper]]).astype(np.float32)
+
+
+class ReachExpert:
+    """Above the target, then down to it, gripper open."""
+
+    def __init__(self, env: TabletopEnv):
+        self.env = env
+
+    def reset(self) -> None:
+        pass
+
+    def act(self) -> np.ndarray:
+        s = self.env.privileged_state()
+        tcp, obj = s["tcp_pos"], s["target_pos"]
+        high = obj + np.array([0.0, 0.0, 0.06])
+        goal = obj + np.array([0.0, 0.0, 0.01]) if np.linalg.norm(tcp[:2] - obj[:2]) < 0.02 else high
+        return _action(_translate(tcp, goal), _rotate(s, s["commanded_euler"][2]), OPEN)
+
+
+class _GraspMachine:
+    """approach (above, aligned) -> descend -> close -> lift; shared by Pick and Place."""
+
+    def __init__(self, env: TabletopEnv, lift_z: float):
+        self.env = env
+        self.lift_z = lift_z
+        self.reset()
+
+    def reset(self) -> None:
+        self.stage = "approach"
+        self.wait = 0
+
+    def grasp_step(self, s: dict) -> np.ndarray | None:
+        """The action while grasping, or None once the target is held at `lift_z`."""
+        tcp, obj, euler = s["tcp_pos"], s["target_pos"], s["gripper_euler"]
+        yaw = _grasp_yaw(s)
+        rot = _rotate(s, yaw)
+        xy_err = float(np.linalg.norm(tcp[:2] - obj[:2]))
+        if self.stage in ("close", "lift", "done") and not s["target_grasped"] and self.wait > 4:
+            self.stage = "approach"  # lost it: start over
+        if self.stage == "approach":
+            if xy_err < 0.01 and abs(wrap_half_turn(yaw - euler[2])) < 0.08:
+                self.stage = "descend"
+            else:
+                above = obj + np.array([0.0, 0.0, 0.07])
+                return _action(_translate(tcp, above), rot, OPEN)
+        if self.stage == "descend":
+            if xy_err > 0.02:
+                self.stage = "approach"
+                return _action(_translate(tcp, obj + np.array([0.0, 0.0, 0.07])), rot, OPEN)
+            if tcp[2] - obj[2] < 0.006:
+                self.stage, self.wait = "close", 0
+            else:
+                return _action(_translate(tcp, obj), rot, OPEN)
+        if self.stage == "close":
+            self.wait += 1
+            if self.wait > 3:
+                self.stage = "lift"
+            return _action(np.zeros(3), np.zeros(3), CLOSE)
+        self.wait += 1
+        target = np.array([tcp[0], tcp[1], self.lift_z])
+        if self.stage == "lift" and abs(tcp[2] - self.lift_z) > 0.01:
+            return _action(_translate(tcp, target), _rotate(s, s["commanded_euler"][2]), CLOSE)
+        self.stage = "done"
+        return None
+
+
+class PickExpert(_GraspMachine):
+    """Grasp the named object and lift it 12 cm."""
+
+    def __init__(self, env: TabletopEnv):
+        super().__init__(env, lift_z=0.14)
+
+    def act(self) -> np.ndarray:
+        s = self.env.privileged_state()
+        a = self.grasp_step(s)
+        if a is None:  # held up high: keep still (success ends the episode)
+            return _action(np.zeros(3), np.zeros(3), CLOSE)
+        return a
+
+
+class PlaceExpert(_GraspMachine):
+    """Grasp the named object, carry it above the named plate, lower it, open, retreat."""
+
+    def __init__(self, env: TabletopEnv):
+        super().__init__(env, lift_z=0.1)
+
+    def reset(self) -> None:
+        super().reset()
+        self.place_stage = "carry"
+
+    def act(self) -> np.ndarray:
+        s = self.env.privileged_state()
+        if self.place_stage in ("release", "retreat"):
+            return self._release(s)
+        a = self.grasp_step(s)
+        if a is not None:
+            self.place_stage = "carry"
+            return a
+        tcp, plate = s["tcp_pos"], s["plate_xy"]
+        rot = _rotate(s, s["commanded_euler"][2])
+        offset = tcp[:2] - s["target_pos"][:2]  # where the object sits in the hand
+        xy_goal = plate + offset
+        if self.place_stage == "carry":
+            if np.linalg.norm(tcp[:2] - xy_goal) < 0.008:
+                self.place_stage = "lower"
+            else:
+                return _action(_translate(tcp, [*xy_goal, self.lift_z], max_speed=0.8), rot, CLOSE)
+        # lower until the object is just above the plate surface
+        z_goal = tcp[2] - (s["target_pos"][2] - (2 * PLATE_HALF_HEIGHT + OBJECT_HALF + 0.004))
+        if tcp[2] - z_goal > 0.004:
+            return _action(_translate(tcp, [*xy_goal, z_goal], max_speed=0.6), rot, CLOSE)
+        self.place_stage, self.wait = "release", 0
+        return self._release(s)
+
+    def _release(self, s: dict) -> np.ndarray:
+        tcp = s["tcp_pos"]
+        self.wait += 1
+        if self.wait <= 3:
+            return _action(np.zeros(3), np.zeros(3), OPEN)
+        self.place_stage = "retreat"
+        return _action(_translate(tcp, [tcp[0], tcp[1], 0.15]), _rotate(s, s["commanded_euler"][2]), OPEN)
+
+
+class PushExpert:
+    """Closed fingers as a pusher: turn the gripper so its fingers' flat side faces the push
+    direction, go behind the object (relative to the circle) above it, drop to table height and push
+    along the object-to-circle line; lift and re-approach if the object drifts off the line."""
+
+    PUSH_Z = 0.016
+    SAFE_Z = 0.075
+    CONTACT = OBJECT_HALF + 0.012  # object half-size + finger half-width (gripper x axis)
+    BEHIND = CONTACT + 0.018
+
+    def __init__(self, env: TabletopEnv):
+        self.env = env
+        self.reset()
+
+    def reset(self) -> None:
+        self.stage = "approach"
+
+    def act(self) -> np.ndarray:
+        s = self.env.privileged_state()
+        tcp, obj, goal, euler = s["tcp_pos"], s["target_pos"], s["goal_xy"], s["gripper_euler"]
+        to_goal = goal - obj[:2]
+        dist = float(np.linalg.norm(to_goal))
+        d = to_goal / max(dist, 1e-9)
+        yaw = wrap_half_turn(math.atan2(d[1], d[0]))  # gripper x axis along the push
+        rot = _rotate(s, yaw)
+        rel = tcp[:2] - obj[:2]
+        behind = -float(np.dot(rel, d))  # how far the pusher is behind the object along the line
+        lateral = abs(float(rel[0] * d[1] - rel[1] * d[0]))
+        pre = obj[:2] - d * self.BEHIND
+        if self.stage == "push" and (lateral > 0.015 or behind < 0.015):
+            self.stage = "approach"
+        if self.stage == "approach":
+            aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.1
+            if np.linalg.norm(tcp[:2] - pre) < 0.01 and aligned:
+                self.stage = "descend"
+            elif tcp[2] < self.SAFE_Z - 0.01 and np.linalg.norm(tcp[:2] - pre) > 0.02:
+                return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # up first
+            else:
+                return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)
+        if self.stage == "descend":
+            if np.linalg.norm(tcp[:2] - pre) > 0.02:
+                self.stage = "approach"
+                return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)
+            if tcp[2] - self.PUSH_Z > 0.006:
+                return _action(_translate(tcp, [*pre, self.PUSH_Z]), rot, CLOSE)
+            self.stage = "push"
+        # push: track a point a little ahead of the contact point on the line through the object,
+        # which also steers the pusher back onto the line
+        target = obj[:2] - d * self.CONTACT + d * min(dist, 0.02)
+        return _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
+
+
+class MetaWorldExpert:
+    """Meta-World's own scripted policy for the task (`metaworld.policies`), mapped to 7-dim
+    actions: (dx, dy, dz, 0, 0, 0, grab_effort)."""
+
+    def __init__(self, env: gym.Env):
+        from metaworld.policies import ENV_POLICY_MAP
+
+        self.env = env
+        self.policy = ENV_POLICY_MAP[env.task_name]()
+
+    def reset(self) -> None:
+        pass
+
+    def act(self) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Constant(s) may be too high" on every call
+            a = np.asarray(self.policy.get_action(self.env.privileged_state()), dtype=np.float64)
+        a = np.clip(a, -1.0, 1.0)
+        out = np.zeros(ACTION_DIM, dtype=np.float32)
+        out[:3], out[6] = a[:3], a[3]
+        return out
+
+
+def make_expert(env: gym.Env) -> Expert:
+    """The scripted expert for `env` (wrappers are looked through)."""
+    from sim_envs.metaworld_adapter import MetaWorldEnv  # does not import metaworld itself
+    from sim_envs.pick_cube import PickCubeEnv
+    from sim_envs.place import PlaceEnv
+    from sim_envs.push import PushEnv
+    from sim_envs.reach import ReachEnv
+
+    base = env.unwrapped
+    for cls, expert in (
+        (ReachEnv, ReachExpert),
+        (PickCubeEnv, PickExpert),
+        (PushEnv, PushExpert),
+        (PlaceEnv, PlaceExpert),
+    ):
+        if isinstance(base, cls):
+            return expert(base)
+    if isinstance(base, MetaWorldEnv):
+        return MetaWorldExpert(base)
+    raise ValueError(f"no scripted expert for {type(base).__name__}")

@@ -1,0 +1,464 @@
+"""The shared tabletop scene and base env of the ee_vla suite.
+
+A flat table, coloured objects (cubes and cylinders), optionally plates and a goal marker, and a
+floating parallel-jaw gripper driven through a MuJoCo mocap weld. The gripper is a rigid body whose
+pose follows a mocap target: the 7-dim action moves the target by end-effector deltas; two coupled
+position-controlled fingers grasp by friction. Task envs (one per file) subclass `TabletopEnv` and
+implement `_sample_task` (layout + instruction) and `_evaluate` (reward + success).
+
+Why a floating gripper and not an articulated arm: it has no IK singularities, joint limits or
+self-collisions to fail on, so scripted experts reach >95% success and a data set never contains an
+arm stuck in a bad configuration. The VLA-facing interface (end-effector delta actions) is the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from sim_envs.common import ACTION_DIM, OffscreenCamera, validate_action
+
+CONTROL_HZ = 10
+"""Control rate: one env step = 0.1 s of simulation."""
+PHYSICS_DT = 0.002
+N_SUBSTEPS = round(1.0 / (CONTROL_HZ * PHYSICS_DT))
+N_RAMP = 10
+"""The commanded pose is interpolated in this many increments over one control step."""
+MAX_TRANSLATION = 0.04
+"""Metres the gripper target moves per step at |action| = 1 (0.4 m/s)."""
+MAX_ROTATION = 0.25
+"""Radians the gripper target rotates per step at |action| = 1."""
+ROLL_PITCH_LIMIT = 0.5
+"""Commanded roll and pitch are clamped to +/- this many radians."""
+YAW_LIMIT = 0.75 * math.pi
+"""Commanded yaw is clamped to +/- 135 degrees: every grasp direction (a parallel-jaw gripper is
+symmetric under a half turn) is reachable from any yaw without crossing the limit, and the measured
+yaw never wraps around at +/- pi."""
+WORKSPACE_LOW = np.array([-0.25, -0.22, 0.014])
+WORKSPACE_HIGH = np.array([0.25, 0.22, 0.30])
+"""Bounds of the commanded tool-centre point (TCP); z is height above the table top."""
+FINGER_TRAVEL = 0.04
+"""Each finger slides 0..0.04 m outwards; the jaw opening is about 0.002..0.082 m."""
+MAX_LAG = 0.06
+"""The commanded target never leads the real TCP by more than this (keeps the weld force bounded
+when the gripper pushes against an object)."""
+
+COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.1),
+    "green": (0.15, 0.7, 0.2),
+    "blue": (0.12, 0.3, 0.9),
+    "yellow": (0.95, 0.85, 0.1),
+    "purple": (0.55, 0.2, 0.75),
+    "orange": (1.0, 0.5, 0.05),
+}
+"""Object colours, named as they appear in instructions."""
+SHAPES = ("cube", "cylinder")
+PLATE_COLORS: dict[str, tuple[float, float, float]] = {
+    "white": (0.95, 0.95, 0.95),
+    "black": (0.08, 0.08, 0.08),
+    "pink": (1.0, 0.55, 0.75),
+    "cyan": (0.2, 0.85, 0.9),
+}
+OBJECT_HALF = 0.02
+"""Half-size of every object (cube half-edge, cylinder radius and half-height)."""
+PLATE_RADIUS = 0.06
+PLATE_HALF_HEIGHT = 0.004
+GOAL_RADIUS = 0.04
+HIDDEN_GROUP = 5
+
+
+@dataclass
+class SceneObject:
+    """One graspable object of the current episode (what the instruction can name)."""
+
+    color: str
+    shape: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+def build_scene_xml(n_objects: int, n_plates: int, goal_marker: bool) -> str:
+    """MJCF of the table, `n_objects` object slots, `n_plates` plates, an optional goal disk and the
+    gripper. Each object slot holds a cube geom and a cylinder geom; `reset` shows one of them."""
+    objects = []
+    for i in range(n_objects):
+        h = OBJECT_HALF
+        objects.append(
+            f"""
+    <body name="obj{i}" pos="{0.1 * i} 0.3 {h}">
+      <freejoint name="obj{i}_joint"/>
+      <inertial pos="0 0 0" mass="0.05" diaginertia="1.4e-5 1.4e-5 1.4e-5"/>
+      <geom name="obj{i}_cube" class="object" type="box" size="{h} {h} {h}"/>
+      <geom name="obj{i}_cylinder" class="object" type="cylinder" size="{h} {h}"/>
+    </body>"""
+        )
+    plates = [
+        f"""
+    <body name="plate{i}" pos="{0.15 * i} -0.4 {PLATE_HALF_HEIGHT}">
+      <geom name="plate{i}" type="cylinder" size="{PLATE_RADIUS} {PLATE_HALF_HEIGHT}" friction="0.5 0.005 0.0001"/>
+    </body>"""
+        for i in range(n_plates)
+    ]
+    goal = (
+        f"""
+    <body name="goal" pos="0 0 0.0005">
+      <geom name="goal" type="cylinder" size="{GOAL_RADIUS} 0.0005" contype="0" conaffinity="0" rgba="1 1 1 1"/>
+    </body>"""
+        if goal_marker
+        else ""
+    )
+    return f"""
+<mujoco model="ee_vla_tabletop">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{PHYSICS_DT}" integrator="implicitfast" cone="elliptic" impratio="10"/>
+  <visual>
+    <global offwidth="128" offheight="128"/>
+    <quality shadowsize="0"/>
+    <headlight ambient="0.45 0.45 0.45" diffuse="0.55 0.55 0.55" specular="0.1 0.1 0.1"/>
+    <rgba haze="0.6 0.7 0.8 1"/>
+  </visual>
+  <default>
+    <geom solref="0.005 1" solimp="0.95 0.99 0.001" friction="1 0.005 0.0001"/>
+    <default class="object">
+      <geom condim="4" friction="0.5 0.01 0.001" rgba="1 1 1 1"/>
+    </default>
+    <default class="finger">
+      <geom type="box" size="0.012 0.006 0.025" condim="4" friction="1.5 0.01 0.001" rgba="0.25 0.25 0.28 1"/>
+      <joint type="slide" range="0 {FINGER_TRAVEL}" damping="8" armature="0.05" solreflimit="0.002 1"/>
+    </default>
+  </default>
+  <worldbody>
+    <light pos="0.3 -0.3 1.2" dir="-0.3 0.3 -1" directional="true" castshadow="false" diffuse="0.4 0.4 0.4"/>
+    <geom name="floor" type="plane" pos="0 0 -0.4" size="3 3 0.1" rgba="0.35 0.37 0.4 1" contype="0" conaffinity="0"/>
+    <geom name="table" type="box" pos="0 0 -0.02" size="0.45 0.4 0.02" rgba="0.62 0.5 0.38 1"
+          friction="0.5 0.005 0.0001"/>
+    <camera name="front" pos="0 -0.5 0.42" xyaxes="1 0 0 0 0.64 0.77" fovy="38"/>
+    <camera name="top" pos="0 0 0.62" xyaxes="1 0 0 0 1 0" fovy="40"/>
+    {"".join(objects)}{"".join(plates)}{goal}
+    <body name="mocap" mocap="true" pos="0 0 0.2"/>
+    <body name="gripper" pos="0 0 0.2" gravcomp="1">
+      <freejoint name="gripper_joint"/>
+      <inertial pos="0 0 0.03" mass="0.5" diaginertia="0.002 0.002 0.002"/>
+      <geom name="palm" type="box" pos="0 0 0.045" size="0.018 0.05 0.012" rgba="0.2 0.2 0.22 1"/>
+      <geom name="wrist" type="cylinder" pos="0 0 0.08" size="0.015 0.025" rgba="0.6 0.6 0.65 1"
+            contype="0" conaffinity="0"/>
+      <site name="tcp" pos="0 0 0" size="0.004" rgba="1 0 0 0"/>
+      <camera name="wrist" pos="0 -0.1 0.09" xyaxes="1 0 0 0 0.87 0.5" fovy="75"/>
+      <body name="finger_left" pos="0 0.007 0.013" gravcomp="1">
+        <joint name="finger_left" class="finger" axis="0 1 0"/>
+        <geom name="finger_left" class="finger"/>
+      </body>
+      <body name="finger_right" pos="0 -0.007 0.013" gravcomp="1">
+        <joint name="finger_right" class="finger" axis="0 -1 0"/>
+        <geom name="finger_right" class="finger"/>
+      </body>
+    </body>
+  </worldbody>
+  <equality>
+    <weld body1="mocap" body2="gripper" solref="0.01 1" solimp="0.95 0.99 0.001"/>
+    <joint joint1="finger_left" joint2="finger_right" polycoef="0 1 0 0 0" solref="0.005 1"/>
+  </equality>
+  <actuator>
+    <position name="fingers" joint="finger_left" kp="600" ctrlrange="0 {FINGER_TRAVEL}" forcerange="-12 12"/>
+  </actuator>
+  <contact>
+    <exclude body1="gripper" body2="finger_left"/>
+    <exclude body1="gripper" body2="finger_right"/>
+    <exclude body1="finger_left" body2="finger_right"/>
+  </contact>
+</mujoco>
+"""
+
+
+def euler_to_quat(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """MuJoCo (w, x, y, z) quaternion of the extrinsic x-y-z rotation R = Rz(yaw) Ry(pitch) Rx(roll)."""
+    q = np.zeros(4)
+    mujoco.mju_euler2Quat(q, np.array([roll, pitch, yaw]), "XYZ")
+    return q
+
+
+def quat_to_euler(quat: np.ndarray) -> np.ndarray:
+    """Inverse of `euler_to_quat`: (roll, pitch, yaw) of a (w, x, y, z) quaternion."""
+    m = np.zeros(9)
+    mujoco.mju_quat2Mat(m, np.asarray(quat, dtype=np.float64))
+    r = m.reshape(3, 3)
+    pitch = math.asin(float(np.clip(-r[2, 0], -1.0, 1.0)))
+    roll = math.atan2(r[2, 1], r[2, 2])
+    yaw = math.atan2(r[1, 0], r[0, 0])
+    return np.array([roll, pitch, yaw])
+
+
+def wrap_half_turn(angle: float) -> float:
+    """Angle modulo pi, in [-pi/2, pi/2): the gripper's yaw symmetry."""
+    return (angle + math.pi / 2) % math.pi - math.pi / 2
+
+
+class TabletopEnv(gym.Env[dict, np.ndarray]):
+    """Base class of the ee_vla tabletop tasks (see the task classes for their tables).
+
+    Subclasses set `n_objects`, `n_plates`, `goal_marker` and implement `_sample_task(rng)` and
+    `_evaluate() -> (reward, success)`.
+
+    Args:
+        render_mode: None or "rgb_array" (`render()` returns the main camera at `image_size`).
+        image_size: side of the square `pixels` image (and of `wrist_pixels`).
+        wrist_camera: also observe a gripper-mounted camera under `wrist_pixels`.
+        camera: the main camera, "front" (default) or "top".
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
+    n_objects: int = 3
+    n_plates: int = 0
+    goal_marker: bool = False
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        image_size: int = 128,
+        wrist_camera: bool = False,
+        camera: str = "front",
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if not isinstance(image_size, int) or not 16 <= image_size <= 1024:
+            raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
+        if camera not in ("front", "top"):
+            raise ValueError(f"camera must be 'front' or 'top', got {camera!r}")
+        self.render_mode = render_mode
+        self.image_size = image_size
+        self.wrist_camera = wrist_camera
+
+        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(self.n_objects, self.n_plates, self.goal_marker))
+        self.data = mujoco.MjData(self.model)
+        self._camera = OffscreenCamera(self.model, camera, image_size)
+        self._wrist = OffscreenCamera(self.model, "wrist", image_size) if wrist_camera else None
+
+        m = self.model
+        self._gripper_body = m.body("gripper").id
+        self._mocap_id = m.body_mocapid[m.body("mocap").id]
+        self._tcp_site = m.site("tcp").id
+        self._gripper_qpos = m.jnt_qposadr[m.joint("gripper_joint").id]
+        self._gripper_qvel = m.jnt_dofadr[m.joint("gripper_joint").id]
+        self._finger_qpos = [m.jnt_qposadr[m.joint(f"finger_{s}").id] for s in ("left", "right")]
+        self._finger_geoms = {m.geom(f"finger_{s}").id for s in ("left", "right")}
+        self._obj_body = [m.body(f"obj{i}").id for i in range(self.n_objects)]
+        self._obj_qpos = [m.jnt_qposadr[m.joint(f"obj{i}_joint").id] for i in range(self.n_objects)]
+        self._obj_qvel = [m.jnt_dofadr[m.joint(f"obj{i}_joint").id] for i in range(self.n_objects)]
+        self._obj_geoms = [{s: m.geom(f"obj{i}_{s}").id for s in SHAPES} for i in range(self.n_objects)]
+        self._plate_body = [m.body(f"plate{i}").id for i in range(self.n_plates)]
+        self._goal_body = m.body("goal").id if self.goal_marker else -1
+
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        obs_spaces = {
+            "pixels": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
+            # TCP x, y, z (m), roll, pitch, yaw (rad), jaw opening (m); generous bounds.
+            "agent_pos": spaces.Box(
+                np.array([-1, -1, -1, -np.pi, -np.pi, -np.pi, -0.01], dtype=np.float32),
+                np.array([1, 1, 1, np.pi, np.pi, np.pi, 0.1], dtype=np.float32),
+                dtype=np.float32,
+            ),
+        }
+        if wrist_camera:
+            obs_spaces["wrist_pixels"] = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
+
+        self.objects: list[SceneObject] = []
+        self.target_index = 0
+        self.task_description = ""
+        self._cmd_pos = np.zeros(3)
+        self._cmd_euler = np.zeros(3)
+        self._obj_rest_z = np.zeros(self.n_objects)
+
+    # ---- task hooks -------------------------------------------------------------------------
+    def _sample_task(self, rng: np.random.Generator) -> None:
+        """Place objects/plates/goal and set `self.task_description` (subclass)."""
+        raise NotImplementedError
+
+    def _evaluate(self) -> tuple[float, bool]:
+        """(reward, success) of the current state (subclass)."""
+        raise NotImplementedError
+
+    # ---- scene helpers used by tasks -----------------------------------------------------------
+    def _sample_objects(self, rng: np.random.Generator) -> None:
+        """Choose the objects' colours/shapes: the target plus distractors that share its colour or
+        its shape half of the time, so that both words of the instruction are needed."""
+        colors = list(COLORS)
+        target = SceneObject(str(rng.choice(colors)), str(rng.choice(SHAPES)))
+        objs = [target]
+        while len(objs) < self.n_objects:
+            mode = rng.integers(3)
+            color = target.color if mode == 0 else str(rng.choice(colors))
+            shape = target.shape if mode == 1 else str(rng.choice(SHAPES))
+            cand = SceneObject(color, shape)
+            if all(cand.name != o.name for o in objs):
+                objs.append(cand)
+        order = rng.permutation(self.n_objects)
+        self.objects = [objs[i] for i in order]
+        self.target_index = int(np.nonzero(order == 0)[0][0])
+        for i, obj in enumerate(self.objects):
+            for shape, gid in self._obj_geoms[i].items():
+                shown = shape == obj.shape
+                self.model.geom_rgba[gid] = (*COLORS[obj.color], 1.0) if shown else (0, 0, 0, 0)
+                self.model.geom_contype[gid] = 1 if shown else 0
+                self.model.geom_conaffinity[gid] = 1 if shown else 0
+                self.model.geom_group[gid] = 0 if shown else HIDDEN_GROUP
+
+    @staticmethod
+    def _sample_positions(
+        rng: np.random.Generator, n: int, min_dist: float, low: np.ndarray, high: np.ndarray, fixed: list | None = None
+    ) -> list[np.ndarray]:
+        """`n` xy points in the box [low, high], pairwise (and from `fixed`) at least `min_dist` apart."""
+        placed = [np.asarray(p) for p in (fixed or [])]
+        out: list[np.ndarray] = []
+        for _ in range(10_000):
+            p = rng.uniform(low, high)
+            if all(np.linalg.norm(p - q) >= min_dist for q in placed):
+                placed.append(p)
+                out.append(p)
+                if len(out) == n:
+                    return out
+        raise RuntimeError("could not place objects without overlap; the layout constraints are too tight")
+
+    def _set_object_pose(self, i: int, xy: np.ndarray, yaw: float) -> None:
+        adr = self._obj_qpos[i]
+        self.data.qpos[adr : adr + 3] = (xy[0], xy[1], OBJECT_HALF)
+        self.data.qpos[adr + 3 : adr + 7] = euler_to_quat(0.0, 0.0, yaw)
+        self.data.qvel[self._obj_qvel[i] : self._obj_qvel[i] + 6] = 0.0
+
+    def _set_body_xy(self, body: int, xy: np.ndarray) -> None:
+        self.model.body_pos[body][:2] = xy
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def tcp_pos(self) -> np.ndarray:
+        return self.data.site_xpos[self._tcp_site].copy()
+
+    @property
+    def gripper_euler(self) -> np.ndarray:
+        return quat_to_euler(self.data.xquat[self._gripper_body])
+
+    @property
+    def gripper_opening(self) -> float:
+        """Distance between the finger pads in metres."""
+        return float(0.002 + self.data.qpos[self._finger_qpos[0]] + self.data.qpos[self._finger_qpos[1]])
+
+    def object_pos(self, i: int) -> np.ndarray:
+        return self.data.xpos[self._obj_body[i]].copy()
+
+    def object_yaw(self, i: int) -> float:
+        return float(quat_to_euler(self.data.xquat[self._obj_body[i]])[2])
+
+    @property
+    def target_pos(self) -> np.ndarray:
+        return self.object_pos(self.target_index)
+
+    def object_touches_fingers(self, i: int) -> tuple[bool, bool]:
+        """Whether the left / right finger is in contact with object `i`."""
+        gid = self._obj_geoms[i][self.objects[i].shape]
+        left = right = False
+        left_id, right_id = sorted(self._finger_geoms)
+        for c in self.data.contact[: self.data.ncon]:
+            pair = {int(c.geom1), int(c.geom2)}
+            if gid in pair:
+                left |= left_id in pair
+                right |= right_id in pair
+        return left, right
+
+    def is_grasped(self, i: int) -> bool:
+        left, right = self.object_touches_fingers(i)
+        return left and right
+
+    def privileged_state(self) -> dict:
+        """Simulator ground truth for scripted experts (never part of the observation)."""
+        return {
+            "tcp_pos": self.tcp_pos,
+            "gripper_euler": self.gripper_euler,
+            "commanded_euler": self._cmd_euler.copy(),
+            "gripper_opening": self.gripper_opening,
+            "target_index": self.target_index,
+            "target_pos": self.target_pos,
+            "target_yaw": self.object_yaw(self.target_index),
+            "target_shape": self.objects[self.target_index].shape,
+            "target_rest_z": float(self._obj_rest_z[self.target_index]),
+            "target_grasped": self.is_grasped(self.target_index),
+            "object_pos": [self.object_pos(i) for i in range(self.n_objects)],
+        }
+
+    # ---- gymnasium API -----------------------------------------------------------------------
+    def _get_obs(self) -> dict[str, np.ndarray]:
+        agent_pos = np.concatenate([self.tcp_pos, self.gripper_euler, [self.gripper_opening]]).astype(np.float32)
+        obs = {"pixels": self._camera.render(self.data), "agent_pos": agent_pos}
+        if self._wrist is not None:
+            obs["wrist_pixels"] = self._wrist.render(self.data)
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self._sample_objects(self.np_random)
+        self._sample_task(self.np_random)
+        # Gripper: open, pointing down, above the middle of the table with a little noise.
+        start = np.array([0.0, -0.08, 0.18]) + self.np_random.uniform(-0.03, 0.03, size=3)
+        self._cmd_pos = start
+        self._cmd_euler = np.zeros(3)
+        self.data.mocap_pos[self._mocap_id] = start
+        self.data.mocap_quat[self._mocap_id] = euler_to_quat(0, 0, 0)
+        self.data.qpos[self._gripper_qpos : self._gripper_qpos + 3] = start
+        self.data.qpos[self._gripper_qpos + 3 : self._gripper_qpos + 7] = (1, 0, 0, 0)
+        for adr in self._finger_qpos:
+            self.data.qpos[adr] = FINGER_TRAVEL
+        self.data.ctrl[0] = FINGER_TRAVEL
+        mujoco.mj_forward(self.model, self.data)
+        mujoco.mj_step(self.model, self.data, nstep=10)
+        self._obj_rest_z = np.array([self.object_pos(i)[2] for i in range(self.n_objects)])
+        _, success = self._evaluate()
+        return self._get_obs(), self._info(success)
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        a = validate_action(action)
+        tcp = self.tcp_pos
+        cmd = np.clip(self._cmd_pos + a[:3] * MAX_TRANSLATION, WORKSPACE_LOW, WORKSPACE_HIGH)
+        lead = cmd - tcp
+        if np.linalg.norm(lead) > MAX_LAG:
+            cmd = tcp + lead * (MAX_LAG / np.linalg.norm(lead))
+        lim = np.array([ROLL_PITCH_LIMIT, ROLL_PITCH_LIMIT, YAW_LIMIT])
+        euler = np.clip(self._cmd_euler + a[3:6] * MAX_ROTATION, -lim, lim)
+        self.data.ctrl[0] = FINGER_TRAVEL * (1.0 - a[6]) / 2.0
+        # Ramp the mocap target (the gripper frame; the TCP site is its origin) over the control
+        # period: a constant-velocity motion instead of a step, which would make the weld fling the
+        # gripper (and whatever it hits).
+        pos0, euler0 = self._cmd_pos, self._cmd_euler
+        for k in range(1, N_RAMP + 1):
+            f = k / N_RAMP
+            self.data.mocap_pos[self._mocap_id] = pos0 + f * (cmd - pos0)
+            self.data.mocap_quat[self._mocap_id] = euler_to_quat(*(euler0 + f * (euler - euler0)))
+            mujoco.mj_step(self.model, self.data, nstep=N_SUBSTEPS // N_RAMP)
+        self._cmd_pos, self._cmd_euler = cmd, euler
+        if not np.isfinite(self.data.qpos).all():
+            raise RuntimeError("the simulation diverged (non-finite state)")
+        reward, success = self._evaluate()
+        return self._get_obs(), float(reward), bool(success), False, self._info(success)
+
+    def _info(self, success: bool) -> dict:
+        return {
+            "is_success": bool(success),
+            "task_description": self.task_description,
+            "target_object": self.objects[self.target_index].name,
+        }
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        return self._camera.render(self.data)
+
+    def close(self) -> None:
+        self._camera.close()
+        if self._wrist is not None:
+            self._wrist.close()

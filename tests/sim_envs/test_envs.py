@@ -1,0 +1,163 @@
+"""Gymnasium contract of the ee_vla suite: registration, check_env, spaces, seeding, vector envs."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim_envs
+from sim_envs.tabletop import CONTROL_HZ
+
+SUITE = list(sim_envs.SUITE_ENV_IDS)
+SMALL = 48
+
+
+@pytest.fixture(params=SUITE)
+def env(request):
+    e = gym.make(request.param, render_mode="rgb_array", image_size=SMALL)
+    yield e
+    e.close()
+
+
+def test_registered_with_time_limits():
+    assert "ee_vla/PickCube-v0" in gym.registry
+    for env_id in SUITE:
+        spec = gym.spec(env_id)
+        assert spec.max_episode_steps is not None and spec.max_episode_steps >= 50
+
+
+def test_check_env(env):
+    check_env(env.unwrapped, skip_render_check=False)
+
+
+def test_spaces_and_metadata(env):
+    obs, info = env.reset(seed=0)
+    assert env.metadata["render_fps"] == CONTROL_HZ
+    assert obs["pixels"].shape == (SMALL, SMALL, 3) and obs["pixels"].dtype == np.uint8
+    assert obs["agent_pos"].dtype == np.float32 and obs["agent_pos"].shape == (7,)
+    assert env.observation_space.contains(obs)
+    assert env.action_space.shape == (7,)
+    assert info["is_success"] is False
+    assert info["task_description"] == env.unwrapped.task_description != ""
+    frame = env.render()
+    assert frame.shape == (SMALL, SMALL, 3) and frame.std() > 5  # a real picture, not a blank buffer
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert isinstance(info["is_success"], bool)
+
+
+def test_wrist_camera_optional():
+    env = gym.make("ee_vla/PickCube-v0", image_size=SMALL, wrist_camera=True)
+    try:
+        obs, _ = env.reset(seed=1)
+        assert obs["wrist_pixels"].shape == (SMALL, SMALL, 3)
+        assert not np.array_equal(obs["wrist_pixels"], obs["pixels"])
+    finally:
+        env.close()
+
+
+def test_seeding_reproducible(env):
+    obs1, info1 = env.reset(seed=123)
+    acts = [env.action_space.sample() for _ in range(5)]
+    traj1 = [env.step(a)[0] for a in acts]
+    obs2, info2 = env.reset(seed=123)
+    traj2 = [env.step(a)[0] for a in acts]
+    assert info1["task_description"] == info2["task_description"]
+    np.testing.assert_array_equal(obs1["pixels"], obs2["pixels"])
+    for o1, o2 in zip(traj1, traj2, strict=True):
+        np.testing.assert_array_equal(o1["pixels"], o2["pixels"])
+        np.testing.assert_array_equal(o1["agent_pos"], o2["agent_pos"])
+
+
+def test_instruction_and_layout_vary_with_seed(env):
+    descs, images = set(), []
+    for seed in range(8):
+        obs, info = env.reset(seed=seed)
+        descs.add(info["task_description"])
+        images.append(obs["pixels"])
+    assert len(descs) >= 4
+    assert not all(np.array_equal(images[0], im) for im in images[1:])
+
+
+@pytest.mark.parametrize("env_id", SUITE)
+def test_instruction_names_the_target(env_id):
+    """The instruction names exactly the target object: colour and shape, and no other object has
+    both (a distractor may share one of them)."""
+    env = gym.make(env_id, image_size=SMALL)
+    base = env.unwrapped
+    shares = 0
+    try:
+        for seed in range(20):
+            _, info = env.reset(seed=seed)
+            target = base.objects[base.target_index]
+            assert info["target_object"] == target.name
+            assert f" {target.name}" in info["task_description"]
+            for i, obj in enumerate(base.objects):
+                if i != base.target_index:
+                    assert obj.name != target.name
+                    assert f" {obj.name}" not in info["task_description"]
+                    shares += obj.color == target.color or obj.shape == target.shape
+            # the privileged target is the object the instruction names
+            np.testing.assert_allclose(base.privileged_state()["target_pos"], base.object_pos(base.target_index))
+    finally:
+        env.close()
+    assert shares > 0  # distractors do share colour or shape, so both words matter
+
+
+def test_place_names_the_plate():
+    env = gym.make("ee_vla/Place-v0", image_size=SMALL)
+    try:
+        for seed in range(5):
+            _, info = env.reset(seed=seed)
+            assert info["target_plate"] in info["task_description"]
+    finally:
+        env.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_vector_envs(mode):
+    """Async workers are spawned, not forked: Mesa's GL state (EGL or OSMesa) does not survive a
+    fork once this process has rendered, and a forked worker would hang (docs/sim_envs.md)."""
+    fns = [partial(sim_envs.make, "ee_vla/PickCube-v0", image_size=32) for _ in range(2)]
+    if mode == "sync":
+        envs = gym.vector.SyncVectorEnv(fns)
+    else:
+        envs = gym.vector.AsyncVectorEnv(fns, context="spawn")
+    try:
+        obs, info = envs.reset(seed=[3, 4])
+        assert obs["pixels"].shape == (2, 32, 32, 3)
+        assert obs["agent_pos"].shape == (2, 7)
+        descs = envs.get_attr("task_description")
+        assert len(descs) == 2 and all(isinstance(d, str) and d for d in descs)
+        for _ in range(3):
+            obs, rew, term, trunc, info = envs.step(envs.action_space.sample())
+        assert rew.shape == (2,) and "is_success" in info
+    finally:
+        envs.close()
+
+
+def test_make_helper_rejects_unknown_id():
+    with pytest.raises(ValueError, match="unknown env id"):
+        sim_envs.make("ee_vla/NoSuchTask-v0")
+
+
+def test_suite_does_not_import_metaworld():
+    """sim_envs (suite envs, experts, collection) works without metaworld installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gymnasium as gym, sim_envs, sim_envs.collect\n"
+        "from sim_envs.experts import make_expert\n"
+        "env = gym.make('ee_vla/Reach-v0', image_size=16); env.reset(seed=0); env.step(make_expert(env).act())\n"
+        "env.close()\n"
+        "assert 'metaworld' not in sys.modules, 'metaworld was imported'\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=repo)
+    assert result.returncode == 0, result.stderr
