@@ -7,9 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= sim,metaworld,dds,test
-# Headless MuJoCo rendering: Mesa's software EGL on a CPU machine, the GPU's EGL where there is one.
-export MUJOCO_GL ?= egl
-export PYOPENGL_PLATFORM ?= egl
+# Headless MuJoCo rendering: the code picks MUJOCO_GL (osmesa on a CPU, egl on a GPU) unless you set it.
 
 .PHONY: setup sysdeps demo test lint clean
 
@@ -18,12 +16,14 @@ $(VENV)/.installed: setup.py constraints-cpu.txt
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[$(EXTRAS)]"
 	touch $@
 
-# System libraries for headless software rendering (Debian/Ubuntu; skipped when present or not root).
+# System libraries for headless software rendering (Debian/Ubuntu): Mesa's EGL (MUJOCO_GL=egl) and
+# OSMesa (MUJOCO_GL=osmesa). Skipped when present; a hint is printed when not root.
 sysdeps:
-	@if ldconfig -p | grep -q 'libEGL_mesa.so' ; then :; \
+	@if ldconfig -p | grep -q 'libEGL_mesa.so' && ldconfig -p | grep -q 'libOSMesa.so'; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; \
-	else echo "ee_vla: install Mesa's EGL (Debian: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) for headless rendering"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 >/dev/null; \
+	else echo "ee_vla: for headless rendering install Mesa (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6)"; fi
 
 setup: sysdeps $(VENV)/.installed
 

@@ -116,7 +116,7 @@ class EvalConfig:
     """Extra keyword arguments of gymnasium.make, e.g. image_size=64."""
     mujoco_gl: Literal["egl", "osmesa", "glfw"] | None = None
     """MuJoCo rendering backend, set as MUJOCO_GL before the envs import MuJoCo. None = keep the
-    variable when set, else egl on CUDA devices and osmesa on CPU (headless machines)."""
+    variable when set, else egl (the GPU's EGL, or Mesa's software EGL on a CPU-only machine)."""
     progress: bool = True
     """Show a tqdm progress bar (stderr)."""
     print_summary: bool = True
@@ -318,12 +318,15 @@ def _make_env(env_id: str, env_modules: tuple[str, ...], max_episode_steps: int 
 
 
 def _setup_mujoco_gl(cfg: EvalConfig) -> None:
-    """Choose MuJoCo's GL backend before any env imports MuJoCo (it reads MUJOCO_GL at import)."""
-    wanted = cfg.mujoco_gl or os.environ.get("MUJOCO_GL") or ("egl" if cfg.device.startswith("cuda") else "osmesa")
-    if os.environ.get("MUJOCO_GL") != wanted:
-        if "mujoco" in sys.modules:
-            log.warning("MuJoCo was imported before MUJOCO_GL=%s could be set; rendering may fail", wanted)
-        os.environ["MUJOCO_GL"] = wanted
+    """Choose MuJoCo's GL backend before any env imports MuJoCo (it reads MUJOCO_GL at import).
+    Default: egl, which renders on a GPU and, through Mesa, on a CPU-only machine."""
+    wanted = cfg.mujoco_gl or os.environ.get("MUJOCO_GL") or "egl"
+    if os.environ.get("MUJOCO_GL") == wanted:
+        return
+    if "mujoco" in sys.modules:  # switching backends after import crashes the renderer: keep it
+        log.warning("MuJoCo was already imported with MUJOCO_GL=%s; ignoring %s", os.environ.get("MUJOCO_GL"), wanted)
+        return
+    os.environ["MUJOCO_GL"] = wanted
 
 
 def check_env_ids(cfg: EvalConfig) -> None:

@@ -1,6 +1,14 @@
-"""Shared fixtures: a tiny random VLA saved once per test session."""
+"""Shared fixtures: a tiny random VLA saved once per test session.
+
+MuJoCo reads MUJOCO_GL once, when first imported, and one process cannot switch backends: the
+whole suite renders through EGL (Mesa's software EGL on a CPU) unless the caller sets it.
+"""
+
+import os
 
 import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 @pytest.fixture(scope="session")

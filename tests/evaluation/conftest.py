@@ -111,7 +111,7 @@ def tiny_policy_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def sim_env_id() -> str | None:
     """`ee_vla/PickCube-v0` when sim_envs is importable and registers it, else None."""
-    os.environ.setdefault("MUJOCO_GL", "osmesa")  # MuJoCo reads it at import; tests render on the CPU
+    os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo reads it at import (Mesa EGL on a CPU)
     try:
         import sim_envs  # noqa: F401
     except Exception:  # sim_envs is written in parallel: missing or broken means "not available"
