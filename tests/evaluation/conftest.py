@@ -109,11 +109,10 @@ def tiny_policy_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def sim_env_id() -> str | None:
-    """`ee_vla/PickCube-v0` when sim_envs is importable and registers it, else None."""
+def sim_env_id() -> str:
+    """`ee_vla/PickCube-v0`, registered by importing sim_envs (a hard requirement of these tests)."""
     os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo reads it at import (Mesa EGL on a CPU)
-    try:
-        import sim_envs  # noqa: F401
-    except Exception:  # sim_envs is written in parallel: missing or broken means "not available"
-        return None
-    return "ee_vla/PickCube-v0" if "ee_vla/PickCube-v0" in gymnasium.registry else None
+    import sim_envs  # noqa: F401
+
+    assert "ee_vla/PickCube-v0" in gymnasium.registry
+    return "ee_vla/PickCube-v0"

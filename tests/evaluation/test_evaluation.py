@@ -109,8 +109,6 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     """Greedy Jacobi to convergence == AR, so whole episodes must match, reward for reward."""
     extra = {}
     if which == "sim":
-        if sim_env_id is None:
-            pytest.skip("sim_envs does not provide ee_vla/PickCube-v0 yet")
         extra = sim_kwargs(sim_env_id)
     cfg = make_cfg(
         tiny_policy_dir, tmp_path, compare=["ar,jacobi"], num_envs=2, episodes=3, print_summary=True, **extra
@@ -215,7 +213,8 @@ def test_compare_applies_ceed_options_to_ceed_only(tmp_path):
 
 
 def test_cli_parsing_with_tyro():
-    tyro = pytest.importorskip("tyro")
+    import tyro
+
     cfg = tyro.cli(
         EvalConfig,
         args=["--policy", "m", "--env", "a/A-v0", "--env", "b/B-v0", "--compare", "ar,jacobi,ceed", "--episodes", "5"],
@@ -234,8 +233,6 @@ def test_wilson_interval(k, n, lo, hi):
 
 
 def test_pick_cube_smoke(tiny_policy_dir, tmp_path, sim_env_id):
-    if sim_env_id is None:
-        pytest.skip("sim_envs does not provide ee_vla/PickCube-v0 yet")
     cfg = make_cfg(
         tiny_policy_dir, tmp_path, decoder="ceed", num_envs=2, episodes=3, videos=1, **sim_kwargs(sim_env_id)
     )

@@ -54,19 +54,7 @@ def test_bad_model_path_fails_configure_with_a_reason(tmp_path):
         PolicyRunner(PolicyParams(), load_policy).configure()
 
 
-def _sim_envs_available() -> bool:
-    try:
-        import gymnasium as gym
-
-        import sim_envs  # noqa: F401
-
-        return "ee_vla/PickCube-v0" in gym.registry
-    except Exception:  # noqa: BLE001
-        return False
-
-
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not _sim_envs_available(), reason="sim_envs does not register ee_vla/PickCube-v0 yet")
 def test_tiny_model_drives_pickcube_over_dds(tiny_vla_dir):
     """serve (tiny model) + sim bridge (ee_vla/PickCube-v0, osmesa) on loopback: one full episode."""
     domain = 200 + os.getpid() % 30

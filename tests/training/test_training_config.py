@@ -44,7 +44,8 @@ def test_validation_names_the_field(cls, kwargs, field):
 
 
 def test_tyro_cli_maps_fields():
-    tyro = pytest.importorskip("tyro")
+    import tyro
+
     cfg = tyro.cli(
         TrainConfig,
         args=["--data", "a.hdf5", "b/", "--out-dir", "runs/x", "--chunk-size", "1", "--no-augment", "--use-proprio"],
