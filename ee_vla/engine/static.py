@@ -239,9 +239,8 @@ class StaticEngine:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         return mask.masked_fill_(~allowed, self._min)
 
-    def _forward(self, width: int) -> torch.Tensor:
-        """One forward of the width-`width` buffers (what a CUDA graph captures); (B, w, V) logits."""
-        buf = self._buffers[width]
+    def _buffer_forward(self, buf, **extra) -> torch.Tensor:
+        """One forward of a set of static buffers (what a CUDA graph captures): logits."""
         self._slots.index = buf.slots
         out = self.model(
             input_ids=buf.ids,
@@ -249,22 +248,17 @@ class StaticEngine:
             position_ids=buf.positions,
             past_key_values=self.cache,
             use_cache=True,
+            **extra,
         )
         return out.logits
 
+    def _forward(self, width: int) -> torch.Tensor:
+        """One step over the width-`width` buffers; (B, w, V) logits."""
+        return self._buffer_forward(self._buffers[width])
+
     def _prompt_forward(self, length: int) -> torch.Tensor:
         """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
-        buf = self._prompts[length]
-        self._slots.index = buf.slots
-        out = self.model(
-            input_ids=buf.ids,
-            attention_mask=self._mask(buf.slots),
-            position_ids=buf.positions,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits
+        return self._buffer_forward(self._prompts[length], logits_to_keep=1)
 
     def _graph_of(self, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture `forward()` as a CUDA graph, after `warmup` eager runs on a side stream (the
