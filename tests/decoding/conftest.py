@@ -1,27 +1,14 @@
-"""Tiny random causal LMs (float64, so argmax ties cannot flip between window shapes)."""
+"""Tiny random causal LMs (float64, so argmax ties cannot flip between window shapes), built by the
+same helper the GPU exactness check uses."""
 
 import functools
 
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from ee_vla.engine.check import TINY_VOCAB as VOCAB
+from ee_vla.engine.check import tiny_lm as _tiny_lm
 
-VOCAB = 48
+__all__ = ["VOCAB", "tiny_lm"]
 
 
 @functools.cache
 def tiny_lm(arch: str, seed: int):
-    torch.manual_seed(seed)
-    kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(LlamaConfig(**kw)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
-    # Sharpen the output so greedy tokens repeat structure (otherwise every window token is noise).
-    with torch.no_grad():
-        model.lm_head.weight.mul_(4.0)
-    return model.double().eval()
+    return _tiny_lm(arch, seed)
