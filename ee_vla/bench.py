@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from ee_vla.decoding import DecodeConfig
-from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize
+from ee_vla.timing import LatencyRecorder, environment_info, synchronize
 
 log = logging.getLogger(__name__)
 
@@ -119,26 +119,26 @@ def run_bench(cfg: BenchConfig) -> dict:
         for _ in range(cfg.warmup):
             policy.reset()
             policy.predict_action_chunk(obs)
-        calls, prefill, per_iter, first_action = LatencyRecorder(), [], [], []
+        calls, prefill, per_iter, first_action = (LatencyRecorder() for _ in range(4))
         iterations, passes = [], []
         policy.reset()
         for _ in range(cfg.calls):
             with calls.time(cfg.device):
                 policy.predict_action_chunk(obs)
             st = policy.last_stats
-            prefill.append(st.prefill_s)
+            prefill.add(st.prefill_s)
             per_iter.extend(st.iteration_s)
             iterations.append(st.iterations)
             passes.append(st.forward_passes)
-            first_action.append(max(row[0] for row in st.unit_final_time_s))
+            first_action.add(max(row[0] for row in st.unit_final_time_s))
         synchronize(cfg.device)
         total = calls.total
         results[name] = {
             "decoder": asdict(policy.decoder),
             "call_ms": calls.summary_ms(),
-            "prefill_ms": _ms(summarize(prefill)),
-            "iteration_ms": _ms(summarize(per_iter)),
-            "first_action_ms": _ms(summarize(first_action)),
+            "prefill_ms": prefill.summary_ms(),
+            "iteration_ms": per_iter.summary_ms(),
+            "first_action_ms": first_action.summary_ms(),
             "iterations_per_chunk": float(np.mean(iterations)),
             "iterations_hist": np.bincount(iterations).tolist(),
             "forward_passes_per_chunk": float(np.mean(passes)),
@@ -172,10 +172,6 @@ def run_bench(cfg: BenchConfig) -> dict:
     print(format_table(out))
     log.info("saved %s", cfg.out / "bench.json")
     return out
-
-
-def _ms(summary: dict) -> dict:
-    return {k: (v * 1e3 if k != "n" else v) for k, v in summary.items()}
 
 
 def format_table(out: dict) -> str:
