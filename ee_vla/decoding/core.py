@@ -174,7 +174,9 @@ def iter_decode(
     reasons = [""] * B
     emitted = 0  # units final in every sample, already reported
 
-    def mark(it: int, exact: bool, forced: list[int] | None = None) -> list[int]:
+    def mark(it: int, forced: list[int] | None = None) -> list[int]:
+        """Record the actions that became final (inexact for `forced` samples); returns the units
+        now final in every sample and not reported before."""
         nonlocal emitted
         now = clock() - t0
         f = F.tolist()
@@ -182,7 +184,7 @@ def iter_decode(
             for j in range(n_units):
                 if unit_iter[b][j] < 0 and f[b] >= (j + 1) * unit:
                     unit_iter[b][j], unit_time[b][j] = it, now
-                    if not exact or (forced is not None and b in forced):
+                    if forced is not None and b in forced:
                         unit_exact[b][j] = False
         all_final = min(f) // unit
         new = list(range(emitted, all_final))
@@ -213,7 +215,7 @@ def iter_decode(
     it, last_iter_s = 0, 0.0
     while True:
         # ---- exits decided before spending another forward pass ------------------------------
-        new_units = mark(it, True)  # units that the last iteration made final
+        new_units = mark(it)  # units that the last iteration made final
         if active.any():
             now = clock()
             if config.max_iterations is not None and it >= config.max_iterations:
@@ -231,9 +233,9 @@ def iter_decode(
                         forced += torch.nonzero(late).flatten().tolist()
                         F[late] = (j + 1) * unit
                 if forced:
-                    new_units += mark(it, True, forced)
+                    new_units += mark(it, forced)
                     finish(F >= n, "action_deadline")
-        new_units += mark(it, True)  # units released by an exit (marked inexact by finish)
+        new_units += mark(it)  # units released by an exit (marked inexact by finish)
         if not active.any():
             yield snapshot(it, True, new_units)
             return
