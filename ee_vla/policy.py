@@ -194,7 +194,7 @@ class VLAPolicy:
             raise ObservationError(f"'pixels' image {px.shape[1]}x{px.shape[2]} is too small")
         B = px.shape[0]
         instr = obs.get("instruction")
-        instrs = [instr] * 1 if isinstance(instr, str) else list(instr) if instr is not None else []
+        instrs = [instr] if isinstance(instr, str) else list(instr) if instr is not None else []
         if len(instrs) != B:
             raise ObservationError(
                 f"'instruction' must be one string per image: {B} images, {len(instrs)} instructions"

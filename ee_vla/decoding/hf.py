@@ -17,6 +17,13 @@ from transformers import DynamicCache
 from ee_vla.timing import synchronize
 
 
+def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: each sample counts from 0 at its first real token, so
+    a padded sample sees the positions it would have alone. Every engine and the training forward
+    use this, which is what makes their tokens agree."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
 def crop_cache(cache, length: int) -> None:
     """Cut `cache` back to `length` positions, across transformers versions (4.x took an absolute
     length, 5.x takes a negative number of positions to drop)."""
@@ -48,7 +55,7 @@ class HFStep:
         t = time.perf_counter()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        position_ids = prompt_positions(attention_mask)
         cache = DynamicCache()
         out = model(
             input_ids=input_ids,

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from ee_vla.decoding.hf import prompt_positions
 from ee_vla.timing import synchronize
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ class StaticEngine:
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=self._mask(slots),
-                position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0),
+                position_ids=prompt_positions(attention_mask),
                 past_key_values=self.cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -351,7 +352,7 @@ class StaticEngine:
         buf.ids[:, pad:].copy_(input_ids)
         buf.mask[:, :pad].zero_()
         buf.mask[:, pad:].copy_(attention_mask)
-        buf.positions.copy_((buf.mask.cumsum(1) - 1).clamp(min=0))
+        buf.positions.copy_(prompt_positions(buf.mask))
         self._key_ok.fill_(True)
         self._key_ok[:, :Pb] = buf.mask.bool()
         if not self.uses_graphs:

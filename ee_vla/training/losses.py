@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ee_vla.action_tokenizer import ActionTokenizer
+from ee_vla.decoding.hf import prompt_positions
 
 
 class WindowLM(torch.nn.Module):
@@ -47,7 +48,7 @@ class WindowLM(torch.nn.Module):
         window = window.to(input_ids.device)
         full_ids = torch.cat([input_ids, window], 1)
         full_mask = torch.cat([attention_mask, torch.ones_like(window, dtype=attention_mask.dtype)], 1)
-        position_ids = (full_mask.long().cumsum(1) - 1).clamp(min=0)  # as HFStep: left padding is invisible
+        position_ids = prompt_positions(full_mask)  # as HFStep: left padding is invisible
         embeds = self.net.get_input_embeddings()(full_ids)
         feats = self.net.get_image_features(pixel_values=pixel_values)
         feats = getattr(feats, "pooler_output", feats)  # transformers 5.x returns a model output
