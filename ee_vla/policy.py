@@ -40,8 +40,8 @@ class ObservationError(ValueError):
 class PolicyConfig:
     """Runtime options of a `VLAPolicy`."""
 
-    decoder: DecodeConfig = field(default_factory=lambda: DecodeConfig.preset("ceed"))
-    """Decoder and its early-exit rules."""
+    decoder: DecodeConfig | str = field(default_factory=lambda: DecodeConfig.preset("ceed"))
+    """Decoder and its early-exit rules, or a preset name (ar | jacobi | ceed)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning (`select_action`; the warm start shifts
     the previous chunk by this many actions). None = the whole chunk."""
@@ -54,6 +54,7 @@ class PolicyConfig:
     only), static (graph's static-shape forwards without graphs), auto = graph on CUDA, else eager."""
 
     def __post_init__(self) -> None:
+        self.decoder = as_decode_config(self.decoder)
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"PolicyConfig.n_action_steps must be >= 1 or None, got {self.n_action_steps}")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):

@@ -12,6 +12,8 @@ instruction strings. The schema is documented in docs/sim_envs.md:
     data/demo_<i>/obs/pixels        (T, H, W, 3) uint8, gzip
     data/demo_<i>/obs/agent_pos     (T, D) float32
     data/demo_<i>/obs/wrist_pixels  (T, H, W, 3) uint8, gzip (only with wrist_camera)
+    data/demo_<i>/privileged/task_points  (T, 6) float32, target xyz + goal xyz (ee_vla suite only;
+                                    simulator ground truth for grounding co-training, never an obs)
     data/demo_<i>/actions           (T, 7) float32, the expert's action after observing obs[t]
     data/demo_<i>/rewards, dones    (T,) float32 / uint8
 """
@@ -117,6 +119,8 @@ class Episode:
     success: bool
     rewards: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     wrist_pixels: np.ndarray | None = None
+    task_points: np.ndarray | None = None
+    """(T, 6) float32: target xyz and goal xyz at each observation (ee_vla suite only)."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -139,10 +143,13 @@ def _rollout(env_id: str, env_kwargs: dict, seed: int) -> Episode:
     env, expert = _WORKER_ENVS[env_id]
     obs, info = env.reset(seed=seed)
     expert.reset()
-    frames, wrist, proprio, actions, rewards = [], [], [], [], []
+    frames, wrist, proprio, actions, rewards, points = [], [], [], [], [], []
+    task_points = getattr(env.unwrapped, "task_points", None)
     while True:
         action = expert.act()
         frames.append(obs["pixels"])
+        if task_points is not None:
+            points.append(task_points())
         proprio.append(obs["agent_pos"])
         if "wrist_pixels" in obs:
             wrist.append(obs["wrist_pixels"])
@@ -161,6 +168,7 @@ def _rollout(env_id: str, env_kwargs: dict, seed: int) -> Episode:
         success=bool(info["is_success"]),
         rewards=np.asarray(rewards, dtype=np.float32),
         wrist_pixels=np.stack(wrist) if wrist else None,
+        task_points=np.stack(points).astype(np.float32) if points else None,
     )
 
 
@@ -214,6 +222,8 @@ def _write_demo(group, ep: Episode, level: int) -> None:
     obs.create_dataset("agent_pos", data=ep.agent_pos)
     if ep.wrist_pixels is not None:
         obs.create_dataset("wrist_pixels", data=ep.wrist_pixels, chunks=(1, *ep.wrist_pixels.shape[1:]), **img)
+    if ep.task_points is not None:
+        group.create_group("privileged").create_dataset("task_points", data=ep.task_points)
     group.create_dataset("actions", data=ep.actions)
     group.create_dataset("rewards", data=ep.rewards)
     dones = np.zeros(len(ep), dtype=np.uint8)
@@ -345,6 +355,7 @@ class DemoDataset:
         with h5py.File(self.path, "r") as f:
             g = f["data"][key]
             wrist = g["obs"]["wrist_pixels"][()] if "wrist_pixels" in g["obs"] else None
+            points = g["privileged/task_points"][()] if "privileged/task_points" in g else None
             return Episode(
                 pixels=g["obs"]["pixels"][()],
                 agent_pos=g["obs"]["agent_pos"][()],
@@ -355,6 +366,7 @@ class DemoDataset:
                 success=bool(g.attrs["success"]),
                 rewards=g["rewards"][()],
                 wrist_pixels=wrist,
+                task_points=points,
             )
 
     def __iter__(self) -> Iterator[Episode]:

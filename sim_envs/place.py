@@ -97,3 +97,7 @@ class PlaceEnv(TabletopEnv):
 
     def privileged_state(self) -> dict:
         return {**super().privileged_state(), "plate_xy": self.plate_xy.copy()}
+
+    @property
+    def goal_pos(self) -> np.ndarray:
+        return np.array([*self.plate_xy, 2 * PLATE_HALF_HEIGHT])

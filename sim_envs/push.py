@@ -98,3 +98,7 @@ class PushEnv(TabletopEnv):
 
     def privileged_state(self) -> dict:
         return {**super().privileged_state(), "goal_xy": self.goal_xy.copy()}
+
+    @property
+    def goal_pos(self) -> np.ndarray:
+        return np.array([*self.goal_xy, 0.0])

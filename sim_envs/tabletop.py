@@ -359,6 +359,18 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
     def target_pos(self) -> np.ndarray:
         return self.object_pos(self.target_index)
 
+    @property
+    def goal_pos(self) -> np.ndarray:
+        """Where the task wants the target to end up: the target itself for tasks without a second
+        place (Reach, PickCube); the goal marker or plate where there is one (Push, Place)."""
+        return self.target_pos
+
+    def task_points(self) -> np.ndarray:
+        """(6,) float32: the target's position then `goal_pos` (simulator ground truth, never an
+        observation). Recorded by `sim_envs.collect` as `privileged/task_points` for grounding
+        co-training (docs/training.md)."""
+        return np.concatenate([self.target_pos, self.goal_pos]).astype(np.float32)
+
     def object_touches_fingers(self, i: int) -> tuple[bool, bool]:
         """Whether the left / right finger is in contact with object `i`."""
         gid = self._obj_geoms[i][self.objects[i].shape]

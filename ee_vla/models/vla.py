@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 EE_VLA_FILE = "ee_vla.json"
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+GROUNDING_TEMPLATE = "In: Where are the objects to {instruction}?\nOut:"
+"""The question of grounding co-training (`TrainConfig.grounding_fraction`): answered with the
+target's and goal's positions as action-block tokens; never asked at run time."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class VLA:
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
         self.prompt_template = prompt_template
+        self._prompt_cache: dict[tuple[str, str | None], list[int]] = {}
         self.meta = dict(meta or {})
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
         self.n_image_tokens = model.config.image_seq_length
@@ -162,6 +166,7 @@ class VLA:
         corpus: Sequence[str] | None = None,
         seed: int = 0,
         image_size: int | None = None,
+        patch_size: int | None = None,
     ) -> VLA:
         """A randomly initialised VLA. Without `action_stats`, actions are assumed in [-1, 1]."""
         from ee_vla.models.text_tokenizer import build_text_tokenizer
@@ -171,6 +176,8 @@ class VLA:
         spec = PRESETS[preset] if isinstance(preset, str) else preset
         if image_size is not None:
             spec = VLASpec(**{**asdict(spec), "image_size": image_size})
+        if patch_size is not None:
+            spec = VLASpec(**{**asdict(spec), "patch_size": patch_size})
         if spec.image_size % spec.patch_size:
             raise ValueError(f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}")
         stats = action_stats or ActionStats(q01=[-1.0] * 7, q99=[1.0] * 7, mask=[True] * 6 + [False])
@@ -286,29 +293,56 @@ class VLA:
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.model.dtype)
 
-    def prompt_ids(self, instruction: str, proprio: np.ndarray | None = None) -> list[int]:
-        text = prompt_text(instruction, self.prompt_template)
-        ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * self.n_image_tokens
-        ids += self.tokenizer(text, add_special_tokens=False).input_ids
+    def _head_ids(self, instruction: str, template: str | None) -> list[int]:
+        """BOS, the image placeholders and the templated instruction (cached: a training batch
+        repeats a few dozen instructions)."""
+        key = (instruction, template)
+        ids = self._prompt_cache.get(key)
+        if ids is None:
+            text = prompt_text(instruction, template or self.prompt_template)
+            ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * self.n_image_tokens
+            ids += self.tokenizer(text, add_special_tokens=False).input_ids
+            if len(self._prompt_cache) > 4096:
+                self._prompt_cache.clear()
+            self._prompt_cache[key] = ids
+        return ids
+
+    def prompt_ids(self, instruction: str, proprio: np.ndarray | None = None, template: str | None = None) -> list[int]:
+        """BOS, the image placeholders, the templated instruction (`template` or the model's
+        prompt template) and the proprio tokens."""
+        ids = list(self._head_ids(instruction, template))
         if self.proprio_tokenizer is not None:
             ids += self.proprio_tokenizer.encode(proprio).tolist()
         return ids
 
     def build_inputs(
-        self, pixels: np.ndarray, instructions: Sequence[str], proprio: np.ndarray | None = None
+        self,
+        pixels: np.ndarray,
+        instructions: Sequence[str],
+        proprio: np.ndarray | None = None,
+        templates: Sequence[str | None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Left-padded model inputs for a batch of validated observations."""
-        rows = [self.prompt_ids(s, None if proprio is None else proprio[i]) for i, s in enumerate(instructions)]
-        P = max(map(len, rows))
-        ids = torch.full((len(rows), P), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), P), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, P - len(r) :] = torch.tensor(r)
-            mask[i, P - len(r) :] = 1
+        """Left-padded model inputs for a batch of validated observations (`templates`: a prompt
+        template per row, None = the model's own; training uses it for grounding questions)."""
+        B = len(instructions)
+        tpl = templates if templates is not None else [None] * B
+        heads = [self._head_ids(s, tpl[i]) for i, s in enumerate(instructions)]
+        tail = None
+        if self.proprio_tokenizer is not None:
+            tail = self.proprio_tokenizer.encode(np.asarray(proprio).reshape(B, -1))
+        n_tail = 0 if tail is None else tail.shape[1]
+        lens = np.array([len(h) for h in heads]) + n_tail
+        P = int(lens.max())
+        ids = np.full((B, P), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = (np.arange(P)[None, :] >= (P - lens)[:, None]).astype(np.int64)
+        for i, h in enumerate(heads):
+            ids[i, P - lens[i] : P - n_tail] = h
+        if tail is not None:
+            ids[:, P - n_tail :] = tail
         dev = self.device
         return {
-            "input_ids": ids.to(dev),
-            "attention_mask": mask.to(dev),
+            "input_ids": torch.from_numpy(ids).to(dev),
+            "attention_mask": torch.from_numpy(mask).to(dev),
             "pixel_values": self.preprocess_images(pixels),
         }
 

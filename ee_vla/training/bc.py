@@ -16,7 +16,12 @@ import torch
 from ee_vla.decoding.core import greedy
 from ee_vla.training.config import TrainConfig
 from ee_vla.training.data import (
+    IGNORE,
     DemoDataset,
+    GroundingDataset,
+    MixedDataset,
+    compute_point_stats,
+    split_episodes,
     check_against_model,
     compute_action_stats,
     compute_proprio_stats,
@@ -36,11 +41,22 @@ def bc_objective(action_range: tuple[int, int] | None, label_smoothing: float = 
 
     def objective(model, inputs: dict, batch: dict, generator: torch.Generator):
         target = torch.as_tensor(batch["target"], device=inputs["input_ids"].device)
-        logits = window_logits(model, inputs, target[:, :-1])
+        labelled = target != IGNORE
+        # unlabelled positions (the tail of a grounding answer) only follow the answer: any token will do
+        window = torch.where(labelled, target, target.new_tensor(action_range[0] if action_range else 0))
+        logits = window_logits(model, inputs, window[:, :-1])
         loss = ar_loss(logits, target, action_range, label_smoothing)
+        metrics = {}
         with torch.no_grad():
-            acc = (greedy(logits, action_range) == target).float().mean()
-        return loss, {"token_acc": acc}
+            correct = (greedy(logits, action_range) == target) & labelled
+            grounding = torch.zeros_like(labelled[:, 0])
+            if batch.get("template") is not None:
+                grounding = torch.tensor([t is not None for t in batch["template"]], device=target.device)
+                g = labelled & grounding[:, None]
+                metrics["grounding_acc"] = (correct & g).sum() / g.sum().clamp(min=1)
+            a = labelled & ~grounding[:, None]
+            metrics["token_acc"] = (correct & a).sum() / a.sum().clamp(min=1)
+        return loss, metrics
 
     return objective
 
@@ -75,7 +91,7 @@ def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
         return VLA.from_pretrained(src)
     proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
     corpus = instruction_corpus(episodes, PROMPT_TEMPLATE)
-    return VLA.create(cfg.preset, stats, cfg.chunk_size, proprio_stats, corpus, seed=cfg.seed)
+    return VLA.create(cfg.preset, stats, cfg.chunk_size, proprio_stats, corpus, seed=cfg.seed, patch_size=cfg.patch_size)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -85,17 +101,33 @@ def train(cfg: TrainConfig) -> Path:
     `resume`) raises before any model is built.
     """
     episodes = scan_dataset(cfg.data, cfg.success_only)
+    train_eps, val_eps = split_episodes(episodes, cfg.val_fraction)
     resume_from = resolve_run_dir(cfg)
-    stats = _check_inputs(cfg, episodes, resume_from)
+    stats = _check_inputs(cfg, train_eps, resume_from)
+    point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None
     rt = init_runtime(cfg.device)
     try:
         torch.manual_seed(cfg.seed)
-        vla = _build_vla(cfg, episodes, resume_from, stats)
+        vla = _build_vla(cfg, train_eps, resume_from, stats)
         use_proprio = vla.proprio_tokenizer is not None
         load_pixels(episodes)
-        dataset = DemoDataset(episodes, vla.action_tokenizer, vla.chunk_size, use_proprio)
+        dataset = DemoDataset(train_eps, vla.action_tokenizer, vla.chunk_size, use_proprio)
+        eval_dataset = DemoDataset(val_eps, vla.action_tokenizer, vla.chunk_size, use_proprio) if val_eps else None
+        if val_eps:
+            log.info("holding out %d of %d episodes for evaluation", len(val_eps), len(episodes))
+        train_set = dataset
+        if point_stats is not None:
+            from ee_vla.action_tokenizer import ActionTokenizer
+
+            f = cfg.grounding_fraction
+            n_items = round(len(dataset) * f / (1 - f))
+            points = ActionTokenizer.openvla(point_stats, vocab_size=len(vla.tokenizer))
+            grounding = GroundingDataset(train_eps, points, dataset.targets[0].shape[1], use_proprio, n_items, cfg.seed)
+            train_set = MixedDataset([dataset, grounding])
+            vla.meta["grounding"] = {"template": grounding.template, "stats": point_stats.to_dict()}
+            log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(dataset))
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         objective = bc_objective(vla.action_range if cfg.action_vocab_only else None, cfg.label_smoothing)
-        return fit(cfg, vla, dataset, objective, rt, resume_from, kind="bc")
+        return fit(cfg, vla, train_set, objective, rt, resume_from, kind="bc", eval_dataset=eval_dataset or dataset)
     finally:
         shutdown_runtime(rt)

@@ -152,11 +152,33 @@ class TrainConfig(RunConfig):
     unnormalized_dims: tuple[int, ...] = (-1,)
     """Action dims left unnormalised when statistics are computed (only clipped to [-1, 1]); the
     default -1 is the gripper, as OpenVLA's mask."""
+    patch_size: int | None = None
+    """Vision patch side in pixels of a new model (None = the preset's: 16 for small). Smaller
+    patches give more image tokens (finer localisation, longer prompt)."""
+    grounding_fraction: float = 0.0
+    """Grounding co-training: this fraction of the training items asks the model "where are the
+    objects to <instruction>?" and teaches it the answer, the target's and goal's xyz
+    (`privileged/task_points`, discretised like actions), from the same image. It trains the vision
+    tower to find the named objects; the policy's action prompt is unchanged. 0 = off. Needs data
+    collected by sim_envs (ee_vla suite)."""
+    val_fraction: float = 0.0
+    """Hold out this fraction of the episodes (every round(1/x)-th of each file's order) from
+    training; the periodic greedy evaluation (`eval/*` metrics) then decodes held-out samples
+    instead of training ones. 0 = train on everything."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.chunk_size >= 1, "TrainConfig", "chunk_size", f"must be >= 1, got {self.chunk_size}")
         _check(self.preset in ("tiny", "small"), "TrainConfig", "preset", f"must be tiny|small, got {self.preset!r}")
+        _check(
+            self.patch_size is None or self.patch_size >= 1,
+            "TrainConfig",
+            "patch_size",
+            f"must be >= 1 or None, got {self.patch_size}",
+        )
+        for name in ("grounding_fraction", "val_fraction"):
+            v = getattr(self, name)
+            _check(0 <= v <= 0.5, "TrainConfig", name, f"must be in [0, 0.5], got {v}")
         self.unnormalized_dims = tuple(int(d) for d in self.unnormalized_dims)
 
 

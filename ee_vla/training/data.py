@@ -5,6 +5,8 @@ File layout (what `sim_envs` collects; one file per task, several files make a m
     data/demo_<i>/obs/pixels     (T, H, W, 3) uint8   RGB camera image
     data/demo_<i>/obs/agent_pos  (T, P) float32       proprio (optional unless the model uses it)
     data/demo_<i>/actions        (T, A) float32       the action taken at each step
+    data/demo_<i>/privileged/task_points (T, D) float32  target/goal positions (optional; only for
+                                                      grounding co-training)
     attrs: instruction (str), env_id, seed, success   on the demo group (or on `data` / the file)
 
 `scan_dataset` reads everything except the images and checks it, so a bad dataset (missing file,
@@ -13,7 +15,9 @@ images are then loaded into memory once (`load_pixels`): datasets of this projec
 at most, and in-memory indexing keeps the training loop simple.
 
 `DemoDataset` item t of an episode carries the chunk target: actions t..t+k-1 (the last action
-repeated past the episode end), tokenised by the model's `ActionTokenizer`.
+repeated past the episode end), tokenised by the model's `ActionTokenizer`. `GroundingDataset`
+items ask where the instruction's objects are (`GROUNDING_TEMPLATE`) and carry the discretised
+task points as the target, padded with `IGNORE` to the chunk length.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
 log = logging.getLogger(__name__)
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
+IGNORE = -100
+"""Target id of positions without a label (the tail of a grounding answer)."""
 
 
 class DatasetError(ValueError):
@@ -52,6 +58,13 @@ class Episode:
     """(T, H, W, 3) uint8."""
     image_shape: tuple[int, int, int] = (0, 0, 3)
     attrs: dict = field(default_factory=dict)
+    task_points: np.ndarray | None = None
+    """(T, D) float32 `privileged/task_points` (target xyz, goal xyz), or None when absent."""
+    frames: np.ndarray | None = None
+    """The array of all loaded frames that `pixels` is a view of (from `load_pixels`): datasets
+    gather a batch from it with one fancy index instead of stacking per-item arrays."""
+    frame_offset: int = 0
+    """Index of this episode's first frame in `frames`."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -139,7 +152,15 @@ def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list
                     proprio = np.asarray(g["obs/agent_pos"][()], dtype=np.float32).reshape(len(actions), -1)
                     if not np.isfinite(proprio).all():
                         raise DatasetError(f"{src}/obs/agent_pos contains NaN or inf")
-                episodes.append(Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs))
+                points = None
+                if "privileged/task_points" in g:
+                    points = np.asarray(g["privileged/task_points"][()], dtype=np.float32)
+                    if points.ndim != 2 or len(points) != len(actions) or not np.isfinite(points).all():
+                        raise DatasetError(
+                            f"{src}/privileged/task_points must be a finite ({len(actions)}, D) array, "
+                            f"got shape {points.shape}"
+                        )
+                episodes.append(Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs, points))
     if skipped:
         log.info("skipped %d unsuccessful demonstrations (success_only)", skipped)
     if not episodes:
@@ -200,19 +221,36 @@ def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
         raise ModelLoadError(f"{path} is corrupt: {e}") from e
 
 
-def load_pixels(episodes: list[Episode]) -> None:
-    """Read the images of every episode into memory."""
+def load_pixels(episodes: list[Episode]) -> np.ndarray:
+    """Read the images of every episode into one (sum T, H, W, 3) uint8 array (returned); each
+    episode's `pixels` is a view of it (`frames`, `frame_offset`)."""
     import h5py
 
-    by_file: dict[str, list[Episode]] = {}
-    for e in episodes:
-        by_file.setdefault(e.source.rsplit(":", 1)[0], []).append(e)
-    for f, eps in by_file.items():
+    offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])]).astype(np.int64)
+    frames = np.empty((int(offsets[-1]), *episodes[0].image_shape), dtype=np.uint8)
+    by_file: dict[str, list[int]] = {}
+    for i, e in enumerate(episodes):
+        by_file.setdefault(e.source.rsplit(":", 1)[0], []).append(i)
+    for f, idx in by_file.items():
         with h5py.File(f, "r") as h5:
-            for e in eps:
-                e.pixels = np.asarray(h5[f"data/{e.source.rsplit(':', 1)[1]}/obs/pixels"][()])
-    nbytes = sum(e.pixels.nbytes for e in episodes)
+            for i in idx:
+                e = episodes[i]
+                view = frames[offsets[i] : offsets[i + 1]]
+                view[...] = h5[f"data/{e.source.rsplit(':', 1)[1]}/obs/pixels"][()]
+                e.pixels, e.frames, e.frame_offset = view, frames, int(offsets[i])
+    nbytes = frames.nbytes
     log.info("loaded %d episodes, %d steps, %.1f MB of images", len(episodes), sum(map(len, episodes)), nbytes / 2**20)
+    return frames
+
+
+def gather_pixels(episodes: list[Episode], ep: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) frames t of episodes ep: one fancy index into the shared `frames` array when
+    the episodes were loaded together, else a stack."""
+    base = episodes[int(ep[0])].frames if len(ep) else None
+    if base is not None and all(episodes[int(i)].frames is base for i in np.unique(ep)):
+        offsets = np.fromiter((episodes[int(i)].frame_offset for i in ep), dtype=np.int64, count=len(ep))
+        return base[offsets + t]
+    return np.stack([episodes[int(i)].pixels[int(j)] for i, j in zip(ep, t, strict=True)])
 
 
 def compute_action_stats(episodes: list[Episode], unnormalized_dims: Sequence[int] = (-1,)) -> ActionStats:
@@ -231,6 +269,33 @@ def compute_proprio_stats(episodes: list[Episode]) -> ActionStats:
     if any(e.proprio is None for e in episodes):
         raise DatasetError("use_proprio needs obs/agent_pos in every demonstration")
     return ActionStats.from_actions(np.concatenate([e.proprio for e in episodes]))
+
+
+def split_episodes(episodes: list[Episode], val_fraction: float) -> tuple[list[Episode], list[Episode]]:
+    """(train, validation): every round(1 / val_fraction)-th episode is held out (deterministic,
+    spread over tasks and seeds as the files list them). `val_fraction` 0 = no validation set."""
+    if val_fraction <= 0:
+        return episodes, []
+    every = max(2, round(1 / val_fraction))
+    val = episodes[every - 1 :: every]
+    train = [e for i, e in enumerate(episodes) if i % every != every - 1]
+    if not val or not train:
+        raise DatasetError(f"val_fraction {val_fraction} leaves no training or no validation episode")
+    return train, val
+
+
+def compute_point_stats(episodes: list[Episode]) -> ActionStats:
+    """Discretisation range of the task points (grounding answers), per coordinate."""
+    missing = [e.source for e in episodes if e.task_points is None]
+    if missing:
+        raise DatasetError(
+            f"grounding co-training needs privileged/task_points in every demonstration; {missing[0]} has none "
+            f"({len(missing)} of {len(episodes)} lack it). Collect the data with `ee-vla collect` (ee_vla suite)"
+        )
+    dims = {e.task_points.shape[1] for e in episodes}
+    if len(dims) != 1:
+        raise DatasetError(f"privileged/task_points dims differ between demonstrations: {sorted(dims)}")
+    return ActionStats.from_actions(np.concatenate([e.task_points for e in episodes]))
 
 
 def instruction_corpus(episodes: list[Episode], template: str) -> list[str]:
@@ -281,15 +346,115 @@ class DemoDataset(torch.utils.data.Dataset):
             "t": t,
         }
 
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        """A whole batch at once, already collated (the DataLoader's batched fetch)."""
+        ep, t = self.index[np.asarray(indices, dtype=np.int64)].T
+        eps = [self.episodes[int(i)] for i in ep]
+        return {
+            "pixels": gather_pixels(self.episodes, ep, t),
+            "instruction": [e.instruction for e in eps],
+            "proprio": np.stack([e.proprio[j] for e, j in zip(eps, t, strict=True)]) if self.use_proprio else None,
+            "target": np.stack([self.targets[int(i)][int(j)] for i, j in zip(ep, t, strict=True)]),
+            "episode": ep,
+            "t": t,
+        }
 
-def collate(items: list[dict]) -> dict:
-    """Stack numpy fields, keep strings as lists; a field that is None in every item stays None."""
+
+class GroundingDataset(torch.utils.data.Dataset):
+    """Grounding questions on demonstration frames: "where are the objects to <instruction>?"
+    answered with the frame's task points (target xyz, goal xyz) discretised by `point_tokenizer`
+    into action-block tokens, padded with `IGNORE` to `n_tokens` (the chunk length, so the items
+    batch with `DemoDataset`'s). `n_items` frames are drawn once, uniformly over all frames, from
+    `seed`. Items have `DemoDataset`'s keys plus ``template``."""
+
+    def __init__(
+        self,
+        episodes: list[Episode],
+        point_tokenizer: ActionTokenizer,
+        n_tokens: int,
+        use_proprio: bool,
+        n_items: int,
+        seed: int = 0,
+    ):
+        if any(e.pixels is None for e in episodes):
+            raise ValueError("GroundingDataset needs episodes with pixels loaded (load_pixels)")
+        D = point_tokenizer.action_dim
+        if n_tokens < D:
+            raise ValueError(f"a grounding answer has {D} tokens but the chunk only {n_tokens}")
+        from ee_vla.models.vla import GROUNDING_TEMPLATE
+
+        self.template = GROUNDING_TEMPLATE
+        self.episodes = episodes
+        self.use_proprio = use_proprio
+        self.tokenizer = point_tokenizer
+        self.n_tokens = n_tokens
+        frames = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e))], dtype=np.int64)
+        pick = np.random.default_rng(seed).choice(len(frames), size=n_items, replace=n_items > len(frames))
+        self.index = frames[pick]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: (None if v is None else v[0]) for k, v in self.__getitems__([i]).items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        ep, t = self.index[np.asarray(indices, dtype=np.int64)].T
+        eps = [self.episodes[int(i)] for i in ep]
+        target = np.full((len(ep), self.n_tokens), IGNORE, dtype=np.int64)
+        points = np.stack([e.task_points[j] for e, j in zip(eps, t, strict=True)])
+        target[:, : self.tokenizer.action_dim] = self.tokenizer.encode(points)
+        return {
+            "pixels": gather_pixels(self.episodes, ep, t),
+            "instruction": [e.instruction for e in eps],
+            "proprio": np.stack([e.proprio[j] for e, j in zip(eps, t, strict=True)]) if self.use_proprio else None,
+            "target": target,
+            "episode": ep,
+            "t": t,
+            "template": [self.template] * len(ep),
+        }
+
+
+class MixedDataset(torch.utils.data.ConcatDataset):
+    """Demonstration items followed by grounding items; every item has a ``template`` (None = the
+    model's action prompt) so the two kinds batch together."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        return item if "template" in item else {**item, "template": None}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        idx = np.asarray(indices, dtype=np.int64)
+        parts = []
+        for d, (lo, hi) in zip(self.datasets, zip([0, *self.cumulative_sizes[:-1]], self.cumulative_sizes)):
+            mine = idx[(idx >= lo) & (idx < hi)] - lo
+            if len(mine):
+                b = d.__getitems__(mine.tolist())
+                parts.append({**b, "template": b.get("template", [None] * len(mine))})
+        out = {}
+        for k in parts[0]:
+            vals = [p[k] for p in parts]
+            if all(v is None for v in vals):
+                out[k] = None
+            elif isinstance(vals[0], list):
+                out[k] = [x for v in vals for x in v]
+            else:
+                out[k] = np.concatenate(vals)
+        return out
+
+
+def collate(items: list[dict] | dict) -> dict:
+    """Stack numpy fields, keep strings as lists; a field that is None in every item stays None
+    (a string field may hold None entries). A dict is a batch already collated by a dataset's
+    `__getitems__` and is returned as is."""
+    if isinstance(items, dict):
+        return items
     out = {}
     for key in items[0]:
         vals = [it[key] for it in items]
-        if vals[0] is None:
+        if all(v is None for v in vals):
             out[key] = None
-        elif isinstance(vals[0], str):
+        elif any(isinstance(v, str) for v in vals):
             out[key] = vals
         else:
             out[key] = np.stack([np.asarray(v) for v in vals])

@@ -411,7 +411,7 @@ def fit(
     data_iter = iter(loader)
     while step < cfg.steps:
         batch = next(data_iter)
-        inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
+        inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"], batch.get("template"))
         if cfg.augment:
             inputs["pixel_values"] = augment_pixel_values(
                 inputs["pixel_values"],

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ee_vla.action_tokenizer import ActionTokenizer
 from ee_vla.decoding.hf import prompt_positions
+from ee_vla.training.data import IGNORE
 
 
 class WindowLM(torch.nn.Module):
@@ -37,6 +38,7 @@ class WindowLM(torch.nn.Module):
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
+        self._checked = False
 
     def forward(
         self,
@@ -55,9 +57,10 @@ class WindowLM(torch.nn.Module):
         feats = torch.cat(list(feats), 0) if isinstance(feats, (list, tuple)) else feats.flatten(0, -2)
         placeholder = torch.zeros_like(full_ids, dtype=torch.bool)
         placeholder[:, : input_ids.shape[1]] = input_ids == self.net.config.image_token_id
-        if int(placeholder.sum()) * embeds.shape[-1] != feats.numel():
+        if not self._checked and int(placeholder.sum()) * embeds.shape[-1] != feats.numel():
             n_img = int(placeholder.sum())
             raise ValueError(f"{n_img} <image> placeholders in the prompts, {feats.shape[0]} image features")
+        self._checked = True  # the count is a GPU sync: checked on the first batch only
         embeds = embeds.masked_scatter(placeholder[..., None], feats.to(embeds.dtype))
         out = self.net(
             inputs_embeds=embeds,
@@ -111,10 +114,15 @@ def ar_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Teacher-forced next-token cross-entropy of (B, n, V) logits against (B, n) labels."""
-    lg, tg = restrict_logits(logits, labels.to(logits.device), action_range)
+    """Teacher-forced next-token cross-entropy of (B, n, V) logits against (B, n) labels; positions
+    labelled `IGNORE` (-100) are left out."""
+    labels = labels.to(logits.device)
+    keep = labels != IGNORE
+    lg, tg = restrict_logits(logits, torch.where(keep, labels, labels.new_tensor(0)), action_range)
+    if action_range is not None:
+        tg = torch.where(keep, tg, tg.new_tensor(0))
     per_pos = F.cross_entropy(lg.flatten(0, 1), tg.flatten(), label_smoothing=label_smoothing, reduction="none")
-    return _reduce(per_pos.view(labels.shape), None, reduction)
+    return _reduce(per_pos.view(labels.shape), keep, reduction)
 
 
 def consistency_loss(
