@@ -20,15 +20,15 @@ from ee_vla.training.data import (
     DemoDataset,
     GroundingDataset,
     MixedDataset,
-    compute_point_stats,
-    split_episodes,
     check_against_model,
     compute_action_stats,
+    compute_point_stats,
     compute_proprio_stats,
     instruction_corpus,
     load_pixels,
     model_dims,
     scan_dataset,
+    split_episodes,
 )
 from ee_vla.training.loop import Objective, fit, init_runtime, resolve_run_dir, shutdown_runtime
 from ee_vla.training.losses import ar_loss, window_logits
@@ -91,7 +91,9 @@ def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
         return VLA.from_pretrained(src)
     proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
     corpus = instruction_corpus(episodes, PROMPT_TEMPLATE)
-    return VLA.create(cfg.preset, stats, cfg.chunk_size, proprio_stats, corpus, seed=cfg.seed, patch_size=cfg.patch_size)
+    return VLA.create(
+        cfg.preset, stats, cfg.chunk_size, proprio_stats, corpus, seed=cfg.seed, patch_size=cfg.patch_size
+    )
 
 
 def train(cfg: TrainConfig) -> Path:

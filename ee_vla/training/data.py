@@ -426,7 +426,9 @@ class MixedDataset(torch.utils.data.ConcatDataset):
     def __getitems__(self, indices: Sequence[int]) -> dict:
         idx = np.asarray(indices, dtype=np.int64)
         parts = []
-        for d, (lo, hi) in zip(self.datasets, zip([0, *self.cumulative_sizes[:-1]], self.cumulative_sizes)):
+        for d, (lo, hi) in zip(
+            self.datasets, zip([0, *self.cumulative_sizes[:-1]], self.cumulative_sizes, strict=True), strict=True
+        ):
             mine = idx[(idx >= lo) & (idx < hi)] - lo
             if len(mine):
                 b = d.__getitems__(mine.tolist())

@@ -36,6 +36,41 @@ def test_round_trip(dataset):
         assert ep.seed >= cfg.seed
 
 
+def test_task_points_are_the_privileged_target_and_goal(dataset):
+    """privileged/task_points[t] = target xyz + goal xyz at observation t (goal = target for Reach
+    and PickCube); replay reproduces them."""
+    import gymnasium as gym
+
+    _, path = dataset
+    for ep in load_dataset(path):
+        assert ep.task_points.shape == (len(ep), 6) and ep.task_points.dtype == np.float32
+        env = gym.make(ep.env_id, image_size=32)
+        try:
+            env.reset(seed=ep.seed)
+            for t, a in enumerate(ep.actions):
+                np.testing.assert_allclose(ep.task_points[t], env.unwrapped.task_points(), atol=1e-6)
+                env.step(a)
+        finally:
+            env.close()
+        np.testing.assert_array_equal(ep.task_points[:, :3], ep.task_points[:, 3:])
+
+
+@pytest.mark.parametrize(("env_id", "attr"), [("ee_vla/Push-v0", "goal_xy"), ("ee_vla/Place-v0", "plate_xy")])
+def test_goal_pos_of_tasks_with_a_destination(env_id, attr):
+    import gymnasium as gym
+
+    env = gym.make(env_id, image_size=32)
+    try:
+        env.reset(seed=3)
+        u = env.unwrapped
+        pts = u.task_points()
+        np.testing.assert_allclose(pts[:3], u.target_pos, atol=1e-6)
+        np.testing.assert_allclose(pts[3:5], getattr(u, attr), atol=1e-6)
+        assert not np.allclose(pts[:2], pts[3:5])
+    finally:
+        env.close()
+
+
 def test_replay_matches_recording(dataset):
     """The stored seed + actions reproduce the stored observations and the success."""
     import gymnasium as gym

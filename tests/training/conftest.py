@@ -27,6 +27,7 @@ def write_demo_file(
     env_id: str = "ee_vla/Synthetic-v0",
     success: list[bool] | None = None,
     with_demos: bool = True,
+    task_points: bool = False,
 ) -> Path:
     """Write a tiny demonstration file; returns its path."""
     import h5py
@@ -51,6 +52,12 @@ def write_demo_file(
             g.create_dataset("obs/pixels", data=px)
             g.create_dataset("obs/agent_pos", data=rng.normal(size=(steps, proprio_dim)).astype(np.float32))
             g.create_dataset("actions", data=actions)
+            if task_points:  # the square's x (pixels) and a fixed goal, as sim_envs records them
+                xs = np.array([4 + (s * 3) % (size - 16) for s in range(steps)], dtype=np.float32)
+                pts = np.stack(
+                    [xs, np.full(steps, 26.0), np.zeros(steps), xs + 6, np.full(steps, 10.0), np.ones(steps)], 1
+                )
+                g.create_dataset("privileged/task_points", data=pts.astype(np.float32))
             g.attrs["instruction"] = f"pick up the {color} cube"
             g.attrs["env_id"] = env_id
             g.attrs["seed"] = seed + i

@@ -1,0 +1,79 @@
+"""Can a from-scratch ee_vla network learn to localise? A synthetic check, no simulator needed.
+
+Each sample is a grey image with one red 8 px square at a random place; the prompt asks for it and
+the answer is two action-block tokens, the square's x and y binned over the image. Every batch is
+fresh, so the training loss is already a held-out loss. Printed every `--every` steps: the loss, the
+mean |bin error| of the greedy answer, and the mean probability of the right bin and of the argmax
+bin. A network that finds the square but not *which patch* it is in puts similar mass on a few
+bins one patch apart: p(target) and p(argmax) stay close while the bin error stays near chance
+(that is what session 2 measured, docs/training.md).
+
+    python scripts/localization_probe.py --preset tiny --steps 3000 --lr 1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from ee_vla.models.vla import VLA
+from ee_vla.training.losses import WindowLM, ar_loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--patch-size", type=int, default=None)
+    ap.add_argument("--every", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    prompt = "find the red square"
+    vla = VLA.create(args.preset, chunk_size=1, corpus=[prompt], patch_size=args.patch_size, seed=args.seed)
+    S, side = vla.image_size, 8
+    net = WindowLM(vla.model).train()
+    lo, hi = vla.action_range
+    rng = np.random.default_rng(args.seed)
+
+    def batch(n: int):
+        img = np.full((n, S, S, 3), 180, np.uint8)
+        xy = rng.integers(0, S - side, (n, 2))
+        for i, (x, y) in enumerate(xy):
+            img[i, y : y + side, x : x + side] = (255, 0, 0)
+        return vla.build_inputs(img, [prompt] * n), torch.as_tensor(lo + xy * 255 // (S - side - 1))
+
+    def forward(inputs, target):
+        return net(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], target[:, :-1])
+
+    opt = torch.optim.AdamW(vla.model.parameters(), lr=args.lr, weight_decay=0.01)
+    t0 = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        inputs, target = batch(args.batch_size)
+        loss = ar_loss(forward(inputs, target), target, vla.action_range)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vla.model.parameters(), 1.0)
+        opt.step()
+        if step % args.every == 0 or step == args.steps:
+            with torch.no_grad():
+                inputs, target = batch(256)
+                p = forward(inputs, target)[..., lo : hi + 1].float().softmax(-1)
+                err = (p.argmax(-1) + lo - target).abs().float().mean(0)
+                p_tgt = p.gather(-1, (target - lo)[..., None]).mean()
+            print(
+                f"step {step:5d}  loss {loss.item():.3f}  |bin err| x {err[0]:.1f} y {err[1]:.1f} "
+                f"(chance ~85)  p(target) {p_tgt:.3f}  p(argmax) {p.max(-1).values.mean():.3f}  "
+                f"{time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Grounding co-training, the validation split and the batched data path of behaviour cloning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ee_vla.action_tokenizer import ActionTokenizer
+from ee_vla.models.vla import GROUNDING_TEMPLATE, VLA
+from ee_vla.training.config import TrainConfig
+from ee_vla.training.data import (
+    IGNORE,
+    DatasetError,
+    DemoDataset,
+    GroundingDataset,
+    MixedDataset,
+    collate,
+    compute_point_stats,
+    load_pixels,
+    scan_dataset,
+    split_episodes,
+)
+from ee_vla.training.losses import ar_loss
+
+
+def _episodes(write_demo, tmp_path: Path, n: int = 4, points: bool = True):
+    eps = scan_dataset([write_demo(tmp_path / "d.hdf5", n_episodes=n, task_points=points)])
+    load_pixels(eps)
+    return eps
+
+
+def _vla(eps, proprio: bool = False) -> VLA:
+    from ee_vla.training.data import compute_action_stats, compute_proprio_stats
+
+    return VLA.create("tiny", compute_action_stats(eps), 2, compute_proprio_stats(eps) if proprio else None)
+
+
+def test_grounding_items_answer_the_task_points(write_demo, tmp_path):
+    eps = _episodes(write_demo, tmp_path)
+    vla = _vla(eps)
+    points = ActionTokenizer.openvla(compute_point_stats(eps), vocab_size=len(vla.tokenizer))
+    ds = GroundingDataset(eps, points, n_tokens=14, use_proprio=False, n_items=12, seed=0)
+    assert len(ds) == 12
+    item = ds[3]
+    assert item["template"] == GROUNDING_TEMPLATE
+    assert (item["target"][6:] == IGNORE).all() and (item["target"][:6] != IGNORE).all()
+    truth = eps[item["episode"]].task_points[item["t"]]
+    decoded = points.decode(item["target"][:6])
+    bin_width = (np.asarray(points.stats.q99) - np.asarray(points.stats.q01)) * 2 / 255
+    assert np.all(np.abs(decoded - truth) <= bin_width + 1e-5)
+    with pytest.raises(ValueError, match="grounding answer has 6 tokens"):
+        GroundingDataset(eps, points, n_tokens=5, use_proprio=False, n_items=2)
+
+
+def test_point_stats_need_task_points(write_demo, tmp_path):
+    eps = _episodes(write_demo, tmp_path, points=False)
+    with pytest.raises(DatasetError, match="privileged/task_points"):
+        compute_point_stats(eps)
+
+
+def test_batched_fetch_equals_per_item_collate(write_demo, tmp_path):
+    eps = _episodes(write_demo, tmp_path)
+    vla = _vla(eps, proprio=True)
+    demo = DemoDataset(eps, vla.action_tokenizer, 2, use_proprio=True)
+    idx = [5, 0, 17, 9, 33]
+    batched, single = demo.__getitems__(idx), collate([demo[i] for i in idx])
+    for k in single:
+        if isinstance(single[k], list):
+            assert batched[k] == single[k]
+        else:
+            np.testing.assert_array_equal(np.asarray(batched[k]), np.asarray(single[k]))
+    points = ActionTokenizer.openvla(compute_point_stats(eps), vocab_size=len(vla.tokenizer))
+    mixed = MixedDataset([demo, GroundingDataset(eps, points, 14, True, n_items=6)])
+    b = mixed.__getitems__([1, len(demo) + 2, 3, len(demo)])
+    assert b["template"].count(GROUNDING_TEMPLATE) == 2 and b["template"].count(None) == 2
+    assert b["pixels"].shape[0] == 4 and b["target"].shape == (4, 14) and b["proprio"].shape[0] == 4
+    assert collate(b) is b  # an already collated batch passes through
+
+
+def test_build_inputs_matches_prompt_ids(write_demo, tmp_path):
+    eps = _episodes(write_demo, tmp_path)
+    vla = _vla(eps, proprio=True)
+    px = np.stack([eps[0].pixels[0]] * 3)
+    proprio = np.stack([eps[i].proprio[0] for i in range(3)])
+    instr = ["pick up the red cube", "pick up the green cube now please", "x"]
+    tpl = [None, GROUNDING_TEMPLATE, None]
+    inputs = vla.build_inputs(px, instr, proprio, tpl)
+    for i in range(3):
+        row = inputs["input_ids"][i][inputs["attention_mask"][i].bool()].tolist()
+        assert row == vla.prompt_ids(instr[i], proprio[i], tpl[i])
+    # left padding: the shorter rows start with pads that the mask hides
+    assert inputs["attention_mask"][:, -1].all()
+
+
+def test_split_episodes_is_disjoint_and_deterministic(write_demo, tmp_path):
+    eps = _episodes(write_demo, tmp_path, n=10)
+    train, val = split_episodes(eps, 0.2)
+    assert len(val) == 2 and len(train) == 8
+    assert {e.source for e in train}.isdisjoint({e.source for e in val})
+    assert [e.source for e in split_episodes(eps, 0.2)[1]] == [e.source for e in val]
+    assert split_episodes(eps, 0.0) == (eps, [])
+    with pytest.raises(DatasetError, match="val_fraction"):
+        split_episodes(eps[:1], 0.5)
+
+
+def test_ar_loss_ignores_unlabelled_positions():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 40)
+    labels = torch.randint(30, 40, (3, 5))
+    masked = labels.clone()
+    masked[1, 2:] = IGNORE
+    keep = masked != IGNORE
+    ref = torch.nn.functional.cross_entropy(logits[keep][:, 30:40], labels[keep] - 30)
+    assert torch.allclose(ar_loss(logits, masked, (30, 39)), ref, atol=1e-6)
+    ref_full = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(ar_loss(logits, masked), ref_full, atol=1e-6)
+
+
+def test_train_with_grounding_and_validation(write_demo, tmp_path):
+    from ee_vla.training.bc import train
+
+    data = write_demo(tmp_path / "d.hdf5", n_episodes=6, task_points=True)
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        data=(str(data),),
+        out_dir=str(out),
+        preset="tiny",
+        chunk_size=2,
+        steps=30,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=10,
+        eval_every=30,
+        augment=False,
+        grounding_fraction=0.3,
+        val_fraction=0.2,
+        patch_size=8,
+    )
+    model_dir = train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("grounding_acc" in r and "token_acc" in r for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert "eval/token_acc" in rows[-1]
+    meta = json.loads((model_dir / "ee_vla.json").read_text())["meta"]
+    assert meta["grounding"]["template"] == GROUNDING_TEMPLATE
+    assert meta["spec"]["patch_size"] == 8
+    VLA.from_pretrained(model_dir)  # reloads
+
+
+def test_grounding_without_task_points_fails_before_compute(write_demo, tmp_path):
+    from ee_vla.training.bc import train
+
+    data = write_demo(tmp_path / "d.hdf5", n_episodes=3)
+    cfg = TrainConfig(data=(str(data),), out_dir=str(tmp_path / "run"), preset="tiny", grounding_fraction=0.2)
+    with pytest.raises(DatasetError, match="privileged/task_points"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
