@@ -32,11 +32,13 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=None)
     ap.add_argument("--every", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
     prompt = "find the red square"
     vla = VLA.create(args.preset, chunk_size=1, corpus=[prompt], patch_size=args.patch_size, seed=args.seed)
+    vla.model.to(args.device)
     S, side = vla.image_size, 8
     net = WindowLM(vla.model).train()
     lo, hi = vla.action_range
@@ -47,7 +49,7 @@ def main() -> None:
         xy = rng.integers(0, S - side, (n, 2))
         for i, (x, y) in enumerate(xy):
             img[i, y : y + side, x : x + side] = (255, 0, 0)
-        return vla.build_inputs(img, [prompt] * n), torch.as_tensor(lo + xy * 255 // (S - side - 1))
+        return vla.build_inputs(img, [prompt] * n), torch.as_tensor(lo + xy * 255 // (S - side - 1), device=args.device)
 
     def forward(inputs, target):
         return net(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], target[:, :-1])
