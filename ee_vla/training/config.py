@@ -162,7 +162,7 @@ class TrainConfig(RunConfig):
     tower to find the named objects; the policy's action prompt is unchanged. 0 = off. Needs data
     collected by sim_envs (ee_vla suite)."""
     val_fraction: float = 0.0
-    """Hold out this fraction of the episodes (every round(1/x)-th of each file's order) from
+    """Hold out this fraction of the episodes (every round(1/x)-th, in file order) from
     training; the periodic greedy evaluation (`eval/*` metrics) then decodes held-out samples
     instead of training ones. 0 = train on everything."""
 

@@ -253,6 +253,26 @@ def gather_pixels(episodes: list[Episode], ep: np.ndarray, t: np.ndarray) -> np.
     return np.stack([episodes[int(i)].pixels[int(j)] for i, j in zip(ep, t, strict=True)])
 
 
+def frame_batch(episodes: list[Episode], ep_t: np.ndarray, use_proprio: bool) -> dict:
+    """The observation fields of frames (episode, t) = rows of `ep_t` (B, 2), collated: ``pixels``,
+    ``instruction``, ``proprio`` (None without `use_proprio`), ``episode``, ``t``. Datasets add
+    their target."""
+    ep, t = ep_t[:, 0].tolist(), ep_t[:, 1].tolist()
+    return {
+        "pixels": gather_pixels(episodes, ep_t[:, 0], ep_t[:, 1]),
+        "instruction": [episodes[i].instruction for i in ep],
+        "proprio": np.stack([episodes[i].proprio[j] for i, j in zip(ep, t, strict=True)]) if use_proprio else None,
+        "episode": ep_t[:, 0].copy(),
+        "t": ep_t[:, 1].copy(),
+    }
+
+
+def first_item(batch: dict) -> dict:
+    """Item 0 of a collated batch (a dataset's `__getitem__` through its `__getitems__`)."""
+    item = {k: None if v is None else v[0] for k, v in batch.items()}
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in item.items()}
+
+
 def compute_action_stats(episodes: list[Episode], unnormalized_dims: Sequence[int] = (-1,)) -> ActionStats:
     """ActionStats over the actions of all episodes; `unnormalized_dims` are only clipped."""
     actions = np.concatenate([e.actions for e in episodes])
@@ -335,29 +355,13 @@ class DemoDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        ep, t = (int(x) for x in self.index[i])
-        e = self.episodes[ep]
-        return {
-            "pixels": e.pixels[t],
-            "instruction": e.instruction,
-            "proprio": e.proprio[t] if self.use_proprio else None,
-            "target": self.targets[ep][t],
-            "episode": ep,
-            "t": t,
-        }
+        return first_item(self.__getitems__([i]))
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         """A whole batch at once, already collated (the DataLoader's batched fetch)."""
-        ep, t = self.index[np.asarray(indices, dtype=np.int64)].T
-        eps = [self.episodes[int(i)] for i in ep]
-        return {
-            "pixels": gather_pixels(self.episodes, ep, t),
-            "instruction": [e.instruction for e in eps],
-            "proprio": np.stack([e.proprio[j] for e, j in zip(eps, t, strict=True)]) if self.use_proprio else None,
-            "target": np.stack([self.targets[int(i)][int(j)] for i, j in zip(ep, t, strict=True)]),
-            "episode": ep,
-            "t": t,
-        }
+        batch = frame_batch(self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio)
+        batch["target"] = np.stack([self.targets[i][j] for i, j in zip(batch["episode"], batch["t"], strict=True)])
+        return batch
 
 
 class GroundingDataset(torch.utils.data.Dataset):
@@ -396,23 +400,15 @@ class GroundingDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        return {k: (None if v is None else v[0]) for k, v in self.__getitems__([i]).items()}
+        return first_item(self.__getitems__([i]))
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        ep, t = self.index[np.asarray(indices, dtype=np.int64)].T
-        eps = [self.episodes[int(i)] for i in ep]
-        target = np.full((len(ep), self.n_tokens), IGNORE, dtype=np.int64)
-        points = np.stack([e.task_points[j] for e, j in zip(eps, t, strict=True)])
-        target[:, : self.tokenizer.action_dim] = self.tokenizer.encode(points)
-        return {
-            "pixels": gather_pixels(self.episodes, ep, t),
-            "instruction": [e.instruction for e in eps],
-            "proprio": np.stack([e.proprio[j] for e, j in zip(eps, t, strict=True)]) if self.use_proprio else None,
-            "target": target,
-            "episode": ep,
-            "t": t,
-            "template": [self.template] * len(ep),
-        }
+        batch = frame_batch(self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio)
+        points = np.stack([self.episodes[i].task_points[j] for i, j in zip(batch["episode"], batch["t"], strict=True)])
+        batch["target"] = np.full((len(points), self.n_tokens), IGNORE, dtype=np.int64)
+        batch["target"][:, : self.tokenizer.action_dim] = self.tokenizer.encode(points)
+        batch["template"] = [self.template] * len(points)
+        return batch
 
 
 class MixedDataset(torch.utils.data.ConcatDataset):

@@ -118,9 +118,8 @@ def ar_loss(
     labelled `IGNORE` (-100) are left out."""
     labels = labels.to(logits.device)
     keep = labels != IGNORE
-    lg, tg = restrict_logits(logits, torch.where(keep, labels, labels.new_tensor(0)), action_range)
-    if action_range is not None:
-        tg = torch.where(keep, tg, tg.new_tensor(0))
+    fill = labels.new_tensor(action_range[0] if action_range is not None else 0)  # any valid id: masked below
+    lg, tg = restrict_logits(logits, torch.where(keep, labels, fill), action_range)
     per_pos = F.cross_entropy(lg.flatten(0, 1), tg.flatten(), label_smoothing=label_smoothing, reduction="none")
     return _reduce(per_pos.view(labels.shape), keep, reduction)
 

@@ -73,6 +73,15 @@ def test_batched_fetch_equals_per_item_collate(write_demo, tmp_path):
             assert batched[k] == single[k]
         else:
             np.testing.assert_array_equal(np.asarray(batched[k]), np.asarray(single[k]))
+    # ... and both hold what the episodes hold
+    for row, i in enumerate(idx):
+        ep, t = (int(x) for x in demo.index[i])
+        assert (batched["episode"][row], batched["t"][row]) == (ep, t)
+        np.testing.assert_array_equal(batched["pixels"][row], eps[ep].pixels[t])
+        np.testing.assert_array_equal(batched["proprio"][row], eps[ep].proprio[t])
+        np.testing.assert_array_equal(batched["target"][row], demo.targets[ep][t])
+        assert batched["instruction"][row] == eps[ep].instruction
+    assert isinstance(demo[3]["episode"], int) and isinstance(demo[3]["t"], int)
     points = ActionTokenizer.openvla(compute_point_stats(eps), vocab_size=len(vla.tokenizer))
     mixed = MixedDataset([demo, GroundingDataset(eps, points, 14, True, n_items=6)])
     b = mixed.__getitems__([1, len(demo) + 2, 3, len(demo)])
