@@ -32,12 +32,20 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=None)
     ap.add_argument("--every", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pos-init", default="sincos", choices=["sincos", "random"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
     prompt = "find the red square"
-    vla = VLA.create(args.preset, chunk_size=1, corpus=[prompt], patch_size=args.patch_size, seed=args.seed)
+    vla = VLA.create(
+        args.preset,
+        chunk_size=1,
+        corpus=[prompt],
+        patch_size=args.patch_size,
+        seed=args.seed,
+        vision_pos_init=args.pos_init,
+    )
     vla.model.to(args.device)
     S, side = vla.image_size, 8
     net = WindowLM(vla.model).train()

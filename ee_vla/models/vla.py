@@ -49,6 +49,24 @@ class VLASpec:
     text_heads: int
     text_kv_heads: int
     backbone: str = "llama"  # llama | qwen2
+    vision_pos_init: str = "sincos"  # sincos | random: how the vision tower's position table starts
+
+
+def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2D sine-cosine position table (MAE's, row-major patches): half the
+    channels encode the patch's row, half its column, so "which patch" is linearly readable from
+    step 0. SigLIP's default random table is ~10x weaker than a patch's content and a from-scratch
+    tower can take thousands of steps to learn it (docs/training.md, the localisation probe)."""
+    if dim % 4:
+        raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    pos = torch.arange(grid, dtype=torch.float64)
+    yy, xx = torch.meshgrid(pos, pos, indexing="ij")
+    parts = []
+    for coord in (yy.flatten(), xx.flatten()):
+        angle = coord[:, None] * omega[None, :]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()
 
 
 PRESETS: dict[str, VLASpec] = {
@@ -115,7 +133,14 @@ def build_network(spec: VLASpec, vocab_size: int, image_token_id: int, pad_token
         projector_hidden_act="gelu",
         image_seq_length=(spec.image_size // spec.patch_size) ** 2,
     )
-    return LlavaForConditionalGeneration(cfg)
+    net = LlavaForConditionalGeneration(cfg)
+    if spec.vision_pos_init == "sincos":
+        table = net.model.vision_tower.embeddings.position_embedding.weight
+        with torch.no_grad():
+            table.copy_(sincos_2d(spec.image_size // spec.patch_size, spec.vision_hidden))
+    elif spec.vision_pos_init != "random":
+        raise ValueError(f"VLASpec.vision_pos_init must be sincos|random, got {spec.vision_pos_init!r}")
+    return net
 
 
 class VLA:
@@ -167,6 +192,7 @@ class VLA:
         seed: int = 0,
         image_size: int | None = None,
         patch_size: int | None = None,
+        vision_pos_init: str | None = None,
     ) -> VLA:
         """A randomly initialised VLA. Without `action_stats`, actions are assumed in [-1, 1]."""
         from ee_vla.models.text_tokenizer import build_text_tokenizer
@@ -178,6 +204,8 @@ class VLA:
             spec = VLASpec(**{**asdict(spec), "image_size": image_size})
         if patch_size is not None:
             spec = VLASpec(**{**asdict(spec), "patch_size": patch_size})
+        if vision_pos_init is not None:
+            spec = VLASpec(**{**asdict(spec), "vision_pos_init": vision_pos_init})
         if spec.image_size % spec.patch_size:
             raise ValueError(f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}")
         stats = action_stats or ActionStats(q01=[-1.0] * 7, q99=[1.0] * 7, mask=[True] * 6 + [False])

@@ -73,3 +73,38 @@ def test_corrupt_safetensors_and_metadata(tiny_vla_dir, tmp_path):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset"):
         VLA.create("huge")
+
+
+def test_sincos_position_table_encodes_row_and_column_linearly():
+    from ee_vla.models.vla import sincos_2d
+
+    grid, dim = 8, 32
+    table = sincos_2d(grid, dim)
+    assert table.shape == (grid * grid, dim) and table.abs().max() <= 1.0
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    # the first half of the channels depends on the row only, the second half on the column only
+    assert torch.equal(table[0, : dim // 2], table[grid - 1, : dim // 2])
+    assert torch.equal(table[0, dim // 2 :], table[grid * (grid - 1), dim // 2 :])
+    # and a least-squares read-out recovers both exactly ("which patch" is linear from step 0)
+    X = np.c_[table.numpy(), np.ones(grid * grid)]
+    for coord in (rows, cols):
+        w, *_ = np.linalg.lstsq(X, coord, rcond=None)
+        assert np.abs(X @ w - coord).max() < 0.05
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 30)
+
+
+def test_new_models_start_from_the_sincos_table_unless_asked_otherwise():
+    from ee_vla.models.vla import sincos_2d
+
+    def table(vla):
+        return vla.model.model.vision_tower.embeddings.position_embedding.weight.detach()
+
+    grid = 64 // 16
+    sincos = VLA.create("tiny", seed=0)
+    assert torch.equal(table(sincos), sincos_2d(grid, 32))
+    assert sincos.meta["spec"]["vision_pos_init"] == "sincos"
+    rand = VLA.create("tiny", seed=0, vision_pos_init="random")
+    assert not torch.equal(table(rand), sincos_2d(grid, 32)) and rand.meta["spec"]["vision_pos_init"] == "random"
+    with pytest.raises(ValueError, match="vision_pos_init"):
+        VLA.create("tiny", vision_pos_init="learned")
