@@ -92,6 +92,7 @@ if info.exists():
         per[t.split("/")[-1]] = d["aggregated"]["pc_success"]
 print(f"{name:22s} steps {rows[-1]['step'] if rows else 0:6d}  loss {rows[-1]['loss'] if rows else float('nan'):.3f}  "
       f"val greedy acc {last.get('eval/token_acc', float('nan')):.3f}  val l1 {last.get('eval/action_l1', float('nan')):.3f}  "
+      f"first token {last.get('eval/first_token_acc', float('nan')):.3f}  first action l1 {last.get('eval/first_action_l1', float('nan')):.3f}  "
       f"success {succ:.1f}%  {per}")
 EOF
 done

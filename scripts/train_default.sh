@@ -47,8 +47,9 @@ if [ ! -f "$DATA/demos.hdf5" ]; then
 fi
 
 # ---- 2. AR teacher: behaviour cloning, chunks of 3 actions, proprio in the prompt -----------------
+# (random vision position table: the shipped checkpoint predates the sincos default)
 # shellcheck disable=SC2046
-"${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc" --preset small --chunk-size 3 --use-proprio \
+"${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc" --preset small --chunk-size 3 --use-proprio --vision-pos-init random \
   --steps "$BC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup-steps 500 --weight-decay 0.01 \
   --dtype bfloat16 --seed "$SEED" --log-every 50 --save-every 2000 --eval-every 1000 $(resume "$RUNS/bc")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ee_vla.decoding.core import greedy
@@ -36,14 +37,38 @@ from ee_vla.training.losses import ar_loss, window_logits
 log = logging.getLogger(__name__)
 
 
-def bc_objective(action_range: tuple[int, int] | None, label_smoothing: float = 0.0) -> Objective:
-    """Teacher-forced cross-entropy on the chunk tokens (`batch["target"]`), plus token accuracy."""
+def corrupt_inputs(
+    window: torch.Tensor, rate: float, token_range: tuple[int, int], generator: torch.Generator
+) -> torch.Tensor:
+    """`window` with each token replaced, with probability `rate`, by a uniformly random token of
+    `token_range` (inclusive); the loss still asks for the true next token."""
+    if rate <= 0:
+        return window
+    lo, hi = token_range
+    hit = torch.rand(window.shape, generator=generator) < rate
+    noise = torch.randint(lo, hi + 1, window.shape, generator=generator)
+    return torch.where(hit.to(window.device), noise.to(window.device), window)
+
+
+def bc_objective(
+    action_range: tuple[int, int] | None,
+    label_smoothing: float = 0.0,
+    input_noise: float = 0.0,
+    token_range: tuple[int, int] | None = None,
+) -> Objective:
+    """Teacher-forced cross-entropy on the chunk tokens (`batch["target"]`), plus token accuracy.
+    `input_noise`: the fraction of teacher-forced input tokens replaced by random tokens of
+    `token_range` (`TrainConfig.input_noise`)."""
+    if input_noise > 0 and token_range is None:
+        raise ValueError("input_noise needs token_range (the action block)")
 
     def objective(model, inputs: dict, batch: dict, generator: torch.Generator):
         target = torch.as_tensor(batch["target"], device=inputs["input_ids"].device)
         labelled = target != IGNORE
         # unlabelled positions (the tail of a grounding answer) only follow the answer: any token will do
         window = torch.where(labelled, target, target.new_tensor(action_range[0] if action_range else 0))
+        if input_noise > 0:
+            window = corrupt_inputs(window, input_noise, token_range, generator)
         logits = window_logits(model, inputs, window[:, :-1])
         loss = ar_loss(logits, target, action_range, label_smoothing)
         metrics = {}
@@ -59,6 +84,52 @@ def bc_objective(action_range: tuple[int, int] | None, label_smoothing: float = 
         return loss, metrics
 
     return objective
+
+
+def start_frame_eval_hook(demo: DemoDataset, n_episodes: int, point_tokenizer=None):
+    """An evaluation hook (`fit(eval_hooks=...)`) on the first frame of up to `n_episodes` episodes
+    of `demo` (held-out ones): there the gripper is far from the objects, so neither the proprio
+    nor an earlier action gives the answer away and only reading the image does. Metrics:
+    ``eval/start_action_l1`` (mean |error| of the first action's translation, action units),
+    ``eval/start_action_cos`` (cosine of predicted vs demonstrated translation) and
+    ``eval/start_action_mean_l1`` (the error of always answering the mean: a policy that does not
+    read the image cannot beat it). With `point_tokenizer` the grounding question is asked too:
+    ``eval/start_grounding_err_m`` (mean |error| of the six task-point coordinates, metres) and
+    ``eval/start_grounding_mean_err_m`` (the mean answer's)."""
+    from ee_vla.models.vla import GROUNDING_TEMPLATE
+    from ee_vla.training.trajectories import jacobi_states
+
+    starts = demo.offsets[
+        np.unique(np.linspace(0, len(demo.offsets) - 1, min(n_episodes, len(demo.offsets))).astype(int))
+    ]
+    batch = demo.__getitems__(starts.tolist())
+    truth = np.stack([demo.episodes[e].actions[0, :3] for e in batch["episode"]])
+    mean_l1 = float(np.abs(truth - truth.mean(0)).mean())
+    if point_tokenizer is not None:
+        points = np.stack([demo.episodes[e].task_points[0] for e in batch["episode"]])
+        points_mean_err = float(np.abs(points - points.mean(0)).mean())
+
+    def decode(vla, autocast, templates=None) -> np.ndarray:
+        inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"], templates)
+        with torch.no_grad(), autocast():
+            states, _ = jacobi_states(vla, inputs, None)
+        return states[-1].cpu().numpy()
+
+    def hook(vla, autocast) -> dict[str, float]:
+        act = vla.tokens_to_actions(decode(vla, autocast))[:, 0, :3]
+        norms = np.linalg.norm(act, axis=1) * np.linalg.norm(truth, axis=1)
+        out = {
+            "eval/start_action_l1": float(np.abs(act - truth).mean()),
+            "eval/start_action_cos": float(((act * truth).sum(1) / np.maximum(norms, 1e-9)).mean()),
+            "eval/start_action_mean_l1": mean_l1,
+        }
+        if point_tokenizer is not None:
+            answer = decode(vla, autocast, [GROUNDING_TEMPLATE] * len(starts))[:, : point_tokenizer.action_dim]
+            out["eval/start_grounding_err_m"] = float(np.abs(point_tokenizer.decode(answer) - points).mean())
+            out["eval/start_grounding_mean_err_m"] = points_mean_err
+        return out
+
+    return hook
 
 
 def _check_inputs(cfg: TrainConfig, episodes, resume_from: Path | None):
@@ -92,7 +163,14 @@ def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
     proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
     corpus = instruction_corpus(episodes, PROMPT_TEMPLATE)
     return VLA.create(
-        cfg.preset, stats, cfg.chunk_size, proprio_stats, corpus, seed=cfg.seed, patch_size=cfg.patch_size
+        cfg.preset,
+        stats,
+        cfg.chunk_size,
+        proprio_stats,
+        corpus,
+        seed=cfg.seed,
+        patch_size=cfg.patch_size,
+        vision_pos_init=cfg.vision_pos_init,
     )
 
 
@@ -117,7 +195,7 @@ def train(cfg: TrainConfig) -> Path:
         eval_dataset = DemoDataset(val_eps, vla.action_tokenizer, vla.chunk_size, use_proprio) if val_eps else None
         if val_eps:
             log.info("holding out %d of %d episodes for evaluation", len(val_eps), len(episodes))
-        train_set = dataset
+        train_set, hooks, points = dataset, [], None
         if point_stats is not None:
             from ee_vla.action_tokenizer import ActionTokenizer
 
@@ -128,8 +206,22 @@ def train(cfg: TrainConfig) -> Path:
             train_set = MixedDataset([dataset, grounding])
             vla.meta["grounding"] = {"template": grounding.template, "stats": point_stats.to_dict()}
             log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(dataset))
+        if eval_dataset is not None:
+            hooks.append(start_frame_eval_hook(eval_dataset, cfg.eval_samples, points))
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        objective = bc_objective(vla.action_range if cfg.action_vocab_only else None, cfg.label_smoothing)
-        return fit(cfg, vla, train_set, objective, rt, resume_from, kind="bc", eval_dataset=eval_dataset or dataset)
+        objective = bc_objective(
+            vla.action_range if cfg.action_vocab_only else None, cfg.label_smoothing, cfg.input_noise, vla.action_range
+        )
+        return fit(
+            cfg,
+            vla,
+            train_set,
+            objective,
+            rt,
+            resume_from,
+            kind="bc",
+            eval_dataset=eval_dataset or dataset,
+            eval_hooks=hooks,
+        )
     finally:
         shutdown_runtime(rt)

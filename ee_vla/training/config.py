@@ -155,12 +155,21 @@ class TrainConfig(RunConfig):
     patch_size: int | None = None
     """Vision patch side in pixels of a new model (None = the preset's: 16 for small). Smaller
     patches give more image tokens (finer localisation, longer prompt)."""
+    vision_pos_init: Literal["sincos", "random"] = "sincos"
+    """How a new model's vision position table starts: sincos = fixed 2D sine-cosine values (MAE),
+    random = SigLIP's small random init. sincos breaks the localisation plateau of a from-scratch
+    tower sooner (docs/training.md)."""
     grounding_fraction: float = 0.0
     """Grounding co-training: this fraction of the training items asks the model "where are the
     objects to <instruction>?" and teaches it the answer, the target's and goal's xyz
     (`privileged/task_points`, discretised like actions), from the same image. It trains the vision
     tower to find the named objects; the policy's action prompt is unchanged. 0 = off. Needs data
     collected by sim_envs (ee_vla suite)."""
+    input_noise: float = 0.0
+    """Teacher forcing with noisy inputs: each action token the model is fed (not the ones it is
+    asked for) is replaced by a random action token with this probability. Plain teacher forcing
+    lets a small model predict a whole chunk from its first token (which names a memorised
+    training scene) and never learn to read the image; noise takes that shortcut away. 0 = off."""
     val_fraction: float = 0.0
     """Hold out this fraction of the episodes (every round(1/x)-th, in file order) from
     training; the periodic greedy evaluation (`eval/*` metrics) then decodes held-out samples
@@ -179,6 +188,7 @@ class TrainConfig(RunConfig):
         for name in ("grounding_fraction", "val_fraction"):
             v = getattr(self, name)
             _check(0 <= v <= 0.5, "TrainConfig", name, f"must be in [0, 0.5], got {v}")
+        _check(0 <= self.input_noise < 1, "TrainConfig", "input_noise", f"must be in [0, 1), got {self.input_noise}")
         self.unnormalized_dims = tuple(int(d) for d in self.unnormalized_dims)
 
 

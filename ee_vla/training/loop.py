@@ -24,10 +24,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -256,24 +257,34 @@ def evaluate_decoding(vla, batch: dict, autocast: Callable[[], contextlib.Abstra
     output's) agreement with the demonstration chunk."""
     from ee_vla.training.trajectories import jacobi_states
 
-    was_training = vla.model.training
-    vla.model.eval()
-    try:
+    with _eval_mode(vla.model):
         inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
         with autocast():
             states, iters = jacobi_states(vla, inputs, None)
-    finally:
-        vla.model.train(was_training)
     tok = vla.action_tokenizer
     y, tgt = states[-1].cpu().numpy(), np.asarray(batch["target"])
-    n = y.shape[1]
+    n, d = y.shape[1], tok.action_dim
     l1 = np.abs(tok.bin_centers[tok.tokens_to_bins(y)] - tok.bin_centers[tok.tokens_to_bins(tgt)])
     return {
         "eval/jacobi_iterations": float(iters.float().mean()),
         "eval/forward_speedup": float((n / (1.0 + iters.float())).mean()),
         "eval/token_acc": float((y == tgt).mean()),
         "eval/action_l1": float(l1.mean()),
+        # the action executed first, and its first token: predicted from the observation alone
+        # (no earlier action token to lean on), the part a policy that memorises scenes gets wrong
+        "eval/first_action_l1": float(l1[:, :d].mean()),
+        "eval/first_token_acc": float((y[:, 0] == tgt[:, 0]).mean()),
     }
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -303,10 +314,13 @@ def fit(
     kind: str = "bc",
     collate_fn: Callable[[list[dict]], dict] = collate,
     eval_dataset=None,
+    eval_hooks: Sequence[Callable[[Any, Callable], dict[str, float]]] = (),
 ) -> Path:
     """Train `vla.model` on `dataset` with `objective` for `cfg.steps` steps; returns the final
     model directory (out_dir/model). `eval_dataset` (default `dataset`) provides the fixed
-    evaluation batch: items with ``pixels``, ``instruction``, ``proprio``, ``target``."""
+    evaluation batch: items with ``pixels``, ``instruction``, ``proprio``, ``target``. Each of
+    `eval_hooks` is called as hook(vla, autocast) at every evaluation (main process, model in eval
+    mode) and returns more ``eval/*`` metrics."""
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(cfg.out_dir)
@@ -457,6 +471,9 @@ def fit(
             row["samples_per_s"] = n_acc * cfg.batch_size * rt.world_size / dt
             if do_eval:
                 row.update(evaluate_decoding(vla, eval_batch, autocast))
+                for hook in eval_hooks:
+                    with _eval_mode(vla.model):
+                        row.update(hook(vla, autocast))
             if rt.is_main:
                 metrics_log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")

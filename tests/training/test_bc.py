@@ -101,3 +101,28 @@ def test_multi_task_directory_and_half_precision_export(tmp_path, write_demo):
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     vla = VLA.from_pretrained(out)
     assert vla.tokenizer("pick up the blue cube").input_ids  # instructions of both files in the corpus
+
+
+def test_input_noise_corrupts_only_the_fed_tokens_at_its_rate():
+    from ee_vla.training.bc import bc_objective, corrupt_inputs
+
+    window = torch.full((200, 20), 500)
+    g = torch.Generator().manual_seed(0)
+    out = corrupt_inputs(window, 0.3, (300, 555), g)
+    changed = (out != window).float().mean().item()
+    assert 0.25 < changed < 0.32  # a redraw can land on 500 itself (1 in 256)
+    assert out.min() >= 300 and out.max() <= 555
+    assert torch.equal(corrupt_inputs(window, 0.0, (300, 555), g), window)
+    with pytest.raises(ValueError, match="token_range"):
+        bc_objective((300, 555), input_noise=0.5)
+
+
+def test_input_noise_trains_and_is_validated(tmp_path, write_demo):
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=8)
+    out = tmp_path / "run"
+    train(_cfg([data], out, steps=20, input_noise=0.5, eval_every=20))
+    rows = _rows(out)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+    assert 0 <= rows[-1]["eval/first_token_acc"] <= 1 and rows[-1]["eval/first_action_l1"] >= 0
+    with pytest.raises(ValueError, match="input_noise"):
+        _cfg([data], tmp_path / "bad", input_noise=1.0)

@@ -154,7 +154,10 @@ def test_train_with_grounding_and_validation(write_demo, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("grounding_acc" in r and "token_acc" in r for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert "eval/token_acc" in rows[-1]
+    assert "eval/token_acc" in rows[-1] and "eval/first_action_l1" in rows[-1]
+    # held-out episode starts: the first action and the grounding question
+    assert -1 <= rows[-1]["eval/start_action_cos"] <= 1 and rows[-1]["eval/start_action_l1"] >= 0
+    assert rows[-1]["eval/start_grounding_err_m"] >= 0 and "eval/start_grounding_mean_err_m" in rows[-1]
     meta = json.loads((model_dir / "ee_vla.json").read_text())["meta"]
     assert meta["grounding"]["template"] == GROUNDING_TEMPLATE
     assert meta["spec"]["patch_size"] == 8
@@ -169,3 +172,42 @@ def test_grounding_without_task_points_fails_before_compute(write_demo, tmp_path
     with pytest.raises(DatasetError, match="privileged/task_points"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_start_frame_hook_scores_episode_starts_against_the_truth(write_demo, tmp_path, monkeypatch):
+    import contextlib
+
+    from ee_vla.models.vla import GROUNDING_TEMPLATE
+    from ee_vla.training import trajectories
+    from ee_vla.training.bc import start_frame_eval_hook
+    from ee_vla.training.data import DemoDataset
+
+    eps = scan_dataset([write_demo(tmp_path / "d.hdf5", n_episodes=4, task_points=True)])
+    load_pixels(eps)
+    for i, e in enumerate(eps):  # the synthetic episodes all start at the same place: spread them
+        e.task_points = e.task_points + 4.0 * i
+    vla = VLA.create("tiny", chunk_size=2, corpus=[e.instruction for e in eps])
+    points = ActionTokenizer.openvla(compute_point_stats(eps), vocab_size=len(vla.tokenizer))
+    demo = DemoDataset(eps, vla.action_tokenizer, 2, False)
+    answer = {}
+
+    def fake_states(vla_, inputs, guess):  # the decoder answers what the test says
+        grounding = bool((inputs["input_ids"] == vla.tokenizer(GROUNDING_TEMPLATE.split()[1]).input_ids[-1]).any())
+        tokens = answer["points" if grounding else "actions"]
+        return tokens[None], torch.zeros(len(tokens), dtype=torch.long)
+
+    monkeypatch.setattr(trajectories, "jacobi_states", fake_states)
+    hook = start_frame_eval_hook(demo, 3, points)
+    rows = [0, 1, 3]  # np.linspace(0, 3, 3) -> episodes 0, 1, 3 (their step 0)
+    true_actions = torch.as_tensor(np.stack([demo.targets[e][0] for e in rows]))
+    true_points = torch.as_tensor(points.encode(np.stack([eps[e].task_points[0] for e in rows])))
+    answer.update(actions=true_actions, points=torch.cat([true_points, true_points[:, :1]], 1))
+    right = hook(vla, contextlib.nullcontext)
+    assert right["eval/start_action_cos"] > 0.99 and right["eval/start_action_l1"] < 0.02
+    assert right["eval/start_grounding_err_m"] < 0.3 * right["eval/start_grounding_mean_err_m"]  # bins, clipping
+    flipped = vla.action_range[0] + vla.action_range[1] - true_actions  # every bin mirrored: x -> -x
+    answer.update(actions=flipped, points=(answer["points"] - 60).clamp(min=vla.action_range[0]))
+    wrong = hook(vla, contextlib.nullcontext)
+    assert wrong["eval/start_action_cos"] < -0.9 and wrong["eval/start_action_l1"] > right["eval/start_action_l1"]
+    assert wrong["eval/start_grounding_err_m"] > right["eval/start_grounding_err_m"] + 0.01
+    assert wrong["eval/start_action_mean_l1"] == right["eval/start_action_mean_l1"] > 0
