@@ -25,6 +25,7 @@ from ee_vla.training.data import (
     compute_action_stats,
     compute_point_stats,
     compute_proprio_stats,
+    evenly_spaced,
     instruction_corpus,
     load_pixels,
     model_dims,
@@ -67,8 +68,7 @@ def bc_objective(
         labelled = target != IGNORE
         # unlabelled positions (the tail of a grounding answer) only follow the answer: any token will do
         window = torch.where(labelled, target, target.new_tensor(action_range[0] if action_range else 0))
-        if input_noise > 0:
-            window = corrupt_inputs(window, input_noise, token_range, generator)
+        window = corrupt_inputs(window, input_noise, token_range, generator)
         logits = window_logits(model, inputs, window[:, :-1])
         loss = ar_loss(logits, target, action_range, label_smoothing)
         metrics = {}
@@ -99,9 +99,7 @@ def start_frame_eval_hook(demo: DemoDataset, n_episodes: int, point_tokenizer=No
     from ee_vla.models.vla import GROUNDING_TEMPLATE
     from ee_vla.training.trajectories import jacobi_states
 
-    starts = demo.offsets[
-        np.unique(np.linspace(0, len(demo.offsets) - 1, min(n_episodes, len(demo.offsets))).astype(int))
-    ]
+    starts = demo.offsets[evenly_spaced(len(demo.offsets), n_episodes)]
     batch = demo.__getitems__(starts.tolist())
     truth = np.stack([demo.episodes[e].actions[0, :3] for e in batch["episode"]])
     mean_l1 = float(np.abs(truth - truth.mean(0)).mean())

@@ -333,7 +333,37 @@ def chunk_actions(actions: np.ndarray, k: int) -> np.ndarray:
     return actions[idx]
 
 
-class DemoDataset(torch.utils.data.Dataset):
+def all_frames(episodes: list[Episode]) -> np.ndarray:
+    """(N, 2) int64 (episode, step) of every frame, episode by episode."""
+    return np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e))], dtype=np.int64)
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Up to `k` distinct indices spread evenly over range(n), first and last included (a fixed
+    evaluation sample)."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).astype(int))
+
+
+class _FrameDataset(torch.utils.data.Dataset):
+    """Items are demonstration frames listed in `self.index` ((episode, step) rows); a subclass's
+    `__getitems__` adds its targets to `self.frames(indices)`, and an item is row 0 of a batch."""
+
+    episodes: list[Episode]
+    use_proprio: bool
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        return first_item(self.__getitems__([i]))
+
+    def frames(self, indices: Sequence[int]) -> dict:
+        """The observation fields of items `indices` (`frame_batch`)."""
+        return frame_batch(self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio)
+
+
+class DemoDataset(_FrameDataset):
     """Training samples (episode, step) with their chunk targets as action tokens.
 
     Item: ``pixels`` (H, W, 3) uint8, ``instruction`` str, ``proprio`` (P,) float32 or None,
@@ -347,24 +377,18 @@ class DemoDataset(torch.utils.data.Dataset):
         self.chunk_size = chunk_size
         self.use_proprio = use_proprio
         self.targets = [action_tokenizer.encode_chunk(chunk_actions(e.actions, chunk_size)) for e in episodes]
-        self.index = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e))], dtype=np.int64)
+        self.index = all_frames(episodes)
         self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])[:-1]]).astype(np.int64)
         """Dataset index of step 0 of each episode (item offsets[e] + t is step t of episode e)."""
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        return first_item(self.__getitems__([i]))
-
     def __getitems__(self, indices: Sequence[int]) -> dict:
         """A whole batch at once, already collated (the DataLoader's batched fetch)."""
-        batch = frame_batch(self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio)
+        batch = self.frames(indices)
         batch["target"] = np.stack([self.targets[i][j] for i, j in zip(batch["episode"], batch["t"], strict=True)])
         return batch
 
 
-class GroundingDataset(torch.utils.data.Dataset):
+class GroundingDataset(_FrameDataset):
     """Grounding questions on demonstration frames: "where are the objects to <instruction>?"
     answered with the frame's task points (target xyz, goal xyz) discretised by `point_tokenizer`
     into action-block tokens, padded with `IGNORE` to `n_tokens` (the chunk length, so the items
@@ -392,18 +416,12 @@ class GroundingDataset(torch.utils.data.Dataset):
         self.use_proprio = use_proprio
         self.tokenizer = point_tokenizer
         self.n_tokens = n_tokens
-        frames = np.array([(i, t) for i, e in enumerate(episodes) for t in range(len(e))], dtype=np.int64)
+        frames = all_frames(episodes)
         pick = np.random.default_rng(seed).choice(len(frames), size=n_items, replace=n_items > len(frames))
         self.index = frames[pick]
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        return first_item(self.__getitems__([i]))
-
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        batch = frame_batch(self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio)
+        batch = self.frames(indices)
         points = np.stack([self.episodes[i].task_points[j] for i, j in zip(batch["episode"], batch["t"], strict=True)])
         batch["target"] = np.full((len(points), self.n_tokens), IGNORE, dtype=np.int64)
         batch["target"][:, : self.tokenizer.action_dim] = self.tokenizer.encode(points)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ee_vla.training.augment import augment_pixel_values
 from ee_vla.training.config import RunConfig
-from ee_vla.training.data import DatasetError, collate
+from ee_vla.training.data import DatasetError, collate, evenly_spaced
 from ee_vla.training.losses import WindowLM
 
 log = logging.getLogger(__name__)
@@ -376,8 +376,7 @@ def fit(
     eval_batch = None
     if rt.is_main and cfg.eval_every:
         src = eval_dataset if eval_dataset is not None else dataset
-        idx = np.unique(np.linspace(0, len(src) - 1, min(cfg.eval_samples, len(src))).astype(int))
-        eval_batch = collate([src[int(i)] for i in idx])
+        eval_batch = collate([src[int(i)] for i in evenly_spaced(len(src), cfg.eval_samples)])
     metrics_log = MetricsLog(out, step) if rt.is_main else None
     if rt.is_main:
         (out / CONFIG_FILE).write_text(json.dumps({"kind": kind, **cfg.to_dict()}, indent=2))
