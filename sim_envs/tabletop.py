@@ -72,6 +72,26 @@ GOAL_RADIUS = 0.04
 HIDDEN_GROUP = 5
 
 
+def _gripper_option(options: dict | None) -> np.ndarray | None:
+    """The validated ``gripper_pos`` reset option (None when absent)."""
+    if not options:
+        return None
+    unknown = set(options) - {"gripper_pos"}
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; known: ['gripper_pos']")
+    if options.get("gripper_pos") is None:
+        return None
+    pos = np.asarray(options["gripper_pos"], dtype=np.float64)
+    if pos.shape != (3,) or not np.isfinite(pos).all():
+        raise ValueError(f"reset option gripper_pos must be 3 finite numbers (x, y, z), got {options['gripper_pos']!r}")
+    if np.any(pos < WORKSPACE_LOW) or np.any(pos > WORKSPACE_HIGH):
+        raise ValueError(
+            f"reset option gripper_pos {pos.tolist()} is outside the workspace "
+            f"{WORKSPACE_LOW.tolist()}..{WORKSPACE_HIGH.tolist()}"
+        )
+    return pos
+
+
 @dataclass
 class SceneObject:
     """One graspable object of the current episode (what the instruction can name)."""
@@ -412,12 +432,18 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Gymnasium reset. `options`: ``{"gripper_pos": (x, y, z)}`` starts the gripper at that TCP
+        position (inside WORKSPACE_LOW..HIGH) instead of the usual start above the table's middle;
+        the scene itself is the same as without it for the same seed."""
         super().reset(seed=seed)
+        gripper_pos = _gripper_option(options)
         mujoco.mj_resetData(self.model, self.data)
         self._sample_objects(self.np_random)
         self._sample_task(self.np_random)
         # Gripper: open, pointing down, above the middle of the table with a little noise.
         start = np.array([0.0, -0.08, 0.18]) + self.np_random.uniform(-0.03, 0.03, size=3)
+        if gripper_pos is not None:
+            start = gripper_pos
         self._cmd_pos = start
         self._cmd_euler = np.zeros(3)
         self.data.mocap_pos[self._mocap_id] = start

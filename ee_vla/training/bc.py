@@ -9,6 +9,7 @@ distillation (and a policy in its own right under any decoder).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from ee_vla.training.data import (
     DemoDataset,
     GroundingDataset,
     MixedDataset,
+    RepeatDataset,
+    SceneGroundingDataset,
     check_against_model,
     compute_action_stats,
     compute_point_stats,
@@ -30,6 +33,7 @@ from ee_vla.training.data import (
     load_pixels,
     model_dims,
     scan_dataset,
+    scene_sources,
     split_episodes,
 )
 from ee_vla.training.loop import Objective, fit, init_runtime, resolve_run_dir, shutdown_runtime
@@ -172,6 +176,38 @@ def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
     )
 
 
+def _grounding_mix(cfg: TrainConfig, episodes, demo: DemoDataset, points, use_proprio: bool, world_size: int):
+    """(training set, grounding dataset) for `cfg.grounding_fraction` f of grounding items.
+
+    demos: f / (1 - f) questions per demonstration item, on demonstration frames. scenes: every
+    question a new scene; the demonstration items are repeated so that one epoch of the mix covers
+    the whole run (`steps x batch_size x world_size` items) at the ratio f, and f = 1 trains on
+    scenes only."""
+    f, n_tok = cfg.grounding_fraction, demo.targets[0].shape[1]
+    if cfg.grounding_source == "demos":
+        n_items = round(len(demo) * f / (1 - f))
+        grounding = GroundingDataset(episodes, points, n_tok, use_proprio, n_items, cfg.seed)
+        log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(demo))
+        return MixedDataset([demo, grounding]), grounding
+    env_ids, env_kwargs = scene_sources(episodes)
+    total = cfg.steps * cfg.batch_size * world_size
+    if f >= 1:
+        grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, total)
+        log.info("grounding pre-training: %d fresh scenes of %s", total, env_ids)
+        return grounding, grounding
+    demos = RepeatDataset(demo, max(1, math.ceil(total * (1 - f) / len(demo))))
+    n_items = max(1, round(len(demos) * f / (1 - f)))
+    grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, n_items)
+    log.info(
+        "grounding co-training: %d fresh scenes of %s beside %d demonstration items (x%d)",
+        n_items,
+        env_ids,
+        len(demo),
+        demos.times,
+    )
+    return MixedDataset([demos, grounding]), grounding
+
+
 def train(cfg: TrainConfig) -> Path:
     """Behaviour-clone a VLA on `cfg.data`; returns the final model directory (out_dir/model).
 
@@ -183,6 +219,8 @@ def train(cfg: TrainConfig) -> Path:
     resume_from = resolve_run_dir(cfg)
     stats = _check_inputs(cfg, train_eps, resume_from)
     point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None
+    if point_stats is not None and cfg.grounding_source == "scenes":
+        scene_sources(train_eps)  # fails now if the data's tasks cannot be rendered
     rt = init_runtime(cfg.device)
     try:
         torch.manual_seed(cfg.seed)
@@ -197,13 +235,13 @@ def train(cfg: TrainConfig) -> Path:
         if point_stats is not None:
             from ee_vla.action_tokenizer import ActionTokenizer
 
-            f = cfg.grounding_fraction
-            n_items = round(len(dataset) * f / (1 - f))
             points = ActionTokenizer.openvla(point_stats, vocab_size=len(vla.tokenizer))
-            grounding = GroundingDataset(train_eps, points, dataset.targets[0].shape[1], use_proprio, n_items, cfg.seed)
-            train_set = MixedDataset([dataset, grounding])
-            vla.meta["grounding"] = {"template": grounding.template, "stats": point_stats.to_dict()}
-            log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(dataset))
+            train_set, grounding = _grounding_mix(cfg, train_eps, dataset, points, use_proprio, rt.world_size)
+            vla.meta["grounding"] = {
+                "template": grounding.template,
+                "stats": point_stats.to_dict(),
+                "source": cfg.grounding_source,
+            }
         if eval_dataset is not None:
             hooks.append(start_frame_eval_hook(eval_dataset, cfg.eval_samples, points))
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)

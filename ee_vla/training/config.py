@@ -164,7 +164,14 @@ class TrainConfig(RunConfig):
     objects to <instruction>?" and teaches it the answer, the target's and goal's xyz
     (`privileged/task_points`, discretised like actions), from the same image. It trains the vision
     tower to find the named objects; the policy's action prompt is unchanged. 0 = off. Needs data
-    collected by sim_envs (ee_vla suite)."""
+    collected by sim_envs (ee_vla suite). With grounding_source=scenes, 1 = grounding only (a
+    pre-training stage: then `ee-vla train --init-from` its model)."""
+    grounding_source: Literal["demos", "scenes"] = "demos"
+    """Where grounding questions come from: demos = frames of the training demonstrations (a
+    fixed set the network can memorise); scenes = a fresh scene for every question, rendered by
+    sim_envs for the demonstrations' tasks and camera (seeds from 10,000,000 on, never a
+    demonstration's or an evaluation's), so answers cannot be memorised. Rendering runs in the
+    DataLoader workers: give --num-workers."""
     input_noise: float = 0.0
     """Teacher forcing with noisy inputs: each action token the model is fed (not the ones it is
     asked for) is replaced by a random action token with this probability. Plain teacher forcing
@@ -185,9 +192,25 @@ class TrainConfig(RunConfig):
             "patch_size",
             f"must be >= 1 or None, got {self.patch_size}",
         )
-        for name in ("grounding_fraction", "val_fraction"):
-            v = getattr(self, name)
-            _check(0 <= v <= 0.5, "TrainConfig", name, f"must be in [0, 0.5], got {v}")
+        _check(
+            0 <= self.val_fraction <= 0.5,
+            "TrainConfig",
+            "val_fraction",
+            f"must be in [0, 0.5], got {self.val_fraction}",
+        )
+        _check(
+            self.grounding_source in ("demos", "scenes"),
+            "TrainConfig",
+            "grounding_source",
+            f"must be demos|scenes, got {self.grounding_source!r}",
+        )
+        g_max = 1.0 if self.grounding_source == "scenes" else 0.5
+        _check(
+            0 <= self.grounding_fraction <= g_max,
+            "TrainConfig",
+            "grounding_fraction",
+            f"must be in [0, {g_max}] with grounding_source={self.grounding_source}, got {self.grounding_fraction}",
+        )
         _check(0 <= self.input_noise < 1, "TrainConfig", "input_noise", f"must be in [0, 1), got {self.input_noise}")
         self.unnormalized_dims = tuple(int(d) for d in self.unnormalized_dims)
 

@@ -429,6 +429,132 @@ class GroundingDataset(_FrameDataset):
         return batch
 
 
+def scene_sources(episodes: list[Episode]) -> tuple[list[str], dict]:
+    """(env ids, env kwargs) the demonstrations were recorded with (`sim_envs.collect`'s ``env_id``
+    and ``env_args`` attributes), to render fresh scenes of the same tasks and camera."""
+    import json
+
+    ids = sorted({str(e.attrs.get("env_id", "")) for e in episodes})
+    if "" in ids:
+        src = next(e.source for e in episodes if not e.attrs.get("env_id"))
+        raise DatasetError(
+            f"grounding on fresh scenes needs the env_id attribute of every demonstration; {src} has none"
+        )
+    try:
+        from sim_envs import SUITE_ENV_IDS
+    except ImportError as e:
+        raise DatasetError(f"grounding on fresh scenes renders them with sim_envs, which needs mujoco ({e})") from e
+    other = [i for i in ids if i not in SUITE_ENV_IDS]
+    if other:
+        raise DatasetError(
+            f"grounding on fresh scenes needs ee_vla tabletop tasks {list(SUITE_ENV_IDS)}; the data also has {other}"
+        )
+    kwargs: dict = {}
+    for e in episodes:
+        args = e.attrs.get("env_args")
+        if isinstance(args, str):
+            kwargs = json.loads(args).get(str(e.attrs["env_id"]), kwargs)
+            break
+    H, W, _ = episodes[0].image_shape
+    if kwargs.get("image_size", H) != H or H != W:
+        raise DatasetError(f"the demonstrations' images are {H}x{W} but their env_args say {kwargs}")
+    return ids, {**kwargs, "image_size": H}
+
+
+class SceneGroundingDataset(torch.utils.data.Dataset):
+    """Grounding questions on freshly rendered scenes (`sim_envs.scenes`): item i is scene seed
+    `first_seed + i` of `env_ids`, answered with its task points like `GroundingDataset`'s items.
+    Make `n_items` as large as the run consumes and no scene is seen twice, so the network cannot
+    memorise answers: it has to find the named objects. Items have `GroundingDataset`'s keys
+    (``episode`` -1, ``t`` 0). Each process that renders (the main one or a DataLoader worker)
+    starts its own spawned renderer process (`SceneRendererProcess`: GL state must not be forked)."""
+
+    def __init__(
+        self,
+        env_ids: Sequence[str],
+        env_kwargs: dict,
+        point_tokenizer: ActionTokenizer,
+        n_tokens: int,
+        use_proprio: bool,
+        n_items: int,
+        first_seed: int | None = None,
+    ):
+        from ee_vla.models.vla import GROUNDING_TEMPLATE
+        from sim_envs.scenes import SCENE_SEED_BASE
+
+        D = point_tokenizer.action_dim
+        if n_tokens < D:
+            raise ValueError(f"a grounding answer has {D} tokens but the chunk only {n_tokens}")
+        if n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {n_items}")
+        self.template = GROUNDING_TEMPLATE
+        self.env_ids = list(env_ids)
+        self.env_kwargs = dict(env_kwargs)
+        self.tokenizer = point_tokenizer
+        self.n_tokens = n_tokens
+        self.use_proprio = use_proprio
+        self.n_items = n_items
+        self.first_seed = SCENE_SEED_BASE if first_seed is None else first_seed
+        self._renderer = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __getitem__(self, i: int) -> dict:
+        return first_item(self.__getitems__([i]))
+
+    def renderer(self):
+        import atexit
+        import os
+
+        if self._renderer is None or self._pid != os.getpid():
+            from sim_envs.scenes import SceneRendererProcess
+
+            self._renderer, self._pid = SceneRendererProcess(self.env_ids, self.env_kwargs), os.getpid()
+            atexit.register(self._renderer.close)
+        return self._renderer
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_items):
+            raise IndexError(f"scene index out of range 0..{self.n_items - 1}")
+        scenes = self.renderer().render((self.first_seed + idx).tolist())
+        target = np.full((len(idx), self.n_tokens), IGNORE, dtype=np.int64)
+        target[:, : self.tokenizer.action_dim] = self.tokenizer.encode(scenes["task_points"])
+        return {
+            "pixels": scenes["pixels"],
+            "instruction": scenes["instruction"],
+            "proprio": scenes["agent_pos"] if self.use_proprio else None,
+            "episode": np.full(len(idx), -1, dtype=np.int64),
+            "t": np.zeros(len(idx), dtype=np.int64),
+            "target": target,
+            "template": [self.template] * len(idx),
+        }
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_renderer": None, "_pid": None}  # a GL context does not pickle
+
+
+class RepeatDataset(torch.utils.data.Dataset):
+    """`dataset` repeated `times` times (item i is item i % len(dataset)): lets a long stream of
+    fresh scenes sit beside a small demonstration set in one `MixedDataset` epoch at a fixed ratio."""
+
+    def __init__(self, dataset, times: int):
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[i % len(self.dataset)]
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        return self.dataset.__getitems__([i % len(self.dataset) for i in indices])
+
+
 class MixedDataset(torch.utils.data.ConcatDataset):
     """Demonstration items followed by grounding items; every item has a ``template`` (None = the
     model's action prompt) so the two kinds batch together."""

@@ -211,3 +211,91 @@ def test_start_frame_hook_scores_episode_starts_against_the_truth(write_demo, tm
     assert wrong["eval/start_action_cos"] < -0.9 and wrong["eval/start_action_l1"] > right["eval/start_action_l1"]
     assert wrong["eval/start_grounding_err_m"] > right["eval/start_grounding_err_m"] + 0.01
     assert wrong["eval/start_action_mean_l1"] == right["eval/start_action_mean_l1"] > 0
+
+
+def _suite_episodes(write_demo, tmp_path: Path, n: int = 6):
+    """Synthetic demonstrations labelled as recorded on ee_vla/Reach-v0 (32 px images), so fresh
+    scenes of that task can be rendered beside them."""
+    path = write_demo(
+        tmp_path / "reach.hdf5", n_episodes=n, size=32, proprio_dim=7, task_points=True, env_id="ee_vla/Reach-v0"
+    )
+    eps = scan_dataset([path])
+    load_pixels(eps)
+    return path, eps
+
+
+def test_scene_grounding_items_are_fresh_scenes_with_their_answers(write_demo, tmp_path):
+    from ee_vla.training.data import RepeatDataset, SceneGroundingDataset, scene_sources
+    from sim_envs.scenes import SCENE_SEED_BASE, SceneRenderer
+
+    _, eps = _suite_episodes(write_demo, tmp_path)
+    ids, kwargs = scene_sources(eps)
+    assert ids == ["ee_vla/Reach-v0"] and kwargs == {"image_size": 32}
+    vla = _vla(eps)
+    points = ActionTokenizer.openvla(compute_point_stats(eps), vocab_size=len(vla.tokenizer))
+    ds = SceneGroundingDataset(ids, kwargs, points, n_tokens=14, use_proprio=True, n_items=50)
+    batch = ds.__getitems__([0, 7, 7])
+    assert batch["pixels"].shape == (3, 32, 32, 3) and batch["proprio"].shape == (3, 7)
+    np.testing.assert_array_equal(batch["pixels"][1], batch["pixels"][2])  # item -> seed, fixed
+    assert not np.array_equal(batch["pixels"][0], batch["pixels"][1])
+    assert batch["template"] == [GROUNDING_TEMPLATE] * 3 and (batch["target"][:, 6:] == IGNORE).all()
+    renderer = SceneRenderer(ids, kwargs)
+    truth = renderer.render([SCENE_SEED_BASE + 7])
+    renderer.close()
+    assert batch["instruction"][1] == truth["instruction"][0]
+    np.testing.assert_array_equal(batch["target"][1, :6], points.encode(truth["task_points"])[0])
+    with pytest.raises(IndexError):
+        ds.__getitems__([50])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ds))._renderer is None  # what a DataLoader worker receives
+    # beside demonstration items in one batch
+    demo = DemoDataset(eps, vla.action_tokenizer, 2, True)
+    rep = RepeatDataset(demo, 3)
+    assert len(rep) == 3 * len(demo) and rep[len(demo) + 1]["t"] == demo[1]["t"]
+    mixed = MixedDataset([rep, ds])
+    b = collate(mixed.__getitems__([0, len(rep) + 3]))
+    assert b["template"] == [None, GROUNDING_TEMPLATE] and b["pixels"].shape == (2, 32, 32, 3)
+
+
+def test_scene_sources_need_suite_tasks(write_demo, tmp_path):
+    from ee_vla.training.data import scene_sources
+
+    eps = scan_dataset([write_demo(tmp_path / "d.hdf5", task_points=True)])  # ee_vla/Synthetic-v0
+    with pytest.raises(DatasetError, match="ee_vla tabletop tasks"):
+        scene_sources(eps)
+    with pytest.raises(ValueError, match="grounding_fraction must be in \\[0, 0.5\\]"):
+        TrainConfig(data=("x",), out_dir="o", grounding_fraction=1.0)
+    TrainConfig(data=("x",), out_dir="o", grounding_fraction=1.0, grounding_source="scenes")
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_train_grounding_on_fresh_scenes(write_demo, tmp_path, fraction):
+    from ee_vla.training.bc import train
+
+    path, _ = _suite_episodes(write_demo, tmp_path)
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        data=(str(path),),
+        out_dir=str(out),
+        preset="tiny",
+        chunk_size=1,
+        steps=16,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=8,
+        eval_every=16,
+        augment=False,
+        grounding_fraction=fraction,
+        grounding_source="scenes",
+        val_fraction=0.2,
+        num_workers=1 if fraction == 1 else 0,
+    )
+    model_dir = train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["grounding_acc"] > 0 and "eval/start_grounding_err_m" in rows[-1]
+    meta = json.loads((model_dir / "ee_vla.json").read_text())["meta"]
+    assert meta["grounding"]["source"] == "scenes"
+    VLA.from_pretrained(model_dir)
