@@ -94,6 +94,10 @@ class RunConfig:
     """DataLoader worker processes (the data is held in memory; 0 is usually enough)."""
     resume: bool = False
     """Continue from the latest checkpoint in out_dir (model, optimizer, scheduler, step, RNG)."""
+    stop_after: int | None = None
+    """End this run after this many steps, with a checkpoint and out_dir/model, although the
+    learning-rate schedule is `steps` long (reproduces a run cut short by a time limit; `--resume`
+    with a larger or no stop_after continues it). None = run all `steps`."""
 
     def __post_init__(self) -> None:
         c = type(self).__name__
@@ -107,6 +111,12 @@ class RunConfig:
         for name in ("warmup_steps", "eval_every", "num_workers"):
             _check(getattr(self, name) >= 0, c, name, f"must be >= 0, got {getattr(self, name)}")
         _check(math.isfinite(self.lr) and self.lr > 0, c, "lr", f"must be > 0, got {self.lr}")
+        _check(
+            self.stop_after is None or 1 <= self.stop_after <= self.steps,
+            c,
+            "stop_after",
+            f"must be in [1, steps={self.steps}] or None, got {self.stop_after}",
+        )
         _check(self.weight_decay >= 0, c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.grad_clip >= 0, c, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         _check(0 <= self.label_smoothing < 1, c, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")

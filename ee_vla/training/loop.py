@@ -420,9 +420,12 @@ def fit(
 
     sums: dict[str, torch.Tensor] = {}
     n_acc, t_last = 0, time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=kind, disable=not rt.is_main, dynamic_ncols=True)
+    last = cfg.steps if cfg.stop_after is None else cfg.stop_after
+    bar = tqdm(total=last, initial=step, desc=kind, disable=not rt.is_main, dynamic_ncols=True)
     data_iter = iter(loader)
-    while step < cfg.steps:
+    if step >= last:
+        log.info("step %d: nothing to do (steps=%d, stop_after=%s)", step, cfg.steps, cfg.stop_after)
+    while step < last:
         batch = next(data_iter)
         inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"], batch.get("template"))
         if cfg.augment:
@@ -452,9 +455,9 @@ def fit(
             sums[k] = sums[k] + v if k in sums else v
         n_acc += 1
 
-        do_eval = eval_batch is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
+        do_eval = eval_batch is not None and (step % cfg.eval_every == 0 or step == last)
         due_eval = bool(cfg.eval_every) and (step % cfg.eval_every == 0)  # the same on every rank
-        logged = step % cfg.log_every == 0 or due_eval or step == cfg.steps
+        logged = step % cfg.log_every == 0 or due_eval or step == last
         if logged:
             keys = sorted(sums)
             vec = torch.stack([sums[k] for k in keys]) / n_acc
@@ -477,7 +480,7 @@ def fit(
                 metrics_log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
             sums, n_acc = {}, 0
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step == last:
             checkpoint()
         if logged:
             t_last = time.perf_counter()  # throughput excludes evaluation and checkpoint time

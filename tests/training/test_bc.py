@@ -87,6 +87,22 @@ def test_resume_continues_exactly(tmp_path, write_demo):
     assert [r["step"] for r in _rows(cut)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_stop_after_ends_early_on_the_long_schedule_and_resumes(tmp_path, write_demo):
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=6)
+    full = tmp_path / "full"
+    train(_cfg([data], full, steps=6, save_every=3, keep_checkpoints=5))
+    cut = tmp_path / "cut"
+    model = train(_cfg([data], cut, steps=6, save_every=3, keep_checkpoints=5, stop_after=4))
+    assert model.is_dir() and [r["step"] for r in _rows(cut)] == [1, 2, 3, 4]
+    assert _rows(cut)[-1]["lr"] == pytest.approx(_rows(full)[3]["lr"])  # the 6-step schedule, not a 4-step one
+    assert load_trainer_state(cut / "checkpoints" / "step_0000004")["step"] == 4
+    train(_cfg([data], cut, steps=6, save_every=3, keep_checkpoints=5, resume=True))
+    for a, b in zip(_rows(full), _rows(cut), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="stop_after"):
+        _cfg([data], cut, steps=6, stop_after=7)
+
+
 def test_multi_task_directory_and_half_precision_export(tmp_path, write_demo):
     from ee_vla.models.vla import VLA
 
