@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default policy, ee_vla/checkpoints/default/, on a GPU machine:
-#   1. collect scripted-expert demonstrations of every ee_vla suite task (sim_envs)
-#   2. behaviour-clone the `small` VLA teacher (bf16 autocast)
-#   3. collect the teacher's Jacobi trajectories once
-#   4. CEED consistency distillation of the student (mixed labels, threshold 0.1)
+# Reproduce the shipped default policy, ee_vla/checkpoints/default/ (docs/training.md, "Session-5"):
+#   1. collect scripted-expert demonstrations of every ee_vla suite task (sim_envs), 1500 per task
+#   2. grounding pre-training of a `small` VLA on fresh scenes (where are the objects?), GPU
+#   3. behaviour cloning from it, co-trained on fresh-scene grounding, noisy teacher forcing, GPU;
+#      continued at a lower grounding fraction (the session's runs were two 10-minute device calls)
+#   4. the teacher's Jacobi trajectories and CEED consistency distillation (mixed labels, threshold
+#      0.1) on 150 demonstrations per task, on the CPU
 #   5. copy the student (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
 #
 #   bash scripts/train_default.sh                 # the default policy
 #   ABLATE=1 bash scripts/train_default.sh        # + the mixed-label ablation, reusing the trajectories
-#   NPROC=4 bash scripts/train_default.sh         # torchrun DDP over 4 GPUs (global batch x4)
+#   NPROC=4 bash scripts/train_default.sh         # torchrun DDP over 4 GPUs for stages 2-3 (global batch x4)
 #
-# Every stage is re-runnable: collection is skipped when its output exists, and a training run whose
-# out dir holds checkpoints is resumed (--resume). Seeds are fixed (SEED). Knobs below are
-# environment variables so the lead can size the run to the GPU time available.
+# Every stage is skipped when its result exists. Seeds are fixed (SEED). The pre-training schedule is
+# 3000 steps long but was stopped by the device's time limit at 2250 (--stop-after reproduces that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,53 +21,64 @@ export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
 SEED="${SEED:-0}"
-DATA="${DATA:-data/suite}"                      # demos.hdf5 + stats.json
-RUNS="${RUNS:-outputs/default}"                 # bc/, trajectories/, ceed/, ablate/
+DATA="${DATA:-data/suite}"                      # demos.hdf5 + stats.json, 1500 per task
+DATA_DISTILL="${DATA_DISTILL:-data/suite150}"   # 150 per task (the same seeds' first 150)
+RUNS="${RUNS:-outputs/default}"
 DEST="${DEST:-ee_vla/checkpoints/default}"
 TASKS="${TASKS:-ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Push-v0 ee_vla/Place-v0}"
-EPISODES="${EPISODES:-200}"                     # successful demonstrations per task
-BC_STEPS="${BC_STEPS:-10000}"
-DISTILL_STEPS="${DISTILL_STEPS:-3000}"
-ABLATE_STEPS="${ABLATE_STEPS:-$DISTILL_STEPS}"
-BATCH="${BATCH:-128}"                           # per GPU
+BATCH="${BATCH:-512}"                           # per GPU
 NPROC="${NPROC:-1}"
-WORKERS="${WORKERS:-$(nproc)}"
+WORKERS="${WORKERS:-$(($(nproc) - 2))}"         # DataLoader workers: they render the fresh scenes
+E="${E:-ee-vla}"
 
 if [ "$NPROC" -gt 1 ]; then
   RUN=(torchrun --standalone --nproc_per_node "$NPROC" -m ee_vla.cli)
 else
-  RUN=(ee-vla)
+  read -r -a RUN <<<"$E"
 fi
-resume() { if [ -d "$1/checkpoints" ]; then echo --resume; fi; }
+COMMON=(--batch-size "$BATCH" --weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat16
+  --save-dtype bfloat16 --seed "$SEED" --num-workers "$WORKERS" --log-every 50 --save-every 250 --eval-samples 256)
 
 # ---- 1. demonstrations (all suite tasks in one demos.hdf5, 128 px = the small preset's input) ------
-if [ ! -f "$DATA/demos.hdf5" ]; then
-  # shellcheck disable=SC2086
-  ee-vla collect --env $TASKS --episodes "$EPISODES" --out "$DATA" --seed "$SEED" --image-size 128 \
-    --num-workers "$WORKERS"
+for spec in "$DATA:1500:$(nproc)" "$DATA_DISTILL:150:$(nproc)"; do
+  IFS=: read -r dir n workers <<<"$spec"
+  if [ ! -f "$dir/demos.hdf5" ]; then
+    # shellcheck disable=SC2086
+    $E collect --env $TASKS --episodes "$n" --out "$dir" --seed "$SEED" --image-size 128 --num-workers "$workers"
+  fi
+done
+
+# ---- 2. grounding pre-training on fresh scenes (proprio in the prompt, sine-cosine position table) --
+if [ ! -d "$RUNS/grounding/model" ]; then
+  "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/grounding" --preset small --chunk-size 3 --use-proprio \
+    --grounding-fraction 1 --grounding-source scenes --steps 3000 --stop-after 2250 --lr 6e-4 --warmup-steps 200 \
+    --eval-every 250 "${COMMON[@]}"
 fi
 
-# ---- 2. AR teacher: behaviour cloning, chunks of 3 actions, proprio in the prompt -----------------
-# (random vision position table: the shipped checkpoint predates the sincos default)
-# shellcheck disable=SC2046
-"${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc" --preset small --chunk-size 3 --use-proprio --vision-pos-init random \
-  --steps "$BC_STEPS" --batch-size "$BATCH" --lr 3e-4 --warmup-steps 500 --weight-decay 0.01 \
-  --dtype bfloat16 --seed "$SEED" --log-every 50 --save-every 2000 --eval-every 1000 $(resume "$RUNS/bc")
+# ---- 3. behaviour cloning from it (the AR teacher) -------------------------------------------------
+if [ ! -d "$RUNS/bc1/model" ]; then
+  "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc1" --init-from "$RUNS/grounding/model" \
+    --grounding-fraction 0.5 --grounding-source scenes --input-noise 0.5 --steps 2400 --lr 3e-4 --warmup-steps 100 \
+    --eval-every 400 "${COMMON[@]}"
+fi
+if [ ! -d "$RUNS/bc/model" ]; then
+  "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc" --init-from "$RUNS/bc1/model" \
+    --grounding-fraction 0.3 --grounding-source scenes --input-noise 0.5 --steps 2800 --lr 3e-4 --warmup-steps 100 \
+    --eval-every 400 "${COMMON[@]}"
+fi
 
-# ---- 3. the teacher's Jacobi trajectories (warm + prompt initial guesses), collected once ---------
+# ---- 4. CEED student (CPU: trajectories once, then distillation) -------------------------------------
 if ! ls "$RUNS/trajectories/trajectories"/part-*.safetensors >/dev/null 2>&1; then
-  "${RUN[@]}" distill --data "$DATA" --out-dir "$RUNS/trajectories" --teacher "$RUNS/bc/model" \
-    --collect-only --inits warm prompt --collect-batch-size 256 --dtype bfloat16 --seed "$SEED"
+  $E distill --data "$DATA_DISTILL" --out-dir "$RUNS/trajectories" --teacher "$RUNS/bc/model" \
+    --collect-only --inits warm prompt --collect-batch-size 256 --seed "$SEED" --device cpu
 fi
 TRAJ="$RUNS/trajectories/trajectories"
-
-# ---- 4. CEED student -------------------------------------------------------------------------------
-# shellcheck disable=SC2046
-"${RUN[@]}" distill --data "$DATA" --out-dir "$RUNS/ceed" --teacher "$RUNS/bc/model" --trajectories "$TRAJ" \
-  --steps "$DISTILL_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup-steps 100 \
-  --mixed-label-threshold 0.1 --consistency-weight 1 --ar-weight 1 --label-smoothing 0.1 \
-  --dtype bfloat16 --save-dtype bfloat16 --seed "$SEED" --log-every 50 --save-every 1000 --eval-every 250 \
-  $(resume "$RUNS/ceed")
+DISTILL=(--data "$DATA_DISTILL" --teacher "$RUNS/bc/model" --trajectories "$TRAJ" --steps "${DISTILL_STEPS:-400}"
+  --batch-size 32 --lr 1e-4 --warmup-steps 20 --consistency-weight 1 --ar-weight 1 --label-smoothing 0.1
+  --save-dtype bfloat16 --seed "$SEED" --log-every 20 --save-every 200 --eval-every 200 --eval-samples 32 --device cpu)
+if [ ! -d "$RUNS/ceed/model" ]; then
+  $E distill --out-dir "$RUNS/ceed" --mixed-label-threshold 0.1 "${DISTILL[@]}"
+fi
 
 # ---- 5. ship it ------------------------------------------------------------------------------------
 rm -rf "$DEST"
@@ -77,18 +89,12 @@ du -sh "$DEST"
 # ---- optional: mixed-label ablation (same teacher, same trajectories, only the labels differ) -------
 if [ "${ABLATE:-0}" = "1" ]; then
   for THR in 0.05 0.2 0.4; do
-    # shellcheck disable=SC2046
-    "${RUN[@]}" distill --data "$DATA" --out-dir "$RUNS/ablate/thr_$THR" --teacher "$RUNS/bc/model" \
-      --trajectories "$TRAJ" --steps "$ABLATE_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup-steps 100 \
-      --mixed-label-threshold "$THR" --dtype bfloat16 --save-dtype bfloat16 --seed "$SEED" \
-      $(resume "$RUNS/ablate/thr_$THR")
+    [ -d "$RUNS/ablate/thr_$THR/model" ] || $E distill --out-dir "$RUNS/ablate/thr_$THR" --mixed-label-threshold "$THR" "${DISTILL[@]}"
   done
-  # shellcheck disable=SC2046
-  "${RUN[@]}" distill --data "$DATA" --out-dir "$RUNS/ablate/no_mixed" --teacher "$RUNS/bc/model" \
-    --trajectories "$TRAJ" --steps "$ABLATE_STEPS" --batch-size "$BATCH" --lr 1e-4 --warmup-steps 100 \
-    --no-mixed-labels --dtype bfloat16 --save-dtype bfloat16 --seed "$SEED" $(resume "$RUNS/ablate/no_mixed")
+  [ -d "$RUNS/ablate/no_mixed/model" ] || $E distill --out-dir "$RUNS/ablate/no_mixed" --no-mixed-labels "${DISTILL[@]}"
   for POLICY in "$RUNS/ceed/model" "$RUNS"/ablate/*/model; do
-    ee-vla eval --policy "$POLICY" --compare ar ceed --episodes 50 --num-envs 8 --seed 1000 \
-      --output-dir "$(dirname "$POLICY")/eval"
+    # shellcheck disable=SC2086
+    $E eval --policy "$POLICY" $(printf -- '--env %s ' $TASKS) --compare ar ceed --episodes 50 --num-envs 10 \
+      --seed 100000 --output-dir "$(dirname "$POLICY")/eval"
   done
 fi
