@@ -176,20 +176,22 @@ def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
     )
 
 
-def _grounding_mix(cfg: TrainConfig, episodes, demo: DemoDataset, points, use_proprio: bool, world_size: int):
+def _grounding_mix(
+    cfg: TrainConfig, episodes, demo: DemoDataset, points, use_proprio: bool, world_size: int, scenes=None
+):
     """(training set, grounding dataset) for `cfg.grounding_fraction` f of grounding items.
 
-    demos: f / (1 - f) questions per demonstration item, on demonstration frames. scenes: every
-    question a new scene; the demonstration items are repeated so that one epoch of the mix covers
-    the whole run (`steps x batch_size x world_size` items) at the ratio f, and f = 1 trains on
-    scenes only."""
+    demos: f / (1 - f) questions per demonstration item, on demonstration frames. scenes (`scenes`
+    = `scene_sources(episodes)`): every question a new scene; the demonstration items are repeated
+    so that one epoch of the mix covers the whole run (`steps x batch_size x world_size` items) at
+    the ratio f, and f = 1 trains on scenes only."""
     f, n_tok = cfg.grounding_fraction, demo.targets[0].shape[1]
-    if cfg.grounding_source == "demos":
+    if scenes is None:
         n_items = round(len(demo) * f / (1 - f))
         grounding = GroundingDataset(episodes, points, n_tok, use_proprio, n_items, cfg.seed)
         log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(demo))
         return MixedDataset([demo, grounding]), grounding
-    env_ids, env_kwargs = scene_sources(episodes)
+    env_ids, env_kwargs = scenes
     total = cfg.steps * cfg.batch_size * world_size
     if f >= 1:
         grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, total)
@@ -219,8 +221,8 @@ def train(cfg: TrainConfig) -> Path:
     resume_from = resolve_run_dir(cfg)
     stats = _check_inputs(cfg, train_eps, resume_from)
     point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None
-    if point_stats is not None and cfg.grounding_source == "scenes":
-        scene_sources(train_eps)  # fails now if the data's tasks cannot be rendered
+    # the tasks and camera of fresh grounding scenes (fails now if the data's tasks cannot be rendered)
+    scenes = scene_sources(train_eps) if point_stats is not None and cfg.grounding_source == "scenes" else None
     rt = init_runtime(cfg.device)
     try:
         torch.manual_seed(cfg.seed)
@@ -236,7 +238,7 @@ def train(cfg: TrainConfig) -> Path:
             from ee_vla.action_tokenizer import ActionTokenizer
 
             points = ActionTokenizer.openvla(point_stats, vocab_size=len(vla.tokenizer))
-            train_set, grounding = _grounding_mix(cfg, train_eps, dataset, points, use_proprio, rt.world_size)
+            train_set, grounding = _grounding_mix(cfg, train_eps, dataset, points, use_proprio, rt.world_size, scenes)
             vla.meta["grounding"] = {
                 "template": grounding.template,
                 "stats": point_stats.to_dict(),

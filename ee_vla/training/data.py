@@ -388,7 +388,31 @@ class DemoDataset(_FrameDataset):
         return batch
 
 
-class GroundingDataset(_FrameDataset):
+class _GroundingAnswers:
+    """What both grounding datasets share: the question template and the answer, task points
+    discretised by `tokenizer` into action-block tokens padded with `IGNORE` to `n_tokens`."""
+
+    template: str
+    tokenizer: ActionTokenizer
+    n_tokens: int
+
+    def _set_answer_format(self, point_tokenizer: ActionTokenizer, n_tokens: int) -> None:
+        from ee_vla.models.vla import GROUNDING_TEMPLATE
+
+        D = point_tokenizer.action_dim
+        if n_tokens < D:
+            raise ValueError(f"a grounding answer has {D} tokens but the chunk only {n_tokens}")
+        self.template, self.tokenizer, self.n_tokens = GROUNDING_TEMPLATE, point_tokenizer, n_tokens
+
+    def _answer(self, batch: dict, points: np.ndarray) -> dict:
+        """`batch` with ``target`` (the answers to `points`, (B, D)) and ``template`` added."""
+        batch["target"] = np.full((len(points), self.n_tokens), IGNORE, dtype=np.int64)
+        batch["target"][:, : self.tokenizer.action_dim] = self.tokenizer.encode(points)
+        batch["template"] = [self.template] * len(points)
+        return batch
+
+
+class GroundingDataset(_GroundingAnswers, _FrameDataset):
     """Grounding questions on demonstration frames: "where are the objects to <instruction>?"
     answered with the frame's task points (target xyz, goal xyz) discretised by `point_tokenizer`
     into action-block tokens, padded with `IGNORE` to `n_tokens` (the chunk length, so the items
@@ -406,16 +430,9 @@ class GroundingDataset(_FrameDataset):
     ):
         if any(e.pixels is None for e in episodes):
             raise ValueError("GroundingDataset needs episodes with pixels loaded (load_pixels)")
-        D = point_tokenizer.action_dim
-        if n_tokens < D:
-            raise ValueError(f"a grounding answer has {D} tokens but the chunk only {n_tokens}")
-        from ee_vla.models.vla import GROUNDING_TEMPLATE
-
-        self.template = GROUNDING_TEMPLATE
+        self._set_answer_format(point_tokenizer, n_tokens)
         self.episodes = episodes
         self.use_proprio = use_proprio
-        self.tokenizer = point_tokenizer
-        self.n_tokens = n_tokens
         frames = all_frames(episodes)
         pick = np.random.default_rng(seed).choice(len(frames), size=n_items, replace=n_items > len(frames))
         self.index = frames[pick]
@@ -423,10 +440,7 @@ class GroundingDataset(_FrameDataset):
     def __getitems__(self, indices: Sequence[int]) -> dict:
         batch = self.frames(indices)
         points = np.stack([self.episodes[i].task_points[j] for i, j in zip(batch["episode"], batch["t"], strict=True)])
-        batch["target"] = np.full((len(points), self.n_tokens), IGNORE, dtype=np.int64)
-        batch["target"][:, : self.tokenizer.action_dim] = self.tokenizer.encode(points)
-        batch["template"] = [self.template] * len(points)
-        return batch
+        return self._answer(batch, points)
 
 
 def scene_sources(episodes: list[Episode]) -> tuple[list[str], dict]:
@@ -461,13 +475,14 @@ def scene_sources(episodes: list[Episode]) -> tuple[list[str], dict]:
     return ids, {**kwargs, "image_size": H}
 
 
-class SceneGroundingDataset(torch.utils.data.Dataset):
+class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
     """Grounding questions on freshly rendered scenes (`sim_envs.scenes`): item i is scene seed
     `first_seed + i` of `env_ids`, answered with its task points like `GroundingDataset`'s items.
     Make `n_items` as large as the run consumes and no scene is seen twice, so the network cannot
     memorise answers: it has to find the named objects. Items have `GroundingDataset`'s keys
     (``episode`` -1, ``t`` 0). Each process that renders (the main one or a DataLoader worker)
-    starts its own spawned renderer process (`SceneRendererProcess`: GL state must not be forked)."""
+    starts its own renderer process (`SceneRendererProcess`, fork + exec: GL state must not be
+    forked)."""
 
     def __init__(
         self,
@@ -479,19 +494,13 @@ class SceneGroundingDataset(torch.utils.data.Dataset):
         n_items: int,
         first_seed: int | None = None,
     ):
-        from ee_vla.models.vla import GROUNDING_TEMPLATE
         from sim_envs.scenes import SCENE_SEED_BASE
 
-        D = point_tokenizer.action_dim
-        if n_tokens < D:
-            raise ValueError(f"a grounding answer has {D} tokens but the chunk only {n_tokens}")
+        self._set_answer_format(point_tokenizer, n_tokens)
         if n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
-        self.template = GROUNDING_TEMPLATE
         self.env_ids = list(env_ids)
         self.env_kwargs = dict(env_kwargs)
-        self.tokenizer = point_tokenizer
-        self.n_tokens = n_tokens
         self.use_proprio = use_proprio
         self.n_items = n_items
         self.first_seed = SCENE_SEED_BASE if first_seed is None else first_seed
@@ -520,17 +529,14 @@ class SceneGroundingDataset(torch.utils.data.Dataset):
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_items):
             raise IndexError(f"scene index out of range 0..{self.n_items - 1}")
         scenes = self.renderer().render((self.first_seed + idx).tolist())
-        target = np.full((len(idx), self.n_tokens), IGNORE, dtype=np.int64)
-        target[:, : self.tokenizer.action_dim] = self.tokenizer.encode(scenes["task_points"])
-        return {
+        batch = {
             "pixels": scenes["pixels"],
             "instruction": scenes["instruction"],
             "proprio": scenes["agent_pos"] if self.use_proprio else None,
             "episode": np.full(len(idx), -1, dtype=np.int64),
             "t": np.zeros(len(idx), dtype=np.int64),
-            "target": target,
-            "template": [self.template] * len(idx),
         }
+        return self._answer(batch, scenes["task_points"])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_renderer": None, "_pid": None}  # a GL context does not pickle
