@@ -14,11 +14,11 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from ee_vla.decoding import DecodeConfig
+from ee_vla.engine.factory import ENGINES, EngineKind
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class BenchConfig:
     """torch device."""
     dtype: str = "float32"
     """Model dtype."""
-    engine: Literal["auto", "eager", "static", "graph"] = "auto"
+    engine: EngineKind = "auto"
     """Decode engine (see PolicyConfig.engine): auto = CUDA graphs on a GPU, eager otherwise."""
     seed: int = 0
     """Seed of the random observations (and of a random model)."""
@@ -64,8 +64,8 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 1:
             raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
-        if self.engine not in ("auto", "eager", "static", "graph"):
-            raise ValueError(f"BenchConfig.engine must be auto|eager|static|graph, got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"BenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
         if not self.decoders:
             raise ValueError("BenchConfig.decoders is empty")
         for d in self.decoders:

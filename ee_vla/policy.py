@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ import torch
 from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
 from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
-from ee_vla.engine import make_prefill
+from ee_vla.engine import ENGINES, EngineKind, make_prefill
 from ee_vla.streaming import StreamedAction
 
 
@@ -49,9 +48,11 @@ class PolicyConfig:
     """torch device of the model."""
     dtype: str = "float32"
     """Model dtype: float32 | bfloat16 | float16 | float64."""
-    engine: Literal["auto", "eager", "static", "graph"] = "auto"
+    engine: EngineKind = "auto"
     """Decode engine: eager (transformers DynamicCache), graph (static KV cache + CUDA graphs; CUDA
-    only), static (graph's static-shape forwards without graphs), auto = graph on CUDA, else eager."""
+    only), static (graph's static-shape forwards without graphs), compiled (graph's forwards compiled
+    by torch.compile/Inductor, then captured; compiles each shape at its first call), auto = graph
+    on CUDA, else eager."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)
@@ -59,8 +60,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.n_action_steps must be >= 1 or None, got {self.n_action_steps}")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise ValueError(f"PolicyConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
-        if self.engine not in ("auto", "eager", "static", "graph"):
-            raise ValueError(f"PolicyConfig.engine must be auto|eager|static|graph, got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
 
 
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:

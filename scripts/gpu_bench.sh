@@ -3,15 +3,19 @@
 #
 #   bash scripts/gpu_bench.sh            # writes under $OUT (default outputs/gpu_bench)
 #
-# 1. exactness: the engine tests (tests/engine: CPU static-vs-eager, GPU graph-vs-eager in float64)
-#    and `python -m ee_vla.engine.check` (exactness.json, with the bf16 agreement report);
-# 2. the profiler, bf16: OpenVLA's Llama-2-7B shape (276-token prefix, vision excluded) at batch 1
-#    and 4, the `small` VLA preset (vision in the prefill) and Qwen2-0.5B's shape;
-# 3. a summary table of every profile (printed last).
+# 1. exactness: the engine tests (tests/engine: CPU static-vs-eager, GPU graph- and compiled-vs-eager
+#    in float64);
+# 2. the profiler: OpenVLA's Llama-2-7B shape (276-token prefix, vision excluded) at batch 1 in bf16
+#    (eager, graph, compiled engines) and in float32 (eager vs graph tokens), and the `small` VLA
+#    preset (vision in the prefill);
+# 3. `python -m ee_vla.engine.check --compiled` (exactness.json, with the bf16 agreement report),
+#    with the time left;
+# 4. a summary table of every profile (printed last).
+# Batch 4 and Qwen2-0.5B: run the profiler by hand (docs/performance.md gives the lines).
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
-# Each step has its own time limit (580 s in all, under the device tool's 600 s per command) and a
+# Each step has its own time limit (590 s in all, under the device tool's 600 s per command) and a
 # failed step does not stop the others; the exit status is the number of failed steps.
 # At most 8 files land in $OUT (the device tool's limit).
 set -uo pipefail
@@ -37,23 +41,26 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log everything, rem
 }
 
 step env 20 python3 -c "
-import torch, transformers, platform
+import torch, transformers, triton, platform
 print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda,
-      'transformers', transformers.__version__)
+      'transformers', transformers.__version__, 'triton', triton.__version__)
 print('device', torch.cuda.get_device_name(0), '%.1f GiB' % (torch.cuda.get_device_properties(0).total_memory / 2**30))
 "
-step pytest-engine 110 python3 -m pytest tests/engine -q -p no:cacheprovider
-step check 80 python3 -m ee_vla.engine.check --device cuda --out "$OUT"
+step pytest-engine 150 python3 -m pytest tests/engine -q -p no:cacheprovider
 
 PROFILE=(python3 -m ee_vla.engine.profile --device cuda --dtype bfloat16 --out "$OUT")
-step profile-7b 170 "${PROFILE[@]}" --shape openvla-7b --calls 30 --step-widths 1 7 21 22 56
-step profile-7b-b4 80 "${PROFILE[@]}" --shape openvla-7b --batch-size 4 --left-pad 5 --decoders ar ceed \
-  --no-generate --no-plots --calls 20 --step-widths 1 22
-step profile-small 60 "${PROFILE[@]}" --shape small --calls 30
-step profile-qwen2 60 "${PROFILE[@]}" --shape qwen2-0.5b --calls 20 --no-plots
+# eager, graph and compiled (Inductor + CUDA graphs); each compiled shape costs a compilation
+step profile-7b 240 "${PROFILE[@]}" --shape openvla-7b --calls 30 --decoders ar ceed --step-widths 1 7 22
+# the random 7B's bf16 tokens differ between engines: compare them in float32 (same engine code)
+step profile-7b-fp32 90 python3 -m ee_vla.engine.profile --device cuda --dtype float32 --out "$OUT/fp32" \
+  --shape openvla-7b --engines eager graph --decoders ar ceed --calls 3 --step-iters 10 --step-widths 22 \
+  --no-generate --no-plots
+step profile-small 90 "${PROFILE[@]}" --shape small --calls 30 --no-plots
+left=$((590 - SECONDS))
+step check $((left > 20 ? left : 20)) python3 -m ee_vla.engine.check --device cuda --compiled --out "$OUT"
 
 echo "=== summary" | tee -a "$LOG"
-python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json 2>&1 | tee -a "$LOG"
+python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json 2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
-echo "failed steps: $FAILED; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+echo "failed steps: $FAILED; files in $OUT: $(ls -R "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
 exit "$FAILED"

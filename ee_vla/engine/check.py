@@ -1,4 +1,4 @@
-"""Exactness of the static/graph engines against the eager `HFStep`, through the one decode loop.
+"""Exactness of the static/graph/compiled engines against the eager `HFStep`, through the one decode loop.
 
 `compare_to_eager` decodes the same inputs with every decoder configuration twice (eager `HFStep`
 and the engine under test) and compares tokens, iteration counts and the prefill's logits.
@@ -129,12 +129,13 @@ def _agreement(model, inputs: dict, n: int, a: Prefill, b: Prefill, cfg: DecodeC
     return float((ta == tb).float().mean())
 
 
-def strict_cases(device: str | torch.device, engine: str) -> list[dict]:
-    """The float64 exactness cases on `device` for `engine` (static | graph): tiny Llama/Qwen2,
-    batch 1 and 4 (left-padded), with and without an action range; a tiny Llava VLA, batch 2."""
+def strict_cases(device: str | torch.device, engine: str, archs: tuple[str, ...] = ("llama", "qwen2")) -> list[dict]:
+    """The float64 exactness cases on `device` for `engine` (static | graph | compiled): tiny
+    Llama/Qwen2 (`archs`), batch 1 and 4 (left-padded), with and without an action range; a tiny
+    Llava VLA, batch 2."""
     cases = []
     n = 12
-    for arch in ("llama", "qwen2"):
+    for arch in archs:
         model = tiny_lm(arch, seed=0, device=device)
         for batch, pads in ((1, [0]), (4, [0, 3, 5, 8])):
             inputs = padded_prompts(batch, 9, pads, seed=batch, device=device)
@@ -171,8 +172,9 @@ def vla_case(preset: str, device: str | torch.device, engine: str, dtype: torch.
     }
 
 
-def bf16_agreement(device: str | torch.device, batch: int = 2) -> dict:
-    """Token agreement (0..1) in bf16 on the `small` VLA: graph vs static and graph vs eager."""
+def bf16_agreement(device: str | torch.device, batch: int = 2, compiled: bool = False) -> dict:
+    """Token agreement (0..1) in bf16 on the `small` VLA: graph vs static and graph vs eager (and
+    compiled vs eager, compiled vs graph with `compiled`)."""
     from ee_vla.models.vla import VLA
 
     vla = VLA.create("small", chunk_size=3, seed=0)
@@ -183,22 +185,35 @@ def bf16_agreement(device: str | torch.device, batch: int = 2) -> dict:
     n, m = vla.n_action_tokens, vla.model
     graph, static = make_prefill("graph", m, n), make_prefill("static", m, n)
     kw = dict(action_range=vla.action_range, unit=vla.action_dim)
+    comp = make_prefill("compiled", m, n) if compiled else None
     out = {}
     for name, cfg in CHECK_CONFIGS.items():
         out[name] = {
             "graph_vs_static": _agreement(m, inputs, n, graph, static, cfg, **kw),
             "graph_vs_eager": _agreement(m, inputs, n, graph, HFStep.prefill, cfg, **kw),
         }
+        if comp is not None:
+            out[name]["compiled_vs_eager"] = _agreement(m, inputs, n, comp, HFStep.prefill, cfg, **kw)
+            out[name]["compiled_vs_graph"] = _agreement(m, inputs, n, comp, graph, cfg, **kw)
     return out
 
 
-def run_checks(device: str = "cpu") -> dict:
-    """All strict checks for the engines available on `device` (static; and graph on CUDA), plus
-    the bf16 agreement report on CUDA. `ok` is True when every strict case matched."""
-    engines = ["static"] + (["graph"] if torch.device(device).type == "cuda" else [])
+COMPILED_ARCHS = ("llama",)
+"""The compiled engine's strict cases use one LM architecture: every case compiles each of its
+shapes (seconds apiece), and what compilation could break is the same for both."""
+
+
+def run_checks(device: str = "cpu", compiled: bool | None = None) -> dict:
+    """All strict checks for the engines available on `device` (static; graph on CUDA; compiled
+    when `compiled`, default on CUDA), plus the bf16 agreement report on CUDA. `ok` is True when
+    every strict case matched."""
+    cuda = torch.device(device).type == "cuda"
+    compiled = cuda if compiled is None else compiled
+    engines = ["static"] + (["graph"] if cuda else []) + (["compiled"] if compiled else [])
     report: dict = {"device": str(device), "engines": engines, "strict": {}}
     for engine in engines:
-        report["strict"][engine] = strict_cases(device, engine)
+        archs = COMPILED_ARCHS if engine == "compiled" else ("llama", "qwen2")
+        report["strict"][engine] = strict_cases(device, engine, archs)
     failures = [
         f"{engine}/{case['model']}/b{case['batch']}/{name}"
         for engine, cases in report["strict"].items()
@@ -209,7 +224,7 @@ def run_checks(device: str = "cpu") -> dict:
     report["failures"] = failures
     report["ok"] = not failures
     if "graph" in engines:
-        report["bf16_small_vla_agreement"] = bf16_agreement(device)
+        report["bf16_small_vla_agreement"] = bf16_agreement(device, compiled=compiled)
     return report
 
 
@@ -217,9 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Check the static/graph decode engines against eager HFStep.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="directory for exactness.json")
+    p.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also check the torch.compile engine (default: on CUDA)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = run_checks(args.device)
+    report = run_checks(args.device, args.compiled)
     from ee_vla.timing import environment_info
 
     report["environment"] = environment_info(args.device, "float64")
@@ -231,9 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     for f in report["failures"]:
         print(f"  MISMATCH {f}")
     for name, r in report.get("bf16_small_vla_agreement", {}).items():
+        extra = "".join(
+            f"  {k.replace('_vs_', '==')} {r[k]:.3f}" for k in ("compiled_vs_eager", "compiled_vs_graph") if k in r
+        )
         print(
             f"  bf16 small VLA {name:<22} graph==static {r['graph_vs_static']:.3f}  "
-            f"graph==eager {r['graph_vs_eager']:.3f}"
+            f"graph==eager {r['graph_vs_eager']:.3f}{extra}"
         )
     return 0 if report["ok"] else 1
 

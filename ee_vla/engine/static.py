@@ -33,6 +33,18 @@ inputs are the static buffers (and each prompt bucket, lazily, at its first pref
 then a few device copies into them and one replay, with no per-layer kernel launches from Python.
 Without graphs the very same buffers and padded forwards run eagerly, which is what the CPU tests
 check against `HFStep` (the graph only replays them).
+
+With `compile="inductor"` every static-shape forward (each width, each prompt bucket) first goes
+through `torch.compile(dynamic=False)`: Inductor fuses the many small kernels of transformers'
+eager modules (RMSNorm, rotary, SiLU-gate, residual adds, the cache writes) into a few generated
+ones, which matters because a 7B forward over a short window is otherwise bound by launching and
+running ~40 small kernels per layer rather than by reading the weights. The compiled forward is
+then captured as the CUDA graph like the eager one. `compile="max-autotune"` also lets Inductor
+benchmark its own matmul kernels against cuBLAS (slower to build); `compile="aot_eager"` traces
+the same graph but runs it without code generation (what the CPU tests use to check that the
+engine's forwards trace, cheaply). Compilation happens in the warm-up forwards, never during a
+capture.
+
 Nothing in transformers is patched: the cache is a `transformers.Cache` of our own layers.
 """
 
@@ -51,6 +63,27 @@ from ee_vla.decoding.hf import prompt_positions
 from ee_vla.timing import synchronize
 
 log = logging.getLogger(__name__)
+
+COMPILE_MODES: dict[str, dict] = {
+    "inductor": {"backend": "inductor"},
+    "max-autotune": {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"},
+    "aot_eager": {"backend": "aot_eager"},
+}
+"""`StaticEngine(compile=...)` choices and their `torch.compile` arguments (always dynamic=False:
+every forward of the engine has a static shape; the engine captures its own CUDA graphs)."""
+
+_RECOMPILE_LIMIT = 64
+"""Static shapes compiled per model code object: widths x prompt buckets x batch sizes of every
+engine (torch's default, 8, would silently fall back to eager forwards past it)."""
+
+
+def _raise_recompile_limit() -> None:
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < _RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, _RECOMPILE_LIMIT)
+            return
 
 
 class _Slots:
@@ -148,6 +181,8 @@ class StaticEngine:
             max_prompt_len) and, with graphs, each bucket's prefill is captured at its first use;
             None: every prefill runs eagerly at the prompt's own length.
         warmup: eager forwards per width before its capture (cuBLAS/allocator initialisation).
+        compile: None (transformers' eager modules) or a key of `COMPILE_MODES`: run every
+            static-shape forward through `torch.compile` (see the module docstring).
     """
 
     def __init__(
@@ -161,6 +196,7 @@ class StaticEngine:
         graphs: bool | None = None,
         prefill_bucket: int | None = 16,
         warmup: int = 2,
+        compile: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"StaticEngine batch_size must be >= 1, got {batch_size}")
@@ -171,6 +207,8 @@ class StaticEngine:
         widths = sorted(set(widths if widths is not None else (1, max(1, max_new_tokens - 1))))
         if not widths or widths[0] < 1:
             raise ValueError(f"StaticEngine widths must be >= 1, got {widths}")
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(f"StaticEngine compile must be None or one of {'|'.join(COMPILE_MODES)}, got {compile!r}")
         if prefill_bucket is not None and prefill_bucket < 1:
             raise ValueError(f"StaticEngine prefill_bucket must be >= 1 or None, got {prefill_bucket}")
         text = model.config.get_text_config(decoder=True)
@@ -192,6 +230,11 @@ class StaticEngine:
         self.uses_graphs = graphs
         self.prefill_bucket = prefill_bucket
         self._warmup = warmup
+        self.compile = compile
+        self._model_logits = self._eager_logits
+        if compile is not None:
+            _raise_recompile_limit()
+            self._model_logits = torch.compile(self._eager_logits, dynamic=False, **COMPILE_MODES[compile])
         n_layers = text.num_hidden_layers
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -240,18 +283,22 @@ class StaticEngine:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         return mask.masked_fill_(~allowed, self._min)
 
-    def _buffer_forward(self, buf, **extra) -> torch.Tensor:
-        """One forward of a set of static buffers (what a CUDA graph captures): logits."""
-        self._slots.index = buf.slots
+    def _eager_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, **extra) -> torch.Tensor:
+        """The model's forward over the static cache (compiled when the engine compiles)."""
         out = self.model(
-            input_ids=buf.ids,
-            attention_mask=self._mask(buf.slots),
-            position_ids=buf.positions,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
             **extra,
         )
         return out.logits
+
+    def _buffer_forward(self, buf, **extra) -> torch.Tensor:
+        """One forward of a set of static buffers (what a CUDA graph captures): logits."""
+        self._slots.index = buf.slots
+        return self._model_logits(buf.ids, self._mask(buf.slots), buf.positions, **extra)
 
     def _forward(self, width: int) -> torch.Tensor:
         """One step over the width-`width` buffers; (B, w, V) logits."""
@@ -286,10 +333,11 @@ class StaticEngine:
             self._graphs[w] = self._graph_of(lambda w=w: self._forward(w))
         self.captured_s = time.perf_counter() - t
         log.info(
-            "captured CUDA graphs for widths %s (batch %d, %d cache slots) in %.2f s",
+            "captured CUDA graphs for widths %s (batch %d, %d cache slots%s) in %.2f s",
             self.widths,
             self.batch_size,
             self.capacity,
+            f", compiled by {self.compile}" if self.compile else "",
             self.captured_s,
         )
 

@@ -38,6 +38,7 @@ def test_profile_smoke_on_the_tiny_shape(tmp_path, capsys):
             assert r["call_ms"]["n"] == 2 and r["actions_per_s"] == pytest.approx(r["tokens_per_s"] / 7)
             assert r["token_agreement_vs_eager"] == 1.0  # float64: the static engine is exact
     assert out["hf_generate"]["call_ms"]["n"] == 2 and out["model"]["vision_in_prefill"]
+    assert out["vision_ms"]["p50"] > 0 and out["vision_ms"]["n"] >= 3  # the vision tower alone, timed
     assert saved["environment"]["device"] == "cpu" and out["targets"] == {} and out["errors"] == {}
     assert "vs eager AR" in capsys.readouterr().out
     assert main(["summarize", str(tmp_path / "profile_tiny_b2.json")]) == 0
@@ -65,6 +66,8 @@ def test_config_validation_and_cli_parsing(tmp_path):
         ProfileConfig(engines=("eager", "graph"), device="cpu")
     with pytest.raises(ValueError, match="calls"):
         ProfileConfig(calls=0)
+    with pytest.raises(ValueError, match="compile_mode"):
+        ProfileConfig(compile_mode="fastest")
     cfg = config_from_args(
         [
             "--shape",
@@ -83,5 +86,5 @@ def test_config_validation_and_cli_parsing(tmp_path):
         ]
     )
     assert cfg.engine_list == ("graph",) and cfg.decoders == ("ceed",) and not cfg.generate
-    assert ProfileConfig(device="cuda").engine_list == ("eager", "graph")
+    assert ProfileConfig(device="cuda").engine_list == ("eager", "graph", "compiled")
     assert ProfileConfig(device="cpu").engine_list == ("eager", "static")

@@ -147,6 +147,7 @@ def test_sliding_window_models_are_refused():
 
 def test_resolve_and_make_prefill():
     assert resolve_engine("auto", "cpu") == "eager" and resolve_engine("static", "cpu") == "static"
+    assert resolve_engine("compiled", "cpu") == "compiled"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_engine("graph", "cpu")
     with pytest.raises(ValueError, match="eager|static|graph"):
@@ -155,6 +156,8 @@ def test_resolve_and_make_prefill():
     assert make_prefill("auto", model, 7) == HFStep.prefill
     pool = make_prefill("static", model, 7)
     assert isinstance(pool, EnginePool) and not pool.graphs
+    compiled = make_prefill("compiled", model, 7)  # on the CPU: compiled forwards, no graphs
+    assert isinstance(compiled, EnginePool) and not compiled.graphs and compiled.compile == "inductor"
     pool(model, **padded_prompts(2, 5, [0, 1]))
     first = pool.engines[2]
     pool(model, **padded_prompts(2, 9, [0, 1]))
@@ -203,3 +206,20 @@ def test_the_replay_path_feeds_static_buffers_and_returns_fresh_logits():
     a_copy = a.clone()
     step(torch.full((4, 2), 7, dtype=torch.long), 0)
     assert torch.equal(a, a_copy)
+
+
+def test_traced_static_engine_equals_eager():
+    """The engine's forwards go through torch.compile's tracing (Dynamo + AOT functionalization of
+    the in-place cache writes) and still give the eager tokens; `aot_eager` runs the traced graph
+    without code generation (Inductor's kernels are checked on the GPU: tests/engine/test_gpu.py)."""
+    model = tiny_lm("llama", seed=1)
+    inputs = padded_prompts(4, 9, [0, 3, 5, 8], seed=3)
+    n = 12
+    pool = EnginePool(model, n, graphs=False, compile="aot_eager")
+    _assert_all_match(compare_to_eager(model, inputs, n, pool, action_range=(TINY_VOCAB - 16, TINY_VOCAB - 1)))
+    assert pool.engines[4].compile == "aot_eager"
+
+
+def test_compile_mode_is_validated():
+    with pytest.raises(ValueError, match="compile must be None or one of"):
+        StaticEngine(tiny_lm("llama", seed=0), batch_size=1, max_prompt_len=4, max_new_tokens=3, compile="turbo")
