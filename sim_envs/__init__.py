@@ -55,9 +55,13 @@ _register("ee_vla/Reach-v0", "sim_envs.reach:ReachEnv", 50)
 _register("ee_vla/PickCube-v0", "sim_envs.pick_cube:PickCubeEnv", 80)
 _register("ee_vla/Push-v0", "sim_envs.push:PushEnv", 100)
 _register("ee_vla/Place-v0", "sim_envs.place:PlaceEnv", 120)
-_register("ee_vla/MetaWorld-v0", "sim_envs.metaworld_adapter:MetaWorldEnv", 500)
+# Meta-World's own 500-step limit is off (max_path_length=None): gymnasium.make's TimeLimit, 500 or
+# the max_episode_steps given to make (e.g. `ee-vla eval --max-episode-steps`), is the only one.
+_register("ee_vla/MetaWorld-v0", "sim_envs.metaworld_adapter:MetaWorldEnv", 500, max_path_length=None)
 for _task in MT10_TASKS:
-    _register(metaworld_env_id(_task), "sim_envs.metaworld_adapter:MetaWorldEnv", 500, task_name=_task)
+    _register(
+        metaworld_env_id(_task), "sim_envs.metaworld_adapter:MetaWorldEnv", 500, task_name=_task, max_path_length=None
+    )
 
 
 def registered_env_ids() -> list[str]:

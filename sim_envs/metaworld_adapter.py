@@ -36,6 +36,8 @@ MT10_INSTRUCTIONS = {
 """One instruction per MT10 task; other tasks get one derived from their name."""
 META_WORLD_CONTROL_HZ = 80
 """Meta-World steps 5 physics frames of 2.5 ms: 80 Hz."""
+META_WORLD_HORIZON = 500
+"""Meta-World's episode length (`max_path_length`), also the registered ids' max_episode_steps."""
 
 
 def instruction_for(task_name: str) -> str:
@@ -67,7 +69,13 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
     | condition                               | effect |
     |-----------------------------------------|--------|
     | Meta-World's `info["success"]` is 1     | `info["is_success"] = True`, terminated |
-    | 500 steps (`max_episode_steps`, Meta-World's `max_path_length`) | truncated |
+    | `max_path_length` steps (default 500, Meta-World's horizon) | truncated |
+
+    The registered ids pass `max_path_length=None`: their only step limit is the `TimeLimit` of
+    `gymnasium.make` (the registered `max_episode_steps=500`, or the `max_episode_steps` given to
+    `make`, e.g. by `ee-vla eval --max-episode-steps`), so a longer limit is honoured instead of
+    being cut at Meta-World's own 500. Meta-World's internal limit (which ends an episode at 500
+    and raises on the next step) is always switched off; this class counts the steps itself.
 
     ## Starting state
     `reset(seed=s)` picks one of the task's 50 Meta-World configurations (object and goal
@@ -80,6 +88,8 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         image_size: side of the square `pixels` image.
         camera_name: a Meta-World camera ("corner", "corner2", "corner3", "corner4", "topview", ...).
         benchmark_seed: seed of Meta-World's task (goal) generation.
+        max_path_length: steps after which an episode is truncated (Meta-World's 500 by default);
+            None = no limit of its own (the registered ids: `gymnasium.make`'s TimeLimit rules).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": META_WORLD_CONTROL_HZ}
@@ -91,6 +101,7 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         image_size: int = 128,
         camera_name: str = "corner4",
         benchmark_seed: int = 0,
+        max_path_length: int | None = META_WORLD_HORIZON,
     ):
         try:
             import metaworld
@@ -104,6 +115,9 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if not isinstance(image_size, int) or not 16 <= image_size <= 1024:
             raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
+        if max_path_length is not None and (not isinstance(max_path_length, int) or max_path_length < 1):
+            raise ValueError(f"max_path_length must be an int >= 1 or None, got {max_path_length!r}")
+        self.max_path_length = max_path_length
         self.task_name = task_name
         self.render_mode = render_mode
         self.image_size = image_size
@@ -113,6 +127,10 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         self._tasks = list(benchmark.train_tasks)
         self._env = benchmark.train_classes[task_name]()
         self._env.set_task(self._tasks[0])
+        # Meta-World truncates at its own max_path_length and raises on the step after it; the
+        # step limit is this class's (or gymnasium's TimeLimit's), so switch Meta-World's off.
+        self._env.max_path_length = np.iinfo(np.int64).max
+        self._steps = 0
         # Meta-World's corner cameras look at the table upside down; rotate them upright.
         self._camera = OffscreenCamera(self._env.model, camera_name, image_size, flip=camera_name.startswith("corner"))
         self._raw_obs = np.zeros(39)
@@ -151,16 +169,19 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         self._env.seed(int(self.np_random.integers(2**31 - 1)))
         raw, _ = self._env.reset()
         self._raw_obs = np.asarray(raw, dtype=np.float64)
+        self._steps = 0
         # Meta-World evaluates success only inside step() (its sites are stale right after a
         # reset), and no configuration starts solved: is_success is False on reset.
         return self._get_obs(), self._info(False)
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         a = validate_action(action)
-        raw, reward, _, truncated, mw_info = self._env.step(np.array([a[0], a[1], a[2], a[6]]))
+        raw, reward, _, _, mw_info = self._env.step(np.array([a[0], a[1], a[2], a[6]]))
         self._raw_obs = np.asarray(raw, dtype=np.float64)
+        self._steps += 1
         success = bool(mw_info["success"])
-        return self._get_obs(), float(reward), success, bool(truncated), self._info(success)
+        truncated = self.max_path_length is not None and self._steps >= self.max_path_length
+        return self._get_obs(), float(reward), success, truncated, self._info(success)
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":

@@ -310,7 +310,8 @@ def compute_point_stats(episodes: list[Episode]) -> ActionStats:
     if missing:
         raise DatasetError(
             f"grounding co-training needs privileged/task_points in every demonstration; {missing[0]} has none "
-            f"({len(missing)} of {len(episodes)} lack it). Collect the data with `ee-vla collect` (ee_vla suite)"
+            f"({len(missing)} of {len(episodes)} lack it). Only `ee-vla collect` on the ee_vla suite records them; "
+            "Meta-World demonstrations have none: train those without --grounding-fraction"
         )
     dims = {e.task_points.shape[1] for e in episodes}
     if len(dims) != 1:

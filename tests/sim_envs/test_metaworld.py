@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -83,3 +85,42 @@ def test_metaworld_bad_action():
             env.unwrapped.step(np.zeros(4))
     finally:
         env.close()
+
+
+def _steps_until_done(env, limit: int = 1000) -> tuple[int, bool]:
+    for t in range(1, limit + 1):
+        *_, terminated, truncated, _ = env.step(np.zeros(7, dtype=np.float32))
+        if terminated or truncated:
+            return t, bool(truncated)
+    return limit, False
+
+
+def test_episode_limit_follows_max_episode_steps():
+    """Regression: Meta-World's own 500-step limit cut every episode at 500 (and raised on the next
+    step) whatever `gymnasium.make(..., max_episode_steps=N)` (`ee-vla eval --max-episode-steps`)
+    asked for; now the TimeLimit decides, shorter and longer alike."""
+    for limit in (None, 7, 510):
+        env = gym.make("ee_vla/MetaWorld-reach-v0", image_size=16, max_episode_steps=limit)
+        try:
+            env.reset(seed=0)
+            assert _steps_until_done(env) == (limit or 500, True)
+            env.reset(seed=1)  # and the next episode starts afresh
+            assert _steps_until_done(env) == (limit or 500, True)
+        finally:
+            env.close()
+
+
+def test_direct_construction_keeps_metaworld_horizon():
+    from sim_envs.metaworld_adapter import MetaWorldEnv
+
+    env = MetaWorldEnv("reach-v3", image_size=16, max_path_length=5)
+    try:
+        env.reset(seed=0)
+        assert _steps_until_done(env) == (5, True)
+        env.reset(seed=0)
+        assert _steps_until_done(env) == (5, True)
+    finally:
+        env.close()
+    assert inspect.signature(MetaWorldEnv).parameters["max_path_length"].default == 500
+    with pytest.raises(ValueError, match="max_path_length"):
+        MetaWorldEnv("reach-v3", image_size=16, max_path_length=0)
