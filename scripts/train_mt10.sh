@@ -3,8 +3,8 @@
 # `small` VLA on the ten MT10 tasks (sim_envs' Meta-World adapter, ids ee_vla/MetaWorld-<task>-v0):
 #   collect      scripted-expert demonstrations of every MT10 task into $DATA, N per task, 128 px
 #   train        behaviour cloning of a new `small` VLA (chunk 3, proprio in the prompt, noisy teacher
-#                forcing, bf16) on them: the AR teacher, $RUNS/bc/model. No grounding: Meta-World
-#                demonstrations have no privileged/task_points.
+#                forcing, bf16) on them: the AR teacher, $RUNS/bc/model. GROUNDING=f co-trains on
+#                grounding questions (where are the object and the goal?) from the demos' task points.
 #   trajectories N_DISTILL demos per task into $DATA_DISTILL (the same seeds' first ones), then the
 #                teacher's Jacobi trajectories on them, $RUNS/trajectories
 #   distill      CEED consistency distillation (mixed labels, threshold 0.1): the student, $RUNS/ceed/model
@@ -55,6 +55,8 @@ STOP_AFTER="${STOP_AFTER:-}"                    # end the run at this step (a ch
 LR="${LR:-6e-4}"
 WARMUP="${WARMUP:-200}"
 INPUT_NOISE="${INPUT_NOISE:-0.5}"
+GROUNDING="${GROUNDING:-0}"                     # fraction of grounding questions (object + goal) in BC batches
+                                                # (privileged/task_points of the demos, collected since session 6)
 VAL="${VAL:-0.05}"                              # held-out fraction of the episodes (every 20th)
 DTYPE="${DTYPE:-bfloat16}"
 TRAIN_DEVICE="${TRAIN_DEVICE:-auto}"
@@ -138,6 +140,7 @@ if has_stage train; then
       --seed "$SEED" --num-workers "$WORKERS" --log-every "$LOG_EVERY" --save-every "$SAVE_EVERY"
       --eval-every "$EVAL_EVERY" --eval-samples "$EVAL_SAMPLES" --device "$TRAIN_DEVICE")
     if [ -n "$STOP_AFTER" ]; then TRAIN+=(--stop-after "$STOP_AFTER"); fi
+    if [ "$GROUNDING" != 0 ]; then TRAIN+=(--grounding-fraction "$GROUNDING" --grounding-source demos); fi
     if has_ckpt "$RUNS/bc"; then TRAIN+=(--resume); fi   # cut by a time limit: continue it
     "${RUN[@]}" "${TRAIN[@]}"
   fi

@@ -12,8 +12,9 @@ instruction strings. The schema is documented in docs/sim_envs.md:
     data/demo_<i>/obs/pixels        (T, H, W, 3) uint8, gzip
     data/demo_<i>/obs/agent_pos     (T, D) float32
     data/demo_<i>/obs/wrist_pixels  (T, H, W, 3) uint8, gzip (only with wrist_camera)
-    data/demo_<i>/privileged/task_points  (T, 6) float32, target xyz + goal xyz (ee_vla suite only;
-                                    simulator ground truth for grounding co-training, never an obs)
+    data/demo_<i>/privileged/task_points  (T, 6) float32, target xyz + goal xyz (envs with a
+                                    `task_points()`: the ee_vla suite and Meta-World; simulator
+                                    ground truth for grounding co-training, never an obs)
     data/demo_<i>/actions           (T, 7) float32, the expert's action after observing obs[t]
     data/demo_<i>/rewards, dones    (T,) float32 / uint8
 """
@@ -120,7 +121,7 @@ class Episode:
     rewards: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     wrist_pixels: np.ndarray | None = None
     task_points: np.ndarray | None = None
-    """(T, 6) float32: target xyz and goal xyz at each observation (ee_vla suite only)."""
+    """(T, 6) float32: target xyz and goal xyz at each observation (envs with `task_points()`)."""
 
     def __len__(self) -> int:
         return len(self.actions)

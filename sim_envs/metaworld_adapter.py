@@ -153,6 +153,15 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         """Meta-World's 39-dim state observation (what its scripted policies read)."""
         return self._raw_obs.copy()
 
+    def task_points(self) -> np.ndarray:
+        """(6,) float32: the task's first object then its goal, from Meta-World's state observation
+        (`obs[4:7]`: the puck, handle, peg, button or window handle; `obs[36:39]`: the goal, which
+        MT10's tasks observe). Simulator ground truth, never an observation: `sim_envs.collect`
+        records it as `privileged/task_points`, the grounding questions of training
+        (`--grounding-source demos`), as for the ee_vla suite. For Reach the object is a puck that
+        does not matter; its goal does."""
+        return np.concatenate([self._raw_obs[4:7], self._raw_obs[36:39]]).astype(np.float32)
+
     def _get_obs(self) -> dict[str, np.ndarray]:
         return {
             "pixels": self._camera.render(self._env.data),

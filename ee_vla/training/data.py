@@ -310,8 +310,9 @@ def compute_point_stats(episodes: list[Episode]) -> ActionStats:
     if missing:
         raise DatasetError(
             f"grounding co-training needs privileged/task_points in every demonstration; {missing[0]} has none "
-            f"({len(missing)} of {len(episodes)} lack it). Only `ee-vla collect` on the ee_vla suite records them; "
-            "Meta-World demonstrations have none: train those without --grounding-fraction"
+            f"({len(missing)} of {len(episodes)} lack it). `ee-vla collect` records them for the ee_vla suite and "
+            "Meta-World (Meta-World data collected before ee_vla's session 6 lacks them: re-collect it), "
+            "or train without --grounding-fraction"
         )
     dims = {e.task_points.shape[1] for e in episodes}
     if len(dims) != 1:

@@ -124,3 +124,35 @@ def test_direct_construction_keeps_metaworld_horizon():
     assert inspect.signature(MetaWorldEnv).parameters["max_path_length"].default == 500
     with pytest.raises(ValueError, match="max_path_length"):
         MetaWorldEnv("reach-v3", image_size=16, max_path_length=0)
+
+
+def test_task_points_track_the_object_and_goal():
+    """task_points = Meta-World's first object and goal (its own ground truth), and they follow the
+    object while the expert pushes it."""
+    env = gym.make("ee_vla/MetaWorld-push-v0", image_size=32)
+    expert = make_expert(env)
+    try:
+        env.reset(seed=2)
+        expert.reset()
+        mw = env.unwrapped._env
+        first = env.unwrapped.task_points()
+        assert first.shape == (6,) and first.dtype == np.float32
+        np.testing.assert_allclose(first[:3], mw._get_pos_objects()[:3], atol=1e-6)
+        np.testing.assert_allclose(first[3:], mw._target_pos, atol=1e-6)
+        for _ in range(60):
+            env.step(expert.act())
+        later = env.unwrapped.task_points()
+        np.testing.assert_allclose(later[:3], mw._get_pos_objects()[:3], atol=1e-6)
+        assert np.linalg.norm(later[:3] - first[:3]) > 0.01  # the puck moved
+        np.testing.assert_allclose(later[3:], first[3:])  # the goal did not
+    finally:
+        env.close()
+
+
+def test_collect_records_metaworld_task_points(tmp_path):
+    from sim_envs.collect import CollectConfig, collect, load_dataset
+
+    path = collect(CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), episodes=1, out=tmp_path, image_size=32))
+    (ep,) = list(load_dataset(path))
+    assert ep.task_points is not None and ep.task_points.shape == (len(ep.actions), 6)
+    assert np.isfinite(ep.task_points).all()

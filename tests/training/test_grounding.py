@@ -60,7 +60,7 @@ def test_point_stats_need_task_points(write_demo, tmp_path):
     eps = _episodes(write_demo, tmp_path, points=False)
     with pytest.raises(DatasetError, match="privileged/task_points") as err:
         compute_point_stats(eps)
-    assert "without --grounding-fraction" in str(err.value)  # what to do with Meta-World data
+    assert "without --grounding-fraction" in str(err.value)  # what to do with such data
 
 
 def test_batched_fetch_equals_per_item_collate(write_demo, tmp_path):
