@@ -24,9 +24,11 @@ Why the static step gives the eager step's tokens:
   sample decodes as it would alone.
 * Prompt buckets. A prompt of P tokens is left-padded further, to a multiple of `prefill_bucket`
   (masked padding, positions from the attention mask as in `HFStep`), so that prompts of nearby
-  lengths share one static prefill shape. Prompts that come with other inputs (`pixel_values` of a
-  VLA) are run eagerly at their own length: the vision path is not capture-safe in transformers
-  (it checks the image-token count on the host).
+  lengths share one static prefill shape. A Llava-style VLA's prompt with `pixel_values` is bucketed
+  too: the engine runs the vision tower itself and puts the image features in place of the
+  placeholder embeddings with a gather (transformers' own merge counts the placeholders on the host,
+  which a graph cannot hold; the engine checks that count outside the forward). Prompts with any
+  other extra inputs run eagerly at their own length.
 
 With `graphs=True` (CUDA only) each width is captured once as a `torch.cuda.CUDAGraph` whose
 inputs are the static buffers (and each prompt bucket, lazily, at its first prefill): a step is
@@ -159,6 +161,7 @@ class _PromptBuffers:
     mask: torch.Tensor  # (B, Pb) attention mask (long)
     positions: torch.Tensor  # (B, Pb) position ids
     slots: torch.Tensor  # (Pb,) 0 .. Pb-1
+    pixels: torch.Tensor | None = None  # (B, C, H, W) images of a VLA prompt
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -239,6 +242,12 @@ class StaticEngine:
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self._min = torch.finfo(self.dtype).min
+        # A Llava-style VLA: its image placeholder id (its prompts with pixel_values are bucketed too)
+        image_token = getattr(model.config, "image_token_id", None)
+        if image_token is None:
+            image_token = getattr(model.config, "image_token_index", None)
+        self._image_token = image_token if hasattr(model, "get_image_features") else None
+        self._image_tokens: int | None = None  # image features per image, known after the first image prefill
         self._generation = 0
         self.captured_s = 0.0
         with torch.inference_mode():
@@ -306,7 +315,21 @@ class StaticEngine:
 
     def _prompt_forward(self, length: int) -> torch.Tensor:
         """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
-        return self._buffer_forward(self._prompts[length], logits_to_keep=1)
+        buf = self._prompts[length]
+        if buf.pixels is None:
+            return self._buffer_forward(buf, logits_to_keep=1)
+        # A VLA prompt: the image features replace the placeholder embeddings in order (what Llava's
+        # masked_scatter does), as a gather with no host-side count, so that a graph can hold it.
+        m = self.model
+        B, Pb = buf.ids.shape
+        embeds = m.get_input_embeddings()(buf.ids)
+        feats = torch.cat(list(m.get_image_features(pixel_values=buf.pixels, return_dict=True).pooler_output), 0)
+        self._image_tokens = feats.shape[0] // B  # a shape, not a value: nothing is read on the host
+        is_image = buf.ids == self._image_token
+        idx = (is_image.reshape(-1).cumsum(0) - 1).clamp_(0, feats.shape[0] - 1)
+        merged = torch.where(is_image.unsqueeze(-1), feats.to(embeds.dtype)[idx].view(B, Pb, -1), embeds)
+        self._slots.index = buf.slots
+        return self._model_logits(None, self._mask(buf.slots), buf.positions, inputs_embeds=merged, logits_to_keep=1)
 
     def _graph_of(self, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture `forward()` as a CUDA graph, after `warmup` eager runs on a side stream (the
@@ -360,8 +383,10 @@ class StaticEngine:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(dev).long()
-        if self.prefill_bucket is not None and not extra:
-            logits, P, attention_mask = self._bucketed_prefill(input_ids, attention_mask)
+        images = self._image_token is not None and set(extra) == {"pixel_values"}
+        if self.prefill_bucket is not None and (not extra or images):
+            pixels = extra["pixel_values"].to(dev) if images else None
+            logits, P, attention_mask = self._bucketed_prefill(input_ids, attention_mask, pixels)
         else:
             self._key_ok.fill_(True)
             self._key_ok[:, :P] = attention_mask.bool()
@@ -382,11 +407,14 @@ class StaticEngine:
         synchronize(dev)  # the seconds are the prefill's, not its launch's
         return step, logits, time.perf_counter() - t
 
-    def _bucketed_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def _bucketed_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values=None):
         """Prefill left-padded to the prompt's bucket (replayed when graphs are on); returns
-        (first_logits, bucket length, the padded attention mask)."""
+        (first_logits, bucket length, the padded attention mask). A VLA prompt brings its images:
+        they go through the vision tower inside the same forward (and graph)."""
         B, P = input_ids.shape
         Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
+        if pixel_values is not None:
+            self._check_image_tokens(input_ids)
         buf = self._prompts.get(Pb)
         if buf is None:
             buf = self._prompts[Pb] = _PromptBuffers(
@@ -394,24 +422,53 @@ class StaticEngine:
                 mask=torch.ones(B, Pb, dtype=torch.long, device=self.device),
                 positions=torch.arange(Pb, device=self.device).repeat(B, 1),
                 slots=torch.arange(Pb, device=self.device),
+                pixels=None if pixel_values is None else torch.zeros_like(pixel_values, device=self.device),
+            )
+
+        def layout(px):
+            return None if px is None else (tuple(px.shape), px.dtype)
+
+        if layout(buf.pixels) != layout(pixel_values):
+            raise ValueError(
+                f"this engine's {Pb}-token prompt bucket was built for pixel_values of {layout(buf.pixels)}, "
+                f"got {layout(pixel_values)}"
             )
         pad = Pb - P
-        buf.ids[:, :pad].zero_()  # any valid id: masked as a key, its own output unused
+        # any valid id that is not the image placeholder: masked as a key, its own output unused
+        buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
         buf.ids[:, pad:].copy_(input_ids)
         buf.mask[:, :pad].zero_()
         buf.mask[:, pad:].copy_(attention_mask)
         buf.positions.copy_(prompt_positions(buf.mask))
+        if pixel_values is not None:
+            buf.pixels.copy_(pixel_values)
         self._key_ok.fill_(True)
         self._key_ok[:, :Pb] = buf.mask.bool()
         if not self.uses_graphs:
-            return self._prompt_forward(Pb)[:, -1, :], Pb, buf.mask
-        if Pb not in self._prompt_graphs:  # its warm-up runs write the cache only; the replay redoes it
-            t = time.perf_counter()
-            self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
-            log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, time.perf_counter() - t)
-        graph, logits = self._prompt_graphs[Pb]
-        graph.replay()
-        return logits[:, -1, :].clone(), Pb, buf.mask
+            logits = self._prompt_forward(Pb)[:, -1, :]
+        else:
+            if Pb not in self._prompt_graphs:  # its warm-up runs write the cache only; the replay redoes it
+                t = time.perf_counter()
+                self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
+                log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, time.perf_counter() - t)
+            graph, out = self._prompt_graphs[Pb]
+            graph.replay()
+            logits = out[:, -1, :].clone()
+        if pixel_values is not None:
+            self._check_image_tokens(input_ids)  # the first image prefill learns the feature count
+        return logits, Pb, buf.mask
+
+    def _check_image_tokens(self, input_ids: torch.Tensor) -> None:
+        """Every prompt must hold one placeholder per image feature (what transformers' Llava
+        checks in its forward; the engine's merge could not, inside a graph)."""
+        if self._image_tokens is None or input_ids.device.type == "meta":
+            return
+        counts = (input_ids == self._image_token).sum(1)
+        if bool((counts != self._image_tokens).any()):
+            raise ValueError(
+                f"image placeholders per prompt {counts.tolist()} do not match the {self._image_tokens} "
+                f"features of one image (placeholder id {self._image_token})"
+            )
 
     def width_for(self, length: int) -> int:
         """The smallest built width that holds `length` tokens."""

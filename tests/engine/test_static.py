@@ -223,3 +223,60 @@ def test_traced_static_engine_equals_eager():
 def test_compile_mode_is_validated():
     with pytest.raises(ValueError, match="compile must be None or one of"):
         StaticEngine(tiny_lm("llama", seed=0), batch_size=1, max_prompt_len=4, max_new_tokens=3, compile="turbo")
+
+
+def _tiny_vla_inputs(batch: int = 2, seed: int = 0):
+    import numpy as np
+
+    from ee_vla.models.vla import VLA
+
+    vla = VLA.create("tiny", chunk_size=3, seed=seed)
+    vla.model.to(torch.float64)
+    px = np.random.default_rng(seed).integers(0, 256, (batch, vla.image_size, vla.image_size, 3), dtype=np.uint8)
+    return vla, vla.build_inputs(px, ["open the drawer", "pick up the red cube and put it in the basket"][:batch])
+
+
+def test_vla_prefill_runs_in_the_static_bucket():
+    """A VLA prompt with images is prefilled in the bucketed static buffers (what a CUDA graph
+    captures: vision tower, merge of the image features, language model) and equals eager."""
+    vla, inputs = _tiny_vla_inputs()
+    n = vla.n_action_tokens
+    pool = make_prefill("static", vla.model, n)
+    _assert_all_match(compare_to_eager(vla.model, inputs, n, pool, action_range=vla.action_range, unit=vla.action_dim))
+    (engine,) = pool.engines.values()
+    (buf,) = engine._prompts.values()
+    assert buf.pixels is not None and buf.pixels.shape == inputs["pixel_values"].shape
+    assert engine._image_tokens == int((inputs["input_ids"][0] == vla.model.config.image_token_id).sum())
+
+
+def test_vla_prefill_checks_image_placeholders_and_image_shape():
+    vla, inputs = _tiny_vla_inputs()
+    engine = StaticEngine(vla.model, batch_size=2, max_prompt_len=96, max_new_tokens=vla.n_action_tokens)
+    engine.prefill(**inputs)
+    ids = inputs["input_ids"].clone()
+    ids[0, (ids[0] == vla.model.config.image_token_id).nonzero()[0]] = 5  # one placeholder lost
+    with pytest.raises(ValueError, match="image placeholders per prompt"):
+        engine.prefill(ids, inputs["attention_mask"], pixel_values=inputs["pixel_values"])
+    with pytest.raises(ValueError, match="prompt bucket was built for pixel_values"):
+        engine.prefill(**{**inputs, "pixel_values": inputs["pixel_values"][..., :32]})
+
+
+def test_vla_prefill_has_no_host_sync():
+    """The VLA prefill (vision tower + feature merge + LM) and the steps run on the meta device:
+    nothing in them reads a tensor value on the host, so a CUDA graph can hold them."""
+    vla, inputs = _tiny_vla_inputs()
+    vla.model.to("meta")
+    engine = StaticEngine(vla.model, batch_size=2, max_prompt_len=96, max_new_tokens=vla.n_action_tokens, graphs=False)
+    meta = {k: v.to("meta") for k, v in inputs.items()}
+    step, first, _ = engine.prefill(**meta)
+    assert first.shape == (2, vla.model.config.text_config.vocab_size) and engine._image_tokens == 16
+    assert step(torch.zeros(2, 3, dtype=torch.long, device="meta"), 1).shape[:2] == (2, 3)
+
+
+def test_traced_vla_prefill_equals_eager():
+    """The VLA prefill's language model traced by torch.compile (on the merged embeddings)."""
+    vla, inputs = _tiny_vla_inputs()
+    n = vla.n_action_tokens
+    pool = EnginePool(vla.model, n, graphs=False, compile="aot_eager")
+    res = compare_to_eager(vla.model, inputs, n, pool, action_range=vla.action_range, unit=vla.action_dim)
+    _assert_all_match(res)
