@@ -248,6 +248,7 @@ class StaticEngine:
             image_token = getattr(model.config, "image_token_index", None)
         self._image_token = image_token if hasattr(model, "get_image_features") else None
         self._image_tokens: int | None = None  # image features per image, known after the first image prefill
+        self._image_graph_failed = False  # a failed capture of an image prefill: those run without a graph
         self._generation = 0
         self.captured_s = 0.0
         with torch.inference_mode():
@@ -444,16 +445,24 @@ class StaticEngine:
             buf.pixels.copy_(pixel_values)
         self._key_ok.fill_(True)
         self._key_ok[:, :Pb] = buf.mask.bool()
-        if not self.uses_graphs:
-            logits = self._prompt_forward(Pb)[:, -1, :]
-        else:
-            if Pb not in self._prompt_graphs:  # its warm-up runs write the cache only; the replay redoes it
-                t = time.perf_counter()
+        skip = buf.pixels is not None and self._image_graph_failed
+        if Pb not in self._prompt_graphs and self.uses_graphs and not skip:
+            # its warm-up runs write the cache only; the replay redoes it
+            t = time.perf_counter()
+            try:
                 self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
                 log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, time.perf_counter() - t)
+            except Exception as e:  # a vision tower that a graph cannot hold: its prefills run unreplayed
+                if buf.pixels is None:
+                    raise
+                self._image_graph_failed = True
+                log.warning("could not capture the image prefill as a CUDA graph (%s): it runs without one", e)
+        if Pb in self._prompt_graphs:
             graph, out = self._prompt_graphs[Pb]
             graph.replay()
             logits = out[:, -1, :].clone()
+        else:
+            logits = self._prompt_forward(Pb)[:, -1, :]
         if pixel_values is not None:
             self._check_image_tokens(input_ids)  # the first image prefill learns the feature count
         return logits, Pb, buf.mask

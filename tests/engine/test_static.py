@@ -280,3 +280,34 @@ def test_traced_vla_prefill_equals_eager():
     pool = EnginePool(vla.model, n, graphs=False, compile="aot_eager")
     res = compare_to_eager(vla.model, inputs, n, pool, action_range=vla.action_range, unit=vla.action_dim)
     _assert_all_match(res)
+
+
+def test_vla_prefill_replayed_and_its_capture_failure_falls_back(caplog):
+    """The graph code path for image prompts (CPU stand-in graph): replayed prefills equal eager;
+    if an image prefill cannot be captured, it runs without a graph (logged), still exact."""
+    vla, inputs = _tiny_vla_inputs()
+    n = vla.n_action_tokens
+
+    def engine_of(cls):
+        eng = cls(vla.model, batch_size=2, max_prompt_len=96, max_new_tokens=n, graphs=False)
+        eng.uses_graphs = True
+        with torch.inference_mode():
+            eng._capture(0)
+        return eng
+
+    kw = dict(action_range=vla.action_range, unit=vla.action_dim)
+    engine = engine_of(_ReplayEngine)
+    _assert_all_match(compare_to_eager(vla.model, inputs, n, lambda m, **k: engine.prefill(**k), **kw))
+    assert engine._prompt_graphs and not engine._image_graph_failed
+
+    class _NoImageGraphs(_ReplayEngine):
+        def _graph_of(self, forward):
+            if any(b.pixels is not None for b in self._prompts.values()) and len(self._graphs) == len(self.widths):
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return super()._graph_of(forward)
+
+    engine = engine_of(_NoImageGraphs)
+    with caplog.at_level("WARNING"):
+        _assert_all_match(compare_to_eager(vla.model, inputs, n, lambda m, **k: engine.prefill(**k), **kw))
+    assert engine._image_graph_failed and not engine._prompt_graphs
+    assert "runs without one" in caplog.text
