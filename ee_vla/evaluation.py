@@ -42,6 +42,7 @@ import numpy as np
 import tyro
 
 from ee_vla.decoding import DecodeConfig, DecodeStats
+from ee_vla.engine.factory import ENGINES, EngineKind
 from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class EvalConfig:
     """torch device of the policy (auto = cuda when available, else cpu)."""
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Model dtype."""
+    engine: EngineKind = "auto"
+    """Decode engine (docs/performance.md): auto = CUDA graphs on a GPU, eager on a CPU; compiled =
+    torch.compile + CUDA graphs (fastest on large models, compiles each shape at first use)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning (None = the whole chunk)."""
     max_episode_steps: int | None = None
@@ -161,6 +165,10 @@ class EvalConfig:
             import torch
 
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.engine not in ENGINES:
+            raise EvalConfigError(f"EvalConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "graph" and not str(self.device).startswith("cuda"):
+            raise EvalConfigError(f"EvalConfig.engine 'graph' needs a CUDA device, got device {self.device!r}")
         self.decode_configs()  # validates the decoder options against every decoder
 
     @property
@@ -600,7 +608,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from ee_vla.policy import VLAPolicy
 
     first = decode_cfgs[cfg.decoders[0]]
-    policy = VLAPolicy.from_pretrained(cfg.policy, first, cfg.device, cfg.dtype, cfg.n_action_steps)
+    policy = VLAPolicy.from_pretrained(cfg.policy, first, cfg.device, cfg.dtype, cfg.n_action_steps, cfg.engine)
     for env_id in cfg.env:
         check_env_compatible(env_id, policy, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ COMMAND_MSG_TYPES = {
 }
 
 DECODERS = ("ceed", "jacobi", "ar")
+ENGINES = ("auto", "eager", "static", "graph", "compiled")
+"""`ee_vla.engine.ENGINES` (kept here so that this module imports no torch; a test checks they agree)."""
 
 CommandType = Literal["twist", "array", "trajectory"]
 
@@ -50,6 +52,8 @@ class PolicyParams:
     """Decoder preset: ceed | jacobi | ar."""
     device: str = "cpu"
     """Torch device the policy runs on (cpu, cuda, cuda:1, ...)."""
+    engine: str = "auto"
+    """Decode engine: auto (CUDA graphs on a GPU, eager on a CPU) | eager | static | graph | compiled."""
     policy_process: bool = True
     """Run the policy in a child process, so decoding never holds the GIL the command timer needs."""
     torch_threads: int = 0
@@ -224,6 +228,7 @@ _CHECKS = {
     "model_path": _string,
     "decoder": _one_of(DECODERS),
     "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (cpu, cuda, ...)",
+    "engine": _one_of(ENGINES),
     "policy_process": _bool,
     "torch_threads": lambda v: (
         None

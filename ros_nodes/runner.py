@@ -77,7 +77,9 @@ def load_policy_here(params: PolicyParams) -> ActionChunkPolicy:
         raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
     from ee_vla.policy import VLAPolicy
 
-    return VLAPolicy.from_pretrained(params.model_path, decoder=params.decoder, device=params.device)
+    return VLAPolicy.from_pretrained(
+        params.model_path, decoder=params.decoder, device=params.device, engine=params.engine
+    )
 
 
 @dataclass(frozen=True)

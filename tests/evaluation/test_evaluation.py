@@ -199,6 +199,8 @@ def test_action_dim_mismatch(tiny_policy_dir, tmp_path):
         ({"decoder": "ceed", "window": 0}, "window"),
         ({"vector": "threads"}, "EvalConfig.vector"),
         ({"env": [FAKE_ENV, FAKE_ENV]}, "twice"),
+        ({"engine": "turbo"}, "EvalConfig.engine"),
+        ({"engine": "graph", "device": "cpu"}, "needs a CUDA device"),
     ],
 )
 def test_bad_config_fields(tmp_path, kwargs, match):
@@ -242,3 +244,13 @@ def test_pick_cube_smoke(tiny_policy_dir, tmp_path, sim_env_id):
     check_eval_info(info, cfg)
     assert all(e["steps"] <= 5 for e in info["per_episode"])
     assert len(info["video_paths"]) == 1
+
+
+def test_static_engine_evaluates_the_same_way(tiny_policy_dir, tmp_path):
+    """`engine="static"` (the GPU engines' static-shape forwards, bucketed image prefill included)
+    runs the policy in eval; greedy Jacobi == AR holds through it, episode for episode."""
+    cfg = make_cfg(tiny_policy_dir, tmp_path, compare=["ar,jacobi"], num_envs=2, episodes=2, engine="static")
+    result = evaluate(cfg)
+    ar, jac = result["runs"]["ar"], result["runs"]["jacobi"]
+    assert ar["config"]["engine"] == "static"
+    assert [episode_key(e) for e in ar["per_episode"]] == [episode_key(e) for e in jac["per_episode"]]

@@ -35,6 +35,7 @@ def test_defaults_are_valid_and_safe():
         ("action_low", [0.0, float("inf")], "finite"),
         ("image_timeout_s", -1.0, "positive"),
         ("decoder", "beam", "ceed|jacobi|ar"),
+        ("engine", "turbo", "compiled"),
         ("joint_names", ["a", "a"], "repeat"),
         ("keep_dims_on_zero", [-1], "indices"),
         ("image_width", 1.5, "integer"),
@@ -111,3 +112,10 @@ def test_sim_yaml_is_valid():
 
 def test_every_command_type_has_a_default_topic():
     assert set(DEFAULT_COMMAND_TOPICS) == set(COMMAND_TYPES)
+
+
+def test_engine_names_match_the_engine_factory():
+    from ee_vla.engine import ENGINES as FACTORY_ENGINES
+    from ros_nodes.params import ENGINES
+
+    assert ENGINES == FACTORY_ENGINES
