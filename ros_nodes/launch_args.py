@@ -23,6 +23,7 @@ POLICY_LAUNCH_ARGS = {
     "dry_run": "true: log commands instead of publishing them",
     "device": "torch device (cpu, cuda, ...)",
     "decoder": "ceed | jacobi | ar",
+    "engine": "auto | eager | static | graph | compiled (decode engine; auto = CUDA graphs on a GPU)",
 }
 """Parameters exposed as launch arguments (name -> description); empty = the YAML's value."""
 

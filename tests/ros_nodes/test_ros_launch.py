@@ -27,6 +27,9 @@ def test_arguments_are_typed_and_validated():
         parameter_overrides({"control_hz": "fast"})
     with pytest.raises(ValueError, match="not a policy_node parameter"):
         parameter_overrides({"speed": "1"})
+    assert parameter_overrides({"engine": "compiled", "device": "cuda"}) == {"engine": "compiled", "device": "cuda"}
+    with pytest.raises(ValueError, match="engine:='turbo'"):
+        parameter_overrides({"engine": "turbo"})
 
 
 @pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py"])
