@@ -42,7 +42,7 @@ import numpy as np
 import tyro
 
 from ee_vla.decoding import DecodeConfig, DecodeStats
-from ee_vla.engine.factory import ENGINES, EngineKind
+from ee_vla.engine.factory import EngineKind, resolve_engine
 from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
 log = logging.getLogger(__name__)
@@ -165,10 +165,10 @@ class EvalConfig:
             import torch
 
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.engine not in ENGINES:
-            raise EvalConfigError(f"EvalConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "graph" and not str(self.device).startswith("cuda"):
-            raise EvalConfigError(f"EvalConfig.engine 'graph' needs a CUDA device, got device {self.device!r}")
+        try:  # the engine factory's own check: a known engine that runs on this device
+            resolve_engine(self.engine, self.device)
+        except ValueError as e:
+            raise EvalConfigError(f"EvalConfig.engine: {e}") from None
         self.decode_configs()  # validates the decoder options against every decoder
 
     @property

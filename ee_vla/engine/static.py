@@ -414,7 +414,8 @@ class StaticEngine:
         they go through the vision tower inside the same forward (and graph)."""
         B, P = input_ids.shape
         Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
-        if pixel_values is not None:
+        learn_count = pixel_values is not None and self._image_tokens is None
+        if pixel_values is not None and not learn_count:
             self._check_image_tokens(input_ids)
         buf = self._prompts.get(Pb)
         if buf is None:
@@ -463,8 +464,8 @@ class StaticEngine:
             logits = out[:, -1, :].clone()
         else:
             logits = self._prompt_forward(Pb)[:, -1, :]
-        if pixel_values is not None:
-            self._check_image_tokens(input_ids)  # the first image prefill learns the feature count
+        if learn_count:
+            self._check_image_tokens(input_ids)  # the first image prefill has just learnt the feature count
         return logits, Pb, buf.mask
 
     def _check_image_tokens(self, input_ids: torch.Tensor) -> None:

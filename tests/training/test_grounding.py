@@ -130,29 +130,38 @@ def test_ar_loss_ignores_unlabelled_positions():
     assert torch.allclose(ar_loss(logits, masked), ref_full, atol=1e-6)
 
 
-def test_train_with_grounding_and_validation(write_demo, tmp_path):
+def _train_tiny(data, out, **kw):
+    """A few BC steps of a tiny VLA with grounding (the settings both training tests share);
+    returns the model directory and the metrics rows."""
     from ee_vla.training.bc import train
 
-    data = write_demo(tmp_path / "d.hdf5", n_episodes=6, task_points=True)
-    out = tmp_path / "run"
     cfg = TrainConfig(
         data=(str(data),),
         out_dir=str(out),
         preset="tiny",
-        chunk_size=2,
-        steps=30,
         batch_size=8,
         lr=3e-3,
         warmup_steps=2,
-        log_every=10,
-        eval_every=30,
         augment=False,
-        grounding_fraction=0.3,
         val_fraction=0.2,
-        patch_size=8,
+        **kw,
     )
     model_dir = train(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return model_dir, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_with_grounding_and_validation(write_demo, tmp_path):
+    data = write_demo(tmp_path / "d.hdf5", n_episodes=6, task_points=True)
+    model_dir, rows = _train_tiny(
+        data,
+        tmp_path / "run",
+        chunk_size=2,
+        steps=30,
+        log_every=10,
+        eval_every=30,
+        grounding_fraction=0.3,
+        patch_size=8,
+    )
     assert all("grounding_acc" in r and "token_acc" in r for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert "eval/token_acc" in rows[-1] and "eval/first_action_l1" in rows[-1]
@@ -272,29 +281,18 @@ def test_scene_sources_need_suite_tasks(write_demo, tmp_path):
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
 def test_train_grounding_on_fresh_scenes(write_demo, tmp_path, fraction):
-    from ee_vla.training.bc import train
-
     path, _ = _suite_episodes(write_demo, tmp_path)
-    out = tmp_path / "run"
-    cfg = TrainConfig(
-        data=(str(path),),
-        out_dir=str(out),
-        preset="tiny",
+    model_dir, rows = _train_tiny(
+        path,
+        tmp_path / "run",
         chunk_size=1,
         steps=16,
-        batch_size=8,
-        lr=3e-3,
-        warmup_steps=2,
         log_every=8,
         eval_every=16,
-        augment=False,
         grounding_fraction=fraction,
         grounding_source="scenes",
-        val_fraction=0.2,
         num_workers=1 if fraction == 1 else 0,
     )
-    model_dir = train(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["grounding_acc"] > 0 and "eval/start_grounding_err_m" in rows[-1]
     meta = json.loads((model_dir / "ee_vla.json").read_text())["meta"]
