@@ -6,8 +6,8 @@
 # 1. exactness: the engine tests (tests/engine: CPU static-vs-eager, GPU graph- and compiled-vs-eager
 #    in float64);
 # 2. the profiler: OpenVLA's Llama-2-7B shape (276-token prefix, vision excluded) at batch 1 in bf16
-#    (eager, graph, compiled engines) and in float32 (eager vs graph tokens), and the `small` VLA
-#    preset (vision in the prefill);
+#    (eager, graph and compiled engines; compiled with Inductor's freezing, the fastest mode measured)
+#    and in float32 (eager vs graph tokens), and the `small` VLA preset (vision in the prefill);
 # 3. `python -m ee_vla.engine.check --compiled` (exactness.json, with the bf16 agreement report),
 #    with the time left;
 # 4. a summary table of every profile (printed last).
@@ -15,9 +15,11 @@
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
-# Each step has its own time limit (590 s in all, under the device tool's 600 s per command) and a
-# failed step does not stop the others; the exit status is the number of failed steps.
-# At most 8 files land in $OUT (the device tool's limit).
+# Each step has its own time limit and a failed step does not stop the others; the exit status is
+# the number of failed steps. At most 8 files land in $OUT (the device tool's limit).
+# All steps take ~11 minutes on an H200; under a 10-minute limit per command run them in two parts:
+#   STEPS="env pytest-engine profile-7b" bash scripts/gpu_bench.sh
+#   STEPS="profile-7b-fp32 profile-small check" bash scripts/gpu_bench.sh
 set -uo pipefail
 
 OUT="${OUT:-outputs/gpu_bench}"
@@ -29,9 +31,12 @@ LOG="$OUT/gpu_bench.log"
 FAILED=0
 declare -a STATUS=()
 
+STEPS="${STEPS:-env pytest-engine profile-7b profile-7b-fp32 profile-small check}"
+
 step() {  # step NAME SECONDS CMD...: run with a time limit, log everything, remember the outcome
   local name=$1 limit=$2
   shift 2
+  case " $STEPS " in *" $name "*) ;; *) return ;; esac
   local t0=$SECONDS
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
   timeout --signal=TERM --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
@@ -46,21 +51,22 @@ print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', t
       'transformers', transformers.__version__, 'triton', triton.__version__)
 print('device', torch.cuda.get_device_name(0), '%.1f GiB' % (torch.cuda.get_device_properties(0).total_memory / 2**30))
 "
-step pytest-engine 150 python3 -m pytest tests/engine -q -p no:cacheprovider
+step pytest-engine 180 python3 -m pytest tests/engine -q -p no:cacheprovider
 
 PROFILE=(python3 -m ee_vla.engine.profile --device cuda --dtype bfloat16 --out "$OUT")
-# eager, graph and compiled (Inductor + CUDA graphs); each compiled shape costs a compilation
-step profile-7b 240 "${PROFILE[@]}" --shape openvla-7b --calls 30 --decoders ar ceed --step-widths 1 7 22
+# eager, graph and compiled (Inductor with freezing + CUDA graphs); each compiled shape costs a
+# compilation (~3 minutes for the three widths and the prompt bucket)
+step profile-7b 360 "${PROFILE[@]}" --shape openvla-7b --calls 30 --decoders ar ceed --step-widths 1 22 \
+  --compile-mode frozen
 # the random 7B's bf16 tokens differ between engines: compare them in float32 (same engine code)
 step profile-7b-fp32 90 python3 -m ee_vla.engine.profile --device cuda --dtype float32 --out "$OUT/fp32" \
   --shape openvla-7b --engines eager graph --decoders ar ceed --calls 3 --step-iters 10 --step-widths 22 \
   --no-generate --no-plots
 step profile-small 90 "${PROFILE[@]}" --shape small --calls 30 --no-plots
-left=$((590 - SECONDS))
-step check $((left > 20 ? left : 20)) python3 -m ee_vla.engine.check --device cuda --compiled --out "$OUT"
+step check 240 python3 -m ee_vla.engine.check --device cuda --compiled --out "$OUT"
 
 echo "=== summary" | tee -a "$LOG"
 python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json 2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
-echo "failed steps: $FAILED; files in $OUT: $(ls -R "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+echo "failed steps: $FAILED; files in $OUT: $(find "$OUT" -type f | tr "\n" " ")" | tee -a "$LOG"
 exit "$FAILED"

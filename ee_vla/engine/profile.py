@@ -25,6 +25,8 @@ printed and saved, never asserted: machines are noisy.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import json
 import logging
 import sys
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor.config as inductor_config
 
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
@@ -71,6 +74,9 @@ class ProfileConfig:
     eager + static otherwise."""
     compile_mode: str = "inductor"
     """torch.compile mode of the compiled engine (a key of `ee_vla.engine.static.COMPILE_MODES`)."""
+    inductor: tuple[str, ...] = ()
+    """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
+    `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
     decoders: tuple[str, ...] = DECODERS
     """Decoders per engine: ar | jacobi (to convergence) | ceed (capped at ceed_iterations)."""
     ceed_iterations: int = 2
@@ -122,7 +128,30 @@ class ProfileConfig:
             raise ValueError(f"ProfileConfig.engines: the graph engine needs a CUDA device, got {self.device!r}")
         if any(w < 1 for w in self.step_widths):
             raise ValueError(f"ProfileConfig.step_widths must be >= 1, got {self.step_widths}")
+        if not self.decoders and not self.step_widths:
+            raise ValueError("ProfileConfig: nothing to time (no decoders and no step_widths)")
+        _ = self.inductor_settings  # validates the KEY=VALUE pairs
         self.out = Path(self.out)
+
+    @property
+    def inductor_settings(self) -> dict:
+        """`inductor` parsed: {key: value} (values as Python literals, else strings); every key must
+        be a `torch._inductor.config` setting (dotted for nested ones, e.g. `triton.cudagraphs`)."""
+        out = {}
+        for item in self.inductor:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"ProfileConfig.inductor entries are KEY=VALUE, got {item!r}")
+            obj = inductor_config
+            for part in key.split("."):
+                if not hasattr(obj, part):
+                    raise ValueError(f"ProfileConfig.inductor: torch._inductor.config has no setting {key!r}")
+                obj = getattr(obj, part)
+            try:
+                out[key] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                out[key] = raw
+        return out
 
     @property
     def engine_list(self) -> tuple[str, ...]:
@@ -257,25 +286,10 @@ def _targets(raw: dict, results: dict) -> dict:
     return out
 
 
-def run_profile(cfg: ProfileConfig) -> dict:
-    """Profile every engine x decoder on the shape of `cfg`; returns (and saves) the results."""
-    dtype = getattr(torch, cfg.dtype)
-    t = time.perf_counter()
-    wl = build_workload(
-        cfg.shape,
-        cfg.device,
-        dtype,
-        batch_size=cfg.batch_size,
-        chunk_size=cfg.chunk_size,
-        prefix_len=cfg.prefix_len,
-        left_pad=cfg.left_pad,
-        seed=cfg.seed,
-    )
-    synchronize(cfg.device)
-    build_s = time.perf_counter() - t
-    log.info("built %s (%d tokens of prefix) in %.1f s", cfg.shape, wl.inputs["input_ids"].shape[1], build_s)
+def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
+    """Build each engine of `cfg` in turn and time its raw forwards and decoders; returns
+    (raw, results, tokens, setup_s, errors)."""
     n = wl.n_tokens
-    widths = sorted({1, max(1, n - 1), *cfg.step_widths})
     raw: dict[str, dict] = {}
     results: dict[str, dict] = {}
     tokens: dict[tuple[str, str], torch.Tensor] = {}
@@ -301,6 +315,34 @@ def run_profile(cfg: ProfileConfig) -> dict:
             results.pop(engine, None)
         finally:
             prefill = None  # free the engine's cache and graphs before the next one
+    return raw, results, tokens, setup_s, errors
+
+
+def run_profile(cfg: ProfileConfig) -> dict:
+    """Profile every engine x decoder on the shape of `cfg`; returns (and saves) the results."""
+    dtype = getattr(torch, cfg.dtype)
+    t = time.perf_counter()
+    wl = build_workload(
+        cfg.shape,
+        cfg.device,
+        dtype,
+        batch_size=cfg.batch_size,
+        chunk_size=cfg.chunk_size,
+        prefix_len=cfg.prefix_len,
+        left_pad=cfg.left_pad,
+        seed=cfg.seed,
+    )
+    synchronize(cfg.device)
+    build_s = time.perf_counter() - t
+    log.info("built %s (%d tokens of prefix) in %.1f s", cfg.shape, wl.inputs["input_ids"].shape[1], build_s)
+    n = wl.n_tokens
+    # the decoders need AR's width and the whole window's; raw timings alone need only their own
+    widths = sorted({*cfg.step_widths, *((1, max(1, n - 1)) if cfg.decoders else ())})
+    settings = cfg.inductor_settings
+    if settings:
+        log.info("torch._inductor.config for this run: %s", settings)
+    with inductor_config.patch(settings) if settings else contextlib.nullcontext():
+        raw, results, tokens, setup_s, errors = _run_engines(cfg, wl, widths)
     try:
         vision = _vision_ms(cfg, wl)
     except Exception:
@@ -447,6 +489,15 @@ def plot_profile(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _compile_note(c: dict, engine: str) -> str:
+    """' (compile mode, Inductor settings)' of a compiled engine's line when not the defaults."""
+    if engine != "compiled":
+        return ""
+    mode = c.get("compile_mode", "inductor")
+    parts = ([mode] if mode != "inductor" else []) + list(c.get("inductor", ()))
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def summarize_files(paths: list[Path]) -> str:
     """One line per engine x decoder over several profile JSONs (the GPU job's closing table)."""
     lines = [
@@ -477,7 +528,7 @@ def summarize_files(paths: list[Path]) -> str:
             steps = ", ".join(f"{k[5:-3]} {v['p50']:.2f}" for k, v in r.items() if k.startswith("step_"))
             lines.append(
                 f"{c['shape']:<12} {c['batch_size']:>2} {engine:<7} raw ms: "
-                f"prefill {r['prefill_ms']['p50']:.2f}, {steps}"
+                f"prefill {r['prefill_ms']['p50']:.2f}, {steps}{_compile_note(c, engine)}"
             )
         for name, tg in out.get("targets", {}).items():
             bound = f"<= {tg['target_max']}" if "target_max" in tg else f">= {tg['target_min']}"
@@ -503,6 +554,13 @@ def _parser() -> argparse.ArgumentParser:
         "--engines", nargs="*", default=list(d.engines), help="eager static graph compiled (default: by device)"
     )
     p.add_argument("--compile-mode", default=d.compile_mode, choices=list(COMPILE_MODES))
+    p.add_argument(
+        "--inductor",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="torch._inductor.config settings for the run, e.g. freezing=True coordinate_descent_tuning=True",
+    )
     p.add_argument("--decoders", nargs="*", default=list(d.decoders), choices=DECODERS)
     p.add_argument("--ceed-iterations", type=int, default=d.ceed_iterations)
     p.add_argument("--no-generate", action="store_true", help="skip HF generate")
@@ -528,6 +586,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         left_pad=a.left_pad,
         engines=tuple(a.engines),
         compile_mode=a.compile_mode,
+        inductor=tuple(a.inductor),
         decoders=tuple(a.decoders),
         ceed_iterations=a.ceed_iterations,
         generate=not a.no_generate,

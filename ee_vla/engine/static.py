@@ -41,11 +41,19 @@ through `torch.compile(dynamic=False)`: Inductor fuses the many small kernels of
 eager modules (RMSNorm, rotary, SiLU-gate, residual adds, the cache writes) into a few generated
 ones, which matters because a 7B forward over a short window is otherwise bound by launching and
 running ~40 small kernels per layer rather than by reading the weights. The compiled forward is
-then captured as the CUDA graph like the eager one. `compile="max-autotune"` also lets Inductor
-benchmark its own matmul kernels against cuBLAS (slower to build); `compile="aot_eager"` traces
-the same graph but runs it without code generation (what the CPU tests use to check that the
-engine's forwards trace, cheaply). Compilation happens in the warm-up forwards, never during a
-capture.
+then captured as the CUDA graph like the eager one.
+
+* `compile="frozen"`: Inductor's freezing as well. The weights become constants of the generated
+  code, which lets Inductor fold constant work and concatenate the projections that read the same
+  input and have the same shape (q/k/v without grouped KV heads, gate/up) into one matmul each. It
+  is the fastest mode measured on the 7B shape (docs/performance.md). Each compiled shape holds
+  its own copy of what was folded, and later changes to the model's weights are not seen.
+* `compile="max-autotune"`: Inductor also benchmarks its own Triton matmul kernels against cuBLAS
+  (minutes to build per shape).
+* `compile="aot_eager"`: traces the same graph but runs it without code generation (what the CPU
+  tests use to check that the engine's forwards trace, cheaply).
+
+Compilation happens in the warm-up forwards, never during a capture.
 
 Nothing in transformers is patched: the cache is a `transformers.Cache` of our own layers.
 """
@@ -68,11 +76,13 @@ log = logging.getLogger(__name__)
 
 COMPILE_MODES: dict[str, dict] = {
     "inductor": {"backend": "inductor"},
+    "frozen": {"backend": "inductor", "inductor_config": {"freezing": True}},
     "max-autotune": {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"},
     "aot_eager": {"backend": "aot_eager"},
 }
 """`StaticEngine(compile=...)` choices and their `torch.compile` arguments (always dynamic=False:
-every forward of the engine has a static shape; the engine captures its own CUDA graphs)."""
+every forward of the engine has a static shape; the engine captures its own CUDA graphs), with
+`inductor_config`: `torch._inductor.config` settings in force while the forwards compile."""
 
 _RECOMPILE_LIMIT = 64
 """Static shapes compiled per model code object: widths x prompt buckets x batch sizes of every
@@ -86,6 +96,19 @@ def _raise_recompile_limit() -> None:
         if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < _RECOMPILE_LIMIT:
             setattr(dynamo_config, name, _RECOMPILE_LIMIT)
             return
+
+
+def _with_inductor_config(fn, settings: dict):
+    """`fn` run with `torch._inductor.config.patch(settings)`: a compilation happens inside the first
+    call of each shape, so that is where the settings must be in force (some of them, freezing
+    among them, are not read from `torch.compile(options=...)`)."""
+    import torch._inductor.config as inductor_config
+
+    def run(*args, **kwargs):
+        with inductor_config.patch(settings):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 class _Slots:
@@ -237,7 +260,10 @@ class StaticEngine:
         self._model_logits = self._eager_logits
         if compile is not None:
             _raise_recompile_limit()
-            self._model_logits = torch.compile(self._eager_logits, dynamic=False, **COMPILE_MODES[compile])
+            kwargs = dict(COMPILE_MODES[compile])
+            settings = kwargs.pop("inductor_config", None)
+            compiled = torch.compile(self._eager_logits, dynamic=False, **kwargs)
+            self._model_logits = _with_inductor_config(compiled, settings) if settings else compiled
         n_layers = text.num_hidden_layers
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads

@@ -30,16 +30,18 @@ def test_graph_engine_equals_eager_float64(arch, batch, pads):
     assert engine.uses_graphs and set(engine._graphs) == {1, n - 1} and engine._prompt_graphs
 
 
+@pytest.mark.parametrize("mode", ["inductor", "frozen"])
 @pytest.mark.parametrize("batch, pads", [(1, [0]), (4, [0, 3, 5, 8])])
-def test_compiled_engine_equals_eager_float64(batch, pads):
-    """Inductor's generated kernels, captured as CUDA graphs, give the eager tokens (float64)."""
+def test_compiled_engine_equals_eager_float64(batch, pads, mode):
+    """Inductor's generated kernels, captured as CUDA graphs, give the eager tokens (float64); with
+    freezing too (weights folded into the generated code)."""
     model = tiny_lm("llama", seed=1, device="cuda")
     inputs = padded_prompts(batch, 9, pads, seed=3, device="cuda")
     n = 12
-    prefill = make_prefill("compiled", model, n)
+    prefill = make_prefill("compiled", model, n, compile_mode=mode)
     _assert_all_match(compare_to_eager(model, inputs, n, prefill, action_range=(TINY_VOCAB - 16, TINY_VOCAB - 1)))
     engine = prefill.engines[batch]
-    assert engine.uses_graphs and engine.compile == "inductor" and set(engine._graphs) == {1, n - 1}
+    assert engine.uses_graphs and engine.compile == mode and set(engine._graphs) == {1, n - 1}
 
 
 def test_graph_engine_equals_eager_on_a_llava_vla():

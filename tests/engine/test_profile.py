@@ -68,6 +68,16 @@ def test_config_validation_and_cli_parsing(tmp_path):
         ProfileConfig(calls=0)
     with pytest.raises(ValueError, match="compile_mode"):
         ProfileConfig(compile_mode="fastest")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        ProfileConfig(inductor=("freezing",))
+    with pytest.raises(ValueError, match="no setting 'triton.no_such_knob'"):
+        ProfileConfig(inductor=("triton.no_such_knob=1",))
+    with pytest.raises(ValueError, match="nothing to time"):
+        ProfileConfig(decoders=(), step_widths=())
+    assert ProfileConfig(inductor=("freezing=True", "triton.cudagraphs=False")).inductor_settings == {
+        "freezing": True,
+        "triton.cudagraphs": False,
+    }
     cfg = config_from_args(
         [
             "--shape",
@@ -81,10 +91,38 @@ def test_config_validation_and_cli_parsing(tmp_path):
             "--decoders",
             "ceed",
             "--no-generate",
+            "--inductor",
+            "coordinate_descent_tuning=True",
             "--out",
             str(tmp_path),
         ]
     )
     assert cfg.engine_list == ("graph",) and cfg.decoders == ("ceed",) and not cfg.generate
+    assert cfg.inductor_settings == {"coordinate_descent_tuning": True}
     assert ProfileConfig(device="cuda").engine_list == ("eager", "graph", "compiled")
     assert ProfileConfig(device="cpu").engine_list == ("eager", "static")
+
+
+def test_raw_steps_only_under_an_inductor_setting(tmp_path):
+    """No decoders: only the asked widths are built and timed; the Inductor settings hold for the
+    run and are restored after it."""
+    import torch._inductor.config as inductor_config
+
+    cfg = ProfileConfig(
+        shape="tiny",
+        engines=("static",),
+        decoders=(),
+        step_widths=(3,),
+        step_iters=3,
+        warmup=0,
+        generate=False,
+        plots=False,
+        inductor=("coordinate_descent_tuning=True",),
+        out=tmp_path,
+    )
+    before = inductor_config.coordinate_descent_tuning
+    out = run_profile(cfg)
+    assert inductor_config.coordinate_descent_tuning == before
+    assert out["model"]["engine_widths"] == [3] and out["results"] == {"static": {}}
+    assert set(out["raw"]["static"]) == {"prefill_ms", "step_w3_ms"}
+    assert tuple(out["config"]["inductor"]) == ("coordinate_descent_tuning=True",)

@@ -220,6 +220,32 @@ def test_traced_static_engine_equals_eager():
     assert pool.engines[4].compile == "aot_eager"
 
 
+def test_frozen_mode_compiles_with_inductor_freezing_in_force_only_there(monkeypatch):
+    """`compile="frozen"`: torch.compile gets no `inductor_config` argument, and the settings are in
+    force inside every call of the compiled forward (where compilation happens) and only there.
+    Inductor's frozen kernels themselves are checked against eager on the GPU (test_gpu.py)."""
+    import torch._inductor.config as inductor_config
+
+    seen, kwargs_seen = [], []
+
+    def fake_compile(fn, **kwargs):
+        kwargs_seen.append(kwargs)
+
+        def run(*a, **k):
+            seen.append(inductor_config.freezing)
+            return fn(*a, **k)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = tiny_lm("llama", seed=1)
+    inputs = padded_prompts(2, 9, [0, 3], seed=3)
+    pool = EnginePool(model, 6, graphs=False, compile="frozen")
+    _assert_all_match(compare_to_eager(model, inputs, 6, pool))
+    assert kwargs_seen == [{"dynamic": False, "backend": "inductor"}]
+    assert seen and all(seen) and not inductor_config.freezing
+
+
 def test_compile_mode_is_validated():
     with pytest.raises(ValueError, match="compile must be None or one of"):
         StaticEngine(tiny_lm("llama", seed=0), batch_size=1, max_prompt_len=4, max_new_tokens=3, compile="turbo")
