@@ -54,6 +54,9 @@ class PolicyParams:
     """Torch device the policy runs on (cpu, cuda, cuda:1, ...)."""
     engine: str = "auto"
     """Decode engine: auto (CUDA graphs on a GPU, eager on a CPU) | eager | static | graph | compiled."""
+    warmup: bool = True
+    """On configure, decode one blank image (with `instruction`, or a stand-in) so that the engine is
+    built, compiled and its CUDA graphs captured before the first real image; configure waits for it."""
     policy_process: bool = True
     """Run the policy in a child process, so decoding never holds the GIL the command timer needs."""
     torch_threads: int = 0
@@ -229,6 +232,7 @@ _CHECKS = {
     "decoder": _one_of(DECODERS),
     "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (cpu, cuda, ...)",
     "engine": _one_of(ENGINES),
+    "warmup": _bool,
     "policy_process": _bool,
     "torch_threads": lambda v: (
         None

@@ -179,18 +179,15 @@ class PolicyRunner:
         if self.state != "unconfigured":
             raise RuntimeError(f"configure() in state {self.state}")
         policy = self.policy_factory(self.params)
-        self.limits.check_dim(int(policy.action_dim))
-        proprio = int(getattr(getattr(policy, "vla", None), "proprio_dim", 0) or 0)
-        if proprio and not self.params.use_joint_state:
-            raise ValueError(
-                f"the policy needs agent_pos ({proprio} dims): set use_joint_state=true and publish "
-                f"JointState on {self.params.joint_state_topic!r}"
-            )
-        if self.params.command_type == "trajectory" and len(self.params.joint_names) != policy.action_dim:
-            raise ValueError(
-                f"joint_names has {len(self.params.joint_names)} names but the policy outputs "
-                f"{policy.action_dim}-dim actions (trajectory points need one position per joint)"
-            )
+        try:
+            proprio = self._check_policy(policy)
+            if self.params.warmup:
+                self._warm_up(policy, proprio)
+        except BaseException:
+            close = getattr(policy, "close", None)  # e.g. the policy's child process
+            if close is not None:
+                close()
+            raise
         self.policy = policy
         p = self.params
         self.schedule = ChunkSchedule(
@@ -212,6 +209,45 @@ class PolicyRunner:
             p.device,
             p.command_type,
         )
+
+    def _check_policy(self, policy: ActionChunkPolicy) -> int:
+        """The loaded policy against the parameters (raises with the reason); its proprio dims."""
+        self.limits.check_dim(int(policy.action_dim))
+        proprio = int(getattr(getattr(policy, "vla", None), "proprio_dim", 0) or 0)
+        if proprio and not self.params.use_joint_state:
+            raise ValueError(
+                f"the policy needs agent_pos ({proprio} dims): set use_joint_state=true and publish "
+                f"JointState on {self.params.joint_state_topic!r}"
+            )
+        if self.params.command_type == "trajectory" and len(self.params.joint_names) != policy.action_dim:
+            raise ValueError(
+                f"joint_names has {len(self.params.joint_names)} names but the policy outputs "
+                f"{policy.action_dim}-dim actions (trajectory points need one position per joint)"
+            )
+        return proprio
+
+    WARMUP_INSTRUCTION = "pick up the object"
+    """The warm-up's instruction when the `instruction` parameter is empty."""
+
+    def _warm_up(self, policy: ActionChunkPolicy, proprio: int) -> None:
+        """One decode of a blank 64x64 image (zeros for agent_pos), then `reset`: the engine of the
+        policy's device is built (compiled, CUDA graphs captured) now rather than in the first real
+        chunk. A policy that cannot decode it fails configure, with the reason."""
+        obs: dict[str, Any] = {
+            "pixels": np.zeros((64, 64, 3), np.uint8),
+            "instruction": self.params.instruction or self.WARMUP_INSTRUCTION,
+        }
+        if proprio:
+            obs["agent_pos"] = np.zeros(proprio, np.float32)
+        t = time.perf_counter()
+        try:
+            n = sum(1 for _ in policy.stream_action_chunk(obs))
+        except Exception as e:
+            raise RuntimeError(f"warm-up decode failed: {type(e).__name__}: {e}") from e
+        policy.reset()
+        if n != policy.chunk_size:
+            raise RuntimeError(f"warm-up decode gave {n} actions, the policy's chunk_size is {policy.chunk_size}")
+        self.log.info("warm-up decode: %d actions in %.2f s", n, time.perf_counter() - t)
 
     def activate(self) -> None:
         """Start decoding and commanding (the first chunk starts with the next valid image)."""

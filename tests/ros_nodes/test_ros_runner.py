@@ -15,7 +15,7 @@ IMG = np.zeros((16, 16, 3), np.uint8)
 
 
 def make(clock, policy, threaded=False, **params):
-    kw = dict(instruction="pick up the cube", control_hz=10.0, image_timeout_s=0.5)
+    kw = dict(instruction="pick up the cube", control_hz=10.0, image_timeout_s=0.5, warmup=False)
     kw.update(params)
     r = PolicyRunner(PolicyParams(**kw), lambda p: policy, clock=clock, threaded=threaded)
     r.configure()
@@ -244,7 +244,9 @@ def test_trajectory_joint_names_must_match_policy(clock, fake_policy):
 def test_live_parameter_update(clock, fake_policy):
     r = make(clock, fake_policy)
     later = r.update_params(
-        PolicyParams(instruction="pick up the cube", control_hz=50.0, action_low=(0.0,) * 7, image_timeout_s=0.5)
+        PolicyParams(
+            instruction="pick up the cube", control_hz=50.0, action_low=(0.0,) * 7, image_timeout_s=0.5, warmup=False
+        )
     )
     assert later == ["control_hz"]
     assert r.params.control_hz == 10.0 and r.limits.low.tolist() == [0.0] * 7
@@ -267,7 +269,7 @@ def test_status_reports_latency_and_iterations(clock, fake_policy):
 def test_threaded_worker_decodes_in_background():
     gate = threading.Semaphore(0)
     pol = FakePolicy(gate=gate)
-    r = PolicyRunner(PolicyParams(instruction="go", image_timeout_s=30.0), lambda p: pol, threaded=True)
+    r = PolicyRunner(PolicyParams(instruction="go", image_timeout_s=30.0, warmup=False), lambda p: pol, threaded=True)
     r.configure()
     r.activate()
     r.on_image(IMG)
@@ -284,3 +286,61 @@ def test_policy_needing_proprio_requires_joint_state(clock, fake_policy):
     r = PolicyRunner(PolicyParams(), lambda p: fake_policy, clock=clock)
     with pytest.raises(ValueError, match="use_joint_state=true"):
         r.configure()
+
+
+def test_configure_warms_the_policy_up_with_a_blank_image(clock):
+    pol = FakePolicy(clock=clock)
+    r = PolicyRunner(PolicyParams(instruction="stack the cups"), lambda p: pol, clock=clock)
+    r.configure()
+    assert len(pol.calls) == 1 and pol.resets == 1  # one decode, then the policy is reset
+    obs = pol.calls[0]
+    assert obs["instruction"] == "stack the cups" and "agent_pos" not in obs
+    assert obs["pixels"].shape == (64, 64, 3) and obs["pixels"].dtype == np.uint8 and not obs["pixels"].any()
+    r.activate()
+    r.on_image(IMG)
+    assert r.process_pending() and len(pol.calls) == 2  # the first real chunk is the next call
+    # no instruction set yet: a stand-in one; a policy with proprio gets zeros as agent_pos
+    pol = FakePolicy(clock=clock)
+    pol.vla = type("V", (), {"proprio_dim": 3})()
+    PolicyRunner(PolicyParams(use_joint_state=True), lambda p: pol, clock=clock).configure()
+    assert pol.calls[0]["instruction"] == PolicyRunner.WARMUP_INSTRUCTION
+    assert pol.calls[0]["agent_pos"].tolist() == [0.0, 0.0, 0.0]
+
+
+class _ShortPolicy(FakePolicy):
+    """Claims its chunk_size but streams one action fewer."""
+
+    def stream_action_chunk(self, obs, action_deadline=None):
+        yield from list(super().stream_action_chunk(obs, action_deadline))[:-1]
+
+
+@pytest.mark.parametrize(
+    "policy, match",
+    [
+        (FakePolicy(fail=RuntimeError("out of memory")), "warm-up decode failed: RuntimeError: out of memory"),
+        (_ShortPolicy(chunk_size=5), "gave 4 actions, the policy's chunk_size is 5"),
+    ],
+)
+def test_a_failed_warm_up_fails_configure_with_the_reason(clock, policy, match):
+    closed = []
+    policy.close = lambda: closed.append(True)  # a policy process is stopped, not leaked
+    r = PolicyRunner(PolicyParams(instruction="go"), lambda p: policy, clock=clock)
+    with pytest.raises(RuntimeError, match=match):
+        r.configure()
+    assert r.state == "unconfigured" and r.policy is None and closed == [True]
+
+
+def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock):
+    """The real policy on the static engine: configure's warm-up decode leaves its engine built."""
+    from pathlib import Path
+
+    from ros_nodes.runner import load_policy
+
+    model = Path(__file__).resolve().parents[2] / "ee_vla" / "checkpoints" / "default"
+    params = PolicyParams(
+        model_path=str(model), engine="static", policy_process=False, instruction="reach the cube", use_joint_state=True
+    )
+    r = PolicyRunner(params, load_policy, clock=clock)
+    r.configure()
+    assert list(r.policy._prefill.engines) == [1]  # batch 1, built by the warm-up
+    assert r.policy.warm_start_tokens is None  # and the policy was reset after it
