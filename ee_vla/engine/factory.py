@@ -58,7 +58,8 @@ class EnginePool:
         widths: window widths of each engine (None: `StaticEngine`'s default, 1 and n - 1).
         prompt_headroom: extra prompt slots allocated beyond the first prompt seen (rounded up
             to a multiple of 64), so that instructions of varying length reuse the engine.
-        max_engines: engines kept at once (least recently used dropped first).
+        max_engines: engines kept at once (least recently used released first; a vectorised
+            evaluation decodes every batch size from 1 to its number of envs).
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class EnginePool:
         graphs: bool,
         widths: Sequence[int] | None = None,
         prompt_headroom: int = 32,
-        max_engines: int = 4,
+        max_engines: int = 8,
         compile: str | None = None,
     ):
         if max_new_tokens < 1:
@@ -92,8 +93,10 @@ class EnginePool:
         if eng is not None:
             log.info("prompt of %d tokens exceeds the engine's %d: rebuilding it", prompt_len, eng.max_prompt_len)
             del self.engines[batch_size]
+            eng.release()
         while len(self.engines) >= self.max_engines:
-            self.engines.popitem(last=False)
+            _, old = self.engines.popitem(last=False)
+            old.release()  # its graphs are freed now, never by the garbage collector during a capture
         eng = StaticEngine(
             self.model,
             batch_size=batch_size,

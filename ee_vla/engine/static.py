@@ -61,6 +61,7 @@ Nothing in transformers is patched: the cache is a `transformers.Cache` of our o
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -276,6 +277,7 @@ class StaticEngine:
         self._image_tokens: int | None = None  # image features per image, known after the first image prefill
         self._image_graph_failed = False  # a failed capture of an image prefill: those run without a graph
         self._generation = 0
+        self._released = False
         self.captured_s = 0.0
         with torch.inference_mode():
             dev = self.device
@@ -361,20 +363,51 @@ class StaticEngine:
     def _graph_of(self, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture `forward()` as a CUDA graph, after `warmup` eager runs on a side stream (the
         PyTorch recipe). The cache entries written meanwhile are junk: every later prefill and step
-        overwrites or masks them."""
-        torch.cuda.synchronize(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(max(1, self._warmup)):
-                forward()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = forward()
-        torch.cuda.synchronize(self.device)
+        overwrites or masks them.
+
+        Python's cyclic garbage collector is off from the warm-up to the end of the capture (after
+        one collection): an engine dropped earlier (e.g. evicted from an `EnginePool`) is only freed
+        by it, and freeing its graphs while a stream captures invalidates the capture."""
+        if self._released:
+            raise RuntimeError("this StaticEngine was released")
+        gc.collect()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            torch.cuda.synchronize(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(max(1, self._warmup)):
+                    forward()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = forward()
+            torch.cuda.synchronize(self.device)
+        finally:
+            if was_enabled:
+                gc.enable()
         return graph, out
+
+    def release(self) -> None:
+        """Free the CUDA graphs, the cache and the buffers now (not whenever the garbage collector
+        gets to this engine); its steps and prefills raise afterwards."""
+        if self._released:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        for graph, _ in [*self._graphs.values(), *self._prompt_graphs.values()]:
+            reset = getattr(graph, "reset", None)
+            if reset is not None:
+                reset()
+        self._graphs.clear()
+        self._prompt_graphs.clear()
+        self._prompts.clear()
+        self._buffers.clear()
+        self.cache = None
+        self._released = True
 
     def _capture(self, warmup: int) -> None:
         """Capture one CUDA graph per window width."""
@@ -401,6 +434,8 @@ class StaticEngine:
         `pixel_values`). A new prefill invalidates the previous prefill's step."""
         t = time.perf_counter()
         B, P = input_ids.shape
+        if self._released:
+            raise RuntimeError("this StaticEngine was released (e.g. evicted from its EnginePool)")
         if B != self.batch_size:
             raise ValueError(f"this StaticEngine decodes batches of {self.batch_size}, got a batch of {B}")
         if P > self.max_prompt_len:
@@ -553,6 +588,8 @@ class StaticStep:
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        if self.engine._released:
+            raise RuntimeError("this step's engine was released (e.g. evicted from its EnginePool)")
         if self.generation != self.engine._generation:
             raise RuntimeError("this step belongs to an earlier prefill: the engine's cache now holds another prompt")
         logits = self.engine._run(tokens.to(self.engine.device), int(start), self.prompt_len, self.valid_len)

@@ -1,11 +1,13 @@
 """CUDA-graph engine vs eager HFStep on the GPU (skipped without CUDA; the GPU job runs them)."""
 
+import gc
+
 import pytest
 import torch
 
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
-from ee_vla.engine import StaticEngine, make_prefill
+from ee_vla.engine import EnginePool, StaticEngine, make_prefill
 from ee_vla.engine.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -80,3 +82,21 @@ def test_graph_and_static_forwards_agree_in_bf16():
         outs.append((first.float(), step(torch.arange(7, device="cuda").repeat(2, 1), 0).float()))
     for a, b in zip(*outs, strict=True):
         assert (a - b).abs().max() <= 1e-2 * a.abs().max()
+
+
+def test_engines_evicted_from_a_pool_never_break_a_later_capture():
+    """A vectorised evaluation cycles through batch sizes, so its pool evicts engines. An evicted
+    engine's graphs are released at once; freed later by the garbage collector, in the middle of
+    another engine's capture, they invalidated it (seen in `ee-vla eval --engine graph`). The
+    collector runs at nearly every allocation here, which made that failure certain."""
+    model = tiny_lm("llama", seed=1, device="cuda")
+    pool = EnginePool(model, 8, graphs=True, max_engines=1)
+    old = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        for b in (1, 2, 3, 1, 2):
+            inputs = padded_prompts(b, 9, [0] * b, seed=b, device="cuda")
+            _assert_all_match(compare_to_eager(model, inputs, 8, pool))
+    finally:
+        gc.set_threshold(*old)
+    assert list(pool.engines) == [2]

@@ -246,6 +246,22 @@ def test_frozen_mode_compiles_with_inductor_freezing_in_force_only_there(monkeyp
     assert seen and all(seen) and not inductor_config.freezing
 
 
+def test_a_pool_releases_the_engines_it_evicts():
+    model = tiny_lm("llama", seed=0)
+    pool = EnginePool(model, 6, graphs=False, max_engines=2)
+    step, _, _ = pool(model, **padded_prompts(1, 5))
+    first = pool.engines[1]
+    pool(model, **padded_prompts(2, 5, [0, 1]))
+    assert not first._released
+    pool(model, **padded_prompts(3, 5, [0, 1, 2]))  # batch 1's engine is the least recently used
+    assert list(pool.engines) == [2, 3] and first._released and first.cache is None
+    with pytest.raises(RuntimeError, match="released"):
+        step(torch.ones(1, 2, dtype=torch.long), 0)
+    with pytest.raises(RuntimeError, match="released"):
+        first.prefill(**padded_prompts(1, 5))
+    _assert_all_match(compare_to_eager(model, padded_prompts(1, 5), 6, pool))  # rebuilt on demand
+
+
 def test_compile_mode_is_validated():
     with pytest.raises(ValueError, match="compile must be None or one of"):
         StaticEngine(tiny_lm("llama", seed=0), batch_size=1, max_prompt_len=4, max_new_tokens=3, compile="turbo")
