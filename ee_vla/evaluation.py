@@ -111,7 +111,9 @@ class EvalConfig:
     video_format: Literal["gif", "mp4"] = "gif"
     """gif (Pillow, always available) or mp4 (needs imageio-ffmpeg or PyAV)."""
     warmup: int = 1
-    """Untimed decode calls on the first observations of a run before timing starts."""
+    """Untimed decode calls on the first observations of a run before timing starts. With a static
+    engine (static, graph, compiled) the warm-up also decodes once at every smaller batch size, so
+    that each batch size's engine is built (captured, compiled) before timing starts."""
     clip_actions: bool = True
     """Clip actions to the env's action-space bounds before stepping."""
     env_modules: list[str] = field(default_factory=lambda: ["sim_envs"])
@@ -471,6 +473,11 @@ class _Rollout:
                 batch = self._batch(obs, list(range(n)), instr)
                 for _ in range(self.warmup):
                     policy.predict_action_chunk(batch)
+                pool = getattr(policy, "engine_pool", None)
+                if pool is not None:  # copies finish at different steps: every batch size 1..n occurs
+                    pool.max_engines = max(pool.max_engines, n)
+                    for b in range(1, n):
+                        policy.predict_action_chunk(self._batch(obs, list(range(b)), instr))
                 policy.reset()
             done_eps: list[dict] = []
             while any(ep is not None for ep in running):

@@ -84,6 +84,14 @@ class VLAPolicy:
         self._prefill = make_prefill(self.config.engine, vla.model, vla.n_action_tokens)
         self.last_stats: DecodeStats | None = None
 
+    @property
+    def engine_pool(self):
+        """The `ee_vla.engine.EnginePool` decoding for this policy (one static engine per batch
+        size), or None with the eager engine."""
+        from ee_vla.engine import EnginePool
+
+        return self._prefill if isinstance(self._prefill, EnginePool) else None
+
     @classmethod
     def from_pretrained(
         cls,

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from ee_vla.evaluation import EvalConfig, EvalConfigError, evaluate, wilson_interval
+from ee_vla.evaluation import DecodeLog, EvalConfig, EvalConfigError, evaluate, wilson_interval
 from ee_vla.models.vla import ModelLoadError
 
 FAKE_ENV = "test_ee_vla/FakeReach-v0"  # registered by conftest.py
@@ -254,3 +254,31 @@ def test_static_engine_evaluates_the_same_way(tiny_policy_dir, tmp_path):
     ar, jac = result["runs"]["ar"], result["runs"]["jacobi"]
     assert ar["config"]["engine"] == "static"
     assert [episode_key(e) for e in ar["per_episode"]] == [episode_key(e) for e in jac["per_episode"]]
+
+
+def test_warm_up_builds_an_engine_for_every_batch_size_before_timing(tiny_policy_dir, tmp_path, monkeypatch):
+    """With a static engine, no engine is built while decode calls are timed: the warm-up decodes
+    once at each batch size 1..num_envs, and the pool keeps that many engines."""
+    from ee_vla.engine.factory import EnginePool
+
+    built, timing = [], []
+    orig_engine = EnginePool.engine
+
+    def engine(self, batch_size, prompt_len):
+        before = self.engines.get(batch_size)
+        eng = orig_engine(self, batch_size, prompt_len)
+        if eng is not before:
+            built.append((batch_size, bool(timing)))
+        return eng
+
+    orig_add = DecodeLog.add
+
+    def add(self, stats, seconds):
+        timing.append(True)  # the first timed call has returned: later builds happened while timing
+        return orig_add(self, stats, seconds)
+
+    monkeypatch.setattr(EnginePool, "engine", engine)
+    monkeypatch.setattr(DecodeLog, "add", add)
+    cfg = make_cfg(tiny_policy_dir, tmp_path, num_envs=3, episodes=5, engine="static", warmup=1)
+    evaluate(cfg)
+    assert sorted(b for b, _ in built) == [1, 2, 3] and not any(during for _, during in built)
