@@ -1,7 +1,10 @@
 """Can a from-scratch ee_vla network learn to localise? A synthetic check, no simulator needed.
 
 Each sample is a grey image with one red 8 px square at a random place; the prompt asks for it and
-the answer is two action-block tokens, the square's x and y binned over the image. Every batch is
+the answer is two action-block tokens, the square's x and y binned over the image. With
+`--distractors K` the image holds K + 1 squares of different colours, the prompt names one
+("find the green square"), and only that one is the answer: the binding of a word to one object
+among several, which the suite's tasks need. Every batch is
 fresh, so the training loss is already a held-out loss. Printed every `--every` steps: the loss, the
 mean |bin error| of the greedy answer, and the mean probability of the right bin and of the argmax
 bin. A network that finds the square but not *which patch* it is in puts similar mass on a few
@@ -9,6 +12,7 @@ bins one patch apart: p(target) and p(argmax) stay close while the bin error sta
 (that is what session 2 measured, docs/training.md).
 
     python scripts/localization_probe.py --preset tiny --steps 3000 --lr 1e-3
+    python scripts/localization_probe.py --distractors 2 --stem conv      # the convolutional vision stem
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ import torch
 from ee_vla.models.vla import VLA
 from ee_vla.training.losses import WindowLM, ar_loss
 
+COLOURS = {
+    "red": (255, 0, 0),
+    "green": (0, 200, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 220, 0),
+    "magenta": (230, 0, 230),
+    "cyan": (0, 220, 220),
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -33,18 +46,28 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pos-init", default="sincos", choices=["sincos", "random"])
+    ap.add_argument("--stem", default="patch", choices=["patch", "conv"], help="vision stem (VLASpec.vision_stem)")
+    ap.add_argument("--distractors", type=int, default=0, help="other coloured squares in each image")
+    ap.add_argument(
+        "--colours", type=int, default=len(COLOURS), help="colours drawn from (1: always red, session 3's task)"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
+    if not 1 <= args.colours <= len(COLOURS):
+        ap.error(f"--colours must be in 1..{len(COLOURS)}")
+    if not 0 <= args.distractors < args.colours:
+        ap.error(f"--distractors must be in 0..{args.colours - 1} (one colour per square)")
     torch.manual_seed(args.seed)
-    prompt = "find the red square"
+    prompts = [f"find the {name} square" for name in COLOURS]
     vla = VLA.create(
         args.preset,
         chunk_size=1,
-        corpus=[prompt],
+        corpus=prompts,
         patch_size=args.patch_size,
         seed=args.seed,
         vision_pos_init=args.pos_init,
+        vision_stem=args.stem,
     )
     vla.model.to(args.device)
     S, side = vla.image_size, 8
@@ -52,12 +75,25 @@ def main() -> None:
     lo, hi = vla.action_range
     rng = np.random.default_rng(args.seed)
 
+    names = list(COLOURS)[: args.colours]
+
     def batch(n: int):
         img = np.full((n, S, S, 3), 180, np.uint8)
-        xy = rng.integers(0, S - side, (n, 2))
-        for i, (x, y) in enumerate(xy):
-            img[i, y : y + side, x : x + side] = (255, 0, 0)
-        return vla.build_inputs(img, [prompt] * n), torch.as_tensor(lo + xy * 255 // (S - side - 1), device=args.device)
+        xy = np.zeros((n, 2), np.int64)
+        asked = []
+        for i in range(n):
+            colours = rng.choice(len(names), args.distractors + 1, replace=False)  # colours[0] is asked for
+            placed: list[np.ndarray] = []
+            while len(placed) < len(colours):  # squares do not overlap
+                p = rng.integers(0, S - side, 2)
+                if all(np.abs(p - q).max() >= side for q in placed):
+                    placed.append(p)
+            for c, (x, y) in zip(colours, placed, strict=True):
+                img[i, y : y + side, x : x + side] = COLOURS[names[c]]
+            xy[i] = placed[0]
+            asked.append(prompts[colours[0]])
+        target = torch.as_tensor(lo + xy * 255 // (S - side - 1), device=args.device)
+        return vla.build_inputs(img, asked), target
 
     def forward(inputs, target):
         return net(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], target[:, :-1])

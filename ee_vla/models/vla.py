@@ -3,8 +3,9 @@
 A model directory holds what `save_pretrained` writes for the transformers model
 (`config.json`, `model.safetensors`) and tokenizer, plus `ee_vla.json`: the action tokenizer
 (statistics and token layout), chunk size, optional proprio tokenizer, image size/normalisation
-and prompt template. Loading needs no `trust_remote_code`: the network is a stock
-`LlavaForConditionalGeneration` (SigLIP-style vision tower, MLP projector, Llama or Qwen2 LM).
+and prompt template. Loading needs no `trust_remote_code`: the network is transformers'
+`LlavaForConditionalGeneration` (SigLIP-style vision tower, MLP projector, Llama or Qwen2 LM),
+through `ee_vla.models.network.VLANetwork`, which adds an optional convolutional vision stem.
 
 Prompt (OpenVLA's): `<s> <image>*P In: What action should the robot take to {instruction}?\\nOut:`
 followed, when the model uses proprio, by the discretised proprio as tokens of the action block.
@@ -50,6 +51,7 @@ class VLASpec:
     text_kv_heads: int
     backbone: str = "llama"  # llama | qwen2
     vision_pos_init: str = "sincos"  # sincos | random: how the vision tower's position table starts
+    vision_stem: str = "patch"  # patch (SigLIP's patch embedding) | conv (ee_vla.models.network.ConvStem)
 
 
 def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -94,15 +96,15 @@ def _transformers_quiet() -> None:
 
 
 def build_network(spec: VLASpec, vocab_size: int, image_token_id: int, pad_token_id: int):
-    from transformers import (
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        Qwen2Config,
-        SiglipVisionConfig,
-    )
+    from transformers import LlamaConfig, LlavaConfig, Qwen2Config, SiglipVisionConfig
 
+    from ee_vla.models.network import STEMS, VLANetwork
+
+    if spec.vision_stem not in STEMS:
+        raise ValueError(f"VLASpec.vision_stem must be {'|'.join(STEMS)}, got {spec.vision_stem!r}")
+    stem = {"ee_vla_stem": "conv"} if spec.vision_stem == "conv" else {}  # a patch stem stays stock Llava
     vision = SiglipVisionConfig(
+        **stem,
         hidden_size=spec.vision_hidden,
         intermediate_size=4 * spec.vision_hidden,
         num_hidden_layers=spec.vision_layers,
@@ -133,7 +135,7 @@ def build_network(spec: VLASpec, vocab_size: int, image_token_id: int, pad_token
         projector_hidden_act="gelu",
         image_seq_length=(spec.image_size // spec.patch_size) ** 2,
     )
-    net = LlavaForConditionalGeneration(cfg)
+    net = VLANetwork(cfg)
     if spec.vision_pos_init == "sincos":
         table = net.model.vision_tower.embeddings.position_embedding.weight
         with torch.no_grad():
@@ -193,6 +195,7 @@ class VLA:
         image_size: int | None = None,
         patch_size: int | None = None,
         vision_pos_init: str | None = None,
+        vision_stem: str | None = None,
     ) -> VLA:
         """A randomly initialised VLA. Without `action_stats`, actions are assumed in [-1, 1]."""
         from ee_vla.models.text_tokenizer import build_text_tokenizer
@@ -206,6 +209,8 @@ class VLA:
             spec = VLASpec(**{**asdict(spec), "patch_size": patch_size})
         if vision_pos_init is not None:
             spec = VLASpec(**{**asdict(spec), "vision_pos_init": vision_pos_init})
+        if vision_stem is not None:
+            spec = VLASpec(**{**asdict(spec), "vision_stem": vision_stem})
         if spec.image_size % spec.patch_size:
             raise ValueError(f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}")
         stats = action_stats or ActionStats(q01=[-1.0] * 7, q99=[1.0] * 7, mask=[True] * 6 + [False])
@@ -245,7 +250,9 @@ class VLA:
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> VLA:
         """Load a directory written by `save_pretrained`; clear errors for anything missing/corrupt."""
-        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+        from transformers import AutoTokenizer
+
+        from ee_vla.models.network import VLANetwork
 
         _transformers_quiet()
         path = Path(path)
@@ -264,7 +271,7 @@ class VLA:
             raise ModelLoadError(f"{path / EE_VLA_FILE} is corrupt: {e}") from e
         _check_safetensors(path / "model.safetensors")
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32)
+            model = VLANetwork.from_pretrained(path, dtype=dtype or torch.float32)
             tok = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises many types for broken files
             raise ModelLoadError(f"could not load the model in {path}: {e}") from e

@@ -173,6 +173,7 @@ def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
         seed=cfg.seed,
         patch_size=cfg.patch_size,
         vision_pos_init=cfg.vision_pos_init,
+        vision_stem=cfg.vision_stem,
     )
 
 

@@ -169,6 +169,10 @@ class TrainConfig(RunConfig):
     """How a new model's vision position table starts: sincos = fixed 2D sine-cosine values (MAE),
     random = SigLIP's small random init. sincos breaks the localisation plateau of a from-scratch
     tower sooner (docs/training.md)."""
+    vision_stem: Literal["patch", "conv"] = "patch"
+    """A new model's vision stem: patch = SigLIP's patch embedding (one linear map per patch),
+    conv = a few stride-2 3x3 convolutions to the same patch grid (`ee_vla.models.network.ConvStem`:
+    a locality prior for a from-scratch tower; needs a power-of-two patch size)."""
     grounding_fraction: float = 0.0
     """Grounding co-training: this fraction of the training items asks the model "where are the
     objects to <instruction>?" and teaches it the answer, the target's and goal's xyz

@@ -108,3 +108,37 @@ def test_new_models_start_from_the_sincos_table_unless_asked_otherwise():
     assert not torch.equal(table(rand), sincos_2d(grid, 32)) and rand.meta["spec"]["vision_pos_init"] == "random"
     with pytest.raises(ValueError, match="vision_pos_init"):
         VLA.create("tiny", vision_pos_init="learned")
+
+
+def test_conv_stem_gives_the_patch_grid_and_survives_save_and_load(tmp_path):
+    """`vision_stem="conv"`: the patch embedding becomes a ConvStem with the same output grid; the
+    model saves and loads (through VLANetwork) to identical outputs, through the policy's static
+    engine too. A patch-stem model stays a stock Llava."""
+    from transformers import LlavaForConditionalGeneration
+
+    from ee_vla.models.network import ConvStem
+    from ee_vla.policy import VLAPolicy
+
+    a = VLA.create("tiny", seed=0, vision_stem="conv")
+    stem = a.model.model.vision_tower.embeddings.patch_embedding
+    assert isinstance(stem, ConvStem) and len(stem.stages) == 2 * 4  # 16 px patches: 4 stride-2 stages
+    assert stem(torch.zeros(2, 3, 64, 64)).shape == (2, 32, 4, 4) and a.meta["spec"]["vision_stem"] == "conv"
+    px = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    inputs = a.build_inputs(px, ["pick up the red cube", "push it"])
+    a.save_pretrained(tmp_path / "conv")
+    assert json.loads((tmp_path / "conv" / "config.json").read_text())["vision_config"]["ee_vla_stem"] == "conv"
+    b = VLA.from_pretrained(tmp_path / "conv")
+    with torch.no_grad():
+        assert torch.equal(a.model(**inputs).logits, b.model(**inputs).logits)
+    obs = {"pixels": px, "instruction": ["pick up the red cube", "push it"]}
+    eager = VLAPolicy.from_pretrained(tmp_path / "conv", "jacobi").predict_action_chunk(obs)
+    static = VLAPolicy.from_pretrained(tmp_path / "conv", "jacobi", engine="static").predict_action_chunk(obs)
+    assert np.array_equal(eager, static)
+
+    VLA.create("tiny", seed=0).save_pretrained(tmp_path / "patch")
+    assert "ee_vla_stem" not in json.loads((tmp_path / "patch" / "config.json").read_text())["vision_config"]
+    LlavaForConditionalGeneration.from_pretrained(tmp_path / "patch")  # no ee_vla needed to load it
+    with pytest.raises(ValueError, match="vision_stem"):
+        VLA.create("tiny", vision_stem="resnet")
+    with pytest.raises(ValueError, match="power of two"):
+        ConvStem(3, 32, 12)
