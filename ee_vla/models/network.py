@@ -1,14 +1,14 @@
 """The VLA's network class: transformers' Llava, with an optional convolutional stem.
 
-`VLANetwork` is `LlavaForConditionalGeneration` (same config, same weights layout, same
-`save_pretrained` / `from_pretrained`), except that a vision config carrying
-`ee_vla_stem="conv"` replaces SigLIP's patch embedding (one linear map of each 16x16 patch) by
+`VLANetwork` is `LlavaForConditionalGeneration` (same config, same modules), except that a
+vision config carrying `ee_vla_stem="conv"` replaces SigLIP's patch embedding (one linear map of each 16x16 patch) by
 `ConvStem`, a few stride-2 3x3 convolutions ending in the same (B, hidden, H/p, W/p) patch grid.
 Early convolutions give a from-scratch vision transformer the locality prior it otherwise has to
 learn from data (Xiao et al. 2021, "Early convolutions help transformers see better"), which is
-what finding a small object in the image needs. A model without that attribute is a stock Llava:
-it loads with `LlavaForConditionalGeneration.from_pretrained` too; a conv-stem model needs this
-class (`VLA.from_pretrained` always uses it).
+what finding a small object in the image needs. Only conv-stem models are built and loaded as
+this class (`VLA.create` / `VLA.from_pretrained`); every other model stays a stock Llava, because
+transformers renames the keys of a saved Llava checkpoint (`language_model.lm_head.weight` ->
+`lm_head.weight`) for that class only, not for a subclass.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A model directory holds what `save_pretrained` writes for the transformers model
 (`config.json`, `model.safetensors`) and tokenizer, plus `ee_vla.json`: the action tokenizer
 (statistics and token layout), chunk size, optional proprio tokenizer, image size/normalisation
 and prompt template. Loading needs no `trust_remote_code`: the network is transformers'
-`LlavaForConditionalGeneration` (SigLIP-style vision tower, MLP projector, Llama or Qwen2 LM),
-through `ee_vla.models.network.VLANetwork`, which adds an optional convolutional vision stem.
+`LlavaForConditionalGeneration` (SigLIP-style vision tower, MLP projector, Llama or Qwen2 LM), or,
+with a convolutional vision stem, its subclass `ee_vla.models.network.VLANetwork`.
 
 Prompt (OpenVLA's): `<s> <image>*P In: What action should the robot take to {instruction}?\\nOut:`
 followed, when the model uses proprio, by the discretised proprio as tokens of the action block.
@@ -96,7 +96,7 @@ def _transformers_quiet() -> None:
 
 
 def build_network(spec: VLASpec, vocab_size: int, image_token_id: int, pad_token_id: int):
-    from transformers import LlamaConfig, LlavaConfig, Qwen2Config, SiglipVisionConfig
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config, SiglipVisionConfig
 
     from ee_vla.models.network import STEMS, VLANetwork
 
@@ -135,7 +135,8 @@ def build_network(spec: VLASpec, vocab_size: int, image_token_id: int, pad_token
         projector_hidden_act="gelu",
         image_seq_length=(spec.image_size // spec.patch_size) ** 2,
     )
-    net = VLANetwork(cfg)
+    # a patch stem is stock Llava (loadable without ee_vla); VLANetwork only where it differs
+    net = VLANetwork(cfg) if spec.vision_stem == "conv" else LlavaForConditionalGeneration(cfg)
     if spec.vision_pos_init == "sincos":
         table = net.model.vision_tower.embeddings.position_embedding.weight
         with torch.no_grad():
@@ -250,7 +251,7 @@ class VLA:
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> VLA:
         """Load a directory written by `save_pretrained`; clear errors for anything missing/corrupt."""
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
         from ee_vla.models.network import VLANetwork
 
@@ -271,7 +272,11 @@ class VLA:
             raise ModelLoadError(f"{path / EE_VLA_FILE} is corrupt: {e}") from e
         _check_safetensors(path / "model.safetensors")
         try:
-            model = VLANetwork.from_pretrained(path, dtype=dtype or torch.float32)
+            # VLANetwork for a conv stem only: a stock Llava checkpoint keeps Llava's key mapping
+            # (its saved `language_model.lm_head` is renamed for that class, not for a subclass)
+            conv = getattr(LlavaConfig.from_pretrained(path).vision_config, "ee_vla_stem", "patch") == "conv"
+            cls_ = VLANetwork if conv else LlavaForConditionalGeneration
+            model = cls_.from_pretrained(path, dtype=dtype or torch.float32)
             tok = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises many types for broken files
             raise ModelLoadError(f"could not load the model in {path}: {e}") from e

@@ -8,6 +8,24 @@ from ee_vla.action_tokenizer import ActionStats
 from ee_vla.models.vla import VLA, ModelLoadError
 
 
+def test_the_shipped_checkpoint_loads_every_weight():
+    """Every tensor of the shipped safetensors lands in the model: transformers renames a saved
+    Llava's `language_model.lm_head.weight`, and a wrong class silently re-initialises it."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(__file__).resolve().parents[2] / "ee_vla" / "checkpoints" / "default"
+    saved = load_file(path / "model.safetensors")
+    model = VLA.from_pretrained(path).model
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert torch.equal(model.lm_head.weight, saved["language_model.lm_head.weight"].float())
+    params = dict(model.named_parameters())
+    assert torch.equal(
+        params["model.language_model.embed_tokens.weight"], saved["language_model.model.embed_tokens.weight"].float()
+    )
+
+
 def test_save_load_round_trip_gives_identical_outputs(tiny_vla_dir, tmp_path):
     a = VLA.from_pretrained(tiny_vla_dir)
     px = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
