@@ -13,6 +13,12 @@
 # 4. a summary table of every profile (printed last).
 # Batch 4 and Qwen2-0.5B: run the profiler by hand (docs/performance.md gives the lines).
 #
+# Not in the default steps: the Inductor sweep of the 7B iteration (session 7). Each sweep-* step
+# times only the compiled engine's width-22 step and prefill under one Inductor setting
+# (`ee_vla.engine.profile --inductor KEY=VALUE`), in its own process, into $OUT/sweep/<name>:
+#   STEPS="sweep-inductor sweep-freezing sweep-freezing-cd" bash scripts/gpu_bench.sh
+#   STEPS="sweep-autotune" bash scripts/gpu_bench.sh          # max-autotune: minutes to compile
+#
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
 # Each step has its own time limit and a failed step does not stop the others; the exit status is
@@ -65,8 +71,19 @@ step profile-7b-fp32 90 python3 -m ee_vla.engine.profile --device cuda --dtype f
 step profile-small 90 "${PROFILE[@]}" --shape small --calls 30 --no-plots
 step check 240 python3 -m ee_vla.engine.check --device cuda --compiled --out "$OUT"
 
+W22=(--shape openvla-7b --engines compiled --decoders --step-widths 22 --step-iters 100 --warmup 3 --no-generate
+  --no-plots)
+step sweep-inductor 120 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/inductor"
+step sweep-freezing 150 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/freezing" --inductor freezing=True
+step sweep-freezing-cd 240 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/freezing-cd" \
+  --inductor freezing=True coordinate_descent_tuning=True
+step sweep-autotune 400 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/autotune" --compile-mode max-autotune \
+  --inductor freezing=True
+
 echo "=== summary" | tee -a "$LOG"
-python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json 2>&1 | tee -a "$LOG"
+shopt -s nullglob
+python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
+  2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
 echo "failed steps: $FAILED; files in $OUT: $(find "$OUT" -type f | tr "\n" " ")" | tee -a "$LOG"
 exit "$FAILED"
