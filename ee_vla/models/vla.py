@@ -274,9 +274,10 @@ class VLA:
         try:
             # VLANetwork for a conv stem only: a stock Llava checkpoint keeps Llava's key mapping
             # (its saved `language_model.lm_head` is renamed for that class, not for a subclass)
-            conv = getattr(LlavaConfig.from_pretrained(path).vision_config, "ee_vla_stem", "patch") == "conv"
+            config = LlavaConfig.from_pretrained(path)
+            conv = getattr(config.vision_config, "ee_vla_stem", "patch") == "conv"
             cls_ = VLANetwork if conv else LlavaForConditionalGeneration
-            model = cls_.from_pretrained(path, dtype=dtype or torch.float32)
+            model = cls_.from_pretrained(path, config=config, dtype=dtype or torch.float32)
             tok = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises many types for broken files
             raise ModelLoadError(f"could not load the model in {path}: {e}") from e
