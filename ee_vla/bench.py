@@ -19,6 +19,7 @@ import numpy as np
 
 from ee_vla.decoding import DecodeConfig
 from ee_vla.engine.factory import ENGINES, EngineKind
+from ee_vla.engine.static import COMPILE_MODES
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class BenchConfig:
     """Model dtype."""
     engine: EngineKind = "auto"
     """Decode engine (see PolicyConfig.engine): auto = CUDA graphs on a GPU, eager otherwise."""
+    compile_mode: str = "inductor"
+    """torch.compile mode of the compiled engine: inductor | frozen | max-autotune."""
     seed: int = 0
     """Seed of the random observations (and of a random model)."""
     out: Path = Path("outputs/bench")
@@ -66,6 +69,8 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.engine not in ENGINES:
             raise ValueError(f"BenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"BenchConfig.compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if not self.decoders:
             raise ValueError("BenchConfig.decoders is empty")
         for d in self.decoders:
@@ -92,7 +97,9 @@ def _policy(cfg: BenchConfig):
         if cfg.model not in PRESETS:
             raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})")
         path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, cfg.chunk_size, cfg.seed)
-    return VLAPolicy.from_pretrained(path, decoder="ar", device=cfg.device, dtype=cfg.dtype, engine=cfg.engine)
+    return VLAPolicy.from_pretrained(
+        path, decoder="ar", device=cfg.device, dtype=cfg.dtype, engine=cfg.engine, compile_mode=cfg.compile_mode
+    )
 
 
 def _observations(policy, cfg: BenchConfig) -> dict:

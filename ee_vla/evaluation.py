@@ -43,6 +43,7 @@ import tyro
 
 from ee_vla.decoding import DecodeConfig, DecodeStats
 from ee_vla.engine.factory import EngineKind, resolve_engine
+from ee_vla.engine.static import COMPILE_MODES
 from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class EvalConfig:
     engine: EngineKind = "auto"
     """Decode engine (docs/performance.md): auto = CUDA graphs on a GPU, eager on a CPU; compiled =
     torch.compile + CUDA graphs (fastest on large models, compiles each shape at first use)."""
+    compile_mode: str = "inductor"
+    """torch.compile mode of the compiled engine: inductor | frozen | max-autotune (docs/performance.md)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning (None = the whole chunk)."""
     max_episode_steps: int | None = None
@@ -167,6 +170,10 @@ class EvalConfig:
             import torch
 
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.compile_mode not in COMPILE_MODES:
+            raise EvalConfigError(
+                f"EvalConfig.compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}"
+            )
         try:  # the engine factory's own check: a known engine that runs on this device
             resolve_engine(self.engine, self.device)
         except ValueError as e:
@@ -615,7 +622,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from ee_vla.policy import VLAPolicy
 
     first = decode_cfgs[cfg.decoders[0]]
-    policy = VLAPolicy.from_pretrained(cfg.policy, first, cfg.device, cfg.dtype, cfg.n_action_steps, cfg.engine)
+    policy = VLAPolicy.from_pretrained(
+        cfg.policy, first, cfg.device, cfg.dtype, cfg.n_action_steps, cfg.engine, cfg.compile_mode
+    )
     for env_id in cfg.env:
         check_env_compatible(env_id, policy, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)

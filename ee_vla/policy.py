@@ -28,6 +28,7 @@ from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
 from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import ENGINES, EngineKind, make_prefill
+from ee_vla.engine.static import COMPILE_MODES
 from ee_vla.streaming import StreamedAction
 
 
@@ -53,6 +54,10 @@ class PolicyConfig:
     only), static (graph's static-shape forwards without graphs), compiled (graph's forwards compiled
     by torch.compile/Inductor, then captured; compiles each shape at its first call), auto = graph
     on CUDA, else eager."""
+    compile_mode: str = "inductor"
+    """torch.compile mode of the compiled engine (`ee_vla.engine.static.COMPILE_MODES`): inductor,
+    frozen (weights folded in: faster on a 7B, a copy of the concatenated projections per shape),
+    max-autotune; ignored by the other engines."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)
@@ -62,6 +67,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"PolicyConfig.compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}")
 
 
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
@@ -81,7 +88,9 @@ class VLAPolicy:
         self._previous: torch.Tensor | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
         # the decode step's prefill: HFStep.prefill (eager) or a static-cache / CUDA-graph engine
-        self._prefill = make_prefill(self.config.engine, vla.model, vla.n_action_tokens)
+        self._prefill = make_prefill(
+            self.config.engine, vla.model, vla.n_action_tokens, compile_mode=self.config.compile_mode
+        )
         self.last_stats: DecodeStats | None = None
 
     @property
@@ -101,10 +110,11 @@ class VLAPolicy:
         dtype: str = "float32",
         n_action_steps: int | None = None,
         engine: str = "auto",
+        compile_mode: str = "inductor",
     ) -> VLAPolicy:
         from ee_vla.models.vla import VLA
 
-        cfg = PolicyConfig(as_decode_config(decoder), n_action_steps, device, dtype, engine)
+        cfg = PolicyConfig(as_decode_config(decoder), n_action_steps, device, dtype, engine, compile_mode)
         return cls(VLA.from_pretrained(path, device=device, dtype=getattr(torch, dtype)), cfg)
 
     # ---- properties --------------------------------------------------------------------

@@ -38,6 +38,8 @@ COMMAND_MSG_TYPES = {
 DECODERS = ("ceed", "jacobi", "ar")
 ENGINES = ("auto", "eager", "static", "graph", "compiled")
 """`ee_vla.engine.ENGINES` (kept here so that this module imports no torch; a test checks they agree)."""
+COMPILE_MODES = ("inductor", "frozen", "max-autotune", "aot_eager")
+"""The keys of `ee_vla.engine.static.COMPILE_MODES` (kept here for the same reason, checked the same way)."""
 
 CommandType = Literal["twist", "array", "trajectory"]
 
@@ -54,6 +56,8 @@ class PolicyParams:
     """Torch device the policy runs on (cpu, cuda, cuda:1, ...)."""
     engine: str = "auto"
     """Decode engine: auto (CUDA graphs on a GPU, eager on a CPU) | eager | static | graph | compiled."""
+    compile_mode: str = "inductor"
+    """Compile mode of the compiled engine: inductor | frozen (faster on big models, more memory) | max-autotune."""
     warmup: bool = True
     """On configure, decode one blank image (with `instruction`, or a stand-in) so that the engine is
     built, compiled and its CUDA graphs captured before the first real image; configure waits for it."""
@@ -232,6 +236,7 @@ _CHECKS = {
     "decoder": _one_of(DECODERS),
     "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (cpu, cuda, ...)",
     "engine": _one_of(ENGINES),
+    "compile_mode": _one_of(COMPILE_MODES),
     "warmup": _bool,
     "policy_process": _bool,
     "torch_threads": lambda v: (

@@ -78,7 +78,11 @@ def load_policy_here(params: PolicyParams) -> ActionChunkPolicy:
     from ee_vla.policy import VLAPolicy
 
     return VLAPolicy.from_pretrained(
-        params.model_path, decoder=params.decoder, device=params.device, engine=params.engine
+        params.model_path,
+        decoder=params.decoder,
+        device=params.device,
+        engine=params.engine,
+        compile_mode=params.compile_mode,
     )
 
 

@@ -95,3 +95,19 @@ def test_static_engine_policy_equals_eager(tiny_vla_dir, decoder):
     static = VLAPolicy.from_pretrained(tiny_vla_dir, decoder=decoder, dtype="float64", engine="static")
     for _ in range(2):  # the second call starts from the warm guess
         assert np.array_equal(eager.predict_action_chunk(batch), static.predict_action_chunk(batch))
+
+
+def test_compile_mode_reaches_the_engine(tiny_vla_dir):
+    """`compile_mode` picks the compiled engine's torch.compile mode (aot_eager: traced, no code
+    generation, cheap on a CPU); an unknown one is refused before the model loads."""
+    rng = np.random.default_rng(0)
+    batch = {"pixels": rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), "instruction": ["go", "stop"]}
+    eager = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="jacobi", dtype="float64")
+    traced = VLAPolicy.from_pretrained(
+        tiny_vla_dir, decoder="jacobi", dtype="float64", engine="compiled", compile_mode="aot_eager"
+    )
+    assert np.array_equal(eager.predict_action_chunk(batch), traced.predict_action_chunk(batch))
+    assert traced.engine_pool.compile == "aot_eager" and traced.engine_pool.engines[2].compile == "aot_eager"
+    assert eager.engine_pool is None
+    with pytest.raises(ValueError, match="compile_mode"):
+        VLAPolicy.from_pretrained(tiny_vla_dir, engine="compiled", compile_mode="fastest")

@@ -201,6 +201,7 @@ def test_action_dim_mismatch(tiny_policy_dir, tmp_path):
         ({"env": [FAKE_ENV, FAKE_ENV]}, "twice"),
         ({"engine": "turbo"}, "EvalConfig.engine"),
         ({"engine": "graph", "device": "cpu"}, "needs a CUDA device"),
+        ({"engine": "compiled", "compile_mode": "fastest"}, "EvalConfig.compile_mode"),
     ],
 )
 def test_bad_config_fields(tmp_path, kwargs, match):

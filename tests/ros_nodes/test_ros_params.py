@@ -116,6 +116,11 @@ def test_every_command_type_has_a_default_topic():
 
 def test_engine_names_match_the_engine_factory():
     from ee_vla.engine import ENGINES as FACTORY_ENGINES
-    from ros_nodes.params import ENGINES
+    from ee_vla.engine.static import COMPILE_MODES as ENGINE_COMPILE_MODES
+    from ros_nodes.params import COMPILE_MODES, ENGINES
 
     assert ENGINES == FACTORY_ENGINES
+    assert COMPILE_MODES == tuple(ENGINE_COMPILE_MODES)
+    assert PolicyParams(compile_mode="frozen").compile_mode == "frozen"
+    with pytest.raises(ValueError, match="compile_mode"):
+        PolicyParams(compile_mode="fastest")
