@@ -24,6 +24,7 @@ POLICY_LAUNCH_ARGS = {
     "device": "torch device (cpu, cuda, ...)",
     "decoder": "ceed | jacobi | ar",
     "engine": "auto | eager | static | graph | compiled (decode engine; auto = CUDA graphs on a GPU)",
+    "compile_mode": "inductor | frozen | max-autotune (torch.compile mode of the compiled engine)",
 }
 """Parameters exposed as launch arguments (name -> description); empty = the YAML's value."""
 

@@ -30,6 +30,9 @@ def test_arguments_are_typed_and_validated():
     assert parameter_overrides({"engine": "compiled", "device": "cuda"}) == {"engine": "compiled", "device": "cuda"}
     with pytest.raises(ValueError, match="engine:='turbo'"):
         parameter_overrides({"engine": "turbo"})
+    assert parameter_overrides({"engine": "compiled", "compile_mode": "frozen"})["compile_mode"] == "frozen"
+    with pytest.raises(ValueError, match="compile_mode:='fastest'"):
+        parameter_overrides({"compile_mode": "fastest"})
 
 
 @pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py"])
