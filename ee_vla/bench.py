@@ -19,7 +19,7 @@ import numpy as np
 
 from ee_vla.decoding import DecodeConfig
 from ee_vla.engine.factory import ENGINES, EngineKind
-from ee_vla.engine.static import COMPILE_MODES
+from ee_vla.engine.static import check_compile_mode
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.engine not in ENGINES:
             raise ValueError(f"BenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"BenchConfig.compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        check_compile_mode(self.compile_mode, "BenchConfig.compile_mode")
         if not self.decoders:
             raise ValueError("BenchConfig.decoders is empty")
         for d in self.decoders:

@@ -43,7 +43,7 @@ import tyro
 
 from ee_vla.decoding import DecodeConfig, DecodeStats
 from ee_vla.engine.factory import EngineKind, resolve_engine
-from ee_vla.engine.static import COMPILE_MODES
+from ee_vla.engine.static import check_compile_mode
 from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,14 @@ class EvalConfig:
             import torch
 
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.compile_mode not in COMPILE_MODES:
-            raise EvalConfigError(
-                f"EvalConfig.compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}"
-            )
-        try:  # the engine factory's own check: a known engine that runs on this device
+        try:  # the engine's own checks: a known engine that runs on this device, a known compile mode
             resolve_engine(self.engine, self.device)
         except ValueError as e:
             raise EvalConfigError(f"EvalConfig.engine: {e}") from None
+        try:
+            check_compile_mode(self.compile_mode, "EvalConfig.compile_mode")
+        except ValueError as e:
+            raise EvalConfigError(str(e)) from None
         self.decode_configs()  # validates the decoder options against every decoder
 
     @property
@@ -480,7 +480,7 @@ class _Rollout:
                 batch = self._batch(obs, list(range(n)), instr)
                 for _ in range(self.warmup):
                     policy.predict_action_chunk(batch)
-                pool = getattr(policy, "engine_pool", None)
+                pool = policy.engine_pool
                 if pool is not None:  # copies finish at different steps: every batch size 1..n occurs
                     pool.max_engines = max(pool.max_engines, n)
                     for b in range(1, n):

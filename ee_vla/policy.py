@@ -28,7 +28,7 @@ from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
 from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import ENGINES, EngineKind, make_prefill
-from ee_vla.engine.static import COMPILE_MODES
+from ee_vla.engine.static import check_compile_mode
 from ee_vla.streaming import StreamedAction
 
 
@@ -67,8 +67,7 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"PolicyConfig.compile_mode must be {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        check_compile_mode(self.compile_mode, "PolicyConfig.compile_mode")
 
 
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:

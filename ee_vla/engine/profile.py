@@ -42,7 +42,7 @@ import torch._inductor.config as inductor_config
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
 from ee_vla.engine.shapes import SHAPES, Workload, build_workload
-from ee_vla.engine.static import COMPILE_MODES
+from ee_vla.engine.static import COMPILE_MODES, check_compile_mode
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,7 @@ class ProfileConfig:
         bad = [e for e in self.engines if e not in ENGINES or e == "auto"]
         if bad:
             raise ValueError(f"ProfileConfig.engines must be eager|static|graph|compiled, got {bad}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(
-                f"ProfileConfig.compile_mode must be one of {'|'.join(COMPILE_MODES)}, got {self.compile_mode!r}"
-            )
+        check_compile_mode(self.compile_mode, "ProfileConfig.compile_mode")
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")

@@ -85,6 +85,14 @@ COMPILE_MODES: dict[str, dict] = {
 every forward of the engine has a static shape; the engine captures its own CUDA graphs), with
 `inductor_config`: `torch._inductor.config` settings in force while the forwards compile."""
 
+
+def check_compile_mode(mode: str, owner: str) -> None:
+    """Raise ValueError naming `owner` (e.g. "PolicyConfig.compile_mode") unless `mode` is a key of
+    `COMPILE_MODES`: the one check behind every option that picks the compiled engine's mode."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"{owner} must be one of {'|'.join(COMPILE_MODES)}, got {mode!r}")
+
+
 _RECOMPILE_LIMIT = 64
 """Static shapes compiled per model code object: widths x prompt buckets x batch sizes of every
 engine (torch's default, 8, would silently fall back to eager forwards past it)."""
