@@ -63,7 +63,7 @@ class PickCubeEnv(TabletopEnv):
         for i, p in enumerate(pos):
             self._set_object_pose(i, p, rng.uniform(-np.pi / 4, np.pi / 4))
         template = PICK_TEMPLATES[rng.integers(len(PICK_TEMPLATES))]
-        self.task_description = template.format(obj=self.objects[self.target_index].name)
+        self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:
         i = self.target_index

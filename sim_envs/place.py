@@ -75,11 +75,14 @@ class PlaceEnv(TabletopEnv):
         for j, (xy, color) in enumerate(zip(plates, colors, strict=True)):
             self._set_body_xy(self._plate_body[j], xy)
             self.model.geom_rgba[self.model.body_geomadr[self._plate_body[j]]] = (*PLATE_COLORS[str(color)], 1.0)
+        self._plates = [
+            (f"{color} plate", np.array([*xy, 2 * PLATE_HALF_HEIGHT])) for xy, color in zip(plates, colors, strict=True)
+        ]
         self.plate_index = int(rng.integers(self.n_plates))
         self.plate_xy = plates[self.plate_index]
         self.plate_name = f"{colors[self.plate_index]} plate"
         template = PLACE_TEMPLATES[rng.integers(len(PLACE_TEMPLATES))]
-        self.task_description = template.format(obj=self.objects[self.target_index].name, plate=self.plate_name)
+        self._describe(template, plate=self.plate_name)
 
     def _evaluate(self) -> tuple[float, bool]:
         i = self.target_index
@@ -101,3 +104,8 @@ class PlaceEnv(TabletopEnv):
     @property
     def goal_pos(self) -> np.ndarray:
         return np.array([*self.plate_xy, 2 * PLATE_HALF_HEIGHT])
+
+    def _goal_options(self) -> list[tuple[dict, np.ndarray | None]]:
+        own = self.plate_index
+        order = [own, *(j for j in range(self.n_plates) if j != own)]
+        return [({"plate": self._plates[j][0]}, self._plates[j][1]) for j in order]

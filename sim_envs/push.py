@@ -86,7 +86,7 @@ class PushEnv(TabletopEnv):
         self._set_body_xy(self._goal_body, goal)
         self.goal_xy = goal
         template = PUSH_TEMPLATES[rng.integers(len(PUSH_TEMPLATES))]
-        self.task_description = template.format(obj=self.objects[self.target_index].name)
+        self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:
         obj = self.target_pos
@@ -102,3 +102,6 @@ class PushEnv(TabletopEnv):
     @property
     def goal_pos(self) -> np.ndarray:
         return np.array([*self.goal_xy, 0.0])
+
+    def _goal_options(self) -> list[tuple[dict, np.ndarray | None]]:
+        return [({}, self.goal_pos)]  # the one circle, whichever object is named

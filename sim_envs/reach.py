@@ -60,7 +60,7 @@ class ReachEnv(TabletopEnv):
         for i, p in enumerate(pos):
             self._set_object_pose(i, p, rng.uniform(-np.pi / 4, np.pi / 4))
         template = REACH_TEMPLATES[rng.integers(len(REACH_TEMPLATES))]
-        self.task_description = template.format(obj=self.objects[self.target_index].name)
+        self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:
         d = float(np.linalg.norm(self.tcp_pos - self.target_pos))

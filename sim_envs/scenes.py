@@ -57,29 +57,39 @@ class SceneRenderer:
             self.close()
             raise
 
+    def _reset(self, seed: int):
+        """Scene `seed`: (its env, first observation, reset info)."""
+        k = seed % len(self.envs)
+        options = None
+        if self.random_gripper:
+            options = {"gripper_pos": np.random.default_rng([seed, 1]).uniform(GRIPPER_LOW, GRIPPER_HIGH)}
+        obs, info = self.envs[k].reset(seed=seed, options=options)
+        return k, obs, info
+
     def render(self, seeds: Iterable[int]) -> dict:
         """Scenes `seeds`: ``pixels`` (B, H, W, 3) uint8, ``agent_pos`` (B, 7) float32, ``instruction``
         and ``env_id`` lists, ``task_points`` (B, 6) float32 (target xyz, goal xyz; `task_points`)."""
-        pixels, agent_pos, points, instructions, ids = [], [], [], [], []
+        rows = []
         for seed in map(int, seeds):
-            k = seed % len(self.envs)
-            options = None
-            if self.random_gripper:
-                pos = np.random.default_rng([seed, 1]).uniform(GRIPPER_LOW, GRIPPER_HIGH)
-                options = {"gripper_pos": pos}
-            obs, info = self.envs[k].reset(seed=seed, options=options)
-            pixels.append(obs["pixels"])
-            agent_pos.append(obs["agent_pos"])
-            points.append(self.envs[k].unwrapped.task_points())
-            instructions.append(info["task_description"])
-            ids.append(self.env_ids[k])
-        return {
-            "pixels": np.stack(pixels),
-            "agent_pos": np.stack(agent_pos),
-            "task_points": np.stack(points),
-            "instruction": instructions,
-            "env_id": ids,
-        }
+            k, obs, info = self._reset(seed)
+            rows.append((obs, info["task_description"], self.envs[k].unwrapped.task_points(), self.env_ids[k]))
+        return _stack(rows)
+
+    def render_questions(self, seeds: Iterable[int], n_items: int) -> dict:
+        """`n_items` grounding questions, every question of each scene in turn (`questions()`:
+        each object named, Place also each plate; 3-4 per scene) from one render of it, taking
+        scenes from `seeds` in order until `n_items` are made. Same keys as `render`; an image
+        appears once per question about it."""
+        if n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {n_items}")
+        rows: list = []
+        for seed in map(int, seeds):
+            k, obs, _ = self._reset(seed)
+            for instruction, points in self.envs[k].unwrapped.questions():
+                rows.append((obs, instruction, points, self.env_ids[k]))
+            if len(rows) >= n_items:
+                return _stack(rows[:n_items])
+        raise ValueError(f"the seeds gave {len(rows)} questions, fewer than the {n_items} asked for")
 
     def close(self) -> None:
         for env in self.envs:
@@ -87,11 +97,22 @@ class SceneRenderer:
         self.envs = []
 
 
+def _stack(rows: list) -> dict:
+    """`render`'s batch from rows of (observation, instruction, task points, env id)."""
+    return {
+        "pixels": np.stack([r[0]["pixels"] for r in rows]),
+        "agent_pos": np.stack([r[0]["agent_pos"] for r in rows]),
+        "task_points": np.stack([r[2] for r in rows]).astype(np.float32),
+        "instruction": [r[1] for r in rows],
+        "env_id": [r[3] for r in rows],
+    }
+
+
 class SceneRendererProcess:
     """A `SceneRenderer` in a helper process of its own (``python -m sim_envs.scenes``, started with
     fork + exec): rendering then works in any process, including a daemonic DataLoader worker
     forked from a process that already holds a GL context (a forked EGL context hangs). Same
-    `render` / `close` API; requests and scenes travel as pickles over the helper's stdin/stdout
+    `render` / `render_questions` / `close` API; requests and scenes travel as pickles over the helper's stdin/stdout
     (about 25 MB for 512 scenes at 128 px)."""
 
     def __init__(self, env_ids: Sequence[str], env_kwargs: dict | None = None, random_gripper: bool = True):
@@ -121,12 +142,18 @@ class SceneRendererProcess:
             raise RuntimeError(f"the scene renderer process failed:\n{value}")
         return value
 
-    def render(self, seeds: Iterable[int]) -> dict:
+    def _call(self, request: tuple):
         import pickle
 
-        pickle.dump([int(s) for s in seeds], self._proc.stdin)
+        pickle.dump(request, self._proc.stdin)
         self._proc.stdin.flush()
         return self._check(self._receive())
+
+    def render(self, seeds: Iterable[int]) -> dict:
+        return self._call(("render", [int(s) for s in seeds]))
+
+    def render_questions(self, seeds: Iterable[int], n_items: int) -> dict:
+        return self._call(("render_questions", [int(s) for s in seeds], int(n_items)))
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -140,7 +167,8 @@ class SceneRendererProcess:
 
 def _serve(args_json: str) -> None:
     """The helper process of `SceneRendererProcess`: build the renderer, then answer each pickled
-    list of seeds on stdin with ("ok", scenes) or ("error", traceback) on stdout until stdin ends."""
+    request (method name, arguments...) on stdin with ("ok", scenes) or ("error", traceback) on
+    stdout until stdin ends."""
     import json
     import os
     import pickle
@@ -165,11 +193,13 @@ def _serve(args_json: str) -> None:
     try:
         while True:
             try:
-                seeds = pickle.load(sys.stdin.buffer)
+                method, *call_args = pickle.load(sys.stdin.buffer)
             except EOFError:
                 return
             try:
-                reply("ok", renderer.render(seeds))
+                if method not in ("render", "render_questions"):
+                    raise ValueError(f"unknown request {method!r}")
+                reply("ok", getattr(renderer, method)(*call_args))
             except Exception:
                 reply("error", traceback.format_exc())
     finally:

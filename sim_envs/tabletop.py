@@ -223,8 +223,8 @@ def wrap_half_turn(angle: float) -> float:
 class TabletopEnv(gym.Env[dict, np.ndarray]):
     """Base class of the ee_vla tabletop tasks (see the task classes for their tables).
 
-    Subclasses set `n_objects`, `n_plates`, `goal_marker` and implement `_sample_task(rng)` and
-    `_evaluate() -> (reward, success)`.
+    Subclasses set `n_objects`, `n_plates`, `goal_marker` and implement `_sample_task(rng)` (which
+    names the target through `_describe`) and `_evaluate() -> (reward, success)`.
 
     Args:
         render_mode: None or "rgb_array" (`render()` returns the main camera at `image_size`).
@@ -292,14 +292,26 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         self.objects: list[SceneObject] = []
         self.target_index = 0
         self.task_description = ""
+        self._template, self._names = "{obj}", {}
         self._cmd_pos = np.zeros(3)
         self._cmd_euler = np.zeros(3)
         self._obj_rest_z = np.zeros(self.n_objects)
 
     # ---- task hooks -------------------------------------------------------------------------
     def _sample_task(self, rng: np.random.Generator) -> None:
-        """Place objects/plates/goal and set `self.task_description` (subclass)."""
+        """Place objects/plates/goal and set the instruction with `_describe` (subclass)."""
         raise NotImplementedError
+
+    def _describe(self, template: str, **names: str) -> None:
+        """Set `task_description` from `template`, its ``{obj}`` the target's name and its other
+        fields `names`; both are kept so that `questions` can name the other objects alike."""
+        self._template, self._names = template, names
+        self.task_description = template.format(obj=self.objects[self.target_index].name, **names)
+
+    def _goal_options(self) -> list[tuple[dict, np.ndarray | None]]:
+        """The goals an instruction of this scene can name, the episode's own first: (template
+        fields, goal position; None = the named object itself, as in Reach and PickCube)."""
+        return [(self._names, None)]
 
     def _evaluate(self) -> tuple[float, bool]:
         """(reward, success) of the current state (subclass)."""
@@ -390,6 +402,21 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         observation). Recorded by `sim_envs.collect` as `privileged/task_points` for grounding
         co-training (docs/training.md)."""
         return np.concatenate([self.target_pos, self.goal_pos]).astype(np.float32)
+
+    def questions(self) -> list[tuple[str, np.ndarray]]:
+        """Every grounding question this scene answers: (instruction, task points) with each object
+        in turn as the target, and each goal of `_goal_options` (Place: each plate). The first is
+        the episode's own (`task_description`, `task_points()`). Asking them all about one
+        rendered image shows a network the same pixels with different answers, told apart by
+        the instruction alone (grounding pre-training, docs/training.md)."""
+        objects = [self.target_index] + [i for i in range(self.n_objects) if i != self.target_index]
+        out = []
+        for names, goal in self._goal_options():
+            for i in objects:
+                instruction = self._template.format(obj=self.objects[i].name, **names)
+                where = self.object_pos(i)
+                out.append((instruction, np.concatenate([where, where if goal is None else goal]).astype(np.float32)))
+        return out
 
     def object_touches_fingers(self, i: int) -> tuple[bool, bool]:
         """Whether the left / right finger is in contact with object `i`."""

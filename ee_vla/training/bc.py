@@ -193,14 +193,17 @@ def _grounding_mix(
         log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(demo))
         return MixedDataset([demo, grounding]), grounding
     env_ids, env_kwargs = scenes
+    questions = {"all_questions": cfg.grounding_questions == "all"}
     total = cfg.steps * cfg.batch_size * world_size
     if f >= 1:
-        grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, total)
-        log.info("grounding pre-training: %d fresh scenes of %s", total, env_ids)
+        grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, total, **questions)
+        log.info(
+            "grounding pre-training: %d fresh-scene items of %s (%s questions)", total, env_ids, cfg.grounding_questions
+        )
         return grounding, grounding
     demos = RepeatDataset(demo, max(1, math.ceil(total * (1 - f) / len(demo))))
     n_items = max(1, round(len(demos) * f / (1 - f)))
-    grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, n_items)
+    grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, n_items, **questions)
     log.info(
         "grounding co-training: %d fresh scenes of %s beside %d demonstration items (x%d)",
         n_items,
@@ -244,6 +247,7 @@ def train(cfg: TrainConfig) -> Path:
                 "template": grounding.template,
                 "stats": point_stats.to_dict(),
                 "source": cfg.grounding_source,
+                "questions": cfg.grounding_questions,
             }
         if eval_dataset is not None:
             hooks.append(start_frame_eval_hook(eval_dataset, cfg.eval_samples, points))

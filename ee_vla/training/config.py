@@ -98,6 +98,10 @@ class RunConfig:
     """End this run after this many steps, with a checkpoint and out_dir/model, although the
     learning-rate schedule is `steps` long (reproduces a run cut short by a time limit; `--resume`
     with a larger or no stop_after continues it). None = run all `steps`."""
+    max_minutes: float | None = None
+    """End this run, like stop_after, at the first logged step after this many minutes of training
+    (counted from the start of the training loop, setup excluded): a time budget for a machine
+    held for a fixed time. `--resume` continues it. None = no limit."""
 
     def __post_init__(self) -> None:
         c = type(self).__name__
@@ -116,6 +120,12 @@ class RunConfig:
             c,
             "stop_after",
             f"must be in [1, steps={self.steps}] or None, got {self.stop_after}",
+        )
+        _check(
+            self.max_minutes is None or (math.isfinite(self.max_minutes) and self.max_minutes > 0),
+            c,
+            "max_minutes",
+            f"must be > 0 or None, got {self.max_minutes}",
         )
         _check(self.weight_decay >= 0, c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.grad_clip >= 0, c, "grad_clip", f"must be >= 0, got {self.grad_clip}")
@@ -186,6 +196,12 @@ class TrainConfig(RunConfig):
     sim_envs for the demonstrations' tasks and camera (seeds from 10,000,000 on, never a
     demonstration's or an evaluation's), so answers cannot be memorised. Rendering runs in the
     DataLoader workers: give --num-workers."""
+    grounding_questions: Literal["target", "all"] = "target"
+    """Which questions a fresh scene (grounding_source=scenes) is asked: target = one, its
+    episode's own instruction; all = every object of the scene named in turn (Place: each plate
+    too), 3-4 questions from one render. `all` shows the network the same image with different
+    answers that only the instruction tells apart (the binding the policy needs) and renders 3-4x
+    fewer scenes per item."""
     input_noise: float = 0.0
     """Teacher forcing with noisy inputs: each action token the model is fed (not the ones it is
     asked for) is replaced by a random action token with this probability. Plain teacher forcing
@@ -217,6 +233,18 @@ class TrainConfig(RunConfig):
             "TrainConfig",
             "grounding_source",
             f"must be demos|scenes, got {self.grounding_source!r}",
+        )
+        _check(
+            self.grounding_questions in ("target", "all"),
+            "TrainConfig",
+            "grounding_questions",
+            f"must be target|all, got {self.grounding_questions!r}",
+        )
+        _check(
+            self.grounding_questions == "target" or self.grounding_source == "scenes",
+            "TrainConfig",
+            "grounding_questions",
+            "all needs grounding_source=scenes (a demonstration records its own target's position only)",
         )
         g_max = 1.0 if self.grounding_source == "scenes" else 0.5
         _check(

@@ -484,7 +484,12 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
     memorise answers: it has to find the named objects. Items have `GroundingDataset`'s keys
     (``episode`` -1, ``t`` 0). Each process that renders (the main one or a DataLoader worker)
     starts its own renderer process (`SceneRendererProcess`, fork + exec: GL state must not be
-    forked)."""
+    forked).
+
+    With ``all_questions`` a batch of B items asks every question of each scene in turn
+    (`SceneRenderer.render_questions`: each object named, 3-4 per scene), from the scenes of the
+    batch's first indices: fewer renders, and the same image with answers told apart only by the
+    instruction. A batch's items then depend on the batch (still the same for the same indices)."""
 
     def __init__(
         self,
@@ -495,6 +500,7 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
         use_proprio: bool,
         n_items: int,
         first_seed: int | None = None,
+        all_questions: bool = False,
     ):
         from sim_envs.scenes import SCENE_SEED_BASE
 
@@ -506,6 +512,7 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
         self.use_proprio = use_proprio
         self.n_items = n_items
         self.first_seed = SCENE_SEED_BASE if first_seed is None else first_seed
+        self.all_questions = all_questions
         self._renderer = None
         self._pid = None
 
@@ -530,7 +537,11 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_items):
             raise IndexError(f"scene index out of range 0..{self.n_items - 1}")
-        scenes = self.renderer().render((self.first_seed + idx).tolist())
+        seeds = (self.first_seed + idx).tolist()
+        if self.all_questions and len(idx):
+            scenes = self.renderer().render_questions(seeds, len(idx))
+        else:
+            scenes = self.renderer().render(seeds)
         batch = {
             "pixels": scenes["pixels"],
             "instruction": scenes["instruction"],

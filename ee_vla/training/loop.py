@@ -55,6 +55,15 @@ Objective = Callable[[torch.nn.Module, dict, dict, torch.Generator], tuple[torch
 the collated numpy batch, `generator` a CPU generator whose state is checkpointed."""
 
 
+def _out_of_time(deadline: float, rt: Runtime) -> bool:
+    """Whether the main process is past `deadline` (every rank gets its answer, so all stop at
+    the same step)."""
+    late = torch.tensor(float(time.monotonic() > deadline), device=rt.device)
+    if rt.distributed:
+        dist.broadcast(late, src=0)
+    return bool(late.item())
+
+
 # ---- processes and devices ---------------------------------------------------------------------
 @dataclass
 class Runtime:
@@ -324,6 +333,7 @@ def fit(
     from transformers import get_cosine_schedule_with_warmup
 
     out = Path(cfg.out_dir)
+    deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
     model = vla.model.to(rt.device)
     model.float().train()
     if rt.device.type == "cuda":
@@ -450,6 +460,9 @@ def fit(
         scheduler.step()
         step += 1
         bar.update(1)
+        if deadline is not None and step % cfg.log_every == 0 and step < last and _out_of_time(deadline, rt):
+            log.info("step %d: max_minutes=%s reached; ending the run here", step, cfg.max_minutes)
+            last = step  # logs, evaluates and saves this step as the last one
         for k, v in {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}.items():
             v = torch.as_tensor(v, dtype=torch.float32).detach().to(rt.device)
             sums[k] = sums[k] + v if k in sums else v

@@ -85,3 +85,53 @@ def test_renderer_process_matches_in_process_rendering(renderer):
         proc.close()
     with pytest.raises(RuntimeError, match="unknown env id"):
         SceneRendererProcess(["ee_vla/Nope-v0"])
+
+
+def test_questions_name_every_object_and_goal_from_one_scene():
+    """`questions()` starts with the episode's own instruction and answer, then names each other
+    object (Place: each plate too), answering with that object's position and the goal it names."""
+    for env_id, n in [("ee_vla/Reach-v0", 3), ("ee_vla/PickCube-v0", 3), ("ee_vla/Push-v0", 3), ("ee_vla/Place-v0", 4)]:
+        env = sim_envs.make(env_id, image_size=48)
+        try:
+            _, info = env.reset(seed=11)
+            u = env.unwrapped
+            qs = u.questions()
+            assert len(qs) == n
+            assert qs[0][0] == info["task_description"]
+            np.testing.assert_allclose(qs[0][1], u.task_points(), atol=1e-6)
+            assert len({q[0] for q in qs}) == n  # different words ...
+            assert len({tuple(np.round(q[1], 4)) for q in qs}) == n  # ... different answers
+            for instruction, points in qs:
+                named = [i for i, o in enumerate(u.objects) if f"the {o.name}" in instruction]
+                assert len(named) == 1, instruction
+                np.testing.assert_allclose(points[:3], u.object_pos(named[0]), atol=1e-6)
+                if env_id in ("ee_vla/Reach-v0", "ee_vla/PickCube-v0"):
+                    np.testing.assert_allclose(points[3:], points[:3])
+                elif env_id == "ee_vla/Push-v0":
+                    np.testing.assert_allclose(points[3:], u.goal_pos, atol=1e-6)
+            if env_id == "ee_vla/Place-v0":  # the plate named decides the goal
+                for instruction, points in qs:
+                    plate = next(name for name, _ in u._plates if name in instruction)
+                    want = dict(u._plates)[plate]
+                    np.testing.assert_allclose(points[3:], want, atol=1e-6)
+        finally:
+            env.close()
+
+
+def test_render_questions_asks_every_question_of_each_scene_once_rendered(renderer):
+    seeds = [SCENE_SEED_BASE + s for s in (4, 5, 6, 7)]  # Reach, PickCube, Push, Place
+    got = renderer.render_questions(seeds, 8)
+    one = renderer.render(seeds[:3])
+    assert got["pixels"].shape == (8, 48, 48, 3) and len(got["instruction"]) == 8
+    for j in range(3):  # scene 0's three questions share its image; the first is its own
+        np.testing.assert_array_equal(got["pixels"][j], one["pixels"][0])
+    assert got["instruction"][0] == one["instruction"][0]
+    np.testing.assert_allclose(got["task_points"][0], one["task_points"][0])
+    assert len(set(got["instruction"][:3])) == 3
+    np.testing.assert_array_equal(got["pixels"][3], one["pixels"][1])
+    np.testing.assert_array_equal(got["pixels"][6], one["pixels"][2])  # cut at 8: 2 of scene 2's 3
+    assert got["env_id"] == [SUITE[0]] * 3 + [SUITE[1]] * 3 + [SUITE[2]] * 2
+    again = renderer.render_questions(seeds, 8)
+    assert again["instruction"] == got["instruction"]
+    with pytest.raises(ValueError, match="fewer than the 20"):
+        renderer.render_questions(seeds[:2], 20)

@@ -103,6 +103,22 @@ def test_stop_after_ends_early_on_the_long_schedule_and_resumes(tmp_path, write_
         _cfg([data], cut, steps=6, stop_after=7)
 
 
+def test_max_minutes_ends_at_a_logged_step_with_a_model_and_resumes(tmp_path, write_demo):
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=6)
+    out = tmp_path / "timed"
+    model = train(_cfg([data], out, steps=6, log_every=2, save_every=5, keep_checkpoints=5, max_minutes=1e-9))
+    assert model.is_dir() and [r["step"] for r in _rows(out)] == [2]  # the first logged step is past the budget
+    assert load_trainer_state(out / "checkpoints" / "step_0000002")["step"] == 2
+    train(_cfg([data], out, steps=6, log_every=2, save_every=5, keep_checkpoints=5, resume=True))
+    assert [r["step"] for r in _rows(out)] == [2, 4, 6]
+    untimed = tmp_path / "untimed"
+    train(_cfg([data], untimed, steps=6, log_every=2, save_every=5, max_minutes=60))
+    assert [r["step"] for r in _rows(untimed)] == [2, 4, 6]
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_minutes must be > 0"):
+            _cfg([data], out, max_minutes=bad)
+
+
 def test_multi_task_directory_and_half_precision_export(tmp_path, write_demo):
     from ee_vla.models.vla import VLA
 

@@ -268,6 +268,29 @@ def test_scene_grounding_items_are_fresh_scenes_with_their_answers(write_demo, t
     assert b["template"] == [None, GROUNDING_TEMPLATE] and b["pixels"].shape == (2, 32, 32, 3)
 
 
+def test_all_questions_ask_about_every_object_of_fewer_scenes(write_demo, tmp_path):
+    from ee_vla.training.data import SceneGroundingDataset, scene_sources
+    from sim_envs.scenes import SCENE_SEED_BASE, SceneRenderer
+
+    _, eps = _suite_episodes(write_demo, tmp_path)
+    ids, kwargs = scene_sources(eps)
+    vla = _vla(eps)
+    points = ActionTokenizer.openvla(compute_point_stats(eps), vocab_size=len(vla.tokenizer))
+    ds = SceneGroundingDataset(ids, kwargs, points, 14, True, n_items=50, all_questions=True)
+    batch = ds.__getitems__([9, 2, 30, 4])  # Reach: 3 questions per scene -> scenes 9 and 2
+    renderer = SceneRenderer(ids, kwargs)
+    want = renderer.render_questions([SCENE_SEED_BASE + 9, SCENE_SEED_BASE + 2], 4)
+    renderer.close()
+    assert batch["instruction"] == want["instruction"] and len(set(batch["instruction"][:3])) == 3
+    np.testing.assert_array_equal(batch["pixels"], want["pixels"])
+    np.testing.assert_array_equal(batch["target"][:, :6], points.encode(want["task_points"]))
+    assert batch["template"] == [GROUNDING_TEMPLATE] * 4
+    with pytest.raises(ValueError, match="grounding_questions all needs grounding_source=scenes"):
+        TrainConfig(data=("x",), out_dir="o", grounding_fraction=0.2, grounding_questions="all")
+    with pytest.raises(ValueError, match="must be target\\|all"):
+        TrainConfig(data=("x",), out_dir="o", grounding_source="scenes", grounding_questions="some")
+
+
 def test_scene_sources_need_suite_tasks(write_demo, tmp_path):
     from ee_vla.training.data import scene_sources
 
@@ -279,8 +302,8 @@ def test_scene_sources_need_suite_tasks(write_demo, tmp_path):
     TrainConfig(data=("x",), out_dir="o", grounding_fraction=1.0, grounding_source="scenes")
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_train_grounding_on_fresh_scenes(write_demo, tmp_path, fraction):
+@pytest.mark.parametrize("fraction, questions", [(1.0, "target"), (0.5, "target"), (0.5, "all")])
+def test_train_grounding_on_fresh_scenes(write_demo, tmp_path, fraction, questions):
     path, _ = _suite_episodes(write_demo, tmp_path)
     model_dir, rows = _train_tiny(
         path,
@@ -291,10 +314,11 @@ def test_train_grounding_on_fresh_scenes(write_demo, tmp_path, fraction):
         eval_every=16,
         grounding_fraction=fraction,
         grounding_source="scenes",
+        grounding_questions=questions,
         num_workers=1 if fraction == 1 else 0,
     )
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["grounding_acc"] > 0 and "eval/start_grounding_err_m" in rows[-1]
     meta = json.loads((model_dir / "ee_vla.json").read_text())["meta"]
-    assert meta["grounding"]["source"] == "scenes"
+    assert meta["grounding"]["source"] == "scenes" and meta["grounding"]["questions"] == questions
     VLA.from_pretrained(model_dir)
