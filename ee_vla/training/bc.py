@@ -205,9 +205,10 @@ def _grounding_mix(
     n_items = max(1, round(len(demos) * f / (1 - f)))
     grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, n_items, **questions)
     log.info(
-        "grounding co-training: %d fresh scenes of %s beside %d demonstration items (x%d)",
+        "grounding co-training: %d fresh-scene items of %s (%s questions) beside %d demonstration items (x%d)",
         n_items,
         env_ids,
+        cfg.grounding_questions,
         len(demo),
         demos.times,
     )
