@@ -14,7 +14,7 @@
 #    accuracy from metrics.jsonl, success rate).
 # A variant is NAME:ARGS (ARGS = extra `ee-vla train` flags, commas for spaces).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 
 export MUJOCO_GL="${MUJOCO_GL:-egl}" PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}" PYTHONUNBUFFERED=1
 E="${E:-ee-vla}"
@@ -60,7 +60,7 @@ done
 echo "=== train (${BUDGET_S}s each, in parallel)"
 for n in "${names[@]}"; do
   s=${STEPS[$n]}
-  # shellcheck disable=SC2046
+  # shellcheck disable=SC2046,SC2086
   timeout $((BUDGET_S * 2 + 150)) $E train --data "$DATA" --out-dir "$RUNS/$n" "${COMMON[@]}" $(args_of "$n") --steps "$s" \
     --warmup-steps $((s / 20)) --log-every 50 --eval-every $((s / 8 > 0 ? s / 8 : 1)) --save-every "$s" \
     >"$RUNS/$n.train.log" 2>&1 &

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default policy, ee_vla/checkpoints/default/ (docs/training.md, "Session-5"):
+# Reproduce the shipped default policy, ee_vla/checkpoints/default/ (docs/training.md, "Session-5"
+# and "Session-8"):
 #   1. collect scripted-expert demonstrations of every ee_vla suite task (sim_envs), 1500 per task
 #   2. grounding pre-training of a `small` VLA on fresh scenes (where are the objects?), GPU
 #   3. behaviour cloning from it, co-trained on fresh-scene grounding, noisy teacher forcing, GPU;
 #      continued at a lower grounding fraction (the session's runs were two 10-minute device calls)
-#   4. the teacher's Jacobi trajectories and CEED consistency distillation (mixed labels, threshold
+#   4. session 5's CEED student of that teacher (the default shipped until session 8), CPU
+#   5. two more behaviour-cloning rounds from it, co-trained on fresh scenes asked about every object
+#      (`--grounding-questions all`), global batch 1024 (session 8: DDP over 2 GPUs): the AR teacher
+#   6. the teacher's Jacobi trajectories and CEED consistency distillation (mixed labels, threshold
 #      0.1) on 150 demonstrations per task, on the CPU
-#   5. copy the student (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
+#   7. copy the student (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
 #
 #   bash scripts/train_default.sh                 # the default policy
 #   ABLATE=1 bash scripts/train_default.sh        # + the mixed-label ablation, reusing the trajectories
-#   NPROC=4 bash scripts/train_default.sh         # torchrun DDP over 4 GPUs for stages 2-3 (global batch x4)
+#   NPROC=2 bash scripts/train_default.sh         # torchrun DDP over 2 GPUs for stages 2-3 and 5
 #
 # Every stage is skipped when its result exists. Seeds are fixed (SEED). The pre-training schedule is
 # 3000 steps long but was stopped by the device's time limit at 2250 (--stop-after reproduces that).
@@ -67,20 +71,38 @@ if [ ! -d "$RUNS/bc/model" ]; then
     --eval-every 400 "${COMMON[@]}"
 fi
 
-# ---- 4. CEED student (CPU: trajectories once, then distillation) -------------------------------------
-if ! ls "$RUNS/trajectories/trajectories"/part-*.safetensors >/dev/null 2>&1; then
-  $E distill --data "$DATA_DISTILL" --out-dir "$RUNS/trajectories" --teacher "$RUNS/bc/model" \
-    --collect-only --inits warm prompt --collect-batch-size 256 --seed "$SEED" --device cpu
-fi
-TRAJ="$RUNS/trajectories/trajectories"
-DISTILL=(--data "$DATA_DISTILL" --teacher "$RUNS/bc/model" --trajectories "$TRAJ" --steps "${DISTILL_STEPS:-400}"
-  --batch-size 32 --lr 1e-4 --warmup-steps 20 --consistency-weight 1 --ar-weight 1 --label-smoothing 0.1
+# ---- 4. session 5's CEED student (CPU: the teacher's trajectories once, then distillation) ---------
+DISTILL=(--batch-size 32 --lr 1e-4 --warmup-steps 20 --consistency-weight 1 --ar-weight 1 --label-smoothing 0.1
   --save-dtype bfloat16 --seed "$SEED" --log-every 20 --save-every 200 --eval-every 200 --eval-samples 32 --device cpu)
-if [ ! -d "$RUNS/ceed/model" ]; then
-  $E distill --out-dir "$RUNS/ceed" --mixed-label-threshold 0.1 "${DISTILL[@]}"
+distill_from() {  # teacher, run prefix: trajectories on the 150-per-task set, then the mixed-label student
+  local teacher="$1" pre="$2"
+  if ! ls "$RUNS/${pre}trajectories/trajectories"/part-*.safetensors >/dev/null 2>&1; then
+    $E distill --data "$DATA_DISTILL" --out-dir "$RUNS/${pre}trajectories" --teacher "$teacher" \
+      --collect-only --inits warm prompt --collect-batch-size 256 --seed "$SEED" --device cpu
+  fi
+  if [ ! -d "$RUNS/${pre}ceed/model" ]; then
+    $E distill --out-dir "$RUNS/${pre}ceed" --mixed-label-threshold 0.1 --data "$DATA_DISTILL" --teacher "$teacher" \
+      --trajectories "$RUNS/${pre}trajectories/trajectories" --steps "${DISTILL_STEPS:-400}" "${DISTILL[@]}"
+  fi
+}
+distill_from "$RUNS/bc/model" s5_
+
+# ---- 5. two BC rounds from it, every object of a fresh scene asked about (global batch 1024) ---------
+FT=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100 --eval-every 500
+  "${COMMON[@]}" --batch-size $((1024 / NPROC)))
+if [ ! -d "$RUNS/ft1/model" ]; then
+  "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/ft1" --init-from "$RUNS/s5_ceed/model" \
+    --grounding-fraction 0.5 --steps 2000 --lr 3e-4 "${FT[@]}"
+fi
+if [ ! -d "$RUNS/ft2/model" ]; then
+  "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/ft2" --init-from "$RUNS/ft1/model" \
+    --grounding-fraction 0.6 --steps 2100 --lr 3e-4 "${FT[@]}" --seed $((SEED + 1))
 fi
 
-# ---- 5. ship it ------------------------------------------------------------------------------------
+# ---- 6. the CEED student of that teacher (CPU) -----------------------------------------------------
+distill_from "$RUNS/ft2/model" ""
+
+# ---- 7. ship it ------------------------------------------------------------------------------------
 rm -rf "$DEST"
 mkdir -p "$DEST"
 cp "$RUNS/ceed/model/"* "$DEST/"
@@ -89,11 +111,15 @@ du -sh "$DEST"
 # ---- optional: mixed-label ablation (same teacher, same trajectories, only the labels differ) -------
 if [ "${ABLATE:-0}" = "1" ]; then
   for THR in 0.05 0.2 0.4; do
-    [ -d "$RUNS/ablate/thr_$THR/model" ] || $E distill --out-dir "$RUNS/ablate/thr_$THR" --mixed-label-threshold "$THR" "${DISTILL[@]}"
+    [ -d "$RUNS/ablate/thr_$THR/model" ] || $E distill --out-dir "$RUNS/ablate/thr_$THR" --mixed-label-threshold "$THR" \
+      --data "$DATA_DISTILL" --teacher "$RUNS/ft2/model" --trajectories "$RUNS/trajectories/trajectories" \
+      --steps "${DISTILL_STEPS:-400}" "${DISTILL[@]}"
   done
-  [ -d "$RUNS/ablate/no_mixed/model" ] || $E distill --out-dir "$RUNS/ablate/no_mixed" --no-mixed-labels "${DISTILL[@]}"
+  [ -d "$RUNS/ablate/no_mixed/model" ] || $E distill --out-dir "$RUNS/ablate/no_mixed" --no-mixed-labels \
+    --data "$DATA_DISTILL" --teacher "$RUNS/ft2/model" --trajectories "$RUNS/trajectories/trajectories" \
+    --steps "${DISTILL_STEPS:-400}" "${DISTILL[@]}"
   for POLICY in "$RUNS/ceed/model" "$RUNS"/ablate/*/model; do
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2046,SC2086
     $E eval --policy "$POLICY" $(printf -- '--env %s ' $TASKS) --compare ar ceed --episodes 50 --num-envs 10 \
       --seed 100000 --output-dir "$(dirname "$POLICY")/eval"
   done

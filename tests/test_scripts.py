@@ -11,7 +11,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-@pytest.mark.parametrize("name", ["train_mt10.sh"])
+@pytest.mark.parametrize("name", sorted(p.name for p in SCRIPTS.glob("*.sh")))
 def test_script_parses(name):
     subprocess.run(["bash", "-n", str(SCRIPTS / name)], check=True)
     if shutil.which("shellcheck"):

@@ -18,6 +18,9 @@ For one shape (`ee_vla.engine.shapes`), one batch size and one device it measure
 * the issue's targets when their entries were measured (7B: one Jacobi iteration over 22 tokens
   <= 5 ms in the graph and compiled engines; CEED at 2 iterations + prefill >= 100 actions/s).
 
+With `--kernels N`, each step width is also recorded under `torch.profiler` and its N costliest
+kernels per forward are kept (JSON ``raw[engine]["kernels_w<w>"]``, `<stem>_kernels.txt`).
+
 Writes `profile_<shape>[_b<B>].json` (+ `.png`: latency histograms and speedup bars). Numbers are
 printed and saved, never asserted: machines are noisy.
 """
@@ -91,6 +94,12 @@ class ProfileConfig:
     """Untimed calls before each timed series."""
     step_iters: int = 50
     """Timed raw forwards per width."""
+    kernels: int = 0
+    """Also record `kernel_iters` forwards of each step width under `torch.profiler` and keep the
+    `kernels` kernels (CUDA; CPU: operators, self time) that take the most time per forward, with
+    the sum over all of them: where a step's time goes, next to its measured latency. 0 = off."""
+    kernel_iters: int = 10
+    """Forwards recorded per width for `kernels`."""
     seed: int = 0
     """Seed of the random weights and inputs."""
     out: Path = Path("outputs/profile")
@@ -123,6 +132,10 @@ class ProfileConfig:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")
         if "graph" in self.engines and torch.device(self.device).type != "cuda":
             raise ValueError(f"ProfileConfig.engines: the graph engine needs a CUDA device, got {self.device!r}")
+        if self.kernels < 0 or self.kernel_iters < 1:
+            raise ValueError(
+                f"ProfileConfig.kernels must be >= 0 and kernel_iters >= 1, got {self.kernels}, {self.kernel_iters}"
+            )
         if any(w < 1 for w in self.step_widths):
             raise ValueError(f"ProfileConfig.step_widths must be >= 1, got {self.step_widths}")
         if not self.decoders and not self.step_widths:
@@ -187,7 +200,78 @@ def _raw_forwards(cfg: ProfileConfig, wl: Workload, prefill) -> dict:
     for w in cfg.step_widths:
         toks = torch.randint(lo, hi + 1, (cfg.batch_size, w), generator=g).to(dev)
         out[f"step_w{w}_ms"] = time_call(lambda t=toks: step(t, 0), cfg.warmup + 1, cfg.step_iters, dev).summary_ms()
+        if cfg.kernels:
+            out[f"kernels_w{w}"] = kernel_table(lambda t=toks: step(t, 0), dev, cfg.kernel_iters, cfg.kernels)
     return out
+
+
+def kernel_table(fn, device, iters: int, top: int) -> dict:
+    """Where `fn`'s time goes: `iters` calls of it under `torch.profiler`, grouped by kernel name
+    (on CUDA: the device kernels, CUDA-graph replays included; on CPU: operators by self time).
+    Returns ``per_forward_ms`` (the sum over every kernel, per call: compare it with the measured
+    latency to see the idle gaps), ``n_kernels`` (distinct names) and ``top``, the `top` names with
+    the most time: ``name``, ``ms`` and ``calls`` per forward, ``share`` of ``per_forward_ms``."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    fn()  # nothing lazy (a first capture, an allocation) inside the recording
+    synchronize(dev)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(iters):
+            fn()
+        synchronize(dev)
+    total: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for e in prof.events():
+        if cuda and e.device_type != DeviceType.CPU:
+            us = e.device_time_total
+        elif not cuda and e.device_type == DeviceType.CPU and not e.is_async:
+            us = e.self_cpu_time_total
+        else:
+            continue
+        if us <= 0:
+            continue
+        total[e.name] = total.get(e.name, 0.0) + us
+        calls[e.name] = calls.get(e.name, 0) + 1
+    all_ms = sum(total.values()) / 1e3 / iters
+    rows = sorted(total, key=total.get, reverse=True)[:top]
+    return {
+        "device": dev.type,
+        "iters": iters,
+        "per_forward_ms": all_ms,
+        "n_kernels": len(total),
+        "top": [
+            {
+                "name": name,
+                "ms": total[name] / 1e3 / iters,
+                "calls": calls[name] / iters,
+                "share": total[name] / 1e3 / iters / all_ms if all_ms else 0.0,
+            }
+            for name in rows
+        ],
+    }
+
+
+def format_kernels(out: dict) -> str:
+    """The `kernels_w*` tables of a profile as text (empty when none was recorded)."""
+    lines = []
+    for engine, r in out["raw"].items():
+        for key, k in r.items():
+            if not key.startswith("kernels_w"):
+                continue
+            w = key[len("kernels_w") :]
+            measured = r.get(f"step_w{w}_ms", {}).get("p50")
+            what = "kernels" if k["device"] == "cuda" else "operators (self CPU time)"
+            lines.append(
+                f"{engine} step w{w}: {k['n_kernels']} {what}, {k['per_forward_ms']:.3f} ms per forward"
+                + (f" (measured p50 {measured:.3f} ms)" if measured is not None else "")
+            )
+            for row in k["top"]:
+                name = row["name"] if len(row["name"]) <= 90 else row["name"][:87] + "..."
+                lines.append(f"  {row['ms']:8.4f} ms {100 * row['share']:5.1f}% {row['calls']:6.1f}x  {name}")
+    return "\n".join(lines)
 
 
 def _vision_ms(cfg: ProfileConfig, wl: Workload) -> dict | None:
@@ -388,6 +472,10 @@ def run_profile(cfg: ProfileConfig) -> dict:
     path.write_text(json.dumps(out, indent=2))
     if cfg.plots:
         plot_profile(out, cfg.out / f"{cfg.stem}.png")
+    kernels = format_kernels(out)
+    if kernels:
+        (cfg.out / f"{cfg.stem}_kernels.txt").write_text(kernels + "\n")
+        print(kernels)
     print(format_table(out))
     log.info("saved %s", path)
     return out
@@ -565,6 +653,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=int, default=d.calls)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--step-iters", type=int, default=d.step_iters)
+    p.add_argument("--kernels", type=int, default=d.kernels, help="top kernels per step width (0 = off)")
+    p.add_argument("--kernel-iters", type=int, default=d.kernel_iters)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=d.out)
     p.add_argument("--no-plots", action="store_true")
@@ -591,6 +681,8 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         calls=a.calls,
         warmup=a.warmup,
         step_iters=a.step_iters,
+        kernels=a.kernels,
+        kernel_iters=a.kernel_iters,
         seed=a.seed,
         out=a.out,
         plots=not a.no_plots,

@@ -126,3 +126,31 @@ def test_raw_steps_only_under_an_inductor_setting(tmp_path):
     assert out["model"]["engine_widths"] == [3] and out["results"] == {"static": {}}
     assert set(out["raw"]["static"]) == {"prefill_ms", "step_w3_ms"}
     assert tuple(out["config"]["inductor"]) == ("coordinate_descent_tuning=True",)
+
+
+def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):
+    """`--kernels N`: each width's forward is recorded under torch.profiler; the N costliest
+    operators (CPU) per forward are kept, their shares add up to at most 1, and a wider step
+    spends more in its matmuls than a narrow one."""
+    cfg = config_from_args(
+        ["--shape", "tiny", "--engines", "static", "--decoders", "--step-widths", "1", "64", "--step-iters", "2"]
+        + ["--warmup", "0", "--no-generate", "--no-plots", "--kernels", "5", "--kernel-iters", "3"]
+        + ["--out", str(tmp_path)]
+    )
+    assert cfg.kernels == 5 and cfg.kernel_iters == 3
+    out = run_profile(cfg)
+    raw = out["raw"]["static"]
+    assert set(raw) == {"prefill_ms", "step_w1_ms", "step_w64_ms", "kernels_w1", "kernels_w64"}
+    k1, k64 = raw["kernels_w1"], raw["kernels_w64"]
+    for k in (k1, k64):
+        assert k["device"] == "cpu" and k["iters"] == 3 and len(k["top"]) == 5 and k["n_kernels"] >= 5
+        assert 0 < sum(r["share"] for r in k["top"]) <= 1 + 1e-9
+        assert [r["ms"] for r in k["top"]] == sorted((r["ms"] for r in k["top"]), reverse=True)
+        assert all(r["calls"] > 0 for r in k["top"])
+    mm = lambda k: sum(r["ms"] for r in k["top"] if "mm" in r["name"] or "linear" in r["name"])  # noqa: E731
+    assert mm(k64) > mm(k1) > 0
+    text = (tmp_path / "profile_tiny.json").parent.joinpath("profile_tiny_kernels.txt").read_text()
+    assert "static step w64: " in text and "operators (self CPU time)" in text
+    assert "static step w1: " in capsys.readouterr().out
+    with pytest.raises(ValueError, match="kernels must be >= 0"):
+        ProfileConfig(kernels=-1)
