@@ -40,7 +40,7 @@ if [ "$NPROC" -gt 1 ]; then
 else
   read -r -a RUN <<<"$E"
 fi
-COMMON=(--batch-size "$BATCH" --weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat16
+COMMON=(--weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat16
   --save-dtype bfloat16 --seed "$SEED" --num-workers "$WORKERS" --log-every 50 --save-every 250 --eval-samples 256)
 
 # ---- 1. demonstrations (all suite tasks in one demos.hdf5, 128 px = the small preset's input) ------
@@ -56,19 +56,19 @@ done
 if [ ! -d "$RUNS/grounding/model" ]; then
   "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/grounding" --preset small --chunk-size 3 --use-proprio \
     --grounding-fraction 1 --grounding-source scenes --steps 3000 --stop-after 2250 --lr 6e-4 --warmup-steps 200 \
-    --eval-every 250 "${COMMON[@]}"
+    --eval-every 250 --batch-size "$BATCH" "${COMMON[@]}"
 fi
 
 # ---- 3. behaviour cloning from it (the AR teacher) -------------------------------------------------
 if [ ! -d "$RUNS/bc1/model" ]; then
   "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc1" --init-from "$RUNS/grounding/model" \
     --grounding-fraction 0.5 --grounding-source scenes --input-noise 0.5 --steps 2400 --lr 3e-4 --warmup-steps 100 \
-    --eval-every 400 "${COMMON[@]}"
+    --eval-every 400 --batch-size "$BATCH" "${COMMON[@]}"
 fi
 if [ ! -d "$RUNS/bc/model" ]; then
   "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/bc" --init-from "$RUNS/bc1/model" \
     --grounding-fraction 0.3 --grounding-source scenes --input-noise 0.5 --steps 2800 --lr 3e-4 --warmup-steps 100 \
-    --eval-every 400 "${COMMON[@]}"
+    --eval-every 400 --batch-size "$BATCH" "${COMMON[@]}"
 fi
 
 # ---- 4. session 5's CEED student (CPU: the teacher's trajectories once, then distillation) ---------
