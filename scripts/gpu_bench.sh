@@ -18,6 +18,9 @@
 # (`ee_vla.engine.profile --inductor KEY=VALUE`), in its own process, into $OUT/sweep/<name>:
 #   STEPS="sweep-inductor sweep-freezing sweep-freezing-cd" bash scripts/gpu_bench.sh
 #   STEPS="sweep-autotune" bash scripts/gpu_bench.sh          # max-autotune: minutes to compile
+# and `kernels-7b`: the frozen engine's width-1 and width-22 steps recorded under torch.profiler,
+# their 30 costliest kernels per forward beside the measured latency (<stem>_kernels.txt):
+#   STEPS="kernels-7b" bash scripts/gpu_bench.sh
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
@@ -79,10 +82,13 @@ step sweep-freezing-cd 240 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/freezin
   --inductor freezing=True coordinate_descent_tuning=True
 step sweep-autotune 400 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/autotune" --compile-mode max-autotune \
   --inductor freezing=True
+step kernels-7b 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --compile-mode frozen --decoders \
+  --step-widths 1 22 --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 30 --out "$OUT/kernels"
 
 echo "=== summary" | tee -a "$LOG"
 shopt -s nullglob
 python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
+  "$OUT"/kernels/profile_*.json \
   2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
 echo "failed steps: $FAILED; files in $OUT: $(find "$OUT" -type f | tr "\n" " ")" | tee -a "$LOG"
