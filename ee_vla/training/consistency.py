@@ -132,6 +132,23 @@ def _trajectory_source(cfg: DistillConfig) -> Path | None:
     return own if own.is_dir() and any(own.glob("part-*-of-*.safetensors")) else None
 
 
+def freeze_vision(model: torch.nn.Module) -> int:
+    """Stop the gradient of a Llava-style VLA's vision tower and projector; returns how many
+    parameters that covers."""
+    inner = getattr(model, "model", model)
+    parts = [getattr(inner, name, None) for name in ("vision_tower", "multi_modal_projector")]
+    if any(part is None for part in parts):
+        raise ValueError(
+            f"freeze_vision needs a Llava-style VLA (vision_tower, multi_modal_projector); got {type(model).__name__}"
+        )
+    n = 0
+    for part in parts:
+        for p in part.parameters():
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
 def distill(cfg: DistillConfig) -> Path:
     """Consistency-distil `cfg.teacher` on `cfg.data`; returns the student's model directory
     (out_dir/model), or the trajectory directory with `collect_only`.
@@ -182,6 +199,9 @@ def distill(cfg: DistillConfig) -> Path:
             return source
         if resume_from is not None:
             vla = VLA.from_pretrained(resume_from, device=rt.device)
+        if cfg.freeze_vision:
+            n = freeze_vision(vla.model)
+            log.info("freeze_vision: %d vision tower and projector parameters keep the teacher's values", n)
         dataset = DistillDataset(demo, traj, cfg.state_sampling)
         return fit(
             cfg,

@@ -150,6 +150,35 @@ def test_distill_runs_reduces_the_loss_and_reuses_trajectories(setup):
     assert all(r["replaced_steps"] == 0 for r in rows2)
 
 
+def test_freeze_vision_trains_the_language_model_only(setup):
+    from safetensors.torch import load_file
+
+    root, data, teacher = setup
+    out = root / "ceed_frozen"
+    model = distill(
+        DistillConfig(
+            data=(str(data),),
+            teacher=str(teacher),
+            out_dir=str(out),
+            steps=3,
+            batch_size=8,
+            lr=2e-3,
+            warmup_steps=1,
+            log_every=1,
+            eval_every=0,
+            inits=("warm",),
+            freeze_vision=True,
+        )
+    )
+    before, after = load_file(teacher / "model.safetensors"), load_file(model / "model.safetensors")
+    vision = [k for k in before if "vision_tower" in k or "multi_modal_projector" in k]
+    language = [k for k in before if "language_model" in k and "layers" in k]
+    assert vision and language
+    for k in vision:
+        torch.testing.assert_close(after[k], before[k], atol=0, rtol=0)
+    assert any(not torch.equal(after[k], before[k]) for k in language)
+
+
 def test_distill_bad_input(setup, tmp_path):
     _, data, teacher = setup
     with pytest.raises(TrajectoryError, match="does not exist"):
