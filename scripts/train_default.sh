@@ -34,7 +34,7 @@ DEST="${DEST:-ee_vla/checkpoints/default}"
 TASKS="${TASKS:-ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Push-v0 ee_vla/Place-v0}"
 BATCH="${BATCH:-512}"                           # per GPU
 NPROC="${NPROC:-1}"
-WORKERS="${WORKERS:-$(($(nproc) - 2))}"         # DataLoader workers: they render the fresh scenes
+WORKERS="${WORKERS:-$((($(nproc) - 2) / NPROC))}"  # DataLoader workers per process: they render the fresh scenes
 E="${E:-ee-vla}"
 
 if [ "$NPROC" -gt 1 ]; then
