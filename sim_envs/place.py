@@ -79,8 +79,8 @@ class PlaceEnv(TabletopEnv):
             (f"{color} plate", np.array([*xy, 2 * PLATE_HALF_HEIGHT])) for xy, color in zip(plates, colors, strict=True)
         ]
         self.plate_index = int(rng.integers(self.n_plates))
-        self.plate_xy = plates[self.plate_index]
-        self.plate_name = f"{colors[self.plate_index]} plate"
+        self.plate_name, goal = self._plates[self.plate_index]
+        self.plate_xy = goal[:2]
         template = PLACE_TEMPLATES[rng.integers(len(PLACE_TEMPLATES))]
         self._describe(template, plate=self.plate_name)
 
@@ -103,7 +103,7 @@ class PlaceEnv(TabletopEnv):
 
     @property
     def goal_pos(self) -> np.ndarray:
-        return np.array([*self.plate_xy, 2 * PLATE_HALF_HEIGHT])
+        return self._plates[self.plate_index][1].copy()
 
     def _goal_options(self) -> list[tuple[dict, np.ndarray | None]]:
         own = self.plate_index
