@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from ee_vla.engine.static import StaticEngine, StaticStep, _round_up
+from ee_vla.engine.static import StaticEngine, StaticStep, _round_up, check_sdpa_backends
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class EnginePool:
         max_new_tokens: longest chunk decoded per call (the engine's widths cover every decoder).
         graphs: capture CUDA graphs (``graph`` engine) or run the static forwards eagerly.
         compile: None or a `StaticEngine` compile mode (``compiled`` engine: "inductor").
+        sdpa_backends: None or the attention backends of every engine (`StaticEngine`).
         widths: window widths of each engine (None: `StaticEngine`'s default, 1 and n - 1).
         prompt_headroom: extra prompt slots allocated beyond the first prompt seen (rounded up
             to a multiple of 64), so that instructions of varying length reuse the engine.
@@ -72,6 +73,7 @@ class EnginePool:
         prompt_headroom: int = 32,
         max_engines: int = 8,
         compile: str | None = None,
+        sdpa_backends: Sequence[str] | None = None,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"EnginePool max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -79,6 +81,7 @@ class EnginePool:
         self.max_new_tokens = max_new_tokens
         self.graphs = graphs
         self.compile = compile
+        self.sdpa_backends = check_sdpa_backends(sdpa_backends, "EnginePool sdpa_backends")
         self.widths = None if widths is None else tuple(widths)
         self.prompt_headroom = prompt_headroom
         self.max_engines = max_engines
@@ -105,6 +108,7 @@ class EnginePool:
             widths=self.widths,
             graphs=self.graphs,
             compile=self.compile,
+            sdpa_backends=self.sdpa_backends,
         )
         self.engines[batch_size] = eng
         return eng
@@ -127,16 +131,23 @@ def make_prefill(
     device: str | torch.device | None = None,
     widths: Sequence[int] | None = None,
     compile_mode: str = "inductor",
+    sdpa_backends: Sequence[str] | None = None,
 ) -> Prefill:
     """A prefill callable for engine `kind` (see module docstring). `device` defaults to the
     model's; `max_new_tokens` is the chunk length (tokens) the policy decodes; `compile_mode` is
-    the ``compiled`` engine's (`ee_vla.engine.static.COMPILE_MODES`)."""
+    the ``compiled`` engine's (`ee_vla.engine.static.COMPILE_MODES`); `sdpa_backends` the attention
+    kernels a static engine's forwards may use (`StaticEngine`; None: torch's choice, and the
+    only value the ``eager`` engine takes)."""
     from ee_vla.decoding.hf import HFStep
 
     kind = resolve_engine(kind, device if device is not None else next(model.parameters()).device)
     if kind == "eager":
+        if sdpa_backends is not None:
+            raise ValueError("sdpa_backends applies to the static, graph and compiled engines, not eager")
         return HFStep.prefill
     if kind == "compiled":
         on_cuda = next(model.parameters()).device.type == "cuda"
-        return EnginePool(model, max_new_tokens, graphs=on_cuda, widths=widths, compile=compile_mode)
-    return EnginePool(model, max_new_tokens, graphs=kind == "graph", widths=widths)
+        return EnginePool(
+            model, max_new_tokens, graphs=on_cuda, widths=widths, compile=compile_mode, sdpa_backends=sdpa_backends
+        )
+    return EnginePool(model, max_new_tokens, graphs=kind == "graph", widths=widths, sdpa_backends=sdpa_backends)

@@ -45,7 +45,7 @@ import torch._inductor.config as inductor_config
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
 from ee_vla.engine.shapes import SHAPES, Workload, build_workload
-from ee_vla.engine.static import COMPILE_MODES, check_compile_mode
+from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS, check_compile_mode, check_sdpa_backends
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ class ProfileConfig:
     inductor: tuple[str, ...] = ()
     """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
     `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
+    sdpa_backends: tuple[str, ...] | None = None
+    """Attention kernels the static/graph/compiled engines may use (`StaticEngine(sdpa_backends=)`,
+    names of `SDPA_BACKENDS`); None: torch's choice. The eager engine always runs torch's choice."""
     decoders: tuple[str, ...] = DECODERS
     """Decoders per engine: ar | jacobi (to convergence) | ceed (capped at ceed_iterations)."""
     ceed_iterations: int = 2
@@ -127,6 +130,7 @@ class ProfileConfig:
         if bad:
             raise ValueError(f"ProfileConfig.engines must be eager|static|graph|compiled, got {bad}")
         check_compile_mode(self.compile_mode, "ProfileConfig.compile_mode")
+        self.sdpa_backends = check_sdpa_backends(self.sdpa_backends, "ProfileConfig.sdpa_backends")
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")
@@ -379,7 +383,15 @@ def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
     for engine in cfg.engine_list:
         try:  # one engine failing (e.g. a capture error) must not cost the others' numbers
             t = time.perf_counter()
-            prefill = make_prefill(engine, wl.model, n, device=cfg.device, widths=widths, compile_mode=cfg.compile_mode)
+            prefill = make_prefill(
+                engine,
+                wl.model,
+                n,
+                device=cfg.device,
+                widths=widths,
+                compile_mode=cfg.compile_mode,
+                sdpa_backends=None if engine == "eager" else cfg.sdpa_backends,
+            )
             prefill(wl.model, **wl.inputs)  # builds the engine (and captures its graphs) once
             synchronize(cfg.device)
             setup_s[engine] = time.perf_counter() - t
@@ -575,11 +587,16 @@ def plot_profile(out: dict, path: Path) -> None:
 
 
 def _compile_note(c: dict, engine: str) -> str:
-    """' (compile mode, Inductor settings)' of a compiled engine's line when not the defaults."""
-    if engine != "compiled":
+    """' (compile mode, Inductor settings, attention backends)' of an engine's line when not the
+    defaults."""
+    if engine == "eager":
         return ""
-    mode = c.get("compile_mode", "inductor")
-    parts = ([mode] if mode != "inductor" else []) + list(c.get("inductor", ()))
+    parts = []
+    if engine == "compiled":
+        mode = c.get("compile_mode", "inductor")
+        parts = ([mode] if mode != "inductor" else []) + list(c.get("inductor", ()))
+    if c.get("sdpa_backends"):
+        parts.append("sdpa " + "/".join(c["sdpa_backends"]))
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -646,6 +663,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="torch._inductor.config settings for the run, e.g. freezing=True coordinate_descent_tuning=True",
     )
+    p.add_argument(
+        "--sdpa-backends",
+        nargs="+",
+        default=None,
+        choices=SDPA_BACKENDS,
+        help="attention kernels the static/graph/compiled engines may use (default: torch's choice)",
+    )
     p.add_argument("--decoders", nargs="*", default=list(d.decoders), choices=DECODERS)
     p.add_argument("--ceed-iterations", type=int, default=d.ceed_iterations)
     p.add_argument("--no-generate", action="store_true", help="skip HF generate")
@@ -674,6 +698,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         engines=tuple(a.engines),
         compile_mode=a.compile_mode,
         inductor=tuple(a.inductor),
+        sdpa_backends=None if a.sdpa_backends is None else tuple(a.sdpa_backends),
         decoders=tuple(a.decoders),
         ceed_iterations=a.ceed_iterations,
         generate=not a.no_generate,

@@ -55,12 +55,20 @@ then captured as the CUDA graph like the eager one.
 
 Compilation happens in the warm-up forwards, never during a capture.
 
+`sdpa_backends=("math",)` (any of `SDPA_BACKENDS`) runs every language-model forward of the engine under
+`torch.nn.attention.sdpa_kernel`: which kernels torch's scaled-dot-product attention may pick
+(compiled forwards are traced under the same setting, so Inductor lowers the attention it
+allows). None leaves torch's choice. With few queries (a Jacobi window over a long prefix) the
+fused attention kernels tile the queries by 64 and give each head one thread block, which on the
+7B shape made the attention a seventh of the width-22 step (docs/performance.md, session 9).
+
 Nothing in transformers is patched: the cache is a `transformers.Cache` of our own layers.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import logging
 import time
@@ -84,6 +92,48 @@ COMPILE_MODES: dict[str, dict] = {
 """`StaticEngine(compile=...)` choices and their `torch.compile` arguments (always dynamic=False:
 every forward of the engine has a static shape; the engine captures its own CUDA graphs), with
 `inductor_config`: `torch._inductor.config` settings in force while the forwards compile."""
+
+
+SDPA_BACKENDS: tuple[str, ...] = ("flash", "efficient", "cudnn", "math")
+"""Names of `torch.nn.attention.SDPBackend`s a `StaticEngine(sdpa_backends=...)` may allow."""
+
+
+def check_sdpa_backends(backends: Sequence[str] | None, owner: str) -> tuple[str, ...] | None:
+    """`backends` as a tuple (None stays None); ValueError naming `owner` for an empty list or an
+    unknown name."""
+    if backends is None:
+        return None
+    backends = tuple(backends)
+    bad = [b for b in backends if b not in SDPA_BACKENDS]
+    if not backends or bad:
+        raise ValueError(f"{owner} must be a non-empty list of {'|'.join(SDPA_BACKENDS)}, got {list(backends)}")
+    return backends
+
+
+def _sdpa_context(backends: tuple[str, ...] | None):
+    """The `sdpa_kernel` context allowing `backends` (a null context for None)."""
+    if backends is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel([names[b] for b in backends])
+
+
+def _with_sdpa(fn, backends: tuple[str, ...]):
+    """`fn` run under `_sdpa_context(backends)`; the context is outside a compiled `fn`, so Dynamo
+    traces the attention with the backends it allows (and never has to trace the context)."""
+
+    def run(*args, **kwargs):
+        with _sdpa_context(backends):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def check_compile_mode(mode: str, owner: str) -> None:
@@ -218,6 +268,8 @@ class StaticEngine:
         warmup: eager forwards per width before its capture (cuBLAS/allocator initialisation).
         compile: None (transformers' eager modules) or a key of `COMPILE_MODES`: run every
             static-shape forward through `torch.compile` (see the module docstring).
+        sdpa_backends: None (torch's choice) or names from `SDPA_BACKENDS`: the attention kernels
+            the language model's forwards may use (see the module docstring).
     """
 
     def __init__(
@@ -232,7 +284,9 @@ class StaticEngine:
         prefill_bucket: int | None = 16,
         warmup: int = 2,
         compile: str | None = None,
+        sdpa_backends: Sequence[str] | None = None,
     ):
+        sdpa_backends = check_sdpa_backends(sdpa_backends, "StaticEngine sdpa_backends")
         if batch_size < 1:
             raise ValueError(f"StaticEngine batch_size must be >= 1, got {batch_size}")
         if max_prompt_len < 1:
@@ -266,6 +320,7 @@ class StaticEngine:
         self.prefill_bucket = prefill_bucket
         self._warmup = warmup
         self.compile = compile
+        self.sdpa_backends = sdpa_backends
         self._model_logits = self._eager_logits
         if compile is not None:
             _raise_recompile_limit()
@@ -273,6 +328,8 @@ class StaticEngine:
             settings = kwargs.pop("inductor_config", None)
             compiled = torch.compile(self._eager_logits, dynamic=False, **kwargs)
             self._model_logits = _with_inductor_config(compiled, settings) if settings else compiled
+        if sdpa_backends is not None:
+            self._model_logits = _with_sdpa(self._model_logits, sdpa_backends)
         n_layers = text.num_hidden_layers
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -331,15 +388,11 @@ class StaticEngine:
 
     def _eager_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, **extra) -> torch.Tensor:
         """The model's forward over the static cache (compiled when the engine compiles)."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
-            **extra,
-        )
-        return out.logits
+        return self._model_forward(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
+
+    def _model_forward(self, **kwargs):
+        """`self.model(**kwargs)` over the engine's cache."""
+        return self.model(past_key_values=self.cache, use_cache=True, **kwargs)
 
     def _buffer_forward(self, buf, **extra) -> torch.Tensor:
         """One forward of a set of static buffers (what a CUDA graph captures): logits."""
@@ -462,15 +515,14 @@ class StaticEngine:
             self._key_ok[:, :P] = attention_mask.bool()
             slots = torch.arange(P, device=dev)
             self._slots.index = slots
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=self._mask(slots),
-                position_ids=prompt_positions(attention_mask),
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
+            with _sdpa_context(self.sdpa_backends):
+                out = self._model_forward(
+                    input_ids=input_ids,
+                    attention_mask=self._mask(slots),
+                    position_ids=prompt_positions(attention_mask),
+                    logits_to_keep=1,
+                    **extra,
+                )
             logits = out.logits[:, -1, :]
         self._generation += 1
         step = StaticStep(self, self._generation, P, attention_mask.sum(1, keepdim=True))

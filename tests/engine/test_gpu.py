@@ -46,6 +46,31 @@ def test_compiled_engine_equals_eager_float64(batch, pads, mode):
     assert engine.uses_graphs and engine.compile == mode and set(engine._graphs) == {1, n - 1}
 
 
+def test_compiled_engine_with_math_attention_equals_eager_float64():
+    """The attention backends are in force while Inductor traces: the frozen engine compiled with
+    math attention only still gives the eager tokens (batch 4, left padding)."""
+    model = tiny_lm("llama", seed=1, device="cuda")
+    inputs = padded_prompts(4, 9, [0, 3, 5, 8], seed=3, device="cuda")
+    prefill = make_prefill("compiled", model, 12, compile_mode="frozen", sdpa_backends=["math"])
+    _assert_all_match(compare_to_eager(model, inputs, 12, prefill, action_range=(TINY_VOCAB - 16, TINY_VOCAB - 1)))
+    assert prefill.engines[4].sdpa_backends == ("math",)
+
+
+@pytest.mark.parametrize("backends", [("math",), ("efficient",), ("cudnn", "math")])
+def test_attention_backends_agree_in_bf16(backends):
+    """In bf16 (where the fused kernels run) each backend's graph gives nearly the logits of torch's
+    own choice."""
+    model = tiny_lm("llama", seed=0, dtype=torch.bfloat16, device="cuda")
+    inputs = padded_prompts(2, 20, [0, 6], seed=1, device="cuda")
+    outs = []
+    for sdpa in (None, backends):
+        engine = StaticEngine(model, batch_size=2, max_prompt_len=32, max_new_tokens=8, sdpa_backends=sdpa)
+        step, first, _ = engine.prefill(**inputs)
+        outs.append((first.float(), step(torch.arange(7, device="cuda").repeat(2, 1), 0).float()))
+    for a, b in zip(*outs, strict=True):
+        assert (a - b).abs().max() <= 1e-2 * a.abs().max()
+
+
 def test_graph_engine_equals_eager_on_a_llava_vla():
     _assert_all_match(vla_case("tiny", "cuda", "graph", torch.float64, batch=2)["results"])
 

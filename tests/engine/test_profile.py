@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ee_vla.engine.profile import ProfileConfig, config_from_args, main, run_profile
+from ee_vla.engine.profile import ProfileConfig, config_from_args, main, run_profile, summarize_files
 from ee_vla.engine.shapes import LM_SHAPES, build_workload
 
 
@@ -93,12 +93,18 @@ def test_config_validation_and_cli_parsing(tmp_path):
             "--no-generate",
             "--inductor",
             "coordinate_descent_tuning=True",
+            "--sdpa-backends",
+            "math",
+            "efficient",
             "--out",
             str(tmp_path),
         ]
     )
     assert cfg.engine_list == ("graph",) and cfg.decoders == ("ceed",) and not cfg.generate
     assert cfg.inductor_settings == {"coordinate_descent_tuning": True}
+    assert cfg.sdpa_backends == ("math", "efficient") and config_from_args([]).sdpa_backends is None
+    with pytest.raises(ValueError, match="sdpa_backends"):
+        ProfileConfig(sdpa_backends=("fast",))
     assert ProfileConfig(device="cuda").engine_list == ("eager", "graph", "compiled")
     assert ProfileConfig(device="cpu").engine_list == ("eager", "static")
 
@@ -118,10 +124,13 @@ def test_raw_steps_only_under_an_inductor_setting(tmp_path):
         generate=False,
         plots=False,
         inductor=("coordinate_descent_tuning=True",),
+        sdpa_backends=("math",),
         out=tmp_path,
     )
     before = inductor_config.coordinate_descent_tuning
     out = run_profile(cfg)
+    assert out["config"]["sdpa_backends"] == ("math",)
+    assert "(sdpa math)" in summarize_files([tmp_path / f"{cfg.stem}.json"])
     assert inductor_config.coordinate_descent_tuning == before
     assert out["model"]["engine_widths"] == [3] and out["results"] == {"static": {}}
     assert set(out["raw"]["static"]) == {"prefill_ms", "step_w3_ms"}

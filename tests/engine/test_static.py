@@ -262,6 +262,44 @@ def test_a_pool_releases_the_engines_it_evicts():
     _assert_all_match(compare_to_eager(model, padded_prompts(1, 5), 6, pool))  # rebuilt on demand
 
 
+def test_sdpa_backends_reach_every_forward_and_keep_the_eager_tokens():
+    """`sdpa_backends=("math",)` gives the eager tokens (batch 4, left padding) through the pool, the
+    bucketed and the unbucketed prefill; a backend the CPU lacks ("efficient") fails inside the
+    forward, which shows the setting is in force there, and only there."""
+    model = tiny_lm("llama", seed=1)
+    inputs = padded_prompts(4, 9, [0, 3, 5, 8], seed=3)
+    pool = EnginePool(model, 8, graphs=False, sdpa_backends=["math"])
+    _assert_all_match(compare_to_eager(model, inputs, 8, pool, action_range=(TINY_VOCAB - 16, TINY_VOCAB - 1)))
+    assert pool.engines[4].sdpa_backends == ("math",)
+    unbucketed = StaticEngine(
+        model, batch_size=4, max_prompt_len=16, max_new_tokens=8, prefill_bucket=None, sdpa_backends=("math",)
+    )
+    _assert_all_match(compare_to_eager(model, inputs, 8, lambda m, *a, **k: unbucketed.prefill(*a, **k)))
+    for bucket in (16, None):
+        eng = StaticEngine(
+            model,
+            batch_size=4,
+            max_prompt_len=16,
+            max_new_tokens=8,
+            prefill_bucket=bucket,
+            sdpa_backends=("efficient",),
+        )
+        with pytest.raises(RuntimeError, match="No viable backend|No available kernel"):
+            eng.prefill(**inputs)
+    assert torch._C._get_math_sdp_enabled() and torch._C._get_flash_sdp_enabled()  # restored after each call
+
+
+def test_sdpa_backends_are_validated():
+    model = tiny_lm("llama", seed=0)
+    for bad in ([], ["fast"]):
+        with pytest.raises(ValueError, match="sdpa_backends must be a non-empty list of flash|efficient"):
+            StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, sdpa_backends=bad)
+        with pytest.raises(ValueError, match="EnginePool sdpa_backends"):
+            EnginePool(model, 3, graphs=False, sdpa_backends=bad)
+    with pytest.raises(ValueError, match="not eager"):
+        make_prefill("eager", model, 3, sdpa_backends=["math"])
+
+
 def test_compile_mode_is_validated():
     with pytest.raises(ValueError, match="compile must be None or one of"):
         StaticEngine(tiny_lm("llama", seed=0), batch_size=1, max_prompt_len=4, max_new_tokens=3, compile="turbo")
