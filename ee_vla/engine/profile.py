@@ -44,7 +44,7 @@ import torch._inductor.config as inductor_config
 
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
-from ee_vla.engine.shapes import SHAPES, Workload, build_workload
+from ee_vla.engine.shapes import ATTN_IMPLEMENTATIONS, SHAPES, Workload, build_workload
 from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS, check_compile_mode, check_sdpa_backends
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
 
@@ -80,6 +80,10 @@ class ProfileConfig:
     inductor: tuple[str, ...] = ()
     """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
     `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
+    attn_implementation: str = "sdpa"
+    """LM shapes: transformers' attention implementation of the random model (sdpa | eager |
+    flex_attention; flex_attention only makes sense with the compiled engine, which compiles it
+    into the forward)."""
     sdpa_backends: tuple[str, ...] | None = None
     """Attention kernels the static/graph/compiled engines may use (`StaticEngine(sdpa_backends=)`,
     names of `SDPA_BACKENDS`); None: torch's choice. The eager engine always runs torch's choice."""
@@ -131,6 +135,11 @@ class ProfileConfig:
             raise ValueError(f"ProfileConfig.engines must be eager|static|graph|compiled, got {bad}")
         check_compile_mode(self.compile_mode, "ProfileConfig.compile_mode")
         self.sdpa_backends = check_sdpa_backends(self.sdpa_backends, "ProfileConfig.sdpa_backends")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"ProfileConfig.attn_implementation must be one of {'|'.join(ATTN_IMPLEMENTATIONS)}, "
+                f"got {self.attn_implementation!r}"
+            )
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")
@@ -424,6 +433,7 @@ def run_profile(cfg: ProfileConfig) -> dict:
         prefix_len=cfg.prefix_len,
         left_pad=cfg.left_pad,
         seed=cfg.seed,
+        attn_implementation=cfg.attn_implementation,
     )
     synchronize(cfg.device)
     build_s = time.perf_counter() - t
@@ -595,6 +605,8 @@ def _compile_note(c: dict, engine: str) -> str:
     if engine == "compiled":
         mode = c.get("compile_mode", "inductor")
         parts = ([mode] if mode != "inductor" else []) + list(c.get("inductor", ()))
+    if c.get("attn_implementation", "sdpa") != "sdpa":
+        parts.append(c["attn_implementation"])
     if c.get("sdpa_backends"):
         parts.append("sdpa " + "/".join(c["sdpa_backends"]))
     return f" ({', '.join(parts)})" if parts else ""
@@ -664,6 +676,12 @@ def _parser() -> argparse.ArgumentParser:
         help="torch._inductor.config settings for the run, e.g. freezing=True coordinate_descent_tuning=True",
     )
     p.add_argument(
+        "--attn-implementation",
+        default=d.attn_implementation,
+        choices=ATTN_IMPLEMENTATIONS,
+        help="LM shapes: transformers' attention of the random model",
+    )
+    p.add_argument(
         "--sdpa-backends",
         nargs="+",
         default=None,
@@ -698,6 +716,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         engines=tuple(a.engines),
         compile_mode=a.compile_mode,
         inductor=tuple(a.inductor),
+        attn_implementation=a.attn_implementation,
         sdpa_backends=None if a.sdpa_backends is None else tuple(a.sdpa_backends),
         decoders=tuple(a.decoders),
         ceed_iterations=a.ceed_iterations,

@@ -46,11 +46,16 @@ LM_SHAPES: dict[str, LMShape] = {
     "qwen2-0.5b": LMShape("qwen2", 896, 24, 14, 2, 4864, 151936, tie_embeddings=True),
 }
 VLA_SHAPES: tuple[str, ...] = ("tiny", "small")
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flex_attention")
+"""transformers attention implementations an LM shape can be built with (`build_workload`)."""
 SHAPES: tuple[str, ...] = (*LM_SHAPES, *VLA_SHAPES)
 
 
-def build_lm(shape: LMShape, device: str | torch.device, dtype: torch.dtype, seed: int = 0):
-    """A randomly initialised LM of `shape`, created directly on `device` in `dtype` (eval mode)."""
+def build_lm(
+    shape: LMShape, device: str | torch.device, dtype: torch.dtype, seed: int = 0, attn_implementation: str = "sdpa"
+):
+    """A randomly initialised LM of `shape`, created directly on `device` in `dtype` (eval mode),
+    with transformers' `attn_implementation` (sdpa | eager | flex_attention)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -70,6 +75,7 @@ def build_lm(shape: LMShape, device: str | torch.device, dtype: torch.dtype, see
         bos_token_id=1,
         eos_token_id=2,
     )
+    cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     with torch.device(device):
         model = model_cls._from_config(cfg, dtype=dtype)
@@ -106,15 +112,20 @@ def build_workload(
     prefix_len: int | None = None,
     left_pad: int = 0,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> Workload:
     """Build the model of shape `name` and a batch of inputs. LM shapes: random prefix ids
     (row b left-padded by b * `left_pad` tokens), the last 256 ids are the action tokens (OpenVLA's
     layout), 7 tokens per action. VLA presets: random images and an instruction through the VLA's
-    own prompt builder."""
+    own prompt builder. `attn_implementation` (LM shapes): transformers' attention of the model."""
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation must be one of {'|'.join(ATTN_IMPLEMENTATIONS)}, got {attn_implementation!r}"
+        )
     if name in LM_SHAPES:
         shape = LM_SHAPES[name]
         P = prefix_len or shape.prefix_len
-        model = build_lm(shape, device, dtype, seed)
+        model = build_lm(shape, device, dtype, seed, attn_implementation)
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(3, shape.vocab_size - 256, (batch_size, P), generator=g)
         mask = torch.ones_like(ids)
@@ -130,6 +141,8 @@ def build_workload(
 
         if prefix_len is not None:
             raise ValueError("prefix_len applies to LM shapes only; a VLA's prefix is its prompt")
+        if attn_implementation != "sdpa":
+            raise ValueError("attn_implementation applies to LM shapes only; the VLA presets use sdpa")
         vla = VLA.create(name, chunk_size=chunk_size, seed=seed)
         vla.model.to(device=device, dtype=dtype)
         rng = np.random.default_rng(seed)

@@ -55,6 +55,13 @@ def test_the_7b_shape_is_built_without_allocating_it():
     assert wl.inputs["input_ids"].shape == (1, 276) and wl.n_tokens == 21
     assert wl.action_range == (32064 - 256, 32063) and not wl.vision_in_prefill
     assert LM_SHAPES["qwen2-0.5b"].num_kv_heads == 2
+    assert wl.model.config._attn_implementation == "sdpa"
+    flex = build_workload("openvla-7b", "meta", torch.bfloat16, attn_implementation="flex_attention")
+    assert flex.model.config._attn_implementation == "flex_attention"
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        build_workload("openvla-7b", "meta", torch.bfloat16, attn_implementation="paged")
+    with pytest.raises(ValueError, match="LM shapes only"):
+        build_workload("tiny", attn_implementation="eager")
 
 
 def test_config_validation_and_cli_parsing(tmp_path):
@@ -105,6 +112,9 @@ def test_config_validation_and_cli_parsing(tmp_path):
     assert cfg.sdpa_backends == ("math", "efficient") and config_from_args([]).sdpa_backends is None
     with pytest.raises(ValueError, match="sdpa_backends"):
         ProfileConfig(sdpa_backends=("fast",))
+    with pytest.raises(ValueError, match="attn_implementation"):
+        ProfileConfig(attn_implementation="paged")
+    assert config_from_args(["--attn-implementation", "flex_attention"]).attn_implementation == "flex_attention"
     assert ProfileConfig(device="cuda").engine_list == ("eager", "graph", "compiled")
     assert ProfileConfig(device="cpu").engine_list == ("eager", "static")
 
