@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default policy, ee_vla/checkpoints/default/ (docs/training.md, "Session-5"
-# and "Session-8"):
+# Reproduce the shipped default policy, ee_vla/checkpoints/default/ (docs/training.md, "Session-5",
+# "Session-8" and "Session-9"):
 #   1. collect scripted-expert demonstrations of every ee_vla suite task (sim_envs), 1500 per task
+#      (seed SEED), and a fresh set of 2500 per task (seed SEED + 4) for the last round of stage 5
 #   2. grounding pre-training of a `small` VLA on fresh scenes (where are the objects?), GPU
 #   3. behaviour cloning from it, co-trained on fresh-scene grounding, noisy teacher forcing, GPU;
 #      continued at a lower grounding fraction (the session's runs were two 10-minute device calls)
 #   4. session 5's CEED student of that teacher (the default shipped until session 8), CPU
-#   5. two more behaviour-cloning rounds from it, co-trained on fresh scenes asked about every object
-#      (`--grounding-questions all`), global batch 1024 (session 8: DDP over 2 GPUs): the AR model
+#   5. three more behaviour-cloning rounds from it, co-trained on fresh scenes asked about every object
+#      (`--grounding-questions all`), global batch 1024 (DDP over 2 GPUs): two in session 8, the third
+#      (session 9) on the fresh demonstrations at a lower learning rate: the AR model
 #   6. its Jacobi trajectories and CEED consistency distillation (mixed labels, threshold 0.1, the
 #      vision tower frozen, no label smoothing) on 150 demonstrations per task, on the CPU: the
 #      student is kept in $RUNS/ceed but NOT shipped, because it lost 6.5 points of success and
-#      saved 6% of the forward passes against CEED decoding of the model of stage 5
-#   7. copy the stage-5 model (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
+#      saved 6% of the forward passes against CEED decoding of its teacher (session 8's second
+#      round, which it still distils: the measured run)
+#   7. copy the last stage-5 model (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
 #
 #   bash scripts/train_default.sh                 # the default policy
 #   ABLATE=1 bash scripts/train_default.sh        # + the mixed-label ablation, reusing the trajectories
@@ -29,6 +32,7 @@ export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 SEED="${SEED:-0}"
 DATA="${DATA:-data/suite}"                      # demos.hdf5 + stats.json, 1500 per task
 DATA_DISTILL="${DATA_DISTILL:-data/suite150}"   # 150 per task (the same seeds' first 150)
+DATA4="${DATA4:-data/suite2500}"                # 2500 per task, seed SEED + 4 (stage 5's last round)
 RUNS="${RUNS:-outputs/default}"
 DEST="${DEST:-ee_vla/checkpoints/default}"
 TASKS="${TASKS:-ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Push-v0 ee_vla/Place-v0}"
@@ -46,11 +50,11 @@ COMMON=(--weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat1
   --save-dtype bfloat16 --seed "$SEED" --num-workers "$WORKERS" --log-every 50 --save-every 250 --eval-samples 256)
 
 # ---- 1. demonstrations (all suite tasks in one demos.hdf5, 128 px = the small preset's input) ------
-for spec in "$DATA:1500:$(nproc)" "$DATA_DISTILL:150:$(nproc)"; do
-  IFS=: read -r dir n workers <<<"$spec"
+for spec in "$DATA:1500:$SEED" "$DATA_DISTILL:150:$SEED" "$DATA4:2500:$((SEED + 4))"; do
+  IFS=: read -r dir n seed <<<"$spec"
   if [ ! -f "$dir/demos.hdf5" ]; then
     # shellcheck disable=SC2086
-    $E collect --env $TASKS --episodes "$n" --out "$dir" --seed "$SEED" --image-size 128 --num-workers "$workers"
+    $E collect --env $TASKS --episodes "$n" --out "$dir" --seed "$seed" --image-size 128 --num-workers "$(nproc)"
   fi
 done
 
@@ -90,7 +94,7 @@ distill_from() {  # teacher, run prefix, extra flags: trajectories on the 150-pe
 }
 distill_from "$RUNS/bc/model" s5_ --lr 1e-4 --label-smoothing 0.1
 
-# ---- 5. two BC rounds from it, every object of a fresh scene asked about (global batch 1024) ---------
+# ---- 5. three BC rounds from it, every object of a fresh scene asked about (global batch 1024) -------
 FT=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100 --eval-every 500
   "${COMMON[@]}" --batch-size $((1024 / NPROC)))
 if [ ! -d "$RUNS/ft1/model" ]; then
@@ -101,6 +105,11 @@ if [ ! -d "$RUNS/ft2/model" ]; then
   "${RUN[@]}" train --data "$DATA" --out-dir "$RUNS/ft2" --init-from "$RUNS/ft1/model" \
     --grounding-fraction 0.6 --steps 2100 --lr 3e-4 "${FT[@]}" --seed $((SEED + 1))
 fi
+# session 9: fresh demonstrations, lower lr; the run was cut at step 1900 by its time budget (--max-minutes)
+if [ ! -d "$RUNS/ft4/model" ]; then
+  "${RUN[@]}" train --data "$DATA4" --out-dir "$RUNS/ft4" --init-from "$RUNS/ft2/model" \
+    --grounding-fraction 0.5 --steps 2000 --stop-after 1900 --lr 1e-4 "${FT[@]}" --seed $((SEED + 4))
+fi
 
 # ---- 6. the CEED student of that model (CPU; reported, not shipped) --------------------------------
 DISTILL8=(--lr 5e-5 --label-smoothing 0 --freeze-vision)
@@ -109,7 +118,7 @@ distill_from "$RUNS/ft2/model" "" "${DISTILL8[@]}"
 # ---- 7. ship it ------------------------------------------------------------------------------------
 rm -rf "$DEST"
 mkdir -p "$DEST"
-cp "$RUNS/ft2/model/"* "$DEST/"
+cp "$RUNS/ft4/model/"* "$DEST/"
 du -sh "$DEST"
 
 # ---- optional: mixed-label ablation (same teacher, same trajectories, only the labels differ) -------
