@@ -10,11 +10,12 @@
 #   5. three more behaviour-cloning rounds from it, co-trained on fresh scenes asked about every object
 #      (`--grounding-questions all`), global batch 1024 (DDP over 2 GPUs): two in session 8, the third
 #      (session 9) on the fresh demonstrations at a lower learning rate: the AR model
-#   6. its Jacobi trajectories and CEED consistency distillation (mixed labels, threshold 0.1, the
-#      vision tower frozen, no label smoothing) on 150 demonstrations per task, on the CPU: the
-#      student is kept in $RUNS/ceed but NOT shipped, because it lost 6.5 points of success and
-#      saved 6% of the forward passes against CEED decoding of its teacher (session 8's second
-#      round, which it still distils: the measured run)
+#   6. Jacobi trajectories and CEED consistency distillation (mixed labels, threshold 0.1, the
+#      vision tower frozen, no label smoothing) on 150 demonstrations per task, on the CPU, of two
+#      teachers: session 8's second round ($RUNS/ceed, the ablation's student) and the last round
+#      with the AR loss weighted 3 ($RUNS/ft4_ceed, session 9). The students are NOT shipped: the
+#      better one (ft4_ceed) is 3 points below its teacher and saves 5% of the forward passes
+#      against CEED decoding of the teacher itself
 #   7. copy the last stage-5 model (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
 #
 #   bash scripts/train_default.sh                 # the default policy
@@ -111,9 +112,10 @@ if [ ! -d "$RUNS/ft4/model" ]; then
     --grounding-fraction 0.5 --steps 2000 --stop-after 1900 --lr 1e-4 "${FT[@]}" --seed $((SEED + 4))
 fi
 
-# ---- 6. the CEED student of that model (CPU; reported, not shipped) --------------------------------
+# ---- 6. CEED students (CPU; reported, not shipped) ----------------------------------------------
 DISTILL8=(--lr 5e-5 --label-smoothing 0 --freeze-vision)
-distill_from "$RUNS/ft2/model" "" "${DISTILL8[@]}"
+distill_from "$RUNS/ft2/model" "" "${DISTILL8[@]}"                       # session 8
+distill_from "$RUNS/ft4/model" ft4_ "${DISTILL8[@]}" --ar-weight 3       # session 9 (the later flag wins)
 
 # ---- 7. ship it ------------------------------------------------------------------------------------
 rm -rf "$DEST"
