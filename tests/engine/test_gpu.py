@@ -56,19 +56,26 @@ def test_compiled_engine_with_math_attention_equals_eager_float64():
     assert prefill.engines[4].sdpa_backends == ("math",)
 
 
+def _bf16_engine_logits(model, **engine_kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefill logits, logits of a 7-token step) of a batch-2 `StaticEngine(**engine_kw)` over
+    fixed left-padded prompts, as float32."""
+    inputs = padded_prompts(2, 20, [0, 6], seed=1, device="cuda")
+    engine = StaticEngine(model, batch_size=2, max_prompt_len=32, max_new_tokens=8, **engine_kw)
+    step, first, _ = engine.prefill(**inputs)
+    return first.float(), step(torch.arange(7, device="cuda").repeat(2, 1), 0).float()
+
+
+def _assert_bf16_close(ref: tuple[torch.Tensor, ...], other: tuple[torch.Tensor, ...]) -> None:
+    for a, b in zip(ref, other, strict=True):
+        assert (a - b).abs().max() <= 1e-2 * a.abs().max()
+
+
 @pytest.mark.parametrize("backends", [("math",), ("efficient",), ("cudnn", "math")])
 def test_attention_backends_agree_in_bf16(backends):
     """In bf16 (where the fused kernels run) each backend's graph gives nearly the logits of torch's
     own choice."""
     model = tiny_lm("llama", seed=0, dtype=torch.bfloat16, device="cuda")
-    inputs = padded_prompts(2, 20, [0, 6], seed=1, device="cuda")
-    outs = []
-    for sdpa in (None, backends):
-        engine = StaticEngine(model, batch_size=2, max_prompt_len=32, max_new_tokens=8, sdpa_backends=sdpa)
-        step, first, _ = engine.prefill(**inputs)
-        outs.append((first.float(), step(torch.arange(7, device="cuda").repeat(2, 1), 0).float()))
-    for a, b in zip(*outs, strict=True):
-        assert (a - b).abs().max() <= 1e-2 * a.abs().max()
+    _assert_bf16_close(_bf16_engine_logits(model), _bf16_engine_logits(model, sdpa_backends=backends))
 
 
 def test_graph_engine_equals_eager_on_a_llava_vla():
@@ -99,14 +106,7 @@ def test_graph_and_static_forwards_agree_in_bf16():
     """The graph replays the static engine's forwards: in bf16 the logits of the same inputs must
     be (nearly) the same, whatever eager HF's rounding does."""
     model = tiny_lm("qwen2", seed=0, dtype=torch.bfloat16, device="cuda")
-    inputs = padded_prompts(2, 20, [0, 6], seed=1, device="cuda")
-    outs = []
-    for graphs in (False, True):
-        engine = StaticEngine(model, batch_size=2, max_prompt_len=32, max_new_tokens=8, graphs=graphs)
-        step, first, _ = engine.prefill(**inputs)
-        outs.append((first.float(), step(torch.arange(7, device="cuda").repeat(2, 1), 0).float()))
-    for a, b in zip(*outs, strict=True):
-        assert (a - b).abs().max() <= 1e-2 * a.abs().max()
+    _assert_bf16_close(_bf16_engine_logits(model, graphs=False), _bf16_engine_logits(model, graphs=True))
 
 
 def test_engines_evicted_from_a_pool_never_break_a_later_capture():
