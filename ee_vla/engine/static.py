@@ -125,17 +125,6 @@ def _sdpa_context(backends: tuple[str, ...] | None):
     return sdpa_kernel([names[b] for b in backends])
 
 
-def _with_sdpa(fn, backends: tuple[str, ...]):
-    """`fn` run under `_sdpa_context(backends)`; the context is outside a compiled `fn`, so Dynamo
-    traces the attention with the backends it allows (and never has to trace the context)."""
-
-    def run(*args, **kwargs):
-        with _sdpa_context(backends):
-            return fn(*args, **kwargs)
-
-    return run
-
-
 def check_compile_mode(mode: str, owner: str) -> None:
     """Raise ValueError naming `owner` (e.g. "PolicyConfig.compile_mode") unless `mode` is a key of
     `COMPILE_MODES`: the one check behind every option that picks the compiled engine's mode."""
@@ -157,14 +146,16 @@ def _raise_recompile_limit() -> None:
             return
 
 
-def _with_inductor_config(fn, settings: dict):
-    """`fn` run with `torch._inductor.config.patch(settings)`: a compilation happens inside the first
-    call of each shape, so that is where the settings must be in force (some of them, freezing
-    among them, are not read from `torch.compile(options=...)`)."""
-    import torch._inductor.config as inductor_config
+def _within(fn, context):
+    """`fn` run inside a fresh `context()` at every call. The engine wraps its (compiled) forward
+    in the contexts its forwards need: Inductor's settings (a compilation happens inside the first
+    call of each shape, so that is where they must be in force; some of them, freezing among them,
+    are not read from `torch.compile(options=...)`) and the attention backends (outside the
+    compiled function, so Dynamo traces the attention with the backends they allow and never has
+    to trace the context itself)."""
 
     def run(*args, **kwargs):
-        with inductor_config.patch(settings):
+        with context():
             return fn(*args, **kwargs)
 
     return run
@@ -327,9 +318,13 @@ class StaticEngine:
             kwargs = dict(COMPILE_MODES[compile])
             settings = kwargs.pop("inductor_config", None)
             compiled = torch.compile(self._eager_logits, dynamic=False, **kwargs)
-            self._model_logits = _with_inductor_config(compiled, settings) if settings else compiled
+            if settings:
+                import torch._inductor.config as inductor_config
+
+                compiled = _within(compiled, lambda: inductor_config.patch(settings))
+            self._model_logits = compiled
         if sdpa_backends is not None:
-            self._model_logits = _with_sdpa(self._model_logits, sdpa_backends)
+            self._model_logits = _within(self._model_logits, lambda: _sdpa_context(sdpa_backends))
         n_layers = text.num_hidden_layers
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
