@@ -44,7 +44,7 @@ import torch._inductor.config as inductor_config
 
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
-from ee_vla.engine.shapes import ATTN_IMPLEMENTATIONS, SHAPES, Workload, build_workload
+from ee_vla.engine.shapes import ATTN_IMPLEMENTATIONS, SHAPES, Workload, build_workload, check_attn_implementation
 from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS, check_compile_mode, check_sdpa_backends
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
 
@@ -135,11 +135,7 @@ class ProfileConfig:
             raise ValueError(f"ProfileConfig.engines must be eager|static|graph|compiled, got {bad}")
         check_compile_mode(self.compile_mode, "ProfileConfig.compile_mode")
         self.sdpa_backends = check_sdpa_backends(self.sdpa_backends, "ProfileConfig.sdpa_backends")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"ProfileConfig.attn_implementation must be one of {'|'.join(ATTN_IMPLEMENTATIONS)}, "
-                f"got {self.attn_implementation!r}"
-            )
+        check_attn_implementation(self.attn_implementation, "ProfileConfig.attn_implementation")
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")

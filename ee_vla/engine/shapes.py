@@ -51,6 +51,12 @@ ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flex_attention")
 SHAPES: tuple[str, ...] = (*LM_SHAPES, *VLA_SHAPES)
 
 
+def check_attn_implementation(value: str, owner: str) -> None:
+    """Raise ValueError naming `owner` unless `value` is one of `ATTN_IMPLEMENTATIONS`."""
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"{owner} must be one of {'|'.join(ATTN_IMPLEMENTATIONS)}, got {value!r}")
+
+
 def build_lm(
     shape: LMShape, device: str | torch.device, dtype: torch.dtype, seed: int = 0, attn_implementation: str = "sdpa"
 ):
@@ -118,10 +124,7 @@ def build_workload(
     (row b left-padded by b * `left_pad` tokens), the last 256 ids are the action tokens (OpenVLA's
     layout), 7 tokens per action. VLA presets: random images and an instruction through the VLA's
     own prompt builder. `attn_implementation` (LM shapes): transformers' attention of the model."""
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation must be one of {'|'.join(ATTN_IMPLEMENTATIONS)}, got {attn_implementation!r}"
-        )
+    check_attn_implementation(attn_implementation, "build_workload attn_implementation")
     if name in LM_SHAPES:
         shape = LM_SHAPES[name]
         P = prefix_len or shape.prefix_len
