@@ -24,6 +24,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "bench": ("ee_vla.bench", "BenchConfig", "run_bench", "decode latency of AR vs Jacobi vs CEED on one machine"),
     "collect": ("sim_envs.collect", "CollectConfig", "collect", "record scripted-expert demonstrations to HDF5"),
+    "dagger": (
+        "ee_vla.training.dagger",
+        "DaggerConfig",
+        "collect_on_policy",
+        "run a policy in the sim and record the expert's labels of the states it visits (DAgger)",
+    ),
     "train": ("ee_vla.training", "TrainConfig", "train", "behaviour-cloning training of a VLA on demonstrations"),
     "distill": ("ee_vla.training", "DistillConfig", "distill", "CEED consistency distillation of a trained VLA"),
     "serve": (

@@ -326,12 +326,24 @@ def _import_env_modules(modules: Sequence[str]) -> None:
             raise
 
 
-def _make_env(env_id: str, env_modules: tuple[str, ...], max_episode_steps: int | None, kwargs: dict[str, Any]):
-    """One env (module-level so that async vector envs can pickle it)."""
+def _make_env(
+    env_id: str,
+    env_modules: tuple[str, ...],
+    max_episode_steps: int | None,
+    kwargs: dict[str, Any],
+    expert_labels: bool = False,
+):
+    """One env (module-level so that async vector envs can pickle it); `expert_labels` wraps it in
+    `sim_envs.experts.ExpertLabels` (info["expert_action"] at every observation)."""
     import gymnasium
 
     _import_env_modules(env_modules)
-    return gymnasium.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    env = gymnasium.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    if expert_labels:
+        from sim_envs.experts import ExpertLabels
+
+        env = ExpertLabels(env)
+    return env
 
 
 def _setup_mujoco_gl(cfg: EvalConfig) -> None:
@@ -390,10 +402,12 @@ def check_env_compatible(env_id: str, policy, cfg: EvalConfig) -> None:
             raise EvalConfigError(f"env {env_id!r}: the policy needs 'agent_pos' of {p} dims, the env gives {ap}")
 
 
-def _make_vector_env(env_id: str, n: int, cfg: EvalConfig):
+def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, expert_labels: bool = False):
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-    fn = functools.partial(_make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, dict(cfg.env_kwargs))
+    fn = functools.partial(
+        _make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, dict(cfg.env_kwargs), expert_labels
+    )
     cls = SyncVectorEnv if cfg.vector == "sync" else AsyncVectorEnv
     return cls([fn] * n, autoreset_mode=AutoresetMode.DISABLED)
 
@@ -448,19 +462,48 @@ class _Episode:
         }
 
 
+class Recorder:
+    """What `_Rollout` tells an observer of its episodes (on-policy data collection,
+    `ee_vla.training.dagger`), in order: each observation with its info, then the action executed
+    after it and its reward, ..., the last observation, and the episode's end."""
+
+    expert_labels = False
+    """Whether the envs must be wrapped in `sim_envs.experts.ExpertLabels`."""
+
+    def observe(self, ep: _Episode, obs: dict, info: dict, slot: int) -> None: ...
+
+    def step(self, ep: _Episode, action: np.ndarray, reward: float) -> None: ...
+
+    def finish(self, ep: _Episode) -> None: ...
+
+
 class _Rollout:
     """Runs `cfg.episodes` episodes of one env id with one policy/decoder (see module docstring)."""
 
-    def __init__(self, env_id: str, policy, cfg: EvalConfig, warm: bool, out_dir: Path, pbar, warmup: int):
+    def __init__(
+        self,
+        env_id: str,
+        policy,
+        cfg: EvalConfig,
+        warm: bool,
+        out_dir: Path,
+        pbar,
+        warmup: int,
+        recorder: Recorder | None = None,
+    ):
         self.env_id, self.policy, self.cfg = env_id, policy, cfg
         self.warm, self.out_dir, self.pbar, self.warmup = warm, out_dir, pbar, warmup
+        self.recorder = recorder
+        self.stop_at: float | None = None
+        """perf_counter() time after which no new episode starts (running ones finish); None = run all."""
         self.log = DecodeLog(policy.vla.n_action_tokens, policy.chunk_size)
         self.video_paths: list[str] = []
 
     def run(self) -> tuple[list[dict], float]:
         cfg, policy = self.cfg, self.policy
         n = min(cfg.num_envs, cfg.episodes)
-        envs = _make_vector_env(self.env_id, n, cfg)
+        rec = self.recorder
+        envs = _make_vector_env(self.env_id, n, cfg, expert_labels=rec is not None and rec.expert_labels)
         try:
             t0 = time.perf_counter()
             space = envs.single_action_space
@@ -474,7 +517,7 @@ class _Rollout:
             instr = _instructions(envs, info, range(n), self.env_id)
             for s, ep in enumerate(running):
                 ep.instruction = instr[s]
-                self._frame(ep, obs, s)
+                self._frame(ep, obs, info, s)
             policy.reset()
             if self.warmup:
                 batch = self._batch(obs, list(range(n)), instr)
@@ -510,15 +553,20 @@ class _Rollout:
                     ep.max_reward = max(ep.max_reward, r)
                     ep.success = ep.success or bool(success[s])
                     ep.steps += 1
-                    self._frame(ep, obs, s)
+                    if rec is not None:
+                        rec.step(ep, actions[s], r)
+                    self._frame(ep, obs, info, s)
                     if done[s]:
                         done_eps.append(ep.result())
+                        if rec is not None:
+                            rec.finish(ep)
                         self._save_video(ep)
                         if self.pbar is not None:
                             self.pbar.update(1)
                         queues[s].clear()
                         previous[s] = None
-                        running[s] = self._new_episode(next_ix) if next_ix < cfg.episodes else None
+                        more = next_ix < cfg.episodes and (self.stop_at is None or time.perf_counter() < self.stop_at)
+                        running[s] = self._new_episode(next_ix) if more else None
                         if running[s] is not None:
                             reset_seeds[s] = running[s].seed
                             new_slots.append(s)
@@ -529,7 +577,7 @@ class _Rollout:
                         instr.update(_instructions(envs, info, new_slots, self.env_id))
                         for s in new_slots:
                             running[s].instruction = instr[s]
-                            self._frame(running[s], obs, s)
+                            self._frame(running[s], obs, info, s)
             eval_s = time.perf_counter() - t0
         finally:
             envs.close()
@@ -538,10 +586,11 @@ class _Rollout:
     def _new_episode(self, ix: int) -> _Episode:
         return _Episode(ix, self.cfg.seed + ix, frames=[] if ix < self.cfg.videos else None)
 
-    @staticmethod
-    def _frame(ep: _Episode, obs: dict, s: int) -> None:
+    def _frame(self, ep: _Episode, obs: dict, info: dict, s: int) -> None:
         if ep.frames is not None:
             ep.frames.append(np.array(obs["pixels"][s], copy=True))
+        if self.recorder is not None:
+            self.recorder.observe(ep, obs, info, s)
 
     @staticmethod
     def _batch(obs: dict, slots: list[int], instr: dict[int, str]) -> dict[str, Any]:

@@ -5,8 +5,13 @@
 #
 #   BUDGET_S=560 NPROC=2 bash scripts/finetune_default.sh          # all stages, DDP over 2 GPUs
 #   STAGES="train eval" INIT=outputs/ft1/model bash scripts/finetune_default.sh
+#   STAGES="collect dagger train export" DAGGER_EPISODES=500 ... bash scripts/finetune_default.sh
 #
 # 1. collect: DEMOS scripted-expert demonstrations per suite task (skipped when $DATA exists);
+#    dagger:  (only when named in STAGES) `ee-vla dagger`: $INIT acts (CEED) in DAGGER_EPISODES
+#             episodes per task from seed DAGGER_SEED, the expert labels the states it visits; the
+#             tasks are split over the NPROC GPUs, DAGGER_MIN minutes at most; the training below
+#             then learns from the expert demonstrations and these labels together;
 # 2. train:   `ee-vla train --init-from $INIT` (grounding fraction FRACTION on fresh scenes, asking
 #             QUESTIONS=all of them about every object of a scene), STEPS long, cut by --max-minutes
 #             so that the evaluation still fits in BUDGET_S (the whole script's wall clock);
@@ -34,12 +39,35 @@ EPISODES="${EPISODES:-50}"
 EXPORT="${EXPORT:-}"
 TASKS="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Push-v0 ee_vla/Place-v0"
 E="${E:-ee-vla}"
+DAGGER_EPISODES="${DAGGER_EPISODES:-300}"
+DAGGER_SEED="${DAGGER_SEED:-$(( 200000 + 1000 * SEED ))}"
+DAGGER_MIN="${DAGGER_MIN:-3}"
+DAGGER_DATA=()
 WORKERS="${WORKERS:-$(( ($(nproc) - 2) / NPROC ))}"  # DataLoader workers per process: they render the scenes
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 if has collect && [ ! -f "$DATA/demos.hdf5" ]; then
   # shellcheck disable=SC2086
   $E collect --env $TASKS --episodes "$DEMOS" --out "$DATA" --seed "$SEED" --image-size 128 --num-workers "$(nproc)"
+fi
+
+if has dagger; then
+  echo "=== dagger (t=${SECONDS}s)"
+  read -r -a tasks <<<"ee_vla/Push-v0 ee_vla/Place-v0 ee_vla/PickCube-v0 ee_vla/Reach-v0"  # long ones first
+  envs=$(( ($(nproc) - 2) / NPROC )); envs=$(( envs < 1 ? 1 : (envs > 16 ? 16 : envs) ))  # async env copies per GPU
+  pids=()
+  for ((g = 0; g < NPROC; g++)); do
+    args=()
+    for ((i = g; i < ${#tasks[@]}; i += NPROC)); do args+=(--env "${tasks[i]}"); done
+    DAGGER_DATA+=("$DATA-dagger$g")
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=$g $E dagger --policy "$INIT" "${args[@]}" --episodes "$DAGGER_EPISODES" \
+      --seed "$DAGGER_SEED" --num-envs "$envs" --max-minutes "$DAGGER_MIN" --out "$DATA-dagger$g" --overwrite \
+      --no-progress >"$DATA-dagger$g.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$DATA"-dagger*.log; exit 1; }; done
+  grep -h "policy success\|wrote" "$DATA"-dagger*.log
 fi
 
 if has train; then
@@ -50,7 +78,7 @@ if has train; then
   else
     read -r -a TRAIN <<<"$E train"
   fi
-  "${TRAIN[@]}" --data "$DATA" --out-dir "$RUN" --init-from "$INIT" --grounding-fraction "$FRACTION" \
+  "${TRAIN[@]}" --data "$DATA" "${DAGGER_DATA[@]}" --out-dir "$RUN" --init-from "$INIT" --grounding-fraction "$FRACTION" \
     --grounding-source scenes --grounding-questions "$QUESTIONS" --input-noise 0.5 --steps "$STEPS" --lr "$LR" \
     --warmup-steps 100 --max-minutes "$minutes" --batch-size "$BATCH" --weight-decay 0.01 --aug-shift 0.03 \
     --val-fraction 0.05 --dtype bfloat16 --save-dtype bfloat16 --seed "$SEED" --num-workers "$WORKERS" \
@@ -68,5 +96,6 @@ if has export && [ -n "$EXPORT" ]; then
   mkdir -p "$EXPORT"
   tar -czf "$EXPORT/model.tgz" -C "$RUN" model
   for f in metrics.jsonl loss.png eval/eval_info.json; do [ -f "$RUN/$f" ] && cp "$RUN/$f" "$EXPORT/"; done
+  for d in "${DAGGER_DATA[@]}"; do cp "$d/dagger_info.json" "$EXPORT/$(basename "$d")_info.json"; done
   echo "=== exported to $EXPORT (t=${SECONDS}s)"
 fi

@@ -16,6 +16,9 @@ instruction strings. The schema is documented in docs/sim_envs.md:
                                     `task_points()`: the ee_vla suite and Meta-World; simulator
                                     ground truth for grounding co-training, never an obs)
     data/demo_<i>/actions           (T, 7) float32, the expert's action after observing obs[t]
+    data/demo_<i>/executed_actions  (T, 7) float32, only in on-policy data (`ee-vla dagger`, attr
+                                    labels="expert"): what the policy executed; `actions` are then
+                                    the expert's labels of the states the policy visited
     data/demo_<i>/rewards, dones    (T,) float32 / uint8
 """
 
@@ -26,7 +29,7 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -122,6 +125,9 @@ class Episode:
     wrist_pixels: np.ndarray | None = None
     task_points: np.ndarray | None = None
     """(T, 6) float32: target xyz and goal xyz at each observation (envs with `task_points()`)."""
+    executed_actions: np.ndarray | None = None
+    """(T, 7) float32: what was executed when it was not `actions` (on-policy data: `actions` are the
+    expert's labels, `executed_actions` the policy's)."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -226,6 +232,8 @@ def _write_demo(group, ep: Episode, level: int) -> None:
     if ep.task_points is not None:
         group.create_group("privileged").create_dataset("task_points", data=ep.task_points)
     group.create_dataset("actions", data=ep.actions)
+    if ep.executed_actions is not None:
+        group.create_dataset("executed_actions", data=ep.executed_actions)
     group.create_dataset("rewards", data=ep.rewards)
     dones = np.zeros(len(ep), dtype=np.uint8)
     dones[-1] = 1
@@ -256,33 +264,104 @@ def _action_space_description() -> dict:
     }
 
 
+class DemoWriter:
+    """Writes episodes to `<out>/demos.hdf5` under a temporary name, renamed when `close()`d without
+    an error (so an interrupted run never leaves a truncated file), plus `<out>/stats.json`.
+
+        with DemoWriter(out, env_ids, env_args, creation_args) as w:
+            w.add(episode)            # one data/demo_<i> group per call
+        w.path                        # the finished file
+
+    `attrs` become extra attributes of the `data` group (e.g. `failed_attempts`, `source`).
+    """
+
+    def __init__(self, out: Path, env_ids: Sequence[str], env_args: dict, creation_args: dict, level: int = 4):
+        import h5py
+
+        self.out, self.level = Path(out), level
+        self.path = self.out / DATA_FILE
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.out / (DATA_FILE + ".partial")
+        self._file = h5py.File(self._tmp, "w")
+        self._data = self._file.create_group("data")
+        self._actions: list[np.ndarray] = []
+        self.attrs: dict = {
+            "format_version": FORMAT_VERSION,
+            "env_ids": json.dumps(list(env_ids)),
+            "action_space": json.dumps(_action_space_description()),
+            "env_args": json.dumps(env_args),
+            "creation_args": json.dumps(creation_args),
+        }
+        self.num_demos = self.total = 0
+
+    def add(self, ep: Episode, **attrs) -> None:
+        """Append `ep` as data/demo_<i>; `attrs` are extra attributes of its group."""
+        group = self._data.create_group(f"demo_{self.num_demos}")
+        _write_demo(group, ep, self.level)
+        for k, v in attrs.items():
+            group.attrs[k] = v
+        self._actions.append(ep.actions)
+        self.num_demos += 1
+        self.total += len(ep)
+
+    def close(self) -> Path:
+        """Write the file-level attributes and the action statistics, and rename the file into place."""
+        from ee_vla.action_tokenizer import ActionStats
+
+        if not self.num_demos:
+            self.abort()
+            raise RuntimeError(f"no episodes were written to {self.path}")
+        stats = ActionStats.from_actions(np.concatenate(self._actions), mask=GRIPPER_MASK)
+        for k, v in {
+            **self.attrs,
+            "num_demos": self.num_demos,
+            "total": self.total,
+            "action_stats": json.dumps(stats.to_dict()),
+            "created": datetime.now(timezone.utc).isoformat(),
+        }.items():
+            self._data.attrs[k] = v
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        stats.save(self.out / STATS_FILE)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        if self._file.id.valid:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> DemoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def collect(cfg: CollectConfig) -> Path:
     """Record `cfg.episodes` successful expert demonstrations per env id; returns the HDF5 path.
 
     The file is written under a temporary name and renamed when complete, so an interrupted run
     never leaves a truncated `demos.hdf5` behind.
     """
-    import h5py
     from tqdm import tqdm
 
-    from ee_vla.action_tokenizer import ActionStats
-
-    out = cfg.out
-    path = out / DATA_FILE
+    path = cfg.out / DATA_FILE
     if path.exists() and not cfg.overwrite:
         raise FileExistsError(f"{path} exists (CollectConfig.out); pass overwrite=True to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (DATA_FILE + ".partial")
     failed: dict[str, int] = {}
-    all_actions = []
     pool = None
     if cfg.num_workers > 1:
         ctx = multiprocessing.get_context("spawn")  # no GL state inherited through fork
         pool = ProcessPoolExecutor(cfg.num_workers, mp_context=ctx, initializer=_init_worker)
+    creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     try:
-        with h5py.File(tmp, "w") as f:
-            data = f.create_group("data")
-            n_demo = total = 0
+        with DemoWriter(
+            cfg.out, cfg.env, {e: cfg.env_kwargs() for e in cfg.env}, creation, cfg.compression_level
+        ) as writer:
             for env_id in cfg.env:
                 failed[env_id] = 0
                 bar = tqdm(total=cfg.episodes, desc=env_id, unit="demo")
@@ -291,35 +370,16 @@ def collect(cfg: CollectConfig) -> Path:
                         failed[env_id] += 1
                         bar.set_postfix(failed=failed[env_id])
                         continue
-                    _write_demo(data.create_group(f"demo_{n_demo}"), ep, cfg.compression_level)
-                    all_actions.append(ep.actions)
-                    n_demo += 1
-                    total += len(ep)
+                    writer.add(ep)
                     bar.update(1)
                 bar.close()
                 logger.info("%s: %d demos, %d failed attempts skipped", env_id, cfg.episodes, failed[env_id])
-            stats = ActionStats.from_actions(np.concatenate(all_actions), mask=GRIPPER_MASK)
-            creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-            data.attrs["format_version"] = FORMAT_VERSION
-            data.attrs["env_ids"] = json.dumps(list(cfg.env))
-            data.attrs["num_demos"] = n_demo
-            data.attrs["total"] = total
-            data.attrs["action_space"] = json.dumps(_action_space_description())
-            data.attrs["env_args"] = json.dumps({e: cfg.env_kwargs() for e in cfg.env})
-            data.attrs["creation_args"] = json.dumps(creation)
-            data.attrs["failed_attempts"] = json.dumps(failed)
-            data.attrs["action_stats"] = json.dumps(stats.to_dict())
-            data.attrs["created"] = datetime.now(timezone.utc).isoformat()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            writer.attrs["failed_attempts"] = json.dumps(failed)
     finally:
         if pool is not None:
             pool.shutdown()
         _close_worker_envs()
-    os.replace(tmp, path)
-    stats.save(out / STATS_FILE)
-    logger.info("wrote %s (%d demos, %d samples) and %s", path, n_demo, total, out / STATS_FILE)
+    logger.info("wrote %s (%d demos, %d samples) and %s", path, writer.num_demos, writer.total, cfg.out / STATS_FILE)
     return path
 
 
@@ -357,6 +417,7 @@ class DemoDataset:
             g = f["data"][key]
             wrist = g["obs"]["wrist_pixels"][()] if "wrist_pixels" in g["obs"] else None
             points = g["privileged/task_points"][()] if "privileged/task_points" in g else None
+            executed = g["executed_actions"][()] if "executed_actions" in g else None
             return Episode(
                 pixels=g["obs"]["pixels"][()],
                 agent_pos=g["obs"]["agent_pos"][()],
@@ -368,6 +429,7 @@ class DemoDataset:
                 rewards=g["rewards"][()],
                 wrist_pixels=wrist,
                 task_points=points,
+                executed_actions=executed,
             )
 
     def __iter__(self) -> Iterator[Episode]:

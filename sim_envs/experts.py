@@ -17,11 +17,13 @@ import gymnasium as gym
 import numpy as np
 
 from sim_envs.common import ACTION_DIM
+from sim_envs.place import PLACE_MARGIN
 from sim_envs.tabletop import (
     MAX_ROTATION,
     MAX_TRANSLATION,
     OBJECT_HALF,
     PLATE_HALF_HEIGHT,
+    PLATE_RADIUS,
     YAW_LIMIT,
     TabletopEnv,
     wrap_half_turn,
@@ -158,6 +160,8 @@ class PlaceExpert(_GraspMachine):
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
+        if self.place_stage in ("release", "retreat") and self._dropped_off_plate(s):
+            self.reset()  # let go away from the plate (only under another policy's control): grasp again
         if self.place_stage in ("release", "retreat"):
             return self._release(s)
         a = self.grasp_step(s)
@@ -179,6 +183,10 @@ class PlaceExpert(_GraspMachine):
             return _action(_translate(tcp, [*xy_goal, z_goal], max_speed=0.6), rot, CLOSE)
         self.place_stage, self.wait = "release", 0
         return self._release(s)
+
+    def _dropped_off_plate(self, s: dict) -> bool:
+        off = np.linalg.norm(s["target_pos"][:2] - s["plate_xy"]) > PLATE_RADIUS - PLACE_MARGIN
+        return bool(off and not s["target_grasped"] and self.wait > 3)
 
     def _release(self, s: dict) -> np.ndarray:
         tcp = s["tcp_pos"]
@@ -284,3 +292,34 @@ def make_expert(env: gym.Env) -> Expert:
     if isinstance(base, MetaWorldEnv):
         return MetaWorldExpert(base)
     raise ValueError(f"no scripted expert for {type(base).__name__}")
+
+
+class ExpertLabels(gym.Wrapper):
+    """Adds the scripted expert's action for the current observation to `info["expert_action"]`
+    after every `reset` and `step`, whoever chooses the executed actions (on-policy data
+    collection, `ee-vla dagger`), and the privileged `info["task_points"]` where the env has them.
+
+    The expert is advanced exactly once per observation, so its state machine follows the episode
+    as it would if it were acting.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.expert = make_expert(env)
+        self._points = getattr(env.unwrapped, "task_points", None)
+
+    def _label(self, info: dict) -> dict:
+        info = dict(info)
+        info["expert_action"] = np.asarray(self.expert.act(), dtype=np.float32)
+        if self._points is not None:
+            info["task_points"] = np.asarray(self._points(), dtype=np.float32)
+        return info
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.expert.reset()
+        return obs, self._label(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._label(info)

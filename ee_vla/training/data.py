@@ -129,7 +129,9 @@ def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list
                     if key not in g:
                         raise DatasetError(f"{src} has no '{key}'")
                 attrs = {**outer, **{k: _attr(v) for k, v in g.attrs.items()}}
-                if success_only and "success" in attrs and not bool(attrs["success"]):
+                # on-policy data (`ee-vla dagger`): the labels are the expert's whatever the outcome
+                expert_labels = attrs.get("labels") == "expert"
+                if success_only and "success" in attrs and not bool(attrs["success"]) and not expert_labels:
                     skipped += 1
                     continue
                 instr = attrs.get("instruction")

@@ -74,3 +74,49 @@ def test_expert_for_wrong_object_fails():
         assert np.linalg.norm(base.tcp_pos - base.object_pos(wrong)) < 0.04
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("env_id", ["ee_vla/Push-v0", "ee_vla/Place-v0"])
+def test_expert_labels_wrapper_acting_reproduces_a_recorded_demonstration(env_id):
+    """Executing info["expert_action"] of `ExpertLabels` is the expert acting: the same actions as
+    `collect`'s recording of that seed."""
+    from sim_envs.collect import _rollout
+    from sim_envs.experts import ExpertLabels
+
+    recorded = _rollout(env_id, {"image_size": 32}, 1003)
+    env = ExpertLabels(gym.make(env_id, image_size=32))
+    try:
+        _, info = env.reset(seed=1003)
+        actions = []
+        while True:
+            actions.append(info["expert_action"])
+            _, _, terminated, truncated, info = env.step(info["expert_action"])
+            if terminated or truncated:
+                break
+        assert info["expert_action"].shape == (7,) and info["task_points"].shape == (6,)
+    finally:
+        env.close()
+    np.testing.assert_allclose(np.stack(actions), recorded.actions, atol=1e-6)
+
+
+def test_place_expert_grasps_again_after_a_release_off_the_plate():
+    """Under another policy the object can be let go away from the plate; the expert must not keep
+    retreating (its labels there would teach giving up) but go back to grasping."""
+    env = gym.make("ee_vla/Place-v0", image_size=32)
+    expert = make_expert(env)
+    try:
+        env.reset(seed=1001)
+        expert.reset()
+        for _ in range(60):  # grasp and lift
+            env.step(expert.act())
+            if expert.stage == "done":
+                break
+        assert expert.stage == "done" and expert.place_stage == "carry"
+        expert.place_stage, expert.wait = "release", 0  # open here, far from the plate
+        stages = []
+        for _ in range(12):
+            env.step(expert.act())
+            stages.append((expert.place_stage, expert.stage))
+        assert ("carry", "approach") in stages
+    finally:
+        env.close()

@@ -1,0 +1,260 @@
+"""On-policy data with expert labels (DAgger, Ross et al. 2011): `ee-vla dagger`.
+
+Behaviour cloning learns from the expert's states only; in closed loop a policy drifts to states
+the expert never visited and compounds its errors there. This runs the policy in the envs (the
+evaluation's batched rollouts, `ee_vla.evaluation`) and labels every observation it visits with
+the scripted expert's action for that state (`sim_envs.experts.ExpertLabels`), then writes the
+episodes in the demonstrations' HDF5 schema (`sim_envs.collect`):
+
+    data/demo_<i>/actions            the expert's labels (what `ee-vla train` learns)
+    data/demo_<i>/executed_actions   what the policy did
+    data/demo_<i>  attrs             labels="expert", success (the policy's outcome), policy, decoder
+
+Failed episodes are kept: their labels are exactly the corrections BC lacks (`ee-vla train`'s
+`success_only` skips only failed episodes whose labels are their executed actions). Train on the
+union of the expert demonstrations and this file, e.g.
+
+    ee-vla dagger --policy ee_vla/checkpoints/default --episodes 300 --out data/dagger1 --seed 200000
+    ee-vla train --data data/suite data/dagger1 --init-from ee_vla/checkpoints/default ...
+
+Each label is the expert's action at the visited state; the k actions of a training chunk are the
+labels of k consecutive visited states (close to the expert's own k-step plan while the policy
+tracks it, and the states where it does not are the point). A `dagger_info.json` beside the file
+records the policy's success rate during collection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import tyro
+
+from ee_vla.engine.factory import EngineKind
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "dagger_info.json"
+
+
+class DaggerConfigError(ValueError):
+    """An invalid `DaggerConfig` field, raised before the policy is loaded or an env is made."""
+
+
+@dataclass
+class DaggerConfig:
+    """Roll a policy out in the sim and record the scripted expert's labels of the states it visits."""
+
+    policy: Path
+    """Model directory of the policy that acts (e.g. ee_vla/checkpoints/default)."""
+    out: Path = Path("data/dagger")
+    """Output directory; receives demos.hdf5, stats.json and dagger_info.json."""
+    env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    """Env ids (repeat the flag); empty = the ee_vla suite (Reach, PickCube, Push, Place). Each needs
+    a scripted expert (the ee_vla suite, Meta-World)."""
+    episodes: int = 100
+    """Episodes per env id, with seeds seed, seed+1, ..."""
+    seed: int = 200000
+    """Seed of episode 0. Keep clear of the demonstrations' seeds (collect: 0...) and of the
+    evaluation's (100000...), and use a new one per round."""
+    decoder: Literal["ar", "jacobi", "ceed"] = "ceed"
+    """How the policy decodes while acting (the one it is deployed with)."""
+    num_envs: int = 10
+    """Env copies stepped together (one batched policy call for all)."""
+    vector: Literal["sync", "async"] = "async"
+    """Gymnasium vector env: sync (one process) or async (one subprocess per copy)."""
+    image_size: int = 128
+    """Camera image side in pixels; must be what the policy was trained on."""
+    device: str = "auto"
+    """torch device of the policy (auto = cuda when available)."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """Model dtype."""
+    engine: EngineKind = "auto"
+    """Decode engine (auto = CUDA graphs on a GPU, eager on a CPU)."""
+    max_minutes: float | None = None
+    """Time budget, split evenly between the env ids: no new episode of an env id starts after its
+    share (running ones finish), so a machine held for a fixed time gets a complete file. None = run
+    all episodes."""
+    compression_level: int = 4
+    """gzip level (0-9) of the image datasets."""
+    overwrite: bool = False
+    """Replace an existing demos.hdf5 in `out`."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        self.policy, self.out = Path(self.policy), Path(self.out)
+        if isinstance(self.env, str):
+            self.env = [self.env]
+        self.env = [e.strip() for item in self.env for e in str(item).split(",") if e.strip()]
+        for name in ("episodes", "num_envs"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise DaggerConfigError(f"DaggerConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise DaggerConfigError(f"DaggerConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
+        if not 0 <= self.compression_level <= 9:
+            raise DaggerConfigError(f"DaggerConfig.compression_level must be in 0..9, got {self.compression_level}")
+        if not (self.policy / "config.json").is_file():
+            raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
+        if (self.out / "demos.hdf5").exists() and not self.overwrite:
+            raise DaggerConfigError(f"{self.out / 'demos.hdf5'} exists (DaggerConfig.out); pass --overwrite")
+
+    def eval_config(self):
+        """The `EvalConfig` of the rollouts (its checks apply: env ids, decoder, device, engine)."""
+        from ee_vla.evaluation import EvalConfig
+
+        return EvalConfig(
+            policy=self.policy,
+            env=list(self.env),
+            decoder=self.decoder,
+            episodes=self.episodes,
+            num_envs=self.num_envs,
+            vector=self.vector,
+            seed=self.seed,
+            device=self.device,
+            dtype=self.dtype,
+            engine=self.engine,
+            env_kwargs={"image_size": self.image_size},
+            progress=self.progress,
+            print_summary=False,
+        )
+
+
+def _slot_value(info: dict, key: str, slot: int) -> Any:
+    """info[key] of one copy of a vector env (array-valued entries included), None where absent."""
+    if key not in info:
+        return None
+    mask = info.get(f"_{key}")
+    if mask is not None and not bool(np.asarray(mask)[slot]):
+        return None
+    return info[key][slot]
+
+
+class _Labeller:
+    """A `Recorder` of `_Rollout` that turns each finished episode into a labelled `Episode`."""
+
+    expert_labels = True
+
+    def __init__(self, env_id: str, writer, attrs: dict):
+        self.env_id, self.writer, self.attrs = env_id, writer, attrs
+        self.buffers: dict[int, dict[str, list]] = {}
+        self.outcomes: list[bool] = []
+
+    def observe(self, ep, obs: dict, info: dict, slot: int) -> None:
+        label = _slot_value(info, "expert_action", slot)
+        if label is None:
+            raise RuntimeError(f"{self.env_id}: the env gave no info['expert_action'] (not wrapped in ExpertLabels?)")
+        keys = ("pixels", "pos", "label", "points", "act", "reward")
+        buf = self.buffers.setdefault(ep.episode_ix, {k: [] for k in keys})
+        buf["pixels"].append(np.array(obs["pixels"][slot], copy=True))
+        if "agent_pos" in obs:
+            buf["pos"].append(np.asarray(obs["agent_pos"][slot], dtype=np.float32))
+        buf["label"].append(np.asarray(label, dtype=np.float32))
+        points = _slot_value(info, "task_points", slot)
+        if points is not None:
+            buf["points"].append(np.asarray(points, dtype=np.float32))
+
+    def step(self, ep, action: np.ndarray, reward: float) -> None:
+        buf = self.buffers[ep.episode_ix]
+        buf["act"].append(np.asarray(action, dtype=np.float32))
+        buf["reward"].append(reward)
+
+    def finish(self, ep) -> None:
+        from sim_envs.collect import Episode
+
+        buf = self.buffers.pop(ep.episode_ix)
+        t = len(buf["act"])  # the last observation (after the last action) has no action
+        if t == 0:
+            return
+        self.outcomes.append(bool(ep.success))
+        self.writer.add(
+            Episode(
+                pixels=np.stack(buf["pixels"][:t]),
+                agent_pos=np.stack(buf["pos"][:t]) if buf["pos"] else np.zeros((t, 0), np.float32),
+                actions=np.stack(buf["label"][:t]),
+                instruction=ep.instruction,
+                env_id=self.env_id,
+                seed=ep.seed,
+                success=bool(ep.success),
+                rewards=np.asarray(buf["reward"], dtype=np.float32),
+                task_points=np.stack(buf["points"][:t]) if len(buf["points"]) >= t else None,
+                executed_actions=np.stack(buf["act"]),
+            ),
+            labels="expert",
+            **self.attrs,
+        )
+
+
+def collect_on_policy(cfg: DaggerConfig) -> Path:
+    """Run `cfg.policy` on `cfg.env` and write its expert-labelled episodes; returns the HDF5 path."""
+    from tqdm.auto import tqdm
+
+    from ee_vla.evaluation import (
+        _import_env_modules,
+        _Rollout,
+        _setup_mujoco_gl,
+        check_env_compatible,
+        check_env_ids,
+    )
+
+    ecfg = cfg.eval_config()
+    _setup_mujoco_gl(ecfg)
+    _import_env_modules(ecfg.env_modules)
+    if not cfg.env:
+        from sim_envs import SUITE_ENV_IDS
+
+        ecfg.env = list(SUITE_ENV_IDS)
+    check_env_ids(ecfg)
+
+    from ee_vla.policy import VLAPolicy
+    from sim_envs.collect import DemoWriter
+
+    dcfg = ecfg.decode_config(cfg.decoder)
+    policy = VLAPolicy.from_pretrained(cfg.policy, dcfg, ecfg.device, ecfg.dtype, None, ecfg.engine)
+    for env_id in ecfg.env:
+        check_env_compatible(env_id, policy, ecfg)
+    warm = dcfg.init == "warm" and dcfg.method != "ar"
+    creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    env_args = {e: dict(ecfg.env_kwargs) for e in ecfg.env}
+    attrs = {"policy": str(cfg.policy), "decoder": cfg.decoder}
+    per_env: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with DemoWriter(cfg.out, ecfg.env, env_args, creation, cfg.compression_level) as writer:
+        writer.attrs["source"] = "dagger"
+        total = len(ecfg.env) * cfg.episodes
+        with tqdm(total=total, desc="dagger", disable=not cfg.progress, unit="ep") as pbar:
+            for i, env_id in enumerate(ecfg.env):
+                labeller = _Labeller(env_id, writer, attrs)
+                roll = _Rollout(env_id, policy, ecfg, warm, cfg.out, pbar, 1 if i == 0 else 0, recorder=labeller)
+                if cfg.max_minutes is not None:
+                    roll.stop_at = t0 + 60 * cfg.max_minutes * (i + 1) / len(ecfg.env)
+                roll.run()
+                wins = sum(labeller.outcomes)
+                n = len(labeller.outcomes)
+                per_env[env_id] = {"episodes": n, "pc_success": 100.0 * wins / max(n, 1)}
+                log.info("%s: policy success %.1f%% while collecting", env_id, per_env[env_id]["pc_success"])
+        samples = writer.total
+    info = {
+        "policy": str(cfg.policy),
+        "decoder": cfg.decoder,
+        "seed": cfg.seed,
+        "per_env": per_env,
+        "pc_success": float(np.mean([v["pc_success"] for v in per_env.values()])),
+        "samples": samples,
+        "seconds": time.perf_counter() - t0,
+        "config": creation,
+    }
+    (cfg.out / INFO_FILE).write_text(json.dumps(info, indent=2))
+    log.info(
+        "wrote %s (%d episodes, %d samples; policy success %.1f%%)",
+        writer.path,
+        writer.num_demos,
+        samples,
+        info["pc_success"],
+    )
+    return writer.path

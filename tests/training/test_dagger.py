@@ -1,0 +1,118 @@
+"""`ee-vla dagger`: on-policy episodes labelled by the scripted expert, in the demonstrations' schema."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+
+import sim_envs  # noqa: F401  (registers the ids)
+from ee_vla.training.dagger import DaggerConfig, DaggerConfigError, collect_on_policy
+from ee_vla.training.data import scan_dataset
+from sim_envs.collect import load_dataset
+from sim_envs.experts import make_expert
+
+ENVS = ["ee_vla/Reach-v0", "ee_vla/Place-v0"]
+
+
+def _config(policy, out, **kw) -> DaggerConfig:
+    base = dict(
+        policy=policy,
+        out=out,
+        env=ENVS,
+        episodes=2,
+        num_envs=2,
+        vector="sync",
+        image_size=32,
+        device="cpu",
+        decoder="jacobi",
+        progress=False,
+        seed=5,
+    )
+    return DaggerConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def dagger_file(tiny_vla_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dagger")
+    return collect_on_policy(_config(tiny_vla_dir, out))
+
+
+def test_labels_are_the_experts_on_the_states_the_policy_visited(dagger_file):
+    """Replaying the executed actions from each episode's seed gives the stored images, and at
+    every one of them a fresh expert (advanced along the same states) says the stored label."""
+    ds = load_dataset(dagger_file)
+    assert len(ds) == 4 and ds.env_ids == ENVS
+    assert [e.env_id for e in ds] == [ENVS[0]] * 2 + [ENVS[1]] * 2
+    for ep in ds:
+        assert ep.executed_actions is not None and ep.executed_actions.shape == ep.actions.shape
+        assert ep.task_points is not None and len(ep.task_points) == len(ep)
+        env = gym.make(ep.env_id, image_size=32)
+        expert = make_expert(env)
+        try:
+            obs, _ = env.reset(seed=ep.seed)
+            expert.reset()
+            for t in range(len(ep)):
+                np.testing.assert_array_equal(obs["pixels"], ep.pixels[t])
+                np.testing.assert_allclose(expert.act(), ep.actions[t], atol=1e-6)
+                np.testing.assert_allclose(env.unwrapped.task_points(), ep.task_points[t], atol=1e-6)
+                obs, _, terminated, truncated, info = env.step(ep.executed_actions[t])
+            assert terminated or truncated  # the episode ended where the file ends
+            assert bool(info["is_success"]) == ep.success
+        finally:
+            env.close()
+    # a random policy acts, not the expert: the labels are not what was executed
+    ep = ds[3]
+    assert np.abs(ep.actions - ep.executed_actions).mean() > 0.05
+
+
+def test_schema_and_failed_episodes_are_kept_for_training(dagger_file):
+    with h5py.File(dagger_file) as f:
+        data = f["data"]
+        assert data.attrs["source"] == "dagger" and int(data.attrs["num_demos"]) == 4
+        for name in data:
+            assert data[name].attrs["labels"] == "expert"
+            assert data[name].attrs["decoder"] == "jacobi"
+    ds = load_dataset(dagger_file)
+    failed = sum(not e.success for e in ds)
+    assert failed >= 1  # a random tiny policy does not place objects
+    eps = scan_dataset([dagger_file], success_only=True)
+    assert len(eps) == 4  # expert labels: kept whatever the outcome
+    info = (dagger_file.parent / "dagger_info.json").read_text()
+    assert '"pc_success"' in info and '"ee_vla/Place-v0"' in info
+
+
+def test_time_budget_stops_new_episodes(tiny_vla_dir, tmp_path):
+    path = collect_on_policy(_config(tiny_vla_dir, tmp_path, env=[ENVS[0]], episodes=6, max_minutes=1e-6))
+    assert len(load_dataset(path)) == 2  # the first num_envs episodes run; no new one starts
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"episodes": 0}, "episodes"),
+        ({"num_envs": 0}, "num_envs"),
+        ({"max_minutes": 0.0}, "max_minutes"),
+        ({"compression_level": 11}, "compression_level"),
+    ],
+)
+def test_config_errors_name_the_field(tiny_vla_dir, tmp_path, kw, field):
+    with pytest.raises(DaggerConfigError, match=field):
+        _config(tiny_vla_dir, tmp_path, **kw)
+
+
+def test_config_refuses_a_missing_policy_and_an_existing_file(tiny_vla_dir, dagger_file, tmp_path):
+    with pytest.raises(DaggerConfigError, match="not a model directory"):
+        _config(tmp_path / "nothing", tmp_path)
+    with pytest.raises(DaggerConfigError, match="exists"):
+        _config(tiny_vla_dir, dagger_file.parent)
+    _config(tiny_vla_dir, dagger_file.parent, overwrite=True)
+
+
+def test_unknown_env_id_fails_before_any_rollout(tiny_vla_dir, tmp_path):
+    from ee_vla.evaluation import EvalConfigError
+
+    with pytest.raises(EvalConfigError, match="ee_vla/Nope-v0"):
+        collect_on_policy(_config(tiny_vla_dir, tmp_path, env=["ee_vla/Nope-v0"]))
+    assert not (tmp_path / "demos.hdf5").exists()
