@@ -6,6 +6,7 @@
 #   BUDGET_S=560 NPROC=2 bash scripts/finetune_default.sh          # all stages, DDP over 2 GPUs
 #   STAGES="train eval" INIT=outputs/ft1/model bash scripts/finetune_default.sh
 #   STAGES="collect dagger train export" DAGGER_EPISODES=500 ... bash scripts/finetune_default.sh
+#   STAGES="train" EXTRA_DATA="data/suite-dagger0 data/suite-dagger1" ... bash scripts/finetune_default.sh
 #
 # 1. collect: DEMOS scripted-expert demonstrations per suite task (skipped when $DATA exists);
 #    dagger:  (only when named in STAGES) `ee-vla dagger`: $INIT acts (CEED) in DAGGER_EPISODES
@@ -42,7 +43,7 @@ E="${E:-ee-vla}"
 DAGGER_EPISODES="${DAGGER_EPISODES:-300}"
 DAGGER_SEED="${DAGGER_SEED:-$(( 200000 + 1000 * SEED ))}"
 DAGGER_MIN="${DAGGER_MIN:-3}"
-DAGGER_DATA=()
+read -r -a DAGGER_DATA <<<"${EXTRA_DATA:-}"        # more data dirs to train on (e.g. an earlier dagger stage's)
 WORKERS="${WORKERS:-$(( ($(nproc) - 2) / NPROC ))}"  # DataLoader workers per process: they render the scenes
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -96,6 +97,6 @@ if has export && [ -n "$EXPORT" ]; then
   mkdir -p "$EXPORT"
   tar -czf "$EXPORT/model.tgz" -C "$RUN" model
   for f in metrics.jsonl loss.png eval/eval_info.json; do [ -f "$RUN/$f" ] && cp "$RUN/$f" "$EXPORT/"; done
-  for d in "${DAGGER_DATA[@]}"; do cp "$d/dagger_info.json" "$EXPORT/$(basename "$d")_info.json"; done
+  for d in "${DAGGER_DATA[@]}"; do cp "$d/dagger_info.json" "$EXPORT/$(basename "$d")_info.json" || true; done
   echo "=== exported to $EXPORT (t=${SECONDS}s)"
 fi

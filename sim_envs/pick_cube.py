@@ -49,6 +49,7 @@ class PickCubeEnv(TabletopEnv):
     | condition                                                    | effect |
     |--------------------------------------------------------------|--------|
     | target held by both fingers and lifted > 0.06 m              | `info["is_success"] = True`, terminated |
+    | the target falls off the table (centre 5 cm below its top)  | `info["target_lost"] = True`, terminated (failed) |
     | 80 steps (`max_episode_steps`)                               | truncated (TimeLimit) |
 
     ## Starting state

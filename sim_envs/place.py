@@ -49,6 +49,7 @@ class PlaceEnv(TabletopEnv):
     | condition                                                       | effect |
     |-----------------------------------------------------------------|--------|
     | target within 4.5 cm of the named plate's centre, on it, released | `info["is_success"] = True`, terminated |
+    | the target falls off the table (centre 5 cm below its top)  | `info["target_lost"] = True`, terminated (failed) |
     | 120 steps (`max_episode_steps`)                                 | truncated (TimeLimit) |
 
     "Resting on it" means the object's centre is at most 1.5 cm above its height when standing on

@@ -54,6 +54,7 @@ class PushEnv(TabletopEnv):
     | condition                                                         | effect |
     |-------------------------------------------------------------------|--------|
     | target within 0.04 m of the circle centre and resting on the table | `info["is_success"] = True`, terminated |
+    | the target falls off the table (centre 5 cm below its top)  | `info["target_lost"] = True`, terminated (failed) |
     | 100 steps (`max_episode_steps`)                                   | truncated (TimeLimit) |
 
     ## Starting state

@@ -46,6 +46,7 @@ class ReachEnv(TabletopEnv):
     | condition                                   | effect |
     |---------------------------------------------|--------|
     | `dist(tcp, target centre) < 0.04 m`         | `info["is_success"] = True`, terminated |
+    | the target falls off the table (centre 5 cm below its top)  | `info["target_lost"] = True`, terminated (failed) |
     | 50 steps (`max_episode_steps`)              | truncated (TimeLimit) |
 
     ## Starting state

@@ -44,6 +44,9 @@ WORKSPACE_HIGH = np.array([0.25, 0.22, 0.30])
 """Bounds of the commanded tool-centre point (TCP); z is height above the table top."""
 FINGER_TRAVEL = 0.04
 """Each finger slides 0..0.04 m outwards; the jaw opening is about 0.002..0.082 m."""
+LOST_Z = -0.05
+"""An object whose centre is this far below the table top has fallen off the table (or been flung
+off it): an episode whose target does so ends, failed (`info["target_lost"]`)."""
 MAX_LAG = 0.06
 """The commanded target never leads the real TCP by more than this (keeps the weld force bounded
 when the gripper pushes against an object)."""
@@ -484,7 +487,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         mujoco.mj_step(self.model, self.data, nstep=10)
         self._obj_rest_z = np.array([self.object_pos(i)[2] for i in range(self.n_objects)])
         _, success = self._evaluate()
-        return self._get_obs(), self._info(success)
+        return self._get_obs(), {**self._info(success), "target_lost": False}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         a = validate_action(action)
@@ -509,7 +512,9 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         if not np.isfinite(self.data.qpos).all():
             raise RuntimeError("the simulation diverged (non-finite state)")
         reward, success = self._evaluate()
-        return self._get_obs(), float(reward), bool(success), False, self._info(success)
+        lost = bool(self.target_pos[2] < LOST_Z)  # unrecoverable: no scene is left to act in
+        info = {**self._info(success), "target_lost": lost}
+        return self._get_obs(), float(reward), bool(success) or lost, False, info
 
     def _info(self, success: bool) -> dict:
         return {

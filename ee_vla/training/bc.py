@@ -32,6 +32,7 @@ from ee_vla.training.data import (
     instruction_corpus,
     load_pixels,
     model_dims,
+    model_point_stats,
     scan_dataset,
     scene_sources,
     split_episodes,
@@ -226,6 +227,10 @@ def train(cfg: TrainConfig) -> Path:
     resume_from = resolve_run_dir(cfg)
     stats = _check_inputs(cfg, train_eps, resume_from)
     point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None
+    src = resume_from or (Path(cfg.init_from) if cfg.init_from else None)
+    if point_stats is not None and src is not None and (kept := model_point_stats(src)) is not None:
+        log.info("grounding answers keep the discretisation of %s", src)
+        point_stats = kept
     # the tasks and camera of fresh grounding scenes (fails now if the data's tasks cannot be rendered)
     scenes = scene_sources(train_eps) if point_stats is not None and cfg.grounding_source == "scenes" else None
     rt = init_runtime(cfg.device)

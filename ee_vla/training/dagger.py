@@ -144,6 +144,7 @@ class _Labeller:
         self.env_id, self.writer, self.attrs = env_id, writer, attrs
         self.buffers: dict[int, dict[str, list]] = {}
         self.outcomes: list[bool] = []
+        self.lost: list[bool] = []
 
     def observe(self, ep, obs: dict, info: dict, slot: int) -> None:
         label = _slot_value(info, "expert_action", slot)
@@ -151,6 +152,7 @@ class _Labeller:
             raise RuntimeError(f"{self.env_id}: the env gave no info['expert_action'] (not wrapped in ExpertLabels?)")
         keys = ("pixels", "pos", "label", "points", "act", "reward")
         buf = self.buffers.setdefault(ep.episode_ix, {k: [] for k in keys})
+        buf["target_lost"] = bool(_slot_value(info, "target_lost", slot))
         buf["pixels"].append(np.array(obs["pixels"][slot], copy=True))
         if "agent_pos" in obs:
             buf["pos"].append(np.asarray(obs["agent_pos"][slot], dtype=np.float32))
@@ -172,6 +174,7 @@ class _Labeller:
         if t == 0:
             return
         self.outcomes.append(bool(ep.success))
+        self.lost.append(buf["target_lost"])
         self.writer.add(
             Episode(
                 pixels=np.stack(buf["pixels"][:t]),
@@ -186,6 +189,7 @@ class _Labeller:
                 executed_actions=np.stack(buf["act"]),
             ),
             labels="expert",
+            target_lost=buf["target_lost"],
             **self.attrs,
         )
 
@@ -236,7 +240,11 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
                 roll.run()
                 wins = sum(labeller.outcomes)
                 n = len(labeller.outcomes)
-                per_env[env_id] = {"episodes": n, "pc_success": 100.0 * wins / max(n, 1)}
+                per_env[env_id] = {
+                    "episodes": n,
+                    "pc_success": 100.0 * wins / max(n, 1),
+                    "target_lost": sum(labeller.lost),  # episodes ended by the target leaving the table
+                }
                 log.info("%s: policy success %.1f%% while collecting", env_id, per_env[env_id]["pc_success"])
         samples = writer.total
     info = {

@@ -322,6 +322,19 @@ def compute_point_stats(episodes: list[Episode]) -> ActionStats:
     return ActionStats.from_actions(np.concatenate([e.task_points for e in episodes]))
 
 
+def model_point_stats(model_dir: str | Path) -> ActionStats | None:
+    """The grounding answers' discretisation range a model was trained with (its `ee_vla.json`
+    meta.grounding.stats), None when it was trained without grounding questions. Continued training
+    keeps it: recomputing it from new data would move every answer's bins under the model."""
+    import json
+
+    from ee_vla.models.vla import EE_VLA_FILE
+
+    path = Path(model_dir) / EE_VLA_FILE
+    stats = json.loads(path.read_text()).get("meta", {}).get("grounding", {}).get("stats")
+    return ActionStats.from_dict(stats) if stats else None
+
+
 def instruction_corpus(episodes: list[Episode], template: str) -> list[str]:
     """Prompt strings of the distinct instructions, to train the BPE text tokenizer on. The
     instruction is normalised as `VLA.prompt_ids` does before it fills the template."""

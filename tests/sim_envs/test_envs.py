@@ -161,3 +161,25 @@ def test_suite_does_not_import_metaworld():
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=repo)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("env_id", sim_envs.SUITE_ENV_IDS)
+def test_target_falling_off_the_table_ends_the_episode_failed(env_id):
+    env = gym.make(env_id, image_size=32)
+    try:
+        _, info = env.reset(seed=3)
+        assert info["target_lost"] is False
+        base = env.unwrapped
+        adr = base._obj_qpos[base.target_index]
+        base.data.qpos[adr : adr + 3] = [0.6, 0.0, 0.05]  # past the table's edge (x = 0.45)
+        hold = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+        steps = 0
+        for _ in range(20):
+            _, _, terminated, truncated, info = env.step(hold)
+            steps += 1
+            if terminated:
+                break
+        assert terminated and not truncated and steps > 1  # it fell first
+        assert info["target_lost"] is True and info["is_success"] is False
+    finally:
+        env.close()

@@ -173,6 +173,20 @@ def test_train_with_grounding_and_validation(write_demo, tmp_path):
     assert meta["spec"]["patch_size"] == 8
     VLA.from_pretrained(model_dir)  # reloads
 
+    # continued training on data with a far-off point (an object flung off the table in on-policy
+    # data) keeps the model's discretisation of the answers instead of recomputing it
+    import h5py
+
+    with h5py.File(data, "a") as f:
+        f["data/demo_0/privileged/task_points"][:, 2] = -100.0
+    moved = compute_point_stats(scan_dataset([data]))
+    kept = json.loads((model_dir / "ee_vla.json").read_text())["meta"]["grounding"]["stats"]
+    assert moved.q01[2] != pytest.approx(kept["q01"][2])
+    model2, _ = _train_tiny(
+        data, tmp_path / "run2", chunk_size=2, steps=2, eval_every=0, grounding_fraction=0.3, init_from=str(model_dir)
+    )
+    assert json.loads((model2 / "ee_vla.json").read_text())["meta"]["grounding"]["stats"] == kept
+
 
 def test_grounding_without_task_points_fails_before_compute(write_demo, tmp_path):
     from ee_vla.training.bc import train
