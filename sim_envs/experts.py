@@ -3,8 +3,10 @@ emits, for data collection and as an upper bound in evaluation.
 
 Translation and rotation are proportional control on the error, scaled by the env's per-step
 limits and clipped by the vector norm (so actions shrink smoothly near a goal and are saturated only
-when far away: they tokenise well); the gripper is -1 (open) or +1 (closed). Each expert is a small
-state machine that re-plans from the current state, so a slipped grasp or a rotated cube is retried.
+when far away: they tokenise well); the gripper is -1 (open) or +1 (closed). Each expert's action
+is a function of the current state only (its phase is read off the state, never remembered), so a
+slipped grasp or a rotated cube is retried, and its labels of states another policy visited
+(`ExpertLabels`, `ee-vla dagger`) are the ones it would give on its own way through them.
 """
 
 from __future__ import annotations
@@ -87,120 +89,91 @@ class ReachExpert:
         return _action(_translate(tcp, goal), _rotate(s, s["commanded_euler"][2]), OPEN)
 
 
-class _GraspMachine:
-    """approach (above, aligned) -> descend -> close -> lift; shared by Pick and Place."""
+def _grasp(s: dict, lift_z: float) -> np.ndarray | None:
+    """The action that grasps the target and lifts it to `lift_z`, or None once it is held there.
 
-    def __init__(self, env: TabletopEnv, lift_z: float):
-        self.env = env
-        self.lift_z = lift_z
-        self.reset()
-
-    def reset(self) -> None:
-        self.stage = "approach"
-        self.wait = 0
-
-    def grasp_step(self, s: dict) -> np.ndarray | None:
-        """The action while grasping, or None once the target is held at `lift_z`."""
-        tcp, obj, euler = s["tcp_pos"], s["target_pos"], s["gripper_euler"]
-        yaw = _grasp_yaw(s)
-        rot = _rotate(s, yaw)
-        xy_err = float(np.linalg.norm(tcp[:2] - obj[:2]))
-        if self.stage in ("close", "lift", "done") and not s["target_grasped"] and self.wait > 4:
-            self.stage = "approach"  # lost it: start over
-        if self.stage == "approach":
-            if xy_err < 0.01 and abs(wrap_half_turn(yaw - euler[2])) < 0.08:
-                self.stage = "descend"
-            else:
-                above = obj + np.array([0.0, 0.0, 0.07])
-                return _action(_translate(tcp, above), rot, OPEN)
-        if self.stage == "descend":
-            if xy_err > 0.02:
-                self.stage = "approach"
-                return _action(_translate(tcp, obj + np.array([0.0, 0.0, 0.07])), rot, OPEN)
-            if tcp[2] - obj[2] < 0.006:
-                self.stage, self.wait = "close", 0
-            else:
-                return _action(_translate(tcp, obj), rot, OPEN)
-        if self.stage == "close":
-            self.wait += 1
-            if self.wait > 3:
-                self.stage = "lift"
-            return _action(np.zeros(3), np.zeros(3), CLOSE)
-        self.wait += 1
-        target = np.array([tcp[0], tcp[1], self.lift_z])
-        if self.stage == "lift" and abs(tcp[2] - self.lift_z) > 0.01:
-            return _action(_translate(tcp, target), _rotate(s, s["commanded_euler"][2]), CLOSE)
-        self.stage = "done"
+    A function of the current state only: above the target (aligned) -> down to it -> close ->
+    lift. Each phase is read off the state (held? how high above the target? how far off in xy?),
+    with wider tolerances once lower down so that a descent is not abandoned for a few millimetres.
+    """
+    tcp, obj, euler = s["tcp_pos"], s["target_pos"], s["gripper_euler"]
+    yaw = _grasp_yaw(s)
+    rot = _rotate(s, yaw)
+    xy_err = float(np.linalg.norm(tcp[:2] - obj[:2]))
+    height = float(tcp[2] - obj[2])
+    if s["target_grasped"]:
+        if abs(tcp[2] - lift_z) > 0.01:
+            return _action(_translate(tcp, [tcp[0], tcp[1], lift_z]), _rotate(s, s["commanded_euler"][2]), CLOSE)
         return None
+    above = obj + np.array([0.0, 0.0, 0.07])
+    if height < 0.006 and xy_err < 0.02:  # at the target: close, unless the fingers met nothing
+        if s["gripper_opening"] < OBJECT_HALF:
+            return _action(_translate(tcp, above), rot, OPEN)
+        return _action(np.zeros(3), np.zeros(3), CLOSE)
+    aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.08
+    if (xy_err < 0.01 and aligned) or (height < 0.05 and xy_err < 0.02):
+        return _action(_translate(tcp, obj), rot, OPEN)
+    return _action(_translate(tcp, above), rot, OPEN)
 
 
-class PickExpert(_GraspMachine):
+class PickExpert:
     """Grasp the named object and lift it 12 cm."""
 
+    LIFT_Z = 0.14
+
     def __init__(self, env: TabletopEnv):
-        super().__init__(env, lift_z=0.14)
+        self.env = env
+
+    def reset(self) -> None:
+        pass
 
     def act(self) -> np.ndarray:
-        s = self.env.privileged_state()
-        a = self.grasp_step(s)
+        a = _grasp(self.env.privileged_state(), self.LIFT_Z)
         if a is None:  # held up high: keep still (success ends the episode)
             return _action(np.zeros(3), np.zeros(3), CLOSE)
         return a
 
 
-class PlaceExpert(_GraspMachine):
+class PlaceExpert:
     """Grasp the named object, carry it above the named plate, lower it, open, retreat."""
 
+    LIFT_Z = 0.1
+
     def __init__(self, env: TabletopEnv):
-        super().__init__(env, lift_z=0.1)
+        self.env = env
 
     def reset(self) -> None:
-        super().reset()
-        self.place_stage = "carry"
+        pass
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
-        if self.place_stage in ("release", "retreat") and self._dropped_off_plate(s):
-            self.reset()  # let go away from the plate (only under another policy's control): grasp again
-        if self.place_stage in ("release", "retreat"):
-            return self._release(s)
-        a = self.grasp_step(s)
-        if a is not None:
-            self.place_stage = "carry"
-            return a
-        tcp, plate = s["tcp_pos"], s["plate_xy"]
-        rot = _rotate(s, s["commanded_euler"][2])
-        offset = tcp[:2] - s["target_pos"][:2]  # where the object sits in the hand
+        tcp, obj, plate = s["tcp_pos"], s["target_pos"], s["plate_xy"]
+        hold = _rotate(s, s["commanded_euler"][2])
+        on_plate = np.linalg.norm(obj[:2] - plate) < PLATE_RADIUS - PLACE_MARGIN
+        rest_z = 2 * PLATE_HALF_HEIGHT + OBJECT_HALF  # the object's centre when it stands on the plate
+        if not s["target_grasped"]:
+            if on_plate and obj[2] < rest_z + 0.015:  # let go on the plate: open and retreat
+                return _action(_translate(tcp, [tcp[0], tcp[1], 0.15]), hold, OPEN)
+            return _grasp(s, self.LIFT_Z)  # never lifted here: the target is held below
+        offset = tcp[:2] - obj[:2]  # where the object sits in the hand
         xy_goal = plate + offset
-        if self.place_stage == "carry":
-            if np.linalg.norm(tcp[:2] - xy_goal) < 0.008:
-                self.place_stage = "lower"
-            else:
-                return _action(_translate(tcp, [*xy_goal, self.lift_z], max_speed=0.8), rot, CLOSE)
-        # lower until the object is just above the plate surface
-        z_goal = tcp[2] - (s["target_pos"][2] - (2 * PLATE_HALF_HEIGHT + OBJECT_HALF + 0.004))
+        xy_err = float(np.linalg.norm(tcp[:2] - xy_goal))
+        lowering = xy_err < 0.008 or (xy_err < 0.02 and tcp[2] < self.LIFT_Z - 0.02)
+        if not lowering:
+            if xy_err > 0.02 and tcp[2] < self.LIFT_Z - 0.01:  # just grasped: straight up first
+                return _action(_translate(tcp, [tcp[0], tcp[1], self.LIFT_Z]), hold, CLOSE)
+            return _action(_translate(tcp, [*xy_goal, self.LIFT_Z], max_speed=0.8), hold, CLOSE)
+        z_goal = tcp[2] - (obj[2] - (rest_z + 0.004))  # the object just above the plate's surface
         if tcp[2] - z_goal > 0.004:
-            return _action(_translate(tcp, [*xy_goal, z_goal], max_speed=0.6), rot, CLOSE)
-        self.place_stage, self.wait = "release", 0
-        return self._release(s)
-
-    def _dropped_off_plate(self, s: dict) -> bool:
-        off = np.linalg.norm(s["target_pos"][:2] - s["plate_xy"]) > PLATE_RADIUS - PLACE_MARGIN
-        return bool(off and not s["target_grasped"] and self.wait > 3)
-
-    def _release(self, s: dict) -> np.ndarray:
-        tcp = s["tcp_pos"]
-        self.wait += 1
-        if self.wait <= 3:
-            return _action(np.zeros(3), np.zeros(3), OPEN)
-        self.place_stage = "retreat"
-        return _action(_translate(tcp, [tcp[0], tcp[1], 0.15]), _rotate(s, s["commanded_euler"][2]), OPEN)
+            return _action(_translate(tcp, [*xy_goal, z_goal], max_speed=0.6), hold, CLOSE)
+        return _action(np.zeros(3), np.zeros(3), OPEN)  # release
 
 
 class PushExpert:
     """Closed fingers as a pusher: turn the gripper so its fingers' flat side faces the push
     direction, go behind the object (relative to the circle) above it, drop to table height and push
-    along the object-to-circle line; lift and re-approach if the object drifts off the line."""
+    along the object-to-circle line; lift and re-approach if the object drifts off the line.
+    Like the grasping experts, the phase is read off the current state."""
 
     PUSH_Z = 0.016
     SAFE_Z = 0.075
@@ -209,10 +182,9 @@ class PushExpert:
 
     def __init__(self, env: TabletopEnv):
         self.env = env
-        self.reset()
 
     def reset(self) -> None:
-        self.stage = "approach"
+        pass
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
@@ -226,27 +198,19 @@ class PushExpert:
         behind = -float(np.dot(rel, d))  # how far the pusher is behind the object along the line
         lateral = abs(float(rel[0] * d[1] - rel[1] * d[0]))
         pre = obj[:2] - d * self.BEHIND
-        if self.stage == "push" and (lateral > 0.015 or behind < 0.015):
-            self.stage = "approach"
-        if self.stage == "approach":
-            aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.1
-            if np.linalg.norm(tcp[:2] - pre) < 0.01 and aligned:
-                self.stage = "descend"
-            elif tcp[2] < self.SAFE_Z - 0.01 and np.linalg.norm(tcp[:2] - pre) > 0.02:
-                return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # up first
-            else:
-                return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)
-        if self.stage == "descend":
-            if np.linalg.norm(tcp[:2] - pre) > 0.02:
-                self.stage = "approach"
-                return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)
-            if tcp[2] - self.PUSH_Z > 0.006:
-                return _action(_translate(tcp, [*pre, self.PUSH_Z]), rot, CLOSE)
-            self.stage = "push"
-        # push: track a point a little ahead of the contact point on the line through the object,
-        # which also steers the pusher back onto the line
-        target = obj[:2] - d * self.CONTACT + d * min(dist, 0.02)
-        return _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
+        to_pre = float(np.linalg.norm(tcp[:2] - pre))
+        low = tcp[2] < self.SAFE_Z - 0.01
+        if tcp[2] - self.PUSH_Z <= 0.006 and lateral <= 0.015 and behind >= 0.015:
+            # push: track a point a little ahead of the contact point on the line through the
+            # object, which also steers the pusher back onto the line
+            target = obj[:2] - d * self.CONTACT + d * min(dist, 0.02)
+            return _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
+        aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.1
+        if (to_pre < 0.01 and aligned) or (low and to_pre < 0.02):
+            return _action(_translate(tcp, [*pre, self.PUSH_Z]), rot, CLOSE)  # down behind the object
+        if low:
+            return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # up first
+        return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)
 
 
 class MetaWorldExpert:
