@@ -106,8 +106,13 @@ def _grasp(s: dict, lift_z: float) -> np.ndarray | None:
             return _action(_translate(tcp, [tcp[0], tcp[1], lift_z]), _rotate(s, s["commanded_euler"][2]), CLOSE)
         return None
     above = obj + np.array([0.0, 0.0, 0.07])
+    opening = s["gripper_opening"]
+    if s["gripper_closing"] and xy_err < 0.02 and height < 0.015 and opening > 2 * OBJECT_HALF + 0.015:
+        # closing, but a finger is held off the target (on a plate's rim, say): rise a little while
+        # closing, so that the fingers clear the obstacle and close on the target's upper half
+        return _action(_translate(tcp, obj + np.array([0.0, 0.0, 0.012])), np.zeros(3), CLOSE)
     if height < 0.006 and xy_err < 0.02:  # at the target: close, unless the fingers met nothing
-        if s["gripper_opening"] < OBJECT_HALF:
+        if opening < OBJECT_HALF:
             return _action(_translate(tcp, above), rot, OPEN)
         return _action(np.zeros(3), np.zeros(3), CLOSE)
     aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.08

@@ -444,6 +444,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             "gripper_euler": self.gripper_euler,
             "commanded_euler": self._cmd_euler.copy(),
             "gripper_opening": self.gripper_opening,
+            "gripper_closing": bool(self.data.ctrl[0] < FINGER_TRAVEL / 2),  # the last gripper command
             "target_index": self.target_index,
             "target_pos": self.target_pos,
             "target_yaw": self.object_yaw(self.target_index),

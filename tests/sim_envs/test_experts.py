@@ -143,3 +143,23 @@ def test_expert_labels_depend_on_the_state_only(env_id):
                 break
     finally:
         env.close()
+
+
+def test_place_expert_grasps_past_a_plate_rim_under_a_finger():
+    """Seed 10 of Place puts a plate's rim under a finger at grasp height: closing there stalls,
+    and closing while standing still stalls forever. The expert rises a little while closing."""
+    env = gym.make("ee_vla/Place-v0", image_size=32)
+    expert = make_expert(env)
+    try:
+        env.reset(seed=10)
+        stalled = False
+        while True:
+            a = expert.act()
+            s = env.unwrapped.privileged_state()
+            stalled |= bool(s["gripper_closing"] and s["gripper_opening"] > 0.06 and a[2] > 0 and a[6] == 1.0)
+            _, _, terminated, truncated, info = env.step(a)
+            if terminated or truncated:
+                break
+        assert stalled and info["is_success"]
+    finally:
+        env.close()
