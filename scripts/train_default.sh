@@ -22,6 +22,11 @@
 #   ABLATE=1 bash scripts/train_default.sh        # + the mixed-label ablation, reusing the trajectories
 #   NPROC=2 bash scripts/train_default.sh         # torchrun DDP over 2 GPUs for stages 2-3 and 5
 #
+# The demonstrations of stages 1 and 5 come from the scripted experts as they were until commit
+# 8cfa2a2 (they remembered their phase); since session 10 the experts read the phase off the state
+# (Pick and Place demonstrations are ~3 steps shorter), so to reproduce the shipped default exactly,
+# run this script from a checkout of 8cfa2a2 (`git worktree add ../ee_vla_8cfa2a2 8cfa2a2`).
+#
 # Every stage is skipped when its result exists. Seeds are fixed (SEED). The pre-training schedule is
 # 3000 steps long but was stopped by the device's time limit at 2250 (--stop-after reproduces that).
 set -euo pipefail

@@ -116,3 +116,18 @@ def test_unknown_env_id_fails_before_any_rollout(tiny_vla_dir, tmp_path):
     with pytest.raises(EvalConfigError, match="ee_vla/Nope-v0"):
         collect_on_policy(_config(tiny_vla_dir, tmp_path, env=["ee_vla/Nope-v0"]))
     assert not (tmp_path / "demos.hdf5").exists()
+
+
+def test_dagger_report_replays_the_file_exactly(dagger_file, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "dagger_report.py"
+    spec = importlib.util.spec_from_file_location("dagger_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.main([str(dagger_file), "--replay"]) == 0
+    out = capsys.readouterr().out
+    assert "replay: 0 of" in out and "ee_vla/Place-v0" in out
+    rows = report.disagreement(load_dataset(dagger_file))
+    assert sum(r["episodes"] for r in rows) == 4 and all(0 <= r["gripper_disagree"] <= 1 for r in rows)

@@ -1,0 +1,105 @@
+"""How far an on-policy file's expert labels are from what the policy did (`ee-vla dagger` output).
+
+    python scripts/dagger_report.py data/dagger            # per task and outcome
+    python scripts/dagger_report.py data/dagger --replay   # + re-simulate every episode and check
+                                                           #   each stored image and label
+
+Per task and episode outcome: episodes, samples, the mean |label - executed| per action dim, and
+the fraction of steps where the gripper label and the executed gripper command differ in sign.
+On episodes the policy succeeded in, a large gripper disagreement means the expert would label
+the policy's own successful path differently from how it acts: labels that contradict
+demonstrations (docs/training.md, "Session-10"). `--replay` resets each episode's env with its
+seed, executes the stored `executed_actions` and compares every image and a fresh expert's label
+with the file (it must be 0 mismatched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def disagreement(ds) -> list[dict]:
+    groups: dict[tuple[str, bool], list[np.ndarray]] = collections.defaultdict(list)
+    for ep in ds:
+        if ep.executed_actions is None:
+            raise SystemExit(
+                f"{ds.path}: episode of seed {ep.seed} has no executed_actions (not an ee-vla dagger file)"
+            )
+        groups[(ep.env_id, ep.success)].append(ep.actions - ep.executed_actions)
+    rows = []
+    for (env_id, success), diffs in sorted(groups.items()):
+        d = np.concatenate(diffs)
+        labels_vs_exec = np.abs(d)
+        rows.append(
+            {
+                "env_id": env_id,
+                "success": success,
+                "episodes": len(diffs),
+                "samples": len(d),
+                "mean_abs_diff": labels_vs_exec.mean(0).round(3).tolist(),
+                "gripper_disagree": float((labels_vs_exec[:, 6] > 1.0).mean()),
+            }
+        )
+    return rows
+
+
+def replay(ds) -> tuple[int, int]:
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401  (registers the ids)
+    from sim_envs.experts import make_expert
+
+    total = bad = 0
+    for ep in ds:
+        size = ep.pixels.shape[1]
+        env = gym.make(ep.env_id, image_size=size)
+        expert = make_expert(env)
+        try:
+            obs, _ = env.reset(seed=ep.seed)
+            expert.reset()
+            for t in range(len(ep)):
+                ok = np.array_equal(obs["pixels"], ep.pixels[t]) and np.allclose(expert.act(), ep.actions[t], atol=1e-5)
+                total += 1
+                bad += not ok
+                obs, *_ = env.step(ep.executed_actions[t])
+        finally:
+            env.close()
+    return total, bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="an ee-vla dagger output directory or its demos.hdf5")
+    parser.add_argument("--replay", action="store_true", help="re-simulate every episode and check images and labels")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from sim_envs.collect import load_dataset
+
+    ds = load_dataset(args.data)
+    print(
+        f"{'env id':<22} {'outcome':<8} {'eps':>5} {'samples':>8}  mean |label - executed| (7 dims)"
+        "       gripper disagree"
+    )
+    for r in disagreement(ds):
+        dims = " ".join(f"{x:5.3f}" for x in r["mean_abs_diff"])
+        outcome = "success" if r["success"] else "failed"
+        print(
+            f"{r['env_id']:<22} {outcome:<8} {r['episodes']:>5} {r['samples']:>8}  {dims}  {r['gripper_disagree']:6.1%}"
+        )
+    if args.replay:
+        total, bad = replay(ds)
+        print(f"replay: {bad} of {total} samples mismatched (image or label)")
+        return 1 if bad else 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
