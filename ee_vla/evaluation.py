@@ -331,18 +331,19 @@ def _make_env(
     env_modules: tuple[str, ...],
     max_episode_steps: int | None,
     kwargs: dict[str, Any],
-    expert_labels: bool = False,
+    expert_horizon: int = 0,
 ):
-    """One env (module-level so that async vector envs can pickle it); `expert_labels` wraps it in
-    `sim_envs.experts.ExpertLabels` (info["expert_action"] at every observation)."""
+    """One env (module-level so that async vector envs can pickle it); `expert_horizon` k > 0 wraps
+    it in `sim_envs.experts.ExpertLabels(env, k)` (info["expert_action"] at every observation, and
+    the expert's k-step plan when k > 1)."""
     import gymnasium
 
     _import_env_modules(env_modules)
     env = gymnasium.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
-    if expert_labels:
+    if expert_horizon:
         from sim_envs.experts import ExpertLabels
 
-        env = ExpertLabels(env)
+        env = ExpertLabels(env, expert_horizon)
     return env
 
 
@@ -402,11 +403,11 @@ def check_env_compatible(env_id: str, policy, cfg: EvalConfig) -> None:
             raise EvalConfigError(f"env {env_id!r}: the policy needs 'agent_pos' of {p} dims, the env gives {ap}")
 
 
-def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, expert_labels: bool = False):
+def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, expert_horizon: int = 0):
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
     fn = functools.partial(
-        _make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, dict(cfg.env_kwargs), expert_labels
+        _make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, dict(cfg.env_kwargs), expert_horizon
     )
     cls = SyncVectorEnv if cfg.vector == "sync" else AsyncVectorEnv
     return cls([fn] * n, autoreset_mode=AutoresetMode.DISABLED)
@@ -467,8 +468,8 @@ class Recorder:
     `ee_vla.training.dagger`), in order: each observation with its info, then the action executed
     after it and its reward, ..., the last observation, and the episode's end."""
 
-    expert_labels = False
-    """Whether the envs must be wrapped in `sim_envs.experts.ExpertLabels`."""
+    expert_horizon = 0
+    """k > 0: the envs are wrapped in `sim_envs.experts.ExpertLabels(env, k)`; 0: not wrapped."""
 
     def observe(self, ep: _Episode, obs: dict, info: dict, slot: int) -> None: ...
 
@@ -503,7 +504,7 @@ class _Rollout:
         cfg, policy = self.cfg, self.policy
         n = min(cfg.num_envs, cfg.episodes)
         rec = self.recorder
-        envs = _make_vector_env(self.env_id, n, cfg, expert_labels=rec is not None and rec.expert_labels)
+        envs = _make_vector_env(self.env_id, n, cfg, expert_horizon=rec.expert_horizon if rec is not None else 0)
         try:
             t0 = time.perf_counter()
             space = envs.single_action_space

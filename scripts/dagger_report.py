@@ -10,7 +10,7 @@ On episodes the policy succeeded in, a large gripper disagreement means the expe
 the policy's own successful path differently from how it acts: labels that contradict
 demonstrations (docs/training.md, "Session-10"). `--replay` resets each episode's env with its
 seed, executes the stored `executed_actions` and compares every image and a fresh expert's label
-with the file (it must be 0 mismatched).
+(and plan, where the file has `expert_chunks`) with the file (it must be 0 mismatched).
 """
 
 from __future__ import annotations
@@ -55,21 +55,22 @@ def replay(ds) -> tuple[int, int]:
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids)
-    from sim_envs.experts import make_expert
+    from sim_envs.experts import ExpertLabels
 
     total = bad = 0
     for ep in ds:
-        size = ep.pixels.shape[1]
-        env = gym.make(ep.env_id, image_size=size)
-        expert = make_expert(env)
+        horizon = 1 if ep.expert_chunks is None else ep.expert_chunks.shape[1]
+        env = ExpertLabels(gym.make(ep.env_id, image_size=ep.pixels.shape[1]), horizon)
         try:
-            obs, _ = env.reset(seed=ep.seed)
-            expert.reset()
+            obs, info = env.reset(seed=ep.seed)
             for t in range(len(ep)):
-                ok = np.array_equal(obs["pixels"], ep.pixels[t]) and np.allclose(expert.act(), ep.actions[t], atol=1e-5)
+                ok = np.array_equal(obs["pixels"], ep.pixels[t])
+                ok = ok and np.allclose(info["expert_action"], ep.actions[t], atol=1e-5)
+                if horizon > 1:
+                    ok = ok and np.allclose(info["expert_plan"], ep.expert_chunks[t], atol=1e-5)
                 total += 1
                 bad += not ok
-                obs, *_ = env.step(ep.executed_actions[t])
+                obs, _, _, _, info = env.step(ep.executed_actions[t])
         finally:
             env.close()
     return total, bad

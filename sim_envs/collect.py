@@ -19,6 +19,8 @@ instruction strings. The schema is documented in docs/sim_envs.md:
     data/demo_<i>/executed_actions  (T, 7) float32, only in on-policy data (`ee-vla dagger`, attr
                                     labels="expert"): what the policy executed; `actions` are then
                                     the expert's labels of the states the policy visited
+    data/demo_<i>/expert_chunks     (T, k, 7) float32, on-policy data only: the expert's plan of k
+                                    actions from obs[t] (the chunk target of that state)
     data/demo_<i>/rewards, dones    (T,) float32 / uint8
 """
 
@@ -128,6 +130,8 @@ class Episode:
     executed_actions: np.ndarray | None = None
     """(T, 7) float32: what was executed when it was not `actions` (on-policy data: `actions` are the
     expert's labels, `executed_actions` the policy's)."""
+    expert_chunks: np.ndarray | None = None
+    """(T, k, 7) float32: on-policy data, the expert's plan of k actions from each observation."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -234,6 +238,8 @@ def _write_demo(group, ep: Episode, level: int) -> None:
     group.create_dataset("actions", data=ep.actions)
     if ep.executed_actions is not None:
         group.create_dataset("executed_actions", data=ep.executed_actions)
+    if ep.expert_chunks is not None:
+        group.create_dataset("expert_chunks", data=ep.expert_chunks)
     group.create_dataset("rewards", data=ep.rewards)
     dones = np.zeros(len(ep), dtype=np.uint8)
     dones[-1] = 1
@@ -418,6 +424,7 @@ class DemoDataset:
             wrist = g["obs"]["wrist_pixels"][()] if "wrist_pixels" in g["obs"] else None
             points = g["privileged/task_points"][()] if "privileged/task_points" in g else None
             executed = g["executed_actions"][()] if "executed_actions" in g else None
+            chunks = g["expert_chunks"][()] if "expert_chunks" in g else None
             return Episode(
                 pixels=g["obs"]["pixels"][()],
                 agent_pos=g["obs"]["agent_pos"][()],
@@ -430,6 +437,7 @@ class DemoDataset:
                 wrist_pixels=wrist,
                 task_points=points,
                 executed_actions=executed,
+                expert_chunks=chunks,
             )
 
     def __iter__(self) -> Iterator[Episode]:

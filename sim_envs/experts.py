@@ -268,18 +268,35 @@ class ExpertLabels(gym.Wrapper):
     after every `reset` and `step`, whoever chooses the executed actions (on-policy data
     collection, `ee-vla dagger`), and the privileged `info["task_points"]` where the env has them.
 
-    The expert is advanced exactly once per observation, so its state machine follows the episode
-    as it would if it were acting.
+    With `horizon` k > 1 it also adds `info["expert_plan"]` (k, 7): the expert's next k actions
+    from the current state, simulated on a copy of it (`TabletopEnv.scratch`): the chunk the
+    expert would execute from here, where k consecutive labels of a policy's states would instead
+    correct deviations the policy itself made. Row 0 is `expert_action`. The experts act on the
+    state only, so a plan is what the expert would do.
     """
 
-    def __init__(self, env: gym.Env):
+    def __init__(self, env: gym.Env, horizon: int = 1):
         super().__init__(env)
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"ExpertLabels horizon must be an int >= 1, got {horizon!r}")
+        base = env.unwrapped
+        if horizon > 1 and not (hasattr(base, "scratch") and hasattr(base, "simulate")):
+            raise ValueError(f"{type(base).__name__} cannot simulate a copy of its state: use horizon=1")
         self.expert = make_expert(env)
-        self._points = getattr(env.unwrapped, "task_points", None)
+        self.horizon = horizon
+        self._points = getattr(base, "task_points", None)
 
     def _label(self, info: dict) -> dict:
         info = dict(info)
-        info["expert_action"] = np.asarray(self.expert.act(), dtype=np.float32)
+        action = np.asarray(self.expert.act(), dtype=np.float32)
+        info["expert_action"] = action
+        if self.horizon > 1:
+            plan = [action]
+            with self.env.unwrapped.scratch() as sim:
+                for _ in range(self.horizon - 1):
+                    sim.simulate(plan[-1])
+                    plan.append(np.asarray(self.expert.act(), dtype=np.float32))
+            info["expert_plan"] = np.stack(plan)
         if self._points is not None:
             info["task_points"] = np.asarray(self._points(), dtype=np.float32)
         return info

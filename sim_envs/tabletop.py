@@ -13,7 +13,10 @@ arm stuck in a bad configuration. The VLA-facing interface (end-effector delta a
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -491,6 +494,15 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         return self._get_obs(), {**self._info(success), "target_lost": False}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        self.simulate(action)
+        reward, success = self._evaluate()
+        lost = bool(self.target_pos[2] < LOST_Z)  # unrecoverable: no scene is left to act in
+        info = {**self._info(success), "target_lost": lost}
+        return self._get_obs(), float(reward), bool(success) or lost, False, info
+
+    def simulate(self, action: np.ndarray) -> None:
+        """The physics of one step (the action's motion and gripper command), without the
+        observation, reward or rendering: `step` calls it, and planners call it in `scratch()`."""
         a = validate_action(action)
         tcp = self.tcp_pos
         cmd = np.clip(self._cmd_pos + a[:3] * MAX_TRANSLATION, WORKSPACE_LOW, WORKSPACE_HIGH)
@@ -512,10 +524,19 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         self._cmd_pos, self._cmd_euler = cmd, euler
         if not np.isfinite(self.data.qpos).all():
             raise RuntimeError("the simulation diverged (non-finite state)")
-        reward, success = self._evaluate()
-        lost = bool(self.target_pos[2] < LOST_Z)  # unrecoverable: no scene is left to act in
-        info = {**self._info(success), "target_lost": lost}
-        return self._get_obs(), float(reward), bool(success) or lost, False, info
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[TabletopEnv]:
+        """Simulate on a copy of the current state: inside the block `simulate` (and
+        `privileged_state`) act on the copy; on exit the env is exactly as before, so what follows
+        is as if the block never ran (the expert's k-step plans of `ExpertLabels`)."""
+        data, commanded = self.data, (self._cmd_pos, self._cmd_euler)
+        self.data = copy.copy(data)
+        try:
+            yield self
+        finally:
+            self.data = data
+            self._cmd_pos, self._cmd_euler = commanded
 
     def _info(self, success: bool) -> dict:
         return {

@@ -17,9 +17,10 @@ union of the expert demonstrations and this file, e.g.
     ee-vla dagger --policy ee_vla/checkpoints/default --episodes 300 --out data/dagger1 --seed 200000
     ee-vla train --data data/suite data/dagger1 --init-from ee_vla/checkpoints/default ...
 
-Each label is the expert's action at the visited state; the k actions of a training chunk are the
-labels of k consecutive visited states (close to the expert's own k-step plan while the policy
-tracks it, and the states where it does not are the point). A `dagger_info.json` beside the file
+Each visited state also gets the expert's own plan for the policy's chunk (`chunk_labels`, stored
+as `expert_chunks`): the policy executes a chunk of k actions open loop, so the training target of
+a state is the k actions the expert would execute from it, not the labels of the next k visited
+states (those correct deviations the policy's own chunk made). A `dagger_info.json` beside the file
 records the policy's success rate during collection.
 """
 
@@ -76,6 +77,11 @@ class DaggerConfig:
     """Model dtype."""
     engine: EngineKind = "auto"
     """Decode engine (auto = CUDA graphs on a GPU, eager on a CPU)."""
+    chunk_labels: bool = True
+    """Also store, for every visited state, the expert's plan for the policy's chunk (its next
+    chunk_size actions, simulated on a copy of the state): `ee-vla train` then learns that chunk
+    for the state. False: a chunk's targets are the per-step labels of consecutive visited states,
+    which correct deviations the policy's own chunk caused (ee_vla suite only; Meta-World: False)."""
     max_minutes: float | None = None
     """Time budget, split evenly between the env ids: no new episode of an env id starts after its
     share (running ones finish), so a machine held for a fixed time gets a complete file. None = run
@@ -138,10 +144,9 @@ def _slot_value(info: dict, key: str, slot: int) -> Any:
 class _Labeller:
     """A `Recorder` of `_Rollout` that turns each finished episode into a labelled `Episode`."""
 
-    expert_labels = True
-
-    def __init__(self, env_id: str, writer, attrs: dict):
+    def __init__(self, env_id: str, writer, attrs: dict, horizon: int):
         self.env_id, self.writer, self.attrs = env_id, writer, attrs
+        self.expert_horizon = horizon
         self.buffers: dict[int, dict[str, list]] = {}
         self.outcomes: list[bool] = []
         self.lost: list[bool] = []
@@ -150,13 +155,15 @@ class _Labeller:
         label = _slot_value(info, "expert_action", slot)
         if label is None:
             raise RuntimeError(f"{self.env_id}: the env gave no info['expert_action'] (not wrapped in ExpertLabels?)")
-        keys = ("pixels", "pos", "label", "points", "act", "reward")
+        keys = ("pixels", "pos", "label", "plan", "points", "act", "reward")
         buf = self.buffers.setdefault(ep.episode_ix, {k: [] for k in keys})
         buf["target_lost"] = bool(_slot_value(info, "target_lost", slot))
         buf["pixels"].append(np.array(obs["pixels"][slot], copy=True))
         if "agent_pos" in obs:
             buf["pos"].append(np.asarray(obs["agent_pos"][slot], dtype=np.float32))
         buf["label"].append(np.asarray(label, dtype=np.float32))
+        if self.expert_horizon > 1:
+            buf["plan"].append(np.asarray(_slot_value(info, "expert_plan", slot), dtype=np.float32))
         points = _slot_value(info, "task_points", slot)
         if points is not None:
             buf["points"].append(np.asarray(points, dtype=np.float32))
@@ -187,6 +194,7 @@ class _Labeller:
                 rewards=np.asarray(buf["reward"], dtype=np.float32),
                 task_points=np.stack(buf["points"][:t]) if len(buf["points"]) >= t else None,
                 executed_actions=np.stack(buf["act"]),
+                expert_chunks=np.stack(buf["plan"][:t]) if buf["plan"] else None,
             ),
             labels="expert",
             target_lost=buf["target_lost"],
@@ -233,7 +241,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
         total = len(ecfg.env) * cfg.episodes
         with tqdm(total=total, desc="dagger", disable=not cfg.progress, unit="ep") as pbar:
             for i, env_id in enumerate(ecfg.env):
-                labeller = _Labeller(env_id, writer, attrs)
+                labeller = _Labeller(env_id, writer, attrs, policy.chunk_size if cfg.chunk_labels else 1)
                 roll = _Rollout(env_id, policy, ecfg, warm, cfg.out, pbar, 1 if i == 0 else 0, recorder=labeller)
                 if cfg.max_minutes is not None:
                     roll.stop_at = t0 + 60 * cfg.max_minutes * (i + 1) / len(ecfg.env)

@@ -65,6 +65,9 @@ class Episode:
     gather a batch from it with one fancy index instead of stacking per-item arrays."""
     frame_offset: int = 0
     """Index of this episode's first frame in `frames`."""
+    chunks: np.ndarray | None = None
+    """(T, k, A) float32 chunk targets given by the file (`expert_chunks` of on-policy data: the
+    expert's plan from each state), used instead of consecutive `actions`; None = build them."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -162,7 +165,19 @@ def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list
                             f"{src}/privileged/task_points must be a finite ({len(actions)}, D) array, "
                             f"got shape {points.shape}"
                         )
-                episodes.append(Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs, points))
+                chunks = None
+                if "expert_chunks" in g:
+                    chunks = np.asarray(g["expert_chunks"][()], dtype=np.float32)
+                    if chunks.ndim != 3 or chunks.shape[0] != len(actions) or chunks.shape[2] != actions.shape[1]:
+                        raise DatasetError(
+                            f"{src}/expert_chunks must be a ({len(actions)}, k, {actions.shape[1]}) array, "
+                            f"got shape {chunks.shape}"
+                        )
+                    if not np.isfinite(chunks).all():
+                        raise DatasetError(f"{src}/expert_chunks contains NaN or inf")
+                episodes.append(
+                    Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs, points, chunks=chunks)
+                )
     if skipped:
         log.info("skipped %d unsuccessful demonstrations (success_only)", skipped)
     if not episodes:
@@ -343,6 +358,19 @@ def instruction_corpus(episodes: list[Episode], template: str) -> list[str]:
     return sorted({prompt_text(e.instruction, template) for e in episodes})
 
 
+def chunk_targets(episode: Episode, k: int) -> np.ndarray:
+    """(T, k, A) chunk targets of an episode: the file's own (`Episode.chunks`, their first k
+    actions) or its actions chunked (`chunk_actions`)."""
+    if episode.chunks is None:
+        return chunk_actions(episode.actions, k)
+    if episode.chunks.shape[1] < k:
+        raise DatasetError(
+            f"{episode.source}/expert_chunks holds {episode.chunks.shape[1]}-action chunks; the model's "
+            f"chunk_size is {k} (collect the on-policy data with this model, or without chunk labels)"
+        )
+    return episode.chunks[:, :k]
+
+
 def chunk_actions(actions: np.ndarray, k: int) -> np.ndarray:
     """(T, A) -> (T, k, A): row t holds actions t..t+k-1, the last action repeated past the end."""
     T = len(actions)
@@ -393,7 +421,7 @@ class DemoDataset(_FrameDataset):
         self.episodes = episodes
         self.chunk_size = chunk_size
         self.use_proprio = use_proprio
-        self.targets = [action_tokenizer.encode_chunk(chunk_actions(e.actions, chunk_size)) for e in episodes]
+        self.targets = [action_tokenizer.encode_chunk(chunk_targets(e, chunk_size)) for e in episodes]
         self.index = all_frames(episodes)
         self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])[:-1]]).astype(np.int64)
         """Dataset index of step 0 of each episode (item offsets[e] + t is step t of episode e)."""

@@ -183,3 +183,26 @@ def test_target_falling_off_the_table_ends_the_episode_failed(env_id):
         assert info["target_lost"] is True and info["is_success"] is False
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("env_id", sim_envs.SUITE_ENV_IDS)
+def test_scratch_simulation_leaves_no_trace(env_id):
+    """Simulating random actions inside `scratch()` between steps changes nothing: the episode is
+    the same, image for image and state for state, as one without it."""
+    plain, planned = gym.make(env_id, image_size=32), gym.make(env_id, image_size=32)
+    rng = np.random.default_rng(0)
+    try:
+        plain.reset(seed=3)
+        planned.reset(seed=3)
+        for _ in range(15):
+            with planned.unwrapped.scratch() as sim:
+                for _ in range(3):
+                    sim.simulate(rng.uniform(-1, 1, 7).astype(np.float32))
+            a = rng.uniform(-1, 1, 7).astype(np.float32)
+            o1, *_ = plain.step(a)
+            o2, *_ = planned.step(a)
+            np.testing.assert_array_equal(o1["pixels"], o2["pixels"])
+            np.testing.assert_array_equal(plain.unwrapped.data.qpos, planned.unwrapped.data.qpos)
+    finally:
+        plain.close()
+        planned.close()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sim_envs
-from sim_envs.experts import make_expert
+from sim_envs.experts import ExpertLabels, make_expert
 
 N_EPISODES = 12
 
@@ -161,5 +161,42 @@ def test_place_expert_grasps_past_a_plate_rim_under_a_finger():
             if terminated or truncated:
                 break
         assert stalled and info["is_success"]
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", ["ee_vla/PickCube-v0", "ee_vla/Place-v0"])
+def test_expert_plan_is_what_the_expert_then_does(env_id):
+    """ExpertLabels(env, 3)'s plan, simulated on a copy of the state, is the expert's next three
+    actions when it acts; and planning leaves no trace: the episode equals the recorded one."""
+    from sim_envs.collect import _rollout
+    from sim_envs.experts import ExpertLabels
+
+    recorded = _rollout(env_id, {"image_size": 32}, 1004)
+    env = ExpertLabels(gym.make(env_id, image_size=32), horizon=3)
+    try:
+        _, info = env.reset(seed=1004)
+        plans, pixels = [], []
+        while True:
+            plans.append(info["expert_plan"])
+            np.testing.assert_array_equal(info["expert_plan"][0], info["expert_action"])
+            obs, _, terminated, truncated, info = env.step(info["expert_action"])
+            pixels.append(obs["pixels"])
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    actions = np.stack([p[0] for p in plans])
+    np.testing.assert_allclose(actions, recorded.actions, atol=1e-6)
+    T = len(actions)
+    for t in range(T - 2):
+        np.testing.assert_allclose(plans[t][1:], actions[t + 1 : t + 3], atol=1e-6)
+
+
+def test_expert_labels_refuse_a_bad_horizon():
+    env = gym.make("ee_vla/Reach-v0", image_size=32)
+    try:
+        with pytest.raises(ValueError, match="horizon"):
+            ExpertLabels(env, horizon=0)
     finally:
         env.close()

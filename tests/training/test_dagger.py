@@ -11,7 +11,7 @@ import sim_envs  # noqa: F401  (registers the ids)
 from ee_vla.training.dagger import DaggerConfig, DaggerConfigError, collect_on_policy
 from ee_vla.training.data import scan_dataset
 from sim_envs.collect import load_dataset
-from sim_envs.experts import make_expert
+from sim_envs.experts import ExpertLabels, make_expert
 
 ENVS = ["ee_vla/Reach-v0", "ee_vla/Place-v0"]
 
@@ -48,20 +48,27 @@ def test_labels_are_the_experts_on_the_states_the_policy_visited(dagger_file):
     for ep in ds:
         assert ep.executed_actions is not None and ep.executed_actions.shape == ep.actions.shape
         assert ep.task_points is not None and len(ep.task_points) == len(ep)
+        assert ep.expert_chunks is not None and ep.expert_chunks.shape == (len(ep), 3, 7)  # tiny VLA: chunk 3
+        np.testing.assert_array_equal(ep.expert_chunks[:, 0], ep.actions)
         env = gym.make(ep.env_id, image_size=32)
         expert = make_expert(env)
+        planner = ExpertLabels(gym.make(ep.env_id, image_size=32), horizon=3)
         try:
             obs, _ = env.reset(seed=ep.seed)
             expert.reset()
+            _, plan_info = planner.reset(seed=ep.seed)
             for t in range(len(ep)):
                 np.testing.assert_array_equal(obs["pixels"], ep.pixels[t])
                 np.testing.assert_allclose(expert.act(), ep.actions[t], atol=1e-6)
+                np.testing.assert_allclose(plan_info["expert_plan"], ep.expert_chunks[t], atol=1e-6)
                 np.testing.assert_allclose(env.unwrapped.task_points(), ep.task_points[t], atol=1e-6)
                 obs, _, terminated, truncated, info = env.step(ep.executed_actions[t])
+                *_, plan_info = planner.step(ep.executed_actions[t])
             assert terminated or truncated  # the episode ended where the file ends
             assert bool(info["is_success"]) == ep.success
         finally:
             env.close()
+            planner.close()
     # a random policy acts, not the expert: the labels are not what was executed
     ep = ds[3]
     assert np.abs(ep.actions - ep.executed_actions).mean() > 0.05
@@ -131,3 +138,25 @@ def test_dagger_report_replays_the_file_exactly(dagger_file, capsys):
     assert "replay: 0 of" in out and "ee_vla/Place-v0" in out
     rows = report.disagreement(load_dataset(dagger_file))
     assert sum(r["episodes"] for r in rows) == 4 and all(0 <= r["gripper_disagree"] <= 1 for r in rows)
+
+
+def test_training_targets_are_the_experts_plans(dagger_file, tiny_vla_dir, tmp_path):
+    """`ee-vla train` learns each visited state's chunk from the expert's plan, not from the labels
+    of the next states; a plan shorter than the model's chunk is refused by name; without plans the
+    chunks are consecutive labels."""
+    from ee_vla.models.vla import VLA
+    from ee_vla.training.data import DatasetError, DemoDataset, chunk_actions, chunk_targets, load_pixels
+
+    episodes = scan_dataset([dagger_file])
+    load_pixels(episodes)
+    tok = VLA.from_pretrained(tiny_vla_dir).action_tokenizer
+    ds = DemoDataset(episodes, tok, 3, use_proprio=False)
+    for e, target in zip(episodes, ds.targets, strict=True):
+        np.testing.assert_array_equal(target, tok.encode_chunk(e.chunks))
+    ep = max(episodes, key=len)
+    assert not np.array_equal(chunk_targets(ep, 3), chunk_actions(ep.actions, 3))  # a random policy's states
+    with pytest.raises(DatasetError, match="expert_chunks"):
+        chunk_targets(ep, 4)
+    path = collect_on_policy(_config(tiny_vla_dir, tmp_path, env=[ENVS[0]], chunk_labels=False))
+    plain = scan_dataset([path])
+    assert all(e.chunks is None for e in plain)
