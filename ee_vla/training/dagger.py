@@ -77,6 +77,9 @@ class DaggerConfig:
     """Model dtype."""
     engine: EngineKind = "auto"
     """Decode engine (auto = CUDA graphs on a GPU, eager on a CPU)."""
+    max_episode_steps: int | None = None
+    """Cut episodes at this many steps (None = the env's limit): a failing policy's long episodes
+    otherwise make most of the on-policy samples (docs/training.md, "Session-10")."""
     chunk_labels: bool = True
     """Also store, for every visited state, the expert's plan for the policy's chunk (its next
     chunk_size actions, simulated on a copy of the state): `ee-vla train` then learns that chunk
@@ -98,6 +101,10 @@ class DaggerConfig:
         if isinstance(self.env, str):
             self.env = [self.env]
         self.env = [e.strip() for item in self.env for e in str(item).split(",") if e.strip()]
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise DaggerConfigError(
+                f"DaggerConfig.max_episode_steps must be >= 1 or None, got {self.max_episode_steps}"
+            )
         for name in ("episodes", "num_envs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise DaggerConfigError(f"DaggerConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
@@ -126,6 +133,7 @@ class DaggerConfig:
             dtype=self.dtype,
             engine=self.engine,
             env_kwargs={"image_size": self.image_size},
+            max_episode_steps=self.max_episode_steps,
             progress=self.progress,
             print_summary=False,
         )

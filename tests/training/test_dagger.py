@@ -102,6 +102,7 @@ def test_time_budget_stops_new_episodes(tiny_vla_dir, tmp_path):
         ({"num_envs": 0}, "num_envs"),
         ({"max_minutes": 0.0}, "max_minutes"),
         ({"compression_level": 11}, "compression_level"),
+        ({"max_episode_steps": 0}, "max_episode_steps"),
     ],
 )
 def test_config_errors_name_the_field(tiny_vla_dir, tmp_path, kw, field):
@@ -160,3 +161,8 @@ def test_training_targets_are_the_experts_plans(dagger_file, tiny_vla_dir, tmp_p
     path = collect_on_policy(_config(tiny_vla_dir, tmp_path, env=[ENVS[0]], chunk_labels=False))
     plain = scan_dataset([path])
     assert all(e.chunks is None for e in plain)
+
+
+def test_episodes_cut_at_max_episode_steps(tiny_vla_dir, tmp_path):
+    path = collect_on_policy(_config(tiny_vla_dir, tmp_path, env=[ENVS[1]], max_episode_steps=7))
+    assert [len(e) for e in load_dataset(path)] == [7, 7]  # a random policy does not place within 7 steps
