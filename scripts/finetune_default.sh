@@ -43,6 +43,7 @@ E="${E:-ee-vla}"
 DAGGER_EPISODES="${DAGGER_EPISODES:-300}"
 DAGGER_SEED="${DAGGER_SEED:-$(( 200000 + 1000 * SEED ))}"
 DAGGER_MIN="${DAGGER_MIN:-3}"
+DAGGER_ARGS="${DAGGER_ARGS:-}"                    # more `ee-vla dagger` flags, e.g. "--max-episode-steps 60"
 read -r -a DAGGER_DATA <<<"${EXTRA_DATA:-}"        # more data dirs to train on (e.g. an earlier dagger stage's)
 WORKERS="${WORKERS:-$(( ($(nproc) - 2) / NPROC ))}"  # DataLoader workers per process: they render the scenes
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -64,7 +65,7 @@ if has dagger; then
     # shellcheck disable=SC2086
     CUDA_VISIBLE_DEVICES=$g $E dagger --policy "$INIT" "${args[@]}" --episodes "$DAGGER_EPISODES" \
       --seed "$DAGGER_SEED" --num-envs "$envs" --max-minutes "$DAGGER_MIN" --out "$DATA-dagger$g" --overwrite \
-      --no-progress >"$DATA-dagger$g.log" 2>&1 &
+      --no-progress $DAGGER_ARGS >"$DATA-dagger$g.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || { tail -n 20 "$DATA"-dagger*.log; exit 1; }; done
