@@ -216,6 +216,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
 
     from ee_vla.evaluation import (
         _import_env_modules,
+        _make_env,
         _Rollout,
         _setup_mujoco_gl,
         check_env_compatible,
@@ -236,8 +237,14 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
 
     dcfg = ecfg.decode_config(cfg.decoder)
     policy = VLAPolicy.from_pretrained(cfg.policy, dcfg, ecfg.device, ecfg.dtype, None, ecfg.engine)
+    horizon = policy.chunk_size if cfg.chunk_labels else 1
     for env_id in ecfg.env:
         check_env_compatible(env_id, policy, ecfg)
+        try:  # an expert for the env, able to plan when chunk labels are asked for
+            _make_env(env_id, tuple(ecfg.env_modules), ecfg.max_episode_steps, ecfg.env_kwargs, horizon).close()
+        except ValueError as e:
+            hint = " (pass --no-chunk-labels)" if horizon > 1 else ""
+            raise DaggerConfigError(f"DaggerConfig.env {env_id!r}: {e}{hint}") from None
     warm = dcfg.init == "warm" and dcfg.method != "ar"
     creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     env_args = {e: dict(ecfg.env_kwargs) for e in ecfg.env}
@@ -249,7 +256,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
         total = len(ecfg.env) * cfg.episodes
         with tqdm(total=total, desc="dagger", disable=not cfg.progress, unit="ep") as pbar:
             for i, env_id in enumerate(ecfg.env):
-                labeller = _Labeller(env_id, writer, attrs, policy.chunk_size if cfg.chunk_labels else 1)
+                labeller = _Labeller(env_id, writer, attrs, horizon)
                 roll = _Rollout(env_id, policy, ecfg, warm, cfg.out, pbar, 1 if i == 0 else 0, recorder=labeller)
                 if cfg.max_minutes is not None:
                     roll.stop_at = t0 + 60 * cfg.max_minutes * (i + 1) / len(ecfg.env)

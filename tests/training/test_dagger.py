@@ -166,3 +166,16 @@ def test_training_targets_are_the_experts_plans(dagger_file, tiny_vla_dir, tmp_p
 def test_episodes_cut_at_max_episode_steps(tiny_vla_dir, tmp_path):
     path = collect_on_policy(_config(tiny_vla_dir, tmp_path, env=[ENVS[1]], max_episode_steps=7))
     assert [len(e) for e in load_dataset(path)] == [7, 7]  # a random policy does not place within 7 steps
+
+
+def test_an_env_that_cannot_plan_is_refused_before_any_rollout(tiny_vla_dir, tmp_path):
+    pytest.importorskip("metaworld")
+    env = ["ee_vla/MetaWorld-reach-v0"]
+    with pytest.raises(DaggerConfigError, match="no-chunk-labels"):
+        collect_on_policy(_config(tiny_vla_dir, tmp_path, env=env))
+    assert not (tmp_path / "demos.hdf5").exists()
+    path = collect_on_policy(
+        _config(tiny_vla_dir, tmp_path, env=env, chunk_labels=False, episodes=1, num_envs=1, max_episode_steps=5)
+    )
+    ep = load_dataset(path)[0]
+    assert ep.expert_chunks is None and len(ep) == 5
