@@ -177,8 +177,10 @@ class PlaceExpert:
 class PushExpert:
     """Closed fingers as a pusher: turn the gripper so its fingers' flat side faces the push
     direction, go behind the object (relative to the circle) above it, drop to table height and push
-    along the object-to-circle line; lift and re-approach if the object drifts off the line.
-    Like the grasping experts, the phase is read off the current state."""
+    along the object-to-circle line. Off the line but clear behind the object it slides back onto
+    the line at table height; too close to slide, it first backs off along the line; only from in
+    front of or beside the object does it lift and go round. Like the grasping experts, the phase
+    is read off the current state."""
 
     PUSH_Z = 0.016
     SAFE_Z = 0.075
@@ -211,8 +213,12 @@ class PushExpert:
             target = obj[:2] - d * self.CONTACT + d * min(dist, 0.02)
             return _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
         aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.1
-        if (to_pre < 0.01 and aligned) or (low and to_pre < 0.02):
-            return _action(_translate(tcp, [*pre, self.PUSH_Z]), rot, CLOSE)  # down behind the object
+        clear = behind >= self.BEHIND - 0.005  # far enough behind to move sideways without touching it
+        if (to_pre < 0.01 and aligned) or (low and to_pre < 0.02) or (low and clear and lateral < 0.05):
+            return _action(_translate(tcp, [*pre, self.PUSH_Z]), rot, CLOSE)  # (down) behind the object
+        if low and 0 < behind and lateral < 0.05:  # off the line, too close to slide: back off along it
+            back = tcp[:2] - d * (self.BEHIND - behind)
+            return _action(_translate(tcp, [*back, self.PUSH_Z]), rot, CLOSE)
         if low:
             return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # up first
         return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)
