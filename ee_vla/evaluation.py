@@ -378,11 +378,12 @@ def check_env_ids(cfg: EvalConfig) -> None:
             )
 
 
-def check_env_compatible(env_id: str, policy, cfg: EvalConfig) -> None:
-    """Fail before any episode runs if the env's spaces do not fit the policy."""
+def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: int = 0) -> None:
+    """Fail before any episode runs if the env's spaces do not fit the policy (or, with
+    `expert_horizon`, if `ExpertLabels` cannot wrap it: its ValueError)."""
     from gymnasium import spaces
 
-    env = _make_env(env_id, tuple(cfg.env_modules), cfg.max_episode_steps, cfg.env_kwargs)
+    env = _make_env(env_id, tuple(cfg.env_modules), cfg.max_episode_steps, cfg.env_kwargs, expert_horizon)
     try:
         obs_space, act_space = env.observation_space, env.action_space
     finally:

@@ -215,8 +215,8 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
     from tqdm.auto import tqdm
 
     from ee_vla.evaluation import (
+        EvalConfigError,
         _import_env_modules,
-        _make_env,
         _Rollout,
         _setup_mujoco_gl,
         check_env_compatible,
@@ -239,10 +239,11 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
     policy = VLAPolicy.from_pretrained(cfg.policy, dcfg, ecfg.device, ecfg.dtype, None, ecfg.engine)
     horizon = policy.chunk_size if cfg.chunk_labels else 1
     for env_id in ecfg.env:
-        check_env_compatible(env_id, policy, ecfg)
-        try:  # an expert for the env, able to plan when chunk labels are asked for
-            _make_env(env_id, tuple(ecfg.env_modules), ecfg.max_episode_steps, ecfg.env_kwargs, horizon).close()
-        except ValueError as e:
+        try:  # the spaces fit, and the env has an expert, able to plan when chunk labels are asked for
+            check_env_compatible(env_id, policy, ecfg, expert_horizon=horizon)
+        except EvalConfigError:
+            raise
+        except ValueError as e:  # from ExpertLabels
             hint = " (pass --no-chunk-labels)" if horizon > 1 else ""
             raise DaggerConfigError(f"DaggerConfig.env {env_id!r}: {e}{hint}") from None
     warm = dcfg.init == "warm" and dcfg.method != "ar"
