@@ -37,6 +37,7 @@ import numpy as np
 import tyro
 
 from ee_vla.engine.factory import EngineKind
+from ee_vla.evaluation import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,8 @@ def _slot_value(info: dict, key: str, slot: int) -> Any:
     return info[key][slot]
 
 
-class _Labeller:
-    """A `Recorder` of `_Rollout` that turns each finished episode into a labelled `Episode`."""
+class _Labeller(Recorder):
+    """The `Recorder` of `_Rollout` that turns each finished episode into a labelled `Episode`."""
 
     def __init__(self, env_id: str, writer, attrs: dict, horizon: int):
         self.env_id, self.writer, self.attrs = env_id, writer, attrs
