@@ -72,14 +72,19 @@ def _action(translation: np.ndarray, rotation: np.ndarray, gripper: float) -> np
     return np.concatenate([translation, rotation, [gripper]]).astype(np.float32)
 
 
-class ReachExpert:
-    """Above the target, then down to it, gripper open."""
+class _StateExpert:
+    """An expert of the ee_vla suite bound to one env. Its action depends on the env's current
+    state only, so `reset()` has nothing to forget."""
 
     def __init__(self, env: TabletopEnv):
         self.env = env
 
     def reset(self) -> None:
         pass
+
+
+class ReachExpert(_StateExpert):
+    """Above the target, then down to it, gripper open."""
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
@@ -121,16 +126,10 @@ def _grasp(s: dict, lift_z: float) -> np.ndarray | None:
     return _action(_translate(tcp, above), rot, OPEN)
 
 
-class PickExpert:
+class PickExpert(_StateExpert):
     """Grasp the named object and lift it 12 cm."""
 
     LIFT_Z = 0.14
-
-    def __init__(self, env: TabletopEnv):
-        self.env = env
-
-    def reset(self) -> None:
-        pass
 
     def act(self) -> np.ndarray:
         a = _grasp(self.env.privileged_state(), self.LIFT_Z)
@@ -139,16 +138,10 @@ class PickExpert:
         return a
 
 
-class PlaceExpert:
+class PlaceExpert(_StateExpert):
     """Grasp the named object, carry it above the named plate, lower it, open, retreat."""
 
     LIFT_Z = 0.1
-
-    def __init__(self, env: TabletopEnv):
-        self.env = env
-
-    def reset(self) -> None:
-        pass
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
@@ -174,7 +167,7 @@ class PlaceExpert:
         return _action(np.zeros(3), np.zeros(3), OPEN)  # release
 
 
-class PushExpert:
+class PushExpert(_StateExpert):
     """Closed fingers as a pusher: turn the gripper so its fingers' flat side faces the push
     direction, go behind the object (relative to the circle) above it, drop to table height and push
     along the object-to-circle line. Off the line but clear behind the object it slides back onto
@@ -186,12 +179,6 @@ class PushExpert:
     SAFE_Z = 0.075
     CONTACT = OBJECT_HALF + 0.012  # object half-size + finger half-width (gripper x axis)
     BEHIND = CONTACT + 0.018
-
-    def __init__(self, env: TabletopEnv):
-        self.env = env
-
-    def reset(self) -> None:
-        pass
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
