@@ -135,12 +135,17 @@ def start_frame_eval_hook(demo: DemoDataset, n_episodes: int, point_tokenizer=No
     return hook
 
 
-def _check_inputs(cfg: TrainConfig, episodes, resume_from: Path | None):
-    """Check the data against the model it will train (checkpoint, `init_from` or `action_stats`)
+def _start_model(cfg: TrainConfig, resume_from: Path | None) -> Path | None:
+    """The model directory the run starts from: the checkpoint when resuming, else `init_from`
+    (None: a new model)."""
+    return resume_from or (Path(cfg.init_from) if cfg.init_from else None)
+
+
+def _check_inputs(cfg: TrainConfig, episodes, src: Path | None):
+    """Check the data against the model it will train (`src`, `_start_model`, or `action_stats`)
     without loading weights; returns the ActionStats of a new model (None when one is loaded)."""
     from ee_vla.action_tokenizer import ActionStats
 
-    src = resume_from or (Path(cfg.init_from) if cfg.init_from else None)
     if src is not None:
         a_dim, p_dim, _ = model_dims(src)
         check_against_model(episodes, a_dim, p_dim, what=f"the model in {src}")
@@ -155,12 +160,11 @@ def _check_inputs(cfg: TrainConfig, episodes, resume_from: Path | None):
     return stats
 
 
-def _build_vla(cfg: TrainConfig, episodes, resume_from: Path | None, stats):
-    """The model to train: the checkpoint when resuming, `init_from`, or a new `preset` model whose
-    tokenizers fit the data."""
+def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
+    """The model to train: `src` (`_start_model`: the checkpoint when resuming, `init_from`), or a
+    new `preset` model whose tokenizers fit the data."""
     from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
 
-    src = resume_from or (Path(cfg.init_from) if cfg.init_from else None)
     if src is not None:
         return VLA.from_pretrained(src)
     proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
@@ -225,9 +229,9 @@ def train(cfg: TrainConfig) -> Path:
     episodes = scan_dataset(cfg.data, cfg.success_only)
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction)
     resume_from = resolve_run_dir(cfg)
-    stats = _check_inputs(cfg, train_eps, resume_from)
+    src = _start_model(cfg, resume_from)
+    stats = _check_inputs(cfg, train_eps, src)
     point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None
-    src = resume_from or (Path(cfg.init_from) if cfg.init_from else None)
     if point_stats is not None and src is not None and (kept := model_point_stats(src)) is not None:
         log.info("grounding answers keep the discretisation of %s", src)
         point_stats = kept
@@ -236,7 +240,7 @@ def train(cfg: TrainConfig) -> Path:
     rt = init_runtime(cfg.device)
     try:
         torch.manual_seed(cfg.seed)
-        vla = _build_vla(cfg, train_eps, resume_from, stats)
+        vla = _build_vla(cfg, train_eps, src, stats)
         use_proprio = vla.proprio_tokenizer is not None
         load_pixels(episodes)
         dataset = DemoDataset(train_eps, vla.action_tokenizer, vla.chunk_size, use_proprio)

@@ -219,9 +219,8 @@ def check_against_model(episodes: list[Episode], action_dim: int, proprio_dim: i
             )
 
 
-def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
-    """(action_dim, proprio_dim, chunk_size) of an ee_vla model directory, read from its
-    `ee_vla.json` without loading weights (to check data against it before compute)."""
+def _model_extra(model_dir: str | Path) -> tuple[Path, dict]:
+    """(path, content) of an ee_vla model directory's `ee_vla.json`, read without loading weights."""
     import json
 
     from ee_vla.models.vla import EE_VLA_FILE, ModelLoadError
@@ -230,11 +229,22 @@ def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
     if not path.is_file():
         raise ModelLoadError(f"{model_dir} is not an ee_vla model directory (no {EE_VLA_FILE})")
     try:
-        extra = json.loads(path.read_text())
+        return path, json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is corrupt: {e}") from e
+
+
+def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
+    """(action_dim, proprio_dim, chunk_size) of an ee_vla model directory, read from its
+    `ee_vla.json` without loading weights (to check data against it before compute)."""
+    from ee_vla.models.vla import ModelLoadError
+
+    path, extra = _model_extra(model_dir)
+    try:
         a_dim = len(extra["action_tokenizer"]["stats"]["q01"])
         pt = extra.get("proprio_tokenizer")
         return a_dim, len(pt["stats"]["q01"]) if pt else 0, int(extra["chunk_size"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise ModelLoadError(f"{path} is corrupt: {e}") from e
 
 
@@ -341,12 +351,8 @@ def model_point_stats(model_dir: str | Path) -> ActionStats | None:
     """The grounding answers' discretisation range a model was trained with (its `ee_vla.json`
     meta.grounding.stats), None when it was trained without grounding questions. Continued training
     keeps it: recomputing it from new data would move every answer's bins under the model."""
-    import json
-
-    from ee_vla.models.vla import EE_VLA_FILE
-
-    path = Path(model_dir) / EE_VLA_FILE
-    stats = json.loads(path.read_text()).get("meta", {}).get("grounding", {}).get("stats")
+    _, extra = _model_extra(model_dir)
+    stats = extra.get("meta", {}).get("grounding", {}).get("stats")
     return ActionStats.from_dict(stats) if stats else None
 
 
