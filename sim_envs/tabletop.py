@@ -53,6 +53,10 @@ off it): an episode whose target does so ends, failed (`info["target_lost"]`).""
 MAX_LAG = 0.06
 """The commanded target never leads the real TCP by more than this (keeps the weld force bounded
 when the gripper pushes against an object)."""
+ON_TOP_NORMAL_Z = 0.5
+"""A finger or the palm rests on top of an object or plate when their contact normal's vertical
+component exceeds this (about 60 degrees from the horizontal or steeper). While it does, the gripper
+cannot be driven lower (`TabletopEnv.simulate`)."""
 
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.1),
@@ -274,11 +278,16 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         self._gripper_qvel = m.jnt_dofadr[m.joint("gripper_joint").id]
         self._finger_qpos = [m.jnt_qposadr[m.joint(f"finger_{s}").id] for s in ("left", "right")]
         self._finger_geoms = {m.geom(f"finger_{s}").id for s in ("left", "right")}
+        self._pressing_geoms = np.zeros(m.ngeom, dtype=bool)  # what can press down on ...
+        self._pressing_geoms[[*self._finger_geoms, m.geom("palm").id]] = True
+        self._pressed_geoms = np.zeros(m.ngeom, dtype=bool)  # ... what (objects and plates)
         self._obj_body = [m.body(f"obj{i}").id for i in range(self.n_objects)]
         self._obj_qpos = [m.jnt_qposadr[m.joint(f"obj{i}_joint").id] for i in range(self.n_objects)]
         self._obj_qvel = [m.jnt_dofadr[m.joint(f"obj{i}_joint").id] for i in range(self.n_objects)]
         self._obj_geoms = [{s: m.geom(f"obj{i}_{s}").id for s in SHAPES} for i in range(self.n_objects)]
         self._plate_body = [m.body(f"plate{i}").id for i in range(self.n_plates)]
+        self._pressed_geoms[[g for geoms in self._obj_geoms for g in geoms.values()]] = True
+        self._pressed_geoms[[m.geom(f"plate{i}").id for i in range(self.n_plates)]] = True
         self._goal_body = m.body("goal").id if self.goal_marker else -1
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
@@ -515,15 +524,37 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         # Ramp the mocap target (the gripper frame; the TCP site is its origin) over the control
         # period: a constant-velocity motion instead of a step, which would make the weld fling the
         # gripper (and whatever it hits).
+        # A gripper resting on top of an object or plate is not driven lower: the weld is far stiffer
+        # than the soft contacts of a 50 g object, so it would crush the object into the table and
+        # fling it off at several m/s when it slips out. Once a finger or the palm touches a top,
+        # the commanded height is held at the TCP's (the highest such height) for the rest of the
+        # step, as a force-limited arm stops on contact; sideways motion is unaffected.
         pos0, euler0 = self._cmd_pos, self._cmd_euler
+        floor = -np.inf
         for k in range(1, N_RAMP + 1):
             f = k / N_RAMP
-            self.data.mocap_pos[self._mocap_id] = pos0 + f * (cmd - pos0)
+            target = pos0 + f * (cmd - pos0)
+            if self._resting_on_top():
+                floor = max(floor, self.data.site_xpos[self._tcp_site][2])
+            target[2] = max(target[2], floor)
+            self.data.mocap_pos[self._mocap_id] = target
             self.data.mocap_quat[self._mocap_id] = euler_to_quat(*(euler0 + f * (euler - euler0)))
             mujoco.mj_step(self.model, self.data, nstep=N_SUBSTEPS // N_RAMP)
+        cmd[2] = max(cmd[2], floor)
         self._cmd_pos, self._cmd_euler = cmd, euler
         if not np.isfinite(self.data.qpos).all():
             raise RuntimeError("the simulation diverged (non-finite state)")
+
+    def _resting_on_top(self) -> bool:
+        """Whether a finger or the palm touches the top of an object or plate (`ON_TOP_NORMAL_Z`)."""
+        n = self.data.ncon
+        if n == 0:
+            return False
+        c = self.data.contact
+        g1, g2, nz = c.geom1[:n], c.geom2[:n], c.frame[:n, 2]  # the normal points from geom1 to geom2
+        press, pressed = self._pressing_geoms, self._pressed_geoms
+        down = (press[g1] & pressed[g2] & (nz < -ON_TOP_NORMAL_Z)) | (press[g2] & pressed[g1] & (nz > ON_TOP_NORMAL_Z))
+        return bool(down.any())
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[TabletopEnv]:
