@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default policy, ee_vla/checkpoints/default/ (docs/training.md, "Session-5",
-# "Session-8" and "Session-9"):
+# Reproduce the session-9 default policy (docs/training.md, "Session-5", "Session-8" and "Session-9"),
+# the start of the shipped session-11 default: from its stage-5 model, session 10's run 3a and the
+# three DAgger rounds of session 11 (`scripts/finetune_default.sh`, commands and seeds in
+# docs/training.md, "Session-10" and "Session-11") give ee_vla/checkpoints/default/:
 #   1. collect scripted-expert demonstrations of every ee_vla suite task (sim_envs), 1500 per task
 #      (seed SEED), and a fresh set of 2500 per task (seed SEED + 4) for the last round of stage 5
 #   2. grounding pre-training of a `small` VLA on fresh scenes (where are the objects?), GPU
@@ -16,7 +18,7 @@
 #      with the AR loss weighted 3 ($RUNS/ft4_ceed, session 9). The students are NOT shipped: the
 #      better one (ft4_ceed) is 3 points below its teacher and saves 5% of the forward passes
 #      against CEED decoding of the teacher itself
-#   7. copy the last stage-5 model (bf16 safetensors, ~14 MB) to ee_vla/checkpoints/default/
+#   7. copy the last stage-5 model (bf16 safetensors, ~14 MB) to $DEST (the INIT of session 10's run 3a)
 #
 #   bash scripts/train_default.sh                 # the default policy
 #   ABLATE=1 bash scripts/train_default.sh        # + the mixed-label ablation, reusing the trajectories
@@ -24,8 +26,10 @@
 #
 # The demonstrations of stages 1 and 5 come from the scripted experts as they were until commit
 # 8cfa2a2 (they remembered their phase); since session 10 the experts read the phase off the state
-# (Pick and Place demonstrations are ~3 steps shorter), so to reproduce the shipped default exactly,
+# (Pick and Place demonstrations are ~3 steps shorter), so to reproduce the session-9 model exactly,
 # run this script from a checkout of 8cfa2a2 (`git worktree add ../ee_vla_8cfa2a2 8cfa2a2`).
+# Session 11's rounds 2-3 ran on the physics of commit e1164a9 (a gripper on top of an object is not
+# driven lower); session 10 and round 1 on the physics before it.
 #
 # Every stage is skipped when its result exists. Seeds are fixed (SEED). The pre-training schedule is
 # 3000 steps long but was stopped by the device's time limit at 2250 (--stop-after reproduces that).
@@ -40,7 +44,7 @@ DATA="${DATA:-data/suite}"                      # demos.hdf5 + stats.json, 1500 
 DATA_DISTILL="${DATA_DISTILL:-data/suite150}"   # 150 per task (the same seeds' first 150)
 DATA4="${DATA4:-data/suite2500}"                # 2500 per task, seed SEED + 4 (stage 5's last round)
 RUNS="${RUNS:-outputs/default}"
-DEST="${DEST:-ee_vla/checkpoints/default}"
+DEST="${DEST:-$RUNS/session9_default}"       # the shipped default grew from it (header)
 TASKS="${TASKS:-ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Push-v0 ee_vla/Place-v0}"
 BATCH="${BATCH:-512}"                           # per GPU
 NPROC="${NPROC:-1}"
