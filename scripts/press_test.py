@@ -18,8 +18,9 @@ import numpy as np
 import sim_envs  # noqa: F401  (registers the suite)
 
 
-def press(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float]:
-    """(peak object speed in m/s, distance the object moved in m) for one descent."""
+def press(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float, float]:
+    """One descent: (peak object speed in m/s, distance the object moved in m, lowest TCP height in
+    m). tests/sim_envs/test_envs.py runs it too."""
     env = gym.make(env_id, image_size=16)
     try:
         base = env.unwrapped
@@ -27,12 +28,13 @@ def press(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float]:
         p = base.target_pos
         env.reset(seed=seed, options={"gripper_pos": [p[0] + offset[0], p[1] + offset[1], 0.12]})
         start, dof = base.target_pos, base._obj_qvel[base.target_index]
-        peak = 0.0
+        peak, lowest = 0.0, np.inf
         for t in range(12):
             move = [0.0, 0.0, -1.0] if t < 6 else [*(-0.5 * np.sign(offset)), 0.0]
             base.simulate(np.array([*move, 0, 0, 0, 1.0], dtype=np.float32))
             peak = max(peak, float(np.linalg.norm(base.data.qvel[dof : dof + 3])))
-        return peak, float(np.linalg.norm(base.target_pos[:2] - start[:2]))
+            lowest = min(lowest, float(base.tcp_pos[2]))
+        return peak, float(np.linalg.norm(base.target_pos[:2] - start[:2])), lowest
     finally:
         env.close()
 

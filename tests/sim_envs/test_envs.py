@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 from pathlib import Path
 
@@ -209,25 +210,15 @@ def test_scratch_simulation_leaves_no_trace(env_id):
 
 
 def _press_down_on_edge(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float]:
-    """Drive the closed gripper straight down at full speed from 10 cm above the target's edge
-    (TCP `offset` from its centre in the table plane), then sideways across it. Returns the target's
-    peak speed (m/s) and the lowest height the TCP reached."""
-    env = gym.make(env_id, image_size=16)
-    try:
-        base = env.unwrapped
-        env.reset(seed=seed)
-        p = base.target_pos
-        env.reset(seed=seed, options={"gripper_pos": [p[0] + offset[0], p[1] + offset[1], 0.12]})
-        dof = base._obj_qvel[base.target_index]
-        peak, lowest = 0.0, np.inf
-        for t in range(10):
-            move = [0.0, 0.0, -1.0] if t < 6 else [*(-0.5 * np.sign(offset)), 0.0]
-            base.simulate(np.array([*move, 0, 0, 0, 1.0], dtype=np.float32))
-            peak = max(peak, float(np.linalg.norm(base.data.qvel[dof : dof + 3])))
-            lowest = min(lowest, float(base.tcp_pos[2]))
-        return peak, lowest
-    finally:
-        env.close()
+    """scripts/press_test.py's descent: the closed gripper driven straight down at full speed from
+    12 cm onto the target's edge (TCP `offset` from its centre), then sideways across it. Returns
+    the target's peak speed (m/s) and the lowest height the TCP reached."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "press_test.py"
+    spec = importlib.util.spec_from_file_location("press_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    peak, _, lowest = module.press(env_id, seed, offset)
+    return peak, lowest
 
 
 @pytest.mark.parametrize("env_id", ["ee_vla/Push-v0", "ee_vla/PickCube-v0"])
