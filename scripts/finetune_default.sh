@@ -7,6 +7,9 @@
 #   STAGES="train eval" INIT=outputs/ft1/model bash scripts/finetune_default.sh
 #   STAGES="collect dagger train export" DAGGER_EPISODES=500 ... bash scripts/finetune_default.sh
 #   STAGES="train" EXTRA_DATA="data/suite-dagger0 data/suite-dagger1" ... bash scripts/finetune_default.sh
+# Session 11's DAgger rounds (docs/training.md "Session-11"): INIT = the previous round's model,
+#   DAGGER_EPISODES=250 DAGGER_ARGS="--max-episode-steps 60" NPROC=2 STAGES="collect dagger" ..., a second
+#   on-policy set with DATA=data/s2 STAGES=dagger, then STAGES="train eval export" EXTRA_DATA="<all four sets>"
 #
 # 1. collect: DEMOS scripted-expert demonstrations per suite task (skipped when $DATA exists);
 #    dagger:  (only when named in STAGES) `ee-vla dagger`: $INIT acts (CEED) in DAGGER_EPISODES
