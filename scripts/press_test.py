@@ -1,5 +1,6 @@
 """Drive the closed gripper of a suite env straight down onto the edge of the named object, then
-sideways, and report how fast the object moves (docs/sim_envs.md, "Pressing down on an object").
+sideways, and report how fast the object moves (docs/sim_envs.md, "Design choice": a gripper
+resting on top of an object is not driven lower).
 
 A physically sane scene moves the object at about the gripper's speed (0.2-0.4 m/s) or not at all;
 before session 11 the weld crushed the 50 g object into the table and flung it off at up to 9 m/s.

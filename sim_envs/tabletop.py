@@ -535,7 +535,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             f = k / N_RAMP
             target = pos0 + f * (cmd - pos0)
             if self._resting_on_top():
-                floor = max(floor, self.data.site_xpos[self._tcp_site][2])
+                floor = max(floor, self.tcp_pos[2])
             target[2] = max(target[2], floor)
             self.data.mocap_pos[self._mocap_id] = target
             self.data.mocap_quat[self._mocap_id] = euler_to_quat(*(euler0 + f * (euler - euler0)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -209,15 +209,21 @@ def test_scratch_simulation_leaves_no_trace(env_id):
         planned.close()
 
 
-def _press_down_on_edge(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float]:
-    """scripts/press_test.py's descent: the closed gripper driven straight down at full speed from
-    12 cm onto the target's edge (TCP `offset` from its centre), then sideways across it. Returns
-    the target's peak speed (m/s) and the lowest height the TCP reached."""
+@cache
+def _press_test():
+    """scripts/press_test.py as a module."""
     path = Path(__file__).resolve().parents[2] / "scripts" / "press_test.py"
     spec = importlib.util.spec_from_file_location("press_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    peak, _, lowest = module.press(env_id, seed, offset)
+    return module
+
+
+def _press_down_on_edge(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float]:
+    """scripts/press_test.py's descent: the closed gripper driven straight down at full speed from
+    12 cm onto the target's edge (TCP `offset` from its centre), then sideways across it. Returns
+    the target's peak speed (m/s) and the lowest height the TCP reached."""
+    peak, _, lowest = _press_test().press(env_id, seed, offset)
     return peak, lowest
 
 
