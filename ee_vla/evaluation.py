@@ -114,9 +114,10 @@ class EvalConfig:
     video_format: Literal["gif", "mp4"] = "gif"
     """gif (Pillow, always available) or mp4 (needs imageio-ffmpeg or PyAV)."""
     warmup: int = 1
-    """Untimed decode calls on the first observations of a run before timing starts. With a static
-    engine (static, graph, compiled) the warm-up also decodes once at every smaller batch size, so
-    that each batch size's engine is built (captured, compiled) before timing starts."""
+    """Untimed decode calls on the first observations of each env id before timing starts. With a
+    static engine (static, graph, compiled) the warm-up also decodes once at every smaller batch
+    size, so that each batch size's engine, and its prompt bucket for this env's instructions, is
+    built (captured, compiled) before timing starts: one-time setup is never timed as decoding."""
     clip_actions: bool = True
     """Clip actions to the env's action-space bounds before stepping."""
     env_modules: list[str] = field(default_factory=lambda: ["sim_envs"])
@@ -521,6 +522,7 @@ class _Rollout:
                 ep.instruction = instr[s]
                 self._frame(ep, obs, info, s)
             policy.reset()
+            t_warm = time.perf_counter()
             if self.warmup:
                 batch = self._batch(obs, list(range(n)), instr)
                 for _ in range(self.warmup):
@@ -531,6 +533,7 @@ class _Rollout:
                     for b in range(1, n):
                         policy.predict_action_chunk(self._batch(obs, list(range(b)), instr))
                 policy.reset()
+            warm_s = time.perf_counter() - t_warm  # untimed: not part of eval_s (episodes/min)
             done_eps: list[dict] = []
             while any(ep is not None for ep in running):
                 need = [s for s, ep in enumerate(running) if ep is not None and not queues[s]]
@@ -580,7 +583,7 @@ class _Rollout:
                         for s in new_slots:
                             running[s].instruction = instr[s]
                             self._frame(running[s], obs, info, s)
-            eval_s = time.perf_counter() - t0
+            eval_s = time.perf_counter() - t0 - warm_s
         finally:
             envs.close()
         return sorted(done_eps, key=lambda e: e["episode_ix"]), eval_s
@@ -602,29 +605,28 @@ class _Rollout:
         return batch
 
     def _decode(self, obs: dict, slots: list[int], instr: dict[int, str], previous: list[Any]) -> dict[int, np.ndarray]:
-        """New chunks for `slots`, in one policy call (two with a warm start: copies that have a
-        previous chunk and copies that start an episode, so that each copy's guess is its own)."""
+        """New chunks for `slots`, in one policy call. With a warm start each copy's guess is its
+        own previous chunk; a copy that starts an episode has none (a row of -1: the default guess)."""
         import torch
 
         policy = self.policy
-        groups = [slots]
         if self.warm:
-            groups = [[s for s in slots if previous[s] is not None], [s for s in slots if previous[s] is None]]
+            have = [previous[s] for s in slots if previous[s] is not None]
+            if have:
+                none = torch.full_like(have[0], -1)
+                rows = [previous[s] if previous[s] is not None else none for s in slots]
+                policy.warm_start_tokens = torch.stack(rows)
+            else:
+                policy.warm_start_tokens = None
+        rec = LatencyRecorder()
+        with rec.time(self.cfg.device):
+            chunks = policy.predict_action_chunk(self._batch(obs, slots, instr))
+        self.log.add(policy.last_stats, rec.samples[0])
         out: dict[int, np.ndarray] = {}
-        for group in groups:
-            if not group:
-                continue
+        for i, s in enumerate(slots):
+            out[s] = chunks[i]
             if self.warm:
-                has_previous = previous[group[0]] is not None
-                policy.warm_start_tokens = torch.stack([previous[s] for s in group]) if has_previous else None
-            rec = LatencyRecorder()
-            with rec.time(self.cfg.device):
-                chunks = policy.predict_action_chunk(self._batch(obs, group, instr))
-            self.log.add(policy.last_stats, rec.samples[0])
-            for i, s in enumerate(group):
-                out[s] = chunks[i]
-                if self.warm:
-                    previous[s] = policy.warm_start_tokens[i].clone()
+                previous[s] = policy.warm_start_tokens[i].clone()
         return out
 
     def _save_video(self, ep: _Episode) -> None:
@@ -710,8 +712,8 @@ def _evaluate_decoder(policy, name: str, cfg: EvalConfig, out_dir: Path, env_inf
     video_paths: list[str] = []
     t0 = time.perf_counter()
     with tqdm(total=len(cfg.env) * cfg.episodes, desc=f"eval {name}", disable=not cfg.progress, unit="ep") as pbar:
-        for i, env_id in enumerate(cfg.env):
-            roll = _Rollout(env_id, policy, cfg, warm, out_dir, pbar, cfg.warmup if i == 0 else 0)
+        for env_id in cfg.env:
+            roll = _Rollout(env_id, policy, cfg, warm, out_dir, pbar, cfg.warmup)
             episodes, eval_s = roll.run()
             if len(episodes) != cfg.episodes:  # a bookkeeping bug, never expected
                 raise RuntimeError(f"{env_id}: ran {len(episodes)} episodes, expected {cfg.episodes}")

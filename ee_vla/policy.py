@@ -141,7 +141,8 @@ class VLAPolicy:
     def warm_start_tokens(self) -> torch.Tensor | None:
         """(B, n) tokens of the last decoded chunk, the `warm` guess of the next call (None after
         `reset`). Settable, so a caller that batches different episodes together (vectorised
-        evaluation) can give each row its own episode's previous chunk."""
+        evaluation) can give each row its own episode's previous chunk, and a row of -1 to an
+        episode that has none yet (that row starts from the default guess)."""
         return self._previous
 
     @warm_start_tokens.setter

@@ -52,6 +52,7 @@ NPROC="${NPROC:-1}"
 WORKERS="${WORKERS:-4}"                         # DataLoader workers
 STEPS="${STEPS:-3500}"                          # length of the cosine schedule
 STOP_AFTER="${STOP_AFTER:-}"                    # end the run at this step (a checkpoint + model), schedule unchanged
+MAX_MINUTES="${MAX_MINUTES:-}"                  # ... or after this many minutes of training (a later call resumes it)
 LR="${LR:-6e-4}"
 WARMUP="${WARMUP:-200}"
 INPUT_NOISE="${INPUT_NOISE:-0.5}"
@@ -140,6 +141,7 @@ if has_stage train; then
       --seed "$SEED" --num-workers "$WORKERS" --log-every "$LOG_EVERY" --save-every "$SAVE_EVERY"
       --eval-every "$EVAL_EVERY" --eval-samples "$EVAL_SAMPLES" --device "$TRAIN_DEVICE")
     if [ -n "$STOP_AFTER" ]; then TRAIN+=(--stop-after "$STOP_AFTER"); fi
+    if [ -n "$MAX_MINUTES" ]; then TRAIN+=(--max-minutes "$MAX_MINUTES"); fi
     if [ "$GROUNDING" != 0 ]; then TRAIN+=(--grounding-fraction "$GROUNDING" --grounding-source demos); fi
     if has_ckpt "$RUNS/bc"; then TRAIN+=(--resume); fi   # cut by a time limit: continue it
     "${RUN[@]}" "${TRAIN[@]}"

@@ -133,7 +133,9 @@ def iter_decode(
         n_tokens: tokens to decode (a chunk: k actions x action_dim).
         config: decoder and exit rules.
         guess: (B, n_tokens) initial window; tokens 1.. are used (token 0 comes from the prefill).
-            None: token 0 repeated.
+            None: token 0 repeated. A negative entry means "no guess here": that position starts
+            as token 0 too, so rows with and without a guess (e.g. a warm start for the episodes
+            that have a previous chunk, none for those that just began) share one call.
         action_range: inclusive (lo, hi) ids of the action tokens: restricts the argmax to them and
             measures `tau` in bins. None: full vocabulary, `tau` counts only exact equality.
         unit: tokens per action (streaming, per-action deadlines and per-action stats).
@@ -160,7 +162,8 @@ def iter_decode(
     if guess is not None:
         if guess.shape != (B, n):
             raise ValueError(f"guess must have shape {(B, n)}, got {tuple(guess.shape)}")
-        y[:, 1:] = guess[:, 1:].to(dev)
+        g = guess[:, 1:].to(dev)
+        y[:, 1:] = torch.where(g < 0, y[:, :1], g)
     else:
         y[:, 1:] = y[:, :1]
     F = torch.ones(B, dtype=torch.long, device=dev)

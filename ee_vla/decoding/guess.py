@@ -28,7 +28,8 @@ def prompt_guess(
 
 def warm_guess(previous: torch.Tensor, shift: int, unit: int) -> torch.Tensor:
     """The previous chunk shifted left by `shift` tokens (the actions executed since), the freed
-    tail filled with the last action repeated: robot actions are smooth in time."""
+    tail filled with the last action repeated: robot actions are smooth in time. A row of negative
+    ids (no previous chunk) stays negative: no guess for that sample (`iter_decode`)."""
     B, n = previous.shape
     if shift < 0 or shift % unit:
         raise ValueError(f"warm-start shift must be a non-negative multiple of {unit}, got {shift}")

@@ -61,6 +61,18 @@ def test_a_right_guess_converges_in_one_iteration():
     assert torch.equal(tokens, guess) and stats.iterations == 1 and stats.accepted_per_iteration == [8.0]
 
 
+def test_negative_guess_rows_start_like_no_guess():
+    """A row of -1 is "no guess": with a cap of 1 iteration (output = f(initial window)) it decodes
+    as that sample alone without a guess, while the other row keeps its own (right) guess."""
+    cfg = DecodeConfig(method="ceed", max_iterations=1)
+    right = torch.arange(LO, LO + 9)
+    guess = torch.stack([right, torch.full((9,), -1)])
+    tokens, stats = decode(CountingStep(2), first_logits(2), 9, cfg, guess=guess)
+    alone, _ = decode(CountingStep(1), first_logits(1), 9, cfg)
+    assert torch.equal(tokens[0], right) and torch.equal(tokens[1], alone[0])
+    assert stats.exit_reason == ["converged", "cap"]
+
+
 def test_iteration_cap_releases_the_window_as_is():
     cfg = DecodeConfig(method="ceed", max_iterations=2)
     tokens, stats = decode(CountingStep(1), first_logits(1), 9, cfg, unit=3)

@@ -17,6 +17,8 @@ from gymnasium import spaces
 
 FAKE_ENV = "test_ee_vla/FakeReach-v0"
 FAKE_ENV_4D = "test_ee_vla/FakeReach4D-v0"
+FAKE_ENV_LONG = "test_ee_vla/FakeReachLong-v0"  # a much longer instruction: another prompt bucket
+LONG_INSTRUCTION = "reach the {color} target slowly and carefully, keeping well away from the edges of the table"
 COLORS = ("red", "green", "blue")
 
 
@@ -41,8 +43,10 @@ class FakeReachEnv(gymnasium.Env):
         action_dim: int = 7,
         crash_at_step: int | None = None,
         render_mode: str | None = None,
+        instruction: str = "reach the {color} target",
     ):
         self.image_size = image_size
+        self.instruction = instruction
         self.crash_at_step = crash_at_step
         self.render_mode = render_mode
         self.observation_space = spaces.Dict(
@@ -77,7 +81,7 @@ class FakeReachEnv(gymnasium.Env):
         self._goal = self.np_random.uniform(-1, 1, 3)
         self._t = 0
         self._horizon = 3 + (seed % 4 if seed is not None else 2)
-        self.task_description = f"reach the {COLORS[int(self.np_random.integers(3))]} target"
+        self.task_description = self.instruction.format(color=COLORS[int(self.np_random.integers(3))])
         return self._obs(), self._info()
 
     def step(self, action):
@@ -98,6 +102,9 @@ class FakeReachEnv(gymnasium.Env):
 if FAKE_ENV not in gymnasium.registry:
     gymnasium.register(FAKE_ENV, entry_point=FakeReachEnv, max_episode_steps=8)
     gymnasium.register(FAKE_ENV_4D, entry_point=FakeReachEnv, max_episode_steps=8, kwargs={"action_dim": 4})
+    gymnasium.register(
+        FAKE_ENV_LONG, entry_point=FakeReachEnv, max_episode_steps=8, kwargs={"instruction": LONG_INSTRUCTION}
+    )
 
 
 @pytest.fixture(scope="session")

@@ -283,3 +283,66 @@ def test_warm_up_builds_an_engine_for_every_batch_size_before_timing(tiny_policy
     cfg = make_cfg(tiny_policy_dir, tmp_path, num_envs=3, episodes=5, engine="static", warmup=1)
     evaluate(cfg)
     assert sorted(b for b, _ in built) == [1, 2, 3] and not any(during for _, during in built)
+
+
+def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tmp_path, monkeypatch):
+    """A later env id whose instruction is much longer needs another prompt bucket: it is built in
+    that env's warm-up, never inside a timed decode call (a CUDA-graph capture would be timed)."""
+    from ee_vla.engine.static import StaticEngine
+    from ee_vla.evaluation import _Rollout
+
+    from .conftest import FAKE_ENV_LONG
+
+    built, timed = [], []
+    orig_prefill, orig_decode = StaticEngine._bucketed_prefill, _Rollout._decode
+
+    def bucketed(self, input_ids, attention_mask, pixel_values=None):
+        known = set(self._prompts)
+        out = orig_prefill(self, input_ids, attention_mask, pixel_values)
+        if out[1] not in known:
+            built.append((self.batch_size, out[1], bool(timed)))
+        return out
+
+    def decode(self, *args, **kwargs):
+        timed.append(True)
+        try:
+            return orig_decode(self, *args, **kwargs)
+        finally:
+            timed.pop()
+
+    monkeypatch.setattr(StaticEngine, "_bucketed_prefill", bucketed)
+    monkeypatch.setattr(_Rollout, "_decode", decode)
+    cfg = make_cfg(tiny_policy_dir, tmp_path, env=[FAKE_ENV, FAKE_ENV_LONG], num_envs=2, episodes=3, engine="static")
+    info = evaluate(replace(cfg, warmup=1))
+    assert len({bucket for _, bucket, _ in built}) >= 2  # the long instruction got its own bucket
+    assert not any(during for _, _, during in built), built
+    assert info["per_env"][FAKE_ENV]["aggregated"]["eval_s"] > 0
+
+
+def test_warm_start_decodes_every_copy_in_one_call(tiny_policy_dir, tmp_path, monkeypatch):
+    """Copies with a previous chunk and copies that just began an episode share one policy call:
+    the latter get a row of -1 (no guess) in `warm_start_tokens`."""
+    from ee_vla.evaluation import _Rollout
+    from ee_vla.policy import VLAPolicy
+
+    decodes, calls, mixed = [], [], []
+    orig_decode, orig_predict = _Rollout._decode, VLAPolicy.predict_action_chunk
+
+    def decode(self, obs, slots, *args, **kwargs):
+        decodes.append(len(slots))
+        return orig_decode(self, obs, slots, *args, **kwargs)
+
+    def predict(self, obs):
+        w = self.warm_start_tokens
+        if w is not None:
+            no_guess = (w < 0).all(1)
+            assert ((w < 0).any(1) == no_guess).all()  # a row is a whole chunk or none
+            mixed.append(bool(no_guess.any() and not no_guess.all()))
+        calls.append(1)
+        return orig_predict(self, obs)
+
+    monkeypatch.setattr(_Rollout, "_decode", decode)
+    monkeypatch.setattr(VLAPolicy, "predict_action_chunk", predict)
+    evaluate(make_cfg(tiny_policy_dir, tmp_path, decoder="ceed", init="warm", num_envs=3, episodes=8))
+    assert len(calls) == len(decodes) > 0
+    assert any(mixed)  # copies finish at different steps: some calls mix both kinds of rows
