@@ -19,6 +19,7 @@ batch size and rebuilds it (recapturing its graphs, seconds) when a longer promp
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -86,6 +87,10 @@ class EnginePool:
         self.prompt_headroom = prompt_headroom
         self.max_engines = max_engines
         self.engines: OrderedDict[int, StaticEngine] = OrderedDict()
+        self.setup_s = 0.0
+        """Seconds this pool has spent on one-time work inside its calls: building engines (their
+        CUDA-graph captures, compilation) and capturing new prompt buckets. A timed caller
+        subtracts the increase over a call (`ee-vla eval` does, and reports it as `setup_s`)."""
 
     def engine(self, batch_size: int, prompt_len: int) -> StaticEngine:
         """The engine for this batch size, (re)built when missing or too small for the prompt."""
@@ -100,6 +105,7 @@ class EnginePool:
         while len(self.engines) >= self.max_engines:
             _, old = self.engines.popitem(last=False)
             old.release()  # its graphs are freed now, never by the garbage collector during a capture
+        t = time.perf_counter()
         eng = StaticEngine(
             self.model,
             batch_size=batch_size,
@@ -111,6 +117,7 @@ class EnginePool:
             sdpa_backends=self.sdpa_backends,
         )
         self.engines[batch_size] = eng
+        self.setup_s += time.perf_counter() - t
         return eng
 
     def __call__(
@@ -120,7 +127,12 @@ class EnginePool:
         if model is not self.model:
             raise ValueError("this engine pool was built for another model")
         B, P = input_ids.shape
-        return self.engine(B, P).prefill(input_ids, attention_mask, **extra)
+        eng = self.engine(B, P)
+        before = eng.setup_s
+        try:
+            return eng.prefill(input_ids, attention_mask, **extra)
+        finally:
+            self.setup_s += eng.setup_s - before
 
 
 def make_prefill(

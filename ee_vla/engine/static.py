@@ -339,6 +339,7 @@ class StaticEngine:
         self._generation = 0
         self._released = False
         self.captured_s = 0.0
+        self.setup_s = 0.0  # seconds spent capturing prompt buckets' graphs since construction (one-time work)
         with torch.inference_mode():
             dev = self.device
             self._slots = _Slots(torch.arange(1, device=dev))
@@ -569,6 +570,7 @@ class StaticEngine:
             try:
                 self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
                 log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, time.perf_counter() - t)
+                self.setup_s += time.perf_counter() - t
             except Exception as e:  # a vision tower that a graph cannot hold: its prefills run unreplayed
                 if buf.pixels is None:
                     raise

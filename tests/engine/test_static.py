@@ -262,6 +262,28 @@ def test_a_pool_releases_the_engines_it_evicts():
     _assert_all_match(compare_to_eager(model, padded_prompts(1, 5), 6, pool))  # rebuilt on demand
 
 
+def test_a_pool_counts_its_one_time_setup_work(monkeypatch):
+    """`setup_s` grows when a call builds an engine or captures a prompt bucket (what a timed caller
+    subtracts), and not when a call reuses what exists."""
+    model = tiny_lm("llama", seed=0)
+    pool = EnginePool(model, 6, graphs=False)
+    pool(model, **padded_prompts(2, 5, [0, 1]))
+    built = pool.setup_s
+    assert built > 0
+    pool(model, **padded_prompts(2, 5, [0, 1]))
+    assert pool.setup_s == built
+
+    orig = StaticEngine._bucketed_prefill
+
+    def capturing(self, *args, **kwargs):  # what a new bucket's CUDA-graph capture adds
+        self.setup_s += 0.25
+        return orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(StaticEngine, "_bucketed_prefill", capturing)
+    pool(model, **padded_prompts(2, 5, [0, 1]))
+    assert pool.setup_s == pytest.approx(built + 0.25)
+
+
 def test_sdpa_backends_reach_every_forward_and_keep_the_eager_tokens():
     """`sdpa_backends=("math",)` gives the eager tokens (batch 4, left padding) through the pool, the
     bucketed and the unbucketed prefill; a backend the CPU lacks ("efficient") fails inside the

@@ -274,9 +274,9 @@ def test_warm_up_builds_an_engine_for_every_batch_size_before_timing(tiny_policy
 
     orig_add = DecodeLog.add
 
-    def add(self, stats, seconds):
+    def add(self, stats, seconds, setup_s=0.0):
         timing.append(True)  # the first timed call has returned: later builds happened while timing
-        return orig_add(self, stats, seconds)
+        return orig_add(self, stats, seconds, setup_s)
 
     monkeypatch.setattr(EnginePool, "engine", engine)
     monkeypatch.setattr(DecodeLog, "add", add)
@@ -346,3 +346,50 @@ def test_warm_start_decodes_every_copy_in_one_call(tiny_policy_dir, tmp_path, mo
     evaluate(make_cfg(tiny_policy_dir, tmp_path, decoder="ceed", init="warm", num_envs=3, episodes=8))
     assert len(calls) == len(decodes) > 0
     assert any(mixed)  # copies finish at different steps: some calls mix both kinds of rows
+
+
+def test_setup_work_inside_a_timed_call_is_not_decode_time(tiny_policy_dir, tmp_path, monkeypatch):
+    """A prompt-bucket capture inside a timed call (here: 0.3 s of fake capture in the third call)
+    reaches the decode log as that call's `setup_s`, which takes it out of the call's latency."""
+    import time
+
+    from ee_vla.engine.factory import EnginePool
+
+    calls, added = [], []
+    orig_call, orig_add = EnginePool.__call__, DecodeLog.add
+
+    def call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(0.3)
+            self.setup_s += 0.3
+        return orig_call(self, *args, **kwargs)
+
+    def add(self, stats, seconds, setup_s=0.0):
+        added.append((seconds, setup_s))
+        orig_add(self, stats, seconds, setup_s)
+        assert self.latency.samples[-1] == pytest.approx(seconds - setup_s)
+
+    monkeypatch.setattr(EnginePool, "__call__", call)
+    monkeypatch.setattr(DecodeLog, "add", add)
+    cfg = make_cfg(tiny_policy_dir, tmp_path, decoder="ar", num_envs=1, episodes=2, engine="static", warmup=1)
+    dec = evaluate(cfg)["decode"]
+    assert len(added) == len(calls) - 1 == dec["calls"]  # the warm-up call (the engine's build) is not timed
+    seconds, setup = added[1]  # the third pool call is the second timed one
+    assert setup == pytest.approx(0.3) and seconds >= 0.3
+    assert [s for _, s in added].count(0.0) == len(added) - 1
+    assert dec["setup_calls"] == 1 and dec["setup_s"] == pytest.approx(0.3)
+
+
+def test_decode_log_takes_setup_out_of_latency():
+    from ee_vla.decoding.core import DecodeStats
+
+    log = DecodeLog(n_tokens=21, chunk_size=3)
+    stats = DecodeStats(n_tokens=21, batch_size=2, prefill_s=0.4)
+    stats.forward_passes, stats.unit_final_iteration = 5, [[1, 2, 4], [1, 2, 3]]
+    stats.unit_exact, stats.exit_reason = [[True] * 3] * 2, ["converged"] * 2
+    log.add(stats, 0.5, setup_s=0.35)
+    s = log.summary()
+    assert s["latency_ms"]["p50"] == pytest.approx(150) and s["prefill_ms"]["p50"] == pytest.approx(50)
+    assert s["setup_s"] == pytest.approx(0.35) and s["setup_calls"] == 1
+    assert s["tokens_per_s"] == pytest.approx(2 * 21 / 0.15)
