@@ -569,8 +569,9 @@ class StaticEngine:
             t = time.perf_counter()
             try:
                 self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
-                log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, time.perf_counter() - t)
-                self.setup_s += time.perf_counter() - t
+                dt = time.perf_counter() - t
+                self.setup_s += dt
+                log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, dt)
             except Exception as e:  # a vision tower that a graph cannot hold: its prefills run unreplayed
                 if buf.pixels is None:
                     raise
