@@ -791,6 +791,7 @@ def compare_runs(runs: dict[str, dict], cfg: EvalConfig) -> dict[str, Any]:
             "speedup_tokens_per_s": dec["tokens_per_s"] / base["decode"]["tokens_per_s"],
             "speedup_forward_passes": base["decode"]["forward_passes_per_call"] / dec["forward_passes_per_call"],
             "episodes_identical_to_baseline": sum(a == b for a, b in zip(eps, base_eps, strict=True)),
+            "setup_s": dec["setup_s"],
             "eval_info": info.get("path"),
         }
     return {
@@ -846,6 +847,8 @@ def format_summary(info: dict) -> str:
         f"forward passes/call {dec['forward_passes_per_call']:.2f} | {dec['tokens_per_s']:.0f} tokens/s | "
         f"{dec['actions_per_s']:.0f} actions/s"
     )
+    if dec.get("setup_s", 0) > 0:
+        lines.append(_setup_line({info["decoder"]: dec["setup_s"]}))
     lines.append(f"wrote {info.get('path', EVAL_INFO_FILE)}")
     return "\n".join(lines)
 
@@ -868,9 +871,18 @@ def format_comparison(result: dict) -> str:
             f"{r['latency_ms_p95']:>8.1f} {r['speedup_tokens_per_s']:>10.2f}x {r['speedup_forward_passes']:>8.2f}x "
             f"{r['episodes_identical_to_baseline']:>4}/{r['n_episodes']}"
         )
+    setup = {name: r["setup_s"] for name, r in result["decoders"].items() if r.get("setup_s", 0) > 0}
+    if setup:
+        lines.append(_setup_line(setup))
     if "plot_path" in result:
         lines.append(f"wrote {Path(result['plot_path']).with_name(COMPARE_FILE)} and {result['plot_path']}")
     return "\n".join(lines)
+
+
+def _setup_line(setup_s: dict[str, float]) -> str:
+    """Say how much one-time engine setup (graph captures, engine builds) fell inside timed calls."""
+    per = ", ".join(f"{name} {s:.2f} s" for name, s in setup_s.items())
+    return f"one-time engine setup inside timed calls, taken out of their latency: {per}"
 
 
 def plot_comparison(result: dict, path: Path) -> Path:

@@ -12,7 +12,15 @@ from dataclasses import replace
 
 import pytest
 
-from ee_vla.evaluation import DecodeLog, EvalConfig, EvalConfigError, evaluate, wilson_interval
+from ee_vla.evaluation import (
+    DecodeLog,
+    EvalConfig,
+    EvalConfigError,
+    evaluate,
+    format_comparison,
+    format_summary,
+    wilson_interval,
+)
 from ee_vla.models.vla import ModelLoadError
 
 FAKE_ENV = "test_ee_vla/FakeReach-v0"  # registered by conftest.py
@@ -135,6 +143,10 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     assert (tmp_path / "ar" / "eval_info.json").is_file() and (tmp_path / "jacobi" / "eval_info.json").is_file()
     out = capsys.readouterr().out
     assert "jacobi" in out and "tokens/s" in out
+    assert rows["ar"]["setup_s"] == rows["jacobi"]["setup_s"] == 0 and "one-time engine setup" not in out
+    rows["jacobi"]["setup_s"] = 0.5
+    lines = format_comparison(result).splitlines()
+    assert "one-time engine setup inside timed calls, taken out of their latency: jacobi 0.50 s" in lines
 
 
 def test_ceed_warm_start_is_per_copy(tiny_policy_dir, tmp_path):
@@ -373,7 +385,9 @@ def test_setup_work_inside_a_timed_call_is_not_decode_time(tiny_policy_dir, tmp_
     monkeypatch.setattr(EnginePool, "__call__", call)
     monkeypatch.setattr(DecodeLog, "add", add)
     cfg = make_cfg(tiny_policy_dir, tmp_path, decoder="ar", num_envs=1, episodes=2, engine="static", warmup=1)
-    dec = evaluate(cfg)["decode"]
+    info = evaluate(cfg)
+    dec = info["decode"]
+    assert "one-time engine setup inside timed calls, taken out of their latency: ar 0.30 s" in format_summary(info)
     assert len(added) == len(calls) - 1 == dec["calls"]  # the warm-up call (the engine's build) is not timed
     seconds, setup = added[1]  # the third pool call is the second timed one
     assert setup == pytest.approx(0.3) and seconds >= 0.3
