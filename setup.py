@@ -43,7 +43,9 @@ setup(
         "sim": ["gymnasium>=1.1", "mujoco>=3.3,<3.10", "imageio>=2.30", "h5py>=3.8"],
         "metaworld": ["metaworld==3.1.1"],
         "dds": ["cyclonedds>=0.10.5", "rosbags>=0.10"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+        # triton: the split-KV attention kernel's tests run in Triton's CPU interpreter without a GPU
+        # (CUDA builds of torch ship it already)
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "triton>=3.2"],
     },
     entry_points={
         "console_scripts": [

@@ -2,13 +2,20 @@
 
 MuJoCo reads MUJOCO_GL once, when first imported, and one process cannot switch backends: the
 whole suite renders through EGL (Mesa's software EGL on a CPU) unless the caller sets it.
+
+Triton reads TRITON_INTERPRET when it is first imported too: without a GPU the suite runs Triton
+kernels (`ee_vla.engine.splitkv`) in Triton's CPU interpreter, so that is set before anything
+imports Triton.
 """
 
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -46,8 +46,9 @@ LM_SHAPES: dict[str, LMShape] = {
     "qwen2-0.5b": LMShape("qwen2", 896, 24, 14, 2, 4864, 151936, tie_embeddings=True),
 }
 VLA_SHAPES: tuple[str, ...] = ("tiny", "small")
-ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flex_attention")
-"""transformers attention implementations an LM shape can be built with (`build_workload`)."""
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flex_attention", "ee_splitkv")
+"""transformers attention implementations an LM shape can be built with (`build_workload`);
+`ee_splitkv` is this package's split-KV kernel for short query blocks (`ee_vla.engine.splitkv`)."""
 SHAPES: tuple[str, ...] = (*LM_SHAPES, *VLA_SHAPES)
 
 
@@ -61,8 +62,11 @@ def build_lm(
     shape: LMShape, device: str | torch.device, dtype: torch.dtype, seed: int = 0, attn_implementation: str = "sdpa"
 ):
     """A randomly initialised LM of `shape`, created directly on `device` in `dtype` (eval mode),
-    with transformers' `attn_implementation` (sdpa | eager | flex_attention)."""
+    with transformers' `attn_implementation` (one of `ATTN_IMPLEMENTATIONS`)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if attn_implementation == "ee_splitkv":
+        import ee_vla.engine.splitkv  # noqa: F401  (registers the name with transformers)
 
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     if shape.arch not in classes:

@@ -1,0 +1,140 @@
+"""Time the attention of one decode step alone: torch's SDPA vs the split-KV kernel's settings.
+
+    python -m ee_vla.engine.attn_bench --device cuda --queries 1 22 --out outputs/attn_bench
+
+For each query count, at one shape (default: OpenVLA's Llama-2-7B layer, 32 heads of 128, over the
+static engine's 363 cache slots, bf16), it times `--layers` attention calls in a row, as a forward
+runs them: on CUDA each variant is compiled (Inductor, static shapes: the split merge fuses as in
+the compiled engine) and captured as one CUDA graph of `--layers` calls, replayed `--iters` times;
+on the CPU (Triton's interpreter; a smoke test) it loops. Every variant is checked against SDPA
+(max abs difference). Prints a table, writes `attn_bench.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ee_vla.engine import splitkv
+
+
+def _inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, h, n, D, generator=g).to(device, dtype) for h, n in ((H, M), (Hk, S), (Hk, S)))
+    # The engine's mask: a 288-slot bucket with 12 padding slots, then the window at its causal place.
+    slot = torch.arange(S)
+    q_slot = S - M - 21 + torch.arange(M)  # the window after a prompt, below the cache's top
+    allowed = (slot[None, :] <= q_slot[:, None]) & (slot[None, :] >= min(12, S // 4))
+    allowed |= slot[None, :] == q_slot[:, None]
+    mask = torch.zeros(B, 1, M, S, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return q, k, v, mask.to(device)
+
+
+def _sdpa(q, k, v, mask):
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+def _time(fn, args, layers: int, iters: int, device: str) -> float:
+    """Microseconds per attention call."""
+    if device == "cuda":
+        fn = torch.compile(fn, dynamic=False)
+        for _ in range(3):
+            fn(*args)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(layers):
+                fn(*args)
+        graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1e3 / (iters * layers)
+    fn(*args)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        for _ in range(layers):
+            fn(*args)
+    return (time.perf_counter() - t0) * 1e6 / (iters * layers)
+
+
+def run(args: argparse.Namespace) -> dict:
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for M in args.queries:
+        q, k, v, mask = _inputs(args.batch, args.heads, args.kv_heads, M, args.keys, args.head_dim, dtype, args.device)
+        ref = _sdpa(q, k, v, mask)
+        us = _time(_sdpa, (q, k, v, mask), args.layers, args.iters, args.device)
+        rows.append({"queries": M, "variant": "sdpa", "us": us, "vs_sdpa": 1.0, "max_abs_diff": 0.0})
+        for block_n, splits, warps in itertools.product(args.block_n, args.splits, args.warps):
+            n = splits or None
+            plan = splitkv.plan_splits(args.batch * args.heads, args.keys, block_n, n)
+
+            def fn(q, k, v, mask, block_n=block_n, n=n, warps=warps):
+                return splitkv.splitkv_attention(q, k, v, mask, num_splits=n, block_n=block_n, num_warps=warps)
+
+            diff = (fn(q, k, v, mask).float() - ref.float()).abs().max().item()
+            t = _time(fn, (q, k, v, mask), args.layers, args.iters, args.device)
+            name = f"splitkv n={block_n} splits={plan[0]}{'' if splits else ' (auto)'} warps={warps}"
+            rows.append({"queries": M, "variant": name, "us": t, "vs_sdpa": us / t, "max_abs_diff": diff})
+    report = {
+        "shape": {k: getattr(args, k) for k in ("batch", "heads", "kv_heads", "keys", "head_dim", "dtype", "layers")},
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    for r in rows:
+        print(
+            f"M={r['queries']:<3} {r['variant']:<40} {r['us']:9.2f} us  x{r['vs_sdpa']:.2f} vs SDPA  "
+            f"diff {r['max_abs_diff']:.2e}"
+        )
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "attn_bench.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ee_vla.engine.attn_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--keys", type=int, default=363, help="cache slots (the 7B static engine's capacity)")
+    p.add_argument("--queries", type=int, nargs="+", default=[1, 22])
+    p.add_argument("--layers", type=int, default=32, help="attention calls per timed replay")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--block-n", type=int, nargs="+", default=[32])
+    p.add_argument("--splits", type=int, nargs="+", default=[0], help="key splits; 0: the default plan")
+    p.add_argument("--warps", type=int, nargs="+", default=[4])
+    p.add_argument("--out", default=None, help="directory for attn_bench.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("attn_bench: --device cuda but CUDA is not available")
+    if args.device == "cpu" and not splitkv.INTERPRET:
+        raise SystemExit("attn_bench: on the CPU the kernel runs in Triton's interpreter: set TRITON_INTERPRET=1")
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
