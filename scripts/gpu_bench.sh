@@ -21,6 +21,13 @@
 # and `kernels-7b`: the frozen engine's width-1 and width-22 steps recorded under torch.profiler,
 # their 30 costliest kernels per forward beside the measured latency (<stem>_kernels.txt):
 #   STEPS="kernels-7b" bash scripts/gpu_bench.sh
+# The split-KV attention (session 13, `ee_vla.engine.splitkv`): its tests, the attention alone
+# against SDPA over a sweep of the kernel's settings (attn/attn_bench.json), and the frozen 7B engine
+# with `--attn-implementation ee_splitkv` and with SDPA, same flags, kernel tables included:
+#   STEPS="env pytest-splitkv profile-7b-splitkv" bash scripts/gpu_bench.sh
+#   STEPS="profile-7b-sdpa attn-bench" bash scripts/gpu_bench.sh       # (e.g. on a second GPU)
+# and `profile-7b-fast`: the same with the decode steps' output layer on the action rows only
+# (`--action-logits`); `pytest-gpu`: the GPU engine tests alone (test_gpu.py, test_splitkv.py).
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
@@ -60,7 +67,7 @@ print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', t
       'transformers', transformers.__version__, 'triton', triton.__version__)
 print('device', torch.cuda.get_device_name(0), '%.1f GiB' % (torch.cuda.get_device_properties(0).total_memory / 2**30))
 "
-step pytest-engine 180 python3 -m pytest tests/engine -q -p no:cacheprovider
+step pytest-engine 360 python3 -m pytest tests/engine -q -p no:cacheprovider
 
 PROFILE=(python3 -m ee_vla.engine.profile --device cuda --dtype bfloat16 --out "$OUT")
 # eager, graph and compiled (Inductor with freezing + CUDA graphs); each compiled shape costs a
@@ -85,10 +92,21 @@ step sweep-autotune 400 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/autotune" 
 step kernels-7b 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --compile-mode frozen --decoders \
   --step-widths 1 22 --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 30 --out "$OUT/kernels"
 
+step pytest-splitkv 150 python3 -m pytest tests/engine/test_splitkv.py -q -p no:cacheprovider
+step attn-bench 240 python3 -m ee_vla.engine.attn_bench --device cuda --queries 1 22 --block-n 16 32 64 \
+  --splits 0 2 8 --warps 2 4 --out "$OUT/attn"
+F7B=(--shape openvla-7b --engines compiled --compile-mode frozen --decoders ar ceed --calls 30 --step-widths 1 22
+  --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 12)
+step profile-7b-splitkv 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --out "$OUT/splitkv"
+step profile-7b-sdpa 420 "${PROFILE[@]}" "${F7B[@]}" --out "$OUT/sdpa"
+# both session-13 changes: the split-KV attention and the output layer's action rows only
+step profile-7b-fast 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --action-logits --out "$OUT/fast"
+step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
+
 echo "=== summary" | tee -a "$LOG"
 shopt -s nullglob
 python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
-  "$OUT"/kernels/profile_*.json \
+  "$OUT"/kernels/profile_*.json "$OUT"/splitkv/profile_*.json "$OUT"/sdpa/profile_*.json "$OUT"/fast/profile_*.json \
   2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
 echo "failed steps: $FAILED; files in $OUT: $(find "$OUT" -type f | tr "\n" " ")" | tee -a "$LOG"

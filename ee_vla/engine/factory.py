@@ -57,6 +57,7 @@ class EnginePool:
         graphs: capture CUDA graphs (``graph`` engine) or run the static forwards eagerly.
         compile: None or a `StaticEngine` compile mode (``compiled`` engine: "inductor").
         sdpa_backends: None or the attention backends of every engine (`StaticEngine`).
+        logit_rows: None or the (lo, hi) ids whose logits decode steps compute (`StaticEngine`).
         widths: window widths of each engine (None: `StaticEngine`'s default, 1 and n - 1).
         prompt_headroom: extra prompt slots allocated beyond the first prompt seen (rounded up
             to a multiple of 64), so that instructions of varying length reuse the engine.
@@ -75,6 +76,7 @@ class EnginePool:
         max_engines: int = 8,
         compile: str | None = None,
         sdpa_backends: Sequence[str] | None = None,
+        logit_rows: tuple[int, int] | None = None,
     ):
         if max_new_tokens < 1:
             raise ValueError(f"EnginePool max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -83,6 +85,7 @@ class EnginePool:
         self.graphs = graphs
         self.compile = compile
         self.sdpa_backends = check_sdpa_backends(sdpa_backends, "EnginePool sdpa_backends")
+        self.logit_rows = logit_rows
         self.widths = None if widths is None else tuple(widths)
         self.prompt_headroom = prompt_headroom
         self.max_engines = max_engines
@@ -115,6 +118,7 @@ class EnginePool:
             graphs=self.graphs,
             compile=self.compile,
             sdpa_backends=self.sdpa_backends,
+            logit_rows=self.logit_rows,
         )
         self.engines[batch_size] = eng
         self.setup_s += time.perf_counter() - t
@@ -144,12 +148,14 @@ def make_prefill(
     widths: Sequence[int] | None = None,
     compile_mode: str = "inductor",
     sdpa_backends: Sequence[str] | None = None,
+    logit_rows: tuple[int, int] | None = None,
 ) -> Prefill:
     """A prefill callable for engine `kind` (see module docstring). `device` defaults to the
     model's; `max_new_tokens` is the chunk length (tokens) the policy decodes; `compile_mode` is
     the ``compiled`` engine's (`ee_vla.engine.static.COMPILE_MODES`); `sdpa_backends` the attention
     kernels a static engine's forwards may use (`StaticEngine`; None: torch's choice, and the
-    only value the ``eager`` engine takes)."""
+    only value the ``eager`` engine takes); `logit_rows` the (lo, hi) ids whose logits a static
+    engine's decode steps compute (`StaticEngine`; the eager engine computes all)."""
     from ee_vla.decoding.hf import HFStep
 
     kind = resolve_engine(kind, device if device is not None else next(model.parameters()).device)
@@ -160,6 +166,19 @@ def make_prefill(
     if kind == "compiled":
         on_cuda = next(model.parameters()).device.type == "cuda"
         return EnginePool(
-            model, max_new_tokens, graphs=on_cuda, widths=widths, compile=compile_mode, sdpa_backends=sdpa_backends
+            model,
+            max_new_tokens,
+            graphs=on_cuda,
+            widths=widths,
+            compile=compile_mode,
+            sdpa_backends=sdpa_backends,
+            logit_rows=logit_rows,
         )
-    return EnginePool(model, max_new_tokens, graphs=kind == "graph", widths=widths, sdpa_backends=sdpa_backends)
+    return EnginePool(
+        model,
+        max_new_tokens,
+        graphs=kind == "graph",
+        widths=widths,
+        sdpa_backends=sdpa_backends,
+        logit_rows=logit_rows,
+    )

@@ -82,11 +82,15 @@ class ProfileConfig:
     `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
     attn_implementation: str = "sdpa"
     """LM shapes: transformers' attention implementation of the random model (sdpa | eager |
-    flex_attention; flex_attention only makes sense with the compiled engine, which compiles it
-    into the forward)."""
+    flex_attention | ee_splitkv; flex_attention only makes sense with the compiled engine, which
+    compiles it into the forward; ee_splitkv is `ee_vla.engine.splitkv`'s split-KV kernel for the
+    decode steps, SDPA for the prefill)."""
     sdpa_backends: tuple[str, ...] | None = None
     """Attention kernels the static/graph/compiled engines may use (`StaticEngine(sdpa_backends=)`,
     names of `SDPA_BACKENDS`); None: torch's choice. The eager engine always runs torch's choice."""
+    action_logits: bool = False
+    """Static/graph/compiled engines: decode steps compute only the action tokens' logits (the
+    argmax reads nothing else; `StaticEngine(logit_rows=)`), not the whole vocabulary's."""
     decoders: tuple[str, ...] = DECODERS
     """Decoders per engine: ar | jacobi (to convergence) | ceed (capped at ceed_iterations)."""
     ceed_iterations: int = 2
@@ -206,9 +210,16 @@ def _raw_forwards(cfg: ProfileConfig, wl: Workload, prefill) -> dict:
     step, _, _ = prefill(wl.model, **wl.inputs)
     lo, hi = wl.action_range
     g = torch.Generator().manual_seed(cfg.seed)
+    engine = getattr(step, "engine", None)
     for w in cfg.step_widths:
         toks = torch.randint(lo, hi + 1, (cfg.batch_size, w), generator=g).to(dev)
         out[f"step_w{w}_ms"] = time_call(lambda t=toks: step(t, 0), cfg.warmup + 1, cfg.step_iters, dev).summary_ms()
+        if engine is not None and engine.uses_graphs:  # the device's share of the step, without the host's
+            gw = engine.width_for(w)
+            out[f"replay_w{w}_ms"] = engine.replay_ms(gw, cfg.step_iters)
+            # one replay at a time, synchronised around it as the step is: the launch and the wait
+            one = time_call(lambda gw=gw: engine.replay(gw), cfg.warmup, cfg.step_iters, dev).summary_ms()
+            out[f"replay_w{w}_ms_synced"] = one["p50"]
         if cfg.kernels:
             out[f"kernels_w{w}"] = kernel_table(lambda t=toks: step(t, 0), dev, cfg.kernel_iters, cfg.kernels)
     return out
@@ -251,6 +262,7 @@ def kernel_table(fn, device, iters: int, top: int) -> dict:
         "iters": iters,
         "per_forward_ms": all_ms,
         "n_kernels": len(total),
+        "launches": sum(calls.values()) / iters,
         "top": [
             {
                 "name": name,
@@ -272,10 +284,14 @@ def format_kernels(out: dict) -> str:
                 continue
             w = key[len("kernels_w") :]
             measured = r.get(f"step_w{w}_ms", {}).get("p50")
+            replay = r.get(f"replay_w{w}_ms")
             what = "kernels" if k["device"] == "cuda" else "operators (self CPU time)"
+            runs = f" ({k['launches']:.0f} runs)" if "launches" in k else ""
             lines.append(
-                f"{engine} step w{w}: {k['n_kernels']} {what}, {k['per_forward_ms']:.3f} ms per forward"
-                + (f" (measured p50 {measured:.3f} ms)" if measured is not None else "")
+                f"{engine} step w{w}: {k['n_kernels']} {what}{runs}, {k['per_forward_ms']:.3f} ms per forward"
+                + (f" (measured p50 {measured:.3f} ms" if measured is not None else "")
+                + (f", graph replay alone {replay:.3f} ms" if replay is not None else "")
+                + (")" if measured is not None else "")
             )
             for row in k["top"]:
                 name = row["name"] if len(row["name"]) <= 90 else row["name"][:87] + "..."
@@ -396,6 +412,7 @@ def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
                 widths=widths,
                 compile_mode=cfg.compile_mode,
                 sdpa_backends=None if engine == "eager" else cfg.sdpa_backends,
+                logit_rows=wl.action_range if cfg.action_logits and engine != "eager" else None,
             )
             prefill(wl.model, **wl.inputs)  # builds the engine (and captures its graphs) once
             synchronize(cfg.device)
@@ -513,6 +530,13 @@ def format_table(out: dict) -> str:
     lines += [head, "-" * len(head)]
     for engine, r in out["raw"].items():
         lines.append(f"{engine:<8} {r['prefill_ms']['p50']:>10.2f} " + " ".join(f"{r[k]['p50']:>9.2f}" for k in widths))
+    for engine, r in out["raw"].items():
+        replays = ", ".join(f"{k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("replay_") and k.endswith("_ms"))
+        synced = ", ".join(f"{k[7:-10]} {v:.2f}" for k, v in r.items() if k.endswith("_ms_synced"))
+        if replays:
+            lines.append(f"{engine:<8} graph replay alone (device time, back to back), ms: {replays}")
+        if synced:
+            lines.append(f"{engine:<8} one replay, synchronised around it (p50), ms: {synced}")
     head = (
         f"{'engine':<8} {'decoder':<8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} "
         f"{'iters':>6} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'vs eager AR':>11} {'agree':>6}"
@@ -605,6 +629,8 @@ def _compile_note(c: dict, engine: str) -> str:
         parts.append(c["attn_implementation"])
     if c.get("sdpa_backends"):
         parts.append("sdpa " + "/".join(c["sdpa_backends"]))
+    if c.get("action_logits"):
+        parts.append("action logits only")
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -636,6 +662,9 @@ def summarize_files(paths: list[Path]) -> str:
             )
         for engine, r in out["raw"].items():
             steps = ", ".join(f"{k[5:-3]} {v['p50']:.2f}" for k, v in r.items() if k.startswith("step_"))
+            steps += "".join(
+                f", replay {k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("replay_") and k.endswith("_ms")
+            )
             lines.append(
                 f"{c['shape']:<12} {c['batch_size']:>2} {engine:<7} raw ms: "
                 f"prefill {r['prefill_ms']['p50']:.2f}, {steps}{_compile_note(c, engine)}"
@@ -670,6 +699,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="torch._inductor.config settings for the run, e.g. freezing=True coordinate_descent_tuning=True",
+    )
+    p.add_argument(
+        "--action-logits",
+        action="store_true",
+        help="static/graph/compiled engines: decode steps compute only the action tokens' logits",
     )
     p.add_argument(
         "--attn-implementation",
@@ -713,6 +747,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         compile_mode=a.compile_mode,
         inductor=tuple(a.inductor),
         attn_implementation=a.attn_implementation,
+        action_logits=a.action_logits,
         sdpa_backends=None if a.sdpa_backends is None else tuple(a.sdpa_backends),
         decoders=tuple(a.decoders),
         ceed_iterations=a.ceed_iterations,

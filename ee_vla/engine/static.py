@@ -3,7 +3,8 @@
 `StaticEngine(model, batch_size=..., max_prompt_len=..., max_new_tokens=...)` allocates, once, a KV
 cache of `capacity = max_prompt_len + max_new_tokens + max(widths)` slots per layer and, for every
 window width in `widths` (default: 1 for AR and `max_new_tokens - 1` for a whole Jacobi window),
-static input buffers (token ids, position ids, cache slots). `engine.prefill(input_ids,
+static input buffers (token ids; the window's start, from which the forward computes its position
+ids and cache slots). `engine.prefill(input_ids,
 attention_mask, **extra)` mirrors `HFStep.prefill`: it runs the prompt into slots 0 .. P-1 and
 returns `(step, first_logits, seconds)`, where `step(tokens, start)` is the same protocol that
 `ee_vla.decoding.core.iter_decode` drives.
@@ -218,11 +219,11 @@ class SlotLayer(CacheLayerMixin):
 
 @dataclass
 class _WidthBuffers:
-    """Static inputs of one window width (their addresses are baked into its CUDA graph)."""
+    """Static inputs of one window width (their addresses are baked into its CUDA graph). Its
+    position ids and cache slots are computed inside the forward from the engine's `_start`,
+    `_pos_base` and `_slot_base`, so that a step copies in only its tokens and its start."""
 
     ids: torch.Tensor  # (B, w) token ids
-    positions: torch.Tensor  # (B, w) position ids
-    slots: torch.Tensor  # (w,) cache slots written
     arange: torch.Tensor  # (w,) 0 .. w-1
 
 
@@ -261,6 +262,11 @@ class StaticEngine:
             static-shape forward through `torch.compile` (see the module docstring).
         sdpa_backends: None (torch's choice) or names from `SDPA_BACKENDS`: the attention kernels
             the language model's forwards may use (see the module docstring).
+        logit_rows: None, or the inclusive (lo, hi) token ids whose logits the decode steps
+            compute: the output layer multiplies only those rows of its weight, and every other
+            id's logit is the dtype's minimum. For action decoding, whose argmax reads only the
+            action tokens (`iter_decode(action_range=...)`): OpenVLA's 256 of 32064 ids, 1/125 of
+            the output layer's weights. The prefill computes every logit.
     """
 
     def __init__(
@@ -276,6 +282,7 @@ class StaticEngine:
         warmup: int = 2,
         compile: str | None = None,
         sdpa_backends: Sequence[str] | None = None,
+        logit_rows: tuple[int, int] | None = None,
     ):
         sdpa_backends = check_sdpa_backends(sdpa_backends, "StaticEngine sdpa_backends")
         if batch_size < 1:
@@ -312,6 +319,7 @@ class StaticEngine:
         self._warmup = warmup
         self.compile = compile
         self.sdpa_backends = sdpa_backends
+        self.logit_rows = self._check_logit_rows(model, logit_rows)
         self._model_logits = self._eager_logits
         if compile is not None:
             _raise_recompile_limit()
@@ -356,12 +364,16 @@ class StaticEngine:
             )
             self._kidx = torch.arange(self.capacity, device=dev)
             self._key_ok = torch.ones(batch_size, self.capacity, dtype=torch.bool, device=dev)
+            # A step's window starts at generated position `_start`: its position ids are
+            # `_pos_base + _start + j` (`_pos_base`: each sample's real prompt length) and its cache
+            # slots `_slot_base + _start + j` (`_slot_base`: the padded prompt length). The prefill
+            # sets the bases, a step sets `_start`; the forward (and its graph) computes the rest.
+            self._start = torch.zeros(1, dtype=torch.long, device=dev)
+            self._pos_base = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
+            self._slot_base = torch.full((1,), max_prompt_len, dtype=torch.long, device=dev)
             self._buffers = {
                 w: _WidthBuffers(
-                    ids=torch.zeros(batch_size, w, dtype=torch.long, device=dev),
-                    positions=torch.arange(w, device=dev).repeat(batch_size, 1),
-                    slots=torch.arange(w, device=dev) + max_prompt_len,
-                    arange=torch.arange(w, device=dev),
+                    ids=torch.zeros(batch_size, w, dtype=torch.long, device=dev), arange=torch.arange(w, device=dev)
                 )
                 for w in widths
             }
@@ -382,9 +394,35 @@ class StaticEngine:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         return mask.masked_fill_(~allowed, self._min)
 
-    def _eager_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, **extra) -> torch.Tensor:
-        """The model's forward over the static cache (compiled when the engine compiles)."""
-        return self._model_forward(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
+    @staticmethod
+    def _check_logit_rows(model, rows: tuple[int, int] | None) -> tuple[int, int] | None:
+        if rows is None:
+            return None
+        head = model.get_output_embeddings()
+        if head is None or not hasattr(model, "model") or not isinstance(head, torch.nn.Linear):
+            raise ValueError("StaticEngine logit_rows needs a model with a `model` backbone and a Linear output layer")
+        lo, hi = (int(r) for r in rows)
+        if not 0 <= lo <= hi < head.out_features:
+            raise ValueError(f"StaticEngine logit_rows must be 0 <= lo <= hi < {head.out_features}, got {rows}")
+        return lo, hi
+
+    def _eager_logits(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, rows_only: bool = False, **extra
+    ) -> torch.Tensor:
+        """The model's forward over the static cache (compiled when the engine compiles). With
+        `rows_only`, the backbone and only `logit_rows` of the output layer (see `logit_rows`)."""
+        if not rows_only:
+            return self._model_forward(input_ids=ids, attention_mask=mask, position_ids=positions, **extra).logits
+        hidden = self.model.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache, use_cache=True
+        ).last_hidden_state
+        head = self.model.get_output_embeddings()
+        lo, hi = self.logit_rows
+        bias = None if head.bias is None else head.bias[lo : hi + 1]
+        part = torch.nn.functional.linear(hidden, head.weight[lo : hi + 1], bias)
+        logits = part.new_full((*part.shape[:-1], head.out_features), self._min)
+        logits[..., lo : hi + 1] = part
+        return logits
 
     def _model_forward(self, **kwargs):
         """`self.model(**kwargs)` over the engine's cache."""
@@ -397,7 +435,13 @@ class StaticEngine:
 
     def _forward(self, width: int) -> torch.Tensor:
         """One step over the width-`width` buffers; (B, w, V) logits."""
-        return self._buffer_forward(self._buffers[width])
+        buf = self._buffers[width]
+        at = self._start + buf.arange
+        slots = self._slot_base + at
+        self._slots.index = slots
+        return self._model_logits(
+            buf.ids, self._mask(slots), self._pos_base + at, rows_only=self.logit_rows is not None
+        )
 
     def _prompt_forward(self, length: int) -> torch.Tensor:
         """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
@@ -522,6 +566,8 @@ class StaticEngine:
             logits = out.logits[:, -1, :]
         self._generation += 1
         step = StaticStep(self, self._generation, P, attention_mask.sum(1, keepdim=True))
+        self._pos_base.copy_(step.valid_len)
+        self._slot_base.fill_(P)
         synchronize(dev)  # the seconds are the prefill's, not its launch's
         return step, logits, time.perf_counter() - t
 
@@ -609,7 +655,7 @@ class StaticEngine:
             )
         return self.widths[i]
 
-    def _run(self, tokens: torch.Tensor, start: int, prompt_len: int, valid_len: torch.Tensor) -> torch.Tensor:
+    def _run(self, tokens: torch.Tensor, start: int, prompt_len: int) -> torch.Tensor:
         B, L = tokens.shape
         if B != self.batch_size or L < 1:
             raise ValueError(f"step tokens must be ({self.batch_size}, L >= 1), got {tuple(tokens.shape)}")
@@ -625,13 +671,34 @@ class StaticEngine:
         buf.ids[:, :L].copy_(tokens)
         if L < w:  # any valid id will do: padded outputs are dropped, their KV entries masked
             buf.ids[:, L:].copy_(tokens[:, -1:].expand(B, w - L))
-        buf.positions.copy_(valid_len + (start + buf.arange))
-        buf.slots.copy_(buf.arange + (prompt_len + start))
+        self._start.fill_(start)  # positions and slots follow inside the forward (see _WidthBuffers)
         if self.uses_graphs:
             graph, logits = self._graphs[w]
             graph.replay()
             return logits[:, :L].clone()  # the graph's output buffer is overwritten by the next replay
         return self._forward(w)[:, :L]
+
+    def replay(self, width: int) -> None:
+        """Replay the width-`width` step graph once as it stands (no copies in or out): for timing."""
+        if not self.uses_graphs:
+            raise RuntimeError("replay needs an engine with CUDA graphs")
+        self._graphs[width][0].replay()
+
+    def replay_ms(self, width: int, iters: int = 50) -> float:
+        """Device time of one replay of the width-`width` step graph, in ms: `iters` replays back to
+        back between two CUDA events, after one untimed. What a step costs the GPU, without the
+        host's work around it (the buffer copies, the launch, the logits' clone, the sync). The
+        replays reuse the buffers of the last step: they rewrite only the window's cache slots."""
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        self.replay(width)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            self.replay(width)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
 
 
 class StaticStep:
@@ -650,6 +717,6 @@ class StaticStep:
             raise RuntimeError("this step's engine was released (e.g. evicted from its EnginePool)")
         if self.generation != self.engine._generation:
             raise RuntimeError("this step belongs to an earlier prefill: the engine's cache now holds another prompt")
-        logits = self.engine._run(tokens.to(self.engine.device), int(start), self.prompt_len, self.valid_len)
+        logits = self.engine._run(tokens.to(self.engine.device), int(start), self.prompt_len)
         self.calls += 1
         return logits

@@ -100,6 +100,7 @@ def test_graph_replays_follow_new_prompts_and_return_fresh_logits():
         a_copy = a.clone()
         step(torch.full((2, 3), 5, dtype=torch.long, device="cuda"), 0)
         assert torch.equal(a, a_copy)
+    assert 0 < engine.replay_ms(engine.width_for(3), iters=5) < 1e3
 
 
 def test_graph_and_static_forwards_agree_in_bf16():

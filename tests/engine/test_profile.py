@@ -58,6 +58,10 @@ def test_the_7b_shape_is_built_without_allocating_it():
     assert wl.model.config._attn_implementation == "sdpa"
     flex = build_workload("openvla-7b", "meta", torch.bfloat16, attn_implementation="flex_attention")
     assert flex.model.config._attn_implementation == "flex_attention"
+    split = build_workload("openvla-7b", "meta", torch.bfloat16, attn_implementation="ee_splitkv")
+    from transformers import AttentionInterface
+
+    assert split.model.config._attn_implementation == "ee_splitkv" and "ee_splitkv" in AttentionInterface()
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
         build_workload("openvla-7b", "meta", torch.bfloat16, attn_implementation="paged")
     with pytest.raises(ValueError, match="LM shapes only"):
@@ -163,13 +167,28 @@ def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):
     k1, k64 = raw["kernels_w1"], raw["kernels_w64"]
     for k in (k1, k64):
         assert k["device"] == "cpu" and k["iters"] == 3 and len(k["top"]) == 5 and k["n_kernels"] >= 5
+        assert k["launches"] >= k["n_kernels"]  # every name runs at least once per forward
         assert 0 < sum(r["share"] for r in k["top"]) <= 1 + 1e-9
         assert [r["ms"] for r in k["top"]] == sorted((r["ms"] for r in k["top"]), reverse=True)
         assert all(r["calls"] > 0 for r in k["top"])
     mm = lambda k: sum(r["ms"] for r in k["top"] if "mm" in r["name"] or "linear" in r["name"])  # noqa: E731
     assert mm(k64) > mm(k1) > 0
     text = (tmp_path / "profile_tiny.json").parent.joinpath("profile_tiny_kernels.txt").read_text()
-    assert "static step w64: " in text and "operators (self CPU time)" in text
+    assert "static step w64: " in text and "operators (self CPU time)" in text and " runs), " in text
     assert "static step w1: " in capsys.readouterr().out
     with pytest.raises(ValueError, match="kernels must be >= 0"):
         ProfileConfig(kernels=-1)
+
+
+def test_action_logits_reach_the_engines_and_keep_the_tokens(tmp_path):
+    """`--action-logits`: the static engine's decode steps compute only the action rows; the tokens
+    still agree with eager (same action range, float64) and the summary says which mode ran."""
+    cfg = config_from_args(
+        ["--shape", "tiny", "--dtype", "float64", "--engines", "eager", "static", "--decoders", "ar", "ceed"]
+        + ["--calls", "2", "--step-widths", "3", "--step-iters", "2", "--warmup", "0", "--no-generate"]
+        + ["--no-plots", "--action-logits", "--out", str(tmp_path)]
+    )
+    assert cfg.action_logits and not config_from_args([]).action_logits
+    out = run_profile(cfg)
+    assert all(r["token_agreement_vs_eager"] == 1.0 for r in out["results"]["static"].values())
+    assert "action logits only" in summarize_files([tmp_path / f"{cfg.stem}.json"])

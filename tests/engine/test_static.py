@@ -98,6 +98,8 @@ def test_engine_errors_name_the_problem():
         step(torch.zeros(2, 5, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="cache slots"):
         step(torch.zeros(2, 4, dtype=torch.long), 8)
+    with pytest.raises(RuntimeError, match="replay needs an engine with CUDA graphs"):
+        engine.replay_ms(4)
     with pytest.raises(ValueError, match="needs a CUDA model"):
         StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, graphs=True)
 
@@ -413,3 +415,36 @@ def test_vla_prefill_replayed_and_its_capture_failure_falls_back(caplog):
         _assert_all_match(compare_to_eager(vla.model, inputs, n, lambda m, **k: engine.prefill(**k), **kw))
     assert engine._image_graph_failed and not engine._prompt_graphs
     assert "runs without one" in caplog.text
+
+
+@pytest.mark.parametrize("compile_mode", [None, "aot_eager"])
+def test_action_logits_only_decode_the_eager_action_tokens(compile_mode):
+    """`logit_rows`: decode steps multiply only the action rows of the output layer; every decoder
+    gives eager HFStep's tokens under the same action range, and the other ids' logits never win."""
+    model = tiny_lm("llama", seed=1)
+    inputs = padded_prompts(3, 9, [0, 3, 5], seed=3)
+    n, rows = 12, (TINY_VOCAB - 16, TINY_VOCAB - 1)
+    pool = EnginePool(model, n, graphs=False, compile=compile_mode, logit_rows=rows)
+    _assert_all_match(compare_to_eager(model, inputs, n, pool, action_range=rows))
+    step, _, _ = pool(model, **inputs)
+    logits = step(torch.zeros(3, 4, dtype=torch.long), 0)
+    ref_step, _, _ = HFStep.prefill(model, **inputs)
+    ref = ref_step(torch.zeros(3, 4, dtype=torch.long), 0)
+    lo = rows[0]
+    assert torch.allclose(logits[..., lo:], ref[..., lo:], atol=1e-10)
+    assert (logits[..., :lo] == torch.finfo(torch.float64).min).all()
+
+
+def test_action_logits_only_on_a_llava_vla():
+    vla, inputs = _tiny_vla_inputs()
+    n = vla.n_action_tokens
+    pool = EnginePool(vla.model, n, graphs=False, logit_rows=vla.action_range)
+    _assert_all_match(compare_to_eager(vla.model, inputs, n, pool, action_range=vla.action_range, unit=vla.action_dim))
+
+
+def test_logit_rows_are_validated():
+    model = tiny_lm("llama", seed=0)
+    with pytest.raises(ValueError, match="logit_rows must be 0 <= lo <= hi"):
+        StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, logit_rows=(5, TINY_VOCAB))
+    with pytest.raises(ValueError, match="logit_rows must be 0 <= lo <= hi"):
+        StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, logit_rows=(5, 4))
