@@ -48,14 +48,15 @@ def tiny_lm(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
+    head_dim: int = 8,
 ):
-    """A tiny random Llama or Qwen2 causal LM (as tests/decoding builds), lm_head sharpened so that
-    greedy tokens repeat structure rather than being noise."""
+    """A tiny random Llama or Qwen2 causal LM (as tests/decoding builds; 4 query and 2 KV heads of
+    `head_dim`), lm_head sharpened so that greedy tokens repeat structure rather than being noise."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     kw = dict(
         vocab_size=TINY_VOCAB,
-        hidden_size=32,
+        hidden_size=4 * head_dim,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,

@@ -222,7 +222,7 @@ def _splitkv_partial(
         *query.stride(), *key.stride(), *value.stride(),
         mask.stride(0), mask_h, mask.stride(2), mask.stride(3),
         M, key.shape[2], H, H // key.shape[1], scale,
-        SPLIT_LEN=split_len, BLOCK_M=max(16, triton_next_pow2(M)), BLOCK_N=block_n, HEAD_DIM=D,
+        SPLIT_LEN=split_len, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, HEAD_DIM=D,
         NUM_SPLITS=splits, IEEE=query.dtype == torch.float32, NEG=_NEG, num_warps=num_warps,
     )  # fmt: skip
     return out, mx, total
@@ -234,11 +234,6 @@ def _(query, key, value, mask, scale, splits, split_len, block_n, num_warps):
     out = query.new_empty(B * H, splits, M, D, dtype=torch.float32)
     mx = query.new_empty(B * H, splits, M, dtype=torch.float32)
     return out, mx, torch.empty_like(mx)
-
-
-def triton_next_pow2(n: int) -> int:
-    """The smallest power of two >= n (n >= 1)."""
-    return 1 << (max(1, n) - 1).bit_length()
 
 
 def attention_forward(

@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 from ee_vla.decoding import DecodeConfig, decode  # noqa: E402
 from ee_vla.engine import StaticEngine, splitkv  # noqa: E402
-from ee_vla.engine.check import padded_prompts  # noqa: E402
+from ee_vla.engine.check import padded_prompts, tiny_lm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 on_gpu = pytest.mark.skipif(DEVICE == "cpu", reason="bfloat16 needs a GPU (Triton's interpreter gets bf16 dots wrong)")
@@ -108,23 +108,8 @@ def test_without_the_interpreter_a_cpu_tensor_is_refused(monkeypatch):
 
 
 def _lm(attn: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # head dim 16, grouped KV heads
-        max_position_embeddings=256,
-    )
-    cfg._attn_implementation = attn
-    model = LlamaForCausalLM(cfg).to(DEVICE, torch.float32).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8)  # sharp logits: no near-ties between two float32 kernels
-    return model
+    """float32, head dim 16 (the kernel's smallest), grouped KV heads."""
+    return tiny_lm("llama", seed=0, dtype=torch.float32, device=DEVICE, attn_implementation=attn, head_dim=16)
 
 
 def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch):
@@ -134,7 +119,7 @@ def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch):
     calls = []
     real = splitkv.splitkv_attention
     monkeypatch.setattr(splitkv, "splitkv_attention", lambda *a, **kw: calls.append(a[0].shape[2]) or real(*a, **kw))
-    inputs = padded_prompts(2, 70, [0, 3], seed=1, vocab=64, device=DEVICE)
+    inputs = padded_prompts(2, 70, [0, 3], seed=1, device=DEVICE)
     n = 6
     tokens = {}
     compiled = "inductor" if DEVICE == "cuda" else "aot_eager"  # traced around the kernel's custom op
