@@ -43,10 +43,14 @@ def _sdpa(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
 
 
-def _time(fn, args, layers: int, iters: int, device: str) -> float:
-    """Microseconds per attention call."""
+def _time(fn, args, layers: int, iters: int, device: str, compile: bool = True, kernels: int = 0):
+    """(microseconds per attention call, None or the `kernels` costliest kernels of one replay)."""
     if device == "cuda":
-        fn = torch.compile(fn, dynamic=False)
+        if compile:
+            # Each variant is the same code object with other defaults: without a reset, Dynamo's
+            # recompile limit (8) would silently run later variants eagerly.
+            torch._dynamo.reset()
+            fn = torch.compile(fn, dynamic=False)
         for _ in range(3):
             fn(*args)
         torch.cuda.synchronize()
@@ -62,13 +66,18 @@ def _time(fn, args, layers: int, iters: int, device: str) -> float:
             graph.replay()
         end.record()
         torch.cuda.synchronize()
-        return start.elapsed_time(end) * 1e3 / (iters * layers)
+        table = None
+        if kernels:
+            from ee_vla.engine.profile import kernel_table
+
+            table = kernel_table(graph.replay, device, 5, kernels)
+        return start.elapsed_time(end) * 1e3 / (iters * layers), table
     fn(*args)
     t0 = time.perf_counter()
     for _ in range(iters):
         for _ in range(layers):
             fn(*args)
-    return (time.perf_counter() - t0) * 1e6 / (iters * layers)
+    return (time.perf_counter() - t0) * 1e6 / (iters * layers), None
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -77,8 +86,9 @@ def run(args: argparse.Namespace) -> dict:
     for M in args.queries:
         q, k, v, mask = _inputs(args.batch, args.heads, args.kv_heads, M, args.keys, args.head_dim, dtype, args.device)
         ref = _sdpa(q, k, v, mask)
-        us = _time(_sdpa, (q, k, v, mask), args.layers, args.iters, args.device)
-        rows.append({"queries": M, "variant": "sdpa", "us": us, "vs_sdpa": 1.0, "max_abs_diff": 0.0})
+        timing = dict(compile=not args.no_compile, kernels=args.kernels)
+        us, table = _time(_sdpa, (q, k, v, mask), args.layers, args.iters, args.device, **timing)
+        rows.append({"queries": M, "variant": "sdpa", "us": us, "vs_sdpa": 1.0, "max_abs_diff": 0.0, "kernels": table})
         for block_n, splits, warps in itertools.product(args.block_n, args.splits, args.warps):
             n = splits or None
             plan = splitkv.plan_splits(args.batch * args.heads, args.keys, block_n, n)
@@ -87,11 +97,14 @@ def run(args: argparse.Namespace) -> dict:
                 return splitkv.splitkv_attention(q, k, v, mask, num_splits=n, block_n=block_n, num_warps=warps)
 
             diff = (fn(q, k, v, mask).float() - ref.float()).abs().max().item()
-            t = _time(fn, (q, k, v, mask), args.layers, args.iters, args.device)
+            t, table = _time(fn, (q, k, v, mask), args.layers, args.iters, args.device, **timing)
             name = f"splitkv n={block_n} splits={plan[0]}{'' if splits else ' (auto)'} warps={warps}"
-            rows.append({"queries": M, "variant": name, "us": t, "vs_sdpa": us / t, "max_abs_diff": diff})
+            rows.append(
+                {"queries": M, "variant": name, "us": t, "vs_sdpa": us / t, "max_abs_diff": diff, "kernels": table}
+            )
     report = {
         "shape": {k: getattr(args, k) for k in ("batch", "heads", "kv_heads", "keys", "head_dim", "dtype", "layers")},
+        "compiled": args.device == "cuda" and not args.no_compile,
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
         "rows": rows,
@@ -101,6 +114,9 @@ def run(args: argparse.Namespace) -> dict:
             f"M={r['queries']:<3} {r['variant']:<40} {r['us']:9.2f} us  x{r['vs_sdpa']:.2f} vs SDPA  "
             f"diff {r['max_abs_diff']:.2e}"
         )
+        for k in (r["kernels"] or {}).get("top", []):
+            per_call = 1e3 * k["ms"] / args.layers
+            print(f"        {per_call:8.2f} us per call {k['calls'] / args.layers:5.1f}x  {k['name'][:80]}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block-n", type=int, nargs="+", default=[32])
     p.add_argument("--splits", type=int, nargs="+", default=[0], help="key splits; 0: the default plan")
     p.add_argument("--warps", type=int, nargs="+", default=[4])
+    p.add_argument("--no-compile", action="store_true", help="CUDA: time the eager ops (no torch.compile)")
+    p.add_argument("--kernels", type=int, default=0, help="CUDA: list the N costliest kernels of each variant")
     p.add_argument("--out", default=None, help="directory for attn_bench.json")
     return p
 
