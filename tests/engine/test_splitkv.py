@@ -99,6 +99,10 @@ def test_what_the_kernel_refuses_is_named():
     assert splitkv.kernel_applies(q, k, mask, dropout=0.1) == "dropout"
     with pytest.raises(ValueError, match="dtype"):
         splitkv.splitkv_attention(q.double(), k.double(), v.double(), mask.double())
+    with pytest.raises(ValueError, match="do not match"):
+        splitkv.splitkv_attention(q, k, v[:, :, :10], mask)
+    with pytest.raises(ValueError, match="mask heads 3 must be 1 or 2"):
+        splitkv.splitkv_attention(q, k, v, mask.expand(1, 3, 4, 20))
 
 
 def test_without_the_interpreter_a_cpu_tensor_is_refused(monkeypatch):
