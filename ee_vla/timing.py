@@ -128,6 +128,24 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, iters: int = 10, device: A
     return rec
 
 
+def cuda_ms_back_to_back(fn: Callable[[], Any], iters: int) -> float:
+    """Device time of one call of `fn`, in ms, on the current CUDA stream: one untimed call, then
+    `iters` calls back to back between two CUDA events, with no host synchronisation between them
+    (for a CUDA-graph replay: the graph's own time, without the host's work around a call)."""
+    import torch
+
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
 def device_name(device: Any = "cpu") -> str:
     """Human-readable name of the accelerator (e.g. "NVIDIA H100 80GB HBM3") or of the CPU."""
     import torch

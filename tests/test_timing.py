@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
+from ee_vla.timing import (
+    LatencyRecorder,
+    cuda_ms_back_to_back,
+    environment_info,
+    summarize,
+    synchronize,
+    time_call,
+)
 
 
 def test_summarize_known_percentiles():
@@ -87,3 +94,10 @@ def test_environment_info_names_device_dtype_and_versions():
     assert isinstance(info["device_name"], str) and info["device_name"]
     assert info["versions"]["torch"] and info["versions"]["numpy"]
     assert "transformers" in info["versions"]
+
+
+def test_cuda_back_to_back_timing_validates_iters_before_calling():
+    calls = []
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        cuda_ms_back_to_back(lambda: calls.append(1), 0)
+    assert calls == []

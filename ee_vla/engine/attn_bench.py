@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ee_vla.engine import splitkv
+from ee_vla.timing import cuda_ms_back_to_back
 
 
 def _inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
@@ -58,20 +59,13 @@ def _time(fn, args, layers: int, iters: int, device: str, compile: bool = True, 
         with torch.cuda.graph(graph):
             for _ in range(layers):
                 fn(*args)
-        graph.replay()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
+        us = cuda_ms_back_to_back(graph.replay, iters) * 1e3 / layers
         table = None
         if kernels:
             from ee_vla.engine.profile import kernel_table
 
             table = kernel_table(graph.replay, device, 5, kernels)
-        return start.elapsed_time(end) * 1e3 / (iters * layers), table
+        return us, table
     fn(*args)
     t0 = time.perf_counter()
     for _ in range(iters):

@@ -163,22 +163,13 @@ def make_prefill(
         if sdpa_backends is not None:
             raise ValueError("sdpa_backends applies to the static, graph and compiled engines, not eager")
         return HFStep.prefill
-    if kind == "compiled":
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        return EnginePool(
-            model,
-            max_new_tokens,
-            graphs=on_cuda,
-            widths=widths,
-            compile=compile_mode,
-            sdpa_backends=sdpa_backends,
-            logit_rows=logit_rows,
-        )
+    compiled = kind == "compiled"  # compiled: with CUDA graphs on a GPU, compiled forwards alone elsewhere
     return EnginePool(
         model,
         max_new_tokens,
-        graphs=kind == "graph",
+        graphs=next(model.parameters()).device.type == "cuda" if compiled else kind == "graph",
         widths=widths,
+        compile=compile_mode if compiled else None,
         sdpa_backends=sdpa_backends,
         logit_rows=logit_rows,
     )

@@ -80,7 +80,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ee_vla.decoding.hf import prompt_positions
-from ee_vla.timing import synchronize
+from ee_vla.timing import cuda_ms_back_to_back, synchronize
 
 log = logging.getLogger(__name__)
 
@@ -689,16 +689,7 @@ class StaticEngine:
         back between two CUDA events, after one untimed. What a step costs the GPU, without the
         host's work around it (the buffer copies, the launch, the logits' clone, the sync). The
         replays reuse the buffers of the last step: they rewrite only the window's cache slots."""
-        if iters < 1:
-            raise ValueError(f"iters must be >= 1, got {iters}")
-        self.replay(width)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            self.replay(width)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
+        return cuda_ms_back_to_back(lambda: self.replay(width), iters)  # `replay` raises without graphs
 
 
 class StaticStep:
