@@ -152,3 +152,16 @@ def test_bad_call_arguments():
         decode(CountingStep(1), first_logits(1), 8, DecodeConfig(), unit=3)
     with pytest.raises(ValueError, match="guess must have shape"):
         decode(CountingStep(1), first_logits(1), 6, DecodeConfig(), guess=torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_presets_say_what_they_bound():
+    """`ceed` is relaxed convergence (tau=1, no cap); `ceed_cap` is CEED's fixed cap of 2
+    iterations with exact convergence otherwise; the user-facing names keep working."""
+    ceed, cap = DecodeConfig.preset("ceed"), DecodeConfig.preset("ceed_cap")
+    assert (ceed.method, ceed.tau, ceed.max_iterations) == ("ceed", 1, None)
+    assert (cap.method, cap.tau, cap.max_iterations) == ("ceed", 0, 2)
+    assert DecodeConfig.preset("ar").method == "ar" and DecodeConfig.preset("jacobi").tau == 0
+    _, stats = decode(CountingStep(1), first_logits(1), 9, cap, action_range=(LO, HI))
+    assert stats.forward_passes == 3 and stats.exit_reason == ["cap"]
+    with pytest.raises(ValueError, match="ceed_cap"):
+        DecodeConfig.preset("fast")
