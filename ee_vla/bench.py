@@ -20,6 +20,7 @@ import numpy as np
 from ee_vla.decoding import DecodeConfig
 from ee_vla.engine.factory import ENGINES, EngineKind
 from ee_vla.engine.static import check_compile_mode
+from ee_vla.threads import configure_threads
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class BenchConfig:
     """torch device."""
     dtype: str = "float32"
     """Model dtype."""
+    threads: int = 0
+    """CPU threads of torch (intra-op); 0 = the cores available minus one (ee_vla.threads)."""
     engine: EngineKind = "auto"
     """Decode engine (see PolicyConfig.engine): auto = CUDA graphs on a GPU, eager otherwise."""
     compile_mode: str = "inductor"
@@ -67,6 +70,8 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 1:
             raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise ValueError(f"BenchConfig.threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.engine not in ENGINES:
             raise ValueError(f"BenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
         check_compile_mode(self.compile_mode, "BenchConfig.compile_mode")
@@ -115,6 +120,7 @@ def _observations(policy, cfg: BenchConfig) -> dict:
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Benchmark every decoder on the same inputs; returns (and saves) the results."""
+    configure_threads(cfg.threads)
     policy = _policy(cfg)
     obs = _observations(policy, cfg)
     n_tok = policy.vla.n_action_tokens * cfg.batch_size

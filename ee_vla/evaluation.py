@@ -44,6 +44,7 @@ import tyro
 from ee_vla.decoding import DecodeConfig, DecodeStats
 from ee_vla.engine.factory import EngineKind, resolve_engine
 from ee_vla.engine.static import check_compile_mode
+from ee_vla.threads import configure_threads
 from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class EvalConfig:
     """torch device of the policy (auto = cuda when available, else cpu)."""
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Model dtype."""
+    threads: int = 0
+    """CPU threads of torch (intra-op); 0 = the cores available minus one, left to env stepping and
+    rendering (ee_vla.threads)."""
     engine: EngineKind = "auto"
     """Decode engine (docs/performance.md): auto = CUDA graphs on a GPU, eager on a CPU; compiled =
     torch.compile + CUDA graphs (fastest on large models, compiles each shape at first use)."""
@@ -152,7 +156,7 @@ class EvalConfig:
         for name in ("episodes", "num_envs"):
             if getattr(self, name) < 1:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("videos", "warmup"):
+        for name in ("videos", "warmup", "threads"):
             if getattr(self, name) < 0:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("n_action_steps", "max_episode_steps"):
@@ -687,6 +691,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     from ee_vla.policy import VLAPolicy
 
+    configure_threads(cfg.threads)
     first = decode_cfgs[cfg.decoders[0]]
     policy = VLAPolicy.from_pretrained(
         cfg.policy, first, cfg.device, cfg.dtype, cfg.n_action_steps, cfg.engine, cfg.compile_mode

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+from ee_vla.threads import available_cores
 
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 """Percentiles every latency summary reports."""
@@ -189,6 +192,8 @@ def environment_info(device: Any = "cpu", dtype: str | None = None) -> dict[str,
         "device_name": device_name(dev),
         "dtype": dtype,
         "torch_num_threads": torch.get_num_threads(),
+        "cores_available": available_cores(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": library_versions(),

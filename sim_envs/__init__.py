@@ -17,9 +17,17 @@ Rendering is headless through MuJoCo: set `MUJOCO_GL=egl` (or `osmesa`) before i
 
 from __future__ import annotations
 
+import os
+
 import gymnasium
 
 from sim_envs.common import ACTION_DIM, ACTION_NAMES, GRIPPER_CONVENTION
+
+# Mesa's software rasteriser (llvmpipe, behind EGL/OSMesa on a CPU) starts one thread per core in
+# every process that renders. Frames here are small, so the renderer's own thread suffices (0 = no
+# extra threads), and N env worker processes do not start N x cores threads that compete with the
+# policy. Read by Mesa when the first GL context is made; a value the user set is kept.
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 SUITE_ENV_IDS = ("ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0")
 MT10_TASKS = (
