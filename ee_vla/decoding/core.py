@@ -34,6 +34,29 @@ Step = Callable[[torch.Tensor, int], torch.Tensor]
 _FAR = 1 << 30  # distance of a change that involves a non-action token
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or inf logits: its weights or inputs are broken (NaN weights, a zero
+    image std...). Greedy decoding of such logits is meaningless (argmax over NaN picks the first
+    token, a full-scale action), so the loop refuses them instead of returning tokens.
+
+    Attributes: ``rows`` (batch rows with a non-finite logit) and ``positions`` (the generated
+    positions whose prediction was non-finite, over those rows)."""
+
+    def __init__(self, where: str, rows: list[int], positions: list[int]):
+        self.rows, self.positions = rows, positions
+        super().__init__(
+            f"non-finite (NaN/inf) logits from the model at {where}: batch rows {rows}, generated "
+            f"positions {positions}; refusing to decode (check the weights and the input normalisation)"
+        )
+
+
+def _nonfinite_error(where: str, bad: torch.Tensor, first_position: int) -> NonFiniteLogitsError:
+    """The error for a (B, L) mask of non-finite logit rows whose column 0 predicts `first_position`."""
+    rows = torch.nonzero(bad.any(1)).flatten().tolist()
+    positions = (torch.nonzero(bad.any(0)).flatten() + first_position).tolist()
+    return NonFiniteLogitsError(where, rows, positions)
+
+
 def token_distance(a: torch.Tensor, b: torch.Tensor, action_range: tuple[int, int] | None) -> torch.Tensor:
     """|a - b| in bins where both are action tokens (ids in the inclusive `action_range`); a huge
     value where they differ and either is not; 0 where equal. Bin distance equals id distance in
@@ -157,6 +180,10 @@ def iter_decode(
     n_units = n // unit
     window = config.effective_window or n
 
+    # one check per call: the prefill's logits (its sync is the one `mark` makes anyway)
+    bad_first = ~torch.isfinite(first_logits).all(-1, keepdim=True)
+    if bad_first.any():
+        raise _nonfinite_error("the prefill", bad_first, 0)
     y = torch.empty(B, n, dtype=torch.long, device=dev)
     y[:, 0] = greedy(first_logits, action_range)
     if guess is not None:
@@ -195,12 +222,15 @@ def iter_decode(
         return new
 
     def finish(b_mask: torch.Tensor, reason: str) -> None:
+        """End the samples of `b_mask`: the actions that `F` does not cover yet are released as
+        they stand (inexact); those already final by `F` (e.g. made final by the very iteration
+        that triggers a tau exit) keep their exactness and are recorded by the next `mark`."""
+        f = F.tolist()
         for b in torch.nonzero(b_mask & active).flatten().tolist():
             reasons[b] = reason
-            if F[b] < n:
-                for j in range(n_units):
-                    if unit_iter[b][j] < 0:
-                        unit_exact[b][j] = False
+            for j in range(n_units):
+                if unit_iter[b][j] < 0 and f[b] < (j + 1) * unit:
+                    unit_exact[b][j] = False
         F[b_mask & active] = n
         active[b_mask] = False
 
@@ -214,41 +244,57 @@ def iter_decode(
         stats.wall_s = clock() - t0
         return DecodeState(y, F.clone(), new_units, it, done, stats)
 
+    def exits(now: float, est_s: float) -> list[int]:
+        """Apply the cap and the deadlines to the samples still running, given the time `now` and
+        the estimated cost `est_s` of the next iteration; returns the units they released."""
+        if config.max_iterations is not None and it >= config.max_iterations:
+            finish(active.clone(), "cap")
+        elif deadline is not None and now + est_s > deadline:
+            finish(active.clone(), "deadline")
+        elif unit_deadline is not None:
+            forced = []
+            for j in range(n_units):
+                dl = unit_deadline(j)
+                if dl is None or now + est_s <= dl:
+                    continue
+                late = active & (F < (j + 1) * unit)
+                if late.any():
+                    forced += torch.nonzero(late).flatten().tolist()
+                    F[late] = (j + 1) * unit
+            if forced:
+                released = mark(it, forced)
+                finish(F >= n, "action_deadline")
+                return released
+        return []
+
     finish(F >= n, "converged")
-    it, last_iter_s = 0, 0.0
+    # the next iteration's cost is estimated by the last one; before the first, by the prefill
+    it, last_iter_s = 0, prefill_s
     while True:
         # ---- exits decided before spending another forward pass ------------------------------
         new_units = mark(it)  # units that the last iteration made final
         if active.any():
-            now = clock()
-            if config.max_iterations is not None and it >= config.max_iterations:
-                finish(active.clone(), "cap")
-            elif deadline is not None and now + last_iter_s > deadline:
-                finish(active.clone(), "deadline")
-            elif unit_deadline is not None:
-                forced = []
-                for j in range(n_units):
-                    dl = unit_deadline(j)
-                    if dl is None or now + last_iter_s <= dl:
-                        continue
-                    late = active & (F < (j + 1) * unit)
-                    if late.any():
-                        forced += torch.nonzero(late).flatten().tolist()
-                        F[late] = (j + 1) * unit
-                if forced:
-                    new_units += mark(it, forced)
-                    finish(F >= n, "action_deadline")
+            new_units += exits(clock(), last_iter_s)
         new_units += mark(it)  # units released by an exit (marked inexact by finish)
         if not active.any():
             yield snapshot(it, True, new_units)
             return
         yield snapshot(it, False, new_units)
+        # the consumer's time between snapshots counts: decide again with the clock as it is now
+        released = exits(clock(), last_iter_s)
+        released += mark(it)
+        if not active.any():
+            yield snapshot(it, True, released)
+            return
+        if released:
+            yield snapshot(it, False, released)
 
         # ---- one parallel iteration ----------------------------------------------------------
         t_it = clock()
         s = c if config.keep_final_kv else 0
         e = min(n - 1, s + window)
         logits = step(y[:, s:e], s)
+        bad = ~torch.isfinite(logits).all(-1)  # (B, e - s): read with the iteration's one sync below
         pred = greedy(logits, action_range)  # predictions for positions s+1 .. e
         y_old = y[:, s + 1 : e + 1].clone()
         pos = torch.arange(s + 1, e + 1, device=dev)
@@ -259,8 +305,13 @@ def iter_decode(
         right = frozen[:, :-1] | (y_old[:, :-1] == pred[:, :-1])
         run = torch.cumprod(right.long(), dim=1).sum(1) if right.shape[1] else torch.zeros_like(F)
         F_new = torch.where(active, torch.maximum(F, s + 2 + run), F).clamp(max=n)
-        accepted = (F_new - F)[active].float().mean().item()
-        stats.accepted_per_iteration.append(accepted)
+        n_active = active.sum()
+        accepted = ((F_new - F) * active).sum().float() / n_active.clamp(min=1)
+        n_bad = (bad & active[:, None]).sum()
+        accepted_v, n_bad_v = torch.stack([accepted, n_bad.float()]).tolist()  # one host sync
+        if n_bad_v:
+            raise _nonfinite_error(f"iteration {it + 1}", bad & active[:, None], s + 1)
+        stats.accepted_per_iteration.append(accepted_v)
         moved = torch.where(upd, token_distance(pred, y_old, action_range), 0).amax(1)
         F = F_new
         it += 1

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ee_vla.decoding import DecodeConfig, decode, iter_decode, token_distance
+from ee_vla.decoding import DecodeConfig, NonFiniteLogitsError, decode, iter_decode, token_distance
 
 LO, HI = 100, 355  # action-token block
 
@@ -165,3 +165,91 @@ def test_presets_say_what_they_bound():
     assert stats.forward_passes == 3 and stats.exit_reason == ["cap"]
     with pytest.raises(ValueError, match="ceed_cap"):
         DecodeConfig.preset("fast")
+
+
+def test_a_tau_exit_keeps_the_actions_its_own_iteration_made_exact():
+    """The iteration that triggers the tau exit also confirms tokens 0..4: action 0 became final
+    (exactly) in that iteration and must say so; actions 1 and 2 are released inexact."""
+    guess = torch.tensor([[LO, LO + 1, LO + 2, LO + 3, LO + 5, LO + 6, LO + 7, LO + 8, LO + 9]])
+    cfg = DecodeConfig(method="ceed", tau=1)
+    states = list(iter_decode(CountingStep(1), first_logits(1), 9, cfg, guess=guess, action_range=(LO, HI), unit=3))
+    stats = states[-1].stats
+    assert stats.exit_reason == ["tau"] and stats.iterations == 1
+    assert stats.unit_exact == [[True, False, False]]
+    assert stats.unit_final_iteration == [[1, 1, 1]]
+
+
+class SlowConsumer:
+    """Drives `iter_decode` like a streaming consumer that spends `delay_s` of clock per snapshot."""
+
+    def __init__(self, clock: Clock, delay_s: float):
+        self.clock, self.delay_s = clock, delay_s
+
+    def run(self, states):
+        out = []
+        for st in states:
+            out.append((st.iteration, list(st.newly_final_units), st.tokens.clone()))
+            self.clock.t += self.delay_s
+        return out, st
+
+
+def test_deadline_counts_the_consumers_time_between_snapshots():
+    clock = Clock()
+    step = CountingStep(1, clock, cost_s=0.01)
+    cfg = DecodeConfig(method="jacobi", deadline_s=0.045)
+    _, final = SlowConsumer(clock, 0.02).run(iter_decode(step, first_logits(1), 9, cfg, clock=clock))
+    # iteration 1 ends at 0.03, the consumer returns at 0.05: a second iteration would overrun
+    assert final.stats.iterations == 1 and final.stats.exit_reason == ["deadline"] and step.calls == 1
+
+
+def test_the_first_iteration_is_guarded_by_the_prefill_time():
+    clock = Clock()
+    clock.t = 0.01  # the prefill (started at 0) took 0.01 s
+    step = CountingStep(1, clock, cost_s=0.01)
+    cfg = DecodeConfig(method="jacobi", deadline_s=0.015)
+    tokens, stats = decode(step, first_logits(1), 9, cfg, clock=clock, t_start=0.0, prefill_s=0.01)
+    assert stats.iterations == 0 and stats.exit_reason == ["deadline"] and step.calls == 0
+    assert tokens[0].tolist() == [LO] * 9
+
+
+def test_action_deadline_counts_the_consumers_time():
+    """Action 0 is due at 0.015; the consumer returns from the prefill's snapshot at 0.02, so the
+    action is released with its tokens as they stand, without spending another iteration."""
+    clock = Clock()
+    cfg = DecodeConfig(method="jacobi")
+    states = iter_decode(
+        CountingStep(1, clock), first_logits(1), 9, cfg, unit=3, unit_deadline={0: 0.015}.get, clock=clock
+    )
+    seen, final = SlowConsumer(clock, 0.02).run(states)
+    assert final.stats.unit_final_iteration[0][0] == 0 and final.stats.unit_exact[0][0] is False
+    assert final.tokens[0, :3].tolist() == [LO, LO, LO]
+    assert [u for _, units, _ in seen for u in units] == [0, 1, 2]
+
+
+class NaNStep(CountingStep):
+    """CountingStep whose logits are NaN for `rows` (a broken network or input)."""
+
+    def __init__(self, batch: int, rows: list[int]):
+        super().__init__(batch)
+        self.rows = rows
+
+    def __call__(self, tokens, start):
+        logits = super().__call__(tokens, start)
+        logits[self.rows] = float("nan")
+        return logits
+
+
+def test_non_finite_logits_are_refused_naming_rows_and_positions():
+    with pytest.raises(NonFiniteLogitsError, match=r"rows \[1\], generated positions \[1, 2, 3, 4, 5\]") as e:
+        decode(NaNStep(3, [1]), first_logits(3), 6, DecodeConfig(method="jacobi"), action_range=(LO, HI))
+    assert e.value.rows == [1] and isinstance(e.value, RuntimeError)
+    bad = first_logits(2)
+    bad[0, 7] = float("inf")
+    with pytest.raises(NonFiniteLogitsError, match=r"prefill: batch rows \[0\]"):
+        decode(CountingStep(2), bad, 6, DecodeConfig(method="ar"), action_range=(LO, HI))
+
+
+def test_non_finite_logits_are_refused_by_every_decoder():
+    for name in ("ar", "jacobi", "ceed", "ceed_cap"):
+        with pytest.raises(NonFiniteLogitsError):
+            decode(NaNStep(1, [0]), first_logits(1), 6, DecodeConfig.preset(name), action_range=(LO, HI))
