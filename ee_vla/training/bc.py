@@ -228,7 +228,7 @@ def train(cfg: TrainConfig) -> Path:
     """
     episodes = scan_dataset(cfg.data, cfg.success_only)
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction)
-    resume_from = resolve_run_dir(cfg)
+    resume_from = resolve_run_dir(cfg, kind="bc")
     src = _start_model(cfg, resume_from)
     stats = _check_inputs(cfg, train_eps, src)
     point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None

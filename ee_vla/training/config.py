@@ -93,7 +93,13 @@ class RunConfig:
     num_workers: int = 0
     """DataLoader worker processes (the data is held in memory; 0 is usually enough)."""
     resume: bool = False
-    """Continue from the latest checkpoint in out_dir (model, optimizer, scheduler, step, RNG)."""
+    """Continue from the latest checkpoint in out_dir (model, optimizer, scheduler, step, RNG). The
+    config must match the checkpoint's except for steps, stop_after, max_minutes, device, dtype,
+    num_workers, save_dtype and the log/save/eval intervals (see allow_config_change)."""
+    allow_config_change: bool = False
+    """With resume: continue although data, lr, batch_size, seed or another field that defines the
+    run differs from the checkpoint's; the new values apply from the resumed step on and are logged
+    as a warning. Fields of the model (preset, chunk_size, init_from, teacher, ...) cannot change."""
     stop_after: int | None = None
     """End this run after this many steps, with a checkpoint and out_dir/model, although the
     learning-rate schedule is `steps` long (reproduces a run cut short by a time limit; `--resume`

@@ -22,13 +22,20 @@ import torch
 
 from ee_vla.training.config import DistillConfig
 from ee_vla.training.data import DemoDataset, check_against_model, collate, load_pixels, model_dims, scan_dataset
-from ee_vla.training.loop import Objective, autocast_for, fit, init_runtime, resolve_run_dir, shutdown_runtime
+from ee_vla.training.loop import (
+    TRAJECTORY_DIR,
+    Objective,
+    autocast_for,
+    check_out_dir,
+    fit,
+    init_runtime,
+    resolve_run_dir,
+    shutdown_runtime,
+)
 from ee_vla.training.losses import after_first_wrong, ar_loss, consistency_loss, mixed_labels, window_logits
 from ee_vla.training.trajectories import Trajectories, TrajectoryError, collect_trajectories
 
 log = logging.getLogger(__name__)
-
-TRAJECTORY_DIR = "trajectories"
 
 
 class DistillDataset(torch.utils.data.Dataset):
@@ -162,7 +169,11 @@ def distill(cfg: DistillConfig) -> Path:
     a_dim, p_dim, _ = model_dims(cfg.teacher)
     check_against_model(episodes, a_dim, p_dim, what=f"the teacher {cfg.teacher}")
     _trajectory_source(cfg)  # a missing `trajectories` path fails here, before compute
-    resume_from = None if cfg.collect_only else resolve_run_dir(cfg)
+    if cfg.collect_only:  # trajectories only: nothing is trained or resumed
+        check_out_dir(Path(cfg.out_dir))
+        resume_from = None
+    else:
+        resume_from = resolve_run_dir(cfg, kind="distill")
     rt = init_runtime(cfg.device)
     try:
         source = _trajectory_source(cfg)
