@@ -42,6 +42,7 @@ import numpy as np
 import tyro
 
 from ee_vla.decoding import DecodeConfig, DecodeStats
+from ee_vla.decoding.config import PRESETS
 from ee_vla.engine.factory import EngineKind, resolve_engine
 from ee_vla.engine.static import check_compile_mode
 from ee_vla.threads import configure_threads
@@ -49,7 +50,7 @@ from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
 log = logging.getLogger(__name__)
 
-DECODERS = ("ar", "jacobi", "ceed")
+DECODERS = tuple(PRESETS)
 DEFAULT_ENV = "ee_vla/PickCube-v0"
 EVAL_INFO_FILE = "eval_info.json"
 COMPARE_FILE = "compare.json"
@@ -72,12 +73,13 @@ class EvalConfig:
     env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     """Gymnasium env id to evaluate on; repeat the flag (or separate with commas) for several, each
     gets `episodes` episodes. Empty = ee_vla/PickCube-v0."""
-    decoder: Literal["ar", "jacobi", "ceed"] = "ceed"
-    """Decoder preset (DecodeConfig.preset) used when `compare` is empty."""
+    decoder: Literal["ar", "jacobi", "ceed", "ceed_cap"] = "ceed"
+    """Decoder preset (DecodeConfig.preset) used when `compare` is empty: ceed = relaxed convergence
+    (tau=1), ceed_cap = the CEED paper's fixed cap of 2 iterations (docs/decoding.md)."""
     max_iterations: int | None = None
-    """ceed only: iteration cap of the early exit (None = the preset's)."""
+    """ceed and ceed_cap only: iteration cap of the early exit (None = the preset's)."""
     tau: int | None = None
-    """ceed only: relaxed convergence in bins (None = the preset's, 1)."""
+    """ceed and ceed_cap only: relaxed convergence in bins (None = the preset's)."""
     deadline_s: float | None = None
     """Wall-clock budget of one decode call in seconds (None = none). Breaks exactness of ar/jacobi."""
     init: Literal["repeat", "prompt", "warm"] | None = None
@@ -200,7 +202,7 @@ class EvalConfig:
             for opt in ("init", "window"):
                 if getattr(self, opt) is not None:
                     changes[opt] = getattr(self, opt)
-        if name == "ceed" or not self.compare:  # single decoder: let DecodeConfig reject misuse
+        if cfg.method == "ceed" or not self.compare:  # single decoder: let DecodeConfig reject misuse
             for opt in ("max_iterations", "tau"):
                 if getattr(self, opt) is not None:
                     changes[opt] = getattr(self, opt)

@@ -407,3 +407,17 @@ def test_decode_log_takes_setup_out_of_latency():
     assert s["latency_ms"]["p50"] == pytest.approx(150) and s["prefill_ms"]["p50"] == pytest.approx(50)
     assert s["setup_s"] == pytest.approx(0.35) and s["setup_calls"] == 1
     assert s["tokens_per_s"] == pytest.approx(2 * 21 / 0.15)
+
+
+def test_every_decoder_preset_can_be_evaluated(tmp_path):
+    """The eval CLI's decoder choices are the decoding presets, and the cap/tau options reach every
+    early-exit preset."""
+    from typing import get_type_hints
+
+    from ee_vla.decoding.config import PRESETS
+
+    assert set(get_type_hints(EvalConfig)["decoder"].__args__) == set(PRESETS)
+    cfg = make_cfg(tmp_path / "m", tmp_path, compare=list(PRESETS), max_iterations=3, tau=0)
+    decs = cfg.decode_configs()
+    assert decs["ceed_cap"].max_iterations == 3 and decs["ceed"].max_iterations == 3
+    assert decs["ar"].max_iterations != 3
