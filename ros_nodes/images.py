@@ -19,11 +19,21 @@ MAX_SIDE = 8192
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; `cause` is a short stable key for once-per-cause logging."""
+    """An image that cannot be used; `cause` is a short stable key for once-per-cause logging.
+
+    Causes come from a fixed set (never from the message's text), so a sender cycling through bogus
+    values cannot grow the once-per-cause log.
+    """
 
     def __init__(self, cause: str, message: str):
         super().__init__(message)
         self.cause = cause
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """`repr` of sender-supplied text, cut to `limit` characters (it ends up in a log line)."""
+    r = repr(text)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(text)} characters)"
 
 
 def _as_uint8(data: Any) -> np.ndarray:
@@ -55,7 +65,8 @@ def image_to_rgb(
     channels = ENCODINGS.get(encoding)
     if channels is None:
         raise ImageError(
-            f"encoding:{encoding}", f"unsupported image encoding {encoding!r} (supported: {', '.join(ENCODINGS)})"
+            "encoding",
+            f"unsupported image encoding {_quote(encoding)} (supported: {', '.join(ENCODINGS)})",
         )
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise ImageError("size:invalid", f"image size {width}x{height} is empty or larger than {MAX_SIDE}")
@@ -63,7 +74,7 @@ def image_to_rgb(
         eh, ew = expected_size
         if (eh and eh != height) or (ew and ew != width):
             raise ImageError(
-                f"size:{width}x{height}",
+                "size:unexpected",
                 f"image is {width}x{height} but the node expects {ew or 'any'}x{eh or 'any'} "
                 "(parameters image_width/image_height)",
             )

@@ -12,7 +12,12 @@ nothing). Everything else is here:
 * halting: on deactivate, a stale image stream (watchdog) or a model error, one stop command is
   emitted and then nothing until the cause clears; every action is clipped to the limits first;
 * bad inputs and model exceptions are logged once per cause and counted, never raised into the
-  transport: the node stays up and says what is wrong on /diagnostics.
+  transport: the node stays up and says what is wrong on /diagnostics. An observation the policy
+  rejects (`ee_vla.policy.ObservationError`, e.g. an instruction over its token cap) is bad input,
+  not a model error;
+* stall detection: while images arrive and no chunk has finished for longer than
+  `decode_deadline_s`, /diagnostics says WARN (ERROR after `STALL_ERROR_FACTOR` times that), and a
+  decode still short of its first action at its deadline counts as a deadline miss right then.
 
 `trajectory` mode (JointTrajectory) sends each complete chunk once as timed points instead of one
 action per tick.
@@ -24,6 +29,7 @@ import dataclasses
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,9 +42,18 @@ from ee_vla.streaming import ChunkSchedule, ScheduleConfig, StreamedAction
 from ros_nodes.diagnostics import ERROR, OK, WARN, RateMonitor, Status, Window, fmt
 from ros_nodes.images import ImageError, image_msg_to_rgb, image_to_rgb
 from ros_nodes.params import LIVE_PARAMS, PolicyParams
-from ros_nodes.safety import ActionLimits, CauseLog, Watchdog
+from ros_nodes.safety import ActionLimits, BadInputError, CauseLog, Watchdog
 
 log = logging.getLogger(__name__)
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Whether a policy exception is about its input (`ee_vla.policy.ObservationError`, or a
+    `BadInputError` such as the policy process's) rather than a failing model."""
+    if isinstance(error, BadInputError):
+        return True
+    policy_mod = sys.modules.get("ee_vla.policy")  # never imported here: torch stays out of the runner
+    return policy_mod is not None and isinstance(error, policy_mod.ObservationError)
 
 
 @runtime_checkable
@@ -117,6 +132,9 @@ class PolicyRunner:
     """Policy + schedule + safety, driven by a transport. Thread-safe: inputs, the worker and `tick`
     may run on different threads.
 
+    Class attributes `MAX_INSTRUCTION_CHARS` and `STALL_ERROR_FACTOR` are the input bound and the
+    stall escalation (see their docstrings).
+
     Args:
         params: the node's parameters.
         policy_factory: builds the policy on `configure()` (default: `load_policy`); tests and the
@@ -174,8 +192,17 @@ class PolicyRunner:
         self.deadline_misses = 0
         self.model_errors = 0
         self.last_error = ""
+        self.last_bad_input = ""
+        self._last_bad_t = float("-inf")
         self.images_received = 0
         self._chunk_cv = threading.Condition()
+        # stall detection: when the current run of valid images began, when a chunk last finished,
+        # the decode in flight (chunk id, image time, first action out?) and the chunk ids whose
+        # deadline miss is already counted
+        self._inputs_since: float | None = None
+        self._last_chunk_t: float | None = None
+        self._inflight: tuple[int, float, bool] | None = None
+        self._missed_cid = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def configure(self) -> None:
@@ -230,6 +257,14 @@ class PolicyRunner:
             )
         return proprio
 
+    MAX_INSTRUCTION_CHARS = 2000
+    """Longer instructions are rejected on arrival (bad input) without decoding: what a robot is told
+    fits in a few sentences, and the prompt's length sets the cost of every decode."""
+
+    STALL_ERROR_FACTOR = 5.0
+    """/diagnostics goes from WARN to ERROR when no chunk has finished for this many times
+    `decode_deadline_s` while images arrive."""
+
     WARMUP_INSTRUCTION = "pick up the object"
     """The warm-up's instruction when the `instruction` parameter is empty."""
 
@@ -267,6 +302,8 @@ class PolicyRunner:
             self._sent_trajectory = None
             self._fault = None
             self._halted_by = None
+            self._inputs_since = None
+            self._inflight = None
             self.state = "active"
         self._stop_evt.clear()
         if self.threaded:
@@ -346,12 +383,27 @@ class PolicyRunner:
         return later
 
     # ---- inputs (transport callbacks: cheap, never raise) -------------------------------------
+    def bad_input(self, cause: str, message: str) -> None:
+        """Count and log (once per `cause`, a key from a fixed set) one rejected input."""
+        self.last_bad_input = message
+        self._last_bad_t = self.clock()
+        self.causes.log(cause, message)
+
+    def on_bad_sample(self, topic: str, error: BaseException) -> None:
+        """A sample on `topic` that did not decode (DDS transport): counted as bad input."""
+        from ros_nodes.dds.transport import bad_sample_message
+
+        self.bad_input(f"sample:{topic}:{type(error).__name__}", bad_sample_message(topic, error))
+
     def on_image_msg(self, msg: Any, now: float | None = None) -> bool:
         """A sensor_msgs/Image (either transport); False if rejected (logged once per cause)."""
         try:
             rgb = image_msg_to_rgb(msg, (self.params.image_height, self.params.image_width))
         except ImageError as e:
-            self.causes.log(f"image:{e.cause}", f"dropping image: {e}")
+            self.bad_input(f"image:{e.cause}", f"dropping image: {e}")
+            return False
+        except Exception as e:  # noqa: BLE001 - fields of the wrong type: a malformed message
+            self.bad_input("image:malformed", f"dropping malformed image: {type(e).__name__}: {str(e)[:160]}")
             return False
         return self.on_image(rgb, now)
 
@@ -362,17 +414,20 @@ class PolicyRunner:
         try:
             rgb = image_to_rgb(height, width, encoding, step, data, (self.params.image_height, self.params.image_width))
         except ImageError as e:
-            self.causes.log(f"image:{e.cause}", f"dropping image: {e}")
+            self.bad_input(f"image:{e.cause}", f"dropping image: {e}")
             return False
         return self.on_image(rgb, now)
 
     def on_image(self, rgb: np.ndarray, now: float | None = None) -> bool:
         """A decoded HxWx3 uint8 RGB image: the newest one replaces any not yet decoded."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            self.causes.log("image:array", f"dropping image array of shape {rgb.shape} dtype {rgb.dtype}")
+            self.bad_input("image:array", f"dropping image array of shape {rgb.shape} dtype {rgb.dtype}")
             return False
         t = self.clock() if now is None else now
         with self._lock:
+            age = self.watchdog.age(t)
+            if age is None or age > self.watchdog.timeout_s:
+                self._inputs_since = t  # a new run of images: the stall clock starts here
             self._frame_seq += 1
             self._frame = _Frame(self._frame_seq, rgb, t)
             self.images_received += 1
@@ -381,9 +436,17 @@ class PolicyRunner:
         return True
 
     def on_instruction(self, text: Any) -> bool:
-        """A new instruction (std_msgs/String data); empty or non-text ones are rejected."""
+        """A new instruction (std_msgs/String data); empty, non-text or over-long ones are rejected
+        (the previous one stays in use)."""
         if not isinstance(text, str) or not text.strip():
-            self.causes.log("instruction:empty", "ignoring empty instruction (the previous one stays in use)")
+            self.bad_input("instruction:empty", "ignoring empty instruction (the previous one stays in use)")
+            return False
+        if len(text) > self.MAX_INSTRUCTION_CHARS:
+            self.bad_input(
+                "instruction:too-long",
+                f"ignoring instruction of {len(text)} characters, over the limit of {self.MAX_INSTRUCTION_CHARS} "
+                "(the previous one stays in use)",
+            )
             return False
         text = text.strip()
         with self._lock:
@@ -398,11 +461,11 @@ class PolicyRunner:
         pos = np.asarray(list(positions), dtype=np.float64)
         names = list(names)
         if pos.ndim != 1 or pos.size == 0:
-            self.causes.log("joint_state:empty", "ignoring JointState without positions")
+            self.bad_input("joint_state:empty", "ignoring JointState without positions")
             return False
         if self.params.joint_names:
             if len(names) != pos.size:
-                self.causes.log(
+                self.bad_input(
                     "joint_state:names",
                     f"ignoring JointState with {len(names)} names but {pos.size} positions",
                 )
@@ -410,11 +473,11 @@ class PolicyRunner:
             index = {n: i for i, n in enumerate(names)}
             missing = [n for n in self.params.joint_names if n not in index]
             if missing:
-                self.causes.log("joint_state:missing", f"ignoring JointState without joints {missing}")
+                self.bad_input("joint_state:missing", f"ignoring JointState without joints {missing}")
                 return False
             pos = pos[[index[n] for n in self.params.joint_names]]
         if not np.isfinite(pos).all():
-            self.causes.log("joint_state:nan", "ignoring JointState with NaN/inf positions")
+            self.bad_input("joint_state:nan", "ignoring JointState with NaN/inf positions")
             return False
         with self._lock:
             self._joint_pos = pos
@@ -447,7 +510,7 @@ class PolicyRunner:
             self._chunk_id += 1
             cid = self._chunk_id
         if not instruction:
-            self.causes.log(
+            self.bad_input(
                 "obs:no-instruction",
                 f"not decoding: no instruction yet (publish on {self.params.instruction_topic!r} "
                 "or set the `instruction` parameter)",
@@ -456,28 +519,66 @@ class PolicyRunner:
         obs: dict[str, Any] = {"pixels": frame.rgb, "instruction": instruction}
         if self.params.use_joint_state:
             if joint_pos is None:
-                self.causes.log(
+                self.bad_input(
                     "obs:no-joint-state",
                     f"not decoding: use_joint_state is true and no valid JointState arrived on "
                     f"{self.params.joint_state_topic!r} yet",
                 )
                 return False
             obs["agent_pos"] = joint_pos
+        with self._lock:
+            self._inflight = (cid, frame.t, False)
         try:
             self._decode(cid, frame, obs)
         except Exception as e:  # noqa: BLE001 - the node must survive any model failure
+            if is_bad_input(e):
+                self.bad_input(
+                    "obs:rejected",
+                    f"the policy rejected the observation of chunk {cid}: {type(e).__name__}: {str(e)[:200]}",
+                )
+                return False
             self.model_errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
             with self._lock:
                 self._fault = "model error"
             self.causes.log(
-                f"model:{type(e).__name__}:{str(e)[:80]}",
+                f"model:{type(e).__name__}",
                 f"policy failed on chunk {cid}: {self.last_error} (commanding stops until a chunk succeeds)",
                 level=logging.ERROR,
             )
             self.log.debug("policy exception", exc_info=True)
             return False
+        finally:
+            with self._lock:
+                self._inflight = None
         return True
+
+    def _count_miss(self, cid: int) -> bool:
+        """Count chunk `cid`'s deadline miss once (from the stall check or its late first action)."""
+        with self._lock:
+            if self._missed_cid >= cid:
+                return False
+            self._missed_cid = cid
+        self.deadline_misses += 1
+        return True
+
+    def _stall(self, now: float) -> float | None:
+        """Seconds without a finished chunk while valid images arrive (None: not stalled), counting
+        the miss of a decode still short of its first action past its deadline."""
+        p = self.params
+        with self._lock:
+            inflight, since, last = self._inflight, self._inputs_since, self._last_chunk_t
+        if inflight is not None and not inflight[2] and now - inflight[1] > p.decode_deadline_s:
+            if self._count_miss(inflight[0]):
+                self.causes.log(
+                    "decode:deadline",
+                    f"chunk {inflight[0]} has no action {now - inflight[1]:.3f}s after its image, "
+                    f"over decode_deadline_s={p.decode_deadline_s}",
+                )
+        if self.state != "active" or since is None or self.watchdog.state(now) != "ok":
+            return None
+        waited = now - max(since, last if last is not None else since)
+        return waited if waited > p.decode_deadline_s else None
 
     def _decode(self, cid: int, frame: _Frame, obs: dict[str, Any]) -> None:
         policy, schedule = self.policy, self.schedule
@@ -515,8 +616,10 @@ class PolicyRunner:
                     )
                 if not actions:
                     self.first_action_latency.add(now - frame.t)
+                    with self._lock:
+                        self._inflight = (cid, frame.t, True)
                     if now > first_deadline:
-                        self.deadline_misses += 1
+                        self._count_miss(cid)
                         self.chunks_dropped += 1
                         self.causes.log(
                             "decode:deadline",
@@ -550,6 +653,8 @@ class PolicyRunner:
                     self._trajectory = (cid, np.stack([actions[i] for i in range(policy.chunk_size)]))
                 else:
                     self.chunks_dropped += 1
+        with self._lock:
+            self._last_chunk_t = self.clock()
         with self._chunk_cv:
             self.chunks_done += 1
             self._chunk_cv.notify_all()
@@ -635,6 +740,7 @@ class PolicyRunner:
         """The node's DiagnosticStatus: publish rate, decode latency p50/p95, iterations, watchdog."""
         now = self.clock() if now is None else now
         p = self.params
+        stalled = self._stall(now)
         wd = self.watchdog.state(now) if self.state == "active" else "inactive"
         rate = self.rate.rate(now)
         age = self.watchdog.age(now)
@@ -660,8 +766,10 @@ class PolicyRunner:
             "image_age_ms": fmt(age, 1e3, 0),
             "images_received": str(self.images_received),
             "bad_inputs": str(sum(v for k, v in self.causes.counts.items() if not k.startswith("model:"))),
+            "last_bad_input": self.last_bad_input,
             "model_errors": str(self.model_errors),
             "last_error": self.last_error,
+            "no_chunk_for_s": fmt(stalled, digits=1),
         }
         if self.schedule is not None:
             for k, v in sorted(self.schedule.counts.items()):
@@ -675,6 +783,18 @@ class PolicyRunner:
             level, message = WARN, f"halted: no valid image for {fmt(age, digits=2)} s (> {p.image_timeout_s} s)"
         elif wd == "waiting":
             level, message = WARN, f"waiting for images on {p.image_topic}"
+        elif stalled is not None:
+            level = ERROR if stalled > self.STALL_ERROR_FACTOR * p.decode_deadline_s else WARN
+            with self._lock:
+                inflight = self._inflight
+            why = (
+                f"decoding chunk {inflight[0]} for {now - inflight[1]:.1f} s"
+                if inflight is not None
+                else f"last bad input: {self.last_bad_input}"
+                if self._last_bad_t >= now - stalled
+                else "no decode running"
+            )
+            message = f"no chunk finished for {stalled:.1f} s (decode_deadline_s={p.decode_deadline_s}): {why}"
         elif self.rate.total > 1 and rate < 0.9 * p.control_hz and p.command_type != "trajectory":
             level, message = WARN, f"publish rate {rate:.1f} Hz below target {p.control_hz:.1f} Hz"
         return Status(level=level, name=name, message=message, hardware_id=p.model_path or "ee_vla", values=values)

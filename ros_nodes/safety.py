@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class BadInputError(ValueError):
+    """A policy refused its observation (e.g. an instruction over its token cap): the runner counts it
+    as bad input, not as a model error. `ee_vla.policy.ObservationError` is treated the same way."""
+
+
 class ActionLimits:
     """Per-dimension [low, high] box every outgoing action is clipped to.
 
@@ -105,17 +110,28 @@ class CauseLog:
 
     Bad inputs arrive at camera rate; logging each would flood the console and hide the first,
     useful, message. `counts` keeps the per-cause totals for diagnostics.
+
+    Causes are meant to be short keys from a fixed set (``image:encoding``, never the bad value
+    itself). As a backstop against a caller keying on sender text, at most `max_causes` distinct
+    keys are kept; occurrences of any further key are counted and logged under `OVERFLOW`.
     """
+
+    OVERFLOW = "other"
+    """The key that collects causes beyond `max_causes`."""
 
     def __init__(
         self,
         logger: logging.Logger,
         period_s: float = 30.0,
         clock: Callable[[], float] = time.perf_counter,
+        max_causes: int = 256,
     ):
+        if max_causes < 1:
+            raise ValueError(f"CauseLog.max_causes: must be >= 1, got {max_causes}")
         self.logger = logger
         self.period_s = period_s
         self.clock = clock
+        self.max_causes = max_causes
         self._causes: dict[str, _Cause] = {}
         self._lock = threading.Lock()
 
@@ -123,7 +139,11 @@ class CauseLog:
         """Record one occurrence of `cause`; returns True when it was actually logged."""
         now = self.clock()
         with self._lock:
-            c = self._causes.setdefault(cause, _Cause())
+            c = self._causes.get(cause)
+            if c is None:
+                if len(self._causes) >= self.max_causes:
+                    cause = self.OVERFLOW
+                c = self._causes.setdefault(cause, _Cause())
             c.count += 1
             if now - c.last_logged < self.period_s:
                 c.suppressed += 1

@@ -28,6 +28,7 @@ from ros_nodes.messages import build_diagnostics, split_seconds
 from ros_nodes.output import CommandSink
 from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams
 from ros_nodes.runner import ActionChunkPolicy, PolicyRunner, load_policy
+from ros_nodes.safety import CauseLog
 
 log = logging.getLogger("ee_vla.serve")
 
@@ -132,7 +133,7 @@ def serve(
     params = cfg.policy_params()
     runner = PolicyRunner(params, (lambda _p: policy) if policy is not None else load_policy, logger=log)
     runner.configure()  # raises with a reason: a CLI should fail loudly before joining the graph
-    graph = DdsGraph(cfg.domain_id, cfg.dds_xml())
+    graph = DdsGraph(cfg.domain_id, cfg.dds_xml(), on_bad_sample=runner.on_bad_sample)
     cmd_type = msgs.ROS_TYPES[COMMAND_MSG_TYPES[params.command_type]]
     cmd_writer = graph.writer(params.resolved_command_topic, cmd_type, "default")
     diag_writer = graph.writer(params.diagnostics_topic, msgs.DiagnosticArray, "default")
@@ -171,13 +172,20 @@ def serve(
     diag_period = 1.0 / params.diagnostics_hz
     next_diag = time.monotonic()
     status = runner.status()
+    loop_errors = CauseLog(log)
     try:
         with _StopOnSignal(stop):
             while not stop.is_set() and time.monotonic() < t_end:
-                graph.spin_once(min(0.05, max(0.0, next_diag - time.monotonic())))
-                if time.monotonic() >= next_diag:
-                    status = publish_diagnostics()
-                    next_diag += diag_period
+                try:
+                    graph.spin_once(min(0.05, max(0.0, next_diag - time.monotonic())))
+                    if time.monotonic() >= next_diag:
+                        next_diag = max(next_diag + diag_period, time.monotonic())
+                        status = publish_diagnostics()
+                except Exception as e:  # noqa: BLE001 - the control timer keeps running; say why once
+                    loop_errors.log(
+                        f"loop:{type(e).__name__}", f"serve loop: {type(e).__name__}: {e}", level=logging.ERROR
+                    )
+                    time.sleep(0.01)
                 if timer.rt_error:
                     log.warning("control timer runs without real-time priority: %s", timer.rt_error)
                     timer.rt_error = None

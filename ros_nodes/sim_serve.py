@@ -106,9 +106,11 @@ def run_sim_bridge(
                 if -left > period:
                     next_t = time.perf_counter()  # fell behind (slow rendering): do not burst
     finally:
+        bad_samples = graph.bad_samples
         bridge.close()
         graph.close()
     return {
+        "bad_samples": bad_samples,
         "episodes": bridge.episodes_done,
         "successes": bridge.successes,
         "steps": steps,

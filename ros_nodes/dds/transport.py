@@ -11,21 +11,28 @@ ROS side offers or requests, so profiles are named after rclpy's:
 | latched     | reliable    | transient local | keep last 1   | the sim bridge's instruction     |
 
 Data representation is pinned to XCDR1 (what rmw_cyclonedds and rmw_fastrtps speak).
+
+Anyone on the domain can write any bytes to a topic: a sample that does not decode (invalid UTF-8
+in a string, a sequence longer than the sample) is dropped on its own, counted and reported through
+`on_bad_sample`; the samples around it are still delivered.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
-from cyclonedds.core import InstanceState, ReadCondition, SampleState, ViewState, WaitSet
+from cyclonedds.core import DDSException, InstanceState, ReadCondition, SampleState, ViewState, WaitSet
 from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.qos import Policy, Qos
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
+
+from ros_nodes.safety import CauseLog
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,11 @@ def loopback_config(domain_id: int | None = None) -> str:
     )
 
 
+def bad_sample_message(topic: str, error: BaseException) -> str:
+    """One line naming the topic and why its sample did not decode (bounded length)."""
+    return f"dropping a sample on {topic} that does not decode: {type(error).__name__}: {str(error)[:160]}"
+
+
 class DdsGraph:
     """One DDS participant speaking ROS 2 names and QoS.
 
@@ -92,9 +104,19 @@ class DdsGraph:
         domain_id: the ROS_DOMAIN_ID of the graph to join.
         config: Cyclone DDS configuration (XML text or a file path/URI); None = Cyclone's defaults
             (which honour CYCLONEDDS_URI).
+        on_bad_sample: called as `on_bad_sample(topic, error)` for each received sample that does
+            not decode (dropped); None = count it in `bad_samples` and log once per topic and error type.
     """
 
-    def __init__(self, domain_id: int = 0, config: str | None = None):
+    MAX_TAKE = 64
+    """Samples taken per reader per `spin_once` (bounds one spin's work under a flood)."""
+
+    def __init__(
+        self,
+        domain_id: int = 0,
+        config: str | None = None,
+        on_bad_sample: Callable[[str, BaseException], object] | None = None,
+    ):
         if not 0 <= domain_id <= 232:
             raise ValueError(f"domain_id must be in [0, 232], got {domain_id}")
         self.domain_id = domain_id
@@ -106,7 +128,13 @@ class DdsGraph:
         self.participant = DomainParticipant(domain_id)
         self._topics: dict[str, Topic] = {}
         self.waitset = WaitSet(self.participant)
-        self._conditions: list[tuple[ReadCondition, DataReader, Any]] = []
+        self._conditions: list[tuple[ReadCondition, DataReader, Any, str]] = []
+        self._causes = CauseLog(log)
+        self.on_bad_sample = on_bad_sample or self._log_bad_sample
+        self.bad_samples = 0
+        """Received samples that did not decode (dropped)."""
+        self.callback_errors = 0
+        """Reader callbacks that raised (the sample is dropped; a bug in the callback)."""
 
     def topic(self, name: str, cls: type) -> Topic:
         dds_name = ros_topic(name)
@@ -127,24 +155,54 @@ class DdsGraph:
         if callback is not None:
             cond = ReadCondition(r, SampleState.Any | ViewState.Any | InstanceState.Any)
             self.waitset.attach(cond)
-            self._conditions.append((cond, r, callback))
+            self._conditions.append((cond, r, callback, name))
         return r
 
     def spin_once(self, timeout_s: float) -> int:
-        """Wait up to `timeout_s` for samples and hand them to the reader callbacks; returns how many."""
+        """Wait up to `timeout_s` for samples and hand them to the reader callbacks; returns how many.
+
+        Never raises for what a sample contains: one that does not decode goes to `on_bad_sample`,
+        a callback that raises is logged (once per cause) and counted in `callback_errors`.
+        """
         self.waitset.wait(duration(seconds=timeout_s))
         n = 0
-        for _cond, r, cb in self._conditions:
-            for s in r.take(N=64):
+        for _cond, r, cb, topic in self._conditions:
+            for _ in range(self.MAX_TAKE):
+                # One sample per take: cyclonedds decodes a whole batch in Python after removing it
+                # from the reader, so one undecodable sample would lose the rest of its batch.
+                try:
+                    got = r.take(N=1)
+                except DDSException as e:  # the reader itself failed, not a sample: retry next spin
+                    self._causes.log(f"take:{topic}", f"taking from {topic} failed: {e}", level=logging.ERROR)
+                    break
+                except Exception as e:  # noqa: BLE001 - any decode error of a sample from the wire
+                    self.bad_samples += 1
+                    self.on_bad_sample(topic, e)
+                    continue
+                if not got:
+                    break
+                s = got[0]
                 if getattr(s, "sample_info", None) is None or not s.sample_info.valid_data:
                     continue  # InvalidSample: a dispose/unregister notification, no data
                 n += 1
-                cb(s)
+                try:
+                    cb(s)
+                except Exception as e:  # noqa: BLE001 - a callback bug must not stop the spin loop
+                    self.callback_errors += 1
+                    if self._causes.log(
+                        f"callback:{topic}:{type(e).__name__}",
+                        f"the callback of {topic} raised {type(e).__name__}: {e} (sample dropped)",
+                        level=logging.ERROR,
+                    ):
+                        log.debug("callback traceback", exc_info=True)
         return n
+
+    def _log_bad_sample(self, topic: str, error: BaseException) -> None:
+        self._causes.log(f"sample:{topic}:{type(error).__name__}", bad_sample_message(topic, error))
 
     def close(self) -> None:
         """Delete the participant (and everything in it)."""
-        for cond, _r, _cb in self._conditions:
+        for cond, _r, _cb, _topic in self._conditions:
             try:
                 self.waitset.detach(cond)
             except Exception:  # noqa: BLE001 - best effort during teardown

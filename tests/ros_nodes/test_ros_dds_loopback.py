@@ -209,3 +209,40 @@ def test_serve_and_sim_bridge_close_the_loop(domain_id, procs):
     served = finish(server)
     # Decoding needs an instruction: the only one came from the sim bridge's task description.
     assert int(served["chunks_done"]) > 0 and int(served["images_received"]) > 0
+
+
+def raw_write(writer, payload: bytes) -> int:
+    """Put `payload` on the wire as one sample (bytes no well-behaved publisher sends)."""
+    from cyclonedds._clayer import ddspy_write
+
+    return ddspy_write(writer._ref, payload + b"\x00" * (-len(payload) % 4))
+
+
+@pytest.mark.timeout(120)
+def test_serve_survives_samples_that_do_not_decode(domain_id, procs):
+    """Invalid UTF-8 in the instruction and in an image's encoding: counted as bad input, the server
+    keeps publishing at its rate and acts on the next valid samples."""
+    server = procs("serve", serve_cfg(domain_id, command_type="array", image_timeout_s=2.0), {"chunk_size": 2})
+    robot = Robot(domain_id, "forward_command_controller/commands", msgs.Float64MultiArray)
+    try:
+        assert robot.pump(40, until=lambda: bool(robot.diagnostics)), "server never came up"
+        bad_text = b"\x00\x01\x00\x00" + (7).to_bytes(4, "little") + b"\xff\xfego\xc3(\x00"
+        img = build_image(msgs, IMG, (0, 0)).serialize()
+        bad_img = img.replace(b"rgb8", b"\xff\xfe\xfd\xfc", 1)
+        assert bad_img != img
+        for _ in range(5):
+            assert raw_write(robot.instruction, bad_text) == 0
+            assert raw_write(robot.image, bad_img) == 0
+            robot.pump(0.1)
+        assert robot.pump(10, until=lambda: int(robot.last_diag()["bad_inputs"]) >= 10)
+        assert server.poll() is None and "UnicodeDecodeError" in robot.last_diag()["last_bad_input"]
+        assert robot.pump(
+            30, until=lambda: len(robot.commands) >= 20, image=build_image(msgs, IMG, (0, 0)), instruction="go"
+        )
+        n_diag = len(robot.diagnostics)
+        raw_write(robot.instruction, bad_text)
+        assert robot.pump(10, until=lambda: len(robot.diagnostics) > n_diag + 3)  # still publishing
+        stats = finish(server)
+        assert int(stats["model_errors"]) == 0 and int(stats["bad_inputs"]) >= 11
+    finally:
+        robot.close()

@@ -44,8 +44,8 @@ def test_row_padding_is_dropped_and_payload_types_accepted():
 @pytest.mark.parametrize(
     "args,cause",
     [
-        ((4, 5, "rgb16", 30, b"\0" * 120), "encoding:rgb16"),
-        ((4, 5, "32FC1", 20, b"\0" * 80), "encoding:32FC1"),
+        ((4, 5, "rgb16", 30, b"\0" * 120), "encoding"),
+        ((4, 5, "32FC1", 20, b"\0" * 80), "encoding"),
         ((0, 5, "rgb8", 15, b""), "size:invalid"),
         ((4, 5, "rgb8", 10, b"\0" * 40), "step"),
         ((4, 5, "rgb8", 15, b"\0" * 59), "data-length"),
@@ -57,13 +57,30 @@ def test_bad_images_raise_with_a_cause(args, cause):
     assert e.value.cause == cause and str(e.value)
 
 
+def test_causes_never_contain_sender_text():
+    """Bogus encodings and sizes map to a few fixed causes; the message quotes the value, cut short."""
+    causes = set()
+    for i in range(500):
+        for args in (
+            (4, 5, f"bogus-{i}", 15, b""),
+            (5 + i, 5, "rgb8", 15, b""),
+        ):
+            with pytest.raises(ImageError) as e:
+                image_to_rgb(*args, expected_size=(4, 5))
+            causes.add(e.value.cause)
+    assert causes == {"encoding", "size:unexpected"}
+    with pytest.raises(ImageError) as e:
+        image_to_rgb(4, 5, "x" * 100_000, 15, b"")
+    assert len(str(e.value)) < 200 and "100000 characters" in str(e.value)
+
+
 def test_expected_size():
     f = rgb_to_fields(rgb(4, 5))
     args = (f["height"], f["width"], f["encoding"], f["step"], f["data"])
     assert image_to_rgb(*args, expected_size=(4, 0)).shape == (4, 5, 3)
     with pytest.raises(ImageError, match="expects 6xany") as e:
         image_to_rgb(*args, expected_size=(0, 6))
-    assert e.value.cause == "size:5x4"
+    assert e.value.cause == "size:unexpected" and "is 5x4" in str(e.value)
 
 
 @settings(max_examples=40, deadline=None)

@@ -205,7 +205,7 @@ def test_wrong_image_size_is_rejected(clock, fake_policy):
     r = make(clock, fake_policy, image_width=32, image_height=32)
     f = rgb_to_fields(IMG)
     assert not r.on_image_fields(f["height"], f["width"], f["encoding"], f["step"], f["data"])
-    assert "image:size:16x16" in r.causes.counts
+    assert "image:size:unexpected" in r.causes.counts
 
 
 def test_no_instruction_no_decoding(clock, fake_policy, caplog):
@@ -344,3 +344,74 @@ def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock)
     r.configure()
     assert list(r.policy._prefill.engines) == [1]  # batch 1, built by the warm-up
     assert r.policy.warm_start_tokens is None  # and the policy was reset after it
+
+
+def test_observation_error_is_bad_input_not_a_model_error(clock, caplog):
+    from ee_vla.policy import ObservationError
+
+    pol = FakePolicy(clock=clock, fail=ObservationError("'instruction' has 900 tokens, over the cap of 256"))
+    r = make(clock, pol, image_timeout_s=10.0, decode_deadline_s=1.0)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            r.on_image(IMG)
+            assert not r.process_pending()
+            clock.advance(0.6)
+    assert r.model_errors == 0 and r.last_error == "" and r.causes.counts["obs:rejected"] == 3
+    assert sum("over the cap of 256" in m for m in caplog.messages) == 1
+    assert r.tick() is None  # no halt, no stop command: nothing was ever commanded
+    st = r.status()
+    assert st.values["bad_inputs"] == "3" and st.values["model_errors"] == "0"
+    assert st.level == 1 and "over the cap of 256" in st.message  # no chunk finished: says why
+
+
+def test_over_long_instruction_is_rejected_before_decoding(clock, fake_policy, caplog):
+    r = make(clock, fake_policy)
+    with caplog.at_level(logging.WARNING):
+        assert not r.on_instruction("pick " * 20_000)
+    assert "100000 characters, over the limit of 2000" in caplog.text
+    assert r.status().values["bad_inputs"] == "1"
+    r.on_image(IMG)
+    assert r.process_pending() and fake_policy.calls[0]["instruction"] == "pick up the cube"
+    assert r.on_instruction("x" * PolicyRunner.MAX_INSTRUCTION_CHARS)
+
+
+def test_undecodable_sample_counts_as_bad_input(clock, fake_policy):
+    r = make(clock, fake_policy)
+    r.on_bad_sample("instruction", UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))
+    v = r.status().values
+    assert (
+        v["bad_inputs"] == "1" and "instruction" in v["last_bad_input"] and "UnicodeDecodeError" in v["last_bad_input"]
+    )
+
+
+def test_a_stalled_decode_is_a_deadline_miss_then_warn_then_error(clock):
+    """Images keep coming, the decode never produces its first action: WARN past decode_deadline_s,
+    ERROR past STALL_ERROR_FACTOR times it, one deadline miss counted while it is still running."""
+    gate = threading.Semaphore(0)
+    pol = FakePolicy(clock=clock, gate=gate)
+    r = make(clock, pol, decode_deadline_s=1.0, image_timeout_s=0.5)
+    r.on_image(IMG)
+    worker = threading.Thread(target=r.process_pending, daemon=True)
+    worker.start()
+    st = r.status()
+    assert st.level == 0 and st.values["deadline_misses"] == "0"
+    for _ in range(8):  # 2 s of images at 4 Hz
+        clock.advance(0.25)
+        r.on_image(IMG)
+    st = r.status()
+    assert st.level == 1 and "no chunk finished for 2.0 s" in st.message and "decoding chunk 1" in st.message
+    assert st.values["deadline_misses"] == "1" and st.values["no_chunk_for_s"] == "2.0"
+    for _ in range(16):
+        clock.advance(0.25)
+        r.on_image(IMG)
+    st = r.status()
+    assert st.level == 2 and st.values["deadline_misses"] == "1"
+    for _ in range(4):
+        gate.release()
+    worker.join(10)
+    assert r.deadline_misses == 1 and r.chunks_dropped == 1  # counted once, not again when it ended
+    for _ in range(4):
+        gate.release()
+    assert r.process_pending() and r.chunks_done == 1
+    st = r.status()
+    assert st.level == 0 and st.values["no_chunk_for_s"] == "n/a"

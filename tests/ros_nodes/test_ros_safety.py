@@ -47,6 +47,17 @@ def test_cause_log_once_per_cause_then_rate_limited(clock, caplog):
     assert cl.counts == {"a": 3, "b": 1} and cl.total() == 4
 
 
+def test_cause_log_memory_is_bounded(clock, caplog):
+    """100,000 distinct causes: at most `max_causes` keys kept, the rest counted under one key."""
+    cl = CauseLog(logging.getLogger("test.causes"), clock=clock, max_causes=64)
+    with caplog.at_level(logging.WARNING, logger="test.causes"):
+        for i in range(100_000):
+            cl.log(f"encoding:bogus-{i}", f"bad encoding bogus-{i}")
+    counts = cl.counts
+    assert len(counts) == 65 and counts[CauseLog.OVERFLOW] == 100_000 - 64 and cl.total() == 100_000
+    assert len(caplog.records) == 65
+
+
 def test_rate_monitor_and_window():
     rm = RateMonitor(window_s=1.0)
     for i in range(21):
