@@ -3,11 +3,17 @@
 Shared by both transports so "dry run" means the same thing everywhere: the full pipeline runs and
 the publish-rate monitor counts, but nothing leaves the process; the would-be commands are logged
 (throttled, so a 200 Hz loop does not flood the console).
+
+`CommandSink` also orders the output: the control tick (a timer thread) and the stop path
+(deactivate, cleanup, shutdown, a signal; another thread) publish under one lock, and `stop()`
+latches, so the stop command is the last message published until `activate()`.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +25,13 @@ from ros_nodes.runner import Emit, PolicyRunner
 
 
 class CommandSink:
-    """Build and publish (or log) commands for a runner.
+    """Build and publish (or log) commands for a runner, in a guaranteed order.
+
+    `tick()` asks the runner for the due command and publishes it while holding the output lock;
+    `stop()` deactivates the runner and publishes its stop command under the same lock, then
+    latches: later ticks (one already waiting for the lock included) and `send()` calls publish
+    nothing but stop commands until `activate()`. So after a deactivation the stop command is the
+    last message on the topic, whichever thread the timer runs on.
 
     Args:
         runner: whose params (command_type, dry_run, scales...) and statistics are used.
@@ -47,9 +59,43 @@ class CommandSink:
         self._last_dry_log = float("-inf")
         self.published = 0
         self.suppressed = 0
+        self.after_stop = 0
+        """Commands not published because they came after the stop command (counted, dropped)."""
+        self._lock = threading.RLock()
+        self._stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        """True from `stop()` until `activate()`."""
+        return self._stopped
+
+    def activate(self) -> None:
+        """Activate the runner and let ticks publish again."""
+        with self._lock:
+            self.runner.activate()
+            self._stopped = False
+
+    def stop(self) -> bool:
+        """Deactivate the runner (if active) and publish its stop command, as the last message.
+
+        Safe from any thread and in any state; True when a stop command was sent (False: the
+        runner was not active, or had sent nothing that needs stopping)."""
+        with self._lock:
+            self._stopped = True
+            if self.runner.state != "active":
+                return False
+            return self._send(self.runner.deactivate())
 
     def send(self, emit: Emit | None) -> bool:
-        """Send one Emit; True when a message was published (or would have been, in dry run)."""
+        """Send one Emit; True when a message was published (or would have been, in dry run).
+        After `stop()` only stop commands go out; other emits are dropped and counted."""
+        with self._lock:
+            if self._stopped and emit is not None and emit.kind != "stop":
+                self.after_stop += 1
+                return False
+            return self._send(emit)
+
+    def _send(self, emit: Emit | None) -> bool:
         if emit is None:
             return False
         params = self.runner.params
@@ -78,5 +124,28 @@ class CommandSink:
         return True
 
     def tick(self) -> bool:
-        """One control period: ask the runner what is due and send it."""
-        return self.send(self.runner.tick())
+        """One control period: ask the runner what is due and send it (nothing after `stop()`)."""
+        with self._lock:
+            if self._stopped:
+                return False
+            return self._send(self.runner.tick())
+
+
+def cleanup_runner(runner: PolicyRunner) -> None:
+    """`runner.cleanup()` without importing torch into a process that never loaded it.
+
+    The runner empties the CUDA cache after freeing the policy, which imports torch. In a node whose
+    policy ran in a child process (`policy_process`, the default) torch was never imported here, so
+    there is no cache to empty, and importing it takes seconds (a SIGTERM from `ros2 launch` lands
+    in the middle of them). While the cleanup runs, `import torch` fails fast instead (the runner
+    treats that as "no torch"), unless torch is already loaded.
+    """
+    if "torch" in sys.modules:
+        runner.cleanup()
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        runner.cleanup()
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]

@@ -194,9 +194,7 @@ def serve(
                     timer.errors = 0
     finally:
         timer.stop()
-        stop_emit = runner.deactivate()
-        if stop_emit is not None:
-            sink.send(stop_emit)
+        sink.stop()  # deactivates and publishes the stop command, the last command on the topic
         status = publish_diagnostics(runner.status())
         status.values["timer_skipped_ticks"] = str(timer.skipped)
         cmd_writer.wait_for_acks(_ms(500))  # let the stop command reach reliable subscribers
