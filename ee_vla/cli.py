@@ -4,6 +4,11 @@ Each subcommand is a typed config dataclass (its fields and docstrings are the o
 help, rendered by tyro) and a function that runs it. Only the chosen subcommand's module is
 imported, so `ee-vla --help` is instant and a missing optional dependency (mujoco, cyclonedds)
 only affects the subcommands that need it.
+
+A user error (a bad option value, a missing or occupied path, a dataset or model that does not fit:
+`is_user_error`) prints one line, `ee-vla SUBCOMMAND: error: <message>`, and exits with 2 as tyro's
+option errors do; `--debug` (anywhere on the command line) shows its traceback instead. Any other
+exception is a bug: its traceback is printed with a request to report it, exit code 1.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,34 +75,121 @@ def _usage() -> str:
     rows = "\n".join(f"  {name:<{width}}  {spec[3]}" for name, spec in SUBCOMMANDS.items())
     return (
         "usage: ee-vla SUBCOMMAND [OPTIONS]\n\nFast VLA policies: CEED decoding, streaming, sim evaluation, ROS 2.\n\n"
-        f"subcommands:\n{rows}\n\n`ee-vla SUBCOMMAND --help` lists that subcommand's options."
+        f"subcommands:\n{rows}\n\n`ee-vla SUBCOMMAND --help` lists that subcommand's options. An error in the input\n"
+        f"prints one line; `{DEBUG_FLAG}` (anywhere on the command line) shows its traceback."
     )
 
 
+USAGE_ERROR = 2
+"""Exit code of a user error (tyro's, and argparse's, for a bad option)."""
+BUG = 1
+"""Exit code of an unexpected exception."""
+DEBUG_FLAG = "--debug"
+
+_PACKAGES = ("ee_vla", "sim_envs", "ros_nodes")
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _ours(filename: str) -> bool:
+    """Whether a source file belongs to one of this project's (imported) packages."""
+    path = Path(filename).resolve()
+    for pkg in _PACKAGES:
+        mod = sys.modules.get(pkg)
+        if (
+            mod is not None
+            and getattr(mod, "__file__", None)
+            and path.is_relative_to(Path(mod.__file__).parent.resolve())
+        ):
+            return True
+    return False
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether `e` reports a problem with the user's input rather than a bug.
+
+    User errors: the project's ValueError subclasses (DatasetError, EvalConfigError,
+    DaggerConfigError, TrajectoryError, ObservationError, ResumeConfigError, ...), a ValueError
+    raised by a `raise` statement of this project (option validation, `__post_init__`),
+    `ModelLoadError` (a model directory that cannot be loaded), path errors (FileNotFoundError,
+    FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError), gymnasium's errors (an
+    unknown env id) and a training loss that became NaN (FloatingPointError, whose message names
+    the options to change). A ValueError raised inside a library or by an unpacking in our code,
+    a TypeError, KeyError, RuntimeError, ... is a bug.
+    """
+    if isinstance(e, _PATH_ERRORS + (FloatingPointError,)):
+        return True
+    vla = sys.modules.get("ee_vla.models.vla")
+    if vla is not None and isinstance(e, vla.ModelLoadError):
+        return True
+    gym_error = sys.modules.get("gymnasium.error")
+    if gym_error is not None and isinstance(e, gym_error.Error):
+        return True
+    if not isinstance(e, ValueError):
+        return False
+    if type(e).__module__.split(".")[0] in _PACKAGES:
+        return True
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    return _ours(last.filename) and (last.line or "").lstrip().startswith("raise ")
+
+
+def _report(prog: str, e: BaseException) -> int:
+    """Print `e` for the user: one line for a user error, the traceback for a bug; the exit code."""
+    if is_user_error(e):
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+    traceback.print_exception(e, file=sys.stderr)
+    print(
+        f"{prog}: internal error ({type(e).__name__}): this is a bug in ee-vla; please report it with the "
+        "traceback above and the command line",
+        file=sys.stderr,
+    )
+    return BUG
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `ee-vla ARGV`; returns the exit code. With `--debug` an exception propagates."""
     import tyro
 
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
-        return 0 if argv else 2
+        return 0 if argv else USAGE_ERROR
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"ee-vla: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     module, cls, fn, _ = SUBCOMMANDS[name]
+    prog = f"ee-vla {name}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
+        if debug:
+            raise
         print(
-            f"ee-vla {name}: a dependency is missing ({e}); install the matching extra, e.g. "
+            f"{prog}: a dependency is missing ({e}); install the matching extra, e.g. "
             "`pip install -e .[sim]` or `.[dds]`",
             file=sys.stderr,
         )
         return 1
-    config = tyro.cli(getattr(mod, cls), args=rest, prog=f"ee-vla {name}")
-    getattr(mod, fn)(config)
+    try:
+        config = tyro.cli(getattr(mod, cls), args=rest, prog=prog)
+        getattr(mod, fn)(config)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        return _report(prog, e)
     return 0
 
 

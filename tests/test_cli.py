@@ -54,3 +54,134 @@ def test_every_subcommand_help_works(capsys):
             main([name, "--help"])
         assert e.value.code == 0, name
         assert "--help" in capsys.readouterr().out
+
+
+# ---- errors: one line for the user's, a traceback for a bug -------------------------------------
+def _missing_data_args(tmp_path) -> list[str]:
+    return ["train", "--data", str(tmp_path / "missing.hdf5"), "--out-dir", str(tmp_path / "run")]
+
+
+def test_a_user_error_prints_one_line_and_exits_2(tmp_path, capsys):
+    assert main(_missing_data_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err == f"ee-vla train: error: dataset file {tmp_path / 'missing.hdf5'} does not exist\n"
+
+
+def test_debug_before_or_after_the_subcommand_raises_with_the_traceback(tmp_path):
+    import pytest
+
+    from ee_vla.training.data import DatasetError
+
+    for argv in (["--debug", *_missing_data_args(tmp_path)], [*_missing_data_args(tmp_path), "--debug"]):
+        with pytest.raises(DatasetError, match="missing.hdf5 does not exist"):
+            main(argv)
+
+
+def _fake_subcommand(monkeypatch, tmp_path, body: str) -> None:
+    """Register `ee-vla fake`, whose function runs `body` (a module in tmp_path)."""
+    import ee_vla.cli
+
+    module = f"fake_{tmp_path.name}"  # one module per test: imports are cached
+    (tmp_path / f"{module}.py").write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass FakeConfig:\n    x: int = 0\n\n\n"
+        f"def run(cfg):\n    {body}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(ee_vla.cli.SUBCOMMANDS, "fake", (module, "FakeConfig", "run", "a test subcommand"))
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monkeypatch):
+    _fake_subcommand(monkeypatch, tmp_path, "return len(cfg.x)")  # TypeError: a bug
+    assert main(["fake"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "TypeError: object of type 'int' has no len()" in err
+    assert "ee-vla fake: internal error (TypeError): this is a bug in ee-vla; please report it" in err
+
+
+def test_a_library_value_error_is_a_bug_too(tmp_path, capsys, monkeypatch):
+    _fake_subcommand(monkeypatch, tmp_path, "import numpy as np; np.zeros(3) + np.zeros(4)")
+    assert main(["fake"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_which_exceptions_are_user_errors():
+    import gymnasium as gym
+    import numpy as np
+
+    from ee_vla.cli import is_user_error
+    from ee_vla.evaluation import EvalConfigError
+    from ee_vla.models.vla import ModelLoadError
+    from ee_vla.training.config import TrainConfig
+    from ee_vla.training.loop import ResumeConfigError
+
+    def caught(fn) -> BaseException:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the exception is the result
+            return e
+        raise AssertionError("no exception")
+
+    user = [
+        EvalConfigError("x"),
+        ResumeConfigError("x"),
+        ModelLoadError("x"),
+        FileNotFoundError("x"),
+        FileExistsError("x"),
+        FloatingPointError("loss is nan"),
+        caught(lambda: TrainConfig(data=("d",), out_dir="o", lr=-1.0)),  # a `raise ValueError` of ours
+        caught(lambda: gym.make("ee_vla/NoSuchTask-v0")),
+    ]
+    bugs = [
+        caught(lambda: np.zeros(3) + np.zeros(4)),  # a ValueError raised inside numpy
+        caught(lambda: int("seven")),
+        TypeError("x"),
+        KeyError("x"),
+        RuntimeError("x"),
+        ValueError("x"),  # not raised by our code
+    ]
+    assert [is_user_error(e) for e in user] == [True] * len(user)
+    assert [is_user_error(e) for e in bugs] == [False] * len(bugs)
+
+
+def test_keyboard_interrupt_exits_130(tmp_path, capsys, monkeypatch):
+    _fake_subcommand(monkeypatch, tmp_path, "raise KeyboardInterrupt")
+    assert main(["fake"]) == 130
+    assert capsys.readouterr().err == "ee-vla fake: interrupted\n"
+
+
+def test_the_console_script_prints_one_line_or_the_traceback_with_debug(tmp_path):
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("ee-vla")
+    run = subprocess.run([str(exe), *_missing_data_args(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"ee-vla train: error: dataset file {tmp_path / 'missing.hdf5'} does not exist"
+    ]
+    run = subprocess.run(
+        [str(exe), "--debug", *_missing_data_args(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 1 and "Traceback" in run.stderr and "DatasetError" in run.stderr
+
+
+def test_training_on_a_missing_gpu_is_a_user_error(tmp_path, capsys):
+    import h5py
+    import numpy as np
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    data = tmp_path / "demos.hdf5"
+    with h5py.File(data, "w") as f:
+        g = f.create_group("data/demo_0")
+        g.create_dataset("obs/pixels", data=np.zeros((4, 16, 16, 3), np.uint8))
+        g.create_dataset("actions", data=np.zeros((4, 7), np.float32))
+        g.attrs["instruction"] = "pick up the cube"
+    argv = ["train", "--data", str(data), "--out-dir", str(tmp_path / "run"), "--preset", "tiny", "--device", "cuda"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == "ee-vla train: error: device='cuda' but CUDA is not available on this machine (use --device cpu or auto)\n"
+    )

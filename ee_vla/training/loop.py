@@ -95,7 +95,7 @@ def init_runtime(device: str = "auto") -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = device == "auto" and torch.cuda.is_available() or device.startswith("cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} but CUDA is not available")
+        raise ValueError(f"device={device!r} but CUDA is not available on this machine (use --device cpu or auto)")
     if world <= 1:
         dev = torch.device("cuda" if device == "auto" and want_cuda else ("cpu" if device == "auto" else device))
         return Runtime(0, 1, 0, dev)
