@@ -10,14 +10,23 @@ Deadlines cross the process boundary as numbers: the child computes action i's d
 `first_deadline + i * dt` until its first action is out, then `t_first + i * dt`, which is what the
 runner's `ChunkSchedule` answers in ``replace`` mode (both processes read the same monotonic clock
 on Linux: `time.perf_counter` is CLOCK_MONOTONIC).
+
+The child belongs to its parent: it ignores SIGINT and SIGTERM (a Ctrl-C or a stop sent to the
+whole process group is the parent's to handle; the parent then closes the child), and it dies with
+the parent, even one killed with SIGKILL: on Linux through PR_SET_PDEATHSIG, and everywhere through
+a thread that exits the child once its parent process is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -25,12 +34,51 @@ from typing import Any
 
 from ee_vla.streaming import StreamedAction
 from ros_nodes.params import PolicyParams
+from ros_nodes.safety import BadInputError
 
 log = logging.getLogger(__name__)
 
 
 class PolicyProcessError(RuntimeError):
     """The policy in the child process raised; the message names the original exception."""
+
+
+class ObservationRejected(BadInputError):
+    """The policy in the child process rejected the observation (its `ObservationError`): bad input."""
+
+
+PARENT_POLL_S = 0.25
+"""How often the child checks that its parent is alive (where PR_SET_PDEATHSIG is not available)."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int, pdeathsig: bool) -> None:
+    """Make this (child) process exit when `parent_pid` exits: PR_SET_PDEATHSIG=SIGKILL on Linux when
+    `pdeathsig` (the kernel signals when the parent's spawning thread exits, so the parent only asks
+    for it from its main thread), and a daemon thread polling the parent pid everywhere."""
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as e:
+            log.debug("prctl unavailable: %s", e)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # reparented: the parent is gone, nobody will read what is decoded
+
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+    threading.Thread(target=watch, name="ee_vla-parent-watch", daemon=True).start()
+
+
+def _ignore_stop_signals() -> None:
+    """Leave Ctrl-C and SIGTERM to the parent (which closes this process when it stops)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _deadlines(t_first: list[float], first_deadline: float | None, dt: float) -> Callable[[int], float | None]:
@@ -45,9 +93,28 @@ def _deadlines(t_first: list[float], first_deadline: float | None, dt: float) ->
     return deadline
 
 
-def _child(conn: Any, params: dict[str, Any], dt: float) -> None:
-    """Child process main: load the policy, then decode on request, streaming actions back."""
+def _child(
+    conn: Any,
+    params: dict[str, Any],
+    dt: float,
+    parent_pid: int,
+    pdeathsig: bool,
+    factory: Callable[[PolicyParams], Any] | None,
+) -> None:
+    """Child process main: tie its life to the parent's, load the policy, then decode on request,
+    streaming actions back."""
+    _ignore_stop_signals()
+    _die_with_parent(parent_pid, pdeathsig)
+    try:
+        _serve_parent(conn, params, dt, factory)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the parent closed the pipe: nothing left to do
+
+
+def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callable[[PolicyParams], Any] | None) -> None:
     p = PolicyParams(**params)
+    from ros_nodes.runner import is_bad_input, load_policy_here
+
     try:
         if p.decode_nice:
             os.nice(p.decode_nice)
@@ -55,13 +122,11 @@ def _child(conn: Any, params: dict[str, Any], dt: float) -> None:
             import torch
 
             torch.set_num_threads(p.torch_threads)
-        from ros_nodes.runner import load_policy_here
-
-        policy = load_policy_here(p)
+        policy = (factory or load_policy_here)(p)
         proprio = int(getattr(getattr(policy, "vla", None), "proprio_dim", 0) or 0)
         conn.send(("ready", int(policy.chunk_size), int(policy.action_dim), proprio))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", type(e).__name__, str(e)))
+        conn.send(("error", type(e).__name__, str(e), False))
         return
     while True:
         try:
@@ -82,8 +147,10 @@ def _child(conn: Any, params: dict[str, Any], dt: float) -> None:
                     t_first.append(time.perf_counter())
                 conn.send(("action", sa.index, sa.action, sa.tokens, sa.t, sa.exact, sa.iteration))
             conn.send(("done",))
-        except Exception as e:  # noqa: BLE001
-            conn.send(("error", type(e).__name__, str(e)))
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+            conn.send(("error", type(e).__name__, str(e), is_bad_input(e)))
 
 
 class ProcessPolicy:
@@ -92,17 +159,35 @@ class ProcessPolicy:
     Args:
         params: `model_path`, `decoder`, `device`, `torch_threads`, `decode_nice` are used.
         start_timeout_s: how long loading may take before configure fails.
+        factory: builds the policy in the child from the params (a picklable top-level function;
+            default `ros_nodes.runner.load_policy_here`).
     """
 
-    def __init__(self, params: PolicyParams, start_timeout_s: float = 600.0):
+    def __init__(
+        self,
+        params: PolicyParams,
+        start_timeout_s: float = 600.0,
+        factory: Callable[[PolicyParams], Any] | None = None,
+    ):
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         child_params = dataclasses.asdict(dataclasses.replace(params, policy_process=False))
         child_params = {k: v for k, v in child_params.items() if k in PolicyParams.__dataclass_fields__}
+        main_thread = threading.current_thread() is threading.main_thread()
         self._proc = ctx.Process(
-            target=_child, args=(child_conn, child_params, 1.0 / params.control_hz), name="ee_vla-policy", daemon=True
+            target=_child,
+            args=(child_conn, child_params, 1.0 / params.control_hz, os.getpid(), main_thread, factory),
+            name="ee_vla-policy",
+            daemon=True,
         )
-        self._proc.start()
+        # Started with SIGINT ignored, the child's interpreter keeps ignoring it from its first
+        # instruction (Python leaves an inherited SIG_IGN alone), before `_child` runs.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            self._proc.start()
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
         child_conn.close()
         if not self._conn.poll(start_timeout_s):
             self.close()
@@ -143,9 +228,9 @@ class ProcessPolicy:
                     return
                 else:
                     finished = True
-                    name, text = msg[1], msg[2]
-                    if name in ("ObservationError", "ValueError"):
-                        raise ValueError(f"{name}: {text}")
+                    name, text, bad_input = msg[1], msg[2], msg[3]
+                    if bad_input:
+                        raise ObservationRejected(f"{name}: {text}")
                     raise PolicyProcessError(f"{name}: {text}")
         finally:
             while not finished:  # the consumer stopped early: let the child finish this chunk
@@ -164,7 +249,13 @@ class ProcessPolicy:
         except (OSError, ValueError):
             pass
         self._proc.join(timeout=5)
-        if self._proc.is_alive():
-            self._proc.terminate()
+        if self._proc.is_alive():  # busy in a long decode; it ignores SIGTERM
+            log.warning("the policy process did not exit within 5 s of close: killing it")
+            self._proc.kill()
             self._proc.join(timeout=5)
         self._conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The child process's id."""
+        return self._proc.pid

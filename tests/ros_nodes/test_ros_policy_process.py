@@ -1,0 +1,104 @@
+"""The policy child process lives and dies with its parent and leaves signals to it (real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def start_parent(delay_s: float, chunk: int) -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.Popen(
+        [sys.executable, str(HERE / "policy_proc.py"), str(delay_s), str(chunk)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    line = p.stdout.readline()
+    assert line.startswith("child "), p.stderr.read()[-3000:] if p.poll() is not None else line
+    return p, int(line.split()[1])
+
+
+@pytest.mark.timeout(90)
+def test_child_dies_with_a_killed_parent():
+    parent, child = start_parent(delay_s=120.0, chunk=2)  # the child would decode for 4 minutes
+    try:
+        assert alive(child)
+        time.sleep(0.5)
+        parent.kill()  # SIGKILL: no cleanup in the parent
+        parent.wait(10)
+        end = time.monotonic() + 15
+        while alive(child) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not alive(child), "the policy process outlived its killed parent"
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+        parent.communicate(timeout=10)
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_to_the_process_group_is_left_to_the_parent():
+    """SIGINT to the whole group mid-decode: the child finishes the chunk, no traceback, and the
+    parent closes it cleanly (exit code 0)."""
+    parent, child = start_parent(delay_s=0.5, chunk=4)
+    try:
+        time.sleep(0.6)
+        os.killpg(parent.pid, signal.SIGINT)
+        out, err = parent.communicate(timeout=60)
+        assert parent.returncode == 0, err[-3000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result == {"actions": 4, "error": "", "interrupted": True, "child_exitcode": 0}, err[-3000:]
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.timeout(90)
+def test_an_observation_the_child_rejects_is_bad_input_in_the_runner(clock):
+    import numpy as np
+    from policy_proc import rejecting_policy
+
+    from ros_nodes.params import PolicyParams
+    from ros_nodes.policy_process import ObservationRejected, ProcessPolicy
+    from ros_nodes.runner import PolicyRunner
+
+    params = PolicyParams(model_path="fake", instruction="go", warmup=False, image_timeout_s=30.0)
+    policy = ProcessPolicy(params, factory=rejecting_policy)
+    with pytest.raises(ObservationRejected, match="ObservationError: 'instruction' has 900 tokens"):
+        list(policy.stream_action_chunk({"pixels": np.zeros((8, 8, 3), np.uint8), "instruction": "go"}))
+    runner = PolicyRunner(params, lambda p: policy, clock=clock, threaded=False)
+    runner.configure()
+    runner.activate()
+    try:
+        runner.on_image(np.zeros((8, 8, 3), np.uint8))
+        assert not runner.process_pending()
+        v = runner.status().values
+        assert v["model_errors"] == "0" and v["bad_inputs"] == "1" and "900 tokens" in v["last_bad_input"]
+    finally:
+        runner.shutdown()
