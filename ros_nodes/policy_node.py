@@ -8,10 +8,15 @@ configure loads the policy, activate starts decoding and the command timer's out
 publishes one stop command and stops, cleanup frees the model. Images, the instruction and joint
 states arrive on a reentrant callback group; the command timer has its own group so a burst of
 images never delays a tick; inference runs on the runner's worker thread, never in a callback.
+
+Every callback is guarded (`CallbackGuard`): an exception is logged, counted and shown on
+/diagnostics, and the node keeps running. The stop command of deactivate, cleanup, shutdown,
+SIGINT or SIGTERM is the last command published (`CommandSink.stop`).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -22,10 +27,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
+from ros_nodes.diagnostics import ERROR, WARN, Status
 from ros_nodes.messages import build_diagnostics
-from ros_nodes.output import CommandSink
+from ros_nodes.output import CommandSink, cleanup_runner
 from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams, cross_check, param_specs, validate_param
 from ros_nodes.rclpy_support import (
+    CallbackGuard,
     declare_from_specs,
     msg_class,
     plain,
@@ -47,6 +54,7 @@ class PolicyNode(LifecycleNode):
         self.m = rclpy_namespace()
         self.policy_factory = policy_factory
         self.pylog = python_logger(self)
+        self.guard = CallbackGuard(self.pylog)
         self.specs = param_specs()
         declare_from_specs(
             self,
@@ -59,7 +67,12 @@ class PolicyNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.runner: PolicyRunner | None = None
         self.sink: CommandSink | None = None
+        self._diag_pub: Any = None
         self._entities: list[tuple[str, Any]] = []
+        # Held while reading the runner/publishers for /diagnostics and while detaching them for
+        # teardown: the diagnostics timer never publishes on a destroyed publisher.
+        self._io_lock = threading.Lock()
+        self._reported_failures = 0
         self._inputs = ReentrantCallbackGroup()
         self._control = MutuallyExclusiveCallbackGroup()
         self._diag = MutuallyExclusiveCallbackGroup()
@@ -75,6 +88,13 @@ class PolicyNode(LifecycleNode):
         return PolicyParams.from_mapping(values)
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        try:
+            return self._check_parameters(parameters)
+        except Exception as e:  # noqa: BLE001 - rejected with the reason; the node keeps running
+            self.guard.failed("parameters", e)
+            return SetParametersResult(successful=False, reason=f"could not apply: {type(e).__name__}: {e}")
+
+    def _check_parameters(self, parameters: list[Any]) -> SetParametersResult:
         changes = {}
         for p in parameters:
             if p.name == "autostart" or p.name.startswith("qos_overrides.") or p.name == "use_sim_time":
@@ -103,6 +123,8 @@ class PolicyNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     # ---- lifecycle ----------------------------------------------------------------------------
+    # rclpy turns an exception in a transition callback into ERROR without a word; these log it
+    # first (ERROR then runs on_error: stop command, teardown).
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             params = self._params()
@@ -116,18 +138,33 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"configure failed: could not load policy: {type(e).__name__}: {e}")
             return TransitionCallbackReturn.FAILURE
         self.runner = runner
+        try:
+            self._create_entities(runner, params)
+        except Exception as e:  # noqa: BLE001 - e.g. a topic name rclpy rejects
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_entities(self, runner: PolicyRunner, params: PolicyParams) -> None:
+        g = self.guard
         cmd_pub = self.create_publisher(
             msg_class(self.m, COMMAND_MSG_TYPES[params.command_type]), params.resolved_command_topic, RELIABLE
         )
+        self._entities.append(("publisher", cmd_pub))
         self.sink = CommandSink(runner, self.m, cmd_pub.publish, self._stamp, logger=self.pylog)
-        self._diag_pub = self.create_publisher(DiagnosticArray, params.diagnostics_topic, RELIABLE)
-        self._entities = [
-            ("publisher", cmd_pub),
-            ("publisher", self._diag_pub),
+        diag_pub = self.create_publisher(DiagnosticArray, params.diagnostics_topic, RELIABLE)
+        self._entities.append(("publisher", diag_pub))
+        self._diag_pub = diag_pub
+        self._entities += [
             (
                 "subscription",
                 self.create_subscription(
-                    Image, params.image_topic, runner.on_image_msg, qos_profile_sensor_data, callback_group=self._inputs
+                    Image,
+                    params.image_topic,
+                    g.wrap("image", runner.on_image_msg),
+                    qos_profile_sensor_data,
+                    callback_group=self._inputs,
                 ),
             ),
             (
@@ -135,13 +172,21 @@ class PolicyNode(LifecycleNode):
                 self.create_subscription(
                     String,
                     params.instruction_topic,
-                    lambda msg: runner.on_instruction(msg.data),
+                    g.wrap("instruction", lambda msg: runner.on_instruction(msg.data)),
                     RELIABLE,
                     callback_group=self._inputs,
                 ),
             ),
-            ("timer", self.create_timer(1.0 / params.control_hz, self._on_tick, callback_group=self._control)),
-            ("timer", self.create_timer(1.0 / params.diagnostics_hz, self._on_diagnostics, callback_group=self._diag)),
+            (
+                "timer",
+                self.create_timer(1.0 / params.control_hz, g.wrap("tick", self._on_tick), callback_group=self._control),
+            ),
+            (
+                "timer",
+                self.create_timer(
+                    1.0 / params.diagnostics_hz, g.wrap("diagnostics", self._on_diagnostics), callback_group=self._diag
+                ),
+            ),
         ]
         if params.use_joint_state:
             self._entities.append(
@@ -150,26 +195,37 @@ class PolicyNode(LifecycleNode):
                     self.create_subscription(
                         JointState,
                         params.joint_state_topic,
-                        lambda msg: runner.on_joint_state(msg.name, msg.position),
+                        g.wrap("joint_state", lambda msg: runner.on_joint_state(msg.name, msg.position)),
                         qos_profile_sensor_data,
                         callback_group=self._inputs,
                     ),
                 )
             )
-        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        assert self.runner is not None
-        self.runner.activate()
-        return super().on_activate(state)
+        try:
+            assert self.sink is not None, "activate without a configured policy"
+            self.sink.activate()
+            return super().on_activate(state)
+        except Exception as e:  # noqa: BLE001
+            self.guard.failed("activate", e)
+            return TransitionCallbackReturn.ERROR
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        return super().on_deactivate(state)
+        try:
+            self._stop()
+            return super().on_deactivate(state)
+        except Exception as e:  # noqa: BLE001
+            self.guard.failed("deactivate", e)
+            return TransitionCallbackReturn.ERROR
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
+        try:
+            self._teardown()
+            return TransitionCallbackReturn.SUCCESS
+        except Exception as e:  # noqa: BLE001
+            self.guard.failed("cleanup", e)
+            return TransitionCallbackReturn.ERROR
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.on_exit()
@@ -181,25 +237,40 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_exit(self) -> None:
-        """Stop commanding (publishing the stop command) and free everything; safe in any state."""
-        if self.runner is not None and self.runner.state == "active":
+        """Stop commanding (publishing the stop command) and free everything; safe in any state and
+        more than once; never raises (failures are logged)."""
+        try:
             self._stop()
-        self._teardown()
+        except Exception as e:  # noqa: BLE001 - the teardown must still run
+            self.guard.failed("stop", e)
+        try:
+            self._teardown()
+        except Exception as e:  # noqa: BLE001
+            self.guard.failed("cleanup", e)
 
     def _stop(self) -> None:
-        if self.runner is not None and self.runner.state == "active":
-            stop = self.runner.deactivate()
-            if self.sink is not None:
-                self.sink.send(stop)
+        """Deactivate the runner and publish its stop command as the last command (if active)."""
+        sink = self.sink
+        if sink is not None and sink.stop():
+            self.get_logger().info(
+                f"stopped: stop command {'logged (dry run)' if sink.runner.params.dry_run else 'published'}"
+            )
 
     def _teardown(self) -> None:
-        for kind, entity in self._entities:
-            getattr(self, f"destroy_{kind}")(entity)
-        self._entities = []
-        self.sink = None
-        if self.runner is not None:
-            self.runner.cleanup()
-            self.runner = None
+        with self._io_lock:
+            sink, self.sink = self.sink, None
+            runner, self.runner = self.runner, None
+            self._diag_pub = None
+            entities, self._entities = self._entities, []
+        if sink is not None:
+            sink.stop()  # latched: a tick already past `self.sink` publishes nothing from now on
+        for kind, entity in entities:
+            try:
+                getattr(self, f"destroy_{kind}")(entity)
+            except Exception as e:  # noqa: BLE001 - destroy the others anyway
+                self.guard.failed("cleanup", e)
+        if runner is not None:
+            cleanup_runner(runner)
 
     # ---- timers -------------------------------------------------------------------------------
     def _stamp(self) -> tuple[int, int]:
@@ -207,20 +278,35 @@ class PolicyNode(LifecycleNode):
 
     def _on_tick(self) -> None:
         sink = self.sink
-        if sink is None:
-            return
-        try:
+        if sink is not None:
             sink.tick()
-        except Exception as e:  # noqa: BLE001 - a failed tick must not kill the executor
-            sink.runner.causes.log(f"tick:{type(e).__name__}", f"control tick failed: {e}")
 
     def _on_diagnostics(self) -> None:
-        runner = self.runner
-        if runner is None:
-            return
-        self._diag_pub.publish(
-            build_diagnostics(self.m, [runner.status(name=f"{self.get_name()}: policy")], self._stamp())
-        )
+        with self._io_lock:
+            runner, pub, sink = self.runner, self._diag_pub, self.sink
+            if runner is None or pub is None:
+                return
+            status = self._with_failures(runner.status(name=f"{self.get_name()}: policy"), sink)
+            pub.publish(build_diagnostics(self.m, [status], self._stamp()))
+
+    def _with_failures(self, status: Status, sink: CommandSink | None) -> Status:
+        """Add the callback failure counts; a failure since the last message raises the level
+        (ERROR for the control tick: commands may not be going out)."""
+        g = self.guard
+        total = g.total
+        status.values["callback_errors"] = str(total)
+        for name, n in sorted(g.counts.items()):
+            status.values[f"callback_errors_{name}"] = str(n)
+        status.values["last_callback_error"] = g.last_error
+        if sink is not None:
+            status.values["commands_dropped_after_stop"] = str(sink.after_stop)
+        if total > self._reported_failures:
+            level = ERROR if g.last_error.startswith("tick:") else WARN
+            if level > status.level:
+                status.level = level
+                status.message = f"{total - self._reported_failures} callback failure(s), last: {g.last_error}"
+            self._reported_failures = total
+        return status
 
 
 def main(args: list[str] | None = None) -> None:

@@ -5,14 +5,20 @@
 * `declare_from_specs()` / `read_values()`: ROS parameters from dataclass-derived specs;
 * `RclpyLogHandler`: routes the ROS-free modules' `logging` records to the node's rclpy logger, so
   they show up in `ros2 launch` output and /rosout;
+* `CallbackGuard`: wraps executor callbacks so that an exception is logged and counted instead of
+  ending the process (rclpy re-raises a callback's exception from `spin`);
 * `spin_until_shutdown()`: the Humble/Jazzy-safe main loop (MultiThreadedExecutor, try/finally, no
-  `with rclpy.init()`, which only newer distros have).
+  `with rclpy.init()`, which only newer distros have) that turns SIGINT and SIGTERM into the node's
+  `on_exit()` (stop command, cleanup) and a clean exit.
 """
 
 from __future__ import annotations
 
 import array
 import logging
+import signal
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +29,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
 from ros_nodes.params import ParamSpec
+from ros_nodes.safety import CauseLog
 
 _PARAM_TYPES = {
     "bool": (ParameterType.PARAMETER_BOOL, Parameter.Type.BOOL),
@@ -79,7 +86,9 @@ def declare_from_specs(
     """Declare one ROS parameter per spec, typed, with the spec's description.
 
     Empty-list defaults are declared by type only (rclpy would infer a byte array from `[]`);
-    doubles accept integers from YAML (`control_hz: 20`) via dynamic typing.
+    doubles and double arrays accept integers from YAML (`control_hz: 20`, `action_low: [-1, -1]`)
+    via dynamic typing: rclpy would otherwise reject an integer value of a double parameter when
+    declaring it, ending the node. The values are then checked by the node's validation instead.
     """
     for spec in specs:
         ros_type, py_type = _PARAM_TYPES[spec.ros_type]
@@ -88,7 +97,7 @@ def declare_from_specs(
             type=ros_type,
             description=spec.description,
             additional_constraints=extra_note(spec) if extra_note else "",
-            dynamic_typing=spec.ros_type == "double",
+            dynamic_typing=spec.ros_type in ("double", "double_array"),
         )
         default = spec.default
         value = py_type if isinstance(default, list) and not default else default
@@ -145,9 +154,55 @@ def python_logger(node: Any) -> logging.Logger:
     return logger
 
 
+class CallbackGuard:
+    """Executor callbacks that never raise: an exception is logged (once per cause, then at most
+    every 30 s with a count) and counted, and the callback returns None.
+
+    rclpy's MultiThreadedExecutor re-raises a callback's exception from `spin`, which would end the
+    node without a stop command; a guarded callback fails alone and the node keeps running.
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self.causes = CauseLog(logger)
+        self.counts: Counter[str] = Counter()
+        self.last_error = ""
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        """Failed callbacks so far, all names together."""
+        with self._lock:
+            return sum(self.counts.values())
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` guarded; failures are counted under `name` (e.g. "image", "tick", "diagnostics")."""
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a callback must never end the executor
+                self.failed(name, e)
+                return None
+
+        guarded.__name__ = f"guarded_{name}"
+        return guarded
+
+    def failed(self, name: str, e: BaseException) -> None:
+        """Count and log one failure of callback `name`."""
+        text = f"{type(e).__name__}: {e}"
+        with self._lock:
+            self.counts[name] += 1
+            self.last_error = f"{name}: {text}"
+        self.causes.log(
+            f"callback:{name}:{type(e).__name__}",
+            f"{name} callback failed: {text} (skipped; the node keeps running)",
+            level=logging.ERROR,
+        )
+
+
 def init_rclpy(args: list[str] | None) -> None:
-    """rclpy.init without rclpy's SIGINT handler where available, so Ctrl-C reaches `finally` with a
-    live context and the node can still publish its stop command."""
+    """rclpy.init without rclpy's signal handlers where available, so Ctrl-C reaches `finally` with
+    a live context and the node can still publish its stop command."""
     try:
         from rclpy.signals import SignalHandlerOptions
 
@@ -156,23 +211,83 @@ def init_rclpy(args: list[str] | None) -> None:
         rclpy.init(args=args)
 
 
-def spin_until_shutdown(make_node: Callable[[], Any], args: list[str] | None = None, threads: int = 4) -> None:
-    """Create a node, spin it on a MultiThreadedExecutor, and always run its `on_exit()` and shut down."""
+class _ShutdownSignals:
+    """SIGINT and SIGTERM set an event instead of interrupting (main thread only); restores handlers.
+
+    Both signals end the same way: the spin loop sees the event, then the node's `on_exit()` runs to
+    the end (a second signal during cleanup does not interrupt it). `systemctl stop`, `kill` and
+    `ros2 launch`'s escalation send SIGTERM, Ctrl-C sends SIGINT.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: list[int] = []
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        self.event.set()
+
+    def __enter__(self) -> _ShutdownSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def spin_until_shutdown(
+    make_node: Callable[[], Any],
+    args: list[str] | None = None,
+    threads: int = 4,
+    poll_s: float = 0.1,
+    max_failures: int = 50,
+) -> None:
+    """Create a node and spin it on a MultiThreadedExecutor until SIGINT, SIGTERM or an external
+    rclpy shutdown; then always run its `on_exit()` (the stop command) and shut down cleanly.
+
+    The executor is spun `poll_s` at a time, so a signal is acted on within `poll_s` even when no
+    callback is due. An exception that still escapes a callback is logged and spinning continues;
+    `max_failures` of them in a row (a broken executor rather than one bad callback) end the loop,
+    through the same `on_exit()`.
+    """
     init_rclpy(args)
     node = None
     executor = MultiThreadedExecutor(num_threads=threads)
-    try:
-        node = make_node()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            try:
-                node.on_exit()
-            finally:
-                executor.remove_node(node)
-                node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    log = logging.getLogger("ee_vla.ros")
+    with _ShutdownSignals() as signals:
+        try:
+            node = make_node()
+            log = python_logger(node)
+            executor.add_node(node)
+            failures = 0
+            while rclpy.ok() and not signals.event.is_set():
+                try:
+                    executor.spin_once(timeout_sec=poll_s)
+                    failures = 0
+                except (KeyboardInterrupt, ExternalShutdownException):
+                    break
+                except Exception as e:  # noqa: BLE001 - one failed callback must not end the node
+                    failures += 1
+                    log.error("a callback failed: %s: %s (the node keeps running)", type(e).__name__, e)
+                    if failures >= max_failures:
+                        log.error("%d executor failures in a row: stopping the node", failures)
+                        break
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            if signals.received:
+                log.info("%s received: stopping", signal.Signals(signals.received[0]).name)
+            if node is not None:
+                try:
+                    node.on_exit()
+                finally:
+                    executor.remove_node(node)
+                    node.destroy_node()
+            executor.shutdown()
+            rclpy.try_shutdown()

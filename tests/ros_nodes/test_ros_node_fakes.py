@@ -1,0 +1,210 @@
+"""The rclpy policy node on the fake rclpy (ros_fakes.install_fake_ros): the lifecycle's stop command,
+integer arrays for double-array parameters, guarded callbacks, the diagnostics timer racing teardown,
+and SIGINT/SIGTERM ending in the stop command and a clean exit (in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ros_fakes import FakePolicy, install_fake_ros, uninstall_fake_ros
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TOPIC = "forward_command_controller/commands"
+
+
+@pytest.fixture()
+def fake_ros():
+    if "rclpy" in sys.modules and not hasattr(sys.modules["rclpy"], "graph"):
+        pytest.skip("a real rclpy is loaded in this process")
+    saved = {k: sys.modules[k] for k in ("rclpy",) if k in sys.modules}
+    rclpy = install_fake_ros()
+    rclpy.init()
+    yield rclpy
+    uninstall_fake_ros()
+    sys.modules.update(saved)
+
+
+def make_node(fake_ros, **overrides):
+    from rclpy.parameter import Parameter
+
+    from ros_nodes.policy_node import PolicyNode
+
+    values = dict(
+        dry_run=False,
+        warmup=False,
+        policy_process=False,
+        instruction="pick",
+        command_type="array",
+        image_timeout_s=1000.0,
+        decode_deadline_s=1000.0,
+        max_hold_s=0.0,
+    )
+    values.update(overrides)
+    return PolicyNode(
+        policy_factory=lambda _p: FakePolicy(), parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]
+    )
+
+
+def timer_callbacks(node):
+    """(tick, diagnostics) callbacks of the node's two timers, in creation order."""
+    tick, diag = [t.callback for t in node.timers if not t.destroyed]
+    return tick, diag
+
+
+def level(status) -> int:
+    """A DiagnosticStatus level (a `byte` field: bytes of length 1 in rclpy)."""
+    return status.level[0] if isinstance(status.level, bytes) else int(status.level)
+
+
+def run_until_commands(node, n: int = 3) -> None:
+    tick, _ = timer_callbacks(node)
+    node.runner.on_image(np.zeros((8, 8, 3), np.uint8))
+    assert node.runner.wait_for_chunks(1, timeout=30)
+    for _ in range(n):
+        tick()
+
+
+def test_deactivate_publishes_the_stop_command_last(fake_ros):
+    node = make_node(fake_ros)
+    node.trigger_configure()
+    node.trigger_activate()
+    run_until_commands(node)
+    sent = fake_ros.graph.messages(TOPIC)
+    assert len(sent) == 3 and all(np.any(m.data) for m in sent)
+    tick, _ = timer_callbacks(node)
+    node.trigger_deactivate()
+    tick()  # a tick after the stop publishes nothing
+    sent = fake_ros.graph.messages(TOPIC)
+    assert len(sent) == 4 and not np.any(sent[-1].data)
+    node.trigger_cleanup()
+    assert node.runner is None and all(p.destroyed for p in node.publishers)
+    node.on_exit()  # again: nothing left to do, nothing raised
+
+
+def test_integer_arrays_are_accepted_for_double_array_parameters(fake_ros):
+    """`action_low: [-1, ...]` in YAML arrives as an integer array: declared, converted, validated."""
+    node = make_node(fake_ros, action_low=[-1] * 7, action_high=[1, 1, 1, 1, 1, 1, 2], control_hz=20)
+    node.trigger_configure()
+    assert node.runner is not None
+    assert node.runner.params.action_low == (-1.0,) * 7 and node.runner.params.action_high[-1] == 2.0
+    assert node.runner.params.control_hz == 20.0
+    from rclpy.parameter import Parameter
+
+    assert node.set_parameters([Parameter("action_high", value=[1] * 7)])[0].successful
+    result = node.set_parameters([Parameter("action_high", value="wide")])[0]
+    assert not result.successful and "action_high" in result.reason
+
+
+def test_a_failing_callback_is_counted_and_the_executor_keeps_spinning(fake_ros):
+    from rclpy.executors import MultiThreadedExecutor
+
+    node = make_node(fake_ros)
+    node.trigger_configure()
+    node.trigger_activate()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    sub = next(s for s in node.subscriptions if s.topic == "instruction")
+    sub.queue.append(object())  # not a String: the callback raises inside
+    try:
+        end = time.monotonic() + 10
+        while node.guard.counts["instruction"] == 0 and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        for _ in range(5):  # a failed callback's exception would surface from spin_once here
+            executor.spin_once(timeout_sec=0.01)
+    finally:
+        executor.shutdown()
+    assert node.guard.counts["instruction"] == 1 and "AttributeError" in node.guard.last_error
+
+    # A failing control tick: counted, and /diagnostics says so at ERROR level.
+    def broken_tick(now=None):
+        raise RuntimeError("schedule exploded")
+
+    node.runner.tick = broken_tick
+    tick, diag = timer_callbacks(node)
+    tick()
+    diag()
+    status = fake_ros.graph.messages("/diagnostics")[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["callback_errors"] == "2" and values["callback_errors_tick"] == "1"
+    assert level(status) == 2 and "schedule exploded" in status.message
+    diag()  # no new failure: the level is the runner's own again
+    last = fake_ros.graph.messages("/diagnostics")[-1].status[0]
+    assert level(last) < 2 and "callback failure" not in last.message
+    node.on_exit()
+
+
+def test_parameter_callback_failure_rejects_instead_of_raising(fake_ros):
+    from rclpy.parameter import Parameter
+
+    node = make_node(fake_ros)
+    node.trigger_configure()
+
+    def broken_update(_params):
+        raise KeyError("boom")
+
+    node.runner.update_params = broken_update
+    result = node.set_parameters([Parameter("dry_run", value=True)])[0]
+    assert not result.successful and "KeyError" in result.reason
+    assert node.guard.counts["parameters"] == 1
+    node.on_exit()
+
+
+def test_diagnostics_timer_racing_teardown_never_publishes_on_a_destroyed_publisher(fake_ros):
+    """The diagnostics callback fires while cleanup destroys the publishers (made deterministic by
+    running it from inside destroy_publisher): it publishes nothing and raises nothing."""
+    node = make_node(fake_ros)
+    node.trigger_configure()
+    node.trigger_activate()
+    run_until_commands(node)
+    _, diag = timer_callbacks(node)
+    raw_diag = node._on_diagnostics  # unguarded: an exception would surface here
+    destroy = node.destroy_publisher
+    fired = []
+
+    def destroy_and_fire(pub):
+        destroy(pub)
+        raw_diag()
+        diag()
+        fired.append(pub.topic)
+
+    node.destroy_publisher = destroy_and_fire
+    node.trigger_deactivate()
+    n_diag = len(fake_ros.graph.messages("/diagnostics"))
+    assert node.trigger_cleanup().name == "SUCCESS"
+    assert fired and len(fake_ros.graph.messages("/diagnostics")) == n_diag
+    assert node.guard.total == 0 and node.runner is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_in_the_stop_command_and_a_clean_exit(sig):
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "fake_node_proc.py")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", line + proc.stderr.read()[-3000:]
+        t = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        exit_s = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, f"exit code {proc.returncode}: {err[-3000:]}"
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["last_is_stop"] and result["after_first_stop"] == 0, result
+    assert result["torch_loaded"] is False and result["callback_errors"] == 0, result
+    print(f"{signal.Signals(sig).name}: exited {exit_s:.2f} s after the signal, {result['commands']} commands")
