@@ -9,6 +9,7 @@ instruction topics with random samples and random bytes; it must keep publishing
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import struct
@@ -16,6 +17,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("cyclonedds")
 
@@ -121,3 +124,162 @@ def test_random_bytes_on_image_and_instruction_topics(graph):
     delivered.update(img=0, str=0)
     assert spin_until(graph, lambda: delivered["img"] and delivered["str"])
     np.testing.assert_equal(graph.callback_errors, 0)
+
+
+# ---- the runner's input callbacks: any field values ------------------------------------------------
+
+_u32 = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    height=st.one_of(st.integers(0, 40), _u32),
+    width=st.one_of(st.integers(0, 40), _u32),
+    encoding=st.one_of(st.sampled_from(["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "16UC1", ""]), st.text(max_size=30)),
+    step=st.one_of(st.integers(0, 200), _u32),
+    data=st.binary(max_size=4000),
+    text=st.one_of(st.text(max_size=50), st.text(min_size=1990, max_size=2100)),
+)
+def test_runner_inputs_never_raise(clock, fake_policy, height, width, encoding, step, data, text):
+    from ros_nodes.params import PolicyParams
+    from ros_nodes.runner import PolicyRunner
+
+    r = PolicyRunner(PolicyParams(instruction="go", warmup=False), lambda p: fake_policy, clock=clock, threaded=False)
+    r.configure()
+    r.activate()
+    msg = msgs.Image(height=height, width=width, encoding=encoding, step=step, data=data)
+    ok = r.on_image_msg(msg)
+    assert ok == (r.images_received == 1)
+    assert r.on_instruction(text) == (bool(text.strip()) and len(text) <= r.MAX_INSTRUCTION_CHARS)
+    if ok:
+        assert r.process_pending() and fake_policy.calls[-1]["pixels"].shape == (height, width, 3)
+    assert int(r.status().values["bad_inputs"]) == r.causes.total()
+
+
+# ---- `serve` with a real (tiny, random) model, flooded on loopback -----------------------------------
+
+
+def random_sample_fields(rng: np.random.Generator) -> msgs.Image:
+    """An Image with random (type-valid) field values: mostly wrong, sometimes a small valid image."""
+    enc = rng.choice(["rgb8", "bgr8", "mono8", "rgba8", "yuv422", "", "\u00e9\u4e2d", "x" * int(rng.integers(1, 300))])
+    h, w = (int(v) for v in rng.integers(0, 24, 2))
+    if rng.random() < 0.2:
+        h, w = (int(v) for v in rng.integers(0, 2**32, 2, dtype=np.uint64))
+    ch = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4}.get(str(enc), 3)
+    step = w * ch + int(rng.integers(0, 3)) if rng.random() < 0.7 else int(rng.integers(0, 2**32, dtype=np.uint64))
+    n = step * h if rng.random() < 0.5 and step * h < 20000 else int(rng.integers(0, 3000))
+    return msgs.Image(height=h, width=w, encoding=str(enc), step=step % 2**32, data=rng.bytes(n))
+
+
+def random_instruction(rng: np.random.Generator) -> str:
+    kind = rng.integers(4)
+    if kind == 0:
+        return ""
+    if kind == 1:
+        return " \t\n" * int(rng.integers(1, 5))
+    if kind == 2:
+        return "pick " * int(rng.integers(401, 1000))  # over MAX_INSTRUCTION_CHARS
+    alphabet = "abc xyz\u00e9\u4e2d\U0001f916!\n"
+    return "".join(rng.choice(list(alphabet), int(rng.integers(1, 120))))
+
+
+def random_raw(rng: np.random.Generator, valid: bytes) -> bytes:
+    if rng.random() < 0.5:
+        return XCDR1_LE + rng.bytes(int(rng.integers(0, 120)))
+    b = bytearray(valid)
+    for j in rng.integers(4, len(b), int(rng.integers(1, 6))):
+        b[j] = int(rng.integers(256))
+    return bytes(b)
+
+
+@pytest.mark.timeout(180)
+def test_serve_keeps_publishing_under_random_inputs(tiny_vla_dir):
+    """~8 s of random field values and random bytes on the image and instruction topics, valid images
+    at 10 Hz in between: the server never exits, commands keep arriving, bad inputs are counted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_ros_dds_loopback import Robot, finish
+
+    from ros_nodes.messages import build_image
+
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    domain = next(_DOMAINS)
+    cfg = dict(
+        domain_id=domain,
+        loopback_only=True,
+        dry_run=False,
+        model_path=str(tiny_vla_dir),
+        instruction="pick up the cube",
+        command_type="array",
+        control_hz=20.0,
+        image_timeout_s=1.5,
+        decode_deadline_s=5.0,
+        diagnostics_hz=4.0,
+        torch_threads=1,
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    server = subprocess.Popen(
+        [sys.executable, str(here / "dds_proc.py"), "serve", json.dumps(cfg), json.dumps({"real": True})],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    robot = Robot(domain, "forward_command_controller/commands", msgs.Float64MultiArray)
+    arrivals: list[float] = []
+    robot.g.reader(
+        "forward_command_controller/commands",
+        msgs.Float64MultiArray,
+        "default",
+        callback=lambda s: arrivals.append(time.monotonic()),
+    )
+    rng = np.random.default_rng(7)
+    good = build_image(msgs, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), (0, 0))
+    valid_img, valid_str = good.serialize(), msgs.String(data="pick up the cube").serialize()
+    try:
+        assert robot.pump(120, until=lambda: len(robot.commands) >= 10, image=good), "no commands from the server: " + (
+            server.stderr.read()[-3000:] if server.poll() is not None else ""
+        )
+        t0 = time.monotonic()
+        sent = 0
+        next_good = t0
+        while time.monotonic() < t0 + 8.0:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            k = rng.integers(4)
+            if k == 0:
+                robot.image.write(random_sample_fields(rng))
+            elif k == 1:
+                robot.instruction.write(msgs.String(data=random_instruction(rng)))
+            elif k == 2:
+                write_raw(robot.image, _pad(random_raw(rng, valid_img)))
+            else:
+                write_raw(robot.instruction, _pad(random_raw(rng, valid_str)))
+            sent += 1
+            if time.monotonic() >= next_good:
+                robot.image.write(good)
+                next_good += 0.1
+            robot.g.spin_once(0.005)
+        t1 = time.monotonic()
+        robot.instruction.write(msgs.String(data="pick up the cube"))
+        robot.pump(2.0, image=good)
+        assert server.poll() is None, server.stderr.read()[-3000:]
+        during = [t for t in arrivals if t0 <= t <= t1]
+        gaps = np.diff([t0, *during, t1])
+        assert sent > 200 and len(during) > 0 and gaps.max() < 3.0, f"largest gap without a command: {gaps.max():.2f} s"
+        d = robot.last_diag()
+        assert int(d["bad_inputs"]) > 0 and d["model_errors"] == "0", d
+        stats = finish(server, timeout=60)
+        assert int(stats["model_errors"]) == 0 and int(stats["bad_inputs"]) > 0 and int(stats["chunks_done"]) > 0
+    finally:
+        robot.close()
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=10)
+
+
+def _pad(payload: bytes) -> bytes:
+    return payload + b"\x00" * (-len(payload) % 4)
