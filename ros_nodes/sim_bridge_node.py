@@ -4,8 +4,9 @@
 
 Publishes the camera image (sensor-data QoS), the instruction (transient local), `agent_pos` as
 JointState and success (std_msgs/Bool); applies the newest command at the env's control rate. All
-the stepping logic is `ros_nodes.sim_bridge.SimBridge`. Rendering headless needs MUJOCO_GL=egl
-(GPU) or osmesa (CPU) in the environment (the sim launch file sets it).
+the stepping logic is `ros_nodes.sim_bridge.SimBridge`. Callbacks are guarded: a failing step or
+command is logged once per cause and counted (`guard`), and the node keeps running. Rendering
+headless needs MUJOCO_GL=egl (GPU) or osmesa (CPU) in the environment (the sim launch file sets it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from std_msgs.msg import Bool, String
 from ros_nodes.messages import build_image, build_joint_state
 from ros_nodes.params import COMMAND_MSG_TYPES, ParamSpec
 from ros_nodes.rclpy_support import (
+    CallbackGuard,
     declare_from_specs,
     msg_class,
     python_logger,
@@ -48,14 +50,17 @@ def sim_param_specs() -> list[ParamSpec]:
 class SimBridgeNode(Node):
     """Steps the env from one timer; commands arrive in the same mutually exclusive group."""
 
-    def __init__(self, node_name: str = "sim_bridge", **kwargs: Any):
+    def __init__(self, node_name: str = "sim_bridge", env: Any | None = None, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self.m = rclpy_namespace()
         self.specs = sim_param_specs()
         declare_from_specs(self, self.specs)
         params = SimBridgeParams(**read_values(self, self.specs))  # invalid parameters: fail loudly at start
         self.params = params
-        self.bridge = SimBridge(params, logger=python_logger(self))
+        pylog = python_logger(self)
+        self.guard = CallbackGuard(pylog)
+        self.bridge = SimBridge(params, env=env, logger=pylog)
+        g = self.guard
         group = MutuallyExclusiveCallbackGroup()
         self.image_pub = self.create_publisher(Image, params.image_topic, qos_profile_sensor_data)
         self.instruction_pub = self.create_publisher(String, params.instruction_topic, LATCHED)
@@ -64,12 +69,12 @@ class SimBridgeNode(Node):
         self.create_subscription(
             msg_class(self.m, COMMAND_MSG_TYPES[params.command_type]),
             params.resolved_command_topic,
-            self.bridge.on_command_msg,
+            g.wrap("command", self.bridge.on_command_msg),
             RELIABLE,
             callback_group=group,
         )
-        self.create_timer(1.0 / self.bridge.control_hz, self._on_step, callback_group=group)
-        self.create_timer(1.0, self._publish_instruction, callback_group=group)
+        self.create_timer(1.0 / self.bridge.control_hz, g.wrap("step", self._on_step), callback_group=group)
+        self.create_timer(1.0, g.wrap("instruction", self._publish_instruction), callback_group=group)
         self.get_logger().info(
             f"{params.env_id} at {self.bridge.control_hz:.1f} Hz; commands ({params.command_type}) on "
             f"{params.resolved_command_topic}"
