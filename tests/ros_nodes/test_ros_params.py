@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -83,29 +84,59 @@ def test_ros_lists_round_trip():
     assert PolicyParams.from_mapping(p.to_ros()) == p
 
 
-def _yaml_params(path: Path, node: str) -> dict:
+def node_params(path: Path, fqn: str) -> dict:
+    """The parameters a node named `fqn` takes from a params file, by rclpy's rule (rclpy's node.cpp,
+    Humble and Jazzy): a top-level key is a node name pattern, "/" prepended if missing, in which
+    "/*" becomes the regex "(/\\w+)" (so "/**" matches any number of namespace levels); every key
+    that matches the whole name applies, later keys over earlier ones."""
     doc = yaml.safe_load(path.read_text())
-    return doc[node]["ros__parameters"]
+    out: dict = {}
+    for key, value in doc.items():
+        pattern = key if key.startswith("/") else "/" + key
+        if re.fullmatch(pattern.replace("/*", r"(/\w+)"), fqn):
+            out.update(value["ros__parameters"])
+    return out
 
 
-def test_config_yaml_is_valid():
-    values = _yaml_params(REPO / "config" / "ee_vla.yaml", "policy_node")
+def test_node_params_follows_rclpy_matching():
+    """The helper above on rcl's own wildcard cases."""
+    for key, fqn, match in [
+        ("policy_node", "/policy_node", True),
+        ("policy_node", "/robot1/policy_node", False),
+        ("/**", "/robot1/arm/anything", True),
+        ("/**/policy_node", "/policy_node", True),
+        ("/**/policy_node", "/robot1/policy_node", True),
+        ("/**/policy_node", "/robot1/sim_bridge", False),
+        ("/*/policy_node", "/policy_node", False),
+    ]:
+        pattern = key if key.startswith("/") else "/" + key
+        assert bool(re.fullmatch(pattern.replace("/*", r"(/\w+)"), fqn)) is match, (key, fqn)
+
+
+@pytest.mark.parametrize("fqn", ["/policy_node", "/robot1/policy_node", "/robot1/arm/my_policy"])
+def test_config_yaml_is_valid_under_any_node_name_and_namespace(fqn):
+    values = node_params(REPO / "config" / "ee_vla.yaml", fqn)
+    assert values, f"config/ee_vla.yaml gives {fqn} no parameters"
     p = PolicyParams.from_mapping(values)
     assert p.dry_run is True  # the shipped default must not move a robot
     types = {s.name: s.ros_type for s in param_specs()}
     for name, v in values.items():  # YAML types must match the declared ROS types
-        if types[name] == "double":
-            assert isinstance(v, float), f"{name} must be written as a float in YAML ({v!r})"
         if types[name] == "bool":
             assert isinstance(v, bool), name
 
 
-def test_sim_yaml_is_valid():
+@pytest.mark.parametrize("namespace", ["", "/robot1", "/lab/robot2"])
+def test_sim_yaml_gives_each_node_its_own_parameters_in_any_namespace(namespace):
     from ros_nodes.sim_bridge import SimBridgeParams
 
     path = REPO / "config" / "sim.yaml"
-    p = PolicyParams.from_mapping(_yaml_params(path, "policy_node"))
-    s = SimBridgeParams(**_yaml_params(path, "sim_bridge"))
+    base = node_params(REPO / "config" / "ee_vla.yaml", f"{namespace}/policy_node")
+    policy_values = {**base, **node_params(path, f"{namespace}/policy_node")}
+    bridge_values = node_params(path, f"{namespace}/sim_bridge")
+    p = PolicyParams.from_mapping(policy_values)
+    s = SimBridgeParams(**bridge_values)
+    assert p.dry_run is False and p.command_type == "array" and p.control_hz == 10.0
+    assert s.control_hz == 0.0  # the bridge's own value, not the policy node's
     assert p.command_type == s.command_type and p.resolved_command_topic == s.resolved_command_topic
     assert p.image_topic == s.image_topic and p.instruction_topic == s.instruction_topic
 
