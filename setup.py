@@ -5,16 +5,20 @@ same distribution plus the ROS resource marker, package.xml, launch files and pa
 """
 
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "ee_vla"
+HERE = Path(__file__).resolve().parent
+"""The source directory (symlinks resolved: `colcon build --symlink-install` runs a linked setup.py
+from the build directory, where README.md is not)."""
 
 setup(
     name=PACKAGE,
     version="0.1.0",
     description="Fast VLA robot policies: CEED Jacobi decoding, action streaming, MuJoCo eval, ROS 2 node",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
