@@ -89,6 +89,121 @@ class ModelLoadError(RuntimeError):
     """A model directory is missing, incomplete or corrupt."""
 
 
+@dataclass(frozen=True)
+class ModelBounds:
+    """Upper bounds on a model directory's sizes, checked before anything is allocated, so that a
+    corrupt or hostile config (e.g. ``num_hidden_layers: 1000000``) fails at once with a
+    `ModelLoadError` instead of growing memory for minutes. Generous: a 7B OpenVLA-shaped model
+    (32 layers, hidden 4096, MLP 11008, vocabulary 32064, 224 px images, 256 patches) is far
+    inside every one."""
+
+    layers: int = 256
+    """Transformer layers of the language model and of the vision tower, each."""
+    hidden: int = 16384
+    """Hidden size of the language model and of the vision tower."""
+    intermediate: int = 65536
+    """MLP width of the language model and of the vision tower."""
+    heads: int = 256
+    """Attention heads (query and key/value)."""
+    vocab: int = 1 << 20
+    """Vocabulary size (text and action tokens)."""
+    positions: int = 1 << 20
+    """max_position_embeddings of the language model (absolute-position models allocate a table)."""
+    image_size: int = 1024
+    """Input image side of the vision tower and of `ee_vla.json`, in pixels."""
+    image_tokens: int = 16384
+    """Image placeholder tokens per prompt (image_seq_length)."""
+    chunk_size: int = 64
+    """Actions per chunk (`ee_vla.json`)."""
+    action_dim: int = 64
+    """Dimensions of one action (the action tokenizer's statistics)."""
+
+
+MODEL_BOUNDS = ModelBounds()
+
+
+def _bounded(where: str, value, limit: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ModelLoadError(f"{where} = {value!r} is outside 1..{limit} (ee_vla.models.vla.ModelBounds)")
+
+
+def check_config_bounds(config, extra: dict, path: Path, bounds: ModelBounds = MODEL_BOUNDS) -> None:
+    """Raise `ModelLoadError` naming the first size of a Llava config (`config.json`) or of
+    `ee_vla.json` (`extra`) that is outside `bounds`."""
+    cfg, ee = path / "config.json", path / EE_VLA_FILE
+    text, vision = config.text_config, config.vision_config
+    for name, limit in (
+        ("num_hidden_layers", bounds.layers),
+        ("hidden_size", bounds.hidden),
+        ("intermediate_size", bounds.intermediate),
+        ("num_attention_heads", bounds.heads),
+        ("num_key_value_heads", bounds.heads),
+        ("vocab_size", bounds.vocab),
+        ("max_position_embeddings", bounds.positions),
+    ):
+        if hasattr(text, name) and (name != "num_key_value_heads" or getattr(text, name) is not None):
+            _bounded(f"{cfg}: text_config.{name}", getattr(text, name), limit)
+    for name, limit in (
+        ("num_hidden_layers", bounds.layers),
+        ("hidden_size", bounds.hidden),
+        ("intermediate_size", bounds.intermediate),
+        ("num_attention_heads", bounds.heads),
+        ("image_size", bounds.image_size),
+        ("patch_size", bounds.image_size),
+    ):
+        if hasattr(vision, name):
+            _bounded(f"{cfg}: vision_config.{name}", getattr(vision, name), limit)
+    _bounded(f"{cfg}: image_seq_length", getattr(config, "image_seq_length", None), bounds.image_tokens)
+    _bounded(f"{ee}: chunk_size", extra.get("chunk_size"), bounds.chunk_size)
+    _bounded(f"{ee}: image_size", extra.get("image_size"), bounds.image_size)
+    stats = extra["action_tokenizer"]["stats"]
+    _bounded(f"{ee}: action_tokenizer action_dim (len q01)", len(stats["q01"]), bounds.action_dim)
+
+
+def _check_loading_info(info: dict, path: Path) -> None:
+    """Missing, unexpected or mismatched weights are an error: transformers would fill a missing
+    tensor with random values (a model that loads 'OK' and drives the robot with noise)."""
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(kind) or ())
+        if keys:
+            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            problems.append(f"{len(keys)} {kind.replace('_', ' ')} ({shown})")
+    problems += [str(m) for m in info.get("error_msgs") or ()]
+    if problems:
+        weights, config = path / "model.safetensors", path / "config.json"
+        raise ModelLoadError(f"{weights} does not match {config}: " + "; ".join(problems))
+
+
+def _check_finite_weights(model, path: Path) -> None:
+    """Every floating-point parameter and buffer must be finite: NaN weights give NaN logits."""
+    bad = [
+        name
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ModelLoadError(f"{path / 'model.safetensors'}: {len(bad)} tensors hold NaN or inf ({shown})")
+
+
+def check_image_normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
+    """(mean, std) as tuples of 3 finite floats, std > 0; a ValueError naming the field otherwise
+    (a zero std turns every image into inf/NaN)."""
+    out = []
+    for name, v in (("image_mean", mean), ("image_std", std)):
+        try:
+            a = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} must be 3 numbers (RGB), got {v!r}") from e
+        if a.shape != (3,) or not np.isfinite(a).all():
+            raise ValueError(f"{name} must be 3 finite numbers (RGB), got {v!r}")
+        out.append(tuple(float(x) for x in a))
+    if min(out[1]) <= 0:
+        raise ValueError(f"image_std must be > 0 in every channel, got {list(std)}")
+    return out[0], out[1]
+
+
 def _transformers_quiet() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -170,8 +285,7 @@ class VLA:
         self.proprio_tokenizer = proprio_tokenizer
         self.chunk_size = chunk_size
         self.image_size = image_size
-        self.image_mean = tuple(image_mean)
-        self.image_std = tuple(image_std)
+        self.image_mean, self.image_std = check_image_normalisation(image_mean, image_std)
         self.prompt_template = prompt_template
         self._prompt_cache: dict[tuple[str, str | None], list[int]] = {}
         self.meta = dict(meta or {})
@@ -275,24 +389,42 @@ class VLA:
             # VLANetwork for a conv stem only: a stock Llava checkpoint keeps Llava's key mapping
             # (its saved `language_model.lm_head` is renamed for that class, not for a subclass)
             config = LlavaConfig.from_pretrained(path)
+        except Exception as e:  # transformers raises many types for broken files
+            raise ModelLoadError(f"could not read {path / 'config.json'}: {e}") from e
+        try:
+            check_config_bounds(config, extra, path)
+        except (KeyError, TypeError) as e:
+            raise ModelLoadError(f"{path / EE_VLA_FILE} is corrupt: {e!r}") from e
+        try:
             conv = getattr(config.vision_config, "ee_vla_stem", "patch") == "conv"
             cls_ = VLANetwork if conv else LlavaForConditionalGeneration
-            model = cls_.from_pretrained(path, config=config, dtype=dtype or torch.float32)
+            model, info = cls_.from_pretrained(
+                path,
+                config=config,
+                dtype=dtype or torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported by name below instead of a generic error
+            )
             tok = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises many types for broken files
             raise ModelLoadError(f"could not load the model in {path}: {e}") from e
-        return cls(
-            model.to(device),
-            tok,
-            at,
-            chunk_size=extra["chunk_size"],
-            image_size=extra["image_size"],
-            proprio_tokenizer=pt,
-            image_mean=extra.get("image_mean", (0.5, 0.5, 0.5)),
-            image_std=extra.get("image_std", (0.5, 0.5, 0.5)),
-            prompt_template=extra.get("prompt_template", PROMPT_TEMPLATE),
-            meta=extra.get("meta"),
-        )
+        _check_loading_info(info, path)
+        _check_finite_weights(model, path)
+        try:
+            return cls(
+                model.to(device),
+                tok,
+                at,
+                chunk_size=extra["chunk_size"],
+                image_size=extra["image_size"],
+                proprio_tokenizer=pt,
+                image_mean=extra.get("image_mean", (0.5, 0.5, 0.5)),
+                image_std=extra.get("image_std", (0.5, 0.5, 0.5)),
+                prompt_template=extra.get("prompt_template", PROMPT_TEMPLATE),
+                meta=extra.get("meta"),
+            )
+        except ValueError as e:
+            raise ModelLoadError(f"{path / EE_VLA_FILE}: {e}") from e
 
     # ---- properties ---------------------------------------------------------------------
     @property

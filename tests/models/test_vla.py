@@ -160,3 +160,103 @@ def test_conv_stem_gives_the_patch_grid_and_survives_save_and_load(tmp_path):
         VLA.create("tiny", vision_stem="resnet")
     with pytest.raises(ValueError, match="power of two"):
         ConvStem(3, 32, 12)
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_weights(path, edit):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(path / "model.safetensors")
+    edit(sd)
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def _edit_json(path, name, edit):
+    d = json.loads((path / name).read_text())
+    edit(d)
+    (path / name).write_text(json.dumps(d))
+
+
+MLP_KEY = "language_model.model.layers.1.mlp.down_proj.weight"
+
+
+def test_missing_unexpected_and_mismatched_weights_are_named(tiny_vla_dir, tmp_path):
+    """transformers fills a missing tensor with random values and loads 'OK'; ee_vla refuses."""
+    missing = _copy(tiny_vla_dir, tmp_path / "missing")
+    _edit_weights(missing, lambda sd: sd.pop(MLP_KEY))
+    with pytest.raises(ModelLoadError, match=r"1 missing keys \(model\.language_model\.layers\.1\.mlp\.down_proj"):
+        VLA.from_pretrained(missing)
+    extra = _copy(tiny_vla_dir, tmp_path / "extra")
+    _edit_weights(extra, lambda sd: sd.update({"stray.weight": torch.zeros(3)}))
+    with pytest.raises(ModelLoadError, match=r"1 unexpected keys \(stray\.weight\)"):
+        VLA.from_pretrained(extra)
+    shape = _copy(tiny_vla_dir, tmp_path / "shape")
+    _edit_weights(shape, lambda sd: sd.update({MLP_KEY: torch.zeros(5, 5)}))
+    with pytest.raises(ModelLoadError, match=r"1 mismatched keys \(.*layers\.1\.mlp\.down_proj"):
+        VLA.from_pretrained(shape)
+
+
+def test_more_layers_in_the_config_than_in_the_weights(tiny_vla_dir, tmp_path):
+    deeper = _copy(tiny_vla_dir, tmp_path / "deeper")
+    _edit_json(deeper, "config.json", lambda d: d["text_config"].update(num_hidden_layers=3))
+    with pytest.raises(ModelLoadError, match=r"9 missing keys \(.*layers\.2\."):
+        VLA.from_pretrained(deeper)
+
+
+@pytest.mark.parametrize(
+    "file, edit, match",
+    [
+        (
+            "config.json",
+            lambda d: d["text_config"].update(num_hidden_layers=1_000_000),
+            "text_config.num_hidden_layers",
+        ),
+        ("config.json", lambda d: d["text_config"].update(hidden_size=1 << 20), "text_config.hidden_size"),
+        ("config.json", lambda d: d["text_config"].update(vocab_size=1 << 30), "text_config.vocab_size"),
+        ("config.json", lambda d: d["vision_config"].update(num_hidden_layers=10_000), "vision_config.num_hidden"),
+        ("config.json", lambda d: d["vision_config"].update(image_size=100_000), "vision_config.image_size"),
+        ("config.json", lambda d: d["text_config"].update(num_hidden_layers=0), r"outside 1\.\.256"),
+        ("ee_vla.json", lambda d: d.update(chunk_size=100_000), "chunk_size = 100000 is outside 1..64"),
+        ("ee_vla.json", lambda d: d.update(image_size=50_000), "ee_vla.json: image_size"),
+    ],
+)
+def test_config_sizes_are_bounded_before_allocation(tiny_vla_dir, tmp_path, file, edit, match):
+    """A hostile size fails at once (before transformers allocates 1e6 layers for minutes)."""
+    bad = _copy(tiny_vla_dir, tmp_path / "bad")
+    _edit_json(bad, file, edit)
+    with pytest.raises(ModelLoadError, match=match):
+        VLA.from_pretrained(bad)
+
+
+def test_non_finite_weights_are_refused(tiny_vla_dir, tmp_path):
+    bad = _copy(tiny_vla_dir, tmp_path / "nan")
+
+    def poison(sd):
+        sd[MLP_KEY][0, 0] = float("nan")
+        sd["language_model.lm_head.weight"][3, 1] = float("inf")
+
+    _edit_weights(bad, poison)
+    with pytest.raises(ModelLoadError, match=r"2 tensors hold NaN or inf \(.*layers\.1\.mlp.*, lm_head.weight\)"):
+        VLA.from_pretrained(bad)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("image_std", [0.5, 0.0, 0.5], "image_std must be > 0"),
+        ("image_std", [0.5, float("nan"), 0.5], "image_std must be 3 finite numbers"),
+        ("image_mean", [0.5, 0.5], "image_mean must be 3 finite numbers"),
+        ("image_mean", [0.5, "x", 0.5], "image_mean must be 3"),
+    ],
+)
+def test_image_normalisation_must_be_finite_and_positive(tiny_vla_dir, tmp_path, field, value, match):
+    bad = _copy(tiny_vla_dir, tmp_path / "norm")
+    _edit_json(bad, "ee_vla.json", lambda d: d.update({field: value}))
+    with pytest.raises(ModelLoadError, match=f"ee_vla.json: {match}"):
+        VLA.from_pretrained(bad)
