@@ -3,8 +3,11 @@
 `collect(CollectConfig(...))` runs the expert of each env id until it has `episodes` successful
 episodes per env id (failed attempts are skipped, counted and logged, never stored), writes
 `<out>/demos.hdf5` plus `<out>/stats.json` (the action statistics the action tokenizer needs), and
-returns the HDF5 path. `load_dataset(path)` returns the episodes as numpy arrays with their
-instruction strings. The schema is documented in docs/sim_envs.md:
+returns the HDF5 path. Every attempt is saved as it completes (`<out>/demos.hdf5.parts/`, one
+file per attempt): a collection that is killed keeps its episodes, and rerunning the same command
+continues from them with the same seeds, so its file holds what an uninterrupted run's holds.
+`load_dataset(path)` returns the episodes as numpy arrays with their instruction strings. The schema
+is documented in docs/sim_envs.md:
 
     data/                      attrs: env_ids, num_demos, total, action_space, env_args,
                                       creation_args, failed_attempts, action_stats, format_version
@@ -31,6 +34,7 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 DATA_FILE = "demos.hdf5"
 STATS_FILE = "stats.json"
+PARTS_DIR = DATA_FILE + ".parts"
+"""Attempts of an unfinished collection, one file each (removed once demos.hdf5 is written)."""
 GRIPPER_MASK = [True] * 6 + [False]
 """ActionStats mask: the gripper (already -1/+1) is not normalised."""
 
@@ -71,7 +77,9 @@ class CollectConfig:
     compression_level: int = 4
     """gzip level (0-9) of the image datasets."""
     overwrite: bool = False
-    """Replace an existing demos.hdf5 in `out`."""
+    """Replace an existing demos.hdf5 in `out`, and discard the saved attempts of an unfinished
+    collection with other image settings (an unfinished collection with the same settings is
+    always continued: its episodes are the ones this run would record)."""
 
     def __post_init__(self) -> None:
         import sim_envs
@@ -194,13 +202,16 @@ def _init_worker() -> None:
     multiprocessing.util.Finalize(None, _close_worker_envs, exitpriority=10)
 
 
-def _successful_episodes(cfg: CollectConfig, env_id: str, pool: ProcessPoolExecutor | None) -> Iterator[Episode]:
+def _successful_episodes(
+    cfg: CollectConfig, env_id: str, pool: ProcessPoolExecutor | None, attempts: int = 0, done: int = 0
+) -> Iterator[Episode]:
     """Every attempt (seeds cfg.seed, cfg.seed + 1, ...) in seed order until `cfg.episodes` of them
-    succeeded; failures are logged here and skipped by the caller."""
+    succeeded; failures are logged here and skipped by the caller. `attempts` made earlier (`done`
+    of them successful) are skipped: the sequence continues at seed cfg.seed + attempts."""
     max_attempts = int(cfg.episodes * cfg.max_attempts_factor) + 10
     kwargs = cfg.env_kwargs()
     batch = 2 * cfg.num_workers
-    next_seed, attempts, done = cfg.seed, 0, 0
+    next_seed = cfg.seed + attempts
     while done < cfg.episodes:
         n = min(batch, max_attempts - attempts)
         if n <= 0:
@@ -310,6 +321,15 @@ class DemoWriter:
         self.num_demos += 1
         self.total += len(ep)
 
+    def add_copy(self, group) -> None:
+        """Append a copy of a data/demo_<i> group of another file (`_write_demo`'s layout) as the
+        next data/demo_<i>; chunks are copied as stored, without recompressing."""
+        self._file.copy(group, self._data, name=f"demo_{self.num_demos}")
+        actions = group["actions"][()]
+        self._actions.append(actions)
+        self.num_demos += 1
+        self.total += len(actions)
+
     def close(self) -> Path:
         """Write the file-level attributes and the action statistics, and rename the file into place."""
         from ee_vla.action_tokenizer import ActionStats
@@ -347,45 +367,131 @@ class DemoWriter:
             self.abort()
 
 
+class AttemptStore:
+    """The attempts of an unfinished collection, saved as they complete: `<parts>/<env id>/<seed>.hdf5`
+    (a successful episode, group `demo` in `_write_demo`'s layout) or `<seed>.failed` (its step
+    count). Each file is written under a temporary name and renamed, so it is complete or absent;
+    `settings.json` holds what the episodes' content depends on (image settings, compression)."""
+
+    SETTINGS = "settings.json"
+
+    def __init__(self, root: Path, settings: dict, discard_other: bool):
+        self.root = Path(root)
+        settings = json.loads(json.dumps(settings))
+        saved_path = self.root / self.SETTINGS
+        if saved_path.is_file():
+            try:
+                saved = json.loads(saved_path.read_text())
+            except ValueError:
+                saved = None
+            if saved != settings:
+                if not discard_other:
+                    raise FileExistsError(
+                        f"{self.root} holds the attempts of an unfinished collection with other settings "
+                        f"({saved} there, {settings} now): rerun that collection's command to finish it, "
+                        "or pass overwrite=True (--overwrite) to discard them"
+                    )
+                logger.warning("discarding %s: attempts of a collection with other settings", self.root)
+                shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = saved_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings))
+        os.replace(tmp, saved_path)
+
+    def _dir(self, env_id: str) -> Path:
+        return self.root / env_id.replace("/", "__")
+
+    def episode_path(self, env_id: str, seed: int) -> Path:
+        return self._dir(env_id) / f"{seed}.hdf5"
+
+    def done(self, env_id: str, first_seed: int, episodes: int) -> list[tuple[int, bool]]:
+        """(seed, success) of the attempts saved for `env_id`, in seed order from `first_seed`, up to
+        the `episodes`-th success (a run that is asked for fewer episodes uses fewer of them)."""
+        out: list[tuple[int, bool]] = []
+        seed, successes = first_seed, 0
+        while successes < episodes:
+            if self.episode_path(env_id, seed).is_file():
+                successes += 1
+                out.append((seed, True))
+            elif (self._dir(env_id) / f"{seed}.failed").is_file():
+                out.append((seed, False))
+            else:
+                break
+            seed += 1
+        return out
+
+    def save(self, ep: Episode, level: int) -> None:
+        """Save an attempt: the episode when it succeeded, its step count when it failed."""
+        import h5py
+
+        d = self._dir(ep.env_id)
+        d.mkdir(parents=True, exist_ok=True)
+        if ep.success:
+            final = self.episode_path(ep.env_id, ep.seed)
+            tmp = final.with_suffix(".tmp")
+            with h5py.File(tmp, "w") as f:
+                _write_demo(f.create_group("demo"), ep, level)
+        else:
+            final = d / f"{ep.seed}.failed"
+            tmp = final.with_suffix(".tmp")
+            tmp.write_text(str(len(ep)))
+        os.replace(tmp, final)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def collect(cfg: CollectConfig) -> Path:
     """Record `cfg.episodes` successful expert demonstrations per env id; returns the HDF5 path.
 
-    The file is written under a temporary name and renamed when complete, so an interrupted run
-    never leaves a truncated `demos.hdf5` behind.
+    Each attempt is saved as it completes (`AttemptStore` in `<out>/demos.hdf5.parts/`), and a rerun
+    of the same command continues from the saved ones; demos.hdf5 is assembled from them at the end
+    under a temporary name and renamed when complete, so it is never truncated.
     """
+    import h5py
     from tqdm import tqdm
 
     path = cfg.out / DATA_FILE
     if path.exists() and not cfg.overwrite:
         raise FileExistsError(f"{path} exists (CollectConfig.out); pass overwrite=True to replace it")
-    failed: dict[str, int] = {}
+    settings = {"env_kwargs": cfg.env_kwargs(), "compression_level": cfg.compression_level}
+    store = AttemptStore(cfg.out / PARTS_DIR, settings, discard_other=cfg.overwrite)
+    attempts: dict[str, list[tuple[int, bool]]] = {}
     pool = None
     if cfg.num_workers > 1:
         ctx = multiprocessing.get_context("spawn")  # no GL state inherited through fork
         pool = ProcessPoolExecutor(cfg.num_workers, mp_context=ctx, initializer=_init_worker)
-    creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     try:
-        with DemoWriter(
-            cfg.out, cfg.env, {e: cfg.env_kwargs() for e in cfg.env}, creation, cfg.compression_level
-        ) as writer:
-            for env_id in cfg.env:
-                failed[env_id] = 0
-                bar = tqdm(total=cfg.episodes, desc=env_id, unit="demo")
-                for ep in _successful_episodes(cfg, env_id, pool):
-                    if not ep.success:
-                        failed[env_id] += 1
-                        bar.set_postfix(failed=failed[env_id])
-                        continue
-                    writer.add(ep)
+        for env_id in cfg.env:
+            saved = attempts[env_id] = store.done(env_id, cfg.seed, cfg.episodes)
+            done = sum(ok for _, ok in saved)
+            if saved:
+                logger.info("%s: continuing after %d saved attempts (%d successful)", env_id, len(saved), done)
+            bar = tqdm(total=cfg.episodes, initial=done, desc=env_id, unit="demo")
+            for ep in _successful_episodes(cfg, env_id, pool, len(saved), done):
+                store.save(ep, cfg.compression_level)
+                saved.append((ep.seed, ep.success))
+                if ep.success:
                     bar.update(1)
-                bar.close()
-                logger.info("%s: %d demos, %d failed attempts skipped", env_id, cfg.episodes, failed[env_id])
-            writer.attrs["failed_attempts"] = json.dumps(failed)
+                else:
+                    bar.set_postfix(failed=sum(not ok for _, ok in saved))
+            bar.close()
     finally:
         if pool is not None:
             pool.shutdown()
         _close_worker_envs()
-    logger.info("wrote %s (%d demos, %d samples) and %s", path, writer.num_demos, writer.total, cfg.out / STATS_FILE)
+    failed = {env_id: sum(not ok for _, ok in saved) for env_id, saved in attempts.items()}
+    creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    with DemoWriter(cfg.out, cfg.env, {e: cfg.env_kwargs() for e in cfg.env}, creation, cfg.compression_level) as w:
+        for env_id in cfg.env:
+            for seed, ok in attempts[env_id]:
+                if ok:
+                    with h5py.File(store.episode_path(env_id, seed), "r") as part:
+                        w.add_copy(part["demo"])
+            logger.info("%s: %d demos, %d failed attempts skipped", env_id, cfg.episodes, failed[env_id])
+        w.attrs["failed_attempts"] = json.dumps(failed)
+    store.remove()
+    logger.info("wrote %s (%d demos, %d samples) and %s", path, w.num_demos, w.total, cfg.out / STATS_FILE)
     return path
 
 
@@ -419,26 +525,29 @@ class DemoDataset:
         import h5py
 
         key = self.demo_keys[i]
-        with h5py.File(self.path, "r") as f:
-            g = f["data"][key]
-            wrist = g["obs"]["wrist_pixels"][()] if "wrist_pixels" in g["obs"] else None
-            points = g["privileged/task_points"][()] if "privileged/task_points" in g else None
-            executed = g["executed_actions"][()] if "executed_actions" in g else None
-            chunks = g["expert_chunks"][()] if "expert_chunks" in g else None
-            return Episode(
-                pixels=g["obs"]["pixels"][()],
-                agent_pos=g["obs"]["agent_pos"][()],
-                actions=g["actions"][()],
-                instruction=str(g.attrs["instruction"]),
-                env_id=str(g.attrs["env_id"]),
-                seed=int(g.attrs["seed"]),
-                success=bool(g.attrs["success"]),
-                rewards=g["rewards"][()],
-                wrist_pixels=wrist,
-                task_points=points,
-                executed_actions=executed,
-                expert_chunks=chunks,
-            )
+        try:
+            with h5py.File(self.path, "r") as f:
+                g = f["data"][key]
+                wrist = g["obs"]["wrist_pixels"][()] if "wrist_pixels" in g["obs"] else None
+                points = g["privileged/task_points"][()] if "privileged/task_points" in g else None
+                executed = g["executed_actions"][()] if "executed_actions" in g else None
+                chunks = g["expert_chunks"][()] if "expert_chunks" in g else None
+                return Episode(
+                    pixels=g["obs"]["pixels"][()],
+                    agent_pos=g["obs"]["agent_pos"][()],
+                    actions=g["actions"][()],
+                    instruction=str(g.attrs["instruction"]),
+                    env_id=str(g.attrs["env_id"]),
+                    seed=int(g.attrs["seed"]),
+                    success=bool(g.attrs["success"]),
+                    rewards=g["rewards"][()],
+                    wrist_pixels=wrist,
+                    task_points=points,
+                    executed_actions=executed,
+                    expert_chunks=chunks,
+                )
+        except OSError as e:  # h5py names neither the file nor the dataset of a corrupt chunk
+            raise ValueError(f"{self.path}: data/{key} cannot be read (corrupt or truncated file?): {e}") from e
 
     def __iter__(self) -> Iterator[Episode]:
         for i in range(len(self)):
@@ -474,14 +583,18 @@ def load_dataset(path: str | Path, action_dim: int = 7) -> DemoDataset:
         if len(keys) != int(data.attrs["num_demos"]):
             raise ValueError(f"{p}: num_demos says {int(data.attrs['num_demos'])} but the file has {len(keys)} demos")
         for k in keys:
-            g = data[k]
-            for name in ("actions", "obs/pixels", "obs/agent_pos"):
-                if name not in g:
-                    raise ValueError(f"{p}: data/{k} has no {name}")
-            shape = g["actions"].shape
+            try:
+                g = data[k]
+                for name in ("actions", "obs/pixels", "obs/agent_pos"):
+                    if name not in g:
+                        raise ValueError(f"{p}: data/{k} has no {name}")
+                shape = g["actions"].shape
+                n_obs = (g["obs/pixels"].shape[0], g["obs/agent_pos"].shape[0])
+            except OSError as e:
+                raise ValueError(f"{p}: data/{k} cannot be read (corrupt or truncated file?): {e}") from e
             if len(shape) != 2 or shape[1] != action_dim:
                 raise ValueError(f"{p}: data/{k}/actions has shape {shape}, expected (T, {action_dim})")
-            if g["obs/pixels"].shape[0] != shape[0] or g["obs/agent_pos"].shape[0] != shape[0]:
+            if n_obs != (shape[0], shape[0]):
                 raise ValueError(f"{p}: data/{k} has {shape[0]} actions but a different number of observations")
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in data.attrs.items()}
     return DemoDataset(p, keys, attrs)

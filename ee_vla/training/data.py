@@ -104,6 +104,54 @@ def _demo_key(name: str) -> tuple[int, str]:
     return (int(tail), name) if tail.isdigit() else (1 << 62, name)
 
 
+def _scan_demo(g, src: str, outer: dict, success_only: bool) -> Episode | None:
+    """The `Episode` (pixels not loaded) of the demonstration group `g` (`src` names it in errors),
+    None when `success_only` skips it."""
+    for key in ("actions", "obs/pixels"):
+        if key not in g:
+            raise DatasetError(f"{src} has no '{key}'")
+    attrs = {**outer, **{k: _attr(v) for k, v in g.attrs.items()}}
+    # on-policy data (`ee-vla dagger`): the labels are the expert's whatever the outcome
+    expert_labels = attrs.get("labels") == "expert"
+    if success_only and "success" in attrs and not bool(attrs["success"]) and not expert_labels:
+        return None
+    instr = attrs.get("instruction")
+    if not isinstance(instr, str) or not instr.strip():
+        raise DatasetError(f"{src} has no 'instruction' attribute (a non-empty string)")
+    actions = np.asarray(g["actions"][()], dtype=np.float32)
+    if actions.ndim != 2 or actions.shape[0] == 0:
+        raise DatasetError(f"{src}/actions must be a non-empty (T, action_dim) array, got shape {actions.shape}")
+    if not np.isfinite(actions).all():
+        raise DatasetError(f"{src}/actions contains NaN or inf")
+    px = g["obs/pixels"]
+    if px.ndim != 4 or px.shape[-1] != 3 or px.dtype != np.uint8:
+        raise DatasetError(f"{src}/obs/pixels must be (T, H, W, 3) uint8, got {px.shape} {px.dtype}")
+    if px.shape[0] != actions.shape[0]:
+        raise DatasetError(f"{src} has {px.shape[0]} images but {actions.shape[0]} actions")
+    proprio = None
+    if "obs/agent_pos" in g:
+        proprio = np.asarray(g["obs/agent_pos"][()], dtype=np.float32).reshape(len(actions), -1)
+        if not np.isfinite(proprio).all():
+            raise DatasetError(f"{src}/obs/agent_pos contains NaN or inf")
+    points = None
+    if "privileged/task_points" in g:
+        points = np.asarray(g["privileged/task_points"][()], dtype=np.float32)
+        if points.ndim != 2 or len(points) != len(actions) or not np.isfinite(points).all():
+            raise DatasetError(
+                f"{src}/privileged/task_points must be a finite ({len(actions)}, D) array, got shape {points.shape}"
+            )
+    chunks = None
+    if "expert_chunks" in g:
+        chunks = np.asarray(g["expert_chunks"][()], dtype=np.float32)
+        if chunks.ndim != 3 or chunks.shape[0] != len(actions) or chunks.shape[2] != actions.shape[1]:
+            raise DatasetError(
+                f"{src}/expert_chunks must be a ({len(actions)}, k, {actions.shape[1]}) array, got shape {chunks.shape}"
+            )
+        if not np.isfinite(chunks).all():
+            raise DatasetError(f"{src}/expert_chunks contains NaN or inf")
+    return Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs, points, chunks=chunks)
+
+
 def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list[Episode]:
     """Read and check every episode's actions, proprio and attributes (not the images).
 
@@ -126,58 +174,15 @@ def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list
             data = h5["data"]
             outer = {**{k: _attr(v) for k, v in h5.attrs.items()}, **{k: _attr(v) for k, v in data.attrs.items()}}
             for name in sorted(data.keys(), key=_demo_key):
-                g = data[name]
                 src = f"{f}:{name}"
-                for key in ("actions", "obs/pixels"):
-                    if key not in g:
-                        raise DatasetError(f"{src} has no '{key}'")
-                attrs = {**outer, **{k: _attr(v) for k, v in g.attrs.items()}}
-                # on-policy data (`ee-vla dagger`): the labels are the expert's whatever the outcome
-                expert_labels = attrs.get("labels") == "expert"
-                if success_only and "success" in attrs and not bool(attrs["success"]) and not expert_labels:
+                try:
+                    episode = _scan_demo(data[name], src, outer, success_only)
+                except OSError as e:  # h5py names neither the file nor the dataset of a corrupt chunk
+                    raise DatasetError(f"{src} cannot be read (corrupt or truncated file?): {e}") from e
+                if episode is None:
                     skipped += 1
-                    continue
-                instr = attrs.get("instruction")
-                if not isinstance(instr, str) or not instr.strip():
-                    raise DatasetError(f"{src} has no 'instruction' attribute (a non-empty string)")
-                actions = np.asarray(g["actions"][()], dtype=np.float32)
-                if actions.ndim != 2 or actions.shape[0] == 0:
-                    raise DatasetError(
-                        f"{src}/actions must be a non-empty (T, action_dim) array, got shape {actions.shape}"
-                    )
-                if not np.isfinite(actions).all():
-                    raise DatasetError(f"{src}/actions contains NaN or inf")
-                px = g["obs/pixels"]
-                if px.ndim != 4 or px.shape[-1] != 3 or px.dtype != np.uint8:
-                    raise DatasetError(f"{src}/obs/pixels must be (T, H, W, 3) uint8, got {px.shape} {px.dtype}")
-                if px.shape[0] != actions.shape[0]:
-                    raise DatasetError(f"{src} has {px.shape[0]} images but {actions.shape[0]} actions")
-                proprio = None
-                if "obs/agent_pos" in g:
-                    proprio = np.asarray(g["obs/agent_pos"][()], dtype=np.float32).reshape(len(actions), -1)
-                    if not np.isfinite(proprio).all():
-                        raise DatasetError(f"{src}/obs/agent_pos contains NaN or inf")
-                points = None
-                if "privileged/task_points" in g:
-                    points = np.asarray(g["privileged/task_points"][()], dtype=np.float32)
-                    if points.ndim != 2 or len(points) != len(actions) or not np.isfinite(points).all():
-                        raise DatasetError(
-                            f"{src}/privileged/task_points must be a finite ({len(actions)}, D) array, "
-                            f"got shape {points.shape}"
-                        )
-                chunks = None
-                if "expert_chunks" in g:
-                    chunks = np.asarray(g["expert_chunks"][()], dtype=np.float32)
-                    if chunks.ndim != 3 or chunks.shape[0] != len(actions) or chunks.shape[2] != actions.shape[1]:
-                        raise DatasetError(
-                            f"{src}/expert_chunks must be a ({len(actions)}, k, {actions.shape[1]}) array, "
-                            f"got shape {chunks.shape}"
-                        )
-                    if not np.isfinite(chunks).all():
-                        raise DatasetError(f"{src}/expert_chunks contains NaN or inf")
-                episodes.append(
-                    Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs, points, chunks=chunks)
-                )
+                else:
+                    episodes.append(episode)
     if skipped:
         log.info("skipped %d unsuccessful demonstrations (success_only)", skipped)
     if not episodes:
@@ -259,11 +264,20 @@ def load_pixels(episodes: list[Episode]) -> np.ndarray:
     for i, e in enumerate(episodes):
         by_file.setdefault(e.source.rsplit(":", 1)[0], []).append(i)
     for f, idx in by_file.items():
-        with h5py.File(f, "r") as h5:
+        try:
+            h5 = h5py.File(f, "r")
+        except OSError as err:
+            raise DatasetError(f"dataset file {f} is not a readable HDF5 file ({err})") from err
+        with h5:
             for i in idx:
                 e = episodes[i]
                 view = frames[offsets[i] : offsets[i + 1]]
-                view[...] = h5[f"data/{e.source.rsplit(':', 1)[1]}/obs/pixels"][()]
+                try:
+                    view[...] = h5[f"data/{e.source.rsplit(':', 1)[1]}/obs/pixels"][()]
+                except OSError as err:  # h5py names neither the file nor the dataset of a corrupt chunk
+                    raise DatasetError(
+                        f"{e.source}/obs/pixels cannot be read (corrupt or truncated file?): {err}"
+                    ) from err
                 e.pixels, e.frames, e.frame_offset = view, frames, int(offsets[i])
     nbytes = frames.nbytes
     log.info("loaded %d episodes, %d steps, %.1f MB of images", len(episodes), sum(map(len, episodes)), nbytes / 2**20)

@@ -157,3 +157,156 @@ def test_load_wrong_schema(tmp_path):
         f.create_dataset("x", data=np.zeros(3))
     with pytest.raises(ValueError, match="'data' group"):
         load_dataset(p)
+
+
+# ---- a killed collection keeps its episodes and continues --------------------------------------
+FAILING_SEED = 8
+"""Reach's attempt with this seed is recorded as a failure (the expert succeeds on every seed of
+these tests; a failure must be kept across a resume too)."""
+WRAPPER = f"""
+import sim_envs.collect as _c
+
+_real_rollout = _c._rollout
+seeds = []
+
+
+def _rollout(env_id, kwargs, seed):
+    seeds.append((env_id, seed))
+    if len(seeds) == KILL_AT:
+        import os, signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    ep = _real_rollout(env_id, kwargs, seed)
+    if env_id == "ee_vla/Reach-v0" and seed == {FAILING_SEED}:
+        ep.success = False
+    return ep
+
+
+_c._rollout = _rollout
+"""
+"""Patches `sim_envs.collect._rollout`: records the seeds, fails FAILING_SEED, SIGKILLs the process
+at attempt KILL_AT."""
+
+
+def _small(out, **kw) -> CollectConfig:
+    return CollectConfig(
+        **{
+            "env": ("ee_vla/Reach-v0", "ee_vla/PickCube-v0"),
+            "episodes": 2,
+            "out": out,
+            "seed": 7,
+            "image_size": 32,
+            **kw,
+        }
+    )
+
+
+def _collect_patched(cfg: CollectConfig) -> list[tuple[str, int]]:
+    """`collect(cfg)` in this process under WRAPPER (no kill); returns the attempted seeds."""
+    import sim_envs.collect as c
+
+    scope: dict = {"KILL_AT": -1}
+    real = c._rollout
+    try:
+        exec(WRAPPER, scope)
+        collect(cfg)
+    finally:
+        c._rollout = real
+    return scope["seeds"]
+
+
+def _contents(path) -> tuple[dict, list]:
+    """The file's attributes (without its creation time and output path) and every demo's
+    attributes and arrays."""
+    with h5py.File(path, "r") as f:
+        data = f["data"]
+        attrs = {k: v for k, v in data.attrs.items() if k != "created"}
+        creation = json.loads(attrs.pop("creation_args"))
+        creation.pop("out")
+        attrs["creation_args"] = creation
+        demos = []
+        for key in sorted(data, key=lambda k: int(k.split("_")[1])):
+            names: list[str] = []
+            data[key].visit(names.append)
+            arrays = {n: data[key][n][()] for n in names if isinstance(data[key][n], h5py.Dataset)}
+            demos.append((key, dict(data[key].attrs), arrays))
+    return attrs, demos
+
+
+def _assert_same_contents(a, b) -> None:
+    (attrs_a, demos_a), (attrs_b, demos_b) = _contents(a), _contents(b)
+    assert attrs_a == attrs_b
+    assert [(k, attrs) for k, attrs, _ in demos_a] == [(k, attrs) for k, attrs, _ in demos_b]
+    for (_, _, arrays_a), (_, _, arrays_b) in zip(demos_a, demos_b, strict=True):
+        assert arrays_a.keys() == arrays_b.keys()
+        for name in arrays_a:
+            np.testing.assert_array_equal(arrays_a[name], arrays_b[name])
+
+
+def test_a_killed_collection_continues_to_the_uninterrupted_file(tmp_path):
+    import subprocess
+    import sys
+
+    full = tmp_path / "full"
+    seeds = _collect_patched(_small(full))
+    assert seeds[:3] == [("ee_vla/Reach-v0", 7), ("ee_vla/Reach-v0", 8), ("ee_vla/Reach-v0", 9)]
+    assert json.loads(h5py.File(full / "demos.hdf5", "r")["data"].attrs["failed_attempts"])["ee_vla/Reach-v0"] == 1
+    assert not (full / "demos.hdf5.parts").exists()  # removed once the file is complete
+
+    # the same command, killed (SIGKILL) during its third attempt
+    cut = tmp_path / "cut"
+    script = (
+        f"KILL_AT = 3\n{WRAPPER}\nfrom pathlib import Path\n"
+        f"_c.collect(_c.CollectConfig(env=('ee_vla/Reach-v0', 'ee_vla/PickCube-v0'), episodes=2, "
+        f"out=Path({str(cut)!r}), seed=7, image_size=32))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == -9, run.stderr
+    assert not (cut / "demos.hdf5").exists()
+    parts = cut / "demos.hdf5.parts" / "ee_vla__Reach-v0"
+    assert sorted(p.name for p in parts.iterdir()) == ["7.hdf5", "8.failed"]
+
+    # rerunning it continues from the third attempt and writes what the uninterrupted run wrote
+    resumed = _collect_patched(_small(cut))
+    assert resumed == seeds[2:]
+    _assert_same_contents(full / "demos.hdf5", cut / "demos.hdf5")
+    assert not (cut / "demos.hdf5.parts").exists()
+    assert json.loads((cut / "stats.json").read_text()) == json.loads((full / "stats.json").read_text())
+
+
+def test_attempts_of_a_collection_with_other_settings_are_kept_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    parts = out / "demos.hdf5.parts"
+    (parts / "ee_vla__Reach-v0").mkdir(parents=True)
+    (parts / "settings.json").write_text(json.dumps({"env_kwargs": {"image_size": 64}, "compression_level": 4}))
+    (parts / "ee_vla__Reach-v0" / "7.failed").write_text("12")
+    cfg = _small(out, env=("ee_vla/Reach-v0",), episodes=1)
+    with pytest.raises(FileExistsError, match=r"unfinished collection with other settings .*--overwrite"):
+        collect(cfg)
+    assert (parts / "ee_vla__Reach-v0" / "7.failed").is_file()
+    path = collect(_small(out, env=("ee_vla/Reach-v0",), episodes=1, overwrite=True))
+    ds = load_dataset(path)
+    assert len(ds) == 1 and ds[0].seed == 7 and ds[0].pixels.shape[1] == 32  # the old attempt was discarded
+
+
+# ---- a corrupt file: the error names the file and the demonstration -------------------------------
+def corrupt_chunk(path, dataset: str, chunk: int = 0) -> None:
+    """Overwrite the compressed bytes of one chunk of `dataset` (its 2-byte zlib header kept)."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(chunk)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + 2)
+        fh.write(b"\xff" * (info.size - 2))
+
+
+def test_a_corrupt_chunk_names_the_file_and_the_demo(dataset, tmp_path):
+    import shutil
+
+    _, path = dataset
+    bad = tmp_path / "demos.hdf5"
+    shutil.copy(path, bad)
+    corrupt_chunk(bad, "data/demo_1/obs/pixels")
+    ds = load_dataset(bad)
+    assert ds[0].pixels.shape[1:] == (32, 32, 3)  # the other demos still read
+    with pytest.raises(ValueError, match=rf"{bad}: data/demo_1 cannot be read \(corrupt or truncated file\?\)"):
+        ds[1]

@@ -122,3 +122,31 @@ def test_mismatched_policy_dims_fail_before_compute(tmp_path, write_demo, no_com
         distill(DistillConfig(data=(str(six),), out_dir=str(tmp_path / "d"), teacher=str(model)))
     with pytest.raises(FileNotFoundError, match="resume"):
         train(_cfg(tmp_path, [write_demo(tmp_path / "ok.hdf5")], resume=True))
+
+
+def _overwrite_chunk(path, dataset: str) -> None:
+    """Overwrite the compressed bytes of the first chunk of `dataset` (its 2-byte zlib header kept)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + 2)
+        fh.write(b"\xff" * (info.size - 2))
+
+
+@pytest.mark.parametrize("dataset", ["obs/pixels", "actions"])
+def test_a_corrupt_chunk_names_the_file_and_the_demo(tmp_path, dataset):
+    import h5py
+
+    path = tmp_path / "demos.hdf5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for i in range(2):
+            g = f.create_group(f"data/demo_{i}")
+            g.create_dataset("obs/pixels", data=rng.integers(0, 255, (5, 16, 16, 3), np.uint8), compression="gzip")
+            g.create_dataset("actions", data=rng.normal(size=(5, 7)).astype(np.float32), compression="gzip")
+            g.attrs["instruction"] = "pick up the cube"
+    _overwrite_chunk(path, f"data/demo_1/{dataset}")
+    with pytest.raises(DatasetError, match=rf"{path}:demo_1(/obs/pixels)? cannot be read \(corrupt or truncated"):
+        load_pixels(scan_dataset([path]))
