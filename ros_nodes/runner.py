@@ -389,6 +389,13 @@ class PolicyRunner:
         self._last_bad_t = self.clock()
         self.causes.log(cause, message)
 
+    BAD_INPUT_CAUSES = ("image:", "instruction:", "joint_state:", "sample:", "obs:")
+    """Prefixes of the causes that are rejected inputs (the rest: model errors, deadlines, ticks)."""
+
+    def bad_inputs(self) -> int:
+        """Inputs rejected so far (images, instructions, joint states, undecodable samples, observations)."""
+        return sum(v for k, v in self.causes.counts.items() if k.startswith(self.BAD_INPUT_CAUSES))
+
     def on_bad_sample(self, topic: str, error: BaseException) -> None:
         """A sample on `topic` that did not decode (DDS transport): counted as bad input."""
         from ros_nodes.dds.transport import bad_sample_message
@@ -765,7 +772,7 @@ class PolicyRunner:
             "watchdog_trips": str(self.watchdog.trips),
             "image_age_ms": fmt(age, 1e3, 0),
             "images_received": str(self.images_received),
-            "bad_inputs": str(sum(v for k, v in self.causes.counts.items() if not k.startswith("model:"))),
+            "bad_inputs": str(self.bad_inputs()),
             "last_bad_input": self.last_bad_input,
             "model_errors": str(self.model_errors),
             "last_error": self.last_error,

@@ -92,6 +92,18 @@ def loopback_config(domain_id: int | None = None) -> str:
     )
 
 
+def write_serialized(writer: DataWriter, payload: bytes) -> None:
+    """Send `payload` as one already-serialized (CDR, with encapsulation header) sample of `writer`'s
+    topic, bypassing its type's serializer: fault injection (malformed samples) for tests and the soak
+    benchmark. Raises when Cyclone refuses the bytes."""
+    from cyclonedds._clayer import ddspy_write
+
+    payload = bytes(payload) + b"\x00" * (-len(payload) % 4)
+    ret = ddspy_write(writer._ref, payload)
+    if ret < 0:
+        raise DDSException(ret, f"writing {len(payload)} raw bytes on {writer.topic.name}")
+
+
 def bad_sample_message(topic: str, error: BaseException) -> str:
     """One line naming the topic and why its sample did not decode (bounded length)."""
     return f"dropping a sample on {topic} that does not decode: {type(error).__name__}: {str(error)[:160]}"
