@@ -194,3 +194,34 @@ def test_distill_bad_input(setup, tmp_path):
 
     with pytest.raises(ModelLoadError, match="not an ee_vla model"):
         distill(DistillConfig(data=(str(data),), out_dir=str(tmp_path / "o"), teacher=str(tmp_path)))
+
+
+def test_distill_refuses_the_teacher_directory_as_out_dir(setup):
+    """--out-dir pointed at a model directory (here the teacher's) is refused before anything is
+    written into it, also when only collecting trajectories."""
+    _, data, teacher = setup
+    before = sorted(p.name for p in teacher.iterdir())
+    config = (teacher / "config.json").read_text()
+    for collect_only in (False, True):
+        with pytest.raises(FileExistsError, match=rf"{teacher} is not empty and holds no training run"):
+            distill(
+                DistillConfig(data=(str(data),), out_dir=str(teacher), teacher=str(teacher), collect_only=collect_only)
+            )
+    assert sorted(p.name for p in teacher.iterdir()) == before
+    assert (teacher / "config.json").read_text() == config
+
+
+def test_resume_as_the_other_kind_of_run_is_refused(tmp_path):
+    from ee_vla.training.loop import ResumeConfigError, check_resume_config
+
+    cfg = DistillConfig(data=("d.hdf5",), out_dir=str(tmp_path), teacher="t", resume=True)
+    with pytest.raises(ResumeConfigError, match="as a distill run: it is a checkpoint of a bc run"):
+        check_resume_config(cfg.to_dict(), "bc", cfg, "distill", tmp_path / "step_0000001")
+    saved = {**cfg.to_dict(), "teacher": "other"}
+    with pytest.raises(ResumeConfigError, match="different teacher"):
+        check_resume_config(
+            saved, "distill", DistillConfig(**{**cfg.to_dict(), "allow_config_change": True}), "distill", tmp_path
+        )
+    saved = {**cfg.to_dict(), "mixed_label_threshold": 0.2, "steps": 5}
+    with pytest.raises(ResumeConfigError, match=r"mixed_label_threshold: 0\.2 -> 0\.1"):
+        check_resume_config(saved, "distill", cfg, "distill", tmp_path)
