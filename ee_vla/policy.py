@@ -10,7 +10,10 @@
 `obs` is a dict: ``pixels`` (H, W, 3) uint8 RGB, ``instruction`` (non-empty str) and, for models
 trained with proprio, ``agent_pos`` (1-D float). A leading batch dimension (``pixels`` (B, H, W, 3),
 ``instruction`` a list of B strings) decodes B observations in one batch. Bad observations raise
-`ObservationError` naming the key and what is wrong.
+`ObservationError` naming the key and what is wrong; an instruction longer than
+`PolicyConfig.max_instruction_tokens` text tokens is one too (it would make the prefill arbitrarily
+slow). A model that outputs NaN/inf logits raises `ee_vla.decoding.NonFiniteLogitsError` instead of
+returning actions.
 """
 
 from __future__ import annotations
@@ -33,7 +36,17 @@ from ee_vla.streaming import StreamedAction
 
 
 class ObservationError(ValueError):
-    """An observation the policy cannot use (wrong shape, dtype, NaN, empty instruction...)."""
+    """An observation the policy cannot use (wrong shape, dtype, NaN, empty or too long instruction...)."""
+
+
+MAX_INSTRUCTION_TOKENS = 256
+"""Default `PolicyConfig.max_instruction_tokens`: far above a robot instruction (the shipped
+policy's tokenizer encodes "pick up the red cube" in 6 tokens) and small next to the language
+model's positions (1024 in ee_vla's presets)."""
+CHARS_PER_TOKEN_BOUND = 32
+"""An instruction longer than `max_instruction_tokens * CHARS_PER_TOKEN_BOUND` characters is
+refused before it is tokenized (tokenizing megabytes takes seconds): no BPE token of a robot
+instruction vocabulary covers 32 characters."""
 
 
 @dataclass
@@ -58,6 +71,10 @@ class PolicyConfig:
     """torch.compile mode of the compiled engine (`ee_vla.engine.static.COMPILE_MODES`): inductor,
     frozen (weights folded in: faster on a 7B, a copy of the concatenated projections per shape),
     max-autotune; ignored by the other engines."""
+    max_instruction_tokens: int = MAX_INSTRUCTION_TOKENS
+    """Longest instruction accepted, in text tokens of the model's tokenizer (after the prompt's
+    normalisation); a longer one is an `ObservationError`. Bounds the prompt, so the prefill's time
+    and memory, whatever arrives on the instruction topic."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)
@@ -68,6 +85,12 @@ class PolicyConfig:
         if self.engine not in ENGINES:
             raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
         check_compile_mode(self.compile_mode, "PolicyConfig.compile_mode")
+        if isinstance(self.max_instruction_tokens, bool) or not (
+            isinstance(self.max_instruction_tokens, int) and self.max_instruction_tokens >= 1
+        ):
+            raise ValueError(
+                f"PolicyConfig.max_instruction_tokens must be an int >= 1, got {self.max_instruction_tokens!r}"
+            )
 
 
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
@@ -86,6 +109,7 @@ class VLAPolicy:
         self._queue: deque[np.ndarray] = deque()
         self._previous: torch.Tensor | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
+        self._accepted_instructions: set[str] = set()  # within max_instruction_tokens (a few dozen)
         # the decode step's prefill: HFStep.prefill (eager) or a static-cache / CUDA-graph engine
         self._prefill = make_prefill(
             self.config.engine, vla.model, vla.n_action_tokens, compile_mode=self.config.compile_mode
@@ -110,10 +134,13 @@ class VLAPolicy:
         n_action_steps: int | None = None,
         engine: str = "auto",
         compile_mode: str = "inductor",
+        max_instruction_tokens: int = MAX_INSTRUCTION_TOKENS,
     ) -> VLAPolicy:
         from ee_vla.models.vla import VLA
 
-        cfg = PolicyConfig(as_decode_config(decoder), n_action_steps, device, dtype, engine, compile_mode)
+        cfg = PolicyConfig(
+            as_decode_config(decoder), n_action_steps, device, dtype, engine, compile_mode, max_instruction_tokens
+        )
         return cls(VLA.from_pretrained(path, device=device, dtype=getattr(torch, dtype)), cfg)
 
     # ---- properties --------------------------------------------------------------------
@@ -222,6 +249,7 @@ class VLAPolicy:
         for s in instrs:
             if not isinstance(s, str) or not s.strip():
                 raise ObservationError(f"'instruction' must be a non-empty string, got {s!r}")
+            self._check_instruction_length(s)
         proprio = None
         P = self.vla.proprio_dim
         if P:
@@ -237,6 +265,28 @@ class VLAPolicy:
             if not np.isfinite(ap).all():
                 raise ObservationError("'agent_pos' contains NaN or inf")
         return px, instrs, proprio
+
+    def _check_instruction_length(self, instruction: str) -> None:
+        """ObservationError when the instruction has more than `max_instruction_tokens` tokens."""
+        limit = self.config.max_instruction_tokens
+        if instruction in self._accepted_instructions:
+            return
+        if len(instruction) > limit * CHARS_PER_TOKEN_BOUND:
+            raise ObservationError(
+                f"'instruction' is {len(instruction)} characters long; at most {limit} tokens "
+                f"({limit * CHARS_PER_TOKEN_BOUND} characters) are accepted (PolicyConfig.max_instruction_tokens)"
+            )
+        from ee_vla.models.vla import prompt_text
+
+        text = prompt_text(instruction, "{instruction}")
+        n = len(self.vla.tokenizer(text, add_special_tokens=False).input_ids)
+        if n > limit:
+            raise ObservationError(
+                f"'instruction' is {n} tokens long, over the limit of {limit} (PolicyConfig.max_instruction_tokens)"
+            )
+        if len(self._accepted_instructions) > 4096:
+            self._accepted_instructions.clear()
+        self._accepted_instructions.add(instruction)
 
     def _decode_states(self, obs: dict, action_deadline=None):
         cfg = self.config.decoder

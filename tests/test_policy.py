@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
-from ee_vla.decoding import DecodeConfig
-from ee_vla.policy import ObservationError, VLAPolicy
+from ee_vla.decoding import DecodeConfig, NonFiniteLogitsError
+from ee_vla.policy import ObservationError, PolicyConfig, VLAPolicy
 
 
 def obs(batch: int | None = None, size: int = 64):
@@ -111,3 +112,48 @@ def test_compile_mode_reaches_the_engine(tiny_vla_dir):
     assert eager.engine_pool is None
     with pytest.raises(ValueError, match="compile_mode"):
         VLAPolicy.from_pretrained(tiny_vla_dir, engine="compiled", compile_mode="fastest")
+
+
+def test_long_instructions_are_refused_naming_length_and_limit(tiny_vla_dir):
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar")
+    huge = {**obs(), "instruction": "pick up the red cube " * 5000}  # 105 KB
+    with pytest.raises(ObservationError, match=r"105000 characters long; at most 256 tokens \(8192 characters\)"):
+        policy.predict_action_chunk(huge)
+    long = {**obs(), "instruction": "zq" * 2000}  # 4000 characters: under the character bound
+    with pytest.raises(ObservationError, match=r"'instruction' is \d+ tokens long, over the limit of 256"):
+        policy.predict_action_chunk(long)
+    tight = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", max_instruction_tokens=4)
+    with pytest.raises(ObservationError, match=r"is 6 tokens long, over the limit of 4"):
+        tight.predict_action_chunk({**obs(), "instruction": "Pick up the red cube."})
+    assert VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", max_instruction_tokens=6).predict_action_chunk(
+        {**obs(), "instruction": "Pick up the red cube."}
+    ).shape == (3, 7)
+    with pytest.raises(ValueError, match="max_instruction_tokens must be an int >= 1"):
+        PolicyConfig(max_instruction_tokens=0)
+
+
+def _broken(tiny_vla_dir, how: str) -> VLAPolicy:
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ceed")
+    if how == "nan_weights":
+        with torch.no_grad():
+            policy.vla.model.lm_head.weight[5, 0] = float("nan")  # any weight: NaN spreads everywhere
+            next(policy.vla.model.model.vision_tower.parameters()).fill_(float("nan"))
+    else:  # a zero image std (loading refuses it; here it is set on a loaded model)
+        policy.vla.image_std = (0.0, 0.0, 0.0)
+    return policy
+
+
+@pytest.mark.parametrize("how", ["nan_weights", "zero_image_std"])
+def test_a_non_finite_network_raises_instead_of_acting(tiny_vla_dir, how):
+    """argmax over NaN logits picks the first action token (a full-scale action): the policy must
+    raise, from every entry point, and not publish anything."""
+    policy = _broken(tiny_vla_dir, how)
+    with pytest.raises(NonFiniteLogitsError, match="prefill: batch rows \\[0\\]"):
+        policy.predict_action_chunk(obs())
+    streamed = []
+    with pytest.raises(NonFiniteLogitsError):
+        for a in policy.stream_action_chunk(obs()):
+            streamed.append(a)
+    assert streamed == [] and policy.warm_start_tokens is None
+    with pytest.raises(NonFiniteLogitsError, match="batch rows \\[0, 1\\]"):
+        policy.predict_action_chunk(obs(batch=2))

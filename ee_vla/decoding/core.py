@@ -225,8 +225,9 @@ def iter_decode(
         """End the samples of `b_mask`: the actions that `F` does not cover yet are released as
         they stand (inexact); those already final by `F` (e.g. made final by the very iteration
         that triggers a tau exit) keep their exactness and are recorded by the next `mark`."""
-        f = F.tolist()
-        for b in torch.nonzero(b_mask & active).flatten().tolist():
+        rows = torch.nonzero(b_mask & active).flatten().tolist()
+        f = F.tolist() if rows else []
+        for b in rows:
             reasons[b] = reason
             for j in range(n_units):
                 if unit_iter[b][j] < 0 and f[b] < (j + 1) * unit:
