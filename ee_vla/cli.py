@@ -13,6 +13,7 @@ exception is a bug: its traceback is printed with a request to report it, exit c
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -88,6 +89,7 @@ DEBUG_FLAG = "--debug"
 
 _PACKAGES = ("ee_vla", "sim_envs", "ros_nodes")
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _ours(filename: str) -> bool:
@@ -111,12 +113,18 @@ def is_user_error(e: BaseException) -> bool:
     DaggerConfigError, TrajectoryError, ObservationError, ResumeConfigError, ...), a ValueError
     raised by a `raise` statement of this project (option validation, `__post_init__`),
     `ModelLoadError` (a model directory that cannot be loaded), path errors (FileNotFoundError,
-    FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError), gymnasium's errors (an
-    unknown env id) and a training loss that became NaN (FloatingPointError, whose message names
-    the options to change). A ValueError raised inside a library or by an unpacking in our code,
+    FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError), a full or read-only
+    disk, gymnasium's errors (an unknown env id), a training loss that became NaN
+    (FloatingPointError, whose message names the options to change) and torch's out-of-memory
+    error (a batch too large for the device). A ValueError raised inside a library or by an unpacking in our code,
     a TypeError, KeyError, RuntimeError, ... is a bug.
     """
     if isinstance(e, _PATH_ERRORS + (FloatingPointError,)):
+        return True
+    if isinstance(e, OSError) and e.errno in _FULL_DISK:
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
         return True
     vla = sys.modules.get("ee_vla.models.vla")
     if vla is not None and isinstance(e, vla.ModelLoadError):

@@ -105,8 +105,11 @@ def test_a_library_value_error_is_a_bug_too(tmp_path, capsys, monkeypatch):
 
 
 def test_which_exceptions_are_user_errors():
+    import errno
+
     import gymnasium as gym
     import numpy as np
+    import torch
 
     from ee_vla.cli import is_user_error
     from ee_vla.evaluation import EvalConfigError
@@ -128,6 +131,8 @@ def test_which_exceptions_are_user_errors():
         FileNotFoundError("x"),
         FileExistsError("x"),
         FloatingPointError("loss is nan"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        torch.OutOfMemoryError("CUDA out of memory"),
         caught(lambda: TrainConfig(data=("d",), out_dir="o", lr=-1.0)),  # a `raise ValueError` of ours
         caught(lambda: gym.make("ee_vla/NoSuchTask-v0")),
     ]
@@ -138,6 +143,7 @@ def test_which_exceptions_are_user_errors():
         KeyError("x"),
         RuntimeError("x"),
         ValueError("x"),  # not raised by our code
+        OSError(errno.EIO, "Input/output error"),
     ]
     assert [is_user_error(e) for e in user] == [True] * len(user)
     assert [is_user_error(e) for e in bugs] == [False] * len(bugs)
