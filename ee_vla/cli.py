@@ -116,8 +116,8 @@ def is_user_error(e: BaseException) -> bool:
     FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError), a full or read-only
     disk, gymnasium's errors (an unknown env id), a training loss that became NaN
     (FloatingPointError, whose message names the options to change) and torch's out-of-memory
-    error (a batch too large for the device). A ValueError raised inside a library or by an unpacking in our code,
-    a TypeError, KeyError, RuntimeError, ... is a bug.
+    error (a batch too large for the device). A ValueError raised inside a library or by an
+    unpacking in our code, a TypeError, KeyError, RuntimeError, ... is a bug.
     """
     if isinstance(e, _PATH_ERRORS + (FloatingPointError,)):
         return True
