@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -153,6 +154,20 @@ def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callabl
             conn.send(("error", type(e).__name__, str(e), is_bad_input(e)))
 
 
+def _shut_down(conn: Any, proc: Any, grace_s: float = 5.0) -> None:
+    """Ask the child to exit; kill it if it is still busy after `grace_s` (it ignores SIGTERM)."""
+    try:
+        conn.send(("close",))
+    except (OSError, ValueError):
+        pass
+    proc.join(timeout=grace_s)
+    if proc.is_alive():
+        log.warning("the policy process did not exit within %.0f s of close (busy decoding): killing it", grace_s)
+        proc.kill()
+        proc.join(timeout=grace_s)
+    conn.close()
+
+
 class ProcessPolicy:
     """An `ActionChunkPolicy` whose model lives in a child process (spawned, so CUDA works there).
 
@@ -189,16 +204,21 @@ class ProcessPolicy:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
         child_conn.close()
-        if not self._conn.poll(start_timeout_s):
-            self.close()
-            raise TimeoutError(f"the policy process did not load {params.model_path!r} within {start_timeout_s} s")
+        # Closed however this object goes away, interpreter exit included (before multiprocessing's
+        # own exit handler, whose SIGTERM the child ignores).
+        self._finalizer = weakref.finalize(self, _shut_down, self._conn, self._proc)
         try:
+            if not self._conn.poll(start_timeout_s):
+                raise TimeoutError(f"the policy process did not load {params.model_path!r} within {start_timeout_s} s")
             msg = self._conn.recv()
         except EOFError:
             self.close()
             raise PolicyProcessError(
                 f"the policy process died while loading (exit code {self._proc.exitcode})"
             ) from None
+        except BaseException:  # a timeout, or Ctrl-C while loading
+            self.close()
+            raise
         if msg[0] == "error":
             self.close()
             raise PolicyProcessError(f"loading the policy failed: {msg[1]}: {msg[2]}")
@@ -243,17 +263,8 @@ class ProcessPolicy:
             raise PolicyProcessError(f"the policy process died (exit code {self._proc.exitcode})") from None
 
     def close(self) -> None:
-        """Stop the child process (the model's memory goes with it)."""
-        try:
-            self._conn.send(("close",))
-        except (OSError, ValueError):
-            pass
-        self._proc.join(timeout=5)
-        if self._proc.is_alive():  # busy in a long decode; it ignores SIGTERM
-            log.warning("the policy process did not exit within 5 s of close: killing it")
-            self._proc.kill()
-            self._proc.join(timeout=5)
-        self._conn.close()
+        """Stop the child process (the model's memory goes with it); idempotent."""
+        self._finalizer()
 
     @property
     def pid(self) -> int | None:

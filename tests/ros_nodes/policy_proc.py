@@ -1,10 +1,11 @@
 """Subprocess entry for the policy-process lifetime tests: this process is the parent of a
 `ProcessPolicy` child whose fake policy takes `delay_s` per action.
 
-    python policy_proc.py DELAY_S CHUNK_SIZE
+    python policy_proc.py DELAY_S CHUNK_SIZE [exit]
 
 prints `child <pid>` once the child is decoding, then consumes the chunk (SIGINT only sets a flag,
-as in `serve`) and prints a JSON line with what it got.
+as in `serve`) and prints a JSON line with what it got; with `exit`, exits right away instead,
+without closing the policy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +36,9 @@ def rejecting_policy(params):
     return FakePolicy(chunk_size=2, fail=ObservationError("'instruction' has 900 tokens, over the cap of 256"))
 
 
+_KEEP: list = []
+
+
 def main() -> None:
     import numpy as np
     import policy_proc
@@ -45,9 +51,15 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     policy = ProcessPolicy(PolicyParams(model_path="fake", control_hz=10.0), factory=policy_proc.slow_policy)
     result: dict = {"actions": 0, "error": ""}
-    try:
-        it = policy.stream_action_chunk({"pixels": np.zeros((8, 8, 3), np.uint8), "instruction": "go"})
+    it = policy.stream_action_chunk({"pixels": np.zeros((8, 8, 3), np.uint8), "instruction": "go"})
+    if sys.argv[3:] == ["exit"]:
+        _KEEP.append(policy)  # alive until interpreter exit, never closed here
+        threading.Thread(target=lambda: next(it, None), daemon=True).start()  # sends the decode request
         print(f"child {policy.pid}", flush=True)
+        time.sleep(0.5)
+        sys.exit(0)
+    print(f"child {policy.pid}", flush=True)
+    try:
         try:
             for _ in it:
                 result["actions"] += 1

@@ -27,10 +27,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start_parent(delay_s: float, chunk: int) -> tuple[subprocess.Popen, int]:
+def start_parent(delay_s: float, chunk: int, extra: list[str] = []) -> tuple[subprocess.Popen, int]:  # noqa: B006
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.Popen(
-        [sys.executable, str(HERE / "policy_proc.py"), str(delay_s), str(chunk)],
+        [sys.executable, str(HERE / "policy_proc.py"), str(delay_s), str(chunk), *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -102,3 +102,17 @@ def test_an_observation_the_child_rejects_is_bad_input_in_the_runner(clock):
         assert v["model_errors"] == "0" and v["bad_inputs"] == "1" and "900 tokens" in v["last_bad_input"]
     finally:
         runner.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_a_parent_exiting_without_close_still_stops_its_busy_child():
+    """The child ignores SIGTERM, so multiprocessing's exit handler alone would wait for it forever."""
+    parent, child = start_parent(delay_s=120.0, chunk=2, extra=["exit"])
+    try:
+        parent.communicate(timeout=60)
+        assert parent.returncode == 0 and not alive(child)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
