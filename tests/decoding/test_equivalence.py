@@ -1,5 +1,9 @@
-"""Property: greedy Jacobi decoding run to convergence returns exactly the AR tokens."""
+"""Properties over tiny random LMs of five families (rotary Llama, Qwen2, Mistral, Phi3 and
+absolute-position GPT-2): greedy Jacobi decoding run to convergence returns exactly the AR tokens,
+and a left-padded sample decodes exactly as it would alone (which only an absolute-position model
+can check for the position ids: rotary attention sees relative positions only)."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -7,7 +11,7 @@ from hypothesis import strategies as st
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 
-from .conftest import VOCAB, tiny_lm
+from .conftest import ARCHS, VOCAB, tiny_lm
 
 
 def _prompts(draw, batch: int):
@@ -27,7 +31,7 @@ def _run(model, ids, mask, n, cfg, guess=None, action_range=None):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_jacobi_to_convergence_equals_ar(data):
-    arch = data.draw(st.sampled_from(["llama", "qwen2"]))
+    arch = data.draw(st.sampled_from(ARCHS))
     model = tiny_lm(arch, data.draw(st.integers(0, 2)))
     batch = data.draw(st.sampled_from([1, 4]))
     ids, mask = _prompts(data.draw, batch)
@@ -57,13 +61,35 @@ def test_ar_equals_transformers_generate():
     assert torch.equal(tokens, ref)
 
 
-def test_padded_batch_equals_each_sample_alone():
-    model = tiny_lm("qwen2", 1)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padded_batch_equals_each_sample_alone(arch):
+    model = tiny_lm(arch, 1)
     ids = torch.randint(0, VOCAB, (4, 9), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     for b, pad in enumerate([0, 3, 5, 8]):
         mask[b, :pad] = 0
-    batch_tokens, _ = _run(model, ids, mask, 12, DecodeConfig(method="jacobi"))
-    for b in range(4):
-        alone, _ = _run(model, ids[b : b + 1, mask[b].bool()], None, 12, DecodeConfig(method="jacobi"))
+    for cfg in (DecodeConfig(method="ar"), DecodeConfig(method="jacobi")):
+        batch_tokens, _ = _run(model, ids, mask, 12, cfg)
+        for b in range(4):
+            alone, _ = _run(model, ids[b : b + 1, mask[b].bool()], None, 12, cfg)
+            assert torch.equal(alone[0], batch_tokens[b]), f"{arch} {cfg.method}: padded row {b} differs from alone"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_left_padding_is_invisible(data):
+    """Any left padding of any sample of a batch (AR or Jacobi, with a window or not) gives the
+    tokens that sample gets alone."""
+    arch = data.draw(st.sampled_from(ARCHS))
+    model = tiny_lm(arch, data.draw(st.integers(0, 2)))
+    ids, mask = _prompts(data.draw, 3)
+    n = data.draw(st.integers(1, 10))
+    cfg = data.draw(
+        st.sampled_from(
+            [DecodeConfig(method="ar"), DecodeConfig(method="jacobi"), DecodeConfig(method="jacobi", window=3)]
+        )
+    )
+    batch_tokens, _ = _run(model, ids, mask, n, cfg)
+    for b in range(3):
+        alone, _ = _run(model, ids[b : b + 1, mask[b].bool()], None, n, cfg)
         assert torch.equal(alone[0], batch_tokens[b])
