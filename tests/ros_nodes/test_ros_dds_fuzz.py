@@ -1,7 +1,7 @@
 """Whatever arrives on the wire, the DDS input path keeps going.
 
 In-process: a reader and a raw writer in one participant on loopback, the raw writer putting bytes
-on the wire that no well-behaved publisher would (`ddspy_write` skips the struct's serializer).
+on the wire that no well-behaved publisher would (`write_serialized` skips the struct's serializer).
 Across processes: `serve` with a tiny random model while this test floods its image and
 instruction topics with random samples and random bytes; it must keep publishing throughout.
 """
@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("cyclonedds")
 
-from cyclonedds._clayer import ddspy_write  # noqa: E402
+from cyclonedds.core import DDSException  # noqa: E402
 
 from ros_nodes.dds import msgs  # noqa: E402
-from ros_nodes.dds.transport import DdsGraph, loopback_config  # noqa: E402
+from ros_nodes.dds.transport import DdsGraph, loopback_config, write_serialized  # noqa: E402
 
 _DOMAINS = itertools.count(180 + (os.getpid() * 7) % 40)
 
@@ -38,9 +38,13 @@ def cdr_string(raw: bytes) -> bytes:
     return XCDR1_LE + body + b"\x00" * (-len(body) % 4)
 
 
-def write_raw(writer, payload: bytes) -> int:
-    """Put `payload` on the wire as one sample of `writer`'s topic; < 0 when Cyclone refuses it."""
-    return ddspy_write(writer._ref, payload)
+def write_raw(writer, payload: bytes) -> bool:
+    """Put `payload` on the wire as one sample of `writer`'s topic; False when Cyclone refuses it."""
+    try:
+        write_serialized(writer, payload)
+    except DDSException:
+        return False
+    return True
 
 
 @pytest.fixture()
@@ -69,7 +73,7 @@ def test_an_undecodable_sample_is_dropped_alone_and_reported(graph):
     w = graph.writer("instruction", msgs.String, "default")
     time.sleep(0.3)  # reader and writer match
     w.write(msgs.String(data="before"))
-    assert write_raw(w, cdr_string(b"\xff\xfe not utf-8")) == 0
+    assert write_raw(w, cdr_string(b"\xff\xfe not utf-8"))
     w.write(msgs.String(data="after"))
     assert spin_until(graph, lambda: "after" in got and bad)
     assert got == ["before", "after"]
@@ -112,7 +116,7 @@ def test_random_bytes_on_image_and_instruction_topics(graph):
                 b[j] = rng.randrange(256)
             payload = bytes(b)
         payload += b"\x00" * (-len(payload) % 4)
-        accepted += write_raw(wi if i % 2 else ws, payload) == 0
+        accepted += write_raw(wi if i % 2 else ws, payload)
         if i % 50 == 0:
             graph.spin_once(0.0)
     for _ in range(20):
@@ -255,9 +259,9 @@ def test_serve_keeps_publishing_under_random_inputs(tiny_vla_dir):
             elif k == 1:
                 robot.instruction.write(msgs.String(data=random_instruction(rng)))
             elif k == 2:
-                write_raw(robot.image, _pad(random_raw(rng, valid_img)))
+                write_raw(robot.image, random_raw(rng, valid_img))
             else:
-                write_raw(robot.instruction, _pad(random_raw(rng, valid_str)))
+                write_raw(robot.instruction, random_raw(rng, valid_str))
             sent += 1
             if time.monotonic() >= next_good:
                 robot.image.write(good)
@@ -279,7 +283,3 @@ def test_serve_keeps_publishing_under_random_inputs(tiny_vla_dir):
         if server.poll() is None:
             server.kill()
         server.communicate(timeout=10)
-
-
-def _pad(payload: bytes) -> bytes:
-    return payload + b"\x00" * (-len(payload) % 4)

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("cyclonedds")
 
 from ros_nodes.dds import msgs  # noqa: E402
-from ros_nodes.dds.transport import DdsGraph, loopback_config  # noqa: E402
+from ros_nodes.dds.transport import DdsGraph, loopback_config, write_serialized  # noqa: E402
 from ros_nodes.messages import build_image, build_joint_state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -211,13 +211,6 @@ def test_serve_and_sim_bridge_close_the_loop(domain_id, procs):
     assert int(served["chunks_done"]) > 0 and int(served["images_received"]) > 0
 
 
-def raw_write(writer, payload: bytes) -> int:
-    """Put `payload` on the wire as one sample (bytes no well-behaved publisher sends)."""
-    from cyclonedds._clayer import ddspy_write
-
-    return ddspy_write(writer._ref, payload + b"\x00" * (-len(payload) % 4))
-
-
 @pytest.mark.timeout(120)
 def test_serve_survives_samples_that_do_not_decode(domain_id, procs):
     """Invalid UTF-8 in the instruction and in an image's encoding: counted as bad input, the server
@@ -231,8 +224,8 @@ def test_serve_survives_samples_that_do_not_decode(domain_id, procs):
         bad_img = img.replace(b"rgb8", b"\xff\xfe\xfd\xfc", 1)
         assert bad_img != img
         for _ in range(5):
-            assert raw_write(robot.instruction, bad_text) == 0
-            assert raw_write(robot.image, bad_img) == 0
+            write_serialized(robot.instruction, bad_text)  # raises if Cyclone refuses the bytes
+            write_serialized(robot.image, bad_img)
             robot.pump(0.1)
         assert robot.pump(10, until=lambda: int(robot.last_diag()["bad_inputs"]) >= 10)
         assert server.poll() is None and "UnicodeDecodeError" in robot.last_diag()["last_bad_input"]
@@ -240,7 +233,7 @@ def test_serve_survives_samples_that_do_not_decode(domain_id, procs):
             30, until=lambda: len(robot.commands) >= 20, image=build_image(msgs, IMG, (0, 0)), instruction="go"
         )
         n_diag = len(robot.diagnostics)
-        raw_write(robot.instruction, bad_text)
+        write_serialized(robot.instruction, bad_text)
         assert robot.pump(10, until=lambda: len(robot.diagnostics) > n_diag + 3)  # still publishing
         stats = finish(server)
         assert int(stats["model_errors"]) == 0 and int(stats["bad_inputs"]) >= 11
