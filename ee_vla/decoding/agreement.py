@@ -1,0 +1,184 @@
+"""How far each decoder's tokens are from AR's on the same observations.
+
+An early exit (`tau`, an iteration cap) bounds how much tokens move between iterations or how many
+iterations run, not how far the output is from what AR would decode. This measures that distance
+directly: for a set of observations, each decoder decodes the same observation with the same warm
+start (AR's previous chunk, as a decoder that agrees with AR would have), and its tokens are
+compared with AR's, in bins.
+
+    python -m ee_vla.decoding.agreement --policy ee_vla/checkpoints/default \\
+        --env ee_vla/Reach-v0 --env ee_vla/Push-v0 --episodes 5 --seed 100000
+
+The observations come from AR rollouts of the policy (seeds `seed ..`, the held-out seeds of
+`ee-vla eval`), one per re-planning step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ee_vla.decoding.config import DecodeConfig
+from ee_vla.decoding.core import token_distance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    """One observation, the warm start a decoder that agrees with AR would have, and AR's tokens."""
+
+    obs: dict
+    warm: torch.Tensor | None
+    """(1, n) AR's previous chunk in this episode; None at the episode's first call."""
+    ar_tokens: torch.Tensor
+    """(1, n) AR's tokens for `obs`."""
+
+
+def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[str, dict]:
+    """Decode every frame with each decoder (a `DecodeConfig.preset` name) and compare with AR.
+
+    Returns, per decoder: ``frames``, ``tokens`` (counted), ``mean_bins`` / ``p99_bins`` /
+    ``max_bins`` (|token - AR token| in bins over all tokens), ``tokens_exact`` and ``chunks_exact``
+    (fractions equal to AR), ``forward_passes`` (mean per call) and ``first_action_max_bins`` (the
+    largest distance within the first action, the one executed first)."""
+    if not frames:
+        raise ValueError("agreement needs at least one frame")
+    lo, hi = policy.vla.action_range
+    D = policy.action_dim
+    saved = policy.decoder
+    out = {}
+    try:
+        for name in decoders:
+            policy.decoder = DecodeConfig.preset(name)
+            dists, first, passes, exact_chunks = [], [], [], 0
+            for fr in frames:
+                policy.warm_start_tokens = fr.warm
+                policy.predict_action_chunk(fr.obs)
+                tokens = policy.warm_start_tokens
+                d = token_distance(tokens, fr.ar_tokens, (lo, hi)).double()
+                dists.append(d.flatten())
+                first.append(float(d[:, :D].max()))
+                passes.append(policy.last_stats.forward_passes)
+                exact_chunks += bool((d == 0).all())
+            d = torch.cat(dists)
+            out[name] = {
+                "frames": len(frames),
+                "tokens": int(d.numel()),
+                "mean_bins": float(d.mean()),
+                "p99_bins": float(torch.quantile(d, 0.99)),
+                "max_bins": float(d.max()),
+                "tokens_exact": float((d == 0).double().mean()),
+                "chunks_exact": exact_chunks / len(frames),
+                "forward_passes": float(np.mean(passes)),
+                "first_action_max_bins": float(max(first)),
+            }
+    finally:
+        policy.decoder = saved
+        policy.reset()
+    return out
+
+
+def collect_frames(policy, env_id: str, seeds: Sequence[int], max_frames_per_episode: int | None = None) -> list[Frame]:
+    """Roll out the policy with AR on `env_id` (one episode per seed, `n_action_steps` actions per
+    call, actions clipped to the action space) and record every re-planning observation."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401 - registers the ee_vla/ env ids
+
+    env = gym.make(env_id)
+    saved = policy.decoder
+    policy.decoder = DecodeConfig.preset("ar")
+    frames: list[Frame] = []
+    try:
+        for seed in seeds:
+            obs, info = env.reset(seed=int(seed))
+            instruction = info["task_description"]
+            warm, done, n = None, False, 0
+            while not done and (max_frames_per_episode is None or n < max_frames_per_episode):
+                o = {"pixels": obs["pixels"], "instruction": instruction}
+                if "agent_pos" in obs:
+                    o["agent_pos"] = obs["agent_pos"]
+                policy.warm_start_tokens = warm
+                chunk = policy.predict_action_chunk(o)
+                tokens = policy.warm_start_tokens.clone()
+                frames.append(Frame(o, warm, tokens))
+                warm, n = tokens, n + 1
+                for a in chunk[: policy.n_action_steps]:
+                    a = np.clip(a, env.action_space.low, env.action_space.high)
+                    obs, _, terminated, truncated, info = env.step(a)
+                    if terminated or truncated:
+                        done = True
+                        break
+    finally:
+        env.close()
+        policy.decoder = saved
+        policy.reset()
+    return frames
+
+
+@dataclass
+class AgreementConfig:
+    """Compare decoders' tokens with AR's on observations of AR rollouts (held-out seeds)."""
+
+    policy: Path
+    """Model directory (`VLA.save_pretrained`)."""
+    env: list[str] = field(default_factory=lambda: ["ee_vla/PickCube-v0"])
+    """Gymnasium env ids (repeat the flag for several)."""
+    decoders: list[str] = field(default_factory=lambda: ["jacobi", "ceed", "ceed_cap"])
+    """`DecodeConfig.preset` names compared with AR."""
+    episodes: int = 5
+    """Episodes per env id, seeds seed .. seed + episodes - 1."""
+    seed: int = 100000
+    """Seed of the first episode (100000: the held-out seeds of `ee-vla eval`)."""
+    max_frames_per_episode: int | None = None
+    """At most this many re-planning steps per episode (None: the whole episode)."""
+    output: Path | None = None
+    """Write the result as JSON here."""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"AgreementConfig.episodes must be >= 1, got {self.episodes}")
+        for name in self.decoders:
+            DecodeConfig.preset(name)  # raises naming the known presets
+
+
+def main(cfg: AgreementConfig) -> dict:
+    from ee_vla.policy import VLAPolicy
+
+    policy = VLAPolicy.from_pretrained(cfg.policy, decoder="ar")
+    frames: list[Frame] = []
+    for env_id in cfg.env:
+        frames += collect_frames(policy, env_id, range(cfg.seed, cfg.seed + cfg.episodes), cfg.max_frames_per_episode)
+        log.info("%s: %d frames so far", env_id, len(frames))
+    result = agreement(policy, frames, ["ar", *cfg.decoders])
+    print(
+        f"{'decoder':10s} {'frames':>6s} {'mean bins':>9s} {'p99':>5s} {'max':>5s} {'tok=AR':>7s} "
+        f"{'chunk=AR':>8s} {'fwd/call':>8s}"
+    )
+    for name, r in result.items():
+        print(
+            f"{name:10s} {r['frames']:6d} {r['mean_bins']:9.3f} {r['p99_bins']:5.0f} {r['max_bins']:5.0f} "
+            f"{r['tokens_exact']:7.1%} {r['chunks_exact']:8.1%} {r['forward_passes']:8.2f}"
+        )
+    if cfg.output is not None:
+        cfg.output.write_text(
+            json.dumps({"config": {k: str(v) for k, v in vars(cfg).items()}, "result": result}, indent=2)
+        )
+    return result
+
+
+if __name__ == "__main__":
+    import os
+
+    import tyro
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(tyro.cli(AgreementConfig))

@@ -1,0 +1,45 @@
+"""`ee_vla.decoding.agreement`: distances from AR's tokens, on the tiny random VLA."""
+
+import numpy as np
+import pytest
+import torch
+
+from ee_vla.decoding.agreement import AgreementConfig, Frame, agreement
+from ee_vla.policy import VLAPolicy
+
+
+def _frames(policy, n: int) -> list[Frame]:
+    rng = np.random.default_rng(0)
+    frames, warm = [], None
+    for i in range(n):
+        obs = {"pixels": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "instruction": f"pick up cube {i}"}
+        policy.warm_start_tokens = warm
+        policy.predict_action_chunk(obs)
+        frames.append(Frame(obs, warm, policy.warm_start_tokens.clone()))
+        warm = frames[-1].ar_tokens
+    return frames
+
+
+def test_exact_decoders_are_at_distance_zero_and_distances_are_in_bins(tiny_vla_dir):
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar")
+    frames = _frames(policy, 3)
+    r = agreement(policy, frames, ["ar", "jacobi", "ceed_cap"])
+    for name in ("ar", "jacobi"):
+        assert r[name]["max_bins"] == 0 and r[name]["tokens_exact"] == 1.0 and r[name]["chunks_exact"] == 1.0
+    assert r["ar"]["forward_passes"] == 21 and r["ceed_cap"]["forward_passes"] <= 3
+    assert r["ar"]["tokens"] == 3 * 21
+    # AR's reference moved by two bins on every token of one frame: 21 of 63 tokens at distance 2
+    lo, _ = policy.vla.action_range
+    shifted = frames[0].ar_tokens.clone()
+    shifted = torch.where(shifted - 2 >= lo, shifted - 2, shifted + 2)
+    moved = [Frame(frames[0].obs, frames[0].warm, shifted), *frames[1:]]
+    r = agreement(policy, moved, ["jacobi"])["jacobi"]
+    assert r["max_bins"] == 2 and r["mean_bins"] == pytest.approx(2 / 3) and r["chunks_exact"] == pytest.approx(2 / 3)
+    assert policy.decoder.method == "ar"  # restored
+
+
+def test_config_names_unknown_decoders():
+    with pytest.raises(ValueError, match="unknown decoder 'fast'"):
+        AgreementConfig(policy="x", decoders=["fast"])
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        AgreementConfig(policy="x", episodes=0)
