@@ -465,8 +465,14 @@ class PolicyRunner:
 
     def on_joint_state(self, names: Sequence[str], positions: Sequence[float]) -> bool:
         """A sensor_msgs/JointState; positions with NaN/inf, or missing joints, are rejected."""
-        pos = np.asarray(list(positions), dtype=np.float64)
-        names = list(names)
+        try:
+            pos = np.asarray(list(positions), dtype=np.float64)
+            names = [str(n) for n in names]
+        except (TypeError, ValueError) as e:
+            self.bad_input(
+                "joint_state:malformed", f"ignoring malformed JointState: {type(e).__name__}: {str(e)[:160]}"
+            )
+            return False
         if pos.ndim != 1 or pos.size == 0:
             self.bad_input("joint_state:empty", "ignoring JointState without positions")
             return False

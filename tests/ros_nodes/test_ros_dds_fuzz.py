@@ -81,6 +81,31 @@ def test_an_undecodable_sample_is_dropped_alone_and_reported(graph):
 
 
 @pytest.mark.timeout(60)
+def test_a_sample_shorter_than_it_claims_is_dropped_alone(graph, monkeypatch):
+    """Cyclone itself refuses such CDR at both ends; were one to reach Python, its struct.error is
+    one bad sample like any other decode error."""
+    real = msgs.String.deserialize.__func__
+
+    def deserialize(cls, data, *a, **kw):
+        sample = real(cls, data, *a, **kw)
+        if sample.data == "short":
+            raise struct.error("unpack_from requires a buffer of at least 4 bytes")
+        return sample
+
+    monkeypatch.setattr(msgs.String, "deserialize", classmethod(deserialize))
+    got: list[str] = []
+    graph.reader("instruction", msgs.String, "default", callback=lambda s: got.append(s.data))
+    w = graph.writer("instruction", msgs.String, "default")
+    time.sleep(0.3)
+    for text in ("a", "short", "b"):
+        w.write(msgs.String(data=text))
+    assert spin_until(graph, lambda: "b" in got)
+    assert got == ["a", "b"] and graph.bad_samples == 1
+    with pytest.raises(DDSException):  # what Cyclone does with a length past the end
+        write_serialized(w, XCDR1_LE + struct.pack("<I", 100) + b"short\x00")
+
+
+@pytest.mark.timeout(60)
 def test_a_raising_callback_is_counted_not_raised(graph):
     graph.reader("instruction", msgs.String, "default", callback=lambda s: 1 / 0)
     w = graph.writer("instruction", msgs.String, "default")
@@ -158,6 +183,27 @@ def test_runner_inputs_never_raise(clock, fake_policy, height, width, encoding, 
     if ok:
         assert r.process_pending() and fake_policy.calls[-1]["pixels"].shape == (height, width, 3)
     assert int(r.status().values["bad_inputs"]) == r.causes.total()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(st.one_of(st.sampled_from(["a", "b"]), st.text(max_size=5), st.integers()), max_size=4),
+    positions=st.one_of(
+        st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+        st.lists(st.one_of(st.floats(), st.text(max_size=3), st.none()), max_size=4),
+    ),
+)
+def test_runner_joint_states_never_raise(clock, fake_policy, names, positions):
+    from ros_nodes.params import PolicyParams
+    from ros_nodes.runner import PolicyRunner
+
+    params = PolicyParams(instruction="go", warmup=False, use_joint_state=True, joint_names=("a", "b"))
+    r = PolicyRunner(params, lambda p: fake_policy, clock=clock, threaded=False)
+    r.configure()
+    ok = r.on_joint_state(names, positions)
+    assert ok == (r.bad_inputs() == 0)
+    if ok:
+        assert np.isfinite(r._joint_pos).all() and r._joint_pos.shape == (2,)
 
 
 # ---- `serve` with a real (tiny, random) model, flooded on loopback -----------------------------------
