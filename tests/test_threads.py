@@ -90,3 +90,25 @@ def test_eval_and_bench_configs_take_threads(tmp_path):
     with pytest.raises(ValueError, match="threads"):
         BenchConfig(threads=-2)
     assert EvalConfig(policy=tmp_path, threads=2, device="cpu").threads == 2
+
+
+def test_training_threads_leave_the_loader_workers_and_split_among_local_ranks(monkeypatch):
+    from ee_vla.training import loop
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loop.training_threads(0, num_workers=2) == 6
+    assert loop.training_threads(3, num_workers=2) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loop.training_threads(0, num_workers=0) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert loop.training_threads(0) == 1
+
+
+def test_dagger_passes_threads_to_its_rollouts(tmp_path):
+    from ee_vla.training.dagger import DaggerConfig
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    cfg = DaggerConfig(policy=tmp_path / "m", out=tmp_path / "out", threads=1, device="cpu")
+    assert cfg.eval_config().threads == 1

@@ -237,7 +237,7 @@ def train(cfg: TrainConfig) -> Path:
         point_stats = kept
     # the tasks and camera of fresh grounding scenes (fails now if the data's tasks cannot be rendered)
     scenes = scene_sources(train_eps) if point_stats is not None and cfg.grounding_source == "scenes" else None
-    rt = init_runtime(cfg.device)
+    rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:
         torch.manual_seed(cfg.seed)
         vla = _build_vla(cfg, train_eps, src, stats)

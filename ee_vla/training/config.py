@@ -92,10 +92,13 @@ class RunConfig:
     """Samples in that fixed evaluation batch."""
     num_workers: int = 0
     """DataLoader worker processes (the data is held in memory; 0 is usually enough)."""
+    threads: int = 0
+    """CPU threads of torch (intra-op) per training process; 0 = the cores available less the
+    DataLoader workers, shared among the processes torchrun starts on this machine (ee_vla.threads)."""
     resume: bool = False
     """Continue from the latest checkpoint in out_dir (model, optimizer, scheduler, step, RNG). The
     config must match the checkpoint's except for steps, stop_after, max_minutes, device, dtype,
-    num_workers, save_dtype and the log/save/eval intervals (see allow_config_change)."""
+    num_workers, threads, save_dtype and the log/save/eval intervals (see allow_config_change)."""
     allow_config_change: bool = False
     """With resume: continue although data, lr, batch_size, seed or another field that defines the
     run differs from the checkpoint's; the new values apply from the resumed step on and are logged
@@ -118,7 +121,7 @@ class RunConfig:
         _check(bool(str(self.out_dir)), c, "out_dir", "is empty")
         for name in ("steps", "batch_size", "log_every", "save_every", "keep_checkpoints", "eval_samples"):
             _check(getattr(self, name) >= 1, c, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "num_workers", "threads"):
             _check(getattr(self, name) >= 0, c, name, f"must be >= 0, got {getattr(self, name)}")
         _check(math.isfinite(self.lr) and self.lr > 0, c, "lr", f"must be > 0, got {self.lr}")
         _check(

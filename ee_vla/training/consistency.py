@@ -174,7 +174,7 @@ def distill(cfg: DistillConfig) -> Path:
         resume_from = None
     else:
         resume_from = resolve_run_dir(cfg, kind="distill")
-    rt = init_runtime(cfg.device)
+    rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:
         source = _trajectory_source(cfg)
         rt.barrier()  # every rank decides before any rank writes trajectories

@@ -38,6 +38,7 @@ import tyro
 
 from ee_vla.engine.factory import EngineKind
 from ee_vla.evaluation import Recorder
+from ee_vla.threads import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class DaggerConfig:
     """torch device of the policy (auto = cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     """Model dtype."""
+    threads: int = 0
+    """CPU threads of torch (intra-op); 0 = the cores available minus one (ee_vla.threads)."""
     engine: EngineKind = "auto"
     """Decode engine (auto = CUDA graphs on a GPU, eager on a CPU)."""
     max_episode_steps: int | None = None
@@ -132,6 +135,7 @@ class DaggerConfig:
             seed=self.seed,
             device=self.device,
             dtype=self.dtype,
+            threads=self.threads,
             engine=self.engine,
             env_kwargs={"image_size": self.image_size},
             max_episode_steps=self.max_episode_steps,
@@ -237,6 +241,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
     from sim_envs.collect import DemoWriter
 
     dcfg = ecfg.decode_config(cfg.decoder)
+    configure_threads(ecfg.threads)
     policy = VLAPolicy.from_pretrained(cfg.policy, dcfg, ecfg.device, ecfg.dtype, None, ecfg.engine)
     horizon = policy.chunk_size if cfg.chunk_labels else 1
     for env_id in ecfg.env:

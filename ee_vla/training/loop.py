@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ee_vla.threads import configure_threads, resolve_threads
 from ee_vla.training.augment import augment_pixel_values
 from ee_vla.training.config import RunConfig
 from ee_vla.training.data import DatasetError, collate, evenly_spaced
@@ -88,10 +89,20 @@ class Runtime:
             dist.barrier()
 
 
-def init_runtime(device: str = "auto") -> Runtime:
+def training_threads(threads: int = 0, num_workers: int = 0) -> int:
+    """torch's intra-op threads for one training process: `threads` when > 0, else the available
+    cores less the DataLoader workers, split among torchrun's processes on this machine."""
+    if threads > 0:
+        return threads
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, resolve_threads(0, reserve=num_workers) // max(1, local_world))
+
+
+def init_runtime(device: str = "auto", threads: int = 0, num_workers: int = 0) -> Runtime:
     """Join the torchrun process group when one is launched (torchrun sets WORLD_SIZE, RANK and
     LOCAL_RANK), else run as a single process. CUDA processes use NCCL on cuda:LOCAL_RANK; CPU
-    processes use gloo."""
+    processes use gloo. Sets torch's CPU threads (`training_threads`)."""
+    configure_threads(training_threads(threads, num_workers))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = device == "auto" and torch.cuda.is_available() or device.startswith("cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -156,6 +167,7 @@ RESUME_MAY_CHANGE = frozenset(
         "device",
         "dtype",
         "num_workers",
+        "threads",
         "log_every",
         "save_every",
         "keep_checkpoints",
