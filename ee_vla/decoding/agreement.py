@@ -20,9 +20,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 from ee_vla.decoding.config import DecodeConfig
 from ee_vla.decoding.core import token_distance
@@ -129,8 +131,8 @@ class AgreementConfig:
 
     policy: Path
     """Model directory (`VLA.save_pretrained`)."""
-    env: list[str] = field(default_factory=lambda: ["ee_vla/PickCube-v0"])
-    """Gymnasium env ids (repeat the flag for several)."""
+    env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    """Gymnasium env id; repeat the flag for several. Empty = ee_vla/PickCube-v0."""
     decoders: list[str] = field(default_factory=lambda: ["jacobi", "ceed", "ceed_cap"])
     """`DecodeConfig.preset` names compared with AR."""
     episodes: int = 5
@@ -143,6 +145,8 @@ class AgreementConfig:
     """Write the result as JSON here."""
 
     def __post_init__(self) -> None:
+        if not self.env:
+            self.env = ["ee_vla/PickCube-v0"]
         if self.episodes < 1:
             raise ValueError(f"AgreementConfig.episodes must be >= 1, got {self.episodes}")
         for name in self.decoders:
@@ -176,8 +180,6 @@ def main(cfg: AgreementConfig) -> dict:
 
 if __name__ == "__main__":
     import os
-
-    import tyro
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
