@@ -2,7 +2,8 @@
 
     python fake_node_proc.py <sigterm|sigint>   # the parent sends the signal after READY
 
-Prints READY once the node has published commands, then, after `spin_until_shutdown` returns,
+Prints READY once the node has published commands, CLOSING when cleanup closes the policy (which
+then takes 0.5 s), then, after `spin_until_shutdown` returns,
 one JSON line: the commands published, whether the last one is the stop command (zeros), how many
 came after it, and whether torch was imported.
 """
@@ -32,6 +33,14 @@ TOPIC = "forward_command_controller/commands"
 nodes: list[PolicyNode] = []
 
 
+class SlowClosePolicy(FakePolicy):
+    """Cleanup takes a while (like a policy process exiting): the parent signals again meanwhile."""
+
+    def close(self) -> None:
+        print("CLOSING", flush=True)
+        time.sleep(0.5)
+
+
 def make_node() -> PolicyNode:
     overrides = dict(
         autostart=True,
@@ -46,7 +55,7 @@ def make_node() -> PolicyNode:
         max_hold_s=0.0,
     )
     node = PolicyNode(
-        policy_factory=lambda _p: FakePolicy(),
+        policy_factory=lambda _p: SlowClosePolicy(),
         parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
     )
     nodes.append(node)

@@ -197,6 +197,9 @@ def test_signal_ends_in_the_stop_command_and_a_clean_exit(sig):
         assert line.strip() == "READY", line + proc.stderr.read()[-3000:]
         t = time.monotonic()
         proc.send_signal(sig)
+        line = proc.stdout.readline()
+        assert line.strip() == "CLOSING", line + proc.stderr.read()[-3000:]
+        proc.send_signal(sig)  # again during cleanup (an impatient user, launch's escalation): no effect
         out, err = proc.communicate(timeout=60)
         exit_s = time.monotonic() - t
     finally:
