@@ -10,12 +10,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ros_fakes import FakePolicy
 
-from ros_nodes.dds import msgs
-from ros_nodes.output import CommandSink
-from ros_nodes.params import PolicyParams
-from ros_nodes.runner import PolicyRunner
+pytest.importorskip("cyclonedds")  # the message classes are ros_nodes.dds.msgs'
+
+from ros_nodes.dds import msgs  # noqa: E402
+from ros_nodes.output import CommandSink  # noqa: E402
+from ros_nodes.params import PolicyParams  # noqa: E402
+from ros_nodes.runner import PolicyRunner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -115,6 +118,7 @@ def test_cleanup_of_a_runner_that_never_loaded_torch_does_not_import_it():
 import sys
 sys.path.insert(0, {str(HERE)!r})
 import numpy as np
+import pytest
 from ros_fakes import FakePolicy
 from ros_nodes.dds import msgs
 from ros_nodes.output import CommandSink, cleanup_runner
