@@ -263,7 +263,10 @@ class PolicyNode(LifecycleNode):
             self._diag_pub = None
             entities, self._entities = self._entities, []
         if sink is not None:
-            sink.stop()  # latched: a tick already past `self.sink` publishes nothing from now on
+            try:
+                sink.stop()  # latched: a tick already past `self.sink` publishes nothing from now on
+            except Exception as e:  # noqa: BLE001 - free the rest anyway
+                self.guard.failed("stop", e)
         for kind, entity in entities:
             try:
                 getattr(self, f"destroy_{kind}")(entity)
@@ -292,19 +295,19 @@ class PolicyNode(LifecycleNode):
     def _with_failures(self, status: Status, sink: CommandSink | None) -> Status:
         """Add the callback failure counts; a failure since the last message raises the level
         (ERROR for the control tick: commands may not be going out)."""
-        g = self.guard
-        total = g.total
+        counts, last = self.guard.snapshot()
+        total = sum(counts.values())
         status.values["callback_errors"] = str(total)
-        for name, n in sorted(g.counts.items()):
+        for name, n in sorted(counts.items()):
             status.values[f"callback_errors_{name}"] = str(n)
-        status.values["last_callback_error"] = g.last_error
+        status.values["last_callback_error"] = last
         if sink is not None:
             status.values["commands_dropped_after_stop"] = str(sink.after_stop)
         if total > self._reported_failures:
-            level = ERROR if g.last_error.startswith("tick:") else WARN
+            level = ERROR if last.startswith("tick:") else WARN
             if level > status.level:
                 status.level = level
-                status.message = f"{total - self._reported_failures} callback failure(s), last: {g.last_error}"
+                status.message = f"{total - self._reported_failures} callback failure(s), last: {last}"
             self._reported_failures = total
         return status
 

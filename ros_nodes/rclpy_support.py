@@ -174,6 +174,11 @@ class CallbackGuard:
         with self._lock:
             return sum(self.counts.values())
 
+    def snapshot(self) -> tuple[dict[str, int], str]:
+        """(failures per callback name, the last failure) at one instant, from any thread."""
+        with self._lock:
+            return dict(self.counts), self.last_error
+
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn` guarded; failures are counted under `name` (e.g. "image", "tick", "diagnostics")."""
 
