@@ -217,7 +217,8 @@ def init_rclpy(args: list[str] | None) -> None:
 
 
 class _ShutdownSignals:
-    """SIGINT and SIGTERM set an event instead of interrupting (main thread only); restores handlers.
+    """SIGINT and SIGTERM set an event instead of interrupting (main thread only); restores the
+    handlers unless one of them was received.
 
     Both signals end the same way: the spin loop sees the event, then the node's `on_exit()` runs to
     the end (a second signal during cleanup does not interrupt it). `systemctl stop`, `kill` and
@@ -242,8 +243,11 @@ class _ShutdownSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # After a shutdown signal the process is on its way out: a later SIGINT/SIGTERM (a second
+        # Ctrl-C, launch's escalation arriving late) must not kill it mid-exit with a traceback or
+        # a signal status. Without one, the previous handlers come back.
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.received else handler)
 
 
 def spin_until_shutdown(
