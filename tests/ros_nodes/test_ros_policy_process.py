@@ -116,3 +116,60 @@ def test_a_parent_exiting_without_close_still_stops_its_busy_child():
             os.kill(child, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_to_serve_and_its_policy_process_is_a_clean_stop(tiny_vla_dir):
+    """`serve` with the policy in its child process, decoding; SIGINT to the whole process group (a
+    terminal's Ctrl-C): the server stops cleanly, no model error, no traceback, the child is gone."""
+    pytest.importorskip("cyclonedds")
+    import numpy as np
+    from test_ros_dds_loopback import Robot
+
+    from ros_nodes.bench import child_pids
+    from ros_nodes.dds import msgs
+    from ros_nodes.messages import build_image
+
+    domain = 120 + os.getpid() % 40
+    cfg = dict(
+        domain_id=domain,
+        loopback_only=True,
+        dry_run=False,
+        model_path=str(tiny_vla_dir),
+        instruction="pick up the cube",
+        command_type="array",
+        control_hz=20.0,
+        image_timeout_s=2.0,
+        decode_deadline_s=5.0,
+        torch_threads=1,
+        policy_process=True,
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "dds_proc.py"), "serve", json.dumps(cfg), json.dumps({"real": True})],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    robot = Robot(domain, "forward_command_controller/commands", msgs.Float64MultiArray)
+    try:
+        img = build_image(msgs, np.full((32, 32, 3), 90, np.uint8), (0, 0))
+        assert robot.pump(120, until=lambda: len(robot.commands) >= 10, image=img), "no commands"
+        children = child_pids(server.pid)
+        assert children, "serve has no policy process"
+        robot.image.write(img)  # a decode in flight when the signal lands
+        os.killpg(server.pid, signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+        assert server.returncode == 0, err[-3000:]
+        stats = json.loads(out.strip().splitlines()[-1])
+        assert stats["model_errors"] == "0" and stats["state"] == "inactive", stats
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+        assert not any(alive(c) for c in children)
+    finally:
+        robot.close()
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=10)
