@@ -173,3 +173,39 @@ def test_ctrl_c_to_serve_and_its_policy_process_is_a_clean_stop(tiny_vla_dir):
         if server.poll() is None:
             server.kill()
             server.communicate(timeout=10)
+
+
+@pytest.mark.timeout(180)
+def test_an_instruction_over_the_token_cap_is_bad_input_through_the_policy_process(tiny_vla_dir):
+    """The real policy's token cap, in its child process: under the runner's character bound, over
+    the policy's `max_instruction_tokens`; counted as bad input, the next valid instruction works."""
+    import numpy as np
+
+    from ros_nodes.params import PolicyParams
+    from ros_nodes.runner import PolicyRunner, load_policy
+
+    params = PolicyParams(
+        model_path=str(tiny_vla_dir),
+        policy_process=True,
+        torch_threads=1,
+        warmup=False,
+        instruction="pick up the cube",
+        image_timeout_s=60.0,
+        decode_deadline_s=60.0,
+    )
+    runner = PolicyRunner(params, load_policy, threaded=False)
+    runner.configure()
+    runner.activate()
+    try:
+        long = "stack the red block on the blue one " * 50  # 1800 characters
+        assert len(long) <= runner.MAX_INSTRUCTION_CHARS and runner.on_instruction(long)
+        runner.on_image(np.zeros((64, 64, 3), np.uint8))
+        assert not runner.process_pending()
+        v = runner.status().values
+        assert v["model_errors"] == "0" and v["bad_inputs"] == "1", v
+        assert "ObservationError" in v["last_bad_input"] and "max_instruction_tokens" in v["last_bad_input"], v
+        assert runner.on_instruction("pick up the cube")
+        runner.on_image(np.zeros((64, 64, 3), np.uint8))
+        assert runner.process_pending() and runner.chunks_done == 1
+    finally:
+        runner.shutdown()
