@@ -167,6 +167,11 @@ def test_ctrl_c_to_serve_and_its_policy_process_is_a_clean_stop(tiny_vla_dir):
         stats = json.loads(out.strip().splitlines()[-1])
         assert stats["model_errors"] == "0" and stats["state"] == "inactive", stats
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+        # The policy process, and multiprocessing's resource tracker, which exits on its own once
+        # its parent is gone.
+        end = time.monotonic() + 15
+        while any(alive(c) for c in children) and time.monotonic() < end:
+            time.sleep(0.1)
         assert not any(alive(c) for c in children)
     finally:
         robot.close()
