@@ -415,3 +415,13 @@ def test_a_stalled_decode_is_a_deadline_miss_then_warn_then_error(clock):
     assert r.process_pending() and r.chunks_done == 1
     st = r.status()
     assert st.level == 0 and st.values["no_chunk_for_s"] == "n/a"
+
+
+def test_distinct_bogus_encodings_log_once_and_keep_one_key(clock, fake_policy, caplog):
+    r = make(clock, fake_policy)
+    with caplog.at_level(logging.WARNING):
+        for i in range(20_000):
+            assert not r.on_image_fields(16, 16, f"bogus-{i}", 48, b"")
+    assert r.causes.counts == {"image:encoding": 20_000}
+    assert sum("unsupported image encoding" in m for m in caplog.messages) == 1
+    assert r.status().values["bad_inputs"] == "20000"
