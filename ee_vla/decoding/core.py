@@ -245,9 +245,10 @@ def iter_decode(
         stats.wall_s = clock() - t0
         return DecodeState(y, F.clone(), new_units, it, done, stats)
 
-    def exits(now: float, est_s: float) -> list[int]:
+    def exits(now: float, est_s: float) -> list[int] | None:
         """Apply the cap and the deadlines to the samples still running, given the time `now` and
-        the estimated cost `est_s` of the next iteration; returns the units they released."""
+        the estimated cost `est_s` of the next iteration; returns the units they released, None
+        when no exit applied (decided on the host: no device sync then)."""
         if config.max_iterations is not None and it >= config.max_iterations:
             finish(active.clone(), "cap")
         elif deadline is not None and now + est_s > deadline:
@@ -262,10 +263,13 @@ def iter_decode(
                 if late.any():
                     forced += torch.nonzero(late).flatten().tolist()
                     F[late] = (j + 1) * unit
-            if forced:
-                released = mark(it, forced)
-                finish(F >= n, "action_deadline")
-                return released
+            if not forced:
+                return None
+            released = mark(it, forced)
+            finish(F >= n, "action_deadline")
+            return released
+        else:
+            return None
         return []
 
     finish(F >= n, "converged")
@@ -275,20 +279,22 @@ def iter_decode(
         # ---- exits decided before spending another forward pass ------------------------------
         new_units = mark(it)  # units that the last iteration made final
         if active.any():
-            new_units += exits(clock(), last_iter_s)
+            new_units += exits(clock(), last_iter_s) or []
         new_units += mark(it)  # units released by an exit (marked inexact by finish)
         if not active.any():
             yield snapshot(it, True, new_units)
             return
         yield snapshot(it, False, new_units)
-        # the consumer's time between snapshots counts: decide again with the clock as it is now
-        released = exits(clock(), last_iter_s)
-        released += mark(it)
-        if not active.any():
-            yield snapshot(it, True, released)
-            return
-        if released:
-            yield snapshot(it, False, released)
+        # the consumer's time between snapshots counts: decide the deadlines again, now
+        if deadline is not None or unit_deadline is not None:
+            released = exits(clock(), last_iter_s)
+            if released is not None:
+                released += mark(it)
+                if not active.any():
+                    yield snapshot(it, True, released)
+                    return
+                if released:
+                    yield snapshot(it, False, released)
 
         # ---- one parallel iteration ----------------------------------------------------------
         t_it = clock()
