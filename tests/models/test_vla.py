@@ -260,3 +260,11 @@ def test_image_normalisation_must_be_finite_and_positive(tiny_vla_dir, tmp_path,
     _edit_json(bad, "ee_vla.json", lambda d: d.update({field: value}))
     with pytest.raises(ModelLoadError, match=f"ee_vla.json: {match}"):
         VLA.from_pretrained(bad)
+
+
+def test_non_finite_action_statistics_are_refused(tiny_vla_dir, tmp_path):
+    """The action tokenizer's q01/q99 map tokens to actions: NaN there is a corrupt model."""
+    bad = _copy(tiny_vla_dir, tmp_path / "stats")
+    _edit_json(bad, "ee_vla.json", lambda d: d["action_tokenizer"]["stats"]["q99"].__setitem__(2, float("nan")))
+    with pytest.raises(ModelLoadError, match="ee_vla.json is corrupt: ActionStats.q01/q99 contain NaN or inf"):
+        VLA.from_pretrained(bad)
