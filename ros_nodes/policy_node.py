@@ -279,6 +279,12 @@ class PolicyNode(LifecycleNode):
     def _stamp(self) -> tuple[int, int]:
         return self.get_clock().now().seconds_nanoseconds()
 
+    def on_undecodable_message(self, error: BaseException) -> None:
+        """A message rclpy could not convert (invalid UTF-8 in a string field): counted as bad input."""
+        runner = self.runner
+        if runner is not None:
+            runner.on_bad_sample("a subscription", error)
+
     def _on_tick(self) -> None:
         sink = self.sink
         if sink is not None:

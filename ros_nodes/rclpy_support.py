@@ -281,6 +281,12 @@ def spin_until_shutdown(
                     failures = 0
                 except (KeyboardInterrupt, ExternalShutdownException):
                     break
+                except UnicodeDecodeError as e:
+                    # rclpy decodes string fields strictly while taking a message, before any callback
+                    # runs: a sender's invalid UTF-8 is bad input, not a failure of the executor
+                    on_bad = getattr(node, "on_undecodable_message", None)
+                    if on_bad is not None:
+                        on_bad(e)
                 except Exception as e:  # noqa: BLE001 - one failed callback must not end the node
                     failures += 1
                     log.error("a callback failed: %s: %s (the node keeps running)", type(e).__name__, e)

@@ -138,6 +138,22 @@ class TinyEnv(gym.Env):
 # spin_once runs due timers and queued messages on a thread pool and re-raises a callback's exception
 # from spin_once, as rclpy's MultiThreadedExecutor does. Message classes are ros_nodes.dds.msgs'.
 
+class UndecodableMessage:
+    """Queue this on a fake subscription to get what rclpy does with a string field that is not valid
+    UTF-8: its generated converter decodes strictly while the executor takes the message, so
+    `spin_once` raises UnicodeDecodeError outside every callback of the node."""
+
+    def __init__(self, raw: bytes = b"pick \xff\xfe"):
+        self.raw = raw
+
+    def error(self) -> UnicodeDecodeError:
+        try:
+            self.raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return e
+        raise ValueError(f"{self.raw!r} is valid UTF-8")
+
+
 ROS_MODULES = (
     "rclpy",
     "rclpy.node",
@@ -648,7 +664,10 @@ def install_fake_ros() -> Any:
             for n in list(self._nodes):
                 for s in list(n.subscriptions):
                     if not s.destroyed and s.queue:
-                        return s.callback, (s.queue.popleft(),), id(s)
+                        msg = s.queue.popleft()
+                        if isinstance(msg, UndecodableMessage):  # rclpy fails in take, before any callback
+                            raise msg.error()
+                        return s.callback, (msg,), id(s)
                 for t in list(n.timers):
                     if not t.destroyed and t.next_due <= now and id(t) not in self._running:
                         t.next_due = max(t.next_due + t.period, now)

@@ -266,3 +266,42 @@ def test_a_signal_after_shutdown_began_cannot_kill_the_exiting_process(sig):
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "EXITED", (r.returncode, r.stderr[-2000:])
+
+
+def test_messages_rclpy_cannot_decode_are_bad_input_and_never_stop_the_node(fake_ros):
+    """Invalid UTF-8 in a String makes rclpy raise while taking the message, outside the node's
+    callbacks: far more of them than `max_failures` in a row neither stop the node nor its commands."""
+    import threading
+
+    from ros_fakes import UndecodableMessage
+
+    from ros_nodes import rclpy_support
+
+    nodes = []
+
+    def make():
+        node = make_node(fake_ros, autostart=True)
+        nodes.append(node)
+        return node
+
+    loop = threading.Thread(target=rclpy_support.spin_until_shutdown, args=(make,), kwargs={"max_failures": 3})
+    loop.start()
+    try:
+        end = time.monotonic() + 20
+        while not (nodes and nodes[0].runner is not None and nodes[0].runner.state == "active"):
+            assert time.monotonic() < end and loop.is_alive(), "the node did not activate"
+            time.sleep(0.02)
+        node = nodes[0]
+        sub = next(s for s in node.subscriptions if s.topic == "instruction")
+        for _ in range(20):
+            sub.queue.append(UndecodableMessage())
+        while sub.queue and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert loop.is_alive() and node.runner is not None and node.runner.state == "active"
+        assert int(node.runner.status().values["bad_inputs"]) >= 20
+        assert "UnicodeDecodeError" in node.runner.status().values["last_bad_input"]
+    finally:
+        fake_ros.graph.shut_down = True
+        loop.join(timeout=30)
+    assert not loop.is_alive()
