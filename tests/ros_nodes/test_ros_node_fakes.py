@@ -275,7 +275,7 @@ def test_messages_rclpy_cannot_decode_are_bad_input_and_never_stop_the_node(fake
 
     from ros_fakes import UndecodableMessage
 
-    from ros_nodes import rclpy_support
+    from ros_nodes.rclpy_support import spin_until_shutdown  # this test's fake rclpy (not `from ros_nodes import`)
 
     nodes = []
 
@@ -284,7 +284,7 @@ def test_messages_rclpy_cannot_decode_are_bad_input_and_never_stop_the_node(fake
         nodes.append(node)
         return node
 
-    loop = threading.Thread(target=rclpy_support.spin_until_shutdown, args=(make,), kwargs={"max_failures": 3})
+    loop = threading.Thread(target=spin_until_shutdown, args=(make,), kwargs={"max_failures": 3})
     loop.start()
     try:
         end = time.monotonic() + 20
