@@ -73,8 +73,8 @@ class BenchConfig:
     """Image -> first command measurements after the window."""
     image_timeout_s: float = 0.2
     """The server's watchdog timeout (also how long each latency trial waits for the halt)."""
-    torch_threads: int = 1
-    """torch threads of the server (1 leaves the second core of a 2-core machine to the timer)."""
+    threads: int = 0
+    """CPU threads of the server's policy (0 = the cores available minus one, ee_vla.threads)."""
     timer_rt_priority: int = 0
     """SCHED_FIFO priority of the server's control timer and of this process's command receiver
     (0: normal scheduling; see ServeConfig)."""
@@ -145,8 +145,8 @@ def _server_cmd(cfg: BenchConfig, model_path: str, stats_path: str, extra: list[
         "--domain-id",
         str(cfg.domain_id),
         "--loopback-only",
-        "--torch-threads",
-        str(cfg.torch_threads),
+        "--threads",
+        str(cfg.threads),
         "--diagnostics-hz",
         "2.0",
         "--stats-path",
@@ -318,6 +318,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         delivered_fraction=count() / sent if sent else None,
         server_decode_latency_p50_ms=server_stats.get("decode_latency_p50_ms"),
         server_decode_latency_p95_ms=server_stats.get("decode_latency_p95_ms"),
+        server_decode_latency_p99_ms=server_stats.get("decode_latency_p99_ms"),
         server_first_action_latency_p50_ms=server_stats.get("first_action_latency_p50_ms"),
         server_iterations_per_chunk_mean=server_stats.get("iterations_per_chunk_mean"),
         server_chunks_done=server_stats.get("chunks_done"),
@@ -561,6 +562,7 @@ def run_soak(cfg: BenchConfig) -> dict[str, Any]:
         watchdog_trips=server_stats.get("watchdog_trips"),
         decode_latency_p50_ms=server_stats.get("decode_latency_p50_ms"),
         decode_latency_p95_ms=server_stats.get("decode_latency_p95_ms"),
+        decode_latency_p99_ms=server_stats.get("decode_latency_p99_ms"),
         bad_inputs_sent=bad_total,
         bad_inputs_sent_by_kind=bad_sent,
         bad_inputs_counted_by_server=counted,

@@ -35,7 +35,8 @@ COMMAND_MSG_TYPES = {
     "trajectory": "trajectory_msgs/msg/JointTrajectory",
 }
 
-DECODERS = ("ceed", "jacobi", "ar")
+DECODERS = ("ceed", "ceed_cap", "jacobi", "ar")
+"""`ee_vla.decoding.config.PRESETS` (kept here so that this module imports no torch; a test checks they agree)."""
 ENGINES = ("auto", "eager", "static", "graph", "compiled")
 """`ee_vla.engine.ENGINES` (kept here so that this module imports no torch; a test checks they agree)."""
 COMPILE_MODES = ("inductor", "frozen", "max-autotune", "aot_eager")
@@ -63,8 +64,9 @@ class PolicyParams:
     built, compiled and its CUDA graphs captured before the first real image; configure waits for it."""
     policy_process: bool = True
     """Run the policy in a child process, so decoding never holds the GIL the command timer needs."""
-    torch_threads: int = 0
-    """torch intra-op threads of the policy (0: torch's default; 1 leaves a small CPU's other cores free)."""
+    threads: int = 0
+    """CPU threads of torch (intra-op) decoding the policy; 0 = the cores available minus one, left
+    to the command timer and the transport (ee_vla.threads)."""
     decode_nice: int = 10
     """Niceness of the decoding process/thread (Linux, 0-19): the command timer wins a busy CPU."""
     instruction: str = ""
@@ -239,7 +241,7 @@ _CHECKS = {
     "compile_mode": _one_of(COMPILE_MODES),
     "warmup": _bool,
     "policy_process": _bool,
-    "torch_threads": lambda v: (
+    "threads": lambda v: (
         None
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256
         else f"must be an integer in [0, 256], got {v!r}"

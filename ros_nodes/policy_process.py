@@ -40,6 +40,11 @@ from ros_nodes.safety import BadInputError
 log = logging.getLogger(__name__)
 
 
+class PolicyLoadError(ValueError):
+    """The child could not load the policy because of its input (a corrupt model directory, an option
+    that does not fit it): a user error, reported in one line by the CLI."""
+
+
 class PolicyProcessError(RuntimeError):
     """The policy in the child process raised; the message names the original exception."""
 
@@ -110,6 +115,11 @@ def _child(
         _serve_parent(conn, params, dt, factory)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the parent closed the pipe: nothing left to do
+    # Nothing is left to write, and the interpreter's teardown of a loaded torch takes a second or
+    # two, which the parent's shutdown (and launch's SIGTERM grace) would wait for: leave at once.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callable[[PolicyParams], Any] | None) -> None:
@@ -119,15 +129,16 @@ def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callabl
     try:
         if p.decode_nice:
             os.nice(p.decode_nice)
-        if p.torch_threads:
-            import torch
+        from ee_vla.threads import configure_threads
 
-            torch.set_num_threads(p.torch_threads)
+        configure_threads(p.threads)
         policy = (factory or load_policy_here)(p)
         proprio = int(getattr(getattr(policy, "vla", None), "proprio_dim", 0) or 0)
         conn.send(("ready", int(policy.chunk_size), int(policy.action_dim), proprio))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", type(e).__name__, str(e), False))
+        from ee_vla.cli import is_user_error
+
+        conn.send(("error", type(e).__name__, str(e), is_user_error(e)))
         return
     while True:
         try:
@@ -172,7 +183,7 @@ class ProcessPolicy:
     """An `ActionChunkPolicy` whose model lives in a child process (spawned, so CUDA works there).
 
     Args:
-        params: `model_path`, `decoder`, `device`, `torch_threads`, `decode_nice` are used.
+        params: `model_path`, `decoder`, `device`, `threads`, `decode_nice` are used.
         start_timeout_s: how long loading may take before configure fails.
         factory: builds the policy in the child from the params (a picklable top-level function;
             default `ros_nodes.runner.load_policy_here`).
@@ -221,7 +232,8 @@ class ProcessPolicy:
             raise
         if msg[0] == "error":
             self.close()
-            raise PolicyProcessError(f"loading the policy failed: {msg[1]}: {msg[2]}")
+            error = PolicyLoadError if msg[3] else PolicyProcessError
+            raise error(f"loading the policy failed: {msg[1]}: {msg[2]}")
         _, self.chunk_size, self.action_dim, proprio = msg
         self.vla = SimpleNamespace(proprio_dim=proprio)
         self._busy = False

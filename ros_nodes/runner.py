@@ -75,14 +75,16 @@ def load_policy(params: PolicyParams) -> ActionChunkPolicy:
     `params.policy_process` (see `ros_nodes.policy_process`), else here."""
     if not params.model_path:
         raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
+    from ee_vla.models import check_model_dir
+
+    check_model_dir(params.model_path)  # at once, before a policy process spends seconds importing torch
     if params.policy_process:
         from ros_nodes.policy_process import ProcessPolicy
 
         return ProcessPolicy(params)
-    if params.torch_threads:
-        import torch
+    from ee_vla.threads import configure_threads
 
-        torch.set_num_threads(params.torch_threads)
+    configure_threads(params.threads)
     return load_policy_here(params)
 
 
@@ -342,13 +344,12 @@ class PolicyRunner:
         self.schedule = None
         self.state = "unconfigured"
         gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
+        # Only where this process decoded on a GPU is there a cache to give back. A process whose
+        # policy ran in a child never imported torch, and importing it just to ask would take seconds
+        # of a shutdown that must end within launch's SIGTERM grace.
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def shutdown(self) -> Emit | None:
         """Deactivate (returning the stop command) and clean up, from any state."""
@@ -767,6 +768,7 @@ class PolicyRunner:
             "commands_sent": str(self.rate.total),
             "decode_latency_p50_ms": fmt(self.decode_latency.percentile(50), 1e3),
             "decode_latency_p95_ms": fmt(self.decode_latency.percentile(95), 1e3),
+            "decode_latency_p99_ms": fmt(self.decode_latency.percentile(99), 1e3),
             "first_action_latency_p50_ms": fmt(self.first_action_latency.percentile(50), 1e3),
             "first_action_latency_p95_ms": fmt(self.first_action_latency.percentile(95), 1e3),
             "iterations_per_chunk_mean": fmt(self.iterations.mean()),

@@ -268,7 +268,7 @@ def test_serve_keeps_publishing_under_random_inputs(tiny_vla_dir):
         image_timeout_s=1.5,
         decode_deadline_s=5.0,
         diagnostics_hz=4.0,
-        torch_threads=1,
+        threads=1,
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     server = subprocess.Popen(

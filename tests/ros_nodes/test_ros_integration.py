@@ -102,7 +102,7 @@ def test_tiny_model_drives_pickcube_over_dds(tiny_vla_dir):
         image_timeout_s=2.0,
         decode_deadline_s=5.0,
         keep_dims_on_zero=[6],
-        torch_threads=1,
+        threads=1,
     )
     sim_cfg = dict(
         command_type="array", max_episodes=1, control_hz=20.0, env_id="ee_vla/PickCube-v0", command_timeout_s=1.0
@@ -125,7 +125,7 @@ def test_shipped_policy_solves_reach_over_dds():
         image_timeout_s=2.0,
         decode_deadline_s=2.0,
         keep_dims_on_zero=[6],
-        torch_threads=1,
+        threads=1,
     )
     sim_cfg = dict(command_type="array", max_episodes=20, seed=100000, env_id="ee_vla/Reach-v0", command_timeout_s=1.0)
     stats, served = _dds_loop(serve_cfg, sim_cfg, timeout_s=400)
@@ -140,7 +140,7 @@ def test_process_policy_streams_and_reports_errors(tiny_vla_dir):
     assert d(0) == 10.0 and d(2) == pytest.approx(10.2)
     t_first = [5.0]
     assert _deadlines(t_first, 10.0, 0.1)(3) == pytest.approx(5.3)
-    policy = ProcessPolicy(PolicyParams(model_path=str(tiny_vla_dir), torch_threads=1))
+    policy = ProcessPolicy(PolicyParams(model_path=str(tiny_vla_dir), threads=1))
     try:
         assert policy.chunk_size == 3 and policy.action_dim == 7 and policy.vla.proprio_dim == 0
         obs = {"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "pick up the cube"}
@@ -157,8 +157,30 @@ def test_process_policy_streams_and_reports_errors(tiny_vla_dir):
     assert not policy._proc.is_alive()
 
 
-def test_process_policy_load_failure(tmp_path):
-    from ros_nodes.policy_process import PolicyProcessError, ProcessPolicy
+def test_process_policy_load_failure(tmp_path, tiny_vla_dir):
+    """A model the child cannot load is a user error (one line on the CLI), not a bug."""
+    import shutil
 
-    with pytest.raises(PolicyProcessError, match="loading the policy failed"):
+    from ee_vla.cli import is_user_error
+    from ros_nodes.policy_process import PolicyLoadError, ProcessPolicy
+
+    with pytest.raises(PolicyLoadError, match="loading the policy failed: ModelLoadError") as e:
         ProcessPolicy(PolicyParams(model_path=str(tmp_path / "missing")))
+    assert is_user_error(e.value)
+    broken = shutil.copytree(tiny_vla_dir, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(PolicyLoadError, match="model.safetensors"):
+        ProcessPolicy(PolicyParams(model_path=str(broken)))
+
+
+def test_a_path_that_is_no_model_fails_before_a_policy_process_starts(tmp_path):
+    import multiprocessing
+
+    from ee_vla.models import ModelLoadError
+    from ros_nodes.runner import load_policy
+
+    (tmp_path / "config.json").write_text("{}")
+    for path, match in ((tmp_path / "missing", "not a directory"), (tmp_path, "missing model.safetensors")):
+        with pytest.raises(ModelLoadError, match=match):
+            load_policy(PolicyParams(model_path=str(path), policy_process=True))
+    assert multiprocessing.active_children() == []

@@ -35,7 +35,7 @@ def test_defaults_are_valid_and_safe():
         ("image_topic", "cam era", "not a valid"),
         ("action_low", [0.0, float("inf")], "finite"),
         ("image_timeout_s", -1.0, "positive"),
-        ("decoder", "beam", "ceed|jacobi|ar"),
+        ("decoder", "beam", "ceed|ceed_cap|jacobi|ar"),
         ("engine", "turbo", "compiled"),
         ("joint_names", ["a", "a"], "repeat"),
         ("keep_dims_on_zero", [-1], "indices"),
@@ -155,3 +155,10 @@ def test_engine_names_match_the_engine_factory():
     assert PolicyParams(compile_mode="frozen").compile_mode == "frozen"
     with pytest.raises(ValueError, match="compile_mode"):
         PolicyParams(compile_mode="fastest")
+
+
+def test_decoders_are_the_decoding_presets():
+    from ee_vla.decoding.config import PRESETS
+    from ros_nodes.params import DECODERS
+
+    assert set(DECODERS) == set(PRESETS)

@@ -141,7 +141,7 @@ def test_ctrl_c_to_serve_and_its_policy_process_is_a_clean_stop(tiny_vla_dir):
         control_hz=20.0,
         image_timeout_s=2.0,
         decode_deadline_s=5.0,
-        torch_threads=1,
+        threads=1,
         policy_process=True,
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -192,7 +192,7 @@ def test_an_instruction_over_the_token_cap_is_bad_input_through_the_policy_proce
     params = PolicyParams(
         model_path=str(tiny_vla_dir),
         policy_process=True,
-        torch_threads=1,
+        threads=1,
         warmup=False,
         instruction="pick up the cube",
         image_timeout_s=60.0,
