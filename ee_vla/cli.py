@@ -126,8 +126,8 @@ def is_user_error(e: BaseException) -> bool:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
         return True
-    vla = sys.modules.get("ee_vla.models.vla")
-    if vla is not None and isinstance(e, vla.ModelLoadError):
+    models = sys.modules.get("ee_vla.models")
+    if models is not None and isinstance(e, models.ModelLoadError):
         return True
     gym_error = sys.modules.get("gymnasium.error")
     if gym_error is not None and isinstance(e, gym_error.Error):

@@ -12,7 +12,6 @@ latches, so the stop command is the last message published until `activate()`.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -129,23 +128,3 @@ class CommandSink:
             if self._stopped:
                 return False
             return self._send(self.runner.tick())
-
-
-def cleanup_runner(runner: PolicyRunner) -> None:
-    """`runner.cleanup()` without importing torch into a process that never loaded it.
-
-    The runner empties the CUDA cache after freeing the policy, which imports torch. In a node whose
-    policy ran in a child process (`policy_process`, the default) torch was never imported here, so
-    there is no cache to empty, and importing it takes seconds (a SIGTERM from `ros2 launch` lands
-    in the middle of them). While the cleanup runs, `import torch` fails fast instead (the runner
-    treats that as "no torch"), unless torch is already loaded.
-    """
-    if "torch" in sys.modules:
-        runner.cleanup()
-        return
-    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
-    try:
-        runner.cleanup()
-    finally:
-        if "torch" in sys.modules and sys.modules["torch"] is None:
-            del sys.modules["torch"]

@@ -29,7 +29,7 @@ from std_msgs.msg import String
 
 from ros_nodes.diagnostics import ERROR, WARN, Status
 from ros_nodes.messages import build_diagnostics
-from ros_nodes.output import CommandSink, cleanup_runner
+from ros_nodes.output import CommandSink
 from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams, cross_check, param_specs, validate_param
 from ros_nodes.rclpy_support import (
     CallbackGuard,
@@ -273,7 +273,7 @@ class PolicyNode(LifecycleNode):
             except Exception as e:  # noqa: BLE001 - destroy the others anyway
                 self.guard.failed("cleanup", e)
         if runner is not None:
-            cleanup_runner(runner)
+            runner.cleanup()
 
     # ---- timers -------------------------------------------------------------------------------
     def _stamp(self) -> tuple[int, int]:

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
+from ee_vla.models import EE_VLA_FILE, ModelLoadError, check_model_dir
 
 log = logging.getLogger(__name__)
 
-EE_VLA_FILE = "ee_vla.json"
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 GROUNDING_TEMPLATE = "In: Where are the objects to {instruction}?\nOut:"
 """The question of grounding co-training (`TrainConfig.grounding_fraction`): answered with the
@@ -83,10 +83,6 @@ def prompt_text(instruction: str, template: str = PROMPT_TEMPLATE) -> str:
     """The prompt's text part: the instruction normalised (stripped, lower case, no final
     punctuation) and placed in the template. Training and inference both go through here."""
     return template.format(instruction=instruction.strip().lower().rstrip(".?!"))
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory is missing, incomplete or corrupt."""
 
 
 @dataclass(frozen=True)
@@ -370,14 +366,7 @@ class VLA:
         from ee_vla.models.network import VLANetwork
 
         _transformers_quiet()
-        path = Path(path)
-        if not path.is_dir():
-            raise ModelLoadError(f"policy path {path} is not a directory")
-        missing = [
-            f for f in ("config.json", "model.safetensors", EE_VLA_FILE, "tokenizer.json") if not (path / f).is_file()
-        ]
-        if missing:
-            raise ModelLoadError(f"{path} is not an ee_vla model directory: missing {', '.join(missing)}")
+        path = check_model_dir(path)
         try:
             extra = json.loads((path / EE_VLA_FILE).read_text())
             at = ActionTokenizer.from_dict(extra["action_tokenizer"])

@@ -1,5 +1,5 @@
 """`CommandSink`: the stop command is the last message after every deactivation, whatever thread ticks;
-`cleanup_runner` leaves torch unloaded in a process that never used it."""
+`PolicyRunner.cleanup` leaves torch unloaded in a process that never used it."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ import numpy as np
 import pytest
 from ros_fakes import FakePolicy
 from ros_nodes.dds import msgs
-from ros_nodes.output import CommandSink, cleanup_runner
+from ros_nodes.output import CommandSink
 from ros_nodes.params import PolicyParams
 from ros_nodes.runner import PolicyRunner
 
@@ -131,7 +131,7 @@ sink = CommandSink(runner, msgs, lambda m: None, lambda: (0, 0))
 sink.activate()
 sink.stop()
 assert "torch" not in sys.modules, "torch was imported before cleanup"
-cleanup_runner(runner)
+runner.cleanup()
 assert runner.state == "unconfigured" and runner.policy is None
 print("torch loaded:", "torch" in sys.modules)
 import torch  # still importable afterwards
