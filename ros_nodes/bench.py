@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -184,6 +185,30 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _until_first_command(
+    server: subprocess.Popen,
+    server_log: list[str],
+    count: Callable[[], int],
+    send: Callable[[int], Any],
+    camera_hz: float,
+    timeout_s: float,
+) -> tuple[float, int]:
+    """Send observations at `camera_hz` until the first command arrives (model load, discovery,
+    warm-up); returns the seconds it took and the observations sent. Raises if the server exits or
+    `timeout_s` passes."""
+    t_start = time.perf_counter()
+    i = 0
+    while count() == 0:
+        if server.poll() is not None:
+            raise RuntimeError("server exited during startup:\n" + "".join(server_log[-30:]))
+        if time.perf_counter() - t_start > timeout_s:
+            raise TimeoutError(f"no command within {timeout_s:.0f} s of starting the server")
+        send(i)
+        i += 1
+        time.sleep(1.0 / camera_hz)
+    return time.perf_counter() - t_start, i
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the benchmark of `cfg.mode`; returns (and writes to `cfg.out`) the result dict."""
     if cfg.mode == "soak":
@@ -245,17 +270,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {}
     try:
         # Startup: images until the first command (model load, discovery, warm-up).
-        t_start = time.perf_counter()
-        i = 0
-        while count() == 0:
-            if server.poll() is not None:
-                raise RuntimeError("server exited during startup:\n" + "".join(server_log[-30:]))
-            if time.perf_counter() - t_start > 120:
-                raise TimeoutError("no command within 120 s of starting the server")
-            send_image(i)
-            i += 1
-            time.sleep(1.0 / cfg.camera_hz)
-        result["startup_to_first_command_s"] = time.perf_counter() - t_start
+        result["startup_to_first_command_s"], i = _until_first_command(
+            server, server_log, count, send_image, cfg.camera_hz, timeout_s=120
+        )
         # Warm up 1 s, then the measured window.
         cam_period = 1.0 / cfg.camera_hz
         t_end = time.perf_counter() + 1.0
@@ -478,19 +495,15 @@ def run_soak(cfg: BenchConfig) -> dict[str, Any]:
     server_alive = True
     try:
         instr_w.write(msgs.String(data="pick up the red cube"))
-        t_start = time.perf_counter()
-        i = 0
-        while count() == 0:
-            if server.poll() is not None:
-                raise RuntimeError("server exited during startup:\n" + "".join(server_log[-30:]))
-            if time.perf_counter() - t_start > 300:
-                raise TimeoutError("no command within 300 s of starting the server")
+
+        def send_observation(i: int) -> None:
             if n_proprio:
                 js_w.write(joints)
             img_w.write(frames[i % len(frames)])
-            i += 1
-            time.sleep(1.0 / cfg.camera_hz)
-        result["startup_to_first_command_s"] = time.perf_counter() - t_start
+
+        result["startup_to_first_command_s"], i = _until_first_command(
+            server, server_log, count, send_observation, cfg.camera_hz, timeout_s=300
+        )
         cam_period = 1.0 / cfg.camera_hz
         n0 = count()
         t0 = time.perf_counter()
