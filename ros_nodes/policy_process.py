@@ -35,7 +35,7 @@ from typing import Any
 
 from ee_vla.streaming import StreamedAction
 from ros_nodes.params import PolicyParams
-from ros_nodes.safety import BadInputError
+from ros_nodes.safety import BadInputError, is_bad_input
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,22 @@ def _deadlines(t_first: list[float], first_deadline: float | None, dt: float) ->
     return deadline
 
 
+def load_policy_here(params: PolicyParams) -> Any:
+    """`VLAPolicy.from_pretrained` in the calling process (torch imported lazily): what the policy
+    process runs, and the runner's choice without one."""
+    if not params.model_path:
+        raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
+    from ee_vla.policy import VLAPolicy
+
+    return VLAPolicy.from_pretrained(
+        params.model_path,
+        decoder=params.decoder,
+        device=params.device,
+        engine=params.engine,
+        compile_mode=params.compile_mode,
+    )
+
+
 def _child(
     conn: Any,
     params: dict[str, Any],
@@ -124,8 +140,6 @@ def _child(
 
 def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callable[[PolicyParams], Any] | None) -> None:
     p = PolicyParams(**params)
-    from ros_nodes.runner import is_bad_input, load_policy_here
-
     try:
         if p.decode_nice:
             os.nice(p.decode_nice)
@@ -186,7 +200,7 @@ class ProcessPolicy:
         params: `model_path`, `decoder`, `device`, `threads`, `decode_nice` are used.
         start_timeout_s: how long loading may take before configure fails.
         factory: builds the policy in the child from the params (a picklable top-level function;
-            default `ros_nodes.runner.load_policy_here`).
+            default `load_policy_here`).
     """
 
     def __init__(

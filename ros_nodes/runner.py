@@ -42,18 +42,10 @@ from ee_vla.streaming import ChunkSchedule, ScheduleConfig, StreamedAction
 from ros_nodes.diagnostics import ERROR, OK, WARN, RateMonitor, Status, Window, fmt
 from ros_nodes.images import ImageError, image_msg_to_rgb, image_to_rgb
 from ros_nodes.params import LIVE_PARAMS, PolicyParams
-from ros_nodes.safety import ActionLimits, BadInputError, CauseLog, Watchdog
+from ros_nodes.policy_process import ProcessPolicy, load_policy_here
+from ros_nodes.safety import ActionLimits, CauseLog, Watchdog, is_bad_input
 
 log = logging.getLogger(__name__)
-
-
-def is_bad_input(error: BaseException) -> bool:
-    """Whether a policy exception is about its input (`ee_vla.policy.ObservationError`, or a
-    `BadInputError` such as the policy process's) rather than a failing model."""
-    if isinstance(error, BadInputError):
-        return True
-    policy_mod = sys.modules.get("ee_vla.policy")  # never imported here: torch stays out of the runner
-    return policy_mod is not None and isinstance(error, policy_mod.ObservationError)
 
 
 @runtime_checkable
@@ -79,28 +71,11 @@ def load_policy(params: PolicyParams) -> ActionChunkPolicy:
 
     check_model_dir(params.model_path)  # at once, before a policy process spends seconds importing torch
     if params.policy_process:
-        from ros_nodes.policy_process import ProcessPolicy
-
         return ProcessPolicy(params)
     from ee_vla.threads import configure_threads
 
     configure_threads(params.threads)
     return load_policy_here(params)
-
-
-def load_policy_here(params: PolicyParams) -> ActionChunkPolicy:
-    """`VLAPolicy.from_pretrained` in this process (torch imported here, lazily)."""
-    if not params.model_path:
-        raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
-    from ee_vla.policy import VLAPolicy
-
-    return VLAPolicy.from_pretrained(
-        params.model_path,
-        decoder=params.decoder,
-        device=params.device,
-        engine=params.engine,
-        compile_mode=params.compile_mode,
-    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ None of these know about ROS. The clock is injected so the logic is tested with 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -163,3 +164,12 @@ class CauseLog:
     def total(self) -> int:
         with self._lock:
             return sum(c.count for c in self._causes.values())
+
+
+def is_bad_input(error: BaseException) -> bool:
+    """Whether a policy exception is about its input (`ee_vla.policy.ObservationError`, or a
+    `BadInputError` such as the policy process's) rather than a failing model."""
+    if isinstance(error, BadInputError):
+        return True
+    policy_mod = sys.modules.get("ee_vla.policy")  # never imported here: torch stays out of the runner
+    return policy_mod is not None and isinstance(error, policy_mod.ObservationError)
