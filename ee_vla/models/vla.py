@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
-from ee_vla.models import EE_VLA_FILE, ModelLoadError, check_model_dir
+from ee_vla.models.files import EE_VLA_FILE, ModelLoadError, check_model_dir
 
 log = logging.getLogger(__name__)
 
