@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class BenchConfig:
+class DecodeBenchConfig:
     """Options of `ee-vla bench`."""
 
     model: str = "tiny"
@@ -65,23 +65,23 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.calls < 1:
-            raise ValueError(f"BenchConfig.calls must be >= 1, got {self.calls}")
+            raise ValueError(f"DecodeBenchConfig.calls must be >= 1, got {self.calls}")
         if self.warmup < 0:
-            raise ValueError(f"BenchConfig.warmup must be >= 0, got {self.warmup}")
+            raise ValueError(f"DecodeBenchConfig.warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 1:
-            raise ValueError(f"BenchConfig.batch_size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"DecodeBenchConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.threads < 0:
-            raise ValueError(f"BenchConfig.threads must be >= 0 (0 = automatic), got {self.threads}")
+            raise ValueError(f"DecodeBenchConfig.threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.engine not in ENGINES:
-            raise ValueError(f"BenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
-        check_compile_mode(self.compile_mode, "BenchConfig.compile_mode")
+            raise ValueError(f"DecodeBenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
+        check_compile_mode(self.compile_mode, "DecodeBenchConfig.compile_mode")
         if not self.decoders:
-            raise ValueError("BenchConfig.decoders is empty")
+            raise ValueError("DecodeBenchConfig.decoders is empty")
         for d in self.decoders:
             DecodeConfig.preset(d)  # raises with the list of known names
 
 
-def decoder_config(name: str, cfg: BenchConfig) -> DecodeConfig:
+def decoder_config(name: str, cfg: DecodeBenchConfig) -> DecodeConfig:
     dc = DecodeConfig.preset(name)
     if name == "ceed":
         changes = {
@@ -91,7 +91,7 @@ def decoder_config(name: str, cfg: BenchConfig) -> DecodeConfig:
     return dc
 
 
-def _policy(cfg: BenchConfig):
+def _policy(cfg: DecodeBenchConfig):
     from ee_vla.models import create_random_vla_dir
     from ee_vla.models.vla import PRESETS
     from ee_vla.policy import VLAPolicy
@@ -106,7 +106,7 @@ def _policy(cfg: BenchConfig):
     )
 
 
-def _observations(policy, cfg: BenchConfig) -> dict:
+def _observations(policy, cfg: DecodeBenchConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     S = policy.vla.image_size
     obs = {
@@ -118,7 +118,7 @@ def _observations(policy, cfg: BenchConfig) -> dict:
     return obs
 
 
-def run_bench(cfg: BenchConfig) -> dict:
+def run_bench(cfg: DecodeBenchConfig) -> dict:
     """Benchmark every decoder on the same inputs; returns (and saves) the results."""
     configure_threads(cfg.threads)
     policy = _policy(cfg)

@@ -29,7 +29,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "evaluate",
         "evaluate a policy in simulation (success, latency; --compare decoders)",
     ),
-    "bench": ("ee_vla.bench", "BenchConfig", "run_bench", "decode latency of AR vs Jacobi vs CEED on one machine"),
+    "bench": (
+        "ee_vla.bench",
+        "DecodeBenchConfig",
+        "run_bench",
+        "decode latency of AR vs Jacobi vs CEED on one machine",
+    ),
     "collect": ("sim_envs.collect", "CollectConfig", "collect", "record scripted-expert demonstrations to HDF5"),
     "dagger": (
         "ee_vla.training.dagger",

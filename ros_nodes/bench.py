@@ -47,7 +47,7 @@ log = logging.getLogger("ee_vla.bench")
 
 
 @dataclass
-class BenchConfig:
+class RosBenchConfig:
     """What to benchmark."""
 
     mode: Literal["rate", "soak"] = "rate"
@@ -90,17 +90,17 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not self.control_hz > 0:
-            raise ValueError(f"BenchConfig.control_hz: must be > 0, got {self.control_hz}")
+            raise ValueError(f"RosBenchConfig.control_hz: must be > 0, got {self.control_hz}")
         if not self.duration_s > 0:
-            raise ValueError(f"BenchConfig.duration_s: must be > 0, got {self.duration_s}")
+            raise ValueError(f"RosBenchConfig.duration_s: must be > 0, got {self.duration_s}")
         if not self.camera_hz > 0:
-            raise ValueError(f"BenchConfig.camera_hz: must be > 0, got {self.camera_hz}")
+            raise ValueError(f"RosBenchConfig.camera_hz: must be > 0, got {self.camera_hz}")
         if not 0 <= self.domain_id <= 232:
-            raise ValueError(f"BenchConfig.domain_id: must be in [0, 232], got {self.domain_id}")
+            raise ValueError(f"RosBenchConfig.domain_id: must be in [0, 232], got {self.domain_id}")
         if not self.bad_input_every_s >= 0:
-            raise ValueError(f"BenchConfig.bad_input_every_s: must be >= 0, got {self.bad_input_every_s}")
+            raise ValueError(f"RosBenchConfig.bad_input_every_s: must be >= 0, got {self.bad_input_every_s}")
         if not self.rss_every_s > 0:
-            raise ValueError(f"BenchConfig.rss_every_s: must be > 0, got {self.rss_every_s}")
+            raise ValueError(f"RosBenchConfig.rss_every_s: must be > 0, got {self.rss_every_s}")
 
 
 def _ms(x: np.ndarray, q: float) -> float | None:
@@ -122,7 +122,7 @@ def summarize_intervals(arrivals: list[float], period: float) -> dict[str, float
     }
 
 
-def _server_cmd(cfg: BenchConfig, model_path: str, stats_path: str, extra: list[str]) -> list[str]:
+def _server_cmd(cfg: RosBenchConfig, model_path: str, stats_path: str, extra: list[str]) -> list[str]:
     """`python -m ros_nodes.serve` on loopback with the benchmark's settings."""
     return [
         sys.executable,
@@ -209,7 +209,7 @@ def _until_first_command(
     return time.perf_counter() - t_start, i
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(cfg: RosBenchConfig) -> dict[str, Any]:
     """Run the benchmark of `cfg.mode`; returns (and writes to `cfg.out`) the result dict."""
     if cfg.mode == "soak":
         return run_soak(cfg)
@@ -402,7 +402,7 @@ BAD_INPUT_KINDS = (
 """The soak's malformed inputs, sent in this rotation."""
 
 
-def run_soak(cfg: BenchConfig) -> dict[str, Any]:
+def run_soak(cfg: RosBenchConfig) -> dict[str, Any]:
     """The soak benchmark (see the module docstring); returns (and writes to `cfg.out`) the result."""
     from ros_nodes.dds import msgs
     from ros_nodes.dds.transport import DdsGraph, loopback_config, write_serialized
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> None:
     import tyro
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run_bench(tyro.cli(BenchConfig, args=argv))
+    result = run_bench(tyro.cli(RosBenchConfig, args=argv))
     # The result is the product of this tool: printed on stdout for the user, as well as saved.
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from ee_vla.bench import BenchConfig, run_bench
+from ee_vla.bench import DecodeBenchConfig, run_bench
 
 
 def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path, capsys):
-    cfg = BenchConfig(model=str(tiny_vla_dir), calls=2, warmup=1, batch_size=2, out=tmp_path)
+    cfg = DecodeBenchConfig(model=str(tiny_vla_dir), calls=2, warmup=1, batch_size=2, out=tmp_path)
     out = run_bench(cfg)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert set(saved["results"]) == {"ar", "jacobi", "ceed"} and (tmp_path / "bench.png").is_file()
@@ -21,6 +21,6 @@ def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path,
 
 def test_bench_rejects_unknown_models_and_decoders(tmp_path):
     with pytest.raises(ValueError, match="unknown decoder"):
-        BenchConfig(decoders=("ar", "beam"))
+        DecodeBenchConfig(decoders=("ar", "beam"))
     with pytest.raises(ValueError, match="neither a directory nor a preset"):
-        run_bench(BenchConfig(model=str(tmp_path / "missing"), calls=1, out=tmp_path))
+        run_bench(DecodeBenchConfig(model=str(tmp_path / "missing"), calls=1, out=tmp_path))

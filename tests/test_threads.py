@@ -82,13 +82,13 @@ def test_sim_envs_limits_mesa_threads_unless_set():
 
 
 def test_eval_and_bench_configs_take_threads(tmp_path):
-    from ee_vla.bench import BenchConfig
+    from ee_vla.bench import DecodeBenchConfig
     from ee_vla.evaluation import EvalConfig, EvalConfigError
 
     with pytest.raises(EvalConfigError, match="threads"):
         EvalConfig(policy=tmp_path, threads=-1, device="cpu")
     with pytest.raises(ValueError, match="threads"):
-        BenchConfig(threads=-2)
+        DecodeBenchConfig(threads=-2)
     assert EvalConfig(policy=tmp_path, threads=2, device="cpu").threads == 2
 
 

@@ -13,10 +13,10 @@ pytest.importorskip("cyclonedds")
 
 @pytest.mark.timeout(300)
 def test_soak_mode_reports_memory_delivery_and_bad_inputs(tmp_path):
-    from ros_nodes.bench import BAD_INPUT_KINDS, BenchConfig, proprio_dim, run_bench, shipped_policy_dir
+    from ros_nodes.bench import BAD_INPUT_KINDS, RosBenchConfig, proprio_dim, run_bench, shipped_policy_dir
 
     assert proprio_dim(shipped_policy_dir()) == 7  # the shipped policy reads agent_pos: joint states are sent
-    cfg = BenchConfig(
+    cfg = RosBenchConfig(
         mode="soak",
         duration_s=4.0,
         camera_hz=10.0,
