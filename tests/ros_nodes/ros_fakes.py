@@ -138,6 +138,7 @@ class TinyEnv(gym.Env):
 # spin_once runs due timers and queued messages on a thread pool and re-raises a callback's exception
 # from spin_once, as rclpy's MultiThreadedExecutor does. Message classes are ros_nodes.dds.msgs'.
 
+
 class UndecodableMessage:
     """Queue this on a fake subscription to get what rclpy does with a string field that is not valid
     UTF-8: its generated converter decodes strictly while the executor takes the message, so

@@ -9,7 +9,6 @@ instruction topics with random samples and random bytes; it must keep publishing
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import struct
@@ -246,39 +245,22 @@ def random_raw(rng: np.random.Generator, valid: bytes) -> bytes:
 def test_serve_keeps_publishing_under_random_inputs(tiny_vla_dir):
     """~8 s of random field values and random bytes on the image and instruction topics, valid images
     at 10 Hz in between: the server never exits, commands keep arriving, bad inputs are counted."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from test_ros_dds_loopback import Robot, finish
+    from test_ros_dds_loopback import Robot, finish, serve_cfg, start_proc
 
     from ros_nodes.messages import build_image
 
-    here = Path(__file__).resolve().parent
-    repo = here.parents[1]
     domain = next(_DOMAINS)
-    cfg = dict(
-        domain_id=domain,
-        loopback_only=True,
-        dry_run=False,
+    cfg = serve_cfg(
+        domain,
         model_path=str(tiny_vla_dir),
         instruction="pick up the cube",
         command_type="array",
         control_hz=20.0,
         image_timeout_s=1.5,
-        decode_deadline_s=5.0,
         diagnostics_hz=4.0,
         threads=1,
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen(
-        [sys.executable, str(here / "dds_proc.py"), "serve", json.dumps(cfg), json.dumps({"real": True})],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = start_proc("serve", cfg, {"real": True})
     robot = Robot(domain, "forward_command_controller/commands", msgs.Float64MultiArray)
     arrivals: list[float] = []
     robot.g.reader(

@@ -36,20 +36,26 @@ def domain_id() -> int:
     return next(_DOMAINS)
 
 
+def start_proc(mode: str, cfg: dict, *extra: dict, **popen_kwargs) -> subprocess.Popen:
+    """`dds_proc.py MODE CONFIG [EXTRA...]` as a subprocess with text stdout/stderr pipes."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "dds_proc.py"), mode, json.dumps(cfg), *[json.dumps(e) for e in extra]],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen_kwargs,
+    )
+
+
 @pytest.fixture()
 def procs():
     started: list[subprocess.Popen] = []
 
     def start(mode: str, cfg: dict, *extra: dict) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        p = subprocess.Popen(
-            [sys.executable, str(HERE / "dds_proc.py"), mode, json.dumps(cfg), *[json.dumps(e) for e in extra]],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        p = start_proc(mode, cfg, *extra)
         started.append(p)
         return p
 

@@ -124,36 +124,24 @@ def test_ctrl_c_to_serve_and_its_policy_process_is_a_clean_stop(tiny_vla_dir):
     terminal's Ctrl-C): the server stops cleanly, no model error, no traceback, the child is gone."""
     pytest.importorskip("cyclonedds")
     import numpy as np
-    from test_ros_dds_loopback import Robot
+    from test_ros_dds_loopback import Robot, serve_cfg, start_proc
 
     from ros_nodes.bench import child_pids
     from ros_nodes.dds import msgs
     from ros_nodes.messages import build_image
 
     domain = 120 + os.getpid() % 40
-    cfg = dict(
-        domain_id=domain,
-        loopback_only=True,
-        dry_run=False,
+    cfg = serve_cfg(
+        domain,
         model_path=str(tiny_vla_dir),
         instruction="pick up the cube",
         command_type="array",
         control_hz=20.0,
         image_timeout_s=2.0,
-        decode_deadline_s=5.0,
         threads=1,
         policy_process=True,
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "dds_proc.py"), "serve", json.dumps(cfg), json.dumps({"real": True})],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    server = start_proc("serve", cfg, {"real": True}, start_new_session=True)
     robot = Robot(domain, "forward_command_controller/commands", msgs.Float64MultiArray)
     try:
         img = build_image(msgs, np.full((32, 32, 3), 90, np.uint8), (0, 0))
