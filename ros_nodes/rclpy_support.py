@@ -29,7 +29,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
 from ros_nodes.params import ParamSpec
-from ros_nodes.safety import CauseLog
+from ros_nodes.safety import CauseLog, ShutdownSignals
 
 _PARAM_TYPES = {
     "bool": (ParameterType.PARAMETER_BOOL, Parameter.Type.BOOL),
@@ -216,40 +216,6 @@ def init_rclpy(args: list[str] | None) -> None:
         rclpy.init(args=args)
 
 
-class _ShutdownSignals:
-    """SIGINT and SIGTERM set an event instead of interrupting (main thread only); restores the
-    handlers unless one of them was received.
-
-    Both signals end the same way: the spin loop sees the event, then the node's `on_exit()` runs to
-    the end (a second signal during cleanup does not interrupt it). `systemctl stop`, `kill` and
-    `ros2 launch`'s escalation send SIGTERM, Ctrl-C sends SIGINT.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.received: list[int] = []
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received.append(signum)
-        self.event.set()
-
-    def __enter__(self) -> _ShutdownSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # After a shutdown signal the process is on its way out: a later SIGINT/SIGTERM (a second
-        # Ctrl-C, launch's escalation arriving late) must not kill it mid-exit with a traceback or
-        # a signal status. Without one, the previous handlers come back.
-        for sig, handler in self._old.items():
-            signal.signal(sig, signal.SIG_IGN if self.received else handler)
-
-
 def spin_until_shutdown(
     make_node: Callable[[], Any],
     args: list[str] | None = None,
@@ -269,7 +235,7 @@ def spin_until_shutdown(
     node = None
     executor = MultiThreadedExecutor(num_threads=threads)
     log = logging.getLogger("ee_vla.ros")
-    with _ShutdownSignals() as signals:
+    with ShutdownSignals() as signals:
         try:
             node = make_node()
             log = python_logger(node)

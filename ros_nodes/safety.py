@@ -6,11 +6,13 @@ None of these know about ROS. The clock is injected so the logic is tested with 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -173,3 +175,40 @@ def is_bad_input(error: BaseException) -> bool:
         return True
     policy_mod = sys.modules.get("ee_vla.policy")  # never imported here: torch stays out of the runner
     return policy_mod is not None and isinstance(error, policy_mod.ObservationError)
+
+
+class ShutdownSignals:
+    """SIGINT and SIGTERM set `event` instead of interrupting (main thread only); on exit the
+    handlers are restored unless one of them was received.
+
+    Both signals end the same way: the loop sees the event, then the node's shutdown (the stop
+    command, cleanup) runs to the end. `systemctl stop`, `kill` and `ros2 launch`'s escalation send
+    SIGTERM, Ctrl-C sends SIGINT.
+
+    Args:
+        event: the event to set (a new one when None), e.g. the stop event of a serve loop.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self.event = event if event is not None else threading.Event()
+        self.received: list[int] = []
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        self.event.set()
+
+    def __enter__(self) -> ShutdownSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # After a shutdown signal the process is on its way out: a later SIGINT/SIGTERM (a second
+        # Ctrl-C, launch's escalation arriving late) must not kill it mid-exit with a traceback or
+        # a signal status. Without one, the previous handlers come back.
+        for sig, handler in self._old.items():
+            signal.signal(sig, signal.SIG_IGN if self.received else handler)

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from ros_nodes.diagnostics import Status
 from ros_nodes.messages import build_diagnostics, split_seconds
 from ros_nodes.output import CommandSink
 from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams
 from ros_nodes.runner import ActionChunkPolicy, PolicyRunner, load_policy
-from ros_nodes.safety import CauseLog
+from ros_nodes.safety import CauseLog, ShutdownSignals
 
 log = logging.getLogger("ee_vla.serve")
 
@@ -90,24 +89,6 @@ class ServeConfig(PolicyParams):
 def wall_stamp() -> tuple[int, int]:
     """Current wall-clock time as (sec, nanosec) (what ROS time is without simulated time)."""
     return split_seconds(time.time())
-
-
-class _StopOnSignal:
-    """Turn SIGINT/SIGTERM into a stop event while serving (main thread only); restores handlers."""
-
-    def __init__(self, stop: threading.Event):
-        self.stop = stop
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, lambda *_: self.stop.set())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def serve(
@@ -174,7 +155,7 @@ def serve(
     status = runner.status()
     loop_errors = CauseLog(log)
     try:
-        with _StopOnSignal(stop):
+        with ShutdownSignals(stop):
             while not stop.is_set() and time.monotonic() < t_end:
                 try:
                     graph.spin_once(min(0.05, max(0.0, next_diag - time.monotonic())))

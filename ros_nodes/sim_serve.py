@@ -54,7 +54,7 @@ def run_sim_bridge(
     """Run the bridge until done; returns counters (episodes, successes, steps, commands)."""
     from ros_nodes.dds import msgs
     from ros_nodes.dds.transport import DdsGraph, loopback_config
-    from ros_nodes.serve import _StopOnSignal
+    from ros_nodes.safety import ShutdownSignals
 
     stop = stop or threading.Event()
     bridge = SimBridge(cfg, env=env, logger=log)
@@ -92,7 +92,7 @@ def run_sim_bridge(
 
     t_end = time.monotonic() + cfg.duration_s if cfg.duration_s > 0 else float("inf")
     try:
-        with _StopOnSignal(stop):
+        with ShutdownSignals(stop):
             next_t = time.perf_counter()
             while not stop.is_set() and not bridge.done and time.monotonic() < t_end:
                 frame = bridge.step()

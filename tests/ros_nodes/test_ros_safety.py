@@ -1,10 +1,16 @@
 import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ros_nodes.diagnostics import RateMonitor, Window
 from ros_nodes.safety import ActionLimits, CauseLog, Watchdog
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_clip_per_dim_and_reject_nan():
@@ -69,3 +75,21 @@ def test_rate_monitor_and_window():
     for v in (1, 2, 3, 100):
         w.add(v)
     assert w.percentile(50) == 3 and w.last() == 100 and w.count == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_shutdown_began_cannot_kill_the_exiting_process(sig):
+    """Once a shutdown signal was handled, a late second one (arriving after the loop's handlers
+    are gone) neither kills the process nor raises KeyboardInterrupt."""
+    code = (
+        "import os, signal, time\n"
+        "from ros_nodes.safety import ShutdownSignals\n"
+        "with ShutdownSignals() as s:\n"
+        f"    os.kill(os.getpid(), {int(sig)})\n"
+        "    assert s.event.wait(5)\n"
+        f"os.kill(os.getpid(), {int(sig)})\n"
+        "time.sleep(0.2)\n"
+        "print('EXITED')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "EXITED", (r.returncode, r.stderr[-2000:])
