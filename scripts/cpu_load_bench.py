@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", nargs="+", default=["demo", "serve"], choices=["demo", "serve"])
     p.add_argument("--competitors", type=int, default=1, help="busy processes in the loaded run (default 1)")
-    p.add_argument("--episodes", type=int, default=10, help="demo: episodes per env id (make demo: 10)")
+    p.add_argument("--episodes", type=int, default=5, help="demo: episodes per env id (make demo: 5)")
     p.add_argument("--duration-s", type=float, default=30.0, help="serve: measured window per run")
     p.add_argument("--torch-defaults", action="store_true", help="torch's thread defaults instead of ee_vla's")
     p.add_argument("--out", type=Path, default=Path("outputs/cpu_load_bench"))
