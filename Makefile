@@ -1,18 +1,23 @@
 # The two quickstart commands: `make demo` (set up + run the main job) and `make test`.
-# Everything installs into ./.venv; torch is pinned to the local CPU build (constraints-cpu.txt)
-# so a CPU machine never downloads CUDA wheels. GPU users: install torch first, then
-# `pip install -e .[sim,dds,test]` without the constraints file.
+# Everything installs into ./.venv. torch comes first, alone (--no-deps: only torch is looked up on
+# the extra index), from PyTorch's CPU wheel index (TORCH_INDEX) with the CPU build pinned in
+# constraints-cpu.txt, so a CPU machine never downloads CUDA wheels; the package and every other
+# dependency, torch's included, then install from PyPI against that torch.
+# GPU users: install the torch build for your CUDA first, then `pip install -e .[sim,dds,test]`.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= sim,metaworld,dds,test
-# Headless MuJoCo rendering: the code picks MUJOCO_GL (osmesa on a CPU, egl on a GPU) unless you set it.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Headless MuJoCo rendering: without a display, importing sim_envs sets MUJOCO_GL=egl (a GPU's EGL, or
+# Mesa's software EGL on a CPU), or osmesa when only OSMesa is installed; a value you set is kept.
 
 .PHONY: setup sysdeps demo test lint clean
 
 $(VENV)/.installed: setup.py constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps --extra-index-url $(TORCH_INDEX) -c constraints-cpu.txt torch
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[$(EXTRAS)]"
 	touch $@
 

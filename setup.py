@@ -33,7 +33,7 @@ setup(
     ],
     install_requires=[
         "numpy>=1.24",
-        # CPU machines: install with `-c constraints-cpu.txt` (pins the local CPU build of torch).
+        # CPU machines: torch from PyTorch's CPU wheel index first (`make setup` does; constraints-cpu.txt).
         "torch>=2.4",
         "transformers>=4.57,<6",
         "tokenizers>=0.21",
