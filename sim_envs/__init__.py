@@ -12,7 +12,8 @@ models are built by `gymnasium.make`, Meta-World is imported only when one of it
 | `ee_vla/MetaWorld-<task>-v0`     | a Meta-World MT10 task, e.g. `MetaWorld-pick-place-v0` | 500    |
 | `ee_vla/MetaWorld-v0`            | any Meta-World v3 task via `task_name="..."` | 500              |
 
-Rendering is headless through MuJoCo: set `MUJOCO_GL=egl` (or `osmesa`) before importing mujoco.
+Rendering: without a display and with `MUJOCO_GL` unset, importing this package sets it to a
+headless backend, egl or else osmesa (`sim_envs.gl`); a value you set is kept.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import os
 
 import gymnasium
 
-from sim_envs.common import ACTION_DIM, ACTION_NAMES, GRIPPER_CONVENTION
+from sim_envs.gl import choose_mujoco_gl
+
+choose_mujoco_gl()  # before any sim_envs module imports MuJoCo
+
+from sim_envs.common import ACTION_DIM, ACTION_NAMES, GRIPPER_CONVENTION  # noqa: E402
 
 # Mesa's software rasteriser (llvmpipe, behind EGL/OSMesa on a CPU) starts one thread per core in
 # every process that renders. Frames here are small, so the renderer's own thread suffices (0 = no

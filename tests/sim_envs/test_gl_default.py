@@ -1,0 +1,43 @@
+"""MuJoCo's GL backend on a machine without a display."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _headless_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def _gl_after_import(env: dict[str, str]) -> str:
+    code = "import os, sim_envs; print(os.environ.get('MUJOCO_GL', '<unset>'))"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_headless_import_chooses_a_backend_mujoco_can_render_with(tmp_path):
+    from sim_envs.gl import headless_gl_backend
+
+    expected = headless_gl_backend()
+    if expected is None:
+        pytest.skip("neither libEGL nor libOSMesa is installed here (Debian: libegl1 / libosmesa6)")
+    assert _gl_after_import(_headless_env()) == expected
+
+
+def test_user_choice_and_display_are_kept():
+    assert _gl_after_import(_headless_env(MUJOCO_GL="osmesa")) == "osmesa"
+    # With a display, MuJoCo's default window backend (GLFW) is left to work.
+    assert _gl_after_import(_headless_env(DISPLAY=":0")) == "<unset>"
