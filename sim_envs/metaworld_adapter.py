@@ -19,7 +19,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sim_envs.common import ACTION_DIM, OffscreenCamera, validate_action
+from sim_envs.camera import OffscreenCamera
+from sim_envs.common import ACTION_DIM, validate_action
 
 MT10_INSTRUCTIONS = {
     "reach-v3": "reach the goal position",

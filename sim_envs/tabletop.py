@@ -24,7 +24,8 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from sim_envs.common import ACTION_DIM, OffscreenCamera, validate_action
+from sim_envs.camera import OffscreenCamera
+from sim_envs.common import ACTION_DIM, validate_action
 
 CONTROL_HZ = 10
 """Control rate: one env step = 0.1 s of simulation."""
