@@ -157,3 +157,12 @@ def test_a_non_finite_network_raises_instead_of_acting(tiny_vla_dir, how):
     assert streamed == [] and policy.warm_start_tokens is None
     with pytest.raises(NonFiniteLogitsError, match="batch rows \\[0, 1\\]"):
         policy.predict_action_chunk(obs(batch=2))
+
+
+def test_default_policy_path_is_the_shipped_model_from_any_directory(tmp_path, monkeypatch):
+    import ee_vla
+    from ee_vla.models import check_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert ee_vla.DEFAULT_POLICY.is_absolute()
+    assert check_model_dir(ee_vla.DEFAULT_POLICY) == ee_vla.DEFAULT_POLICY
