@@ -156,7 +156,7 @@ def _check_inputs(cfg: TrainConfig, episodes, src: Path | None):
         return stats
     stats = compute_action_stats(episodes, cfg.unnormalized_dims)
     if cfg.use_proprio:
-        compute_proprio_stats(episodes)  # fails now if a demonstration has no agent_pos
+        compute_proprio_stats(episodes)  # fails here, before any model is built, if a demonstration has no agent_pos
     return stats
 
 
@@ -235,7 +235,7 @@ def train(cfg: TrainConfig) -> Path:
     if point_stats is not None and src is not None and (kept := model_point_stats(src)) is not None:
         log.info("grounding answers keep the discretisation of %s", src)
         point_stats = kept
-    # the tasks and camera of fresh grounding scenes (fails now if the data's tasks cannot be rendered)
+    # the tasks and camera of fresh grounding scenes (fails here, before training, if the tasks cannot be rendered)
     scenes = scene_sources(train_eps) if point_stats is not None and cfg.grounding_source == "scenes" else None
     rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:

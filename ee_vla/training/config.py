@@ -319,7 +319,7 @@ class DistillConfig(RunConfig):
     freeze_vision: bool = False
     """Train the language model only: the vision tower and projector keep the teacher's weights (no
     gradient). Consistency training concerns decoding; on a few thousand frames a student can
-    otherwise lose what the tower learnt from millions of scenes (docs/training.md, "Session-8")."""
+    otherwise lose what the tower learnt from millions of scenes."""
     steps: int = 1000
     """Optimizer steps in total (a resumed run continues up to this number)."""
     lr: float = 1e-4
