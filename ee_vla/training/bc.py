@@ -37,8 +37,9 @@ from ee_vla.training.data import (
     scene_sources,
     split_episodes,
 )
-from ee_vla.training.loop import Objective, fit, init_runtime, resolve_run_dir, shutdown_runtime
+from ee_vla.training.loop import Objective, fit, init_runtime, shutdown_runtime
 from ee_vla.training.losses import ar_loss, window_logits
+from ee_vla.training.run_dir import resolve_run_dir
 
 log = logging.getLogger(__name__)
 

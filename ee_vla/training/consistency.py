@@ -22,17 +22,9 @@ import torch
 
 from ee_vla.training.config import DistillConfig
 from ee_vla.training.data import DemoDataset, check_against_model, collate, load_pixels, model_dims, scan_dataset
-from ee_vla.training.loop import (
-    TRAJECTORY_DIR,
-    Objective,
-    autocast_for,
-    check_out_dir,
-    fit,
-    init_runtime,
-    resolve_run_dir,
-    shutdown_runtime,
-)
+from ee_vla.training.loop import Objective, autocast_for, fit, init_runtime, shutdown_runtime
 from ee_vla.training.losses import after_first_wrong, ar_loss, consistency_loss, mixed_labels, window_logits
+from ee_vla.training.run_dir import TRAJECTORY_DIR, check_out_dir, resolve_run_dir
 from ee_vla.training.trajectories import Trajectories, TrajectoryError, collect_trajectories
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ee_vla.training import TrainConfig, train
-from ee_vla.training.loop import list_checkpoints, load_trainer_state
+from ee_vla.training.run_dir import list_checkpoints, load_trainer_state
 
 
 def _cfg(data, out: Path, **kw) -> TrainConfig:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ee_vla.training.loop import list_checkpoints, load_trainer_state
+from ee_vla.training.run_dir import list_checkpoints, load_trainer_state
 
 SCRIPT = """
 import sys

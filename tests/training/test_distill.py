@@ -212,7 +212,7 @@ def test_distill_refuses_the_teacher_directory_as_out_dir(setup):
 
 
 def test_resume_as_the_other_kind_of_run_is_refused(tmp_path):
-    from ee_vla.training.loop import ResumeConfigError, check_resume_config
+    from ee_vla.training.run_dir import ResumeConfigError, check_resume_config
 
     cfg = DistillConfig(data=("d.hdf5",), out_dir=str(tmp_path), teacher="t", resume=True)
     with pytest.raises(ResumeConfigError, match="as a distill run: it is a checkpoint of a bc run"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ee_vla.training import TrainConfig, train
-from ee_vla.training.loop import ResumeConfigError, check_out_dir
+from ee_vla.training.run_dir import ResumeConfigError, check_out_dir
 
 
 def _cfg(data, out: Path, **kw) -> TrainConfig:
@@ -116,7 +116,7 @@ def test_resume_accepts_the_same_run_named_differently_and_operational_changes(c
 def test_allowed_lr_change_takes_effect_with_a_warning(cut_run, caplog):
     data, out = cut_run
     first = _rows(out)
-    with caplog.at_level(logging.WARNING, logger="ee_vla.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="ee_vla.training.run_dir"):
         train(_cfg([data], out, resume=True, lr=1e-3, allow_config_change=True))
     assert "lr: 0.003 -> 0.001" in caplog.text
     rows = _rows(out)
