@@ -13,6 +13,14 @@ import torch
 
 from ee_vla.training.run_dir import METRICS_FILE, PLOT_FILE
 
+DECODING_KEYS = ("eval/forward_speedup", "eval/jacobi_iterations")
+"""Evaluation metrics that count forward passes, plotted on their own axes (not in [0, 1])."""
+
+
+def _is_score(key: str) -> bool:
+    """Accuracies and cosines: in [0, 1] (a cosine may dip below 0)."""
+    return key.endswith(("_acc", "_cos"))
+
 
 class MetricsLog:
     """metrics.jsonl rows and the loss.png plot (rank 0 only)."""
@@ -31,34 +39,84 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def plot(self, title: str) -> None:
+    def _series(self, key: str) -> tuple[list, list]:
+        pts = [(r["step"], r[key]) for r in self.rows if key in r]
+        return [s for s, _ in pts], [v for _, v in pts]
+
+    def figure(self, title: str):
+        """The plot as a matplotlib figure: the training losses; then, once evaluations ran, the
+        evaluation's accuracies and cosines (0-1), its errors, and the decoding cost (forward-pass
+        speedup over AR decoding and Jacobi iterations, each on its own y axis)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        keys = sorted({k for r in self.rows for k in r if k.endswith("loss")})
+        losses = sorted({k for r in self.rows for k in r if k.endswith("loss")})
         evals = sorted({k for r in self.rows for k in r if k.startswith("eval/")})
-        fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
-        ax = axes[0, 0]
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in self.rows if k in r]
-            ax.plot(*zip(*pts, strict=True), label=k)
+        scores = [k for k in evals if _is_score(k)]
+        decoding = [k for k in DECODING_KEYS if k in evals]
+        errors = [k for k in evals if k not in scores and k not in decoding]
+        panels = [
+            (draw, keys)
+            for draw, keys in ((self._scores, scores), (self._errors, errors), (self._decoding, decoding))
+            if keys
+        ]
+        cols = 1 if not panels else 2
+        rows = (len(panels) + 2) // 2
+        fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+        axes = axes.ravel()
+        for ax in axes[1 + len(panels) :]:
+            ax.set_axis_off()
+        ax = axes[0]
+        for k in losses:
+            ax.plot(*self._series(k), label=k)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        if keys and all(r[k] > 0 for r in self.rows for k in keys if k in r):
+        if losses and all(r[k] > 0 for r in self.rows for k in losses if k in r):
             ax.set_yscale("log")
         ax.legend()
         ax.set_title(title)
-        if evals:
-            ax2 = axes[0, 1]
-            for k in evals:
-                pts = [(r["step"], r[k]) for r in self.rows if k in r]
-                ax2.plot(*zip(*pts, strict=True), marker="o", label=k)
-            ax2.set_xlabel("step")
-            ax2.legend()
-            ax2.set_title("fixed training batch, greedy Jacobi")
+        for ax, (draw, keys) in zip(axes[1 : 1 + len(panels)], panels, strict=True):
+            ax.set_xlabel("step")
+            draw(ax, keys)
         fig.tight_layout()
+        return fig
+
+    def _scores(self, ax, keys: list[str]) -> None:
+        """Accuracies and cosines on a 0-1 axis (extended below 0 for a negative cosine)."""
+        for k in keys:
+            ax.plot(*self._series(k), marker="o", label=k)
+        ax.set_ylim(min(0.0, *(v for k in keys for v in self._series(k)[1])), 1.0)
+        ax.set_ylabel("accuracy / cosine (0-1)")
+        ax.set_title("fixed batch: agreement with the demonstrations")
+        ax.legend()
+
+    def _errors(self, ax, keys: list[str]) -> None:
+        for k in keys:
+            ax.plot(*self._series(k), marker="o", label=k)
+        ax.set_ylabel("error (actions: L1, normalised units; points: m)")
+        ax.set_title("fixed batch: errors")
+        ax.legend()
+
+    def _decoding(self, ax, keys: list[str]) -> None:
+        """Forward-pass speedup (x) on `ax` and Jacobi iterations on a twin axis on the right."""
+        speedup, iters = "eval/forward_speedup", "eval/jacobi_iterations"
+        lines = []
+        if speedup in keys:
+            lines += ax.plot(*self._series(speedup), marker="o", color="C0", label=speedup)
+            ax.set_ylabel("forward-pass speedup over AR (x)")
+        if iters in keys:
+            twin = ax.twinx() if lines else ax
+            lines += twin.plot(*self._series(iters), marker="s", color="C1", label=iters)
+            twin.set_ylabel("Jacobi iterations (count)")
+        ax.legend(lines, [line.get_label() for line in lines])
+        ax.set_title("fixed batch: greedy Jacobi decoding")
+
+    def plot(self, title: str) -> None:
+        import matplotlib.pyplot as plt
+
+        fig = self.figure(title)
         fig.savefig(self.plot_path, dpi=100)
         plt.close(fig)
 
