@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,19 @@ class VLASpec:
     backbone: str = "llama"  # llama | qwen2
     vision_pos_init: str = "sincos"  # sincos | random: how the vision tower's position table starts
     vision_stem: str = "patch"  # patch (SigLIP's patch embedding) | conv (ee_vla.models.network.ConvStem)
+
+
+def new_file_mode() -> int:
+    """The permission bits `open()` gives a new file: 0o666 less the process umask."""
+    try:  # Linux: read without changing the umask (other threads may create files meanwhile)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -341,6 +355,11 @@ class VLA:
         # cast a copy: saving in bf16 must not change the live model's dtype
         model = self.model if dtype is None else copy.deepcopy(self.model).to(dtype)
         model.save_pretrained(path, safe_serialization=True)
+        # safetensors writes through a temporary file created with mode 0600 and renames it
+        # (safetensors/safetensors#782): give the weights the mode of the directory's other files
+        mode = new_file_mode()
+        for weights in path.glob("*.safetensors"):
+            weights.chmod(mode)
         self.tokenizer.save_pretrained(path)
         extra = {
             "format_version": 1,

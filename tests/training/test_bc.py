@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,43 @@ def test_the_same_seed_trains_to_the_bit(tmp_path, write_demo):
     assert a == b
     _assert_same_weights(tmp_path / "a" / "model", tmp_path / "b" / "model")
     assert [r["loss"] for r in a] != [r["loss"] for r in c]
+
+
+def test_model_files_get_the_mode_of_new_files(tmp_path, write_demo):
+    """Every file of a checkpoint and of the final model, weights included, has the mode the
+    umask gives new files (as metrics.jsonl has)."""
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=6)
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "run"
+        train(_cfg([data], out, steps=2, save_every=2))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((out / "metrics.jsonl").stat().st_mode) == 0o640
+    files = [p for d in (out / "model", out / "checkpoints" / "step_0000002") for p in d.iterdir()]
+    assert any(p.name == "model.safetensors" for p in files)
+    modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert modes == dict.fromkeys(modes, oct(0o640))
+
+
+def test_new_file_mode_follows_the_umask_with_or_without_proc(monkeypatch):
+    from ee_vla.models import vla as vla_module
+
+    old = os.umask(0o027)
+    try:
+        assert vla_module.new_file_mode() == 0o640
+        real = Path.read_text
+
+        def no_proc(self, *a, **kw):
+            if str(self).startswith("/proc"):
+                raise OSError("no /proc")
+            return real(self, *a, **kw)
+
+        monkeypatch.setattr(Path, "read_text", no_proc)
+        assert vla_module.new_file_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # left as it was
+    finally:
+        os.umask(old)
 
 
 def test_stop_after_ends_early_on_the_long_schedule_and_resumes(tmp_path, write_demo):
