@@ -67,11 +67,14 @@ class Trajectories:
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
+        from ee_vla.models.vla import new_file_mode
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: getattr(self, k).contiguous() for k in ("states", "n_states", "sample", "init", "iterations")}
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"meta": json.dumps(self.meta)})
+        tmp.chmod(new_file_mode())  # safetensors writes 0600; give the mode of any new file
         tmp.replace(path)
         return path
 
