@@ -5,8 +5,8 @@ Plain dataclasses with typed fields and attribute docstrings, so `tyro` renders 
 `__post_init__` with errors that name the field. This module imports nothing heavy: `ee-vla train
 --help` must not load torch.
 
-Every choice METHOD.md section 3 leaves open is a field of `DistillConfig`; docs/training.md lists
-the defaults and why.
+Every choice the CEED-VLA paper (arXiv 2506.13725) leaves open is a field of `DistillConfig`;
+docs/training.md lists the defaults and why.
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ class TrainConfig(RunConfig):
 
 @dataclass(kw_only=True)
 class DistillConfig(RunConfig):
-    """CEED consistency distillation of an AR-trained VLA (METHOD.md section 3).
+    """CEED consistency distillation of an AR-trained VLA (CEED-VLA, arXiv 2506.13725).
 
     The student starts from the teacher. Loss = consistency_weight * KL(Q_sg(.|Y*) || Q(.|Y)) over
     the window positions for a Jacobi state Y of the teacher's trajectory, + ar_weight * the

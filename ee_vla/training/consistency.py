@@ -1,4 +1,5 @@
-"""CEED consistency distillation: `distill(DistillConfig) -> Path` (METHOD.md section 3).
+"""CEED consistency distillation: `distill(DistillConfig) -> Path` (CEED-VLA, arXiv 2506.13725; its
+consistency loss follows CLLM, arXiv 2403.00835).
 
 1. The AR-trained teacher P decodes every training sample with greedy Jacobi from each initial
    guess in `cfg.inits`; every window state Y0 .. Y* is recorded (`trajectories`).
