@@ -8,7 +8,7 @@ Per task and episode outcome: episodes, samples, the mean |label - executed| per
 the fraction of steps where the gripper label and the executed gripper command differ in sign.
 On episodes the policy succeeded in, a large gripper disagreement means the expert would label
 the policy's own successful path differently from how it acts: labels that contradict
-demonstrations (docs/training.md, "Session-10"). `--replay` resets each episode's env with its
+demonstrations (docs/training.md, "On-policy data"). `--replay` resets each episode's env with its
 seed, executes the stored `executed_actions` and compares every image and a fresh expert's label
 (and plan, where the file has `expert_chunks`) with the file (it must be 0 mismatched).
 """

@@ -13,7 +13,7 @@
 # 4. a summary table of every profile (printed last).
 # Batch 4 and Qwen2-0.5B: run the profiler by hand (docs/performance.md gives the lines).
 #
-# Not in the default steps: the Inductor sweep of the 7B iteration (session 7). Each sweep-* step
+# Not in the default steps: the Inductor sweep of the 7B iteration. Each sweep-* step
 # times only the compiled engine's width-22 step and prefill under one Inductor setting
 # (`ee_vla.engine.profile --inductor KEY=VALUE`), in its own process, into $OUT/sweep/<name>:
 #   STEPS="sweep-inductor sweep-freezing sweep-freezing-cd" bash scripts/gpu_bench.sh
@@ -21,7 +21,7 @@
 # and `kernels-7b`: the frozen engine's width-1 and width-22 steps recorded under torch.profiler,
 # their 30 costliest kernels per forward beside the measured latency (<stem>_kernels.txt):
 #   STEPS="kernels-7b" bash scripts/gpu_bench.sh
-# The split-KV attention (session 13, `ee_vla.engine.splitkv`): its tests, the attention alone
+# The split-KV attention (`ee_vla.engine.splitkv`): its tests, the attention alone
 # against SDPA over a sweep of the kernel's settings (attn/attn_bench.json), and the frozen 7B engine
 # with `--attn-implementation ee_splitkv` and with SDPA, same flags, kernel tables included:
 #   STEPS="env pytest-splitkv profile-7b-splitkv" bash scripts/gpu_bench.sh
@@ -99,7 +99,7 @@ F7B=(--shape openvla-7b --engines compiled --compile-mode frozen --decoders ar c
   --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 12)
 step profile-7b-splitkv 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --out "$OUT/splitkv"
 step profile-7b-sdpa 420 "${PROFILE[@]}" "${F7B[@]}" --out "$OUT/sdpa"
-# both session-13 changes: the split-KV attention and the output layer's action rows only
+# the split-KV attention and the output layer's action rows only (docs/performance.md's 7B step)
 step profile-7b-fast 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --action-logits --out "$OUT/fast"
 step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
 

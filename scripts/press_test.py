@@ -3,7 +3,8 @@ sideways, and report how fast the object moves (docs/sim_envs.md, "Design choice
 resting on top of an object is not driven lower).
 
 A physically sane scene moves the object at about the gripper's speed (0.2-0.4 m/s) or not at all;
-before session 11 the weld crushed the 50 g object into the table and flung it off at up to 9 m/s.
+without the resting rule the weld crushes the 50 g object into the table and flings it off at up to
+9 m/s. CPU only (MuJoCo with EGL or OSMesa rendering); no model involved.
 
     MUJOCO_GL=egl python scripts/press_test.py                      # Push-v0, 10 seeds x 24 offsets
     MUJOCO_GL=egl python scripts/press_test.py --env ee_vla/PickCube-v0 --seeds 20

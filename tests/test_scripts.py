@@ -1,4 +1,5 @@
-"""Shell recipes parse (and pass shellcheck where it is installed)."""
+"""The scripts: shell recipes parse (and pass shellcheck where it is installed), the default-policy
+recipe chains its stages, the MT10 recipe checks its stages, the CPU load benchmark tabulates."""
 
 from __future__ import annotations
 
@@ -27,6 +28,96 @@ def test_train_mt10_rejects_an_unknown_stage():
         text=True,
     )
     assert r.returncode == 2 and "unknown stage 'colect'" in r.stderr
+
+
+def _recipe(tmp_path, **env):
+    """scripts/reproduce_default_policy.sh with DRY_RUN=1: its commands, one list of words each."""
+    r = subprocess.run(
+        ["bash", str(SCRIPTS / "reproduce_default_policy.sh")],
+        env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("+ ")]
+    assert lines, r.stdout
+    return [line[2:].split() for line in lines]
+
+
+def _flag(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_reproduce_default_policy_rejects_an_unknown_stage():
+    r = subprocess.run(
+        ["bash", str(SCRIPTS / "reproduce_default_policy.sh")],
+        env={"PATH": "/usr/bin:/bin", "STAGES": "colect"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "unknown stage 'colect'" in r.stderr
+
+
+def test_reproduce_default_policy_chains_its_stages(tmp_path):
+    """Each training run starts from the model the stage before it wrote, each on-policy collection
+    runs the latest model, the shipped student is distilled from the last DAgger round, and the
+    result lands outside the shipped checkpoint."""
+    cmds = _recipe(tmp_path)
+    made = []  # model dirs written so far, in order
+    trains = []
+    for cmd in cmds:
+        init = _flag(cmd, "--init-from") or _flag(cmd, "--teacher") or _flag(cmd, "--policy")
+        if init is not None:
+            assert init in made, f"{' '.join(cmd)}: {init} is not a model an earlier stage wrote"
+        if "--policy" in cmd:  # on-policy data comes from the latest model
+            assert init == made[-1]
+        if ("train" in cmd or "distill" in cmd) and "--collect-only" not in cmd:
+            made.append(_flag(cmd, "--out-dir") + "/model")
+            trains.append(cmd)
+    outs = [_flag(c, "--out-dir").rsplit("/", 1)[1] for c in trains]
+    assert outs == [
+        "grounding",
+        "bc1",
+        "bc",
+        "first_ceed",
+        "ft1",
+        "ft2",
+        "ft4",
+        "ft7",
+        "dagger1",
+        "dagger2",
+        "dagger3",
+        "ceed",
+    ]
+    student = trains[-1]
+    assert _flag(student, "--teacher").endswith("dagger3/model")
+    assert [_flag(student, f) for f in ("--ar-weight", "--lr", "--label-smoothing")] == ["3", "5e-5", "0"]
+    assert "--freeze-vision" in student
+    rounds = {_flag(c, "--out-dir").rsplit("/", 1)[1]: c for c in trains if "dagger" in _flag(c, "--out-dir")}
+    assert [_flag(rounds[f"dagger{r}"], "--seed") for r in (1, 2, 3)] == ["7", "8", "19"]
+    assert [_flag(rounds[f"dagger{r}"], "--stop-after") for r in (1, 2, 3)] == ["2000", "1900", "1700"]
+    dagger_seeds = [_flag(c, "--seed") for c in cmds if "dagger" in c and "--policy" in c]
+    assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000"]
+    assert len(rounds["dagger2"][rounds["dagger2"].index("--data") + 1 : rounds["dagger2"].index("--out-dir")]) == 3
+    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("ceed/model/.")
+    assert "checkpoints" not in cmds[-1][3]
+
+
+def test_reproduce_default_policy_splits_gpus(tmp_path):
+    """NPROC=2: DDP at the same global batch for the every-object runs, the on-policy tasks split
+    over both GPUs, and each round trains on both halves."""
+    cmds = _recipe(tmp_path, NPROC="2", STAGES="every_object dagger")
+    ddp = [c for c in cmds if c[0] == "torchrun"]
+    assert len(ddp) == 3 and all(_flag(c, "--batch-size") == "512" and _flag(c, "--nproc_per_node") == "2" for c in ddp)
+    round1 = [c for c in cmds if "dagger" in c and _flag(c, "--seed") == "207000"]
+    assert sorted(c[1] for c in round1) == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
+    envs = [[c[i + 1] for i, w in enumerate(c) if w == "--env"] for c in round1]
+    suite = ["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"]
+    assert sorted(sum(envs, [])) == sorted(suite) and all(envs)
+    train1 = next(c for c in cmds if _flag(c, "--out-dir") and _flag(c, "--out-dir").endswith("dagger1"))
+    data = train1[train1.index("--data") + 1 : train1.index("--out-dir")]
+    assert {_flag(c, "--out") for c in round1} <= set(data) and len(data) == 3
 
 
 def _load_bench_module():
