@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tyro
 
 from ee_vla.decoding import DecodeConfig
-from ee_vla.engine.factory import ENGINES, EngineKind
-from ee_vla.engine.static import check_compile_mode
+from ee_vla.runtime import RuntimeConfig, config_dict
 from ee_vla.threads import configure_threads
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
 
@@ -32,12 +32,14 @@ class DecodeBenchConfig:
 
     model: str = "tiny"
     """A policy directory, or a preset name (tiny | small) for a randomly initialised model."""
-    decoders: tuple[str, ...] = ("ar", "jacobi", "ceed")
-    """Decoders to compare (presets of DecodeConfig); the first 'ar' is the speedup reference."""
-    ceed_max_iterations: int | None = None
-    """Iteration cap of the ceed decoder (None: its preset)."""
-    ceed_tau: int | None = None
-    """Relaxed-convergence tolerance of the ceed decoder in bins (None: its preset)."""
+    decoders: tuple[str, ...] = ()
+    """Decoders to compare (presets of DecodeConfig; empty = ar, jacobi and `--decoder`); 'ar' is
+    the speedup reference. The decoder options (`--max-iterations`, `--tau`, ...) apply to each
+    decoder they are valid for."""
+    runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
+    """How the policy runs (`ee_vla.runtime.RuntimeConfig`, the options of `ee-vla eval`):
+    `--decoder`, `--max-iterations`, `--tau`, ..., `--device` (auto = cuda when available),
+    `--dtype`, `--engine`, `--compile-mode`, `--threads`."""
     calls: int = 30
     """Timed decode calls per decoder."""
     warmup: int = 3
@@ -46,16 +48,6 @@ class DecodeBenchConfig:
     """Observations decoded per call."""
     chunk_size: int = 3
     """Actions per chunk of a random preset model (a saved policy keeps its own)."""
-    device: str = "cpu"
-    """torch device."""
-    dtype: str = "float32"
-    """Model dtype."""
-    threads: int = 0
-    """CPU threads of torch (intra-op); 0 = the cores available minus one (ee_vla.threads)."""
-    engine: EngineKind = "auto"
-    """Decode engine (see PolicyConfig.engine): auto = CUDA graphs on a GPU, eager otherwise."""
-    compile_mode: str = "inductor"
-    """torch.compile mode of the compiled engine: inductor | frozen | max-autotune."""
     seed: int = 0
     """Seed of the random observations (and of a random model)."""
     out: Path = Path("outputs/bench")
@@ -70,25 +62,17 @@ class DecodeBenchConfig:
             raise ValueError(f"DecodeBenchConfig.warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 1:
             raise ValueError(f"DecodeBenchConfig.batch_size must be >= 1, got {self.batch_size}")
-        if self.threads < 0:
-            raise ValueError(f"DecodeBenchConfig.threads must be >= 0 (0 = automatic), got {self.threads}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"DecodeBenchConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
-        check_compile_mode(self.compile_mode, "DecodeBenchConfig.compile_mode")
         if not self.decoders:
-            raise ValueError("DecodeBenchConfig.decoders is empty")
+            self.decoders = tuple(dict.fromkeys(("ar", "jacobi", self.runtime.decoder)))
+        self.decoders = tuple(self.decoders)
         for d in self.decoders:
             DecodeConfig.preset(d)  # raises with the list of known names
+        self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu
 
 
 def decoder_config(name: str, cfg: DecodeBenchConfig) -> DecodeConfig:
-    dc = DecodeConfig.preset(name)
-    if name == "ceed":
-        changes = {
-            k: v for k, v in (("max_iterations", cfg.ceed_max_iterations), ("tau", cfg.ceed_tau)) if v is not None
-        }
-        dc = dc.with_(**changes)
-    return dc
+    """Decoder preset `name` with the runtime's decoder options applied where they are valid."""
+    return cfg.runtime.decode_config(name)
 
 
 def _policy(cfg: DecodeBenchConfig):
@@ -101,9 +85,7 @@ def _policy(cfg: DecodeBenchConfig):
         if cfg.model not in PRESETS:
             raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})")
         path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, cfg.chunk_size, cfg.seed)
-    return VLAPolicy.from_pretrained(
-        path, decoder="ar", device=cfg.device, dtype=cfg.dtype, engine=cfg.engine, compile_mode=cfg.compile_mode
-    )
+    return VLAPolicy.from_config(path, cfg.runtime.policy_config(DecodeConfig.preset("ar")))
 
 
 def _observations(policy, cfg: DecodeBenchConfig) -> dict:
@@ -120,7 +102,8 @@ def _observations(policy, cfg: DecodeBenchConfig) -> dict:
 
 def run_bench(cfg: DecodeBenchConfig) -> dict:
     """Benchmark every decoder on the same inputs; returns (and saves) the results."""
-    configure_threads(cfg.threads)
+    rt = cfg.runtime
+    configure_threads(rt.threads)
     policy = _policy(cfg)
     obs = _observations(policy, cfg)
     n_tok = policy.vla.n_action_tokens * cfg.batch_size
@@ -135,7 +118,7 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
         iterations, passes = [], []
         policy.reset()
         for _ in range(cfg.calls):
-            with calls.time(cfg.device):
+            with calls.time(rt.device):
                 policy.predict_action_chunk(obs)
             st = policy.last_stats
             prefill.add(st.prefill_s)
@@ -143,7 +126,7 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             iterations.append(st.iterations)
             passes.append(st.forward_passes)
             first_action.add(max(row[0] for row in st.unit_final_time_s))
-        synchronize(cfg.device)
+        synchronize(rt.device)
         total = calls.total
         results[name] = {
             "decoder": asdict(policy.decoder),
@@ -166,7 +149,7 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             ref["forward_passes_per_chunk"] / r["forward_passes_per_chunk"] if ref else None
         )
     out = {
-        "config": {**asdict(cfg), "out": str(cfg.out)},
+        "config": config_dict(cfg),
         "model": {
             "chunk_size": policy.chunk_size,
             "action_dim": policy.action_dim,
@@ -174,7 +157,7 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             "parameters": sum(p.numel() for p in policy.vla.model.parameters()),
             "meta": policy.vla.meta,
         },
-        "environment": environment_info(cfg.device, cfg.dtype),
+        "environment": environment_info(rt.device, rt.dtype),
         "results": results,
     }
     cfg.out.mkdir(parents=True, exist_ok=True)

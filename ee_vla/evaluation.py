@@ -1,6 +1,7 @@
 """The one evaluation entry point: a policy x decoder(s) x Gymnasium envs -> `eval_info.json`.
 
-    cfg = EvalConfig(policy="path/to/model", env=["ee_vla/PickCube-v0"], decoder="ceed", episodes=50)
+    rt = RuntimeConfig(decoder="ceed", device="cuda")            # ee_vla.runtime
+    cfg = EvalConfig(policy="path/to/model", env=["ee_vla/PickCube-v0"], runtime=rt, episodes=50)
     info = evaluate(cfg)                          # writes <output_dir>/eval_info.json
     evaluate(replace(cfg, compare=["ar", "jacobi", "ceed"]))   # + compare.json, compare.png
 
@@ -36,21 +37,21 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import tyro
 
-from ee_vla.decoding import DecodeConfig, DecodeStats
-from ee_vla.decoding.config import PRESETS
-from ee_vla.engine.factory import EngineKind, resolve_engine
-from ee_vla.engine.static import check_compile_mode
+from ee_vla.decoding.config import DecodeConfig
+from ee_vla.runtime import DECODERS, RuntimeConfig, config_dict
 from ee_vla.threads import configure_threads
 from ee_vla.timing import LatencyRecorder, environment_info, summarize
 
+if TYPE_CHECKING:
+    from ee_vla.decoding.core import DecodeStats
+
 log = logging.getLogger(__name__)
 
-DECODERS = tuple(PRESETS)
 DEFAULT_ENV = "ee_vla/PickCube-v0"
 EVAL_INFO_FILE = "eval_info.json"
 COMPARE_FILE = "compare.json"
@@ -73,22 +74,14 @@ class EvalConfig:
     env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     """Gymnasium env id to evaluate on; repeat the flag (or separate with commas) for several, each
     gets `episodes` episodes. Empty = ee_vla/PickCube-v0."""
-    decoder: Literal["ar", "jacobi", "ceed", "ceed_cap"] = "ceed"
-    """Decoder preset (DecodeConfig.preset) used when `compare` is empty: ceed = relaxed convergence
-    (tau=1), ceed_cap = the CEED paper's fixed cap of 2 iterations (docs/decoding.md)."""
-    max_iterations: int | None = None
-    """ceed and ceed_cap only: iteration cap of the early exit (None = the preset's)."""
-    tau: int | None = None
-    """ceed and ceed_cap only: relaxed convergence in bins (None = the preset's)."""
-    deadline_s: float | None = None
-    """Wall-clock budget of one decode call in seconds (None = none). Breaks exactness of ar/jacobi."""
-    init: Literal["repeat", "prompt", "warm"] | None = None
-    """jacobi/ceed: initial guess of the window (None = the preset's)."""
-    window: int | None = None
-    """jacobi/ceed: tokens refined per forward pass (None = the preset's: the whole rest of the chunk)."""
+    runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
+    """How the policy runs (`ee_vla.runtime.RuntimeConfig`): `--decoder` (used when `compare` is
+    empty), its options `--max-iterations`, `--tau`, `--deadline-s`, `--init`, `--window`, and
+    `--n-action-steps`, `--device` (auto = cuda when available), `--dtype`, `--engine`,
+    `--compile-mode`, `--threads`."""
     compare: list[str] = field(default_factory=list)
     """Decoders to compare on the same seeds, e.g. `ar,jacobi,ceed` (empty = evaluate `decoder` only).
-    The decoder options above apply to each decoder they are valid for."""
+    The decoder options apply to each decoder they are valid for."""
     episodes: int = 10
     """Episodes per env id, with seeds seed, seed+1, ..., seed+episodes-1."""
     num_envs: int = 1
@@ -97,20 +90,6 @@ class EvalConfig:
     """Gymnasium vector env: sync (one process) or async (one subprocess per copy)."""
     seed: int = 0
     """Seed of episode 0 (episode i uses seed + i); also seeds the `prompt` initial guess."""
-    device: str = "auto"
-    """torch device of the policy (auto = cuda when available, else cpu)."""
-    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
-    """Model dtype."""
-    threads: int = 0
-    """CPU threads of torch (intra-op); 0 = the cores available minus one, left to env stepping and
-    rendering (ee_vla.threads)."""
-    engine: EngineKind = "auto"
-    """Decode engine (docs/performance.md): auto = CUDA graphs on a GPU, eager on a CPU; compiled =
-    torch.compile + CUDA graphs (fastest on large models, compiles each shape at first use)."""
-    compile_mode: str = "inductor"
-    """torch.compile mode of the compiled engine: inductor | frozen | max-autotune (docs/performance.md)."""
-    n_action_steps: int | None = None
-    """Actions executed from each chunk before re-planning (None = the whole chunk)."""
     max_episode_steps: int | None = None
     """Override of the env spec's max_episode_steps (truncation)."""
     output_dir: Path | None = None
@@ -148,68 +127,39 @@ class EvalConfig:
         if isinstance(self.compare, str):
             self.compare = [self.compare]
         self.compare = [d.strip() for item in self.compare for d in str(item).split(",") if d.strip()]
-        for name in [self.decoder, *self.compare]:
+        for name in self.compare:
             if name not in DECODERS:
-                raise EvalConfigError(
-                    f"EvalConfig.decoder/compare: unknown decoder {name!r}, choose from {list(DECODERS)}"
-                )
+                raise EvalConfigError(f"EvalConfig.compare: unknown decoder {name!r}, choose from {list(DECODERS)}")
         if len(set(self.compare)) != len(self.compare):
             raise EvalConfigError(f"EvalConfig.compare lists a decoder twice: {self.compare}")
         for name in ("episodes", "num_envs"):
             if getattr(self, name) < 1:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("videos", "warmup", "threads"):
+        for name in ("videos", "warmup"):
             if getattr(self, name) < 0:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("n_action_steps", "max_episode_steps"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise EvalConfigError(f"EvalConfig.{name} must be >= 1 or None, got {v}")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise EvalConfigError(f"EvalConfig.max_episode_steps must be >= 1 or None, got {self.max_episode_steps}")
         if self.vector not in ("sync", "async"):
             raise EvalConfigError(f"EvalConfig.vector must be sync|async, got {self.vector!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise EvalConfigError(f"EvalConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
         if self.video_format not in ("gif", "mp4"):
             raise EvalConfigError(f"EvalConfig.video_format must be gif|mp4, got {self.video_format!r}")
         if self.mujoco_gl not in (None, "egl", "osmesa", "glfw"):
             raise EvalConfigError(f"EvalConfig.mujoco_gl must be egl|osmesa|glfw or None, got {self.mujoco_gl!r}")
-        if self.device == "auto":
-            import torch
-
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:  # the engine's own checks: a known engine that runs on this device, a known compile mode
-            resolve_engine(self.engine, self.device)
-        except ValueError as e:
-            raise EvalConfigError(f"EvalConfig.engine: {e}") from None
-        try:
-            check_compile_mode(self.compile_mode, "EvalConfig.compile_mode")
-        except ValueError as e:
-            raise EvalConfigError(str(e)) from None
+        self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu; an engine that runs there
         self.decode_configs()  # validates the decoder options against every decoder
 
     @property
     def decoders(self) -> list[str]:
         """The decoders this evaluation runs, in order."""
-        return list(self.compare) if self.compare else [self.decoder]
+        return list(self.compare) if self.compare else [self.runtime.decoder]
 
     def decode_config(self, name: str) -> DecodeConfig:
-        """The preset `name` with this config's decoder options applied where they are valid."""
-        cfg = DecodeConfig.preset(name)
-        changes: dict[str, Any] = {"seed": self.seed}
-        if self.deadline_s is not None:
-            changes["deadline_s"] = self.deadline_s
-        if name != "ar":
-            for opt in ("init", "window"):
-                if getattr(self, opt) is not None:
-                    changes[opt] = getattr(self, opt)
-        if cfg.method == "ceed" or not self.compare:  # single decoder: let DecodeConfig reject misuse
-            for opt in ("max_iterations", "tau"):
-                if getattr(self, opt) is not None:
-                    changes[opt] = getattr(self, opt)
-        try:
-            return cfg.with_(**changes)
-        except ValueError as e:
-            raise EvalConfigError(f"EvalConfig decoder options for {name!r}: {e}") from e
+        """The preset `name` with the runtime's decoder options (`RuntimeConfig.decode_config`),
+        seeded with `seed`: all of them for the one decoder evaluated (an option it does not take is
+        an error), each where it is valid in a comparison."""
+        single = not self.compare and name == self.runtime.decoder
+        return self.runtime.decode_config(None if single else name, seed=self.seed)
 
     def decode_configs(self) -> dict[str, DecodeConfig]:
         return {name: self.decode_config(name) for name in self.decoders}
@@ -638,7 +588,7 @@ class _Rollout:
         pool = policy.engine_pool
         setup0 = pool.setup_s if pool is not None else 0.0
         rec = LatencyRecorder()
-        with rec.time(self.cfg.device):
+        with rec.time(self.cfg.runtime.device):
             chunks = policy.predict_action_chunk(self._batch(obs, slots, instr))
         self.log.add(policy.last_stats, rec.samples[0], pool.setup_s - setup0 if pool is not None else 0.0)
         out: dict[int, np.ndarray] = {}
@@ -691,17 +641,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     check_env_ids(cfg)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else Path("outputs/eval") / time.strftime("%Y%m%d_%H%M%S")
 
-    from ee_vla.policy import VLAPolicy
-
-    configure_threads(cfg.threads)
-    first = decode_cfgs[cfg.decoders[0]]
-    policy = VLAPolicy.from_pretrained(
-        cfg.policy, first, cfg.device, cfg.dtype, cfg.n_action_steps, cfg.engine, cfg.compile_mode
-    )
+    rt = cfg.runtime
+    configure_threads(rt.threads)
+    policy = rt.load_policy(cfg.policy, decode_cfgs[cfg.decoders[0]])
     for env_id in cfg.env:
         check_env_compatible(env_id, policy, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env_info = environment_info(cfg.device, cfg.dtype)
+    env_info = environment_info(rt.device, rt.dtype)
 
     runs: dict[str, dict] = {}
     for name in cfg.decoders:
@@ -816,7 +762,8 @@ def compare_runs(runs: dict[str, dict], cfg: EvalConfig) -> dict[str, Any]:
 # output
 # ---------------------------------------------------------------------------------------------
 def _config_dict(cfg: EvalConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    """The `config` block of eval_info.json: every option under its command-line name."""
+    return config_dict(cfg)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,9 @@ import torch
 from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
 from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
-from ee_vla.engine import ENGINES, EngineKind, make_prefill
+from ee_vla.engine import make_prefill
 from ee_vla.engine.static import check_compile_mode
+from ee_vla.runtime import DTYPES, ENGINES, EngineKind, resolve_device
 from ee_vla.streaming import StreamedAction
 
 
@@ -51,15 +52,16 @@ instruction vocabulary covers 32 characters."""
 
 @dataclass
 class PolicyConfig:
-    """Runtime options of a `VLAPolicy`."""
+    """What a `VLAPolicy` runs with: the resolved form of an `ee_vla.runtime.RuntimeConfig`
+    (`RuntimeConfig.policy_config()`), whose fields carry the same names."""
 
     decoder: DecodeConfig | str = field(default_factory=lambda: DecodeConfig.preset("ceed"))
-    """Decoder and its early-exit rules, or a preset name (ar | jacobi | ceed)."""
+    """Decoder and its early-exit rules, or a preset name (ar | jacobi | ceed | ceed_cap)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning (`select_action`; the warm start shifts
     the previous chunk by this many actions). None = the whole chunk."""
-    device: str = "cpu"
-    """torch device of the model."""
+    device: str = "auto"
+    """torch device of the model (auto = cuda when available, else cpu)."""
     dtype: str = "float32"
     """Model dtype: float32 | bfloat16 | float16 | float64."""
     engine: EngineKind = "auto"
@@ -80,8 +82,8 @@ class PolicyConfig:
         self.decoder = as_decode_config(self.decoder)
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"PolicyConfig.n_action_steps must be >= 1 or None, got {self.n_action_steps}")
-        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
-            raise ValueError(f"PolicyConfig.dtype must be float32|bfloat16|float16|float64, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"PolicyConfig.dtype must be {'|'.join(DTYPES)}, got {self.dtype!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
         check_compile_mode(self.compile_mode, "PolicyConfig.compile_mode")
@@ -129,19 +131,27 @@ class VLAPolicy:
         cls,
         path: str | Path,
         decoder: str | DecodeConfig = "ceed",
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "float32",
         n_action_steps: int | None = None,
         engine: str = "auto",
         compile_mode: str = "inductor",
         max_instruction_tokens: int = MAX_INSTRUCTION_TOKENS,
     ) -> VLAPolicy:
-        from ee_vla.models.vla import VLA
-
+        """Load a saved policy (`VLA.save_pretrained`'s directory) with these runtime options
+        (`RuntimeConfig.load_policy` loads one from a `RuntimeConfig`)."""
         cfg = PolicyConfig(
             as_decode_config(decoder), n_action_steps, device, dtype, engine, compile_mode, max_instruction_tokens
         )
-        return cls(VLA.from_pretrained(path, device=device, dtype=getattr(torch, dtype)), cfg)
+        return cls.from_config(path, cfg)
+
+    @classmethod
+    def from_config(cls, path: str | Path, config: PolicyConfig) -> VLAPolicy:
+        """Load a saved policy onto `config.device` (auto = cuda when available) with `config`."""
+        from ee_vla.models.vla import VLA
+
+        config = replace(config, device=resolve_device(config.device))
+        return cls(VLA.from_pretrained(path, device=config.device, dtype=getattr(torch, config.dtype)), config)
 
     # ---- properties --------------------------------------------------------------------
     @property

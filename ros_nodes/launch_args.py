@@ -21,10 +21,17 @@ POLICY_LAUNCH_ARGS = {
     "command_type": "twist | array | trajectory",
     "control_hz": "Command rate in Hz",
     "dry_run": "true: log commands instead of publishing them",
-    "device": "torch device (cpu, cuda, ...)",
-    "decoder": "ceed | jacobi | ar",
+    "decoder": "ceed | ceed_cap | jacobi | ar (decoder preset)",
+    "max_iterations": "ceed/ceed_cap iteration cap (0: the preset's)",
+    "tau": "ceed/ceed_cap relaxed convergence in bins (-1: the preset's)",
+    "deadline_s": "wall-clock budget of one decode call in seconds (0: none)",
+    "init": "repeat | prompt | warm (initial guess of jacobi/ceed)",
+    "window": "tokens refined per forward pass (0: the preset's, the whole chunk)",
+    "device": "torch device (auto, cpu, cuda, ...; auto = cuda when available)",
+    "dtype": "float32 | bfloat16 | float16 | float64 (model dtype)",
     "engine": "auto | eager | static | graph | compiled (decode engine; auto = CUDA graphs on a GPU)",
     "compile_mode": "inductor | frozen | max-autotune (torch.compile mode of the compiled engine)",
+    "threads": "CPU threads of the policy (0: the cores available minus one)",
 }
 """Parameters exposed as launch arguments (name -> description); empty = the YAML's value."""
 

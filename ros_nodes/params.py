@@ -16,7 +16,10 @@ import math
 import textwrap
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ee_vla.runtime import RuntimeConfig
 
 COMMAND_TYPES = ("twist", "array", "trajectory")
 """twist: geometry_msgs/TwistStamped (MoveIt Servo); array: std_msgs/Float64MultiArray (ros2_control
@@ -41,6 +44,27 @@ ENGINES = ("auto", "eager", "static", "graph", "compiled")
 """`ee_vla.engine.ENGINES` (kept here so that this module imports no torch; a test checks they agree)."""
 COMPILE_MODES = ("inductor", "frozen", "max-autotune", "aot_eager")
 """The keys of `ee_vla.engine.static.COMPILE_MODES` (kept here for the same reason, checked the same way)."""
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+"""`ee_vla.runtime.DTYPES` (checked the same way)."""
+INIT_GUESSES = ("", "repeat", "prompt", "warm")
+"""`ee_vla.runtime.INIT_GUESSES`, and "" for the decoder preset's (checked the same way)."""
+RUNTIME_PARAMS = (
+    "decoder",
+    "max_iterations",
+    "tau",
+    "deadline_s",
+    "init",
+    "window",
+    "device",
+    "dtype",
+    "engine",
+    "compile_mode",
+    "threads",
+)
+"""The parameters that are `ee_vla.runtime.RuntimeConfig` fields, under the same names (the
+`--decoder`, `--max-iterations`, ... of `ee-vla eval`): `runtime_config()` builds one from them.
+A ROS parameter has no None: 0 (max_iterations, window, deadline_s), -1 (tau) and "" (init) stand
+for RuntimeConfig's None, the decoder preset's value."""
 
 CommandType = Literal["twist", "array", "trajectory"]
 
@@ -52,9 +76,23 @@ class PolicyParams:
     model_path: str = ""
     """Directory of a saved ee_vla policy (`VLAPolicy.from_pretrained`); loaded on configure."""
     decoder: str = "ceed"
-    """Decoder preset: ceed | jacobi | ar."""
-    device: str = "cpu"
-    """Torch device the policy runs on (cpu, cuda, cuda:1, ...)."""
+    """Decoder preset: ceed (relaxed convergence, tau=1) | ceed_cap (the CEED paper's cap of 2
+    iterations) | jacobi | ar. The options below override the preset's, as `ee-vla eval`'s do."""
+    max_iterations: int = 0
+    """ceed and ceed_cap only: iteration cap of the early exit (0: the preset's)."""
+    tau: int = -1
+    """ceed and ceed_cap only: relaxed convergence in bins (-1: the preset's)."""
+    deadline_s: float = 0.0
+    """Wall-clock budget of one decode call in seconds (0: none); not `decode_deadline_s`, which
+    drops a chunk whose first action comes too late after its image."""
+    init: str = ""
+    """jacobi/ceed: initial guess of the window: repeat | prompt | warm (empty: the preset's)."""
+    window: int = 0
+    """jacobi/ceed: tokens refined per forward pass (0: the preset's, the whole rest of the chunk)."""
+    device: str = "auto"
+    """Torch device the policy runs on (auto: cuda when available, else cpu; cpu, cuda, cuda:1, ...)."""
+    dtype: str = "float32"
+    """Model dtype: float32 | bfloat16 | float16 | float64."""
     engine: str = "auto"
     """Decode engine: auto (CUDA graphs on a GPU, eager on a CPU) | eager | static | graph | compiled."""
     compile_mode: str = "inductor"
@@ -134,6 +172,25 @@ class PolicyParams:
         if reason is not None:
             raise ValueError(f"{type(self).__name__}.{reason}")
 
+    def runtime_config(self) -> RuntimeConfig:
+        """The `ee_vla.runtime.RuntimeConfig` of these parameters (`RUNTIME_PARAMS`), the one
+        `ee-vla eval --decoder ... --max-iterations ...` runs with the same values."""
+        from ee_vla.runtime import RuntimeConfig
+
+        return RuntimeConfig(
+            decoder=self.decoder,  # type: ignore[arg-type]
+            max_iterations=self.max_iterations or None,
+            tau=None if self.tau < 0 else self.tau,
+            deadline_s=self.deadline_s or None,
+            init=self.init or None,  # type: ignore[arg-type]
+            window=self.window or None,
+            device=self.device,
+            dtype=self.dtype,  # type: ignore[arg-type]
+            engine=self.engine,  # type: ignore[arg-type]
+            compile_mode=self.compile_mode,  # type: ignore[arg-type]
+            threads=self.threads,
+        )
+
     @property
     def resolved_command_topic(self) -> str:
         """`command_topic`, or the default topic of `command_type` when empty."""
@@ -182,6 +239,11 @@ def _one_of(choices: tuple[str, ...]):
 
 def _positive(v: Any) -> str | None:
     return None if _finite(v) and v > 0 else f"must be a positive finite number, got {v!r}"
+
+
+def _int_in(v: Any, low: int, high: int) -> str | None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+    return None if ok else f"must be an integer in [{low}, {high}], got {v!r}"
 
 
 def _non_negative_int(v: Any) -> str | None:
@@ -236,7 +298,13 @@ def _optional_topic(v: Any) -> str | None:
 _CHECKS = {
     "model_path": _string,
     "decoder": _one_of(DECODERS),
-    "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (cpu, cuda, ...)",
+    "max_iterations": lambda v: _int_in(v, 0, 1024),
+    "tau": lambda v: _int_in(v, -1, 1024),
+    "deadline_s": _non_negative,
+    "init": _one_of(INIT_GUESSES),
+    "window": lambda v: _int_in(v, 0, 16384),
+    "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (auto, cpu, cuda, ...)",
+    "dtype": _one_of(DTYPES),
     "engine": _one_of(ENGINES),
     "compile_mode": _one_of(COMPILE_MODES),
     "warmup": _bool,
@@ -318,6 +386,10 @@ def cross_check(p: PolicyParams) -> str | None:
         return "joint_names: trajectory commands need the joint names the action dims map to"
     if p.keep_dims_on_zero and max(p.keep_dims_on_zero) >= len(p.action_low):
         return f"keep_dims_on_zero: dim {max(p.keep_dims_on_zero)} is outside the {len(p.action_low)} action dims"
+    try:  # the decoder options must fit the decoder (e.g. no tau for ar), as in `ee-vla eval`
+        p.runtime_config()
+    except ValueError as e:
+        return f"decoder: {e}"
     return None
 
 

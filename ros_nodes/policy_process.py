@@ -100,19 +100,11 @@ def _deadlines(t_first: list[float], first_deadline: float | None, dt: float) ->
 
 
 def load_policy_here(params: PolicyParams) -> Any:
-    """`VLAPolicy.from_pretrained` in the calling process (torch imported lazily): what the policy
-    process runs, and the runner's choice without one."""
+    """The policy of `params.runtime_config()` (`RuntimeConfig.load_policy`), loaded in the calling
+    process (torch imported lazily): what the policy process runs, and the runner's choice without one."""
     if not params.model_path:
         raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
-    from ee_vla.policy import VLAPolicy
-
-    return VLAPolicy.from_pretrained(
-        params.model_path,
-        decoder=params.decoder,
-        device=params.device,
-        engine=params.engine,
-        compile_mode=params.compile_mode,
-    )
+    return params.runtime_config().load_policy(params.model_path)
 
 
 def _child(
@@ -197,7 +189,8 @@ class ProcessPolicy:
     """An `ActionChunkPolicy` whose model lives in a child process (spawned, so CUDA works there).
 
     Args:
-        params: `model_path`, `decoder`, `device`, `threads`, `decode_nice` are used.
+        params: `model_path`, the runtime parameters (`RUNTIME_PARAMS`: decoder, device, ...) and
+            `decode_nice` are used.
         start_timeout_s: how long loading may take before configure fails.
         factory: builds the policy in the child from the params (a picklable top-level function;
             default `load_policy_here`).

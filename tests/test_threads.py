@@ -83,13 +83,14 @@ def test_sim_envs_limits_mesa_threads_unless_set():
 
 def test_eval_and_bench_configs_take_threads(tmp_path):
     from ee_vla.bench import DecodeBenchConfig
-    from ee_vla.evaluation import EvalConfig, EvalConfigError
+    from ee_vla.evaluation import EvalConfig
+    from ee_vla.runtime import RuntimeConfig
 
-    with pytest.raises(EvalConfigError, match="threads"):
-        EvalConfig(policy=tmp_path, threads=-1, device="cpu")
-    with pytest.raises(ValueError, match="threads"):
-        DecodeBenchConfig(threads=-2)
-    assert EvalConfig(policy=tmp_path, threads=2, device="cpu").threads == 2
+    with pytest.raises(ValueError, match="RuntimeConfig.threads"):
+        RuntimeConfig(threads=-1, device="cpu")
+    with pytest.raises(ValueError, match="RuntimeConfig.threads"):
+        DecodeBenchConfig(runtime=RuntimeConfig(threads=-2))
+    assert EvalConfig(policy=tmp_path, runtime=RuntimeConfig(threads=2, device="cpu")).runtime.threads == 2
 
 
 def test_training_threads_leave_the_loader_workers_and_split_among_local_ranks(monkeypatch):
@@ -110,5 +111,7 @@ def test_dagger_passes_threads_to_its_rollouts(tmp_path):
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    cfg = DaggerConfig(policy=tmp_path / "m", out=tmp_path / "out", threads=1, device="cpu")
-    assert cfg.eval_config().threads == 1
+    from ee_vla.runtime import RuntimeConfig
+
+    cfg = DaggerConfig(policy=tmp_path / "m", out=tmp_path / "out", runtime=RuntimeConfig(threads=1, device="cpu"))
+    assert cfg.eval_config().runtime.threads == 1

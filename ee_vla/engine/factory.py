@@ -27,11 +27,12 @@ from typing import Literal
 import torch
 
 from ee_vla.engine.static import StaticEngine, StaticStep, _round_up, check_sdpa_backends
+from ee_vla.runtime import ENGINES, EngineKind
 
 log = logging.getLogger(__name__)
 
-EngineKind = Literal["auto", "eager", "static", "graph", "compiled"]
-ENGINES: tuple[str, ...] = ("auto", "eager", "static", "graph", "compiled")
+__all__ = ["ENGINES", "EngineKind", "EnginePool", "Prefill", "make_prefill", "resolve_engine"]
+
 Prefill = Callable[..., tuple[Callable[[torch.Tensor, int], torch.Tensor], torch.Tensor, float]]
 
 

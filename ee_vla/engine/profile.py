@@ -35,7 +35,7 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,12 @@ import torch._inductor.config as inductor_config
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
 from ee_vla.engine.shapes import ATTN_IMPLEMENTATIONS, SHAPES, Workload, build_workload, check_attn_implementation
-from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS, check_compile_mode, check_sdpa_backends
+from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS, check_sdpa_backends
+from ee_vla.runtime import DTYPES, RuntimeConfig, config_dict
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
 DECODERS = ("ar", "jacobi", "ceed")
 
 
@@ -60,10 +60,12 @@ class ProfileConfig:
 
     shape: str = "tiny"
     """Model shape: openvla-7b | qwen2-0.5b (LM only, random prefix) | tiny | small (whole VLA)."""
-    device: str = "cpu"
-    """torch device."""
-    dtype: str = "float32"
-    """Model dtype (bfloat16 on GPU for the real shapes)."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """The runtime options of `ee-vla eval` this profiler uses: device (auto = cuda when
+    available), dtype (bfloat16 on GPU for the real shapes), compile_mode (of the compiled engine,
+    a key of `ee_vla.engine.static.COMPILE_MODES`), and the decoder options max_iterations, tau,
+    window and deadline_s (applied to each decoder they are valid for). It compares `engines` x
+    `decoders` rather than running one engine and decoder."""
     batch_size: int = 1
     """Observations per call (fixed per engine)."""
     chunk_size: int = 3
@@ -75,8 +77,6 @@ class ProfileConfig:
     engines: tuple[str, ...] = ()
     """Engines to compare (eager | static | graph | compiled); empty: eager + graph + compiled on CUDA,
     eager + static otherwise."""
-    compile_mode: str = "inductor"
-    """torch.compile mode of the compiled engine (a key of `ee_vla.engine.static.COMPILE_MODES`)."""
     inductor: tuple[str, ...] = ()
     """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
     `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
@@ -92,9 +92,9 @@ class ProfileConfig:
     """Static/graph/compiled engines: decode steps compute only the action tokens' logits (the
     argmax reads nothing else; `StaticEngine(logit_rows=)`), not the whole vocabulary's."""
     decoders: tuple[str, ...] = DECODERS
-    """Decoders per engine: ar | jacobi (to convergence) | ceed (capped at ceed_iterations)."""
-    ceed_iterations: int = 2
-    """CEED's fixed iteration cap (after the prefill)."""
+    """Decoders per engine: ar | jacobi (to convergence) | ceed with CEED's fixed iteration cap
+    (the ceed_cap preset: 2 iterations after the prefill unless `runtime.max_iterations`): random
+    weights converge randomly, so the cap is what a trained model is assumed to reach."""
     generate: bool = True
     """Also time HF `generate` (greedy, eager, DynamicCache)."""
     step_widths: tuple[int, ...] = (1, 22)
@@ -121,14 +121,11 @@ class ProfileConfig:
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ValueError(f"ProfileConfig.shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"ProfileConfig.dtype must be one of {'|'.join(DTYPES)}, got {self.dtype!r}")
         for name, v in (
             ("batch_size", self.batch_size),
             ("chunk_size", self.chunk_size),
             ("calls", self.calls),
             ("step_iters", self.step_iters),
-            ("ceed_iterations", self.ceed_iterations),
         ):
             if v < 1:
                 raise ValueError(f"ProfileConfig.{name} must be >= 1, got {v}")
@@ -137,14 +134,16 @@ class ProfileConfig:
         bad = [e for e in self.engines if e not in ENGINES or e == "auto"]
         if bad:
             raise ValueError(f"ProfileConfig.engines must be eager|static|graph|compiled, got {bad}")
-        check_compile_mode(self.compile_mode, "ProfileConfig.compile_mode")
+        self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu
         self.sdpa_backends = check_sdpa_backends(self.sdpa_backends, "ProfileConfig.sdpa_backends")
         check_attn_implementation(self.attn_implementation, "ProfileConfig.attn_implementation")
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")
-        if "graph" in self.engines and torch.device(self.device).type != "cuda":
-            raise ValueError(f"ProfileConfig.engines: the graph engine needs a CUDA device, got {self.device!r}")
+        if "graph" in self.engines and torch.device(self.runtime.device).type != "cuda":
+            raise ValueError(
+                f"ProfileConfig.engines: the graph engine needs a CUDA device, got {self.runtime.device!r}"
+            )
         if self.kernels < 0 or self.kernel_iters < 1:
             raise ValueError(
                 f"ProfileConfig.kernels must be >= 0 and kernel_iters >= 1, got {self.kernels}, {self.kernel_iters}"
@@ -180,15 +179,15 @@ class ProfileConfig:
     def engine_list(self) -> tuple[str, ...]:
         if self.engines:
             return self.engines
-        cuda = torch.device(self.device).type == "cuda"
+        cuda = torch.device(self.runtime.device).type == "cuda"
         return ("eager", "graph", "compiled") if cuda else ("eager", "static")
 
     def decode_config(self, name: str) -> DecodeConfig:
-        if name == "ar":
-            return DecodeConfig(method="ar")
-        if name == "jacobi":
-            return DecodeConfig(method="jacobi", init="repeat")
-        return DecodeConfig(method="ceed", max_iterations=self.ceed_iterations, init="repeat")
+        """ar, jacobi: their presets; ceed: the ceed_cap preset. With the runtime's decoder options
+        where they are valid; every decoder starts from the repeated first token (no guess given)."""
+        if name == "ceed":
+            return self.runtime.decode_config("ceed_cap").with_(init="repeat")
+        return self.runtime.decode_config(name)
 
     @property
     def stem(self) -> str:
@@ -408,14 +407,14 @@ def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
                 engine,
                 wl.model,
                 n,
-                device=cfg.device,
+                device=cfg.runtime.device,
                 widths=widths,
-                compile_mode=cfg.compile_mode,
+                compile_mode=cfg.runtime.compile_mode,
                 sdpa_backends=None if engine == "eager" else cfg.sdpa_backends,
                 logit_rows=wl.action_range if cfg.action_logits and engine != "eager" else None,
             )
             prefill(wl.model, **wl.inputs)  # builds the engine (and captures its graphs) once
-            synchronize(cfg.device)
+            synchronize(cfg.runtime.device)
             setup_s[engine] = time.perf_counter() - t
             log.info("%s engine ready in %.2f s", engine, setup_s[engine])
             raw[engine] = _raw_forwards(cfg, wl, prefill)
@@ -435,11 +434,12 @@ def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
 
 def run_profile(cfg: ProfileConfig) -> dict:
     """Profile every engine x decoder on the shape of `cfg`; returns (and saves) the results."""
-    dtype = getattr(torch, cfg.dtype)
+    rt = cfg.runtime
+    dtype = getattr(torch, rt.dtype)
     t = time.perf_counter()
     wl = build_workload(
         cfg.shape,
-        cfg.device,
+        rt.device,
         dtype,
         batch_size=cfg.batch_size,
         chunk_size=cfg.chunk_size,
@@ -448,7 +448,7 @@ def run_profile(cfg: ProfileConfig) -> dict:
         seed=cfg.seed,
         attn_implementation=cfg.attn_implementation,
     )
-    synchronize(cfg.device)
+    synchronize(rt.device)
     build_s = time.perf_counter() - t
     log.info("built %s (%d tokens of prefix) in %.1f s", cfg.shape, wl.inputs["input_ids"].shape[1], build_s)
     n = wl.n_tokens
@@ -482,7 +482,7 @@ def run_profile(cfg: ProfileConfig) -> dict:
     if generate is not None and ref:
         generate["speedup_vs_eager_ar"] = generate["tokens_per_s"] / ref["tokens_per_s"]
     out = {
-        "config": {**asdict(cfg), "out": str(cfg.out)},
+        "config": config_dict(cfg),
         "model": {
             "shape": cfg.shape,
             "parameters": sum(p.numel() for p in wl.model.parameters()),
@@ -492,7 +492,7 @@ def run_profile(cfg: ProfileConfig) -> dict:
             "engine_widths": widths,
             **wl.info,
         },
-        "environment": environment_info(cfg.device, cfg.dtype),
+        "environment": environment_info(rt.device, rt.dtype),
         "build_s": build_s,
         "engine_setup_s": setup_s,
         "raw": raw,
@@ -683,8 +683,8 @@ def _parser() -> argparse.ArgumentParser:
     d = ProfileConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default=d.shape, choices=SHAPES)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", default=d.dtype, choices=DTYPES)
+    p.add_argument("--device", default="auto", help="torch device (auto = cuda when available)")
+    p.add_argument("--dtype", default=d.runtime.dtype, choices=DTYPES)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--chunk-size", type=int, default=d.chunk_size)
     p.add_argument("--prefix-len", type=int, default=None)
@@ -692,7 +692,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engines", nargs="*", default=list(d.engines), help="eager static graph compiled (default: by device)"
     )
-    p.add_argument("--compile-mode", default=d.compile_mode, choices=list(COMPILE_MODES))
+    p.add_argument("--compile-mode", default=d.runtime.compile_mode, choices=list(COMPILE_MODES))
     p.add_argument(
         "--inductor",
         nargs="*",
@@ -719,7 +719,8 @@ def _parser() -> argparse.ArgumentParser:
         help="attention kernels the static/graph/compiled engines may use (default: torch's choice)",
     )
     p.add_argument("--decoders", nargs="*", default=list(d.decoders), choices=DECODERS)
-    p.add_argument("--ceed-iterations", type=int, default=d.ceed_iterations)
+    p.add_argument("--max-iterations", type=int, default=None, help="ceed: iteration cap (default: ceed_cap's, 2)")
+    p.add_argument("--tau", type=int, default=None, help="ceed: relaxed convergence in bins (default: 0)")
     p.add_argument("--no-generate", action="store_true", help="skip HF generate")
     p.add_argument("--step-widths", nargs="*", type=int, default=list(d.step_widths))
     p.add_argument("--calls", type=int, default=d.calls)
@@ -737,20 +738,19 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
     a = _parser().parse_args(argv)
     return ProfileConfig(
         shape=a.shape,
-        device=a.device,
-        dtype=a.dtype,
+        runtime=RuntimeConfig(
+            device=a.device, dtype=a.dtype, compile_mode=a.compile_mode, max_iterations=a.max_iterations, tau=a.tau
+        ),
         batch_size=a.batch_size,
         chunk_size=a.chunk_size,
         prefix_len=a.prefix_len,
         left_pad=a.left_pad,
         engines=tuple(a.engines),
-        compile_mode=a.compile_mode,
         inductor=tuple(a.inductor),
         attn_implementation=a.attn_implementation,
         action_logits=a.action_logits,
         sdpa_backends=None if a.sdpa_backends is None else tuple(a.sdpa_backends),
         decoders=tuple(a.decoders),
-        ceed_iterations=a.ceed_iterations,
         generate=not a.no_generate,
         step_widths=tuple(a.step_widths),
         calls=a.calls,

@@ -29,15 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import tyro
 
-from ee_vla.engine.factory import EngineKind
 from ee_vla.evaluation import Recorder
+from ee_vla.runtime import RuntimeConfig, config_dict
 from ee_vla.threads import configure_threads
 
 log = logging.getLogger(__name__)
@@ -65,22 +65,16 @@ class DaggerConfig:
     seed: int = 200000
     """Seed of episode 0. Keep clear of the demonstrations' seeds (collect: 0...) and of the
     evaluation's (100000...), and use a new one per round."""
-    decoder: Literal["ar", "jacobi", "ceed"] = "ceed"
-    """How the policy decodes while acting (the one it is deployed with)."""
     num_envs: int = 10
     """Env copies stepped together (one batched policy call for all)."""
     vector: Literal["sync", "async"] = "async"
     """Gymnasium vector env: sync (one process) or async (one subprocess per copy)."""
     image_size: int = 128
     """Camera image side in pixels; must be what the policy was trained on."""
-    device: str = "auto"
-    """torch device of the policy (auto = cuda when available)."""
-    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
-    """Model dtype."""
-    threads: int = 0
-    """CPU threads of torch (intra-op); 0 = the cores available minus one (ee_vla.threads)."""
-    engine: EngineKind = "auto"
-    """Decode engine (auto = CUDA graphs on a GPU, eager on a CPU)."""
+    runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
+    """How the policy runs while acting, with `ee-vla eval`'s options (`ee_vla.runtime.RuntimeConfig`):
+    `--decoder` (the one it is deployed with), `--max-iterations`, `--tau`, ..., `--device`,
+    `--dtype`, `--engine`, `--threads`."""
     max_episode_steps: int | None = None
     """Cut episodes at this many steps (None = the env's limit): a failing policy's long episodes
     otherwise make most of the on-policy samples (docs/training.md, "Session-10")."""
@@ -128,15 +122,11 @@ class DaggerConfig:
         return EvalConfig(
             policy=self.policy,
             env=list(self.env),
-            decoder=self.decoder,
+            runtime=self.runtime,
             episodes=self.episodes,
             num_envs=self.num_envs,
             vector=self.vector,
             seed=self.seed,
-            device=self.device,
-            dtype=self.dtype,
-            threads=self.threads,
-            engine=self.engine,
             env_kwargs={"image_size": self.image_size},
             max_episode_steps=self.max_episode_steps,
             progress=self.progress,
@@ -237,12 +227,11 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
         ecfg.env = list(SUITE_ENV_IDS)
     check_env_ids(ecfg)
 
-    from ee_vla.policy import VLAPolicy
     from sim_envs.collect import DemoWriter
 
-    dcfg = ecfg.decode_config(cfg.decoder)
-    configure_threads(ecfg.threads)
-    policy = VLAPolicy.from_pretrained(cfg.policy, dcfg, ecfg.device, ecfg.dtype, None, ecfg.engine)
+    dcfg = ecfg.decode_config(ecfg.runtime.decoder)
+    configure_threads(ecfg.runtime.threads)
+    policy = ecfg.runtime.load_policy(cfg.policy, dcfg)
     horizon = policy.chunk_size if cfg.chunk_labels else 1
     for env_id in ecfg.env:
         try:  # the spaces fit, and the env has an expert, able to plan when chunk labels are asked for
@@ -253,9 +242,9 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
             hint = " (pass --no-chunk-labels)" if horizon > 1 else ""
             raise DaggerConfigError(f"DaggerConfig.env {env_id!r}: {e}{hint}") from None
     warm = dcfg.init == "warm" and dcfg.method != "ar"
-    creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    creation = config_dict(cfg)
     env_args = {e: dict(ecfg.env_kwargs) for e in ecfg.env}
-    attrs = {"policy": str(cfg.policy), "decoder": cfg.decoder}
+    attrs = {"policy": str(cfg.policy), "decoder": cfg.runtime.decoder}
     per_env: dict[str, Any] = {}
     t0 = time.perf_counter()
     with DemoWriter(cfg.out, ecfg.env, env_args, creation, cfg.compression_level) as writer:
@@ -279,7 +268,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
         samples = writer.total
     info = {
         "policy": str(cfg.policy),
-        "decoder": cfg.decoder,
+        "decoder": cfg.runtime.decoder,
         "seed": cfg.seed,
         "per_env": per_env,
         "pc_success": float(np.mean([v["pc_success"] for v in per_env.values()])),

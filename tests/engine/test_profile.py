@@ -8,12 +8,13 @@ import torch
 
 from ee_vla.engine.profile import ProfileConfig, config_from_args, main, run_profile, summarize_files
 from ee_vla.engine.shapes import LM_SHAPES, build_workload
+from ee_vla.runtime import RuntimeConfig
 
 
 def test_profile_smoke_on_the_tiny_shape(tmp_path, capsys):
     cfg = ProfileConfig(
         shape="tiny",
-        dtype="float64",
+        runtime=RuntimeConfig(dtype="float64", device="cpu"),
         chunk_size=1,
         calls=2,
         warmup=1,
@@ -74,11 +75,11 @@ def test_config_validation_and_cli_parsing(tmp_path):
     with pytest.raises(ValueError, match="engines"):
         ProfileConfig(engines=("turbo",))
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        ProfileConfig(engines=("eager", "graph"), device="cpu")
+        ProfileConfig(engines=("eager", "graph"), runtime=RuntimeConfig(device="cpu"))
     with pytest.raises(ValueError, match="calls"):
         ProfileConfig(calls=0)
     with pytest.raises(ValueError, match="compile_mode"):
-        ProfileConfig(compile_mode="fastest")
+        ProfileConfig(runtime=RuntimeConfig(compile_mode="fastest"))
     with pytest.raises(ValueError, match="KEY=VALUE"):
         ProfileConfig(inductor=("freezing",))
     with pytest.raises(ValueError, match="no setting 'triton.no_such_knob'"):
@@ -119,8 +120,8 @@ def test_config_validation_and_cli_parsing(tmp_path):
     with pytest.raises(ValueError, match="attn_implementation"):
         ProfileConfig(attn_implementation="paged")
     assert config_from_args(["--attn-implementation", "flex_attention"]).attn_implementation == "flex_attention"
-    assert ProfileConfig(device="cuda").engine_list == ("eager", "graph", "compiled")
-    assert ProfileConfig(device="cpu").engine_list == ("eager", "static")
+    assert ProfileConfig(runtime=RuntimeConfig(device="cuda")).engine_list == ("eager", "graph", "compiled")
+    assert ProfileConfig(runtime=RuntimeConfig(device="cpu")).engine_list == ("eager", "static")
 
 
 def test_raw_steps_only_under_an_inductor_setting(tmp_path):

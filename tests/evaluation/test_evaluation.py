@@ -22,6 +22,7 @@ from ee_vla.evaluation import (
     wilson_interval,
 )
 from ee_vla.models.vla import ModelLoadError
+from ee_vla.runtime import RuntimeConfig
 
 FAKE_ENV = "test_ee_vla/FakeReach-v0"  # registered by conftest.py
 FAKE_ENV_4D = "test_ee_vla/FakeReach4D-v0"
@@ -30,8 +31,15 @@ LEROBOT_EPISODE_KEYS = {"episode_ix", "sum_reward", "max_reward", "success", "se
 LEROBOT_AGGREGATED_KEYS = {"avg_sum_reward", "avg_max_reward", "pc_success", "eval_s", "eval_ep_s"}
 
 
+RUNTIME_FIELDS = set(RuntimeConfig.__dataclass_fields__)
+
+
 def make_cfg(policy, out, **kw) -> EvalConfig:
+    """An EvalConfig of the fake env; keyword arguments that are `RuntimeConfig` fields (decoder,
+    tau, engine, ...) go to its `runtime`."""
+    runtime = {k: kw.pop(k) for k in list(kw) if k in RUNTIME_FIELDS}
     base = dict(
+        runtime=RuntimeConfig(**runtime),
         policy=policy,
         env=[FAKE_ENV],
         episodes=3,
@@ -206,18 +214,18 @@ def test_action_dim_mismatch(tiny_policy_dir, tmp_path):
         ({"compare": ["ar", "ar"]}, "twice"),
         ({"episodes": 0}, "EvalConfig.episodes"),
         ({"num_envs": 0}, "EvalConfig.num_envs"),
-        ({"n_action_steps": 0}, "EvalConfig.n_action_steps"),
+        ({"n_action_steps": 0}, "RuntimeConfig.n_action_steps"),
         ({"decoder": "ar", "tau": 2}, "tau"),
         ({"decoder": "ceed", "window": 0}, "window"),
         ({"vector": "threads"}, "EvalConfig.vector"),
         ({"env": [FAKE_ENV, FAKE_ENV]}, "twice"),
-        ({"engine": "turbo"}, "EvalConfig.engine"),
+        ({"engine": "turbo"}, "RuntimeConfig.engine"),
         ({"engine": "graph", "device": "cpu"}, "needs a CUDA device"),
-        ({"engine": "compiled", "compile_mode": "fastest"}, "EvalConfig.compile_mode"),
+        ({"engine": "compiled", "compile_mode": "fastest"}, "RuntimeConfig.compile_mode"),
     ],
 )
 def test_bad_config_fields(tmp_path, kwargs, match):
-    with pytest.raises(EvalConfigError, match=match):
+    with pytest.raises(ValueError, match=match):  # EvalConfigError, or RuntimeConfigError for runtime options
         make_cfg(tmp_path / "m", tmp_path, **kwargs)
 
 
@@ -416,7 +424,7 @@ def test_every_decoder_preset_can_be_evaluated(tmp_path):
 
     from ee_vla.decoding.config import PRESETS
 
-    assert set(get_type_hints(EvalConfig)["decoder"].__args__) == set(PRESETS)
+    assert set(get_type_hints(RuntimeConfig)["decoder"].__args__) == set(PRESETS)
     cfg = make_cfg(tmp_path / "m", tmp_path, compare=list(PRESETS), max_iterations=3, tau=0)
     decs = cfg.decode_configs()
     assert decs["ceed_cap"].max_iterations == 3 and decs["ceed"].max_iterations == 3

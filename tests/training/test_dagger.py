@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sim_envs  # noqa: F401  (registers the ids)
+from ee_vla.runtime import RuntimeConfig
 from ee_vla.training.dagger import DaggerConfig, DaggerConfigError, collect_on_policy
 from ee_vla.training.data import scan_dataset
 from sim_envs.collect import load_dataset
@@ -25,8 +26,7 @@ def _config(policy, out, **kw) -> DaggerConfig:
         num_envs=2,
         vector="sync",
         image_size=32,
-        device="cpu",
-        decoder="jacobi",
+        runtime=RuntimeConfig(device="cpu", decoder="jacobi"),
         progress=False,
         seed=5,
     )
