@@ -150,7 +150,8 @@ def test_task_points_track_the_object_and_goal():
 
 
 def test_collect_records_metaworld_task_points(tmp_path):
-    from sim_envs.collect import CollectConfig, collect, load_dataset
+    from sim_envs.collect import CollectConfig, collect
+    from sim_envs.demo_file import load_dataset
 
     path = collect(CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), episodes=1, out=tmp_path, image_size=32))
     (ep,) = list(load_dataset(path))

@@ -11,7 +11,7 @@ import sim_envs  # noqa: F401  (registers the ids)
 from ee_vla.runtime import RuntimeConfig
 from ee_vla.training.dagger import DaggerConfig, DaggerConfigError, collect_on_policy
 from ee_vla.training.data import scan_dataset
-from sim_envs.collect import load_dataset
+from sim_envs.demo_file import load_dataset
 from sim_envs.experts import ExpertLabels, make_expert
 
 ENVS = ["ee_vla/Reach-v0", "ee_vla/Place-v0"]
