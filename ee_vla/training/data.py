@@ -1,18 +1,12 @@
-"""Demonstration data: read robomimic-style HDF5 files and serve (observation, action-chunk tokens).
+"""Demonstration data for training: episodes read from demonstration files, torch datasets of
+(observation, action-chunk tokens) items, batching and statistics.
 
-File layout (what `sim_envs` collects; one file per task, several files make a multi-task set):
-
-    data/demo_<i>/obs/pixels     (T, H, W, 3) uint8   RGB camera image
-    data/demo_<i>/obs/agent_pos  (T, P) float32       proprio (optional unless the model uses it)
-    data/demo_<i>/actions        (T, A) float32       the action taken at each step
-    data/demo_<i>/privileged/task_points (T, D) float32  target/goal positions (optional; only for
-                                                      grounding co-training)
-    attrs: instruction (str), env_id, seed, success   on the demo group (or on `data` / the file)
-
-`scan_dataset` reads everything except the images and checks it, so a bad dataset (missing file,
-no demonstrations, inconsistent dims) fails before any model is built or any compute runs. The
-images are then loaded into memory once (`load_pixels`): datasets of this project are a few GB
-at most, and in-memory indexing keeps the training loop simple.
+The files are the HDF5 files `sim_envs` collects (schema, reader: `sim_envs.demo_file`); one file
+per task or several tasks in one, and several files make a multi-task set. `scan_dataset` reads and
+checks everything except the images, so a bad dataset (missing file, no demonstrations,
+inconsistent dims) fails before any model is built or any compute runs. The images are then loaded
+into memory once (`load_pixels`): datasets of this project are a few GB at most, and in-memory
+indexing keeps the training loop simple.
 
 `DemoDataset` item t of an episode carries the chunk target: actions t..t+k-1 (the last action
 repeated past the episode end), tokenised by the model's `ActionTokenizer`. `GroundingDataset`
@@ -24,13 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
+
+if TYPE_CHECKING:  # sim_envs (with its simulator) is imported when files are read
+    from sim_envs.demo_file import Episode
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +38,6 @@ IGNORE = -100
 
 class DatasetError(ValueError):
     """A demonstration dataset that cannot be trained on (missing, empty, inconsistent)."""
-
-
-@dataclass
-class Episode:
-    """One demonstration (pixels are None until `load_pixels`)."""
-
-    source: str
-    """`file:demo_i`, for error messages."""
-    instruction: str
-    actions: np.ndarray
-    """(T, A) float32."""
-    proprio: np.ndarray | None
-    """(T, P) float32, or None when the file has no `obs/agent_pos`."""
-    pixels: np.ndarray | None = None
-    """(T, H, W, 3) uint8."""
-    image_shape: tuple[int, int, int] = (0, 0, 3)
-    attrs: dict = field(default_factory=dict)
-    task_points: np.ndarray | None = None
-    """(T, D) float32 `privileged/task_points` (target xyz, goal xyz), or None when absent."""
-    frames: np.ndarray | None = None
-    """The array of all loaded frames that `pixels` is a view of (from `load_pixels`): datasets
-    gather a batch from it with one fancy index instead of stacking per-item arrays."""
-    frame_offset: int = 0
-    """Index of this episode's first frame in `frames`."""
-    chunks: np.ndarray | None = None
-    """(T, k, A) float32 chunk targets given by the file (`expert_chunks` of on-policy data: the
-    expert's plan from each state), used instead of consecutive `actions`; None = build them."""
-
-    def __len__(self) -> int:
-        return len(self.actions)
 
 
 def find_dataset_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -91,98 +58,30 @@ def find_dataset_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _attr(value) -> object:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _demo_key(name: str) -> tuple[int, str]:
-    tail = name.rsplit("_", 1)[-1]
-    return (int(tail), name) if tail.isdigit() else (1 << 62, name)
-
-
-def _scan_demo(g, src: str, outer: dict, success_only: bool) -> Episode | None:
-    """The `Episode` (pixels not loaded) of the demonstration group `g` (`src` names it in errors),
-    None when `success_only` skips it."""
-    for key in ("actions", "obs/pixels"):
-        if key not in g:
-            raise DatasetError(f"{src} has no '{key}'")
-    attrs = {**outer, **{k: _attr(v) for k, v in g.attrs.items()}}
-    # on-policy data (`ee-vla dagger`): the labels are the expert's whatever the outcome
-    expert_labels = attrs.get("labels") == "expert"
-    if success_only and "success" in attrs and not bool(attrs["success"]) and not expert_labels:
-        return None
-    instr = attrs.get("instruction")
-    if not isinstance(instr, str) or not instr.strip():
-        raise DatasetError(f"{src} has no 'instruction' attribute (a non-empty string)")
-    actions = np.asarray(g["actions"][()], dtype=np.float32)
-    if actions.ndim != 2 or actions.shape[0] == 0:
-        raise DatasetError(f"{src}/actions must be a non-empty (T, action_dim) array, got shape {actions.shape}")
-    if not np.isfinite(actions).all():
-        raise DatasetError(f"{src}/actions contains NaN or inf")
-    px = g["obs/pixels"]
-    if px.ndim != 4 or px.shape[-1] != 3 or px.dtype != np.uint8:
-        raise DatasetError(f"{src}/obs/pixels must be (T, H, W, 3) uint8, got {px.shape} {px.dtype}")
-    if px.shape[0] != actions.shape[0]:
-        raise DatasetError(f"{src} has {px.shape[0]} images but {actions.shape[0]} actions")
-    proprio = None
-    if "obs/agent_pos" in g:
-        proprio = np.asarray(g["obs/agent_pos"][()], dtype=np.float32).reshape(len(actions), -1)
-        if not np.isfinite(proprio).all():
-            raise DatasetError(f"{src}/obs/agent_pos contains NaN or inf")
-    points = None
-    if "privileged/task_points" in g:
-        points = np.asarray(g["privileged/task_points"][()], dtype=np.float32)
-        if points.ndim != 2 or len(points) != len(actions) or not np.isfinite(points).all():
-            raise DatasetError(
-                f"{src}/privileged/task_points must be a finite ({len(actions)}, D) array, got shape {points.shape}"
-            )
-    chunks = None
-    if "expert_chunks" in g:
-        chunks = np.asarray(g["expert_chunks"][()], dtype=np.float32)
-        if chunks.ndim != 3 or chunks.shape[0] != len(actions) or chunks.shape[2] != actions.shape[1]:
-            raise DatasetError(
-                f"{src}/expert_chunks must be a ({len(actions)}, k, {actions.shape[1]}) array, got shape {chunks.shape}"
-            )
-        if not np.isfinite(chunks).all():
-            raise DatasetError(f"{src}/expert_chunks contains NaN or inf")
-    return Episode(src, instr, actions, proprio, None, tuple(px.shape[1:]), attrs, points, chunks=chunks)
-
-
 def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list[Episode]:
-    """Read and check every episode's actions, proprio and attributes (not the images).
+    """Read and check every episode's actions, agent_pos and attributes (not the images).
 
     Raises:
         DatasetError: a file is missing or not HDF5, has no demonstrations, a demonstration lacks a
             key or an instruction, has NaN actions, or dims differ between demonstrations.
     """
-    import h5py
+    from sim_envs.demo_file import DemoFile, DemoFileError
+
+    def keep(attrs: dict) -> bool:
+        # on-policy data (`ee-vla dagger`): the labels are the expert's whatever the outcome
+        failed = "success" in attrs and not bool(attrs["success"])
+        return not (success_only and failed and attrs.get("labels") != "expert")
 
     episodes: list[Episode] = []
     skipped = 0
     for f in find_dataset_files(paths):
         try:
-            h5 = h5py.File(f, "r")
-        except OSError as e:
-            raise DatasetError(f"dataset file {f} is not a readable HDF5 file ({e})") from e
-        with h5:
-            if "data" not in h5 or not len(h5["data"]):
-                raise DatasetError(f"dataset file {f} holds no demonstrations (expected groups data/demo_<i>)")
-            data = h5["data"]
-            outer = {**{k: _attr(v) for k, v in h5.attrs.items()}, **{k: _attr(v) for k, v in data.attrs.items()}}
-            for name in sorted(data.keys(), key=_demo_key):
-                src = f"{f}:{name}"
-                try:
-                    episode = _scan_demo(data[name], src, outer, success_only)
-                except OSError as e:  # h5py names neither the file nor the dataset of a corrupt chunk
-                    raise DatasetError(f"{src} cannot be read (corrupt or truncated file?): {e}") from e
-                if episode is None:
-                    skipped += 1
-                else:
-                    episodes.append(episode)
+            demo_file = DemoFile(f)
+            kept = demo_file.episodes(pixels=False, keep=keep)
+        except DemoFileError as e:
+            raise DatasetError(str(e)) from e
+        skipped += len(demo_file) - len(kept)
+        episodes += kept
     if skipped:
         log.info("skipped %d unsuccessful demonstrations (success_only)", skipped)
     if not episodes:
@@ -202,8 +101,8 @@ def _check_consistent(episodes: list[Episode]) -> None:
             raise DatasetError(
                 f"image shapes differ: {first.source} has {first.image_shape}, {e.source} has {e.image_shape}"
             )
-        p0 = None if first.proprio is None else first.proprio.shape[1]
-        p1 = None if e.proprio is None else e.proprio.shape[1]
+        p0 = None if first.agent_pos is None else first.agent_pos.shape[1]
+        p1 = None if e.agent_pos is None else e.agent_pos.shape[1]
         if p0 != p1:
             raise DatasetError(f"agent_pos dims differ: {first.source} has {p0}, {e.source} has {p1}")
 
@@ -216,7 +115,7 @@ def check_against_model(episodes: list[Episode], action_dim: int, proprio_dim: i
             f"the dataset's actions have {A} dims but {what} expects {action_dim} ({episodes[0].source})"
         )
     if proprio_dim:
-        P = None if episodes[0].proprio is None else episodes[0].proprio.shape[1]
+        P = None if episodes[0].agent_pos is None else episodes[0].agent_pos.shape[1]
         if P != proprio_dim:
             raise DatasetError(
                 f"{what} uses proprio of {proprio_dim} dims but the dataset's obs/agent_pos has "
@@ -256,29 +155,12 @@ def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
 def load_pixels(episodes: list[Episode]) -> np.ndarray:
     """Read the images of every episode into one (sum T, H, W, 3) uint8 array (returned); each
     episode's `pixels` is a view of it (`frames`, `frame_offset`)."""
-    import h5py
+    from sim_envs.demo_file import DemoFileError, read_pixels
 
-    offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])]).astype(np.int64)
-    frames = np.empty((int(offsets[-1]), *episodes[0].image_shape), dtype=np.uint8)
-    by_file: dict[str, list[int]] = {}
-    for i, e in enumerate(episodes):
-        by_file.setdefault(e.source.rsplit(":", 1)[0], []).append(i)
-    for f, idx in by_file.items():
-        try:
-            h5 = h5py.File(f, "r")
-        except OSError as err:
-            raise DatasetError(f"dataset file {f} is not a readable HDF5 file ({err})") from err
-        with h5:
-            for i in idx:
-                e = episodes[i]
-                view = frames[offsets[i] : offsets[i + 1]]
-                try:
-                    view[...] = h5[f"data/{e.source.rsplit(':', 1)[1]}/obs/pixels"][()]
-                except OSError as err:  # h5py names neither the file nor the dataset of a corrupt chunk
-                    raise DatasetError(
-                        f"{e.source}/obs/pixels cannot be read (corrupt or truncated file?): {err}"
-                    ) from err
-                e.pixels, e.frames, e.frame_offset = view, frames, int(offsets[i])
+    try:
+        frames = read_pixels(episodes)
+    except DemoFileError as e:
+        raise DatasetError(str(e)) from e
     nbytes = frames.nbytes
     log.info("loaded %d episodes, %d steps, %.1f MB of images", len(episodes), sum(map(len, episodes)), nbytes / 2**20)
     return frames
@@ -302,7 +184,7 @@ def frame_batch(episodes: list[Episode], ep_t: np.ndarray, use_proprio: bool) ->
     return {
         "pixels": gather_pixels(episodes, ep_t[:, 0], ep_t[:, 1]),
         "instruction": [episodes[i].instruction for i in ep],
-        "proprio": np.stack([episodes[i].proprio[j] for i, j in zip(ep, t, strict=True)]) if use_proprio else None,
+        "proprio": np.stack([episodes[i].agent_pos[j] for i, j in zip(ep, t, strict=True)]) if use_proprio else None,
         "episode": ep_t[:, 0].copy(),
         "t": ep_t[:, 1].copy(),
     }
@@ -327,9 +209,9 @@ def compute_action_stats(episodes: list[Episode], unnormalized_dims: Sequence[in
 
 
 def compute_proprio_stats(episodes: list[Episode]) -> ActionStats:
-    if any(e.proprio is None for e in episodes):
+    if any(e.agent_pos is None for e in episodes):
         raise DatasetError("use_proprio needs obs/agent_pos in every demonstration")
-    return ActionStats.from_actions(np.concatenate([e.proprio for e in episodes]))
+    return ActionStats.from_actions(np.concatenate([e.agent_pos for e in episodes]))
 
 
 def split_episodes(episodes: list[Episode], val_fraction: float) -> tuple[list[Episode], list[Episode]]:
@@ -352,8 +234,7 @@ def compute_point_stats(episodes: list[Episode]) -> ActionStats:
         raise DatasetError(
             f"grounding co-training needs privileged/task_points in every demonstration; {missing[0]} has none "
             f"({len(missing)} of {len(episodes)} lack it). `ee-vla collect` records them for the ee_vla suite and "
-            "Meta-World (Meta-World data collected before ee_vla's session 6 lacks them: re-collect it), "
-            "or train without --grounding-fraction"
+            "Meta-World, or train without --grounding-fraction"
         )
     dims = {e.task_points.shape[1] for e in episodes}
     if len(dims) != 1:
@@ -379,16 +260,16 @@ def instruction_corpus(episodes: list[Episode], template: str) -> list[str]:
 
 
 def chunk_targets(episode: Episode, k: int) -> np.ndarray:
-    """(T, k, A) chunk targets of an episode: the file's own (`Episode.chunks`, their first k
+    """(T, k, A) chunk targets of an episode: the file's own (`Episode.expert_chunks`, their first k
     actions) or its actions chunked (`chunk_actions`)."""
-    if episode.chunks is None:
+    if episode.expert_chunks is None:
         return chunk_actions(episode.actions, k)
-    if episode.chunks.shape[1] < k:
+    if episode.expert_chunks.shape[1] < k:
         raise DatasetError(
-            f"{episode.source}/expert_chunks holds {episode.chunks.shape[1]}-action chunks; the model's "
+            f"{episode.source}/expert_chunks holds {episode.expert_chunks.shape[1]}-action chunks; the model's "
             f"chunk_size is {k} (collect the on-policy data with this model, or without chunk labels)"
         )
-    return episode.chunks[:, :k]
+    return episode.expert_chunks[:, :k]
 
 
 def chunk_actions(actions: np.ndarray, k: int) -> np.ndarray:

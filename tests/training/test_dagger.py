@@ -153,14 +153,14 @@ def test_training_targets_are_the_experts_plans(dagger_file, tiny_vla_dir, tmp_p
     tok = VLA.from_pretrained(tiny_vla_dir).action_tokenizer
     ds = DemoDataset(episodes, tok, 3, use_proprio=False)
     for e, target in zip(episodes, ds.targets, strict=True):
-        np.testing.assert_array_equal(target, tok.encode_chunk(e.chunks))
+        np.testing.assert_array_equal(target, tok.encode_chunk(e.expert_chunks))
     ep = max(episodes, key=len)
     assert not np.array_equal(chunk_targets(ep, 3), chunk_actions(ep.actions, 3))  # a random policy's states
     with pytest.raises(DatasetError, match="expert_chunks"):
         chunk_targets(ep, 4)
     path = collect_on_policy(_config(tiny_vla_dir, tmp_path, env=[ENVS[0]], chunk_labels=False))
     plain = scan_dataset([path])
-    assert all(e.chunks is None for e in plain)
+    assert all(e.expert_chunks is None for e in plain)
 
 
 def test_episodes_cut_at_max_episode_steps(tiny_vla_dir, tmp_path):

@@ -79,7 +79,7 @@ def test_batched_fetch_equals_per_item_collate(write_demo, tmp_path):
         ep, t = (int(x) for x in demo.index[i])
         assert (batched["episode"][row], batched["t"][row]) == (ep, t)
         np.testing.assert_array_equal(batched["pixels"][row], eps[ep].pixels[t])
-        np.testing.assert_array_equal(batched["proprio"][row], eps[ep].proprio[t])
+        np.testing.assert_array_equal(batched["proprio"][row], eps[ep].agent_pos[t])
         np.testing.assert_array_equal(batched["target"][row], demo.targets[ep][t])
         assert batched["instruction"][row] == eps[ep].instruction
     assert isinstance(demo[3]["episode"], int) and isinstance(demo[3]["t"], int)
@@ -95,7 +95,7 @@ def test_build_inputs_matches_prompt_ids(write_demo, tmp_path):
     eps = _episodes(write_demo, tmp_path)
     vla = _vla(eps, proprio=True)
     px = np.stack([eps[0].pixels[0]] * 3)
-    proprio = np.stack([eps[i].proprio[0] for i in range(3)])
+    proprio = np.stack([eps[i].agent_pos[0] for i in range(3)])
     instr = ["pick up the red cube", "pick up the green cube now please", "x"]
     tpl = [None, GROUNDING_TEMPLATE, None]
     inputs = vla.build_inputs(px, instr, proprio, tpl)

@@ -46,6 +46,35 @@ def test_dataset_targets_are_tokenised_chunks(demo_file, k):
     assert (last == last[-1]).all()  # padded by repeating the final action
 
 
+def test_batches_hold_the_files_arrays(tmp_path, write_demo):
+    """A batch of frames from several files is the files' own images, proprio and chunked actions,
+    and each episode keeps its file's instruction, attributes and name."""
+    import h5py
+
+    files = [write_demo(tmp_path / "a.hdf5", n_episodes=2, steps=6), write_demo(tmp_path / "b.hdf5", seed=4)]
+    eps = scan_dataset(files)
+    load_pixels(eps)
+    raw = []
+    for f in files:
+        with h5py.File(f, "r") as h5:
+            for key in sorted(h5["data"], key=lambda k: int(k.split("_")[1])):
+                g = h5["data"][key]
+                raw.append((f"{f}:{key}", g["obs/pixels"][()], g["obs/agent_pos"][()], g["actions"][()], dict(g.attrs)))
+    assert [e.source for e in eps] == [r[0] for r in raw]
+    tok = ActionTokenizer.openvla(compute_action_stats(eps), vocab_size=1000)
+    ds = DemoDataset(eps, tok, 3, use_proprio=True)
+    idx = list(range(len(ds)))[::-1]
+    batch = ds.__getitems__(idx)
+    for row, (e, t) in enumerate(zip(batch["episode"], batch["t"], strict=True)):
+        _, pixels, agent_pos, actions, attrs = raw[e]
+        np.testing.assert_array_equal(batch["pixels"][row], pixels[t])
+        np.testing.assert_array_equal(batch["proprio"][row], agent_pos[t])
+        np.testing.assert_array_equal(batch["target"][row], tok.encode_chunk(chunk_actions(actions, 3)[t]))
+        assert batch["instruction"][row] == attrs["instruction"]
+    for e, (_, _, _, _, attrs) in zip(eps, raw, strict=True):
+        assert e.attrs["env_id"] == attrs["env_id"] and e.attrs["seed"] == attrs["seed"]
+
+
 def test_directory_and_multi_file(tmp_path, write_demo):
     d = tmp_path / "set"
     d.mkdir()
