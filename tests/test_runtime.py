@@ -191,7 +191,8 @@ def test_config_modules_import_without_torch():
     MuJoCo: `--help`, the ROS launch process and the node's parent stay light."""
     code = (
         "import sys, json\n"
-        "import ee_vla.runtime, ee_vla.evaluation, ee_vla.bench, ros_nodes.params, ros_nodes.launch_args\n"
+        "import ee_vla.runtime, ee_vla.evaluation, ee_vla.evaluation.config, ee_vla.bench\n"
+        "import ros_nodes.params, ros_nodes.launch_args\n"
         "from ros_nodes.params import PolicyParams\n"
         "PolicyParams(decoder='ceed_cap', tau=1).runtime_config().decode_config()\n"
         "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'mujoco') if m in sys.modules)))\n"

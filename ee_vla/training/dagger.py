@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 
-from ee_vla.evaluation import Recorder
+from ee_vla.evaluation.rollout import Recorder
 from ee_vla.runtime import RuntimeConfig, config_dict
 from ee_vla.threads import configure_threads
 
@@ -117,7 +117,7 @@ class DaggerConfig:
 
     def eval_config(self):
         """The `EvalConfig` of the rollouts (its checks apply: env ids, decoder, device, engine)."""
-        from ee_vla.evaluation import EvalConfig
+        from ee_vla.evaluation.config import EvalConfig
 
         return EvalConfig(
             policy=self.policy,
@@ -209,18 +209,12 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
     """Run `cfg.policy` on `cfg.env` and write its expert-labelled episodes; returns the HDF5 path."""
     from tqdm.auto import tqdm
 
-    from ee_vla.evaluation import (
-        EvalConfigError,
-        _import_env_modules,
-        _Rollout,
-        _setup_mujoco_gl,
-        check_env_compatible,
-        check_env_ids,
-    )
+    from ee_vla.evaluation.config import EvalConfigError, check_env_ids, import_env_modules, setup_mujoco_gl
+    from ee_vla.evaluation.rollout import _Rollout, check_env_compatible
 
     ecfg = cfg.eval_config()
-    _setup_mujoco_gl(ecfg)
-    _import_env_modules(ecfg.env_modules)
+    setup_mujoco_gl(ecfg)
+    import_env_modules(ecfg.env_modules)
     if not cfg.env:
         from sim_envs import SUITE_ENV_IDS
 

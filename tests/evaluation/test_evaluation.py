@@ -309,7 +309,7 @@ def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tm
     """A later env id whose instruction is much longer needs another prompt bucket: it is built in
     that env's warm-up, never inside a timed decode call (a CUDA-graph capture would be timed)."""
     from ee_vla.engine.static import StaticEngine
-    from ee_vla.evaluation import _Rollout
+    from ee_vla.evaluation.rollout import _Rollout
 
     from .conftest import FAKE_ENV_LONG
 
@@ -342,7 +342,7 @@ def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tm
 def test_warm_start_decodes_every_copy_in_one_call(tiny_policy_dir, tmp_path, monkeypatch):
     """Copies with a previous chunk and copies that just began an episode share one policy call:
     the latter get a row of -1 (no guess) in `warm_start_tokens`."""
-    from ee_vla.evaluation import _Rollout
+    from ee_vla.evaluation.rollout import _Rollout
     from ee_vla.policy import VLAPolicy
 
     decodes, calls, mixed = [], [], []
@@ -429,3 +429,16 @@ def test_every_decoder_preset_can_be_evaluated(tmp_path):
     decs = cfg.decode_configs()
     assert decs["ceed_cap"].max_iterations == 3 and decs["ceed"].max_iterations == 3
     assert decs["ar"].max_iterations != 3
+
+
+def test_python_m_entry_point_parses_the_eval_options():
+    """`python -m ee_vla.evaluation` is `ee-vla eval`: its help lists the flat runtime flags."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "ee_vla.evaluation", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    for flag in ("--policy", "--compare", "--decoder", "--max-iterations", "--tau", "--device", "--engine"):
+        assert flag in run.stdout, flag

@@ -1,0 +1,457 @@
+"""Batched rollouts of one policy on one env id's vector env, and what they measure.
+
+How episodes run: each env id gets a Gymnasium vector env of `num_envs` copies (autoreset
+disabled). Episode i of an env id is reset with seed `seed + i`, whichever copy runs it, so every
+decoder and every `num_envs` sees the same initial states. Each copy holds a queue of the
+`n_action_steps` first actions of its last chunk; whenever copies run out, ONE batched policy call
+decodes new chunks for all of them. A copy whose episode ends is reset with the next episode's seed
+(its queued actions are dropped); when no episodes are left it idles on a hold action and its
+results are ignored. Any exception in an env or the policy aborts the evaluation: a crash is an
+error, never a failed episode.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ee_vla.evaluation.config import EvalConfig, EvalConfigError, import_env_modules
+from ee_vla.timing import LatencyRecorder, summarize
+
+if TYPE_CHECKING:
+    from ee_vla.decoding.core import DecodeStats
+
+
+class DecodeLog:
+    """Per-call decode measurements of a run (latency is device-synchronised, see `ee_vla.timing`)."""
+
+    def __init__(self, n_tokens: int, chunk_size: int) -> None:
+        self.n_tokens = n_tokens
+        self.chunk_size = chunk_size
+        self.latency = LatencyRecorder()
+        self.prefill_s: list[float] = []
+        self.batch_sizes: list[int] = []
+        self.forward_passes: list[int] = []  # per call (shared by the batch)
+        self.sample_iterations: list[int] = []  # per decoded chunk
+        self.accepted: list[float] = []  # per iteration
+        self.exit_reasons: Counter[str] = Counter()
+        self.inexact_chunks = 0
+        self.setup_s = 0.0  # one-time engine work inside timed calls, taken out of their latency
+        self.setup_calls = 0
+
+    def add(self, stats: DecodeStats, seconds: float, setup_s: float = 0.0) -> None:
+        """Record one policy call that took `seconds` and produced `stats`, of which `setup_s` was
+        one-time engine work in its prefill (an engine built, a prompt bucket captured): not decoding,
+        so it is left out of the latency and prefill figures and reported on its own."""
+        self.latency.add(seconds - setup_s)
+        self.prefill_s.append(stats.prefill_s - setup_s)
+        if setup_s > 0:
+            self.setup_s += setup_s
+            self.setup_calls += 1
+        self.batch_sizes.append(stats.batch_size)
+        self.forward_passes.append(stats.forward_passes)
+        for row in stats.unit_final_iteration:
+            self.sample_iterations.append(max(row) if row else 0)
+        self.accepted.extend(stats.accepted_per_iteration)
+        self.exit_reasons.update(stats.exit_reason)
+        self.inexact_chunks += sum(not all(row) for row in stats.unit_exact)
+
+    def merge(self, other: DecodeLog) -> None:
+        self.latency.extend(other.latency.samples)
+        self.prefill_s += other.prefill_s
+        self.batch_sizes += other.batch_sizes
+        self.forward_passes += other.forward_passes
+        self.sample_iterations += other.sample_iterations
+        self.accepted += other.accepted
+        self.exit_reasons.update(other.exit_reasons)
+        self.inexact_chunks += other.inexact_chunks
+        self.setup_s += other.setup_s
+        self.setup_calls += other.setup_calls
+
+    def summary(self) -> dict[str, Any]:
+        """The `decode` block of eval_info.json (definitions in docs/evaluation.md)."""
+        chunks = int(sum(self.batch_sizes))
+        total_s = self.latency.total
+        it = np.asarray(self.sample_iterations, dtype=np.int64)
+        hist = {str(k): int(v) for k, v in sorted(Counter(it.tolist()).items())}
+        nan = float("nan")
+        return {
+            "calls": len(self.batch_sizes),
+            "chunks": chunks,
+            "tokens_per_chunk": self.n_tokens,
+            "actions_per_chunk": self.chunk_size,
+            "mean_batch_size": float(np.mean(self.batch_sizes)) if self.batch_sizes else nan,
+            "latency_ms": self.latency.summary_ms(),
+            "prefill_ms": {k: (v if k == "n" else v * 1e3) for k, v in summarize(self.prefill_s).items()},
+            "iterations_per_chunk": {
+                "mean": float(it.mean()) if it.size else nan,
+                "max": int(it.max()) if it.size else 0,
+                "histogram": hist,
+            },
+            "forward_passes_per_chunk": float(it.mean() + 1) if it.size else nan,
+            "forward_passes_per_call": float(np.mean(self.forward_passes)) if self.forward_passes else nan,
+            "accepted_tokens_per_iteration": float(np.mean(self.accepted)) if self.accepted else nan,
+            "exit_reasons": dict(sorted(self.exit_reasons.items())),
+            "inexact_chunks": self.inexact_chunks,
+            "decode_s": total_s,
+            "tokens_per_s": chunks * self.n_tokens / total_s if total_s > 0 else nan,
+            "actions_per_s": chunks * self.chunk_size / total_s if total_s > 0 else nan,
+            "setup_s": self.setup_s,
+            "setup_calls": self.setup_calls,
+        }
+
+
+def _make_env(
+    env_id: str,
+    env_modules: tuple[str, ...],
+    max_episode_steps: int | None,
+    kwargs: dict[str, Any],
+    expert_horizon: int = 0,
+):
+    """One env (module-level so that async vector envs can pickle it); `expert_horizon` k > 0 wraps
+    it in `sim_envs.experts.ExpertLabels(env, k)` (info["expert_action"] at every observation, and
+    the expert's k-step plan when k > 1)."""
+    import gymnasium
+
+    import_env_modules(env_modules)
+    env = gymnasium.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    if expert_horizon:
+        from sim_envs.experts import ExpertLabels
+
+        env = ExpertLabels(env, expert_horizon)
+    return env
+
+
+def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: int = 0) -> None:
+    """Fail before any episode runs if the env's spaces do not fit the policy (or, with
+    `expert_horizon`, if `ExpertLabels` cannot wrap it: its ValueError)."""
+    from gymnasium import spaces
+
+    env = _make_env(env_id, tuple(cfg.env_modules), cfg.max_episode_steps, cfg.env_kwargs, expert_horizon)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs_space, spaces.Dict) or "pixels" not in obs_space.spaces:
+        raise EvalConfigError(f"env {env_id!r}: observations must be a Dict with 'pixels', got {obs_space}")
+    px = obs_space["pixels"]
+    if len(px.shape) != 3 or px.shape[-1] != 3 or px.dtype != np.uint8:
+        raise EvalConfigError(f"env {env_id!r}: 'pixels' must be (H, W, 3) uint8, got {px.shape} {px.dtype}")
+    if not isinstance(act_space, spaces.Box) or act_space.shape != (policy.action_dim,):
+        raise EvalConfigError(
+            f"env {env_id!r}: action space {act_space} does not match the policy's action_dim={policy.action_dim}"
+        )
+    p = policy.vla.proprio_dim
+    if p:
+        ap = obs_space.spaces.get("agent_pos")
+        if ap is None or int(np.prod(ap.shape)) != p:
+            raise EvalConfigError(f"env {env_id!r}: the policy needs 'agent_pos' of {p} dims, the env gives {ap}")
+
+
+def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, expert_horizon: int = 0):
+    from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+    fn = functools.partial(
+        _make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, dict(cfg.env_kwargs), expert_horizon
+    )
+    cls = SyncVectorEnv if cfg.vector == "sync" else AsyncVectorEnv
+    return cls([fn] * n, autoreset_mode=AutoresetMode.DISABLED)
+
+
+def _info_column(info: dict, key: str, n: int) -> np.ndarray | None:
+    """info[key] of a vector env as an (n,) object array, None where a copy did not report it."""
+    if key not in info:
+        return None
+    vals = np.asarray(info[key], dtype=object).reshape(n)
+    mask = np.asarray(info.get(f"_{key}", np.ones(n, dtype=bool)), dtype=bool)
+    return np.where(mask, vals, None)
+
+
+def _instructions(envs, info: dict, slots: Sequence[int], env_id: str) -> dict[int, str]:
+    col = _info_column(info, "task_description", envs.num_envs)
+    out: dict[int, str] = {}
+    fallback = None
+    for s in slots:
+        text = None if col is None else col[s]
+        if text is None:
+            fallback = fallback or envs.get_attr("task_description")
+            text = fallback[s]
+        if not isinstance(text, str) or not text.strip():
+            raise EvalConfigError(f"env {env_id!r} gives no task_description (instruction), got {text!r}")
+        out[s] = text
+    return out
+
+
+@dataclass
+class _Episode:
+    episode_ix: int
+    seed: int
+    instruction: str = ""
+    sum_reward: float = 0.0
+    max_reward: float = -math.inf
+    success: bool = False
+    steps: int = 0
+    frames: list[np.ndarray] | None = None
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "episode_ix": self.episode_ix,
+            "sum_reward": self.sum_reward,
+            "max_reward": self.max_reward if self.steps else float("nan"),
+            "success": self.success,
+            "seed": self.seed,
+            "steps": self.steps,
+            "task_description": self.instruction,
+        }
+
+
+@dataclass
+class _Copies:
+    """The state of a vector env's copies during `_Rollout.run` (index s = copy s)."""
+
+    running: list[_Episode | None]
+    """The episode each copy runs; None once no episode is left for it (it idles on `hold`)."""
+    queues: list[deque[np.ndarray]]
+    """Actions of each copy's last chunk not executed yet."""
+    previous: list[Any]
+    """Each copy's last chunk's tokens (its warm start), None at an episode's start."""
+    next_ix: int
+    """Index of the next episode to start."""
+    space: Any
+    low: np.ndarray
+    high: np.ndarray
+    hold: np.ndarray
+    """The action of an idle copy (zeros, clipped to the action space)."""
+    obs: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    instr: dict[int, str] = field(default_factory=dict)
+    done: list[dict] = field(default_factory=list)
+    """Results of the finished episodes."""
+
+
+class Recorder:
+    """What `_Rollout` tells an observer of its episodes (on-policy data collection,
+    `ee_vla.training.dagger`), in order: each observation with its info, then the action executed
+    after it and its reward, ..., the last observation, and the episode's end."""
+
+    expert_horizon = 0
+    """k > 0: the envs are wrapped in `sim_envs.experts.ExpertLabels(env, k)`; 0: not wrapped."""
+
+    def observe(self, ep: _Episode, obs: dict, info: dict, slot: int) -> None: ...
+
+    def step(self, ep: _Episode, action: np.ndarray, reward: float) -> None: ...
+
+    def finish(self, ep: _Episode) -> None: ...
+
+
+class _Rollout:
+    """Runs `cfg.episodes` episodes of one env id with one policy/decoder (see module docstring)."""
+
+    def __init__(
+        self,
+        env_id: str,
+        policy,
+        cfg: EvalConfig,
+        warm: bool,
+        out_dir: Path,
+        pbar,
+        warmup: int,
+        recorder: Recorder | None = None,
+    ):
+        self.env_id, self.policy, self.cfg = env_id, policy, cfg
+        self.warm, self.out_dir, self.pbar, self.warmup = warm, out_dir, pbar, warmup
+        self.recorder = recorder
+        self.stop_at: float | None = None
+        """perf_counter() time after which no new episode starts (running ones finish); None = run all."""
+        self.log = DecodeLog(policy.vla.n_action_tokens, policy.chunk_size)
+        self.video_paths: list[str] = []
+
+    def run(self) -> tuple[list[dict], float]:
+        """Run the episodes; returns their results (by episode index) and the seconds they took
+        (the untimed warm-up left out)."""
+        rec = self.recorder
+        n = min(self.cfg.num_envs, self.cfg.episodes)
+        envs = _make_vector_env(self.env_id, n, self.cfg, expert_horizon=rec.expert_horizon if rec is not None else 0)
+        try:
+            t0 = time.perf_counter()
+            c = self._start(envs, n)
+            warm_s = self._warm_up(c)  # untimed: not part of eval_s (episodes/min)
+            while any(ep is not None for ep in c.running):
+                self._step(envs, c)
+            eval_s = time.perf_counter() - t0 - warm_s
+        finally:
+            envs.close()
+        return sorted(c.done, key=lambda e: e["episode_ix"]), eval_s
+
+    def _start(self, envs, n: int) -> _Copies:
+        """Reset the n copies with the first n episodes' seeds."""
+        space = envs.single_action_space
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        c = _Copies(
+            running=[self._new_episode(i) for i in range(n)],
+            queues=[deque() for _ in range(n)],
+            previous=[None] * n,
+            next_ix=n,
+            space=space,
+            low=low,
+            high=high,
+            hold=np.clip(np.zeros(space.shape), low, high).astype(space.dtype),
+        )
+        c.obs, c.info = envs.reset(seed=[ep.seed for ep in c.running])
+        c.instr = _instructions(envs, c.info, range(n), self.env_id)
+        for s, ep in enumerate(c.running):
+            ep.instruction = c.instr[s]
+            self._frame(ep, c.obs, c.info, s)
+        self.policy.reset()
+        return c
+
+    def _warm_up(self, c: _Copies) -> float:
+        """`warmup` untimed decodes of the first observations; with a static engine also one at
+        every smaller batch size (copies finish at different steps: every batch size 1..n occurs),
+        so that no engine is built inside a timed call. Returns the seconds it took."""
+        policy, n = self.policy, len(c.running)
+        t = time.perf_counter()
+        if self.warmup:
+            batch = self._batch(c.obs, list(range(n)), c.instr)
+            for _ in range(self.warmup):
+                policy.predict_action_chunk(batch)
+            pool = policy.engine_pool
+            if pool is not None:
+                pool.max_engines = max(pool.max_engines, n)
+                for b in range(1, n):
+                    policy.predict_action_chunk(self._batch(c.obs, list(range(b)), c.instr))
+            policy.reset()
+        return time.perf_counter() - t
+
+    def _step(self, envs, c: _Copies) -> None:
+        """One env step of every copy: new chunks for the copies whose queue ran out (one policy
+        call), then each running episode's bookkeeping, and resets of the copies that finished."""
+        need = [s for s, ep in enumerate(c.running) if ep is not None and not c.queues[s]]
+        if need:
+            for s, chunk in self._decode(c.obs, need, c.instr, c.previous).items():
+                c.queues[s].extend(chunk[: self.policy.n_action_steps])
+        actions = np.stack([c.queues[s].popleft() if ep is not None else c.hold for s, ep in enumerate(c.running)])
+        if self.cfg.clip_actions:
+            actions = np.clip(actions, c.low, c.high)
+        c.obs, reward, terminated, truncated, c.info = envs.step(actions.astype(c.space.dtype))
+        done = np.asarray(terminated) | np.asarray(truncated)
+        success = _info_column(c.info, "is_success", len(c.running))
+        new_slots: list[int] = []
+        for s, ep in enumerate(c.running):
+            if ep is None:
+                continue
+            if success is None or success[s] is None:
+                raise RuntimeError(f"env {self.env_id!r} did not report info['is_success'] at step {ep.steps}")
+            self._record(ep, s, c, actions[s], float(reward[s]), bool(success[s]))
+            if done[s] and self._next_episode(c, s):
+                new_slots.append(s)
+        if done.any():
+            self._reset_finished(envs, c, done, new_slots)
+
+    def _record(self, ep: _Episode, s: int, c: _Copies, action: np.ndarray, reward: float, success: bool) -> None:
+        """Add one step (its action, reward, success and the observation after it) to `ep`."""
+        ep.sum_reward += reward
+        ep.max_reward = max(ep.max_reward, reward)
+        ep.success = ep.success or success
+        ep.steps += 1
+        if self.recorder is not None:
+            self.recorder.step(ep, action, reward)
+        self._frame(ep, c.obs, c.info, s)
+
+    def _next_episode(self, c: _Copies, s: int) -> bool:
+        """Close copy s's finished episode and give the copy the next one, if any is left (and
+        `stop_at` has not passed); whether it got one."""
+        ep = c.running[s]
+        c.done.append(ep.result())
+        if self.recorder is not None:
+            self.recorder.finish(ep)
+        self._save_video(ep)
+        if self.pbar is not None:
+            self.pbar.update(1)
+        c.queues[s].clear()
+        c.previous[s] = None
+        more = c.next_ix < self.cfg.episodes and (self.stop_at is None or time.perf_counter() < self.stop_at)
+        c.running[s] = self._new_episode(c.next_ix) if more else None
+        if c.running[s] is None:
+            return False
+        c.next_ix += 1
+        return True
+
+    def _reset_finished(self, envs, c: _Copies, done: np.ndarray, new_slots: list[int]) -> None:
+        """Reset the copies that finished: those with a new episode with its seed, idle ones too
+        (seed None) so that they never step past their end."""
+        seeds = [c.running[s].seed if s in new_slots else None for s in range(len(c.running))]
+        c.obs, c.info = envs.reset(seed=seeds, options={"reset_mask": done.copy()})
+        if new_slots:
+            c.instr.update(_instructions(envs, c.info, new_slots, self.env_id))
+            for s in new_slots:
+                c.running[s].instruction = c.instr[s]
+                self._frame(c.running[s], c.obs, c.info, s)
+
+    def _new_episode(self, ix: int) -> _Episode:
+        return _Episode(ix, self.cfg.seed + ix, frames=[] if ix < self.cfg.videos else None)
+
+    def _frame(self, ep: _Episode, obs: dict, info: dict, s: int) -> None:
+        if ep.frames is not None:
+            ep.frames.append(np.array(obs["pixels"][s], copy=True))
+        if self.recorder is not None:
+            self.recorder.observe(ep, obs, info, s)
+
+    @staticmethod
+    def _batch(obs: dict, slots: list[int], instr: dict[int, str]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"pixels": np.asarray(obs["pixels"])[slots], "instruction": [instr[s] for s in slots]}
+        if "agent_pos" in obs:
+            batch["agent_pos"] = np.asarray(obs["agent_pos"])[slots]
+        return batch
+
+    def _decode(self, obs: dict, slots: list[int], instr: dict[int, str], previous: list[Any]) -> dict[int, np.ndarray]:
+        """New chunks for `slots`, in one policy call. With a warm start each copy's guess is its
+        own previous chunk; a copy that starts an episode has none (a row of -1: the default guess)."""
+        import torch
+
+        policy = self.policy
+        if self.warm:
+            have = [previous[s] for s in slots if previous[s] is not None]
+            if have:
+                none = torch.full_like(have[0], -1)
+                rows = [previous[s] if previous[s] is not None else none for s in slots]
+                policy.warm_start_tokens = torch.stack(rows)
+            else:
+                policy.warm_start_tokens = None
+        pool = policy.engine_pool
+        setup0 = pool.setup_s if pool is not None else 0.0
+        rec = LatencyRecorder()
+        with rec.time(self.cfg.runtime.device):
+            chunks = policy.predict_action_chunk(self._batch(obs, slots, instr))
+        self.log.add(policy.last_stats, rec.samples[0], pool.setup_s - setup0 if pool is not None else 0.0)
+        out: dict[int, np.ndarray] = {}
+        for i, s in enumerate(slots):
+            out[s] = chunks[i]
+            if self.warm:
+                previous[s] = policy.warm_start_tokens[i].clone()
+        return out
+
+    def _save_video(self, ep: _Episode) -> None:
+        if not ep.frames:
+            return
+        import imageio.v3 as iio
+
+        folder = self.out_dir / "videos" / re.sub(r"[^A-Za-z0-9_.-]+", "_", self.env_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"episode_{ep.episode_ix}.{self.cfg.video_format}"
+        fps = 10
+        if self.cfg.video_format == "gif":
+            iio.imwrite(path, np.stack(ep.frames), duration=1000 / fps, loop=0)
+        else:
+            iio.imwrite(path, np.stack(ep.frames), fps=fps)
+        self.video_paths.append(str(path))
+        ep.frames = None
