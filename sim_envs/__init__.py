@@ -82,6 +82,19 @@ def registered_env_ids() -> list[str]:
     return sorted(k for k in gymnasium.registry if k.startswith("ee_vla/"))
 
 
+def control_hz(env_id: str) -> float | None:
+    """The control rate of a registered env id, in Hz: one `step` per 1 / control_hz seconds of
+    simulated time, declared as the env class's `metadata["render_fps"]` (Gymnasium's convention:
+    one frame per step). None when the env declares none. Imports the env's module, not its
+    dependencies' heavy parts (Meta-World loads only when an env is made)."""
+    if env_id not in gymnasium.registry:
+        raise ValueError(f"unknown env id {env_id!r}; registered ee_vla ids: {registered_env_ids()}")
+    entry = gymnasium.registry[env_id].entry_point
+    creator = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+    fps = getattr(creator, "metadata", {}).get("render_fps")
+    return None if fps is None else float(fps)
+
+
 def make(env_id: str, **kwargs: object) -> gymnasium.Env:
     """`gymnasium.make` with a `ValueError` that lists the known ids when `env_id` is unknown."""
     if env_id not in gymnasium.registry:
@@ -96,6 +109,7 @@ __all__ = [
     "METAWORLD_ENV_IDS",
     "MT10_TASKS",
     "SUITE_ENV_IDS",
+    "control_hz",
     "make",
     "metaworld_env_id",
     "registered_env_ids",

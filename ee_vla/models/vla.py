@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
+from ee_vla.models.contract import CONTRACT_KEY, ModelContract
 from ee_vla.models.files import EE_VLA_FILE, ModelLoadError, check_model_dir
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,7 @@ class VLA:
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         prompt_template: str = PROMPT_TEMPLATE,
         meta: dict | None = None,
+        contract: dict | None = None,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -299,6 +301,9 @@ class VLA:
         self.prompt_template = prompt_template
         self._prompt_cache: dict[tuple[str, str | None], list[int]] = {}
         self.meta = dict(meta or {})
+        self.contract = dict(contract or {})
+        """What the training data fixed (`ee_vla.models.contract.recorded_contract`: control rate,
+        env ids, action space), saved as the `contract` section of `ee_vla.json`."""
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
         self.n_image_tokens = model.config.image_seq_length
         at = action_tokenizer
@@ -347,6 +352,28 @@ class VLA:
         meta = {"preset": preset if isinstance(preset, str) else "custom", "spec": asdict(spec)}
         return cls(net, tok, at, chunk_size, spec.image_size, proprio_tokenizer=pt, meta=meta)
 
+    def ee_vla_json(self) -> dict:
+        """The content of the model directory's `ee_vla.json`."""
+        extra = {
+            "format_version": 1,
+            "chunk_size": self.chunk_size,
+            "image_size": self.image_size,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "prompt_template": self.prompt_template,
+            "action_tokenizer": self.action_tokenizer.to_dict(),
+            "proprio_tokenizer": self.proprio_tokenizer.to_dict() if self.proprio_tokenizer else None,
+            "meta": self.meta,
+        }
+        if self.contract:
+            extra[CONTRACT_KEY] = self.contract
+        return extra
+
+    @property
+    def model_contract(self) -> ModelContract:
+        """What this policy expects of the robot or sim that runs it (`ee_vla.models.contract`)."""
+        return ModelContract.from_extra(self.ee_vla_json())
+
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the model (safetensors), tokenizer and `ee_vla.json` to a directory."""
         _transformers_quiet()
@@ -361,17 +388,7 @@ class VLA:
         for weights in path.glob("*.safetensors"):
             weights.chmod(mode)
         self.tokenizer.save_pretrained(path)
-        extra = {
-            "format_version": 1,
-            "chunk_size": self.chunk_size,
-            "image_size": self.image_size,
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-            "prompt_template": self.prompt_template,
-            "action_tokenizer": self.action_tokenizer.to_dict(),
-            "proprio_tokenizer": self.proprio_tokenizer.to_dict() if self.proprio_tokenizer else None,
-            "meta": self.meta,
-        }
+        extra = self.ee_vla_json()
         (path / EE_VLA_FILE).write_text(json.dumps(extra, indent=2))
         return path
 
@@ -403,6 +420,7 @@ class VLA:
             check_config_bounds(config, extra, path)
         except (KeyError, TypeError) as e:
             raise ModelLoadError(f"{path / EE_VLA_FILE} is corrupt: {e!r}") from e
+        ModelContract.from_extra(extra, where=str(path / EE_VLA_FILE))  # a malformed contract fails here
         try:
             conv = getattr(config.vision_config, "ee_vla_stem", "patch") == "conv"
             cls_ = VLANetwork if conv else LlavaForConditionalGeneration
@@ -430,6 +448,7 @@ class VLA:
                 image_std=extra.get("image_std", (0.5, 0.5, 0.5)),
                 prompt_template=extra.get("prompt_template", PROMPT_TEMPLATE),
                 meta=extra.get("meta"),
+                contract=extra.get(CONTRACT_KEY),
             )
         except ValueError as e:
             raise ModelLoadError(f"{path / EE_VLA_FILE}: {e}") from e

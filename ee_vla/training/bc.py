@@ -161,6 +161,36 @@ def _check_inputs(cfg: TrainConfig, episodes, src: Path | None):
     return stats
 
 
+def data_contract(episodes) -> dict:
+    """The `contract` section of the trained model's `ee_vla.json` (`ee_vla.models.contract`): the
+    env ids the demonstrations came from, their control rate (a file's `control_hz` attribute, else
+    the env's own rate, `sim_envs.control_hz`) and the action space the file describes. The rate is
+    None when the data does not tell it, or when its envs run at different rates."""
+    import json
+
+    from ee_vla.models.contract import recorded_contract
+
+    env_ids = sorted({str(e.env_id or e.attrs.get("env_id") or "") for e in episodes} - {""})
+    rates = {float(e.attrs["control_hz"]) for e in episodes if e.attrs.get("control_hz") is not None}
+    if not rates and env_ids:
+        try:
+            import sim_envs
+
+            known = [sim_envs.control_hz(i) for i in env_ids if i in sim_envs.registered_env_ids()]
+        except ImportError:  # the sim extra is not installed: the rate stays unknown
+            known = []
+        if len(known) == len(env_ids):
+            rates = set(known) - {None}
+    if len(rates) > 1:
+        log.warning("the demonstrations come at several control rates %s: the model records none", sorted(rates))
+    control_hz = rates.pop() if len(rates) == 1 else None
+    if control_hz is None:
+        log.warning("the control rate of the demonstrations is unknown: the model records none")
+    described = next((e.attrs["action_space"] for e in episodes if e.attrs.get("action_space")), None)
+    action_space = json.loads(described) if isinstance(described, str) else dict(described or {})
+    return recorded_contract(env_ids, control_hz, action_space)
+
+
 def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
     """The model to train: `src` (`_start_model`: the checkpoint when resuming, `init_from`), or a
     new `preset` model whose tokenizers fit the data."""
@@ -242,6 +272,7 @@ def train(cfg: TrainConfig) -> Path:
     try:
         torch.manual_seed(cfg.seed)
         vla = _build_vla(cfg, train_eps, src, stats)
+        vla.contract = data_contract(episodes)
         use_proprio = vla.proprio_tokenizer is not None
         load_pixels(episodes)
         dataset = DemoDataset(train_eps, vla.action_tokenizer, vla.chunk_size, use_proprio)
