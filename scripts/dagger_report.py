@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", action="store_true", help="re-simulate every episode and check images and labels")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from sim_envs.collect import load_dataset
+    from sim_envs.demo_file import load_dataset
 
     ds = load_dataset(args.data)
     print(
