@@ -390,7 +390,7 @@ class GroundingDataset(_GroundingAnswers, _FrameDataset):
 
 
 def scene_sources(episodes: list[Episode]) -> tuple[list[str], dict]:
-    """(env ids, env kwargs) the demonstrations were recorded with (`sim_envs.collect`'s ``env_id``
+    """(env ids, env kwargs) the demonstrations were recorded with (the demonstration file's ``env_id``
     and ``env_args`` attributes), to render fresh scenes of the same tasks and camera."""
     import json
 
