@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "evaluate a policy in simulation (success, latency; --compare decoders)",
     ),
     "bench": (
-        "ee_vla.bench",
+        "ee_vla.benchmarks.decode_bench",
         "DecodeBenchConfig",
         "run_bench",
         "decode latency of AR vs Jacobi vs CEED on one machine",

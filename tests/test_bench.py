@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ee_vla.bench import DecodeBenchConfig, run_bench
+from ee_vla.benchmarks.decode_bench import DecodeBenchConfig, run_bench
 
 
 def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path, capsys):

@@ -60,8 +60,8 @@ def model_dir(tmp_path) -> Path:
 
 
 def test_the_same_setting_gives_the_same_decode_config_everywhere(model_dir, tmp_path):
-    from ee_vla.bench import DecodeBenchConfig, decoder_config
-    from ee_vla.engine.profile import config_from_args
+    from ee_vla.benchmarks.decode_bench import DecodeBenchConfig, decoder_config
+    from ee_vla.benchmarks.profile import config_from_args
     from ee_vla.evaluation import EvalConfig
     from ee_vla.training.dagger import DaggerConfig
     from ros_nodes.launch_args import parameter_overrides
@@ -96,8 +96,8 @@ def test_the_same_setting_gives_the_same_decode_config_everywhere(model_dir, tmp
 
 def test_defaults_agree_everywhere(model_dir, tmp_path):
     """No option given: every entry point runs the same runtime (device auto, resolved the same way)."""
-    from ee_vla.bench import DecodeBenchConfig
-    from ee_vla.engine.profile import ProfileConfig
+    from ee_vla.benchmarks.decode_bench import DecodeBenchConfig
+    from ee_vla.benchmarks.profile import ProfileConfig
     from ee_vla.evaluation import EvalConfig
     from ee_vla.training.dagger import DaggerConfig
     from ros_nodes.params import PolicyParams
@@ -191,7 +191,7 @@ def test_config_modules_import_without_torch():
     MuJoCo: `--help`, the ROS launch process and the node's parent stay light."""
     code = (
         "import sys, json\n"
-        "import ee_vla.runtime, ee_vla.evaluation, ee_vla.evaluation.config, ee_vla.bench\n"
+        "import ee_vla.runtime, ee_vla.evaluation, ee_vla.evaluation.config, ee_vla.benchmarks.decode_bench\n"
         "import ros_nodes.params, ros_nodes.launch_args\n"
         "from ros_nodes.params import PolicyParams\n"
         "PolicyParams(decoder='ceed_cap', tau=1).runtime_config().decode_config()\n"

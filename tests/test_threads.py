@@ -82,7 +82,7 @@ def test_sim_envs_limits_mesa_threads_unless_set():
 
 
 def test_eval_and_bench_configs_take_threads(tmp_path):
-    from ee_vla.bench import DecodeBenchConfig
+    from ee_vla.benchmarks.decode_bench import DecodeBenchConfig
     from ee_vla.evaluation import EvalConfig
     from ee_vla.runtime import RuntimeConfig
 

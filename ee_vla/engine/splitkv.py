@@ -4,7 +4,7 @@ A decode step of the static engine attends from a handful of queries (1 for AR, 
 Jacobi window) to every slot of the static cache (~360 for the 7B shape). torch's fused SDPA kernels
 (cuDNN, CUTLASS, flash) tile the queries by 64 and give each (batch, head) one thread block that
 walks the whole key range: 32 blocks for a 7B layer on a 132-SM GPU, 21 us per layer at 22 queries
-(docs/performance.md, session 9; FlexAttention and the math backend were slower still).
+(docs/performance.md, "The 7B step on an H200"; FlexAttention and the math backend are slower still).
 
 This module splits the *keys* instead (flash-decoding): a Triton kernel gives each
 (batch, head, key split) its own program, which computes the split's unnormalised softmax-weighted

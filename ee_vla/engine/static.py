@@ -61,7 +61,8 @@ Compilation happens in the warm-up forwards, never during a capture.
 (compiled forwards are traced under the same setting, so Inductor lowers the attention it
 allows). None leaves torch's choice. With few queries (a Jacobi window over a long prefix) the
 fused attention kernels tile the queries by 64 and give each head one thread block, which on the
-7B shape made the attention a seventh of the width-22 step (docs/performance.md, session 9).
+7B shape makes the attention a seventh of the width-22 step (docs/performance.md, "The 7B step on
+an H200").
 
 Nothing in transformers is patched: the cache is a `transformers.Cache` of our own layers.
 """

@@ -7,8 +7,8 @@ import functools
 
 import torch
 
-from ee_vla.engine.check import TINY_VOCAB as VOCAB
-from ee_vla.engine.check import tiny_lm as _tiny_lm
+from ee_vla.benchmarks.check import TINY_VOCAB as VOCAB
+from ee_vla.benchmarks.check import tiny_lm as _tiny_lm
 
 __all__ = ["ARCHS", "VOCAB", "tiny_lm"]
 

@@ -5,10 +5,10 @@ import gc
 import pytest
 import torch
 
+from ee_vla.benchmarks.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 from ee_vla.engine import EnginePool, StaticEngine, make_prefill
-from ee_vla.engine.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

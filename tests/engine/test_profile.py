@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from ee_vla.engine.profile import ProfileConfig, config_from_args, main, run_profile, summarize_files
-from ee_vla.engine.shapes import LM_SHAPES, build_workload
+from ee_vla.benchmarks.profile import ProfileConfig, config_from_args, main, run_profile, summarize_files
+from ee_vla.benchmarks.shapes import LM_SHAPES, build_workload
 from ee_vla.runtime import RuntimeConfig
 
 
@@ -193,3 +193,18 @@ def test_action_logits_reach_the_engines_and_keep_the_tokens(tmp_path):
     out = run_profile(cfg)
     assert all(r["token_agreement_vs_eager"] == 1.0 for r in out["results"]["static"].values())
     assert "action logits only" in summarize_files([tmp_path / f"{cfg.stem}.json"])
+
+
+def test_the_measuring_tools_live_beside_the_engine():
+    """`ee_vla.engine` holds the engine only; the profiler, shapes, checks and benches are
+    `ee_vla.benchmarks` (`ee-vla bench` included)."""
+    import pkgutil
+
+    import ee_vla.benchmarks
+    import ee_vla.engine
+    from ee_vla.cli import SUBCOMMANDS
+
+    assert {m.name for m in pkgutil.iter_modules(ee_vla.engine.__path__)} == {"factory", "static", "splitkv"}
+    tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
+    assert tools == {"attn_bench", "check", "decode_bench", "profile", "shapes"}
+    assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
+from ee_vla.benchmarks.check import padded_prompts, tiny_lm  # noqa: E402
 from ee_vla.decoding import DecodeConfig, decode  # noqa: E402
 from ee_vla.engine import StaticEngine, splitkv  # noqa: E402
-from ee_vla.engine.check import padded_prompts, tiny_lm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 on_gpu = pytest.mark.skipif(DEVICE == "cpu", reason="bfloat16 needs a GPU (Triton's interpreter gets bf16 dots wrong)")
@@ -145,7 +145,7 @@ def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch):
 
 
 def test_attention_bench_checks_and_times_every_variant(tmp_path):
-    from ee_vla.engine import attn_bench
+    from ee_vla.benchmarks import attn_bench
 
     report = attn_bench.main(
         ["--device", DEVICE, "--dtype", "float32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16"]

@@ -5,10 +5,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ee_vla.benchmarks.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 from ee_vla.engine import EnginePool, StaticEngine, make_prefill, resolve_engine
-from ee_vla.engine.check import TINY_VOCAB, compare_to_eager, padded_prompts, tiny_lm, vla_case
 
 
 def _assert_all_match(results: dict) -> None:

@@ -48,7 +48,7 @@ LM_SHAPES: dict[str, LMShape] = {
 VLA_SHAPES: tuple[str, ...] = ("tiny", "small")
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flex_attention", "ee_splitkv")
 """transformers attention implementations an LM shape can be built with (`build_workload`);
-`ee_splitkv` is this package's split-KV kernel for short query blocks (`ee_vla.engine.splitkv`)."""
+`ee_splitkv` is ee_vla's split-KV kernel for short query blocks (`ee_vla.engine.splitkv`)."""
 SHAPES: tuple[str, ...] = (*LM_SHAPES, *VLA_SHAPES)
 
 

@@ -1,6 +1,6 @@
 """Time the attention of one decode step alone: torch's SDPA vs the split-KV kernel's settings.
 
-    python -m ee_vla.engine.attn_bench --device cuda --queries 1 22 --out outputs/attn_bench
+    python -m ee_vla.benchmarks.attn_bench --device cuda --queries 1 22 --out outputs/attn_bench
 
 For each query count, at one shape (default: OpenVLA's Llama-2-7B layer, 32 heads of 128, over the
 static engine's 363 cache slots, bf16), it times `--layers` attention calls in a row, as a forward
@@ -62,7 +62,7 @@ def _time(fn, args, layers: int, iters: int, device: str, compile: bool = True, 
         us = cuda_ms_back_to_back(graph.replay, iters) * 1e3 / layers
         table = None
         if kernels:
-            from ee_vla.engine.profile import kernel_table
+            from ee_vla.benchmarks.profile import kernel_table
 
             table = kernel_table(graph.replay, device, 5, kernels)
         return us, table
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ee_vla.engine.attn_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.attn_bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--batch", type=int, default=1)

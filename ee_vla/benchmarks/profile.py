@@ -1,10 +1,10 @@
 """Latency profiler of the decode engines on a model of a named real shape (random weights).
 
-    python -m ee_vla.engine.profile --shape openvla-7b --device cuda --dtype bfloat16 --out outputs/profile
-    python -m ee_vla.engine.profile --shape tiny --calls 3          # CPU: eager vs static engine
-    python -m ee_vla.engine.profile summarize outputs/profile/*.json
+    python -m ee_vla.benchmarks.profile --shape openvla-7b --device cuda --dtype bfloat16 --out outputs/profile
+    python -m ee_vla.benchmarks.profile --shape tiny --calls 3          # CPU: eager vs static engine
+    python -m ee_vla.benchmarks.profile summarize outputs/profile/*.json
 
-For one shape (`ee_vla.engine.shapes`), one batch size and one device it measures, in one run:
+For one shape (`ee_vla.benchmarks.shapes`), one batch size and one device it measures, in one run:
 
 * raw forwards: the prefill, and one step of width w (1 = an AR token; e.g. 22 = a Jacobi window)
   per engine, p50/p95/p99 over many calls (`ee_vla.timing.time_call`, device-synchronised);
@@ -42,9 +42,9 @@ import numpy as np
 import torch
 import torch._inductor.config as inductor_config
 
+from ee_vla.benchmarks.shapes import ATTN_IMPLEMENTATIONS, SHAPES, Workload, build_workload, check_attn_implementation
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine.factory import ENGINES, make_prefill
-from ee_vla.engine.shapes import ATTN_IMPLEMENTATIONS, SHAPES, Workload, build_workload, check_attn_implementation
 from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS, check_sdpa_backends
 from ee_vla.runtime import DTYPES, RuntimeConfig, config_dict
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call

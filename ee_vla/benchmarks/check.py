@@ -2,7 +2,7 @@
 
 `compare_to_eager` decodes the same inputs with every decoder configuration twice (eager `HFStep`
 and the engine under test) and compares tokens, iteration counts and the prefill's logits.
-`run_checks(device)` is the whole check the GPU job runs (also as `python -m ee_vla.engine.check`):
+`run_checks(device)` is the whole check the GPU job runs (also as `python -m ee_vla.benchmarks.check`):
 
 * strict (float64, tiny random Llama / Qwen2 LMs and a tiny Llava VLA, batch 1 and 4, left-padded
   prompts, AR / Jacobi / CEED): the engine must give exactly the eager tokens and iterations.

@@ -1,0 +1,11 @@
+"""Measuring tools: they time and check the decoders and engines, and are not needed to run a policy.
+
+* `decode_bench` - `ee-vla bench`: decode latency of AR vs Jacobi vs CEED for one policy;
+* `profile`      - `python -m ee_vla.benchmarks.profile`: every engine x decoder on a model of a
+  real shape (random weights), raw forwards, HF `generate`, kernel tables;
+* `shapes`       - the named model shapes the profiler builds (OpenVLA-7B, Qwen2-0.5B, tiny, small);
+* `attn_bench`   - `python -m ee_vla.benchmarks.attn_bench`: the split-KV attention kernel alone;
+* `check`        - `python -m ee_vla.benchmarks.check`: the static engines' tokens against eager.
+
+The engines they measure are in `ee_vla.engine`.
+"""
