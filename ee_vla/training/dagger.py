@@ -77,7 +77,7 @@ class DaggerConfig:
     `--dtype`, `--engine`, `--threads`."""
     max_episode_steps: int | None = None
     """Cut episodes at this many steps (None = the env's limit): a failing policy's long episodes
-    otherwise make most of the on-policy samples (docs/training.md, "Session-10")."""
+    otherwise make most of the on-policy samples (docs/training.md, "On-policy data")."""
     chunk_labels: bool = True
     """Also store, for every visited state, the expert's plan for the policy's chunk (its next
     chunk_size actions, simulated on a copy of the state): `ee-vla train` then learns that chunk
