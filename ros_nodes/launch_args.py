@@ -19,7 +19,7 @@ POLICY_LAUNCH_ARGS = {
     "instruction_topic": "std_msgs/String instruction topic",
     "command_topic": "Command output topic (default: the command type's consumer)",
     "command_type": "twist | array | trajectory",
-    "control_hz": "Command rate in Hz",
+    "control_hz": "Command rate in Hz (0: the policy's training rate, from its ee_vla.json)",
     "dry_run": "true: log commands instead of publishing them",
     "decoder": "ceed | ceed_cap | jacobi | ar (decoder preset)",
     "max_iterations": "ceed/ceed_cap iteration cap (0: the preset's)",

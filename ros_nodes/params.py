@@ -125,8 +125,10 @@ class PolicyParams:
     """Where commands are published (empty: the consumer's default for `command_type`)."""
     diagnostics_topic: str = "/diagnostics"
     """diagnostic_msgs/DiagnosticArray output."""
-    control_hz: float = 20.0
-    """Rate of the command timer: one action per period (the policy's training control rate)."""
+    control_hz: float = 0.0
+    """Rate of the command timer: one action per period. 0 = the policy's training rate (the
+    contract in its ee_vla.json; DEFAULT_CONTROL_HZ when it records none). A rate that differs from
+    the policy's is used, with one warning at configure."""
     dry_run: bool = True
     """Log the commands instead of publishing them (the safe default: opt in to move a robot)."""
     action_low: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
@@ -291,6 +293,10 @@ def _rate(v: Any) -> str | None:
     return None if _finite(v) and 0 < v <= 2000 else f"must be in (0, 2000] Hz, got {v!r}"
 
 
+def _rate_or_model(v: Any) -> str | None:
+    return None if _finite(v) and 0 <= v <= 2000 else f"must be in (0, 2000] Hz, or 0 for the policy's rate, got {v!r}"
+
+
 def _optional_topic(v: Any) -> str | None:
     return None if v == "" else _topic(v)
 
@@ -328,7 +334,7 @@ _CHECKS = {
     "command_type": _one_of(COMMAND_TYPES),
     "command_topic": _optional_topic,
     "diagnostics_topic": _topic,
-    "control_hz": _rate,
+    "control_hz": _rate_or_model,
     "dry_run": _bool,
     "action_low": _limits,
     "action_high": _limits,
@@ -391,6 +397,32 @@ def cross_check(p: PolicyParams) -> str | None:
     except ValueError as e:
         return f"decoder: {e}"
     return None
+
+
+DEFAULT_CONTROL_HZ = 20.0
+"""The command rate when `control_hz` is 0 and the policy does not record its training rate."""
+
+
+def with_control_rate(p: PolicyParams) -> tuple[PolicyParams, str | None]:
+    """`p` with `control_hz` resolved against the policy's contract (`ee_vla.models.contract`),
+    and a warning when a set rate differs from the one the policy was trained at.
+
+    0 becomes the policy's rate, or DEFAULT_CONTROL_HZ when it records none or its directory cannot
+    be read (loading it reports that). Reads `ee_vla.json` only: no torch."""
+    import dataclasses
+
+    from ee_vla.models import ModelLoadError
+    from ee_vla.models.contract import rate_mismatch, read_contract
+
+    try:
+        contract = read_contract(p.model_path) if p.model_path else None
+    except ModelLoadError:
+        contract = None
+    if p.control_hz == 0:
+        hz = contract.control_hz if contract is not None and contract.control_hz else DEFAULT_CONTROL_HZ
+        return dataclasses.replace(p, control_hz=hz), None
+    warning = rate_mismatch(contract, p.control_hz, "the command timer (control_hz)") if contract else None
+    return p, warning
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ class PolicyNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.runner = runner
         try:
-            self._create_entities(runner, params)
+            self._create_entities(runner, runner.params)  # control_hz resolved against the policy
         except Exception as e:  # noqa: BLE001 - e.g. a topic name rclpy rejects
             self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
             self._teardown()

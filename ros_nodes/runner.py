@@ -41,7 +41,7 @@ import numpy as np
 from ee_vla.streaming import ChunkSchedule, ScheduleConfig, StreamedAction
 from ros_nodes.diagnostics import ERROR, OK, WARN, RateMonitor, Status, Window, fmt
 from ros_nodes.images import ImageError, image_msg_to_rgb, image_to_rgb
-from ros_nodes.params import LIVE_PARAMS, PolicyParams
+from ros_nodes.params import LIVE_PARAMS, PolicyParams, with_control_rate
 from ros_nodes.policy_process import ProcessPolicy, load_policy_here
 from ros_nodes.safety import ActionLimits, CauseLog, Watchdog, is_bad_input
 
@@ -132,6 +132,7 @@ class PolicyRunner:
         threaded: bool = True,
         worker_nice: int | None = None,
     ):
+        params, rate_warning = with_control_rate(params)
         self.params = params
         self.worker_nice = params.decode_nice if worker_nice is None else worker_nice
         self.policy_factory = policy_factory
@@ -146,6 +147,8 @@ class PolicyRunner:
         self.schedule: ChunkSchedule | None = None
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
+        if rate_warning:
+            self.log.warning(rate_warning)
         self._frame: _Frame | None = None
         self._frame_seq = 0
         self._done_seq = 0
@@ -342,6 +345,7 @@ class PolicyRunner:
     def update_params(self, params: PolicyParams) -> list[str]:
         """Apply the live subset of new parameters now; returns the names that wait for reconfigure."""
         old = self.params
+        params, _ = with_control_rate(params)  # control_hz 0 compares as the rate it resolves to
         later = [
             f.name
             for f in dataclasses.fields(PolicyParams)

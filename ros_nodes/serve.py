@@ -113,6 +113,7 @@ def serve(
     sys.setswitchinterval(cfg.switch_interval_s)
     params = cfg.policy_params()
     runner = PolicyRunner(params, (lambda _p: policy) if policy is not None else load_policy, logger=log)
+    params = runner.params  # control_hz resolved against the policy's contract
     runner.configure()  # raises with a reason: a CLI should fail loudly before joining the graph
     graph = DdsGraph(cfg.domain_id, cfg.dds_xml(), on_bad_sample=runner.on_bad_sample)
     cmd_type = msgs.ROS_TYPES[COMMAND_MSG_TYPES[params.command_type]]

@@ -1,17 +1,24 @@
+import dataclasses
+import json
+import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ee_vla import DEFAULT_POLICY
 from ros_nodes.params import (
     COMMAND_TYPES,
     DEFAULT_COMMAND_TOPICS,
+    DEFAULT_CONTROL_HZ,
     PolicyParams,
     cross_check,
     field_docs,
     param_specs,
     validate_param,
+    with_control_rate,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +35,7 @@ def test_defaults_are_valid_and_safe():
     "name,value,fragment",
     [
         ("command_type", "velocity", "twist|array|trajectory"),
-        ("control_hz", 0.0, "(0, 2000]"),
+        ("control_hz", -1.0, "(0, 2000]"),
         ("control_hz", float("nan"), "(0, 2000]"),
         ("dry_run", "yes", "true or false"),
         ("image_topic", "", "non-empty"),
@@ -135,7 +142,10 @@ def test_sim_yaml_gives_each_node_its_own_parameters_in_any_namespace(namespace)
     bridge_values = node_params(path, f"{namespace}/sim_bridge")
     p = PolicyParams.from_mapping(policy_values)
     s = SimBridgeParams(**bridge_values)
-    assert p.dry_run is False and p.command_type == "array" and p.control_hz == 10.0
+    assert p.dry_run is False and p.command_type == "array"
+    # the policy node's rate comes from the policy: the shipped one records the suite's 10 Hz
+    assert p.control_hz == 0.0
+    assert with_control_rate(dataclasses.replace(p, model_path=str(DEFAULT_POLICY)))[0].control_hz == 10.0
     assert s.control_hz == 0.0  # the bridge's own value, not the policy node's
     assert p.command_type == s.command_type and p.resolved_command_topic == s.resolved_command_topic
     assert p.image_topic == s.image_topic and p.instruction_topic == s.instruction_topic
@@ -162,3 +172,38 @@ def test_decoders_are_the_decoding_presets():
     from ros_nodes.params import DECODERS
 
     assert set(DECODERS) == set(PRESETS)
+
+
+def test_control_rate_defaults_to_the_policys_and_a_different_one_is_named(tmp_path):
+    shipped = PolicyParams(model_path=str(DEFAULT_POLICY))
+    assert shipped.control_hz == 0.0
+    assert with_control_rate(shipped) == (dataclasses.replace(shipped, control_hz=10.0), None)
+    faster, warning = with_control_rate(dataclasses.replace(shipped, control_hz=20.0))
+    assert faster.control_hz == 20.0 and "20 Hz" in warning and "10 Hz" in warning
+    assert with_control_rate(dataclasses.replace(shipped, control_hz=10.0))[1] is None
+    # a policy that records no rate, or no readable policy (loading it reports that): the default
+    old = tmp_path / "old"
+    shutil.copytree(DEFAULT_POLICY, old)
+    extra = json.loads((old / "ee_vla.json").read_text())
+    del extra["contract"]
+    (old / "ee_vla.json").write_text(json.dumps(extra))
+    for path in (str(old), str(tmp_path / "missing"), ""):
+        resolved, warning = with_control_rate(PolicyParams(model_path=path))
+        assert resolved.control_hz == DEFAULT_CONTROL_HZ and warning is None, path
+
+
+def test_the_runner_runs_at_the_policys_rate_and_warns_once_about_another(caplog):
+    from ros_nodes.runner import PolicyRunner
+
+    with caplog.at_level(logging.WARNING):
+        r = PolicyRunner(PolicyParams(model_path=str(DEFAULT_POLICY)), policy_factory=lambda p: None)
+    assert r.params.control_hz == 10.0 and not caplog.records
+    # the node hands its parameters again (control_hz still 0): nothing waits for a reconfigure
+    assert r.update_params(PolicyParams(model_path=str(DEFAULT_POLICY), dry_run=False)) == []
+    assert r.params.control_hz == 10.0 and r.params.dry_run is False
+    with caplog.at_level(logging.WARNING):
+        r = PolicyRunner(PolicyParams(model_path=str(DEFAULT_POLICY), control_hz=20.0), policy_factory=lambda p: None)
+        assert r.update_params(dataclasses.replace(r.params, dry_run=False)) == []
+    assert r.params.control_hz == 20.0
+    assert [m for m in caplog.messages if "trained on actions at 10 Hz" in m] == [caplog.messages[0]]
+    assert len(caplog.messages) == 1
