@@ -13,6 +13,7 @@ error, never a failed episode.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import time
@@ -25,10 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ee_vla.evaluation.config import EvalConfig, EvalConfigError, import_env_modules
+from ee_vla.models.contract import rate_mismatch
 from ee_vla.timing import LatencyRecorder, summarize
 
 if TYPE_CHECKING:
     from ee_vla.decoding.core import DecodeStats
+
+log = logging.getLogger(__name__)
 
 
 class DecodeLog:
@@ -139,8 +143,12 @@ def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: i
     env = _make_env(env_id, tuple(cfg.env_modules), cfg.max_episode_steps, cfg.env_kwargs, expert_horizon)
     try:
         obs_space, act_space = env.observation_space, env.action_space
+        fps = env.metadata.get("render_fps")
     finally:
         env.close()
+    contract = policy.vla.model_contract
+    if fps and (warning := rate_mismatch(contract, float(fps), f"env {env_id!r}")):
+        log.warning(warning)
     if not isinstance(obs_space, spaces.Dict) or "pixels" not in obs_space.spaces:
         raise EvalConfigError(f"env {env_id!r}: observations must be a Dict with 'pixels', got {obs_space}")
     px = obs_space["pixels"]

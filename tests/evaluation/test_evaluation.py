@@ -442,3 +442,22 @@ def test_python_m_entry_point_parses_the_eval_options():
     assert run.returncode == 0, run.stderr
     for flag in ("--policy", "--compare", "--decoder", "--max-iterations", "--tau", "--device", "--engine"):
         assert flag in run.stdout, flag
+
+
+def test_an_env_at_another_rate_than_the_policys_training_is_named(tiny_policy_dir, tmp_path, caplog):
+    """The fake env steps at 10 Hz (its render_fps): a policy whose contract says 10 Hz runs quietly,
+    one trained at 80 Hz gets a warning naming both rates before any episode."""
+    import logging
+    import shutil
+
+    for hz, warned in ((10.0, False), (80.0, True)):
+        model = tmp_path / f"m{int(hz)}"
+        shutil.copytree(tiny_policy_dir, model)
+        extra = json.loads((model / "ee_vla.json").read_text())
+        extra["contract"] = {"control_hz": hz, "env_ids": [FAKE_ENV], "action_space": {}}
+        (model / "ee_vla.json").write_text(json.dumps(extra))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ee_vla.evaluation"):
+            evaluate(make_cfg(model, tmp_path / f"out{int(hz)}", episodes=1))
+        named = [m for m in caplog.messages if "trained on actions at 80 Hz" in m and "10 Hz" in m]
+        assert bool(named) == warned, caplog.messages
