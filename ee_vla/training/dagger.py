@@ -4,7 +4,7 @@ Behaviour cloning learns from the expert's states only; in closed loop a policy 
 the expert never visited and compounds its errors there. This runs the policy in the envs (the
 evaluation's batched rollouts, `ee_vla.evaluation`) and labels every observation it visits with
 the scripted expert's action for that state (`sim_envs.experts.ExpertLabels`), then writes the
-episodes in the demonstrations' HDF5 schema (`sim_envs.collect`):
+episodes in the demonstrations' HDF5 schema (`sim_envs.demo_file`):
 
     data/demo_<i>/actions            the expert's labels (what `ee-vla train` learns)
     data/demo_<i>/executed_actions   what the policy did
@@ -177,7 +177,7 @@ class _Labeller(Recorder):
         buf["reward"].append(reward)
 
     def finish(self, ep) -> None:
-        from sim_envs.collect import Episode
+        from sim_envs.demo_file import Episode
 
         buf = self.buffers.pop(ep.episode_ix)
         t = len(buf["act"])  # the last observation (after the last action) has no action
@@ -221,7 +221,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
         ecfg.env = list(SUITE_ENV_IDS)
     check_env_ids(ecfg)
 
-    from sim_envs.collect import DemoWriter
+    from sim_envs.demo_file import DemoWriter
 
     dcfg = ecfg.decode_config(ecfg.runtime.decoder)
     configure_threads(ecfg.runtime.threads)
