@@ -8,14 +8,14 @@
 # 2. the profiler: OpenVLA's Llama-2-7B shape (276-token prefix, vision excluded) at batch 1 in bf16
 #    (eager, graph and compiled engines; compiled with Inductor's freezing, the fastest mode measured)
 #    and in float32 (eager vs graph tokens), and the `small` VLA preset (vision in the prefill);
-# 3. `python -m ee_vla.engine.check --compiled` (exactness.json, with the bf16 agreement report),
+# 3. `python -m ee_vla.benchmarks.check --compiled` (exactness.json, with the bf16 agreement report),
 #    with the time left;
 # 4. a summary table of every profile (printed last).
 # Batch 4 and Qwen2-0.5B: run the profiler by hand (docs/performance.md gives the lines).
 #
 # Not in the default steps: the Inductor sweep of the 7B iteration. Each sweep-* step
 # times only the compiled engine's width-22 step and prefill under one Inductor setting
-# (`ee_vla.engine.profile --inductor KEY=VALUE`), in its own process, into $OUT/sweep/<name>:
+# (`ee_vla.benchmarks.profile --inductor KEY=VALUE`), in its own process, into $OUT/sweep/<name>:
 #   STEPS="sweep-inductor sweep-freezing sweep-freezing-cd" bash scripts/gpu_bench.sh
 #   STEPS="sweep-autotune" bash scripts/gpu_bench.sh          # max-autotune: minutes to compile
 # and `kernels-7b`: the frozen engine's width-1 and width-22 steps recorded under torch.profiler,
@@ -69,17 +69,17 @@ print('device', torch.cuda.get_device_name(0), '%.1f GiB' % (torch.cuda.get_devi
 "
 step pytest-engine 360 python3 -m pytest tests/engine -q -p no:cacheprovider
 
-PROFILE=(python3 -m ee_vla.engine.profile --device cuda --dtype bfloat16 --out "$OUT")
+PROFILE=(python3 -m ee_vla.benchmarks.profile --device cuda --dtype bfloat16 --out "$OUT")
 # eager, graph and compiled (Inductor with freezing + CUDA graphs); each compiled shape costs a
 # compilation (~3 minutes for the three widths and the prompt bucket)
 step profile-7b 360 "${PROFILE[@]}" --shape openvla-7b --calls 30 --decoders ar ceed --step-widths 1 22 \
   --compile-mode frozen
 # the random 7B's bf16 tokens differ between engines: compare them in float32 (same engine code)
-step profile-7b-fp32 90 python3 -m ee_vla.engine.profile --device cuda --dtype float32 --out "$OUT/fp32" \
+step profile-7b-fp32 90 python3 -m ee_vla.benchmarks.profile --device cuda --dtype float32 --out "$OUT/fp32" \
   --shape openvla-7b --engines eager graph --decoders ar ceed --calls 3 --step-iters 10 --step-widths 22 \
   --no-generate --no-plots
 step profile-small 90 "${PROFILE[@]}" --shape small --calls 30 --no-plots
-step check 240 python3 -m ee_vla.engine.check --device cuda --compiled --out "$OUT"
+step check 240 python3 -m ee_vla.benchmarks.check --device cuda --compiled --out "$OUT"
 
 W22=(--shape openvla-7b --engines compiled --decoders --step-widths 22 --step-iters 100 --warmup 3 --no-generate
   --no-plots)
@@ -93,7 +93,7 @@ step kernels-7b 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --comp
   --step-widths 1 22 --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 30 --out "$OUT/kernels"
 
 step pytest-splitkv 150 python3 -m pytest tests/engine/test_splitkv.py -q -p no:cacheprovider
-step attn-bench 240 python3 -m ee_vla.engine.attn_bench --device cuda --queries 1 22 --block-n 16 32 64 \
+step attn-bench 240 python3 -m ee_vla.benchmarks.attn_bench --device cuda --queries 1 22 --block-n 16 32 64 \
   --splits 0 2 8 --warps 2 4 --out "$OUT/attn"
 F7B=(--shape openvla-7b --engines compiled --compile-mode frozen --decoders ar ceed --calls 30 --step-widths 1 22
   --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 12)
@@ -105,7 +105,7 @@ step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test
 
 echo "=== summary" | tee -a "$LOG"
 shopt -s nullglob
-python3 -m ee_vla.engine.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
+python3 -m ee_vla.benchmarks.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
   "$OUT"/kernels/profile_*.json "$OUT"/splitkv/profile_*.json "$OUT"/sdpa/profile_*.json "$OUT"/fast/profile_*.json \
   2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
