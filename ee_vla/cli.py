@@ -163,10 +163,32 @@ def _report(prog: str, e: BaseException) -> int:
     return BUG
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run `ee-vla ARGV`; returns the exit code. With `--debug` an exception propagates."""
+class OptionValueError(ValueError):
+    """A config rejected the values it was given (its `__post_init__`): reported as one line."""
+
+
+def _parse(cls: type, args: list[str], prog: str):
+    """`tyro.cli(cls)`. A ValueError from building the config (a value its checks refuse: a missing
+    path, an unknown env id) is raised as OptionValueError, reported in one line like every other
+    user error, instead of tyro's boxed message; tyro's own errors (an unknown flag, a value of the
+    wrong type) keep its usage box."""
     import tyro
 
+    try:
+        from tyro._errors import InstantiationFailure, on_parse_error
+    except ImportError:  # a tyro without parse-error hooks: its own rendering
+        return tyro.cli(cls, args=args, prog=prog)
+
+    def one_line(event) -> None:
+        if isinstance(event, InstantiationFailure) and event.argument is None:
+            raise OptionValueError(event.message)
+
+    with on_parse_error(one_line):
+        return tyro.cli(cls, args=args, prog=prog)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `ee-vla ARGV`; returns the exit code. With `--debug` an exception propagates."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
     argv = [a for a in argv if a != DEBUG_FLAG]
@@ -192,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        config = tyro.cli(getattr(mod, cls), args=rest, prog=prog)
+        config = _parse(getattr(mod, cls), rest, prog)
+        if hasattr(config, "check_inputs"):  # paths and ids, before the job imports torch
+            config.check_inputs()
         getattr(mod, fn)(config)
     except KeyboardInterrupt:
         if debug:

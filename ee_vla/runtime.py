@@ -92,6 +92,8 @@ class RuntimeConfig:
             )
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("engine", self.engine, ENGINES)
+        if self.engine == "graph" and self.device != "auto" and not str(self.device).startswith("cuda"):
+            raise RuntimeConfigError(f"RuntimeConfig.engine: 'graph' needs a CUDA device, got device {self.device!r}")
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         if self.init is not None:
             _check_choice("init", self.init, INIT_GUESSES)

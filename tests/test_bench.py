@@ -3,6 +3,7 @@ import json
 import pytest
 
 from ee_vla.benchmarks.decode_bench import DecodeBenchConfig, run_bench
+from ee_vla.models import ModelLoadError
 
 
 def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path, capsys):
@@ -22,5 +23,7 @@ def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path,
 def test_bench_rejects_unknown_models_and_decoders(tmp_path):
     with pytest.raises(ValueError, match="unknown decoder"):
         DecodeBenchConfig(decoders=("ar", "beam"))
-    with pytest.raises(ValueError, match="neither a directory nor a preset"):
+    with pytest.raises(ModelLoadError, match="DecodeBenchConfig.model: .*missing is not a directory"):
         run_bench(DecodeBenchConfig(model=str(tmp_path / "missing"), calls=1, out=tmp_path))
+    with pytest.raises(ValueError, match="neither a directory nor a preset"):
+        run_bench(DecodeBenchConfig(model="huge", calls=1, out=tmp_path))

@@ -64,16 +64,14 @@ def _missing_data_args(tmp_path) -> list[str]:
 def test_a_user_error_prints_one_line_and_exits_2(tmp_path, capsys):
     assert main(_missing_data_args(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert err == f"ee-vla train: error: dataset file {tmp_path / 'missing.hdf5'} does not exist\n"
+    assert err == f"ee-vla train: error: TrainConfig.data: {tmp_path / 'missing.hdf5'} does not exist\n"
 
 
 def test_debug_before_or_after_the_subcommand_raises_with_the_traceback(tmp_path):
     import pytest
 
-    from ee_vla.training.data import DatasetError
-
     for argv in (["--debug", *_missing_data_args(tmp_path)], [*_missing_data_args(tmp_path), "--debug"]):
-        with pytest.raises(DatasetError, match="missing.hdf5 does not exist"):
+        with pytest.raises(FileNotFoundError, match="missing.hdf5 does not exist"):
             main(argv)
 
 
@@ -162,12 +160,12 @@ def test_the_console_script_prints_one_line_or_the_traceback_with_debug(tmp_path
     run = subprocess.run([str(exe), *_missing_data_args(tmp_path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        f"ee-vla train: error: dataset file {tmp_path / 'missing.hdf5'} does not exist"
+        f"ee-vla train: error: TrainConfig.data: {tmp_path / 'missing.hdf5'} does not exist"
     ]
     run = subprocess.run(
         [str(exe), "--debug", *_missing_data_args(tmp_path)], capture_output=True, text=True, timeout=300
     )
-    assert run.returncode == 1 and "Traceback" in run.stderr and "DatasetError" in run.stderr
+    assert run.returncode == 1 and "Traceback" in run.stderr and "FileNotFoundError" in run.stderr
 
 
 def test_training_on_a_missing_gpu_is_a_user_error(tmp_path, capsys):

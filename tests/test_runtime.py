@@ -104,9 +104,11 @@ def test_defaults_agree_everywhere(model_dir, tmp_path):
 
     resolved = RuntimeConfig().resolved()
     assert RuntimeConfig().device == "auto" and PolicyParams().runtime_config() == RuntimeConfig()
-    assert EvalConfig(policy=model_dir).runtime == resolved
-    assert DecodeBenchConfig().runtime == resolved and ProfileConfig().runtime == resolved
-    assert DaggerConfig(policy=model_dir, out=tmp_path / "d").eval_config().runtime == resolved
+    # eval, bench and dagger resolve the device when they start (`prepare`, `run_bench`), not when
+    # their options are parsed: a mistake in a path is reported before torch loads
+    assert EvalConfig(policy=model_dir).runtime.resolved() == resolved
+    assert DecodeBenchConfig().runtime.resolved() == resolved and ProfileConfig().runtime == resolved
+    assert DaggerConfig(policy=model_dir, out=tmp_path / "d").eval_config().runtime.resolved() == resolved
     assert ProfileConfig().decode_config("ceed") == DecodeConfig(method="ceed", max_iterations=2, init="repeat")
 
 

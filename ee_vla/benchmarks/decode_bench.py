@@ -67,7 +67,13 @@ class DecodeBenchConfig:
         self.decoders = tuple(self.decoders)
         for d in self.decoders:
             DecodeConfig.preset(d)  # raises with the list of known names
-        self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu
+
+    def check_inputs(self) -> None:
+        """A `model` that names a directory holds a saved policy (no torch: the CLI runs it first)."""
+        if Path(self.model).exists() or "/" in self.model:  # a directory, not a preset name
+            from ee_vla.models import check_model_dir
+
+            check_model_dir(self.model, "DecodeBenchConfig.model:")
 
 
 def decoder_config(name: str, cfg: DecodeBenchConfig) -> DecodeConfig:
@@ -102,7 +108,8 @@ def _observations(policy, cfg: DecodeBenchConfig) -> dict:
 
 def run_bench(cfg: DecodeBenchConfig) -> dict:
     """Benchmark every decoder on the same inputs; returns (and saves) the results."""
-    rt = cfg.runtime
+    cfg.check_inputs()
+    cfg.runtime = rt = cfg.runtime.resolved()  # device auto -> cuda|cpu (imports torch)
     configure_threads(rt.threads)
     policy = _policy(cfg)
     obs = _observations(policy, cfg)

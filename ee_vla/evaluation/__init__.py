@@ -33,7 +33,6 @@ from ee_vla.evaluation.config import (
     EvalConfigError,
     check_env_ids,
     check_video_backend,
-    import_env_modules,
     setup_mujoco_gl,
 )
 from ee_vla.evaluation.report import (
@@ -77,6 +76,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def new_run_dir(root: Path) -> Path:
+    """`root/<date>_<time>`, numbered (`_2`, `_3`, ...) when a run started in the same second."""
+    base = root / time.strftime("%Y%m%d_%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}_{n}")
+    return path
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation `cfg` describes and write its results.
 
@@ -88,9 +97,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     decode_cfgs = cfg.decode_configs()
     check_video_backend(cfg)
     setup_mujoco_gl(cfg)
-    import_env_modules(cfg.env_modules)
-    check_env_ids(cfg)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path("outputs/eval") / time.strftime("%Y%m%d_%H%M%S")
+    cfg.prepare()
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir(Path("outputs/eval"))
 
     rt = cfg.runtime
     configure_threads(rt.threads)

@@ -60,7 +60,10 @@ class EvalConfig:
     max_episode_steps: int | None = None
     """Override of the env spec's max_episode_steps (truncation)."""
     output_dir: Path | None = None
-    """Where eval_info.json (and compare.json/png, videos) go; None = outputs/eval/<date>_<time>."""
+    """Where eval_info.json (and compare.json/png, videos) go; None = a new outputs/eval/<date>_<time>.
+    A directory that already holds an evaluation's results is refused unless `overwrite`."""
+    overwrite: bool = False
+    """Replace the results of an earlier evaluation in `output_dir`."""
     videos: int = 0
     """Save videos of the first N episodes of each env id (the policy's `pixels` view)."""
     video_format: Literal["gif", "mp4"] = "gif"
@@ -113,8 +116,34 @@ class EvalConfig:
             raise EvalConfigError(f"EvalConfig.video_format must be gif|mp4, got {self.video_format!r}")
         if self.mujoco_gl not in (None, "egl", "osmesa", "glfw"):
             raise EvalConfigError(f"EvalConfig.mujoco_gl must be egl|osmesa|glfw or None, got {self.mujoco_gl!r}")
-        self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu; an engine that runs there
         self.decode_configs()  # validates the decoder options against every decoder
+
+    def prepare(self) -> None:
+        """`check_inputs`, then the runtime resolved: device auto -> cuda|cpu, an engine that runs
+        there (imports torch). `evaluate` and `ee-vla dagger` call it before loading the policy."""
+        self.check_inputs()
+        self.runtime = self.runtime.resolved()
+
+    def check_inputs(self) -> None:
+        """The policy directory has a saved policy's files, every env id is registered, and
+        `output_dir` holds no earlier results (unless `overwrite`). Imports no torch or MuJoCo: the
+        CLI runs it first, so that such a mistake is reported at once."""
+        from ee_vla.models import check_model_dir
+
+        import_env_modules(self.env_modules)
+        check_env_ids(self)
+        check_model_dir(self.policy, "EvalConfig.policy:")
+        if self.output_dir is not None and not self.overwrite:
+            from ee_vla.evaluation.report import COMPARE_FILE, EVAL_INFO_FILE
+
+            out = Path(self.output_dir)
+            earlier = [str(p.relative_to(out)) for p in (out / COMPARE_FILE, out / EVAL_INFO_FILE) if p.exists()]
+            earlier += [str(p.relative_to(out)) for p in sorted(out.glob(f"*/{EVAL_INFO_FILE}"))]
+            if earlier:
+                raise EvalConfigError(
+                    f"EvalConfig.output_dir: {self.output_dir} already holds an evaluation ({', '.join(earlier)}); "
+                    "choose another --output-dir or pass --overwrite"
+                )
 
     @property
     def decoders(self) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 Preset = Literal["tiny", "small"]
@@ -156,6 +157,17 @@ class RunConfig:
         )
         _check(bool(self.device), c, "device", "is empty")
 
+    def check_inputs(self) -> None:
+        """The mistakes found without loading torch: a data path that does not exist, an out_dir that
+        holds something a run would overwrite or a run to resume (`resume` not set), a model to start
+        from that is not a saved policy. `ee-vla train/distill` run it before anything heavy loads."""
+        from ee_vla.training.run_dir import check_run_dir
+
+        for p in self.data:
+            if not Path(p).exists():
+                raise FileNotFoundError(f"{type(self).__name__}.data: {p} does not exist")
+        check_run_dir(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -265,6 +277,13 @@ class TrainConfig(RunConfig):
         _check(0 <= self.input_noise < 1, "TrainConfig", "input_noise", f"must be in [0, 1), got {self.input_noise}")
         self.unnormalized_dims = tuple(int(d) for d in self.unnormalized_dims)
 
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        if self.init_from:
+            from ee_vla.models import check_model_dir
+
+            check_model_dir(self.init_from, "TrainConfig.init_from:")
+
 
 @dataclass(kw_only=True)
 class DistillConfig(RunConfig):
@@ -361,3 +380,9 @@ class DistillConfig(RunConfig):
             f"must be uniform|all, got {self.state_sampling!r}",
         )
         _check(self.reduction in ("mean", "sum"), c, "reduction", f"must be mean|sum, got {self.reduction!r}")
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        from ee_vla.models import check_model_dir
+
+        check_model_dir(self.teacher, "DistillConfig.teacher:")

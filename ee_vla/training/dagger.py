@@ -116,7 +116,8 @@ class DaggerConfig:
             raise DaggerConfigError(f"{self.out / 'demos.hdf5'} exists (DaggerConfig.out); pass --overwrite")
 
     def eval_config(self):
-        """The `EvalConfig` of the rollouts (its checks apply: env ids, decoder, device, engine)."""
+        """The `EvalConfig` of the rollouts (its checks apply: decoder options; `prepare()` adds env
+        ids, the policy's files, device and engine)."""
         from ee_vla.evaluation.config import EvalConfig
 
         return EvalConfig(
@@ -209,7 +210,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
     """Run `cfg.policy` on `cfg.env` and write its expert-labelled episodes; returns the HDF5 path."""
     from tqdm.auto import tqdm
 
-    from ee_vla.evaluation.config import EvalConfigError, check_env_ids, import_env_modules, setup_mujoco_gl
+    from ee_vla.evaluation.config import EvalConfigError, import_env_modules, setup_mujoco_gl
     from ee_vla.evaluation.rollout import _Rollout, check_env_compatible
 
     ecfg = cfg.eval_config()
@@ -219,7 +220,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
         from sim_envs import SUITE_ENV_IDS
 
         ecfg.env = list(SUITE_ENV_IDS)
-    check_env_ids(ecfg)
+    ecfg.prepare()  # env ids, the policy's files, then the device (torch)
 
     from sim_envs.demo_file import DemoWriter
 

@@ -15,8 +15,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
-
 from ee_vla.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -121,19 +119,29 @@ def resolve_run_dir(cfg: RunConfig, kind: str = "bc") -> Path | None:
     checkpoint's (`check_resume_config`).
     """
     out = Path(cfg.out_dir)
-    check_out_dir(out)
+    check_run_dir(cfg)
     ckpts = list_checkpoints(out)
     if cfg.resume:
-        if not ckpts:
-            raise FileNotFoundError(f"resume=True but {out / CHECKPOINTS} holds no checkpoint to resume from")
+        import torch
+
         state = torch.load(ckpts[-1] / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
         check_resume_config(state.get("config", {}), state.get("kind", kind), cfg, kind, ckpts[-1])
         return ckpts[-1]
-    if ckpts or (out / MODEL_DIR).exists():
+    return None
+
+
+def check_run_dir(cfg: RunConfig) -> None:
+    """The checks of `resolve_run_dir` that read no checkpoint: out_dir may take a fresh run (see
+    `check_out_dir`, and no run in it unless `resume`), or holds a checkpoint to resume from."""
+    out = Path(cfg.out_dir)
+    check_out_dir(out)
+    ckpts = list_checkpoints(out)
+    if cfg.resume and not ckpts:
+        raise FileNotFoundError(f"resume=True but {out / CHECKPOINTS} holds no checkpoint to resume from")
+    if not cfg.resume and (ckpts or (out / MODEL_DIR).exists()):
         raise FileExistsError(
             f"{out} already holds a run: pass resume=True (--resume) to continue it, or use a new out_dir"
         )
-    return None
 
 
 def check_out_dir(out: Path) -> None:
@@ -197,6 +205,8 @@ def check_resume_config(saved: dict, saved_kind: str, cfg: RunConfig, kind: str,
 
 def load_trainer_state(ckpt: Path) -> dict:
     """The trainer state of a checkpoint: step, optimizer, scheduler, RNG states, config and kind."""
+    import torch
+
     return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
 
 
@@ -208,6 +218,8 @@ def save_checkpoint(out_dir: Path, step: int, vla, state: dict, keep: int) -> Pa
     tmp = root / f"step_{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     vla.save_pretrained(tmp)
+    import torch
+
     torch.save(state, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # a checkpoint is complete or absent, never half-written
@@ -220,6 +232,8 @@ def save_final_model(out_dir: Path, vla, save_dtype: str) -> Path:
     """Write out_dir/model in `save_dtype` (float32, bfloat16 or float16), replacing any earlier one
     only once the new one is complete; returns its path."""
     final = out_dir / MODEL_DIR
+    import torch
+
     tmp = out_dir / (MODEL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vla.save_pretrained(tmp, dtype=None if save_dtype == "float32" else getattr(torch, save_dtype))
