@@ -56,7 +56,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 @dataclass
 class InitModelConfig:
-    """Options of `ee-vla init-model`."""
+    """Write a randomly initialised VLA of a preset size (a model directory to try the tools on)."""
 
     out: Path
     """Directory to write the model to."""

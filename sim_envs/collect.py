@@ -209,7 +209,7 @@ class AttemptStore:
                     raise FileExistsError(
                         f"{self.root} holds the attempts of an unfinished collection with other settings "
                         f"({saved} there, {settings} now): rerun that collection's command to finish it, "
-                        "or pass overwrite=True (--overwrite) to discard them"
+                        "or pass --overwrite to discard them"
                     )
                 logger.warning("discarding %s: attempts of a collection with other settings", self.root)
                 shutil.rmtree(self.root)
@@ -273,7 +273,7 @@ def collect(cfg: CollectConfig) -> Path:
 
     path = cfg.out / DATA_FILE
     if path.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{path} exists (CollectConfig.out); pass overwrite=True to replace it")
+        raise FileExistsError(f"{path} exists (CollectConfig.out); pass --overwrite to replace it")
     settings = {"env_kwargs": cfg.env_kwargs(), "compression_level": cfg.compression_level}
     store = AttemptStore(cfg.out / PARTS_DIR, settings, discard_other=cfg.overwrite)
     attempts: dict[str, list[tuple[int, bool]]] = {}

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodeBenchConfig:
-    """Options of `ee-vla bench`."""
+    """Decode latency of AR, Jacobi and CEED on one machine: the same observations decoded by each
+    decoder, timed per call (JSON and PNG plots in `out`)."""
 
     model: str = "tiny"
     """A policy directory, or a preset name (tiny | small) for a randomly initialised model."""
@@ -204,25 +205,34 @@ def plot_bench(out: dict, directory: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     res = out["results"]
+    names = list(res)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    all_ms = np.concatenate([np.asarray(r["call_s"]) * 1e3 for r in res.values()])
+    bins = np.linspace(all_ms.min(), all_ms.max(), 25)  # shared: every decoder's bars have one width
     for name, r in res.items():
-        axes[0].hist(np.asarray(r["call_s"]) * 1e3, bins=30, alpha=0.6, label=name)
-        axes[1].bar(
-            np.arange(len(r["iterations_hist"])) + 0.1 * list(res).index(name),
-            r["iterations_hist"],
-            width=0.1,
-            label=name,
-        )
+        axes[0].hist(np.asarray(r["call_s"]) * 1e3, bins=bins, alpha=0.6, label=name)
+    # iterations: a group of bars per iteration count that occurred, one bar per decoder
+    counts = sorted({k for n in names for k, c in enumerate(res[n]["iterations_hist"]) if c})
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        hist = res[name]["iterations_hist"]
+        heights = [hist[k] if k < len(hist) else 0 for k in counts]
+        axes[1].bar(np.arange(len(counts)) - 0.4 + (i + 0.5) * width, heights, width=width, label=name)
+    axes[1].set_xticks(np.arange(len(counts)), [str(k) for k in counts])
     axes[0].set(xlabel="decode call latency (ms)", ylabel="calls", title="latency")
     axes[1].set(xlabel="iterations per chunk", ylabel="calls", title="iterations")
-    names = list(res)
-    axes[2].bar(names, [res[n]["speedup_vs_ar"] or 0 for n in names], color="tab:green")
-    axes[2].axhline(1.0, color="k", lw=0.8)
-    axes[2].set(ylabel="tokens/s relative to AR", title=f"speedup ({out['environment'].get('device_name', '')})")
     for ax in axes[:2]:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of calls
         ax.legend()
+    speedups = [res[n]["speedup_vs_ar"] or 0 for n in names]
+    bars = axes[2].bar(names, speedups, color="tab:green")
+    axes[2].bar_label(bars, labels=[f"{v:.2f}x" for v in speedups], padding=2)
+    axes[2].axhline(1.0, color="k", lw=0.8)
+    axes[2].set_ylim(0, max([1.0, *speedups]) * 1.15)
+    axes[2].set(ylabel="tokens/s relative to AR", title=f"speedup ({out['environment'].get('device_name', '')})")
     fig.tight_layout()
     fig.savefig(directory / "bench.png", dpi=100)
     plt.close(fig)

@@ -78,7 +78,7 @@ class EvalConfig:
     env_modules: list[str] = field(default_factory=lambda: ["sim_envs"])
     """Modules imported before the envs are made (they register env ids with Gymnasium)."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
-    """Extra keyword arguments of gymnasium.make, e.g. image_size=64."""
+    """Extra keyword arguments of gymnasium.make, as name value pairs: `--env-kwargs image_size 64`."""
     mujoco_gl: Literal["egl", "osmesa", "glfw"] | None = None
     """MuJoCo rendering backend, set as MUJOCO_GL before the envs import MuJoCo. None = keep the
     variable when set, else egl (the GPU's EGL, or Mesa's software EGL on a CPU-only machine)."""

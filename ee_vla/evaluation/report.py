@@ -164,6 +164,11 @@ def format_comparison(result: dict) -> str:
             f"{r['latency_ms_p95']:>8.1f} {r['speedup_tokens_per_s']:>10.2f}x {r['speedup_forward_passes']:>8.2f}x "
             f"{r['episodes_identical_to_baseline']:>4}/{r['n_episodes']}"
         )
+    lines.append(
+        f"fwd/call: model forward passes per decode call; iter/chunk: parallel iterations after the prefill; "
+        f"x{b} tok/s, x{b} fwd: decoded tokens per second and forward passes per call relative to {b} in this "
+        f"run; same eps: episodes with the same return and outcome as {b}'s on the same seed"
+    )
     setup = {name: r["setup_s"] for name, r in result["decoders"].items() if r.get("setup_s", 0) > 0}
     if setup:
         lines.append(_setup_line(setup))

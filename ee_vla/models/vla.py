@@ -73,7 +73,7 @@ def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor
     """(grid*grid, dim) fixed 2D sine-cosine position table (MAE's, row-major patches): half the
     channels encode the patch's row, half its column, so "which patch" is linearly readable from
     step 0. SigLIP's default random table is ~10x weaker than a patch's content and a from-scratch
-    tower can take thousands of steps to learn it (docs/training.md, the localisation probe)."""
+    tower can take thousands of steps to learn it."""
     if dim % 4:
         raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))

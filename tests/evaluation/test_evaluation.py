@@ -151,6 +151,7 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     assert (tmp_path / "ar" / "eval_info.json").is_file() and (tmp_path / "jacobi" / "eval_info.json").is_file()
     out = capsys.readouterr().out
     assert "jacobi" in out and "tokens/s" in out
+    assert "same eps: episodes with the same return and outcome as ar's" in out  # every column is explained
     assert rows["ar"]["setup_s"] == rows["jacobi"]["setup_s"] == 0 and "one-time engine setup" not in out
     rows["jacobi"]["setup_s"] = 0.5
     lines = format_comparison(result).splitlines()

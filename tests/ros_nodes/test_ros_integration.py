@@ -114,8 +114,8 @@ def test_tiny_model_drives_pickcube_over_dds(tiny_vla_dir):
 
 def test_shipped_policy_solves_reach_over_dds():
     """The shipped default policy commands ee_vla/Reach-v0 through the middleware in real time (10 Hz,
-    Float64MultiArray, proprio from JointState) and solves episodes: 5 of 10 held-out seeds with the
-    session-8 default on the development machine (docs/ros.md). 20 episodes all failing would take a
+    Float64MultiArray, proprio from JointState) and solves episodes: 8 of 10 held-out seeds on a
+    2-core CPU (docs/ros.md). 20 episodes all failing would take a
     broken path (one success in 20 is asked; at 25% all 20 fail with probability < 0.4%)."""
     serve_cfg = dict(
         model_path=str(REPO / "ee_vla" / "checkpoints" / "default"),
