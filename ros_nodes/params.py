@@ -127,7 +127,7 @@ class PolicyParams:
     """diagnostic_msgs/DiagnosticArray output."""
     control_hz: float = 0.0
     """Rate of the command timer: one action per period. 0 = the policy's training rate (the
-    contract in its ee_vla.json; DEFAULT_CONTROL_HZ when it records none). A rate that differs from
+    contract in its ee_vla.json; 20 Hz when it records none). A rate that differs from
     the policy's is used, with one warning at configure."""
     dry_run: bool = True
     """Log the commands instead of publishing them (the safe default: opt in to move a robot)."""

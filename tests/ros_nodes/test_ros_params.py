@@ -207,3 +207,23 @@ def test_the_runner_runs_at_the_policys_rate_and_warns_once_about_another(caplog
     assert r.params.control_hz == 20.0
     assert [m for m in caplog.messages if "trained on actions at 10 Hz" in m] == [caplog.messages[0]]
     assert len(caplog.messages) == 1
+
+
+def test_docs_ros_md_lists_every_parameter_with_its_default():
+    def shown(default) -> str:
+        if isinstance(default, bool):
+            return "true" if default else "false"
+        return '""' if default == "" else str(default)
+
+    rows = [
+        line.split("|")
+        for line in (REPO / "docs" / "ros.md").read_text().splitlines()
+        if line.startswith("| `") and line.count("|") >= 6
+    ]
+    documented = {cells[1].strip().strip("`"): cells[3].strip().strip("`") for cells in rows}
+    for spec in param_specs():
+        assert spec.name in documented, f"docs/ros.md has no row for {spec.name}"
+        if isinstance(spec.default, list):
+            assert documented[spec.name].startswith("["), spec.name
+        else:
+            assert documented[spec.name] == shown(spec.default), (spec.name, documented[spec.name])
