@@ -33,7 +33,7 @@ sysdeps:
 setup: sysdeps $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/ee-vla eval --policy ee_vla/checkpoints/default --env ee_vla/Reach-v0 --env ee_vla/PickCube-v0 --env ee_vla/Push-v0 --env ee_vla/Place-v0 --compare ar ceed --episodes 5 --num-envs 4 --seed 100000 --output-dir outputs/demo
+	$(VENV)/bin/ee-vla eval --policy ee_vla/checkpoints/default --env ee_vla/Reach-v0 --env ee_vla/PickCube-v0 --env ee_vla/Push-v0 --env ee_vla/Place-v0 --compare ar ceed --episodes 5 --num-envs 4 --seed 100000
 
 test: setup
 	$(PY) -m pytest -q
