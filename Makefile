@@ -38,6 +38,20 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# ROS 2 Jazzy from source (Debian, or any machine without ROS 2 binaries): `make ros2` builds what
+# ros_nodes/ needs into $(ROS2_PREFIX) for the venv's Python (scripts/build_ros2.sh says what and how
+# long); `make test-ros` runs tests/ros_nodes against it over Cyclone DDS.
+ROS2_PREFIX ?= $(or $(EE_VLA_ROS2_PREFIX),$(HOME)/.cache/ee_vla/ros2-jazzy)
+
+.PHONY: ros2 test-ros
+
+ros2: $(VENV)/.installed
+	EE_VLA_ROS2_PREFIX="$(ROS2_PREFIX)" PYTHON="$(abspath $(PY))" bash scripts/build_ros2.sh
+
+test-ros: setup
+	@test -f "$(ROS2_PREFIX)/setup.bash" || { echo "no ROS 2 in $(ROS2_PREFIX): run make ros2 first"; exit 1; }
+	bash -c 'source "$(ROS2_PREFIX)/setup.bash" && RMW_IMPLEMENTATION=$${RMW_IMPLEMENTATION:-rmw_cyclonedds_cpp} $(PY) -m pytest -q tests/ros_nodes'
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
