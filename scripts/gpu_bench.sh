@@ -32,8 +32,8 @@
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
 # Each step has its own time limit and a failed step does not stop the others; the exit status is
-# the number of failed steps. At most 8 files land in $OUT (the device tool's limit).
-# All steps take ~11 minutes on an H200; under a 10-minute limit per command run them in two parts:
+# the number of failed steps. The outputs are kept to a few files in $OUT (logs, JSON, kernel tables).
+# All steps take ~11 minutes on an H200; to run them as two shorter jobs:
 #   STEPS="env pytest-engine profile-7b" bash scripts/gpu_bench.sh
 #   STEPS="profile-7b-fp32 profile-small check" bash scripts/gpu_bench.sh
 set -uo pipefail
