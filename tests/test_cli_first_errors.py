@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 
 import ee_vla
+from ee_vla.cli import SUBCOMMANDS
 
 HEAVY = ("torch", "transformers", "mujoco")
 POLICY = str(ee_vla.DEFAULT_POLICY)
 RUN = (
     "import json, sys\n"
     "from ee_vla.cli import main\n"
-    "rc = main(json.loads(sys.argv[1]))\n"
+    "try:\n"
+    "    rc = main(json.loads(sys.argv[1]))\n"
+    "except SystemExit as e:\n"  # --help: tyro prints and exits
+    "    rc = e.code\n"
     f"print(json.dumps({{'rc': rc, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
 )
 
@@ -108,3 +112,10 @@ def test_a_mistake_is_one_line_before_heavy_modules_load(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"ee-vla {args[0]}: error: "), lines
     assert re.search(pattern, lines[0]), lines[0]
     assert heavy == [], f"{case}: {heavy} loaded before the error was reported"
+
+
+@pytest.mark.parametrize("sub", ["", *SUBCOMMANDS])
+def test_help_loads_no_heavy_module(sub, tmp_path):
+    rc, heavy, _ = _cli([sub, "--help"] if sub else ["--help"], cwd=tmp_path)
+    assert rc == 0
+    assert heavy == [], f"ee-vla {sub} --help imported {heavy}"
