@@ -19,7 +19,7 @@ import numpy as np
 from ros_nodes.diagnostics import Status
 from ros_nodes.images import rgb_to_fields
 from ros_nodes.params import PolicyParams
-from ros_nodes.runner import Emit
+from ros_nodes.runner_types import Emit
 
 
 def split_seconds(t: float) -> tuple[int, int]:
