@@ -1,0 +1,154 @@
+"""Latency profiler of the decode engines on a model of a named real shape (random weights).
+
+    python -m ee_vla.benchmarks.profile --shape openvla-7b --device cuda --dtype bfloat16 --out outputs/profile
+    python -m ee_vla.benchmarks.profile --shape tiny --calls 3          # CPU: eager vs static engine
+    python -m ee_vla.benchmarks.profile summarize outputs/profile/*.json
+
+For one shape (`ee_vla.benchmarks.shapes`), one batch size and one device it measures, in one run:
+
+* raw forwards: the prefill, and one step of width w (1 = an AR token; e.g. 22 = a Jacobi window)
+  per engine, p50/p95/p99 over many calls (`ee_vla.timing.time_call`, device-synchronised);
+* decode calls (prefill + `iter_decode`, as the policy runs them) per engine x decoder: AR, Jacobi
+  to convergence and CEED with a FIXED iteration cap (random weights converge randomly, so the cap,
+  e.g. 2 iterations plus the prefill, is what CEED's trained model is assumed to reach): call
+  latency percentiles, prefill ms, per-iteration ms, iterations per chunk, tokens/s, actions/s,
+  time to the first final action, speedup vs eager AR and vs the same engine's AR;
+* HF `generate` (greedy, max_new_tokens = chunk tokens) as the stock baseline;
+* token agreement of each engine with eager for the same decoder (bf16: near-ties may flip);
+* the issue's targets when their entries were measured (7B: one Jacobi iteration over 22 tokens
+  <= 5 ms in the graph and compiled engines; CEED at 2 iterations + prefill >= 100 actions/s).
+
+With `--kernels N`, each step width is also recorded under `torch.profiler` and its N costliest
+kernels per forward are kept (JSON ``raw[engine]["kernels_w<w>"]``, `<stem>_kernels.txt`).
+
+Writes `profile_<shape>[_b<B>].json` (+ `.png`: latency histograms and speedup bars). Numbers are
+printed and saved, never asserted: machines are noisy.
+
+Modules: `config` (`ProfileConfig`), `timing` (the measurements, `run_profile`), `report` (kernel
+tables, printed tables, plots, `summarize_files`); the package itself holds the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ee_vla.benchmarks.profile.config import DECODERS, ProfileConfig
+from ee_vla.benchmarks.profile.report import format_kernels, format_table, kernel_table, plot_profile, summarize_files
+from ee_vla.benchmarks.profile.timing import run_profile
+from ee_vla.benchmarks.shapes import ATTN_IMPLEMENTATIONS, SHAPES
+from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS
+from ee_vla.runtime import DTYPES, RuntimeConfig
+
+__all__ = [
+    "DECODERS",
+    "ProfileConfig",
+    "config_from_args",
+    "format_kernels",
+    "format_table",
+    "kernel_table",
+    "main",
+    "plot_profile",
+    "run_profile",
+    "summarize_files",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ProfileConfig()
+    p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default=d.shape, choices=SHAPES)
+    p.add_argument("--device", default="auto", help="torch device (auto = cuda when available)")
+    p.add_argument("--dtype", default=d.runtime.dtype, choices=DTYPES)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    p.add_argument("--prefix-len", type=int, default=None)
+    p.add_argument("--left-pad", type=int, default=d.left_pad)
+    p.add_argument(
+        "--engines", nargs="*", default=list(d.engines), help="eager static graph compiled (default: by device)"
+    )
+    p.add_argument("--compile-mode", default=d.runtime.compile_mode, choices=list(COMPILE_MODES))
+    p.add_argument(
+        "--inductor",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="torch._inductor.config settings for the run, e.g. freezing=True coordinate_descent_tuning=True",
+    )
+    p.add_argument(
+        "--action-logits",
+        action="store_true",
+        help="static/graph/compiled engines: decode steps compute only the action tokens' logits",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        default=d.attn_implementation,
+        choices=ATTN_IMPLEMENTATIONS,
+        help="LM shapes: transformers' attention of the random model",
+    )
+    p.add_argument(
+        "--sdpa-backends",
+        nargs="+",
+        default=None,
+        choices=SDPA_BACKENDS,
+        help="attention kernels the static/graph/compiled engines may use (default: torch's choice)",
+    )
+    p.add_argument("--decoders", nargs="*", default=list(d.decoders), choices=DECODERS)
+    p.add_argument("--max-iterations", type=int, default=None, help="ceed: iteration cap (default: ceed_cap's, 2)")
+    p.add_argument("--tau", type=int, default=None, help="ceed: relaxed convergence in bins (default: 0)")
+    p.add_argument("--no-generate", action="store_true", help="skip HF generate")
+    p.add_argument("--step-widths", nargs="*", type=int, default=list(d.step_widths))
+    p.add_argument("--calls", type=int, default=d.calls)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--step-iters", type=int, default=d.step_iters)
+    p.add_argument("--kernels", type=int, default=d.kernels, help="top kernels per step width (0 = off)")
+    p.add_argument("--kernel-iters", type=int, default=d.kernel_iters)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
+    a = _parser().parse_args(argv)
+    return ProfileConfig(
+        shape=a.shape,
+        runtime=RuntimeConfig(
+            device=a.device, dtype=a.dtype, compile_mode=a.compile_mode, max_iterations=a.max_iterations, tau=a.tau
+        ),
+        batch_size=a.batch_size,
+        chunk_size=a.chunk_size,
+        prefix_len=a.prefix_len,
+        left_pad=a.left_pad,
+        engines=tuple(a.engines),
+        inductor=tuple(a.inductor),
+        attn_implementation=a.attn_implementation,
+        action_logits=a.action_logits,
+        sdpa_backends=None if a.sdpa_backends is None else tuple(a.sdpa_backends),
+        decoders=tuple(a.decoders),
+        generate=not a.no_generate,
+        step_widths=tuple(a.step_widths),
+        calls=a.calls,
+        warmup=a.warmup,
+        step_iters=a.step_iters,
+        kernels=a.kernels,
+        kernel_iters=a.kernel_iters,
+        seed=a.seed,
+        out=a.out,
+        plots=not a.no_plots,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if argv and argv[0] == "summarize":
+        print(summarize_files([Path(p) for p in argv[1:]]))
+        return 0
+    out = run_profile(config_from_args(argv))
+    return 1 if out["errors"] else 0
