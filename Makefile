@@ -40,7 +40,8 @@ test: setup
 
 # ROS 2 Jazzy from source (Debian, or any machine without ROS 2 binaries): `make ros2` builds what
 # ros_nodes/ needs into $(ROS2_PREFIX) for the venv's Python (scripts/build_ros2.sh says what and how
-# long); `make test-ros` runs tests/ros_nodes against it over Cyclone DDS.
+# long); `make test-ros` runs tests/ros_nodes against it over Cyclone DDS, without the pytest plugins
+# of launch_testing(_ros) (Jazzy's use pytest's `path` hook argument, which pytest 9 removed).
 ROS2_PREFIX ?= $(or $(EE_VLA_ROS2_PREFIX),$(HOME)/.cache/ee_vla/ros2-jazzy)
 
 .PHONY: ros2 test-ros
@@ -50,7 +51,7 @@ ros2: $(VENV)/.installed
 
 test-ros: setup
 	@test -f "$(ROS2_PREFIX)/setup.bash" || { echo "no ROS 2 in $(ROS2_PREFIX): run make ros2 first"; exit 1; }
-	bash -c 'source "$(ROS2_PREFIX)/setup.bash" && RMW_IMPLEMENTATION=$${RMW_IMPLEMENTATION:-rmw_cyclonedds_cpp} $(PY) -m pytest -q tests/ros_nodes'
+	bash -c 'source "$(ROS2_PREFIX)/setup.bash" && RMW_IMPLEMENTATION=$${RMW_IMPLEMENTATION:-rmw_cyclonedds_cpp} $(PY) -m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes'
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -96,4 +96,4 @@ def test_make_targets_build_and_test_against_the_prefix(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f'EE_VLA_ROS2_PREFIX="{tmp_path}"' in r.stdout and "scripts/build_ros2.sh" in r.stdout
     assert f'source "{tmp_path}/setup.bash"' in r.stdout
-    assert "-m pytest -q tests/ros_nodes" in r.stdout
+    assert "-m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes" in r.stdout
