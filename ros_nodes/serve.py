@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ros_nodes.diagnostics import Status
 from ros_nodes.messages import build_diagnostics, split_seconds
@@ -28,6 +28,9 @@ from ros_nodes.output import CommandSink
 from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams
 from ros_nodes.runner import ActionChunkPolicy, PolicyRunner, load_policy
 from ros_nodes.safety import CauseLog, ShutdownSignals
+
+if TYPE_CHECKING:
+    from ros_nodes.dds.periodic import PeriodicThread
 
 log = logging.getLogger("ee_vla.serve")
 
@@ -104,89 +107,120 @@ def serve(
         stop: set it to stop serving (from another thread).
         on_ready: called with the runner once inputs and outputs exist and it is active.
     """
-    from ros_nodes.dds import msgs
-    from ros_nodes.dds.periodic import PeriodicThread
-    from ros_nodes.dds.transport import DdsGraph
-
     stop = stop or threading.Event()
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(cfg.switch_interval_s)
-    params = cfg.policy_params()
-    runner = PolicyRunner(params, (lambda _p: policy) if policy is not None else load_policy, logger=log)
-    params = runner.params  # control_hz resolved against the policy's contract
+    runner = PolicyRunner(cfg.policy_params(), (lambda _p: policy) if policy is not None else load_policy, logger=log)
     runner.configure()  # raises with a reason: a CLI should fail loudly before joining the graph
-    graph = DdsGraph(cfg.domain_id, cfg.dds_xml(), on_bad_sample=runner.on_bad_sample)
-    cmd_type = msgs.ROS_TYPES[COMMAND_MSG_TYPES[params.command_type]]
-    cmd_writer = graph.writer(params.resolved_command_topic, cmd_type, "default")
-    diag_writer = graph.writer(params.diagnostics_topic, msgs.DiagnosticArray, "default")
-    graph.reader(params.image_topic, msgs.Image, "sensor_data", callback=runner.on_image_msg)
-    graph.reader(params.instruction_topic, msgs.String, "default", callback=lambda s: runner.on_instruction(s.data))
-    if params.use_joint_state:
-        graph.reader(
-            params.joint_state_topic,
-            msgs.JointState,
-            "sensor_data",
-            callback=lambda s: runner.on_joint_state(s.name, s.position),
-        )
-    sink = CommandSink(runner, msgs, cmd_writer.write, wall_stamp, logger=log)
-
-    def publish_diagnostics(status: Status | None = None) -> Status:
-        status = status or runner.status()
-        diag_writer.write(build_diagnostics(msgs, [status], wall_stamp()))
-        return status
-
-    log.info(
-        "serving over DDS domain %d: %s -> %s (%s, %.1f Hz)%s",
-        cfg.domain_id,
-        params.image_topic,
-        params.resolved_command_topic,
-        params.command_type,
-        params.control_hz,
-        " [DRY RUN]" if params.dry_run else "",
-    )
-    runner.activate()
-    timer = PeriodicThread(
-        1.0 / params.control_hz, sink.tick, name="ee_vla-control", rt_priority=cfg.timer_rt_priority
-    ).start()
+    node = _DdsNode(cfg, runner)
+    node.start()
     if on_ready is not None:
         on_ready(runner)
     t_end = time.monotonic() + cfg.duration_s if cfg.duration_s > 0 else float("inf")
-    diag_period = 1.0 / params.diagnostics_hz
-    next_diag = time.monotonic()
-    status = runner.status()
-    loop_errors = CauseLog(log)
     try:
         with ShutdownSignals(stop):
-            while not stop.is_set() and time.monotonic() < t_end:
-                try:
-                    graph.spin_once(min(0.05, max(0.0, next_diag - time.monotonic())))
-                    if time.monotonic() >= next_diag:
-                        next_diag = max(next_diag + diag_period, time.monotonic())
-                        status = publish_diagnostics()
-                except Exception as e:  # noqa: BLE001 - the control timer keeps running; say why once
-                    loop_errors.log(
-                        f"loop:{type(e).__name__}", f"serve loop: {type(e).__name__}: {e}", level=logging.ERROR
-                    )
-                    time.sleep(0.01)
-                if timer.rt_error:
-                    log.warning("control timer runs without real-time priority: %s", timer.rt_error)
-                    timer.rt_error = None
-                if timer.errors:
-                    log.error("control tick failed %d times, last: %r", timer.errors, timer.last_error)
-                    timer.errors = 0
+            node.spin(stop, t_end)
     finally:
-        timer.stop()
-        sink.stop()  # deactivates and publishes the stop command, the last command on the topic
-        status = publish_diagnostics(runner.status())
-        status.values["timer_skipped_ticks"] = str(timer.skipped)
-        cmd_writer.wait_for_acks(_ms(500))  # let the stop command reach reliable subscribers
-        runner.cleanup()
-        graph.close()
+        status = node.close()
         sys.setswitchinterval(old_switch)
         if cfg.stats_path:
             Path(cfg.stats_path).write_text(json.dumps(status.values, indent=2))
         log.info("stopped: %d commands sent, %s", runner.rate.total, status.message)
     return status.values
+
+
+class _DdsNode:
+    """A configured runner on the DDS graph: its readers and writers, the command sink and, once
+    started, the control timer."""
+
+    def __init__(self, cfg: ServeConfig, runner: PolicyRunner):
+        from ros_nodes.dds import msgs
+        from ros_nodes.dds.transport import DdsGraph
+
+        self.cfg = cfg
+        self.runner = runner
+        self.msgs = msgs
+        params = self.params = runner.params  # control_hz resolved against the policy's contract
+        self.graph = DdsGraph(cfg.domain_id, cfg.dds_xml(), on_bad_sample=runner.on_bad_sample)
+        cmd_type = msgs.ROS_TYPES[COMMAND_MSG_TYPES[params.command_type]]
+        self.cmd_writer = self.graph.writer(params.resolved_command_topic, cmd_type, "default")
+        self.diag_writer = self.graph.writer(params.diagnostics_topic, msgs.DiagnosticArray, "default")
+        self.graph.reader(params.image_topic, msgs.Image, "sensor_data", callback=runner.on_image_msg)
+        self.graph.reader(
+            params.instruction_topic, msgs.String, "default", callback=lambda s: runner.on_instruction(s.data)
+        )
+        if params.use_joint_state:
+            self.graph.reader(
+                params.joint_state_topic,
+                msgs.JointState,
+                "sensor_data",
+                callback=lambda s: runner.on_joint_state(s.name, s.position),
+            )
+        self.sink = CommandSink(runner, msgs, self.cmd_writer.write, wall_stamp, logger=log)
+        self.timer: PeriodicThread | None = None
+
+    def publish_diagnostics(self, status: Status | None = None) -> Status:
+        """Publish `status` (default: the runner's status now) on the diagnostics topic."""
+        status = status or self.runner.status()
+        self.diag_writer.write(build_diagnostics(self.msgs, [status], wall_stamp()))
+        return status
+
+    def start(self) -> None:
+        """Activate the runner and start the control timer."""
+        from ros_nodes.dds.periodic import PeriodicThread
+
+        p = self.params
+        log.info(
+            "serving over DDS domain %d: %s -> %s (%s, %.1f Hz)%s",
+            self.cfg.domain_id,
+            p.image_topic,
+            p.resolved_command_topic,
+            p.command_type,
+            p.control_hz,
+            " [DRY RUN]" if p.dry_run else "",
+        )
+        self.runner.activate()
+        self.timer = PeriodicThread(
+            1.0 / p.control_hz, self.sink.tick, name="ee_vla-control", rt_priority=self.cfg.timer_rt_priority
+        ).start()
+
+    def spin(self, stop: threading.Event, t_end: float) -> None:
+        """Take samples and publish diagnostics at `diagnostics_hz` until `stop` or `t_end` (monotonic);
+        an error is logged once per type and the loop goes on (the control timer keeps running)."""
+        timer = self.timer
+        assert timer is not None, "start() first"
+        diag_period = 1.0 / self.params.diagnostics_hz
+        next_diag = time.monotonic()
+        loop_errors = CauseLog(log)
+        while not stop.is_set() and time.monotonic() < t_end:
+            try:
+                self.graph.spin_once(min(0.05, max(0.0, next_diag - time.monotonic())))
+                if time.monotonic() >= next_diag:
+                    next_diag = max(next_diag + diag_period, time.monotonic())
+                    self.publish_diagnostics()
+            except Exception as e:  # noqa: BLE001 - the control timer keeps running; say why once
+                loop_errors.log(f"loop:{type(e).__name__}", f"serve loop: {type(e).__name__}: {e}", level=logging.ERROR)
+                time.sleep(0.01)
+            if timer.rt_error:
+                log.warning("control timer runs without real-time priority: %s", timer.rt_error)
+                timer.rt_error = None
+            if timer.errors:
+                log.error("control tick failed %d times, last: %r", timer.errors, timer.last_error)
+                timer.errors = 0
+
+    def close(self) -> Status:
+        """Stop the timer, send the stop command, publish the final diagnostics, free the policy and
+        leave the graph; returns the final status (with the timer's skipped ticks)."""
+        timer = self.timer
+        assert timer is not None, "start() first"
+        timer.stop()
+        self.sink.stop()  # deactivates and publishes the stop command, the last command on the topic
+        status = self.publish_diagnostics(self.runner.status())
+        status.values["timer_skipped_ticks"] = str(timer.skipped)
+        self.cmd_writer.wait_for_acks(_ms(500))  # let the stop command reach reliable subscribers
+        self.runner.cleanup()
+        self.graph.close()
+        return status
 
 
 def _ms(ms: int) -> int:
