@@ -7,12 +7,15 @@ Everything the nodes do lives in ROS-free modules that are tested without ROS:
 * `safety`      - per-dim clipping, the stale-input watchdog, once-per-cause logging;
 * `diagnostics` - publish-rate and decode-latency statistics, DiagnosticStatus contents;
 * `messages`    - building command/diagnostic/image messages for either transport;
-* `runner`      - the policy runner: worker thread, `ee_vla.streaming.ChunkSchedule` glue, lifecycle;
+* `runner`      - the policy runner: lifecycle, control tick, `ee_vla.streaming.ChunkSchedule` glue; its
+  parts `runner_inputs` (input callbacks), `runner_decode` (worker thread, decode deadline),
+  `runner_status` (/diagnostics) and `runner_types` (`Emit`, `ActionChunkPolicy`);
 * `output`      - publishing the runner's commands, or logging them in dry-run mode;
 * `policy_process` - the policy in a child process (the command timer never waits for torch's GIL);
 * `launch_args` - typed, validated launch-argument overrides;
 * `sim_bridge`  - stepping an `ee_vla/*` Gymnasium env with incoming commands;
-* `bench`       - the DDS delivery/jitter/latency benchmark (`python -m ros_nodes.bench`).
+* `bench`       - the DDS delivery/jitter/latency benchmark (`python -m ros_nodes.bench`; the soak mode
+  in `bench_soak`, what both modes share in `bench_common`).
 
 Two transports drive the same runner: `policy_node` / `sim_bridge_node` (rclpy lifecycle / plain
 nodes, imported only on a ROS 2 machine) and `serve` / `sim_serve` (Cyclone DDS with ROS 2 wire naming,
