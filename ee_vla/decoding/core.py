@@ -132,6 +132,204 @@ class DecodeState:
     stats: DecodeStats
 
 
+class _DecodeLoop:
+    """The state of one `iter_decode` call and its steps: the window `y`, the final counts `F`,
+    the samples still running, the per-action records and the exits. Every step keeps the
+    loop's torch ops and host syncs as they are in `iter_decode`'s order."""
+
+    def __init__(
+        self,
+        first_logits: torch.Tensor,
+        n_tokens: int,
+        config: DecodeConfig,
+        guess: torch.Tensor | None,
+        action_range: tuple[int, int] | None,
+        unit: int,
+        deadline: float | None,
+        unit_deadline: Callable[[int], float | None] | None,
+        clock: Callable[[], float],
+        t_start: float | None,
+        prefill_s: float,
+    ):
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        if n_tokens % unit:
+            raise ValueError(f"n_tokens={n_tokens} is not a multiple of unit={unit}")
+        if first_logits.ndim != 2:
+            raise ValueError(f"first_logits must be (batch, vocab), got shape {tuple(first_logits.shape)}")
+        self.config, self.action_range, self.unit, self.clock = config, action_range, unit, clock
+        self.t0 = clock() if t_start is None else t_start
+        if deadline is None and config.deadline_s is not None:
+            deadline = self.t0 + config.deadline_s
+        self.deadline, self.unit_deadline = deadline, unit_deadline
+        self.B, self.n, self.dev = first_logits.shape[0], n_tokens, first_logits.device
+        self.n_units = n_tokens // unit
+        self.window = config.effective_window or n_tokens
+        self.y = self._first_window(first_logits, guess)
+        self.F = torch.ones(self.B, dtype=torch.long, device=self.dev)
+        self.active = torch.ones(self.B, dtype=torch.bool, device=self.dev)
+        self.c = 0  # committed KV entries of generated tokens (shared by the batch)
+        self.it = 0  # parallel iterations run so far
+
+        self.stats = DecodeStats(n_tokens=n_tokens, batch_size=self.B, prefill_s=prefill_s)
+        self.unit_iter = [[-1] * self.n_units for _ in range(self.B)]
+        self.unit_time = [[float("nan")] * self.n_units for _ in range(self.B)]
+        self.unit_exact = [[True] * self.n_units for _ in range(self.B)]
+        self.reasons = [""] * self.B
+        self.emitted = 0  # units final in every sample, already reported
+
+    def _first_window(self, first_logits: torch.Tensor, guess: torch.Tensor | None) -> torch.Tensor:
+        """The initial window: token 0 from the prefill, then the guess (or token 0 repeated)."""
+        B, n = self.B, self.n
+        # one check per call: the prefill's logits (its sync is the one `mark` makes anyway)
+        bad_first = ~torch.isfinite(first_logits).all(-1, keepdim=True)
+        if bad_first.any():
+            raise _nonfinite_error("the prefill", bad_first, 0)
+        y = torch.empty(B, n, dtype=torch.long, device=self.dev)
+        y[:, 0] = greedy(first_logits, self.action_range)
+        if guess is not None:
+            if guess.shape != (B, n):
+                raise ValueError(f"guess must have shape {(B, n)}, got {tuple(guess.shape)}")
+            g = guess[:, 1:].to(self.dev)
+            y[:, 1:] = torch.where(g < 0, y[:, :1], g)
+        else:
+            y[:, 1:] = y[:, :1]
+        return y
+
+    def mark(self, forced: list[int] | None = None) -> list[int]:
+        """Record the actions that became final (inexact for `forced` samples); returns the units
+        now final in every sample and not reported before."""
+        unit, it = self.unit, self.it
+        now = self.clock() - self.t0
+        f = self.F.tolist()
+        for b in range(self.B):
+            for j in range(self.n_units):
+                if self.unit_iter[b][j] < 0 and f[b] >= (j + 1) * unit:
+                    self.unit_iter[b][j], self.unit_time[b][j] = it, now
+                    if forced is not None and b in forced:
+                        self.unit_exact[b][j] = False
+        all_final = min(f) // unit
+        new = list(range(self.emitted, all_final))
+        self.emitted = max(self.emitted, all_final)
+        return new
+
+    def finish(self, b_mask: torch.Tensor, reason: str) -> None:
+        """End the samples of `b_mask`: the actions that `F` does not cover yet are released as
+        they stand (inexact); those already final by `F` (e.g. made final by the very iteration
+        that triggers a tau exit) keep their exactness and are recorded by the next `mark`."""
+        F, active = self.F, self.active
+        rows = torch.nonzero(b_mask & active).flatten().tolist()
+        f = F.tolist() if rows else []
+        for b in rows:
+            self.reasons[b] = reason
+            for j in range(self.n_units):
+                if self.unit_iter[b][j] < 0 and f[b] < (j + 1) * self.unit:
+                    self.unit_exact[b][j] = False
+        F[b_mask & active] = self.n
+        active[b_mask] = False
+
+    def snapshot(self, done: bool, new_units: list[int]) -> DecodeState:
+        """The state to yield (streaming): the window, a copy of `F`, the units newly final."""
+        stats, it = self.stats, self.it
+        stats.iterations = it
+        stats.forward_passes = it + 1
+        stats.unit_final_iteration = self.unit_iter
+        stats.unit_final_time_s = self.unit_time
+        stats.unit_exact = self.unit_exact
+        stats.exit_reason = self.reasons
+        stats.wall_s = self.clock() - self.t0
+        return DecodeState(self.y, self.F.clone(), new_units, it, done, stats)
+
+    def exits(self, now: float, est_s: float) -> list[int] | None:
+        """Apply the cap and the deadlines to the samples still running, given the time `now` and
+        the estimated cost `est_s` of the next iteration; returns the units they released, None
+        when no exit applied (decided on the host: no device sync then)."""
+        config, deadline, unit_deadline = self.config, self.deadline, self.unit_deadline
+        if config.max_iterations is not None and self.it >= config.max_iterations:
+            self.finish(self.active.clone(), "cap")
+        elif deadline is not None and now + est_s > deadline:
+            self.finish(self.active.clone(), "deadline")
+        elif unit_deadline is not None:
+            F, unit = self.F, self.unit
+            forced = []
+            for j in range(self.n_units):
+                dl = unit_deadline(j)
+                if dl is None or now + est_s <= dl:
+                    continue
+                late = self.active & (F < (j + 1) * unit)
+                if late.any():
+                    forced += torch.nonzero(late).flatten().tolist()
+                    F[late] = (j + 1) * unit
+            if not forced:
+                return None
+            released = self.mark(forced)
+            self.finish(F >= self.n, "action_deadline")
+            return released
+        else:
+            return None
+        return []
+
+    def exits_before_iteration(self, est_s: float) -> list[int]:
+        """The units that the last iteration made final, then those that an exit released (the
+        cap and the deadlines, decided before spending another forward pass)."""
+        new_units = self.mark()  # units that the last iteration made final
+        if self.active.any():
+            new_units += self.exits(self.clock(), est_s) or []
+        new_units += self.mark()  # units released by an exit (marked inexact by finish)
+        return new_units
+
+    def deadlines_again(self, est_s: float) -> list[int] | None:
+        """The deadlines decided again after a snapshot (the consumer's time counts); returns the
+        units released, None when no exit applied."""
+        released = self.exits(self.clock(), est_s)
+        if released is not None:
+            released += self.mark()
+        return released
+
+    def iterate(self, step: Step) -> float:
+        """One parallel iteration over the window: predict, update the guesses that are not
+        final, advance `F` and apply the convergence exits; returns its duration in seconds."""
+        t_it = self.clock()
+        y, F, active, n, ar = self.y, self.F, self.active, self.n, self.action_range
+        s = self.c if self.config.keep_final_kv else 0
+        e = min(n - 1, s + self.window)
+        logits = step(y[:, s:e], s)
+        bad = ~torch.isfinite(logits).all(-1)  # (B, e - s): read with the iteration's one sync below
+        pred = greedy(logits, ar)  # predictions for positions s+1 .. e
+        y_old = y[:, s + 1 : e + 1].clone()
+        pos = torch.arange(s + 1, e + 1, device=self.dev)
+        frozen = pos[None, :] < F[:, None]  # final tokens keep their value
+        upd = active[:, None] & ~frozen
+        y[:, s + 1 : e + 1] = torch.where(upd, pred, y_old)
+        # inputs s+1 .. e-1 were right if final or confirmed by the new prediction
+        right = frozen[:, :-1] | (y_old[:, :-1] == pred[:, :-1])
+        run = torch.cumprod(right.long(), dim=1).sum(1) if right.shape[1] else torch.zeros_like(F)
+        F_new = torch.where(active, torch.maximum(F, s + 2 + run), F).clamp(max=n)
+        n_active = active.sum()
+        accepted = ((F_new - F) * active).sum().float() / n_active.clamp(min=1)
+        n_bad = (bad & active[:, None]).sum()
+        accepted_v, n_bad_v = torch.stack([accepted, n_bad.float()]).tolist()  # one host sync
+        if n_bad_v:
+            raise _nonfinite_error(f"iteration {self.it + 1}", bad & active[:, None], s + 1)
+        self.stats.accepted_per_iteration.append(accepted_v)
+        moved = torch.where(upd, token_distance(pred, y_old, ar), 0).amax(1)
+        self.F = F_new
+        self.it += 1
+        self._converge(moved, run, s, e)
+        last_iter_s = self.clock() - t_it
+        self.stats.iteration_s.append(last_iter_s)
+        return last_iter_s
+
+    def _converge(self, moved: torch.Tensor, run: torch.Tensor, s: int, e: int) -> None:
+        """End the samples that converged (exactly, or within `tau` once the window reaches the
+        end) and commit the KV entries of the right inputs (`keep_final_kv`)."""
+        self.finish(self.F >= self.n, "converged")
+        if e == self.n - 1:
+            self.finish(self.active & (moved <= self.config.tau), "tau")
+        if self.config.keep_final_kv and self.active.any():
+            self.c = int(torch.minimum(s + 1 + run, self.F - 1)[self.active].min().item())
+
+
 def iter_decode(
     step: Step,
     first_logits: torch.Tensor,
@@ -167,168 +365,28 @@ def iter_decode(
         clock: time source (injectable for tests).
         t_start: when the call started (default: now); prefill_s: how long the prefill took.
     """
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
-    if n_tokens % unit:
-        raise ValueError(f"n_tokens={n_tokens} is not a multiple of unit={unit}")
-    if first_logits.ndim != 2:
-        raise ValueError(f"first_logits must be (batch, vocab), got shape {tuple(first_logits.shape)}")
-    t0 = clock() if t_start is None else t_start
-    if deadline is None and config.deadline_s is not None:
-        deadline = t0 + config.deadline_s
-    B, n, dev = first_logits.shape[0], n_tokens, first_logits.device
-    n_units = n // unit
-    window = config.effective_window or n
-
-    # one check per call: the prefill's logits (its sync is the one `mark` makes anyway)
-    bad_first = ~torch.isfinite(first_logits).all(-1, keepdim=True)
-    if bad_first.any():
-        raise _nonfinite_error("the prefill", bad_first, 0)
-    y = torch.empty(B, n, dtype=torch.long, device=dev)
-    y[:, 0] = greedy(first_logits, action_range)
-    if guess is not None:
-        if guess.shape != (B, n):
-            raise ValueError(f"guess must have shape {(B, n)}, got {tuple(guess.shape)}")
-        g = guess[:, 1:].to(dev)
-        y[:, 1:] = torch.where(g < 0, y[:, :1], g)
-    else:
-        y[:, 1:] = y[:, :1]
-    F = torch.ones(B, dtype=torch.long, device=dev)
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    c = 0  # committed KV entries of generated tokens (shared by the batch)
-
-    stats = DecodeStats(n_tokens=n, batch_size=B, prefill_s=prefill_s)
-    unit_iter = [[-1] * n_units for _ in range(B)]
-    unit_time = [[float("nan")] * n_units for _ in range(B)]
-    unit_exact = [[True] * n_units for _ in range(B)]
-    reasons = [""] * B
-    emitted = 0  # units final in every sample, already reported
-
-    def mark(it: int, forced: list[int] | None = None) -> list[int]:
-        """Record the actions that became final (inexact for `forced` samples); returns the units
-        now final in every sample and not reported before."""
-        nonlocal emitted
-        now = clock() - t0
-        f = F.tolist()
-        for b in range(B):
-            for j in range(n_units):
-                if unit_iter[b][j] < 0 and f[b] >= (j + 1) * unit:
-                    unit_iter[b][j], unit_time[b][j] = it, now
-                    if forced is not None and b in forced:
-                        unit_exact[b][j] = False
-        all_final = min(f) // unit
-        new = list(range(emitted, all_final))
-        emitted = max(emitted, all_final)
-        return new
-
-    def finish(b_mask: torch.Tensor, reason: str) -> None:
-        """End the samples of `b_mask`: the actions that `F` does not cover yet are released as
-        they stand (inexact); those already final by `F` (e.g. made final by the very iteration
-        that triggers a tau exit) keep their exactness and are recorded by the next `mark`."""
-        rows = torch.nonzero(b_mask & active).flatten().tolist()
-        f = F.tolist() if rows else []
-        for b in rows:
-            reasons[b] = reason
-            for j in range(n_units):
-                if unit_iter[b][j] < 0 and f[b] < (j + 1) * unit:
-                    unit_exact[b][j] = False
-        F[b_mask & active] = n
-        active[b_mask] = False
-
-    def snapshot(it: int, done: bool, new_units: list[int]) -> DecodeState:
-        stats.iterations = it
-        stats.forward_passes = it + 1
-        stats.unit_final_iteration = unit_iter
-        stats.unit_final_time_s = unit_time
-        stats.unit_exact = unit_exact
-        stats.exit_reason = reasons
-        stats.wall_s = clock() - t0
-        return DecodeState(y, F.clone(), new_units, it, done, stats)
-
-    def exits(now: float, est_s: float) -> list[int] | None:
-        """Apply the cap and the deadlines to the samples still running, given the time `now` and
-        the estimated cost `est_s` of the next iteration; returns the units they released, None
-        when no exit applied (decided on the host: no device sync then)."""
-        if config.max_iterations is not None and it >= config.max_iterations:
-            finish(active.clone(), "cap")
-        elif deadline is not None and now + est_s > deadline:
-            finish(active.clone(), "deadline")
-        elif unit_deadline is not None:
-            forced = []
-            for j in range(n_units):
-                dl = unit_deadline(j)
-                if dl is None or now + est_s <= dl:
-                    continue
-                late = active & (F < (j + 1) * unit)
-                if late.any():
-                    forced += torch.nonzero(late).flatten().tolist()
-                    F[late] = (j + 1) * unit
-            if not forced:
-                return None
-            released = mark(it, forced)
-            finish(F >= n, "action_deadline")
-            return released
-        else:
-            return None
-        return []
-
-    finish(F >= n, "converged")
+    loop = _DecodeLoop(
+        first_logits, n_tokens, config, guess, action_range, unit, deadline, unit_deadline, clock, t_start, prefill_s
+    )
+    loop.finish(loop.F >= loop.n, "converged")
     # the next iteration's cost is estimated by the last one; before the first, by the prefill
-    it, last_iter_s = 0, prefill_s
+    last_iter_s = prefill_s
     while True:
-        # ---- exits decided before spending another forward pass ------------------------------
-        new_units = mark(it)  # units that the last iteration made final
-        if active.any():
-            new_units += exits(clock(), last_iter_s) or []
-        new_units += mark(it)  # units released by an exit (marked inexact by finish)
-        if not active.any():
-            yield snapshot(it, True, new_units)
+        new_units = loop.exits_before_iteration(last_iter_s)
+        if not loop.active.any():
+            yield loop.snapshot(True, new_units)
             return
-        yield snapshot(it, False, new_units)
+        yield loop.snapshot(False, new_units)
         # the consumer's time between snapshots counts: decide the deadlines again, now
-        if deadline is not None or unit_deadline is not None:
-            released = exits(clock(), last_iter_s)
+        if loop.deadline is not None or loop.unit_deadline is not None:
+            released = loop.deadlines_again(last_iter_s)
             if released is not None:
-                released += mark(it)
-                if not active.any():
-                    yield snapshot(it, True, released)
+                if not loop.active.any():
+                    yield loop.snapshot(True, released)
                     return
                 if released:
-                    yield snapshot(it, False, released)
-
-        # ---- one parallel iteration ----------------------------------------------------------
-        t_it = clock()
-        s = c if config.keep_final_kv else 0
-        e = min(n - 1, s + window)
-        logits = step(y[:, s:e], s)
-        bad = ~torch.isfinite(logits).all(-1)  # (B, e - s): read with the iteration's one sync below
-        pred = greedy(logits, action_range)  # predictions for positions s+1 .. e
-        y_old = y[:, s + 1 : e + 1].clone()
-        pos = torch.arange(s + 1, e + 1, device=dev)
-        frozen = pos[None, :] < F[:, None]  # final tokens keep their value
-        upd = active[:, None] & ~frozen
-        y[:, s + 1 : e + 1] = torch.where(upd, pred, y_old)
-        # inputs s+1 .. e-1 were right if final or confirmed by the new prediction
-        right = frozen[:, :-1] | (y_old[:, :-1] == pred[:, :-1])
-        run = torch.cumprod(right.long(), dim=1).sum(1) if right.shape[1] else torch.zeros_like(F)
-        F_new = torch.where(active, torch.maximum(F, s + 2 + run), F).clamp(max=n)
-        n_active = active.sum()
-        accepted = ((F_new - F) * active).sum().float() / n_active.clamp(min=1)
-        n_bad = (bad & active[:, None]).sum()
-        accepted_v, n_bad_v = torch.stack([accepted, n_bad.float()]).tolist()  # one host sync
-        if n_bad_v:
-            raise _nonfinite_error(f"iteration {it + 1}", bad & active[:, None], s + 1)
-        stats.accepted_per_iteration.append(accepted_v)
-        moved = torch.where(upd, token_distance(pred, y_old, action_range), 0).amax(1)
-        F = F_new
-        it += 1
-        finish(F >= n, "converged")
-        if e == n - 1:
-            finish(active & (moved <= config.tau), "tau")
-        if config.keep_final_kv and active.any():
-            c = int(torch.minimum(s + 1 + run, F - 1)[active].min().item())
-        last_iter_s = clock() - t_it
-        stats.iteration_s.append(last_iter_s)
+                    yield loop.snapshot(False, released)
+        last_iter_s = loop.iterate(step)
 
 
 def decode(step: Step, first_logits: torch.Tensor, n_tokens: int, config: DecodeConfig, **kwargs):
