@@ -26,7 +26,8 @@ from typing import Literal
 
 import torch
 
-from ee_vla.engine.static import StaticEngine, StaticStep, _round_up, check_sdpa_backends
+from ee_vla.engine.cache import _round_up
+from ee_vla.engine.static import StaticEngine, StaticStep, check_sdpa_backends
 from ee_vla.runtime import ENGINES, EngineKind
 
 log = logging.getLogger(__name__)

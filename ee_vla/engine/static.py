@@ -37,32 +37,7 @@ then a few device copies into them and one replay, with no per-layer kernel laun
 Without graphs the very same buffers and padded forwards run eagerly, which is what the CPU tests
 check against `HFStep` (the graph only replays them).
 
-With `compile="inductor"` every static-shape forward (each width, each prompt bucket) first goes
-through `torch.compile(dynamic=False)`: Inductor fuses the many small kernels of transformers'
-eager modules (RMSNorm, rotary, SiLU-gate, residual adds, the cache writes) into a few generated
-ones, which matters because a 7B forward over a short window is otherwise bound by launching and
-running ~40 small kernels per layer rather than by reading the weights. The compiled forward is
-then captured as the CUDA graph like the eager one.
-
-* `compile="frozen"`: Inductor's freezing as well. The weights become constants of the generated
-  code, which lets Inductor fold constant work and concatenate the projections that read the same
-  input and have the same shape (q/k/v without grouped KV heads, gate/up) into one matmul each. It
-  is the fastest mode measured on the 7B shape (docs/performance.md). Each compiled shape holds
-  its own copy of what was folded, and later changes to the model's weights are not seen.
-* `compile="max-autotune"`: Inductor also benchmarks its own Triton matmul kernels against cuBLAS
-  (minutes to build per shape).
-* `compile="aot_eager"`: traces the same graph but runs it without code generation (what the CPU
-  tests use to check that the engine's forwards trace, cheaply).
-
-Compilation happens in the warm-up forwards, never during a capture.
-
-`sdpa_backends=("math",)` (any of `SDPA_BACKENDS`) runs every language-model forward of the engine under
-`torch.nn.attention.sdpa_kernel`: which kernels torch's scaled-dot-product attention may pick
-(compiled forwards are traced under the same setting, so Inductor lowers the attention it
-allows). None leaves torch's choice. With few queries (a Jacobi window over a long prefix) the
-fused attention kernels tile the queries by 64 and give each head one thread block, which on the
-7B shape makes the attention a seventh of the width-22 step (docs/performance.md, "The 7B step on
-an H200").
+Compile modes and attention backends: see `ee_vla.engine.modes`.
 
 Nothing in transformers is patched: the cache is a `transformers.Cache` of our own layers.
 """
@@ -70,180 +45,76 @@ Nothing in transformers is patched: the cache is a `transformers.Cache` of our o
 from __future__ import annotations
 
 import bisect
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache
 
 from ee_vla.decoding.hf import prompt_positions
+from ee_vla.engine.cache import SlotLayer, _PromptBuffers, _Slots, _WidthBuffers
+from ee_vla.engine.modes import (  # noqa: F401 (the modes' names, importable from here)
+    COMPILE_MODES,
+    SDPA_BACKENDS,
+    _sdpa_context,
+    check_compile_mode,
+    check_sdpa_backends,
+    model_logits,
+)
+from ee_vla.engine.prompts import PromptBuckets
 from ee_vla.timing import cuda_ms_back_to_back, synchronize
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES: dict[str, dict] = {
-    "inductor": {"backend": "inductor"},
-    "frozen": {"backend": "inductor", "inductor_config": {"freezing": True}},
-    "max-autotune": {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"},
-    "aot_eager": {"backend": "aot_eager"},
-}
-"""`StaticEngine(compile=...)` choices and their `torch.compile` arguments (always dynamic=False:
-every forward of the engine has a static shape; the engine captures its own CUDA graphs), with
-`inductor_config`: `torch._inductor.config` settings in force while the forwards compile."""
+
+def _checked_options(
+    batch_size: int,
+    max_prompt_len: int,
+    max_new_tokens: int,
+    widths: Sequence[int] | None,
+    compile: str | None,
+    prefill_bucket: int | None,
+    sdpa_backends: Sequence[str] | None,
+) -> tuple[tuple[str, ...] | None, list[int]]:
+    """`StaticEngine`'s options checked: (sdpa_backends as a tuple or None, the sorted widths);
+    ValueError naming the first bad one."""
+    sdpa_backends = check_sdpa_backends(sdpa_backends, "StaticEngine sdpa_backends")
+    if batch_size < 1:
+        raise ValueError(f"StaticEngine batch_size must be >= 1, got {batch_size}")
+    if max_prompt_len < 1:
+        raise ValueError(f"StaticEngine max_prompt_len must be >= 1, got {max_prompt_len}")
+    if max_new_tokens < 1:
+        raise ValueError(f"StaticEngine max_new_tokens must be >= 1, got {max_new_tokens}")
+    widths = sorted(set(widths if widths is not None else (1, max(1, max_new_tokens - 1))))
+    if not widths or widths[0] < 1:
+        raise ValueError(f"StaticEngine widths must be >= 1, got {widths}")
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ValueError(f"StaticEngine compile must be None or one of {'|'.join(COMPILE_MODES)}, got {compile!r}")
+    if prefill_bucket is not None and prefill_bucket < 1:
+        raise ValueError(f"StaticEngine prefill_bucket must be >= 1 or None, got {prefill_bucket}")
+    return sdpa_backends, widths
 
 
-SDPA_BACKENDS: tuple[str, ...] = ("flash", "efficient", "cudnn", "math")
-"""Names of `torch.nn.attention.SDPBackend`s a `StaticEngine(sdpa_backends=...)` may allow."""
+def _global_attention_config(model):
+    """The language model's config; NotImplementedError for sliding-window layers."""
+    text = model.config.get_text_config(decoder=True)
+    layer_types = getattr(text, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types) or getattr(text, "use_sliding_window", False):
+        raise NotImplementedError(f"StaticEngine supports global attention only; this model has layers {layer_types}")
+    return text
 
 
-def check_sdpa_backends(backends: Sequence[str] | None, owner: str) -> tuple[str, ...] | None:
-    """`backends` as a tuple (None stays None); ValueError naming `owner` for an empty list or an
-    unknown name."""
-    if backends is None:
-        return None
-    backends = tuple(backends)
-    bad = [b for b in backends if b not in SDPA_BACKENDS]
-    if not backends or bad:
-        raise ValueError(f"{owner} must be a non-empty list of {'|'.join(SDPA_BACKENDS)}, got {list(backends)}")
-    return backends
+def _image_token_of(model) -> int | None:
+    """A Llava-style VLA's image placeholder id; None for a model without a vision tower."""
+    image_token = getattr(model.config, "image_token_id", None)
+    if image_token is None:
+        image_token = getattr(model.config, "image_token_index", None)
+    return image_token if hasattr(model, "get_image_features") else None
 
 
-def _sdpa_context(backends: tuple[str, ...] | None):
-    """The `sdpa_kernel` context allowing `backends` (a null context for None)."""
-    if backends is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    names = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    return sdpa_kernel([names[b] for b in backends])
-
-
-def check_compile_mode(mode: str, owner: str) -> None:
-    """Raise ValueError naming `owner` (e.g. "PolicyConfig.compile_mode") unless `mode` is a key of
-    `COMPILE_MODES`: the one check behind every option that picks the compiled engine's mode."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"{owner} must be one of {'|'.join(COMPILE_MODES)}, got {mode!r}")
-
-
-_RECOMPILE_LIMIT = 64
-"""Static shapes compiled per model code object: widths x prompt buckets x batch sizes of every
-engine (torch's default, 8, would silently fall back to eager forwards past it)."""
-
-
-def _raise_recompile_limit() -> None:
-    import torch._dynamo.config as dynamo_config
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < _RECOMPILE_LIMIT:
-            setattr(dynamo_config, name, _RECOMPILE_LIMIT)
-            return
-
-
-def _within(fn, context):
-    """`fn` run inside a fresh `context()` at every call. The engine wraps its (compiled) forward
-    in the contexts its forwards need: Inductor's settings (a compilation happens inside the first
-    call of each shape, so that is where they must be in force; some of them, freezing among them,
-    are not read from `torch.compile(options=...)`) and the attention backends (outside the
-    compiled function, so Dynamo traces the attention with the backends they allow and never has
-    to trace the context itself)."""
-
-    def run(*args, **kwargs):
-        with context():
-            return fn(*args, **kwargs)
-
-    return run
-
-
-class _Slots:
-    """The cache slots written by the forward that is running now (shared by all layers)."""
-
-    def __init__(self, index: torch.Tensor):
-        self.index = index
-
-
-class SlotLayer(CacheLayerMixin):
-    """One layer's preallocated keys and values (batch, kv_heads, capacity, head_dim).
-
-    `update` writes the new entries at the slots in `slots.index` (set by the engine before each
-    forward; a static buffer while a CUDA graph is captured) and returns the whole cache: the mask
-    decides what each query sees.
-    """
-
-    is_compileable = True
-    is_sliding = False
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: _Slots):
-        super().__init__()
-        self.keys, self.values, self.slots = keys, values, slots
-        self.max_cache_len = keys.shape[2]
-        self.dtype, self.device = keys.dtype, keys.device
-        self.batch_size, self.num_heads = keys.shape[:2]
-        self.is_initialized = True
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Nothing to do: the tensors are allocated up front (their addresses must never change)."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        idx = self.slots.index
-        if (
-            key_states.shape[2] != idx.shape[0]
-            or key_states.shape[:2] != self.keys.shape[:2]
-            or (key_states.shape[-1] != self.keys.shape[-1] or value_states.shape[-1] != self.values.shape[-1])
-        ):
-            raise ValueError(
-                f"KV states of shape {tuple(key_states.shape)} do not fit a static cache of shape "
-                f"{tuple(self.keys.shape)} written at {idx.shape[0]} slots"
-            )
-        self.keys.index_copy_(2, idx, key_states.to(self.dtype))
-        self.values.index_copy_(2, idx, value_states.to(self.dtype))
-        return self.keys, self.values
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.max_cache_len, 0
-
-    def get_seq_length(self) -> int:
-        """0: the engine always passes explicit position ids and masks, nothing reads a length."""
-        return 0
-
-    def get_max_length(self) -> int:
-        return self.max_cache_len
-
-
-@dataclass
-class _WidthBuffers:
-    """Static inputs of one window width (their addresses are baked into its CUDA graph). Its
-    position ids and cache slots are computed inside the forward from the engine's `_start`,
-    `_pos_base` and `_slot_base`, so that a step copies in only its tokens and its start."""
-
-    ids: torch.Tensor  # (B, w) token ids
-    arange: torch.Tensor  # (w,) 0 .. w-1
-
-
-@dataclass
-class _PromptBuffers:
-    """Static inputs of one prompt bucket (length Pb)."""
-
-    ids: torch.Tensor  # (B, Pb) token ids, left-padded
-    mask: torch.Tensor  # (B, Pb) attention mask (long)
-    positions: torch.Tensor  # (B, Pb) position ids
-    slots: torch.Tensor  # (Pb,) 0 .. Pb-1
-    pixels: torch.Tensor | None = None  # (B, C, H, W) images of a VLA prompt
-
-
-def _round_up(x: int, multiple: int) -> int:
-    return -(-x // multiple) * multiple
-
-
-class StaticEngine:
+class StaticEngine(PromptBuckets):
     """A fixed-batch decode engine over one preallocated KV cache (optionally CUDA-graph replayed).
 
     Args:
@@ -260,9 +131,9 @@ class StaticEngine:
             None: every prefill runs eagerly at the prompt's own length.
         warmup: eager forwards per width before its capture (cuBLAS/allocator initialisation).
         compile: None (transformers' eager modules) or a key of `COMPILE_MODES`: run every
-            static-shape forward through `torch.compile` (see the module docstring).
+            static-shape forward through `torch.compile` (see `ee_vla.engine.modes`).
         sdpa_backends: None (torch's choice) or names from `SDPA_BACKENDS`: the attention kernels
-            the language model's forwards may use (see the module docstring).
+            the language model's forwards may use (see `ee_vla.engine.modes`).
         logit_rows: None, or the inclusive (lo, hi) token ids whose logits the decode steps
             compute: the output layer multiplies only those rows of its weight, and every other
             id's logit is the dtype's minimum. For action decoding, whose argmax reads only the
@@ -285,26 +156,10 @@ class StaticEngine:
         sdpa_backends: Sequence[str] | None = None,
         logit_rows: tuple[int, int] | None = None,
     ):
-        sdpa_backends = check_sdpa_backends(sdpa_backends, "StaticEngine sdpa_backends")
-        if batch_size < 1:
-            raise ValueError(f"StaticEngine batch_size must be >= 1, got {batch_size}")
-        if max_prompt_len < 1:
-            raise ValueError(f"StaticEngine max_prompt_len must be >= 1, got {max_prompt_len}")
-        if max_new_tokens < 1:
-            raise ValueError(f"StaticEngine max_new_tokens must be >= 1, got {max_new_tokens}")
-        widths = sorted(set(widths if widths is not None else (1, max(1, max_new_tokens - 1))))
-        if not widths or widths[0] < 1:
-            raise ValueError(f"StaticEngine widths must be >= 1, got {widths}")
-        if compile is not None and compile not in COMPILE_MODES:
-            raise ValueError(f"StaticEngine compile must be None or one of {'|'.join(COMPILE_MODES)}, got {compile!r}")
-        if prefill_bucket is not None and prefill_bucket < 1:
-            raise ValueError(f"StaticEngine prefill_bucket must be >= 1 or None, got {prefill_bucket}")
-        text = model.config.get_text_config(decoder=True)
-        layer_types = getattr(text, "layer_types", None) or []
-        if any(t != "full_attention" for t in layer_types) or getattr(text, "use_sliding_window", False):
-            raise NotImplementedError(
-                f"StaticEngine supports global attention only; this model has layers {layer_types}"
-            )
+        sdpa_backends, widths = _checked_options(
+            batch_size, max_prompt_len, max_new_tokens, widths, compile, prefill_bucket, sdpa_backends
+        )
+        text = _global_attention_config(model)
         param = next(model.parameters())
         self.model = model
         self.device, self.dtype = param.device, param.dtype
@@ -321,28 +176,10 @@ class StaticEngine:
         self.compile = compile
         self.sdpa_backends = sdpa_backends
         self.logit_rows = self._check_logit_rows(model, logit_rows)
-        self._model_logits = self._eager_logits
-        if compile is not None:
-            _raise_recompile_limit()
-            kwargs = dict(COMPILE_MODES[compile])
-            settings = kwargs.pop("inductor_config", None)
-            compiled = torch.compile(self._eager_logits, dynamic=False, **kwargs)
-            if settings:
-                import torch._inductor.config as inductor_config
-
-                compiled = _within(compiled, lambda: inductor_config.patch(settings))
-            self._model_logits = compiled
-        if sdpa_backends is not None:
-            self._model_logits = _within(self._model_logits, lambda: _sdpa_context(sdpa_backends))
-        n_layers = text.num_hidden_layers
-        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self._model_logits = model_logits(self._eager_logits, compile, sdpa_backends)
         self._min = torch.finfo(self.dtype).min
         # A Llava-style VLA: its image placeholder id (its prompts with pixel_values are bucketed too)
-        image_token = getattr(model.config, "image_token_id", None)
-        if image_token is None:
-            image_token = getattr(model.config, "image_token_index", None)
-        self._image_token = image_token if hasattr(model, "get_image_features") else None
+        self._image_token = _image_token_of(model)
         self._image_tokens: int | None = None  # image features per image, known after the first image prefill
         self._image_graph_failed = False  # a failed capture of an image prefill: those run without a graph
         self._generation = 0
@@ -350,39 +187,47 @@ class StaticEngine:
         self.captured_s = 0.0
         self.setup_s = 0.0  # seconds spent capturing prompt buckets' graphs since construction (one-time work)
         with torch.inference_mode():
-            dev = self.device
-            self._slots = _Slots(torch.arange(1, device=dev))
-            shape = (batch_size, kv_heads, self.capacity, head_dim)
-            self.cache = Cache(
-                layers=[
-                    SlotLayer(
-                        torch.zeros(shape, dtype=self.dtype, device=dev),
-                        torch.zeros(shape, dtype=self.dtype, device=dev),
-                        self._slots,
-                    )
-                    for _ in range(n_layers)
-                ]
-            )
-            self._kidx = torch.arange(self.capacity, device=dev)
-            self._key_ok = torch.ones(batch_size, self.capacity, dtype=torch.bool, device=dev)
-            # A step's window starts at generated position `_start`: its position ids are
-            # `_pos_base + _start + j` (`_pos_base`: each sample's real prompt length) and its cache
-            # slots `_slot_base + _start + j` (`_slot_base`: the padded prompt length). The prefill
-            # sets the bases, a step sets `_start`; the forward (and its graph) computes the rest.
-            self._start = torch.zeros(1, dtype=torch.long, device=dev)
-            self._pos_base = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
-            self._slot_base = torch.full((1,), max_prompt_len, dtype=torch.long, device=dev)
-            self._buffers = {
-                w: _WidthBuffers(
-                    ids=torch.zeros(batch_size, w, dtype=torch.long, device=dev), arange=torch.arange(w, device=dev)
-                )
-                for w in widths
-            }
-            self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-            self._prompts: dict[int, _PromptBuffers] = {}
-            self._prompt_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+            self._allocate(text)
             if graphs:
                 self._capture(warmup)
+
+    def _allocate(self, text) -> None:
+        """The KV cache (`text`: the language model's config), the mask's inputs, the step's
+        start and bases, and the static buffers of every width."""
+        batch_size, dev = self.batch_size, self.device
+        n_layers = text.num_hidden_layers
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self._slots = _Slots(torch.arange(1, device=dev))
+        shape = (batch_size, kv_heads, self.capacity, head_dim)
+        self.cache = Cache(
+            layers=[
+                SlotLayer(
+                    torch.zeros(shape, dtype=self.dtype, device=dev),
+                    torch.zeros(shape, dtype=self.dtype, device=dev),
+                    self._slots,
+                )
+                for _ in range(n_layers)
+            ]
+        )
+        self._kidx = torch.arange(self.capacity, device=dev)
+        self._key_ok = torch.ones(batch_size, self.capacity, dtype=torch.bool, device=dev)
+        # A step's window starts at generated position `_start`: its position ids are
+        # `_pos_base + _start + j` (`_pos_base`: each sample's real prompt length) and its cache
+        # slots `_slot_base + _start + j` (`_slot_base`: the padded prompt length). The prefill
+        # sets the bases, a step sets `_start`; the forward (and its graph) computes the rest.
+        self._start = torch.zeros(1, dtype=torch.long, device=dev)
+        self._pos_base = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
+        self._slot_base = torch.full((1,), self.max_prompt_len, dtype=torch.long, device=dev)
+        self._buffers = {
+            w: _WidthBuffers(
+                ids=torch.zeros(batch_size, w, dtype=torch.long, device=dev), arange=torch.arange(w, device=dev)
+            )
+            for w in self.widths
+        }
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._prompts: dict[int, _PromptBuffers] = {}
+        self._prompt_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     # ---- forward over the static buffers -------------------------------------------------------
     def _mask(self, slots: torch.Tensor) -> torch.Tensor:
@@ -443,24 +288,6 @@ class StaticEngine:
         return self._model_logits(
             buf.ids, self._mask(slots), self._pos_base + at, rows_only=self.logit_rows is not None
         )
-
-    def _prompt_forward(self, length: int) -> torch.Tensor:
-        """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
-        buf = self._prompts[length]
-        if buf.pixels is None:
-            return self._buffer_forward(buf, logits_to_keep=1)
-        # A VLA prompt: the image features replace the placeholder embeddings in order (what Llava's
-        # masked_scatter does), as a gather with no host-side count, so that a graph can hold it.
-        m = self.model
-        B, Pb = buf.ids.shape
-        embeds = m.get_input_embeddings()(buf.ids)
-        feats = torch.cat(list(m.get_image_features(pixel_values=buf.pixels, return_dict=True).pooler_output), 0)
-        self._image_tokens = feats.shape[0] // B  # a shape, not a value: nothing is read on the host
-        is_image = buf.ids == self._image_token
-        idx = (is_image.reshape(-1).cumsum(0) - 1).clamp_(0, feats.shape[0] - 1)
-        merged = torch.where(is_image.unsqueeze(-1), feats.to(embeds.dtype)[idx].view(B, Pb, -1), embeds)
-        self._slots.index = buf.slots
-        return self._model_logits(None, self._mask(buf.slots), buf.positions, inputs_embeds=merged, logits_to_keep=1)
 
     def _graph_of(self, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture `forward()` as a CUDA graph, after `warmup` eager runs on a side stream (the
@@ -571,80 +398,6 @@ class StaticEngine:
         self._slot_base.fill_(P)
         synchronize(dev)  # the seconds are the prefill's, not its launch's
         return step, logits, time.perf_counter() - t
-
-    def _bucketed_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values=None):
-        """Prefill left-padded to the prompt's bucket (replayed when graphs are on); returns
-        (first_logits, bucket length, the padded attention mask). A VLA prompt brings its images:
-        they go through the vision tower inside the same forward (and graph)."""
-        B, P = input_ids.shape
-        Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
-        learn_count = pixel_values is not None and self._image_tokens is None
-        if pixel_values is not None and not learn_count:
-            self._check_image_tokens(input_ids)
-        buf = self._prompts.get(Pb)
-        if buf is None:
-            buf = self._prompts[Pb] = _PromptBuffers(
-                ids=torch.zeros(B, Pb, dtype=torch.long, device=self.device),
-                mask=torch.ones(B, Pb, dtype=torch.long, device=self.device),
-                positions=torch.arange(Pb, device=self.device).repeat(B, 1),
-                slots=torch.arange(Pb, device=self.device),
-                pixels=None if pixel_values is None else torch.zeros_like(pixel_values, device=self.device),
-            )
-
-        def layout(px):
-            return None if px is None else (tuple(px.shape), px.dtype)
-
-        if layout(buf.pixels) != layout(pixel_values):
-            raise ValueError(
-                f"this engine's {Pb}-token prompt bucket was built for pixel_values of {layout(buf.pixels)}, "
-                f"got {layout(pixel_values)}"
-            )
-        pad = Pb - P
-        # any valid id that is not the image placeholder: masked as a key, its own output unused
-        buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
-        buf.ids[:, pad:].copy_(input_ids)
-        buf.mask[:, :pad].zero_()
-        buf.mask[:, pad:].copy_(attention_mask)
-        buf.positions.copy_(prompt_positions(buf.mask))
-        if pixel_values is not None:
-            buf.pixels.copy_(pixel_values)
-        self._key_ok.fill_(True)
-        self._key_ok[:, :Pb] = buf.mask.bool()
-        skip = buf.pixels is not None and self._image_graph_failed
-        if Pb not in self._prompt_graphs and self.uses_graphs and not skip:
-            # its warm-up runs write the cache only; the replay redoes it
-            t = time.perf_counter()
-            try:
-                self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
-                dt = time.perf_counter() - t
-                self.setup_s += dt
-                log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, dt)
-            except Exception as e:  # a vision tower that a graph cannot hold: its prefills run unreplayed
-                if buf.pixels is None:
-                    raise
-                self._image_graph_failed = True
-                log.warning("could not capture the image prefill as a CUDA graph (%s): it runs without one", e)
-        if Pb in self._prompt_graphs:
-            graph, out = self._prompt_graphs[Pb]
-            graph.replay()
-            logits = out[:, -1, :].clone()
-        else:
-            logits = self._prompt_forward(Pb)[:, -1, :]
-        if learn_count:
-            self._check_image_tokens(input_ids)  # the first image prefill has just learnt the feature count
-        return logits, Pb, buf.mask
-
-    def _check_image_tokens(self, input_ids: torch.Tensor) -> None:
-        """Every prompt must hold one placeholder per image feature (what transformers' Llava
-        checks in its forward; the engine's merge could not, inside a graph)."""
-        if self._image_tokens is None or input_ids.device.type == "meta":
-            return
-        counts = (input_ids == self._image_token).sum(1)
-        if bool((counts != self._image_tokens).any()):
-            raise ValueError(
-                f"image placeholders per prompt {counts.tolist()} do not match the {self._image_tokens} "
-                f"features of one image (placeholder id {self._image_token})"
-            )
 
     def width_for(self, length: int) -> int:
         """The smallest built width that holds `length` tokens."""

@@ -204,7 +204,14 @@ def test_the_measuring_tools_live_beside_the_engine():
     import ee_vla.engine
     from ee_vla.cli import SUBCOMMANDS
 
-    assert {m.name for m in pkgutil.iter_modules(ee_vla.engine.__path__)} == {"factory", "static", "splitkv"}
+    assert {m.name for m in pkgutil.iter_modules(ee_vla.engine.__path__)} == {
+        "cache",
+        "factory",
+        "modes",
+        "prompts",
+        "splitkv",
+        "static",
+    }
     tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
     assert tools == {"attn_bench", "check", "decode_bench", "profile", "shapes"}
     assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"

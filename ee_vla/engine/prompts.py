@@ -1,0 +1,113 @@
+"""The prefill of a `StaticEngine`'s prompt buckets: a prompt left-padded to a multiple of
+`prefill_bucket` over static buffers (captured as a CUDA graph at its first use when the engine
+uses graphs); a Llava-style VLA's prompt brings its images, merged into the placeholder embeddings
+inside the same forward."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ee_vla.decoding.hf import prompt_positions
+from ee_vla.engine.cache import _PromptBuffers, _round_up
+
+log = logging.getLogger(__name__)
+
+
+class PromptBuckets:
+    """`StaticEngine`'s bucketed prefill (a mixin: it reads and writes the engine's buffers, cache
+    slots, graphs and image-token state)."""
+
+    def _prompt_forward(self, length: int) -> torch.Tensor:
+        """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
+        buf = self._prompts[length]
+        if buf.pixels is None:
+            return self._buffer_forward(buf, logits_to_keep=1)
+        # A VLA prompt: the image features replace the placeholder embeddings in order (what Llava's
+        # masked_scatter does), as a gather with no host-side count, so that a graph can hold it.
+        m = self.model
+        B, Pb = buf.ids.shape
+        embeds = m.get_input_embeddings()(buf.ids)
+        feats = torch.cat(list(m.get_image_features(pixel_values=buf.pixels, return_dict=True).pooler_output), 0)
+        self._image_tokens = feats.shape[0] // B  # a shape, not a value: nothing is read on the host
+        is_image = buf.ids == self._image_token
+        idx = (is_image.reshape(-1).cumsum(0) - 1).clamp_(0, feats.shape[0] - 1)
+        merged = torch.where(is_image.unsqueeze(-1), feats.to(embeds.dtype)[idx].view(B, Pb, -1), embeds)
+        self._slots.index = buf.slots
+        return self._model_logits(None, self._mask(buf.slots), buf.positions, inputs_embeds=merged, logits_to_keep=1)
+
+    def _bucketed_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values=None):
+        """Prefill left-padded to the prompt's bucket (replayed when graphs are on); returns
+        (first_logits, bucket length, the padded attention mask). A VLA prompt brings its images:
+        they go through the vision tower inside the same forward (and graph)."""
+        B, P = input_ids.shape
+        Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
+        learn_count = pixel_values is not None and self._image_tokens is None
+        if pixel_values is not None and not learn_count:
+            self._check_image_tokens(input_ids)
+        buf = self._prompts.get(Pb)
+        if buf is None:
+            buf = self._prompts[Pb] = _PromptBuffers(
+                ids=torch.zeros(B, Pb, dtype=torch.long, device=self.device),
+                mask=torch.ones(B, Pb, dtype=torch.long, device=self.device),
+                positions=torch.arange(Pb, device=self.device).repeat(B, 1),
+                slots=torch.arange(Pb, device=self.device),
+                pixels=None if pixel_values is None else torch.zeros_like(pixel_values, device=self.device),
+            )
+
+        def layout(px):
+            return None if px is None else (tuple(px.shape), px.dtype)
+
+        if layout(buf.pixels) != layout(pixel_values):
+            raise ValueError(
+                f"this engine's {Pb}-token prompt bucket was built for pixel_values of {layout(buf.pixels)}, "
+                f"got {layout(pixel_values)}"
+            )
+        pad = Pb - P
+        # any valid id that is not the image placeholder: masked as a key, its own output unused
+        buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
+        buf.ids[:, pad:].copy_(input_ids)
+        buf.mask[:, :pad].zero_()
+        buf.mask[:, pad:].copy_(attention_mask)
+        buf.positions.copy_(prompt_positions(buf.mask))
+        if pixel_values is not None:
+            buf.pixels.copy_(pixel_values)
+        self._key_ok.fill_(True)
+        self._key_ok[:, :Pb] = buf.mask.bool()
+        skip = buf.pixels is not None and self._image_graph_failed
+        if Pb not in self._prompt_graphs and self.uses_graphs and not skip:
+            # its warm-up runs write the cache only; the replay redoes it
+            t = time.perf_counter()
+            try:
+                self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
+                dt = time.perf_counter() - t
+                self.setup_s += dt
+                log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, dt)
+            except Exception as e:  # a vision tower that a graph cannot hold: its prefills run unreplayed
+                if buf.pixels is None:
+                    raise
+                self._image_graph_failed = True
+                log.warning("could not capture the image prefill as a CUDA graph (%s): it runs without one", e)
+        if Pb in self._prompt_graphs:
+            graph, out = self._prompt_graphs[Pb]
+            graph.replay()
+            logits = out[:, -1, :].clone()
+        else:
+            logits = self._prompt_forward(Pb)[:, -1, :]
+        if learn_count:
+            self._check_image_tokens(input_ids)  # the first image prefill has just learnt the feature count
+        return logits, Pb, buf.mask
+
+    def _check_image_tokens(self, input_ids: torch.Tensor) -> None:
+        """Every prompt must hold one placeholder per image feature (what transformers' Llava
+        checks in its forward; the engine's merge could not, inside a graph)."""
+        if self._image_tokens is None or input_ids.device.type == "meta":
+            return
+        counts = (input_ids == self._image_token).sum(1)
+        if bool((counts != self._image_tokens).any()):
+            raise ValueError(
+                f"image placeholders per prompt {counts.tolist()} do not match the {self._image_tokens} "
+                f"features of one image (placeholder id {self._image_token})"
+            )
