@@ -12,7 +12,7 @@
 # (vcstool: `pip install vcstool`). --mirror DIR clones DIR/<owner>+<name>/repo (bare git repositories
 # with all branches, e.g. an offline copy) at the version jazzy.repos names; for a mirror that lacks
 # that branch, MIRROR_FALLBACK below names the Jazzy-line tag or commit to use. --repos FILE reads a
-# jazzy.repos already on disk instead of downloading it. About 60 MB, a minute on a fast link.
+# jazzy.repos already on disk instead of downloading it. About 150 MB (50 MB without git history).
 #
 # Environment: ROS2_SRC (default ~/.cache/ee_vla/ros2-jazzy-src). Existing checkouts are kept.
 set -euo pipefail
