@@ -22,9 +22,9 @@
 # run time that $PYTHON lacks (lark, argcomplete, psutil, ...) are installed into the prefix, so
 # sourcing $PREFIX/setup.bash is all another Python X.Y environment (e.g. ee_vla's .venv) needs.
 #
-# Time and space: from scratch, 13 min on 2 cores shared with other work (JOBS=2, Debian 12; 47 s of
-# it the venv, 12 min 13 s the 100 packages); the sources 150 MB, the prefix 212 MB (its venv
-# included), the build tree 211 MB (deletable). After a failure, rerun with
+# Time and space, from scratch on 2 cores (JOBS=2, Debian 12): 7 min on otherwise idle cores (6 min
+# 24 s the 100 packages, the rest the venv), 13 min while other work shared them; the sources 150 MB,
+# the prefix 212 MB (its venv included), the build tree 211 MB (deletable). After a failure, rerun with
 # --packages-skip-build-finished to go on where it stopped.
 #
 # pytest 9 cannot load the pytest plugins of Jazzy's launch_testing(_ros) (they use the removed hook
