@@ -5,7 +5,6 @@ missing, none NaN) and the image normalisation of `ee_vla.json`. Each failure is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +131,9 @@ def check_image_normalisation(mean: Sequence[float], std: Sequence[float]) -> tu
 
 
 def _check_safetensors(path: Path) -> None:
-    """Fail with a clear message if a safetensors file is truncated or not safetensors at all."""
+    """Fail with a clear message if safetensors cannot open the file or read its last tensor. The
+    header, size and truncation checks are `check_model_dir`'s (`check_safetensors_header`), which
+    `VLA.from_pretrained` runs first."""
     from safetensors import safe_open
 
     try:
@@ -145,10 +146,3 @@ def _check_safetensors(path: Path) -> None:
         raise
     except Exception as e:
         raise ModelLoadError(f"{path} is not a valid safetensors file ({e})") from e
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise ModelLoadError(f"{path} is truncated: header says {8 + header_len + end} bytes, file has {size}")

@@ -176,7 +176,8 @@ def data_contract(episodes) -> dict:
         try:
             import sim_envs
 
-            known = [sim_envs.control_hz(i) for i in env_ids if i in sim_envs.registered_env_ids()]
+            registered = set(sim_envs.registered_env_ids())
+            known = [sim_envs.control_hz(i) for i in env_ids if i in registered]
         except ImportError:  # the sim extra is not installed: the rate stays unknown
             known = []
         if len(known) == len(env_ids):
