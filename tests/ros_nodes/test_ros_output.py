@@ -34,6 +34,9 @@ def _runner() -> PolicyRunner:
         image_timeout_s=1000.0,
         decode_deadline_s=1000.0,
         max_hold_s=0.0,  # hold the last action for ever: every tick publishes while active
+        # A 4-action chunk lasts 4 s at 1 Hz: a ticker thread starved by a loaded machine for a
+        # whole chunk would never see it (and rightly publish nothing), which is not what this tests.
+        control_hz=1.0,
     )
     runner = PolicyRunner(params, lambda _p: FakePolicy(), threaded=False)
     runner.configure()
