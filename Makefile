@@ -35,14 +35,23 @@ setup: sysdeps $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/ee-vla eval --policy ee_vla/checkpoints/default --env ee_vla/Reach-v0 --env ee_vla/PickCube-v0 --env ee_vla/Push-v0 --env ee_vla/Place-v0 --compare ar ceed --episodes 5 --num-envs 4 --seed 100000
 
+# With a prebuilt ROS 2 in ../shared/ros2-jazzy, `make test` runs the ROS tests against it too
+# (as `make test-ros`); elsewhere they skip and the run's header says so in one line.
+SHARED_ROS2 := $(wildcard ../shared/ros2-jazzy/setup.bash)
+
 test: setup
+ifeq ($(SHARED_ROS2),)
 	$(PY) -m pytest -q
+else
+	$(MAKE) --no-print-directory test-ros ROS2_PREFIX="$(abspath ../shared/ros2-jazzy)"
+	$(PY) -m pytest -q --ignore tests/ros_nodes
+endif
 
 # ROS 2 Jazzy from source (Debian, or any machine without ROS 2 binaries): `make ros2` builds what
 # ros_nodes/ needs into $(ROS2_PREFIX) for the venv's Python (scripts/build_ros2.sh says what and how
 # long); `make test-ros` runs tests/ros_nodes against it over Cyclone DDS, without the pytest plugins
 # of launch_testing(_ros) (Jazzy's use pytest's `path` hook argument, which pytest 9 removed).
-ROS2_PREFIX ?= $(or $(EE_VLA_ROS2_PREFIX),$(HOME)/.cache/ee_vla/ros2-jazzy)
+ROS2_PREFIX ?= $(or $(EE_VLA_ROS2_PREFIX),$(if $(SHARED_ROS2),$(abspath ../shared/ros2-jazzy),$(HOME)/.cache/ee_vla/ros2-jazzy))
 
 .PHONY: ros2 test-ros
 
@@ -51,7 +60,9 @@ ros2: $(VENV)/.installed
 
 test-ros: setup
 	@test -f "$(ROS2_PREFIX)/setup.bash" || { echo "no ROS 2 in $(ROS2_PREFIX): run make ros2 first"; exit 1; }
-	bash -c 'source "$(ROS2_PREFIX)/setup.bash" && RMW_IMPLEMENTATION=$${RMW_IMPLEMENTATION:-rmw_cyclonedds_cpp} $(PY) -m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes'
+	bash -c 'source "$(ROS2_PREFIX)/setup.bash" && export RMW_IMPLEMENTATION=$${RMW_IMPLEMENTATION:-rmw_cyclonedds_cpp} && \
+	  $(PY) -m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes/test_ros_node_fakes.py && \
+	  $(PY) -m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes --ignore tests/ros_nodes/test_ros_node_fakes.py'
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ imports Triton.
 """
 
 import os
+import re
 
 import pytest
 import torch
@@ -23,3 +24,20 @@ def tiny_vla_dir(tmp_path_factory):
     from ee_vla.models import create_random_vla_dir
 
     return create_random_vla_dir(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", chunk_size=3)
+
+
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line when tests skipped for want of ROS 2 (rclpy, launch), saying how to run them."""
+    import importlib.util
+
+    if importlib.util.find_spec("rclpy") is not None:
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(1 for r in skipped if isinstance(r.longrepr, tuple) and re.search(r"'(rclpy|launch\w*)'", r.longrepr[2]))
+    if n:
+        terminalreporter.write_line(
+            f"ee_vla: no ROS 2 (rclpy) here: {n} rclpy/launch tests skipped; "
+            "`make ros2 && make test-ros` builds ROS 2 Jazzy and runs them"
+        )

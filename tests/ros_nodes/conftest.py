@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -20,3 +21,13 @@ def clock() -> FakeClock:
 @pytest.fixture()
 def fake_policy(clock: FakeClock) -> FakePolicy:
     return FakePolicy(clock=clock)
+
+
+@pytest.fixture(autouse=True)
+def _plain_logging():
+    """Importing ROS 2's `launch` installs its own logger class (which does not propagate, so caplog
+    misses its records) and sets the root level to INFO; put both back after each test."""
+    cls, level = logging.getLoggerClass(), logging.root.level
+    yield
+    logging.setLoggerClass(cls)
+    logging.root.setLevel(level)
