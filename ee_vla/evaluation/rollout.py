@@ -135,12 +135,38 @@ def _make_env(
     return env
 
 
+def _takes_argument(env_id: str, name: str) -> bool:
+    """Whether the env registered as `env_id` has a constructor argument called `name`."""
+    import inspect
+
+    import gymnasium
+    from gymnasium.envs.registration import load_env_creator
+
+    entry = gymnasium.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    try:
+        return name in inspect.signature(creator).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass nothing extra
+        return False
+
+
+def env_kwargs_for(env_id: str, cfg: EvalConfig, policy) -> dict[str, Any]:
+    """The keyword arguments `env_id` is made with: `cfg.env_kwargs`, plus `image_size` = the camera
+    size the policy was trained on (its contract) when the env takes that argument and it is not given,
+    so the env renders what the policy expects instead of an image the policy must resize."""
+    kwargs = dict(cfg.env_kwargs)
+    if "image_size" not in kwargs and _takes_argument(env_id, "image_size"):
+        kwargs["image_size"] = int(policy.vla.image_size)
+    return kwargs
+
+
 def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: int = 0) -> None:
     """Fail before any episode runs if the env's spaces do not fit the policy (or, with
     `expert_horizon`, if `ExpertLabels` cannot wrap it: its ValueError)."""
     from gymnasium import spaces
 
-    env = _make_env(env_id, tuple(cfg.env_modules), cfg.max_episode_steps, cfg.env_kwargs, expert_horizon)
+    kwargs = env_kwargs_for(env_id, cfg, policy)
+    env = _make_env(env_id, tuple(cfg.env_modules), cfg.max_episode_steps, kwargs, expert_horizon)
     try:
         obs_space, act_space = env.observation_space, env.action_space
         fps = env.metadata.get("render_fps")
@@ -165,12 +191,10 @@ def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: i
             raise EvalConfigError(f"env {env_id!r}: the policy needs 'agent_pos' of {p} dims, the env gives {ap}")
 
 
-def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, expert_horizon: int = 0):
+def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, kwargs: dict[str, Any], expert_horizon: int = 0):
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-    fn = functools.partial(
-        _make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, dict(cfg.env_kwargs), expert_horizon
-    )
+    fn = functools.partial(_make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, kwargs, expert_horizon)
     cls = SyncVectorEnv if cfg.vector == "sync" else AsyncVectorEnv
     return cls([fn] * n, autoreset_mode=AutoresetMode.DISABLED)
 
@@ -288,7 +312,13 @@ class _Rollout:
         (the untimed warm-up left out)."""
         rec = self.recorder
         n = min(self.cfg.num_envs, self.cfg.episodes)
-        envs = _make_vector_env(self.env_id, n, self.cfg, expert_horizon=rec.expert_horizon if rec is not None else 0)
+        envs = _make_vector_env(
+            self.env_id,
+            n,
+            self.cfg,
+            env_kwargs_for(self.env_id, self.cfg, self.policy),
+            expert_horizon=rec.expert_horizon if rec is not None else 0,
+        )
         try:
             t0 = time.perf_counter()
             c = self._start(envs, n)

@@ -211,7 +211,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
     from tqdm.auto import tqdm
 
     from ee_vla.evaluation.config import EvalConfigError, import_env_modules, setup_mujoco_gl
-    from ee_vla.evaluation.rollout import _Rollout, check_env_compatible
+    from ee_vla.evaluation.rollout import _Rollout, check_env_compatible, env_kwargs_for
 
     ecfg = cfg.eval_config()
     setup_mujoco_gl(ecfg)
@@ -238,7 +238,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
             raise DaggerConfigError(f"DaggerConfig.env {env_id!r}: {e}{hint}") from None
     warm = dcfg.init == "warm" and dcfg.method != "ar"
     creation = config_dict(cfg)
-    env_args = {e: dict(ecfg.env_kwargs) for e in ecfg.env}
+    env_args = {e: env_kwargs_for(e, ecfg, policy) for e in ecfg.env}
     attrs = {"policy": str(cfg.policy), "decoder": cfg.runtime.decoder}
     per_env: dict[str, Any] = {}
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import replace
 
+import gymnasium
 import pytest
 
 from ee_vla.evaluation import (
@@ -462,3 +463,40 @@ def test_an_env_at_another_rate_than_the_policys_training_is_named(tiny_policy_d
             evaluate(make_cfg(model, tmp_path / f"out{int(hz)}", episodes=1))
         named = [m for m in caplog.messages if "trained on actions at 80 Hz" in m and "10 Hz" in m]
         assert bool(named) == warned, caplog.messages
+
+
+def _env_without_image_size(action_dim: int = 7):
+    return gymnasium.spec(FAKE_ENV).entry_point(action_dim=action_dim)
+
+
+def test_envs_render_at_the_policys_image_size_unless_told_otherwise(tiny_policy_dir, tmp_path, sim_env_id, monkeypatch):
+    """The tiny policy sees 64x64 images: the sim env renders 64x64 pixels for it (not its 128x128
+    default, resized), an `image_size` in env_kwargs wins, and an env without that argument gets none."""
+    from types import SimpleNamespace
+
+    from ee_vla.evaluation.rollout import env_kwargs_for
+
+    policy = SimpleNamespace(vla=SimpleNamespace(image_size=64))
+    cfg = make_cfg(tiny_policy_dir, tmp_path / "a", env=[sim_env_id])
+    assert env_kwargs_for(sim_env_id, cfg, policy) == {"image_size": 64}
+    cfg.env_kwargs = {"image_size": 96}
+    assert env_kwargs_for(sim_env_id, cfg, policy) == {"image_size": 96}
+    if "test_ee_vla/NoImageSize-v0" not in gymnasium.registry:
+        gymnasium.register("test_ee_vla/NoImageSize-v0", entry_point=_env_without_image_size)
+    assert env_kwargs_for("test_ee_vla/NoImageSize-v0", cfg, policy) == {"image_size": 96}  # given: kept
+    cfg.env_kwargs = {}
+    assert env_kwargs_for("test_ee_vla/NoImageSize-v0", cfg, policy) == {}
+
+    seen = []
+    from ee_vla.evaluation import rollout
+
+    real = rollout._make_env
+
+    def spy(env_id, modules, steps, kwargs, horizon=0):
+        env = real(env_id, modules, steps, kwargs, horizon)
+        seen.append(env.observation_space["pixels"].shape)
+        return env
+
+    monkeypatch.setattr(rollout, "_make_env", spy)
+    evaluate(make_cfg(tiny_policy_dir, tmp_path / "c", env=[sim_env_id], episodes=1, num_envs=1, vector="sync"))
+    assert seen and set(seen) == {(64, 64, 3)}, seen
