@@ -35,7 +35,8 @@ setup: sysdeps $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/ee-vla eval --policy ee_vla/checkpoints/default --env ee_vla/Reach-v0 --env ee_vla/PickCube-v0 --env ee_vla/Push-v0 --env ee_vla/Place-v0 --compare ar ceed --episodes 5 --num-envs 4 --seed 100000
 
-# With a prebuilt ROS 2 in ../shared/ros2-jazzy, `make test` runs the ROS tests against it too
+# Where the machine provides a prebuilt ROS 2 next to the checkout (../shared/ros2-jazzy, as on CI
+# machines that have one), `make test` runs the ROS tests against it too
 # (as `make test-ros`); elsewhere they skip and the run's header says so in one line.
 SHARED_ROS2 := $(wildcard ../shared/ros2-jazzy/setup.bash)
 
