@@ -18,6 +18,9 @@ from launch import LaunchDescription
 
 def _sim_bridge(context, *args, **kwargs):
     overrides = {}
+    model_path = LaunchConfiguration("model_path").perform(context)
+    if model_path:  # the bridge renders the camera size the policy was trained on
+        overrides["model_path"] = model_path
     env_id = LaunchConfiguration("env_id").perform(context)
     if env_id:
         overrides["env_id"] = env_id

@@ -116,7 +116,8 @@ class PolicyParams:
     joint_state_topic: str = "joint_states"
     """sensor_msgs/JointState input, used as the policy's `agent_pos` when `use_joint_state` is true."""
     use_joint_state: bool = False
-    """Feed JointState positions to the policy as `agent_pos` (and wait for one before decoding)."""
+    """Feed JointState positions to the policy as `agent_pos` (and wait for one before decoding); on
+    whatever is set for a policy trained with proprio (`agent_pos` in its contract)."""
     joint_names: tuple[str, ...] = ()
     """Joint order for `agent_pos` and trajectory commands (empty: JointState order; required for trajectory)."""
     command_type: str = "twist"
@@ -403,12 +404,15 @@ DEFAULT_CONTROL_HZ = 20.0
 """The command rate when `control_hz` is 0 and the policy does not record its training rate."""
 
 
-def with_control_rate(p: PolicyParams) -> tuple[PolicyParams, str | None]:
-    """`p` with `control_hz` resolved against the policy's contract (`ee_vla.models.contract`),
-    and a warning when a set rate differs from the one the policy was trained at.
+def with_contract(p: PolicyParams) -> tuple[PolicyParams, str | None]:
+    """`p` with the defaults the policy's contract (`ee_vla.models.contract`) fixes, and a warning
+    when a set rate differs from the one the policy was trained at.
 
-    0 becomes the policy's rate, or DEFAULT_CONTROL_HZ when it records none or its directory cannot
-    be read (loading it reports that). Reads `ee_vla.json` only: no torch."""
+    - `control_hz` 0 becomes the policy's rate, or DEFAULT_CONTROL_HZ when it records none or its
+      directory cannot be read (loading it reports that);
+    - `use_joint_state` is on for a policy that reads `agent_pos` (it cannot decode without one).
+
+    Reads `ee_vla.json` only: no torch."""
     import dataclasses
 
     from ee_vla.models import ModelLoadError
@@ -418,6 +422,8 @@ def with_control_rate(p: PolicyParams) -> tuple[PolicyParams, str | None]:
         contract = read_contract(p.model_path) if p.model_path else None
     except ModelLoadError:
         contract = None
+    if contract is not None and contract.uses_proprio and not p.use_joint_state:
+        p = dataclasses.replace(p, use_joint_state=True)
     if p.control_hz == 0:
         hz = contract.control_hz if contract is not None and contract.control_hz else DEFAULT_CONTROL_HZ
         return dataclasses.replace(p, control_hz=hz), None

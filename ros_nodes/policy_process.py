@@ -34,7 +34,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ee_vla.streaming import StreamedAction
-from ros_nodes.params import PolicyParams, with_control_rate
+from ros_nodes.params import PolicyParams, with_contract
 from ros_nodes.safety import BadInputError, is_bad_input
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class ProcessPolicy:
         start_timeout_s: float = 600.0,
         factory: Callable[[PolicyParams], Any] | None = None,
     ):
-        params, _ = with_control_rate(params)  # control_hz 0: the policy's rate (the runner warns, not here)
+        params, _ = with_contract(params)  # control_hz 0: the policy's rate (the runner warns, not here)
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         child_params = dataclasses.asdict(dataclasses.replace(params, policy_process=False))

@@ -38,7 +38,7 @@ import numpy as np
 
 from ee_vla.streaming import ChunkSchedule, ScheduleConfig
 from ros_nodes.diagnostics import RateMonitor, Window
-from ros_nodes.params import LIVE_PARAMS, PolicyParams, with_control_rate
+from ros_nodes.params import LIVE_PARAMS, PolicyParams, with_contract
 from ros_nodes.policy_process import ProcessPolicy, load_policy_here
 from ros_nodes.runner_decode import RunnerDecode
 from ros_nodes.runner_inputs import RunnerInputs
@@ -94,7 +94,8 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         threaded: bool = True,
         worker_nice: int | None = None,
     ):
-        params, rate_warning = with_control_rate(params)
+        given = params
+        params, rate_warning = with_contract(params)
         self.params = params
         self.worker_nice = params.decode_nice if worker_nice is None else worker_nice
         self.policy_factory = policy_factory
@@ -111,6 +112,10 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         self._cv = threading.Condition(self._lock)
         if rate_warning:
             self.log.warning(rate_warning)
+        if params.use_joint_state and not given.use_joint_state:
+            self.log.info(
+                "use_joint_state: on, the policy reads agent_pos (JointState positions on %r)", params.joint_state_topic
+            )
         self._frame: Frame | None = None
         self._frame_seq = 0
         self._done_seq = 0
@@ -299,7 +304,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
     def update_params(self, params: PolicyParams) -> list[str]:
         """Apply the live subset of new parameters now; returns the names that wait for reconfigure."""
         old = self.params
-        params, _ = with_control_rate(params)  # control_hz 0 compares as the rate it resolves to
+        params, _ = with_contract(params)  # control_hz 0 compares as the rate it resolves to
         later = [
             f.name
             for f in dataclasses.fields(PolicyParams)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ee_vla.models.contract import rate_mismatch
 from ros_nodes.messages import command_to_actions
 from ros_nodes.params import COMMAND_TYPES, DEFAULT_COMMAND_TOPICS, field_docs, validate_param
 from ros_nodes.safety import CauseLog
@@ -30,6 +31,12 @@ class SimBridgeParams:
 
     env_id: str = "ee_vla/PickCube-v0"
     """Gymnasium id of the env to run (`import sim_envs` registers the ee_vla/* ids)."""
+    model_path: str = ""
+    """The policy that drives the env (sim.launch.py passes the policy node's): its contract gives
+    the camera size when `image_size` is 0, and a control rate other than the env's is warned about."""
+    image_size: int = 0
+    """Side of the env's square camera image, in pixels (0: the policy's, from `model_path`; without
+    one, the env's default)."""
     seed: int = 0
     """Seed of the first episode (episode i uses seed + i)."""
     control_hz: float = 0.0
@@ -83,6 +90,19 @@ class SimBridgeParams:
             raise ValueError(f"SimBridgeParams.command_timeout_s: must be > 0, got {self.command_timeout_s}")
         if self.max_episodes < 0:
             raise ValueError(f"SimBridgeParams.max_episodes: must be >= 0, got {self.max_episodes}")
+        if not isinstance(self.image_size, int) or not (self.image_size == 0 or 16 <= self.image_size <= 1024):
+            raise ValueError(f"SimBridgeParams.image_size: must be 0 or an int in [16, 1024], got {self.image_size!r}")
+
+    def contract(self):
+        """The contract of `model_path` (None without one); ValueError naming it when unreadable."""
+        if not self.model_path:
+            return None
+        from ee_vla.models import ModelLoadError, read_contract
+
+        try:
+            return read_contract(self.model_path)
+        except ModelLoadError as e:
+            raise ValueError(f"SimBridgeParams.model_path: {e}") from None
 
     @property
     def resolved_command_topic(self) -> str:
@@ -97,13 +117,19 @@ def sim_param_names() -> list[str]:
     return [f.name for f in fields(SimBridgeParams)]
 
 
-def make_env(env_id: str) -> Any:
-    """`gymnasium.make(env_id, render_mode="rgb_array")`, importing `sim_envs` first to register ee_vla/*."""
+def make_env(env_id: str, image_size: int = 0) -> Any:
+    """`gymnasium.make(env_id, render_mode="rgb_array")`, importing `sim_envs` first to register
+    ee_vla/*; `image_size` > 0 is passed on when the env takes that argument."""
     import gymnasium as gym
 
-    if env_id.startswith("ee_vla/"):
-        import sim_envs  # noqa: F401 - registers the ee_vla/* envs
-    return gym.make(env_id, render_mode="rgb_array")
+    import sim_envs
+
+    kwargs: dict[str, Any] = {"render_mode": "rgb_array"}
+    if image_size and sim_envs.takes_argument(env_id, "image_size"):
+        kwargs["image_size"] = image_size
+    elif image_size:
+        log.info("%s takes no image_size: it renders at its own size and the policy resizes", env_id)
+    return gym.make(env_id, **kwargs)
 
 
 @dataclass
@@ -132,9 +158,11 @@ class SimBridge:
         logger: logging.Logger | None = None,
     ):
         self.params = params
-        self.env = env if env is not None else make_env(params.env_id)
         self.clock = clock
         self.log = logger or log
+        contract = params.contract()
+        size = params.image_size or (contract.image_size if contract is not None else 0)
+        self.env = env if env is not None else make_env(params.env_id, size)
         self.causes = CauseLog(self.log, clock=clock)
         space = self.env.action_space
         self.low = np.asarray(space.low, dtype=np.float64)
@@ -142,6 +170,8 @@ class SimBridge:
         self.action_dim = int(self.low.size)
         fps = (getattr(self.env, "metadata", None) or {}).get("render_fps") or 10
         self.control_hz = float(params.control_hz or fps)
+        if contract is not None and (warning := rate_mismatch(contract, self.control_hz, f"the sim bridge ({params.env_id})")):
+            self.log.warning(warning)
         self._plan: list[tuple[float, np.ndarray]] = []
         self._gripper = 0.0
         self.episode = -1

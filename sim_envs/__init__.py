@@ -82,17 +82,33 @@ def registered_env_ids() -> list[str]:
     return sorted(k for k in gymnasium.registry if k.startswith("ee_vla/"))
 
 
+def _creator(env_id: str):
+    """The class or function registered as `env_id` (its module imported)."""
+    if env_id not in gymnasium.registry:
+        raise ValueError(f"unknown env id {env_id!r}; registered ee_vla ids: {registered_env_ids()}")
+    entry = gymnasium.registry[env_id].entry_point
+    return gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+
+
 def control_hz(env_id: str) -> float | None:
     """The control rate of a registered env id, in Hz: one `step` per 1 / control_hz seconds of
     simulated time, declared as the env class's `metadata["render_fps"]` (Gymnasium's convention:
     one frame per step). None when the env declares none. Imports the env's module, not its
     dependencies' heavy parts (Meta-World loads only when an env is made)."""
-    if env_id not in gymnasium.registry:
-        raise ValueError(f"unknown env id {env_id!r}; registered ee_vla ids: {registered_env_ids()}")
-    entry = gymnasium.registry[env_id].entry_point
-    creator = gymnasium.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-    fps = getattr(creator, "metadata", {}).get("render_fps")
+    fps = getattr(_creator(env_id), "metadata", {}).get("render_fps")
     return None if fps is None else float(fps)
+
+
+def takes_argument(env_id: str, name: str) -> bool:
+    """Whether the env registered as `env_id` (any Gymnasium id) has a constructor argument `name`,
+    e.g. `image_size`."""
+    import inspect
+
+    creator = _creator(env_id)
+    try:
+        return name in inspect.signature(creator).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 def make(env_id: str, **kwargs: object) -> gymnasium.Env:
@@ -113,4 +129,5 @@ __all__ = [
     "make",
     "metaworld_env_id",
     "registered_env_ids",
+    "takes_argument",
 ]

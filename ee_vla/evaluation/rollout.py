@@ -135,27 +135,14 @@ def _make_env(
     return env
 
 
-def _takes_argument(env_id: str, name: str) -> bool:
-    """Whether the env registered as `env_id` has a constructor argument called `name`."""
-    import inspect
-
-    import gymnasium
-    from gymnasium.envs.registration import load_env_creator
-
-    entry = gymnasium.spec(env_id).entry_point
-    creator = load_env_creator(entry) if isinstance(entry, str) else entry
-    try:
-        return name in inspect.signature(creator).parameters
-    except (TypeError, ValueError):  # no signature to read (a builtin): pass nothing extra
-        return False
-
-
 def env_kwargs_for(env_id: str, cfg: EvalConfig, policy) -> dict[str, Any]:
     """The keyword arguments `env_id` is made with: `cfg.env_kwargs`, plus `image_size` = the camera
     size the policy was trained on (its contract) when the env takes that argument and it is not given,
     so the env renders what the policy expects instead of an image the policy must resize."""
+    from sim_envs import takes_argument
+
     kwargs = dict(cfg.env_kwargs)
-    if "image_size" not in kwargs and _takes_argument(env_id, "image_size"):
+    if "image_size" not in kwargs and takes_argument(env_id, "image_size"):
         kwargs["image_size"] = int(policy.vla.image_size)
     return kwargs
 

@@ -18,7 +18,7 @@ from ros_nodes.params import (
     field_docs,
     param_specs,
     validate_param,
-    with_control_rate,
+    with_contract,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_sim_yaml_gives_each_node_its_own_parameters_in_any_namespace(namespace)
     assert p.dry_run is False and p.command_type == "array"
     # the policy node's rate comes from the policy: the shipped one records the suite's 10 Hz
     assert p.control_hz == 0.0
-    assert with_control_rate(dataclasses.replace(p, model_path=str(DEFAULT_POLICY)))[0].control_hz == 10.0
+    assert with_contract(dataclasses.replace(p, model_path=str(DEFAULT_POLICY)))[0].control_hz == 10.0
     assert s.control_hz == 0.0  # the bridge's own value, not the policy node's
     assert p.command_type == s.command_type and p.resolved_command_topic == s.resolved_command_topic
     assert p.image_topic == s.image_topic and p.instruction_topic == s.instruction_topic
@@ -177,10 +177,10 @@ def test_decoders_are_the_decoding_presets():
 def test_control_rate_defaults_to_the_policys_and_a_different_one_is_named(tmp_path):
     shipped = PolicyParams(model_path=str(DEFAULT_POLICY))
     assert shipped.control_hz == 0.0
-    assert with_control_rate(shipped) == (dataclasses.replace(shipped, control_hz=10.0), None)
-    faster, warning = with_control_rate(dataclasses.replace(shipped, control_hz=20.0))
+    assert with_contract(shipped) == (dataclasses.replace(shipped, control_hz=10.0, use_joint_state=True), None)
+    faster, warning = with_contract(dataclasses.replace(shipped, control_hz=20.0))
     assert faster.control_hz == 20.0 and "20 Hz" in warning and "10 Hz" in warning
-    assert with_control_rate(dataclasses.replace(shipped, control_hz=10.0))[1] is None
+    assert with_contract(dataclasses.replace(shipped, control_hz=10.0))[1] is None
     # a policy that records no rate, or no readable policy (loading it reports that): the default
     old = tmp_path / "old"
     shutil.copytree(DEFAULT_POLICY, old)
@@ -188,7 +188,7 @@ def test_control_rate_defaults_to_the_policys_and_a_different_one_is_named(tmp_p
     del extra["contract"]
     (old / "ee_vla.json").write_text(json.dumps(extra))
     for path in (str(old), str(tmp_path / "missing"), ""):
-        resolved, warning = with_control_rate(PolicyParams(model_path=path))
+        resolved, warning = with_contract(PolicyParams(model_path=path))
         assert resolved.control_hz == DEFAULT_CONTROL_HZ and warning is None, path
 
 
@@ -227,3 +227,20 @@ def test_docs_ros_md_lists_every_parameter_with_its_default():
             assert documented[spec.name].startswith("["), spec.name
         else:
             assert documented[spec.name] == shown(spec.default), (spec.name, documented[spec.name])
+
+
+def test_joint_state_input_is_on_for_a_policy_that_reads_agent_pos(tmp_path, caplog):
+    from ros_nodes.runner import PolicyRunner
+
+    shipped = PolicyParams(model_path=str(DEFAULT_POLICY))  # reads a 7-dim agent_pos
+    assert shipped.use_joint_state is False and with_contract(shipped)[0].use_joint_state is True
+    blind = tmp_path / "no_proprio"
+    blind.mkdir()
+    extra = json.loads((DEFAULT_POLICY / "ee_vla.json").read_text())
+    extra["proprio_tokenizer"] = None
+    (blind / "ee_vla.json").write_text(json.dumps(extra))
+    assert with_contract(PolicyParams(model_path=str(blind)))[0].use_joint_state is False
+    assert with_contract(PolicyParams(model_path=str(blind), use_joint_state=True))[0].use_joint_state is True
+    with caplog.at_level(logging.INFO, logger="ros_nodes.runner"):
+        r = PolicyRunner(shipped, policy_factory=lambda p: None)
+    assert r.params.use_joint_state and any("use_joint_state: on" in m for m in caplog.messages)

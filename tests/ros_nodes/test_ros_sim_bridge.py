@@ -96,3 +96,33 @@ def test_waits_for_the_first_command(clock):
     assert np.array_equal(held[0].pixels, first.pixels)
     b.on_command_msg(cmd("array", np.zeros(7)))
     assert b.step().step == 1 and len(env.actions) == 1
+
+
+def test_the_bridge_renders_the_policys_camera_size_and_names_a_rate_mismatch(tiny_vla_dir, tmp_path, caplog):
+    """With `model_path` the env renders the policy's image size (64 for the tiny model, not the
+    env's 128); `image_size` overrides it; a policy trained at another rate than the env's is named."""
+    import json
+    import logging
+    import shutil
+
+    def pixels(**kw):
+        b = SimBridge(SimBridgeParams(env_id="ee_vla/Reach-v0", command_type="array", **kw))
+        try:
+            return b.step().pixels.shape
+        finally:
+            b.env.close()
+
+    assert pixels(model_path=str(tiny_vla_dir)) == (64, 64, 3)
+    assert pixels(model_path=str(tiny_vla_dir), image_size=32) == (32, 32, 3)
+    fast = tmp_path / "fast"
+    shutil.copytree(tiny_vla_dir, fast)
+    extra = json.loads((fast / "ee_vla.json").read_text())
+    extra["contract"] = {"control_hz": 80.0, "env_ids": [], "action_space": {}}
+    (fast / "ee_vla.json").write_text(json.dumps(extra))
+    with caplog.at_level(logging.WARNING, logger="ros_nodes.sim_bridge"):
+        pixels(model_path=str(fast))
+    assert any("80 Hz" in m and "10 Hz" in m for m in caplog.messages), caplog.messages
+    with pytest.raises(ValueError, match="model_path"):
+        SimBridgeParams(model_path=str(tmp_path / "missing")).contract()
+    with pytest.raises(ValueError, match="image_size"):
+        SimBridgeParams(image_size=8)
