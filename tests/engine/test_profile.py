@@ -159,7 +159,7 @@ def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):
     cfg = config_from_args(
         ["--shape", "tiny", "--engines", "static", "--decoders", "--step-widths", "1", "64", "--step-iters", "2"]
         + ["--warmup", "0", "--no-generate", "--no-plots", "--kernels", "5", "--kernel-iters", "3"]
-        + ["--out", str(tmp_path)]
+        + ["--out", str(tmp_path), "--device", "cpu"]  # CPU operator names, also on a GPU machine
     )
     assert cfg.kernels == 5 and cfg.kernel_iters == 3
     out = run_profile(cfg)
