@@ -37,7 +37,7 @@ demo: setup
 
 # Where the machine provides a prebuilt ROS 2 next to the checkout (../shared/ros2-jazzy, as on CI
 # machines that have one), `make test` runs the ROS tests against it too
-# (as `make test-ros`); elsewhere they skip and the run's header says so in one line.
+# (as `make test-ros`); elsewhere they skip and the run's summary says so in one line.
 SHARED_ROS2 := $(wildcard ../shared/ros2-jazzy/setup.bash)
 
 test: setup
@@ -50,8 +50,7 @@ endif
 
 # ROS 2 Jazzy from source (Debian, or any machine without ROS 2 binaries): `make ros2` builds what
 # ros_nodes/ needs into $(ROS2_PREFIX) for the venv's Python (scripts/build_ros2.sh says what and how
-# long); `make test-ros` runs tests/ros_nodes against it over Cyclone DDS, without the pytest plugins
-# of launch_testing(_ros) (Jazzy's use pytest's `path` hook argument, which pytest 9 removed).
+# long); `make test-ros` runs tests/ros_nodes against it over Cyclone DDS.
 ROS2_PREFIX ?= $(or $(EE_VLA_ROS2_PREFIX),$(if $(SHARED_ROS2),$(abspath ../shared/ros2-jazzy),$(HOME)/.cache/ee_vla/ros2-jazzy))
 
 .PHONY: ros2 test-ros
@@ -62,8 +61,8 @@ ros2: $(VENV)/.installed
 test-ros: setup
 	@test -f "$(ROS2_PREFIX)/setup.bash" || { echo "no ROS 2 in $(ROS2_PREFIX): run make ros2 first"; exit 1; }
 	bash -c 'source "$(ROS2_PREFIX)/setup.bash" && export RMW_IMPLEMENTATION=$${RMW_IMPLEMENTATION:-rmw_cyclonedds_cpp} && \
-	  $(PY) -m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes/test_ros_node_fakes.py && \
-	  $(PY) -m pytest -q -p no:launch_testing -p no:launch_ros tests/ros_nodes --ignore tests/ros_nodes/test_ros_node_fakes.py'
+	  $(PY) -m pytest -q tests/ros_nodes/test_ros_node_fakes.py && \
+	  $(PY) -m pytest -q tests/ros_nodes --ignore tests/ros_nodes/test_ros_node_fakes.py'
 
 lint: setup
 	$(VENV)/bin/ruff check .

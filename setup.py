@@ -22,9 +22,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["ee_vla", "ee_vla.*", "sim_envs", "sim_envs.*", "ros_nodes", "ros_nodes.*"]),
+    # The shipped policy's directory holds data only: listed as a package so its files install with it.
+    packages=find_packages(include=["ee_vla", "ee_vla.*", "sim_envs", "sim_envs.*", "ros_nodes", "ros_nodes.*"])
+    + ["ee_vla.checkpoints", "ee_vla.checkpoints.default"],
     include_package_data=True,
-    package_data={"ee_vla": ["checkpoints/*/*", "checkpoints/*/*/*"]},
+    package_data={"ee_vla.checkpoints.default": ["*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

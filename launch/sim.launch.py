@@ -1,18 +1,29 @@
 """The closed loop without a robot: the policy node plus the sim bridge running an ee_vla env.
 
+    ros2 launch ee_vla sim.launch.py env_id:=ee_vla/Reach-v0 seed:=100000 max_episodes:=10
     ros2 launch ee_vla sim.launch.py model_path:=/models/ceed env_id:=ee_vla/PickCube-v0
+
+The policy is the shipped one unless `model_path` names another. With max_episodes > 0 the launch
+ends when the bridge has run them (its last line gives the successes).
 
 The policy node is ee_vla.launch.py with config/sim.yaml over config/ee_vla.yaml (Float64MultiArray
 commands, the env's 10 Hz, dry_run off: the commands only reach the simulator). MuJoCo renders
 headless with MUJOCO_GL (egl on a GPU, osmesa on a CPU).
 """
 
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    SetEnvironmentVariable,
+    Shutdown,
+)
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from ee_vla import DEFAULT_POLICY
 from launch import LaunchDescription
 
 
@@ -39,6 +50,7 @@ def _sim_bridge(context, *args, **kwargs):
             parameters=[LaunchConfiguration("sim_params_file").perform(context)] + ([overrides] if overrides else []),
             output="screen",
             emulate_tty=True,
+            on_exit=Shutdown(reason="the sim bridge finished its episodes"),  # max_episodes > 0
         )
     ]
 
@@ -49,7 +61,9 @@ def generate_launch_description() -> LaunchDescription:
     policy_launch = PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "ee_vla.launch.py"]))
     return LaunchDescription(
         [
-            DeclareLaunchArgument("model_path", default_value="", description="Directory of the saved ee_vla policy"),
+            DeclareLaunchArgument(
+                "model_path", default_value=str(DEFAULT_POLICY), description="Directory of the saved ee_vla policy"
+            ),
             DeclareLaunchArgument("env_id", default_value="", description="Gymnasium env id (empty: sim.yaml's)"),
             DeclareLaunchArgument("seed", default_value="", description="Seed of the first episode"),
             DeclareLaunchArgument("max_episodes", default_value="", description="Stop after N episodes (0: never)"),

@@ -223,8 +223,9 @@ def spin_until_shutdown(
     poll_s: float = 0.1,
     max_failures: int = 50,
 ) -> None:
-    """Create a node and spin it on a MultiThreadedExecutor until SIGINT, SIGTERM or an external
-    rclpy shutdown; then always run its `on_exit()` (the stop command) and shut down cleanly.
+    """Create a node and spin it on a MultiThreadedExecutor until SIGINT, SIGTERM, an external
+    rclpy shutdown or its `finished` attribute (if it has one) turns true; then always run its
+    `on_exit()` (the stop command) and shut down cleanly.
 
     The executor is spun `poll_s` at a time, so a signal is acted on within `poll_s` even when no
     callback is due. An exception that still escapes a callback is logged and spinning continues;
@@ -241,7 +242,7 @@ def spin_until_shutdown(
             log = python_logger(node)
             executor.add_node(node)
             failures = 0
-            while rclpy.ok() and not signals.event.is_set():
+            while rclpy.ok() and not signals.event.is_set() and not getattr(node, "finished", False):
                 try:
                     executor.spin_once(timeout_sec=poll_s)
                     failures = 0

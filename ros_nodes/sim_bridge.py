@@ -170,7 +170,8 @@ class SimBridge:
         self.action_dim = int(self.low.size)
         fps = (getattr(self.env, "metadata", None) or {}).get("render_fps") or 10
         self.control_hz = float(params.control_hz or fps)
-        if contract is not None and (warning := rate_mismatch(contract, self.control_hz, f"the sim bridge ({params.env_id})")):
+        warning = rate_mismatch(contract, self.control_hz, f"the sim bridge ({params.env_id})") if contract else None
+        if warning:
             self.log.warning(warning)
         self._plan: list[tuple[float, np.ndarray]] = []
         self._gripper = 0.0

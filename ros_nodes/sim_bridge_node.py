@@ -83,6 +83,11 @@ class SimBridgeNode(Node):
     def _publish_instruction(self) -> None:
         self.instruction_pub.publish(String(data=self.bridge.instruction))
 
+    @property
+    def finished(self) -> bool:
+        """True once `max_episodes` episodes have ended: the node exits (sim.launch.py then ends)."""
+        return self.bridge.done
+
     def _on_step(self) -> None:
         if self.bridge.done:
             return
@@ -97,12 +102,17 @@ class SimBridgeNode(Node):
             self._publish_instruction()
 
     def on_exit(self) -> None:
-        self.bridge.close()
+        b = self.bridge
+        if b.episodes_done:
+            self.get_logger().info(f"{b.params.env_id}: {b.successes}/{b.episodes_done} episodes successful")
+        b.close()
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `ros2 run ee_vla sim_bridge_node`."""
-    spin_until_shutdown(SimBridgeNode, args, threads=2)
+    # One executor thread: MuJoCo's GL context (EGL, OSMesa) is current in the thread that first
+    # rendered, and rendering from another thread fails (EGL_BAD_ACCESS).
+    spin_until_shutdown(SimBridgeNode, args, threads=1)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ def tiny_vla_dir(tmp_path_factory):
     return create_random_vla_dir(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", chunk_size=3)
 
 
-
-
 def pytest_terminal_summary(terminalreporter):
     """One line when tests skipped for want of ROS 2 (rclpy, launch), saying how to run them."""
     import importlib.util

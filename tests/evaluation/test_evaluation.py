@@ -469,7 +469,7 @@ def _env_without_image_size(action_dim: int = 7):
     return gymnasium.spec(FAKE_ENV).entry_point(action_dim=action_dim)
 
 
-def test_envs_render_at_the_policys_image_size_unless_told_otherwise(tiny_policy_dir, tmp_path, sim_env_id, monkeypatch):
+def test_envs_render_at_the_policys_image_size(tiny_policy_dir, tmp_path, sim_env_id, monkeypatch):
     """The tiny policy sees 64x64 images: the sim env renders 64x64 pixels for it (not its 128x128
     default, resized), an `image_size` in env_kwargs wins, and an env without that argument gets none."""
     from types import SimpleNamespace

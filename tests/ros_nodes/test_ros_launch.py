@@ -44,8 +44,9 @@ def test_launch_files_define_generate_launch_description(name):
 @pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py"])
 def test_launch_descriptions_build(name):
     pytest.importorskip("launch_ros")
-    from launch import LaunchContext
     from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    from launch import LaunchContext
 
     ld = PythonLaunchDescriptionSource(str(LAUNCH / name)).get_launch_description(LaunchContext())
     args = {a.name for a in ld.get_launch_arguments()}
