@@ -50,11 +50,13 @@ if rclpy is None or ros2_cli() is None:
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
+from ros_nodes.params import DEFAULT_COMMAND_TOPICS  # noqa: E402
+
 pytestmark = pytest.mark.timeout(180)
 
 NODE = "/policy_node"
 TWIST_TOPIC = "/servo_node/delta_twist_cmds"
-QUIET_S = 1.5
+QUIET_S = 1.0
 """How long a test watches for commands that must not come (after a stop, while inactive, in dry run)."""
 
 
@@ -80,11 +82,11 @@ class Graph:
         """`ros2 lifecycle|param VERB --no-daemon ARGS...`: the output."""
         return ros2_node_verb(self.env, *args)
 
-    def set_state(self, transition: str) -> str:
-        """`ros2 lifecycle set NODE TRANSITION`, then the state `ros2 lifecycle get` reports."""
+    def set_state(self, transition: str, get: bool = True) -> str:
+        """`ros2 lifecycle set NODE TRANSITION`, then (with `get`) the state `ros2 lifecycle get` reports."""
         out = self.cli("lifecycle", "set", NODE, transition)
         assert "Transitioning successful" in out, f"{transition}: {out}\n{self.procs[0].log()[-3000:]}"
-        return lifecycle_state(self.env, NODE)
+        return lifecycle_state(self.env, NODE) if get else ""
 
     def close(self) -> None:
         try:
@@ -161,13 +163,13 @@ def test_lifecycle_transitions_via_ros2_cli(graph):
     assert graph.set_state("deactivate") == "inactive [2]"
     assert_stopped_last(probe, n, node)  # images keep coming: still nothing after the stop
 
-    # Activate again: commanding resumes; deactivate stops it again.
+    # Activate again: commanding resumes.
     n = probe.count()
-    assert graph.set_state("activate") == "active [3]"
+    graph.set_state("activate", get=False)
     assert probe.wait_commands(3, after=n)
     n = probe.count()
-    assert graph.set_state("deactivate") == "inactive [2]"
-    assert_stopped_last(probe, n, node)
+    graph.set_state("deactivate", get=False)
+    assert wait_for(lambda: probe.count() > n and is_zero(probe.last()), timeout=15)
 
     assert graph.set_state("cleanup") == "unconfigured [1]"
     assert graph.set_state("shutdown") == "finalized [4]"
@@ -180,30 +182,46 @@ def test_lifecycle_transitions_via_ros2_cli(graph):
     assert probe.count() == n  # nothing was active: no second stop command
 
 
-# ---- 1b. SIGINT / SIGTERM of an active node -----------------------------------------------------
+# ---- 1b. SIGINT / SIGTERM / shutdown of an active node ------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "sig, command_type",
-    [(signal.SIGINT, "array"), (signal.SIGTERM, "twist")],
-    ids=["SIGINT-array", "SIGTERM-twist"],
+    "how, command_type, topic",
+    [
+        ("SIGINT", "array", "/arm/commands"),
+        ("SIGTERM", "twist", ""),
+        ("shutdown", "array", ""),
+    ],
+    ids=["SIGINT-array", "SIGTERM-twist", "shutdown-array"],
 )
-def test_signal_to_active_node_ends_with_stop_command(tmp_path, sig, command_type):
-    """An active node that gets SIGINT or SIGTERM publishes the zero stop command as its last
-    message and exits 0."""
-    topic, cls = ("/arm/commands", Float64MultiArray) if command_type == "array" else (TWIST_TOPIC, TwistStamped)
-    g = Graph(tmp_path, topic, cls)
+def test_active_node_ends_with_stop_command(tmp_path, how, command_type, topic):
+    """An active node ended by SIGINT, SIGTERM or `ros2 lifecycle set shutdown` publishes the zero
+    stop command as its last message; after a signal it exits 0, after shutdown it stays up,
+    finalized, until signalled."""
+    cls = Float64MultiArray if command_type == "array" else TwistStamped
+    g = Graph(tmp_path, topic or "/" + DEFAULT_COMMAND_TOPICS[command_type], cls)
     try:
-        node = g.start_node(autostart=True, command_type=command_type, command_topic=topic)
+        extra = {"command_topic": topic} if topic else {}
+        node = g.start_node(autostart=True, command_type=command_type, **extra)
         g.probe.feeding = True
         assert g.probe.wait_commands(3, after=0, timeout=90), node.log()[-4000:]
         assert len(g.probe.last()) == (7 if command_type == "array" else 6)
         n = g.probe.count()
-        node.signal(sig)
-        assert node.wait(timeout=30) == 0, node.log()[-3000:]
-        assert_stopped_last(g.probe, n, node)
-        log = node.log()
-        assert f"{sig.name} received: stopping" in log and "stopped: stop command published" in log
+        if how == "shutdown":
+            assert g.set_state("shutdown") == "finalized [4]"
+            assert_stopped_last(g.probe, n, node)
+            assert node.running()
+            n_stop = g.probe.count()
+            node.signal(signal.SIGINT)
+            assert node.wait(timeout=30) == 0, node.log()[-3000:]
+            time.sleep(0.5)
+            assert g.probe.count() == n_stop, "a second stop command after shutdown"
+        else:
+            node.signal(getattr(signal, how))
+            assert node.wait(timeout=30) == 0, node.log()[-3000:]
+            assert_stopped_last(g.probe, n, node)
+            assert f"{how} received: stopping" in node.log()
+        assert "stopped: stop command published" in node.log()
     finally:
         g.close()
 
