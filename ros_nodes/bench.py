@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -41,10 +42,13 @@ import numpy as np
 
 from ros_nodes.bench_common import (
     RosBenchConfig,
+    activate_node,
     bench_command,
     log,
     machine_info,
     ms_percentile,
+    node_cmd,
+    node_env,
     read_server_stats,
     server_cmd,
     start_server,
@@ -85,6 +89,9 @@ class _RateRobot:
         self.graph.reader(
             "forward_command_controller/commands", msgs.Float64MultiArray, "default", callback=self._on_command
         )
+        self.diagnostics: dict[str, str] = {}
+        """The server's last /diagnostics key/values."""
+        self.graph.reader("/diagnostics", msgs.DiagnosticArray, "default", callback=self._on_diagnostics)
         self.img_w = self.graph.writer("camera/image_raw", msgs.Image, "sensor_data")
         rng = np.random.default_rng(0)
         self.frames = [
@@ -101,6 +108,12 @@ class _RateRobot:
         with self.lock:
             self.arrivals.append(t)
             self.sent_at.append(msg.sample_info.source_timestamp * 1e-9)
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "commands_sent" in values:
+                self.diagnostics = values
 
     def _spin(self) -> None:
         if self.timer_rt_priority:  # the robot side's receiver, like a real-time controller
@@ -191,29 +204,101 @@ def _measure_latency(cfg: RosBenchConfig, robot: _RateRobot, i: int, result: dic
     )
 
 
-def _rate_report(cfg: RosBenchConfig, result: dict[str, Any], received: int, server_stats: dict[str, Any]) -> None:
+def _rate_report(result: dict[str, Any], received: int, server_stats: dict[str, Any]) -> None:
     """Add delivery (`received` against the server's count) and the server's own figures to `result`."""
     sent = int(server_stats.get("commands_sent", 0))
     result.update(
         commands_sent_by_server=sent,
         commands_received_total=received,
         delivered_fraction=received / sent if sent else None,
-        server_decode_latency_p50_ms=server_stats.get("decode_latency_p50_ms"),
-        server_decode_latency_p95_ms=server_stats.get("decode_latency_p95_ms"),
-        server_decode_latency_p99_ms=server_stats.get("decode_latency_p99_ms"),
-        server_first_action_latency_p50_ms=server_stats.get("first_action_latency_p50_ms"),
-        server_iterations_per_chunk_mean=server_stats.get("iterations_per_chunk_mean"),
-        server_chunks_done=server_stats.get("chunks_done"),
-        server_timer_skipped_ticks=server_stats.get("timer_skipped_ticks"),
+        server_decode_latency_p50_ms=_float_or_none(server_stats.get("decode_latency_p50_ms")),
+        server_decode_latency_p95_ms=_float_or_none(server_stats.get("decode_latency_p95_ms")),
+        server_decode_latency_p99_ms=_float_or_none(server_stats.get("decode_latency_p99_ms")),
+        server_first_action_latency_p50_ms=_float_or_none(server_stats.get("first_action_latency_p50_ms")),
+        server_iterations_per_chunk_mean=_float_or_none(server_stats.get("iterations_per_chunk_mean")),
+        server_chunks_done=_float_or_none(server_stats.get("chunks_done")),
+        server_timer_skipped_ticks=_float_or_none(server_stats.get("timer_skipped_ticks")),
         server_ticks=server_stats and {k: v for k, v in server_stats.items() if k.startswith("ticks_")},
-        config=asdict(cfg),
-        machine=machine_info(),
-        command=bench_command(),
     )
 
 
+def _float_or_none(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _node_stats(robot: _RateRobot, server_log: list[str]) -> dict[str, Any]:
+    """The rclpy node's figures: its last /diagnostics values, with the number of commands it sent
+    from the line it logs when it stops (its final stop command included)."""
+    stats: dict[str, Any] = dict(robot.diagnostics)
+    sent = [m.group(1) for line in server_log if (m := re.search(r"stopped: .*?(\d+) commands sent", line))]
+    stats["commands_sent"] = int(sent[-1]) if sent else 0
+    return stats
+
+
+def _run_transport(cfg: RosBenchConfig, transport: str, model_path: str, tmp: str) -> dict[str, Any]:
+    """One server (`transport`) measured by the robot side: startup, the rate window, latency trials."""
+    stats_path = os.path.join(tmp, f"server_stats_{transport}.json")
+    if transport == "dds":
+        server, server_log = start_server(server_cmd(cfg, model_path, stats_path, []))
+    else:
+        env = node_env(cfg.domain_id)
+        server, server_log = start_server(node_cmd(cfg, model_path, transport.removeprefix("rclpy-")), env)
+        threading.Thread(target=activate_node, args=(env,), daemon=True).start()
+    robot = _RateRobot(cfg)
+    result: dict[str, Any] = {"transport": transport}
+    try:
+        # Startup: images until the first command (model load, discovery, warm-up).
+        result["startup_to_first_command_s"], i = until_first_command(
+            server, server_log, robot.count, robot.send_image, cfg.camera_hz, timeout_s=180
+        )
+        i = _warm_up(cfg, robot, i)
+        i = _measure_window(cfg, robot, i, result)
+        _measure_latency(cfg, robot, i, result)
+        time.sleep(0.6)  # one more /diagnostics message after the trials
+    finally:
+        time.sleep(0.3)
+        stop_server(server)
+        time.sleep(0.3)  # the final stop command in flight
+        robot.close()
+    stats = read_server_stats(stats_path) if transport == "dds" else _node_stats(robot, server_log)
+    _rate_report(result, robot.count(), stats)
+    return result
+
+
+def format_table(runs: dict[str, dict[str, Any]]) -> str:
+    """The runs side by side: delivery, rate, jitter and latency."""
+
+    def f(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    rows = [
+        ("delivered (received / sent)", lambda r: f"{f(r.get('delivered_fraction'), '{:.3f}')} "
+         f"({r.get('commands_received_total')}/{r.get('commands_sent_by_server')})"),
+        ("commands in window / expected", lambda r: f"{r.get('commands_in_window')}/{r.get('expected_in_window')}"),
+        ("jitter p50 / p99 / max ms", lambda r: f"{f(r.get('jitter_p50_ms'))} / {f(r.get('jitter_p99_ms'))} / "
+         f"{f(r.get('jitter_max_ms'))}"),
+        ("image -> first command p50 / max ms", lambda r: f"{f(r.get('image_to_first_command_p50_ms'), '{:.1f}')} / "
+         f"{f(r.get('image_to_first_command_max_ms'), '{:.1f}')}"),
+        ("server decode p50 ms", lambda r: f(r.get("server_decode_latency_p50_ms"), "{:.1f}")),
+        ("startup to first command s", lambda r: f(r.get("startup_to_first_command_s"), "{:.1f}")),
+    ]  # fmt: skip
+    names = list(runs)
+    width = max(len(r[0]) for r in rows)
+    cols = [max(len(n), *(len(fn(runs[n])) for _, fn in rows)) for n in names]
+
+    def line(label: str, cells: list[str]) -> str:
+        return label.ljust(width) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, cols, strict=True))
+
+    lines = [line("", names)] + [line(label, [fn(runs[n]) for n in names]) for label, fn in rows]
+    return "\n".join(lines)
+
+
 def run_bench(cfg: RosBenchConfig) -> dict[str, Any]:
-    """Run the benchmark of `cfg.mode`; returns (and writes to `cfg.out`) the result dict."""
+    """Run the benchmark of `cfg.mode`; returns (and writes to `cfg.out`) the result dict. Rate mode:
+    `runs` holds one result per transport, measured one after the other in this run."""
     if cfg.mode == "soak":
         return run_soak(cfg)
     tmp = tempfile.mkdtemp(prefix="ee_vla_bench_")
@@ -222,25 +307,10 @@ def run_bench(cfg: RosBenchConfig) -> dict[str, Any]:
         from ee_vla.models import create_random_vla_dir
 
         model_path = str(create_random_vla_dir(Path(tmp) / cfg.preset, preset=cfg.preset, chunk_size=cfg.chunk_size))
-    stats_path = os.path.join(tmp, "server_stats.json")
-    server, server_log = start_server(server_cmd(cfg, model_path, stats_path, []))
-    robot = _RateRobot(cfg)
-    result: dict[str, Any] = {}
-    try:
-        # Startup: images until the first command (model load, discovery, warm-up).
-        result["startup_to_first_command_s"], i = until_first_command(
-            server, server_log, robot.count, robot.send_image, cfg.camera_hz, timeout_s=120
-        )
-        i = _warm_up(cfg, robot, i)
-        i = _measure_window(cfg, robot, i, result)
-        _measure_latency(cfg, robot, i, result)
-    finally:
-        time.sleep(0.3)
-        stop_server(server)
-        time.sleep(0.3)  # the final stop command in flight
-        robot.close()
-    _rate_report(cfg, result, robot.count(), read_server_stats(stats_path))
+    runs = {t: _run_transport(cfg, t, model_path, tmp) for t in cfg.transports}
+    result = {"runs": runs, "config": asdict(cfg), "machine": machine_info(), "command": bench_command()}
     write_result(cfg, result)
+    log.info("\n%s", format_table(runs))
     return result
 
 

@@ -31,6 +31,10 @@ class RosBenchConfig:
     mode: Literal["rate", "soak"] = "rate"
     """rate: command delivery, jitter and latency at a high control rate; soak: a long run with
     bad inputs mixed in, reporting memory growth, deadline misses, delivery and bad-input counts."""
+    transports: tuple[Literal["dds", "rclpy-multi", "rclpy-single"], ...] = ("dds",)
+    """rate: the servers measured one after the other, each against the same robot side: dds
+    (`ee-vla serve --transport dds`), rclpy-multi / rclpy-single (the rclpy policy node on a
+    multi- / single-threaded executor; needs a sourced ROS 2 and its `ros2` CLI)."""
     model_path: str = ""
     """Saved policy to serve (empty: rate mode a random model of `preset`, created in a temp dir;
     soak mode the shipped policy, ee_vla/checkpoints/default)."""
@@ -134,10 +138,75 @@ def server_cmd(cfg: RosBenchConfig, model_path: str, stats_path: str, extra: lis
     ]
 
 
-def start_server(cmd: list[str]) -> tuple[subprocess.Popen, list[str]]:
+NODE_NAME = "ee_vla_bench"
+"""Name of the rclpy policy node the rclpy transports start."""
+
+
+def node_cmd(cfg: RosBenchConfig, model_path: str, executor: str) -> list[str]:
+    """The rclpy policy node with the same settings as `server_cmd` (it is activated separately)."""
+    params = {
+        "model_path": model_path,
+        "decoder": cfg.decoder,
+        "instruction": "pick up the red cube",
+        "command_type": "array",
+        "dry_run": "false",
+        "control_hz": str(float(cfg.control_hz)),
+        "image_timeout_s": str(float(cfg.image_timeout_s)),
+        "decode_deadline_s": "1.0",
+        "threads": str(cfg.threads),
+        "diagnostics_hz": "2.0",
+    }
+    argv = [sys.executable, "-m", "ros_nodes.policy_node", "--executor", executor, "--ros-args"]
+    argv += ["-r", f"__node:={NODE_NAME}", "--log-level", "warn", "--log-level", f"{NODE_NAME}:=info"]
+    for k, v in params.items():
+        argv += ["-p", f"{k}:={v}"]
+    return argv
+
+
+def node_env(domain_id: int) -> dict[str, str]:
+    """The rclpy node's environment: loopback-only Cyclone DDS on `domain_id`, like the robot side."""
+    from ros_nodes.dds.transport import loopback_config
+
+    env = dict(os.environ)
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    env.update(
+        ROS_DOMAIN_ID=str(domain_id),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        CYCLONEDDS_URI=loopback_config(domain_id),
+        RMW_IMPLEMENTATION=env.get("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp"),
+    )
+    return env
+
+
+def activate_node(env: dict[str, str], timeout_s: float = 120.0) -> None:
+    """`ros2 lifecycle set` the bench node to configure, then activate (retried until the CLI finds
+    the node and the transition succeeds)."""
+    import shutil
+
+    ros2 = shutil.which("ros2")
+    if ros2 is None:
+        raise RuntimeError("the rclpy transports need a sourced ROS 2 (no `ros2` on PATH)")
+    end = time.monotonic() + timeout_s
+    for transition in ("configure", "activate"):
+        while True:
+            out = subprocess.run(
+                [ros2, "lifecycle", "set", "--no-daemon", "--spin-time", "0.5", f"/{NODE_NAME}", transition],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if "Transitioning successful" in out.stdout:
+                break
+            if time.monotonic() > end:
+                raise TimeoutError(f"ros2 lifecycle set {transition}: {out.stdout.strip()} {out.stderr.strip()}")
+            time.sleep(0.5)
+
+
+def start_server(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, list[str]]:
     """Start the server; its stderr lines are collected in the returned list."""
     log.info("server: %s", " ".join(cmd))
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     server_log: list[str] = []
     threading.Thread(target=lambda: server_log.extend(server.stderr), daemon=True).start()  # type: ignore[arg-type]
     return server, server_log

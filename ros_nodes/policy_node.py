@@ -16,6 +16,7 @@ SIGINT or SIGTERM is the last command published (`CommandSink.stop`).
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -253,7 +254,8 @@ class PolicyNode(LifecycleNode):
         sink = self.sink
         if sink is not None and sink.stop():
             self.get_logger().info(
-                f"stopped: stop command {'logged (dry run)' if sink.runner.params.dry_run else 'published'}"
+                f"stopped: stop command {'logged (dry run)' if sink.runner.params.dry_run else 'published'}, "
+                f"{sink.runner.rate.total} commands sent"
             )
 
     def _teardown(self) -> None:
@@ -319,8 +321,20 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of `ros2 run ee_vla policy_node`."""
-    spin_until_shutdown(PolicyNode, args)
+    """Entry point of `ros2 run ee_vla policy_node [--executor multi|single] [--ros-args ...]`.
+
+    `--executor single` spins the node on one thread (rclpy's SingleThreadedExecutor behaviour: the
+    command timer then waits for any input callback that runs); the default, `multi`, gives the
+    timer, the inputs and the diagnostics threads of their own."""
+    import argparse
+
+    from rclpy.utilities import remove_ros_args
+
+    argv = sys.argv if args is None else args
+    parser = argparse.ArgumentParser(prog="policy_node", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--executor", choices=("multi", "single"), default="multi")
+    options = parser.parse_args(remove_ros_args(argv)[1:])
+    spin_until_shutdown(PolicyNode, argv, threads=1 if options.executor == "single" else 4)
 
 
 if __name__ == "__main__":

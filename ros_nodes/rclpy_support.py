@@ -25,7 +25,7 @@ from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from ros_nodes.params import ParamSpec
@@ -223,7 +223,8 @@ def spin_until_shutdown(
     poll_s: float = 0.1,
     max_failures: int = 50,
 ) -> None:
-    """Create a node and spin it on a MultiThreadedExecutor until SIGINT, SIGTERM, an external
+    """Create a node and spin it on a MultiThreadedExecutor of `threads` threads (1: a
+    SingleThreadedExecutor, callbacks on the calling thread) until SIGINT, SIGTERM, an external
     rclpy shutdown or its `finished` attribute (if it has one) turns true; then always run its
     `on_exit()` (the stop command) and shut down cleanly.
 
@@ -234,7 +235,7 @@ def spin_until_shutdown(
     """
     init_rclpy(args)
     node = None
-    executor = MultiThreadedExecutor(num_threads=threads)
+    executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
     log = logging.getLogger("ee_vla.ros")
     with ShutdownSignals() as signals:
         try:

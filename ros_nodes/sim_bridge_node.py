@@ -110,8 +110,8 @@ class SimBridgeNode(Node):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `ros2 run ee_vla sim_bridge_node`."""
-    # One executor thread: MuJoCo's GL context (EGL, OSMesa) is current in the thread that first
-    # rendered, and rendering from another thread fails (EGL_BAD_ACCESS).
+    # A single-threaded executor: MuJoCo's GL context (EGL, OSMesa) is current in the thread that
+    # first rendered, and rendering from another thread fails (EGL_BAD_ACCESS).
     spin_until_shutdown(SimBridgeNode, args, threads=1)
 
 

@@ -42,3 +42,39 @@ def test_soak_mode_reports_memory_delivery_and_bad_inputs(tmp_path):
     assert len(result["rss_samples"]) >= 2 and result["rss_server"]["start_mb"] > 0
     assert result["rss_policy_process"]["start_mb"] > 0  # the policy's child process is measured too
     assert int(result["deadline_misses"]) >= 0 and int(result["chunks_done"]) > 0
+
+
+def _transports() -> tuple[str, ...]:
+    import importlib.util
+    import shutil
+
+    ros = importlib.util.find_spec("rclpy") is not None and shutil.which("ros2") is not None
+    return ("dds", "rclpy-multi", "rclpy-single") if ros else ("dds",)
+
+
+@pytest.mark.timeout(400)
+def test_rate_mode_measures_each_transport_in_one_run(tmp_path):
+    """Rate mode, 2 s at 100 Hz: every transport (the rclpy node's on a multi- and a single-threaded
+    executor where ROS 2 is installed) delivers its commands to the same robot side, and the table
+    puts them side by side."""
+    from ros_nodes.bench import RosBenchConfig, format_table, run_bench
+
+    transports = _transports()
+    cfg = RosBenchConfig(
+        duration_s=2.0,
+        control_hz=100.0,
+        latency_trials=2,
+        transports=transports,
+        threads=1,
+        domain_id=150 + os.getpid() % 30,
+        out=str(tmp_path / "rate.json"),
+    )
+    result = run_bench(cfg)
+    assert json.loads((tmp_path / "rate.json").read_text()) == json.loads(json.dumps(result))
+    assert list(result["runs"]) == list(transports)
+    for name, run in result["runs"].items():
+        assert run["commands_sent_by_server"] > 0 and run["commands_received_total"] > 0, (name, run)
+        assert run["delivered_fraction"] is not None and run["commands_in_window"] > 0, (name, run)
+        assert run["latency_trials"] >= 1 and run["server_decode_latency_p50_ms"] is not None, (name, run)
+    table = format_table(result["runs"])
+    assert all(name in table.splitlines()[0] for name in transports) and "jitter p50 / p99" in table
