@@ -218,6 +218,7 @@ def test_active_node_ends_with_stop_command(tmp_path, how, command_type, topic):
             assert g.probe.count() == n_stop, "a second stop command after shutdown"
         else:
             node.signal(getattr(signal, how))
+            node.signal(getattr(signal, how))  # a second signal does not interrupt the stop and cleanup
             assert node.wait(timeout=30) == 0, node.log()[-3000:]
             assert_stopped_last(g.probe, n, node)
             assert f"{how} received: stopping" in node.log()
@@ -266,6 +267,25 @@ def test_parameters_via_ros2_cli(active_node):
     assert "Set parameter successful" in param_set("dry_run", "false")
     assert probe.wait_commands(3, after=n), "commands did not resume after dry_run false"
     assert lifecycle_state(g.env, NODE) == "active [3]" and node.running()
+
+
+def test_invalid_startup_parameters_fail_configure_with_reason(active_node):
+    """Invalid `-p` values on the command line do not kill the node: it comes up unconfigured, and
+    `configure` fails with the reason in its log; it stays up, unconfigured."""
+    g, _ = active_node
+    bad = g.start("bad_node", policy_node_argv("bad_node", **shipped_policy_params(command_type="joystick")))
+    states: list[str] = []
+    assert wait_for(lambda: states.append(lifecycle_state(g.env, "/bad_node")) or "[" in states[-1], timeout=90), (
+        states[-1:],
+        bad.log()[-3000:],
+    )
+    assert states[-1] == "unconfigured [1]"
+    out = g.cli("lifecycle", "set", "/bad_node", "configure")
+    assert "Transitioning failed" in out, out
+    assert "must be one of twist|array|trajectory, got 'joystick'" in bad.log()
+    assert lifecycle_state(g.env, "/bad_node") == "unconfigured [1]" and bad.running()
+    bad.signal(signal.SIGTERM)
+    assert bad.wait(timeout=30) == 0, bad.log()[-3000:]
 
 
 # ---- 3. QoS -------------------------------------------------------------------------------------
