@@ -7,6 +7,10 @@ the publish-rate monitor counts, but nothing leaves the process; the would-be co
 `CommandSink` also orders the output: the control tick (a timer thread) and the stop path
 (deactivate, cleanup, shutdown, a signal; another thread) publish under one lock, and `stop()`
 latches, so the stop command is the last message published until `activate()`.
+
+Switching `dry_run` on while commands are going out (`ros2 param set ... dry_run true`) publishes
+one stop command before going quiet: a controller that holds its last command (a
+forward_command_controller) must not be left executing a motion nobody sends any more.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class CommandSink:
         """Commands not published because they came after the stop command (counted, dropped)."""
         self._lock = threading.RLock()
         self._stopped = False
+        self._moving = False
+        """The last message published (not logged) was a command other than a stop command."""
 
     @property
     def stopped(self) -> bool:
@@ -95,9 +101,11 @@ class CommandSink:
             return self._send(emit)
 
     def _send(self, emit: Emit | None) -> bool:
+        params = self.runner.params
+        if params.dry_run and self._moving and self._publish_stop_going_dry(emit):
+            return True  # `emit` was the stop command: published, not logged
         if emit is None:
             return False
-        params = self.runner.params
         msg = build_command(self.m, emit, params, self.stamp())
         if msg is None:
             return False
@@ -119,8 +127,28 @@ class CommandSink:
         else:
             self.publish(msg)
             self.published += 1
+            self._moving = emit.kind != "stop"
         self.runner.record_sent()
         return True
+
+    def _publish_stop_going_dry(self, emit: Emit | None) -> bool:
+        """dry_run was switched on after published commands: publish one stop command (`emit` when it
+        is one, else the runner's) for real. True when `emit` was that stop command."""
+        self._moving = False
+        own = emit is not None and emit.kind == "stop"
+        # Built before `emit` is recorded as sent: keep_dims_on_zero keeps the last published values.
+        stop = emit if own else self.runner._stop_emit("dry_run switched on")
+        msg = None if stop is None else build_command(self.m, stop, self.runner.params, self.stamp())
+        if msg is not None:
+            self.publish(msg)
+            self.published += 1
+            self.log.warning(
+                "dry_run switched on while commanding: stop command published to %s; commands are logged from now on",
+                self.runner.params.resolved_command_topic,
+            )
+        if own:
+            self.runner.record_sent()
+        return own and msg is not None
 
     def tick(self) -> bool:
         """One control period: ask the runner what is due and send it (nothing after `stop()`)."""
