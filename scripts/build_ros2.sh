@@ -28,7 +28,7 @@
 # --packages-skip-build-finished to go on where it stopped.
 #
 # pytest 9 cannot load the pytest plugins of Jazzy's launch_testing(_ros) (they use the removed hook
-# argument `path`): with the prefix sourced, run pytest with -p no:launch_testing -p no:launch_ros.
+# argument `path`): ee_vla's pytest configuration (setup.cfg) disables them.
 #
 # Environment:
 #   ROS2_SRC            the sources (default ~/.cache/ee_vla/ros2-jazzy-src)
