@@ -77,6 +77,10 @@ class PolicyConfig:
     """Longest instruction accepted, in text tokens of the model's tokenizer (after the prompt's
     normalisation); a longer one is an `ObservationError`. Bounds the prompt, so the prefill's time
     and memory, whatever arrives on the instruction topic."""
+    unnorm_key: str | None = None
+    """OpenVLA checkpoints: the dataset whose action statistics un-normalise the actions."""
+    chunk_size: int | None = None
+    """Actions per call (None = the model's; see `ee_vla.runtime.RuntimeConfig.chunk_size`)."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)
@@ -137,21 +141,38 @@ class VLAPolicy:
         engine: str = "auto",
         compile_mode: str = "inductor",
         max_instruction_tokens: int = MAX_INSTRUCTION_TOKENS,
+        unnorm_key: str | None = None,
+        chunk_size: int | None = None,
     ) -> VLAPolicy:
-        """Load a saved policy (`VLA.save_pretrained`'s directory) with these runtime options
-        (`RuntimeConfig.load_policy` loads one from a `RuntimeConfig`)."""
+        """Load a saved policy (`VLA.save_pretrained`'s directory, or an OpenVLA checkpoint) with
+        these runtime options (`RuntimeConfig.load_policy` loads one from a `RuntimeConfig`)."""
         cfg = PolicyConfig(
-            as_decode_config(decoder), n_action_steps, device, dtype, engine, compile_mode, max_instruction_tokens
+            as_decode_config(decoder),
+            n_action_steps,
+            device,
+            dtype,
+            engine,
+            compile_mode,
+            max_instruction_tokens,
+            unnorm_key,
+            chunk_size,
         )
         return cls.from_config(path, cfg)
 
     @classmethod
     def from_config(cls, path: str | Path, config: PolicyConfig) -> VLAPolicy:
         """Load a saved policy onto `config.device` (auto = cuda when available) with `config`."""
-        from ee_vla.models.vla import VLA
+        from ee_vla.models import load_vla
 
         config = replace(config, device=resolve_device(config.device))
-        return cls(VLA.from_pretrained(path, device=config.device, dtype=getattr(torch, config.dtype)), config)
+        vla = load_vla(
+            path,
+            device=config.device,
+            dtype=getattr(torch, config.dtype),
+            unnorm_key=config.unnorm_key,
+            chunk_size=config.chunk_size,
+        )
+        return cls(vla, config)
 
     # ---- properties --------------------------------------------------------------------
     @property

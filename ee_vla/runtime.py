@@ -84,6 +84,13 @@ class RuntimeConfig:
     threads: int = 0
     """CPU threads of torch (intra-op); 0 = the cores available minus one, left to the rest of the
     loop (env stepping, the command timer; `ee_vla.threads`)."""
+    unnorm_key: str | None = None
+    """OpenVLA checkpoints: the dataset whose action statistics (norm_stats) un-normalise the
+    actions (None = the only one; with several, loading names them)."""
+    chunk_size: int | None = None
+    """Actions per decode call: None = the model's (its ee_vla.json; 1 for an OpenVLA checkpoint,
+    3 for the random models of `ee-vla bench` and the profiler). OpenVLA fine-tunes trained to emit
+    chunks are loaded with theirs; an ee_vla model's is fixed by its training."""
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -101,7 +108,9 @@ class RuntimeConfig:
             raise RuntimeConfigError(
                 f"RuntimeConfig.device must be a device name (auto, cpu, cuda, ...), got {self.device!r}"
             )
-        for name in ("max_iterations", "window", "n_action_steps"):
+        if self.unnorm_key is not None and (not isinstance(self.unnorm_key, str) or not self.unnorm_key.strip()):
+            raise RuntimeConfigError(f"RuntimeConfig.unnorm_key must be a dataset name, got {self.unnorm_key!r}")
+        for name in ("max_iterations", "window", "n_action_steps", "chunk_size"):
             _check_int(name, getattr(self, name), low=1, optional=True)
         _check_int("tau", self.tau, low=0, optional=True)
         _check_int("threads", self.threads, low=0, optional=False)
@@ -162,6 +171,8 @@ class RuntimeConfig:
             dtype=self.dtype,
             engine=self.engine,
             compile_mode=self.compile_mode,
+            unnorm_key=self.unnorm_key,
+            chunk_size=self.chunk_size,
         )
 
     def load_policy(self, path: str | Path, decoder: DecodeConfig | None = None, *, seed: int = 0):

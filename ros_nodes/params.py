@@ -60,11 +60,13 @@ RUNTIME_PARAMS = (
     "engine",
     "compile_mode",
     "threads",
+    "unnorm_key",
+    "chunk_size",
 )
 """The parameters that are `ee_vla.runtime.RuntimeConfig` fields, under the same names (the
 `--decoder`, `--max-iterations`, ... of `ee-vla eval`): `runtime_config()` builds one from them.
-A ROS parameter has no None: 0 (max_iterations, window, deadline_s), -1 (tau) and "" (init) stand
-for RuntimeConfig's None, the decoder preset's value."""
+A ROS parameter has no None: 0 (max_iterations, window, deadline_s, chunk_size), -1 (tau) and ""
+(init, unnorm_key) stand for RuntimeConfig's None: the decoder preset's or the model's value."""
 
 CommandType = Literal["twist", "array", "trajectory"]
 
@@ -105,6 +107,10 @@ class PolicyParams:
     threads: int = 0
     """CPU threads of torch (intra-op) decoding the policy; 0 = the cores available minus one, left
     to the command timer and the transport (ee_vla.threads)."""
+    unnorm_key: str = ""
+    """OpenVLA checkpoints: the dataset whose action statistics un-normalise the actions (empty: the only one)."""
+    chunk_size: int = 0
+    """Actions per decode call (0: the model's; an OpenVLA fine-tune trained on chunks: its chunk)."""
     decode_nice: int = 10
     """Niceness of the decoding process/thread (Linux, 0-19): the command timer wins a busy CPU."""
     instruction: str = ""
@@ -192,6 +198,8 @@ class PolicyParams:
             engine=self.engine,  # type: ignore[arg-type]
             compile_mode=self.compile_mode,  # type: ignore[arg-type]
             threads=self.threads,
+            unnorm_key=self.unnorm_key or None,
+            chunk_size=self.chunk_size or None,
         )
 
     @property
@@ -321,6 +329,8 @@ _CHECKS = {
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256
         else f"must be an integer in [0, 256], got {v!r}"
     ),
+    "unnorm_key": _string,
+    "chunk_size": lambda v: _int_in(v, 0, 64),
     "decode_nice": lambda v: (
         None
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 19

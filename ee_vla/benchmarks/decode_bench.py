@@ -47,8 +47,6 @@ class DecodeBenchConfig:
     """Untimed calls per decoder before timing."""
     batch_size: int = 1
     """Observations decoded per call."""
-    chunk_size: int = 3
-    """Actions per chunk of a random preset model (a saved policy keeps its own)."""
     seed: int = 0
     """Seed of the random observations (and of a random model)."""
     out: Path = Path("outputs/bench")
@@ -91,7 +89,8 @@ def _policy(cfg: DecodeBenchConfig):
     if not path.exists():
         if cfg.model not in PRESETS:
             raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})")
-        path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, cfg.chunk_size, cfg.seed)
+        chunk = cfg.runtime.chunk_size or 3  # a random preset model's: --chunk-size, else 3
+        path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, chunk, cfg.seed)
     return VLAPolicy.from_config(path, cfg.runtime.policy_config(DecodeConfig.preset("ar")))
 
 

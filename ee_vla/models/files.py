@@ -16,13 +16,19 @@ class ModelLoadError(RuntimeError):
 
 
 def check_model_dir(path: str | Path, what: str = "policy path") -> Path:
-    """`path` as a Path, if it is a directory with the files of a saved policy; else ModelLoadError.
+    """`path` as a Path, if it is a directory with the files of a saved policy (an ee_vla model or
+    an OpenVLA checkpoint); else ModelLoadError.
 
     Imports nothing heavy: callers (the CLI, the ROS node before it spawns its policy process) check
     a path at once instead of after torch and transformers have loaded."""
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"{what} {path} is not a directory")
+    from ee_vla.models.openvla.format import is_openvla_dir, read_openvla
+
+    if is_openvla_dir(path):
+        read_openvla(path)  # its configuration, tokenizer files and weights' headers
+        return path
     missing = [f for f in MODEL_FILES if not (path / f).is_file()]
     if missing:
         raise ModelLoadError(f"{what} {path} is not an ee_vla model directory: missing {', '.join(missing)}")

@@ -182,6 +182,7 @@ class VLA:
         prompt_template: str = PROMPT_TEMPLATE,
         meta: dict | None = None,
         contract: dict | None = None,
+        image_token_id: int | None = None,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -198,7 +199,7 @@ class VLA:
         self.contract = dict(contract or {})
         """What the training data fixed (`ee_vla.models.contract.recorded_contract`: control rate,
         env ids, action space), saved as the `contract` section of `ee_vla.json`."""
-        self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids("<image>") if image_token_id is None else image_token_id
         self.n_image_tokens = model.config.image_seq_length
         at = action_tokenizer
         if at.last_token_id >= len(tokenizer) or at.first_token_id < 0:

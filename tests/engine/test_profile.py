@@ -14,8 +14,7 @@ from ee_vla.runtime import RuntimeConfig
 def test_profile_smoke_on_the_tiny_shape(tmp_path, capsys):
     cfg = ProfileConfig(
         shape="tiny",
-        runtime=RuntimeConfig(dtype="float64", device="cpu"),
-        chunk_size=1,
+        runtime=RuntimeConfig(dtype="float64", device="cpu", chunk_size=1),
         calls=2,
         warmup=1,
         step_iters=3,

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device (auto = cuda when available)")
     p.add_argument("--dtype", default=d.runtime.dtype, choices=DTYPES)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size)
+    p.add_argument("--chunk-size", type=int, default=3, help="actions per chunk (7 tokens each)")
     p.add_argument("--prefix-len", type=int, default=None)
     p.add_argument("--left-pad", type=int, default=d.left_pad)
     p.add_argument(
@@ -116,10 +116,14 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
     return ProfileConfig(
         shape=a.shape,
         runtime=RuntimeConfig(
-            device=a.device, dtype=a.dtype, compile_mode=a.compile_mode, max_iterations=a.max_iterations, tau=a.tau
+            device=a.device,
+            dtype=a.dtype,
+            compile_mode=a.compile_mode,
+            max_iterations=a.max_iterations,
+            tau=a.tau,
+            chunk_size=a.chunk_size,
         ),
         batch_size=a.batch_size,
-        chunk_size=a.chunk_size,
         prefix_len=a.prefix_len,
         left_pad=a.left_pad,
         engines=tuple(a.engines),

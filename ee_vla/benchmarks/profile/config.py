@@ -32,8 +32,6 @@ class ProfileConfig:
     `decoders` rather than running one engine and decoder."""
     batch_size: int = 1
     """Observations per call (fixed per engine)."""
-    chunk_size: int = 3
-    """Actions per chunk (7 tokens each)."""
     prefix_len: int | None = None
     """LM shapes: prefix tokens (None: the shape's, 276 for OpenVLA)."""
     left_pad: int = 0
@@ -82,12 +80,16 @@ class ProfileConfig:
     plots: bool = True
     """Save the PNG."""
 
+    @property
+    def chunk_size(self) -> int:
+        """Actions per chunk (7 tokens each): `runtime.chunk_size`, 3 when not given."""
+        return self.runtime.chunk_size or 3
+
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ValueError(f"ProfileConfig.shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
         for name, v in (
             ("batch_size", self.batch_size),
-            ("chunk_size", self.chunk_size),
             ("calls", self.calls),
             ("step_iters", self.step_iters),
         ):

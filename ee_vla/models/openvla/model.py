@@ -1,0 +1,108 @@
+"""`OpenVLA`: a `VLA` over an OpenVLA checkpoint (see the package docstring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
+from ee_vla.models.files import ModelLoadError
+from ee_vla.models.openvla.format import EMPTY_TOKEN_ID, OpenVLAFormat, read_openvla
+from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
+
+
+def action_stats(fmt: OpenVLAFormat, unnorm_key: str | None) -> ActionStats:
+    """The chosen dataset's action statistics as ee_vla's `ActionStats` (mask: all True if absent)."""
+    a = fmt.action_stats(unnorm_key)
+    n = len(a["q01"])
+    extra = {k: list(a[k]) for k in ("mean", "std", "min", "max") if isinstance(a.get(k), list) and len(a[k]) == n}
+    return ActionStats(
+        q01=[float(x) for x in a["q01"]],
+        q99=[float(x) for x in a["q99"]],
+        mask=[bool(x) for x in a.get("mask", [True] * n)],
+        **extra,
+    )
+
+
+class OpenVLA(VLA):
+    """A `VLA` over an OpenVLA checkpoint: OpenVLA's prompt, image processing and action bins."""
+
+    def __init__(self, model, tokenizer, fmt: OpenVLAFormat, unnorm_key: str | None = None, chunk_size: int = 1):
+        from ee_vla.models.openvla.network import image_token_id
+
+        self.format = fmt
+        self.unnorm_key = fmt.unnorm_key(unnorm_key)
+        at = ActionTokenizer.openvla(action_stats(fmt, self.unnorm_key), fmt.vocab_size, n_bins=fmt.n_action_bins)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token_id = fmt.pad_token_id
+        super().__init__(
+            model,
+            tokenizer,
+            at,
+            chunk_size,
+            image_size=fmt.transforms[0].size,
+            prompt_template=PROMPT_TEMPLATE,
+            meta={"format": "openvla", "path": str(fmt.path), "unnorm_key": self.unnorm_key},
+            image_token_id=image_token_id(fmt),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        unnorm_key: str | None = None,
+        chunk_size: int = 1,
+    ) -> OpenVLA:
+        """Load an OpenVLA checkpoint directory (single or sharded safetensors) onto `device`."""
+        from transformers import AutoTokenizer
+
+        from ee_vla.models.openvla.network import build_network, load_weights
+        from ee_vla.models.vla import _transformers_quiet
+
+        _transformers_quiet()
+        fmt = read_openvla(path)
+        try:
+            fmt.unnorm_key(unnorm_key)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from None
+        try:
+            tok = AutoTokenizer.from_pretrained(fmt.path)
+        except Exception as e:  # transformers raises many types for broken files
+            raise ModelLoadError(f"could not load the tokenizer in {fmt.path}: {e}") from e
+        net = build_network(fmt)
+        load_weights(net, fmt, device=device, dtype=dtype or torch.float32)
+        return cls(net.eval(), tok, fmt, unnorm_key=unnorm_key, chunk_size=chunk_size)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        raise NotImplementedError("ee_vla does not write OpenVLA-format checkpoints")
+
+    # ---- inputs -------------------------------------------------------------------------
+    def preprocess_images(self, pixels: np.ndarray) -> torch.Tensor:
+        from ee_vla.models.openvla.processor import preprocess
+
+        x = preprocess(np.asarray(pixels), self.format.transforms, self.format.resize_strategy)
+        return x.to(device=self.device, dtype=self.model.dtype)
+
+    def prompt_text(self, instruction: str, template: str | None = None) -> str:
+        """OpenVLA's prompt: the instruction lower-cased (and stripped) in the template."""
+        return (template or self.prompt_template).format(instruction=instruction.strip().lower())
+
+    def _head_ids(self, instruction: str, template: str | None) -> list[int]:
+        key = (instruction, template)
+        ids = self._prompt_cache.get(key)
+        if ids is None:
+            text_ids = self.tokenizer(self.prompt_text(instruction, template)).input_ids
+            bos = self.tokenizer.bos_token_id
+            if text_ids and text_ids[0] == bos:
+                text_ids = text_ids[1:]
+            if not text_ids or text_ids[-1] != EMPTY_TOKEN_ID:
+                text_ids = [*text_ids, EMPTY_TOKEN_ID]
+            ids = [bos] + [self.image_token_id] * self.n_image_tokens + text_ids
+            if len(self._prompt_cache) > 4096:
+                self._prompt_cache.clear()
+            self._prompt_cache[key] = ids
+        return ids
