@@ -58,7 +58,7 @@ class OpenVLA(VLA):
         chunk_size: int = 1,
     ) -> OpenVLA:
         """Load an OpenVLA checkpoint directory (single or sharded safetensors) onto `device`."""
-        from transformers import AutoTokenizer
+        from transformers import PreTrainedTokenizerFast
 
         from ee_vla.models.openvla.network import build_network, load_weights
         from ee_vla.models.vla import _transformers_quiet
@@ -70,7 +70,9 @@ class OpenVLA(VLA):
         except ValueError as e:
             raise ModelLoadError(str(e)) from None
         try:
-            tok = AutoTokenizer.from_pretrained(fmt.path)
+            # tokenizer.json as it is (AutoTokenizer would read config.json's auto_map and ask
+            # to run the checkpoint's own code)
+            tok = PreTrainedTokenizerFast.from_pretrained(fmt.path)
         except Exception as e:  # transformers raises many types for broken files
             raise ModelLoadError(f"could not load the tokenizer in {fmt.path}: {e}") from e
         net = build_network(fmt)

@@ -29,6 +29,13 @@ from ee_vla.models.files import ModelLoadError
 from ee_vla.models.openvla.format import TOWER_PREFIXES, OpenVLAFormat, TowerSpec
 
 
+def _int_ratio(t: TowerSpec) -> int:
+    """transformers' DINOv2 sizes its MLP as an integer multiple of the width (timm's is 4x)."""
+    if t.mlp_hidden % t.embed_dim:
+        raise ModelLoadError(f"{t.timm_id}: MLP width {t.mlp_hidden} is not a multiple of {t.embed_dim}")
+    return t.mlp_hidden // t.embed_dim
+
+
 def _tower_module(t: TowerSpec) -> nn.Module:
     """A transformers vision transformer with `t`'s sizes and depth - 1 blocks."""
     if t.kind == "dinov2":
@@ -38,7 +45,7 @@ def _tower_module(t: TowerSpec) -> nn.Module:
             hidden_size=t.embed_dim,
             num_hidden_layers=t.depth - 1,
             num_attention_heads=t.num_heads,
-            mlp_ratio=(t.mlp_hidden + 0.5) / t.embed_dim,  # transformers takes int(hidden * ratio)
+            mlp_ratio=_int_ratio(t),
             image_size=t.image_size,
             patch_size=t.patch_size,
             num_register_tokens=t.reg_tokens,
@@ -147,6 +154,8 @@ def _tower_keys(target: set[str], prefix: str, kind: str, depth: int) -> dict[st
             "reg_token": "embeddings.register_tokens",
             "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
             "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+            "norm.weight": "layernorm.weight",  # the final norm: loaded, not used (block depth-2's output is)
+            "norm.bias": "layernorm.bias",
         }
         layer, attn = "encoder.layer.{i}.", ("attention.{p}_proj" if new_dino else "attention.attention.{q}")
         out = "attention.o_proj" if new_dino else "attention.output.dense"
@@ -156,6 +165,8 @@ def _tower_keys(target: set[str], prefix: str, kind: str, depth: int) -> dict[st
         m |= {
             "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
             "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+            "norm.weight": "post_layernorm.weight",
+            "norm.bias": "post_layernorm.bias",
         }
         layer, attn, out = "encoder.layers.{i}.", "self_attn.{p}_proj", "self_attn.out_proj"
         names = {"norm1": "layer_norm1", "norm2": "layer_norm2"}
@@ -211,7 +222,7 @@ def load_weights(net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dt
         else:
             state[f"model.vision_tower.towers.{i}.embeddings.position_embedding.weight"] = pos[0]
         used |= {k for k in src if k.startswith(prefix + f"blocks.{t.depth - 1}.")}  # not built
-        used |= {k for k in src if k.startswith((prefix + "norm.", prefix + "attn_pool.", prefix + "fc_norm."))}
+        used |= {k for k in src if k.startswith((prefix + "attn_pool.", prefix + "fc_norm."))}  # heads: unused
     for k, v in src.items():
         if k.startswith("projector."):
             state["model.multi_modal_projector." + k.split(".", 1)[1]] = v
@@ -246,7 +257,8 @@ def _rebuild_buffers(net, device: str | torch.device) -> None:
     """The buffers a checkpoint does not hold (computed at construction): rotary frequencies and
     position ids, rebuilt on `device` after the meta-device construction."""
     lm = net.model.language_model
-    lm.rotary_emb = type(lm.rotary_emb)(config=lm.config, device=device)
+    with torch.device(device):
+        lm.rotary_emb = type(lm.rotary_emb)(config=lm.config)
     for module in net.modules():
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta and name == "position_ids":
