@@ -39,8 +39,9 @@ def ros2_cli() -> str | None:
 
 
 def new_domain_id() -> int:
-    """A domain id for one test (30-99: well-known DDS ports below the ephemeral port range)."""
-    return random.SystemRandom().randint(30, 99)
+    """A random domain id (30-160) for one test, so that graphs of tests running at the same time
+    rarely meet."""
+    return random.SystemRandom().randint(30, 160)
 
 
 def graph_env(domain_id: int) -> dict[str, str]:
