@@ -32,11 +32,16 @@ class DecodeBenchConfig:
     decoder, timed per call (JSON and PNG plots in `out`)."""
 
     model: str = "tiny"
-    """A policy directory, or a preset name (tiny | small) for a randomly initialised model."""
+    """A policy directory (ee_vla or OpenVLA format), or a preset name for a randomly initialised
+    model: tiny | small (ee_vla's) | openvla-7b | openvla-tiny (OpenVLA's network: both vision
+    towers and the LLM; needs `--tokenizer`)."""
     decoders: tuple[str, ...] = ()
     """Decoders to compare (presets of DecodeConfig; empty = ar, jacobi and `--decoder`); 'ar' is
     the speedup reference. The decoder options (`--max-iterations`, `--tau`, ...) apply to each
-    decoder they are valid for."""
+    decoder they are valid for. `hf_generate` times transformers' `generate` on the eager model
+    (greedy, the chunk's tokens; what OpenVLA's `predict_action` runs), image in -> actions out."""
+    tokenizer: Path | None = None
+    """The random OpenVLA presets: a directory with a Llama-2 tokenizer (tokenizer.json)."""
     runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
     """How the policy runs (`ee_vla.runtime.RuntimeConfig`, the options of `ee-vla eval`):
     `--decoder`, `--max-iterations`, `--tau`, ..., `--device` (auto = cuda when available),
@@ -65,7 +70,8 @@ class DecodeBenchConfig:
             self.decoders = tuple(dict.fromkeys(("ar", "jacobi", self.runtime.decoder)))
         self.decoders = tuple(self.decoders)
         for d in self.decoders:
-            DecodeConfig.preset(d)  # raises with the list of known names
+            if d != HF_GENERATE:
+                DecodeConfig.preset(d)  # raises with the list of known names
 
     def check_inputs(self) -> None:
         """A `model` that names a directory holds a saved policy (no torch: the CLI runs it first)."""
@@ -73,6 +79,15 @@ class DecodeBenchConfig:
             from ee_vla.models import check_model_dir
 
             check_model_dir(self.model, "DecodeBenchConfig.model:")
+        elif self.model.startswith("openvla-") and (self.tokenizer is None or not self.tokenizer.is_dir()):
+            raise ValueError(
+                f"DecodeBenchConfig.tokenizer: --model {self.model} needs --tokenizer, a directory with a Llama-2 "
+                f"tokenizer, got {self.tokenizer}"
+            )
+
+
+HF_GENERATE = "hf_generate"
+"""The baseline decoder name: transformers' `generate` on the eager model."""
 
 
 def decoder_config(name: str, cfg: DecodeBenchConfig) -> DecodeConfig:
@@ -86,9 +101,19 @@ def _policy(cfg: DecodeBenchConfig):
     from ee_vla.policy import VLAPolicy
 
     path = Path(cfg.model)
+    if not path.exists() and cfg.model.startswith("openvla-"):
+        import torch
+
+        from ee_vla.models.openvla.random import random_openvla
+
+        rt = cfg.runtime
+        size = cfg.model.removeprefix("openvla-")
+        vla = random_openvla(size, cfg.tokenizer, rt.device, getattr(torch, rt.dtype), rt.chunk_size or 1, cfg.seed)
+        return VLAPolicy(vla, rt.policy_config(DecodeConfig.preset("ar")))
     if not path.exists():
         if cfg.model not in PRESETS:
-            raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({', '.join(PRESETS)})")
+            names = ", ".join([*PRESETS, "openvla-7b", "openvla-tiny"])
+            raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({names})")
         chunk = cfg.runtime.chunk_size or 3  # a random preset model's: --chunk-size, else 3
         path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, chunk, cfg.seed)
     return VLAPolicy.from_config(path, cfg.runtime.policy_config(DecodeConfig.preset("ar")))
@@ -117,6 +142,9 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
     n_act = policy.chunk_size * cfg.batch_size
     results: dict[str, dict] = {}
     for name in cfg.decoders:
+        if name == HF_GENERATE:
+            results[name] = _time_generate(policy, obs, cfg)
+            continue
         policy.decoder = decoder_config(name, cfg)
         for _ in range(cfg.warmup):
             policy.reset()
@@ -149,9 +177,10 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             "chunks_per_s": cfg.calls / total,
             "call_s": calls.samples,
         }
-    ref = results.get("ar")
+    ref, hf = results.get("ar"), results.get(HF_GENERATE)
     for r in results.values():
         r["speedup_vs_ar"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+        r["speedup_vs_hf_generate"] = r["tokens_per_s"] / hf["tokens_per_s"] if hf else None
         r["forward_pass_reduction_vs_ar"] = (
             ref["forward_passes_per_chunk"] / r["forward_passes_per_chunk"] if ref else None
         )
@@ -176,11 +205,52 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
     return out
 
 
+def _time_generate(policy, obs: dict, cfg: DecodeBenchConfig) -> dict:
+    """`generate` (greedy, DynamicCache, one token per forward) on the eager model, image in ->
+    actions out: the baseline OpenVLA's `predict_action` runs."""
+    import torch
+
+    vla, dev = policy.vla, cfg.runtime.device
+    n = vla.n_action_tokens
+
+    def call() -> np.ndarray:
+        inputs = vla.build_inputs(obs["pixels"], obs["instruction"], obs.get("agent_pos"))
+        with torch.inference_mode():
+            out = vla.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return vla.tokens_to_actions(out[:, -n:].cpu().numpy())
+
+    for _ in range(cfg.warmup):
+        call()
+    calls = LatencyRecorder()
+    for _ in range(cfg.calls):
+        with calls.time(dev):
+            call()
+    total = calls.total
+    n_tok, n_act = n * cfg.batch_size, policy.chunk_size * cfg.batch_size
+    nan = {k: (v if k == "n" else float("nan")) for k, v in calls.summary_ms().items()}
+    return {
+        "decoder": {"method": HF_GENERATE},
+        "call_ms": calls.summary_ms(),
+        "prefill_ms": nan,
+        "iteration_ms": nan,
+        "first_action_ms": calls.summary_ms(),  # generate returns the whole chunk at once
+        "iterations_per_chunk": float(n - 1),
+        "iterations_hist": [0] * (n - 1) + [cfg.calls],
+        "forward_passes_per_chunk": float(n),
+        "tokens_per_s": n_tok * cfg.calls / total,
+        "actions_per_s": n_act * cfg.calls / total,
+        "chunks_per_s": cfg.calls / total,
+        "call_s": calls.samples,
+    }
+
+
 def format_table(out: dict) -> str:
+    """The results, one row per decoder; `vs gen` = tokens/s relative to `hf_generate` when it ran."""
     env = out["environment"]
+    gen = any(r.get("speedup_vs_hf_generate") for r in out["results"].values())
     head = (
-        f"{'decoder':<8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} "
-        f"{'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'speedup':>8}"
+        f"{'decoder':<11} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} "
+        f"{'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'vs ar':>8}" + (f" {'vs gen':>8}" if gen else "")
     )
     lines = [
         f"device: {env.get('device_name', out['config']['device'])}  dtype: {out['config']['dtype']}  "
@@ -189,12 +259,12 @@ def format_table(out: dict) -> str:
         "-" * len(head),
     ]
     for name, r in out["results"].items():
-        sp = r["speedup_vs_ar"]
+        ratios = [r["speedup_vs_ar"]] + ([r.get("speedup_vs_hf_generate")] if gen else [])
         lines.append(
-            f"{name:<8} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
+            f"{name:<11} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
             f"{r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} {r['iterations_per_chunk']:>6.2f} "
             f"{r['forward_passes_per_chunk']:>5.1f} {r['tokens_per_s']:>8.1f} {r['actions_per_s']:>8.1f} "
-            f"{r['first_action_ms']['p50']:>8.2f} {f'{sp:.2f}x' if sp else '-':>8}"
+            f"{r['first_action_ms']['p50']:>8.2f}" + "".join(f" {f'{x:.2f}x' if x else '-':>8}" for x in ratios)
         )
     return "\n".join(lines)
 

@@ -98,6 +98,8 @@ class OpenVLAFormat:
     resize_strategy: str
     """resize-naive | resize-crop | letterbox."""
     transforms: tuple[ImageTransform, ...]
+    letterbox_fill: tuple[int, int, int]
+    """The letterbox border's colour (the processor's: int(255 * mean) of the last tower)."""
     text_config: dict[str, Any]
     norm_stats: dict[str, Any]
     n_action_bins: int
@@ -263,6 +265,23 @@ def _transforms(pre: dict[str, Any], n: int, where: Path) -> tuple[ImageTransfor
     return tuple(out)
 
 
+def read_image_processor(
+    path: Path, n_towers: int, strategy: str | None = None
+) -> tuple[str, tuple[ImageTransform, ...], tuple[int, int, int]]:
+    """(resize strategy, one transform per tower, letterbox fill) of `path`'s preprocessor_config.json;
+    the values the processor saved (`tvf_letterbox_fill`) win over ones derived from the means."""
+    where = path / "preprocessor_config.json"
+    pre = _json(where)
+    strategy = str(pre.get("image_resize_strategy") or strategy or "letterbox")
+    if strategy not in ("resize-naive", "resize-crop", "letterbox"):
+        raise ModelLoadError(f"{where}: image_resize_strategy {strategy!r} is not supported")
+    transforms = _transforms(pre, n_towers, where)
+    fill = pre.get("tvf_letterbox_fill") or [int(m * 255) for m in transforms[-1].mean]
+    if len(fill) != 3:
+        raise ModelLoadError(f"{where}: tvf_letterbox_fill must be 3 values, got {fill}")
+    return strategy, transforms, (int(fill[0]), int(fill[1]), int(fill[2]))
+
+
 def read_openvla(path: str | Path) -> OpenVLAFormat:
     """Read and check an OpenVLA checkpoint's configuration (no torch); ModelLoadError naming the
     file and the field when something is missing, corrupt or unsupported."""
@@ -293,10 +312,7 @@ def read_openvla(path: str | Path) -> OpenVLAFormat:
             raise ModelLoadError(f"{where}: norm_stats[{key!r}] has no action q01/q99 ({e!r})") from e
         if len(q01) != len(q99) or not q01:
             raise ModelLoadError(f"{where}: norm_stats[{key!r}] action q01 and q99 differ in length")
-    strategy = str(cfg.get("image_resize_strategy", "letterbox"))
-    if strategy not in ("resize-naive", "resize-crop", "letterbox"):
-        raise ModelLoadError(f"{where}: image_resize_strategy {strategy!r} is not supported")
-    pre = _json(path / "preprocessor_config.json")
+    strategy, transforms, fill = read_image_processor(path, len(towers), cfg.get("image_resize_strategy"))
     if "vocab_size" not in text:
         raise ModelLoadError(f"{where}: text_config has no vocab_size")
     return OpenVLAFormat(
@@ -305,7 +321,8 @@ def read_openvla(path: str | Path) -> OpenVLAFormat:
         towers=towers,
         projector_layers=layers,
         resize_strategy=strategy,
-        transforms=_transforms(pre, len(towers), path / "preprocessor_config.json"),
+        transforms=transforms,
+        letterbox_fill=fill,
         text_config=text,
         norm_stats=norm_stats,
         n_action_bins=int(cfg.get("n_action_bins", 256)),

@@ -86,7 +86,8 @@ class OpenVLA(VLA):
     def preprocess_images(self, pixels: np.ndarray) -> torch.Tensor:
         from ee_vla.models.openvla.processor import preprocess
 
-        x = preprocess(np.asarray(pixels), self.format.transforms, self.format.resize_strategy)
+        fmt = self.format
+        x = preprocess(np.asarray(pixels), fmt.transforms, fmt.resize_strategy, fmt.letterbox_fill)
         return x.to(device=self.device, dtype=self.model.dtype)
 
     def prompt_text(self, instruction: str, template: str | None = None) -> str:

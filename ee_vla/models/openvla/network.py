@@ -255,13 +255,13 @@ def load_weights(net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dt
 
 def _rebuild_buffers(net, device: str | torch.device) -> None:
     """The buffers a checkpoint does not hold (computed at construction): rotary frequencies and
-    position ids, rebuilt on `device` after the meta-device construction."""
+    position ids, rebuilt on `device` after a construction on the meta device (or `to_empty`)."""
     lm = net.model.language_model
     with torch.device(device):
         lm.rotary_emb = type(lm.rotary_emb)(config=lm.config)
     for module in net.modules():
         for name, buf in list(module.named_buffers(recurse=False)):
-            if buf.is_meta and name == "position_ids":
+            if name == "position_ids":
                 module.register_buffer(
                     name, torch.arange(buf.shape[-1], device=device).expand(buf.shape), persistent=False
                 )

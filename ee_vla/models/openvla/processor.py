@@ -55,9 +55,11 @@ def _to_input(img: Image.Image, t: ImageTransform) -> torch.Tensor:
     return x.sub(mean).div(std)
 
 
-def preprocess(pixels: np.ndarray, transforms: tuple[ImageTransform, ...], strategy: str) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB -> (B, 3 * len(transforms), S, S) float32, as OpenVLA's processor."""
-    fill = tuple(int(m * 255) for m in transforms[-1].mean)
+def preprocess(
+    pixels: np.ndarray, transforms: tuple[ImageTransform, ...], strategy: str, fill: tuple[int, int, int]
+) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3 * len(transforms), S, S) float32, as OpenVLA's processor
+    (`fill`: the letterbox border's colour)."""
     out = []
     for arr in pixels:
         img = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
