@@ -137,7 +137,8 @@ class PolicyParams:
     contract in its ee_vla.json; 20 Hz when it records none). A rate that differs from
     the policy's is used, with one warning at configure."""
     dry_run: bool = True
-    """Log the commands instead of publishing them (the safe default: opt in to move a robot)."""
+    """Log the commands instead of publishing them (the safe default: opt in to move a robot);
+    switched on while commanding, one stop command is published first."""
     action_low: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
     """Per-dimension lower limit every command is clipped to (one value per action dim)."""
     action_high: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
