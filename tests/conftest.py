@@ -26,6 +26,24 @@ def tiny_vla_dir(tmp_path_factory):
     return create_random_vla_dir(tmp_path_factory.mktemp("models") / "tiny", preset="tiny", chunk_size=3)
 
 
+@pytest.fixture(scope="session")
+def openvla_dir(tmp_path_factory):
+    """The OpenVLA conformance checkpoint (tests/fixtures/openvla), with its toy towers' heads
+    given in config.json as `timm_model_args` (the timm ids alone would mean the real sizes)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "openvla"
+    ref = json.loads((fixtures / "reference.json").read_text())["checkpoints"]["A"]
+    dst = tmp_path_factory.mktemp("openvla") / ref["path"]
+    shutil.copytree(fixtures / ref["path"], dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["timm_model_args"] = [ref["timm_overrides"][t] for t in cfg["timm_model_ids"]]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line when tests skipped for want of ROS 2 (rclpy, launch), saying how to run them."""
     import importlib.util

@@ -500,3 +500,12 @@ def test_envs_render_at_the_policys_image_size(tiny_policy_dir, tmp_path, sim_en
     monkeypatch.setattr(rollout, "_make_env", spy)
     evaluate(make_cfg(tiny_policy_dir, tmp_path / "c", env=[sim_env_id], episodes=1, num_envs=1, vector="sync"))
     assert seen and set(seen) == {(64, 64, 3)}, seen
+
+
+def test_an_openvla_checkpoint_is_evaluated_with_its_unnorm_key(openvla_dir, tmp_path):
+    """`ee-vla eval --policy OPENVLA_DIR --unnorm-key K`: the checkpoint loads natively and runs
+    episodes; without the key (it has two datasets' statistics) the error names them."""
+    info = evaluate(make_cfg(openvla_dir, tmp_path / "a", episodes=2, unnorm_key="bridge_orig", decoder="ceed"))
+    assert len(info["per_episode"]) == 2 and info["policy"]["chunk_size"] == 1
+    with pytest.raises(ModelLoadError, match="fractal20220817_data"):
+        evaluate(make_cfg(openvla_dir, tmp_path / "b", episodes=1))

@@ -3,7 +3,8 @@ prismatic/extern/hf), whose outputs on tiny random checkpoints are the fixtures 
 tests/fixtures/openvla (scripts/make_openvla_fixtures.py made them; the reference is not here).
 
 The fixture's towers are smaller than their timm models, so their attention heads are given as
-`timm_model_args` in a copy of its config.json, as such a checkpoint has to."""
+`timm_model_args` in a copy of its config.json (`openvla_dir`, tests/conftest.py), as such a
+checkpoint has to."""
 
 from __future__ import annotations
 
@@ -32,14 +33,8 @@ def arrays():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """Checkpoint A, with the heads of its toy towers in config.json (`timm_model_args`)."""
-    dst = tmp_path_factory.mktemp("openvla") / CKPT["path"]
-    shutil.copytree(FIXTURES / CKPT["path"], dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["timm_model_args"] = [CKPT["timm_overrides"][t] for t in cfg["timm_model_ids"]]
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
+def ckpt(openvla_dir) -> Path:
+    return openvla_dir
 
 
 @pytest.fixture(scope="module")

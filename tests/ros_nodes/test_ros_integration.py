@@ -184,3 +184,28 @@ def test_a_path_that_is_no_model_fails_before_a_policy_process_starts(tmp_path):
         with pytest.raises(ModelLoadError, match=match):
             load_policy(PolicyParams(model_path=str(path), policy_process=True))
     assert multiprocessing.active_children() == []
+
+
+def test_the_runner_commands_with_an_openvla_checkpoint(openvla_dir):
+    """The node's runner with an OpenVLA checkpoint (`unnorm_key` parameter): configure loads it
+    natively, an image gives actions un-normalised with that dataset's statistics."""
+    params = PolicyParams(
+        model_path=str(openvla_dir),
+        unnorm_key="fractal20220817_data",
+        policy_process=False,
+        instruction="pick up the red block",
+        decoder="ceed",
+        device="cpu",
+        command_type="array",
+        image_timeout_s=1000.0,
+        decode_deadline_s=1000.0,
+    )
+    runner = PolicyRunner(params, threaded=False)
+    runner.configure()
+    assert runner.policy.chunk_size == 1 and runner.policy.vla.unnorm_key == "fractal20220817_data"
+    runner.activate()
+    runner.on_image(np.zeros((40, 56, 3), np.uint8))
+    assert runner.process_pending()
+    emit = runner.tick()
+    assert emit is not None and emit.kind == "action" and np.isfinite(emit.actions).all()
+    runner.cleanup()
