@@ -29,7 +29,7 @@ def create_random_vla_dir(path: str | Path, preset: str = "tiny", chunk_size: in
 
 def load_vla(path: str | Path, device="cpu", dtype=None, unnorm_key: str | None = None, chunk_size: int | None = None):
     """The VLA saved in `path`: an ee_vla model directory (`VLA.from_pretrained`) or an OpenVLA
-    checkpoint (`OpenVLA.from_pretrained`, with `unnorm_key` and `chunk_size`, default 1). An ee_vla
+    checkpoint (`OpenVLA.from_pretrained`, with `unnorm_key` and `chunk_size`, default its own). An ee_vla
     model's chunk size and action statistics are its own: a different `chunk_size`, or an
     `unnorm_key`, is a ValueError."""
     from ee_vla.models.openvla.format import is_openvla_dir
@@ -37,8 +37,7 @@ def load_vla(path: str | Path, device="cpu", dtype=None, unnorm_key: str | None 
     if is_openvla_dir(path):
         from ee_vla.models.openvla import OpenVLA
 
-        chunk = chunk_size or 1
-        return OpenVLA.from_pretrained(path, device=device, dtype=dtype, unnorm_key=unnorm_key, chunk_size=chunk)
+        return OpenVLA.from_pretrained(path, device=device, dtype=dtype, unnorm_key=unnorm_key, chunk_size=chunk_size)
     if unnorm_key is not None:
         raise ValueError(f"unnorm_key applies to OpenVLA checkpoints; {path} is an ee_vla model (own statistics)")
     from ee_vla.models.vla import VLA

@@ -174,3 +174,36 @@ def test_the_letterbox_processor_of_a_single_tower_gives_the_references_pixels(a
         key = c["pixel_values"].get("npz_key")
         if key:  # stored as float16
             np.testing.assert_allclose(px.numpy(), arrays[key].reshape(px.shape).astype(np.float64), atol=2e-3)
+
+
+def test_save_pretrained_writes_the_openvla_layout_back(ckpt, tmp_path, arrays):
+    """A changed network saved and loaded again: every weight round-trips through timm's names
+    (q, k and v back into qkv), the checkpoint's other tensors and files are kept, and the chunk
+    size is recorded in config.json."""
+    from safetensors import safe_open
+
+    vla = OpenVLA.from_pretrained(ckpt, unnorm_key=KEYS[0], chunk_size=3)
+    with torch.no_grad():
+        for name, p in vla.model.named_parameters():
+            if not name.endswith("mask_token"):  # pre-training only: not in the checkpoint
+                p.add_(0.01 * torch.randn_like(p))
+            if name.endswith("embeddings.position_embeddings"):
+                p[:, 0] = 0  # DINOv2's class token has no position in timm's layout
+    out = vla.save_pretrained(tmp_path / "student")
+    with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
+        saved = set(fh.keys())
+    source = set()
+    for f in read_openvla(ckpt).weight_files:
+        with safe_open(str(f), framework="pt") as fh:
+            source |= set(fh.keys())
+    assert saved == source and (out / "tokenizer.json").is_file() and (out / "preprocessor_config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["ee_vla_chunk_size"] == 3
+    again = load_vla(out, unnorm_key=KEYS[0])
+    assert again.chunk_size == 3
+    mine = vla.model.state_dict()
+    differ = [k for k, v in again.model.state_dict().items() if not torch.equal(v, mine[k])]
+    assert differ == []
+    obs = {"pixels": arrays[CASES[0]["image"]], "instruction": CASES[0]["instruction"]}
+    assert _tokens(_policy(again), obs)[0].tolist() == _tokens(_policy(vla), obs)[0].tolist()
+    with pytest.raises(ValueError, match="loaded from"):
+        again.save_pretrained(out)

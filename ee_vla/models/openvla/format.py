@@ -32,6 +32,8 @@ from ee_vla.models.files import ModelLoadError, check_safetensors_header
 OPENVLA_MODEL_TYPE = "openvla"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+CHUNK_KEY = "ee_vla_chunk_size"
+"""config.json key of a checkpoint trained to emit several actions per call (ee_vla writes it)."""
 EMPTY_TOKEN_ID = 29871
 """Llama-2's "▁" token, which OpenVLA's `predict_action` appends to every prompt (its training
 prompts end with it)."""
@@ -106,6 +108,8 @@ class OpenVLAFormat:
     pad_to_multiple_of: int
     pad_token_id: int
     weight_files: tuple[Path, ...]
+    chunk_size: int = 1
+    """Actions per call the checkpoint was trained to emit (`ee_vla_chunk_size`; 1: OpenVLA's)."""
 
     @property
     def vocab_size(self) -> int:
@@ -329,4 +333,11 @@ def read_openvla(path: str | Path) -> OpenVLAFormat:
         pad_to_multiple_of=int(cfg.get("pad_to_multiple_of", 64)),
         pad_token_id=int(cfg.get("pad_token_id", 32000)),
         weight_files=files,
+        chunk_size=_chunk_size(cfg.get(CHUNK_KEY, 1), where),
     )
+
+
+def _chunk_size(v: Any, where: Path) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 64:
+        raise ModelLoadError(f"{where}: {CHUNK_KEY} must be an integer in [1, 64], got {v!r}")
+    return v

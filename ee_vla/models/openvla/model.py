@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +57,10 @@ class OpenVLA(VLA):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         unnorm_key: str | None = None,
-        chunk_size: int = 1,
+        chunk_size: int | None = None,
     ) -> OpenVLA:
-        """Load an OpenVLA checkpoint directory (single or sharded safetensors) onto `device`."""
+        """Load an OpenVLA checkpoint directory (single or sharded safetensors) onto `device`;
+        `chunk_size` None: the checkpoint's (`ee_vla_chunk_size` in config.json, else 1)."""
         from transformers import PreTrainedTokenizerFast
 
         from ee_vla.models.openvla.network import build_network, load_weights
@@ -77,10 +80,37 @@ class OpenVLA(VLA):
             raise ModelLoadError(f"could not load the tokenizer in {fmt.path}: {e}") from e
         net = build_network(fmt)
         load_weights(net, fmt, device=device, dtype=dtype or torch.float32)
-        return cls(net.eval(), tok, fmt, unnorm_key=unnorm_key, chunk_size=chunk_size)
+        return cls(net.eval(), tok, fmt, unnorm_key=unnorm_key, chunk_size=chunk_size or fmt.chunk_size)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        raise NotImplementedError("ee_vla does not write OpenVLA-format checkpoints")
+        """Write this model as an OpenVLA checkpoint: the source checkpoint's files, its weights
+        replaced by this network's (under OpenVLA's names, one model.safetensors), and
+        `ee_vla_chunk_size` in config.json when it emits chunks of several actions."""
+        from safetensors.torch import save_file
+
+        from ee_vla.models.openvla.format import CHUNK_KEY, INDEX_FILE
+        from ee_vla.models.openvla.network import _read, checkpoint_state
+        from ee_vla.models.vla import new_file_mode
+
+        src, dst = self.format.path, Path(path)
+        if dst.resolve() == src.resolve():
+            raise ValueError(f"save_pretrained: {dst} is the checkpoint this model was loaded from")
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name != INDEX_FILE:
+                shutil.copyfile(f, dst / f.name)
+        tensors = _read(self.format.weight_files)
+        for k, v in checkpoint_state(self.model, self.format).items():
+            tensors[k] = v.detach().to(dtype or v.dtype)
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, dst / "model.safetensors")
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg.pop(CHUNK_KEY, None)
+        if self.chunk_size > 1:
+            cfg[CHUNK_KEY] = self.chunk_size
+        (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+        for f in dst.iterdir():
+            f.chmod(new_file_mode())
+        return dst
 
     # ---- inputs -------------------------------------------------------------------------
     def preprocess_images(self, pixels: np.ndarray) -> torch.Tensor:

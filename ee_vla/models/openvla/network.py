@@ -268,3 +268,34 @@ def _rebuild_buffers(net, device: str | torch.device) -> None:
     left = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
     if left:
         raise RuntimeError(f"OpenVLA network tensors not loaded: {left[:5]}")
+
+
+def checkpoint_state(net, fmt: OpenVLAFormat) -> dict[str, torch.Tensor]:
+    """`net`'s weights under the checkpoint's names (the inverse of `load_weights`): what a
+    fine-tuned network writes back. The towers' last blocks and heads are not in `net`; the caller
+    keeps the checkpoint's."""
+    sd = net.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for i, (t, prefix) in enumerate(zip(fmt.towers, TOWER_PREFIXES, strict=False)):
+        base = f"model.vision_tower.towers.{i}."
+        tower = {k.split(base, 1)[1] for k in sd if k.startswith(base)}
+        qkv: dict[str, list[torch.Tensor | None]] = {}
+        for key, dst in _tower_keys(tower, prefix, t.kind, t.depth).items():
+            if isinstance(dst, tuple):
+                name, part = key.split("#")[0], int(key.split("#")[1])
+                qkv.setdefault(name, [None, None, None])[part] = sd[base + dst[0]]
+            else:
+                out[key] = sd[base + dst]
+        out |= {name: torch.cat(parts, dim=0) for name, parts in qkv.items()}  # type: ignore[arg-type]
+        if t.kind == "dinov2":
+            out[prefix + "pos_embed"] = sd[base + "embeddings.position_embeddings"][:, 1:]
+        else:
+            out[prefix + "pos_embed"] = sd[base + "embeddings.position_embedding.weight"][None]
+    for k, v in sd.items():
+        if k.startswith("model.multi_modal_projector."):
+            out["projector." + k.split("model.multi_modal_projector.", 1)[1]] = v
+        elif k.startswith("lm_head."):
+            out["language_model." + k] = v
+        elif k.startswith("model.language_model."):
+            out["language_model.model." + k.split("model.language_model.", 1)[1]] = v
+    return out
