@@ -295,7 +295,14 @@ class DistillConfig(RunConfig):
     """
 
     teacher: str
-    """The AR-trained teacher: an ee_vla model directory (e.g. the out_dir/model of `ee-vla train`)."""
+    """The AR-trained teacher: an ee_vla model directory (e.g. the out_dir/model of `ee-vla train`)
+    or an OpenVLA checkpoint (the student is then written in OpenVLA's layout)."""
+    unnorm_key: str | None = None
+    """OpenVLA teachers: the dataset whose action statistics tokenise the demonstrations' actions
+    (None: the only one)."""
+    chunk_size: int | None = None
+    """OpenVLA teachers: actions per call the student learns to emit (None: the teacher's, 1 for
+    OpenVLA; a longer chunk gives Jacobi a longer window). An ee_vla teacher's is fixed."""
     trajectories: str | None = None
     """Jacobi trajectories collected earlier (a .safetensors file or a directory of parts) to reuse,
     e.g. across a threshold ablation; None = collect them into out_dir/trajectories/."""
@@ -351,6 +358,12 @@ class DistillConfig(RunConfig):
         c = "DistillConfig"
         _check(bool(self.teacher), c, "teacher", "is empty: give the AR teacher's model directory")
         _check(self.collect_batch_size >= 1, c, "collect_batch_size", f"must be >= 1, got {self.collect_batch_size}")
+        _check(
+            self.chunk_size is None or 1 <= self.chunk_size <= 64,
+            c,
+            "chunk_size",
+            f"must be in [1, 64] or None, got {self.chunk_size}",
+        )
         if isinstance(self.inits, str):
             self.inits = (self.inits,)
         self.inits = tuple(self.inits)

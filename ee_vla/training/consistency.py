@@ -156,10 +156,10 @@ def distill(cfg: DistillConfig) -> Path:
     Bad input (missing/empty dataset, dims that do not fit the teacher, missing trajectories, an
     occupied out_dir without `resume`) raises before any model is loaded.
     """
-    from ee_vla.models.vla import VLA
+    from ee_vla.models import load_vla
 
     episodes = scan_dataset(cfg.data, cfg.success_only)
-    a_dim, p_dim, _ = model_dims(cfg.teacher)
+    a_dim, p_dim, _ = model_dims(cfg.teacher, cfg.unnorm_key, cfg.chunk_size)
     check_against_model(episodes, a_dim, p_dim, what=f"the teacher {cfg.teacher}")
     _trajectory_source(cfg)  # a missing `trajectories` path fails here, before compute
     if cfg.collect_only:  # trajectories only: nothing is trained or resumed
@@ -172,7 +172,7 @@ def distill(cfg: DistillConfig) -> Path:
         source = _trajectory_source(cfg)
         rt.barrier()  # every rank decides before any rank writes trajectories
         torch.manual_seed(cfg.seed)
-        vla = VLA.from_pretrained(cfg.teacher, device=rt.device)
+        vla = load_vla(cfg.teacher, device=rt.device, unnorm_key=cfg.unnorm_key, chunk_size=cfg.chunk_size)
         load_pixels(episodes)
         demo = DemoDataset(episodes, vla.action_tokenizer, vla.chunk_size, use_proprio=p_dim > 0)
         out = Path(cfg.out_dir)
@@ -202,7 +202,7 @@ def distill(cfg: DistillConfig) -> Path:
         if cfg.collect_only:
             return source
         if resume_from is not None:
-            vla = VLA.from_pretrained(resume_from, device=rt.device)
+            vla = load_vla(resume_from, device=rt.device, unnorm_key=cfg.unnorm_key)
         if cfg.freeze_vision:
             n = freeze_vision(vla.model)
             log.info("freeze_vision: %d vision tower and projector parameters keep the teacher's values", n)

@@ -55,11 +55,21 @@ def _model_extra(model_dir: str | Path) -> tuple[Path, dict]:
         raise ModelLoadError(f"{path} is corrupt: {e}") from e
 
 
-def model_dims(model_dir: str | Path) -> tuple[int, int, int]:
+def model_dims(
+    model_dir: str | Path, unnorm_key: str | None = None, chunk_size: int | None = None
+) -> tuple[int, int, int]:
     """(action_dim, proprio_dim, chunk_size) of an ee_vla model directory, read from its
-    `ee_vla.json` without loading weights (to check data against it before compute)."""
+    `ee_vla.json` without loading weights (to check data against it before compute); of an
+    OpenVLA checkpoint, from its config (the statistics of `unnorm_key`; `chunk_size` or its own)."""
+    from ee_vla.models.openvla import is_openvla_dir, read_openvla
     from ee_vla.models.vla import ModelLoadError
 
+    if is_openvla_dir(model_dir):
+        fmt = read_openvla(model_dir)
+        try:
+            return len(fmt.action_stats(unnorm_key)["q01"]), 0, chunk_size or fmt.chunk_size
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from None
     path, extra = _model_extra(model_dir)
     try:
         a_dim = len(extra["action_tokenizer"]["stats"]["q01"])

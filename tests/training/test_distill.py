@@ -225,3 +225,36 @@ def test_resume_as_the_other_kind_of_run_is_refused(tmp_path):
     saved = {**cfg.to_dict(), "mixed_label_threshold": 0.2, "steps": 5}
     with pytest.raises(ResumeConfigError, match=r"mixed_label_threshold: 0\.2 -> 0\.1"):
         check_resume_config(saved, "distill", cfg, "distill", tmp_path)
+
+
+def test_distill_an_openvla_teacher_into_a_chunked_openvla_student(openvla_dir, write_demo, tmp_path):
+    """The conformance OpenVLA checkpoint as the teacher, the demonstrations' actions tokenised with
+    one dataset's statistics, a student that emits chunks of 2 actions: a few steps run, and the
+    student is written in OpenVLA's layout, loadable with its chunk size."""
+    from ee_vla.models import load_vla
+    from ee_vla.models.openvla import is_openvla_dir
+
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=5)
+    model = distill(
+        DistillConfig(
+            data=(str(data),),
+            teacher=str(openvla_dir),
+            unnorm_key="bridge_orig",
+            chunk_size=2,
+            out_dir=str(tmp_path / "ceed"),
+            steps=3,
+            batch_size=4,
+            lr=1e-3,
+            warmup_steps=1,
+            log_every=1,
+            save_every=100,
+            eval_every=0,
+            inits=("prompt",),
+            collect_batch_size=4,
+        )
+    )
+    assert is_openvla_dir(model)
+    student = load_vla(model, unnorm_key="bridge_orig")
+    assert student.chunk_size == 2 and student.unnorm_key == "bridge_orig"
+    with pytest.raises(Exception, match="unnorm_key"):
+        distill(DistillConfig(data=(str(data),), teacher=str(openvla_dir), out_dir=str(tmp_path / "x"), steps=1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
 from ee_vla.models.files import ModelLoadError
-from ee_vla.models.openvla.format import EMPTY_TOKEN_ID, OpenVLAFormat, read_openvla
+from ee_vla.models.openvla.format import CHUNK_KEY, EMPTY_TOKEN_ID, INDEX_FILE, OpenVLAFormat, read_openvla
 from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
 
 
@@ -36,6 +35,8 @@ class OpenVLA(VLA):
 
         self.format = fmt
         self.unnorm_key = fmt.unnorm_key(unnorm_key)
+        self._kept_tensors: dict[str, torch.Tensor] = {}
+        self._files: dict[str, bytes] = {}
         at = ActionTokenizer.openvla(action_stats(fmt, self.unnorm_key), fmt.vocab_size, n_bins=fmt.n_action_bins)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token_id = fmt.pad_token_id
@@ -79,27 +80,34 @@ class OpenVLA(VLA):
         except Exception as e:  # transformers raises many types for broken files
             raise ModelLoadError(f"could not load the tokenizer in {fmt.path}: {e}") from e
         net = build_network(fmt)
-        load_weights(net, fmt, device=device, dtype=dtype or torch.float32)
-        return cls(net.eval(), tok, fmt, unnorm_key=unnorm_key, chunk_size=chunk_size or fmt.chunk_size)
+        kept = load_weights(net, fmt, device=device, dtype=dtype or torch.float32)
+        vla = cls(net.eval(), tok, fmt, unnorm_key=unnorm_key, chunk_size=chunk_size or fmt.chunk_size)
+        vla._kept_tensors = kept
+        vla._files = {
+            f.name: f.read_bytes()
+            for f in fmt.path.iterdir()
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name != INDEX_FILE
+        }
+        return vla
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write this model as an OpenVLA checkpoint: the source checkpoint's files, its weights
-        replaced by this network's (under OpenVLA's names, one model.safetensors), and
-        `ee_vla_chunk_size` in config.json when it emits chunks of several actions."""
+        """Write this model as an OpenVLA checkpoint: the files it was loaded with (config,
+        tokenizer, processor), one model.safetensors of this network's weights under OpenVLA's
+        names plus the loaded tensors the network does not hold, and `ee_vla_chunk_size` in
+        config.json when it emits chunks of several actions. Needs nothing from the source
+        directory any more (a run may have deleted it)."""
         from safetensors.torch import save_file
 
-        from ee_vla.models.openvla.format import CHUNK_KEY, INDEX_FILE
-        from ee_vla.models.openvla.network import _read, checkpoint_state
+        from ee_vla.models.openvla.network import checkpoint_state
         from ee_vla.models.vla import new_file_mode
 
-        src, dst = self.format.path, Path(path)
-        if dst.resolve() == src.resolve():
-            raise ValueError(f"save_pretrained: {dst} is the checkpoint this model was loaded from")
+        if not self._files:
+            raise ValueError("save_pretrained: this OpenVLA was not loaded from a checkpoint (nothing to write)")
+        dst = Path(path)
         dst.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            if f.is_file() and not f.name.endswith(".safetensors") and f.name != INDEX_FILE:
-                shutil.copyfile(f, dst / f.name)
-        tensors = _read(self.format.weight_files)
+        for name, data in self._files.items():
+            (dst / name).write_bytes(data)
+        tensors = dict(self._kept_tensors)
         for k, v in checkpoint_state(self.model, self.format).items():
             tensors[k] = v.detach().to(dtype or v.dtype)
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, dst / "model.safetensors")

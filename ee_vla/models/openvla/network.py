@@ -194,13 +194,17 @@ def _read(files) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_weights(net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_weights(
+    net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     """Give `net` (from `build_network`) the checkpoint's weights in `dtype` on `device`,
     converting timm's layout; ModelLoadError naming any tensor that is missing, unexpected or of the
-    wrong shape."""
+    wrong shape. Returns the checkpoint's tensors the network does not hold (the towers' last
+    blocks and heads), which `save_pretrained` writes back."""
     src = _read(fmt.weight_files)
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()
+    kept: dict[str, torch.Tensor] = {}
     target = net.state_dict()
     for i, (t, prefix) in enumerate(zip(fmt.towers, TOWER_PREFIXES, strict=False)):
         tower_target = {k.split(f"model.vision_tower.towers.{i}.", 1)[1] for k in target if f"towers.{i}." in k}
@@ -221,8 +225,8 @@ def load_weights(net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dt
             state[mask] = torch.zeros(target[mask].shape)  # used in pre-training only
         else:
             state[f"model.vision_tower.towers.{i}.embeddings.position_embedding.weight"] = pos[0]
-        used |= {k for k in src if k.startswith(prefix + f"blocks.{t.depth - 1}.")}  # not built
-        used |= {k for k in src if k.startswith((prefix + "attn_pool.", prefix + "fc_norm."))}  # heads: unused
+        unbuilt = (prefix + f"blocks.{t.depth - 1}.", prefix + "attn_pool.", prefix + "fc_norm.")
+        kept |= {k: v for k, v in src.items() if k.startswith(unbuilt)}  # the last block and heads
     for k, v in src.items():
         if k.startswith("projector."):
             state["model.multi_modal_projector." + k.split(".", 1)[1]] = v
@@ -233,7 +237,7 @@ def load_weights(net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dt
         elif k.startswith("language_model.model."):
             state["model.language_model." + k.split("language_model.model.", 1)[1]] = v
             used.add(k)
-    unexpected = sorted(set(src) - used)
+    unexpected = sorted(set(src) - used - set(kept))
     missing = sorted(set(target) - set(state))
     if unexpected or missing:
         raise ModelLoadError(
@@ -251,6 +255,7 @@ def load_weights(net, fmt: OpenVLAFormat, device: str | torch.device = "cpu", dt
     state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
     net.load_state_dict(state, strict=True, assign=True)
     _rebuild_buffers(net, device)
+    return kept
 
 
 def _rebuild_buffers(net, device: str | torch.device) -> None:
