@@ -23,11 +23,13 @@ def fake_policy(clock: FakeClock) -> FakePolicy:
     return FakePolicy(clock=clock)
 
 
+_ROOT_LEVEL = logging.root.level  # before any test module is collected (and imports launch)
+
+
 @pytest.fixture(autouse=True)
 def _plain_logging():
     """Importing ROS 2's `launch` installs its own logger class (which does not propagate, so caplog
     misses its records) and sets the root level to INFO; put both back after each test."""
-    cls, level = logging.getLoggerClass(), logging.root.level
     yield
-    logging.setLoggerClass(cls)
-    logging.root.setLevel(level)
+    logging.setLoggerClass(logging.Logger)
+    logging.root.setLevel(_ROOT_LEVEL)
