@@ -63,7 +63,7 @@ class PickCubeEnv(TabletopEnv):
         pos = self._sample_positions(rng, self.n_objects, 0.08, np.array([-0.15, -0.1]), np.array([0.15, 0.12]))
         for i, p in enumerate(pos):
             self._set_object_pose(i, p, rng.uniform(-np.pi / 4, np.pi / 4))
-        template = PICK_TEMPLATES[rng.integers(len(PICK_TEMPLATES))]
+        template = self._draw_template(rng, PICK_TEMPLATES, "pick_cube")
         self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:

@@ -82,7 +82,7 @@ class PlaceEnv(TabletopEnv):
         self.plate_index = int(rng.integers(self.n_plates))
         self.plate_name, goal = self._plates[self.plate_index]
         self.plate_xy = goal[:2]
-        template = PLACE_TEMPLATES[rng.integers(len(PLACE_TEMPLATES))]
+        template = self._draw_template(rng, PLACE_TEMPLATES, "place")
         self._describe(template, plate=self.plate_name)
 
     def _evaluate(self) -> tuple[float, bool]:

@@ -86,7 +86,7 @@ class PushEnv(TabletopEnv):
             self._set_object_pose(i, p, rng.uniform(-np.pi / 4, np.pi / 4))
         self._set_body_xy(self._goal_body, goal)
         self.goal_xy = goal
-        template = PUSH_TEMPLATES[rng.integers(len(PUSH_TEMPLATES))]
+        template = self._draw_template(rng, PUSH_TEMPLATES, "push")
         self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:

@@ -60,7 +60,7 @@ class ReachEnv(TabletopEnv):
         pos = self._sample_positions(rng, self.n_objects, 0.08, np.array([-0.15, -0.1]), np.array([0.15, 0.12]))
         for i, p in enumerate(pos):
             self._set_object_pose(i, p, rng.uniform(-np.pi / 4, np.pi / 4))
-        template = REACH_TEMPLATES[rng.integers(len(REACH_TEMPLATES))]
+        template = self._draw_template(rng, REACH_TEMPLATES, "reach")
         self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:

@@ -26,6 +26,7 @@ from gymnasium import spaces
 
 from sim_envs.camera import OffscreenCamera
 from sim_envs.common import ACTION_DIM, validate_action
+from sim_envs.instructions import INSTRUCTION_SETS, choose_template
 from sim_envs.scene_xml import FINGER_TRAVEL, OBJECT_HALF, PHYSICS_DT, build_scene_xml
 from sim_envs.scene_xml import GOAL_RADIUS as GOAL_RADIUS  # sizes of the scene, also importable from here
 from sim_envs.scene_xml import PLATE_HALF_HEIGHT as PLATE_HALF_HEIGHT
@@ -145,6 +146,9 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         image_size: side of the square `pixels` image (and of `wrist_pixels`).
         wrist_camera: also observe a gripper-mounted camera under `wrist_pixels`.
         camera: the main camera, "front" (default) or "top".
+        instructions: "train" (the task's templates, default) or "held_out" (paraphrases that no
+            training data contains, for measuring how well a policy follows them;
+            `sim_envs.instructions`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -158,6 +162,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         image_size: int = 128,
         wrist_camera: bool = False,
         camera: str = "front",
+        instructions: str = "train",
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
@@ -165,6 +170,9 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
         if camera not in ("front", "top"):
             raise ValueError(f"camera must be 'front' or 'top', got {camera!r}")
+        if instructions not in INSTRUCTION_SETS:
+            raise ValueError(f"instructions must be one of {', '.join(INSTRUCTION_SETS)}, got {instructions!r}")
+        self.instructions = instructions
         self.render_mode = render_mode
         self.image_size = image_size
         self.wrist_camera = wrist_camera
@@ -220,6 +228,11 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
     def _sample_task(self, rng: np.random.Generator) -> None:
         """Place objects/plates/goal and set the instruction with `_describe` (subclass)."""
         raise NotImplementedError
+
+    def _draw_template(self, rng: np.random.Generator, train: tuple[str, ...], task: str) -> str:
+        """One instruction template: drawn from the task's training `train` templates, or the same
+        draw's held-out paraphrase (`instructions="held_out"`, `sim_envs.instructions`)."""
+        return choose_template(train, task, int(rng.integers(len(train))), self.instructions)
 
     def _describe(self, template: str, **names: str) -> None:
         """Set `task_description` from `template`, its ``{obj}`` the target's name and its other
