@@ -92,20 +92,25 @@ class RunnerDecode:
             joint_pos = self._joint_pos
             self._chunk_id += 1
             cid = self._chunk_id
+        # Waiting for an input that has not arrived yet is how every start looks, not a bad input:
+        # logged (INFO, once per 30 s), not counted; a wait that lasts shows as no chunk finishing
+        # (the stall warning of /diagnostics).
         if not instruction:
-            self.bad_input(
-                "obs:no-instruction",
+            self.causes.log(
+                "wait:instruction",
                 f"not decoding: no instruction yet (publish on {self.params.instruction_topic!r} "
                 "or set the `instruction` parameter)",
+                level=logging.INFO,
             )
             return False
         obs: dict[str, Any] = {"pixels": frame.rgb, "instruction": instruction}
         if self.params.use_joint_state:
             if joint_pos is None:
-                self.bad_input(
-                    "obs:no-joint-state",
+                self.causes.log(
+                    "wait:joint-state",
                     f"not decoding: use_joint_state is true and no valid JointState arrived on "
                     f"{self.params.joint_state_topic!r} yet",
+                    level=logging.INFO,
                 )
                 return False
             obs["agent_pos"] = joint_pos

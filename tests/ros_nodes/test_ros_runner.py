@@ -211,9 +211,10 @@ def test_wrong_image_size_is_rejected(clock, fake_policy):
 def test_no_instruction_no_decoding(clock, fake_policy, caplog):
     r = make(clock, fake_policy, instruction="")
     r.on_image(IMG)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         assert not r.process_pending()
     assert fake_policy.calls == [] and "no instruction yet" in caplog.text
+    assert r.bad_inputs() == 0  # waiting for the first instruction is not a bad input
     assert r.on_instruction("  stack the blocks ")
     r.on_image(IMG)
     assert r.process_pending() and fake_policy.calls[0]["instruction"] == "stack the blocks"
