@@ -51,7 +51,9 @@ setup(
         "dds": ["cyclonedds>=0.10.5", "rosbags>=0.10"],
         # triton: the split-KV attention kernel's tests run in Triton's CPU interpreter without a GPU
         # (CUDA builds of torch ship it already)
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "triton>=3.2"],
+        # LoRA distillation (DistillConfig.lora_rank)
+        "lora": ["peft>=0.17"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "triton>=3.2", "peft>=0.17"],
     },
     entry_points={
         "console_scripts": [

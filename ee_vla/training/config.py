@@ -303,6 +303,10 @@ class DistillConfig(RunConfig):
     chunk_size: int | None = None
     """OpenVLA teachers: actions per call the student learns to emit (None: the teacher's, 1 for
     OpenVLA; a longer chunk gives Jacobi a longer window). An ee_vla teacher's is fixed."""
+    lora_rank: int = 0
+    """0: every weight of the student trains. r > 0: LoRA adapters of rank r (peft) on the language
+    model's attention and MLP projections train and everything else is frozen (a 7B student on
+    one GPU); they are folded into the weights whenever the model is saved. Such a run cannot resume."""
     trajectories: str | None = None
     """Jacobi trajectories collected earlier (a .safetensors file or a directory of parts) to reuse,
     e.g. across a threshold ablation; None = collect them into out_dir/trajectories/."""
@@ -358,6 +362,7 @@ class DistillConfig(RunConfig):
         c = "DistillConfig"
         _check(bool(self.teacher), c, "teacher", "is empty: give the AR teacher's model directory")
         _check(self.collect_batch_size >= 1, c, "collect_batch_size", f"must be >= 1, got {self.collect_batch_size}")
+        _check(0 <= self.lora_rank <= 1024, c, "lora_rank", f"must be in [0, 1024], got {self.lora_rank}")
         _check(
             self.chunk_size is None or 1 <= self.chunk_size <= 64,
             c,

@@ -167,6 +167,11 @@ def distill(cfg: DistillConfig) -> Path:
         resume_from = None
     else:
         resume_from = resolve_run_dir(cfg, kind="distill")
+        if cfg.lora_rank and resume_from is not None:
+            raise ValueError(
+                f"DistillConfig.lora_rank: {cfg.out_dir} holds checkpoints, and a LoRA run cannot resume "
+                "(its checkpoints hold the merged weights): use a new out_dir"
+            )
     rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:
         source = _trajectory_source(cfg)
@@ -206,6 +211,11 @@ def distill(cfg: DistillConfig) -> Path:
         if cfg.freeze_vision:
             n = freeze_vision(vla.model)
             log.info("freeze_vision: %d vision tower and projector parameters keep the teacher's values", n)
+        if cfg.lora_rank:
+            from ee_vla.training.lora import add_lora
+
+            n = add_lora(vla.model, cfg.lora_rank)
+            log.info("lora_rank %d: %d adapter parameters train, every other weight is frozen", cfg.lora_rank, n)
         dataset = DistillDataset(demo, traj, cfg.state_sampling)
         return fit(
             cfg,

@@ -217,7 +217,10 @@ def save_checkpoint(out_dir: Path, step: int, vla, state: dict, keep: int) -> Pa
     final = root / f"step_{step:07d}"
     tmp = root / f"step_{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    vla.save_pretrained(tmp)
+    from ee_vla.training.lora import merged_lora
+
+    with merged_lora(vla.model):  # LoRA runs: the adapters folded in, the plain layout saved
+        vla.save_pretrained(tmp)
     import torch
 
     torch.save(state, tmp / STATE_FILE)
@@ -236,7 +239,10 @@ def save_final_model(out_dir: Path, vla, save_dtype: str) -> Path:
 
     tmp = out_dir / (MODEL_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    vla.save_pretrained(tmp, dtype=None if save_dtype == "float32" else getattr(torch, save_dtype))
+    from ee_vla.training.lora import merged_lora
+
+    with merged_lora(vla.model):
+        vla.save_pretrained(tmp, dtype=None if save_dtype == "float32" else getattr(torch, save_dtype))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final

@@ -258,3 +258,36 @@ def test_distill_an_openvla_teacher_into_a_chunked_openvla_student(openvla_dir, 
     assert student.chunk_size == 2 and student.unnorm_key == "bridge_orig"
     with pytest.raises(Exception, match="unnorm_key"):
         distill(DistillConfig(data=(str(data),), teacher=str(openvla_dir), out_dir=str(tmp_path / "x"), steps=1))
+
+
+def test_lora_distillation_trains_adapters_only_and_saves_plain_weights(openvla_dir, write_demo, tmp_path):
+    """lora_rank 4 on the OpenVLA teacher: only the language model's projections change (through
+    their adapters), the vision towers and embeddings keep the teacher's values, and the saved
+    student is a plain OpenVLA checkpoint; a LoRA run refuses to resume."""
+    pytest.importorskip("peft")
+    from ee_vla.models import load_vla
+
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=5)
+    base = dict(
+        data=(str(data),),
+        teacher=str(openvla_dir),
+        unnorm_key="bridge_orig",
+        out_dir=str(tmp_path / "lora"),
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=1,
+        log_every=1,
+        save_every=2,
+        eval_every=0,
+        inits=("prompt",),
+        collect_batch_size=4,
+        lora_rank=4,
+    )
+    model = distill(DistillConfig(steps=3, **base))
+    teacher = load_vla(openvla_dir, unnorm_key="bridge_orig").model.state_dict()
+    student = load_vla(model, unnorm_key="bridge_orig").model.state_dict()
+    changed = {k for k, v in student.items() if not torch.equal(v, teacher[k])}
+    assert changed and all(k.endswith("_proj.weight") and "language_model" in k for k in changed), sorted(changed)[:5]
+    assert not any("lora" in k for k in student)
+    with pytest.raises(ValueError, match="cannot resume"):
+        distill(DistillConfig(steps=4, resume=True, **base))
