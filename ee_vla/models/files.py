@@ -46,9 +46,10 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest safetensors header accepted (safetensors' own limit)."""
 
 
-def check_safetensors_header(path: Path) -> None:
+def check_safetensors_header(path: Path) -> dict:
     """ModelLoadError if `path` is empty, truncated or not safetensors: its header (8-byte length,
-    then JSON) must parse, list at least one tensor, and end within the file. Reads the header only."""
+    then JSON) must parse, list at least one tensor, and end within the file. Reads the header only,
+    and returns its tensor entries (name -> dtype, shape, data_offsets)."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
@@ -63,3 +64,4 @@ def check_safetensors_header(path: Path) -> None:
         raise ModelLoadError(f"{path} holds no tensors")
     if 8 + n + max(ends) > size:
         raise ModelLoadError(f"{path} is truncated: its header says {8 + n + max(ends)} bytes, the file has {size}")
+    return {k: v for k, v in header.items() if k != "__metadata__"}

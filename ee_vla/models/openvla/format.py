@@ -164,8 +164,9 @@ def _json(path: Path) -> dict[str, Any]:
     return data
 
 
-def weight_files(path: Path) -> tuple[Path, ...]:
-    """The checkpoint's safetensors files (one, or the shards its index lists), headers checked."""
+def weight_files(path: Path) -> tuple[tuple[Path, ...], dict[str, tuple[int, ...]]]:
+    """The checkpoint's safetensors files (one, or the shards its index lists), headers checked,
+    and the name -> shape of every tensor in them (from the headers only)."""
     if (path / INDEX_FILE).is_file():
         index = _json(path / INDEX_FILE)
         try:
@@ -177,22 +178,12 @@ def weight_files(path: Path) -> tuple[Path, ...]:
         files = (path / SINGLE_FILE,)
     else:
         raise ModelLoadError(f"{path} holds no weights ({SINGLE_FILE} or {INDEX_FILE})")
+    shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
         if not f.is_file():
             raise ModelLoadError(f"{path / INDEX_FILE} lists {f.name}, which is missing")
-        check_safetensors_header(f)
-    return files
-
-
-def tensor_shapes(files: tuple[Path, ...]) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in the safetensors `files`, from their headers only."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
-    return shapes
+        shapes.update({k: tuple(v["shape"]) for k, v in check_safetensors_header(f).items()})
+    return files, shapes
 
 
 TOWER_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
@@ -296,8 +287,8 @@ def read_openvla(path: str | Path) -> OpenVLAFormat:
     cfg = _json(where)
     if cfg.get("model_type") != OPENVLA_MODEL_TYPE:
         raise ModelLoadError(f"{where}: model_type is {cfg.get('model_type')!r}, not {OPENVLA_MODEL_TYPE!r}")
-    files = weight_files(path)
-    towers = _towers(cfg, tensor_shapes(files), where)
+    files, shapes = weight_files(path)
+    towers = _towers(cfg, shapes, where)
     arch = str(cfg.get("arch_specifier", ""))
     layers = 3 if arch.endswith("fused-gelu-mlp") else 2 if arch.endswith("gelu-mlp") else 0
     if not layers:

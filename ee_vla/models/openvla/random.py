@@ -39,7 +39,7 @@ SIZES = {
 """Network sizes by name."""
 
 
-def openvla_format(size: str, chunk_size: int = 1) -> OpenVLAFormat:
+def openvla_format(size: str) -> OpenVLAFormat:
     """The `OpenVLAFormat` of a random model of `size` (no files: `weight_files` is empty)."""
     if size not in SIZES:
         raise ValueError(f"unknown OpenVLA size {size!r}: choose one of {', '.join(SIZES)}")
