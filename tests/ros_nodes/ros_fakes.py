@@ -37,6 +37,29 @@ def action_value(chunk: int, index: int, dim: int = 7) -> np.ndarray:
     return a
 
 
+def commanding_runner(**overrides: Any):
+    """A configured, unthreaded `PolicyRunner` of a `FakePolicy` that has something to send at every
+    tick once a chunk is decoded: array commands published (no dry run), inputs that never go stale
+    and the last action held for ever. `overrides`: other `PolicyParams` values."""
+    from ros_nodes.params import PolicyParams
+    from ros_nodes.runner import PolicyRunner
+
+    values: dict[str, Any] = dict(
+        policy_process=False,
+        warmup=False,
+        instruction="pick",
+        command_type="array",
+        dry_run=False,
+        image_timeout_s=1000.0,
+        decode_deadline_s=1000.0,
+        max_hold_s=0.0,  # 0: hold the last action for ever
+    )
+    values.update(overrides)
+    runner = PolicyRunner(PolicyParams(**values), lambda _p: FakePolicy(), threaded=False)
+    runner.configure()
+    return runner
+
+
 class FakePolicy:
     """Streams `chunk_size` actions per call.
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_fakes import FakePolicy
+from ros_fakes import commanding_runner
 
 pytest.importorskip("cyclonedds")  # the message classes are ros_nodes.dds.msgs'
 
 from ros_nodes.dds import msgs  # noqa: E402
 from ros_nodes.output import CommandSink  # noqa: E402
-from ros_nodes.params import PolicyParams  # noqa: E402
 from ros_nodes.runner import PolicyRunner  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -25,22 +24,9 @@ REPO = HERE.parents[1]
 
 
 def _runner() -> PolicyRunner:
-    params = PolicyParams(
-        policy_process=False,
-        warmup=False,
-        instruction="pick",
-        command_type="array",
-        dry_run=False,
-        image_timeout_s=1000.0,
-        decode_deadline_s=1000.0,
-        max_hold_s=0.0,  # hold the last action for ever: every tick publishes while active
-        # A 4-action chunk lasts 4 s at 1 Hz: a ticker thread starved by a loaded machine for a
-        # whole chunk would never see it (and rightly publish nothing), which is not what this tests.
-        control_hz=1.0,
-    )
-    runner = PolicyRunner(params, lambda _p: FakePolicy(), threaded=False)
-    runner.configure()
-    return runner
+    # A 4-action chunk lasts 4 s at 1 Hz: a ticker thread starved by a loaded machine for a whole
+    # chunk would never see it (and rightly publish nothing), which is not what this tests.
+    return commanding_runner(control_hz=1.0)
 
 
 def _wait(cond, timeout: float = 30.0) -> bool:

@@ -7,31 +7,16 @@ import dataclasses
 
 import numpy as np
 import pytest
-from ros_fakes import FakePolicy
+from ros_fakes import commanding_runner
 
 pytest.importorskip("cyclonedds")  # the message classes are ros_nodes.dds.msgs'
 
 from ros_nodes.dds import msgs  # noqa: E402
 from ros_nodes.output import CommandSink  # noqa: E402
-from ros_nodes.params import PolicyParams  # noqa: E402
-from ros_nodes.runner import PolicyRunner  # noqa: E402
 
 
 def _sink(dry_run: bool, **kw) -> tuple[CommandSink, list]:
-    params = PolicyParams(
-        policy_process=False,
-        warmup=False,
-        instruction="pick",
-        command_type="array",
-        dry_run=dry_run,
-        image_timeout_s=1000.0,
-        decode_deadline_s=1000.0,
-        max_hold_s=0.0,  # hold the last action: every tick has something to send
-        control_hz=10.0,
-        **kw,
-    )
-    runner = PolicyRunner(params, lambda _p: FakePolicy(), threaded=False)
-    runner.configure()
+    runner = commanding_runner(dry_run=dry_run, control_hz=10.0, **kw)
     sent: list = []
     sink = CommandSink(runner, msgs, sent.append, lambda: (0, 0))
     sink.activate()

@@ -227,36 +227,37 @@ def test_resume_as_the_other_kind_of_run_is_refused(tmp_path):
         check_resume_config(saved, "distill", cfg, "distill", tmp_path)
 
 
+def _openvla_run(openvla_dir, data, out, **overrides) -> dict:
+    """DistillConfig fields of a few-step run on the conformance OpenVLA teacher."""
+    return dict(
+        data=(str(data),),
+        teacher=str(openvla_dir),
+        unnorm_key="bridge_orig",
+        out_dir=str(out),
+        batch_size=4,
+        warmup_steps=1,
+        log_every=1,
+        eval_every=0,
+        inits=("prompt",),
+        collect_batch_size=4,
+        **overrides,
+    )
+
+
 def test_distill_an_openvla_teacher_into_a_chunked_openvla_student(openvla_dir, write_demo, tmp_path):
     """The conformance OpenVLA checkpoint as the teacher, the demonstrations' actions tokenised with
     one dataset's statistics, a student that emits chunks of 2 actions: a few steps run, and the
     student is written in OpenVLA's layout, loadable with its chunk size."""
-    from ee_vla.models import load_vla
+    from ee_vla.models import ModelLoadError, load_vla
     from ee_vla.models.openvla import is_openvla_dir
 
     data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=5)
-    model = distill(
-        DistillConfig(
-            data=(str(data),),
-            teacher=str(openvla_dir),
-            unnorm_key="bridge_orig",
-            chunk_size=2,
-            out_dir=str(tmp_path / "ceed"),
-            steps=3,
-            batch_size=4,
-            lr=1e-3,
-            warmup_steps=1,
-            log_every=1,
-            save_every=100,
-            eval_every=0,
-            inits=("prompt",),
-            collect_batch_size=4,
-        )
-    )
+    cfg = _openvla_run(openvla_dir, data, tmp_path / "ceed", chunk_size=2, steps=3, lr=1e-3, save_every=100)
+    model = distill(DistillConfig(**cfg))
     assert is_openvla_dir(model)
     student = load_vla(model, unnorm_key="bridge_orig")
     assert student.chunk_size == 2 and student.unnorm_key == "bridge_orig"
-    with pytest.raises(Exception, match="unnorm_key"):
+    with pytest.raises(ModelLoadError, match="unnorm_key"):
         distill(DistillConfig(data=(str(data),), teacher=str(openvla_dir), out_dir=str(tmp_path / "x"), steps=1))
 
 
@@ -268,21 +269,7 @@ def test_lora_distillation_trains_adapters_only_and_saves_plain_weights(openvla_
     from ee_vla.models import load_vla
 
     data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=5)
-    base = dict(
-        data=(str(data),),
-        teacher=str(openvla_dir),
-        unnorm_key="bridge_orig",
-        out_dir=str(tmp_path / "lora"),
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=1,
-        log_every=1,
-        save_every=2,
-        eval_every=0,
-        inits=("prompt",),
-        collect_batch_size=4,
-        lora_rank=4,
-    )
+    base = _openvla_run(openvla_dir, data, tmp_path / "lora", lr=1e-2, save_every=2, lora_rank=4)
     model = distill(DistillConfig(steps=3, **base))
     teacher = load_vla(openvla_dir, unnorm_key="bridge_orig").model.state_dict()
     student = load_vla(model, unnorm_key="bridge_orig").model.state_dict()
