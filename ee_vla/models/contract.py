@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ee_vla.models.files import EE_VLA_FILE, ModelLoadError
+from ee_vla.models.files import EE_VLA_FILE, PROMPT_TEMPLATE, ModelLoadError
 
 CONTRACT_KEY = "contract"
 """The section of `ee_vla.json` that training writes (`recorded_contract`)."""
@@ -76,7 +76,21 @@ class ModelContract:
 
 
 def read_contract(model_dir: str | Path) -> ModelContract:
-    """The contract of a saved policy directory (reads `ee_vla.json` only; no torch)."""
+    """The contract of a saved policy directory (reads `ee_vla.json` only; no torch), or of an
+    OpenVLA checkpoint (its config: chunk, camera size, the first dataset's action dimensions; no
+    proprio, no recorded control rate)."""
+    from ee_vla.models.openvla.format import is_openvla_dir, read_openvla
+
+    if is_openvla_dir(model_dir):
+        fmt = read_openvla(model_dir)
+        first = fmt.action_stats(sorted(fmt.norm_stats)[0])
+        return ModelContract(
+            chunk_size=fmt.chunk_size,
+            action_dim=len(first["q01"]),
+            image_size=fmt.transforms[0].size,
+            proprio_dim=0,
+            prompt_template=PROMPT_TEMPLATE,
+        )
     path = Path(model_dir) / EE_VLA_FILE
     try:
         extra = json.loads(path.read_text())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+"""OpenVLA's prompt, ee_vla's too (`ee_vla.models.vla.prompt_text` fills it)."""
 EE_VLA_FILE = "ee_vla.json"
 """ee_vla's own part of a model directory: action tokenizer, image statistics, chunk size, prompt."""
 MODEL_FILES = ("config.json", "model.safetensors", EE_VLA_FILE, "tokenizer.json")

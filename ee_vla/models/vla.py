@@ -37,11 +37,10 @@ from ee_vla.models.checks import (  # noqa: F401 (ModelBounds, MODEL_BOUNDS: imp
     check_image_normalisation,
 )
 from ee_vla.models.contract import CONTRACT_KEY, ModelContract
-from ee_vla.models.files import EE_VLA_FILE, ModelLoadError, check_model_dir
+from ee_vla.models.files import EE_VLA_FILE, PROMPT_TEMPLATE, ModelLoadError, check_model_dir
 
 log = logging.getLogger(__name__)
 
-PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 GROUNDING_TEMPLATE = "In: Where are the objects to {instruction}?\nOut:"
 """The question of grounding co-training (`TrainConfig.grounding_fraction`): answered with the
 target's and goal's positions as action-block tokens; never asked at run time."""

@@ -58,6 +58,10 @@ def test_the_format_is_recognised_and_read_without_torch(ckpt):
     assert [t.kind for t in fmt.towers] == ["dinov2", "siglip"] and fmt.projector_layers == 3
     assert fmt.n_image_tokens == 256 and fmt.vocab_size == 32000 and len(fmt.weight_files) == 2  # sharded
     assert sorted(fmt.norm_stats) == sorted(KEYS)
+    from ee_vla.models import read_contract  # what the sim bridge and the node take their defaults from
+
+    c = read_contract(ckpt)
+    assert (c.chunk_size, c.action_dim, c.image_size, c.proprio_dim, c.control_hz) == (1, 7, 224, 0, None)
 
 
 def test_prompt_ids_and_pixels_are_the_reference_processors(vlas, arrays):

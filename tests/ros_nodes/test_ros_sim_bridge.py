@@ -98,7 +98,9 @@ def test_waits_for_the_first_command(clock):
     assert b.step().step == 1 and len(env.actions) == 1
 
 
-def test_the_bridge_renders_the_policys_camera_size_and_names_a_rate_mismatch(tiny_vla_dir, tmp_path, caplog):
+def test_the_bridge_renders_the_policys_camera_size_and_names_a_rate_mismatch(
+    tiny_vla_dir, openvla_dir, tmp_path, caplog
+):
     """With `model_path` the env renders the policy's image size (64 for the tiny model, not the
     env's 128); `image_size` overrides it; a policy trained at another rate than the env's is named."""
     import json
@@ -113,6 +115,7 @@ def test_the_bridge_renders_the_policys_camera_size_and_names_a_rate_mismatch(ti
             b.env.close()
 
     assert pixels(model_path=str(tiny_vla_dir)) == (64, 64, 3)
+    assert pixels(model_path=str(openvla_dir)) == (224, 224, 3)  # an OpenVLA checkpoint's processor size
     assert pixels(model_path=str(tiny_vla_dir), image_size=32) == (32, 32, 3)
     fast = tmp_path / "fast"
     shutil.copytree(tiny_vla_dir, fast)
