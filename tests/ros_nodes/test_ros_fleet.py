@@ -339,3 +339,106 @@ def test_runners_share_one_fleet_and_count_their_own_bad_inputs(tiny_vla_dir):
     assert runners["r0"].bad_inputs() == 0 and runners["r2"].bad_inputs() == 0
     assert runners["r0"].model_errors == 0 and runners["r2"].model_errors == 0
     assert fleet.robots == []  # cleanup detached every robot
+
+
+def test_namespaces_resolve_like_ros2_and_are_validated():
+    from ros_nodes.serve import ServeConfig, namespaced
+
+    assert namespaced("camera/image_raw", "robot1") == "/robot1/camera/image_raw"
+    assert namespaced("/diagnostics", "robot1") == "/diagnostics"
+    cfg = ServeConfig(model_path="m", namespaces=("/robot1/", "fleet/arm_2"), command_type="array")
+    assert cfg.namespaces == ("robot1", "fleet/arm_2")
+    p = cfg.robot_params("fleet/arm_2")
+    assert p.image_topic == "/fleet/arm_2/camera/image_raw"
+    assert p.instruction_topic == "/fleet/arm_2/instruction"
+    assert p.resolved_command_topic == "/fleet/arm_2/forward_command_controller/commands"
+    assert p.diagnostics_topic == "/diagnostics"
+    assert cfg.fleet_config().max_batch == 2
+    for bad in (("robot1", "robot1"), ("1robot",), ("",), ("robot 1",)):
+        with pytest.raises(ValueError, match="namespace"):
+            ServeConfig(model_path="m", namespaces=bad)
+    with pytest.raises(ValueError, match="max_batch"):
+        ServeConfig(model_path="m", namespaces=("a",), max_batch=-1)
+    with pytest.raises(ValueError, match="gather_s"):
+        ServeConfig(model_path="m", namespaces=("a",), batch_gather_s=5.0)
+
+
+@pytest.mark.timeout(240)
+def test_serve_namespaces_over_dds_loopback(tiny_vla_dir, tmp_path):
+    """`python -m ros_nodes.serve --namespaces robot1 robot2` on loopback: each robot's images and
+    instruction on its own topics give commands on its own command topic, each has its status on
+    /diagnostics, and SIGINT ends with the statistics of both and of the fleet."""
+    pytest.importorskip("cyclonedds")
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ros_nodes.dds import msgs
+    from ros_nodes.dds.transport import DdsGraph, loopback_config
+    from ros_nodes.messages import build_image
+
+    repo = Path(__file__).resolve().parents[2]
+    domain = 60 + (os.getpid() * 11) % 120
+    stats = tmp_path / "stats.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "ros_nodes.serve", "--namespaces", "robot1", "robot2",
+            "--model-path", str(tiny_vla_dir), "--loopback-only", "--domain-id", str(domain),
+            "--command-type", "array", "--no-dry-run", "--control-hz", "20", "--threads", "1",
+            "--decode-deadline-s", "30", "--image-timeout-s", "5", "--diagnostics-hz", "5",
+            "--stats-path", str(stats),
+        ],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    g = DdsGraph(domain, loopback_config(domain))
+    commands: dict[str, list] = {"robot1": [], "robot2": [], "root": []}
+    statuses: set[str] = set()
+    try:
+        for ns in ("robot1", "robot2"):
+            g.reader(f"/{ns}/forward_command_controller/commands", msgs.Float64MultiArray, callback=commands[ns].append)
+        g.reader("forward_command_controller/commands", msgs.Float64MultiArray, callback=commands["root"].append)
+        g.reader("/diagnostics", msgs.DiagnosticArray, callback=lambda a: statuses.update(s.name for s in a.status))
+        writers = {
+            ns: (
+                g.writer(f"/{ns}/camera/image_raw", msgs.Image, "sensor_data"),
+                g.writer(f"{ns}/instruction", msgs.String),
+            )
+            for ns in ("robot1", "robot2")
+        }
+        images = {ns: build_image(msgs, o["pixels"], (0, 0)) for ns, o in zip(writers, observations(2, 8), strict=True)}
+        said = {"robot1": "pick up the red cube", "robot2": "open the drawer"}
+        wanted = {"/robot1/ee_vla: policy node", "/robot2/ee_vla: policy node", "ee_vla: fleet"}
+        end = time.monotonic() + 180
+        next_pub = 0.0
+        while time.monotonic() < end and server.poll() is None:
+            if time.monotonic() >= next_pub:
+                for ns, (img, instr) in writers.items():
+                    instr.write(msgs.String(data=said[ns]))
+                    img.write(images[ns])
+                next_pub = time.monotonic() + 0.05
+            g.spin_once(0.01)
+            if len(commands["robot1"]) >= 10 and len(commands["robot2"]) >= 10 and wanted <= statuses:
+                break
+        assert server.poll() is None, server.communicate(timeout=10)[1][-3000:]
+        assert len(commands["robot1"]) >= 10 and len(commands["robot2"]) >= 10, commands
+        assert wanted <= statuses, statuses
+        server.send_signal(signal.SIGINT)
+        _out, err = server.communicate(timeout=60)
+        assert server.returncode == 0, err[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=10)
+        g.close()
+    assert commands["root"] == []  # nothing at the root namespace
+    assert all(len(c.data) == 7 for c in commands["robot1"] + commands["robot2"])
+    result = json.loads(stats.read_text())
+    for ns in ("robot1", "robot2"):
+        assert int(result[ns]["chunks_done"]) >= 1
+        assert result[ns]["model_errors"] == "0" and result[ns]["bad_inputs"] == "0"
+        assert result[ns]["command_topic"] == f"/{ns}/forward_command_controller/commands"
+    assert result["fleet"]["batches"] >= 1 and result["fleet"]["robots"] == 0  # detached at cleanup
