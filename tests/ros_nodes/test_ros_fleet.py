@@ -442,3 +442,41 @@ def test_serve_namespaces_over_dds_loopback(tiny_vla_dir, tmp_path):
         assert result[ns]["model_errors"] == "0" and result[ns]["bad_inputs"] == "0"
         assert result[ns]["command_topic"] == f"/{ns}/forward_command_controller/commands"
     assert result["fleet"]["batches"] >= 1 and result["fleet"]["robots"] == 0  # detached at cleanup
+
+
+@pytest.mark.timeout(300)
+def test_bench_fleet_smoke(tmp_path):
+    """The fleet benchmark on the CPU with the tiny model, a few robots for about 2 s per run: every
+    field is reported (nothing asserted about speed), without mujoco, gymnasium or tyro."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "fleet.json"
+    code = (
+        "import sys\n"
+        "from ros_nodes.bench_fleet import main\n"
+        f"main(['--model', 'tiny', '--robots', '1', '3', '--duration-s', '2', '--settle-s', '0.5', '--threads', '1',"
+        f" '--keep-going', '--out', {str(out)!r}])\n"
+        "print('IMPORTED', [m for m in ('mujoco', 'gymnasium', 'tyro', 'sim_envs') if m in sys.modules])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=280)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "IMPORTED []" in p.stdout
+    assert "robots before the first miss" in p.stdout
+    result = json.loads(out.read_text())
+    runs = {(r["mode"], r["robots"]) for r in result["results"]}
+    assert runs == {("batched", 1), ("batched", 3), ("sequential", 1), ("sequential", 3)}
+    for r in result["results"]:
+        assert r["model_errors"] == 0
+        assert len(r["per_robot"]) == r["robots"]
+        for key in ("deadline_misses", "chunks_dropped", "late_ticks", "first_action_ms", "commands_per_s_per_robot"):
+            assert key in r
+        assert r["chunks_done"] > 0 and r["batch_sizes"]
+        if r["mode"] == "sequential":
+            assert set(r["batch_sizes"]) == {"1"}
+    assert set(result["robots_before_first_miss"]) == {"batched", "sequential"}
+    pytest.importorskip("matplotlib")
+    assert out.with_suffix(".png").exists()
