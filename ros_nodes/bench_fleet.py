@@ -422,12 +422,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         if not rs:
             continue
         ns = [r["robots"] for r in rs]
-        axes[0].plot(ns, [r["deadline_misses"] + r["chunks_dropped"] + r["late_ticks"] for r in rs], "o-", label=mode)
+        axes[0].plot(ns, [r["deadline_misses"] + r["late_ticks"] for r in rs], "o-", label=mode)
         axes[1].plot(ns, [r["first_action_ms"]["p99"] or np.nan for r in rs], "o-", label=mode)
     deadline_ms = result["results"][0]["decode_deadline_s"] * 1e3 if result["results"] else None
     if deadline_ms:
         axes[1].axhline(deadline_ms, color="grey", ls="--", label="decode deadline")
-    axes[0].set(xlabel="robots", ylabel="deadline misses + dropped + late ticks", title="misses in the window")
+    axes[0].set(xlabel="robots", ylabel="deadline misses + late ticks", title="misses in the window")
     axes[1].set(xlabel="robots", ylabel="ms", title="image -> first action, p99")
     for ax in axes:
         ax.legend()
