@@ -16,7 +16,9 @@ one decode thread:
 * runs ONE batched decode (`VLAPolicy` decodes (B, H, W, 3) pixels with a list of instructions) of
   calls with the same image size (another size waits for the next batch);
 * streams each row's actions to its robot as that row's tokens become final (the decode loop
-  keeps a final-token count per row), not when the whole batch has them.
+  keeps a final-token count per row), not when the whole batch has them. A batch runs until its
+  slowest row is done (rows that are done are masked, not removed); a robot whose row converged
+  early has all its actions by then, but its next call waits for the next batch.
 
 Per-robot state stays per robot. The warm start (`init="warm"`, CEED's default) guesses a chunk from
 the robot's own previous chunk: the fleet keeps each robot's previous tokens, gives the batch a guess
@@ -74,7 +76,7 @@ from ros_nodes.diagnostics import Window
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FleetConfig", "FleetPolicy", "RobotPolicy", "padded_sizes"]
+__all__ = ["FleetConfig", "FleetPolicy", "RobotPolicy", "SharedFleet", "padded_sizes"]
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,11 @@ class _Call:
 class RobotPolicy:
     """One robot's view of a `FleetPolicy`: an `ActionChunkPolicy` with its own warm-start chunk."""
 
-    def __init__(self, fleet: FleetPolicy, name: str):
+    def __init__(self, fleet: FleetPolicy, name: str, on_close: Callable[[], object] | None = None):
         self.fleet = fleet
         self.name = name
+        self.on_close = on_close
+        self._closed = False
         self._previous: Any = None  # (n,) tokens of the last chunk decoded for this robot
         self._epoch = 0
 
@@ -205,7 +209,9 @@ class RobotPolicy:
 
     def close(self) -> None:
         """Detach this robot from the fleet (the shared policy stays loaded; `FleetPolicy.close` frees it)."""
-        self.fleet._detach(self)
+        if not self._closed:
+            self._closed = True
+            self.fleet._detach(self)
 
 
 class FleetPolicy:
@@ -276,12 +282,13 @@ class FleetPolicy:
         return bool(getattr(self.policy.vla, "proprio_dim", 0))
 
     # ---- robots -------------------------------------------------------------------------------
-    def robot(self, name: str) -> RobotPolicy:
-        """The `ActionChunkPolicy` of robot `name` (one per name; a second call is refused)."""
+    def robot(self, name: str, on_close: Callable[[], object] | None = None) -> RobotPolicy:
+        """The `ActionChunkPolicy` of robot `name` (one per name; a second call is refused while the
+        first is attached). `on_close` is called after its `close()` detached it."""
         with self._cv:
             if name in self._robots:
                 raise ValueError(f"robot {name!r} is already attached to this fleet")
-            r = RobotPolicy(self, name)
+            r = RobotPolicy(self, name, on_close)
             self._robots[name] = r
             return r
 
@@ -290,6 +297,8 @@ class FleetPolicy:
             if self._robots.get(robot.name) is robot:
                 del self._robots[robot.name]
             self._cv.notify_all()
+        if robot.on_close is not None:
+            robot.on_close()
 
     @property
     def robots(self) -> list[str]:
@@ -522,6 +531,80 @@ class FleetPolicy:
                 if not c.cancelled:
                     c.out.put(sa)
             c.emitted = max(c.emitted, final[i])
+
+
+class SharedFleet:
+    """One `FleetPolicy` for robots that configure one at a time (the rclpy nodes of one process, each
+    configured by its own lifecycle): `factory(name)` is a runner's `policy_factory`.
+
+    The first robot's configure loads the policy (in this process, with its parameters' model and
+    runtime) and, with `warmup`, decodes a batch of every size; the next robots must ask for the
+    same model and runtime (a robot that asks for another fails its configure with the reason);
+    the last robot's cleanup closes the fleet and frees the policy.
+
+    Args:
+        config: batching settings (`decode_nice` is the first robot's `decode_nice` parameter).
+        load: loads the policy of a robot's `PolicyParams` (default: `load_here`).
+    """
+
+    def __init__(self, config: FleetConfig, load: Callable[[Any], Any] | None = None):
+        self.config = config
+        self.load = load or load_here
+        self.fleet: FleetPolicy | None = None
+        self.key: tuple[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def factory(self, name: str) -> Callable[[Any], RobotPolicy]:
+        """A `policy_factory` for robot `name`'s runner."""
+        return lambda params: self.robot(name, params)
+
+    def robot(self, name: str, params: Any) -> RobotPolicy:
+        """Robot `name`'s policy, loading the shared one for the first robot (see the class docstring)."""
+        key = (params.model_path, params.runtime_config())
+        with self._lock:
+            if self.fleet is None:
+                import dataclasses
+
+                if getattr(params, "policy_process", False):
+                    log.info("the shared policy decodes in this process, on the fleet's thread (not a policy process)")
+                policy = self.load(params)
+                fleet = FleetPolicy(policy, dataclasses.replace(self.config, decode_nice=params.decode_nice))
+                if params.warmup:
+                    try:
+                        took = fleet.warm_up()
+                    except BaseException:
+                        fleet.close()
+                        raise
+                    log.info("fleet warm-up: %s", ", ".join(f"batch {b} {s:.2f} s" for b, s in took.items()))
+                self.fleet, self.key = fleet, key
+            elif key != self.key:
+                raise ValueError(
+                    f"robot {name!r} asks for model {key[0]!r} with {key[1]}, but the robots of this process "
+                    f"share {self.key[0]!r} with {self.key[1]}: give every namespace the same model_path and "
+                    "decoder, device, dtype, engine and threads parameters"
+                )
+            return self.fleet.robot(name, on_close=self._closed)
+
+    def _closed(self) -> None:
+        with self._lock:
+            fleet = self.fleet
+            if fleet is None or fleet.robots:
+                return
+            self.fleet, self.key = None, None
+        fleet.close()
+
+
+def load_here(params: Any) -> Any:
+    """The policy of a robot's `PolicyParams`, loaded in this process (threads configured)."""
+    from ee_vla.models import check_model_dir
+    from ee_vla.threads import configure_threads
+    from ros_nodes.policy_process import load_policy_here
+
+    if not params.model_path:
+        raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
+    check_model_dir(params.model_path)
+    configure_threads(params.threads)
+    return load_policy_here(params)
 
 
 def _stack(observations: list[dict[str, Any]], proprio: bool) -> dict[str, Any]:

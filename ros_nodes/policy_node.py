@@ -297,8 +297,14 @@ class PolicyNode(LifecycleNode):
             runner, pub, sink = self.runner, self._diag_pub, self.sink
             if runner is None or pub is None:
                 return
-            status = self._with_failures(runner.status(name=f"{self.get_name()}: policy"), sink)
+            status = self._with_failures(runner.status(name=self.status_name()), sink)
             pub.publish(build_diagnostics(self.m, [status], self._stamp()))
+
+    def status_name(self) -> str:
+        """The node's /diagnostics status name: `<node>: policy`, led by its namespace outside the
+        root one (`/robot1/policy_node: policy`), so the robots of one graph tell apart."""
+        ns = self.get_namespace().rstrip("/")
+        return f"{ns}/{self.get_name()}: policy" if ns else f"{self.get_name()}: policy"
 
     def _with_failures(self, status: Status, sink: CommandSink | None) -> Status:
         """Add the callback failure counts; a failure since the last message raises the level
@@ -320,21 +326,60 @@ class PolicyNode(LifecycleNode):
         return status
 
 
+def fleet_nodes(namespaces: list[str], shared: Any, node_name: str = "policy_node") -> list[PolicyNode]:
+    """One `PolicyNode` per namespace (`/<ns>/policy_node`, its relative topics under `/<ns>/`),
+    whose policies come from `shared` (a `ros_nodes.fleet.SharedFleet`: one loaded policy, their
+    decode calls batched)."""
+    return [PolicyNode(node_name, policy_factory=shared.factory(ns), namespace=f"/{ns}") for ns in namespaces]
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of `ros2 run ee_vla policy_node [--executor multi|single] [--ros-args ...]`.
+    """Entry point of `ros2 run ee_vla policy_node [--executor multi|single] [--namespaces NS ...] [--ros-args ...]`.
 
     `--executor single` spins the node on one thread (rclpy's SingleThreadedExecutor behaviour: the
     command timer then waits for any input callback that runs); the default, `multi`, gives the
-    timer, the inputs and the diagnostics threads of their own."""
+    timer, the inputs and the diagnostics threads of their own.
+
+    `--namespaces robot1 robot2 ...` runs one lifecycle node per namespace in this process
+    (`/robot1/policy_node`, ...; each configured and activated on its own, the same parameters for
+    all), sharing one loaded policy whose decode calls are batched (`ros_nodes.fleet`; the policy
+    decodes in this process: `policy_process` does not apply). `--batch-gather-s`, `--max-batch`
+    (0: the number of namespaces) and `--batch-padding` are the fleet's settings, as for
+    `ee-vla serve --namespaces`."""
     import argparse
 
     from rclpy.utilities import remove_ros_args
 
+    from ros_nodes.fleet import FleetConfig, SharedFleet
+    from ros_nodes.serve import check_namespace
+
     argv = sys.argv if args is None else args
     parser = argparse.ArgumentParser(prog="policy_node", description=main.__doc__.splitlines()[0])
     parser.add_argument("--executor", choices=("multi", "single"), default="multi")
+    parser.add_argument("--namespaces", nargs="*", default=[], help="one robot (node) per namespace")
+    parser.add_argument("--batch-gather-s", type=float, default=FleetConfig.gather_s)
+    parser.add_argument("--max-batch", type=int, default=0, help="0: the number of namespaces")
+    parser.add_argument("--batch-padding", choices=("auto", "pow2", "none"), default=FleetConfig.padding)
     options = parser.parse_args(remove_ros_args(argv)[1:])
-    spin_until_shutdown(PolicyNode, argv, threads=1 if options.executor == "single" else 4)
+    threads = 1 if options.executor == "single" else 4
+    if not options.namespaces:
+        spin_until_shutdown(PolicyNode, argv, threads=threads)
+        return
+    try:
+        namespaces = [check_namespace(ns) for ns in options.namespaces]
+        if len(set(namespaces)) != len(namespaces):
+            raise ValueError(f"--namespaces: each robot needs a namespace of its own, got {namespaces}")
+        config = FleetConfig(
+            gather_s=options.batch_gather_s,
+            max_batch=options.max_batch or len(namespaces),
+            padding=options.batch_padding,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    shared = SharedFleet(config)
+    if threads > 1:
+        threads = max(threads, 2 * len(namespaces))  # a control timer and inputs per robot
+    spin_until_shutdown(lambda: fleet_nodes(namespaces, shared), argv, threads=threads)
 
 
 if __name__ == "__main__":

@@ -223,10 +223,11 @@ def spin_until_shutdown(
     poll_s: float = 0.1,
     max_failures: int = 50,
 ) -> None:
-    """Create a node and spin it on a MultiThreadedExecutor of `threads` threads (1: a
-    SingleThreadedExecutor, callbacks on the calling thread) until SIGINT, SIGTERM, an external
-    rclpy shutdown or its `finished` attribute (if it has one) turns true; then always run its
-    `on_exit()` (the stop command) and shut down cleanly.
+    """Create a node (or, when `make_node` returns a list, several: one executor spins them all) and
+    spin it on a MultiThreadedExecutor of `threads` threads (1: a SingleThreadedExecutor, callbacks
+    on the calling thread) until SIGINT, SIGTERM, an external rclpy shutdown or its `finished`
+    attribute (if it has one) turns true; then always run its `on_exit()` (the stop command) and
+    shut down cleanly.
 
     The executor is spun `poll_s` at a time, so a signal is acted on within `poll_s` even when no
     callback is due. An exception that still escapes a callback is logged and spinning continues;
@@ -234,16 +235,22 @@ def spin_until_shutdown(
     through the same `on_exit()`.
     """
     init_rclpy(args)
-    node = None
+    nodes: list[Any] = []
     executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
     log = logging.getLogger("ee_vla.ros")
     with ShutdownSignals() as signals:
         try:
-            node = make_node()
-            log = python_logger(node)
-            executor.add_node(node)
+            made = make_node()
+            nodes = list(made) if isinstance(made, (list, tuple)) else [made]
+            log = python_logger(nodes[0])
+            for node in nodes:
+                executor.add_node(node)
             failures = 0
-            while rclpy.ok() and not signals.event.is_set() and not getattr(node, "finished", False):
+            while (
+                rclpy.ok()
+                and not signals.event.is_set()
+                and not any(getattr(node, "finished", False) for node in nodes)
+            ):
                 try:
                     executor.spin_once(timeout_sec=poll_s)
                     failures = 0
@@ -252,9 +259,12 @@ def spin_until_shutdown(
                 except UnicodeDecodeError as e:
                     # rclpy decodes string fields strictly while taking a message, before any callback
                     # runs: a sender's invalid UTF-8 is bad input, not a failure of the executor
-                    on_bad = getattr(node, "on_undecodable_message", None)
+                    # (with several nodes, which one's subscription it was is not known: logged)
+                    on_bad = getattr(nodes[0], "on_undecodable_message", None) if len(nodes) == 1 else None
                     if on_bad is not None:
                         on_bad(e)
+                    else:
+                        log.warning("dropped a message that does not decode: %s", e)
                 except Exception as e:  # noqa: BLE001 - one failed callback must not end the node
                     failures += 1
                     log.error("a callback failed: %s: %s (the node keeps running)", type(e).__name__, e)
@@ -266,11 +276,25 @@ def spin_until_shutdown(
         finally:
             if signals.received:
                 log.info("%s received: stopping", signal.Signals(signals.received[0]).name)
-            if node is not None:
-                try:
-                    node.on_exit()
-                finally:
-                    executor.remove_node(node)
-                    node.destroy_node()
+            _exit_nodes(executor, nodes)
             executor.shutdown()
             rclpy.try_shutdown()
+
+
+def _exit_nodes(executor: Any, nodes: list[Any]) -> None:
+    """Each node's `on_exit()` (its stop command) in order, then remove and destroy it; one node's
+    failure does not skip the others' (it is re-raised at the end)."""
+    error: BaseException | None = None
+    for node in nodes:
+        try:
+            node.on_exit()
+        except BaseException as e:  # noqa: BLE001 - the other nodes still stop
+            error = error or e
+        finally:
+            try:
+                executor.remove_node(node)
+                node.destroy_node()
+            except BaseException as e:  # noqa: BLE001
+                error = error or e
+    if error is not None:
+        raise error

@@ -153,7 +153,7 @@ def check_namespace(ns: str) -> str:
     tokens = name.split("/")
     if not name or not all(_NS_TOKEN.match(t) for t in tokens):
         raise ValueError(
-            f"ServeConfig.namespaces: {ns!r} is not a ROS namespace (tokens of letters, digits and _, "
+            f"namespaces: {ns!r} is not a ROS namespace (tokens of letters, digits and _, "
             "not starting with a digit, separated by /)"
         )
     return name
@@ -288,16 +288,14 @@ def _fleet(cfg: ServeConfig, policy: Any | None) -> FleetPolicy:
     if isinstance(policy, FleetPolicy):
         return policy
     if policy is None:
-        from ee_vla.models import check_model_dir
-        from ee_vla.threads import configure_threads
-        from ros_nodes.policy_process import load_policy_here
+        from ros_nodes.fleet import load_here
 
         params = cfg.policy_params()
-        if not params.model_path:
-            raise ValueError("model_path is empty: set it to a directory saved by VLAPolicy.save_pretrained")
-        check_model_dir(params.model_path)
-        configure_threads(params.threads)
-        policy = load_policy_here(params)
+        if params.policy_process:
+            log.info(
+                "namespaces: the policy decodes in this process, on the fleet's thread (policy_process does not apply)"
+            )
+        policy = load_here(params)
     fleet = FleetPolicy(policy, cfg.fleet_config())
     if cfg.warmup:
         try:

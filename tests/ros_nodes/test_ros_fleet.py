@@ -480,3 +480,179 @@ def test_bench_fleet_smoke(tmp_path):
     assert set(result["robots_before_first_miss"]) == {"batched", "sequential"}
     pytest.importorskip("matplotlib")
     assert out.with_suffix(".png").exists()
+
+
+def real_rclpy_loaded() -> bool:
+    import sys
+
+    return "rclpy" in sys.modules and not hasattr(sys.modules["rclpy"], "graph")
+
+
+@pytest.fixture()
+def fake_ros():
+    """The fake rclpy of ros_fakes (as in test_ros_node_fakes.py); None where ROS 2's own rclpy is
+    loaded in this process (`make test-ros`): the test then runs itself in a process of its own."""
+    import sys
+
+    pytest.importorskip("cyclonedds")  # the fake rclpy's message classes are ros_nodes.dds.msgs'
+    from ros_fakes import install_fake_ros, uninstall_fake_ros
+
+    if real_rclpy_loaded():
+        yield None
+        return
+    saved = {k: sys.modules[k] for k in ("rclpy",) if k in sys.modules}
+    rclpy = install_fake_ros()
+    rclpy.init()
+    yield rclpy
+    uninstall_fake_ros()
+    sys.modules.update(saved)
+
+
+def in_own_process(request) -> None:
+    """Run this test alone in a fresh pytest process (where no real rclpy is imported)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:launch_testing", "-p", "no:launch_ros",
+         "-p", "no:cacheprovider", f"{request.node.path}::{request.node.name}"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert "1 passed" in p.stdout, p.stdout[-2000:]
+
+
+@pytest.mark.timeout(300)
+def test_rclpy_nodes_in_namespaces_share_one_fleet(fake_ros, tiny_vla_dir, tmp_path, request):
+    """Two lifecycle nodes in /robot1 and /robot2 (what `policy_node --namespaces robot1 robot2`
+    runs), on the fake rclpy: the first configure loads the one policy, both decode through it,
+    each publishes its own commands and a status named with its namespace; a node asking for
+    another model fails its configure; the last cleanup frees the policy."""
+    if fake_ros is None:
+        in_own_process(request)
+        return
+    from rclpy.parameter import Parameter
+
+    from ros_nodes.fleet import SharedFleet
+    from ros_nodes.policy_node import PolicyNode, fleet_nodes
+
+    loads = []
+
+    def load(params):
+        loads.append(params.model_path)
+        return VLAPolicy.from_pretrained(params.model_path, decoder=params.decoder, device="cpu")
+
+    shared = SharedFleet(FleetConfig(gather_s=0.01, max_batch=2), load=load)
+    values = dict(
+        model_path=str(tiny_vla_dir),
+        dry_run=False,
+        instruction="pick up the cube",
+        command_type="array",
+        image_timeout_s=1000.0,
+        decode_deadline_s=1000.0,
+        max_hold_s=0.0,
+        decode_nice=0,
+    )
+
+    def node(ns: str, **kw):
+        params = [Parameter(k, value=v) for k, v in {**values, **kw}.items()]
+        return PolicyNode(policy_factory=shared.factory(ns), namespace=f"/{ns}", parameter_overrides=params)
+
+    nodes = [node("robot1"), node("robot2")]
+    try:
+        for n in nodes:
+            n.trigger_configure()
+            n.trigger_activate()
+        assert loads == [str(tiny_vla_dir)] and sorted(shared.fleet.robots) == ["robot1", "robot2"]
+        other = node("robot3", model_path=str(tmp_path))  # another model: refused, the node stays up
+        nodes.append(other)
+        other.trigger_configure()
+        assert other.runner is None and loads == [str(tiny_vla_dir)]
+        obs = observations(2, 9)
+        for n, o in zip(nodes[:2], obs, strict=True):
+            n.runner.on_image(o["pixels"])
+        for n in nodes[:2]:
+            assert n.runner.wait_for_chunks(1, 120)
+            tick, diag = [t.callback for t in n.timers if not t.destroyed]
+            tick()
+            diag()
+        for n, name in zip(nodes[:2], ("/robot1/policy_node: policy", "/robot2/policy_node: policy"), strict=True):
+            cmd, diag_pub = n.publishers[0], n.publishers[1]
+            assert len(cmd.messages) == 1 and len(cmd.messages[0].data) == 7
+            assert diag_pub.messages[-1].status[0].name == name
+        for n in nodes[:2]:
+            n.trigger_deactivate()
+            n.trigger_cleanup()
+        assert shared.fleet is None  # the last cleanup closed the fleet
+    finally:
+        for n in nodes:
+            n.on_exit()
+    made = fleet_nodes(["a", "b/c"], shared)
+    assert [(n.get_namespace(), n.get_name()) for n in made] == [("/a", "policy_node"), ("/b/c", "policy_node")]
+    assert made[0].status_name() == "/a/policy_node: policy"
+
+
+@pytest.mark.timeout(240)
+def test_rclpy_policy_node_namespaces_on_a_real_graph(tiny_vla_dir, tmp_path):
+    """`python -m ros_nodes.policy_node --namespaces robot1 robot2` with ROS 2 (skipped without it):
+    both lifecycle nodes autostart, each robot's images (sent over plain DDS) give commands on its
+    own topic, each status carries its namespace, and SIGINT ends with both stop commands."""
+    import importlib.util
+    import shutil
+    import signal
+
+    if importlib.util.find_spec("rclpy") is None or shutil.which("ros2") is None:
+        pytest.skip("needs ROS 2 (rclpy and the ros2 CLI): source a ROS 2 setup.bash or run `make test-ros`")
+    pytest.importorskip("cyclonedds")
+    from ros2_graph import Proc, new_domain_id, policy_node_argv, process_env
+
+    from ros_nodes.dds import msgs
+    from ros_nodes.dds.transport import DdsGraph, loopback_config
+    from ros_nodes.messages import build_image
+
+    domain = new_domain_id()
+    argv = policy_node_argv(
+        "policy_node",
+        model_path=str(tiny_vla_dir),
+        autostart=True,
+        dry_run=False,
+        command_type="array",
+        instruction="pick up the cube",
+        control_hz=20.0,
+        decode_deadline_s=30.0,
+        image_timeout_s=5.0,
+        threads=1,
+    )
+    argv[3:3] = ["--namespaces", "robot1", "robot2"]  # before --ros-args
+    node = Proc(argv, process_env(domain), tmp_path / "node.log")
+    g = DdsGraph(domain, loopback_config(domain))
+    commands: dict[str, list] = {"robot1": [], "robot2": []}
+    names: set[str] = set()
+    try:
+        for ns in commands:
+            g.reader(f"/{ns}/forward_command_controller/commands", msgs.Float64MultiArray, callback=commands[ns].append)
+        g.reader("/diagnostics", msgs.DiagnosticArray, callback=lambda a: names.update(s.name for s in a.status))
+        cams = {ns: g.writer(f"/{ns}/camera/image_raw", msgs.Image, "sensor_data") for ns in commands}
+        images = {ns: build_image(msgs, o["pixels"], (0, 0)) for ns, o in zip(cams, observations(2, 10), strict=True)}
+        wanted = {"/robot1/policy_node: policy", "/robot2/policy_node: policy"}
+        end = time.monotonic() + 180
+        while time.monotonic() < end and node.running():
+            for ns, w in cams.items():
+                w.write(images[ns])
+            g.spin_once(0.05)
+            if all(len(c) >= 10 for c in commands.values()) and wanted <= names:
+                break
+        assert all(len(c) >= 10 for c in commands.values()), (commands, node.log()[-3000:])
+        assert wanted <= names, names
+        n = {ns: len(c) for ns, c in commands.items()}
+        node.signal(signal.SIGINT)
+        assert node.wait(60) == 0, node.log()[-3000:]
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not all(len(c) > n[ns] and not any(c[-1].data) for ns, c in commands.items()):
+            g.spin_once(0.05)
+    finally:
+        node.close()
+        g.close()
+    for c in commands.values():
+        assert not any(c[-1].data), "the last command of each robot is its stop command (zeros)"
