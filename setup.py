@@ -53,7 +53,17 @@ setup(
         # (CUDA builds of torch ship it already)
         # LoRA distillation (DistillConfig.lora_rank)
         "lora": ["peft>=0.17"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6", "triton>=3.2", "peft>=0.17"],
+        # weight quantisation at load (RuntimeConfig.quantize: int8, fp8)
+        "quant": ["torchao>=0.14"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "triton>=3.2",
+            "peft>=0.17",
+            "torchao>=0.14",
+        ],
     },
     entry_points={
         "console_scripts": [

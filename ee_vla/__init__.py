@@ -4,6 +4,7 @@ Parallel (Jacobi / CEED) decoding of action-token chunks, action streaming, MuJo
 environments (`sim_envs`) and a ROS 2 node (`ros_nodes`). Heavy modules are imported lazily.
 """
 
+import logging
 from pathlib import Path
 
 from ee_vla.threads import quiet_waiting
@@ -16,3 +17,23 @@ CEED-distilled student, `VLAPolicy.from_pretrained(ee_vla.DEFAULT_POLICY)` from 
 
 # Before anything imports torch: idle OpenMP threads sleep instead of spinning (ee_vla.threads).
 quiet_waiting()
+
+
+def _drop_optional_kernel_warnings() -> None:
+    """transformers imports torchao whenever it is installed (at the first `from_pretrained`), and
+    importing it logs a warning per optional compiled kernel the installed torch build cannot load
+    and per enum it registers with torch; none concerns what ee_vla runs (`ee_vla.models.quantize`),
+    and on a CPU machine every model load would print them. Only those records are dropped."""
+
+    def harmless(record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (
+            (record.name == "torchao" and msg.startswith("Failed to load") and ".so" in msg)
+            or (record.name == "torch.utils._pytree" and "is an Enum subclass and is now natively supported" in msg)
+        )
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).addFilter(harmless)
+
+
+_drop_optional_kernel_warnings()

@@ -32,6 +32,7 @@ from ee_vla.decoding.core import last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import make_prefill
 from ee_vla.engine.static import check_compile_mode
+from ee_vla.models.quantize import check_quantize_mode, quantize_weights
 from ee_vla.runtime import DTYPES, ENGINES, EngineKind, resolve_device
 from ee_vla.streaming import StreamedAction
 
@@ -81,6 +82,9 @@ class PolicyConfig:
     """OpenVLA checkpoints: the dataset whose action statistics un-normalise the actions."""
     chunk_size: int | None = None
     """Actions per call (None = the model's; see `ee_vla.runtime.RuntimeConfig.chunk_size`)."""
+    quantize: str = "none"
+    """Weight quantisation of the model's linear layers at load (`ee_vla.models.quantize`): none |
+    int8 (int8 weights) | fp8 (float8 weights and activations; CUDA, compute capability >= 8.9)."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)
@@ -91,6 +95,7 @@ class PolicyConfig:
         if self.engine not in ENGINES:
             raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
         check_compile_mode(self.compile_mode, "PolicyConfig.compile_mode")
+        check_quantize_mode(self.quantize, "PolicyConfig.quantize")
         if isinstance(self.max_instruction_tokens, bool) or not (
             isinstance(self.max_instruction_tokens, int) and self.max_instruction_tokens >= 1
         ):
@@ -116,6 +121,7 @@ class VLAPolicy:
         self._previous: torch.Tensor | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
         self._accepted_instructions: set[str] = set()  # within max_instruction_tokens (a few dozen)
+        quantize_weights(vla.model, self.config.quantize)  # before the engine captures the forwards
         # the decode step's prefill: HFStep.prefill (eager) or a static-cache / CUDA-graph engine
         self._prefill = make_prefill(
             self.config.engine, vla.model, vla.n_action_tokens, compile_mode=self.config.compile_mode
@@ -143,6 +149,7 @@ class VLAPolicy:
         max_instruction_tokens: int = MAX_INSTRUCTION_TOKENS,
         unnorm_key: str | None = None,
         chunk_size: int | None = None,
+        quantize: str = "none",
     ) -> VLAPolicy:
         """Load a saved policy (`VLA.save_pretrained`'s directory, or an OpenVLA checkpoint) with
         these runtime options (`RuntimeConfig.load_policy` loads one from a `RuntimeConfig`)."""
@@ -156,6 +163,7 @@ class VLAPolicy:
             max_instruction_tokens,
             unnorm_key,
             chunk_size,
+            quantize,
         )
         return cls.from_config(path, cfg)
 

@@ -41,6 +41,9 @@ CompileMode = Literal["inductor", "frozen", "max-autotune", "aot_eager"]
 COMPILE_MODES: tuple[str, ...] = ("inductor", "frozen", "max-autotune", "aot_eager")
 """The keys of `ee_vla.engine.static.COMPILE_MODES` (kept here so that this module imports no
 torch; a test checks they agree)."""
+QuantizeMode = Literal["none", "int8", "fp8"]
+QUANTIZE_MODES: tuple[str, ...] = ("none", "int8", "fp8")
+"""Weight quantisation at load (`ee_vla.models.quantize`)."""
 InitGuess = Literal["repeat", "prompt", "warm"]
 INIT_GUESSES: tuple[str, ...] = ("repeat", "prompt", "warm")
 
@@ -84,6 +87,11 @@ class RuntimeConfig:
     threads: int = 0
     """CPU threads of torch (intra-op); 0 = the cores available minus one, left to the rest of the
     loop (env stepping, the command timer; `ee_vla.threads`)."""
+    quantize: QuantizeMode = "none"
+    """Weight quantisation of the model's linear layers at load, through torchao: none | int8 (int8
+    weights: half of bf16's memory) | fp8 (float8 weights and activations; CUDA GPUs of compute
+    capability >= 8.9). Tokens may differ from the unquantised model's where logits are close;
+    speed depends on the engine (docs/performance.md)."""
     unnorm_key: str | None = None
     """OpenVLA checkpoints: the dataset whose action statistics (norm_stats) un-normalise the
     actions (None = the only one; with several, loading names them)."""
@@ -102,6 +110,7 @@ class RuntimeConfig:
         if self.engine == "graph" and self.device != "auto" and not str(self.device).startswith("cuda"):
             raise RuntimeConfigError(f"RuntimeConfig.engine: 'graph' needs a CUDA device, got device {self.device!r}")
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        _check_choice("quantize", self.quantize, QUANTIZE_MODES)
         if self.init is not None:
             _check_choice("init", self.init, INIT_GUESSES)
         if not isinstance(self.device, str) or not self.device.strip():
@@ -173,6 +182,7 @@ class RuntimeConfig:
             compile_mode=self.compile_mode,
             unnorm_key=self.unnorm_key,
             chunk_size=self.chunk_size,
+            quantize=self.quantize,
         )
 
     def load_policy(self, path: str | Path, decoder: DecodeConfig | None = None, *, seed: int = 0):

@@ -46,6 +46,8 @@ COMPILE_MODES = ("inductor", "frozen", "max-autotune", "aot_eager")
 """The keys of `ee_vla.engine.static.COMPILE_MODES` (kept here for the same reason, checked the same way)."""
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 """`ee_vla.runtime.DTYPES` (checked the same way)."""
+QUANTIZE_MODES = ("none", "int8", "fp8")
+"""`ee_vla.runtime.QUANTIZE_MODES` (checked the same way)."""
 INIT_GUESSES = ("", "repeat", "prompt", "warm")
 """`ee_vla.runtime.INIT_GUESSES`, and "" for the decoder preset's (checked the same way)."""
 RUNTIME_PARAMS = (
@@ -59,6 +61,7 @@ RUNTIME_PARAMS = (
     "dtype",
     "engine",
     "compile_mode",
+    "quantize",
     "threads",
     "unnorm_key",
     "chunk_size",
@@ -99,6 +102,9 @@ class PolicyParams:
     """Decode engine: auto (CUDA graphs on a GPU, eager on a CPU) | eager | static | graph | compiled."""
     compile_mode: str = "inductor"
     """Compile mode of the compiled engine: inductor | frozen (faster on big models, more memory) | max-autotune."""
+    quantize: str = "none"
+    """Weight quantisation at load (torchao): none | int8 (half of bf16's memory) | fp8 (CUDA, compute
+    capability >= 8.9); docs/performance.md has what each costs and saves."""
     warmup: bool = True
     """On configure, decode one blank image (with `instruction`, or a stand-in) so that the engine is
     built, compiled and its CUDA graphs captured before the first real image; configure waits for it."""
@@ -198,6 +204,7 @@ class PolicyParams:
             dtype=self.dtype,  # type: ignore[arg-type]
             engine=self.engine,  # type: ignore[arg-type]
             compile_mode=self.compile_mode,  # type: ignore[arg-type]
+            quantize=self.quantize,  # type: ignore[arg-type]
             threads=self.threads,
             unnorm_key=self.unnorm_key or None,
             chunk_size=self.chunk_size or None,
@@ -323,6 +330,7 @@ _CHECKS = {
     "dtype": _one_of(DTYPES),
     "engine": _one_of(ENGINES),
     "compile_mode": _one_of(COMPILE_MODES),
+    "quantize": _one_of(QUANTIZE_MODES),
     "warmup": _bool,
     "policy_process": _bool,
     "threads": lambda v: (

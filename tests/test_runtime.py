@@ -14,7 +14,16 @@ import tyro
 import yaml
 
 from ee_vla.decoding.config import PRESETS, DecodeConfig
-from ee_vla.runtime import COMPILE_MODES, DECODERS, DTYPES, ENGINES, RuntimeConfig, RuntimeConfigError, config_dict
+from ee_vla.runtime import (
+    COMPILE_MODES,
+    DECODERS,
+    DTYPES,
+    ENGINES,
+    QUANTIZE_MODES,
+    RuntimeConfig,
+    RuntimeConfigError,
+    config_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +135,7 @@ def test_ros_names_are_the_runtime_names():
     assert set(params.RUNTIME_PARAMS) <= yaml_keys
     assert set(params.DECODERS) == set(DECODERS) == set(PRESETS)
     assert params.ENGINES == ENGINES and params.COMPILE_MODES == COMPILE_MODES and params.DTYPES == DTYPES
+    assert params.QUANTIZE_MODES == QUANTIZE_MODES
     assert set(params.INIT_GUESSES) - {""} == {"repeat", "prompt", "warm"}
 
 

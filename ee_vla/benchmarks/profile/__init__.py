@@ -40,7 +40,7 @@ from ee_vla.benchmarks.profile.report import format_kernels, format_table, kerne
 from ee_vla.benchmarks.profile.timing import run_profile
 from ee_vla.benchmarks.shapes import ATTN_IMPLEMENTATIONS, SHAPES
 from ee_vla.engine.static import COMPILE_MODES, SDPA_BACKENDS
-from ee_vla.runtime import DTYPES, RuntimeConfig
+from ee_vla.runtime import DTYPES, QUANTIZE_MODES, RuntimeConfig
 
 __all__ = [
     "DECODERS",
@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "--engines", nargs="*", default=list(d.engines), help="eager static graph compiled (default: by device)"
     )
     p.add_argument("--compile-mode", default=d.runtime.compile_mode, choices=list(COMPILE_MODES))
+    p.add_argument(
+        "--quantize",
+        default=d.runtime.quantize,
+        choices=list(QUANTIZE_MODES),
+        help="weight quantisation of the model's linear layers before the engines are built (torchao)",
+    )
     p.add_argument(
         "--inductor",
         nargs="*",
@@ -119,6 +125,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
             device=a.device,
             dtype=a.dtype,
             compile_mode=a.compile_mode,
+            quantize=a.quantize,
             max_iterations=a.max_iterations,
             tau=a.tau,
             chunk_size=a.chunk_size,

@@ -204,6 +204,10 @@ def _build(cfg: ProfileConfig) -> tuple[Workload, float]:
         seed=cfg.seed,
         attn_implementation=cfg.attn_implementation,
     )
+    if rt.quantize != "none":  # every engine then runs the quantised model (as VLAPolicy does)
+        from ee_vla.models.quantize import quantize_weights
+
+        quantize_weights(wl.model, rt.quantize)
     synchronize(rt.device)
     build_s = time.perf_counter() - t
     log.info("built %s (%d tokens of prefix) in %.1f s", cfg.shape, wl.inputs["input_ids"].shape[1], build_s)

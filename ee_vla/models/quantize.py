@@ -1,0 +1,109 @@
+"""Weight quantisation of a loaded VLA's linear layers, through torchao.
+
+    quantize_weights(vla.model, "int8")   # int8 weights (one scale per output channel), float compute
+    quantize_weights(vla.model, "fp8")    # float8 e4m3 weights and per-row dynamic float8 activations (CUDA, sm89+)
+
+Every `torch.nn.Linear` of the network is converted (language model, projector and vision towers)
+except the output layer: the engines read a slice of its rows (the action tokens' logits), and it
+is small next to the rest. Quantised weights take half (int8, fp8) of bf16's memory: a 7B language
+model drops from about 13 GB to about 7 GB, which is what lets it fit next to a robot's other
+software on a small GPU.
+
+Speed is another matter, measured in docs/performance.md: torchao's layers are fast when
+`torch.compile` fuses their dequantisation into the matrix product; replayed as plain CUDA graphs
+(the `graph` engine) or run eagerly on a CPU, the extra kernels cost more than the bytes they save
+on small batches.
+
+Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
+it), not to the unquantised one: its tokens can differ where two logits are close.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ee_vla.runtime import QUANTIZE_MODES
+
+_MARK = "_ee_vla_quantize"
+log = logging.getLogger(__name__)
+
+
+class QuantizeError(ValueError):
+    """A quantisation mode this machine or model cannot run (no torchao, no fp8 GPU, a model
+    already quantised differently)."""
+
+
+def check_quantize_mode(mode: str, owner: str) -> None:
+    """Raise QuantizeError naming `owner` (e.g. "PolicyConfig.quantize") unless `mode` is known."""
+    if mode not in QUANTIZE_MODES:
+        raise QuantizeError(f"{owner} must be one of {'|'.join(QUANTIZE_MODES)}, got {mode!r}")
+
+
+def _torchao():
+    """torchao.quantization (its import warnings about optional kernels are dropped by `ee_vla`)."""
+    try:
+        import torchao.quantization as tq
+    except ImportError as e:
+        raise QuantizeError(
+            "quantize needs torchao, which is not installed: pip install 'ee_vla[quant]' (or torchao)"
+        ) from e
+    return tq
+
+
+def _config(mode: str, device: torch.device):
+    q = _torchao()
+    if mode == "int8":
+        return q.Int8WeightOnlyConfig()
+    if device.type != "cuda":
+        raise QuantizeError(f"quantize='fp8' needs a CUDA GPU (compute capability >= 8.9), the model is on {device}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise QuantizeError(
+            f"quantize='fp8' needs a GPU of compute capability >= 8.9 (Ada, Hopper or newer); "
+            f"{torch.cuda.get_device_name(device)} is {major}.{minor}: use quantize='int8'"
+        )
+    return q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerRow())
+
+
+def quantized_mode(model: torch.nn.Module) -> str:
+    """The mode `quantize_weights` applied to `model` ("none" when it was not quantised)."""
+    return getattr(model, _MARK, "none")
+
+
+def quantize_weights(model: torch.nn.Module, mode: str) -> int:
+    """Quantise `model`'s linear layers in place (see the module docstring); returns how many.
+
+    Idempotent for the same mode (a model already quantised with it is left as it is); a model
+    quantised with another mode is a QuantizeError (reload it). fp8 skips layers whose dimensions
+    are not multiples of 16, which its kernels need (tiny test models), and says so."""
+    check_quantize_mode(mode, "quantize")
+    done = quantized_mode(model)
+    if mode == "none" or done == mode:
+        return 0
+    if done != "none":
+        raise QuantizeError(f"the model is already quantised with {done!r}; reload it to use {mode!r}")
+    param = next(model.parameters())
+    cfg = _config(mode, param.device)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    chosen: list[str] = []
+    skipped: list[str] = []
+
+    def take(module: torch.nn.Module, name: str) -> bool:
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            return False
+        if mode == "fp8" and (module.in_features % 16 or module.out_features % 16):
+            skipped.append(name)
+            return False
+        chosen.append(name)
+        return True
+
+    _torchao().quantize_(model, cfg, filter_fn=take)
+    if skipped:
+        log.warning(
+            "quantize=fp8: %d linear layers kept in %s (dimensions not multiples of 16)", len(skipped), param.dtype
+        )
+    setattr(model, _MARK, mode)
+    log.info("quantize=%s: %d linear layers quantised", mode, len(chosen))
+    return len(chosen)

@@ -1,0 +1,89 @@
+"""Weight quantisation at load (`ee_vla.models.quantize`, `RuntimeConfig.quantize`), on the CPU."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ee_vla.models.quantize import QuantizeError, quantize_weights, quantized_mode
+from ee_vla.models.vla import VLA
+from ee_vla.policy import PolicyConfig, VLAPolicy
+from ee_vla.runtime import RuntimeConfig, RuntimeConfigError
+
+
+def _batch(n: int = 2, size: int = 64) -> dict:
+    rng = np.random.default_rng(3)
+    return {
+        "pixels": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+        "instruction": ["pick up the red cube", "push the blue block to the goal"][:n],
+    }
+
+
+def _linears(model) -> dict[str, torch.nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def test_int8_converts_every_linear_layer_but_the_output_layer(tiny_vla_dir):
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    before = {name: m.weight.detach().clone() for name, m in _linears(vla.model).items()}
+    head = vla.model.get_output_embeddings()
+    n = quantize_weights(vla.model, "int8")
+    assert n == len(before) - 1 and quantized_mode(vla.model) == "int8"
+    for name, m in _linears(vla.model).items():
+        if m is head:
+            assert type(m.weight) is torch.nn.Parameter and torch.equal(m.weight, before[name])
+        else:
+            assert type(m.weight.data) is not torch.Tensor, f"{name} was not quantised"
+            # int8 with a scale per output channel: within half a step of the largest weight of its row
+            w = m.weight.dequantize().float()
+            step = before[name].abs().amax(dim=1, keepdim=True) / 127
+            assert torch.all((w - before[name]).abs() <= step * 0.51 + 1e-6), name
+    assert quantize_weights(vla.model, "int8") == 0  # the same mode again changes nothing
+    with pytest.raises(QuantizeError, match="already quantised with 'int8'"):
+        quantize_weights(vla.model, "fp8")
+
+
+def test_greedy_jacobi_equals_ar_on_the_quantised_model(tiny_vla_dir):
+    """Exactness holds with respect to the model that runs: the int8 one, batch of 2."""
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", device="cpu", quantize="int8")
+    assert quantized_mode(policy.vla.model) == "int8"
+    obs = _batch()
+    ar = policy.predict_action_chunk(obs)
+    policy.decoder = "jacobi"
+    policy.reset()
+    assert np.array_equal(policy.predict_action_chunk(obs), ar)
+    assert ar.shape == (2, policy.chunk_size, policy.action_dim) and np.isfinite(ar).all()
+
+
+def test_the_static_engine_runs_the_quantised_model(tiny_vla_dir):
+    eager = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", device="cpu", quantize="int8")
+    static = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", device="cpu", quantize="int8", engine="static")
+    obs = _batch()
+    assert np.array_equal(static.predict_action_chunk(obs), eager.predict_action_chunk(obs))
+
+
+def test_the_runtime_config_carries_quantize_to_the_policy(tiny_vla_dir):
+    rt = RuntimeConfig(decoder="ar", device="cpu", quantize="int8")
+    assert rt.policy_config().quantize == "int8"
+    assert quantized_mode(rt.load_policy(tiny_vla_dir).vla.model) == "int8"
+    assert quantized_mode(RuntimeConfig(device="cpu").load_policy(tiny_vla_dir).vla.model) == "none"
+    with pytest.raises(RuntimeConfigError, match="quantize must be one of none|int8|fp8, got 'int4'"):
+        RuntimeConfig(quantize="int4")
+    with pytest.raises(ValueError, match="PolicyConfig.quantize"):
+        PolicyConfig(quantize="int4")
+
+
+def test_fp8_on_a_cpu_is_refused_with_the_reason(tiny_vla_dir):
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    with pytest.raises(QuantizeError, match="fp8' needs a CUDA GPU"):
+        quantize_weights(vla.model, "fp8")
+    assert quantized_mode(vla.model) == "none"
+
+
+def test_without_torchao_the_error_says_what_to_install(tiny_vla_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    with pytest.raises(QuantizeError, match=r"pip install 'ee_vla\[quant\]'"):
+        quantize_weights(vla.model, "int8")
