@@ -42,8 +42,11 @@ estimate of the loop holds, as for one robot); a row whose own deadline is later
 action released early, inexact, with the rest of its chunk decoded conditioned on it. Rows of one
 batch start together (same prefill), so their deadlines are close unless their images waited
 different times for the batch; a robot's call that waits in the queue spends its own
-`decode_deadline_s`, which counts from its image. The wall-clock budget of a call
-(`DecodeConfig.deadline_s`) applies to each batch as a whole.
+`decode_deadline_s`, which counts from its image. A call whose first action's deadline had already
+passed when its batch started is late whatever the batch does (its runner drops a chunk whose
+first action comes after `decode_deadline_s`): its row sets no deadline, so that it does not make
+the other rows' actions inexact. The wall-clock budget of a call (`DecodeConfig.deadline_s`)
+applies to each batch as a whole.
 
 Static-shape engines (graph, static, compiled: an `EnginePool`, one engine per batch size) are
 built per batch size, so batches are padded to a few fixed sizes (`FleetConfig.padding`: "pow2",
@@ -141,6 +144,8 @@ class _Call:
     """Actions streamed to the robot so far (a retry alone skips them)."""
     final_units: int = 0
     """Actions final in this row at the last snapshot (for the batch's deadlines)."""
+    late: bool = False
+    """Its first action's deadline had passed when its batch started: its row sets no deadline."""
 
     def shape(self) -> tuple[int, ...]:
         px = self.obs.get("pixels") if isinstance(self.obs, dict) else None
@@ -451,18 +456,17 @@ class FleetPolicy:
         for c in batch:
             self.queue_wait.add(t0 - c.t)
             c.final_units = c.emitted
+            if c.emitted == 0:
+                d0 = _deadline(c, 0)
+                c.late = d0 is not None and d0 < t0
         self._set_guess(rows, B)
 
         def unit_deadline(j: int) -> float | None:
             best = None
             for c in batch:
-                if c.cancelled or c.deadline is None or c.final_units > j:
+                if c.cancelled or c.late or c.final_units > j:
                     continue
-                try:
-                    d = c.deadline(j)
-                except Exception as e:  # noqa: BLE001 - the robot's callback; its row just has no deadline
-                    log.debug("action_deadline of %s raised %r", c.robot.name, e)
-                    d = None
+                d = _deadline(c, j)
                 if d is not None and (best is None or d < best):
                     best = d
             return best
@@ -605,6 +609,17 @@ def load_here(params: Any) -> Any:
     check_model_dir(params.model_path)
     configure_threads(params.threads)
     return load_policy_here(params)
+
+
+def _deadline(call: _Call, j: int) -> float | None:
+    """The time by which `call`'s robot needs action `j` (None: no deadline, or its callback failed)."""
+    if call.deadline is None:
+        return None
+    try:
+        return call.deadline(j)
+    except Exception as e:  # noqa: BLE001 - the robot's callback; its row just has no deadline
+        log.debug("action_deadline of %s raised %r", call.robot.name, e)
+        return None
 
 
 def _stack(observations: list[dict[str, Any]], proprio: bool) -> dict[str, Any]:

@@ -237,6 +237,7 @@ def test_each_row_streams_as_its_own_tokens_become_final_and_the_earliest_deadli
         wait_until(lambda: len(got["a"]) == 3 and len(got["b"]) == k)
         received_by_snapshot.append((len(got["a"]), len(got["b"])))
 
+    T = time.perf_counter() + 1e6  # deadlines in the future
     policy = ScriptedPolicy([[6, 2], [6, 4], [6, 6]], after_snapshot)
     fleet = FleetPolicy(policy, FleetConfig(gather_s=1.0, max_batch=2), start=False)
     a, b = fleet.robot("a"), fleet.robot("b")
@@ -246,8 +247,8 @@ def test_each_row_streams_as_its_own_tokens_become_final_and_the_earliest_deadli
             got[robot.name].append((sa.index, sa.tokens.tolist()))
 
     threads = [
-        threading.Thread(target=call, args=(a, lambda j: 10.0 + j)),
-        threading.Thread(target=call, args=(b, lambda j: 5.0 + j)),
+        threading.Thread(target=call, args=(a, lambda j: T + 10.0 + j)),
+        threading.Thread(target=call, args=(b, lambda j: T + 5.0 + j)),
     ]
     for t in threads:
         t.start()
@@ -262,11 +263,33 @@ def test_each_row_streams_as_its_own_tokens_become_final_and_the_earliest_deadli
     assert received_by_snapshot == [(3, 1), (3, 2), (3, 3)]
     # before any snapshot both rows wait for every action: b's deadlines (earlier) lead;
     # after it, a has all its actions and b's lead still; neither is ever later than b's own
-    assert policy.deadlines[0] == [5.0, 6.0, 7.0]
-    assert policy.deadlines[1] == [None, 6.0, 7.0]
-    assert policy.deadlines[2] == [None, None, 7.0]
+    assert policy.deadlines[0] == [T + 5.0, T + 6.0, T + 7.0]
+    assert policy.deadlines[1] == [None, T + 6.0, T + 7.0]
+    assert policy.deadlines[2] == [None, None, T + 7.0]
     assert a.warm_start_tokens[0].tolist() == [0, 1, 2, 3, 4, 5]
     assert b.warm_start_tokens[0].tolist() == [6, 7, 8, 9, 10, 11]
+
+
+def test_a_row_already_late_at_the_batch_start_sets_no_deadline():
+    """A robot whose first action's deadline passed while its call waited cannot be on time: it
+    does not force the other rows' actions out early (they keep their own deadlines)."""
+    policy = ScriptedPolicy([[6, 6]])
+    fleet = FleetPolicy(policy, FleetConfig(gather_s=1.0, max_batch=2), start=False)
+    late, on_time = fleet.robot("late"), fleet.robot("on_time")
+    past = time.perf_counter() - 100.0
+    obs = {"pixels": np.zeros((8, 8, 3), np.uint8), "instruction": "x"}
+    threads = [
+        threading.Thread(target=lambda: list(late.stream_action_chunk(obs, lambda j: past + j))),
+        threading.Thread(target=lambda: list(on_time.stream_action_chunk(obs, lambda j: 1e12 + j))),
+    ]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(fleet._pending) == 2)
+    fleet.start()
+    for t in threads:
+        t.join(30)
+    fleet.close()
+    assert policy.deadlines == [[1e12, 1e12 + 1, 1e12 + 2]]
 
 
 def test_a_closed_fleet_fails_waiting_and_new_calls():
