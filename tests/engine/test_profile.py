@@ -8,6 +8,7 @@ import torch
 
 from ee_vla.benchmarks.profile import ProfileConfig, config_from_args, main, run_profile, summarize_files
 from ee_vla.benchmarks.shapes import LM_SHAPES, build_workload
+from ee_vla.models.vla import VLA
 from ee_vla.runtime import RuntimeConfig
 
 
@@ -214,3 +215,23 @@ def test_the_measuring_tools_live_beside_the_engine():
     tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
     assert tools == {"attn_bench", "check", "decode_bench", "profile", "shapes"}
     assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"
+
+
+def test_quantize_reaches_every_engine_and_reports_what_it_changed(tmp_path):
+    """`--quantize int8`: the model is quantised once, before the engines are built (both run the
+    same int8 model, so their AR tokens agree), and the report says how many layers, the weight
+    memory before and after, and how often the quantised model picks the original's token."""
+    cfg = config_from_args(
+        ["--shape", "tiny", "--engines", "eager", "static", "--decoders", "ar"]
+        + ["--calls", "1", "--step-widths", "1", "--step-iters", "1", "--warmup", "0", "--no-generate"]
+        + ["--no-plots", "--quantize", "int8", "--device", "cpu", "--out", str(tmp_path)]
+    )
+    assert cfg.runtime.quantize == "int8" and config_from_args([]).runtime.quantize == "none"
+    out = run_profile(cfg)
+    q = out["model"]["quantize"]
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in VLA.create("tiny").model.modules())
+    assert q["mode"] == "int8" and q["layers"] == n_linear - 1  # the output layer is kept
+    assert q["weights_gib_after"] < 0.8 * q["weights_gib_before"]
+    assert 0.5 < q["teacher_forced_agreement"] <= 1.0
+    assert out["config"]["quantize"] == "int8"
+    assert out["results"]["static"]["ar"]["token_agreement_vs_eager"] == 1.0

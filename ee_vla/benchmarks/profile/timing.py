@@ -204,14 +204,56 @@ def _build(cfg: ProfileConfig) -> tuple[Workload, float]:
         seed=cfg.seed,
         attn_implementation=cfg.attn_implementation,
     )
-    if rt.quantize != "none":  # every engine then runs the quantised model (as VLAPolicy does)
-        from ee_vla.models.quantize import quantize_weights
-
-        quantize_weights(wl.model, rt.quantize)
     synchronize(rt.device)
     build_s = time.perf_counter() - t
     log.info("built %s (%d tokens of prefix) in %.1f s", cfg.shape, wl.inputs["input_ids"].shape[1], build_s)
+    if rt.quantize != "none":  # every engine then runs the quantised model (as VLAPolicy does)
+        wl.info["quantize"] = _quantize(cfg, wl)
     return wl, build_s
+
+
+def _teacher_forced_tokens(cfg: ProfileConfig, wl: Workload) -> torch.Tensor:
+    """The argmax action token at each position of one eager forward over the prefix followed by a
+    random chunk of action tokens: what each position predicts given the same inputs."""
+    lo, hi = wl.action_range
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    B = wl.inputs["input_ids"].shape[0]
+    tail = torch.randint(lo, hi + 1, (B, wl.n_tokens), generator=g).to(wl.device)
+    inputs = dict(wl.inputs)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(tail)], 1)
+    with torch.inference_mode():
+        logits = wl.model(**inputs).logits[:, -wl.n_tokens :, lo : hi + 1]
+    return logits.argmax(-1).cpu()
+
+
+def _quantize(cfg: ProfileConfig, wl: Workload) -> dict:
+    """Quantise the workload's model in place; what that changed: memory, seconds, and how often the
+    quantised model picks the unquantised one's action token given the same inputs."""
+    from ee_vla.models.quantize import quantize_weights
+
+    def weight_bytes() -> int:  # torchao's tensors report their storage through __tensor_flatten__
+        total = 0
+        for p in wl.model.parameters():
+            parts = [getattr(p, n) for n in p.__tensor_flatten__()[0]] if hasattr(p, "__tensor_flatten__") else [p]
+            total += sum(t.numel() * t.element_size() for t in parts)
+        return total
+
+    before, ref = weight_bytes(), _teacher_forced_tokens(cfg, wl)
+    t = time.perf_counter()
+    layers = quantize_weights(wl.model, cfg.runtime.quantize)
+    synchronize(cfg.runtime.device)
+    seconds = time.perf_counter() - t
+    out = {
+        "mode": cfg.runtime.quantize,
+        "layers": layers,
+        "seconds": seconds,
+        "weights_gib_before": before / 2**30,
+        "weights_gib_after": weight_bytes() / 2**30,
+        "teacher_forced_agreement": float((_teacher_forced_tokens(cfg, wl) == ref).float().mean()),
+    }
+    log.info("quantize=%s: %s", out["mode"], {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
+    return out
 
 
 def _baselines(cfg: ProfileConfig, wl: Workload, errors: dict) -> tuple[dict | None, dict | None]:
