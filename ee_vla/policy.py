@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
-from ee_vla.decoding.core import last
+from ee_vla.decoding.core import DecodeState, last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import make_prefill
 from ee_vla.engine.static import check_compile_mode
@@ -259,6 +259,16 @@ class VLAPolicy:
                 it = max(row[j] for row in state.stats.unit_final_iteration)
                 single = act.shape[0] == 1
                 yield StreamedAction(j, act[0] if single else act, t[0] if single else t, now, exact, it)
+
+    def decode_states(
+        self, obs: dict, action_deadline: Callable[[int], float | None] | None = None
+    ) -> Iterator[DecodeState]:
+        """The decode loop's snapshots of `obs`'s chunk, after the prefill and after every iteration:
+        the window (`tokens`) and each row's count of final tokens (`n_final`), for a caller that
+        streams every row of a batch on its own (`ros_nodes.fleet`). Run to its end, it leaves the
+        chunk as `warm_start_tokens` and its statistics as `last_stats`, as `stream_action_chunk`
+        does. `action_deadline` as there, one deadline per action for the whole batch."""
+        return self._decode_states(obs, action_deadline)
 
     # ---- internals -----------------------------------------------------------------------
     def validate(self, obs: dict) -> tuple[np.ndarray, list[str], np.ndarray | None]:
