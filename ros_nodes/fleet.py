@@ -353,7 +353,7 @@ class FleetPolicy:
                 batch = _stack([obs] * b, self._proprio)
                 t = time.perf_counter()
                 self.policy.warm_start_tokens = None
-                for _ in _decode_states(self.policy, batch, None):
+                for _ in self.policy.decode_states(batch, None):
                     pass
                 out[b] = time.perf_counter() - t
             self.policy.warm_start_tokens = saved
@@ -472,7 +472,7 @@ class FleetPolicy:
             return best
 
         try:
-            for state in _decode_states(self.policy, obs, unit_deadline):
+            for state in self.policy.decode_states(obs, unit_deadline):
                 self._stream(state, batch)
         except Exception as e:  # noqa: BLE001 - decided per row below
             if split and B > 1:
@@ -632,9 +632,3 @@ def _stack(observations: list[dict[str, Any]], proprio: bool) -> dict[str, Any]:
     if proprio:
         out["agent_pos"] = np.stack([np.asarray(o["agent_pos"], dtype=np.float64).reshape(-1) for o in observations])
     return out
-
-
-def _decode_states(policy: Any, obs: dict[str, Any], unit_deadline: Callable[[int], float | None] | None):
-    """The policy's decode snapshots (`ee_vla.decoding.DecodeState`: per-row final counts), run to
-    the end so that the policy keeps the batch's tokens as its warm-start chunk."""
-    return policy._decode_states(obs, unit_deadline)

@@ -138,14 +138,14 @@ def test_warm_start_state_is_per_robot(tiny_vla_dir):
         assert np.array_equal(b.warm_start_tokens[0].numpy(), got[1])
         # the guess of the next batch: no guess (-1) for a, b's previous chunk for b
         seen = []
-        real = policy._decode_states
+        real = policy.decode_states
 
         def spy(obs, deadline=None):
             w = policy.warm_start_tokens
             seen.append(None if w is None else w.clone())
             return real(obs, deadline)
 
-        policy._decode_states = spy
+        policy.decode_states = spy
         batched_round(fleet, [a, b], obs)
     finally:
         fleet.close()
@@ -173,11 +173,11 @@ def test_a_bad_observation_fails_only_its_robot(tiny_vla_dir):
 class PoisonedPolicy(VLAPolicy):
     """Raises NonFiniteLogitsError for any batch holding the instruction "poison"."""
 
-    def _decode_states(self, obs, action_deadline=None):
+    def decode_states(self, obs, action_deadline=None):
         if "poison" in obs["instruction"]:
             rows = [i for i, s in enumerate(obs["instruction"]) if s == "poison"]
             raise NonFiniteLogitsError("the prefill", rows, [0])
-        return super()._decode_states(obs, action_deadline)
+        return super().decode_states(obs, action_deadline)
 
 
 def test_a_row_that_fails_the_batch_fails_only_its_robot(tiny_vla_dir):
@@ -214,7 +214,7 @@ class ScriptedPolicy:
     def validate(self, obs):
         return np.asarray(obs["pixels"])[None], [obs["instruction"]], None
 
-    def _decode_states(self, obs, unit_deadline=None):
+    def decode_states(self, obs, unit_deadline=None):
         B = len(obs["instruction"])
         tokens = torch.arange(B * 6).reshape(B, 6)
         for f in self.finals:
