@@ -17,7 +17,9 @@ Modes:
 * ``sequential``: the same fleet with a batch of one: each robot's call runs alone, one after
   another on the one device. That is what N separate processes sharing a GPU amount to, minus N
   copies of the weights (an OpenVLA-7B copy is about 15 GB in bf16: 16 processes would need about
-  240 GB, more than an H200's 141 GB), and minus the contention of N CUDA contexts.
+  240 GB, more than an H200's 141 GB), and minus the contention of N CUDA contexts;
+* ``processes`` (not run by default): N real processes, one robot each, each loading its own copy
+  of the model, started together; only up to `--process-max` robots (default 4).
 
 Per N and mode it reports: deadline misses (a chunk's first action later than `decode_deadline_s`
 after its image, default one chunk's duration, `chunk_size / control_hz`), chunks dropped, late
@@ -38,6 +40,7 @@ import logging
 import os
 import platform
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -48,7 +51,8 @@ import numpy as np
 
 log = logging.getLogger("ee_vla.bench_fleet")
 
-MODES = ("batched", "sequential")
+MODES = ("batched", "sequential", "processes")
+DEFAULT_MODES = ("batched", "sequential")
 INSTRUCTIONS = (
     "pick up the red cube",
     "open the top drawer",
@@ -89,7 +93,11 @@ class FleetBenchConfig:
     """CPU threads of torch (0: the cores available minus one)."""
     robots: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32)
     """Numbers of robots to sweep."""
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = DEFAULT_MODES
+    """batched | sequential | processes (one process per robot, each with its own copy of the
+    model: only up to `process_max` robots)."""
+    process_max: int = 4
+    """processes: the largest N run (each process holds a copy of the weights)."""
     duration_s: float = 10.0
     """Measured window per N and mode."""
     settle_s: float = 2.0
@@ -176,6 +184,8 @@ class _Robot:
     name: str
     runner: Any
     images: list[np.ndarray]
+    phases: tuple[float, float]
+    """Offsets of its first image and first control tick from the start (robots are not in step)."""
     sent: int = 0
     ticks: int = 0
     late_driver: list[float] = field(default_factory=list)
@@ -198,7 +208,18 @@ def _snapshot(r: _Robot) -> dict[str, Any]:
 
 
 def run_one(policy: Any, cfg: FleetBenchConfig, n: int, mode: str) -> dict[str, Any]:
-    """N robots for `settle_s + duration_s` in `mode`; the window's statistics."""
+    """N robots for `settle_s + duration_s` in `mode` (batched | sequential); the window's statistics."""
+    raw = _session(policy, cfg, n, list(range(n)), mode, time.perf_counter() + 0.05)
+    return _summary(n, mode, raw, _deadline_s(cfg, policy.chunk_size))
+
+
+def _deadline_s(cfg: FleetBenchConfig, chunk_size: int) -> float:
+    return cfg.decode_deadline_s or chunk_size / cfg.control_hz
+
+
+def _session(policy: Any, cfg: FleetBenchConfig, n: int, indices: list[int], mode: str, t0: float) -> dict[str, Any]:
+    """Robots `indices` (of a run of `n`) on one fleet of `policy`, driven from `t0`
+    (`time.perf_counter()`): their records in the window, the batch sizes seen, the fleet's stats."""
     from ros_nodes.diagnostics import Window
     from ros_nodes.fleet import FleetConfig, FleetPolicy
     from ros_nodes.params import PolicyParams
@@ -214,7 +235,6 @@ def run_one(policy: Any, cfg: FleetBenchConfig, n: int, mode: str) -> dict[str, 
     t = time.perf_counter()
     fleet.warm_up()
     warm_s = time.perf_counter() - t
-    deadline = cfg.decode_deadline_s or policy.chunk_size / cfg.control_hz
     proprio = int(getattr(policy.vla, "proprio_dim", 0) or 0)
     params = PolicyParams(
         use_joint_state=bool(proprio),
@@ -223,17 +243,17 @@ def run_one(policy: Any, cfg: FleetBenchConfig, n: int, mode: str) -> dict[str, 
         command_type="array",
         dry_run=False,
         control_hz=cfg.control_hz,
-        decode_deadline_s=deadline,
+        decode_deadline_s=_deadline_s(cfg, policy.chunk_size),
         image_timeout_s=max(1.0, 5.0 / cfg.camera_hz),
         decode_nice=0,
         max_hold_s=0.0,
     )
-    rng = np.random.default_rng(cfg.seed + n)
     size = cfg.image_size or int(getattr(policy.vla, "image_size", 64) or 64)
     robots: list[_Robot] = []
     try:
-        for i in range(n):
+        for i in indices:
             name = f"robot{i + 1}"
+            rng = np.random.default_rng([cfg.seed, n, i])  # the same robot in every mode
             runner = PolicyRunner(
                 params, lambda _p, name=name: fleet.robot(name), logger=logging.getLogger(f"{log.name}.robots.{name}")
             )
@@ -244,29 +264,33 @@ def run_one(policy: Any, cfg: FleetBenchConfig, n: int, mode: str) -> dict[str, 
             if proprio:
                 runner.on_joint_state([f"j{k}" for k in range(proprio)], list(rng.normal(size=proprio)))
             imgs = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(4)]
-            robots.append(_Robot(name, runner, imgs))
+            phases = (rng.uniform(0, 1.0 / cfg.camera_hz), rng.uniform(0, 1.0 / cfg.control_hz))
+            robots.append(_Robot(name, runner, imgs, phases))
         for r in robots:
             r.runner.activate()
-        before, after = _drive(robots, cfg, rng, fleet)
+        before, after = _drive(robots, cfg, fleet, max(t0, time.perf_counter()))
     finally:
         for r in robots:
             r.runner.shutdown()
         fleet_stats = fleet.stats()
         fleet.close()
-    return _summary(n, mode, robots, before, after, cfg, deadline, fleet_stats, warm_s)
+    (t_a, snap_a, sizes_a), (t_b, snap_b, sizes_b) = before, after
+    records = [_record(r, a, b) for r, a, b in zip(robots, snap_a, snap_b, strict=True)]
+    sizes = {s: c - sizes_a.get(s, 0) for s, c in sorted(sizes_b.items()) if c - sizes_a.get(s, 0)}
+    return {"window_s": t_b - t_a, "records": records, "batch_sizes": sizes, "fleet": fleet_stats, "warm_up_s": warm_s}
 
 
 def _drive(
-    robots: list[_Robot], cfg: FleetBenchConfig, rng: np.random.Generator, fleet: Any
+    robots: list[_Robot], cfg: FleetBenchConfig, fleet: Any, t0: float
 ) -> tuple[tuple[float, list[dict], Counter], tuple[float, list[dict], Counter]]:
-    """Feed images and tick each robot's runner on its own schedule from one driver thread; returns
-    the snapshots (time, per robot, fleet batch sizes) at the start and end of the window."""
+    """Feed images and tick each robot's runner on its own schedule (from `t0`, at each robot's
+    phases) from one driver thread; returns the snapshots (time, per robot, fleet batch sizes) at
+    the start and end of the window."""
     cam_dt, ctl_dt = 1.0 / cfg.camera_hz, 1.0 / cfg.control_hz
-    t0 = time.perf_counter() + 0.05
     events: list[tuple[float, int, int, str]] = []
-    for i in range(len(robots)):
-        heapq.heappush(events, (t0 + rng.uniform(0, cam_dt), i, 0, "image"))
-        heapq.heappush(events, (t0 + rng.uniform(0, ctl_dt), i, 1, "tick"))
+    for i, r in enumerate(robots):
+        heapq.heappush(events, (t0 + r.phases[0], i, 0, "image"))
+        heapq.heappush(events, (t0 + r.phases[1], i, 1, "tick"))
     t_window, t_end = t0 + cfg.settle_s, t0 + cfg.settle_s + cfg.duration_s
     before: tuple[float, list[dict], Counter] | None = None
     counts = [0] * len(robots)
@@ -287,7 +311,8 @@ def _drive(
             heapq.heappush(events, (t + cam_dt, i, 0, "image"))
         else:
             r.ticks += 1
-            r.late_driver.append(now - t)
+            if before is not None:
+                r.late_driver.append(now - t)
             emit = r.runner.tick(now)
             if emit is not None:
                 r.runner.record_sent(now)
@@ -297,54 +322,47 @@ def _drive(
     return before, (time.perf_counter(), [_snapshot(r) for r in robots], Counter(fleet.batch_sizes))
 
 
+def _record(r: _Robot, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One robot's window: counts between snapshots `a` and `b`, and its latencies (seconds)."""
+    src = {k: b["sources"].get(k, 0) - a["sources"].get(k, 0) for k in b["sources"]}
+    return {
+        "robot": r.name,
+        **{k: b[k] - a[k] for k in ("deadline_misses", "chunks_dropped", "chunks_done", "model_errors", "bad_inputs")},
+        "sent": b["sent"] - a["sent"],
+        "ticks": b["ticks"] - a["ticks"],
+        "late_ticks": src.get("late", 0),
+        "fresh_ticks": src.get("chunk", 0) + src.get("blend", 0),
+        "stale_ticks": src.get("hold", 0) + src.get("zero", 0) + src.get("none", 0),
+        "first_action_s": list(r.runner.first_action_latency._v)[a["first_action"] : b["first_action"]],
+        "decode_s": list(r.runner.decode_latency._v)[a["decode"] : b["decode"]],
+        "driver_late_s": list(r.late_driver),
+    }
+
+
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def _summary(
-    n: int,
-    mode: str,
-    robots: list[_Robot],
-    before: tuple,
-    after: tuple,
-    cfg: FleetBenchConfig,
-    deadline: float,
-    fleet_stats: dict[str, Any],
-    warm_s: float,
-) -> dict[str, Any]:
-    (t_a, snap_a, sizes_a), (t_b, snap_b, sizes_b) = before, after
-    window = t_b - t_a
-    per: list[dict[str, Any]] = []
-    first: list[float] = []
-    decode: list[float] = []
-    for r, a, b in zip(robots, snap_a, snap_b, strict=True):
-        fl = list(r.runner.first_action_latency._v)[a["first_action"] : b["first_action"]]
-        dl = list(r.runner.decode_latency._v)[a["decode"] : b["decode"]]
-        first += fl
-        decode += dl
-        src = {k: b["sources"].get(k, 0) - a["sources"].get(k, 0) for k in b["sources"]}
-        per.append(
-            {
-                "robot": r.name,
-                **{k: b[k] - a[k] for k in ("deadline_misses", "chunks_dropped", "chunks_done", "model_errors")},
-                "bad_inputs": b["bad_inputs"] - a["bad_inputs"],
-                "commands_per_s": (b["sent"] - a["sent"]) / window,
-                "ticks": b["ticks"] - a["ticks"],
-                "late_ticks": src.get("late", 0),
-                "fresh_ticks": src.get("chunk", 0) + src.get("blend", 0),
-                "stale_ticks": src.get("hold", 0) + src.get("zero", 0) + src.get("none", 0),
-            }
-        )
-    total = {k: sum(p[k] for p in per) for k in ("deadline_misses", "chunks_dropped", "chunks_done", "model_errors")}
-    late = sum(p["late_ticks"] for p in per)
-    stale = sum(p["stale_ticks"] for p in per)
-    ticks = sum(p["ticks"] for p in per)
-    rates = [p["commands_per_s"] for p in per]
-    sizes = {s: c - sizes_a.get(s, 0) for s, c in sorted(sizes_b.items()) if c - sizes_a.get(s, 0)}
+def _summary(n: int, mode: str, raw: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """The statistics of one run from its robots' records (`_session`, or merged from processes)."""
+    window = raw["window_s"]
+    records = raw["records"]
+    counts = ("deadline_misses", "chunks_dropped", "chunks_done", "model_errors")
+    total = {k: sum(r[k] for r in records) for k in counts}
+    first = [x for r in records for x in r["first_action_s"]]
+    decode = [x for r in records for x in r["decode_s"]]
+    late = sum(r["late_ticks"] for r in records)
+    stale = sum(r["stale_ticks"] for r in records)
+    ticks = sum(r["ticks"] for r in records)
+    rates = [r["sent"] / window for r in records]
+    sizes = {int(s): c for s, c in raw["batch_sizes"].items()}
     rows = sum(s * c for s, c in sizes.items())
     batches = sum(sizes.values())
-    driver_late = [x for r in robots for x in r.late_driver]
+    driver_late = [x for r in records for x in r["driver_late_s"]]
     ok = total["deadline_misses"] == 0 and total["chunks_dropped"] == 0 and late == 0 and total["model_errors"] == 0
+    per = [
+        {k: v for k, v in r.items() if not k.endswith("_s")} | {"commands_per_s": r["sent"] / window} for r in records
+    ]
     return {
         "robots": n,
         "mode": mode,
@@ -365,11 +383,113 @@ def _summary(
         "chunks_per_s_per_robot": total["chunks_done"] / window / n,
         "batch_sizes": sizes,
         "mean_batch": rows / batches if batches else None,
-        "fleet": {k: v for k, v in fleet_stats.items() if k != "batch_sizes"},
-        "warm_up_s": warm_s,
+        "fleet": raw["fleet"] and {k: v for k, v in raw["fleet"].items() if k != "batch_sizes"},
+        "warm_up_s": raw["warm_up_s"],
         "driver_lateness_ms_p99": _ms(_pct(driver_late, 99)),
         "per_robot": per,
     }
+
+
+# ---- processes: one robot per process, each with a policy of its own --------------------------------
+def run_processes(cfg: FleetBenchConfig, n: int) -> dict[str, Any]:
+    """N robots, each in a process of its own that loads its own copy of the model and decodes its
+    robot's calls alone (what N separate servers on one device are); all start their window together."""
+    import queue
+    import subprocess
+    import sys
+
+    procs: list[subprocess.Popen] = []
+    logs = []
+    lines: queue.Queue = queue.Queue()
+    try:
+        for i in range(n):
+            job = json.dumps({"config": asdict(cfg), "n": n, "index": i})
+            log_file = tempfile.NamedTemporaryFile("w+", suffix=f".robot{i + 1}.log", delete=False)  # noqa: SIM115
+            logs.append(log_file)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "ros_nodes.bench_fleet", "--worker", job],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+            )
+            procs.append(p)
+            threading.Thread(target=_read_lines, args=(p, i, lines), daemon=True).start()
+        ready: set[int] = set()
+        results: dict[int, dict] = {}
+        end = time.monotonic() + 1800
+        while len(ready) < n:
+            i, line = _next_line(lines, end, procs, logs)
+            if line.strip() == "READY":
+                ready.add(i)
+        start = time.time() + 1.0
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(f"GO {start!r}\n")
+            p.stdin.flush()
+        end = time.monotonic() + cfg.settle_s + cfg.duration_s + 600
+        while len(results) < n:
+            i, line = _next_line(lines, end, procs, logs)
+            if line.startswith("{"):
+                results[i] = json.loads(line)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(30)
+        for f in logs:
+            f.close()
+            os.unlink(f.name)
+    raws = [results[i] for i in range(n)]
+    sizes: Counter = Counter()
+    for r in raws:
+        sizes.update({int(s): c for s, c in r["batch_sizes"].items()})
+    merged = {
+        "window_s": float(np.mean([r["window_s"] for r in raws])),
+        "records": [rec for r in raws for rec in r["records"]],
+        "batch_sizes": dict(sorted(sizes.items())),
+        "fleet": None,
+        "warm_up_s": max(r["warm_up_s"] for r in raws),
+    }
+    return _summary(n, "processes", merged, raws[0]["decode_deadline_s"])
+
+
+def _read_lines(p: Any, i: int, lines: Any) -> None:
+    for line in p.stdout:
+        lines.put((i, line))
+    lines.put((i, None))
+
+
+def _next_line(lines: Any, end: float, procs: list, logs: list) -> tuple[int, str]:
+    """The next stdout line of any worker; raises with its log when one exits early or time is up."""
+    import queue
+
+    while True:
+        try:
+            i, line = lines.get(timeout=max(0.1, end - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError("bench_fleet workers did not finish in time") from None
+        if line is None:
+            logs[i].flush()
+            logs[i].seek(0)
+            raise RuntimeError(f"worker robot{i + 1} exited (code {procs[i].wait()}):\n{logs[i].read()[-3000:]}")
+        return i, line
+
+
+def worker(job: dict[str, Any]) -> None:
+    """A process of `run_processes`: load the model, say READY, start at the GO time, print the
+    records of its one robot as the last stdout line."""
+    import sys
+
+    cfg = FleetBenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
+    policy = load_policy(cfg)
+    n, i = job["n"], job["index"]
+    print("READY", flush=True)
+    go = sys.stdin.readline().split()
+    t0 = time.perf_counter() + (float(go[1]) - time.time())
+    raw = _session(policy, cfg, n, [i], "sequential", t0)
+    raw["decode_deadline_s"] = _deadline_s(cfg, policy.chunk_size)
+    print(json.dumps(raw, default=str), flush=True)
 
 
 def _ms(v: float | None) -> float | None:
@@ -452,7 +572,10 @@ def run(cfg: FleetBenchConfig) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     for mode in cfg.modes:
         for n in cfg.robots:
-            r = run_one(policy, cfg, n, mode)
+            if mode == "processes" and n > cfg.process_max:
+                log.info("processes: N=%d skipped (over --process-max %d)", n, cfg.process_max)
+                continue
+            r = run_processes(cfg, n) if mode == "processes" else run_one(policy, cfg, n, mode)
             results.append(r)
             log.info(
                 "%s N=%d: %s (misses %d, dropped %d, late %d, first action p99 %s ms, mean batch %s)",
@@ -514,6 +637,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--robots", type=int, nargs="+", default=list(d.robots))
     p.add_argument("--modes", nargs="+", default=list(d.modes), choices=MODES)
+    p.add_argument("--process-max", type=int, default=d.process_max, help="processes mode: the largest N")
     p.add_argument("--duration-s", type=float, default=d.duration_s)
     p.add_argument("--settle-s", type=float, default=d.settle_s)
     p.add_argument("--camera-hz", type=float, default=d.camera_hz)
@@ -539,6 +663,13 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--worker"]:  # a process of the `processes` mode
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        worker(json.loads(args[1]))
+        return
     run(parse_args(argv))
 
 

@@ -482,7 +482,8 @@ def test_bench_fleet_smoke(tmp_path):
         "import sys\n"
         "from ros_nodes.bench_fleet import main\n"
         f"main(['--model', 'tiny', '--robots', '1', '3', '--duration-s', '2', '--settle-s', '0.5', '--threads', '1',"
-        f" '--keep-going', '--out', {str(out)!r}])\n"
+        " '--keep-going', '--modes', 'batched', 'sequential', 'processes', '--process-max', '2',"
+        f" '--out', {str(out)!r}])\n"
         "print('IMPORTED', [m for m in ('mujoco', 'gymnasium', 'tyro', 'sim_envs') if m in sys.modules])\n"
     )
     p = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=280)
@@ -491,16 +492,17 @@ def test_bench_fleet_smoke(tmp_path):
     assert "robots before the first miss" in p.stdout
     result = json.loads(out.read_text())
     runs = {(r["mode"], r["robots"]) for r in result["results"]}
-    assert runs == {("batched", 1), ("batched", 3), ("sequential", 1), ("sequential", 3)}
+    # processes: one robot per process, up to --process-max robots
+    assert runs == {("batched", 1), ("batched", 3), ("sequential", 1), ("sequential", 3), ("processes", 1)}
     for r in result["results"]:
         assert r["model_errors"] == 0
         assert len(r["per_robot"]) == r["robots"]
         for key in ("deadline_misses", "chunks_dropped", "late_ticks", "first_action_ms", "commands_per_s_per_robot"):
             assert key in r
         assert r["chunks_done"] > 0 and r["batch_sizes"]
-        if r["mode"] == "sequential":
+        if r["mode"] != "batched":
             assert set(r["batch_sizes"]) == {"1"}
-    assert set(result["robots_before_first_miss"]) == {"batched", "sequential"}
+    assert set(result["robots_before_first_miss"]) == {"batched", "sequential", "processes"}
     pytest.importorskip("matplotlib")
     assert out.with_suffix(".png").exists()
 
