@@ -48,6 +48,10 @@ class CollectConfig:
     """Side of the square camera images in pixels."""
     wrist_camera: bool = False
     """Also record the gripper camera (ee_vla suite only) as obs/wrist_pixels."""
+    instructions: str = "train"
+    """Instruction set of the ee_vla suite's tasks (the envs' `instructions`): train (the task's
+    templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`).
+    The held-out paraphrases are for evaluation only and are refused here."""
     num_workers: int = 1
     """Processes that run episodes in parallel (1 = in this process)."""
     max_attempts_factor: float = 2.0
@@ -86,12 +90,19 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
         if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
             raise ValueError("CollectConfig.wrist_camera is only supported by the ee_vla suite, not Meta-World envs")
+        if self.instructions not in ("train", "augmented"):
+            why = " (held-out paraphrases never go into training data)" if self.instructions == "held_out" else ""
+            raise ValueError(f"CollectConfig.instructions must be train or augmented{why}, got {self.instructions!r}")
+        if self.instructions != "train" and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
+            raise ValueError("CollectConfig.instructions is only supported by the ee_vla suite, not Meta-World envs")
 
     def env_kwargs(self) -> dict:
         """Keyword arguments passed to `gymnasium.make` for every env id."""
         kw: dict = {"image_size": self.image_size}
         if self.wrist_camera:
             kw["wrist_camera"] = True
+        if self.instructions != "train":
+            kw["instructions"] = self.instructions
         return kw
 
 

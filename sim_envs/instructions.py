@@ -1,21 +1,35 @@
-"""Instruction sets of the tabletop tasks: the training templates and held-out paraphrases.
+"""Instruction sets of the tabletop tasks: the training templates, paraphrases for training, and
+held-out paraphrases.
 
 Each task draws its instruction from five templates (`PICK_TEMPLATES`, ...); collection, DAgger and
-training only ever see those. `HELD_OUT` holds five other phrasings per task, with the same
+training see those by default. `HELD_OUT` holds five other phrasings per task, with the same
 meaning and the same object (and plate) names, that no training data contains (a test checks it):
 an env made with `instructions="held_out"` asks for the same task in words the policy has not
 seen, for measuring how well it follows paraphrases:
 
     ee-vla eval --policy P --env ee_vla/PickCube-v0 --env-kwargs instructions held_out
 
-The held-out template is chosen by the same random draw as the training one, so a seed gives the
-same scene under both sets and only the words differ.
+`AUGMENT` holds eight more phrasings per task for training with paraphrases, disjoint from the
+held-out ones and avoiding their distinctive wording (a test checks both): an env made with
+`instructions="augmented"` draws uniformly from the training templates and these, so data
+collected with it teaches other words while the held-out set stays a fair test:
+
+    ee-vla collect --env ee_vla/PickCube-v0 --instructions augmented ...
+
+The held-out template is chosen by the same random draw as the training one, and the augmented
+choice by a draw that leaves the scene's random stream untouched, so a seed gives the same scene
+under every set and only the words differ.
 """
 
 from __future__ import annotations
 
-INSTRUCTION_SETS = ("train", "held_out")
-"""`instructions` of the tabletop envs: the training templates | the held-out paraphrases."""
+import copy
+
+import numpy as np
+
+INSTRUCTION_SETS = ("train", "held_out", "augmented")
+"""`instructions` of the tabletop envs: the training templates | the held-out paraphrases | the
+training templates and `AUGMENT`'s paraphrases."""
 
 HELD_OUT: dict[str, tuple[str, ...]] = {
     "reach": (
@@ -50,11 +64,66 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
 """Per task, phrasings that training never uses (same placeholders as its templates)."""
 
 
-def choose_template(train: tuple[str, ...], task: str, index: int, which: str) -> str:
-    """The template of draw `index` from `train` (`which="train"`) or from the task's held-out set."""
+AUGMENT: dict[str, tuple[str, ...]] = {
+    "reach": (
+        "move to the {obj}",
+        "approach the {obj}",
+        "travel to the {obj}",
+        "reach toward the {obj}",
+        "steer the gripper to the {obj}",
+        "find the {obj} and reach it",
+        "move your gripper close to the {obj}",
+        "reach out to the {obj}",
+    ),
+    "pick_cube": (
+        "lift the {obj} up",
+        "grasp the {obj} and raise it",
+        "seize the {obj} and lift it",
+        "elevate the {obj}",
+        "collect the {obj} and lift it",
+        "grip the {obj} and pull it upward",
+        "lift the {obj} high",
+        "pick the {obj} up and keep it raised",
+    ),
+    "place": (
+        "put the {obj} onto the {plate}",
+        "lay the {obj} on the {plate}",
+        "deliver the {obj} to the {plate}",
+        "set the {obj} on the {plate}",
+        "move the {obj} onto the {plate}",
+        "bring the {obj} to the {plate}",
+        "pick the {obj} up and set it on the {plate}",
+        "position the {obj} on the {plate}",
+    ),
+    "push": (
+        "push the {obj} to the circle",
+        "slide the {obj} to the white circle",
+        "shove the {obj} to the white target",
+        "push the {obj} across to the white circle",
+        "move the {obj} onto the circle by pushing",
+        "slide the {obj} along the table to the circle",
+        "glide the {obj} onto the white circle",
+        "push the {obj} so it ends on the white circle",
+    ),
+}
+"""Per task, phrasings for training with paraphrases (`instructions="augmented"`); none is held out."""
+
+
+def choose_template(
+    train: tuple[str, ...], task: str, index: int, which: str, rng: np.random.Generator | None = None
+) -> str:
+    """The template of draw `index` from `train` (`which="train"`), from the task's held-out set, or
+    (`which="augmented"`) one of `train` and the task's `AUGMENT` chosen uniformly by a draw from a
+    copy of `rng`, so that `rng` itself, which places the scene, is not advanced."""
     if which == "train":
         return train[index]
     if which == "held_out":
         held = HELD_OUT[task]
         return held[index % len(held)]
+    if which == "augmented":
+        if rng is None:
+            raise ValueError("instructions='augmented' needs the episode's random generator")
+        options = (*train, *AUGMENT[task])
+        seed = int(copy.deepcopy(rng).integers(2**62)) + index
+        return options[int(np.random.default_rng(seed).integers(len(options)))]
     raise ValueError(f"instructions must be one of {', '.join(INSTRUCTION_SETS)}, got {which!r}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
 import sim_envs  # noqa: F401
 from sim_envs.collect import CollectConfig
-from sim_envs.instructions import HELD_OUT
+from sim_envs.instructions import AUGMENT, HELD_OUT, choose_template
 from sim_envs.pick_cube import PICK_TEMPLATES
 from sim_envs.place import PLACE_TEMPLATES
 from sim_envs.push import PUSH_TEMPLATES
@@ -71,3 +73,61 @@ def test_collection_uses_the_training_templates_only():
                 assert u._template in TRAIN[task] and u._template not in held
         finally:
             env.close()
+
+
+def _words(template: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", template.lower())))
+
+
+def test_training_paraphrases_are_disjoint_from_the_held_out_ones():
+    """`AUGMENT` (for training) shares no phrasing with the held-out set or the templates, and no
+    word that only the held-out phrasings of its task use: the held-out test stays unseen words."""
+    train = {_norm(t.format(**NAMES)) for ts in TRAIN.values() for t in ts}
+    held = {_norm(t.format(**NAMES)) for ts in HELD_OUT.values() for t in ts}
+    aug = [_norm(t.format(**NAMES)) for ts in AUGMENT.values() for t in ts]
+    assert set(AUGMENT) == set(TRAIN) and all(len(ts) == 8 for ts in AUGMENT.values())
+    assert len(set(aug)) == len(aug) and not set(aug) & (train | held)
+    for task, ts in AUGMENT.items():
+        held_only = set().union(*map(_words, HELD_OUT[task])) - set().union(*map(_words, TRAIN[task]))
+        assert not [t for t in ts if _words(t) & held_only], task
+        fields = {f for t in TRAIN[task] for f in ("obj", "plate") if "{" + f + "}" in t}
+        assert all({f for f in ("obj", "plate") if "{" + f + "}" in t} == fields for t in ts), task
+
+
+def test_augmented_draws_cover_templates_and_paraphrases_without_moving_the_scene_stream():
+    seen = set()
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        index = int(rng.integers(len(PICK_TEMPLATES)))
+        state = rng.bit_generator.state
+        seen.add(choose_template(PICK_TEMPLATES, "pick_cube", index, "augmented", rng))
+        assert rng.bit_generator.state == state  # the draw that places the scene comes next, unchanged
+    assert seen == set(PICK_TEMPLATES) | set(AUGMENT["pick_cube"])
+    with pytest.raises(ValueError, match="instructions must be one of train, held_out, augmented"):
+        choose_template(PICK_TEMPLATES, "pick_cube", 0, "paraphrased", np.random.default_rng(0))
+
+
+def test_collection_takes_the_training_paraphrases_and_refuses_the_held_out_ones():
+    cfg = CollectConfig(env=list(ENVS.values()), instructions="augmented")
+    assert cfg.env_kwargs()["instructions"] == "augmented"
+    with pytest.raises(ValueError, match="held-out paraphrases never go into training data"):
+        CollectConfig(env=list(ENVS.values()), instructions="held_out")
+    with pytest.raises(ValueError, match="only supported by the ee_vla suite"):
+        CollectConfig(env=["ee_vla/MetaWorld-door-open-v0"], instructions="augmented")
+
+
+@pytest.mark.parametrize("task", ["place", "push"])
+def test_augmented_envs_show_the_same_scenes_in_training_words(task):
+    train, aug = gym.make(ENVS[task]), gym.make(ENVS[task], instructions="augmented")
+    try:
+        options = {t for t in (*TRAIN[task], *AUGMENT[task])}
+        for seed in range(3):
+            a, _ = train.reset(seed=seed)
+            b, _ = aug.reset(seed=seed)
+            assert np.array_equal(a["pixels"], b["pixels"]) and np.array_equal(a["agent_pos"], b["agent_pos"])
+            name = aug.unwrapped.objects[aug.unwrapped.target_index].name
+            plate = getattr(aug.unwrapped, "plate_name", "")
+            assert any(aug.unwrapped.task_description == t.format(obj=name, plate=plate) for t in options)
+    finally:
+        train.close()
+        aug.close()
