@@ -115,6 +115,9 @@ class FleetBenchConfig:
     """batched: auto | pow2 | none (`FleetConfig.padding`)."""
     image_size: int = 0
     """Side of the robots' images (0: the model's)."""
+    switch_interval_s: float = 0.0005
+    """Python's thread switch interval during the runs (`ServeConfig.switch_interval_s`, what
+    `serve` runs with: the robots' timers and the decode thread take the GIL in turn sooner)."""
     keep_going: bool = False
     """Sweep every N in every mode (default: a mode stops after the first N that misses deadlines)."""
     seed: int = 0
@@ -131,6 +134,8 @@ class FleetBenchConfig:
         for name in ("duration_s", "camera_hz", "control_hz"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')}: must be > 0, got {getattr(self, name)}")
+        if not 0 < self.switch_interval_s <= 0.1:
+            raise ValueError(f"--switch-interval-s: must be in (0, 0.1], got {self.switch_interval_s}")
         if self.settle_s < 0 or self.decode_deadline_s < 0 or self.gather_s < 0 or self.max_batch < 0:
             raise ValueError("--settle-s, --decode-deadline-s, --gather-s and --max-batch must be >= 0")
         self.robots = tuple(sorted(set(self.robots)))
@@ -487,6 +492,7 @@ def worker(job: dict[str, Any]) -> None:
     print("READY", flush=True)
     go = sys.stdin.readline().split()
     t0 = time.perf_counter() + (float(go[1]) - time.time())
+    sys.setswitchinterval(cfg.switch_interval_s)
     raw = _session(policy, cfg, n, [i], "sequential", t0)
     raw["decode_deadline_s"] = _deadline_s(cfg, policy.chunk_size)
     print(json.dumps(raw, default=str), flush=True)
@@ -563,9 +569,13 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
 def run(cfg: FleetBenchConfig) -> dict[str, Any]:
     """The sweep; prints the table and writes the JSON (and plot)."""
+    import sys
+
     t = time.perf_counter()
     policy = load_policy(cfg)
     load_s = time.perf_counter() - t
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(cfg.switch_interval_s)
     from ee_vla.timing import environment_info
 
     log.info("policy loaded in %.1f s: chunk %d, action dim %d", load_s, policy.chunk_size, policy.action_dim)
@@ -590,6 +600,7 @@ def run(cfg: FleetBenchConfig) -> dict[str, Any]:
             )
             if not r["meets_deadlines"] and not cfg.keep_going:
                 break
+    sys.setswitchinterval(old_switch)
     env = environment_info(policy.config.device, policy.config.dtype)
     out = {
         "config": asdict(cfg),
@@ -647,6 +658,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="0: N")
     p.add_argument("--padding", default=d.padding, choices=("auto", "pow2", "none"))
     p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--switch-interval-s", type=float, default=d.switch_interval_s)
     p.add_argument("--keep-going", action="store_true")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out)
