@@ -58,6 +58,9 @@ padding rows are never streamed. `FleetPolicy.warm_up()` builds the engine of ev
 
 The decode thread runs in the serving process (not a policy child process): on a GPU the kernels run
 off the GIL; on a CPU the decoding holds it for long stretches.
+
+`SharedFleet` gives one fleet to runners that configure at different times (the rclpy lifecycle
+nodes of `policy_node --namespaces`): the first loads the policy, the last cleanup frees it.
 """
 
 from __future__ import annotations
