@@ -8,9 +8,10 @@ instead of a node that later refuses to configure.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from ros_nodes.params import param_specs, validate_param
+from ros_nodes.params import check_namespace, param_specs, validate_param
 
 POLICY_LAUNCH_ARGS = {
     "model_path": "Directory of the saved ee_vla policy",
@@ -77,4 +78,49 @@ def parameter_overrides(args: dict[str, str]) -> dict[str, Any]:
         if reason is not None:
             raise ValueError(f"launch argument {name}:={text!r}: {reason}")
         out[name] = value
+    return out
+
+
+FLEET_LAUNCH_ARGS = {
+    "batch_gather_s": "seconds the oldest pending call waits for other robots' calls (empty: 0.005)",
+    "max_batch": "most robots per batched decode (empty or 0: all of them)",
+    "batch_padding": "auto | pow2 | none: the batch sizes static engines are built for (empty: auto)",
+}
+"""fleet.launch.py's batching arguments (name -> description): `policy_node --namespaces`'s options."""
+
+
+def fleet_arguments(namespaces: str, settings: dict[str, str]) -> list[str]:
+    """`policy_node`'s command-line arguments for fleet.launch.py: `--namespaces` from `namespaces`
+    (separated by spaces or commas) and the batching options of `settings` (FLEET_LAUNCH_ARGS names;
+    empty strings skipped).
+
+    Raises:
+        ValueError: naming the argument and why its value is invalid.
+    """
+    names = [n for n in re.split(r"[\s,]+", namespaces or "") if n]
+    if not names:
+        raise ValueError(
+            'launch argument namespaces:= is empty: give the robots\' namespaces, e.g. namespaces:="robot1 robot2"'
+        )
+    checked = [check_namespace(n) for n in names]
+    if len(set(checked)) != len(checked):
+        raise ValueError(f"launch argument namespaces: each robot needs a namespace of its own, got {checked}")
+    out = ["--namespaces", *checked]
+    for name, text in settings.items():
+        if name not in FLEET_LAUNCH_ARGS:
+            raise ValueError(f"launch argument {name!r} is not a fleet setting ({', '.join(FLEET_LAUNCH_ARGS)})")
+        if text is None or text == "":
+            continue
+        try:
+            if name == "batch_gather_s":
+                ok = 0 <= float(text) <= 1
+            elif name == "max_batch":
+                ok = int(text) >= 0
+            else:
+                ok = text in ("auto", "pow2", "none")
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"launch argument {name}:={text!r}: {FLEET_LAUNCH_ARGS[name]}")
+        out += ["--" + name.replace("_", "-"), text]
     return out

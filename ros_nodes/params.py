@@ -13,6 +13,7 @@ import ast
 import functools
 import inspect
 import math
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -515,3 +516,19 @@ def param_specs() -> list[ParamSpec]:
             )
         )
     return specs
+
+
+_NS_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_namespace(ns: str) -> str:
+    """A ROS namespace without its leading/trailing slashes (`/robot1/` -> `robot1`, `fleet/arm2`
+    stays); raises ValueError for one that ROS 2 would refuse."""
+    name = str(ns).strip("/")
+    tokens = name.split("/")
+    if not name or not all(_NS_TOKEN.match(t) for t in tokens):
+        raise ValueError(
+            f"namespaces: {ns!r} is not a ROS namespace (tokens of letters, digits and _, "
+            "not starting with a digit, separated by /)"
+        )
+    return name

@@ -351,7 +351,7 @@ def main(args: list[str] | None = None) -> None:
     from rclpy.utilities import remove_ros_args
 
     from ros_nodes.fleet import FleetConfig, SharedFleet
-    from ros_nodes.serve import check_namespace
+    from ros_nodes.params import check_namespace
 
     argv = sys.argv if args is None else args
     parser = argparse.ArgumentParser(prog="policy_node", description=main.__doc__.splitlines()[0])

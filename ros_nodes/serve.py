@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ros_nodes.diagnostics import OK, Status
 from ros_nodes.messages import build_diagnostics, split_seconds
 from ros_nodes.output import CommandSink
-from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams
+from ros_nodes.params import COMMAND_MSG_TYPES, PolicyParams, check_namespace
 from ros_nodes.runner import ActionChunkPolicy, PolicyRunner, load_policy
 from ros_nodes.safety import CauseLog, ShutdownSignals
 
@@ -141,22 +140,6 @@ class ServeConfig(PolicyParams):
         if self.dds_config:
             return self.dds_config
         return loopback_config(self.domain_id) if self.loopback_only else None
-
-
-_NS_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def check_namespace(ns: str) -> str:
-    """A ROS namespace without its leading/trailing slashes (`/robot1/` -> `robot1`, `fleet/arm2`
-    stays); raises ValueError for one that ROS 2 would refuse."""
-    name = str(ns).strip("/")
-    tokens = name.split("/")
-    if not name or not all(_NS_TOKEN.match(t) for t in tokens):
-        raise ValueError(
-            f"namespaces: {ns!r} is not a ROS namespace (tokens of letters, digits and _, "
-            "not starting with a digit, separated by /)"
-        )
-    return name
 
 
 def namespaced(topic: str, namespace: str) -> str:

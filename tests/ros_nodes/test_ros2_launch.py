@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,35 @@ def test_policy_launch_in_a_namespace_applies_the_yaml(workspace, tmp_path):
         assert p.wait(timeout=60) == 0, p.log()[-3000:]
     finally:
         p.close()
+
+
+@pytest.mark.timeout(240)
+def test_fleet_launch_brings_up_a_node_per_robot(workspace, tmp_path):
+    """`ros2 launch ee_vla fleet.launch.py namespaces:="robot1 robot2"`: one process, a lifecycle node
+    per namespace, each configuring and activating itself on the shared policy, with the YAML and
+    launch arguments applied to both; Ctrl-C ends it cleanly."""
+    domain = new_domain_id()
+    p = launch(
+        workspace, tmp_path, domain, "fleet.launch.py", "namespaces:=robot1 robot2", f"model_path:={DEFAULT_MODEL}",
+        "control_hz:=15.0", "max_batch:=2",
+    )  # fmt: skip
+    env = installed_env(workspace, domain)
+    try:
+        for ns in ("robot1", "robot2"):
+            node = f"/{ns}/policy_node"
+            state = ""
+            for _ in range(60):
+                state = ros2_node_verb(env, "lifecycle", "get", node)
+                if "active [3]" in state or not p.running():
+                    break
+                time.sleep(1)
+            assert "active [3]" in state, (state, p.log()[-3000:])
+            assert "Double value is: 15.0" in ros2_node_verb(env, "param", "get", node, "control_hz")
+            assert "Boolean value is: True" in ros2_node_verb(env, "param", "get", node, "dry_run")
+        log = p.log()
+        assert "[policy_node-1]" in log and "[policy_node-2]" not in log, log[-3000:]  # one process
+        p.signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 0, p.log()[-3000:]
+    finally:
+        p.close()
+    assert "[ERROR]" not in p.log(), p.log()[-3000:]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ros_nodes.launch_args import POLICY_LAUNCH_ARGS, parameter_overrides
+from ros_nodes.launch_args import FLEET_LAUNCH_ARGS, POLICY_LAUNCH_ARGS, fleet_arguments, parameter_overrides
 from ros_nodes.params import PolicyParams
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
@@ -35,13 +35,36 @@ def test_arguments_are_typed_and_validated():
         parameter_overrides({"compile_mode": "fastest"})
 
 
-@pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py"])
+def test_fleet_arguments_become_policy_node_options():
+    """fleet.launch.py: `namespaces` (spaces or commas) and the batching settings become
+    `policy_node --namespaces ...` options; bad values fail the launch naming the argument."""
+    assert fleet_arguments("robot1, /robot2/ fleet/arm3", {"max_batch": "", "batch_padding": "pow2"}) == [
+        "--namespaces", "robot1", "robot2", "fleet/arm3", "--batch-padding", "pow2",
+    ]  # fmt: skip
+    assert fleet_arguments("a", {"batch_gather_s": "0.01", "max_batch": "0"})[2:] == [
+        "--batch-gather-s", "0.01", "--max-batch", "0",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="namespaces:= is empty"):
+        fleet_arguments(" ", {})
+    with pytest.raises(ValueError, match="a namespace of its own"):
+        fleet_arguments("robot1 /robot1", {})
+    with pytest.raises(ValueError, match="'2robot' is not a ROS namespace"):
+        fleet_arguments("robot1 2robot", {})
+    for name, bad in (("batch_gather_s", "soon"), ("batch_gather_s", "2"), ("max_batch", "-1"), ("batch_padding", "x")):
+        with pytest.raises(ValueError, match=f"{name}:='{bad}'"):
+            fleet_arguments("robot1", {name: bad})
+    with pytest.raises(ValueError, match="not a fleet setting"):
+        fleet_arguments("robot1", {"batch": "4"})
+    assert set(FLEET_LAUNCH_ARGS) == {"batch_gather_s", "max_batch", "batch_padding"}
+
+
+@pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py", "fleet.launch.py"])
 def test_launch_files_define_generate_launch_description(name):
     tree = ast.parse((LAUNCH / name).read_text())
     assert "generate_launch_description" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
 
 
-@pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py"])
+@pytest.mark.parametrize("name", ["ee_vla.launch.py", "sim.launch.py", "fleet.launch.py"])
 def test_launch_descriptions_build(name):
     pytest.importorskip("launch_ros")
     from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -53,3 +76,5 @@ def test_launch_descriptions_build(name):
     assert "model_path" in args
     if name == "ee_vla.launch.py":
         assert set(POLICY_LAUNCH_ARGS) | {"params_file", "autostart"} <= args
+    if name == "fleet.launch.py":
+        assert set(POLICY_LAUNCH_ARGS) | set(FLEET_LAUNCH_ARGS) | {"namespaces", "params_file", "autostart"} <= args
