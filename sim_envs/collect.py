@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sim_envs.demo_file import DATA_FILE, STATS_FILE, DemoWriter, Episode, write_demo
+from sim_envs.instructions import check_training_set
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,7 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
         if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
             raise ValueError("CollectConfig.wrist_camera is only supported by the ee_vla suite, not Meta-World envs")
-        if self.instructions not in ("train", "augmented"):
-            why = " (held-out paraphrases never go into training data)" if self.instructions == "held_out" else ""
-            raise ValueError(f"CollectConfig.instructions must be train or augmented{why}, got {self.instructions!r}")
+        check_training_set(self.instructions, "CollectConfig.instructions")
         if self.instructions != "train" and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
             raise ValueError("CollectConfig.instructions is only supported by the ee_vla suite, not Meta-World envs")
 

@@ -109,6 +109,18 @@ AUGMENT: dict[str, tuple[str, ...]] = {
 """Per task, phrasings for training with paraphrases (`instructions="augmented"`); none is held out."""
 
 
+TRAINING_SETS = ("train", "augmented")
+"""The instruction sets training data may be recorded with (collection, DAgger): never held_out."""
+
+
+def check_training_set(which: str, owner: str) -> str:
+    """`which` if training data may use it (`TRAINING_SETS`); else a ValueError naming `owner`."""
+    if which not in TRAINING_SETS:
+        why = " (held-out paraphrases never go into training data)" if which == "held_out" else ""
+        raise ValueError(f"{owner} must be train or augmented{why}, got {which!r}")
+    return which
+
+
 def choose_template(
     train: tuple[str, ...], task: str, index: int, which: str, rng: np.random.Generator | None = None
 ) -> str:

@@ -71,6 +71,11 @@ class DaggerConfig:
     """Gymnasium vector env: sync (one process) or async (one subprocess per copy)."""
     image_size: int = 128
     """Camera image side in pixels; must be what the policy was trained on."""
+    instructions: str = "train"
+    """Instruction set of the ee_vla suite's tasks while the policy acts: train (the task's
+    templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`),
+    as `ee-vla collect --instructions`. The held-out paraphrases are refused: they never go into
+    training data."""
     runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
     """How the policy runs while acting, with `ee-vla eval`'s options (`ee_vla.runtime.RuntimeConfig`):
     `--decoder` (the one it is deployed with), `--max-iterations`, `--tau`, ..., `--device`,
@@ -110,6 +115,16 @@ class DaggerConfig:
             raise DaggerConfigError(f"DaggerConfig.max_minutes must be > 0 or None, got {self.max_minutes}")
         if not 0 <= self.compression_level <= 9:
             raise DaggerConfigError(f"DaggerConfig.compression_level must be in 0..9, got {self.compression_level}")
+        from sim_envs.instructions import check_training_set
+
+        try:
+            check_training_set(self.instructions, "DaggerConfig.instructions")
+        except ValueError as e:
+            raise DaggerConfigError(str(e)) from None
+        if self.instructions != "train" and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
+            raise DaggerConfigError(
+                "DaggerConfig.instructions is only supported by the ee_vla suite, not Meta-World envs"
+            )
         if not (self.policy / "config.json").is_file():
             raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
         if (self.out / "demos.hdf5").exists() and not self.overwrite:
@@ -128,7 +143,8 @@ class DaggerConfig:
             num_envs=self.num_envs,
             vector=self.vector,
             seed=self.seed,
-            env_kwargs={"image_size": self.image_size},
+            env_kwargs={"image_size": self.image_size}
+            | ({"instructions": self.instructions} if self.instructions != "train" else {}),
             max_episode_steps=self.max_episode_steps,
             progress=self.progress,
             print_summary=False,

@@ -110,6 +110,18 @@ def test_config_errors_name_the_field(tiny_vla_dir, tmp_path, kw, field):
         _config(tiny_vla_dir, tmp_path, **kw)
 
 
+def test_on_policy_data_takes_the_training_paraphrases_never_the_held_out_ones(tiny_vla_dir, tmp_path):
+    """`--instructions augmented` reaches the envs the policy acts in; held_out is refused (its
+    phrasings never go into training data), as by `ee-vla collect`."""
+    assert "instructions" not in _config(tiny_vla_dir, tmp_path).eval_config().env_kwargs
+    cfg = _config(tiny_vla_dir, tmp_path, instructions="augmented")
+    assert cfg.eval_config().env_kwargs == {"image_size": 32, "instructions": "augmented"}
+    with pytest.raises(DaggerConfigError, match="held-out paraphrases never go into training data"):
+        _config(tiny_vla_dir, tmp_path, instructions="held_out")
+    with pytest.raises(DaggerConfigError, match="only supported by the ee_vla suite"):
+        _config(tiny_vla_dir, tmp_path, instructions="augmented", env=["ee_vla/MetaWorld-door-open-v0"])
+
+
 def test_config_refuses_a_missing_policy_and_an_existing_file(tiny_vla_dir, dagger_file, tmp_path):
     with pytest.raises(DaggerConfigError, match="not a model directory"):
         _config(tmp_path / "nothing", tmp_path)
