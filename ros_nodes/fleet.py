@@ -82,7 +82,7 @@ from ros_nodes.diagnostics import Window
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FleetConfig", "FleetPolicy", "RobotPolicy", "SharedFleet", "padded_sizes"]
+__all__ = ["FleetConfig", "FleetPolicy", "RobotPolicy", "SharedFleet", "padded_sizes", "warmed_fleet"]
 
 
 @dataclass(frozen=True)
@@ -574,16 +574,8 @@ class SharedFleet:
 
                 if getattr(params, "policy_process", False):
                     log.info("the shared policy decodes in this process, on the fleet's thread (not a policy process)")
-                policy = self.load(params)
-                fleet = FleetPolicy(policy, dataclasses.replace(self.config, decode_nice=params.decode_nice))
-                if params.warmup:
-                    try:
-                        took = fleet.warm_up()
-                    except BaseException:
-                        fleet.close()
-                        raise
-                    log.info("fleet warm-up: %s", ", ".join(f"batch {b} {s:.2f} s" for b, s in took.items()))
-                self.fleet, self.key = fleet, key
+                config = dataclasses.replace(self.config, decode_nice=params.decode_nice)
+                self.fleet, self.key = warmed_fleet(self.load(params), config, params.warmup), key
             elif key != self.key:
                 raise ValueError(
                     f"robot {name!r} asks for model {key[0]!r} with {key[1]}, but the robots of this process "
@@ -599,6 +591,20 @@ class SharedFleet:
                 return
             self.fleet, self.key = None, None
         fleet.close()
+
+
+def warmed_fleet(policy: Any, config: FleetConfig, warmup: bool) -> FleetPolicy:
+    """A `FleetPolicy` around `policy`; with `warmup`, every batch size it can decode is decoded
+    once (`FleetPolicy.warm_up`) before it is returned, and the fleet is closed if that fails."""
+    fleet = FleetPolicy(policy, config)
+    if warmup:
+        try:
+            took = fleet.warm_up()
+        except BaseException:
+            fleet.close()
+            raise
+        log.info("fleet warm-up: %s", ", ".join(f"batch {b} {s:.2f} s" for b, s in took.items()))
+    return fleet
 
 
 def load_here(params: Any) -> Any:

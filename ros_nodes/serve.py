@@ -173,26 +173,41 @@ def serve(
     """
     if cfg.namespaces:
         return serve_fleet(cfg, policy, stop, on_ready)
+    runner = PolicyRunner(cfg.policy_params(), (lambda _p: policy) if policy is not None else load_policy, logger=log)
+    runner.configure()  # raises with a reason: a CLI should fail loudly before joining the graph
+
+    def stopped(status: Status) -> dict[str, Any]:
+        log.info("stopped: %d commands sent, %s", runner.rate.total, status.message)
+        return status.values
+
+    return _serve_until_stopped(cfg, _DdsNode(cfg, runner), stop, lambda: on_ready and on_ready(runner), stopped)
+
+
+def _serve_until_stopped(
+    cfg: ServeConfig,
+    server: _DdsNode | _FleetServer,
+    stop: threading.Event | None,
+    ready: Callable[[], object],
+    stopped: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """Start `server` with `cfg.switch_interval_s`, call `ready()`, spin until `cfg.duration_s`,
+    `stop` or a signal, then close it, restore the switch interval, and return (and write to
+    `cfg.stats_path`) `stopped(what close returned)`: the final diagnostics."""
     stop = stop or threading.Event()
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(cfg.switch_interval_s)
-    runner = PolicyRunner(cfg.policy_params(), (lambda _p: policy) if policy is not None else load_policy, logger=log)
-    runner.configure()  # raises with a reason: a CLI should fail loudly before joining the graph
-    node = _DdsNode(cfg, runner)
-    node.start()
-    if on_ready is not None:
-        on_ready(runner)
+    server.start()
+    ready()
     t_end = time.monotonic() + cfg.duration_s if cfg.duration_s > 0 else float("inf")
     try:
         with ShutdownSignals(stop):
-            node.spin(stop, t_end)
+            server.spin(stop, t_end)
     finally:
-        status = node.close()
+        values = stopped(server.close())
         sys.setswitchinterval(old_switch)
         if cfg.stats_path:
-            Path(cfg.stats_path).write_text(json.dumps(status.values, indent=2))
-        log.info("stopped: %d commands sent, %s", runner.rate.total, status.message)
-    return status.values
+            Path(cfg.stats_path).write_text(json.dumps(values, indent=2))
+    return values
 
 
 FLEET_STATUS_NAME = "ee_vla: fleet"
@@ -223,7 +238,6 @@ def serve_fleet(
     """
     if not cfg.namespaces:
         raise ValueError("serve_fleet: ServeConfig.namespaces is empty (one robot at the root: serve())")
-    stop = stop or threading.Event()
     fleet = _fleet(cfg, policy)
     runners: dict[str, PolicyRunner] = {}
     try:
@@ -240,33 +254,19 @@ def serve_fleet(
             r.cleanup()
         fleet.close()
         raise
-    old_switch = sys.getswitchinterval()
-    sys.setswitchinterval(cfg.switch_interval_s)
-    server.start()
-    if on_ready is not None:
-        on_ready(runners)
-    t_end = time.monotonic() + cfg.duration_s if cfg.duration_s > 0 else float("inf")
-    try:
-        with ShutdownSignals(stop):
-            server.spin(stop, t_end)
-    finally:
-        result = server.close()
-        sys.setswitchinterval(old_switch)
-        if cfg.stats_path:
-            Path(cfg.stats_path).write_text(json.dumps(result, indent=2))
-        log.info(
-            "stopped: %s commands sent by %d robots; fleet: %s",
-            sum(r.rate.total for r in runners.values()),
-            len(runners),
-            result["fleet"],
-        )
-    return result
+
+    def stopped(result: dict[str, Any]) -> dict[str, Any]:
+        total = sum(r.rate.total for r in runners.values())
+        log.info("stopped: %s commands sent by %d robots; fleet: %s", total, len(runners), result["fleet"])
+        return result
+
+    return _serve_until_stopped(cfg, server, stop, lambda: on_ready and on_ready(runners), stopped)
 
 
 def _fleet(cfg: ServeConfig, policy: Any | None) -> FleetPolicy:
     """The fleet of `cfg`: around `policy` (a FleetPolicy is used as it is), or around the policy
     of `cfg.model_path` loaded here; warmed up at every batch size when `cfg.warmup`."""
-    from ros_nodes.fleet import FleetPolicy
+    from ros_nodes.fleet import FleetPolicy, warmed_fleet
 
     if isinstance(policy, FleetPolicy):
         return policy
@@ -279,15 +279,7 @@ def _fleet(cfg: ServeConfig, policy: Any | None) -> FleetPolicy:
                 "namespaces: the policy decodes in this process, on the fleet's thread (policy_process does not apply)"
             )
         policy = load_here(params)
-    fleet = FleetPolicy(policy, cfg.fleet_config())
-    if cfg.warmup:
-        try:
-            took = fleet.warm_up()
-        except BaseException:
-            fleet.close()
-            raise
-        log.info("fleet warm-up: %s", ", ".join(f"batch {b} {s:.2f} s" for b, s in took.items()))
-    return fleet
+    return warmed_fleet(policy, cfg.fleet_config(), cfg.warmup)
 
 
 def _spin_loop(
