@@ -19,21 +19,16 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
-from ros_nodes.launch_args import POLICY_LAUNCH_ARGS, parameter_overrides
+from ros_nodes.launch_args import POLICY_LAUNCH_ARGS, node_parameters
 
 
 def _policy_node(context, *args, **kwargs):
-    overrides = parameter_overrides({name: LaunchConfiguration(name).perform(context) for name in POLICY_LAUNCH_ARGS})
-    params = [LaunchConfiguration("params_file").perform(context)]
-    extra = LaunchConfiguration("extra_params_file").perform(context)
-    if extra:
-        params.append(extra)
     node = LifecycleNode(
         package="ee_vla",
         executable="policy_node",
         name=LaunchConfiguration("node_name").perform(context),
         namespace=LaunchConfiguration("namespace").perform(context),
-        parameters=params + ([overrides] if overrides else []),
+        parameters=node_parameters(lambda name: LaunchConfiguration(name).perform(context)),
         output="screen",
         emulate_tty=True,
     )

@@ -17,23 +17,19 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
-from ros_nodes.launch_args import FLEET_LAUNCH_ARGS, POLICY_LAUNCH_ARGS, fleet_arguments, parameter_overrides
+from ros_nodes.launch_args import FLEET_LAUNCH_ARGS, POLICY_LAUNCH_ARGS, fleet_arguments, node_parameters
 
 
 def _fleet_process(context, *args, **kwargs):
-    settings = {name: LaunchConfiguration(name).perform(context) for name in FLEET_LAUNCH_ARGS}
-    arguments = fleet_arguments(LaunchConfiguration("namespaces").perform(context), settings)
-    overrides = parameter_overrides({name: LaunchConfiguration(name).perform(context) for name in POLICY_LAUNCH_ARGS})
-    overrides["autostart"] = LaunchConfiguration("autostart").perform(context).strip().lower() in ("true", "1")
-    params = [LaunchConfiguration("params_file").perform(context)]
-    extra = LaunchConfiguration("extra_params_file").perform(context)
-    if extra:
-        params.append(extra)
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    autostart = value("autostart").strip().lower() in ("true", "1")
     node = Node(
         package="ee_vla",
         executable="policy_node",
-        arguments=arguments,
-        parameters=[*params, overrides],
+        arguments=fleet_arguments(value("namespaces"), {name: value(name) for name in FLEET_LAUNCH_ARGS}),
+        parameters=node_parameters(value, autostart=autostart),
         output="screen",
         emulate_tty=True,
     )

@@ -9,6 +9,7 @@ instead of a node that later refuses to configure.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ros_nodes.params import check_namespace, param_specs, validate_param
@@ -79,6 +80,17 @@ def parameter_overrides(args: dict[str, str]) -> dict[str, Any]:
             raise ValueError(f"launch argument {name}:={text!r}: {reason}")
         out[name] = value
     return out
+
+
+def node_parameters(value: Callable[[str], str], **fixed: Any) -> list[str | dict[str, Any]]:
+    """The `parameters` of the policy node's launch action: the `params_file` YAML, then
+    `extra_params_file` when given, then the typed overrides of the POLICY_LAUNCH_ARGS that are not
+    empty and the `fixed` values. `value(name)` is the launch argument's string."""
+    files: list[str | dict[str, Any]] = [value("params_file")]
+    if value("extra_params_file"):
+        files.append(value("extra_params_file"))
+    overrides = {**parameter_overrides({name: value(name) for name in POLICY_LAUNCH_ARGS}), **fixed}
+    return files + ([overrides] if overrides else [])
 
 
 FLEET_LAUNCH_ARGS = {

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from ros_nodes.launch_args import FLEET_LAUNCH_ARGS, POLICY_LAUNCH_ARGS, fleet_arguments, parameter_overrides
+from ros_nodes.launch_args import (
+    FLEET_LAUNCH_ARGS,
+    POLICY_LAUNCH_ARGS,
+    fleet_arguments,
+    node_parameters,
+    parameter_overrides,
+)
 from ros_nodes.params import PolicyParams
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
@@ -33,6 +39,18 @@ def test_arguments_are_typed_and_validated():
     assert parameter_overrides({"engine": "compiled", "compile_mode": "frozen"})["compile_mode"] == "frozen"
     with pytest.raises(ValueError, match="compile_mode:='fastest'"):
         parameter_overrides({"compile_mode": "fastest"})
+
+
+def test_node_parameters_stack_the_yaml_the_extra_yaml_and_the_given_arguments():
+    """Both launch files give their node the YAML, then the extra YAML if any, then the launch
+    arguments that are not empty (typed) and their own fixed values."""
+    args = {name: "" for name in POLICY_LAUNCH_ARGS} | {"params_file": "/p.yaml", "extra_params_file": ""}
+    assert node_parameters(args.get) == ["/p.yaml"]
+    args |= {"extra_params_file": "/x.yaml", "control_hz": "15"}
+    assert node_parameters(args.get) == ["/p.yaml", "/x.yaml", {"control_hz": 15.0}]
+    assert node_parameters(args.get, autostart=True)[-1] == {"control_hz": 15.0, "autostart": True}
+    with pytest.raises(ValueError, match="control_hz:='fast'"):
+        node_parameters((args | {"control_hz": "fast"}).get)
 
 
 def test_fleet_arguments_become_policy_node_options():
