@@ -91,9 +91,7 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
         if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
             raise ValueError("CollectConfig.wrist_camera is only supported by the ee_vla suite, not Meta-World envs")
-        check_training_set(self.instructions, "CollectConfig.instructions")
-        if self.instructions != "train" and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
-            raise ValueError("CollectConfig.instructions is only supported by the ee_vla suite, not Meta-World envs")
+        check_training_set(self.instructions, "CollectConfig.instructions", self.env)
 
     def env_kwargs(self) -> dict:
         """Keyword arguments passed to `gymnasium.make` for every env id."""

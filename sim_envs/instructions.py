@@ -24,6 +24,7 @@ under every set and only the words differ.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -113,11 +114,14 @@ TRAINING_SETS = ("train", "augmented")
 """The instruction sets training data may be recorded with (collection, DAgger): never held_out."""
 
 
-def check_training_set(which: str, owner: str) -> str:
-    """`which` if training data may use it (`TRAINING_SETS`); else a ValueError naming `owner`."""
+def check_training_set(which: str, owner: str, env_ids: Sequence[str] = ()) -> str:
+    """`which` if training data of `env_ids` may use it (`TRAINING_SETS`; another set than train
+    only for the ee_vla suite, whose tasks have instruction sets); else a ValueError naming `owner`."""
     if which not in TRAINING_SETS:
         why = " (held-out paraphrases never go into training data)" if which == "held_out" else ""
         raise ValueError(f"{owner} must be train or augmented{why}, got {which!r}")
+    if which != "train" and any(e.startswith("ee_vla/MetaWorld") for e in env_ids):
+        raise ValueError(f"{owner} is only supported by the ee_vla suite, not Meta-World envs")
     return which
 
 

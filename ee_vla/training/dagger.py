@@ -118,13 +118,9 @@ class DaggerConfig:
         from sim_envs.instructions import check_training_set
 
         try:
-            check_training_set(self.instructions, "DaggerConfig.instructions")
+            check_training_set(self.instructions, "DaggerConfig.instructions", self.env)
         except ValueError as e:
             raise DaggerConfigError(str(e)) from None
-        if self.instructions != "train" and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
-            raise DaggerConfigError(
-                "DaggerConfig.instructions is only supported by the ee_vla suite, not Meta-World envs"
-            )
         if not (self.policy / "config.json").is_file():
             raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
         if (self.out / "demos.hdf5").exists() and not self.overwrite:
