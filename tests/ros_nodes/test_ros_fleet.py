@@ -45,6 +45,20 @@ def alone(tiny_vla_dir, decoder: str, episodes: list[list[dict]], **kw) -> list[
     return out
 
 
+def robot_values(model_dir, **kw) -> dict:
+    """A robot's policy parameters for the runner and node tests: the tiny model, array commands, an
+    instruction, and timeouts long enough that a slow CI machine never trips them."""
+    return dict(
+        model_path=str(model_dir),
+        instruction="pick up the cube",
+        command_type="array",
+        image_timeout_s=1000.0,
+        decode_deadline_s=1000.0,
+        decode_nice=0,
+        **kw,
+    )
+
+
 def wait_until(cond, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while not cond():
@@ -333,15 +347,7 @@ def test_runners_share_one_fleet_and_count_their_own_bad_inputs(tiny_vla_dir):
 
     policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ceed", device="cpu")
     fleet = FleetPolicy(policy, FleetConfig(gather_s=0.01, max_batch=4))
-    params = PolicyParams(
-        model_path=str(tiny_vla_dir),
-        policy_process=False,
-        instruction="pick up the cube",
-        command_type="array",
-        image_timeout_s=1000.0,
-        decode_deadline_s=1000.0,
-        decode_nice=0,
-    )
+    params = PolicyParams(**robot_values(tiny_vla_dir, policy_process=False))
     runners = {ns: PolicyRunner(params, lambda _p, ns=ns: fleet.robot(ns)) for ns in ("r0", "r1", "r2")}
     try:
         for r in runners.values():
@@ -569,16 +575,7 @@ def test_rclpy_nodes_in_namespaces_share_one_fleet(fake_ros, tiny_vla_dir, tmp_p
         return VLAPolicy.from_pretrained(params.model_path, decoder=params.decoder, device="cpu")
 
     shared = SharedFleet(FleetConfig(gather_s=0.01, max_batch=2), load=load)
-    values = dict(
-        model_path=str(tiny_vla_dir),
-        dry_run=False,
-        instruction="pick up the cube",
-        command_type="array",
-        image_timeout_s=1000.0,
-        decode_deadline_s=1000.0,
-        max_hold_s=0.0,
-        decode_nice=0,
-    )
+    values = robot_values(tiny_vla_dir, dry_run=False, max_hold_s=0.0)
 
     def node(ns: str, **kw):
         params = [Parameter(k, value=v) for k, v in {**values, **kw}.items()]
