@@ -27,7 +27,7 @@ def _product_files() -> list[Path]:
     return [
         ROOT / n
         for n in names
-        if not n.startswith(("docs/results/", "ee_vla/checkpoints/")) and Path(n).suffix in SUFFIXES
+        if not n.startswith("ee_vla/checkpoints/") and Path(n).suffix in SUFFIXES
     ]
 
 
