@@ -343,9 +343,13 @@ class VLAPolicy:
         t_start = time.perf_counter()
         with torch.inference_mode():
             inputs = self.vla.build_inputs(px, instrs, proprio)
-            step, first_logits, prefill_s = self._prefill(self.vla.model, **inputs)
             n = self.vla.n_action_tokens
             guess = self._guess(cfg, inputs, n)
+            if cfg.guess_in_prefill and guess is not None and n > 1:
+                # rows without a guess run the first action token in its place (any id will do)
+                guess = torch.where(guess < 0, self.vla.action_range[0], guess)
+                inputs = {**inputs, "window": guess[:, : min(n - 1, cfg.window or n)]}
+            step, first_logits, prefill_s = self._prefill(self.vla.model, **inputs)
             state = None
             for state in iter_decode(
                 step,

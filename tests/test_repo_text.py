@@ -24,11 +24,7 @@ def _product_files() -> list[Path]:
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     names = [n for n in out.splitlines() if n in PRODUCT or n.startswith(PRODUCT_DIRS)]
-    return [
-        ROOT / n
-        for n in names
-        if not n.startswith("ee_vla/checkpoints/") and Path(n).suffix in SUFFIXES
-    ]
+    return [ROOT / n for n in names if not n.startswith("ee_vla/checkpoints/") and Path(n).suffix in SUFFIXES]
 
 
 def test_product_text_has_no_history_labels_or_private_pointers():

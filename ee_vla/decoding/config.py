@@ -39,6 +39,11 @@ class DecodeConfig:
     keep_final_kv: bool = True
     """Keep the KV entries of tokens already final and slide the window past them; False cuts the
     cache back to the prompt before every iteration (CLLM's scheme; needs window=None)."""
+    guess_in_prefill: bool = False
+    """jacobi/ceed: run the initial guess's first tokens after the prompt in the prefill, so that
+    the prefill is also the first Jacobi iteration (token 0 of the window is then a guess too). It
+    saves a forward pass whenever the guess starts right (a warm start), and costs the prefill that
+    many more tokens; a call without a guess (the first of an episode, init=repeat) is unchanged."""
     seed: int = 0
     """Seed for the `prompt` initial guess."""
 
@@ -57,6 +62,8 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.window must be >= 1 or None, got {self.window}")
         if not self.keep_final_kv and self.window is not None:
             raise ValueError("DecodeConfig.keep_final_kv=False needs window=None (the window restarts at the prompt)")
+        if self.method == "ar" and self.guess_in_prefill:
+            raise ValueError("DecodeConfig.guess_in_prefill is a jacobi/ceed option: ar runs no guess")
         if self.method != "ceed" and (self.tau != 0 or self.max_iterations is not None):
             raise ValueError(
                 f"DecodeConfig.tau/max_iterations are CEED early-exit options; method={self.method!r} "

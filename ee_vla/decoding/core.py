@@ -7,6 +7,9 @@ at >= start first). `ee_vla.decoding.hf.HFStep` implements it for transformers m
 
 State per sample: the n-token window `y`, and `F`, the number of leading tokens known to be final
 (equal to what AR would produce, or frozen by an early exit). The prefill's logits make y[0] final.
+A prefill may also run the guess's first L tokens after the prompt: it is then an iteration over a
+window whose token 0 is a guess as well, and makes final y[0] and one more token per leading right
+guess.
 One iteration feeds inputs y[s:e] (s = number of committed KV entries) and takes the argmax at every
 position, giving predictions for y[s+1:e+1]. The prediction at j is exact when all inputs before j
 were; an input y_old[j] was right exactly when the new prediction at j equals it. So after an
@@ -155,8 +158,11 @@ class _DecodeLoop:
             raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
         if n_tokens % unit:
             raise ValueError(f"n_tokens={n_tokens} is not a multiple of unit={unit}")
-        if first_logits.ndim != 2:
-            raise ValueError(f"first_logits must be (batch, vocab), got shape {tuple(first_logits.shape)}")
+        if first_logits.ndim not in (2, 3):
+            raise ValueError(
+                f"first_logits must be (batch, vocab), or (batch, 1 + L, vocab) after a prefill that ran L "
+                f"guess tokens, got shape {tuple(first_logits.shape)}"
+            )
         self.config, self.action_range, self.unit, self.clock = config, action_range, unit, clock
         self.t0 = clock() if t_start is None else t_start
         if deadline is None and config.deadline_s is not None:
@@ -165,13 +171,15 @@ class _DecodeLoop:
         self.B, self.n, self.dev = first_logits.shape[0], n_tokens, first_logits.device
         self.n_units = n_tokens // unit
         self.window = config.effective_window or n_tokens
-        self.y = self._first_window(first_logits, guess)
+        self.stats = DecodeStats(n_tokens=n_tokens, batch_size=self.B, prefill_s=prefill_s)
         self.F = torch.ones(self.B, dtype=torch.long, device=self.dev)
         self.active = torch.ones(self.B, dtype=torch.bool, device=self.dev)
         self.c = 0  # committed KV entries of generated tokens (shared by the batch)
         self.it = 0  # parallel iterations run so far
-
-        self.stats = DecodeStats(n_tokens=n_tokens, batch_size=self.B, prefill_s=prefill_s)
+        if first_logits.ndim == 2:
+            self.y = self._first_window(first_logits, guess)
+        else:
+            self.y = self._window_from_prefill(first_logits, guess)
         self.unit_iter = [[-1] * self.n_units for _ in range(self.B)]
         self.unit_time = [[float("nan")] * self.n_units for _ in range(self.B)]
         self.unit_exact = [[True] * self.n_units for _ in range(self.B)]
@@ -194,6 +202,37 @@ class _DecodeLoop:
             y[:, 1:] = torch.where(g < 0, y[:, :1], g)
         else:
             y[:, 1:] = y[:, :1]
+        return y
+
+    def _window_from_prefill(self, logits: torch.Tensor, guess: torch.Tensor | None) -> torch.Tensor:
+        """The initial window after a prefill that also ran `guess[:, :L]` after the prompt (a
+        Jacobi iteration over a window whose token 0 is a guess too): `logits` (B, 1 + L, V) predict
+        positions 0 .. L. Prediction j is exact when the guesses before it were right, so `F` is
+        1 + the number of leading right guesses, and their KV entries (the prefill wrote them at
+        generated positions 0 ..) are kept."""
+        B, n = self.B, self.n
+        L = logits.shape[1] - 1
+        if guess is None or guess.shape != (B, n):
+            raise ValueError(
+                f"a prefill that ran guess tokens needs the guess, of shape {(B, n)}, got "
+                f"{None if guess is None else tuple(guess.shape)}"
+            )
+        if not 1 <= L <= n - 1:
+            raise ValueError(f"a prefill may run 1 .. {n - 1} guess tokens before an {n}-token chunk, got {L}")
+        g = guess.to(self.dev)
+        if bool((g[:, :L] < 0).any()):
+            raise ValueError("the guess tokens a prefill ran must be token ids (>= 0): fill the rows without a guess")
+        bad = ~torch.isfinite(logits).all(-1)
+        if bad.any():
+            raise _nonfinite_error("the prefill", bad, 0)
+        pred = greedy(logits, self.action_range)  # (B, 1 + L): positions 0 .. L
+        y = torch.empty(B, n, dtype=torch.long, device=self.dev)
+        y[:, : L + 1] = pred
+        y[:, L + 1 :] = torch.where(g[:, L + 1 :] < 0, pred[:, -1:], g[:, L + 1 :])
+        right = g[:, :L] == pred[:, :L]
+        run = torch.cumprod(right.long(), dim=1).sum(1)
+        self.F = 1 + run  # run <= L <= n - 1
+        self.c = int(run.min().item())  # the right guesses' KV entries, shared by the batch
         return y
 
     def mark(self, forced: list[int] | None = None) -> list[int]:
@@ -350,7 +389,10 @@ def iter_decode(
 
     Args:
         step: the model step (see module docstring).
-        first_logits: (B, V) logits of the prefill's last position (they give token 0).
+        first_logits: (B, V) logits of the prefill's last position (they give token 0); or
+            (B, 1 + L, V) when the prefill also ran the guess's first L tokens after the prompt
+            (`DecodeConfig.guess_in_prefill`): the prefill is then the first Jacobi iteration too,
+            and `guess` must be the tokens it ran (no negative entries among the first L).
         n_tokens: tokens to decode (a chunk: k actions x action_dim).
         config: decoder and exit rules.
         guess: (B, n_tokens) initial window; tokens 1.. are used (token 0 comes from the prefill).

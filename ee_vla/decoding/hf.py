@@ -34,6 +34,17 @@ def crop_cache(cache, length: int) -> None:
         cache.crop(-extra)
 
 
+def check_window(window: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """A prefill's guess window on the prompt's device: (B, L >= 1) token ids for B prompts."""
+    if window.ndim != 2 or window.shape[0] != input_ids.shape[0] or window.shape[1] < 1:
+        raise ValueError(
+            f"the prefill's window must be (batch={input_ids.shape[0]}, L >= 1) token ids, got {tuple(window.shape)}"
+        )
+    if bool((window < 0).any()):
+        raise ValueError("the prefill's window holds negative token ids")
+    return window.to(input_ids.device, torch.long)
+
+
 class HFStep:
     """`step(tokens, start) -> logits` over a transformers model with a DynamicCache."""
 
@@ -48,27 +59,40 @@ class HFStep:
     @classmethod
     @torch.inference_mode()
     def prefill(
-        cls, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra
+        cls,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        window: torch.Tensor | None = None,
+        **extra,
     ) -> tuple[HFStep, torch.Tensor, float]:
         """Run the prompt. Returns (step, first_logits (B, V), seconds). `extra` goes to the model
-        (e.g. `pixel_values` for a VLA)."""
+        (e.g. `pixel_values` for a VLA). `window` (B, L): generated tokens 0 .. L-1 (a guess) run
+        after the prompt in the same forward; the logits are then (B, 1 + L, V), those of the
+        prompt's last position and of each window token (see `ee_vla.decoding.core.iter_decode`)."""
         t = time.perf_counter()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        position_ids = prompt_positions(attention_mask)
+        prompt_mask, keep = attention_mask, 1
+        if window is not None:
+            window = check_window(window, input_ids)
+            keep = 1 + window.shape[1]
+            input_ids = torch.cat([input_ids, window], 1)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(window, dtype=attention_mask.dtype)], 1)
         cache = DynamicCache()
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids,
+            position_ids=prompt_positions(attention_mask),
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
             **extra,
         )
-        logits = out.logits[:, -1, :]
+        logits = out.logits[:, -1, :] if window is None else out.logits[:, -keep:, :]
         synchronize(input_ids.device)
-        return cls(model, out.past_key_values, attention_mask), logits, time.perf_counter() - t
+        return cls(model, out.past_key_values, prompt_mask), logits, time.perf_counter() - t
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, start: int) -> torch.Tensor:

@@ -129,7 +129,7 @@ class EnginePool:
     def __call__(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra
     ) -> tuple[StaticStep, torch.Tensor, float]:
-        """Same contract as `HFStep.prefill(model, input_ids, attention_mask, **extra)`."""
+        """Same contract as `HFStep.prefill(model, input_ids, attention_mask, window=None, **extra)`."""
         if model is not self.model:
             raise ValueError("this engine pool was built for another model")
         B, P = input_ids.shape

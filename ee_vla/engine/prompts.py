@@ -20,11 +20,13 @@ class PromptBuckets:
     """`StaticEngine`'s bucketed prefill (a mixin: it reads and writes the engine's buffers, cache
     slots, graphs and image-token state)."""
 
-    def _prompt_forward(self, length: int) -> torch.Tensor:
-        """The prefill of the bucket-`length` buffers; (B, 1, V) logits of the last position."""
-        buf = self._prompts[length]
+    def _prompt_forward(self, key: tuple[int, int]) -> torch.Tensor:
+        """The prefill of the buffers of `key` = (bucket length, guess tokens L after it);
+        (B, 1 + L, V) logits of the prompt's last position and of the guess tokens."""
+        buf = self._prompts[key]
+        keep = 1 + key[1]
         if buf.pixels is None:
-            return self._buffer_forward(buf, logits_to_keep=1)
+            return self._buffer_forward(buf, logits_to_keep=keep)
         # A VLA prompt: the image features replace the placeholder embeddings in order (what Llava's
         # masked_scatter does), as a gather with no host-side count, so that a graph can hold it.
         m = self.model
@@ -36,24 +38,34 @@ class PromptBuckets:
         idx = (is_image.reshape(-1).cumsum(0) - 1).clamp_(0, feats.shape[0] - 1)
         merged = torch.where(is_image.unsqueeze(-1), feats.to(embeds.dtype)[idx].view(B, Pb, -1), embeds)
         self._slots.index = buf.slots
-        return self._model_logits(None, self._mask(buf.slots), buf.positions, inputs_embeds=merged, logits_to_keep=1)
+        return self._model_logits(None, self._mask(buf.slots), buf.positions, inputs_embeds=merged, logits_to_keep=keep)
 
-    def _bucketed_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values=None):
+    def _bucketed_prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values=None,
+        window: torch.Tensor | None = None,
+    ):
         """Prefill left-padded to the prompt's bucket (replayed when graphs are on); returns
-        (first_logits, bucket length, the padded attention mask). A VLA prompt brings its images:
-        they go through the vision tower inside the same forward (and graph)."""
+        (first_logits, bucket length, the padded attention mask of the prompt). A VLA prompt brings
+        its images: they go through the vision tower inside the same forward (and graph). A
+        `window` (B, L) of guess tokens runs after the bucket, at generated positions 0 .. L-1,
+        and the logits are then (B, 1 + L, V) (`StaticEngine.prefill`)."""
         B, P = input_ids.shape
+        L = 0 if window is None else window.shape[1]
         Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
+        key = (Pb, L)
         learn_count = pixel_values is not None and self._image_tokens is None
         if pixel_values is not None and not learn_count:
             self._check_image_tokens(input_ids)
-        buf = self._prompts.get(Pb)
+        buf = self._prompts.get(key)
         if buf is None:
-            buf = self._prompts[Pb] = _PromptBuffers(
-                ids=torch.zeros(B, Pb, dtype=torch.long, device=self.device),
-                mask=torch.ones(B, Pb, dtype=torch.long, device=self.device),
-                positions=torch.arange(Pb, device=self.device).repeat(B, 1),
-                slots=torch.arange(Pb, device=self.device),
+            buf = self._prompts[key] = _PromptBuffers(
+                ids=torch.zeros(B, Pb + L, dtype=torch.long, device=self.device),
+                mask=torch.ones(B, Pb + L, dtype=torch.long, device=self.device),
+                positions=torch.arange(Pb + L, device=self.device).repeat(B, 1),
+                slots=torch.arange(Pb + L, device=self.device),
                 pixels=None if pixel_values is None else torch.zeros_like(pixel_values, device=self.device),
             )
 
@@ -68,37 +80,44 @@ class PromptBuckets:
         pad = Pb - P
         # any valid id that is not the image placeholder: masked as a key, its own output unused
         buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
-        buf.ids[:, pad:].copy_(input_ids)
+        buf.ids[:, pad:Pb].copy_(input_ids)
         buf.mask[:, :pad].zero_()
-        buf.mask[:, pad:].copy_(attention_mask)
+        buf.mask[:, pad:Pb].copy_(attention_mask)
+        if L:
+            buf.ids[:, Pb:].copy_(window)  # the window's mask entries stay 1
         buf.positions.copy_(prompt_positions(buf.mask))
         if pixel_values is not None:
             buf.pixels.copy_(pixel_values)
         self._key_ok.fill_(True)
-        self._key_ok[:, :Pb] = buf.mask.bool()
+        self._key_ok[:, : Pb + L] = buf.mask.bool()
         skip = buf.pixels is not None and self._image_graph_failed
-        if Pb not in self._prompt_graphs and self.uses_graphs and not skip:
+        if key not in self._prompt_graphs and self.uses_graphs and not skip:
             # its warm-up runs write the cache only; the replay redoes it
             t = time.perf_counter()
             try:
-                self._prompt_graphs[Pb] = self._graph_of(lambda: self._prompt_forward(Pb))
+                self._prompt_graphs[key] = self._graph_of(lambda: self._prompt_forward(key))
                 dt = time.perf_counter() - t
                 self.setup_s += dt
-                log.info("captured the prefill of a %d-token prompt bucket in %.2f s", Pb, dt)
+                log.info(
+                    "captured the prefill of a %d-token prompt bucket%s in %.2f s",
+                    Pb,
+                    f" and {L} guess tokens" if L else "",
+                    dt,
+                )
             except Exception as e:  # a vision tower that a graph cannot hold: its prefills run unreplayed
                 if buf.pixels is None:
                     raise
                 self._image_graph_failed = True
                 log.warning("could not capture the image prefill as a CUDA graph (%s): it runs without one", e)
-        if Pb in self._prompt_graphs:
-            graph, out = self._prompt_graphs[Pb]
+        if key in self._prompt_graphs:
+            graph, out = self._prompt_graphs[key]
             graph.replay()
-            logits = out[:, -1, :].clone()
+            out = out.clone()  # the graph's output buffer is overwritten by the next replay
         else:
-            logits = self._prompt_forward(Pb)[:, -1, :]
+            out = self._prompt_forward(key)
         if learn_count:
             self._check_image_tokens(input_ids)  # the first image prefill has just learnt the feature count
-        return logits, Pb, buf.mask
+        return (out[:, -1, :] if window is None else out), Pb, buf.mask[:, :Pb]
 
     def _check_image_tokens(self, input_ids: torch.Tensor) -> None:
         """Every prompt must hold one placeholder per image feature (what transformers' Llava

@@ -53,7 +53,7 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import Cache
 
-from ee_vla.decoding.hf import prompt_positions
+from ee_vla.decoding.hf import check_window, prompt_positions
 from ee_vla.engine.cache import SlotLayer, _PromptBuffers, _Slots, _WidthBuffers
 from ee_vla.engine.modes import (  # noqa: F401 (the modes' names, importable from here)
     COMPILE_MODES,
@@ -226,8 +226,9 @@ class StaticEngine(PromptBuckets):
             for w in self.widths
         }
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._prompts: dict[int, _PromptBuffers] = {}
-        self._prompt_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # prompt buckets, keyed by (bucket length, guess tokens run after the prompt)
+        self._prompts: dict[tuple[int, int], _PromptBuffers] = {}
+        self._prompt_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     # ---- forward over the static buffers -------------------------------------------------------
     def _mask(self, slots: torch.Tensor) -> torch.Tensor:
@@ -356,11 +357,18 @@ class StaticEngine(PromptBuckets):
     # ---- the step protocol -------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **extra
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        window: torch.Tensor | None = None,
+        **extra,
     ) -> tuple[StaticStep, torch.Tensor, float]:
         """Run the prompt into cache slots 0 .. P-1; returns (step, first_logits (B, V), seconds).
         Mirrors `HFStep.prefill`: left padding allowed, `extra` goes to the model (e.g.
-        `pixel_values`). A new prefill invalidates the previous prefill's step."""
+        `pixel_values`), a `window` (B, L) of guess tokens runs after the prompt (slots P .. P+L-1,
+        generated positions 0 .. L-1) and the logits are then (B, 1 + L, V). A new prefill
+        invalidates the previous prefill's step."""
         t = time.perf_counter()
         B, P = input_ids.shape
         if self._released:
@@ -374,24 +382,35 @@ class StaticEngine(PromptBuckets):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(dev).long()
+        if window is not None:
+            window = check_window(window, input_ids)
+            if window.shape[1] > self.max_new_tokens:
+                raise ValueError(
+                    f"a prefill window of {window.shape[1]} tokens exceeds the engine's "
+                    f"max_new_tokens={self.max_new_tokens}"
+                )
         images = self._image_token is not None and set(extra) == {"pixel_values"}
         if self.prefill_bucket is not None and (not extra or images):
             pixels = extra["pixel_values"].to(dev) if images else None
-            logits, P, attention_mask = self._bucketed_prefill(input_ids, attention_mask, pixels)
+            logits, P, attention_mask = self._bucketed_prefill(input_ids, attention_mask, pixels, window)
         else:
+            L = 0 if window is None else window.shape[1]
+            ids, mask = input_ids, attention_mask
+            if L:
+                ids, mask = torch.cat([ids, window], 1), torch.cat([mask, torch.ones_like(window)], 1)
             self._key_ok.fill_(True)
-            self._key_ok[:, :P] = attention_mask.bool()
-            slots = torch.arange(P, device=dev)
+            self._key_ok[:, : P + L] = mask.bool()
+            slots = torch.arange(P + L, device=dev)
             self._slots.index = slots
             with _sdpa_context(self.sdpa_backends):
                 out = self._model_forward(
-                    input_ids=input_ids,
+                    input_ids=ids,
                     attention_mask=self._mask(slots),
-                    position_ids=prompt_positions(attention_mask),
-                    logits_to_keep=1,
+                    position_ids=prompt_positions(mask),
+                    logits_to_keep=1 + L,
                     **extra,
                 )
-            logits = out.logits[:, -1, :]
+            logits = out.logits[:, -1, :] if window is None else out.logits
         self._generation += 1
         step = StaticStep(self, self._generation, P, attention_mask.sum(1, keepdim=True))
         self._pos_base.copy_(step.valid_len)

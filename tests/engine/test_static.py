@@ -202,7 +202,7 @@ def test_the_replay_path_feeds_static_buffers_and_returns_fresh_logits():
         inputs = padded_prompts(4, length, [0, 2, 5, 8], seed=length)
         res = compare_to_eager(model, inputs, 10, lambda m, **kw: engine.prefill(**kw))
         _assert_all_match(res)
-    assert set(engine._prompt_graphs) == {16, 24} and set(engine._graphs) == {1, 9}
+    assert set(engine._prompt_graphs) == {(16, 0), (24, 0)} and set(engine._graphs) == {1, 9}
     step, _, _ = engine.prefill(**padded_prompts(4, 9, [0, 1, 2, 3]))
     a = step(torch.ones(4, 2, dtype=torch.long), 0)
     a_copy = a.clone()

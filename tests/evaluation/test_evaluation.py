@@ -319,7 +319,7 @@ def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tm
     orig_prefill, orig_decode = StaticEngine._bucketed_prefill, _Rollout._decode
 
     def bucketed(self, input_ids, attention_mask, pixel_values=None):
-        known = set(self._prompts)
+        known = {bucket for bucket, _ in self._prompts}  # keyed by (bucket, guess tokens)
         out = orig_prefill(self, input_ids, attention_mask, pixel_values)
         if out[1] not in known:
             built.append((self.batch_size, out[1], bool(timed)))
