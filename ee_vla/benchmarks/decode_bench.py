@@ -19,6 +19,7 @@ import numpy as np
 import tyro
 
 from ee_vla.decoding import DecodeConfig
+from ee_vla.decoding.config import parse_decoder_spec
 from ee_vla.runtime import RuntimeConfig, config_dict
 from ee_vla.threads import configure_threads
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
@@ -38,7 +39,9 @@ class DecodeBenchConfig:
     decoders: tuple[str, ...] = ()
     """Decoders to compare (presets of DecodeConfig; empty = ar, jacobi and `--decoder`); 'ar' is
     the speedup reference. The decoder options (`--max-iterations`, `--tau`, ...) apply to each
-    decoder they are valid for. `hf_generate` times transformers' `generate` on the eager model
+    decoder they are valid for; a decoder given as `PRESET:field=value,...` (e.g.
+    `ceed_cap:max_iterations=3,guess_in_prefill=true`) sets its own on top, so that variants of one
+    preset compare in one run. `hf_generate` times transformers' `generate` on the eager model
     (greedy, the chunk's tokens; what OpenVLA's `predict_action` runs), image in -> actions out."""
     tokenizer: Path | None = None
     """The random OpenVLA presets: a directory with a Llama-2 tokenizer (tokenizer.json)."""
@@ -71,7 +74,11 @@ class DecodeBenchConfig:
         self.decoders = tuple(self.decoders)
         for d in self.decoders:
             if d != HF_GENERATE:
-                DecodeConfig.preset(d)  # raises with the list of known names
+                preset, options = parse_decoder_spec(d)  # raises with the list of known names
+                try:
+                    DecodeConfig.preset(preset).with_(**options)
+                except ValueError as e:
+                    raise ValueError(f"decoder {d!r}: {e}") from None
 
     def check_inputs(self) -> None:
         """A `model` that names a directory holds a saved policy (no torch: the CLI runs it first)."""
@@ -91,8 +98,13 @@ HF_GENERATE = "hf_generate"
 
 
 def decoder_config(name: str, cfg: DecodeBenchConfig) -> DecodeConfig:
-    """Decoder preset `name` with the runtime's decoder options applied where they are valid."""
-    return cfg.runtime.decode_config(name)
+    """Decoder `name` (a preset, or `PRESET:field=value,...`) with the runtime's decoder options
+    applied where they are valid, then the spec's own."""
+    preset, options = parse_decoder_spec(name)
+    try:
+        return cfg.runtime.decode_config(preset).with_(**options)
+    except ValueError as e:
+        raise ValueError(f"decoder {name!r}: {e}") from None
 
 
 def _policy(cfg: DecodeBenchConfig):
@@ -248,8 +260,9 @@ def format_table(out: dict) -> str:
     """The results, one row per decoder; `vs gen` = tokens/s relative to `hf_generate` when it ran."""
     env = out["environment"]
     gen = any(r.get("speedup_vs_hf_generate") for r in out["results"].values())
+    w = max(11, *(len(name) for name in out["results"]))
     head = (
-        f"{'decoder':<11} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} "
+        f"{'decoder':<{w}} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'iters':>6} "
         f"{'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'vs ar':>8}" + (f" {'vs gen':>8}" if gen else "")
     )
     lines = [
@@ -261,7 +274,7 @@ def format_table(out: dict) -> str:
     for name, r in out["results"].items():
         ratios = [r["speedup_vs_ar"]] + ([r.get("speedup_vs_hf_generate")] if gen else [])
         lines.append(
-            f"{name:<11} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
+            f"{name:<{w}} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
             f"{r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} {r['iterations_per_chunk']:>6.2f} "
             f"{r['forward_passes_per_chunk']:>5.1f} {r['tokens_per_s']:>8.1f} {r['actions_per_s']:>8.1f} "
             f"{r['first_action_ms']['p50']:>8.2f}" + "".join(f" {f'{x:.2f}x' if x else '-':>8}" for x in ratios)

@@ -106,3 +106,45 @@ PRESETS: dict[str, dict] = {
   prefill (whatever has not converged is output as it stands), exact convergence otherwise
   (tau = 0). Bounds the forward passes of a call (3), not the distance from AR.
 """
+
+
+def _as_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+SPEC_OPTIONS = {
+    "max_iterations": int,
+    "tau": int,
+    "deadline_s": float,
+    "init": str,
+    "window": int,
+    "keep_final_kv": _as_bool,
+    "guess_in_prefill": _as_bool,
+}
+"""The `DecodeConfig` fields a decoder spec may set, with their parsers."""
+
+
+def parse_decoder_spec(spec: str) -> tuple[str, dict]:
+    """``PRESET`` or ``PRESET:field=value,field=value`` (e.g. ``ceed_cap:max_iterations=3,guess_in_prefill=true``)
+    -> (preset name, {field: value}); ValueError naming what is wrong. Lets one benchmark run
+    compare variants of a preset side by side."""
+    name, _, rest = spec.partition(":")
+    if name not in PRESETS:
+        raise ValueError(f"unknown decoder {name!r} in {spec!r}: choose one of {sorted(PRESETS)}")
+    options: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in SPEC_OPTIONS:
+            raise ValueError(
+                f"decoder {spec!r}: expected field=value with a field from {sorted(SPEC_OPTIONS)}, got {item!r}"
+            )
+        try:
+            options[key] = SPEC_OPTIONS[key](value.strip())
+        except ValueError as e:
+            raise ValueError(f"decoder {spec!r}: {key}: {e}") from None
+    return name, options
