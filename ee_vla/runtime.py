@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ee_vla.decoding.config import PRESETS, DecodeConfig
+from ee_vla.decoding.config import PRESETS, DecodeConfig, parse_decoder_spec
 
 DecoderName = Literal["ar", "jacobi", "ceed", "ceed_cap"]
 """The decoder presets (`ee_vla.decoding.config.PRESETS`; a test checks they agree)."""
@@ -70,6 +70,10 @@ class RuntimeConfig:
     """jacobi/ceed: initial guess of the window: repeat | prompt | warm (None = the preset's)."""
     window: int | None = None
     """jacobi/ceed: tokens refined per forward pass (None = the preset's: the whole rest of the chunk)."""
+    guess_in_prefill: bool = False
+    """jacobi/ceed: the prefill also runs the initial guess after the prompt, so that it is the
+    first Jacobi iteration as well: one forward pass fewer whenever a warm start's guess begins
+    right, for a prefill that many tokens longer (docs/decoding.md)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning; the warm start shifts the previous
     chunk by this many actions (None = the whole chunk)."""
@@ -123,6 +127,10 @@ class RuntimeConfig:
             _check_int(name, getattr(self, name), low=1, optional=True)
         _check_int("tau", self.tau, low=0, optional=True)
         _check_int("threads", self.threads, low=0, optional=False)
+        if not isinstance(self.guess_in_prefill, bool):
+            raise RuntimeConfigError(
+                f"RuntimeConfig.guess_in_prefill must be true or false, got {self.guess_in_prefill!r}"
+            )
         if self.deadline_s is not None and not (
             isinstance(self.deadline_s, (int, float)) and not isinstance(self.deadline_s, bool) and self.deadline_s > 0
         ):
@@ -130,17 +138,22 @@ class RuntimeConfig:
         self.decode_config()  # the options must fit the decoder (e.g. no tau for ar)
 
     def decode_config(self, name: str | None = None, *, seed: int = 0) -> DecodeConfig:
-        """The `DecodeConfig` of decoder preset `name` with this config's options applied.
+        """The `DecodeConfig` of decoder preset `name` with this config's options applied. `name`
+        may also be a variant of a preset, `PRESET:field=value:...` (`parse_decoder_spec`), whose
+        own options then apply over this config's.
 
         `name` None: this config's `decoder`, and every option given must be valid for it (tau for
         ar is an error). A `name` of a decoder comparison (`ee-vla eval --compare`, `ee-vla bench`):
         each option applies to the decoders it is valid for (max_iterations and tau to the ceed
-        ones, deadline_s to all). init and window never apply to ar, which has no window to guess.
+        ones, deadline_s to all). init, window and guess_in_prefill never apply to ar, which has
+        no window to guess.
         `seed` seeds the `prompt` guess."""
         strict = name is None
-        name = self.decoder if name is None else name
-        if name not in PRESETS:
-            raise RuntimeConfigError(f"unknown decoder {name!r}: choose one of {list(DECODERS)}")
+        spec = self.decoder if name is None else name
+        try:
+            name, own = parse_decoder_spec(spec)
+        except ValueError as e:
+            raise RuntimeConfigError(str(e)) from None
         cfg = DecodeConfig.preset(name)
         changes: dict[str, Any] = {"seed": seed}
         if self.deadline_s is not None:
@@ -148,13 +161,19 @@ class RuntimeConfig:
         for opt in ("init", "window"):  # ar has no window to guess or size
             if getattr(self, opt) is not None and name != "ar":
                 changes[opt] = getattr(self, opt)
+        if self.guess_in_prefill and (name != "ar" or strict):
+            changes["guess_in_prefill"] = True
         for opt in ("max_iterations", "tau"):
             if getattr(self, opt) is not None and (cfg.method == "ceed" or strict):
                 changes[opt] = getattr(self, opt)
         try:
-            return cfg.with_(**changes)
+            cfg = cfg.with_(**changes)
         except ValueError as e:
             raise RuntimeConfigError(f"RuntimeConfig options for decoder {name!r}: {e}") from None
+        try:
+            return cfg.with_(**own)
+        except ValueError as e:
+            raise RuntimeConfigError(f"decoder {spec!r}: {e}") from None
 
     def resolved(self) -> RuntimeConfig:
         """A copy with ``device="auto"`` replaced by the device it means (cuda when available, else

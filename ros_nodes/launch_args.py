@@ -29,6 +29,7 @@ POLICY_LAUNCH_ARGS = {
     "deadline_s": "wall-clock budget of one decode call in seconds (0: none)",
     "init": "repeat | prompt | warm (initial guess of jacobi/ceed)",
     "window": "tokens refined per forward pass (0: the preset's, the whole chunk)",
+    "guess_in_prefill": "true: the prefill also runs the warm start's guess (jacobi/ceed)",
     "device": "torch device (auto, cpu, cuda, ...; auto = cuda when available)",
     "dtype": "float32 | bfloat16 | float16 | float64 (model dtype)",
     "engine": "auto | eager | static | graph | compiled (decode engine; auto = CUDA graphs on a GPU)",

@@ -58,6 +58,7 @@ RUNTIME_PARAMS = (
     "deadline_s",
     "init",
     "window",
+    "guess_in_prefill",
     "device",
     "dtype",
     "engine",
@@ -95,6 +96,9 @@ class PolicyParams:
     """jacobi/ceed: initial guess of the window: repeat | prompt | warm (empty: the preset's)."""
     window: int = 0
     """jacobi/ceed: tokens refined per forward pass (0: the preset's, the whole rest of the chunk)."""
+    guess_in_prefill: bool = False
+    """jacobi/ceed: the prefill also runs the warm start's guess, as the first Jacobi iteration
+    (one forward pass fewer when the guess begins right)."""
     device: str = "auto"
     """Torch device the policy runs on (auto: cuda when available, else cpu; cpu, cuda, cuda:1, ...)."""
     dtype: str = "float32"
@@ -201,6 +205,7 @@ class PolicyParams:
             deadline_s=self.deadline_s or None,
             init=self.init or None,  # type: ignore[arg-type]
             window=self.window or None,
+            guess_in_prefill=self.guess_in_prefill,
             device=self.device,
             dtype=self.dtype,  # type: ignore[arg-type]
             engine=self.engine,  # type: ignore[arg-type]
@@ -327,6 +332,7 @@ _CHECKS = {
     "deadline_s": _non_negative,
     "init": _one_of(INIT_GUESSES),
     "window": lambda v: _int_in(v, 0, 16384),
+    "guess_in_prefill": _bool,
     "device": lambda v: None if isinstance(v, str) and v else "must be a non-empty device name (auto, cpu, cuda, ...)",
     "dtype": _one_of(DTYPES),
     "engine": _one_of(ENGINES),

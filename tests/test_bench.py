@@ -23,8 +23,8 @@ def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path,
 
 
 def test_bench_compares_variants_of_a_preset_in_one_run(tiny_vla_dir, tmp_path):
-    """`PRESET:field=value,...` decoders: each variant runs with its own options over the runtime's."""
-    specs = ("ceed_cap", "ceed_cap:max_iterations=1", "ceed_cap:max_iterations=1,guess_in_prefill=true")
+    """`PRESET:field=value:...` decoders: each variant runs with its own options over the runtime's."""
+    specs = ("ceed_cap", "ceed_cap:max_iterations=1", "ceed_cap:max_iterations=1:guess_in_prefill=true")
     cfg = DecodeBenchConfig(
         model=str(tiny_vla_dir), decoders=("ar", *specs), calls=3, warmup=0, out=tmp_path, plots=False
     )
@@ -46,7 +46,7 @@ def test_bench_rejects_unknown_models_and_decoders(tmp_path):
         DecodeBenchConfig(decoders=("ceed:tau=x",))
     with pytest.raises(ValueError, match="guess_in_prefill: expected true or false"):
         DecodeBenchConfig(decoders=("ceed:guess_in_prefill=maybe",))
-    with pytest.raises(ValueError, match="decoder 'jacobi:tau=2'.*early-exit options"):
+    with pytest.raises(ValueError, match="decoder 'jacobi:tau=2': .*early-exit options"):
         DecodeBenchConfig(decoders=("jacobi:tau=2",))
     with pytest.raises(ModelLoadError, match="DecodeBenchConfig.model: .*missing is not a directory"):
         run_bench(DecodeBenchConfig(model=str(tmp_path / "missing"), calls=1, out=tmp_path))

@@ -19,7 +19,6 @@ import numpy as np
 import tyro
 
 from ee_vla.decoding import DecodeConfig
-from ee_vla.decoding.config import parse_decoder_spec
 from ee_vla.runtime import RuntimeConfig, config_dict
 from ee_vla.threads import configure_threads
 from ee_vla.timing import LatencyRecorder, environment_info, synchronize
@@ -39,8 +38,8 @@ class DecodeBenchConfig:
     decoders: tuple[str, ...] = ()
     """Decoders to compare (presets of DecodeConfig; empty = ar, jacobi and `--decoder`); 'ar' is
     the speedup reference. The decoder options (`--max-iterations`, `--tau`, ...) apply to each
-    decoder they are valid for; a decoder given as `PRESET:field=value,...` (e.g.
-    `ceed_cap:max_iterations=3,guess_in_prefill=true`) sets its own on top, so that variants of one
+    decoder they are valid for; a decoder given as `PRESET:field=value:...` (e.g.
+    `ceed_cap:max_iterations=3:guess_in_prefill=true`) sets its own on top, so that variants of one
     preset compare in one run. `hf_generate` times transformers' `generate` on the eager model
     (greedy, the chunk's tokens; what OpenVLA's `predict_action` runs), image in -> actions out."""
     tokenizer: Path | None = None
@@ -74,11 +73,7 @@ class DecodeBenchConfig:
         self.decoders = tuple(self.decoders)
         for d in self.decoders:
             if d != HF_GENERATE:
-                preset, options = parse_decoder_spec(d)  # raises with the list of known names
-                try:
-                    DecodeConfig.preset(preset).with_(**options)
-                except ValueError as e:
-                    raise ValueError(f"decoder {d!r}: {e}") from None
+                self.runtime.decode_config(d)  # raises naming the unknown decoder or the bad option
 
     def check_inputs(self) -> None:
         """A `model` that names a directory holds a saved policy (no torch: the CLI runs it first)."""
@@ -98,13 +93,9 @@ HF_GENERATE = "hf_generate"
 
 
 def decoder_config(name: str, cfg: DecodeBenchConfig) -> DecodeConfig:
-    """Decoder `name` (a preset, or `PRESET:field=value,...`) with the runtime's decoder options
+    """Decoder `name` (a preset, or `PRESET:field=value:...`) with the runtime's decoder options
     applied where they are valid, then the spec's own."""
-    preset, options = parse_decoder_spec(name)
-    try:
-        return cfg.runtime.decode_config(preset).with_(**options)
-    except ValueError as e:
-        raise ValueError(f"decoder {name!r}: {e}") from None
+    return cfg.runtime.decode_config(name)
 
 
 def _policy(cfg: DecodeBenchConfig):

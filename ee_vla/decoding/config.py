@@ -129,14 +129,14 @@ SPEC_OPTIONS = {
 
 
 def parse_decoder_spec(spec: str) -> tuple[str, dict]:
-    """``PRESET`` or ``PRESET:field=value,field=value`` (e.g. ``ceed_cap:max_iterations=3,guess_in_prefill=true``)
-    -> (preset name, {field: value}); ValueError naming what is wrong. Lets one benchmark run
-    compare variants of a preset side by side."""
-    name, _, rest = spec.partition(":")
+    """``PRESET`` or ``PRESET:field=value:field=value`` (e.g.
+    ``ceed_cap:max_iterations=1:guess_in_prefill=true``) -> (preset name, {field: value});
+    ValueError naming what is wrong. Lets one run compare variants of a preset side by side."""
+    name, *items = spec.split(":")
     if name not in PRESETS:
         raise ValueError(f"unknown decoder {name!r} in {spec!r}: choose one of {sorted(PRESETS)}")
     options: dict = {}
-    for item in filter(None, rest.split(",")):
+    for item in items:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or key not in SPEC_OPTIONS:

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 
 import tyro
 
-from ee_vla.decoding.config import DecodeConfig
-from ee_vla.runtime import DECODERS, RuntimeConfig
+from ee_vla.decoding.config import DecodeConfig, parse_decoder_spec
+from ee_vla.runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class EvalConfig:
     `--compile-mode`, `--threads`."""
     compare: list[str] = field(default_factory=list)
     """Decoders to compare on the same seeds, e.g. `ar,jacobi,ceed` (empty = evaluate `decoder` only).
-    The decoder options apply to each decoder they are valid for."""
+    The decoder options apply to each decoder they are valid for. A variant of a preset is
+    `PRESET:field=value:...` (e.g. `ceed:guess_in_prefill=true`), its own options over those."""
     episodes: int = 10
     """Episodes per env id, with seeds seed, seed+1, ..., seed+episodes-1."""
     num_envs: int = 1
@@ -98,8 +99,10 @@ class EvalConfig:
             self.compare = [self.compare]
         self.compare = [d.strip() for item in self.compare for d in str(item).split(",") if d.strip()]
         for name in self.compare:
-            if name not in DECODERS:
-                raise EvalConfigError(f"EvalConfig.compare: unknown decoder {name!r}, choose from {list(DECODERS)}")
+            try:
+                parse_decoder_spec(name)
+            except ValueError as e:
+                raise EvalConfigError(f"EvalConfig.compare: {e}") from None
         if len(set(self.compare)) != len(self.compare):
             raise EvalConfigError(f"EvalConfig.compare lists a decoder twice: {self.compare}")
         for name in ("episodes", "num_envs"):

@@ -214,6 +214,9 @@ def test_action_dim_mismatch(tiny_policy_dir, tmp_path):
         ({"decoder": "beam"}, "unknown decoder 'beam'"),
         ({"compare": ["ar,nucleus"]}, "unknown decoder 'nucleus'"),
         ({"compare": ["ar", "ar"]}, "twice"),
+        ({"compare": ["ar", "ceed:speed=2"]}, "field=value with a field from"),
+        ({"compare": ["ar", "jacobi:max_iterations=2"]}, "decoder 'jacobi:max_iterations=2': .*early-exit"),
+        ({"compare": ["ar", "ar:guess_in_prefill=true"]}, "jacobi/ceed option"),
         ({"episodes": 0}, "EvalConfig.episodes"),
         ({"num_envs": 0}, "EvalConfig.num_envs"),
         ({"n_action_steps": 0}, "RuntimeConfig.n_action_steps"),
@@ -318,9 +321,9 @@ def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tm
     built, timed = [], []
     orig_prefill, orig_decode = StaticEngine._bucketed_prefill, _Rollout._decode
 
-    def bucketed(self, input_ids, attention_mask, pixel_values=None):
+    def bucketed(self, *args, **kwargs):
         known = {bucket for bucket, _ in self._prompts}  # keyed by (bucket, guess tokens)
-        out = orig_prefill(self, input_ids, attention_mask, pixel_values)
+        out = orig_prefill(self, *args, **kwargs)
         if out[1] not in known:
             built.append((self.batch_size, out[1], bool(timed)))
         return out
@@ -509,3 +512,17 @@ def test_an_openvla_checkpoint_is_evaluated_with_its_unnorm_key(openvla_dir, tmp
     assert len(info["per_episode"]) == 2 and info["policy"]["chunk_size"] == 1
     with pytest.raises(ModelLoadError, match="fractal20220817_data"):
         evaluate(make_cfg(openvla_dir, tmp_path / "b", episodes=1))
+
+
+def test_compare_runs_variants_of_a_preset_with_their_own_options(tmp_path):
+    cfg = make_cfg(
+        tmp_path / "m",
+        tmp_path,
+        compare=["ar", "ceed", "ceed:guess_in_prefill=true:tau=0", "ceed_cap:max_iterations=1"],
+        max_iterations=3,
+    )
+    dc = cfg.decode_configs()
+    assert (dc["ceed"].tau, dc["ceed"].max_iterations, dc["ceed"].guess_in_prefill) == (1, 3, False)
+    variant = dc["ceed:guess_in_prefill=true:tau=0"]
+    assert (variant.tau, variant.max_iterations, variant.guess_in_prefill) == (0, 3, True)
+    assert dc["ceed_cap:max_iterations=1"].max_iterations == 1
