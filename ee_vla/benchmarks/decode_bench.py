@@ -147,6 +147,7 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
     for name in cfg.decoders:
         if name == HF_GENERATE:
             results[name] = _time_generate(policy, obs, cfg)
+            log.info("%s: p50 %.2f ms per call", name, results[name]["call_ms"]["p50"])
             continue
         policy.decoder = decoder_config(name, cfg)
         for _ in range(cfg.warmup):
@@ -180,6 +181,13 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             "chunks_per_s": cfg.calls / total,
             "call_s": calls.samples,
         }
+        log.info(
+            "%s: p50 %.2f ms per call, %.1f actions/s, %.2f iterations per chunk",
+            name,
+            results[name]["call_ms"]["p50"],
+            results[name]["actions_per_s"],
+            results[name]["iterations_per_chunk"],
+        )
     ref, hf = results.get("ar"), results.get(HF_GENERATE)
     for r in results.values():
         r["speedup_vs_ar"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
