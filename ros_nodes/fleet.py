@@ -356,8 +356,9 @@ class FleetPolicy:
                 batch = _stack([obs] * b, self._proprio)
                 t = time.perf_counter()
                 self.policy.warm_start_tokens = None
-                for _ in self.policy.decode_states(batch, None):
-                    pass
+                for _ in range(2):  # cold, then warm from the first (`guess_in_prefill`: another prefill shape)
+                    for _ in self.policy.decode_states(batch, None):
+                        pass
                 out[b] = time.perf_counter() - t
             self.policy.warm_start_tokens = saved
         return out

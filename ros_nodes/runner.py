@@ -208,9 +208,11 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
     """The warm-up's instruction when the `instruction` parameter is empty."""
 
     def _warm_up(self, policy: ActionChunkPolicy, proprio: int) -> None:
-        """One decode of a blank 64x64 image (zeros for agent_pos), then `reset`: the engine of the
+        """Two decodes of a blank 64x64 image (zeros for agent_pos), then `reset`: the engine of the
         policy's device is built (compiled, CUDA graphs captured) now rather than in the first real
-        chunk. A policy that cannot decode it fails configure, with the reason."""
+        chunk; the second call starts warm, as every chunk after an episode's first does (with
+        `guess_in_prefill`, another prefill shape). A policy that cannot decode it fails
+        configure, with the reason."""
         obs: dict[str, Any] = {
             "pixels": np.zeros((64, 64, 3), np.uint8),
             "instruction": self.params.instruction or self.WARMUP_INSTRUCTION,
@@ -220,6 +222,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         t = time.perf_counter()
         try:
             n = sum(1 for _ in policy.stream_action_chunk(obs))
+            n = min(n, sum(1 for _ in policy.stream_action_chunk(obs)))
         except Exception as e:
             raise RuntimeError(f"warm-up decode failed: {type(e).__name__}: {e}") from e
         policy.reset()

@@ -293,13 +293,13 @@ def test_configure_warms_the_policy_up_with_a_blank_image(clock):
     pol = FakePolicy(clock=clock)
     r = PolicyRunner(PolicyParams(instruction="stack the cups"), lambda p: pol, clock=clock)
     r.configure()
-    assert len(pol.calls) == 1 and pol.resets == 1  # one decode, then the policy is reset
+    assert len(pol.calls) == 2 and pol.resets == 1  # a cold and a warm decode, then the policy is reset
     obs = pol.calls[0]
     assert obs["instruction"] == "stack the cups" and "agent_pos" not in obs
     assert obs["pixels"].shape == (64, 64, 3) and obs["pixels"].dtype == np.uint8 and not obs["pixels"].any()
     r.activate()
     r.on_image(IMG)
-    assert r.process_pending() and len(pol.calls) == 2  # the first real chunk is the next call
+    assert r.process_pending() and len(pol.calls) == 3  # the first real chunk is the next call
     # no instruction set yet: a stand-in one; a policy with proprio gets zeros as agent_pos
     pol = FakePolicy(clock=clock)
     pol.vla = type("V", (), {"proprio_dim": 3})()
@@ -331,19 +331,28 @@ def test_a_failed_warm_up_fails_configure_with_the_reason(clock, policy, match):
     assert r.state == "unconfigured" and r.policy is None and closed == [True]
 
 
-def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock):
-    """The real policy on the static engine: configure's warm-up decode leaves its engine built."""
+@pytest.mark.parametrize("guess_in_prefill", [False, True])
+def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock, guess_in_prefill):
+    """The real policy on the static engine: configure's warm-up decodes leave its engine built,
+    with the prefill of a warm call among its shapes when the guess runs in the prefill."""
     from pathlib import Path
 
     from ros_nodes.runner import load_policy
 
     model = Path(__file__).resolve().parents[2] / "ee_vla" / "checkpoints" / "default"
     params = PolicyParams(
-        model_path=str(model), engine="static", policy_process=False, instruction="reach the cube", use_joint_state=True
+        model_path=str(model),
+        engine="static",
+        policy_process=False,
+        instruction="reach the cube",
+        use_joint_state=True,
+        guess_in_prefill=guess_in_prefill,
     )
     r = PolicyRunner(params, load_policy, clock=clock)
     r.configure()
     assert list(r.policy._prefill.engines) == [1]  # batch 1, built by the warm-up
+    windows = {L for _, L in r.policy._prefill.engines[1]._prompts}
+    assert windows == ({0, r.policy.vla.n_action_tokens - 1} if guess_in_prefill else {0})
     assert r.policy.warm_start_tokens is None  # and the policy was reset after it
 
 
