@@ -44,7 +44,8 @@ class Frame:
 
 
 def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[str, dict]:
-    """Decode every frame with each decoder (a `DecodeConfig.preset` name) and compare with AR.
+    """Decode every frame with each decoder (a preset name or a `PRESET:field=value:...` variant,
+    `DecodeConfig.from_spec`) and compare with AR.
 
     Returns, per decoder: ``frames``, ``tokens`` (counted), ``mean_bins`` / ``p99_bins`` /
     ``max_bins`` (|token - AR token| in bins over all tokens), ``tokens_exact`` and ``chunks_exact``
@@ -58,7 +59,7 @@ def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[
     out = {}
     try:
         for name in decoders:
-            policy.decoder = DecodeConfig.preset(name)
+            policy.decoder = DecodeConfig.from_spec(name)
             dists, first, passes, exact_chunks = [], [], [], 0
             for fr in frames:
                 policy.warm_start_tokens = fr.warm
@@ -134,7 +135,7 @@ class AgreementConfig:
     env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     """Gymnasium env id; repeat the flag for several. Empty = ee_vla/PickCube-v0."""
     decoders: list[str] = field(default_factory=lambda: ["jacobi", "ceed", "ceed_cap"])
-    """`DecodeConfig.preset` names compared with AR."""
+    """Decoders compared with AR: preset names or variants, `PRESET:field=value:...`."""
     episodes: int = 5
     """Episodes per env id, seeds seed .. seed + episodes - 1."""
     seed: int = 100000
@@ -150,7 +151,7 @@ class AgreementConfig:
         if self.episodes < 1:
             raise ValueError(f"AgreementConfig.episodes must be >= 1, got {self.episodes}")
         for name in self.decoders:
-            DecodeConfig.preset(name)  # raises naming the known presets
+            DecodeConfig.from_spec(name)  # raises naming the known presets or the bad option
 
 
 def main(cfg: AgreementConfig) -> dict:
@@ -162,13 +163,14 @@ def main(cfg: AgreementConfig) -> dict:
         frames += collect_frames(policy, env_id, range(cfg.seed, cfg.seed + cfg.episodes), cfg.max_frames_per_episode)
         log.info("%s: %d frames so far", env_id, len(frames))
     result = agreement(policy, frames, ["ar", *cfg.decoders])
+    w = max(10, *(len(name) for name in result))
     print(
-        f"{'decoder':10s} {'frames':>6s} {'mean bins':>9s} {'p99':>5s} {'max':>5s} {'tok=AR':>7s} "
+        f"{'decoder':{w}s} {'frames':>6s} {'mean bins':>9s} {'p99':>5s} {'max':>5s} {'tok=AR':>7s} "
         f"{'chunk=AR':>8s} {'fwd/call':>8s}"
     )
     for name, r in result.items():
         print(
-            f"{name:10s} {r['frames']:6d} {r['mean_bins']:9.3f} {r['p99_bins']:5.0f} {r['max_bins']:5.0f} "
+            f"{name:{w}s} {r['frames']:6d} {r['mean_bins']:9.3f} {r['p99_bins']:5.0f} {r['max_bins']:5.0f} "
             f"{r['tokens_exact']:7.1%} {r['chunks_exact']:8.1%} {r['forward_passes']:8.2f}"
         )
     if cfg.output is not None:

@@ -79,6 +79,15 @@ class DecodeConfig:
         return replace(self, **changes)
 
     @classmethod
+    def from_spec(cls, spec: str) -> DecodeConfig:
+        """A preset or a variant of one, `PRESET:field=value:...` (`parse_decoder_spec`)."""
+        name, options = parse_decoder_spec(spec)
+        try:
+            return cls.preset(name).with_(**options)
+        except ValueError as e:
+            raise ValueError(f"decoder {spec!r}: {e}") from None
+
+    @classmethod
     def preset(cls, name: str) -> DecodeConfig:
         """A named decoder (`PRESETS`): ``ar``, ``jacobi``, ``ceed`` (relaxed convergence, tau=1,
         no cap) or ``ceed_cap`` (the CEED paper's fixed cap of 2 iterations, tau=0)."""

@@ -23,8 +23,9 @@ def _frames(policy, n: int) -> list[Frame]:
 def test_exact_decoders_are_at_distance_zero_and_distances_are_in_bins(tiny_vla_dir):
     policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar")
     frames = _frames(policy, 3)
-    r = agreement(policy, frames, ["ar", "jacobi", "ceed_cap"])
-    for name in ("ar", "jacobi"):
+    variant = "jacobi:init=warm:guess_in_prefill=true"  # a preset's variant, by its spec
+    r = agreement(policy, frames, ["ar", "jacobi", "ceed_cap", variant])
+    for name in ("ar", "jacobi", variant):
         assert r[name]["max_bins"] == 0 and r[name]["tokens_exact"] == 1.0 and r[name]["chunks_exact"] == 1.0
     assert r["ar"]["forward_passes"] == 21 and r["ceed_cap"]["forward_passes"] <= 3
     assert r["ar"]["tokens"] == 3 * 21
@@ -41,5 +42,7 @@ def test_exact_decoders_are_at_distance_zero_and_distances_are_in_bins(tiny_vla_
 def test_config_names_unknown_decoders():
     with pytest.raises(ValueError, match="unknown decoder 'fast'"):
         AgreementConfig(policy="x", decoders=["fast"])
+    with pytest.raises(ValueError, match="decoder 'jacobi:tau=1': "):
+        AgreementConfig(policy="x", decoders=["jacobi:tau=1"])
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         AgreementConfig(policy="x", episodes=0)
