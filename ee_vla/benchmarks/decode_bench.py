@@ -150,8 +150,8 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             log.info("%s: p50 %.2f ms per call", name, results[name]["call_ms"]["p50"])
             continue
         policy.decoder = decoder_config(name, cfg)
-        for _ in range(cfg.warmup):
-            policy.reset()
+        policy.reset()
+        for _ in range(cfg.warmup):  # cold, then warm calls: every shape the timed calls use gets built
             policy.predict_action_chunk(obs)
         calls, prefill, per_iter, first_action = (LatencyRecorder() for _ in range(4))
         iterations, passes = [], []
