@@ -6,11 +6,12 @@ and Phi3 (other rotary families with their own attention/MLP code)."""
 import functools
 
 import torch
+from hypothesis import strategies as st
 
 from ee_vla.benchmarks.check import TINY_VOCAB as VOCAB
 from ee_vla.benchmarks.check import tiny_lm as _tiny_lm
 
-__all__ = ["ARCHS", "VOCAB", "tiny_lm"]
+__all__ = ["ARCHS", "VOCAB", "draw_prompts", "tiny_lm"]
 
 ARCHS = ("llama", "qwen2", "gpt2", "mistral", "phi3")
 
@@ -55,3 +56,14 @@ def tiny_lm(arch: str, seed: int):
     with torch.no_grad():
         model.lm_head.weight.mul_(4.0)
     return model.to(torch.float64).eval()
+
+
+def draw_prompts(draw, batch: int, max_len: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hypothesis-drawn prompts: (batch, P) ids of the tiny vocabulary and an attention mask with
+    random left padding (every row keeps at least one real token)."""
+    P = draw(st.integers(2, max_len))
+    ids = torch.tensor(draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * P, max_size=batch * P))).view(batch, P)
+    mask = torch.ones(batch, P, dtype=torch.long)
+    for b in range(batch):
+        mask[b, : draw(st.integers(0, P - 1))] = 0
+    return ids, mask

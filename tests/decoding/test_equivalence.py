@@ -11,16 +11,7 @@ from hypothesis import strategies as st
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 
-from .conftest import ARCHS, VOCAB, tiny_lm
-
-
-def _prompts(draw, batch: int):
-    P = draw(st.integers(2, 12))
-    ids = torch.tensor(draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * P, max_size=batch * P))).view(batch, P)
-    mask = torch.ones(batch, P, dtype=torch.long)
-    for b in range(batch):
-        mask[b, : draw(st.integers(0, P - 1))] = 0  # left padding
-    return ids, mask
+from .conftest import ARCHS, VOCAB, draw_prompts, tiny_lm
 
 
 def _run(model, ids, mask, n, cfg, guess=None, action_range=None):
@@ -34,7 +25,7 @@ def test_jacobi_to_convergence_equals_ar(data):
     arch = data.draw(st.sampled_from(ARCHS))
     model = tiny_lm(arch, data.draw(st.integers(0, 2)))
     batch = data.draw(st.sampled_from([1, 4]))
-    ids, mask = _prompts(data.draw, batch)
+    ids, mask = draw_prompts(data.draw, batch)
     n = data.draw(st.integers(1, 16))
     action_range = data.draw(st.sampled_from([None, (VOCAB - 16, VOCAB - 1)]))
     ar_tokens, ar_stats = _run(model, ids, mask, n, DecodeConfig(method="ar"), action_range=action_range)
@@ -82,7 +73,7 @@ def test_left_padding_is_invisible(data):
     tokens that sample gets alone."""
     arch = data.draw(st.sampled_from(ARCHS))
     model = tiny_lm(arch, data.draw(st.integers(0, 2)))
-    ids, mask = _prompts(data.draw, 3)
+    ids, mask = draw_prompts(data.draw, 3)
     n = data.draw(st.integers(1, 10))
     cfg = data.draw(
         st.sampled_from(

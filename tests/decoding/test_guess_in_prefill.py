@@ -12,7 +12,7 @@ from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 from ee_vla.engine import make_prefill
 
-from .conftest import ARCHS, VOCAB, tiny_lm
+from .conftest import ARCHS, VOCAB, draw_prompts, tiny_lm
 
 
 def _guess_from(ar_tokens: torch.Tensor, k: int, noise: list[int]) -> torch.Tensor:
@@ -28,12 +28,7 @@ def test_jacobi_with_the_guess_in_the_prefill_equals_ar(data):
     arch = data.draw(st.sampled_from(ARCHS))
     model = tiny_lm(arch, data.draw(st.integers(0, 2)))
     batch = data.draw(st.sampled_from([1, 3]))
-    P = data.draw(st.integers(2, 10))
-    ids = torch.tensor(data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=batch * P, max_size=batch * P)))
-    ids = ids.view(batch, P)
-    mask = torch.ones_like(ids)
-    for b in range(batch):
-        mask[b, : data.draw(st.integers(0, P - 1))] = 0
+    ids, mask = draw_prompts(data.draw, batch, max_len=10)
     n = data.draw(st.integers(2, 14))
     action_range = data.draw(st.sampled_from([None, (VOCAB - 16, VOCAB - 1)]))
     step, first, _ = HFStep.prefill(model, ids, mask)
