@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ee_vla.benchmarks.check import TINY_VOCAB as VOCAB
 from ee_vla.benchmarks.check import tiny_lm as _tiny_lm
 
-__all__ = ["ARCHS", "VOCAB", "draw_prompts", "tiny_lm"]
+__all__ = ["ARCHS", "VOCAB", "draw_case", "draw_prompts", "tiny_lm"]
 
 ARCHS = ("llama", "qwen2", "gpt2", "mistral", "phi3")
 
@@ -67,3 +67,13 @@ def draw_prompts(draw, batch: int, max_len: int = 12) -> tuple[torch.Tensor, tor
     for b in range(batch):
         mask[b, : draw(st.integers(0, P - 1))] = 0
     return ids, mask
+
+
+def draw_case(draw, batches: tuple[int, ...], n_min: int, n_max: int, max_len: int = 12):
+    """A drawn decoding case: (model, ids, mask, n tokens, action_range) over the five families,
+    a batch size from `batches`, left-padded prompts and the action block or the whole vocabulary."""
+    model = tiny_lm(draw(st.sampled_from(ARCHS)), draw(st.integers(0, 2)))
+    ids, mask = draw_prompts(draw, draw(st.sampled_from(batches)), max_len)
+    n = draw(st.integers(n_min, n_max))
+    action_range = draw(st.sampled_from([None, (VOCAB - 16, VOCAB - 1)]))
+    return model, ids, mask, n, action_range

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 
-from .conftest import ARCHS, VOCAB, draw_prompts, tiny_lm
+from .conftest import ARCHS, VOCAB, draw_case, draw_prompts, tiny_lm
 
 
 def _run(model, ids, mask, n, cfg, guess=None, action_range=None):
@@ -22,12 +22,8 @@ def _run(model, ids, mask, n, cfg, guess=None, action_range=None):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_jacobi_to_convergence_equals_ar(data):
-    arch = data.draw(st.sampled_from(ARCHS))
-    model = tiny_lm(arch, data.draw(st.integers(0, 2)))
-    batch = data.draw(st.sampled_from([1, 4]))
-    ids, mask = draw_prompts(data.draw, batch)
-    n = data.draw(st.integers(1, 16))
-    action_range = data.draw(st.sampled_from([None, (VOCAB - 16, VOCAB - 1)]))
+    model, ids, mask, n, action_range = draw_case(data.draw, (1, 4), 1, 16)
+    batch = ids.shape[0]
     ar_tokens, ar_stats = _run(model, ids, mask, n, DecodeConfig(method="ar"), action_range=action_range)
     assert ar_stats.iterations == n - 1
 

@@ -12,7 +12,7 @@ from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.decoding.hf import HFStep
 from ee_vla.engine import make_prefill
 
-from .conftest import ARCHS, VOCAB, draw_prompts, tiny_lm
+from .conftest import VOCAB, draw_case, tiny_lm
 
 
 def _guess_from(ar_tokens: torch.Tensor, k: int, noise: list[int]) -> torch.Tensor:
@@ -25,12 +25,8 @@ def _guess_from(ar_tokens: torch.Tensor, k: int, noise: list[int]) -> torch.Tens
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_jacobi_with_the_guess_in_the_prefill_equals_ar(data):
-    arch = data.draw(st.sampled_from(ARCHS))
-    model = tiny_lm(arch, data.draw(st.integers(0, 2)))
-    batch = data.draw(st.sampled_from([1, 3]))
-    ids, mask = draw_prompts(data.draw, batch, max_len=10)
-    n = data.draw(st.integers(2, 14))
-    action_range = data.draw(st.sampled_from([None, (VOCAB - 16, VOCAB - 1)]))
+    model, ids, mask, n, action_range = draw_case(data.draw, (1, 3), 2, 14, max_len=10)
+    batch = ids.shape[0]
     step, first, _ = HFStep.prefill(model, ids, mask)
     ar_tokens, _ = decode(step, first, n, DecodeConfig(method="ar"), action_range=action_range)
 
