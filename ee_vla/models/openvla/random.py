@@ -87,7 +87,7 @@ def random_openvla(
     from ee_vla.models.openvla.network import _rebuild_buffers, build_network
 
     fmt = openvla_format(size)
-    net = build_network(fmt).to_empty(device=device).to(dtype)
+    net = build_network(fmt).to(dtype).to_empty(device=device)  # allocated once, in `dtype`
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in net.named_parameters():
         if name.endswith("bias"):
