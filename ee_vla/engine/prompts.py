@@ -46,12 +46,14 @@ class PromptBuckets:
         attention_mask: torch.Tensor,
         pixel_values=None,
         window: torch.Tensor | None = None,
+        ahead: bool = True,
     ):
         """Prefill left-padded to the prompt's bucket (replayed when graphs are on); returns
         (first_logits, bucket length, the padded attention mask of the prompt). A VLA prompt brings
         its images: they go through the vision tower inside the same forward (and graph). A
         `window` (B, L) of guess tokens runs after the bucket, at generated positions 0 .. L-1,
-        and the logits are then (B, 1 + L, V) (`StaticEngine.prefill`)."""
+        and the logits are then (B, 1 + L, V) (`StaticEngine.prefill`). The first capture of a
+        bucket also captures the longer ones (`ahead`, `_capture_longer_buckets`)."""
         B, P = input_ids.shape
         L = 0 if window is None else window.shape[1]
         Pb = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
@@ -77,20 +79,11 @@ class PromptBuckets:
                 f"this engine's {Pb}-token prompt bucket was built for pixel_values of {layout(buf.pixels)}, "
                 f"got {layout(pixel_values)}"
             )
-        pad = Pb - P
-        # any valid id that is not the image placeholder: masked as a key, its own output unused
-        buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
-        buf.ids[:, pad:Pb].copy_(input_ids)
-        buf.mask[:, :pad].zero_()
-        buf.mask[:, pad:Pb].copy_(attention_mask)
-        if L:
-            buf.ids[:, Pb:].copy_(window)  # the window's mask entries stay 1
-        buf.positions.copy_(prompt_positions(buf.mask))
-        if pixel_values is not None:
-            buf.pixels.copy_(pixel_values)
-        self._key_ok.fill_(True)
-        self._key_ok[:, : Pb + L] = buf.mask.bool()
+        self._load_prompt(buf, input_ids, attention_mask, pixel_values, window)
         skip = buf.pixels is not None and self._image_graph_failed
+        if key not in self._prompt_graphs and self.uses_graphs and not skip and ahead:
+            self._capture_longer_buckets(input_ids, attention_mask, pixel_values, window)
+            self._load_prompt(buf, input_ids, attention_mask, pixel_values, window)  # their runs used the cache
         if key not in self._prompt_graphs and self.uses_graphs and not skip:
             # its warm-up runs write the cache only; the replay redoes it
             t = time.perf_counter()
@@ -118,6 +111,41 @@ class PromptBuckets:
         if learn_count:
             self._check_image_tokens(input_ids)  # the first image prefill has just learnt the feature count
         return (out[:, -1, :] if window is None else out), Pb, buf.mask[:, :Pb]
+
+    def _load_prompt(self, buf: _PromptBuffers, input_ids, attention_mask, pixel_values, window) -> None:
+        """Copy a prompt (left-padded to the bucket) and its window into the bucket's buffers, and
+        set which cache slots are keys."""
+        P, Pb = input_ids.shape[1], buf.slots.shape[0] - (0 if window is None else window.shape[1])
+        pad = Pb - P
+        # any valid id that is not the image placeholder: masked as a key, its own output unused
+        buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
+        buf.ids[:, pad:Pb].copy_(input_ids)
+        buf.mask[:, :pad].zero_()
+        buf.mask[:, pad:Pb].copy_(attention_mask)
+        if window is not None:
+            buf.ids[:, Pb:].copy_(window)  # the window's mask entries stay 1
+        buf.positions.copy_(prompt_positions(buf.mask))
+        if pixel_values is not None:
+            buf.pixels.copy_(pixel_values)
+        self._key_ok.fill_(True)
+        self._key_ok[:, : buf.slots.shape[0]] = buf.mask.bool()
+
+    def _capture_longer_buckets(self, input_ids, attention_mask, pixel_values, window) -> None:
+        """Capture the prefill of every longer bucket up to `max_prompt_len` now, with this prompt
+        left-padded to each: a longer instruction later finds its graph ready instead of waiting
+        for a capture (0.5-1 s on a 7B model) inside a timed call. Compiled engines skip it (a
+        compilation per bucket costs far more)."""
+        if self.compile is not None:
+            return
+        B, P = input_ids.shape
+        first = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
+        filler = 1 if self._image_token == 0 else 0
+        step, top = self.prefill_bucket, self.max_prompt_len
+        for Pb in sorted({min(b, top) for b in range(first + step, top + step, step)}):
+            pad = Pb - P
+            ids = torch.cat([input_ids.new_full((B, pad), filler), input_ids], 1)
+            mask = torch.cat([attention_mask.new_zeros((B, pad)), attention_mask], 1)
+            self._bucketed_prefill(ids, mask, pixel_values, window, ahead=False)
 
     def _check_image_tokens(self, input_ids: torch.Tensor) -> None:
         """Every prompt must hold one placeholder per image feature (what transformers' Llava

@@ -190,6 +190,26 @@ class _ReplayEngine(StaticEngine):
         return graph, graph.out
 
 
+def test_the_first_capture_also_captures_every_longer_bucket():
+    """A longer instruction later finds its prefill graph ready: the first capture takes every
+    longer bucket up to max_prompt_len (40, not a multiple of 16, is a bucket of its own), and the
+    tokens of prompts in each of them stay the eager ones."""
+    model = tiny_lm("llama", seed=3)
+    engine = _ReplayEngine(model, batch_size=2, max_prompt_len=40, max_new_tokens=6, graphs=False)
+    engine.uses_graphs = True
+    with torch.inference_mode():
+        engine._capture(0)
+    _assert_all_match(
+        compare_to_eager(model, padded_prompts(2, 9, [0, 3], seed=1), 6, lambda m, **kw: engine.prefill(**kw))
+    )
+    assert set(engine._prompt_graphs) == {(16, 0), (32, 0), (40, 0)}
+    graphs = dict(engine._prompt_graphs)
+    for length in (20, 37, 12):
+        inputs = padded_prompts(2, length, [0, 5], seed=length)
+        _assert_all_match(compare_to_eager(model, inputs, 6, lambda m, **kw: engine.prefill(**kw)))
+    assert engine._prompt_graphs == graphs  # nothing captured after the first prefill
+
+
 def test_the_replay_path_feeds_static_buffers_and_returns_fresh_logits():
     """The graph code path (buffers copied in, one replay per step and per prompt bucket, the
     output cloned) run on the CPU with a stand-in graph."""
