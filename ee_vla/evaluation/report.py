@@ -150,16 +150,17 @@ def format_comparison(result: dict) -> str:
     """The comparison table of `compare_runs` (speedups vs the baseline, measured in this run)."""
     env = result["environment"]
     b = result["baseline"]
+    w = max(8, *(len(name) for name in result["decoders"]))  # variants' names are long
     lines = [
         f"ee_vla eval --compare | {', '.join(result['env'])} | {len(result['seeds'])} seeds per env | "
         f"{env['device']} ({env['device_name']}) {env['dtype']}",
-        f"{'decoder':<8} {'success %':>9} {'95% CI':>13} {'fwd/call':>9} {'iter/chunk':>10} {'tokens/s':>9} "
+        f"{'decoder':<{w}} {'success %':>9} {'95% CI':>13} {'fwd/call':>9} {'iter/chunk':>10} {'tokens/s':>9} "
         f"{'p50 ms':>8} {'p95 ms':>8} {f'x{b} tok/s':>11} {f'x{b} fwd':>9} {'same eps':>9}",
     ]
     for name, r in result["decoders"].items():
         lo, hi = r["pc_success_ci95"]
         lines.append(
-            f"{name:<8} {r['pc_success']:>9.1f} {f'[{lo:.0f}, {hi:.0f}]':>13} {r['forward_passes_per_call']:>9.2f} "
+            f"{name:<{w}} {r['pc_success']:>9.1f} {f'[{lo:.0f}, {hi:.0f}]':>13} {r['forward_passes_per_call']:>9.2f} "
             f"{r['iterations_per_chunk']:>10.2f} {r['tokens_per_s']:>9.0f} {r['latency_ms_p50']:>8.1f} "
             f"{r['latency_ms_p95']:>8.1f} {r['speedup_tokens_per_s']:>10.2f}x {r['speedup_forward_passes']:>8.2f}x "
             f"{r['episodes_identical_to_baseline']:>4}/{r['n_episodes']}"

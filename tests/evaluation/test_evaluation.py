@@ -157,6 +157,12 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     rows["jacobi"]["setup_s"] = 0.5
     lines = format_comparison(result).splitlines()
     assert "one-time engine setup inside timed calls, taken out of their latency: jacobi 0.50 s" in lines
+    # a variant's long name widens the first column: every row's success stays under its header
+    long = {**result, "decoders": {"ar": rows["ar"], "jacobi:init=warm:guess_in_prefill=true": rows["jacobi"]}}
+    head, *body = format_comparison(long).splitlines()[1:4]
+    end = head.index("success %") + len("success %")
+    for line, r in zip(body, (rows["ar"], rows["jacobi"]), strict=True):
+        assert line[:end].endswith(f"{r['pc_success']:.1f}") and line[end] == " ", (head, line)
 
 
 def test_ceed_warm_start_is_per_copy(tiny_policy_dir, tmp_path):
