@@ -79,12 +79,15 @@ class PromptBuckets:
                 f"this engine's {Pb}-token prompt bucket was built for pixel_values of {layout(buf.pixels)}, "
                 f"got {layout(pixel_values)}"
             )
-        self._load_prompt(buf, input_ids, attention_mask, pixel_values, window)
-        skip = buf.pixels is not None and self._image_graph_failed
-        if key not in self._prompt_graphs and self.uses_graphs and not skip and ahead:
+
+        def to_capture() -> bool:  # an image prefill that a graph could not hold runs without one
+            failed = buf.pixels is not None and self._image_graph_failed
+            return key not in self._prompt_graphs and self.uses_graphs and not failed
+
+        if ahead and to_capture():
             self._capture_longer_buckets(input_ids, attention_mask, pixel_values, window)
-            self._load_prompt(buf, input_ids, attention_mask, pixel_values, window)  # their runs used the cache
-        if key not in self._prompt_graphs and self.uses_graphs and not skip:
+        self._load_prompt(buf, input_ids, attention_mask, pixel_values, window)
+        if to_capture():
             # its warm-up runs write the cache only; the replay redoes it
             t = time.perf_counter()
             try:
@@ -112,13 +115,18 @@ class PromptBuckets:
             self._check_image_tokens(input_ids)  # the first image prefill has just learnt the feature count
         return (out[:, -1, :] if window is None else out), Pb, buf.mask[:, :Pb]
 
+    @property
+    def _padding_id(self) -> int:
+        """The id of left padding: any valid id that is not the image placeholder (masked as a
+        key, its own output unused)."""
+        return 1 if self._image_token == 0 else 0
+
     def _load_prompt(self, buf: _PromptBuffers, input_ids, attention_mask, pixel_values, window) -> None:
         """Copy a prompt (left-padded to the bucket) and its window into the bucket's buffers, and
         set which cache slots are keys."""
         P, Pb = input_ids.shape[1], buf.slots.shape[0] - (0 if window is None else window.shape[1])
         pad = Pb - P
-        # any valid id that is not the image placeholder: masked as a key, its own output unused
-        buf.ids[:, :pad].fill_(1 if self._image_token == 0 else 0)
+        buf.ids[:, :pad].fill_(self._padding_id)
         buf.ids[:, pad:Pb].copy_(input_ids)
         buf.mask[:, :pad].zero_()
         buf.mask[:, pad:Pb].copy_(attention_mask)
@@ -139,11 +147,10 @@ class PromptBuckets:
             return
         B, P = input_ids.shape
         first = min(_round_up(P, self.prefill_bucket), self.max_prompt_len)
-        filler = 1 if self._image_token == 0 else 0
         step, top = self.prefill_bucket, self.max_prompt_len
         for Pb in sorted({min(b, top) for b in range(first + step, top + step, step)}):
             pad = Pb - P
-            ids = torch.cat([input_ids.new_full((B, pad), filler), input_ids], 1)
+            ids = torch.cat([input_ids.new_full((B, pad), self._padding_id), input_ids], 1)
             mask = torch.cat([attention_mask.new_zeros((B, pad)), attention_mask], 1)
             self._bucketed_prefill(ids, mask, pixel_values, window, ahead=False)
 
