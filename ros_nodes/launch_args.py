@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ros_nodes.fleet import FleetConfig
 from ros_nodes.params import check_namespace, param_specs, validate_param
 
 POLICY_LAUNCH_ARGS = {
@@ -102,6 +103,14 @@ FLEET_LAUNCH_ARGS = {
 """fleet.launch.py's batching arguments (name -> description): `policy_node --namespaces`'s options."""
 
 
+_FLEET_FIELDS = {
+    "batch_gather_s": ("gather_s", float),
+    "max_batch": ("max_batch", int),
+    "batch_padding": ("padding", str),
+}
+"""FLEET_LAUNCH_ARGS -> (the `ros_nodes.fleet.FleetConfig` field, the parser of its launch string)."""
+
+
 def fleet_arguments(namespaces: str, settings: dict[str, str]) -> list[str]:
     """`policy_node`'s command-line arguments for fleet.launch.py: `--namespaces` from `namespaces`
     (separated by spaces or commas) and the batching options of `settings` (FLEET_LAUNCH_ARGS names;
@@ -124,16 +133,13 @@ def fleet_arguments(namespaces: str, settings: dict[str, str]) -> list[str]:
             raise ValueError(f"launch argument {name!r} is not a fleet setting ({', '.join(FLEET_LAUNCH_ARGS)})")
         if text is None or text == "":
             continue
+        field, parse = _FLEET_FIELDS[name]
         try:
-            if name == "batch_gather_s":
-                ok = 0 <= float(text) <= 1
-            elif name == "max_batch":
-                ok = int(text) >= 0
-            else:
-                ok = text in ("auto", "pow2", "none")
+            value = parse(text)
+            if field == "max_batch" and value == 0:  # 0: one batch for every robot
+                value = len(checked)
+            FleetConfig(**{field: value})  # its checks are the fleet's own
         except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"launch argument {name}:={text!r}: {FLEET_LAUNCH_ARGS[name]}")
+            raise ValueError(f"launch argument {name}:={text!r}: {FLEET_LAUNCH_ARGS[name]}") from None
         out += ["--" + name.replace("_", "-"), text]
     return out
