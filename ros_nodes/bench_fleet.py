@@ -82,6 +82,8 @@ class FleetBenchConfig:
     max_iterations: int = 0
     """ceed/ceed_cap: iteration cap (0: the preset's). Random weights never converge like a trained
     model: cap them (4 is about the shipped policy's iterations per chunk)."""
+    guess_in_prefill: bool = False
+    """Run the warm start's guess in the prefill (`RuntimeConfig.guess_in_prefill`)."""
     device: str = "auto"
     dtype: str = "float32"
     engine: str = "auto"
@@ -151,6 +153,7 @@ def load_policy(cfg: FleetBenchConfig) -> Any:
     rt = RuntimeConfig(
         decoder=cfg.decoder,  # type: ignore[arg-type]
         max_iterations=cfg.max_iterations or None,
+        guess_in_prefill=cfg.guess_in_prefill,
         device=cfg.device,
         dtype=cfg.dtype,  # type: ignore[arg-type]
         engine=cfg.engine,  # type: ignore[arg-type]
@@ -640,6 +643,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--chunk-size", type=int, default=d.chunk_size)
     p.add_argument("--decoder", default=d.decoder, help="ar | jacobi | ceed | ceed_cap")
     p.add_argument("--max-iterations", type=int, default=d.max_iterations, help="ceed iteration cap (0: preset's)")
+    p.add_argument("--guess-in-prefill", action="store_true", help="run the warm guess in the prefill")
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", default=d.dtype)
     p.add_argument("--engine", default=d.engine, help="auto | eager | static | graph | compiled")

@@ -513,6 +513,16 @@ def test_bench_fleet_smoke(tmp_path):
     assert out.with_suffix(".png").exists()
 
 
+def test_bench_fleet_decoder_flags_reach_the_policy():
+    """--decoder, --max-iterations and --guess-in-prefill set the benchmarked policy's decoder."""
+    from ros_nodes.bench_fleet import load_policy, parse_args
+
+    cfg = parse_args(["--model", "tiny", "--decoder", "ceed_cap", "--max-iterations", "1", "--guess-in-prefill"])
+    dec = load_policy(cfg).decoder
+    assert (dec.method, dec.max_iterations, dec.guess_in_prefill) == ("ceed", 1, True)
+    assert load_policy(parse_args(["--model", "tiny"])).decoder.guess_in_prefill is False
+
+
 def real_rclpy_loaded() -> bool:
     import sys
 
