@@ -177,6 +177,14 @@ class ChunkSchedule:
                 return max(t_ready, max(c.end(dt) for c in prev))
         return t_ready
 
+    def planned_until(self) -> float | None:
+        """Clock time at which the last scheduled action's slot ends (None before any chunk has
+        started): how long the actions already planned last, whether or not they are all final."""
+        with self._lock:
+            dt = self.config.dt
+            ends = [c.end(dt) for c in self._chunks if c.t0 is not None and c.length]
+            return max(ends) if ends else None
+
     # ---- consumer side --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> Command:
         """The command due at `now` (default: the clock's time)."""

@@ -39,6 +39,7 @@ POLICY_LAUNCH_ARGS = {
     "quantize": "none | int8 | fp8 (weight quantisation at load; fp8: CUDA, compute capability >= 8.9)",
     "unnorm_key": "OpenVLA checkpoints: dataset of the action statistics (empty: the only one)",
     "chunk_size": "actions per decode call (0: the model's)",
+    "chunk_size_threshold": "decode once the planned actions last at most this fraction of a chunk (1: every image)",
 }
 """Parameters exposed as launch arguments (name -> description); empty = the YAML's value."""
 

@@ -164,6 +164,10 @@ class PolicyParams:
     """Stale-input watchdog: without a valid image for this long, send one stop command and go quiet."""
     decode_deadline_s: float = 1.0
     """Budget from an image to its chunk's first action; later chunks are dropped (acting on old input)."""
+    chunk_size_threshold: float = 1.0
+    """Decode the next chunk once the actions still planned last at most this fraction of a chunk (as
+    LeRobot's async inference): 1 decodes each new image as soon as the decoder is free; 0.5 waits until
+    half of the current chunk is sent, so a robot asks for fewer decodes (for a fleet on one GPU)."""
     image_width: int = 0
     """Expected image width in pixels (0: any); other sizes are rejected."""
     image_height: int = 0
@@ -370,6 +374,7 @@ _CHECKS = {
     "frame_id": _string,
     "image_timeout_s": _positive,
     "decode_deadline_s": _positive,
+    "chunk_size_threshold": lambda v: None if _finite(v) and 0 <= v <= 1 else f"must be in [0, 1], got {v!r}",
     "image_width": _non_negative_int,
     "image_height": _non_negative_int,
     "on_new_chunk": _one_of(("replace", "blend", "hold")),
@@ -388,6 +393,7 @@ LIVE_PARAMS = frozenset(
         "angular_scale",
         "image_timeout_s",
         "decode_deadline_s",
+        "chunk_size_threshold",
         "instruction",
         "frame_id",
     }

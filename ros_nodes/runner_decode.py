@@ -4,7 +4,9 @@ The worker decodes the newest valid image (older ones are skipped: the newest im
 `policy.stream_action_chunk`, pushing each action into `ee_vla.streaming.ChunkSchedule` the moment it
 is final. The policy is told when each action must be final (`action_deadline`); a chunk whose first
 action comes later than `decode_deadline_s` after its image is dropped, and a decode still short of
-its first action at its deadline counts as a deadline miss right then (`_stall`). `RunnerDecode` is
+its first action at its deadline counts as a deadline miss right then (`_stall`). With
+`chunk_size_threshold` < 1 the next decode waits until the actions already planned last at most that
+fraction of a chunk, so a robot decodes once per chunk instead of once per image. `RunnerDecode` is
 a part of `ros_nodes.runner.PolicyRunner`, which sets the state these methods use.
 """
 
@@ -49,6 +51,7 @@ class RunnerDecode:
     _joint_pos: np.ndarray | None
     _chunk_id: int
     _trajectory: tuple[int, np.ndarray] | None
+    _sent_trajectory: tuple[float, np.ndarray] | None
     _fault: str | None
     _inputs_since: float | None
     _last_chunk_t: float | None
@@ -75,17 +78,53 @@ class RunnerDecode:
                 self.log.debug("could not renice the policy worker: %s", e)
         while not self._stop_evt.is_set():
             with self._lock:
-                while self.state == "active" and (self._frame is None or self._frame.seq == self._done_seq):
-                    self._cv.wait(timeout=0.2)
+                while self.state == "active":
+                    if self._frame is None or self._frame.seq == self._done_seq:
+                        self._cv.wait(timeout=0.2)
+                        continue
+                    wait = self._decode_due(self.clock())
+                    if wait <= 1e-9:
+                        break
+                    self._cv.wait(timeout=min(wait, 0.2))
                 if self.state != "active":
                     return
             self.process_pending()
 
+    def _planned_until(self) -> float | None:
+        """When the actions already planned run out (None: none planned): the schedule's, or in
+        trajectory mode the last trajectory sent (a decoded one not sent yet counts as a whole chunk)."""
+        if self.params.command_type != "trajectory":
+            return self.schedule.planned_until() if self.schedule is not None else None
+        dt = 1.0 / self.params.control_hz
+        if self._trajectory is not None:
+            return self.clock() + len(self._trajectory[1]) * dt
+        sent = self._sent_trajectory
+        return None if sent is None else sent[0] + len(sent[1]) * dt
+
+    def _decode_at(self) -> float | None:
+        """Clock time from which the next chunk may be decoded under `chunk_size_threshold` (None:
+        any time): when the actions still planned last `chunk_size_threshold` chunks."""
+        p = self.params
+        if p.chunk_size_threshold >= 1.0 or self.policy is None:
+            return None
+        until = self._planned_until()
+        if until is None:
+            return None
+        return until - p.chunk_size_threshold * int(self.policy.chunk_size) / p.control_hz
+
+    def _decode_due(self, now: float) -> float:
+        """Seconds until the next decode is due (<= 0: now)."""
+        at = self._decode_at()
+        return 0.0 if at is None else at - now
+
     def process_pending(self) -> bool:
-        """Decode the newest image not decoded yet; False when there was none or it was skipped."""
+        """Decode the newest image not decoded yet; False when there was none, it was skipped, or
+        the next decode is not due yet (`chunk_size_threshold`)."""
         with self._lock:
             frame = self._frame
             if self.state != "active" or frame is None or frame.seq == self._done_seq:
+                return False
+            if self._decode_due(self.clock()) > 1e-9:
                 return False
             self._done_seq = frame.seq
             instruction = self._instruction or self.params.instruction
@@ -165,7 +204,10 @@ class RunnerDecode:
                 )
         if self.state != "active" or since is None or self.watchdog.state(now) != "ok":
             return None
-        waited = now - max(since, last if last is not None else since)
+        # The stall clock starts when a chunk became due: a decode held back by
+        # chunk_size_threshold is not a stall.
+        due = self._decode_at()
+        waited = now - max(since, last if last is not None else since, due if due is not None else since)
         return waited if waited > p.decode_deadline_s else None
 
     def _decode(self, cid: int, frame: Frame, obs: dict[str, Any]) -> None:

@@ -56,6 +56,22 @@ def test_hold_finishes_the_old_chunk_before_the_new_one_starts():
     assert [s.tick(t).action[0] for t in (0.0, 0.1, 0.2, 0.3)] == [10, 11, 12, 20]
 
 
+@pytest.mark.parametrize("mode", ["replace", "hold", "blend"])
+def test_planned_until_is_the_end_of_the_last_scheduled_slot(mode):
+    s = sched(on_new_chunk=mode)
+    assert s.planned_until() is None
+    s.begin_chunk(0, 3)
+    assert s.planned_until() is None  # announced, not started
+    s.push(0, act(0, 1.0, t=1.0))
+    assert s.planned_until() == pytest.approx(1.3)  # the rest of the chunk is planned, final or not
+    s.begin_chunk(1, 3)
+    s.push(1, act(0, 2.0, t=1.15))
+    # replace/blend: the new chunk runs from 1.15; hold: it starts when the old one ends (1.3)
+    assert s.planned_until() == pytest.approx(1.6 if mode == "hold" else 1.45)
+    s.reset()
+    assert s.planned_until() is None
+
+
 def test_blend_averages_overlapping_chunks_favouring_the_newer():
     s = sched(on_new_chunk="blend", blend_decay=0.5)
     s.begin_chunk(0, 4)

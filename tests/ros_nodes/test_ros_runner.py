@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -435,3 +436,108 @@ def test_distinct_bogus_encodings_log_once_and_keep_one_key(clock, fake_policy, 
     assert r.causes.counts == {"image:encoding": 20_000}
     assert sum("unsupported image encoding" in m for m in caplog.messages) == 1
     assert r.status().values["bad_inputs"] == "20000"
+
+
+def test_chunk_size_threshold_decodes_once_the_plan_runs_short(clock, fake_policy):
+    """chunk_size_threshold 0.5: 4-action chunks at 10 Hz (0.4 s): the next decode waits until the
+    plan holds 0.2 s, whatever images arrive meanwhile; the wait is no stall; at 1 every image decodes."""
+    r = make(clock, fake_policy, chunk_size_threshold=0.5, decode_deadline_s=0.15, image_timeout_s=5.0)
+    r.on_image(IMG)
+    assert r.process_pending()  # nothing planned yet: decode now
+    t0 = clock()
+    for _ in range(2):
+        assert r.tick().source == "chunk"
+        clock.advance(0.05)
+        r.on_image(IMG)
+        assert not r.process_pending()  # 0.4 - 0.05 s planned and more: not yet
+        clock.advance(0.05)
+    assert clock() == pytest.approx(t0 + 0.2)
+    st = r.status()
+    assert st.level == 0 and st.values["no_chunk_for_s"] == "n/a"  # held back, not stalled
+    r.on_image(IMG)
+    assert r.process_pending() and len(fake_policy.calls) == 2  # 0.2 s left: decode the newest
+    # The new chunk replaced the rest of the old one; its first action is sent now.
+    e = r.tick()
+    assert e.chunk_id == 2 and np.allclose(e.actions, action_value(2, 0))
+    # At 1 (the default) every new image is decoded as soon as the decoder is free.
+    every = make(clock, FakePolicy(clock=clock))
+    for _ in range(3):
+        every.on_image(IMG)
+        assert every.process_pending()
+        clock.advance(0.05)
+
+
+def wait_until(cond, timeout=10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def test_chunk_size_threshold_stall_clock_starts_when_the_decode_is_due(clock):
+    gate = threading.Semaphore(4)
+    pol = FakePolicy(clock=clock, gate=gate)
+    r = make(clock, pol, chunk_size_threshold=0.25, decode_deadline_s=0.15, image_timeout_s=5.0)
+    r.on_image(IMG)
+    assert r.process_pending()
+    r.tick()  # the chunk starts: planned until +0.4 s, the next decode due at +0.3 s
+    clock.advance(0.3)
+    r.on_image(IMG)
+    assert r.status().values["no_chunk_for_s"] == "n/a"
+    worker = threading.Thread(target=r.process_pending, daemon=True)
+    worker.start()  # due: it decodes, and hangs before its first action
+    assert wait_until(lambda: len(pol.calls) == 2)
+    clock.advance(0.2)
+    r.on_image(IMG)
+    st = r.status()
+    assert st.level == 1 and st.values["no_chunk_for_s"] == "0.2"
+    for _ in range(4):
+        gate.release()
+    worker.join(10)
+
+
+def test_chunk_size_threshold_in_trajectory_mode_counts_the_trajectory_sent(clock, fake_policy):
+    names = tuple(f"j{i}" for i in range(7))
+    r = make(clock, fake_policy, command_type="trajectory", joint_names=names, chunk_size_threshold=0.5)
+    r.on_image(IMG)
+    assert r.process_pending()
+    r.on_image(IMG)
+    assert not r.process_pending()  # decoded, not sent yet: a whole chunk is planned
+    assert r.tick().kind == "trajectory"  # sent now: 0.4 s planned
+    clock.advance(0.15)
+    r.on_image(IMG)
+    assert not r.process_pending()
+    clock.advance(0.05)
+    assert r.process_pending() and len(fake_policy.calls) == 2
+
+
+def test_chunk_size_threshold_is_checked():
+    with pytest.raises(ValueError, match="chunk_size_threshold: must be in \\[0, 1\\]"):
+        PolicyParams(chunk_size_threshold=1.5)
+    with pytest.raises(ValueError, match="chunk_size_threshold"):
+        PolicyParams(chunk_size_threshold=float("nan"))
+
+
+def test_threaded_worker_with_a_threshold_decodes_about_once_per_chunk():
+    """Images at 100 Hz for 1.2 s, 4-action chunks at 10 Hz: with chunk_size_threshold 0.5 the worker
+    decodes once per 0.2 s of plan (about 6 times; fewer on a slow machine), at 1 far more often."""
+    counts = {}
+    for threshold in (0.5, 1.0):
+        pol = FakePolicy()
+        params = PolicyParams(
+            instruction="go", image_timeout_s=30.0, warmup=False, control_hz=10.0, chunk_size_threshold=threshold
+        )
+        r = PolicyRunner(params, lambda p, pol=pol: pol, threaded=True)
+        r.configure()
+        r.activate()
+        stop = time.monotonic() + 1.2
+        while time.monotonic() < stop:
+            r.on_image(IMG)
+            r.tick()
+            time.sleep(0.01)
+        r.deactivate()
+        counts[threshold] = len(pol.calls)
+    assert 1 <= counts[0.5] <= 8
+    assert counts[1.0] > counts[0.5]
