@@ -19,6 +19,7 @@ and library versions (docs/evaluation.md).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -86,6 +87,21 @@ def new_run_dir(root: Path) -> Path:
     return path
 
 
+def run_dir_names(decoders: list[str]) -> dict[str, str]:
+    """Each compared decoder's folder under the output directory: its name with every character but
+    letters, digits, `_`, `.` and `-` replaced by `_` (`ceed_cap:max_iterations=1` ->
+    `ceed_cap_max_iterations_1`), so that shells, scp/rsync (which read `:` as a host) and every
+    file system take it; a name that two decoders would share gets a `_2`, `_3`, ... suffix."""
+    out: dict[str, str] = {}
+    for name in decoders:
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        folder, k = base, 2
+        while folder in out.values():
+            folder, k = f"{base}_{k}", k + 1
+        out[name] = folder
+    return out
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation `cfg` describes and write its results.
 
@@ -109,9 +125,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     env_info = environment_info(rt.device, rt.dtype)
 
     runs: dict[str, dict] = {}
+    folders = run_dir_names(cfg.decoders)
     for name in cfg.decoders:
         policy.decoder = decode_cfgs[name]
-        run_dir = out_dir / name if cfg.compare else out_dir
+        run_dir = out_dir / folders[name] if cfg.compare else out_dir
         runs[name] = _evaluate_decoder(policy, name, cfg, run_dir, env_info)
         if cfg.print_summary and not cfg.compare:
             print(format_summary(runs[name]))

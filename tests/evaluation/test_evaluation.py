@@ -532,3 +532,25 @@ def test_compare_runs_variants_of_a_preset_with_their_own_options(tmp_path):
     variant = dc["ceed:guess_in_prefill=true:tau=0"]
     assert (variant.tau, variant.max_iterations, variant.guess_in_prefill) == (0, 3, True)
     assert dc["ceed_cap:max_iterations=1"].max_iterations == 1
+
+
+def test_a_variant_runs_in_a_folder_whose_name_every_tool_takes(tiny_policy_dir, tmp_path):
+    """`PRESET:field=value` decoders get folders without `:` or `=` (scp and rsync read `:` as a
+    host); compare.json points at them."""
+    from ee_vla.evaluation import run_dir_names
+
+    assert run_dir_names(["ar", "ceed_cap:max_iterations=1:guess_in_prefill=true", "a/b", "a_b"]) == {
+        "ar": "ar",
+        "ceed_cap:max_iterations=1:guess_in_prefill=true": "ceed_cap_max_iterations_1_guess_in_prefill_true",
+        "a/b": "a_b",
+        "a_b": "a_b_2",
+    }
+    cfg = make_cfg(tiny_policy_dir, tmp_path, compare=["ar", "ceed_cap:max_iterations=1"], episodes=1)
+    result = evaluate(cfg)
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert folders == ["ar", "ceed_cap_max_iterations_1"]
+    on_disk = json.loads((tmp_path / "compare.json").read_text())
+    assert on_disk["decoders"]["ceed_cap:max_iterations=1"]["eval_info"] == str(
+        tmp_path / "ceed_cap_max_iterations_1" / "eval_info.json"
+    )
+    assert result["runs"]["ceed_cap:max_iterations=1"]["decode_config"]["max_iterations"] == 1
