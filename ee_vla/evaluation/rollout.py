@@ -342,18 +342,24 @@ class _Rollout:
     def _warm_up(self, c: _Copies) -> float:
         """`warmup` untimed decodes of the first observations; with a static engine also one at
         every smaller batch size (copies finish at different steps: every batch size 1..n occurs),
-        so that no engine is built inside a timed call. Returns the seconds it took."""
+        so that no engine is built inside a timed call. With a warm start whose guess runs in the
+        prefill (another prefill shape), each size is decoded cold and then warm. Returns the
+        seconds it took."""
         policy, n = self.policy, len(c.running)
         t = time.perf_counter()
         if self.warmup:
+            reps = 2 if self.warm and policy.decoder.guess_in_prefill else 1
             batch = self._batch(c.obs, list(range(n)), c.instr)
-            for _ in range(self.warmup):
+            policy.warm_start_tokens = None
+            for _ in range(max(self.warmup, reps)):
                 policy.predict_action_chunk(batch)
             pool = policy.engine_pool
             if pool is not None:
                 pool.max_engines = max(pool.max_engines, n)
                 for b in range(1, n):
-                    policy.predict_action_chunk(self._batch(c.obs, list(range(b)), c.instr))
+                    policy.warm_start_tokens = None
+                    for _ in range(reps):  # cold, then warm from the first
+                        policy.predict_action_chunk(self._batch(c.obs, list(range(b)), c.instr))
             policy.reset()
         return time.perf_counter() - t
 

@@ -316,9 +316,11 @@ def test_warm_up_builds_an_engine_for_every_batch_size_before_timing(tiny_policy
     assert sorted(b for b, _ in built) == [1, 2, 3] and not any(during for _, during in built)
 
 
-def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("guess_in_prefill", [False, True])
+def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tmp_path, monkeypatch, guess_in_prefill):
     """A later env id whose instruction is much longer needs another prompt bucket: it is built in
-    that env's warm-up, never inside a timed decode call (a CUDA-graph capture would be timed)."""
+    that env's warm-up, never inside a timed decode call (a CUDA-graph capture would be timed). With
+    the guess in the prefill, every batch size's prefill with the guess is built there too."""
     from ee_vla.engine.static import StaticEngine
     from ee_vla.evaluation.rollout import _Rollout
 
@@ -328,10 +330,10 @@ def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tm
     orig_prefill, orig_decode = StaticEngine._bucketed_prefill, _Rollout._decode
 
     def bucketed(self, *args, **kwargs):
-        known = {bucket for bucket, _ in self._prompts}  # keyed by (bucket, guess tokens)
+        known = set(self._prompts)  # keyed by (bucket, guess tokens)
         out = orig_prefill(self, *args, **kwargs)
-        if out[1] not in known:
-            built.append((self.batch_size, out[1], bool(timed)))
+        for bucket, guess in set(self._prompts) - known:
+            built.append((self.batch_size, bucket, bool(timed), guess))
         return out
 
     def decode(self, *args, **kwargs):
@@ -343,10 +345,21 @@ def test_warm_up_builds_each_env_prompt_bucket_before_timing(tiny_policy_dir, tm
 
     monkeypatch.setattr(StaticEngine, "_bucketed_prefill", bucketed)
     monkeypatch.setattr(_Rollout, "_decode", decode)
-    cfg = make_cfg(tiny_policy_dir, tmp_path, env=[FAKE_ENV, FAKE_ENV_LONG], num_envs=2, episodes=3, engine="static")
+    cfg = make_cfg(
+        tiny_policy_dir,
+        tmp_path,
+        env=[FAKE_ENV, FAKE_ENV_LONG],
+        num_envs=2,
+        episodes=3,
+        engine="static",
+        decoder="ceed",
+        guess_in_prefill=guess_in_prefill,
+    )
     info = evaluate(replace(cfg, warmup=1))
-    assert len({bucket for _, bucket, _ in built}) >= 2  # the long instruction got its own bucket
-    assert not any(during for _, _, during in built), built
+    assert len({bucket for _, bucket, _, _ in built}) >= 2  # the long instruction got its own bucket
+    assert not any(during for _, _, during, _ in built), built
+    with_guess = {batch for batch, _, _, guess in built if guess}
+    assert with_guess == ({1, 2} if guess_in_prefill else set())  # every batch size, with its guess
     assert info["per_env"][FAKE_ENV]["aggregated"]["eval_s"] > 0
 
 
