@@ -49,8 +49,11 @@ def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[
 
     Returns, per decoder: ``frames``, ``tokens`` (counted), ``mean_bins`` / ``p99_bins`` /
     ``max_bins`` (|token - AR token| in bins over all tokens), ``tokens_exact`` and ``chunks_exact``
-    (fractions equal to AR), ``forward_passes`` (mean per call) and ``first_action_max_bins`` (the
-    largest distance within the first action, the one executed first)."""
+    (fractions equal to AR), ``forward_passes`` (mean per call), ``first_action_max_bins`` (the
+    largest distance within the first action, the one executed first) and ``progress``: per
+    snapshot of the decode loop (0: after the prefill, k: after iteration k), the mean count of
+    ``final`` tokens (the final prefix) and of window tokens ``equal_to_ar`` (final or not); a call
+    that ended earlier counts with its last snapshot."""
     if not frames:
         raise ValueError("agreement needs at least one frame")
     lo, hi = policy.vla.action_range
@@ -60,10 +63,14 @@ def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[
     try:
         for name in decoders:
             policy.decoder = DecodeConfig.from_spec(name)
-            dists, first, passes, exact_chunks = [], [], [], 0
+            dists, first, passes, exact_chunks, trail = [], [], [], 0, []
             for fr in frames:
                 policy.warm_start_tokens = fr.warm
-                policy.predict_action_chunk(fr.obs)
+                snaps = [
+                    (int(st.n_final[0]), int((st.tokens == fr.ar_tokens).sum()))
+                    for st in policy.decode_states(fr.obs)
+                ]
+                trail.append(snaps)
                 tokens = policy.warm_start_tokens
                 d = token_distance(tokens, fr.ar_tokens, (lo, hi)).double()
                 dists.append(d.flatten())
@@ -81,11 +88,19 @@ def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[
                 "chunks_exact": exact_chunks / len(frames),
                 "forward_passes": float(np.mean(passes)),
                 "first_action_max_bins": float(max(first)),
+                "progress": _progress(trail),
             }
     finally:
         policy.decoder = saved
         policy.reset()
     return out
+
+
+def _progress(trail: list[list[tuple[int, int]]]) -> dict[str, list[float]]:
+    """Mean (final, equal to AR) token counts per snapshot over calls, each call padded with its last."""
+    k = max(len(t) for t in trail)
+    padded = np.array([t + [t[-1]] * (k - len(t)) for t in trail], dtype=np.float64)  # (calls, k, 2)
+    return {"final": padded[:, :, 0].mean(0).tolist(), "equal_to_ar": padded[:, :, 1].mean(0).tolist()}
 
 
 def collect_frames(policy, env_id: str, seeds: Sequence[int], max_frames_per_episode: int | None = None) -> list[Frame]:
@@ -173,6 +188,17 @@ def main(cfg: AgreementConfig) -> dict:
             f"{name:{w}s} {r['frames']:6d} {r['mean_bins']:9.3f} {r['p99_bins']:5.0f} {r['max_bins']:5.0f} "
             f"{r['tokens_exact']:7.1%} {r['chunks_exact']:8.1%} {r['forward_passes']:8.2f}"
         )
+    n = policy.vla.n_action_tokens
+    shown = 5
+    print(f"\nmean tokens of {n} final / equal to AR's, after the prefill (0) and iterations 1..{shown - 1}")
+    print(f"{'decoder':{w}s} " + " ".join(f"{k:>11d}" for k in range(shown)))
+    for name, r in result.items():
+        pr = r["progress"]
+        cells = [
+            f"{pr['final'][min(k, len(pr['final']) - 1)]:5.1f}/{pr['equal_to_ar'][min(k, len(pr['final']) - 1)]:5.1f}"
+            for k in range(shown)
+        ]
+        print(f"{name:{w}s} " + " ".join(cells))
     if cfg.output is not None:
         cfg.output.write_text(
             json.dumps({"config": {k: str(v) for k, v in vars(cfg).items()}, "result": result}, indent=2)

@@ -46,3 +46,19 @@ def test_config_names_unknown_decoders():
         AgreementConfig(policy="x", decoders=["jacobi:tau=1"])
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         AgreementConfig(policy="x", episodes=0)
+
+
+def test_progress_counts_final_and_correct_tokens_per_snapshot(tiny_vla_dir):
+    """AR finalises one token per forward pass, each equal to AR's; Jacobi ends with all 21 final
+    and equal, and never has fewer final tokens than at the snapshot before."""
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar")
+    frames = _frames(policy, 3)
+    r = agreement(policy, frames, ["ar", "jacobi"])
+    ar, jac = r["ar"]["progress"], r["jacobi"]["progress"]
+    assert ar["final"] == [float(k + 1) for k in range(21)]  # the prefill's token, then one per pass
+    assert all(c >= f for c, f in zip(ar["equal_to_ar"], ar["final"], strict=True))
+    assert ar["equal_to_ar"][-1] == 21.0
+    assert jac["final"][-1] == jac["equal_to_ar"][-1] == 21.0
+    assert jac["final"] == sorted(jac["final"]) and jac["final"][0] == 1.0
+    assert len(jac["final"]) == len(jac["equal_to_ar"]) <= 21
+    assert r["ar"]["forward_passes"] == len(ar["final"])  # one snapshot per forward pass
