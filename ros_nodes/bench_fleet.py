@@ -28,9 +28,10 @@ action latency, commands per second per robot (min and mean), batch sizes seen, 
 decode and queue times. A robot count "meets its deadlines" when no robot had a deadline miss, a
 dropped chunk, a late tick, a tick without a fresh action (its plan ran out) or a model error in the
 window. By default every robot decodes each new image; `--chunk-size-threshold 0.5` makes each one
-decode once its plan lasts half a chunk (`PolicyParams.chunk_size_threshold`), fewer calls per robot. The result: the largest N of the sweep
-up to which every N met them, per mode. Prints a table, writes JSON (`--out`) and, with matplotlib
-installed, a plot next to it. Imports neither mujoco, gymnasium nor tyro.
+decode once its plan lasts half a chunk (`PolicyParams.chunk_size_threshold`), fewer calls per
+robot. The result: the largest N of the sweep up to which every N met them, per mode. Prints a
+table, writes JSON (`--out`) and, with matplotlib installed, a plot next to it. Imports neither
+mujoco, gymnasium nor tyro.
 """
 
 from __future__ import annotations

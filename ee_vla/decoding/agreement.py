@@ -67,8 +67,7 @@ def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[
             for fr in frames:
                 policy.warm_start_tokens = fr.warm
                 snaps = [
-                    (int(st.n_final[0]), int((st.tokens == fr.ar_tokens).sum()))
-                    for st in policy.decode_states(fr.obs)
+                    (int(st.n_final[0]), int((st.tokens == fr.ar_tokens).sum())) for st in policy.decode_states(fr.obs)
                 ]
                 trail.append(snaps)
                 tokens = policy.warm_start_tokens

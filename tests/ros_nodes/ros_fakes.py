@@ -30,6 +30,16 @@ class FakeClock:
         return self.t
 
 
+def wait_until(cond: Callable[[], Any], timeout: float = 60.0, poll: float = 0.002) -> bool:
+    """Poll `cond` in real time until it is true (True) or `timeout` seconds pass (its last value)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(poll)
+    return bool(cond())
+
+
 def action_value(chunk: int, index: int, dim: int = 7) -> np.ndarray:
     """The fake policy's action `index` of its `chunk`-th call (1-based): recognisable and in [-1, 1]."""
     a = np.full(dim, 0.01 * chunk + 0.1 * index)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from ros_fakes import wait_until
 
 from ee_vla.decoding.core import NonFiniteLogitsError
 from ee_vla.policy import ObservationError, VLAPolicy
@@ -59,13 +60,6 @@ def robot_values(model_dir, **kw) -> dict:
     )
 
 
-def wait_until(cond, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.005)
-
-
 def batched_round(fleet: FleetPolicy, robots, obs: list[dict]) -> list:
     """One call per robot, all pending before the decode thread takes them (one batch when they fit)."""
     results: list = [None] * len(robots)
@@ -79,7 +73,7 @@ def batched_round(fleet: FleetPolicy, robots, obs: list[dict]) -> list:
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(robots))]
     for t in threads:
         t.start()
-    wait_until(lambda: len(fleet._pending) == len(robots))
+    assert wait_until(lambda: len(fleet._pending) == len(robots))
     fleet.start()
     for t in threads:
         t.join(120)
@@ -248,7 +242,7 @@ def test_each_row_streams_as_its_own_tokens_become_final_and_the_earliest_deadli
     received_by_snapshot = []
 
     def after_snapshot(k: int) -> None:  # on the decode thread: the robots got their rows' actions
-        wait_until(lambda: len(got["a"]) == 3 and len(got["b"]) == k)
+        assert wait_until(lambda: len(got["a"]) == 3 and len(got["b"]) == k)
         received_by_snapshot.append((len(got["a"]), len(got["b"])))
 
     T = time.perf_counter() + 1e6  # deadlines in the future
@@ -266,7 +260,7 @@ def test_each_row_streams_as_its_own_tokens_become_final_and_the_earliest_deadli
     ]
     for t in threads:
         t.start()
-    wait_until(lambda: len(fleet._pending) == 2)
+    assert wait_until(lambda: len(fleet._pending) == 2)
     fleet.start()
     for t in threads:
         t.join(30)
@@ -298,7 +292,7 @@ def test_a_row_already_late_at_the_batch_start_sets_no_deadline():
     ]
     for t in threads:
         t.start()
-    wait_until(lambda: len(fleet._pending) == 2)
+    assert wait_until(lambda: len(fleet._pending) == 2)
     fleet.start()
     for t in threads:
         t.join(30)
@@ -320,7 +314,7 @@ def test_a_closed_fleet_fails_waiting_and_new_calls():
 
     t = threading.Thread(target=call)
     t.start()
-    wait_until(lambda: len(fleet._pending) == 1)
+    assert wait_until(lambda: len(fleet._pending) == 1)
     fleet.close()
     t.join(30)
     assert len(errors) == 1
@@ -358,7 +352,7 @@ def test_runners_share_one_fleet_and_count_their_own_bad_inputs(tiny_vla_dir):
         for i, r in enumerate(runners.values()):
             r.on_image(obs[i]["pixels"])
         assert runners["r0"].wait_for_chunks(1, 120) and runners["r2"].wait_for_chunks(1, 120)
-        wait_until(lambda: runners["r1"].bad_inputs() >= 1, 120)
+        assert wait_until(lambda: runners["r1"].bad_inputs() >= 1, 120)
     finally:
         for r in runners.values():
             r.shutdown()

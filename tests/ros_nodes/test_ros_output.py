@@ -6,12 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_fakes import commanding_runner
+from ros_fakes import commanding_runner, wait_until
 
 pytest.importorskip("cyclonedds")  # the message classes are ros_nodes.dds.msgs'
 
@@ -27,15 +26,6 @@ def _runner() -> PolicyRunner:
     # A 4-action chunk lasts 4 s at 1 Hz: a ticker thread starved by a loaded machine for a whole
     # chunk would never see it (and rightly publish nothing), which is not what this tests.
     return commanding_runner(control_hz=1.0)
-
-
-def _wait(cond, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.0002)
-    return cond()
 
 
 def hammer(sink: CommandSink, sent: list, rounds: int) -> list[int]:
@@ -60,10 +50,10 @@ def hammer(sink: CommandSink, sent: list, rounds: int) -> list[int]:
             runner.on_image(np.zeros((8, 8, 3), np.uint8))
             assert runner.process_pending()
             n = len(sent)
-            assert _wait(lambda n=n: len(sent) > n), "the ticker published nothing while active"
+            assert wait_until(lambda n=n: len(sent) > n), "the ticker published nothing while active"
             assert sink.stop()
             k = ticks[0]
-            assert _wait(lambda k=k: ticks[0] >= k + 2), "the ticker stopped ticking"
+            assert wait_until(lambda k=k: ticks[0] >= k + 2), "the ticker stopped ticking"
             if np.any(np.asarray(sent[-1].data)):  # the stop command is all zeros, actions are not
                 late.append(r)
     finally:

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_fakes import FakePolicy, action_value
+from ros_fakes import FakePolicy, action_value, wait_until
 
 from ros_nodes.images import rgb_to_fields
 from ros_nodes.params import PolicyParams
@@ -465,15 +465,6 @@ def test_chunk_size_threshold_decodes_once_the_plan_runs_short(clock, fake_polic
         every.on_image(IMG)
         assert every.process_pending()
         clock.advance(0.05)
-
-
-def wait_until(cond, timeout=10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def test_chunk_size_threshold_stall_clock_starts_when_the_decode_is_due(clock):
