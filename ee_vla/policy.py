@@ -119,6 +119,7 @@ class VLAPolicy:
             raise ValueError(f"PolicyConfig.n_action_steps={self.config.n_action_steps} exceeds chunk_size={k}")
         self._queue: deque[np.ndarray] = deque()
         self._previous: torch.Tensor | None = None
+        self._warm_start_shift: int | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
         self._accepted_instructions: set[str] = set()  # within max_instruction_tokens (a few dozen)
         quantize_weights(vla.model, self.config.quantize)  # before the engine captures the forwards
@@ -216,6 +217,20 @@ class VLAPolicy:
         if tokens is not None and (tokens.ndim != 2 or tokens.shape[1] != self.vla.n_action_tokens):
             raise ValueError(f"warm_start_tokens must be (B, {self.vla.n_action_tokens}), got {tuple(tokens.shape)}")
         self._previous = tokens
+
+    @property
+    def warm_start_shift(self) -> int | None:
+        """Actions between the observation of the last chunk and the next call's: the `warm` guess
+        is the last chunk shifted left by this many actions (None: `n_action_steps`, the actions a
+        caller executes from each chunk before it observes again). Set it when calls are not
+        `n_action_steps` apart, as the ROS runner does (the control periods between two images)."""
+        return self._warm_start_shift
+
+    @warm_start_shift.setter
+    def warm_start_shift(self, actions: int | None) -> None:
+        if actions is not None and (isinstance(actions, bool) or not isinstance(actions, int) or actions < 0):
+            raise ValueError(f"warm_start_shift must be None or an integer >= 0, got {actions!r}")
+        self._warm_start_shift = actions
 
     # ---- contract ------------------------------------------------------------------------
     def reset(self) -> None:
@@ -374,5 +389,6 @@ class VLAPolicy:
                 inputs["input_ids"], inputs["attention_mask"], n, self._generator, exclude=self.vla.non_text_ids
             )
         if cfg.init == "warm" and self._previous is not None and self._previous.shape == (B, n):
-            return warm_guess(self._previous, self.n_action_steps * self.action_dim, self.action_dim)
+            shift = self.n_action_steps if self._warm_start_shift is None else self._warm_start_shift
+            return warm_guess(self._previous, shift * self.action_dim, self.action_dim)
         return None

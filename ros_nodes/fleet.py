@@ -141,6 +141,8 @@ class _Call:
     deadline: Callable[[int], float | None] | None
     epoch: int
     t: float
+    shift: int | None = None
+    """The robot's `warm_start_shift` for this call (None: the policy's `n_action_steps`)."""
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     emitted: int = 0
@@ -165,6 +167,9 @@ class RobotPolicy:
         self._closed = False
         self._previous: Any = None  # (n,) tokens of the last chunk decoded for this robot
         self._epoch = 0
+        self.warm_start_shift: int | None = None
+        """Actions between this robot's last chunk's image and its next call's (the warm guess's
+        shift; None: the policy's `n_action_steps`), taken with each call."""
 
     @property
     def chunk_size(self) -> int:
@@ -386,7 +391,7 @@ class FleetPolicy:
         with self._cv:
             if self.closed or self._stop.is_set():
                 raise FleetClosed("the fleet is closed")
-            call = _Call(robot, obs, deadline, robot._epoch, self.clock())
+            call = _Call(robot, obs, deadline, robot._epoch, self.clock(), robot.warm_start_shift)
             self._pending.append(call)
             self._cv.notify_all()
         return call
@@ -515,10 +520,20 @@ class FleetPolicy:
             return
         import torch
 
+        from ee_vla.decoding.guess import warm_guess
+
+        # Each row is shifted here by its own robot's warm_start_shift; the policy shifts no further.
+        D = int(self.policy.action_dim)
+        default = int(getattr(self.policy, "n_action_steps", self.policy.chunk_size))
+        shifted = [
+            None if p is None else warm_guess(p[None], (default if c.shift is None else c.shift) * D, D)[0]
+            for p, c in zip(prev, rows, strict=True)
+        ]
         none = torch.full_like(have[0], -1)
-        first = prev[0] if prev[0] is not None else none
-        stacked = [p if p is not None else none for p in prev[:real]] + [first] * (len(rows) - real)
+        first = shifted[0] if shifted[0] is not None else none
+        stacked = [p if p is not None else none for p in shifted[:real]] + [first] * (len(rows) - real)
         self.policy.warm_start_tokens = torch.stack(stacked)
+        self.policy.warm_start_shift = 0
 
     def _stream(self, state: Any, batch: list[_Call]) -> None:
         """Send each row the actions that this snapshot made final in it."""

@@ -156,10 +156,12 @@ def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callabl
         if cmd[0] == "reset":
             policy.reset()
             continue
-        _, obs, first_deadline = cmd
+        _, obs, first_deadline, warm_shift = cmd
         t_first: list[float] = []
         deadline = _deadlines(t_first, first_deadline, dt)
         try:
+            if hasattr(policy, "warm_start_shift"):
+                policy.warm_start_shift = warm_shift
             for sa in policy.stream_action_chunk(obs, action_deadline=deadline):
                 if not t_first:
                     t_first.append(time.perf_counter())
@@ -245,6 +247,8 @@ class ProcessPolicy:
         _, self.chunk_size, self.action_dim, proprio = msg
         self.vla = SimpleNamespace(proprio_dim=proprio)
         self._busy = False
+        self.warm_start_shift: int | None = None
+        """Sent with each decode: the child's `VLAPolicy.warm_start_shift` for that call."""
 
     def reset(self) -> None:
         self._conn.send(("reset",))
@@ -256,7 +260,7 @@ class ProcessPolicy:
         if not self._proc.is_alive():
             raise PolicyProcessError(f"the policy process exited (code {self._proc.exitcode})")
         first = action_deadline(0) if action_deadline is not None else None
-        self._conn.send(("decode", obs, first))
+        self._conn.send(("decode", obs, first, self.warm_start_shift))
         finished = False
         try:
             while True:

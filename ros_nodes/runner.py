@@ -148,6 +148,9 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         # deadline miss is already counted
         self._inputs_since: float | None = None
         self._last_chunk_t: float | None = None
+        # image time of the last chunk decoded to its end: the policy's warm start shifts that chunk
+        # by the control periods from it to the next image decoded
+        self._decoded_image_t: float | None = None
         self._inflight: tuple[int, float, bool] | None = None
         self._missed_cid = 0
 
@@ -246,6 +249,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
             self._halted_by = None
             self._inputs_since = None
             self._inflight = None
+            self._decoded_image_t = None
             self.state = "active"
         self._stop_evt.clear()
         if self.threaded:

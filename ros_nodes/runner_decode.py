@@ -55,6 +55,7 @@ class RunnerDecode:
     _fault: str | None
     _inputs_since: float | None
     _last_chunk_t: float | None
+    _decoded_image_t: float | None
     _inflight: tuple[int, float, bool] | None
     _missed_cid: int
     first_action_latency: Window
@@ -210,9 +211,22 @@ class RunnerDecode:
         waited = now - max(since, last if last is not None else since, due if due is not None else since)
         return waited if waited > p.decode_deadline_s else None
 
+    def _warm_start_shift(self, image_t: float) -> int | None:
+        """Control periods from the image of the last chunk decoded to `image_t`, at most a chunk
+        (None: no chunk yet). The policy predicts a chunk from its image's time on, so the last
+        chunk, shifted by this, is the guess of the next."""
+        with self._lock:
+            last = self._decoded_image_t
+        if last is None or self.policy is None:
+            return None
+        steps = round((image_t - last) * self.params.control_hz)
+        return int(min(max(steps, 0), int(self.policy.chunk_size)))
+
     def _decode(self, cid: int, frame: Frame, obs: dict[str, Any]) -> None:
         """Decode chunk `cid` from `frame`: stream its actions, then record the finished chunk."""
         assert self.policy is not None
+        if hasattr(self.policy, "warm_start_shift"):  # VLAPolicy, a fleet's robot, the policy process
+            self.policy.warm_start_shift = self._warm_start_shift(frame.t)
         chunk_size = int(self.policy.chunk_size)
         stream = self.params.command_type != "trajectory"
         streamed = self._stream_chunk(cid, frame, obs, stream)
@@ -302,6 +316,7 @@ class RunnerDecode:
         self.decode_latency.add(self.clock() - frame.t)
         self.iterations.add(max_iteration)
         with self._lock:
+            self._decoded_image_t = frame.t
             if trajectory_of is not None:
                 if len(actions) == trajectory_of:
                     self._trajectory = (cid, np.stack([actions[i] for i in range(trajectory_of)]))

@@ -67,6 +67,30 @@ def test_warm_start_changes_the_guess_not_the_exact_result(tiny_vla_dir):
         np.testing.assert_array_equal(a, b)
 
 
+def test_warm_start_shift_sets_the_warm_guess_shift(tiny_vla_dir, monkeypatch):
+    """None shifts the last chunk by n_action_steps; an integer by that many actions; bad values
+    are refused. Exact Jacobi returns the same actions from any guess."""
+    import ee_vla.policy as policy_module
+
+    shifts = []
+    real = policy_module.warm_guess
+    monkeypatch.setattr(
+        policy_module, "warm_guess", lambda prev, shift, unit: shifts.append(shift // unit) or real(prev, shift, unit)
+    )
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder=DecodeConfig(method="jacobi", init="warm"))
+    first = policy.predict_action_chunk(obs())  # no previous chunk: no warm guess
+    policy.predict_action_chunk(obs())
+    policy.warm_start_shift = 1
+    again = policy.predict_action_chunk(obs())
+    policy.warm_start_shift = 0
+    policy.predict_action_chunk(obs())
+    assert shifts == [policy.n_action_steps, 1, 0]
+    np.testing.assert_array_equal(first, again)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="warm_start_shift must be None or an integer >= 0"):
+            policy.warm_start_shift = bad
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

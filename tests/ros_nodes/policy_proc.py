@@ -36,6 +36,16 @@ def rejecting_policy(params):
     return FakePolicy(chunk_size=2, fail=ObservationError("'instruction' has 900 tokens, over the cap of 256"))
 
 
+def shift_policy(params):
+    """The child's policy: each action's first value is the `warm_start_shift` its call had (-1: None)."""
+    import numpy as np
+    from ros_fakes import FakePolicy
+
+    pol = FakePolicy(chunk_size=2)
+    pol.values = lambda c, i: np.full(7, -1.0 if pol.shifts[-1] is None else float(pol.shifts[-1]))
+    return pol
+
+
 _KEEP: list = []
 
 

@@ -103,6 +103,8 @@ class FakePolicy:
         self.calls: list[dict[str, Any]] = []
         self.deadlines: list[Callable[[int], float | None] | None] = []
         self.resets = 0
+        self.warm_start_shift: int | None = None
+        self.shifts: list[int | None] = []  # warm_start_shift at each call
 
     def reset(self) -> None:
         self.resets += 1
@@ -110,6 +112,7 @@ class FakePolicy:
     def stream_action_chunk(self, obs: dict[str, Any], action_deadline=None) -> Iterator[StreamedAction]:
         self.calls.append(obs)
         self.deadlines.append(action_deadline)
+        self.shifts.append(self.warm_start_shift)
         call = len(self.calls)
         if self.fail is not None and (self.fail_when is None or self.fail_when(call)):
             raise self.fail

@@ -202,3 +202,23 @@ def test_an_instruction_over_the_token_cap_is_bad_input_through_the_policy_proce
         assert runner.process_pending() and runner.chunks_done == 1
     finally:
         runner.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_the_warm_start_shift_reaches_the_child_with_each_decode():
+    import numpy as np
+    from policy_proc import shift_policy
+
+    from ros_nodes.params import PolicyParams
+    from ros_nodes.policy_process import ProcessPolicy
+
+    policy = ProcessPolicy(PolicyParams(model_path="fake", warmup=False), factory=shift_policy)
+    obs = {"pixels": np.zeros((8, 8, 3), np.uint8), "instruction": "go"}
+    try:
+        got = []
+        for shift in (None, 2, 0):
+            policy.warm_start_shift = shift
+            got.append([float(sa.action[0]) for sa in policy.stream_action_chunk(obs)])
+        assert got == [[-1.0, -1.0], [2.0, 2.0], [0.0, 0.0]]
+    finally:
+        policy.close()

@@ -532,3 +532,41 @@ def test_threaded_worker_with_a_threshold_decodes_about_once_per_chunk():
         counts[threshold] = len(pol.calls)
     assert 1 <= counts[0.5] <= 8
     assert counts[1.0] > counts[0.5]
+
+
+def test_the_warm_start_shift_is_the_control_periods_between_the_images(clock, fake_policy):
+    """The policy predicts a chunk from its image's time on: the next call's warm guess is the last
+    chunk shifted by the control periods (10 Hz) from its image to the new one, at most a chunk."""
+    r = make(clock, fake_policy, image_timeout_s=5.0)
+    for dt in (0.0, 0.2, 0.1, 1.0):
+        clock.advance(dt)
+        r.on_image(IMG)
+        assert r.process_pending()
+    assert fake_policy.shifts == [None, 2, 1, 4]  # none before the first chunk; 1 s is capped at the chunk (4)
+    r.deactivate()
+    r.activate()  # the policy was reset: no chunk to shift
+    r.on_image(IMG)
+    assert r.process_pending() and fake_policy.shifts[-1] is None
+
+
+def test_a_dropped_chunk_does_not_move_the_warm_start_reference(clock):
+    class Slow(FakePolicy):
+        def stream_action_chunk(self, obs, action_deadline=None):
+            if len(self.calls) == 1:  # the second call comes too late: dropped
+                clock.advance(0.35)
+            yield from super().stream_action_chunk(obs, action_deadline)
+
+    pol = Slow(clock=clock, chunk_size=8)
+    r = make(clock, pol, decode_deadline_s=0.3, image_timeout_s=5.0)
+    r.on_image(IMG)
+    t0 = clock()
+    assert r.process_pending()  # chunk 1 from the image at t0
+    clock.advance(0.1)
+    r.on_image(IMG)
+    r.process_pending()  # chunk 2 from the image at t0 + 0.1: its first action 0.35 s later, dropped
+    assert r.chunks_dropped == 1
+    clock.advance(0.05)
+    r.on_image(IMG)
+    assert clock() == pytest.approx(t0 + 0.5)
+    assert r.process_pending()
+    assert pol.shifts == [None, 1, 5]  # from chunk 1's image (t0), not the dropped chunk's (4 periods)
