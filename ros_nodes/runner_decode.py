@@ -214,7 +214,9 @@ class RunnerDecode:
     def _warm_start_shift(self, image_t: float) -> int | None:
         """Control periods from the image of the last chunk decoded to `image_t`, at most a chunk
         (None: no chunk yet). The policy predicts a chunk from its image's time on, so the last
-        chunk, shifted by this, is the guess of the next."""
+        chunk, shifted by this, is the guess of the next. A dropped chunk is not counted; a policy in
+        a child process still finishes it, so there the shift then counts from an older image than
+        the policy's last chunk (a worse guess, never a wrong action)."""
         with self._lock:
             last = self._decoded_image_t
         if last is None or self.policy is None:
