@@ -56,6 +56,7 @@ class RunnerDecode:
     _inputs_since: float | None
     _last_chunk_t: float | None
     _decoded_image_t: float | None
+    _shift_warm_start: bool
     _inflight: tuple[int, float, bool] | None
     _missed_cid: int
     first_action_latency: Window
@@ -228,7 +229,7 @@ class RunnerDecode:
         """Decode chunk `cid` from `frame`: stream its actions, then record the finished chunk."""
         assert self.policy is not None
         if hasattr(self.policy, "warm_start_shift"):  # VLAPolicy, a fleet's robot, the policy process
-            self.policy.warm_start_shift = self._warm_start_shift(frame.t)
+            self.policy.warm_start_shift = self._warm_start_shift(frame.t) if self._shift_warm_start else None
         chunk_size = int(self.policy.chunk_size)
         stream = self.params.command_type != "trajectory"
         streamed = self._stream_chunk(cid, frame, obs, stream)

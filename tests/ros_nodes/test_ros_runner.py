@@ -570,3 +570,15 @@ def test_a_dropped_chunk_does_not_move_the_warm_start_reference(clock):
     assert clock() == pytest.approx(t0 + 0.5)
     assert r.process_pending()
     assert pol.shifts == [None, 1, 5]  # from chunk 1's image (t0), not the dropped chunk's (4 periods)
+
+
+@pytest.mark.parametrize("decoder, options", [("ceed_cap", {}), ("ceed", {"max_iterations": 1}), ("jacobi", {})])
+def test_capped_or_cold_decoders_keep_the_policys_own_shift(clock, fake_policy, decoder, options):
+    """A capped decode keeps part of its guess: its runner leaves the shift to the policy
+    (n_action_steps), as it was evaluated; jacobi's `repeat` guess has nothing to shift."""
+    r = make(clock, fake_policy, image_timeout_s=5.0, decoder=decoder, **options)
+    for dt in (0.0, 0.2):
+        clock.advance(dt)
+        r.on_image(IMG)
+        assert r.process_pending()
+    assert fake_policy.shifts == [None, None]
