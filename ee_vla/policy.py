@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -219,18 +219,25 @@ class VLAPolicy:
         self._previous = tokens
 
     @property
-    def warm_start_shift(self) -> int | None:
+    def warm_start_shift(self) -> int | tuple[int | None, ...] | None:
         """Actions between the observation of the last chunk and the next call's: the `warm` guess
         is the last chunk shifted left by this many actions (None: `n_action_steps`, the actions a
-        caller executes from each chunk before it observes again). Set it when calls are not
-        `n_action_steps` apart, as the ROS runner does (the control periods between two images)."""
+        caller executes from each chunk before it observes again), or one such value per row of
+        the batch. Set it when calls are not `n_action_steps` apart, as the ROS runner does (the
+        control periods between two images) and a fleet does per robot."""
         return self._warm_start_shift
 
     @warm_start_shift.setter
-    def warm_start_shift(self, actions: int | None) -> None:
-        if actions is not None and (isinstance(actions, bool) or not isinstance(actions, int) or actions < 0):
-            raise ValueError(f"warm_start_shift must be None or an integer >= 0, got {actions!r}")
-        self._warm_start_shift = actions
+    def warm_start_shift(self, actions: int | Sequence[int | None] | None) -> None:
+        per_row = isinstance(actions, (list, tuple))
+        if any(
+            a is not None and (isinstance(a, bool) or not isinstance(a, int) or a < 0)
+            for a in (actions if per_row else [actions])
+        ):
+            raise ValueError(
+                f"warm_start_shift must be None or an integer >= 0 (or a list of those, one per row), got {actions!r}"
+            )
+        self._warm_start_shift = tuple(actions) if per_row else actions
 
     # ---- contract ------------------------------------------------------------------------
     def reset(self) -> None:
@@ -389,6 +396,13 @@ class VLAPolicy:
                 inputs["input_ids"], inputs["attention_mask"], n, self._generator, exclude=self.vla.non_text_ids
             )
         if cfg.init == "warm" and self._previous is not None and self._previous.shape == (B, n):
-            shift = self.n_action_steps if self._warm_start_shift is None else self._warm_start_shift
-            return warm_guess(self._previous, shift * self.action_dim, self.action_dim)
+            given = self._warm_start_shift
+            rows = given if isinstance(given, tuple) else (given,) * B
+            if len(rows) != B:
+                raise ValueError(f"warm_start_shift has {len(rows)} rows for a batch of {B}")
+            D = self.action_dim
+            steps = [self.n_action_steps if r is None else r for r in rows]
+            if len(set(steps)) == 1:
+                return warm_guess(self._previous, steps[0] * D, D)
+            return torch.cat([warm_guess(self._previous[i : i + 1], k * D, D) for i, k in enumerate(steps)])
         return None

@@ -510,8 +510,8 @@ class FleetPolicy:
             c.out.put(_END)
 
     def _set_guess(self, rows: list[_Call], real: int) -> None:
-        """The batch's warm-start rows: each robot's previous chunk, -1 where it has none (padding
-        rows repeat the first row's)."""
+        """The batch's warm-start rows: each robot's previous chunk, -1 where it has none, and its
+        robot's `warm_start_shift` (padding rows repeat the first row's)."""
         with self._cv:
             prev = [c.robot._previous if c.epoch == c.robot._epoch else None for c in rows]
         have = [p for p in prev if p is not None]
@@ -520,20 +520,11 @@ class FleetPolicy:
             return
         import torch
 
-        from ee_vla.decoding.guess import warm_guess
-
-        # Each row is shifted here by its own robot's warm_start_shift; the policy shifts no further.
-        D = int(self.policy.action_dim)
-        default = int(getattr(self.policy, "n_action_steps", self.policy.chunk_size))
-        shifted = [
-            None if p is None else warm_guess(p[None], (default if c.shift is None else c.shift) * D, D)[0]
-            for p, c in zip(prev, rows, strict=True)
-        ]
         none = torch.full_like(have[0], -1)
-        first = shifted[0] if shifted[0] is not None else none
-        stacked = [p if p is not None else none for p in shifted[:real]] + [first] * (len(rows) - real)
+        first = prev[0] if prev[0] is not None else none
+        stacked = [p if p is not None else none for p in prev[:real]] + [first] * (len(rows) - real)
         self.policy.warm_start_tokens = torch.stack(stacked)
-        self.policy.warm_start_shift = 0
+        self.policy.warm_start_shift = [c.shift for c in rows]  # each row shifted by its robot's own
 
     def _stream(self, state: Any, batch: list[_Call]) -> None:
         """Send each row the actions that this snapshot made final in it."""

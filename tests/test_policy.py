@@ -86,7 +86,16 @@ def test_warm_start_shift_sets_the_warm_guess_shift(tiny_vla_dir, monkeypatch):
     policy.predict_action_chunk(obs())
     assert shifts == [policy.n_action_steps, 1, 0]
     np.testing.assert_array_equal(first, again)
-    for bad in (-1, 1.5, True, "2"):
+    # one shift per row of a batch, None for the policy's own
+    policy.warm_start_tokens = torch.stack([policy.warm_start_tokens[0]] * 2)
+    policy.warm_start_shift = [2, None]
+    shifts.clear()
+    policy.predict_action_chunk(obs(2))
+    assert policy.warm_start_shift == (2, None) and shifts == [2, policy.n_action_steps]
+    policy.warm_start_shift = [1, 1, 1]
+    with pytest.raises(ValueError, match="warm_start_shift has 3 rows for a batch of 2"):
+        policy.predict_action_chunk(obs(2))
+    for bad in (-1, 1.5, True, "2", [1, -1]):
         with pytest.raises(ValueError, match="warm_start_shift must be None or an integer >= 0"):
             policy.warm_start_shift = bad
 

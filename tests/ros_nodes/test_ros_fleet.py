@@ -163,8 +163,8 @@ def test_warm_start_state_is_per_robot(tiny_vla_dir):
 
 
 def test_each_robot_warm_start_is_shifted_by_its_own_shift(tiny_vla_dir):
-    """The fleet shifts each row's previous chunk by its robot's warm_start_shift (None: the
-    policy's n_action_steps) and has the policy shift no further."""
+    """Each row's warm guess is its robot's previous chunk shifted by that robot's warm_start_shift
+    (None: the policy's n_action_steps)."""
     from ee_vla.decoding.guess import warm_guess
 
     obs = observations(2, 7)
@@ -172,23 +172,23 @@ def test_each_robot_warm_start_is_shifted_by_its_own_shift(tiny_vla_dir):
     fleet = FleetPolicy(policy, FleetConfig(gather_s=1.0, max_batch=2), start=False)
     a, b = fleet.robot("a"), fleet.robot("b")
     seen = []
-    real = policy.decode_states
+    real = policy._guess
 
-    def spy(obs, deadline=None):
-        w = policy.warm_start_tokens
-        seen.append((None if w is None else w.clone(), policy.warm_start_shift))
-        return real(obs, deadline)
+    def spy(*args, **kwargs):
+        guess = real(*args, **kwargs)
+        seen.append((None if guess is None else guess.clone(), policy.warm_start_shift))
+        return guess
 
     try:
         batched_round(fleet, [a, b], obs)
         prev_a, prev_b = a.warm_start_tokens.clone(), b.warm_start_tokens.clone()
         a.warm_start_shift, b.warm_start_shift = 1, None
-        policy.decode_states = spy
+        policy._guess = spy
         batched_round(fleet, [a, b], obs)
     finally:
         fleet.close()
     ((w, shift),), D = seen, policy.action_dim
-    assert shift == 0
+    assert shift == (1, None)
     assert torch.equal(w[0], warm_guess(prev_a, 1 * D, D)[0])
     assert torch.equal(w[1], warm_guess(prev_b, policy.n_action_steps * D, D)[0])
 
