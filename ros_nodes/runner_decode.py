@@ -85,7 +85,7 @@ class RunnerDecode:
                         self._cv.wait(timeout=0.2)
                         continue
                     wait = self._decode_due(self.clock())
-                    if wait <= 1e-9:
+                    if wait == 0.0:
                         break
                     self._cv.wait(timeout=min(wait, 0.2))
                 if self.state != "active":
@@ -115,9 +115,9 @@ class RunnerDecode:
         return until - p.chunk_size_threshold * int(self.policy.chunk_size) / p.control_hz
 
     def _decode_due(self, now: float) -> float:
-        """Seconds until the next decode is due (<= 0: now)."""
+        """Seconds until the next decode is due (0.0: now; a nanosecond of float rounding counts as now)."""
         at = self._decode_at()
-        return 0.0 if at is None else at - now
+        return 0.0 if at is None or at - now <= 1e-9 else at - now
 
     def process_pending(self) -> bool:
         """Decode the newest image not decoded yet; False when there was none, it was skipped, or
@@ -126,7 +126,7 @@ class RunnerDecode:
             frame = self._frame
             if self.state != "active" or frame is None or frame.seq == self._done_seq:
                 return False
-            if self._decode_due(self.clock()) > 1e-9:
+            if self._decode_due(self.clock()) > 0.0:
                 return False
             self._done_seq = frame.seq
             instruction = self._instruction or self.params.instruction

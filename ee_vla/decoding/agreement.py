@@ -192,11 +192,9 @@ def main(cfg: AgreementConfig) -> dict:
     print(f"\nmean tokens of {n} final / equal to AR's, after the prefill (0) and iterations 1..{shown - 1}")
     print(f"{'decoder':{w}s} " + " ".join(f"{k:>11d}" for k in range(shown)))
     for name, r in result.items():
-        pr = r["progress"]
-        cells = [
-            f"{pr['final'][min(k, len(pr['final']) - 1)]:5.1f}/{pr['equal_to_ar'][min(k, len(pr['final']) - 1)]:5.1f}"
-            for k in range(shown)
-        ]
+        final, equal = r["progress"]["final"], r["progress"]["equal_to_ar"]
+        last = len(final) - 1  # a decoder that ended earlier shows its last snapshot
+        cells = [f"{final[min(k, last)]:5.1f}/{equal[min(k, last)]:5.1f}" for k in range(shown)]
         print(f"{name:{w}s} " + " ".join(cells))
     if cfg.output is not None:
         cfg.output.write_text(
