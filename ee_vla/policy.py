@@ -223,8 +223,9 @@ class VLAPolicy:
         """Actions between the observation of the last chunk and the next call's: the `warm` guess
         is the last chunk shifted left by this many actions (None: `n_action_steps`, the actions a
         caller executes from each chunk before it observes again), or one such value per row of
-        the batch. Set it when calls are not `n_action_steps` apart, as the ROS runner does (the
-        control periods between two images) and a fleet does per robot."""
+        the next call's batch, used by that call only (its rows are that batch's). Set it when calls
+        are not `n_action_steps` apart, as the ROS runner does (the control periods between two
+        images) and a fleet does per robot."""
         return self._warm_start_shift
 
     @warm_start_shift.setter
@@ -366,7 +367,10 @@ class VLAPolicy:
         with torch.inference_mode():
             inputs = self.vla.build_inputs(px, instrs, proprio)
             n = self.vla.n_action_tokens
-            guess = self._guess(cfg, inputs, n)
+            shift = self._warm_start_shift
+            if isinstance(shift, tuple):  # per-row values belong to this call's batch only
+                self._warm_start_shift = None
+            guess = self._guess(cfg, inputs, n, shift)
             if cfg.guess_in_prefill and guess is not None and n > 1:
                 # rows without a guess run the first action token in its place (any id will do)
                 guess = torch.where(guess < 0, self.vla.action_range[0], guess)
@@ -389,15 +393,16 @@ class VLAPolicy:
         self._previous = state.tokens.clone()
         self.last_stats = state.stats
 
-    def _guess(self, cfg: DecodeConfig, inputs: dict, n: int) -> torch.Tensor | None:
+    def _guess(
+        self, cfg: DecodeConfig, inputs: dict, n: int, shift: int | tuple[int | None, ...] | None = None
+    ) -> torch.Tensor | None:
         B = inputs["input_ids"].shape[0]
         if cfg.init == "prompt":
             return prompt_guess(
                 inputs["input_ids"], inputs["attention_mask"], n, self._generator, exclude=self.vla.non_text_ids
             )
         if cfg.init == "warm" and self._previous is not None and self._previous.shape == (B, n):
-            given = self._warm_start_shift
-            rows = given if isinstance(given, tuple) else (given,) * B
+            rows = shift if isinstance(shift, tuple) else (shift,) * B
             if len(rows) != B:
                 raise ValueError(f"warm_start_shift has {len(rows)} rows for a batch of {B}")
             D = self.action_dim

@@ -91,7 +91,10 @@ def test_warm_start_shift_sets_the_warm_guess_shift(tiny_vla_dir, monkeypatch):
     policy.warm_start_shift = [2, None]
     shifts.clear()
     policy.predict_action_chunk(obs(2))
-    assert policy.warm_start_shift == (2, None) and shifts == [2, policy.n_action_steps]
+    assert shifts == [2, policy.n_action_steps]
+    assert policy.warm_start_shift is None  # per-row values were that call's: the next call shifts by the default
+    policy.predict_action_chunk(obs(2))
+    assert shifts == [2, policy.n_action_steps, policy.n_action_steps]
     policy.warm_start_shift = [1, 1, 1]
     with pytest.raises(ValueError, match="warm_start_shift has 3 rows for a batch of 2"):
         policy.predict_action_chunk(obs(2))

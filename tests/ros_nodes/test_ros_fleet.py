@@ -174,9 +174,9 @@ def test_each_robot_warm_start_is_shifted_by_its_own_shift(tiny_vla_dir):
     seen = []
     real = policy._guess
 
-    def spy(*args, **kwargs):
-        guess = real(*args, **kwargs)
-        seen.append((None if guess is None else guess.clone(), policy.warm_start_shift))
+    def spy(cfg, inputs, n, shift=None):
+        guess = real(cfg, inputs, n, shift)
+        seen.append((None if guess is None else guess.clone(), shift))
         return guess
 
     try:
@@ -189,6 +189,8 @@ def test_each_robot_warm_start_is_shifted_by_its_own_shift(tiny_vla_dir):
         fleet.close()
     ((w, shift),), D = seen, policy.action_dim
     assert shift == (1, None)
+    assert policy.warm_start_shift is None  # used by that batch only
+    assert fleet.warm_up(sizes=[1]) and policy.warm_start_shift is None  # a later batch of another size decodes
     assert torch.equal(w[0], warm_guess(prev_a, 1 * D, D)[0])
     assert torch.equal(w[1], warm_guess(prev_b, policy.n_action_steps * D, D)[0])
 
