@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from ros_nodes.fleet import PADDINGS
+
 log = logging.getLogger("ee_vla.bench_fleet")
 
 MODES = ("batched", "sequential", "processes")
@@ -120,7 +122,7 @@ class FleetBenchConfig:
     max_batch: int = 0
     """batched: most rows per batch (0: N)."""
     padding: str = "auto"
-    """batched: auto | pow2 | none (`FleetConfig.padding`)."""
+    """batched: auto | pow2 | step4 | none (`FleetConfig.padding`)."""
     image_size: int = 0
     """Side of the robots' images (0: the model's)."""
     switch_interval_s: float = 0.0005
@@ -676,7 +678,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--chunk-size-threshold", type=float, default=d.chunk_size_threshold, help="1: every image")
     p.add_argument("--gather-s", type=float, default=d.gather_s)
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="0: N")
-    p.add_argument("--padding", default=d.padding, choices=("auto", "pow2", "none"))
+    p.add_argument("--padding", default=d.padding, choices=PADDINGS)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--switch-interval-s", type=float, default=d.switch_interval_s)
     p.add_argument("--keep-going", action="store_true")

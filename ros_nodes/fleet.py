@@ -50,8 +50,9 @@ applies to each batch as a whole.
 
 Static-shape engines (graph, static, compiled: an `EnginePool`, one engine per batch size) are
 built per batch size, so batches are padded to a few fixed sizes (`FleetConfig.padding`: "pow2",
-powers of two up to `max_batch` and `max_batch` itself; "auto" does that for an engine pool and no
-padding for the eager engine, which takes any size). A padding row repeats the first row (its
+powers of two up to `max_batch` and `max_batch` itself; "step4", 1, 2, 4 and then every multiple of
+4, so that a batch of 9 rows runs as 12, not 16; "auto" is pow2 for an engine pool and no padding
+for the eager engine, which takes any size). A padding row repeats the first row (its
 image, instruction and guess), so it converges with it and never makes a batch iterate longer;
 padding rows are never streamed. `FleetPolicy.warm_up()` builds the engine of every padded size
 (CUDA graphs, compilation) before robots connect.
@@ -82,7 +83,10 @@ from ros_nodes.diagnostics import Window
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FleetConfig", "FleetPolicy", "RobotPolicy", "SharedFleet", "padded_sizes", "warmed_fleet"]
+__all__ = ["PADDINGS", "FleetConfig", "FleetPolicy", "RobotPolicy", "SharedFleet", "padded_sizes", "warmed_fleet"]
+
+PADDINGS = ("auto", "pow2", "step4", "none")
+"""`FleetConfig.padding` values (the `--batch-padding` choices)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,11 @@ class FleetConfig:
     batches, later first actions; 0: decode whatever is pending at once."""
     max_batch: int = 16
     """Most robots' calls in one batched decode (1: every call alone, one after another)."""
-    padding: Literal["auto", "pow2", "none"] = "auto"
+    padding: Literal["auto", "pow2", "step4", "none"] = "auto"
     """Batch sizes decoded: pow2 pads a batch to the next power of two (or `max_batch`), so a
-    static-shape engine is built for a few sizes only; none decodes the batch as it is; auto: pow2
-    for the static/graph/compiled engines, none for the eager one."""
+    static-shape engine is built for a few sizes only; step4 to 1, 2, 4 or the next multiple of 4
+    (more engines, less padding); none decodes the batch as it is; auto: pow2 for the
+    static/graph/compiled engines, none for the eager one."""
     decode_nice: int = 0
     """Niceness of the decode thread (Linux, 0-19): the robots' control timers win a busy CPU."""
 
@@ -106,8 +111,8 @@ class FleetConfig:
             raise ValueError(f"FleetConfig.gather_s: must be in [0, 1] seconds, got {self.gather_s!r}")
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise ValueError(f"FleetConfig.max_batch: must be an integer >= 1, got {self.max_batch!r}")
-        if self.padding not in ("auto", "pow2", "none"):
-            raise ValueError(f"FleetConfig.padding: must be auto|pow2|none, got {self.padding!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"FleetConfig.padding: must be {'|'.join(PADDINGS)}, got {self.padding!r}")
         if (
             isinstance(self.decode_nice, bool)
             or not isinstance(self.decode_nice, int)
@@ -116,12 +121,15 @@ class FleetConfig:
             raise ValueError(f"FleetConfig.decode_nice: must be an integer in [0, 19], got {self.decode_nice!r}")
 
 
-def padded_sizes(max_batch: int) -> list[int]:
-    """The batch sizes of `pow2` padding: 1, 2, 4, ... below `max_batch`, then `max_batch`."""
+def padded_sizes(max_batch: int, padding: str = "pow2") -> list[int]:
+    """The batch sizes of `padding` below `max_batch`, then `max_batch`: pow2 1, 2, 4, 8, 16, ...;
+    step4 1, 2, 4, 8, 12, 16, ..."""
+    if padding not in ("pow2", "step4"):
+        raise ValueError(f"padded_sizes: padding must be pow2|step4, got {padding!r}")
     sizes, s = [], 1
     while s < max_batch:
         sizes.append(s)
-        s *= 2
+        s = s * 2 if padding == "pow2" or s < 4 else s + 4
     return [*sizes, max_batch]
 
 
@@ -251,14 +259,12 @@ class FleetPolicy:
         if pad == "auto":
             pad = "pow2" if getattr(policy, "engine_pool", None) is not None else "none"
         self.padding = pad
-        self.sizes = padded_sizes(self.config.max_batch) if pad == "pow2" else None
+        self.sizes = None if pad == "none" else padded_sizes(self.config.max_batch, pad)
         pool = getattr(policy, "engine_pool", None)
         if self.sizes is not None and pool is not None and len(self.sizes) > pool.max_engines:
-            log.warning(
-                "padding to %d batch sizes but the engine pool keeps %d engines: engines will be rebuilt",
-                len(self.sizes),
-                pool.max_engines,
-            )
+            # one engine per padded size, all kept: evicting one would rebuild it inside a robot's call
+            log.info("the engine pool keeps %d engines, one per padded batch size", len(self.sizes))
+            pool.max_engines = len(self.sizes)
         self._cv = threading.Condition()
         self._pending: list[_Call] = []
         self._robots: dict[str, RobotPolicy] = {}
@@ -452,13 +458,17 @@ class FleetPolicy:
             ok.append(c)
         return ok
 
+    def padded_size(self, rows: int) -> int:
+        """The batch size `rows` real rows are decoded at (the smallest padded size that holds them)."""
+        return rows if self.sizes is None else next((s for s in self.sizes if s >= rows), rows)
+
     def _decode(self, batch: list[_Call], split: bool = True) -> None:
         """Decode `batch` (validated here) in one call, streaming each row; on an error, each row alone."""
         batch = self._validated(batch) if split else batch
         if not batch:
             return
         B = len(batch)
-        size = B if self.sizes is None else next((s for s in self.sizes if s >= B), B)
+        size = self.padded_size(B)
         rows = batch + [batch[0]] * (size - B)
         obs = _stack([c.obs for c in rows], self._proprio)
         t0 = self.clock()

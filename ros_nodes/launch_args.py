@@ -99,7 +99,7 @@ def node_parameters(value: Callable[[str], str], **fixed: Any) -> list[str | dic
 FLEET_LAUNCH_ARGS = {
     "batch_gather_s": "seconds the oldest pending call waits for other robots' calls (empty: 0.005)",
     "max_batch": "most robots per batched decode (empty or 0: all of them)",
-    "batch_padding": "auto | pow2 | none: the batch sizes static engines are built for (empty: auto)",
+    "batch_padding": "auto | pow2 | step4 | none: the batch sizes static engines are built for (empty: auto)",
 }
 """fleet.launch.py's batching arguments (name -> description): `policy_node --namespaces`'s options."""
 

@@ -350,7 +350,7 @@ def main(args: list[str] | None = None) -> None:
 
     from rclpy.utilities import remove_ros_args
 
-    from ros_nodes.fleet import FleetConfig, SharedFleet
+    from ros_nodes.fleet import PADDINGS, FleetConfig, SharedFleet
     from ros_nodes.params import check_namespace
 
     argv = sys.argv if args is None else args
@@ -359,7 +359,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--namespaces", nargs="*", default=[], help="one robot (node) per namespace")
     parser.add_argument("--batch-gather-s", type=float, default=FleetConfig.gather_s)
     parser.add_argument("--max-batch", type=int, default=0, help="0: the number of namespaces")
-    parser.add_argument("--batch-padding", choices=("auto", "pow2", "none"), default=FleetConfig.padding)
+    parser.add_argument("--batch-padding", choices=PADDINGS, default=FleetConfig.padding)
     options = parser.parse_args(remove_ros_args(argv)[1:])
     threads = 1 if options.executor == "single" else 4
     if not options.namespaces:

@@ -78,9 +78,10 @@ class ServeConfig(PolicyParams):
     max_batch: int = 0
     """namespaces: most robots' calls in one batched decode (0: all the namespaces; 1: every call
     alone, one after another)."""
-    batch_padding: Literal["auto", "pow2", "none"] = "auto"
-    """namespaces: pad batches to fixed sizes, powers of two up to `max_batch` (pow2), or not (none);
-    auto: pow2 for the static/graph/compiled engines (built per batch size), none for eager."""
+    batch_padding: Literal["auto", "pow2", "step4", "none"] = "auto"
+    """namespaces: pad batches to fixed sizes, powers of two up to `max_batch` (pow2), 1, 2, 4 and
+    multiples of 4 (step4), or not (none); auto: pow2 for the static/graph/compiled engines (built
+    per batch size), none for eager."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -125,10 +125,24 @@ def test_static_engine_pads_batches_to_fixed_sizes(tiny_vla_dir):
     assert set(policy.engine_pool.engines) == {4}
 
 
+def test_step4_padding_keeps_an_engine_per_size():
+    """step4 pads 9 rows to 12, and the engine pool keeps every padded size's engine."""
+    policy = SimpleNamespace(engine_pool=SimpleNamespace(max_engines=4))
+    fleet = FleetPolicy(policy, FleetConfig(max_batch=16, padding="step4"), start=False)
+    assert fleet.sizes == [1, 2, 4, 8, 12, 16]
+    assert policy.engine_pool.max_engines == 6
+    assert [fleet.padded_size(b) for b in (1, 3, 5, 9, 13, 16)] == [1, 4, 8, 12, 16, 16]
+
+
 def test_padded_sizes():
     assert padded_sizes(1) == [1]
     assert padded_sizes(16) == [1, 2, 4, 8, 16]
     assert padded_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert padded_sizes(16, "step4") == [1, 2, 4, 8, 12, 16]
+    assert padded_sizes(3, "step4") == [1, 2, 3]
+    assert padded_sizes(10, "step4") == [1, 2, 4, 8, 10]
+    with pytest.raises(ValueError, match="pow2|step4"):
+        padded_sizes(8, "none")
 
 
 def test_warm_start_state_is_per_robot(tiny_vla_dir):
