@@ -1,6 +1,7 @@
 """CUDA-graph engine vs eager HFStep on the GPU (skipped without CUDA; the GPU job runs them)."""
 
 import gc
+import json
 
 import pytest
 import torch
@@ -126,3 +127,42 @@ def test_engines_evicted_from_a_pool_never_break_a_later_capture():
     finally:
         gc.set_threshold(*old)
     assert list(pool.engines) == [2]
+
+
+def test_profiler_times_step_replays_alone(tmp_path, capsys):
+    """`--steps-only`: each engine is built for the asked widths and no prompt, and the printed
+    table gives its replay times and build seconds (no prefill, decoders or generate)."""
+    from ee_vla.benchmarks.profile import main
+
+    assert (
+        main(
+            [
+                "--shape",
+                "tiny",
+                "--device",
+                "cuda",
+                "--engines",
+                "graph",
+                "compiled",
+                "--compile-mode",
+                "aot_eager",
+                "--steps-only",
+                "--step-widths",
+                "1",
+                "5",
+                "--step-iters",
+                "3",
+                "--no-plots",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    out = json.loads((tmp_path / "profile_tiny.json").read_text())
+    assert set(out["raw"]) == {"graph", "compiled"} and out["results"] == {} and out["hf_generate"] is None
+    for engine in ("graph", "compiled"):
+        assert set(out["raw"][engine]) == {"replay_w1_ms", "replay_w5_ms"}
+        assert all(v > 0 for v in out["raw"][engine].values())
+        assert f"{engine:<8} built (compiled, captured) in" in printed

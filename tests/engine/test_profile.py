@@ -86,6 +86,13 @@ def test_config_validation_and_cli_parsing(tmp_path):
         ProfileConfig(inductor=("triton.no_such_knob=1",))
     with pytest.raises(ValueError, match="nothing to time"):
         ProfileConfig(decoders=(), step_widths=())
+    with pytest.raises(ValueError, match="steps_only times CUDA-graph replays"):
+        ProfileConfig(steps_only=True, runtime=RuntimeConfig(device="cpu"))
+    with pytest.raises(ValueError, match="steps_only needs step_widths"):
+        ProfileConfig(steps_only=True, step_widths=(), runtime=RuntimeConfig(device="cuda"))
+    with pytest.raises(ValueError, match=r"graph and compiled engines only, got \['eager', 'graph'\]"):
+        ProfileConfig(steps_only=True, engines=("eager", "graph"), runtime=RuntimeConfig(device="cuda"))
+    assert config_from_args(["--steps-only", "--device", "cuda", "--engines", "compiled"]).steps_only
     assert ProfileConfig(inductor=("freezing=True", "triton.cudagraphs=False")).inductor_settings == {
         "freezing": True,
         "triton.cudagraphs": False,

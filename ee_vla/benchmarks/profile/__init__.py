@@ -18,6 +18,10 @@ For one shape (`ee_vla.benchmarks.shapes`), one batch size and one device it mea
 * the issue's targets when their entries were measured (7B: one Jacobi iteration over 22 tokens
   <= 5 ms in the graph and compiled engines; CEED at 2 iterations + prefill >= 100 actions/s).
 
+With `--steps-only` (graph and compiled engines) it builds each engine for the step widths alone,
+without a prompt, and reports its build seconds and graph replay times: one compiled forward per
+width and nothing else (where compiling every shape would take too long, e.g. a quantised 7B).
+
 With `--kernels N`, each step width is also recorded under `torch.profiler` and its N costliest
 kernels per forward are kept (JSON ``raw[engine]["kernels_w<w>"]``, `<stem>_kernels.txt`).
 
@@ -109,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=int, default=d.calls)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--step-iters", type=int, default=d.step_iters)
+    p.add_argument(
+        "--steps-only",
+        action="store_true",
+        help="time only the step widths' graph replays (graph/compiled engines, no prefill, decoders or generate)",
+    )
     p.add_argument("--kernels", type=int, default=d.kernels, help="top kernels per step width (0 = off)")
     p.add_argument("--kernel-iters", type=int, default=d.kernel_iters)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -144,6 +153,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         calls=a.calls,
         warmup=a.warmup,
         step_iters=a.step_iters,
+        steps_only=a.steps_only,
         kernels=a.kernels,
         kernel_iters=a.kernel_iters,
         seed=a.seed,

@@ -67,6 +67,12 @@ class ProfileConfig:
     """Untimed calls before each timed series."""
     step_iters: int = 50
     """Timed raw forwards per width."""
+    steps_only: bool = False
+    """Time only the step widths, as CUDA-graph replays of engines built without a prompt (graph and
+    compiled engines): no prefill, decoders or generate, so a compiled engine compiles one forward
+    per width and nothing else. For the cost of one iteration, and of building it, where compiling
+    every shape would take too long (a quantised 7B). The KV cache holds no prompt (the attention
+    reads the same number of slots, so the step costs the same)."""
     kernels: int = 0
     """Also record `kernel_iters` forwards of each step width under `torch.profiler` and keep the
     `kernels` kernels (CUDA; CPU: operators, self time) that take the most time per forward, with
@@ -116,6 +122,15 @@ class ProfileConfig:
             )
         if any(w < 1 for w in self.step_widths):
             raise ValueError(f"ProfileConfig.step_widths must be >= 1, got {self.step_widths}")
+        if self.steps_only:
+            if not self.step_widths:
+                raise ValueError("ProfileConfig.steps_only needs step_widths")
+            if torch.device(self.runtime.device).type != "cuda":
+                raise ValueError("ProfileConfig.steps_only times CUDA-graph replays: it needs a CUDA device")
+            if set(self.engine_list) - {"graph", "compiled"}:
+                raise ValueError(
+                    f"ProfileConfig.steps_only runs the graph and compiled engines only, got {list(self.engine_list)}"
+                )
         if not self.decoders and not self.step_widths:
             raise ValueError("ProfileConfig: nothing to time (no decoders and no step_widths)")
         _ = self.inductor_settings  # validates the KEY=VALUE pairs

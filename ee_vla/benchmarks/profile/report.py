@@ -99,12 +99,17 @@ def format_table(out: dict) -> str:
     head = f"{'engine':<8} {'prefill ms':>10} " + " ".join(f"{k[5:-3] + ' ms':>9}" for k in widths)
     lines += [head, "-" * len(head)]
     for engine, r in out["raw"].items():
-        lines.append(f"{engine:<8} {r['prefill_ms']['p50']:>10.2f} " + " ".join(f"{r[k]['p50']:>9.2f}" for k in widths))
+        if "prefill_ms" in r:  # absent when only the steps' replays were timed
+            lines.append(
+                f"{engine:<8} {r['prefill_ms']['p50']:>10.2f} " + " ".join(f"{r[k]['p50']:>9.2f}" for k in widths)
+            )
     for engine, r in out["raw"].items():
         replays = ", ".join(f"{k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("replay_") and k.endswith("_ms"))
         synced = ", ".join(f"{k[7:-10]} {v:.2f}" for k, v in r.items() if k.endswith("_ms_synced"))
         if replays:
             lines.append(f"{engine:<8} graph replay alone (device time, back to back), ms: {replays}")
+        if "prefill_ms" not in r and engine in out.get("engine_setup_s", {}):
+            lines.append(f"{engine:<8} built (compiled, captured) in {out['engine_setup_s'][engine]:.1f} s")
         if synced:
             lines.append(f"{engine:<8} one replay, synchronised around it (p50), ms: {synced}")
     head = (

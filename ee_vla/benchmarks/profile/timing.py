@@ -148,6 +148,31 @@ def _targets(raw: dict, results: dict) -> dict:
     return out
 
 
+def _replays_only(cfg: ProfileConfig, wl: Workload, engine: str, widths: list[int]) -> tuple[float, dict]:
+    """`cfg.steps_only`: one engine of `widths` built without a prompt; (seconds to build it, its
+    graphs' replay times)."""
+    from ee_vla.engine.cache import _round_up
+    from ee_vla.engine.static import StaticEngine
+
+    t = time.perf_counter()
+    eng = StaticEngine(
+        wl.model,
+        batch_size=cfg.batch_size,
+        max_prompt_len=_round_up(wl.inputs["input_ids"].shape[1], 16),
+        max_new_tokens=wl.n_tokens,
+        widths=widths,
+        graphs=True,
+        compile=cfg.runtime.compile_mode if engine == "compiled" else None,
+        sdpa_backends=cfg.sdpa_backends,
+        logit_rows=wl.action_range if cfg.action_logits else None,
+    )
+    built = time.perf_counter() - t
+    try:
+        return built, {f"replay_w{w}_ms": eng.replay_ms(w, cfg.step_iters) for w in widths}
+    finally:
+        eng.release()
+
+
 def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
     """Build each engine of `cfg` in turn and time its raw forwards and decoders; returns
     (raw, results, tokens, setup_s, errors)."""
@@ -159,6 +184,10 @@ def _run_engines(cfg: ProfileConfig, wl: Workload, widths: list[int]):
     errors: dict[str, str] = {}
     for engine in cfg.engine_list:
         try:  # one engine failing (e.g. a capture error) must not cost the others' numbers
+            if cfg.steps_only:
+                setup_s[engine], raw[engine] = _replays_only(cfg, wl, engine, widths)
+                log.info("%s engine: built in %.1f s, replays %s", engine, setup_s[engine], raw[engine])
+                continue
             t = time.perf_counter()
             prefill = make_prefill(
                 engine,
@@ -308,13 +337,14 @@ def run_profile(cfg: ProfileConfig) -> dict:
     wl, build_s = _build(cfg)
     n = wl.n_tokens
     # the decoders need AR's width and the whole window's; raw timings alone need only their own
-    widths = sorted({*cfg.step_widths, *((1, max(1, n - 1)) if cfg.decoders else ())})
+    decoding = cfg.decoders and not cfg.steps_only
+    widths = sorted({*cfg.step_widths, *((1, max(1, n - 1)) if decoding else ())})
     settings = cfg.inductor_settings
     if settings:
         log.info("torch._inductor.config for this run: %s", settings)
     with inductor_config.patch(settings) if settings else contextlib.nullcontext():
         raw, results, tokens, setup_s, errors = _run_engines(cfg, wl, widths)
-    vision, generate = _baselines(cfg, wl, errors)
+    vision, generate = (None, None) if cfg.steps_only else _baselines(cfg, wl, errors)
     _compare(results, tokens, generate)
     out = {
         "config": config_dict(cfg),
