@@ -121,8 +121,8 @@ class FleetBenchConfig:
     """batched: the fleet's gather window (`FleetConfig.gather_s`)."""
     max_batch: int = 0
     """batched: most rows per batch (0: N)."""
-    padding: str = "auto"
-    """batched: auto | pow2 | step4 | none (`FleetConfig.padding`)."""
+    batch_padding: str = "auto"
+    """batched: auto | pow2 | step4 | none (`FleetConfig.padding`; `ee-vla serve --batch-padding`)."""
     image_size: int = 0
     """Side of the robots' images (0: the model's)."""
     switch_interval_s: float = 0.0005
@@ -247,7 +247,7 @@ def _session(policy: Any, cfg: FleetBenchConfig, n: int, indices: list[int], mod
     fcfg = FleetConfig(
         gather_s=cfg.gather_s if batched else 0.0,
         max_batch=(min(n, cfg.max_batch) if cfg.max_batch else n) if batched else 1,
-        padding=cfg.padding,  # type: ignore[arg-type]
+        padding=cfg.batch_padding,  # type: ignore[arg-type]
     )
     fleet = FleetPolicy(policy, fcfg)
     t = time.perf_counter()
@@ -678,7 +678,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--chunk-size-threshold", type=float, default=d.chunk_size_threshold, help="1: every image")
     p.add_argument("--gather-s", type=float, default=d.gather_s)
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="0: N")
-    p.add_argument("--padding", default=d.padding, choices=PADDINGS)
+    p.add_argument("--batch-padding", default=d.batch_padding, choices=PADDINGS)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--switch-interval-s", type=float, default=d.switch_interval_s)
     p.add_argument("--keep-going", action="store_true")

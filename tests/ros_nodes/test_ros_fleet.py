@@ -562,6 +562,7 @@ def test_bench_fleet_decoder_flags_reach_the_policy():
     dec = load_policy(cfg).decoder
     assert (dec.method, dec.max_iterations, dec.guess_in_prefill) == ("ceed", 1, True)
     assert load_policy(parse_args(["--model", "tiny"])).decoder.guess_in_prefill is False
+    assert parse_args(["--batch-padding", "step4"]).batch_padding == "step4"  # serve's flag name
 
 
 def real_rclpy_loaded() -> bool:
