@@ -10,7 +10,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from domains import held_domain_ids, release_domain_ids  # noqa: E402
 from ros_fakes import FakeClock, FakePolicy  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _domain_ids():
+    """DDS domain ids claimed by a test and its function-scoped fixtures (`domains.claim_domain_id`)
+    are given back when it ends, after those fixtures' teardown; module-scoped fixtures, set up
+    before this one, keep theirs."""
+    before = held_domain_ids()
+    yield
+    release_domain_ids(keep=before)
 
 
 @pytest.fixture()

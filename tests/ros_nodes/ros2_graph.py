@@ -1,6 +1,6 @@
 """Helpers of test_ros2_graph.py: nodes as processes on a real ROS 2 graph, the `ros2` CLI, an rclpy probe.
 
-Every test gets a graph of its own: a random ROS_DOMAIN_ID, discovery limited to the host, and a
+Every test gets a graph of its own: a ROS_DOMAIN_ID that no other test holds, discovery limited to the host, and a
 Cyclone DDS configuration bound to 127.0.0.1 with unicast discovery (`loopback_config`, the one the
 DDS path uses), so the rclpy processes, the `ros2` CLI and the plain-DDS tools find each other on any
 machine, with or without multicast, and never see another test's graph.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -39,9 +38,10 @@ def ros2_cli() -> str | None:
 
 
 def new_domain_id() -> int:
-    """A random domain id (30-160) for one test, so that graphs of tests running at the same time
-    rarely meet."""
-    return random.SystemRandom().randint(30, 160)
+    """A domain id for one test that no other test on this machine holds (`domains`)."""
+    from domains import claim_domain_id
+
+    return claim_domain_id()
 
 
 def graph_env(domain_id: int) -> dict[str, str]:

@@ -4,9 +4,9 @@ promises (no timing assertions: the figures are the benchmark's output, not pass
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+from domains import claim_domain_id
 
 pytest.importorskip("cyclonedds")
 
@@ -25,7 +25,7 @@ def test_soak_mode_reports_memory_delivery_and_bad_inputs(tmp_path):
         image_size=128,
         bad_input_every_s=0.3,
         rss_every_s=1.0,
-        domain_id=150 + os.getpid() % 30,
+        domain_id=claim_domain_id(),
         out=str(tmp_path / "soak.json"),
     )
     result = run_bench(cfg)
@@ -66,7 +66,7 @@ def test_rate_mode_measures_each_transport_in_one_run(tmp_path):
         latency_trials=2,
         transports=transports,
         threads=1,
-        domain_id=150 + os.getpid() % 30,
+        domain_id=claim_domain_id(),
         out=str(tmp_path / "rate.json"),
     )
     result = run_bench(cfg)

@@ -8,14 +8,13 @@ instruction topics with random samples and random bytes; it must keep publishing
 
 from __future__ import annotations
 
-import itertools
-import os
 import random
 import struct
 import time
 
 import numpy as np
 import pytest
+from domains import claim_domain_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,8 +24,6 @@ from cyclonedds.core import DDSException  # noqa: E402
 
 from ros_nodes.dds import msgs  # noqa: E402
 from ros_nodes.dds.transport import DdsGraph, loopback_config, write_serialized  # noqa: E402
-
-_DOMAINS = itertools.count(180 + (os.getpid() * 7) % 40)
 
 XCDR1_LE = b"\x00\x01\x00\x00"
 
@@ -48,7 +45,7 @@ def write_raw(writer, payload: bytes) -> bool:
 
 @pytest.fixture()
 def graph():
-    d = next(_DOMAINS)
+    d = claim_domain_id()
     g = DdsGraph(d, loopback_config(d))
     yield g
     g.close()
@@ -249,7 +246,7 @@ def test_serve_keeps_publishing_under_random_inputs(tiny_vla_dir):
 
     from ros_nodes.messages import build_image
 
-    domain = next(_DOMAINS)
+    domain = claim_domain_id()
     cfg = serve_cfg(
         domain,
         model_path=str(tiny_vla_dir),

@@ -7,7 +7,6 @@ wait has a timeout and every subprocess is killed at teardown.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from domains import claim_domain_id
 
 pytest.importorskip("cyclonedds")
 
@@ -27,13 +27,12 @@ from ros_nodes.messages import build_image, build_joint_state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-_DOMAINS = itertools.count(20 + (os.getpid() * 13) % 150)
 IMG = np.zeros((16, 16, 3), np.uint8)
 
 
 @pytest.fixture()
 def domain_id() -> int:
-    return next(_DOMAINS)
+    return claim_domain_id()
 
 
 def start_proc(mode: str, cfg: dict, *extra: dict, **popen_kwargs) -> subprocess.Popen:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from domains import claim_domain_id
 from ros_fakes import wait_until
 
 from ee_vla.decoding.core import NonFiniteLogitsError
@@ -451,7 +452,7 @@ def test_serve_namespaces_over_dds_loopback(tiny_vla_dir, tmp_path):
     from ros_nodes.messages import build_image
 
     repo = Path(__file__).resolve().parents[2]
-    domain = 60 + (os.getpid() * 11) % 120
+    domain = claim_domain_id()
     stats = tmp_path / "stats.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     server = subprocess.Popen(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from domains import claim_domain_id
 
 from ros_nodes.params import PolicyParams
 from ros_nodes.runner import PolicyRunner, load_policy
@@ -58,7 +59,7 @@ def test_bad_model_path_fails_configure_with_a_reason(tmp_path):
 def _dds_loop(serve_cfg: dict, sim_cfg: dict, timeout_s: float) -> tuple[dict, dict]:
     """`serve` (the real policy) and the sim bridge (a real env) as two processes on loopback DDS;
     returns (the bridge's counters, the server's statistics) once the bridge's episodes are done."""
-    domain = 200 + os.getpid() % 30
+    domain = claim_domain_id()
     env = dict(
         os.environ,
         MUJOCO_GL=os.environ.get("MUJOCO_GL", "osmesa"),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from domains import claim_domain_id
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -130,7 +131,7 @@ def test_ctrl_c_to_serve_and_its_policy_process_is_a_clean_stop(tiny_vla_dir):
     from ros_nodes.dds import msgs
     from ros_nodes.messages import build_image
 
-    domain = 120 + os.getpid() % 40
+    domain = claim_domain_id()
     cfg = serve_cfg(
         domain,
         model_path=str(tiny_vla_dir),
