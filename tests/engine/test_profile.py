@@ -220,7 +220,7 @@ def test_the_measuring_tools_live_beside_the_engine():
         "static",
     }
     tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
-    assert tools == {"attn_bench", "check", "decode_bench", "profile", "shapes"}
+    assert tools == {"attn_bench", "check", "decode_bench", "linear_bench", "profile", "shapes"}
     assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"
 
 
@@ -242,3 +242,20 @@ def test_quantize_reaches_every_engine_and_reports_what_it_changed(tmp_path):
     assert 0.5 < q["teacher_forced_agreement"] <= 1.0
     assert out["config"]["quantize"] == "int8"
     assert out["results"]["static"]["ar"]["token_agreement_vs_eager"] == 1.0
+
+
+def test_linear_bench_covers_every_linear_layer_of_a_shape():
+    """The linear-layer bench reads every weight of the shape's linear layers once per step (the
+    7B's 6.5 G parameters, grouped KV heads too), and refuses to run without a GPU."""
+    from ee_vla.benchmarks.linear_bench import linear_shapes, main, weight_bytes
+
+    llama = LM_SHAPES["openvla-7b"]
+    assert linear_shapes(llama) == {"q_k_v_o": (4096, 4096, 4), "gate_up": (4096, 11008, 2), "down": (11008, 4096, 1)}
+    assert (
+        weight_bytes(llama, "bf16") == 2 * weight_bytes(llama, "fp8_row") == 2 * 32 * (4 * 4096**2 + 3 * 4096 * 11008)
+    )
+    qwen = LM_SHAPES["qwen2-0.5b"]
+    assert linear_shapes(qwen)["k_v"] == (896, 2 * 64, 2)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["--rows", "1"])

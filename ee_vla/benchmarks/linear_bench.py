@@ -1,0 +1,134 @@
+"""Time a language model's linear layers alone, as one decode step runs them: bf16 against fp8.
+
+    python -m ee_vla.benchmarks.linear_bench --shape openvla-7b --rows 1 22 --out outputs/linear_bench
+
+A step of a 7B model over a short window is mostly its linear layers reading their weights. For
+each row count (1 = an AR token, 22 = a Jacobi window) this times every linear layer of the shape
+(q, k, v, o, gate, up, down; one weight per layer, so that no weight is still in L2 when it is read
+again), captured as one CUDA graph and replayed back to back, with three kinds of product:
+
+* ``bf16``: `x @ W.T` in bfloat16;
+* ``fp8_row``: `torch._scaled_mm` of float8 e4m3 inputs with one scale per row of x and per
+  column of W (torchao's `fp8` quantisation, `Float8DynamicActivationFloat8WeightConfig(PerRow())`);
+* ``fp8_tensor``: the same with one scale per tensor.
+
+It reports ms for all linear layers of the model and the weight bytes read per second. The
+activations' own quantisation is not in these times. CUDA GPUs of compute capability >= 8.9 (fp8);
+prints a table, writes `linear_bench.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ee_vla.benchmarks.shapes import LM_SHAPES, LMShape
+from ee_vla.timing import cuda_ms_back_to_back, environment_info
+
+KINDS = ("bf16", "fp8_row", "fp8_tensor")
+
+
+def linear_shapes(shape: LMShape) -> dict[str, tuple[int, int, int]]:
+    """Per layer of `shape`: name -> (in features, out features, how many such layers)."""
+    head_dim = shape.hidden_size // shape.num_heads
+    kv = shape.num_kv_heads * head_dim
+    h, i = shape.hidden_size, shape.intermediate_size
+    if kv == h:
+        return {"q_k_v_o": (h, h, 4), "gate_up": (h, i, 2), "down": (i, h, 1)}
+    return {"q_o": (h, h, 2), "k_v": (h, kv, 2), "gate_up": (h, i, 2), "down": (i, h, 1)}
+
+
+def _graph_ms(fns: list, iters: int) -> float:
+    """Device ms of one pass over `fns`, captured as one CUDA graph (after a warm-up on a side stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    return cuda_ms_back_to_back(graph.replay, iters)
+
+
+def _products(x: torch.Tensor, weights: list[torch.Tensor], kind: str) -> list:
+    """One call per weight: `x` times it, as product `kind` computes it."""
+    if kind == "bf16":
+        return [lambda w=w: x @ w.t() for w in weights]
+    x8 = x.to(torch.float8_e4m3fn)
+    rows, n = x.shape[0], weights[0].shape[0]
+    if kind == "fp8_row":
+        sa, sb = torch.ones(rows, 1, device=x.device), torch.ones(1, n, device=x.device)
+    else:
+        sa = sb = torch.ones((), device=x.device)
+    fp8 = [w.to(torch.float8_e4m3fn) for w in weights]
+    return [lambda w=w: torch._scaled_mm(x8, w.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16) for w in fp8]
+
+
+def time_linears(shape: LMShape, rows: int, kind: str, iters: int = 20, seed: int = 0) -> dict[str, float]:
+    """ms of every linear layer of `shape` at `rows` input rows with product `kind`, and per layer shape."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {'|'.join(KINDS)}, got {kind!r}")
+    dev = torch.device("cuda")
+    torch.manual_seed(seed)
+    out: dict[str, float] = {}
+    total = 0.0
+    for name, (k, n, per_layer) in linear_shapes(shape).items():
+        x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
+        weights = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(shape.num_layers)]
+        fns = _products(x, weights, kind)
+        per_copy = _graph_ms(fns, iters) / shape.num_layers
+        out[f"{name}_ms"] = per_copy
+        total += per_copy * per_layer * shape.num_layers
+        del weights, fns
+        torch.cuda.empty_cache()
+    out["all_linears_ms"] = total
+    return out
+
+
+def weight_bytes(shape: LMShape, kind: str) -> int:
+    """Bytes of every linear layer's weight of `shape` stored for `kind`."""
+    params = sum(k * n * per for k, n, per in linear_shapes(shape).values()) * shape.num_layers
+    return params * (2 if kind == "bf16" else 1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.linear_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="openvla-7b", choices=list(LM_SHAPES))
+    p.add_argument("--rows", nargs="+", type=int, default=[1, 22], help="input rows (tokens of the step)")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--out", type=Path, default=Path("outputs/linear_bench"))
+    a = p.parse_args(argv)
+    if any(r < 1 for r in a.rows):
+        p.error(f"--rows must be >= 1, got {a.rows}")
+    if not torch.cuda.is_available():
+        p.error("linear_bench times CUDA graphs: it needs a CUDA GPU")
+    if any(k.startswith("fp8") for k in a.kinds) and torch.cuda.get_device_capability() < (8, 9):
+        p.error(f"fp8 products need compute capability >= 8.9; {torch.cuda.get_device_name()} has less")
+    shape = LM_SHAPES[a.shape]
+    results = {f"rows{r}": {kind: time_linears(shape, r, kind, a.iters) for kind in a.kinds} for r in a.rows}
+    print(
+        f"{a.shape}: all linear layers ({shape.num_layers} layers), ms and weight TB/s, {torch.cuda.get_device_name()}"
+    )
+    print(f"{'rows':>5} " + " ".join(f"{k:>22}" for k in a.kinds))
+    for r in a.rows:
+        cells = []
+        for kind in a.kinds:
+            ms = results[f"rows{r}"][kind]["all_linears_ms"]
+            cells.append(f"{ms:>9.3f} ms {weight_bytes(shape, kind) / ms / 1e9:>6.2f} TB/s")
+        print(f"{r:>5} " + " ".join(f"{c:>22}" for c in cells))
+    out = {"shape": a.shape, "results": results, "environment": environment_info("cuda", "bfloat16")}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "linear_bench.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
