@@ -84,7 +84,8 @@ class PolicyConfig:
     """Actions per call (None = the model's; see `ee_vla.runtime.RuntimeConfig.chunk_size`)."""
     quantize: str = "none"
     """Weight quantisation of the model's linear layers at load (`ee_vla.models.quantize`): none |
-    int8 (int8 weights) | fp8 (float8 weights and activations; CUDA, compute capability >= 8.9)."""
+    int8 (int8 weights) | fp8 (float8 weights and activations, scaled per row; CUDA, compute
+    capability >= 8.9) | fp8_tensor (the same, scaled per tensor)."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)

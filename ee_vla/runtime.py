@@ -41,8 +41,8 @@ CompileMode = Literal["inductor", "frozen", "max-autotune", "aot_eager"]
 COMPILE_MODES: tuple[str, ...] = ("inductor", "frozen", "max-autotune", "aot_eager")
 """The keys of `ee_vla.engine.static.COMPILE_MODES` (kept here so that this module imports no
 torch; a test checks they agree)."""
-QuantizeMode = Literal["none", "int8", "fp8"]
-QUANTIZE_MODES: tuple[str, ...] = ("none", "int8", "fp8")
+QuantizeMode = Literal["none", "int8", "fp8", "fp8_tensor"]
+QUANTIZE_MODES: tuple[str, ...] = ("none", "int8", "fp8", "fp8_tensor")
 """Weight quantisation at load (`ee_vla.models.quantize`)."""
 InitGuess = Literal["repeat", "prompt", "warm"]
 INIT_GUESSES: tuple[str, ...] = ("repeat", "prompt", "warm")
@@ -93,9 +93,10 @@ class RuntimeConfig:
     loop (env stepping, the command timer; `ee_vla.threads`)."""
     quantize: QuantizeMode = "none"
     """Weight quantisation of the model's linear layers at load, through torchao: none | int8 (int8
-    weights: half of bf16's memory) | fp8 (float8 weights and activations; CUDA GPUs of compute
-    capability >= 8.9). Tokens may differ from the unquantised model's where logits are close;
-    speed depends on the engine (docs/performance.md)."""
+    weights: half of bf16's memory) | fp8 (float8 weights and activations, one scale per row; CUDA
+    GPUs of compute capability >= 8.9) | fp8_tensor (the same with one scale per tensor). Tokens
+    may differ from the unquantised model's where logits are close; speed depends on the engine
+    (docs/performance.md)."""
     unnorm_key: str | None = None
     """OpenVLA checkpoints: the dataset whose action statistics (norm_stats) un-normalise the
     actions (None = the only one; with several, loading names them)."""

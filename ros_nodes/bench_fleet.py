@@ -95,7 +95,7 @@ class FleetBenchConfig:
     """auto (CUDA graphs on a GPU, eager on a CPU) | eager | static | graph | compiled."""
     compile_mode: str = "inductor"
     quantize: str = "none"
-    """Weight quantisation at load: none | int8 | fp8 (`RuntimeConfig.quantize`)."""
+    """Weight quantisation at load: none | int8 | fp8 | fp8_tensor (`RuntimeConfig.quantize`)."""
     threads: int = 0
     """CPU threads of torch (0: the cores available minus one)."""
     robots: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32)
@@ -665,7 +665,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--dtype", default=d.dtype)
     p.add_argument("--engine", default=d.engine, help="auto | eager | static | graph | compiled")
     p.add_argument("--compile-mode", default=d.compile_mode)
-    p.add_argument("--quantize", default=d.quantize, help="none | int8 | fp8")
+    p.add_argument("--quantize", default=d.quantize, help="none | int8 | fp8 | fp8_tensor")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--robots", type=int, nargs="+", default=list(d.robots))
     p.add_argument("--modes", nargs="+", default=list(d.modes), choices=MODES)

@@ -47,7 +47,7 @@ COMPILE_MODES = ("inductor", "frozen", "max-autotune", "aot_eager")
 """The keys of `ee_vla.engine.static.COMPILE_MODES` (kept here for the same reason, checked the same way)."""
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 """`ee_vla.runtime.DTYPES` (checked the same way)."""
-QUANTIZE_MODES = ("none", "int8", "fp8")
+QUANTIZE_MODES = ("none", "int8", "fp8", "fp8_tensor")
 """`ee_vla.runtime.QUANTIZE_MODES` (checked the same way)."""
 INIT_GUESSES = ("", "repeat", "prompt", "warm")
 """`ee_vla.runtime.INIT_GUESSES`, and "" for the decoder preset's (checked the same way)."""
@@ -108,8 +108,9 @@ class PolicyParams:
     compile_mode: str = "inductor"
     """Compile mode of the compiled engine: inductor | frozen (faster on big models, more memory) | max-autotune."""
     quantize: str = "none"
-    """Weight quantisation at load (torchao): none | int8 (half of bf16's memory) | fp8 (CUDA, compute
-    capability >= 8.9); docs/performance.md has what each costs and saves."""
+    """Weight quantisation at load (torchao): none | int8 (half of bf16's memory) | fp8 | fp8_tensor
+    (CUDA, compute capability >= 8.9; scaled per row | per tensor); docs/performance.md has what each
+    costs and saves."""
     warmup: bool = True
     """On configure, decode one blank image (with `instruction`, or a stand-in) so that the engine is
     built, compiled and its CUDA graphs captured before the first real image; configure waits for it."""

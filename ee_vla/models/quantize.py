@@ -2,6 +2,7 @@
 
     quantize_weights(vla.model, "int8")   # int8 weights (one scale per output channel), float compute
     quantize_weights(vla.model, "fp8")    # float8 e4m3 weights and per-row dynamic float8 activations (CUDA, sm89+)
+    quantize_weights(vla.model, "fp8_tensor")  # the same with one scale per weight and per activation tensor
 
 Every `torch.nn.Linear` of the network is converted (language model, projector and vision towers)
 except the output layer: the engines read a slice of its rows (the action tokens' logits), and it
@@ -11,7 +12,7 @@ software on a small GPU.
 
 Speed is another matter, measured in docs/performance.md: replayed as plain CUDA graphs (the
 `graph` engine) or run eagerly on a CPU, the extra kernels cost more than the bytes they save on
-small batches; compiled (`torch.compile` fuses them), a 7B fp8 step over 1 or 22 tokens is still
+small batches; compiled (`torch.compile` fuses them), a 7B fp8 step (per-row scales) over 1 or 22 tokens is still
 slower than bf16's on an H200.
 
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
@@ -57,14 +58,18 @@ def _config(mode: str, device: torch.device):
     if mode == "int8":
         return q.Int8WeightOnlyConfig()
     if device.type != "cuda":
-        raise QuantizeError(f"quantize='fp8' needs a CUDA GPU (compute capability >= 8.9), the model is on {device}")
+        raise QuantizeError(f"quantize={mode!r} needs a CUDA GPU (compute capability >= 8.9), the model is on {device}")
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
         raise QuantizeError(
-            f"quantize='fp8' needs a GPU of compute capability >= 8.9 (Ada, Hopper or newer); "
+            f"quantize={mode!r} needs a GPU of compute capability >= 8.9 (Ada, Hopper or newer); "
             f"{torch.cuda.get_device_name(device)} is {major}.{minor}: use quantize='int8'"
         )
-    return q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerRow())
+    # one scale per row (fp8) or per tensor (fp8_tensor): on an H200 the per-tensor product of a 7B
+    # layer over a few rows runs near the memory's speed, the per-row one at half of it
+    # (docs/performance.md, linear_bench)
+    granularity = q.PerRow() if mode == "fp8" else q.PerTensor()
+    return q.Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
 
 
 def quantized_mode(model: torch.nn.Module) -> str:
@@ -93,7 +98,7 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
     def take(module: torch.nn.Module, name: str) -> bool:
         if not isinstance(module, torch.nn.Linear) or module is head:
             return False
-        if mode == "fp8" and (module.in_features % 16 or module.out_features % 16):
+        if mode.startswith("fp8") and (module.in_features % 16 or module.out_features % 16):
             skipped.append(name)
             return False
         chosen.append(name)
@@ -102,7 +107,7 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
     _torchao().quantize_(model, cfg, filter_fn=take)
     if skipped:
         log.warning(
-            "quantize=fp8: %d linear layers kept in %s (dimensions not multiples of 16)", len(skipped), param.dtype
+            "quantize=%s: %d linear layers kept in %s (dimensions not multiples of 16)", mode, len(skipped), param.dtype
         )
     setattr(model, _MARK, mode)
     log.info("quantize=%s: %d linear layers quantised", mode, len(chosen))

@@ -166,3 +166,28 @@ def test_profiler_times_step_replays_alone(tmp_path, capsys):
         assert set(out["raw"][engine]) == {"replay_w1_ms", "replay_w5_ms"}
         assert all(v > 0 for v in out["raw"][engine].values())
         assert f"{engine:<8} built (compiled, captured) in" in printed
+
+
+@pytest.mark.parametrize("mode", ["fp8", "fp8_tensor"])
+def test_fp8_policies_run_on_the_graph_engine(tiny_vla_dir, mode):
+    """Both fp8 modes quantise the policy on a GPU that has fp8 and decode finite actions through
+    CUDA graphs, batch of 2, AR and Jacobi."""
+    import numpy as np
+
+    from ee_vla.models.quantize import quantized_mode
+    from ee_vla.policy import VLAPolicy
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability >= 8.9")
+    policy = VLAPolicy.from_pretrained(
+        tiny_vla_dir, decoder="ar", device="cuda", dtype="bfloat16", engine="graph", quantize=mode
+    )
+    assert quantized_mode(policy.vla.model) == mode
+    rng = np.random.default_rng(0)
+    size = policy.vla.image_size
+    obs = {"pixels": rng.integers(0, 255, (2, size, size, 3), dtype=np.uint8), "instruction": ["pick up the cube"] * 2}
+    for decoder in ("ar", "jacobi"):
+        policy.decoder = decoder
+        policy.reset()
+        actions = policy.predict_action_chunk(obs)
+        assert actions.shape == (2, policy.chunk_size, policy.action_dim) and np.isfinite(actions).all()

@@ -1,5 +1,6 @@
 """Weight quantisation at load (`ee_vla.models.quantize`, `RuntimeConfig.quantize`), on the CPU."""
 
+import re
 import sys
 
 import numpy as np
@@ -68,17 +69,37 @@ def test_the_runtime_config_carries_quantize_to_the_policy(tiny_vla_dir):
     assert rt.policy_config().quantize == "int8"
     assert quantized_mode(rt.load_policy(tiny_vla_dir).vla.model) == "int8"
     assert quantized_mode(RuntimeConfig(device="cpu").load_policy(tiny_vla_dir).vla.model) == "none"
-    with pytest.raises(RuntimeConfigError, match="quantize must be one of none|int8|fp8, got 'int4'"):
+    with pytest.raises(
+        RuntimeConfigError, match=re.escape("quantize must be one of none|int8|fp8|fp8_tensor, got 'int4'")
+    ):
         RuntimeConfig(quantize="int4")
     with pytest.raises(ValueError, match="PolicyConfig.quantize"):
         PolicyConfig(quantize="int4")
 
 
-def test_fp8_on_a_cpu_is_refused_with_the_reason(tiny_vla_dir):
+@pytest.mark.parametrize("mode", ["fp8", "fp8_tensor"])
+def test_fp8_on_a_cpu_is_refused_with_the_reason(tiny_vla_dir, mode):
     vla = VLA.from_pretrained(tiny_vla_dir)
-    with pytest.raises(QuantizeError, match="fp8' needs a CUDA GPU"):
-        quantize_weights(vla.model, "fp8")
+    with pytest.raises(QuantizeError, match=f"quantize='{mode}' needs a CUDA GPU"):
+        quantize_weights(vla.model, mode)
     assert quantized_mode(vla.model) == "none"
+
+
+def test_fp8_modes_scale_per_row_or_per_tensor(monkeypatch):
+    """fp8 asks torchao for one scale per row, fp8_tensor for one per tensor (on a GPU that has fp8)."""
+    import torchao.quantization as tq
+
+    from ee_vla.models import quantize
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a Hopper GPU")
+    cuda = torch.device("cuda")
+    # torchao keeps (activation, weight) granularities
+    assert {type(g) for g in quantize._config("fp8", cuda).granularity} == {tq.PerRow}
+    assert {type(g) for g in quantize._config("fp8_tensor", cuda).granularity} == {tq.PerTensor}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(QuantizeError, match="'fp8_tensor' needs a GPU of compute capability >= 8.9"):
+        quantize._config("fp8_tensor", cuda)
 
 
 def test_without_torchao_the_error_says_what_to_install(tiny_vla_dir, monkeypatch):
