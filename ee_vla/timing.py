@@ -131,6 +131,27 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, iters: int = 10, device: A
     return rec
 
 
+def capture_cuda_graph(calls: Sequence[Callable[[], Any]]):
+    """`calls`, one after another, captured as one `torch.cuda.CUDAGraph` after one untimed pass on
+    a side stream (PyTorch's recipe: allocator and library initialisation stay out of the graph).
+    For timing a sequence of kernels without the host's launches between them
+    (`cuda_ms_back_to_back(graph.replay, iters)`)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return graph
+
+
 def cuda_ms_back_to_back(fn: Callable[[], Any], iters: int) -> float:
     """Device time of one call of `fn`, in ms, on the current CUDA stream: one untimed call, then
     `iters` calls back to back between two CUDA events, with no host synchronisation between them

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ee_vla.engine import splitkv
-from ee_vla.timing import cuda_ms_back_to_back
+from ee_vla.timing import capture_cuda_graph, cuda_ms_back_to_back
 
 
 def _inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
@@ -52,13 +52,7 @@ def _time(fn, args, layers: int, iters: int, device: str, compile: bool = True, 
             # recompile limit (8) would silently run later variants eagerly.
             torch._dynamo.reset()
             fn = torch.compile(fn, dynamic=False)
-        for _ in range(3):
-            fn(*args)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(layers):
-                fn(*args)
+        graph = capture_cuda_graph([lambda: fn(*args)] * layers)
         us = cuda_ms_back_to_back(graph.replay, iters) * 1e3 / layers
         table = None
         if kernels:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ee_vla.benchmarks.shapes import LM_SHAPES, LMShape
-from ee_vla.timing import cuda_ms_back_to_back, environment_info
+from ee_vla.timing import capture_cuda_graph, cuda_ms_back_to_back, environment_info
 
 KINDS = ("bf16", "fp8_row", "fp8_tensor")
 
@@ -39,22 +39,6 @@ def linear_shapes(shape: LMShape) -> dict[str, tuple[int, int, int]]:
     if kv == h:
         return {"q_k_v_o": (h, h, 4), "gate_up": (h, i, 2), "down": (i, h, 1)}
     return {"q_o": (h, h, 2), "k_v": (h, kv, 2), "gate_up": (h, i, 2), "down": (i, h, 1)}
-
-
-def _graph_ms(fns: list, iters: int) -> float:
-    """Device ms of one pass over `fns`, captured as one CUDA graph (after a warm-up on a side stream)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    return cuda_ms_back_to_back(graph.replay, iters)
 
 
 def _products(x: torch.Tensor, weights: list[torch.Tensor], kind: str) -> list:
@@ -83,7 +67,7 @@ def time_linears(shape: LMShape, rows: int, kind: str, iters: int = 20, seed: in
         x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
         weights = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(shape.num_layers)]
         fns = _products(x, weights, kind)
-        per_copy = _graph_ms(fns, iters) / shape.num_layers
+        per_copy = cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / shape.num_layers
         out[f"{name}_ms"] = per_copy
         total += per_copy * per_layer * shape.num_layers
         del weights, fns

@@ -12,8 +12,8 @@ software on a small GPU.
 
 Speed is another matter, measured in docs/performance.md: replayed as plain CUDA graphs (the
 `graph` engine) or run eagerly on a CPU, the extra kernels cost more than the bytes they save on
-small batches; compiled (`torch.compile` fuses them), a 7B fp8 step (per-row scales) over 1 or 22 tokens is still
-slower than bf16's on an H200.
+small batches; compiled (`torch.compile` fuses them), a 7B fp8 step (per-row scales) over 1 or 22
+tokens is still slower than bf16's on an H200.
 
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
 it), not to the unquantised one: its tokens can differ where two logits are close.
