@@ -292,8 +292,10 @@ class StaticEngine(PromptBuckets):
 
     def _graph_of(self, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture `forward()` as a CUDA graph, after `warmup` eager runs on a side stream (the
-        PyTorch recipe). The cache entries written meanwhile are junk: every later prefill and step
-        overwrites or masks them.
+        PyTorch recipe). The cache entries the warm-ups write are junk, and are zeroed afterwards:
+        later prefills and steps overwrite or mask them, but a masked NaN would still reach every
+        query (its attention weight is 0, and 0 x NaN is NaN). A capture happens only at the
+        engine's start and inside a prefill, before the prefill's replay writes its cache slots.
 
         Python's cyclic garbage collector is off from the warm-up to the end of the capture (after
         one collection): an engine dropped earlier (e.g. evicted from an `EnginePool`) is only freed
@@ -315,6 +317,9 @@ class StaticEngine(PromptBuckets):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = forward()
+            for layer in self.cache.layers:
+                layer.keys.zero_()
+                layer.values.zero_()
             torch.cuda.synchronize(self.device)
         finally:
             if was_enabled:

@@ -15,6 +15,12 @@ Speed is another matter, measured in docs/performance.md: replayed as plain CUDA
 small batches; compiled (`torch.compile` fuses them), a 7B fp8 step (per-row scales) over 1 or 22
 tokens is still slower than bf16's on an H200.
 
+fp8 scales each activation by its largest magnitude; an all-zero activation row (a padding token
+whose embedding is zero, the junk a CUDA graph's warm-up runs) would get a zero scale and turn into
+NaN, which the attention then spreads to every query through masked cache slots (0 x NaN). The
+scale is therefore floored (`ACTIVATION_AMAX_FLOOR`), and a layer whose weight has an all-zero row
+is left unquantised.
+
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
 it), not to the unquantised one: its tokens can differ where two logits are close.
 """
@@ -28,6 +34,9 @@ import torch
 from ee_vla.runtime import QUANTIZE_MODES
 
 _MARK = "_ee_vla_quantize"
+ACTIVATION_AMAX_FLOOR = 1e-12
+"""fp8 activations' scales are computed from max(|x|, this): zero rows quantise to zeros, not NaN,
+and any real activation is far above it."""
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +78,19 @@ def _config(mode: str, device: torch.device):
     # layer over a few rows runs near the memory's speed, the per-row one at half of it
     # (docs/performance.md, linear_bench)
     granularity = q.PerRow() if mode == "fp8" else q.PerTensor()
-    return q.Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
+    return q.Float8DynamicActivationFloat8WeightConfig(
+        granularity=granularity, activation_value_lb=ACTIVATION_AMAX_FLOOR
+    )
+
+
+def fp8_unfit(layer: torch.nn.Linear) -> str | None:
+    """Why fp8 cannot hold `layer` (its kernels need dimensions that are multiples of 16; a weight
+    row of zeros would get a zero scale, hence NaN weights), or None when it can."""
+    if layer.in_features % 16 or layer.out_features % 16:
+        return "dimensions not multiples of 16"
+    if bool((layer.weight.detach().abs().amax(dim=1) == 0).any()):
+        return "a weight row of zeros"
+    return None
 
 
 def quantized_mode(model: torch.nn.Module) -> str:
@@ -82,7 +103,8 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
 
     Idempotent for the same mode (a model already quantised with it is left as it is); a model
     quantised with another mode is a QuantizeError (reload it). fp8 skips layers whose dimensions
-    are not multiples of 16, which its kernels need (tiny test models), and says so."""
+    are not multiples of 16, which its kernels need (tiny test models), and layers whose weight has
+    an all-zero row, which its scaling cannot hold, and says so."""
     check_quantize_mode(mode, "quantize")
     done = quantized_mode(model)
     if mode == "none" or done == mode:
@@ -93,21 +115,27 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
     cfg = _config(mode, param.device)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen: list[str] = []
-    skipped: list[str] = []
+    skipped: dict[str, list[str]] = {}
 
     def take(module: torch.nn.Module, name: str) -> bool:
         if not isinstance(module, torch.nn.Linear) or module is head:
             return False
-        if mode.startswith("fp8") and (module.in_features % 16 or module.out_features % 16):
-            skipped.append(name)
+        why = fp8_unfit(module) if mode.startswith("fp8") else None
+        if why is not None:
+            skipped.setdefault(why, []).append(name)
             return False
         chosen.append(name)
         return True
 
     _torchao().quantize_(model, cfg, filter_fn=take)
-    if skipped:
+    for why, names in skipped.items():
         log.warning(
-            "quantize=%s: %d linear layers kept in %s (dimensions not multiples of 16)", mode, len(skipped), param.dtype
+            "quantize=%s: %d linear layers kept in %s (%s: %s)",
+            mode,
+            len(names),
+            param.dtype,
+            why,
+            names[0] + (", ..." if len(names) > 1 else ""),
         )
     setattr(model, _MARK, mode)
     log.info("quantize=%s: %d linear layers quantised", mode, len(chosen))

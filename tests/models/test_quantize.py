@@ -97,9 +97,44 @@ def test_fp8_modes_scale_per_row_or_per_tensor(monkeypatch):
     # torchao keeps (activation, weight) granularities
     assert {type(g) for g in quantize._config("fp8", cuda).granularity} == {tq.PerRow}
     assert {type(g) for g in quantize._config("fp8_tensor", cuda).granularity} == {tq.PerTensor}
+    assert all(
+        quantize._config(m, cuda).activation_value_lb == quantize.ACTIVATION_AMAX_FLOOR for m in ("fp8", "fp8_tensor")
+    )
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     with pytest.raises(QuantizeError, match="'fp8_tensor' needs a GPU of compute capability >= 8.9"):
         quantize._config("fp8_tensor", cuda)
+
+
+@pytest.mark.parametrize("granularity", ["PerRow", "PerTensor"])
+def test_the_activation_floor_turns_zero_rows_into_zeros_not_nan(granularity):
+    """An all-zero activation (a padding row, a graph warm-up's junk) gets a zero scale and turns
+    into NaN under torchao's fp8 scaling; with the floor the fp8 modes set it stays zero and a real
+    row is unchanged (the same float8 quantisation torchao runs on a GPU, here on the CPU)."""
+    import torchao.quantization as tq
+    from torchao.quantization import Float8Tensor
+
+    from ee_vla.models.quantize import ACTIVATION_AMAX_FLOOR
+
+    g = getattr(tq, granularity)()
+    x = torch.zeros(4, 32, dtype=torch.bfloat16)
+    if granularity == "PerRow":
+        x[1] = torch.linspace(-2, 2, 32)
+    bare = Float8Tensor.from_hp(x, granularity=g).dequantize()
+    assert torch.isnan(bare).any()
+    floored = Float8Tensor.from_hp(x, granularity=g, hp_value_lb=ACTIVATION_AMAX_FLOOR).dequantize()
+    assert torch.isfinite(floored).all()
+    torch.testing.assert_close(floored.float(), x.float(), atol=0.07, rtol=0.07)
+
+
+def test_fp8_leaves_layers_it_cannot_hold_unquantised():
+    from ee_vla.models.quantize import fp8_unfit
+
+    assert fp8_unfit(torch.nn.Linear(32, 48)) is None
+    assert fp8_unfit(torch.nn.Linear(30, 48)) == "dimensions not multiples of 16"
+    zero_row = torch.nn.Linear(32, 48)
+    with torch.no_grad():
+        zero_row.weight[5] = 0
+    assert fp8_unfit(zero_row) == "a weight row of zeros"
 
 
 def test_without_torchao_the_error_says_what_to_install(tiny_vla_dir, monkeypatch):
