@@ -163,6 +163,8 @@ def test_profiler_times_step_replays_alone(tmp_path, capsys):
                 "5",
                 "--step-iters",
                 "3",
+                "--kernels",
+                "3",
                 "--no-plots",
                 "--out",
                 str(tmp_path),
@@ -174,9 +176,12 @@ def test_profiler_times_step_replays_alone(tmp_path, capsys):
     out = json.loads((tmp_path / "profile_tiny.json").read_text())
     assert set(out["raw"]) == {"graph", "compiled"} and out["results"] == {} and out["hf_generate"] is None
     for engine in ("graph", "compiled"):
-        assert set(out["raw"][engine]) == {"replay_w1_ms", "replay_w5_ms"}
-        assert all(v > 0 for v in out["raw"][engine].values())
+        raw = out["raw"][engine]
+        assert set(raw) == {"replay_w1_ms", "replay_w5_ms", "kernels_w1", "kernels_w5"}
+        assert raw["replay_w1_ms"] > 0 and raw["replay_w5_ms"] > 0
+        assert len(raw["kernels_w5"]["top"]) == 3 and raw["kernels_w5"]["per_forward_ms"] > 0
         assert f"{engine:<8} built (compiled, captured) in" in printed
+        assert f"{engine} step w5: " in printed and "graph replay alone" in printed
 
 
 @pytest.mark.parametrize("mode", ["fp8", "fp8_tensor"])

@@ -183,6 +183,7 @@ def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):
     assert mm(k64) > mm(k1) > 0
     text = (tmp_path / "profile_tiny.json").parent.joinpath("profile_tiny_kernels.txt").read_text()
     assert "static step w64: " in text and "operators (self CPU time)" in text and " runs), " in text
+    assert " ms per forward (measured p50 " in text
     assert "static step w1: " in capsys.readouterr().out
     with pytest.raises(ValueError, match="kernels must be >= 0"):
         ProfileConfig(kernels=-1)

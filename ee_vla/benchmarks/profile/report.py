@@ -74,11 +74,11 @@ def format_kernels(out: dict) -> str:
             replay = r.get(f"replay_w{w}_ms")
             what = "kernels" if k["device"] == "cuda" else "operators (self CPU time)"
             runs = f" ({k['launches']:.0f} runs)" if "launches" in k else ""
+            beside = [f"measured p50 {measured:.3f} ms"] if measured is not None else []
+            beside += [f"graph replay alone {replay:.3f} ms"] if replay is not None else []
             lines.append(
                 f"{engine} step w{w}: {k['n_kernels']} {what}{runs}, {k['per_forward_ms']:.3f} ms per forward"
-                + (f" (measured p50 {measured:.3f} ms" if measured is not None else "")
-                + (f", graph replay alone {replay:.3f} ms" if replay is not None else "")
-                + (")" if measured is not None else "")
+                + (f" ({', '.join(beside)})" if beside else "")
             )
             for row in k["top"]:
                 name = row["name"] if len(row["name"]) <= 90 else row["name"][:87] + "..."

@@ -150,7 +150,7 @@ def _targets(raw: dict, results: dict) -> dict:
 
 def _replays_only(cfg: ProfileConfig, wl: Workload, engine: str, widths: list[int]) -> tuple[float, dict]:
     """`cfg.steps_only`: one engine of `widths` built without a prompt; (seconds to build it, its
-    graphs' replay times)."""
+    graphs' replay times and, with `cfg.kernels`, each replay's costliest kernels)."""
     from ee_vla.engine.cache import _round_up
     from ee_vla.engine.static import StaticEngine
 
@@ -168,7 +168,11 @@ def _replays_only(cfg: ProfileConfig, wl: Workload, engine: str, widths: list[in
     )
     built = time.perf_counter() - t
     try:
-        return built, {f"replay_w{w}_ms": eng.replay_ms(w, cfg.step_iters) for w in widths}
+        out = {f"replay_w{w}_ms": eng.replay_ms(w, cfg.step_iters) for w in widths}
+        if cfg.kernels:
+            for w in widths:
+                out[f"kernels_w{w}"] = kernel_table(lambda w=w: eng.replay(w), wl.device, cfg.kernel_iters, cfg.kernels)
+        return built, out
     finally:
         eng.release()
 
