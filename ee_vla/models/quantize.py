@@ -12,8 +12,8 @@ software on a small GPU.
 
 Speed is another matter, measured in docs/performance.md: replayed as plain CUDA graphs (the
 `graph` engine) or run eagerly on a CPU, the extra kernels cost more than the bytes they save on
-small batches; compiled (`torch.compile` fuses them), a 7B fp8 step (per-row scales) over 1 or 22
-tokens is still slower than bf16's on an H200.
+small batches. Compiled (`torch.compile` fuses them), a 7B step over 1 or 22 tokens on an H200 is
+slower than bf16's with per-row scales (`fp8`) and faster with per-tensor ones (`fp8_tensor`).
 
 fp8 scales each activation by its largest magnitude; an all-zero activation row (a padding token
 whose embedding is zero, the junk a CUDA graph's warm-up runs) would get a zero scale and turn into
