@@ -6,14 +6,15 @@
 
 Every `torch.nn.Linear` of the network is converted (language model, projector and vision towers)
 except the output layer: the engines read a slice of its rows (the action tokens' logits), and it
-is small next to the rest. Quantised weights take half (int8, fp8) of bf16's memory: a 7B language
-model drops from about 13 GB to about 7 GB, which is what lets it fit next to a robot's other
-software on a small GPU.
+is small next to the rest. Before converting, the language model's projections that read the same
+input are stacked into one layer (q/k/v, gate/up; `ee_vla.models.fusion`). Quantised weights take
+half (int8, fp8) of bf16's memory: a 7B language model drops from about 13 GB to about 7 GB, which
+is what lets it fit next to a robot's other software on a small GPU.
 
 Speed is another matter, measured in docs/performance.md: replayed as plain CUDA graphs (the
 `graph` engine) or run eagerly on a CPU, the extra kernels cost more than the bytes they save on
 small batches. Compiled (`torch.compile` fuses them), a 7B step over 1 or 22 tokens on an H200 is
-slower than bf16's with per-row scales (`fp8`) and faster with per-tensor ones (`fp8_tensor`).
+faster than bf16's in both fp8 modes, most with per-tensor scales (`fp8_tensor`).
 
 fp8 scales each activation by its largest magnitude; an all-zero activation row (a padding token
 whose embedding is zero, the junk a CUDA graph's warm-up runs) would get a zero scale and turn into
@@ -31,6 +32,7 @@ import logging
 
 import torch
 
+from ee_vla.models.fusion import fuse_projections
 from ee_vla.runtime import QUANTIZE_MODES
 
 _MARK = "_ee_vla_quantize"
@@ -101,7 +103,9 @@ def quantized_mode(model: torch.nn.Module) -> str:
 def quantize_weights(model: torch.nn.Module, mode: str) -> int:
     """Quantise `model`'s linear layers in place (see the module docstring); returns how many.
 
-    Idempotent for the same mode (a model already quantised with it is left as it is); a model
+    The projections that read the same input (q/k/v, gate/up) are fused into one layer first
+    (`ee_vla.models.fusion`): one quantised product and one activation scaling instead of three or
+    two. Idempotent for the same mode (a model already quantised with it is left as it is); a model
     quantised with another mode is a QuantizeError (reload it). fp8 skips layers whose dimensions
     are not multiples of 16, which its kernels need (tiny test models), and layers whose weight has
     an all-zero row, which its scaling cannot hold, and says so."""
@@ -113,6 +117,7 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
         raise QuantizeError(f"the model is already quantised with {done!r}; reload it to use {mode!r}")
     param = next(model.parameters())
     cfg = _config(mode, param.device)
+    fuse_projections(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen: list[str] = []
     skipped: dict[str, list[str]] = {}

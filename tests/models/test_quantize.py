@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ee_vla.models.fusion import fuse_projections
 from ee_vla.models.quantize import QuantizeError, quantize_weights, quantized_mode
 from ee_vla.models.vla import VLA
 from ee_vla.policy import PolicyConfig, VLAPolicy
@@ -27,6 +28,7 @@ def _linears(model) -> dict[str, torch.nn.Linear]:
 
 def test_int8_converts_every_linear_layer_but_the_output_layer(tiny_vla_dir):
     vla = VLA.from_pretrained(tiny_vla_dir)
+    fuse_projections(vla.model)  # as quantize_weights does first
     before = {name: m.weight.detach().clone() for name, m in _linears(vla.model).items()}
     head = vla.model.get_output_embeddings()
     n = quantize_weights(vla.model, "int8")
