@@ -94,7 +94,8 @@ def fuse_projections(model: nn.Module) -> int:
             continue
         names, fused_name = spec
         layers = [getattr(module, n) for n in names]
-        if not all(type(m) is nn.Linear for m in layers):
+        # plain float weights only: a layer already converted (a quantised tensor subclass) stays as is
+        if not all(type(m) is nn.Linear and type(m.weight.data) is torch.Tensor for m in layers):
             continue
         setattr(module, fused_name, _stack(layers))
         start = 0

@@ -59,3 +59,11 @@ def test_quantising_fuses_first(tiny_vla_dir):
     lm = vla.model.get_decoder()  # the language model; the vision tower's attention is not a Llama/Qwen2 one
     names = {n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, torch.nn.Linear)}
     assert {"qkv_proj", "gate_up_proj"} <= names and not {"q_proj", "gate_proj"} & names
+
+
+def test_layers_already_quantised_are_left_alone(tiny_vla_dir):
+    from ee_vla.models.quantize import _torchao
+
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    _torchao().quantize_(vla.model, _torchao().Int8WeightOnlyConfig())  # converted without fusing
+    assert fuse_projections(vla.model) == 0 and not is_fused(vla.model)
