@@ -18,6 +18,7 @@ returning actions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -32,9 +33,11 @@ from ee_vla.decoding.core import DecodeState, last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import make_prefill
 from ee_vla.engine.static import check_compile_mode
-from ee_vla.models.quantize import check_quantize_mode, quantize_weights
+from ee_vla.models.quantize import check_quantize_mode, engine_note, quantize_weights
 from ee_vla.runtime import DTYPES, ENGINES, EngineKind, resolve_device
 from ee_vla.streaming import StreamedAction
+
+log = logging.getLogger(__name__)
 
 
 class ObservationError(ValueError):
@@ -124,6 +127,8 @@ class VLAPolicy:
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
         self._accepted_instructions: set[str] = set()  # within max_instruction_tokens (a few dozen)
         quantize_weights(vla.model, self.config.quantize)  # before the engine captures the forwards
+        if (note := engine_note(self.config.quantize, self.config.engine)) is not None:
+            log.warning(note)
         # the decode step's prefill: HFStep.prefill (eager) or a static-cache / CUDA-graph engine
         self._prefill = make_prefill(
             self.config.engine, vla.model, vla.n_action_tokens, compile_mode=self.config.compile_mode

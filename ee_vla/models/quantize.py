@@ -95,6 +95,17 @@ def fp8_unfit(layer: torch.nn.Linear) -> str | None:
     return None
 
 
+def engine_note(mode: str, engine: str) -> str | None:
+    """What a user should know about running `mode` on `engine`, or None: fp8 layers beat bf16's
+    speed only where torch.compile fuses their activation scaling (docs/performance.md)."""
+    if mode.startswith("fp8") and engine != "compiled":
+        return (
+            f"quantize={mode} on engine={engine}: fp8 layers save memory here but run slower than "
+            "unquantised ones; engine='compiled' fuses their scaling and makes them faster"
+        )
+    return None
+
+
 def quantized_mode(model: torch.nn.Module) -> str:
     """The mode `quantize_weights` applied to `model` ("none" when it was not quantised)."""
     return getattr(model, _MARK, "none")

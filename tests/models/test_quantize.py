@@ -145,3 +145,13 @@ def test_without_torchao_the_error_says_what_to_install(tiny_vla_dir, monkeypatc
     vla = VLA.from_pretrained(tiny_vla_dir)
     with pytest.raises(QuantizeError, match=r"pip install 'ee_vla\[quant\]'"):
         quantize_weights(vla.model, "int8")
+
+
+def test_fp8_off_the_compiled_engine_is_flagged_as_slower():
+    from ee_vla.models.quantize import engine_note
+
+    for engine in ("auto", "eager", "static", "graph"):
+        assert "engine='compiled'" in engine_note("fp8_tensor", engine)
+        assert engine_note("fp8", engine) is not None
+    assert engine_note("fp8_tensor", "compiled") is None
+    assert engine_note("int8", "graph") is None and engine_note("none", "eager") is None
