@@ -72,6 +72,7 @@ def compare_runs(runs: dict[str, dict], cfg: EvalConfig) -> dict[str, Any]:
         rows[name] = {
             "pc_success": agg["pc_success"],
             "pc_success_ci95": agg["pc_success_ci95"],
+            "pc_success_per_env": {env_id: e["aggregated"]["pc_success"] for env_id, e in info["per_env"].items()},
             "successes": k,
             "n_episodes": agg["n_episodes"],
             "avg_sum_reward": agg["avg_sum_reward"],
@@ -165,6 +166,11 @@ def format_comparison(result: dict) -> str:
             f"{r['latency_ms_p95']:>8.1f} {r['speedup_tokens_per_s']:>10.2f}x {r['speedup_forward_passes']:>8.2f}x "
             f"{r['episodes_identical_to_baseline']:>4}/{r['n_episodes']}"
         )
+    if len(result["env"]) > 1:
+        lines.append("success % per env:")
+        for name, r in result["decoders"].items():
+            per = ", ".join(f"{env_id.split('/')[-1]} {pc:.1f}" for env_id, pc in r["pc_success_per_env"].items())
+            lines.append(f"  {name:<{w}} {per}")
     lines.append(
         f"fwd/call: model forward passes per decode call; iter/chunk: parallel iterations after the prefill; "
         f"x{b} tok/s, x{b} fwd: decoded tokens per second and forward passes per call relative to {b} in this "

@@ -154,6 +154,15 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     assert "jacobi" in out and "tokens/s" in out
     assert "same eps: episodes with the same return and outcome as ar's" in out  # every column is explained
     assert rows["ar"]["setup_s"] == rows["jacobi"]["setup_s"] == 0 and "one-time engine setup" not in out
+    # success per env: in compare.json always, on screen when there are several envs
+    assert on_disk["decoders"]["jacobi"]["pc_success_per_env"] == {cfg.env[0]: rows["jacobi"]["pc_success"]}
+    assert "success % per env" not in out
+    per = {cfg.env[0]: 100.0, "ee_vla/Other-v0": 50.0}
+    two = {**result, "env": list(per), "decoders": {n: {**r, "pc_success_per_env": per} for n, r in rows.items()}}
+    lines = format_comparison(two).splitlines()
+    i = lines.index("success % per env:")
+    assert [ln.split()[0] for ln in lines[i + 1 : i + 3]] == ["ar", "jacobi"]
+    assert lines[i + 1].endswith(f"{cfg.env[0].split('/')[-1]} 100.0, Other-v0 50.0")
     rows["jacobi"]["setup_s"] = 0.5
     lines = format_comparison(result).splitlines()
     assert "one-time engine setup inside timed calls, taken out of their latency: jacobi 0.50 s" in lines
