@@ -191,16 +191,20 @@ def _setup_line(setup_s: dict[str, float]) -> str:
 
 
 def plot_comparison(result: dict, path: Path) -> Path:
-    """Bar chart: success rate (Wilson 95% error bars) and speedups vs the baseline."""
+    """Bar chart: success rate (Wilson 95% error bars) and speedups vs the baseline; with several
+    envs, a third panel of success per env, one bar per decoder."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(result["decoders"])
     rows = [result["decoders"][n] for n in names]
+    envs = list(result["env"]) if len(result["env"]) > 1 else []
     x = np.arange(len(names))
-    fig = Figure(figsize=(4 + 1.2 * len(names), 3.6), layout="constrained")
+    width = 4 + 1.2 * len(names) + (1.5 + 0.35 * len(envs) * len(names) if envs else 0)
+    fig = Figure(figsize=(width, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3 if envs else 2, width_ratios=[1, 1, 1.6] if envs else None)
+    ax1, ax2 = axes[:2]
     pc = np.array([r["pc_success"] for r in rows])
     ci = np.array([r["pc_success_ci95"] for r in rows]).reshape(-1, 2)
     ax1.bar(x, pc, yerr=np.maximum(0.0, np.stack([pc - ci[:, 0], ci[:, 1] - pc])), capsize=4, color="tab:green")
@@ -211,5 +215,14 @@ def plot_comparison(result: dict, path: Path) -> Path:
     ax2.axhline(1.0, color="grey", lw=0.8)
     ax2.set(xticks=x, xticklabels=names, ylabel=f"speedup vs {result['baseline']}", title="speedup")
     ax2.legend(fontsize=8)
+    if envs:
+        ax3, xe, we = axes[2], np.arange(len(envs)), 0.8 / len(names)
+        for i, (name, r) in enumerate(zip(names, rows, strict=True)):
+            per = [r["pc_success_per_env"][e] for e in envs]
+            ax3.bar(xe + (i - (len(names) - 1) / 2) * we, per, we, label=name)
+        labels = [e.split("/")[-1] for e in envs]
+        ax3.set(xticks=xe, ylim=(0, 100), ylabel="success %", title="success per env")
+        ax3.set_xticklabels(labels, rotation=30 if len(envs) > 4 else 0, ha="right" if len(envs) > 4 else "center")
+        ax3.legend(fontsize=8, ncols=len(names), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.savefig(path, dpi=120)
     return path

@@ -20,6 +20,7 @@ from ee_vla.evaluation import (
     evaluate,
     format_comparison,
     format_summary,
+    plot_comparison,
     wilson_interval,
 )
 from ee_vla.models.vla import ModelLoadError
@@ -163,6 +164,10 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     i = lines.index("success % per env:")
     assert [ln.split()[0] for ln in lines[i + 1 : i + 3]] == ["ar", "jacobi"]
     assert lines[i + 1].endswith(f"{cfg.env[0].split('/')[-1]} 100.0, Other-v0 50.0")
+    from matplotlib.image import imread
+
+    one_width = imread(tmp_path / "compare.png").shape[1]
+    assert imread(plot_comparison(two, tmp_path / "two.png")).shape[1] > 1.3 * one_width  # + a per-env panel
     rows["jacobi"]["setup_s"] = 0.5
     lines = format_comparison(result).splitlines()
     assert "one-time engine setup inside timed calls, taken out of their latency: jacobi 0.50 s" in lines
