@@ -10,7 +10,7 @@ of once per product: fewer, larger kernels, which is what a step over a few toke
 transformers' own forward still runs: the fused layer is applied to the module's input, and the
 former projections become column slices of its output (`q_proj(x)` is then `x[..., :n_q]`), so the
 module computes what it computed before, from the stacked product. Only modules whose forward
-passes its first input to each of those projections qualify; they are listed in `_FUSIBLE` by class.
+passes its first input to each of those projections qualify; `_fusible` lists them by class.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from torch import nn
 
 QKV = ("q_proj", "k_proj", "v_proj")
 GATE_UP = ("gate_proj", "up_proj")
-_MARK = "_ee_vla_fused"
 
 
 class Columns(nn.Module):
@@ -44,12 +43,12 @@ def _fusible() -> dict[type, tuple[tuple[str, ...], str]]:
     from transformers.models.llama import modeling_llama as llama
     from transformers.models.qwen2 import modeling_qwen2 as qwen2
 
-    table: dict[type, tuple[tuple[str, ...], str]] = {}
-    for mod in (llama, qwen2):
-        prefix = "Llama" if mod is llama else "Qwen2"
-        table[getattr(mod, f"{prefix}Attention")] = (QKV, "qkv_proj")
-        table[getattr(mod, f"{prefix}MLP")] = (GATE_UP, "gate_up_proj")
-    return table
+    return {
+        llama.LlamaAttention: (QKV, "qkv_proj"),
+        llama.LlamaMLP: (GATE_UP, "gate_up_proj"),
+        qwen2.Qwen2Attention: (QKV, "qkv_proj"),
+        qwen2.Qwen2MLP: (GATE_UP, "gate_up_proj"),
+    }
 
 
 @functools.cache
@@ -71,14 +70,11 @@ def _stack(layers: list[nn.Linear]) -> nn.Linear:
     if any(has_bias) != all(has_bias):
         raise ValueError("fused projections must all have a bias or none")
     out = sum(m.out_features for m in layers)
-    fused = nn.Linear(first.in_features, out, bias=all(has_bias), device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([m.weight for m in layers]))
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([m.bias for m in layers]))
-    fused.weight.requires_grad_(w.requires_grad)
-    if fused.bias is not None:
-        fused.bias.requires_grad_(w.requires_grad)
+    # built on the meta device: no initialisation of weights that are replaced at once
+    fused = nn.Linear(first.in_features, out, bias=all(has_bias), device="meta", dtype=w.dtype)
+    fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in layers]), requires_grad=w.requires_grad)
+    if all(has_bias):
+        fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in layers]), requires_grad=w.requires_grad)
     return fused
 
 
@@ -104,11 +100,9 @@ def fuse_projections(model: nn.Module) -> int:
             start += layer.out_features
         module.__class__ = _fused_class(type(module), fused_name)
         done += 1
-    if done:
-        setattr(model, _MARK, True)
     return done
 
 
 def is_fused(model: nn.Module) -> bool:
-    """Whether `fuse_projections` changed `model`."""
-    return bool(getattr(model, _MARK, False))
+    """Whether `fuse_projections` changed `model` (some projection is now a slice of a fused layer)."""
+    return any(isinstance(m, Columns) for m in model.modules())
