@@ -9,7 +9,7 @@ seen, for measuring how well it follows paraphrases:
 
     ee-vla eval --policy P --env ee_vla/PickCube-v0 --env-kwargs instructions held_out
 
-`AUGMENT` holds eight more phrasings per task for training with paraphrases, disjoint from the
+`AUGMENT` holds twenty more phrasings per task for training with paraphrases, disjoint from the
 held-out ones and avoiding their distinctive wording (a test checks both): an env made with
 `instructions="augmented"` draws uniformly from the training templates and these, so data
 collected with it teaches other words while the held-out set stays a fair test:
@@ -75,6 +75,18 @@ AUGMENT: dict[str, tuple[str, ...]] = {
         "find the {obj} and reach it",
         "move your gripper close to the {obj}",
         "reach out to the {obj}",
+        "please reach the {obj}",
+        "go reach the {obj} now",
+        "move the gripper toward the {obj}",
+        "the gripper should go to the {obj}",
+        "could you reach for the {obj}",
+        "put the gripper by the {obj}",
+        "guide the gripper to the {obj}",
+        "go to where the {obj} sits",
+        "your goal is the {obj}, reach it",
+        "carefully approach the {obj}",
+        "I want the gripper beside the {obj}",
+        "make your way to the {obj}",
     ),
     "pick_cube": (
         "lift the {obj} up",
@@ -85,6 +97,18 @@ AUGMENT: dict[str, tuple[str, ...]] = {
         "grip the {obj} and pull it upward",
         "lift the {obj} high",
         "pick the {obj} up and keep it raised",
+        "please pick up the {obj}",
+        "lift the {obj} off the table",
+        "pick up the {obj} now",
+        "could you lift the {obj}",
+        "the {obj} should be lifted up",
+        "grasp the {obj} then lift it up",
+        "raise the {obj} up high",
+        "pick the {obj} up off the table",
+        "clutch the {obj} and raise it",
+        "carefully lift the {obj}",
+        "I want the {obj} lifted",
+        "go pick up the {obj}",
     ),
     "place": (
         "put the {obj} onto the {plate}",
@@ -95,6 +119,18 @@ AUGMENT: dict[str, tuple[str, ...]] = {
         "bring the {obj} to the {plate}",
         "pick the {obj} up and set it on the {plate}",
         "position the {obj} on the {plate}",
+        "please put the {obj} on the {plate}",
+        "place the {obj} on the {plate}",
+        "the {obj} goes on the {plate}",
+        "could you move the {obj} to the {plate}",
+        "set the {obj} onto the {plate}",
+        "the {obj} belongs on the {plate}, put it there",
+        "lift the {obj} and set it down on the {plate}",
+        "place the {obj} so it sits on the {plate}",
+        "make sure the {obj} ends up on the {plate}",
+        "carefully put the {obj} on the {plate}",
+        "I want the {obj} on the {plate}",
+        "pick the {obj} up and lay it on the {plate}",
     ),
     "push": (
         "push the {obj} to the circle",
@@ -105,6 +141,18 @@ AUGMENT: dict[str, tuple[str, ...]] = {
         "slide the {obj} along the table to the circle",
         "glide the {obj} onto the white circle",
         "push the {obj} so it ends on the white circle",
+        "please push the {obj} to the white circle",
+        "push the {obj} along the table to the circle",
+        "the {obj} should end up on the white circle, push it there",
+        "could you slide the {obj} to the circle",
+        "shove the {obj} across the table onto the white circle",
+        "keep the {obj} on the table and push it to the circle",
+        "slide the {obj} toward the white circle",
+        "push the {obj} toward the target",
+        "carefully push the {obj} onto the circle",
+        "I want the {obj} pushed onto the white circle",
+        "scoot the {obj} to the white circle",
+        "make sure the {obj} ends up on the circle by pushing it",
     ),
 }
 """Per task, phrasings for training with paraphrases (`instructions="augmented"`); none is held out."""
