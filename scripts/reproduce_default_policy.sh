@@ -16,19 +16,28 @@
 #                  own plans as chunk labels; one on-policy set in round 1, two in rounds 2-3), then
 #                  BC on the union: dagger1, dagger2, dagger3 (the teacher)
 #   distill        CEED consistency distillation of dagger3 (CPU): mixed labels at 0.1, AR loss
-#                  weighted 3, lr 5e-5, no label smoothing, vision tower frozen, 400 steps at batch 32;
-#                  the model is copied to $DEST
+#                  weighted 3, lr 5e-5, no label smoothing, vision tower frozen, 400 steps at batch 32
+#   paraphrase     one round on varied wording (`--instructions augmented`: the task templates and
+#                  the training paraphrases, never the held-out ones): 750 fresh demonstrations per
+#                  task (seed 12) and 150 (seed 0) for distillation, `ee-vla dagger` of the distilled
+#                  student (250 episodes per task from seed 212000, a 2-minute budget), BC from it
+#                  (1500 steps, lr 1e-4, seed 7), then the distillation above on the 150-per-task set
+#                  (GPU): the shipped model
+#
+# The last stage that ran copies its model to $DEST.
 #
 #   bash scripts/reproduce_default_policy.sh                    # every stage
 #   NPROC=2 bash scripts/reproduce_default_policy.sh            # DDP over 2 GPUs for every_object,
 #                                                               # on-policy collection split over both
-#   STAGES="dagger distill" bash scripts/reproduce_default_policy.sh   # some stages (earlier outputs exist)
+#   STAGES="distill paraphrase" bash scripts/reproduce_default_policy.sh   # some stages (earlier outputs exist)
 #   DRY_RUN=1 bash scripts/reproduce_default_policy.sh          # print every command, run nothing
 #
 # Machines and times, as measured for the shipped model: the training stages ran on H200s (the
 # `small` preset trains at about 6-8 steps/s at batch 512: each BC run takes 5-6 minutes, each DAgger
-# round about 10 minutes on 2 H200s); the two distillations ran on a 2-core CPU (about 15 minutes
-# each); collecting 1500 demonstrations per task takes about a minute on 32 cores.
+# round about 10 minutes on 2 H200s); the first two distillations ran on a 2-core CPU (about 15
+# minutes each); collecting 1500 demonstrations per task takes about a minute on 32 cores. The
+# paraphrase stage, all of it on one H200 with 16 cores, took about 8 minutes (BC 3.5, distillation
+# 1.5 with its trajectories; DISTILL_DEVICE=cpu distils on the CPU instead).
 #
 # Every stage is skipped when its result exists, so the script can be run again after an
 # interruption. Seeds are fixed. It reproduces the recipe, not the exact weights: the shipped
@@ -43,7 +52,7 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
-ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill"
+ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase"
 STAGES="${STAGES:-$ALL_STAGES}"
 for s in $STAGES; do
   case " $ALL_STAGES " in
@@ -86,35 +95,45 @@ COMMON=(--weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat1
 # BC on fresh scenes with every object asked about (every_object, fresh_demos, dagger)
 FT=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100 "${COMMON[@]}")
 
-collect() {  # dir, demonstrations per task, seed
+collect() {  # dir, demonstrations per task, seed, extra flags
   [ "$DRY_RUN" != 1 ] && [ -f "$1/demos.hdf5" ] && return
-  run "${EE[@]}" collect --env "${TASK_LIST[@]}" --episodes "$2" --out "$1" --seed "$3" --image-size 128 \
-    --num-workers "$(nproc)"
+  local out="$1" n="$2" seed="$3"
+  shift 3
+  run "${EE[@]}" collect --env "${TASK_LIST[@]}" --episodes "$n" --out "$out" --seed "$seed" --image-size 128 \
+    --num-workers "$(nproc)" "$@"
 }
 
-distill_from() {  # teacher, run prefix, extra flags: trajectories on the 150-per-task set, then the student
-  local teacher="$1" pre="$2"
-  shift 2
+distill_from() {  # teacher, run prefix, data, device, extra flags: the teacher's trajectories, then the student
+  local teacher="$1" pre="$2" data="$3" device="$4"
+  shift 4
   if [ "$DRY_RUN" = 1 ] || ! ls "$RUNS/${pre}trajectories/trajectories"/part-*.safetensors >/dev/null 2>&1; then
-    run "${EE[@]}" distill --data "$DATA/suite150" --out-dir "$RUNS/${pre}trajectories" --teacher "$teacher" \
-      --collect-only --inits warm prompt --collect-batch-size 256 --seed "$SEED" --device cpu
+    run "${EE[@]}" distill --data "$data" --out-dir "$RUNS/${pre}trajectories" --teacher "$teacher" \
+      --collect-only --inits warm prompt --collect-batch-size 256 --seed "$SEED" --device "$device"
   fi
   done_model "$RUNS/${pre}ceed" && return
-  run "${EE[@]}" distill --out-dir "$RUNS/${pre}ceed" --mixed-label-threshold 0.1 --data "$DATA/suite150" \
+  run "${EE[@]}" distill --out-dir "$RUNS/${pre}ceed" --mixed-label-threshold 0.1 --data "$data" \
     --teacher "$teacher" --trajectories "$RUNS/${pre}trajectories/trajectories" --steps 400 --batch-size 32 \
     --warmup-steps 20 --consistency-weight 1 --save-dtype bfloat16 --seed "$SEED" --log-every 20 \
-    --save-every 200 --eval-every 200 --eval-samples 32 --device cpu "$@"
+    --save-every 200 --eval-every 200 --eval-samples 32 --device "$device" "$@"
 }
 
-on_policy() {  # policy, out prefix, seed, minutes: `ee-vla dagger`, the tasks split over NPROC GPUs
+ship() {  # model dir: copied to $DEST
+  run rm -rf "$DEST"
+  run mkdir -p "$DEST"
+  run cp -r "$1/." "$DEST/"
+  [ "$DRY_RUN" = 1 ] || du -sh "$DEST"
+}
+
+on_policy() {  # policy, out prefix, seed, minutes, extra flags: `ee-vla dagger`, the tasks split over NPROC GPUs
   local policy="$1" out="$2" seed="$3" minutes="$4" pids=() g i
+  shift 4
   for ((g = 0; g < NPROC; g++)); do
     [ "$DRY_RUN" != 1 ] && [ -f "$out-g$g/demos.hdf5" ] && continue
     local args=()
     for ((i = g; i < ${#DAGGER_TASKS[@]}; i += NPROC)); do args+=(--env "${DAGGER_TASKS[i]}"); done
     [ -n "$minutes" ] && args+=(--max-minutes "$minutes")
     run env CUDA_VISIBLE_DEVICES="$g" "${EE[@]}" dagger --policy "$policy" "${args[@]}" --episodes 250 \
-      --seed "$seed" --num-envs "$NUM_ENVS" --max-episode-steps 60 --out "$out-g$g" --overwrite --no-progress &
+      --seed "$seed" --num-envs "$NUM_ENVS" --max-episode-steps 60 --out "$out-g$g" --overwrite --no-progress "$@" &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
@@ -144,7 +163,7 @@ if has bc; then
 fi
 
 if has first_student; then
-  distill_from "$RUNS/bc/model" first_ --ar-weight 1 --lr 1e-4 --label-smoothing 0.1
+  distill_from "$RUNS/bc/model" first_ "$DATA/suite150" cpu --ar-weight 1 --lr 1e-4 --label-smoothing 0.1
 fi
 
 if has every_object; then
@@ -189,10 +208,24 @@ if has dagger; then
   done
 fi
 
+# the shipped distillation settings
+STUDENT=(--ar-weight 3 --lr 5e-5 --label-smoothing 0 --freeze-vision)
+
 if has distill; then
-  distill_from "$RUNS/dagger3/model" "" --ar-weight 3 --lr 5e-5 --label-smoothing 0 --freeze-vision
-  run rm -rf "$DEST"
-  run mkdir -p "$DEST"
-  run cp -r "$RUNS/ceed/model/." "$DEST/"
-  [ "$DRY_RUN" = 1 ] || du -sh "$DEST"
+  distill_from "$RUNS/dagger3/model" "" "$DATA/suite150" cpu "${STUDENT[@]}"
+  has paraphrase || ship "$RUNS/ceed/model"
+fi
+
+if has paraphrase; then
+  AUG=(--instructions augmented)
+  collect "$DATA/suite_aug12" 750 12 "${AUG[@]}"
+  collect "$DATA/suite150_aug" 150 0 "${AUG[@]}"
+  on_policy "$RUNS/ceed/model" "$DATA/dagger_aug_212000" 212000 "${PARAPHRASE_MINUTES:-2}" "${AUG[@]}"
+  sets=("$DATA/suite_aug12")
+  for ((g = 0; g < NPROC; g++)); do sets+=("$DATA/dagger_aug_212000-g$g"); done
+  done_model "$RUNS/para" || run "${EE[@]}" train --data "${sets[@]}" --out-dir "$RUNS/para" \
+    --init-from "$RUNS/ceed/model" --seed 7 "${FT[@]}" --grounding-fraction 0.5 --lr 1e-4 --steps 1500 \
+    --save-every 500 --eval-every 500 --batch-size 512 --num-workers "$WORKERS"
+  distill_from "$RUNS/para/model" para_ "$DATA/suite150_aug" "${DISTILL_DEVICE:-cuda}" "${STUDENT[@]}"
+  ship "$RUNS/para_ceed/model"
 fi

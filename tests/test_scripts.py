@@ -61,8 +61,9 @@ def test_reproduce_default_policy_rejects_an_unknown_stage():
 
 def test_reproduce_default_policy_chains_its_stages(tmp_path):
     """Each training run starts from the model the stage before it wrote, each on-policy collection
-    runs the latest model, the shipped student is distilled from the last DAgger round, and the
-    result lands outside the shipped checkpoint."""
+    runs the latest model, the student distilled from the last DAgger round goes through the
+    paraphrase round, whose distilled student is shipped, and the result lands outside the shipped
+    checkpoint."""
     cmds = _recipe(tmp_path)
     made = []  # model dirs written so far, in order
     trains = []
@@ -89,19 +90,36 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
         "dagger2",
         "dagger3",
         "ceed",
+        "para",
+        "para_ceed",
     ]
-    student = trains[-1]
+    student, para, shipped = trains[-3:]
     assert _flag(student, "--teacher").endswith("dagger3/model")
-    assert [_flag(student, f) for f in ("--ar-weight", "--lr", "--label-smoothing")] == ["3", "5e-5", "0"]
-    assert "--freeze-vision" in student
+    assert _flag(para, "--init-from").endswith("/ceed/model") and _flag(shipped, "--teacher").endswith("para/model")
+    for s in (student, shipped):
+        assert [_flag(s, f) for f in ("--ar-weight", "--lr", "--label-smoothing")] == ["3", "5e-5", "0"]
+        assert "--freeze-vision" in s
+    # the paraphrase round records varied wording, never the held-out phrasings
+    worded = [c for c in cmds if ("collect" in c or "dagger" in c) and "--instructions" in c]
+    assert len(worded) == 3 and {_flag(c, "--instructions") for c in worded} == {"augmented"}
+    assert {_flag(c, "--out").rsplit("/", 1)[1] for c in worded} <= {
+        d.rsplit("/", 1)[1] for c in cmds if "distill" in c or "train" in c for d in c if d.startswith("data/")
+    }
     rounds = {_flag(c, "--out-dir").rsplit("/", 1)[1]: c for c in trains if "dagger" in _flag(c, "--out-dir")}
     assert [_flag(rounds[f"dagger{r}"], "--seed") for r in (1, 2, 3)] == ["7", "8", "19"]
     assert [_flag(rounds[f"dagger{r}"], "--stop-after") for r in (1, 2, 3)] == ["2000", "1900", "1700"]
     dagger_seeds = [_flag(c, "--seed") for c in cmds if "dagger" in c and "--policy" in c]
-    assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000"]
+    assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000", "212000"]
     assert len(rounds["dagger2"][rounds["dagger2"].index("--data") + 1 : rounds["dagger2"].index("--out-dir")]) == 3
-    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("ceed/model/.")
+    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("para_ceed/model/.")
+    assert sum(c[:2] == ["cp", "-r"] for c in cmds) == 1
     assert "checkpoints" not in cmds[-1][3]
+
+
+def test_reproduce_default_policy_ships_the_last_stage_run(tmp_path):
+    cmds = _recipe(tmp_path, STAGES="distill")
+    copies = [c for c in cmds if c[:2] == ["cp", "-r"]]
+    assert len(copies) == 1 and copies[0][2].endswith("/ceed/model/.") and "para" not in copies[0][2]
 
 
 def test_reproduce_default_policy_splits_gpus(tmp_path):
