@@ -178,9 +178,11 @@ if has every_object; then
     --seed $((SEED + 4)) "${EO[@]}"
 fi
 
-# one-process BC of the last two stages: 512 per step, grounding fraction 0.5, lr 1e-4, 2000-step schedule
-BC1=("${FT[@]}" --grounding-fraction 0.5 --lr 1e-4 --steps 2000 --save-every 500 --eval-every 500
-  --batch-size 512 --num-workers "$WORKERS")
+# one-process BC of the last three stages: 512 per step, grounding fraction 0.5, lr 1e-4; BC1 adds
+# the 2000-step schedule of fresh_demos and dagger
+BC=("${FT[@]}" --grounding-fraction 0.5 --lr 1e-4 --save-every 500 --eval-every 500 --batch-size 512
+  --num-workers "$WORKERS")
+BC1=("${BC[@]}" --steps 2000)
 
 if has fresh_demos; then
   collect "$DATA/suite_s6" 1500 6
@@ -224,8 +226,7 @@ if has paraphrase; then
   sets=("$DATA/suite_aug12")
   for ((g = 0; g < NPROC; g++)); do sets+=("$DATA/dagger_aug_212000-g$g"); done
   done_model "$RUNS/para" || run "${EE[@]}" train --data "${sets[@]}" --out-dir "$RUNS/para" \
-    --init-from "$RUNS/ceed/model" --seed 7 "${FT[@]}" --grounding-fraction 0.5 --lr 1e-4 --steps 1500 \
-    --save-every 500 --eval-every 500 --batch-size 512 --num-workers "$WORKERS"
+    --init-from "$RUNS/ceed/model" --seed 7 "${BC[@]}" --steps 1500
   distill_from "$RUNS/para/model" para_ "$DATA/suite150_aug" "${DISTILL_DEVICE:-cuda}" "${STUDENT[@]}"
   ship "$RUNS/para_ceed/model"
 fi
