@@ -3,6 +3,7 @@
     quantize_weights(vla.model, "int8")   # int8 weights (one scale per output channel), float compute
     quantize_weights(vla.model, "fp8")    # float8 e4m3 weights and per-row dynamic float8 activations (CUDA, sm89+)
     quantize_weights(vla.model, "fp8_tensor")  # the same with one scale per weight and per activation tensor
+    quantize_weights(model, "fp8_tensor", calibrate=run_examples)  # activation scales fixed once, by examples
 
 Every `torch.nn.Linear` of the network is converted (language model, projector and vision towers)
 except the output layer: the engines read a slice of its rows (the action tokens' logits), and it
@@ -22,6 +23,14 @@ NaN, which the attention then spreads to every query through masked cache slots 
 scale is therefore floored (`ACTIVATION_AMAX_FLOOR`), and a layer whose weight has an all-zero row
 is left unquantised.
 
+With `calibrate` (fp8_tensor only), each layer's activation scale is not computed per call but
+fixed once: `calibrate(model)` runs representative forwards while observers record the largest
+magnitude each layer's input reaches, and that amax / 448 becomes the layer's scale for good
+(torchao's static float8 flow). A call then casts its activations without first reducing them;
+an activation beyond the calibrated range saturates at e4m3's largest value. The calibration must
+see what the decode steps see (the prompt's first tokens can carry far larger activations than the
+action tokens); the profiler calibrates on its own workload.
+
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
 it), not to the unquantised one: its tokens can differ where two logits are close.
 """
@@ -29,6 +38,7 @@ it), not to the unquantised one: its tokens can differ where two logits are clos
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -111,7 +121,9 @@ def quantized_mode(model: torch.nn.Module) -> str:
     return getattr(model, _MARK, "none")
 
 
-def quantize_weights(model: torch.nn.Module, mode: str) -> int:
+def quantize_weights(
+    model: torch.nn.Module, mode: str, calibrate: Callable[[torch.nn.Module], object] | None = None
+) -> int:
     """Quantise `model`'s linear layers in place (see the module docstring); returns how many.
 
     The projections that read the same input (q/k/v, gate/up) are fused into one layer first
@@ -119,8 +131,15 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
     two. Idempotent for the same mode (a model already quantised with it is left as it is); a model
     quantised with another mode is a QuantizeError (reload it). fp8 skips layers whose dimensions
     are not multiples of 16, which its kernels need (tiny test models), and layers whose weight has
-    an all-zero row, which its scaling cannot hold, and says so."""
+    an all-zero row, which its scaling cannot hold, and says so.
+
+    `calibrate` (fp8_tensor only): a function running representative forwards of `model`, which
+    fix each layer's activation scale once (static scaling, see the module docstring)."""
     check_quantize_mode(mode, "quantize")
+    if calibrate is not None and mode != "fp8_tensor":
+        raise QuantizeError(
+            f"calibrate fixes per-tensor activation scales: it needs quantize='fp8_tensor', got {mode!r}"
+        )
     done = quantized_mode(model)
     if mode == "none" or done == mode:
         return 0
@@ -143,7 +162,10 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
         chosen.append(name)
         return True
 
-    _torchao().quantize_(model, cfg, filter_fn=take)
+    if calibrate is None:
+        _torchao().quantize_(model, cfg, filter_fn=take)
+    else:
+        chosen = list(calibrate_fp8(model, take, calibrate))
     for why, names in skipped.items():
         log.warning(
             "quantize=%s: %d linear layers kept in %s (%s: %s)",
@@ -154,5 +176,65 @@ def quantize_weights(model: torch.nn.Module, mode: str) -> int:
             names[0] + (", ..." if len(names) > 1 else ""),
         )
     setattr(model, _MARK, mode)
-    log.info("quantize=%s: %d linear layers quantised", mode, len(chosen))
+    log.info(
+        "quantize=%s: %d linear layers quantised%s",
+        mode,
+        len(chosen),
+        " (activation scales calibrated)" if calibrate is not None else "",
+    )
     return len(chosen)
+
+
+def _unobserve(model: torch.nn.Module, layers: dict[str, torch.nn.Linear]) -> None:
+    for name, m in layers.items():
+        parent, _, attr = name.rpartition(".")
+        plain = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias
+        setattr(model.get_submodule(parent) if parent else model, attr, plain)
+
+
+def calibrate_fp8(
+    model: torch.nn.Module,
+    take: Callable[[torch.nn.Module, str], bool],
+    calibrate: Callable[[torch.nn.Module], object],
+) -> dict[str, float]:
+    """Convert the linear layers `take(module, name)` accepts to float8 weights with one scale per
+    tensor and a *static* activation scale each: observers record the largest magnitude of each
+    layer's input while `calibrate(model)` runs, then every layer keeps amax / 448 as its input's
+    scale. A layer the calibration never runs stays unquantised (a warning names it); none run at
+    all is a QuantizeError. Returns {layer name: calibrated input amax}. Runs on any device (the module docstring);
+    `quantize_weights` reaches it for fp8_tensor with `calibrate`, on a GPU that has fp8."""
+    from torchao.prototype.quantization.quant_api import (
+        Float8ObservedLinear,
+        Float8StaticActivationFloat8WeightConfig,
+    )
+
+    q = _torchao()
+    observed = lambda module, name: isinstance(module, Float8ObservedLinear)  # noqa: E731
+    q.quantize_(model, Float8StaticActivationFloat8WeightConfig(step="prepare", granularity=q.PerTensor()), take)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, Float8ObservedLinear)}
+    try:
+        with torch.inference_mode():
+            calibrate(model)
+        missed = [name for name, m in layers.items() if getattr(m.input_act_obs, "min_val", None) is None]
+        if len(missed) == len(layers):
+            raise QuantizeError(
+                f"calibration ran none of the {len(layers)} layers to quantise: the calibrate function "
+                "must run forwards of the model"
+            )
+    except BaseException:
+        _unobserve(model, layers)  # the plain layers the model had, so that it still runs as before
+        raise
+    if missed:  # e.g. a layer whose weight the model reads without calling it (nn.MultiheadAttention)
+        log.warning(
+            "quantize=fp8_tensor: %d linear layers kept unquantised (never run by the calibration: %s)",
+            len(missed),
+            missed[0] + (", ..." if len(missed) > 1 else ""),
+        )
+        _unobserve(model, {name: layers.pop(name) for name in missed})
+    amax = {
+        name: float(torch.maximum(m.input_act_obs.min_val.abs(), m.input_act_obs.max_val.abs()).max())
+        for name, m in layers.items()
+    }
+    q.quantize_(model, Float8StaticActivationFloat8WeightConfig(step="convert", granularity=q.PerTensor()), observed)
+    return amax

@@ -207,3 +207,35 @@ def test_fp8_policies_run_on_the_graph_engine(tiny_vla_dir, mode):
         policy.reset()
         actions = policy.predict_action_chunk(obs)
         assert actions.shape == (2, policy.chunk_size, policy.action_dim) and np.isfinite(actions).all()
+
+
+@pytest.mark.parametrize("engine", ["graph", "compiled"])
+def test_calibrated_fp8_runs_on_the_graph_and_compiled_engines(tiny_vla_dir, engine):
+    """fp8_tensor with activation scales calibrated on a batch of observations: the captured (and
+    compiled) forwards decode finite actions, and Jacobi equals AR on the quantised model."""
+    import numpy as np
+
+    from ee_vla.models.quantize import quantize_weights, quantized_mode
+    from ee_vla.models.vla import VLA
+    from ee_vla.policy import PolicyConfig, VLAPolicy
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability >= 8.9")
+    vla = VLA.from_pretrained(tiny_vla_dir, device="cuda", dtype=torch.bfloat16)
+    rng = np.random.default_rng(0)
+    size = vla.image_size
+    obs = {"pixels": rng.integers(0, 255, (2, size, size, 3), dtype=np.uint8), "instruction": ["pick up the cube"] * 2}
+    layers = quantize_weights(
+        vla.model, "fp8_tensor", calibrate=lambda m: m(**vla.build_inputs(obs["pixels"], obs["instruction"]))
+    )
+    assert layers > 0 and quantized_mode(vla.model) == "fp8_tensor"
+    policy = VLAPolicy(
+        vla, PolicyConfig(decoder="ar", device="cuda", dtype="bfloat16", engine=engine, quantize="fp8_tensor")
+    )
+    chunks = {}
+    for decoder in ("ar", "jacobi"):
+        policy.decoder = decoder
+        policy.reset()
+        chunks[decoder] = policy.predict_action_chunk(obs)
+    assert chunks["ar"].shape == (2, policy.chunk_size, policy.action_dim) and np.isfinite(chunks["ar"]).all()
+    assert np.array_equal(chunks["ar"], chunks["jacobi"])

@@ -263,3 +263,27 @@ def test_linear_bench_covers_every_linear_layer_of_a_shape():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             main(["--rows", "1"])
+
+
+def test_calibrate_fixes_activation_scales_and_reports_their_range(tmp_path, monkeypatch):
+    """`--quantize fp8_tensor --calibrate`: one calibration forward fixes every quantised layer's
+    activation scale, and the report gives the range of the amax they were fixed at. fp8 needs a
+    GPU; torchao's float8 tensors also compute on the CPU, so the device check is lifted here."""
+    from ee_vla.models import quantize
+
+    with pytest.raises(ValueError, match="calibrate needs quantize fp8_tensor, got 'int8'"):
+        config_from_args(["--quantize", "int8", "--calibrate", "--device", "cpu"])
+    monkeypatch.setattr(quantize, "_config", lambda mode, device: None)
+    cfg = config_from_args(
+        ["--shape", "tiny", "--engines", "eager", "--decoders", "ar", "--calls", "1", "--step-widths", "1"]
+        + ["--step-iters", "1", "--warmup", "0", "--no-generate", "--no-plots", "--device", "cpu"]
+        + ["--quantize", "fp8_tensor", "--calibrate", "--out", str(tmp_path)]
+    )
+    out = run_profile(cfg)
+    q = out["model"]["quantize"]
+    assert out["errors"] == {} and q["calibrated"] is True and out["config"]["calibrate"] is True
+    assert (
+        q["layers"] > 0
+        and 0 < q["activation_amax"]["min"] <= q["activation_amax"]["median"] <= q["activation_amax"]["max"]
+    )
+    assert 0.5 < q["teacher_forced_agreement"] <= 1.0

@@ -155,3 +155,93 @@ def test_fp8_off_the_compiled_engine_is_flagged_as_slower():
         assert engine_note("fp8", engine) is not None
     assert engine_note("fp8_tensor", "compiled") is None
     assert engine_note("int8", "graph") is None and engine_note("none", "eager") is None
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+    )
+    return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+
+
+def test_calibrated_fp8_fixes_each_activation_scale_at_its_calibration_amax():
+    """Static fp8 scales (torchao's float8 flow, here on the CPU): each layer's input scale is the
+    largest magnitude that input reached while `calibrate` ran, / 448; the weights become float8
+    per-tensor; the model still computes what it did, to fp8's precision; later inputs are cast
+    with those scales (no per-call reduction), larger ones saturate instead of overflowing."""
+    from ee_vla.models.quantize import calibrate_fp8
+
+    model = _tiny_llama()
+    fuse_projections(model)
+    head = model.get_output_embeddings()
+    calib = torch.randint(0, 96, (3, 12), generator=torch.Generator().manual_seed(1))
+    seen: dict[str, float] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=name: seen.__setitem__(n, float(args[0].abs().max())))
+        for name, m in _linears(model).items()
+        if m is not head
+    ]
+    with torch.inference_mode():
+        ref = model(calib).logits.float()
+    for h in hooks:
+        h.remove()
+    take = lambda m, name: isinstance(m, torch.nn.Linear) and m is not head  # noqa: E731
+    amax = calibrate_fp8(model, take, lambda m: m(calib))
+    assert amax.keys() == seen.keys() and len(amax) == 2 * 4  # qkv, o, gate_up, down per layer
+    for name, m in _linears(model).items():
+        if m is head:
+            assert type(m.weight) is torch.nn.Parameter
+            continue
+        assert m.weight.qdata.dtype == torch.float8_e4m3fn and m.weight.scale.numel() == 1, name
+        assert amax[name] == pytest.approx(seen[name], rel=1e-6)
+        # (torchao computes it in the activations' bfloat16: 8 bits of mantissa)
+        assert float(m.weight.act_quant_scale) == pytest.approx(seen[name] / 448, rel=1e-2), name
+    with torch.inference_mode():
+        out = model(calib).logits.float()
+        big = model.model.layers[0].mlp.down_proj(torch.full((1, 2, 128), 1e4, dtype=torch.bfloat16))
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert torch.isfinite(big).all()
+
+
+def test_layers_the_calibration_never_runs_stay_unquantised_and_none_run_is_an_error(caplog):
+    from ee_vla.models.quantize import calibrate_fp8
+
+    model = _tiny_llama()
+    fuse_projections(model)
+    x = torch.randint(0, 96, (2, 8))
+    with torch.inference_mode():
+        ref = model(x).logits
+    head = model.get_output_embeddings()
+    take = lambda m, name: isinstance(m, torch.nn.Linear) and m is not head  # noqa: E731
+    with pytest.raises(QuantizeError, match="calibration ran none of the 8 layers to quantise"):
+        calibrate_fp8(model, take, lambda m: None)
+    assert all(type(m) is torch.nn.Linear for m in _linears(model).values())
+    with torch.inference_mode():
+        assert torch.equal(model(x).logits, ref)  # the model runs as before
+    mlp = model.model.layers[0].mlp
+    amax = calibrate_fp8(model, take, lambda m: mlp(torch.randn(1, 4, 64, dtype=torch.bfloat16)))
+    assert set(amax) == {"model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"}
+    assert (
+        "6 linear layers kept unquantised (never run by the calibration: model.layers.0.self_attn.o_proj, ...)"
+        in caplog.text
+    )
+    for name, m in _linears(model).items():
+        assert (type(m.weight.data) is torch.Tensor) == (name not in amax), name
+
+
+def test_calibrate_is_for_per_tensor_fp8_only(tiny_vla_dir):
+    vla = VLA.from_pretrained(tiny_vla_dir)
+    for mode in ("int8", "fp8"):
+        with pytest.raises(QuantizeError, match=f"calibrate .* needs quantize='fp8_tensor', got '{mode}'"):
+            quantize_weights(vla.model, mode, calibrate=lambda m: None)
+    with pytest.raises(QuantizeError, match="needs a CUDA GPU"):  # like every fp8 mode
+        quantize_weights(vla.model, "fp8_tensor", calibrate=lambda m: None)
+    assert quantized_mode(vla.model) == "none"

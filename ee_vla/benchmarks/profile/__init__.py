@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         help="weight quantisation of the model's linear layers before the engines are built (torchao)",
     )
     p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with --quantize fp8_tensor: activation scales fixed by one calibration forward, not per call",
+    )
+    p.add_argument(
         "--inductor",
         nargs="*",
         default=[],
@@ -143,6 +148,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         prefix_len=a.prefix_len,
         left_pad=a.left_pad,
         engines=tuple(a.engines),
+        calibrate=a.calibrate,
         inductor=tuple(a.inductor),
         attn_implementation=a.attn_implementation,
         action_logits=a.action_logits,

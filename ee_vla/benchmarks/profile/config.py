@@ -39,6 +39,10 @@ class ProfileConfig:
     engines: tuple[str, ...] = ()
     """Engines to compare (eager | static | graph | compiled); empty: eager + graph + compiled on CUDA,
     eager + static otherwise."""
+    calibrate: bool = False
+    """With `runtime.quantize` fp8_tensor: fix each layer's activation scale once, from one forward
+    over the prompt and a random chunk of action tokens, instead of computing it from every call's
+    activations (`quantize_weights(calibrate=)`): no reduction before each cast."""
     inductor: tuple[str, ...] = ()
     """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
     `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
@@ -133,6 +137,8 @@ class ProfileConfig:
                 )
         if not self.decoders and not self.step_widths:
             raise ValueError("ProfileConfig: nothing to time (no decoders and no step_widths)")
+        if self.calibrate and self.runtime.quantize != "fp8_tensor":
+            raise ValueError(f"ProfileConfig.calibrate needs quantize fp8_tensor, got {self.runtime.quantize!r}")
         _ = self.inductor_settings  # validates the KEY=VALUE pairs
         self.out = Path(self.out)
 

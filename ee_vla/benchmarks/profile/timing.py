@@ -245,18 +245,24 @@ def _build(cfg: ProfileConfig) -> tuple[Workload, float]:
     return wl, build_s
 
 
-def _teacher_forced_tokens(cfg: ProfileConfig, wl: Workload) -> torch.Tensor:
-    """The argmax action token at each position of one eager forward over the prefix followed by a
-    random chunk of action tokens: what each position predicts given the same inputs."""
+def _prefix_and_chunk(cfg: ProfileConfig, wl: Workload, seed: int) -> dict:
+    """The workload's inputs followed by a random chunk of action tokens (generator `seed`)."""
     lo, hi = wl.action_range
-    g = torch.Generator().manual_seed(cfg.seed + 1)
+    g = torch.Generator().manual_seed(seed)
     B = wl.inputs["input_ids"].shape[0]
     tail = torch.randint(lo, hi + 1, (B, wl.n_tokens), generator=g).to(wl.device)
     inputs = dict(wl.inputs)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], 1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(tail)], 1)
+    return inputs
+
+
+def _teacher_forced_tokens(cfg: ProfileConfig, wl: Workload) -> torch.Tensor:
+    """The argmax action token at each position of one eager forward over the prefix followed by a
+    random chunk of action tokens: what each position predicts given the same inputs."""
+    lo, hi = wl.action_range
     with torch.inference_mode():
-        logits = wl.model(**inputs).logits[:, -wl.n_tokens :, lo : hi + 1]
+        logits = wl.model(**_prefix_and_chunk(cfg, wl, cfg.seed + 1)).logits[:, -wl.n_tokens :, lo : hi + 1]
     return logits.argmax(-1).cpu()
 
 
@@ -272,19 +278,30 @@ def _quantize(cfg: ProfileConfig, wl: Workload) -> dict:
             total += sum(t.numel() * t.element_size() for t in parts)
         return total
 
+    def calibrate(model: torch.nn.Module) -> None:  # another random chunk than the agreement's
+        model(**_prefix_and_chunk(cfg, wl, cfg.seed + 2))
+
     before, ref = weight_bytes(), _teacher_forced_tokens(cfg, wl)
     t = time.perf_counter()
-    layers = quantize_weights(wl.model, cfg.runtime.quantize)
+    layers = quantize_weights(wl.model, cfg.runtime.quantize, calibrate=calibrate if cfg.calibrate else None)
     synchronize(cfg.runtime.device)
     seconds = time.perf_counter() - t
     out = {
         "mode": cfg.runtime.quantize,
+        "calibrated": cfg.calibrate,
         "layers": layers,
         "seconds": seconds,
         "weights_gib_before": before / 2**30,
         "weights_gib_after": weight_bytes() / 2**30,
         "teacher_forced_agreement": float((_teacher_forced_tokens(cfg, wl) == ref).float().mean()),
     }
+    if cfg.calibrate:  # each layer's input scale x e4m3's largest value = the amax it was calibrated to
+        amax = [
+            float(p.act_quant_scale.max()) * torch.finfo(torch.float8_e4m3fn).max
+            for p in wl.model.parameters()
+            if getattr(p, "act_quant_scale", None) is not None
+        ]
+        out["activation_amax"] = {"min": min(amax), "median": float(np.median(amax)), "max": max(amax)}
     log.info("quantize=%s: %s", out["mode"], {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
     return out
 
