@@ -33,7 +33,7 @@ from ee_vla.decoding.core import DecodeState, last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import make_prefill
 from ee_vla.engine.static import check_compile_mode
-from ee_vla.models.quantize import check_quantize_mode, engine_note, quantize_weights
+from ee_vla.models.quantize import check_quantize_mode, engine_note, load_calibration, quantize_weights
 from ee_vla.runtime import DTYPES, ENGINES, EngineKind, resolve_device
 from ee_vla.streaming import StreamedAction
 
@@ -89,6 +89,9 @@ class PolicyConfig:
     """Weight quantisation of the model's linear layers at load (`ee_vla.models.quantize`): none |
     int8 (int8 weights) | fp8 (float8 weights and activations, scaled per row; CUDA, compute
     capability >= 8.9) | fp8_tensor (the same, scaled per tensor)."""
+    calibration: str | None = None
+    """fp8_tensor: a calibration file (`ee-vla eval --save-calibration`) that fixes each layer's
+    activation scale once instead of per call (`ee_vla.models.quantize`); None = per call."""
 
     def __post_init__(self) -> None:
         self.decoder = as_decode_config(self.decoder)
@@ -100,6 +103,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.engine must be {'|'.join(ENGINES)}, got {self.engine!r}")
         check_compile_mode(self.compile_mode, "PolicyConfig.compile_mode")
         check_quantize_mode(self.quantize, "PolicyConfig.quantize")
+        if self.calibration is not None and self.quantize != "fp8_tensor":
+            raise ValueError(f"PolicyConfig.calibration needs quantize='fp8_tensor', got quantize={self.quantize!r}")
         if isinstance(self.max_instruction_tokens, bool) or not (
             isinstance(self.max_instruction_tokens, int) and self.max_instruction_tokens >= 1
         ):
@@ -126,7 +131,8 @@ class VLAPolicy:
         self._warm_start_shift: int | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
         self._accepted_instructions: set[str] = set()  # within max_instruction_tokens (a few dozen)
-        quantize_weights(vla.model, self.config.quantize)  # before the engine captures the forwards
+        calibration = load_calibration(self.config.calibration) if self.config.calibration else None
+        quantize_weights(vla.model, self.config.quantize, calibration)  # before the engine captures the forwards
         if (note := engine_note(self.config.quantize, self.config.engine)) is not None:
             log.warning(note)
         # the decode step's prefill: HFStep.prefill (eager) or a static-cache / CUDA-graph engine
@@ -157,6 +163,7 @@ class VLAPolicy:
         unnorm_key: str | None = None,
         chunk_size: int | None = None,
         quantize: str = "none",
+        calibration: str | None = None,
     ) -> VLAPolicy:
         """Load a saved policy (`VLA.save_pretrained`'s directory, or an OpenVLA checkpoint) with
         these runtime options (`RuntimeConfig.load_policy` loads one from a `RuntimeConfig`)."""
@@ -171,6 +178,7 @@ class VLAPolicy:
             unnorm_key,
             chunk_size,
             quantize,
+            calibration,
         )
         return cls.from_config(path, cfg)
 

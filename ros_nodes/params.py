@@ -64,6 +64,7 @@ RUNTIME_PARAMS = (
     "engine",
     "compile_mode",
     "quantize",
+    "calibration",
     "threads",
     "unnorm_key",
     "chunk_size",
@@ -71,7 +72,7 @@ RUNTIME_PARAMS = (
 """The parameters that are `ee_vla.runtime.RuntimeConfig` fields, under the same names (the
 `--decoder`, `--max-iterations`, ... of `ee-vla eval`): `runtime_config()` builds one from them.
 A ROS parameter has no None: 0 (max_iterations, window, deadline_s, chunk_size), -1 (tau) and ""
-(init, unnorm_key) stand for RuntimeConfig's None: the decoder preset's or the model's value."""
+(init, unnorm_key, calibration) stand for RuntimeConfig's None: the decoder preset's or the model's value."""
 
 CommandType = Literal["twist", "array", "trajectory"]
 
@@ -111,6 +112,9 @@ class PolicyParams:
     """Weight quantisation at load (torchao): none | int8 (half of bf16's memory) | fp8 | fp8_tensor
     (CUDA, compute capability >= 8.9; scaled per row | per tensor); docs/performance.md has what each
     costs and saves."""
+    calibration: str = ""
+    """fp8_tensor: a calibration file (`ee-vla eval --save-calibration`) fixing the activation scales
+    once instead of per call (empty: per call)."""
     warmup: bool = True
     """On configure, decode one blank image (with `instruction`, or a stand-in) so that the engine is
     built, compiled and its CUDA graphs captured before the first real image; configure waits for it."""
@@ -216,6 +220,7 @@ class PolicyParams:
             engine=self.engine,  # type: ignore[arg-type]
             compile_mode=self.compile_mode,  # type: ignore[arg-type]
             quantize=self.quantize,  # type: ignore[arg-type]
+            calibration=self.calibration or None,
             threads=self.threads,
             unnorm_key=self.unnorm_key or None,
             chunk_size=self.chunk_size or None,
@@ -343,6 +348,7 @@ _CHECKS = {
     "engine": _one_of(ENGINES),
     "compile_mode": _one_of(COMPILE_MODES),
     "quantize": _one_of(QUANTIZE_MODES),
+    "calibration": _string,
     "warmup": _bool,
     "policy_process": _bool,
     "threads": lambda v: (

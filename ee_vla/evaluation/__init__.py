@@ -18,6 +18,7 @@ and library versions (docs/evaluation.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -126,12 +127,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
     runs: dict[str, dict] = {}
     folders = run_dir_names(cfg.decoders)
-    for name in cfg.decoders:
-        policy.decoder = decode_cfgs[name]
-        run_dir = out_dir / folders[name] if cfg.compare else out_dir
-        runs[name] = _evaluate_decoder(policy, name, cfg, run_dir, env_info)
-        if cfg.print_summary and not cfg.compare:
-            print(format_summary(runs[name]))
+    with _recording(policy, cfg):
+        for name in cfg.decoders:
+            policy.decoder = decode_cfgs[name]
+            run_dir = out_dir / folders[name] if cfg.compare else out_dir
+            runs[name] = _evaluate_decoder(policy, name, cfg, run_dir, env_info)
+            if cfg.print_summary and not cfg.compare:
+                print(format_summary(runs[name]))
     if not cfg.compare:
         return runs[cfg.decoders[0]]
     result = compare_runs(runs, cfg)
@@ -140,6 +142,32 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.print_summary:
         print(format_comparison(result))
     return result
+
+
+@contextlib.contextmanager
+def _recording(policy, cfg: EvalConfig):
+    """With `cfg.save_calibration`: record the linear layers' input amax while the body runs, then
+    write the calibration (with what it was recorded on)."""
+    if cfg.save_calibration is None:
+        yield None
+        return
+    from ee_vla.models.quantize import recording_activation_amax, save_calibration
+
+    with recording_activation_amax(policy.vla.model) as table:
+        yield table
+    path = save_calibration(
+        cfg.save_calibration,
+        table,
+        policy=str(cfg.policy),
+        env=list(cfg.env),
+        episodes=cfg.episodes,
+        seed=cfg.seed,
+        decoders=cfg.decoders,
+        dtype=cfg.runtime.dtype,
+        device=cfg.runtime.device,
+        env_kwargs=dict(cfg.env_kwargs),
+    )
+    log.info("calibration of %d layers written to %s", len(table), path)
 
 
 def _evaluate_decoder(policy, name: str, cfg: EvalConfig, out_dir: Path, env_info: dict) -> dict[str, Any]:

@@ -87,6 +87,12 @@ class EvalConfig:
     """Show a tqdm progress bar (stderr)."""
     print_summary: bool = True
     """Print the one-screen summary table to stdout at the end."""
+    save_calibration: Path | None = None
+    """Also record the largest input each linear layer receives over the evaluation's episodes and
+    write it to this file: a calibration for `--quantize fp8_tensor --calibration FILE`, whose
+    activation scales it then fixes. Needs the unquantised model (`--quantize none`) on the eager or
+    static engine (hooks do not run inside CUDA graphs); the model runs with its projections fused,
+    as quantisation runs it. Record it on other seeds than those you evaluate on."""
 
     def __post_init__(self) -> None:
         self.policy = Path(self.policy)
@@ -119,6 +125,18 @@ class EvalConfig:
             raise EvalConfigError(f"EvalConfig.video_format must be gif|mp4, got {self.video_format!r}")
         if self.mujoco_gl not in (None, "egl", "osmesa", "glfw"):
             raise EvalConfigError(f"EvalConfig.mujoco_gl must be egl|osmesa|glfw or None, got {self.mujoco_gl!r}")
+        if self.save_calibration is not None:
+            self.save_calibration = Path(self.save_calibration)
+            if self.runtime.quantize != "none":
+                raise EvalConfigError(
+                    f"EvalConfig.save_calibration records the unquantised model: it needs quantize none, "
+                    f"got {self.runtime.quantize!r}"
+                )
+            if self.runtime.engine not in ("auto", "eager", "static"):
+                raise EvalConfigError(
+                    "EvalConfig.save_calibration records through forward hooks, which CUDA graphs skip: "
+                    f"use engine eager or static, got {self.runtime.engine!r}"
+                )
         self.decode_configs()  # validates the decoder options against every decoder
 
     def prepare(self) -> None:
@@ -126,6 +144,11 @@ class EvalConfig:
         there (imports torch). `evaluate` and `ee-vla dagger` call it before loading the policy."""
         self.check_inputs()
         self.runtime = self.runtime.resolved()
+        if self.save_calibration is not None and self.runtime.engine == "auto" and self.runtime.device != "cpu":
+            raise EvalConfigError(
+                f"EvalConfig.save_calibration: engine auto is CUDA graphs on {self.runtime.device}, and they "
+                "skip the recording hooks: pass --engine eager or static"
+            )
 
     def check_inputs(self) -> None:
         """The policy directory has a saved policy's files, every env id is registered, and

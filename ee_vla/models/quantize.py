@@ -3,7 +3,7 @@
     quantize_weights(vla.model, "int8")   # int8 weights (one scale per output channel), float compute
     quantize_weights(vla.model, "fp8")    # float8 e4m3 weights and per-row dynamic float8 activations (CUDA, sm89+)
     quantize_weights(vla.model, "fp8_tensor")  # the same with one scale per weight and per activation tensor
-    quantize_weights(model, "fp8_tensor", calibrate=run_examples)  # activation scales fixed once, by examples
+    quantize_weights(model, "fp8_tensor", calibration=load_calibration("calibration.json"))  # static scales
 
 Every `torch.nn.Linear` of the network is converted (language model, projector and vision towers)
 except the output layer: the engines read a slice of its rows (the action tokens' logits), and it
@@ -23,13 +23,14 @@ NaN, which the attention then spreads to every query through masked cache slots 
 scale is therefore floored (`ACTIVATION_AMAX_FLOOR`), and a layer whose weight has an all-zero row
 is left unquantised.
 
-With `calibrate` (fp8_tensor only), each layer's activation scale is not computed per call but
-fixed once: `calibrate(model)` runs representative forwards while observers record the largest
-magnitude each layer's input reaches, and that amax / 448 becomes the layer's scale for good
-(torchao's static float8 flow). A call then casts its activations without first reducing them;
-an activation beyond the calibrated range saturates at e4m3's largest value. The calibration must
-see what the decode steps see (the prompt's first tokens can carry far larger activations than the
-action tokens); the profiler calibrates on its own workload.
+With a calibration (fp8_tensor only), each layer's activation scale is not computed per call but
+fixed once: a calibration is the largest magnitude each layer's input reached while the policy ran
+representative episodes (`recording_activation_amax`; `ee-vla eval --save-calibration FILE`), and
+amax / 448 becomes the layer's scale for good (torchao's static float8 tensors). A call then casts
+its activations without first reducing them; an activation beyond the calibrated range saturates
+at e4m3's largest value. The calibration must see what the decode steps see: real observations,
+the prompt's first tokens (whose activations can be far larger than the action tokens') and the
+decoder's windows.
 
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
 it), not to the unquantised one: its tokens can differ where two logits are close.
@@ -37,8 +38,13 @@ it), not to the unquantised one: its tokens can differ where two logits are clos
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -121,9 +127,7 @@ def quantized_mode(model: torch.nn.Module) -> str:
     return getattr(model, _MARK, "none")
 
 
-def quantize_weights(
-    model: torch.nn.Module, mode: str, calibrate: Callable[[torch.nn.Module], object] | None = None
-) -> int:
+def quantize_weights(model: torch.nn.Module, mode: str, calibration: Mapping[str, Calibrated] | None = None) -> int:
     """Quantise `model`'s linear layers in place (see the module docstring); returns how many.
 
     The projections that read the same input (q/k/v, gate/up) are fused into one layer first
@@ -133,12 +137,13 @@ def quantize_weights(
     are not multiples of 16, which its kernels need (tiny test models), and layers whose weight has
     an all-zero row, which its scaling cannot hold, and says so.
 
-    `calibrate` (fp8_tensor only): a function running representative forwards of `model`, which
-    fix each layer's activation scale once (static scaling, see the module docstring)."""
+    `calibration` (fp8_tensor only): {layer name: `Calibrated`} (`load_calibration`,
+    `recording_activation_amax`) fixes each layer's activation scale once (see the module
+    docstring); a layer it does not name stays unquantised, and says so."""
     check_quantize_mode(mode, "quantize")
-    if calibrate is not None and mode != "fp8_tensor":
+    if calibration is not None and mode != "fp8_tensor":
         raise QuantizeError(
-            f"calibrate fixes per-tensor activation scales: it needs quantize='fp8_tensor', got {mode!r}"
+            f"a calibration fixes per-tensor activation scales: it needs quantize='fp8_tensor', got {mode!r}"
         )
     done = quantized_mode(model)
     if mode == "none" or done == mode:
@@ -162,10 +167,10 @@ def quantize_weights(
         chosen.append(name)
         return True
 
-    if calibrate is None:
+    if calibration is None:
         _torchao().quantize_(model, cfg, filter_fn=take)
     else:
-        chosen = list(calibrate_fp8(model, take, calibrate))
+        chosen = _quantize_static(model, take, calibration, skipped)
     for why, names in skipped.items():
         log.warning(
             "quantize=%s: %d linear layers kept in %s (%s: %s)",
@@ -180,61 +185,114 @@ def quantize_weights(
         "quantize=%s: %d linear layers quantised%s",
         mode,
         len(chosen),
-        " (activation scales calibrated)" if calibrate is not None else "",
+        " (activation scales calibrated)" if calibration is not None else "",
     )
     return len(chosen)
 
 
-def _unobserve(model: torch.nn.Module, layers: dict[str, torch.nn.Linear]) -> None:
-    for name, m in layers.items():
-        parent, _, attr = name.rpartition(".")
-        plain = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
-        plain.weight, plain.bias = m.weight, m.bias
-        setattr(model.get_submodule(parent) if parent else model, attr, plain)
+class Calibrated(NamedTuple):
+    """One layer's input during a calibration: the largest magnitude it reached, and its number of
+    dimensions (a static scale has as many)."""
+
+    amax: float
+    ndim: int
 
 
-def calibrate_fp8(
-    model: torch.nn.Module,
-    take: Callable[[torch.nn.Module, str], bool],
-    calibrate: Callable[[torch.nn.Module], object],
-) -> dict[str, float]:
-    """Convert the linear layers `take(module, name)` accepts to float8 weights with one scale per
-    tensor and a *static* activation scale each: observers record the largest magnitude of each
-    layer's input while `calibrate(model)` runs, then every layer keeps amax / 448 as its input's
-    scale. A layer the calibration never runs stays unquantised (a warning names it); none run at
-    all is a QuantizeError. Returns {layer name: calibrated input amax}. Runs on any device (the module docstring);
-    `quantize_weights` reaches it for fp8_tensor with `calibrate`, on a GPU that has fp8."""
-    from torchao.prototype.quantization.quant_api import (
-        Float8ObservedLinear,
-        Float8StaticActivationFloat8WeightConfig,
-    )
+def _calibrated_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The linear layers a calibration covers: every one of the fused model but the output layer."""
+    fuse_projections(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+
+
+@contextmanager
+def recording_activation_amax(model: torch.nn.Module) -> Iterator[dict[str, Calibrated]]:
+    """While inside, the largest |input| of each linear layer fp8 may quantise (every one but the
+    output layer, after `fuse_projections`, which this applies) is recorded into the dict yielded:
+    {layer name: Calibrated(amax, ndim)}. Forward hooks: they run in eager forwards (the eager and
+    static engines), not inside CUDA graph replays. A layer never run is absent."""
+    table: dict[str, Calibrated] = {}
+
+    def hook(name: str):
+        def record(module: torch.nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            amax = float(x.abs().amax()) if x.numel() else 0.0
+            if not math.isfinite(amax):
+                raise QuantizeError(f"calibration: layer {name!r} received a non-finite activation")
+            old = table.get(name)
+            table[name] = Calibrated(max(amax, old.amax if old else 0.0), x.ndim)
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in _calibrated_layers(model).items()]
+    try:
+        yield table
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _quantize_static(
+    model: torch.nn.Module, take, calibration: Mapping[str, Calibrated], skipped: dict[str, list[str]]
+) -> list[str]:
+    """Convert each layer `take` accepts and `calibration` names to float8 per-tensor weights with
+    a static activation scale of amax / 448; the chosen names. Layers `take` accepts that the
+    calibration lacks are added to `skipped`."""
+    from torchao.prototype.quantization.quant_api import Float8StaticActivationFloat8WeightConfig
 
     q = _torchao()
-    observed = lambda module, name: isinstance(module, Float8ObservedLinear)  # noqa: E731
-    q.quantize_(model, Float8StaticActivationFloat8WeightConfig(step="prepare", granularity=q.PerTensor()), take)
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, Float8ObservedLinear)}
-    try:
-        with torch.inference_mode():
-            calibrate(model)
-        missed = [name for name, m in layers.items() if getattr(m.input_act_obs, "min_val", None) is None]
-        if len(missed) == len(layers):
-            raise QuantizeError(
-                f"calibration ran none of the {len(layers)} layers to quantise: the calibrate function "
-                "must run forwards of the model"
-            )
-    except BaseException:
-        _unobserve(model, layers)  # the plain layers the model had, so that it still runs as before
-        raise
-    if missed:  # e.g. a layer whose weight the model reads without calling it (nn.MultiheadAttention)
-        log.warning(
-            "quantize=fp8_tensor: %d linear layers kept unquantised (never run by the calibration: %s)",
-            len(missed),
-            missed[0] + (", ..." if len(missed) > 1 else ""),
+    layers = _calibrated_layers(model)
+    foreign = sorted(set(calibration) - set(layers))
+    if foreign:
+        raise QuantizeError(
+            f"the calibration names {len(foreign)} layers this model does not have ({foreign[0]}"
+            + (", ..." if len(foreign) > 1 else "")
+            + "): it was recorded on another model"
         )
-        _unobserve(model, {name: layers.pop(name) for name in missed})
-    amax = {
-        name: float(torch.maximum(m.input_act_obs.min_val.abs(), m.input_act_obs.max_val.abs()).max())
-        for name, m in layers.items()
-    }
-    q.quantize_(model, Float8StaticActivationFloat8WeightConfig(step="convert", granularity=q.PerTensor()), observed)
-    return amax
+    wanted = [name for name, m in layers.items() if take(m, name)]
+    missing = [name for name in wanted if name not in calibration]
+    if missing:
+        skipped["not in the calibration"] = missing
+    chosen = [name for name in wanted if name in calibration]
+    if not chosen:
+        raise QuantizeError("the calibration covers none of the layers to quantise")
+    e4m3_max = torch.finfo(torch.float8_e4m3fn).max
+    for name in chosen:
+        c = calibration[name]
+        w = layers[name].weight
+        scale = torch.full(
+            (1,) * c.ndim, max(c.amax, ACTIVATION_AMAX_FLOOR) / e4m3_max, dtype=torch.float32, device=w.device
+        )
+        config = Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale, granularity=q.PerTensor())
+        q.quantize_(model, config, filter_fn=lambda m, n, target=name: n == target)
+    return chosen
+
+
+def save_calibration(path: str | Path, table: Mapping[str, Calibrated], **about) -> Path:
+    """Write a calibration (`recording_activation_amax`'s table) as JSON, with `about` (what it was
+    recorded on: policy, envs, episodes, ...) kept beside it."""
+    if not table:
+        raise QuantizeError("the calibration is empty: no linear layer ran while it was recorded")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers = {name: {"amax": c.amax, "ndim": c.ndim} for name, c in sorted(table.items())}
+    path.write_text(json.dumps({"about": about, "layers": layers}, indent=1) + "\n")
+    return path
+
+
+def load_calibration(path: str | Path) -> dict[str, Calibrated]:
+    """A calibration written by `save_calibration`; QuantizeError naming what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise QuantizeError(f"calibration file not found: {path}")
+    try:
+        layers = json.loads(path.read_text())["layers"]
+        table = {str(n): Calibrated(float(v["amax"]), int(v["ndim"])) for n, v in layers.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise QuantizeError(
+            f"{path} is not a calibration (JSON with 'layers': {{name: {{'amax', 'ndim'}}}}): {e!r}"
+        ) from e
+    bad = [n for n, c in table.items() if not (math.isfinite(c.amax) and c.amax >= 0 and c.ndim >= 2)]
+    if not table or bad:
+        raise QuantizeError(f"{path}: " + (f"layer {bad[0]!r} has an invalid amax or ndim" if bad else "no layers"))
+    return table

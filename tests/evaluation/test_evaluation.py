@@ -247,6 +247,8 @@ def test_action_dim_mismatch(tiny_policy_dir, tmp_path):
         ({"engine": "turbo"}, "RuntimeConfig.engine"),
         ({"engine": "graph", "device": "cpu"}, "needs a CUDA device"),
         ({"engine": "compiled", "compile_mode": "fastest"}, "RuntimeConfig.compile_mode"),
+        ({"save_calibration": "c.json", "quantize": "int8"}, "save_calibration records the unquantised model"),
+        ({"save_calibration": "c.json", "engine": "graph", "device": "cuda"}, "hooks, which CUDA graphs skip"),
     ],
 )
 def test_bad_config_fields(tmp_path, kwargs, match):
@@ -290,6 +292,50 @@ def test_pick_cube_smoke(tiny_policy_dir, tmp_path, sim_env_id):
     check_eval_info(info, cfg)
     assert all(e["steps"] <= 5 for e in info["per_episode"])
     assert len(info["video_paths"]) == 1
+
+
+def test_an_evaluation_records_a_calibration_that_fp8_tensor_then_runs_on(tiny_policy_dir, tmp_path, monkeypatch):
+    """`--save-calibration`: the evaluation's episodes record each linear layer's largest input;
+    that file then fixes the activation scales of `--quantize fp8_tensor --calibration`, on which
+    greedy Jacobi still equals AR episode for episode. (fp8 needs a GPU; torchao's float8 tensors
+    also compute on the CPU, so the device check is lifted here.)"""
+    from ee_vla.models import quantize
+    from ee_vla.models.quantize import load_calibration, quantized_mode
+
+    cal = tmp_path / "calibration.json"
+    evaluate(
+        make_cfg(tiny_policy_dir, tmp_path / "record", decoder="ceed", num_envs=2, episodes=2, save_calibration=cal)
+    )
+    table = load_calibration(cal)
+    about = json.loads(cal.read_text())["about"]
+    assert (
+        about["env"] == [FAKE_ENV] and about["episodes"] == 2 and about["seed"] == 10 and about["decoders"] == ["ceed"]
+    )
+    assert any(n.endswith("qkv_proj") for n in table) and all(c.amax > 0 and c.ndim == 3 for c in table.values())
+    monkeypatch.setattr(quantize, "_config", lambda mode, device: None)
+    cfg = make_cfg(
+        tiny_policy_dir,
+        tmp_path / "fp8",
+        compare=["ar,jacobi"],
+        episodes=2,
+        quantize="fp8_tensor",
+        calibration=str(cal),
+    )
+    result = evaluate(cfg)
+    ar, jac = result["runs"]["ar"], result["runs"]["jacobi"]
+    assert ar["config"]["calibration"] == str(cal) and ar["config"]["quantize"] == "fp8_tensor"
+    assert [episode_key(e) for e in ar["per_episode"]] == [episode_key(e) for e in jac["per_episode"]]
+    policy = cfg.runtime.load_policy(tiny_policy_dir)
+    assert quantized_mode(policy.vla.model) == "fp8_tensor"
+    static = [
+        n
+        for n, m in policy.vla.model.named_modules()
+        if getattr(getattr(m, "weight", None), "act_quant_scale", None) is not None
+    ]
+    assert static and set(static) <= set(table)
+    for name in set(table) - set(static):  # kept: fp8's kernels need dimensions that are multiples of 16
+        m = policy.vla.model.get_submodule(name)
+        assert m.in_features % 16 or m.out_features % 16, name
 
 
 def test_static_engine_evaluates_the_same_way(tiny_policy_dir, tmp_path):

@@ -1,5 +1,6 @@
 """Weight quantisation at load (`ee_vla.models.quantize`, `RuntimeConfig.quantize`), on the CPU."""
 
+import json
 import re
 import sys
 
@@ -172,76 +173,111 @@ def _tiny_llama():
     return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
 
 
-def test_calibrated_fp8_fixes_each_activation_scale_at_its_calibration_amax():
-    """Static fp8 scales (torchao's float8 flow, here on the CPU): each layer's input scale is the
-    largest magnitude that input reached while `calibrate` ran, / 448; the weights become float8
-    per-tensor; the model still computes what it did, to fp8's precision; later inputs are cast
-    with those scales (no per-call reduction), larger ones saturate instead of overflowing."""
-    from ee_vla.models.quantize import calibrate_fp8
+@pytest.fixture
+def fp8_on_the_cpu(monkeypatch):
+    """fp8 needs a GPU; torchao's float8 tensors also compute on the CPU, so lift the device check."""
+    from ee_vla.models import quantize
+
+    monkeypatch.setattr(quantize, "_config", lambda mode, device: None)
+
+
+def test_a_calibration_fixes_each_activation_scale_at_the_amax_it_recorded(fp8_on_the_cpu):
+    """Static fp8 scales: the recorder keeps each layer's largest |input| (over several forwards),
+    and quantize_weights turns it into that layer's fixed input scale, amax / 448, with float8
+    per-tensor weights; the model still computes what it did, to fp8's precision; an input beyond
+    the calibrated range saturates instead of overflowing."""
+    from ee_vla.models.quantize import Calibrated, recording_activation_amax
 
     model = _tiny_llama()
-    fuse_projections(model)
     head = model.get_output_embeddings()
-    calib = torch.randint(0, 96, (3, 12), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randint(0, 96, (3, 12), generator=g) for _ in range(2)]
+    with recording_activation_amax(model) as table, torch.inference_mode():  # fuses the projections
+        ref = [model(x).logits.float() for x in calib]
     seen: dict[str, float] = {}
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args, n=name: seen.__setitem__(n, float(args[0].abs().max())))
+        m.register_forward_pre_hook(
+            lambda mod, args, n=name: seen.__setitem__(n, max(seen.get(n, 0.0), float(args[0].abs().max())))
+        )
         for name, m in _linears(model).items()
         if m is not head
     ]
     with torch.inference_mode():
-        ref = model(calib).logits.float()
+        for x in calib:
+            model(x)
     for h in hooks:
         h.remove()
-    take = lambda m, name: isinstance(m, torch.nn.Linear) and m is not head  # noqa: E731
-    amax = calibrate_fp8(model, take, lambda m: m(calib))
-    assert amax.keys() == seen.keys() and len(amax) == 2 * 4  # qkv, o, gate_up, down per layer
+    assert table.keys() == seen.keys() and len(table) == 2 * 4  # qkv, o, gate_up, down per layer
+    assert all(table[n] == Calibrated(seen[n], 3) for n in seen)
+    assert quantize_weights(model, "fp8_tensor", calibration=table) == 8
     for name, m in _linears(model).items():
         if m is head:
             assert type(m.weight) is torch.nn.Parameter
             continue
         assert m.weight.qdata.dtype == torch.float8_e4m3fn and m.weight.scale.numel() == 1, name
-        assert amax[name] == pytest.approx(seen[name], rel=1e-6)
-        # (torchao computes it in the activations' bfloat16: 8 bits of mantissa)
-        assert float(m.weight.act_quant_scale) == pytest.approx(seen[name] / 448, rel=1e-2), name
+        assert m.weight.act_quant_scale.shape == (1, 1, 1)
+        assert float(m.weight.act_quant_scale) == pytest.approx(seen[name] / 448, rel=1e-6), name
     with torch.inference_mode():
-        out = model(calib).logits.float()
+        for x, r in zip(calib, ref, strict=True):
+            assert (model(x).logits.float() - r).abs().max() < 0.1 * r.abs().max()
         big = model.model.layers[0].mlp.down_proj(torch.full((1, 2, 128), 1e4, dtype=torch.bfloat16))
-    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
     assert torch.isfinite(big).all()
 
 
-def test_layers_the_calibration_never_runs_stay_unquantised_and_none_run_is_an_error(caplog):
-    from ee_vla.models.quantize import calibrate_fp8
+def test_layers_a_calibration_lacks_stay_unquantised_and_a_foreign_one_is_refused(fp8_on_the_cpu, caplog):
+    from ee_vla.models.quantize import Calibrated, recording_activation_amax
 
     model = _tiny_llama()
-    fuse_projections(model)
-    x = torch.randint(0, 96, (2, 8))
-    with torch.inference_mode():
-        ref = model(x).logits
-    head = model.get_output_embeddings()
-    take = lambda m, name: isinstance(m, torch.nn.Linear) and m is not head  # noqa: E731
-    with pytest.raises(QuantizeError, match="calibration ran none of the 8 layers to quantise"):
-        calibrate_fp8(model, take, lambda m: None)
-    assert all(type(m) is torch.nn.Linear for m in _linears(model).values())
-    with torch.inference_mode():
-        assert torch.equal(model(x).logits, ref)  # the model runs as before
-    mlp = model.model.layers[0].mlp
-    amax = calibrate_fp8(model, take, lambda m: mlp(torch.randn(1, 4, 64, dtype=torch.bfloat16)))
-    assert set(amax) == {"model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"}
+    with recording_activation_amax(model) as table, torch.inference_mode():
+        model.model.layers[0].mlp(torch.randn(1, 4, 64, dtype=torch.bfloat16))  # this MLP's two layers only
+    assert set(table) == {"model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"}
+    with pytest.raises(QuantizeError, match=r"names 1 layers this model does not have \(model.vision.fc\)"):
+        quantize_weights(_tiny_llama(), "fp8_tensor", calibration={**table, "model.vision.fc": Calibrated(1.0, 3)})
+    with pytest.raises(QuantizeError, match="covers none of the layers"):
+        quantize_weights(_tiny_llama(), "fp8_tensor", calibration={})
+    assert quantize_weights(model, "fp8_tensor", calibration=table) == 2
     assert (
-        "6 linear layers kept unquantised (never run by the calibration: model.layers.0.self_attn.o_proj, ...)"
-        in caplog.text
+        "6 linear layers kept in torch.bfloat16 (not in the calibration: model.layers.0.self_attn.o_proj" in caplog.text
     )
     for name, m in _linears(model).items():
-        assert (type(m.weight.data) is torch.Tensor) == (name not in amax), name
+        assert (type(m.weight.data) is torch.Tensor) == (name not in table), name
 
 
-def test_calibrate_is_for_per_tensor_fp8_only(tiny_vla_dir):
+def test_a_calibration_file_round_trips_and_a_bad_one_is_named(tmp_path):
+    from ee_vla.models.quantize import Calibrated, load_calibration, save_calibration
+
+    table = {"a.qkv_proj": Calibrated(3.5, 3), "a.down_proj": Calibrated(120.0, 3)}
+    path = save_calibration(tmp_path / "sub" / "cal.json", table, policy="p", episodes=2)
+    assert load_calibration(path) == table
+    assert json.loads(path.read_text())["about"] == {"policy": "p", "episodes": 2}
+    with pytest.raises(QuantizeError, match="calibration is empty"):
+        save_calibration(tmp_path / "empty.json", {})
+    with pytest.raises(QuantizeError, match="calibration file not found: .*nope.json"):
+        load_calibration(tmp_path / "nope.json")
+    for text, why in [
+        ("{not json", "is not a calibration"),
+        ('{"layers": {"x": {"amax": 1.0}}}', "is not a calibration"),
+        ('{"layers": {}}', "no layers"),
+        ('{"layers": {"x": {"amax": NaN, "ndim": 3}}}', "layer 'x' has an invalid amax or ndim"),
+        ('{"layers": {"x": {"amax": -1, "ndim": 3}}}', "layer 'x' has an invalid amax or ndim"),
+    ]:
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(QuantizeError, match=why):
+            load_calibration(tmp_path / "bad.json")
+
+
+def test_a_calibration_is_for_per_tensor_fp8_only(tiny_vla_dir):
     vla = VLA.from_pretrained(tiny_vla_dir)
     for mode in ("int8", "fp8"):
-        with pytest.raises(QuantizeError, match=f"calibrate .* needs quantize='fp8_tensor', got '{mode}'"):
-            quantize_weights(vla.model, mode, calibrate=lambda m: None)
+        with pytest.raises(QuantizeError, match=f"calibration .* needs quantize='fp8_tensor', got '{mode}'"):
+            quantize_weights(vla.model, mode, calibration={})
     with pytest.raises(QuantizeError, match="needs a CUDA GPU"):  # like every fp8 mode
-        quantize_weights(vla.model, "fp8_tensor", calibrate=lambda m: None)
+        quantize_weights(vla.model, "fp8_tensor", calibration={})
     assert quantized_mode(vla.model) == "none"
+    with pytest.raises(RuntimeConfigError, match="calibration fixes fp8_tensor's activation scales: it needs"):
+        RuntimeConfig(quantize="int8", calibration="cal.json")
+    with pytest.raises(RuntimeConfigError, match="calibration must be a file path"):
+        RuntimeConfig(quantize="fp8_tensor", calibration=" ")
+    with pytest.raises(ValueError, match="PolicyConfig.calibration needs quantize='fp8_tensor'"):
+        PolicyConfig(calibration="cal.json")
+    assert RuntimeConfig(quantize="fp8_tensor", calibration="c.json").policy_config().calibration == "c.json"

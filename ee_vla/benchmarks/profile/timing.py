@@ -269,7 +269,7 @@ def _teacher_forced_tokens(cfg: ProfileConfig, wl: Workload) -> torch.Tensor:
 def _quantize(cfg: ProfileConfig, wl: Workload) -> dict:
     """Quantise the workload's model in place; what that changed: memory, seconds, and how often the
     quantised model picks the unquantised one's action token given the same inputs."""
-    from ee_vla.models.quantize import quantize_weights
+    from ee_vla.models.quantize import quantize_weights, recording_activation_amax
 
     def weight_bytes() -> int:  # torchao's tensors report their storage through __tensor_flatten__
         total = 0
@@ -278,12 +278,13 @@ def _quantize(cfg: ProfileConfig, wl: Workload) -> dict:
             total += sum(t.numel() * t.element_size() for t in parts)
         return total
 
-    def calibrate(model: torch.nn.Module) -> None:  # another random chunk than the agreement's
-        model(**_prefix_and_chunk(cfg, wl, cfg.seed + 2))
-
     before, ref = weight_bytes(), _teacher_forced_tokens(cfg, wl)
     t = time.perf_counter()
-    layers = quantize_weights(wl.model, cfg.runtime.quantize, calibrate=calibrate if cfg.calibrate else None)
+    calibration = None
+    if cfg.calibrate:  # on another random chunk than the agreement's
+        with recording_activation_amax(wl.model) as calibration, torch.inference_mode():
+            wl.model(**_prefix_and_chunk(cfg, wl, cfg.seed + 2))
+    layers = quantize_weights(wl.model, cfg.runtime.quantize, calibration=calibration)
     synchronize(cfg.runtime.device)
     seconds = time.perf_counter() - t
     out = {
@@ -295,12 +296,8 @@ def _quantize(cfg: ProfileConfig, wl: Workload) -> dict:
         "weights_gib_after": weight_bytes() / 2**30,
         "teacher_forced_agreement": float((_teacher_forced_tokens(cfg, wl) == ref).float().mean()),
     }
-    if cfg.calibrate:  # each layer's input scale x e4m3's largest value = the amax it was calibrated to
-        amax = [
-            float(p.act_quant_scale.max()) * torch.finfo(torch.float8_e4m3fn).max
-            for p in wl.model.parameters()
-            if getattr(p, "act_quant_scale", None) is not None
-        ]
+    if calibration is not None:
+        amax = [c.amax for c in calibration.values()]
         out["activation_amax"] = {"min": min(amax), "median": float(np.median(amax)), "max": max(amax)}
     log.info("quantize=%s: %s", out["mode"], {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()})
     return out
