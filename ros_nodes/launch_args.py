@@ -37,7 +37,7 @@ POLICY_LAUNCH_ARGS = {
     "compile_mode": "inductor | frozen | max-autotune (torch.compile mode of the compiled engine)",
     "threads": "CPU threads of the policy (0: the cores available minus one)",
     "quantize": "none | int8 | fp8 | fp8_tensor (weight quantisation at load; fp8*: CUDA, compute capability >= 8.9)",
-    "calibration": "fp8_tensor: calibration file of `ee-vla eval --save-calibration` (empty: activation scales per call)",
+    "calibration": "fp8_tensor: file of `ee-vla eval --save-calibration` (empty: activation scales per call)",
     "unnorm_key": "OpenVLA checkpoints: dataset of the action statistics (empty: the only one)",
     "chunk_size": "actions per decode call (0: the model's)",
     "chunk_size_threshold": "decode once the planned actions last at most this fraction of a chunk (1: every image)",
