@@ -26,7 +26,7 @@ is left unquantised.
 With a calibration (fp8_tensor only), each layer's activation scale is not computed per call but
 fixed once: a calibration is the largest magnitude each layer's input reached while the policy ran
 representative episodes (`recording_activation_amax`; `ee-vla eval --save-calibration FILE`), and
-amax / 448 becomes the layer's scale for good (torchao's static float8 tensors). A call then casts
+amax / 448 becomes the layer's scale for good (torchao 0.18's prototype static float8 tensors). A call then casts
 its activations without first reducing them; an activation beyond the calibrated range saturates
 at e4m3's largest value. The calibration must see what the decode steps see: real observations,
 the prompt's first tokens (whose activations can be far larger than the action tokens') and the
