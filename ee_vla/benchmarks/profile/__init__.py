@@ -22,6 +22,11 @@ With `--steps-only` (graph and compiled engines) it builds each engine for the s
 without a prompt, and reports its build seconds and graph replay times: one compiled forward per
 width and nothing else (where compiling every shape would take too long, e.g. a quantised 7B).
 
+With `--quantize MODE` the model is quantised before the engines are built, and the report gives
+the weights' memory and the teacher-forced token agreement with the unquantised model;
+`--quantize fp8_tensor --calibrate` fixes the activation scales from one recorded forward over the
+prompt and a random chunk (`ee_vla.models.quantize`), reporting the range of the recorded amax.
+
 With `--kernels N`, each step width is also recorded under `torch.profiler` and its N costliest
 kernels per forward are kept (JSON ``raw[engine]["kernels_w<w>"]``, `<stem>_kernels.txt`).
 
