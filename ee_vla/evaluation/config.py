@@ -159,6 +159,8 @@ class EvalConfig:
         import_env_modules(self.env_modules)
         check_env_ids(self)
         check_model_dir(self.policy, "EvalConfig.policy:")
+        if self.runtime.calibration is not None and not Path(self.runtime.calibration).is_file():
+            raise EvalConfigError(f"EvalConfig.calibration: calibration file not found: {self.runtime.calibration}")
         if self.output_dir is not None and not self.overwrite:
             from ee_vla.evaluation.report import COMPARE_FILE, EVAL_INFO_FILE
 

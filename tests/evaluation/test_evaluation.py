@@ -214,6 +214,12 @@ def test_unknown_env_id_fails_before_the_model_loads(tmp_path):
         evaluate(cfg)
 
 
+def test_a_missing_calibration_file_fails_before_the_model_loads(tiny_policy_dir, tmp_path):
+    cfg = make_cfg(tiny_policy_dir, tmp_path, quantize="fp8_tensor", calibration=str(tmp_path / "none.json"))
+    with pytest.raises(EvalConfigError, match="calibration file not found: .*none.json"):
+        cfg.check_inputs()
+
+
 def test_policy_dir_missing_files(tiny_policy_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
