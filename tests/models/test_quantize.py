@@ -183,10 +183,10 @@ def fp8_on_the_cpu(monkeypatch):
 
 def test_a_calibration_fixes_each_activation_scale_at_the_amax_it_recorded(fp8_on_the_cpu):
     """Static fp8 scales: the recorder keeps each layer's largest |input| (over several forwards),
-    and quantize_weights turns it into that layer's fixed input scale, amax / 448, with float8
+    and quantize_weights turns it into that layer's fixed input scale, amax x headroom / 448, with float8
     per-tensor weights; the model still computes what it did, to fp8's precision; an input beyond
     the calibrated range saturates instead of overflowing."""
-    from ee_vla.models.quantize import Calibrated, recording_activation_amax
+    from ee_vla.models.quantize import STATIC_HEADROOM, Calibrated, recording_activation_amax
 
     model = _tiny_llama()
     head = model.get_output_embeddings()
@@ -216,7 +216,7 @@ def test_a_calibration_fixes_each_activation_scale_at_the_amax_it_recorded(fp8_o
             continue
         assert m.weight.qdata.dtype == torch.float8_e4m3fn and m.weight.scale.numel() == 1, name
         assert m.weight.act_quant_scale.shape == (1, 1, 1)
-        assert float(m.weight.act_quant_scale) == pytest.approx(seen[name] / 448, rel=1e-6), name
+        assert float(m.weight.act_quant_scale) == pytest.approx(seen[name] * STATIC_HEADROOM / 448, rel=1e-6), name
     with torch.inference_mode():
         for x, r in zip(calib, ref, strict=True):
             assert (model(x).logits.float() - r).abs().max() < 0.1 * r.abs().max()
