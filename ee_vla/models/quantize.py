@@ -28,9 +28,9 @@ fixed once: a calibration is the largest magnitude each layer's input reached wh
 representative episodes (`recording_activation_amax`; `ee-vla eval --save-calibration FILE`), and
 amax x `STATIC_HEADROOM` / 448 becomes the layer's scale for good (torchao 0.18's prototype static
 float8 tensors). A call then casts its activations without first reducing them; an activation
-beyond the headroom saturates at e4m3's largest value. The calibration must see what the decode steps see: real observations,
-the prompt's first tokens (whose activations can be far larger than the action tokens') and the
-decoder's windows.
+beyond the headroom saturates at e4m3's largest value. The calibration must see what the decode
+steps see: real observations, the prompt's first tokens (whose activations can be far larger than
+the action tokens') and the decoder's windows.
 
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
 it), not to the unquantised one: its tokens can differ where two logits are close.
@@ -57,8 +57,8 @@ STATIC_HEADROOM = 2.0
 """A calibrated layer's activation scale is amax x this / 448: an input up to this many times the
 largest one the calibration saw still fits. float8 e4m3 is a floating-point format (about 18
 binades, 3 mantissa bits in each), so the headroom costs precision only to the smallest inputs,
-which fall one binade earlier below its normal range. (Episodes on other seeds than a
-calibration's reach up to 1.3x its amax in some layers of the shipped policy.)"""
+which fall one binade earlier below its normal range. (Recorded again over the seeds it is
+evaluated on, some layers of the shipped policy reach 1.3x their calibration's amax.)"""
 """fp8 activations' scales are computed from max(|x|, this): zero rows quantise to zeros, not NaN,
 and any real activation is far above it."""
 log = logging.getLogger(__name__)
