@@ -242,8 +242,8 @@ def _quantize_static(
     model: torch.nn.Module, take, calibration: Mapping[str, Calibrated], skipped: dict[str, list[str]]
 ) -> list[str]:
     """Convert each layer `take` accepts and `calibration` names to float8 per-tensor weights with
-    a static activation scale of amax x `STATIC_HEADROOM` / 448; the chosen names. Layers `take` accepts that the
-    calibration lacks are added to `skipped`."""
+    a static activation scale of amax x `STATIC_HEADROOM` / 448; the chosen names. Layers `take`
+    accepts that the calibration lacks are added to `skipped`."""
     from torchao.prototype.quantization.quant_api import Float8StaticActivationFloat8WeightConfig
 
     q = _torchao()
