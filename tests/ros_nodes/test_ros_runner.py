@@ -357,6 +357,31 @@ def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock,
     assert r.policy.warm_start_tokens is None  # and the policy was reset after it
 
 
+@pytest.mark.parametrize("policy_process", [False, True])
+def test_a_corrupt_calibration_fails_configure_with_the_reason(clock, tmp_path, policy_process):
+    """`calibration` naming a file that is not one: configure fails with what is wrong with it (in
+    the node's process or the policy's child process) and the runner stays unconfigured."""
+    from pathlib import Path
+
+    from ros_nodes.runner import load_policy
+
+    bad = tmp_path / "calibration.json"
+    bad.write_text('{"layers": {"model.x": {"amax": "big"}}}')
+    model = Path(__file__).resolve().parents[2] / "ee_vla" / "checkpoints" / "default"
+    params = PolicyParams(
+        model_path=str(model),
+        policy_process=policy_process,
+        quantize="fp8_tensor",
+        calibration=str(bad),
+        instruction="reach the cube",
+        use_joint_state=True,
+    )
+    r = PolicyRunner(params, load_policy, clock=clock)
+    with pytest.raises(Exception, match="calibration.json is not a calibration"):
+        r.configure()
+    assert r.state == "unconfigured" and r.policy is None
+
+
 def test_observation_error_is_bad_input_not_a_model_error(clock, caplog):
     from ee_vla.policy import ObservationError
 
