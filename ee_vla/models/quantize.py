@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,7 +160,7 @@ def quantize_weights(model: torch.nn.Module, mode: str, calibration: Mapping[str
     param = next(model.parameters())
     cfg = _config(mode, param.device)
     fuse_projections(model)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = _output_layer(model)
     chosen: list[str] = []
     skipped: dict[str, list[str]] = {}
 
@@ -204,10 +205,15 @@ class Calibrated(NamedTuple):
     ndim: int
 
 
+def _output_layer(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The layer quantisation leaves alone: the output layer, whose action rows the engines read."""
+    return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+
 def _calibrated_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     """The linear layers a calibration covers: every one of the fused model but the output layer."""
     fuse_projections(model)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = _output_layer(model)
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
 
 
@@ -263,13 +269,14 @@ def _quantize_static(
     if not chosen:
         raise QuantizeError("the calibration covers none of the layers to quantise")
     e4m3_max = torch.finfo(torch.float8_e4m3fn).max
-    for name in chosen:
+
+    def config(name: str) -> Float8StaticActivationFloat8WeightConfig:
         c = calibration[name]
-        w = layers[name].weight
         amax = max(c.amax, ACTIVATION_AMAX_FLOOR) * STATIC_HEADROOM
-        scale = torch.full((1,) * c.ndim, amax / e4m3_max, dtype=torch.float32, device=w.device)
-        config = Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale, granularity=q.PerTensor())
-        q.quantize_(model, config, filter_fn=lambda m, n, target=name: n == target)
+        scale = torch.full((1,) * c.ndim, amax / e4m3_max, dtype=torch.float32, device=layers[name].weight.device)
+        return Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale, granularity=q.PerTensor())
+
+    q.quantize_(model, q.FqnToConfig(OrderedDict((name, config(name)) for name in chosen)), filter_fn=None)
     return chosen
 
 
