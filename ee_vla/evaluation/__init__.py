@@ -149,12 +149,12 @@ def _recording(policy, cfg: EvalConfig):
     """With `cfg.save_calibration`: record the linear layers' input amax while the body runs, then
     write the calibration (with what it was recorded on)."""
     if cfg.save_calibration is None:
-        yield None
+        yield
         return
     from ee_vla.models.quantize import recording_activation_amax, save_calibration
 
     with recording_activation_amax(policy.vla.model) as table:
-        yield table
+        yield
     path = save_calibration(
         cfg.save_calibration,
         table,

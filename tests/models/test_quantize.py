@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ee_vla.benchmarks.check import TINY_VOCAB, tiny_lm
 from ee_vla.models.fusion import fuse_projections
 from ee_vla.models.quantize import QuantizeError, quantize_weights, quantized_mode
 from ee_vla.models.vla import VLA
@@ -159,18 +160,8 @@ def test_fp8_off_the_compiled_engine_is_flagged_as_slower():
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=96,
-    )
-    return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    """hidden 64, intermediate 64, 2 layers, grouped KV heads: dimensions fp8's kernels take."""
+    return tiny_lm("llama", dtype=torch.bfloat16, head_dim=16)
 
 
 @pytest.fixture
@@ -191,7 +182,7 @@ def test_a_calibration_fixes_each_activation_scale_at_the_amax_it_recorded(fp8_o
     model = _tiny_llama()
     head = model.get_output_embeddings()
     g = torch.Generator().manual_seed(1)
-    calib = [torch.randint(0, 96, (3, 12), generator=g) for _ in range(2)]
+    calib = [torch.randint(0, TINY_VOCAB, (3, 12), generator=g) for _ in range(2)]
     with recording_activation_amax(model) as table, torch.inference_mode():  # fuses the projections
         ref = [model(x).logits.float() for x in calib]
     seen: dict[str, float] = {}
@@ -220,7 +211,7 @@ def test_a_calibration_fixes_each_activation_scale_at_the_amax_it_recorded(fp8_o
     with torch.inference_mode():
         for x, r in zip(calib, ref, strict=True):
             assert (model(x).logits.float() - r).abs().max() < 0.1 * r.abs().max()
-        big = model.model.layers[0].mlp.down_proj(torch.full((1, 2, 128), 1e4, dtype=torch.bfloat16))
+        big = model.model.layers[0].mlp.down_proj(torch.full((1, 2, 64), 1e4, dtype=torch.bfloat16))
     assert torch.isfinite(big).all()
 
 

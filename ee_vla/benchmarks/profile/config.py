@@ -42,7 +42,8 @@ class ProfileConfig:
     calibrate: bool = False
     """With `runtime.quantize` fp8_tensor: fix each layer's activation scale once, from one forward
     over the prompt and a random chunk of action tokens, instead of computing it from every call's
-    activations (`quantize_weights(calibrate=)`): no reduction before each cast."""
+    activations (`recording_activation_amax`, `quantize_weights(calibration=)`): no reduction
+    before each cast."""
     inductor: tuple[str, ...] = ()
     """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
     `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""

@@ -245,7 +245,7 @@ def _build(cfg: ProfileConfig) -> tuple[Workload, float]:
     return wl, build_s
 
 
-def _prefix_and_chunk(cfg: ProfileConfig, wl: Workload, seed: int) -> dict:
+def _prefix_and_chunk(wl: Workload, seed: int) -> dict:
     """The workload's inputs followed by a random chunk of action tokens (generator `seed`)."""
     lo, hi = wl.action_range
     g = torch.Generator().manual_seed(seed)
@@ -262,7 +262,7 @@ def _teacher_forced_tokens(cfg: ProfileConfig, wl: Workload) -> torch.Tensor:
     random chunk of action tokens: what each position predicts given the same inputs."""
     lo, hi = wl.action_range
     with torch.inference_mode():
-        logits = wl.model(**_prefix_and_chunk(cfg, wl, cfg.seed + 1)).logits[:, -wl.n_tokens :, lo : hi + 1]
+        logits = wl.model(**_prefix_and_chunk(wl, cfg.seed + 1)).logits[:, -wl.n_tokens :, lo : hi + 1]
     return logits.argmax(-1).cpu()
 
 
@@ -283,7 +283,7 @@ def _quantize(cfg: ProfileConfig, wl: Workload) -> dict:
     calibration = None
     if cfg.calibrate:  # on another random chunk than the agreement's
         with recording_activation_amax(wl.model) as calibration, torch.inference_mode():
-            wl.model(**_prefix_and_chunk(cfg, wl, cfg.seed + 2))
+            wl.model(**_prefix_and_chunk(wl, cfg.seed + 2))
     layers = quantize_weights(wl.model, cfg.runtime.quantize, calibration=calibration)
     synchronize(cfg.runtime.device)
     seconds = time.perf_counter() - t
