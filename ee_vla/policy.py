@@ -60,7 +60,7 @@ class PolicyConfig:
     (`RuntimeConfig.policy_config()`), whose fields carry the same names."""
 
     decoder: DecodeConfig | str = field(default_factory=lambda: DecodeConfig.preset("ceed"))
-    """Decoder and its early-exit rules, or a preset name (ar | jacobi | ceed | ceed_cap)."""
+    """Decoder and its early-exit rules, or a preset name (ar | jacobi | ceed | ceed_cap | ceed_2pass)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning (`select_action`; the warm start shifts
     the previous chunk by this many actions). None = the whole chunk."""

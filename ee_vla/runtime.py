@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from ee_vla.decoding.config import PRESETS, DecodeConfig, parse_decoder_spec
 
-DecoderName = Literal["ar", "jacobi", "ceed", "ceed_cap"]
+DecoderName = Literal["ar", "jacobi", "ceed", "ceed_cap", "ceed_2pass"]
 """The decoder presets (`ee_vla.decoding.config.PRESETS`; a test checks they agree)."""
 DECODERS: tuple[str, ...] = tuple(PRESETS)
 EngineKind = Literal["auto", "eager", "static", "graph", "compiled"]
@@ -59,11 +59,13 @@ class RuntimeConfig:
 
     decoder: DecoderName = "ceed"
     """Decoder preset (`DecodeConfig.preset`): ar | jacobi | ceed (relaxed convergence, tau=1) |
-    ceed_cap (the CEED paper's fixed cap of 2 iterations). The options below override the preset's."""
+    ceed_cap (the CEED paper's fixed cap of 2 iterations) | ceed_2pass (the warm guess run in the
+    prefill, then one iteration: two forward passes per call). The options below override the
+    preset's."""
     max_iterations: int | None = None
-    """ceed and ceed_cap only: iteration cap of the early exit (None = the preset's)."""
+    """ceed, ceed_cap and ceed_2pass only: iteration cap of the early exit (None = the preset's)."""
     tau: int | None = None
-    """ceed and ceed_cap only: relaxed convergence in bins (None = the preset's)."""
+    """ceed, ceed_cap and ceed_2pass only: relaxed convergence in bins (None = the preset's)."""
     deadline_s: float | None = None
     """Wall-clock budget of one decode call in seconds (None = none). Breaks exactness of ar/jacobi."""
     init: InitGuess | None = None
@@ -73,7 +75,8 @@ class RuntimeConfig:
     guess_in_prefill: bool = False
     """jacobi/ceed: the prefill also runs the initial guess after the prompt, so that it is the
     first Jacobi iteration as well: one forward pass fewer whenever a warm start's guess begins
-    right, for a prefill that many tokens longer (docs/decoding.md)."""
+    right, for a prefill that many tokens longer (docs/decoding.md). False leaves the preset's
+    (on for ceed_2pass, off for the others)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning; the warm start shifts the previous
     chunk by this many actions (None = the whole chunk)."""

@@ -83,9 +83,9 @@ class FleetBenchConfig:
     chunk_size: int = 3
     """Actions per call (a random model's chunk; a directory's model: 0 = its own)."""
     decoder: str = "ceed"
-    """Decoder preset: ar | jacobi | ceed | ceed_cap."""
+    """Decoder preset: ar | jacobi | ceed | ceed_cap | ceed_2pass."""
     max_iterations: int = 0
-    """ceed/ceed_cap: iteration cap (0: the preset's). Random weights never converge like a trained
+    """ceed/ceed_cap/ceed_2pass: iteration cap (0: the preset's). Random weights never converge like a trained
     model: cap them (4 is about the shipped policy's iterations per chunk)."""
     guess_in_prefill: bool = False
     """Run the warm start's guess in the prefill (`RuntimeConfig.guess_in_prefill`)."""
@@ -658,7 +658,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--model", default=d.model, help="policy directory | tiny | small | openvla-7b | openvla-tiny")
     p.add_argument("--tokenizer", default=d.tokenizer, help="openvla-*: a Llama-2 tokenizer directory")
     p.add_argument("--chunk-size", type=int, default=d.chunk_size)
-    p.add_argument("--decoder", default=d.decoder, help="ar | jacobi | ceed | ceed_cap")
+    p.add_argument("--decoder", default=d.decoder, help="ar | jacobi | ceed | ceed_cap | ceed_2pass")
     p.add_argument("--max-iterations", type=int, default=d.max_iterations, help="ceed iteration cap (0: preset's)")
     p.add_argument("--guess-in-prefill", action="store_true", help="run the warm guess in the prefill")
     p.add_argument("--device", default=d.device)

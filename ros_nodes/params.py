@@ -39,7 +39,7 @@ COMMAND_MSG_TYPES = {
     "trajectory": "trajectory_msgs/msg/JointTrajectory",
 }
 
-DECODERS = ("ceed", "ceed_cap", "jacobi", "ar")
+DECODERS = ("ceed", "ceed_cap", "ceed_2pass", "jacobi", "ar")
 """`ee_vla.decoding.config.PRESETS` (kept here so that this module imports no torch; a test checks they agree)."""
 ENGINES = ("auto", "eager", "static", "graph", "compiled")
 """`ee_vla.engine.ENGINES` (kept here so that this module imports no torch; a test checks they agree)."""
@@ -85,11 +85,12 @@ class PolicyParams:
     """Directory of a saved ee_vla policy (`VLAPolicy.from_pretrained`); loaded on configure."""
     decoder: str = "ceed"
     """Decoder preset: ceed (relaxed convergence, tau=1) | ceed_cap (the CEED paper's cap of 2
-    iterations) | jacobi | ar. The options below override the preset's, as `ee-vla eval`'s do."""
+    iterations) | ceed_2pass (the warm guess run in the prefill, then one iteration: two forward
+    passes) | jacobi | ar. The options below override the preset's, as `ee-vla eval`'s do."""
     max_iterations: int = 0
-    """ceed and ceed_cap only: iteration cap of the early exit (0: the preset's)."""
+    """ceed, ceed_cap and ceed_2pass only: iteration cap of the early exit (0: the preset's)."""
     tau: int = -1
-    """ceed and ceed_cap only: relaxed convergence in bins (-1: the preset's)."""
+    """ceed, ceed_cap and ceed_2pass only: relaxed convergence in bins (-1: the preset's)."""
     deadline_s: float = 0.0
     """Wall-clock budget of one decode call in seconds (0: none); not `decode_deadline_s`, which
     drops a chunk whose first action comes too late after its image."""

@@ -156,13 +156,19 @@ def test_bad_call_arguments():
 
 def test_presets_say_what_they_bound():
     """`ceed` is relaxed convergence (tau=1, no cap); `ceed_cap` is CEED's fixed cap of 2
-    iterations with exact convergence otherwise; the user-facing names keep working."""
+    iterations with exact convergence otherwise; `ceed_2pass` is a cap of 1 after a prefill that
+    runs the warm guess; the user-facing names keep working."""
     ceed, cap = DecodeConfig.preset("ceed"), DecodeConfig.preset("ceed_cap")
     assert (ceed.method, ceed.tau, ceed.max_iterations) == ("ceed", 1, None)
     assert (cap.method, cap.tau, cap.max_iterations) == ("ceed", 0, 2)
     assert DecodeConfig.preset("ar").method == "ar" and DecodeConfig.preset("jacobi").tau == 0
     _, stats = decode(CountingStep(1), first_logits(1), 9, cap, action_range=(LO, HI))
     assert stats.forward_passes == 3 and stats.exit_reason == ["cap"]
+    two = DecodeConfig.preset("ceed_2pass")
+    assert two == DecodeConfig.from_spec("ceed_cap:max_iterations=1:guess_in_prefill=true")
+    assert (two.tau, two.max_iterations, two.init, two.guess_in_prefill) == (0, 1, "warm", True)
+    _, stats = decode(CountingStep(1), first_logits(1), 9, two, action_range=(LO, HI))
+    assert stats.forward_passes == 2 and stats.exit_reason == ["cap"]
     with pytest.raises(ValueError, match="ceed_cap"):
         DecodeConfig.preset("fast")
 
@@ -250,6 +256,6 @@ def test_non_finite_logits_are_refused_naming_rows_and_positions():
 
 
 def test_non_finite_logits_are_refused_by_every_decoder():
-    for name in ("ar", "jacobi", "ceed", "ceed_cap"):
+    for name in ("ar", "jacobi", "ceed", "ceed_cap", "ceed_2pass"):
         with pytest.raises(NonFiniteLogitsError):
             decode(NaNStep(1, [0]), first_logits(1), 6, DecodeConfig.preset(name), action_range=(LO, HI))

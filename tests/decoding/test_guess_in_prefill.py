@@ -143,6 +143,32 @@ def test_policy_with_the_guess_in_the_prefill_streams_ar_actions(tiny_vla_dir, e
         assert pol.last_stats.exact
 
 
+def test_the_two_pass_preset_runs_the_guess_in_its_prefill_and_one_iteration(tiny_vla_dir):
+    """`PolicyConfig(decoder="ceed_2pass")`: every call is two forward passes (the prefill, then
+    one iteration); the episode's first call has no guess and runs the plain prefill, the next
+    ones run the previous chunk's warm guess in it."""
+    from ee_vla.policy import PolicyConfig, VLAPolicy
+
+    pol = VLAPolicy.from_config(tiny_vla_dir, PolicyConfig(decoder="ceed_2pass"))
+    windows = []
+    prefill = pol._prefill
+
+    def spy(model, **inputs):
+        windows.append(inputs.get("window"))
+        return prefill(model, **inputs)
+
+    pol._prefill = spy
+    size = pol.vla.image_size
+    obs = {"pixels": np.zeros((1, size, size, 3), np.uint8), "instruction": ["pick up the cube"]}
+    if pol.vla.proprio_dim:
+        obs["agent_pos"] = np.zeros((1, pol.vla.proprio_dim))
+    for _ in range(3):
+        pol.predict_action_chunk(obs)
+        assert pol.last_stats.forward_passes == 2
+    n = pol.vla.n_action_tokens
+    assert windows[0] is None and all(w is not None and w.shape == (1, n - 1) for w in windows[1:])
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_vla_image_prefill_with_the_window_equals_eager(device):
     """A VLA prompt (image features merged in the bucketed prefill, a CUDA graph on a GPU) with the

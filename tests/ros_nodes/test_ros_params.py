@@ -42,7 +42,7 @@ def test_defaults_are_valid_and_safe():
         ("image_topic", "cam era", "not a valid"),
         ("action_low", [0.0, float("inf")], "finite"),
         ("image_timeout_s", -1.0, "positive"),
-        ("decoder", "beam", "ceed|ceed_cap|jacobi|ar"),
+        ("decoder", "beam", "ceed|ceed_cap|ceed_2pass|jacobi|ar"),
         ("engine", "turbo", "compiled"),
         ("joint_names", ["a", "a"], "repeat"),
         ("keep_dims_on_zero", [-1], "indices"),
