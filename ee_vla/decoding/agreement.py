@@ -41,6 +41,8 @@ class Frame:
     """(1, n) AR's previous chunk in this episode; None at the episode's first call."""
     ar_tokens: torch.Tensor
     """(1, n) AR's tokens for `obs`."""
+    env: str = ""
+    """The env id the observation came from (results are also given per env)."""
 
 
 def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[str, dict]:
@@ -50,49 +52,57 @@ def agreement(policy, frames: Sequence[Frame], decoders: Sequence[str]) -> dict[
     Returns, per decoder: ``frames``, ``tokens`` (counted), ``mean_bins`` / ``p99_bins`` /
     ``max_bins`` (|token - AR token| in bins over all tokens), ``tokens_exact`` and ``chunks_exact``
     (fractions equal to AR), ``forward_passes`` (mean per call), ``first_action_max_bins`` (the
-    largest distance within the first action, the one executed first) and ``progress``: per
-    snapshot of the decode loop (0: after the prefill, k: after iteration k), the mean count of
-    ``final`` tokens (the final prefix) and of window tokens ``equal_to_ar`` (final or not); a call
-    that ended earlier counts with its last snapshot."""
+    largest distance within the first action, the one executed first), ``action_mean_bins`` (the
+    mean distance of each action of the chunk, first to last) and ``progress``: per snapshot of the
+    decode loop (0: after the prefill, k: after iteration k), the mean count of ``final`` tokens
+    (the final prefix) and of window tokens ``equal_to_ar`` (final or not); a call that ended
+    earlier counts with its last snapshot. When the frames come from several envs, ``per_env``
+    holds the same summary for each env's frames."""
     if not frames:
         raise ValueError("agreement needs at least one frame")
     lo, hi = policy.vla.action_range
     D = policy.action_dim
+    envs = list(dict.fromkeys(fr.env for fr in frames))
     saved = policy.decoder
     out = {}
     try:
         for name in decoders:
             policy.decoder = DecodeConfig.from_spec(name)
-            dists, first, passes, exact_chunks, trail = [], [], [], 0, []
+            calls = []
             for fr in frames:
                 policy.warm_start_tokens = fr.warm
                 snaps = [
                     (int(st.n_final[0]), int((st.tokens == fr.ar_tokens).sum())) for st in policy.decode_states(fr.obs)
                 ]
-                trail.append(snaps)
-                tokens = policy.warm_start_tokens
-                d = token_distance(tokens, fr.ar_tokens, (lo, hi)).double()
-                dists.append(d.flatten())
-                first.append(float(d[:, :D].max()))
-                passes.append(policy.last_stats.forward_passes)
-                exact_chunks += bool((d == 0).all())
-            d = torch.cat(dists)
-            out[name] = {
-                "frames": len(frames),
-                "tokens": int(d.numel()),
-                "mean_bins": float(d.mean()),
-                "p99_bins": float(torch.quantile(d, 0.99)),
-                "max_bins": float(d.max()),
-                "tokens_exact": float((d == 0).double().mean()),
-                "chunks_exact": exact_chunks / len(frames),
-                "forward_passes": float(np.mean(passes)),
-                "first_action_max_bins": float(max(first)),
-                "progress": _progress(trail),
-            }
+                d = token_distance(policy.warm_start_tokens, fr.ar_tokens, (lo, hi)).double().flatten()
+                calls.append((fr.env, d, policy.last_stats.forward_passes, snaps))
+            out[name] = _summary(calls, D)
+            if len(envs) > 1:
+                out[name]["per_env"] = {env: _summary([c for c in calls if c[0] == env], D) for env in envs}
     finally:
         policy.decoder = saved
         policy.reset()
     return out
+
+
+def _summary(calls: list[tuple[str, torch.Tensor, int, list[tuple[int, int]]]], action_dim: int) -> dict:
+    """The statistics of `agreement` over calls of (env, distances (n,), forward passes, snapshots)."""
+    dists = torch.stack([c[1] for c in calls])  # (calls, n)
+    d = dists.flatten()
+    per_action = dists.view(len(calls), -1, action_dim)
+    return {
+        "frames": len(calls),
+        "tokens": int(d.numel()),
+        "mean_bins": float(d.mean()),
+        "p99_bins": float(torch.quantile(d, 0.99)),
+        "max_bins": float(d.max()),
+        "tokens_exact": float((d == 0).double().mean()),
+        "chunks_exact": float((dists == 0).all(1).double().mean()),
+        "forward_passes": float(np.mean([c[2] for c in calls])),
+        "first_action_max_bins": float(per_action[:, 0].max()),
+        "action_mean_bins": per_action.mean((0, 2)).tolist(),
+        "progress": _progress([c[3] for c in calls]),
+    }
 
 
 def _progress(trail: list[list[tuple[int, int]]]) -> dict[str, list[float]]:
@@ -125,7 +135,7 @@ def collect_frames(policy, env_id: str, seeds: Sequence[int], max_frames_per_epi
                 policy.warm_start_tokens = warm
                 chunk = policy.predict_action_chunk(o)
                 tokens = policy.warm_start_tokens.clone()
-                frames.append(Frame(o, warm, tokens))
+                frames.append(Frame(o, warm, tokens, env_id))
                 warm, n = tokens, n + 1
                 for a in chunk[: policy.n_action_steps]:
                     a = np.clip(a, env.action_space.low, env.action_space.high)
@@ -187,6 +197,15 @@ def main(cfg: AgreementConfig) -> dict:
             f"{name:{w}s} {r['frames']:6d} {r['mean_bins']:9.3f} {r['p99_bins']:5.0f} {r['max_bins']:5.0f} "
             f"{r['tokens_exact']:7.1%} {r['chunks_exact']:8.1%} {r['forward_passes']:8.2f}"
         )
+    if len(cfg.env) > 1:
+        print("\nper env: tokens / chunks equal to AR's, mean bins of each action, forward passes per call")
+        for name, r in result.items():
+            for env_id, e in r["per_env"].items():
+                actions = " ".join(f"{b:.2f}" for b in e["action_mean_bins"])
+                print(
+                    f"{name:{w}s} {env_id:20s} {e['tokens_exact']:7.1%} {e['chunks_exact']:7.1%}  [{actions}]"
+                    f" {e['forward_passes']:6.2f}"
+                )
     n = policy.vla.n_action_tokens
     shown = 5
     print(f"\nmean tokens of {n} final / equal to AR's, after the prefill (0) and iterations 1..{shown - 1}")

@@ -62,3 +62,26 @@ def test_progress_counts_final_and_correct_tokens_per_snapshot(tiny_vla_dir):
     assert jac["final"] == sorted(jac["final"]) and jac["final"][0] == 1.0
     assert len(jac["final"]) == len(jac["equal_to_ar"]) <= 21
     assert r["ar"]["forward_passes"] == len(ar["final"])  # one snapshot per forward pass
+
+
+def test_distances_are_given_per_action_and_per_env(tiny_vla_dir):
+    """AR's reference moved by two bins on the last action of env b's one frame: env a stays
+    exact, env b's distance is in its last action only, and the overall figures pool both."""
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar")
+    frames = _frames(policy, 3)
+    D = policy.action_dim
+    lo, _ = policy.vla.action_range
+    ref = frames[2].ar_tokens.clone()
+    last = ref[:, -D:]
+    ref[:, -D:] = torch.where(last - 2 >= lo, last - 2, last + 2)
+    tagged = [Frame(f.obs, f.warm, f.ar_tokens, "a") for f in frames[:2]] + [
+        Frame(frames[2].obs, frames[2].warm, ref, "b")
+    ]
+    r = agreement(policy, tagged, ["jacobi"])["jacobi"]
+    assert set(r["per_env"]) == {"a", "b"}
+    a, b = r["per_env"]["a"], r["per_env"]["b"]
+    assert a["frames"] == 2 and a["tokens_exact"] == 1.0 and a["action_mean_bins"] == [0.0, 0.0, 0.0]
+    assert b["frames"] == 1 and b["chunks_exact"] == 0.0 and b["action_mean_bins"] == [0.0, 0.0, 2.0]
+    assert b["first_action_max_bins"] == 0.0 and b["max_bins"] == 2.0
+    assert r["action_mean_bins"] == pytest.approx([0.0, 0.0, 2 / 3]) and r["chunks_exact"] == pytest.approx(2 / 3)
+    assert "per_env" not in agreement(policy, frames, ["jacobi"])["jacobi"]  # one env: no breakdown
