@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# A shell starts a background job (`make test-ros &`, nohup) with SIGINT ignored, and an ignored
+# signal stays ignored across exec: `ros2 launch` and the nodes the tests start would then not end
+# on the Ctrl-C (SIGINT) the tests send them. Give pytest Python's own handler back, which exec
+# resets to the default for every process it starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from domains import held_domain_ids, release_domain_ids  # noqa: E402
 from ros_fakes import FakeClock, FakePolicy  # noqa: E402
