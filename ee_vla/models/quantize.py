@@ -54,14 +54,14 @@ from ee_vla.runtime import QUANTIZE_MODES
 
 _MARK = "_ee_vla_quantize"
 ACTIVATION_AMAX_FLOOR = 1e-12
+"""fp8 activations' scales are computed from max(|x|, this): zero rows quantise to zeros, not NaN,
+and any real activation is far above it."""
 STATIC_HEADROOM = 2.0
 """A calibrated layer's activation scale is amax x this / 448: an input up to this many times the
 largest one the calibration saw still fits. float8 e4m3 is a floating-point format (about 18
 binades, 3 mantissa bits in each), so the headroom costs precision only to the smallest inputs,
 which fall one binade earlier below its normal range. (Recorded again over the seeds it is
 evaluated on, some layers of the shipped policy reach 1.3x their calibration's amax.)"""
-"""fp8 activations' scales are computed from max(|x|, this): zero rows quantise to zeros, not NaN,
-and any real activation is far above it."""
 log = logging.getLogger(__name__)
 
 
