@@ -197,7 +197,7 @@ def main(cfg: AgreementConfig) -> dict:
             f"{name:{w}s} {r['frames']:6d} {r['mean_bins']:9.3f} {r['p99_bins']:5.0f} {r['max_bins']:5.0f} "
             f"{r['tokens_exact']:7.1%} {r['chunks_exact']:8.1%} {r['forward_passes']:8.2f}"
         )
-    if len(cfg.env) > 1:
+    if any("per_env" in r for r in result.values()):
         print("\nper env: tokens / chunks equal to AR's, mean bins of each action, forward passes per call")
         for name, r in result.items():
             for env_id, e in r["per_env"].items():
