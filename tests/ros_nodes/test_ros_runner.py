@@ -336,11 +336,10 @@ def test_a_failed_warm_up_fails_configure_with_the_reason(clock, policy, match):
 def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock, guess_in_prefill):
     """The real policy on the static engine: configure's warm-up decodes leave its engine built,
     with the prefill of a warm call among its shapes when the guess runs in the prefill."""
-    from pathlib import Path
-
+    import ee_vla
     from ros_nodes.runner import load_policy
 
-    model = Path(__file__).resolve().parents[2] / "ee_vla" / "checkpoints" / "default"
+    model = ee_vla.DEFAULT_POLICY
     params = PolicyParams(
         model_path=str(model),
         engine="static",
@@ -361,13 +360,12 @@ def test_warm_up_builds_the_shipped_policys_engine_before_the_first_image(clock,
 def test_a_corrupt_calibration_fails_configure_with_the_reason(clock, tmp_path, policy_process):
     """`calibration` naming a file that is not one: configure fails with what is wrong with it (in
     the node's process or the policy's child process) and the runner stays unconfigured."""
-    from pathlib import Path
-
+    import ee_vla
     from ros_nodes.runner import load_policy
 
     bad = tmp_path / "calibration.json"
     bad.write_text('{"layers": {"model.x": {"amax": "big"}}}')
-    model = Path(__file__).resolve().parents[2] / "ee_vla" / "checkpoints" / "default"
+    model = ee_vla.DEFAULT_POLICY
     params = PolicyParams(
         model_path=str(model),
         policy_process=policy_process,
