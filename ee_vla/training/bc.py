@@ -192,19 +192,23 @@ def data_contract(episodes) -> dict:
     return recorded_contract(env_ids, control_hz, action_space)
 
 
-def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
-    """The model to train: `src` (`_start_model`: the checkpoint when resuming, `init_from`), or a
-    new `preset` model whose tokenizers fit the data."""
+def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats, resumed: bool = False):
+    """The model to train: `src` (`_start_model`: the checkpoint when `resumed`, else `init_from`,
+    set to `chunk_size` when given), or a new `preset` model whose tokenizers fit the data."""
     from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
 
     if src is not None:
-        return VLA.from_pretrained(src)
+        vla = VLA.from_pretrained(src)
+        if not resumed and cfg.chunk_size is not None and cfg.chunk_size != vla.chunk_size:
+            log.info("fine-tuning %s from chunks of %d actions to chunks of %d", src, vla.chunk_size, cfg.chunk_size)
+            vla.chunk_size = cfg.chunk_size
+        return vla
     proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
     corpus = instruction_corpus(episodes, PROMPT_TEMPLATE)
     return VLA.create(
         cfg.preset,
         stats,
-        cfg.chunk_size,
+        cfg.chunk_size or 3,
         proprio_stats,
         corpus,
         seed=cfg.seed,
@@ -272,7 +276,7 @@ def train(cfg: TrainConfig) -> Path:
     rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:
         torch.manual_seed(cfg.seed)
-        vla = _build_vla(cfg, train_eps, src, stats)
+        vla = _build_vla(cfg, train_eps, src, stats, resumed=resume_from is not None)
         vla.contract = data_contract(episodes)
         use_proprio = vla.proprio_tokenizer is not None
         load_pixels(episodes)

@@ -179,14 +179,16 @@ class TrainConfig(RunConfig):
 
     preset: Preset = "small"
     """Network size of a new model: tiny (tests, CPU) | small (~10M parameters, the shipped policy)."""
-    chunk_size: int = 3
+    chunk_size: int | None = None
     """k: actions per chunk. The target at step t is actions t..t+k-1 (the last action repeated
-    past the episode end). Ignored with init_from (the model's own chunk size is used)."""
+    past the episode end). None: 3 for a new model, the model's own with init_from. A value with
+    init_from fine-tunes that model to chunks of k actions (the network is unchanged: it emits
+    k x action_dim tokens after the prompt); a resumed run keeps its model's."""
     use_proprio: bool = False
     """Append the discretised proprio (`obs/agent_pos`) to the prompt as action-block tokens."""
     init_from: str | None = None
     """Start from this ee_vla model directory (fine-tuning) instead of a random `preset` model; its
-    action/proprio statistics and chunk size are kept."""
+    action/proprio statistics are kept, and its chunk size unless chunk_size is set."""
     action_stats: str | None = None
     """ActionStats JSON to normalise actions with; None = computed from all training files together
     (one tokenizer must cover every task)."""
@@ -235,7 +237,12 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.chunk_size >= 1, "TrainConfig", "chunk_size", f"must be >= 1, got {self.chunk_size}")
+        _check(
+            self.chunk_size is None or self.chunk_size >= 1,
+            "TrainConfig",
+            "chunk_size",
+            f"must be >= 1 or None, got {self.chunk_size}",
+        )
         _check(self.preset in ("tiny", "small"), "TrainConfig", "preset", f"must be tiny|small, got {self.preset!r}")
         _check(
             self.patch_size is None or self.patch_size >= 1,

@@ -76,6 +76,26 @@ def test_bc_overfits_and_reloads(tmp_path, write_demo, k):
     assert chunk.shape == (k, 7) and np.isfinite(chunk).all()
 
 
+def test_init_from_with_chunk_size_fine_tunes_to_longer_chunks(tmp_path, write_demo):
+    from ee_vla.models.vla import VLA
+    from ee_vla.policy import VLAPolicy
+
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=8)
+    base = train(_cfg([data], tmp_path / "k1", chunk_size=1, steps=2))
+    assert train(_cfg([data], tmp_path / "kept", init_from=str(base), steps=2)) and (
+        VLA.from_pretrained(tmp_path / "kept" / "model").chunk_size == 1
+    )
+    out = tmp_path / "k4"
+    model_dir = train(_cfg([data], out, init_from=str(base), chunk_size=4, steps=12, eval_every=12))
+    rows = _rows(out)
+    assert rows[-1]["loss"] < rows[0]["loss"], "the 4-action targets were not learned"
+    assert VLA.from_pretrained(model_dir).chunk_size == 4
+    policy = VLAPolicy.from_pretrained(model_dir, decoder="jacobi")
+    obs = {"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "pick up the red cube"}
+    chunk = policy.predict_action_chunk(obs)
+    assert chunk.shape == (4, 7) and np.isfinite(chunk).all()
+
+
 def test_resume_continues_exactly(tmp_path, write_demo):
     data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=6)
     full = tmp_path / "full"

@@ -12,7 +12,7 @@ from ee_vla.training import DistillConfig, TrainConfig
 
 def test_defaults_are_valid():
     cfg = TrainConfig(data=("a.hdf5",), out_dir="out")
-    assert cfg.chunk_size == 3 and cfg.preset == "small"
+    assert cfg.chunk_size is None and cfg.preset == "small"  # a new model: chunks of 3
     d = DistillConfig(data=("a.hdf5",), out_dir="out", teacher="t")
     assert d.mixed_labels and d.mixed_label_threshold == 0.1 and d.consistency_weight == d.ar_weight == 1.0
     assert d.label_smoothing == 0.1 and not d.augment
