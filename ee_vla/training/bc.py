@@ -192,14 +192,15 @@ def data_contract(episodes) -> dict:
     return recorded_contract(env_ids, control_hz, action_space)
 
 
-def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats, resumed: bool = False):
-    """The model to train: `src` (`_start_model`: the checkpoint when `resumed`, else `init_from`,
-    set to `chunk_size` when given), or a new `preset` model whose tokenizers fit the data."""
+def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
+    """The model to train: `src` (`_start_model`: the checkpoint when resuming, `init_from`), set to
+    `chunk_size` when given (a resumed run's checkpoint has it already: the field cannot change on
+    resume), or a new `preset` model whose tokenizers fit the data."""
     from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
 
     if src is not None:
         vla = VLA.from_pretrained(src)
-        if not resumed and cfg.chunk_size is not None and cfg.chunk_size != vla.chunk_size:
+        if cfg.chunk_size is not None and cfg.chunk_size != vla.chunk_size:
             log.info("fine-tuning %s from chunks of %d actions to chunks of %d", src, vla.chunk_size, cfg.chunk_size)
             vla.chunk_size = cfg.chunk_size
         return vla
@@ -276,7 +277,7 @@ def train(cfg: TrainConfig) -> Path:
     rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:
         torch.manual_seed(cfg.seed)
-        vla = _build_vla(cfg, train_eps, src, stats, resumed=resume_from is not None)
+        vla = _build_vla(cfg, train_eps, src, stats)
         vla.contract = data_contract(episodes)
         use_proprio = vla.proprio_tokenizer is not None
         load_pixels(episodes)
