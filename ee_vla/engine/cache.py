@@ -11,10 +11,14 @@ from transformers.cache_utils import CacheLayerMixin
 
 
 class _Slots:
-    """The cache slots written by the forward that is running now (shared by all layers)."""
+    """The cache slots written by the forward that is running now (shared by all layers).
 
-    def __init__(self, index: torch.Tensor):
+    `consecutive`: the index is always `first, first + 1, ...` (a `StaticEngine`'s prompts and
+    windows are), which the fused attention kernel (`ee_vla.engine.attention`) relies on."""
+
+    def __init__(self, index: torch.Tensor, consecutive: bool = False):
         self.index = index
+        self.consecutive = consecutive
 
 
 class SlotLayer(CacheLayerMixin):
@@ -22,15 +26,18 @@ class SlotLayer(CacheLayerMixin):
 
     `update` writes the new entries at the slots in `slots.index` (set by the engine before each
     forward; a static buffer while a CUDA graph is captured) and returns the whole cache: the mask
-    decides what each query sees.
+    decides what each query sees. The fused attention (`ee_vla.engine.attention`) writes them
+    itself, inside its kernel, and uses `counters` (None: it merges with torch ops).
     """
 
     is_compileable = True
     is_sliding = False
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: _Slots):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: _Slots, counters: torch.Tensor | None = None):
         super().__init__()
         self.keys, self.values, self.slots = keys, values, slots
+        # int32 zeros, one per (batch row, query head): the fused attention kernel's split counters
+        self.counters = counters
         self.max_cache_len = keys.shape[2]
         self.dtype, self.device = keys.dtype, keys.device
         self.batch_size, self.num_heads = keys.shape[:2]

@@ -70,9 +70,21 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         svb, svh, svs, svd,
         smb, smh, smm, sms,
         M, S, H, GROUP, scale,
+        KN, VN, Cos, Sin, Slots,
+        snb, snh, snm, snd,
+        scb, scm, scd,
+        Final, Counter,
+        sfb, sfh, sfm, sfd,
         SPLIT_LEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, NEG: tl.constexpr,
+        NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, NEG: tl.constexpr, ROPE: tl.constexpr,
+        MERGE: tl.constexpr,
     ):  # fmt: skip
+        """One (batch x head, key split) program. With ROPE, Q, KN and VN are the window's queries,
+        keys and values before the rotary embedding (KN/VN strided by `sn*`, K/V the cache), and the
+        window's keys sit at the M consecutive cache slots from `Slots[0]`: the program rotates the
+        queries, takes those keys rotated (and their values) from KN/VN instead of the cache, and the
+        group's first head writes them into the cache. With MERGE, the split that finishes last
+        merges every split of its (batch x head) into Final (B, M, H, D) and resets the counter."""
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = bh // H
@@ -84,6 +96,16 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         m_ok = offs_m < M
         q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
         q = tl.load(q_ptr, mask=m_ok[:, None], other=0.0)
+        if ROPE:
+            # rotate_half(x)[d] = -x[d + D/2] for d < D/2, x[d - D/2] after
+            rot_d = (offs_d + HEAD_DIM // 2) % HEAD_DIM
+            sign = tl.where(offs_d < HEAD_DIM // 2, -1.0, 1.0)
+            q_half = tl.load(q_ptr + (rot_d - offs_d)[None, :] * sqd, mask=m_ok[:, None], other=0.0)
+            cs_q = b * scb + offs_m[:, None] * scm + offs_d[None, :] * scd
+            cos_q = tl.load(Cos + cs_q, mask=m_ok[:, None], other=0.0).to(tl.float32)
+            sin_q = tl.load(Sin + cs_q, mask=m_ok[:, None], other=0.0).to(tl.float32)
+            q = (q.to(tl.float32) * cos_q + sign[None, :] * q_half.to(tl.float32) * sin_q).to(Q.dtype.element_ty)
+            first = tl.load(Slots).to(tl.int32)
         m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -91,7 +113,38 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
             n = split * SPLIT_LEN + n0 + offs_n
             n_ok = n < S
             k_ptr = K + b * skb + kh * skh + n[:, None] * sks + offs_d[None, :] * skd
-            k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
+            v_ptr = V + b * svb + kh * svh + n[:, None] * svs + offs_d[None, :] * svd
+            # Only the tiles that hold window slots (one or two of the whole range) take the
+            # rotated keys and values from KN/VN: a branch per tile, so that the others keep the
+            # plain loop's registers.
+            if ROPE:
+                lo = split * SPLIT_LEN + n0
+                if (lo < first + M) & (lo + BLOCK_N > first):
+                    j = n - first
+                    new = n_ok & (j >= 0) & (j < M)
+                    old = n_ok & ((j < 0) | (j >= M))
+                    j = tl.where(new, j, 0)
+                    kn_ptr = KN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd
+                    k_new = tl.load(kn_ptr, mask=new[:, None], other=0.0).to(tl.float32)
+                    k_half = tl.load(kn_ptr + (rot_d - offs_d)[None, :] * snd, mask=new[:, None], other=0.0)
+                    cs_k = b * scb + j[:, None] * scm + offs_d[None, :] * scd
+                    cos_k = tl.load(Cos + cs_k, mask=new[:, None], other=0.0).to(tl.float32)
+                    sin_k = tl.load(Sin + cs_k, mask=new[:, None], other=0.0).to(tl.float32)
+                    k_new = (k_new * cos_k + sign[None, :] * k_half.to(tl.float32) * sin_k).to(K.dtype.element_ty)
+                    v_new = tl.load(
+                        VN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd, mask=new[:, None], other=0.0
+                    ).to(V.dtype.element_ty)
+                    writes = new & (h % GROUP == 0)
+                    tl.store(k_ptr, k_new, mask=writes[:, None])
+                    tl.store(v_ptr, v_new, mask=writes[:, None])
+                    k = tl.where(new[:, None], k_new, tl.load(k_ptr, mask=old[:, None], other=0.0))
+                    v = tl.where(new[:, None], v_new, tl.load(v_ptr, mask=old[:, None], other=0.0))
+                else:
+                    k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
+                    v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
+            else:
+                k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
+                v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
             if IEEE:
                 qk = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
@@ -106,8 +159,6 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(qk - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v_ptr = V + b * svb + kh * svh + n[:, None] * svs + offs_d[None, :] * svd
-            v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
             if IEEE:
                 pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
             else:
@@ -118,6 +169,33 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         tl.store(Out + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=m_ok[:, None])
         tl.store(Max + row, m_i, mask=m_ok)
         tl.store(Sum + row, l_i, mask=m_ok)
+        if MERGE:
+            # every thread's stores, then one release/acquire counter per (batch x head): the split
+            # that counts last sees the others' partial results (loaded past L1, from L2)
+            tl.debug_barrier()
+            done = tl.atomic_add(Counter + bh, 1, sem="acq_rel", scope="gpu")
+            if done == NUM_SPLITS - 1:
+                base = bh * NUM_SPLITS * M + offs_m
+                top = tl.full([BLOCK_M], NEG, tl.float32)
+                for sp in tl.static_range(NUM_SPLITS):
+                    top = tl.maximum(top, tl.load(Max + base + sp * M, mask=m_ok, other=NEG, cache_modifier=".cg"))
+                num = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+                den = tl.zeros([BLOCK_M], tl.float32)
+                for sp in tl.static_range(NUM_SPLITS):
+                    r = base + sp * M
+                    w = tl.exp(tl.load(Max + r, mask=m_ok, other=NEG, cache_modifier=".cg") - top)
+                    den += w * tl.load(Sum + r, mask=m_ok, other=0.0, cache_modifier=".cg")
+                    part = tl.load(
+                        Out + r[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=m_ok[:, None],
+                        other=0.0,
+                        cache_modifier=".cg",
+                    )
+                    num += w[:, None] * part
+                den = tl.where(m_ok, den, 1.0)
+                f_ptr = Final + b * sfb + h * sfh + offs_m[:, None] * sfm + offs_d[None, :] * sfd
+                tl.store(f_ptr, (num / den[:, None]).to(Final.dtype.element_ty), mask=m_ok[:, None])
+                tl.atomic_xchg(Counter + bh, 0)
 
 
 def plan_splits(
@@ -138,23 +216,37 @@ def kernel_applies(
     query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, dropout: float = 0.0
 ) -> str | None:
     """None when `splitkv_attention` can run these inputs, else why not (what SDPA runs instead)."""
+    return why_not(query.dtype, query.device, query.shape[1], query.shape[2], query.shape[-1], key, mask, dropout)
+
+
+def why_not(
+    dtype: torch.dtype,
+    device: torch.device,
+    heads: int,
+    queries: int,
+    head_dim: int,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float = 0.0,
+) -> str | None:
+    """`kernel_applies` from the queries' dtype, device, heads, length and head dim (known before
+    the queries are computed) and the keys (B, Hk, S, D)."""
     if mask is None:
         return "no explicit mask"
     if mask.dim() != 4 or not mask.is_floating_point():
         return "the mask is not a 4-D additive float mask"
     if dropout:
         return "dropout"
-    if query.dtype not in _DTYPES or key.dtype != query.dtype:
-        return f"dtype {query.dtype}"
-    D = query.shape[-1]
-    if D < 16 or D > 256 or D & (D - 1):
-        return f"head dim {D}"
-    if query.shape[2] > MAX_QUERIES:
-        return f"{query.shape[2]} queries > {MAX_QUERIES}"
-    if query.shape[1] % key.shape[1]:
+    if dtype not in _DTYPES or key.dtype != dtype:
+        return f"dtype {dtype}"
+    if head_dim < 16 or head_dim > 256 or head_dim & (head_dim - 1):
+        return f"head dim {head_dim}"
+    if queries > MAX_QUERIES:
+        return f"{queries} queries > {MAX_QUERIES}"
+    if heads % key.shape[1]:
         return "query heads not a multiple of key heads"
-    if not (query.device.type == "cuda" or (query.device.type == "cpu" and INTERPRET)):
-        return f"device {query.device.type}"
+    if not (device.type == "cuda" or (device.type == "cpu" and INTERPRET)):
+        return f"device {device.type}"
     if not HAS_TRITON:
         return "Triton is not installed"
     return None
@@ -191,11 +283,41 @@ def splitkv_attention(
     out, mx, total = torch.ops.ee_vla.splitkv_partial(
         query, key, value, mask, scale, splits, split_len, block_n, num_warps
     )
-    # Merge the splits: each holds sum_j exp(s_j - m) v_j and sum_j exp(s_j - m) for its own max m.
-    # Plain torch ops: inside a compiled forward Inductor fuses them (and the cast and transpose).
-    weight = torch.exp(mx - mx.amax(1, keepdim=True))
-    merged = (out * weight.unsqueeze(-1)).sum(1) / (total * weight).sum(1).unsqueeze(-1)
-    return merged.view(B, H, M, D).transpose(1, 2).to(query.dtype)
+    return _merge(out, mx, total, (B, H, M, D), query.dtype)
+
+
+def _partials(query: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (batch x head, split, query): the split's unnormalised output (float32, D), max and sum."""
+    B, H, M, D = query.shape
+    out = query.new_empty(B * H, splits, M, D, dtype=torch.float32)
+    mx = query.new_empty(B * H, splits, M, dtype=torch.float32)
+    return out, mx, torch.empty_like(mx)
+
+
+def _launch(query, key, value, mask, scale, splits, split_len, block_n, num_warps, partials, rope=None, merge=None):
+    """Run the kernel. query (B, H, M, D) as strided views (any layout); `rope`: (key_new,
+    value_new, cos, sin, slots) with key_new/value_new (B, Hk, M, D) views; `merge`: (final,
+    counters) with final (B, H, M, D) views."""
+    B, H, M, D = query.shape
+    out, mx, total = partials
+    mask_h = 0 if mask.shape[1] == 1 else mask.stride(1)
+    if rope is None:
+        kn, vn, cos, sin, slots, ns, cs = out, out, out, out, out, (0, 0, 0, 0), (0, 0, 0)
+    else:
+        kn, vn, cos, sin, slots = rope
+        ns, cs = kn.stride(), cos.stride()
+    final, counters, fs = (out, out, (0, 0, 0, 0)) if merge is None else (merge[0], merge[1], merge[0].stride())
+    _splitkv_partial_kernel[(B * H, splits)](
+        query, key, value, mask, out, mx, total,
+        *query.stride(), *key.stride(), *value.stride(),
+        mask.stride(0), mask_h, mask.stride(2), mask.stride(3),
+        M, key.shape[2], H, H // key.shape[1], scale,
+        kn, vn, cos, sin, slots, *ns, *cs,
+        final, counters, *fs,
+        SPLIT_LEN=split_len, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, HEAD_DIM=D,
+        NUM_SPLITS=splits, IEEE=query.dtype == torch.float32, NEG=_NEG, ROPE=rope is not None,
+        MERGE=merge is not None, num_warps=num_warps,
+    )  # fmt: skip
 
 
 @torch.library.custom_op("ee_vla::splitkv_partial", mutates_args=())
@@ -212,28 +334,130 @@ def _splitkv_partial(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton kernel as a torch op (opaque to torch.compile, which traces around it): per
     (batch x head, split, query) the split's unnormalised output (float32, D), max and sum."""
-    B, H, M, D = query.shape
-    out = torch.empty(B * H, splits, M, D, device=query.device, dtype=torch.float32)
-    mx = torch.empty(B * H, splits, M, device=query.device, dtype=torch.float32)
-    total = torch.empty_like(mx)
-    mask_h = 0 if mask.shape[1] == 1 else mask.stride(1)
-    _splitkv_partial_kernel[(B * H, splits)](
-        query, key, value, mask, out, mx, total,
-        *query.stride(), *key.stride(), *value.stride(),
-        mask.stride(0), mask_h, mask.stride(2), mask.stride(3),
-        M, key.shape[2], H, H // key.shape[1], scale,
-        SPLIT_LEN=split_len, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, HEAD_DIM=D,
-        NUM_SPLITS=splits, IEEE=query.dtype == torch.float32, NEG=_NEG, num_warps=num_warps,
-    )  # fmt: skip
-    return out, mx, total
+    partials = _partials(query, splits)
+    _launch(query, key, value, mask, scale, splits, split_len, block_n, num_warps, partials)
+    return partials
 
 
 @_splitkv_partial.register_fake
 def _(query, key, value, mask, scale, splits, split_len, block_n, num_warps):
+    return _partials(query, splits)
+
+
+# `counters` is written and left at zero by every call: no net change, so not declared as mutated
+# (a compiled forward then has nothing to copy back).
+@torch.library.custom_op("ee_vla::rope_splitkv", mutates_args=("key_cache", "value_cache"))
+def _rope_splitkv(
+    query: torch.Tensor,
+    key_new: torch.Tensor,
+    value_new: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slots: torch.Tensor,
+    mask: torch.Tensor,
+    counters: torch.Tensor,
+    scale: float,
+    splits: int,
+    split_len: int,
+    block_n: int,
+    num_warps: int,
+    merge: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`rope_splitkv_attention`'s kernel as a torch op: (the merged output (B, M, H, D), empty
+    without `merge`; the splits' outputs, maxima and sums)."""
     B, H, M, D = query.shape
-    out = query.new_empty(B * H, splits, M, D, dtype=torch.float32)
-    mx = query.new_empty(B * H, splits, M, dtype=torch.float32)
-    return out, mx, torch.empty_like(mx)
+    partials = _partials(query, splits)
+    final = query.new_empty((B, M, H, D) if merge else (0,))
+    _launch(
+        query, key_cache, value_cache, mask, scale, splits, split_len, block_n, num_warps, partials,
+        rope=(key_new, value_new, cos, sin, slots), merge=(final.transpose(1, 2), counters) if merge else None,
+    )  # fmt: skip
+    return (final, *partials)
+
+
+@_rope_splitkv.register_fake
+def _(query, key_new, value_new, cos, sin, key_cache, value_cache, slots, mask, counters, scale, splits, split_len,
+      block_n, num_warps, merge):  # fmt: skip
+    B, H, M, D = query.shape
+    return (query.new_empty((B, M, H, D) if merge else (0,)), *_partials(query, splits))
+
+
+def _merge(out: torch.Tensor, mx: torch.Tensor, total: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """The splits' partial results merged: (B, M, H, D). Each split holds sum_j exp(s_j - m) v_j and
+    sum_j exp(s_j - m) for its own max m. Plain torch ops: inside a compiled forward Inductor fuses
+    them (and the cast and transpose) into one kernel."""
+    B, H, M, D = shape
+    weight = torch.exp(mx - mx.amax(1, keepdim=True))
+    merged = (out * weight.unsqueeze(-1)).sum(1) / (total * weight).sum(1).unsqueeze(-1)
+    return merged.view(B, H, M, D).transpose(1, 2).to(dtype)
+
+
+def rope_splitkv_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slots: torch.Tensor,
+    mask: torch.Tensor,
+    counters: torch.Tensor | None = None,
+    scale: float | None = None,
+    num_splits: int | None = None,
+    block_n: int = 32,
+    num_warps: int = 4,
+) -> torch.Tensor:
+    """A window's attention over a slot cache in one kernel: the rotary embedding of its queries
+    and keys (transformers' `apply_rotary_pos_emb`: x cos + rotate_half(x) sin), the write of its
+    keys and values into the cache at `slots`, and `splitkv_attention` over the whole cache.
+
+    query (B, M, H, D), key/value (B, M, Hk, D): the window's projections before the rotary
+    embedding (views of the projection's output, any strides); cos/sin (B, M, D); key_cache /
+    value_cache (B, Hk, S, D), written in place at the M **consecutive** slots from `slots[0]`
+    (`slots`: a (M,) tensor, what a `SlotLayer` writes at); mask (B, 1 or H, M, S) additive.
+    `counters`: None (the splits are merged by torch ops after the kernel) or a zeroed int32 tensor
+    of at least B x H entries, owned by this cache (the kernel's last split of each head merges
+    them, and leaves the counters at zero). Returns (B, M, H, D)."""
+    B, M, H, D = query.shape
+    Hk = key.shape[2]
+    why = why_not(query.dtype, query.device, H, M, D, key_cache, mask)
+    if why is not None:
+        raise ValueError(f"rope_splitkv_attention cannot run these inputs: {why}")
+    S = key_cache.shape[2]
+    if (
+        key.shape != (B, M, Hk, D)
+        or value.shape != key.shape
+        or key_cache.shape != (B, Hk, S, D)
+        or value_cache.shape != key_cache.shape
+        or cos.shape != (B, M, D)
+        or sin.shape != cos.shape
+        or slots.shape != (M,)
+    ):
+        raise ValueError(
+            f"rope_splitkv_attention: query {tuple(query.shape)}, key {tuple(key.shape)}, value "
+            f"{tuple(value.shape)}, cos/sin {tuple(cos.shape)}/{tuple(sin.shape)}, caches {tuple(key_cache.shape)}/"
+            f"{tuple(value_cache.shape)} and slots {tuple(slots.shape)} do not fit together"
+        )
+    if counters is not None and (counters.dtype != torch.int32 or counters.numel() < B * H):
+        raise ValueError(f"rope_splitkv_attention: counters must be int32 with >= {B * H} entries")
+    if sin.stride() != cos.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    mask = mask.expand(B, mask.shape[1], M, S)
+    if mask.shape[1] not in (1, H):
+        raise ValueError(f"rope_splitkv_attention: mask heads {mask.shape[1]} must be 1 or {H}")
+    scale = D**-0.5 if scale is None else float(scale)
+    splits, split_len = plan_splits(B * H, S, block_n, num_splits)
+    merge = counters is not None
+    if counters is None:
+        counters = slots.new_empty(0, dtype=torch.int32)
+    final, out, mx, total = torch.ops.ee_vla.rope_splitkv(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cos, sin, key_cache, value_cache,
+        slots, mask, counters, scale, splits, split_len, block_n, num_warps, merge,
+    )  # fmt: skip
+    return final if merge else _merge(out, mx, total, (B, H, M, D), query.dtype)
 
 
 def attention_forward(

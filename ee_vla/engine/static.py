@@ -54,6 +54,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from ee_vla.decoding.hf import check_window, prompt_positions
+from ee_vla.engine.attention import install_slot_attention
 from ee_vla.engine.cache import SlotLayer, _PromptBuffers, _Slots, _WidthBuffers
 from ee_vla.engine.modes import (  # noqa: F401 (the modes' names, importable from here)
     COMPILE_MODES,
@@ -64,6 +65,7 @@ from ee_vla.engine.modes import (  # noqa: F401 (the modes' names, importable fr
     model_logits,
 )
 from ee_vla.engine.prompts import PromptBuckets
+from ee_vla.engine.splitkv import ATTN_NAME
 from ee_vla.timing import cuda_ms_back_to_back, synchronize
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,8 @@ class StaticEngine(PromptBuckets):
             batch_size, max_prompt_len, max_new_tokens, widths, compile, prefill_bucket, sdpa_backends
         )
         text = _global_attention_config(model)
+        if getattr(text, "_attn_implementation", None) == ATTN_NAME:
+            install_slot_attention(model)
         param = next(model.parameters())
         self.model = model
         self.device, self.dtype = param.device, param.dtype
@@ -198,14 +202,16 @@ class StaticEngine(PromptBuckets):
         n_layers = text.num_hidden_layers
         kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self._slots = _Slots(torch.arange(1, device=dev))
+        self._slots = _Slots(torch.arange(1, device=dev), consecutive=True)
         shape = (batch_size, kv_heads, self.capacity, head_dim)
+        heads = batch_size * text.num_attention_heads
         self.cache = Cache(
             layers=[
                 SlotLayer(
                     torch.zeros(shape, dtype=self.dtype, device=dev),
                     torch.zeros(shape, dtype=self.dtype, device=dev),
                     self._slots,
+                    torch.zeros(heads, dtype=torch.int32, device=dev),
                 )
                 for _ in range(n_layers)
             ]

@@ -214,6 +214,7 @@ def test_the_measuring_tools_live_beside_the_engine():
     from ee_vla.cli import SUBCOMMANDS
 
     assert {m.name for m in pkgutil.iter_modules(ee_vla.engine.__path__)} == {
+        "attention",
         "cache",
         "factory",
         "modes",
@@ -287,3 +288,30 @@ def test_calibrate_fixes_activation_scales_and_reports_their_range(tmp_path, mon
         and 0 < q["activation_amax"]["min"] <= q["activation_amax"]["median"] <= q["activation_amax"]["max"]
     )
     assert 0.5 < q["teacher_forced_agreement"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "layer, flags", [("transformers", (False, False)), ("fused", (True, True)), ("fused_torch_merge", (True, False))]
+)
+def test_attn_layer_sets_the_engines_attention_layers_for_the_run(tmp_path, monkeypatch, layer, flags):
+    """`--attn-layer`: `ee_vla.engine.attention`'s switches hold what it names while the engines
+    are built and timed, and are back to their defaults after the run (the fused kernel itself
+    is tested in tests/engine/test_splitkv.py, through the static engine)."""
+    from ee_vla.benchmarks.profile import timing
+    from ee_vla.engine import attention
+
+    seen = []
+    real = timing._run_engines
+    monkeypatch.setattr(
+        timing, "_run_engines", lambda *a: seen.append((attention.FUSED, attention.MERGE_IN_KERNEL)) or real(*a)
+    )
+    cfg = config_from_args(
+        ["--shape", "tiny", "--engines", "static", "--decoders", "--step-widths", "2", "--step-iters", "1"]
+        + ["--warmup", "0", "--no-generate", "--no-plots", "--attn-layer", layer, "--out", str(tmp_path)]
+    )
+    out = run_profile(cfg)
+    assert seen == [flags] and out["config"]["attn_layer"] == layer
+    assert (attention.FUSED, attention.MERGE_IN_KERNEL) == (False, True)  # the defaults, restored
+    assert config_from_args([]).attn_layer == "transformers"
+    with pytest.raises(ValueError, match="attn_layer must be transformers|fused|fused_torch_merge"):
+        ProfileConfig(attn_layer="flash")

@@ -116,16 +116,26 @@ def _lm(attn: str):
     return tiny_lm("llama", seed=0, dtype=torch.float32, device=DEVICE, attn_implementation=attn, head_dim=16)
 
 
-def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch):
+@pytest.mark.parametrize("fused, merge_in_kernel", [(False, False), (True, False), (True, True)])
+def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch, fused, merge_in_kernel):
     """The registered attention through the static engine: the decode steps (<= 64 queries) run
-    the kernel and the prefill runs SDPA; Jacobi and AR tokens equal the SDPA model's."""
+    the kernel and the prefill runs SDPA; Jacobi and AR tokens equal the SDPA model's. Fused (the
+    engine's attention layers: rotary embedding and cache write inside the kernel, the splits merged
+    by torch or in the kernel) or not (transformers' layers, the kernel as the attention function),
+    and the caches the steps leave equal the SDPA model's."""
+    from ee_vla.engine import attention
+
     monkeypatch.setattr(splitkv, "TARGET_PROGRAMS", 8)  # one program per (row, head): fewer to interpret
+    monkeypatch.setattr(attention, "FUSED", fused)
+    monkeypatch.setattr(attention, "MERGE_IN_KERNEL", merge_in_kernel)
     calls = []
-    real = splitkv.splitkv_attention
-    monkeypatch.setattr(splitkv, "splitkv_attention", lambda *a, **kw: calls.append(a[0].shape[2]) or real(*a, **kw))
+    for name in ("splitkv_attention", "rope_splitkv_attention"):
+        real = getattr(splitkv, name)
+        counted = lambda *a, _r=real, _n=name, **kw: calls.append((_n, a[0].shape)) or _r(*a, **kw)  # noqa: E731
+        monkeypatch.setattr(splitkv, name, counted)
     inputs = padded_prompts(2, 70, [0, 3], seed=1, device=DEVICE)
     n = 6
-    tokens = {}
+    tokens, caches = {}, {}
     compiled = "inductor" if DEVICE == "cuda" else "aot_eager"  # traced around the kernel's custom op
     for attn, compile_mode in (("sdpa", None), (splitkv.ATTN_NAME, None), (splitkv.ATTN_NAME, compiled)):
         model = _lm(attn)
@@ -134,12 +144,21 @@ def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch):
             step, first, _ = engine.prefill(**inputs)
             tokens[attn, compile_mode, method], stats = decode(step, first, n, DecodeConfig(method=method))
             assert stats.exact
+            caches[attn, compile_mode, method] = [(lay.keys.clone(), lay.values.clone()) for lay in engine.cache.layers]
     for key in tokens:
         assert torch.equal(tokens[key], tokens["sdpa", None, "ar"]), key
-    assert set(calls) == {1, n - 1}  # AR steps and the Jacobi window; the 80-token prefill is SDPA's
-    # Without the engine's explicit mask (plain transformers forward), the name falls back to SDPA.
+        for (k, v), (k0, v0) in zip(caches[key], caches["sdpa", None, key[2]], strict=True):
+            torch.testing.assert_close((k, v), (k0, v0), atol=1e-5, rtol=1e-5)
+    used = "rope_splitkv_attention" if fused else "splitkv_attention"
+    assert {name for name, _ in calls} == {used}
+    # AR steps and the Jacobi window (query lengths 1 and n - 1); the 80-token prefill is SDPA's
+    seq_dim = 1 if fused else 2  # the fused kernel takes (B, M, H, D) projections, the other (B, H, M, D)
+    assert {shape[seq_dim] for _, shape in calls} == {1, n - 1}
+    # Without the engine's cache and mask (a plain transformers forward of the model the engines
+    # installed their layers in), the name falls back to SDPA.
+    assert type(model.model.layers[0].self_attn).__name__ == "SlotLlamaAttention"
     calls.clear()
-    out = _lm(splitkv.ATTN_NAME)(**inputs).logits
+    out = model(**inputs).logits
     torch.testing.assert_close(out, _lm("sdpa")(**inputs).logits)
     assert calls == []
 
@@ -157,3 +176,93 @@ def test_attention_bench_checks_and_times_every_variant(tmp_path):
     assert all(r["us"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
     assert "splits=2" in rows[2]["variant"] and "(auto)" in rows[1]["variant"]
     assert (tmp_path / "attn_bench.json").exists()
+
+
+@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize(
+    "B, H, Hk, M, S, D, first, splits",
+    [
+        (1, 4, 4, 22, 100, 64, 50, None),  # a Jacobi window in the middle of the cache
+        (2, 4, 2, 7, 77, 32, 70, 5),  # grouped KV heads, batch 2, the window at the cache's end
+        (2, 4, 2, 1, 40, 16, 3, 3),  # an AR step
+        (1, 2, 1, 5, 33, 16, 0, 2),  # a window at slot 0
+    ],
+)
+def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(B, H, Hk, M, S, D, first, splits, merge):
+    """`rope_splitkv_attention` against transformers' `apply_rotary_pos_emb`, a cache write at the
+    window's slots and SDPA (float32): the output, both caches (only the window's slots change), and
+    the merge counters, back at zero."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = torch.Generator().manual_seed(B * 100 + M)
+    qkv = torch.randn(B, M, (H + 2 * Hk) * D, generator=g).to(DEVICE)  # one fused projection's output
+    q, k, v = qkv.split([H * D, Hk * D, Hk * D], -1)
+    q, k, v = q.view(B, M, H, D), k.view(B, M, Hk, D), v.view(B, M, Hk, D)
+    positions = torch.arange(first, first + M, device=DEVICE) + torch.arange(B, device=DEVICE)[:, None]
+    freqs = positions[..., None].float() * 10000.0 ** (-torch.arange(0, D, 2, device=DEVICE).float() / D)
+    emb = torch.cat([freqs, freqs], -1)
+    cos, sin = emb.cos(), emb.sin()
+    keys, values = (torch.randn(B, Hk, S, D, generator=g).to(DEVICE) for _ in range(2))
+    slots = torch.arange(first, first + M, device=DEVICE)
+    allowed = torch.arange(S, device=DEVICE) <= slots[:, None]
+    mask = torch.zeros(B, 1, M, S, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+
+    q_rot, k_rot = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    ref_keys, ref_values = keys.clone(), values.clone()
+    ref_keys[:, :, first : first + M], ref_values[:, :, first : first + M] = k_rot, v.transpose(1, 2)
+    expected = _reference(q_rot, ref_keys, ref_values, mask)
+
+    counters = torch.zeros(B * H, dtype=torch.int32, device=DEVICE) if merge else None
+    out = splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, counters, num_splits=splits)
+    assert out.shape == (B, M, H, D)
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close((keys, values), (ref_keys, ref_values), atol=1e-6, rtol=1e-6)
+    if merge:
+        assert not counters.any()
+
+
+@on_gpu
+@pytest.mark.parametrize("merge", [False, True])
+def test_rope_kernel_at_the_7b_step_shape_in_bfloat16(merge):
+    """OpenVLA's Jacobi window (22 queries, 32 heads of 128) written at slots 340-361 of a 363-slot
+    cache, against transformers' rotary embedding, the cache write and SDPA in float64."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    B, H, M, S, D, first = 1, 32, 22, 363, 128, 340
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, M, H, D, generator=g).to(DEVICE, torch.bfloat16) for _ in range(3))
+    freqs = torch.arange(first, first + M)[:, None].float() * 10000.0 ** (-torch.arange(0, D, 2).float() / D)
+    emb = torch.cat([freqs, freqs], -1)[None].to(DEVICE)
+    cos, sin = emb.cos().bfloat16(), emb.sin().bfloat16()
+    keys, values = (torch.randn(B, H, S, D, generator=g).to(DEVICE, torch.bfloat16) for _ in range(2))
+    slots = torch.arange(first, first + M, device=DEVICE)
+    allowed = torch.arange(S, device=DEVICE) <= slots[:, None]
+    mask = torch.zeros(B, 1, M, S, device=DEVICE, dtype=torch.bfloat16).masked_fill_(~allowed, -3e38)
+    q_rot, k_rot = apply_rotary_pos_emb(
+        q.transpose(1, 2).double(), k.transpose(1, 2).double(), cos.double(), sin.double()
+    )
+    ref_keys, ref_values = keys.double(), values.double()
+    ref_keys[:, :, first : first + M], ref_values[:, :, first : first + M] = k_rot, v.transpose(1, 2).double()
+    expected = _reference(q_rot, ref_keys, ref_values, mask.double())
+    counters = torch.zeros(B * H, dtype=torch.int32, device=DEVICE) if merge else None
+    out = splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, counters)
+    torch.testing.assert_close(out.double(), expected, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(keys.double(), ref_keys, atol=3e-2, rtol=1e-2)
+    torch.testing.assert_close(values.double(), ref_values)
+    if merge:
+        assert not counters.any()
+
+
+def test_rope_kernel_refuses_what_does_not_fit():
+    q, k, v = (torch.zeros(1, 4, h, 16, device=DEVICE) for h in (2, 1, 1))
+    cos = sin = torch.zeros(1, 4, 16, device=DEVICE)
+    keys = values = torch.zeros(1, 1, 20, 16, device=DEVICE)
+    slots, mask = torch.arange(4, device=DEVICE), torch.zeros(1, 1, 4, 20, device=DEVICE)
+    with pytest.raises(ValueError, match="do not fit together"):
+        splitkv.rope_splitkv_attention(q, k, v, cos[:, :3], sin, keys, values, slots, mask)
+    with pytest.raises(ValueError, match="counters must be int32"):
+        splitkv.rope_splitkv_attention(
+            q, k, v, cos, sin, keys, values, slots, mask, slots.new_zeros(1, dtype=torch.int32)
+        )
+    with pytest.raises(ValueError, match="dtype"):
+        splitkv.rope_splitkv_attention(q.double(), k, v, cos, sin, keys, values, slots, mask)

@@ -44,7 +44,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ee_vla.benchmarks.profile.config import DECODERS, ProfileConfig
+from ee_vla.benchmarks.profile.config import ATTN_LAYERS, DECODERS, ProfileConfig
 from ee_vla.benchmarks.profile.report import format_kernels, format_table, kernel_table, plot_profile, summarize_files
 from ee_vla.benchmarks.profile.timing import run_profile
 from ee_vla.benchmarks.shapes import ATTN_IMPLEMENTATIONS, SHAPES
@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         help="LM shapes: transformers' attention of the random model",
     )
     p.add_argument(
+        "--attn-layer",
+        default=d.attn_layer,
+        choices=ATTN_LAYERS,
+        help="with ee_splitkv: transformers' attention layers, or the engines' fused ones (split merge in/after it)",
+    )
+    p.add_argument(
         "--sdpa-backends",
         nargs="+",
         default=None,
@@ -156,6 +162,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
         calibrate=a.calibrate,
         inductor=tuple(a.inductor),
         attn_implementation=a.attn_implementation,
+        attn_layer=a.attn_layer,
         action_logits=a.action_logits,
         sdpa_backends=None if a.sdpa_backends is None else tuple(a.sdpa_backends),
         decoders=tuple(a.decoders),

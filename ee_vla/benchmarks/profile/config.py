@@ -16,6 +16,8 @@ from ee_vla.engine.static import check_sdpa_backends
 from ee_vla.runtime import RuntimeConfig
 
 DECODERS = ("ar", "jacobi", "ceed")
+ATTN_LAYERS = ("transformers", "fused", "fused_torch_merge")
+"""`ProfileConfig.attn_layer` values."""
 
 
 @dataclass
@@ -52,6 +54,12 @@ class ProfileConfig:
     flex_attention | ee_splitkv; flex_attention only makes sense with the compiled engine, which
     compiles it into the forward; ee_splitkv is `ee_vla.engine.splitkv`'s split-KV kernel for the
     decode steps, SDPA for the prefill)."""
+    attn_layer: str = "transformers"
+    """With `ee_splitkv`, how the static/graph/compiled engines run each attention layer (see
+    `ee_vla.engine.attention`): `transformers` (transformers' layers, the kernel as their attention
+    function; what every other entry point runs), `fused` (the engine's layers: rotary embedding,
+    cache write, attention and the merge of the key splits in one kernel) or `fused_torch_merge`
+    (the same, the splits merged by torch ops after the kernel)."""
     sdpa_backends: tuple[str, ...] | None = None
     """Attention kernels the static/graph/compiled engines may use (`StaticEngine(sdpa_backends=)`,
     names of `SDPA_BACKENDS`); None: torch's choice. The eager engine always runs torch's choice."""
@@ -114,6 +122,8 @@ class ProfileConfig:
         self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu
         self.sdpa_backends = check_sdpa_backends(self.sdpa_backends, "ProfileConfig.sdpa_backends")
         check_attn_implementation(self.attn_implementation, "ProfileConfig.attn_implementation")
+        if self.attn_layer not in ATTN_LAYERS:
+            raise ValueError(f"ProfileConfig.attn_layer must be {'|'.join(ATTN_LAYERS)}, got {self.attn_layer!r}")
         bad = [d for d in self.decoders if d not in DECODERS]
         if bad:
             raise ValueError(f"ProfileConfig.decoders must be {'|'.join(DECODERS)}, got {bad}")

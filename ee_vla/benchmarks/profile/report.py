@@ -202,6 +202,8 @@ def _compile_note(c: dict, engine: str) -> str:
         parts = ([mode] if mode != "inductor" else []) + list(c.get("inductor", ()))
     if c.get("attn_implementation", "sdpa") != "sdpa":
         parts.append(c["attn_implementation"])
+        if c.get("attn_layer", "transformers") != "transformers":
+            parts.append(f"{c['attn_layer']} attention layers")
     if c.get("sdpa_backends"):
         parts.append("sdpa " + "/".join(c["sdpa_backends"]))
     if c.get("action_logits"):

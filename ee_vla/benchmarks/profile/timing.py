@@ -18,6 +18,7 @@ from ee_vla.benchmarks.profile.config import ProfileConfig
 from ee_vla.benchmarks.profile.report import format_kernels, format_table, kernel_table, plot_profile
 from ee_vla.benchmarks.shapes import Workload, build_workload
 from ee_vla.decoding import DecodeConfig, decode
+from ee_vla.engine import attention
 from ee_vla.engine.factory import make_prefill
 from ee_vla.runtime import config_dict
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
@@ -360,7 +361,10 @@ def run_profile(cfg: ProfileConfig) -> dict:
     settings = cfg.inductor_settings
     if settings:
         log.info("torch._inductor.config for this run: %s", settings)
-    with inductor_config.patch(settings) if settings else contextlib.nullcontext():
+    with (
+        inductor_config.patch(settings) if settings else contextlib.nullcontext(),
+        attention.layer_mode(fused=cfg.attn_layer != "transformers", merge_in_kernel=cfg.attn_layer == "fused"),
+    ):
         raw, results, tokens, setup_s, errors = _run_engines(cfg, wl, widths)
     vision, generate = (None, None) if cfg.steps_only else _baselines(cfg, wl, errors)
     _compare(results, tokens, generate)
