@@ -1,6 +1,8 @@
 """Time the attention of one decode step alone: torch's SDPA vs the split-KV kernel's settings.
 
     python -m ee_vla.benchmarks.attn_bench --device cuda --queries 1 22 --out outputs/attn_bench
+    python -m ee_vla.benchmarks.attn_bench --device cuda --fused --warps 4 8     # whole attention layers
+    python -m ee_vla.benchmarks.attn_bench --resources --warps 4 8               # no GPU needed
 
 For each query count, at one shape (default: OpenVLA's Llama-2-7B layer, 32 heads of 128, over the
 static engine's 363 cache slots, bf16), it times `--layers` attention calls in a row, as a forward
@@ -8,6 +10,16 @@ runs them: on CUDA each variant is compiled (Inductor, static shapes: the split 
 the compiled engine) and captured as one CUDA graph of `--layers` calls, replayed `--iters` times;
 on the CPU (Triton's interpreter; a smoke test) it loops. Every variant is checked against SDPA
 (max abs difference). Prints a table, writes `attn_bench.json`.
+
+`--fused` times what lies between a layer's projections and its output projection instead:
+transformers' path (the rotary embedding, the cache write at the window's slots, the split-KV
+kernel and its merge; what Inductor makes of them) against the fused kernel of
+`ee_vla.engine.attention`, with the splits merged after it by torch ops or inside it.
+
+`--resources` compiles the kernels for a GPU architecture without one (`--arch`, default 90:
+Hopper) and reports each variant's registers and stack per thread (`cuobjdump -res-usage`, shipped
+with Triton): a stack of more than a few bytes is registers spilled to local memory, which makes a
+kernel several times slower.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ import argparse
 import itertools
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,10 +81,124 @@ def _time(fn, args, layers: int, iters: int, device: str, compile: bool = True, 
     return (time.perf_counter() - t0) * 1e6 / (iters * layers), None
 
 
-def run(args: argparse.Namespace) -> dict:
-    dtype = getattr(torch, args.dtype)
+def _layer_inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
+    """A window's projections before the rotary embedding (B, M, heads, D), its cos/sin, the cache,
+    its slots (the window after a prompt, below the cache's top) and the mask over them."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, M, h, D, generator=g).to(device, dtype) for h in (H, Hk, Hk))
+    first = S - M - 21
+    freqs = torch.arange(first, first + M)[:, None].float() * 10000.0 ** (-torch.arange(0, D, 2).float() / D)
+    emb = torch.cat([freqs, freqs], -1).expand(B, M, D)
+    cos, sin = emb.cos().to(device, dtype), emb.sin().to(device, dtype)
+    keys, values = (torch.randn(B, Hk, S, D, generator=g).to(device, dtype) for _ in range(2))
+    slots = torch.arange(first, first + M, device=device)
+    allowed = torch.arange(S)[None, :] <= slots.cpu()[:, None]
+    mask = torch.zeros(B, 1, M, S, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min).to(device)
+    return q, k, v, cos, sin, keys, values, slots, mask
+
+
+def _transformers_layer(q, k, v, cos, sin, keys, values, slots, mask, block_n=32, warps=4):
+    """transformers' attention between the projections (rotary, `SlotLayer.update`, the kernel)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    keys.index_copy_(2, slots, k)
+    values.index_copy_(2, slots, v.transpose(1, 2))
+    return splitkv.splitkv_attention(q, keys, values, mask, block_n=block_n, num_warps=warps)
+
+
+def _run_fused(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
     rows = []
     for M in args.queries:
+        shape = (args.batch, args.heads, args.kv_heads, M, args.keys, args.head_dim)
+        inputs = _layer_inputs(*shape, dtype, args.device)
+        fresh = lambda i=inputs: tuple(t.clone() for t in i)  # noqa: E731 (each variant writes its own cache)
+        ref = _transformers_layer(*fresh()).float()
+        timing = dict(compile=not args.no_compile, kernels=args.kernels)
+        base = None
+        for block_n, warps in itertools.product(args.block_n, args.warps):
+            counters = torch.zeros(args.batch * args.heads, dtype=torch.int32, device=args.device)
+            variants = {
+                "transformers (rotary, cache write, kernel, merge)": partial(
+                    _transformers_layer, block_n=block_n, warps=warps
+                ),
+                "fused, merged by torch": partial(splitkv.rope_splitkv_attention, block_n=block_n, num_warps=warps),
+                "fused, merged in the kernel": partial(
+                    splitkv.rope_splitkv_attention, counters=counters, block_n=block_n, num_warps=warps
+                ),
+            }
+            for name, fn in variants.items():
+                diff = (fn(*fresh()).float() - ref).abs().max().item()
+                t, table = _time(fn, fresh(), args.layers, args.iters, args.device, **timing)
+                base = base or t
+                rows.append(
+                    {"queries": M, "variant": f"{name} n={block_n} warps={warps}", "us": t, "vs_transformers": base / t,
+                     "max_abs_diff": diff, "kernels": table}
+                )  # fmt: skip
+    return rows
+
+
+def resources(
+    fused: bool, merge: bool, queries: int, head_dim: int, block_n: int, warps: int, split_len: int, arch: int = 90
+) -> dict:
+    """Registers and stack bytes per thread of the split-KV kernel compiled for CUDA `arch` (no GPU
+    needed: Triton's compiler and ptxas, `cuobjdump -res-usage`), bf16 inputs."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    fn = splitkv._splitkv_partial_kernel
+    if not isinstance(fn, JITFunction):  # Triton's interpreter is on: compile the Python function itself
+        fn = JITFunction(fn.fn)
+    pointers = dict.fromkeys(("Q", "K", "V", "Mask", "KN", "VN", "Cos", "Sin", "Final"), "*bf16")
+    pointers.update(dict.fromkeys(("Out", "Max", "Sum"), "*fp32"), Slots="*i64", Counter="*i32")
+    constants = {
+        "SPLIT_LEN": split_len, "BLOCK_M": max(16, triton.next_power_of_2(queries)), "BLOCK_N": block_n,
+        "HEAD_DIM": head_dim, "NUM_SPLITS": 4, "IEEE": False, "NEG": splitkv._NEG, "ROPE": fused, "MERGE": merge,
+    }  # fmt: skip
+    signature = {
+        n: "constexpr" if n in constants else pointers.get(n, "fp32" if n == "scale" else "i32") for n in fn.arg_names
+    }
+    kernel = triton.compile(
+        ASTSource(fn, signature, constants), target=GPUTarget("cuda", arch, 32), options={"num_warps": warps}
+    )
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
+    return {"registers": int(usage["REG"]), "stack_bytes": int(usage["STACK"])}
+
+
+def _run_resources(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for M, block_n, warps in itertools.product(args.queries, args.block_n, args.warps):
+        split_len = splitkv.plan_splits(args.batch * args.heads, args.keys, block_n)[1]
+        for name, fused, merge in (("splitkv", False, False), ("fused", True, False), ("fused, merge", True, True)):
+            r = resources(fused, merge, M, args.head_dim, block_n, warps, split_len, args.arch)
+            rows.append({"queries": M, "variant": f"{name} n={block_n} warps={warps}", "arch": args.arch, **r})
+            print(
+                f"M={M:<3} {rows[-1]['variant']:<32} sm_{args.arch}: {r['registers']:3d} registers, "
+                f"{r['stack_bytes']:5d} stack bytes per thread"
+            )
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    dtype = getattr(torch, args.dtype)
+    if args.resources:
+        return {"shape": {k: getattr(args, k) for k in ("batch", "heads", "keys", "head_dim")},
+                "rows": _run_resources(args)}  # fmt: skip
+    rows = [] if not args.fused else _run_fused(args, dtype)
+    for M in [] if args.fused else args.queries:
         q, k, v, mask = _inputs(args.batch, args.heads, args.kv_heads, M, args.keys, args.head_dim, dtype, args.device)
         ref = _sdpa(q, k, v, mask)
         timing = dict(compile=not args.no_compile, kernels=args.kernels)
@@ -97,9 +224,10 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "rows": rows,
     }
+    versus = "vs_transformers" if args.fused else "vs_sdpa"
     for r in rows:
         print(
-            f"M={r['queries']:<3} {r['variant']:<40} {r['us']:9.2f} us  x{r['vs_sdpa']:.2f} vs SDPA  "
+            f"M={r['queries']:<3} {r['variant']:<40} {r['us']:9.2f} us  x{r[versus]:.2f} {versus.replace('_', ' ')}  "
             f"diff {r['max_abs_diff']:.2e}"
         )
         for k in (r["kernels"] or {}).get("top", []):
@@ -129,12 +257,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warps", type=int, nargs="+", default=[4])
     p.add_argument("--no-compile", action="store_true", help="CUDA: time the eager ops (no torch.compile)")
     p.add_argument("--kernels", type=int, default=0, help="CUDA: list the N costliest kernels of each variant")
+    p.add_argument("--fused", action="store_true", help="time whole attention layers: transformers' vs fused")
+    p.add_argument("--resources", action="store_true", help="registers and stack per thread (no GPU needed)")
+    p.add_argument("--arch", type=int, default=90, help="--resources: the CUDA architecture (90: Hopper)")
     p.add_argument("--out", default=None, help="directory for attn_bench.json")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    if args.resources:
+        return run(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("attn_bench: --device cuda but CUDA is not available")
     if args.device == "cpu" and not splitkv.INTERPRET:

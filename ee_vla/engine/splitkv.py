@@ -81,10 +81,12 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
     ):  # fmt: skip
         """One (batch x head, key split) program. With ROPE, Q, KN and VN are the window's queries,
         keys and values before the rotary embedding (KN/VN strided by `sn*`, K/V the cache), and the
-        window's keys sit at the M consecutive cache slots from `Slots[0]`: the program rotates the
-        queries, takes those keys rotated (and their values) from KN/VN instead of the cache, and the
-        group's first head writes them into the cache. With MERGE, the split that finishes last
-        merges every split of its (batch x head) into Final (B, M, H, D) and resets the counter."""
+        window goes to the M consecutive cache slots from `Slots[0]`: the program first rotates the
+        window's keys that fall in its split and writes them (and their values) into the cache,
+        waits for its threads' writes (a block barrier), then rotates its queries and runs as
+        without ROPE. The heads of a group write the same values to the same slots. With MERGE, the
+        split that finishes last merges every split of its (batch x head) into Final (B, M, H, D)
+        and resets the counter."""
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = bh // H
@@ -95,17 +97,46 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         offs_d = tl.arange(0, HEAD_DIM)
         m_ok = offs_m < M
         q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
-        q = tl.load(q_ptr, mask=m_ok[:, None], other=0.0)
         if ROPE:
             # rotate_half(x)[d] = -x[d + D/2] for d < D/2, x[d - D/2] after
             rot_d = (offs_d + HEAD_DIM // 2) % HEAD_DIM
             sign = tl.where(offs_d < HEAD_DIM // 2, -1.0, 1.0)
+            first = tl.load(Slots).to(tl.int32)
+            for t0 in range(0, SPLIT_LEN, BLOCK_N):  # the split's tiles that hold window slots
+                lo = split * SPLIT_LEN + t0
+                if (lo < first + M) & (lo + BLOCK_N > first):
+                    n = lo + offs_n
+                    ok = (n >= first) & (n < first + M) & (n < S)
+                    j = n - first
+                    kn_ptr = KN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd
+                    k_new = tl.load(kn_ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+                    k_half = tl.load(kn_ptr + (rot_d - offs_d)[None, :] * snd, mask=ok[:, None], other=0.0)
+                    cs_k = b * scb + j[:, None] * scm + offs_d[None, :] * scd
+                    cos_k = tl.load(Cos + cs_k, mask=ok[:, None], other=0.0).to(tl.float32)
+                    sin_k = tl.load(Sin + cs_k, mask=ok[:, None], other=0.0).to(tl.float32)
+                    k_new = k_new * cos_k + sign[None, :] * k_half.to(tl.float32) * sin_k
+                    tl.store(
+                        K + b * skb + kh * skh + n[:, None] * sks + offs_d[None, :] * skd,
+                        k_new.to(K.dtype.element_ty),
+                        mask=ok[:, None],
+                    )
+                    v_new = tl.load(
+                        VN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd, mask=ok[:, None], other=0.0
+                    )
+                    tl.store(
+                        V + b * svb + kh * svh + n[:, None] * svs + offs_d[None, :] * svd,
+                        v_new.to(V.dtype.element_ty),
+                        mask=ok[:, None],
+                    )
+            tl.debug_barrier()  # this block's cache writes, visible to all its threads
+            q = tl.load(q_ptr, mask=m_ok[:, None], other=0.0)
             q_half = tl.load(q_ptr + (rot_d - offs_d)[None, :] * sqd, mask=m_ok[:, None], other=0.0)
             cs_q = b * scb + offs_m[:, None] * scm + offs_d[None, :] * scd
             cos_q = tl.load(Cos + cs_q, mask=m_ok[:, None], other=0.0).to(tl.float32)
             sin_q = tl.load(Sin + cs_q, mask=m_ok[:, None], other=0.0).to(tl.float32)
             q = (q.to(tl.float32) * cos_q + sign[None, :] * q_half.to(tl.float32) * sin_q).to(Q.dtype.element_ty)
-            first = tl.load(Slots).to(tl.int32)
+        else:
+            q = tl.load(q_ptr, mask=m_ok[:, None], other=0.0)
         m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -114,37 +145,8 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
             n_ok = n < S
             k_ptr = K + b * skb + kh * skh + n[:, None] * sks + offs_d[None, :] * skd
             v_ptr = V + b * svb + kh * svh + n[:, None] * svs + offs_d[None, :] * svd
-            # Only the tiles that hold window slots (one or two of the whole range) take the
-            # rotated keys and values from KN/VN: a branch per tile, so that the others keep the
-            # plain loop's registers.
-            if ROPE:
-                lo = split * SPLIT_LEN + n0
-                if (lo < first + M) & (lo + BLOCK_N > first):
-                    j = n - first
-                    new = n_ok & (j >= 0) & (j < M)
-                    old = n_ok & ((j < 0) | (j >= M))
-                    j = tl.where(new, j, 0)
-                    kn_ptr = KN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd
-                    k_new = tl.load(kn_ptr, mask=new[:, None], other=0.0).to(tl.float32)
-                    k_half = tl.load(kn_ptr + (rot_d - offs_d)[None, :] * snd, mask=new[:, None], other=0.0)
-                    cs_k = b * scb + j[:, None] * scm + offs_d[None, :] * scd
-                    cos_k = tl.load(Cos + cs_k, mask=new[:, None], other=0.0).to(tl.float32)
-                    sin_k = tl.load(Sin + cs_k, mask=new[:, None], other=0.0).to(tl.float32)
-                    k_new = (k_new * cos_k + sign[None, :] * k_half.to(tl.float32) * sin_k).to(K.dtype.element_ty)
-                    v_new = tl.load(
-                        VN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd, mask=new[:, None], other=0.0
-                    ).to(V.dtype.element_ty)
-                    writes = new & (h % GROUP == 0)
-                    tl.store(k_ptr, k_new, mask=writes[:, None])
-                    tl.store(v_ptr, v_new, mask=writes[:, None])
-                    k = tl.where(new[:, None], k_new, tl.load(k_ptr, mask=old[:, None], other=0.0))
-                    v = tl.where(new[:, None], v_new, tl.load(v_ptr, mask=old[:, None], other=0.0))
-                else:
-                    k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
-                    v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
-            else:
-                k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
-                v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
+            k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
+            v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
             if IEEE:
                 qk = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
@@ -408,7 +410,7 @@ def rope_splitkv_attention(
     scale: float | None = None,
     num_splits: int | None = None,
     block_n: int = 32,
-    num_warps: int = 4,
+    num_warps: int = 8,
 ) -> torch.Tensor:
     """A window's attention over a slot cache in one kernel: the rotary embedding of its queries
     and keys (transformers' `apply_rotary_pos_emb`: x cos + rotate_half(x) sin), the write of its
@@ -420,7 +422,11 @@ def rope_splitkv_attention(
     (`slots`: a (M,) tensor, what a `SlotLayer` writes at); mask (B, 1 or H, M, S) additive.
     `counters`: None (the splits are merged by torch ops after the kernel) or a zeroed int32 tensor
     of at least B x H entries, owned by this cache (the kernel's last split of each head merges
-    them, and leaves the counters at zero). Returns (B, M, H, D)."""
+    them, and leaves the counters at zero). Returns (B, M, H, D).
+
+    8 warps by default: with 4, the rotation's tiles do not fit the registers of the 7B shape (head
+    dim 128) and ptxas spills hundreds of bytes per thread to local memory for Hopper
+    (`python -m ee_vla.benchmarks.attn_bench --resources --warps 4 8`)."""
     B, M, H, D = query.shape
     Hk = key.shape[2]
     why = why_not(query.dtype, query.device, H, M, D, key_cache, mask)

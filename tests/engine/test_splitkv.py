@@ -266,3 +266,43 @@ def test_rope_kernel_refuses_what_does_not_fit():
         )
     with pytest.raises(ValueError, match="dtype"):
         splitkv.rope_splitkv_attention(q.double(), k, v, cos, sin, keys, values, slots, mask)
+
+
+def test_attention_bench_times_whole_attention_layers(tmp_path):
+    """`attn_bench --fused`: transformers' path (rotary, cache write, kernel, merge) and the fused
+    kernel with both merges, each checked against the first."""
+    from ee_vla.benchmarks import attn_bench
+
+    report = attn_bench.main(
+        ["--device", DEVICE, "--dtype", "float32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16"]
+        + ["--keys", "60", "--queries", "3", "--layers", "1", "--iters", "1", "--fused", "--out", str(tmp_path)]
+    )
+    rows = report["rows"]
+    assert [r["variant"].split(" n=")[0] for r in rows] == [
+        "transformers (rotary, cache write, kernel, merge)",
+        "fused, merged by torch",
+        "fused, merged in the kernel",
+    ]
+    assert all(r["us"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows) and rows[0]["vs_transformers"] == 1.0
+
+
+def test_the_kernels_default_plans_fit_hoppers_registers():
+    """Compiled for sm_90 without a GPU (Triton's compiler, ptxas, cuobjdump): the plain kernel
+    and the fused one (both merges) at their default warps and the 7B shape (head dim 128, 1 and
+    22 queries, 32-key tiles) spill at most a few values to local memory, not the kilobytes per
+    thread of a kernel whose tiles do not fit (4 warps for the fused kernel)."""
+    import inspect
+
+    from ee_vla.benchmarks.attn_bench import resources
+
+    try:
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except ImportError:
+        pytest.skip("this Triton has no NVIDIA backend to compile with")
+    fused_warps = inspect.signature(splitkv.rope_splitkv_attention).parameters["num_warps"].default
+    plain_warps = inspect.signature(splitkv.splitkv_attention).parameters["num_warps"].default
+    split_len = splitkv.plan_splits(32, 363, 32)[1]
+    for queries in (1, 22):
+        for fused, merge, warps in ((False, False, plain_warps), (True, False, fused_warps), (True, True, fused_warps)):
+            r = resources(fused, merge, queries, 128, 32, warps, split_len, arch=90)
+            assert r["registers"] <= 255 and r["stack_bytes"] <= 64, (queries, fused, merge, r)
