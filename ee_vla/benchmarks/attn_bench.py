@@ -169,6 +169,8 @@ def resources(
         ASTSource(fn, signature, constants), target=GPUTarget("cuda", arch, 32), options={"num_warps": warps}
     )
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        raise FileNotFoundError(f"attn_bench --resources needs Triton's cuobjdump, not found at {tool}")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
