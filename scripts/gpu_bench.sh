@@ -28,6 +28,10 @@
 #   STEPS="profile-7b-sdpa attn-bench" bash scripts/gpu_bench.sh       # (e.g. on a second GPU)
 # and `profile-7b-fast`: the same with the decode steps' output layer on the action rows only
 # (`--action-logits`); `pytest-gpu`: the GPU engine tests alone (test_gpu.py, test_splitkv.py).
+# The fused attention layers (`ee_vla.engine.attention`, off by default): the attention layers
+# alone (attn/attn_bench.json), then the calibrated fp8 7B step's width 22 with transformers' layers
+# and with the fused ones (both merges), kernel tables included (~1.5 minutes each once compiled):
+#   STEPS="pytest-splitkv attn-fused fp8-transformers fp8-fused fp8-fused-torch-merge" bash scripts/gpu_bench.sh
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
@@ -102,12 +106,19 @@ step profile-7b-sdpa 420 "${PROFILE[@]}" "${F7B[@]}" --out "$OUT/sdpa"
 # the split-KV attention and the output layer's action rows only (docs/performance.md's 7B step)
 step profile-7b-fast 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --action-logits --out "$OUT/fast"
 step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
+step attn-fused 120 python3 -m ee_vla.benchmarks.attn_bench --device cuda --fused --queries 1 22 --warps 4 8 \
+  --out "$OUT/attn"
+FP8=(--shape openvla-7b --engines compiled --compile-mode inductor --steps-only --step-widths 22 --step-iters 100
+  --action-logits --attn-implementation ee_splitkv --quantize fp8_tensor --calibrate --kernels 30 --no-plots)
+step fp8-transformers 300 "${PROFILE[@]}" "${FP8[@]}" --attn-layer transformers --out "$OUT/fp8/transformers"
+step fp8-fused 300 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused --out "$OUT/fp8/fused"
+step fp8-fused-torch-merge 300 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused_torch_merge --out "$OUT/fp8/torch_merge"
 
 echo "=== summary" | tee -a "$LOG"
 shopt -s nullglob
 python3 -m ee_vla.benchmarks.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
   "$OUT"/kernels/profile_*.json "$OUT"/splitkv/profile_*.json "$OUT"/sdpa/profile_*.json "$OUT"/fast/profile_*.json \
-  2>&1 | tee -a "$LOG"
+  "$OUT"/fp8/*/profile_*.json 2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
 echo "failed steps: $FAILED; files in $OUT: $(find "$OUT" -type f | tr "\n" " ")" | tee -a "$LOG"
 exit "$FAILED"
