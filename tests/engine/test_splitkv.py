@@ -307,3 +307,35 @@ def test_the_kernels_default_plans_fit_hoppers_registers():
         for fused, merge, warps in ((False, False, plain_warps), (True, False, fused_warps), (True, True, fused_warps)):
             r = resources(fused, merge, queries, 128, 32, warps, split_len, arch=90)
             assert r["registers"] <= 255 and r["stack_bytes"] <= 64, (queries, fused, merge, r)
+
+
+def test_fused_attention_layers_over_fused_projections(monkeypatch):
+    """The engine's fused attention layers on a model whose q/k/v are one stacked product
+    (`ee_vla.models.fusion`, as quantisation leaves them): Jacobi and AR give the SDPA model's
+    tokens; a second install changes nothing."""
+    from ee_vla.engine import attention
+    from ee_vla.models.fusion import fuse_projections
+
+    monkeypatch.setattr(splitkv, "TARGET_PROGRAMS", 8)
+    monkeypatch.setattr(attention, "FUSED", True)
+    calls = []
+    real = splitkv.rope_splitkv_attention
+    monkeypatch.setattr(splitkv, "rope_splitkv_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    inputs = padded_prompts(2, 70, [0, 3], seed=1, device=DEVICE)
+    n = 6
+    tokens = {}
+    for attn in ("sdpa", splitkv.ATTN_NAME):
+        model = _lm(attn)
+        if attn == splitkv.ATTN_NAME:
+            assert fuse_projections(model) > 0
+        for method in ("ar", "jacobi"):
+            engine = StaticEngine(model, batch_size=2, max_prompt_len=70, max_new_tokens=n)
+            step, first, _ = engine.prefill(**inputs)
+            tokens[attn, method], stats = decode(step, first, n, DecodeConfig(method=method))
+            assert stats.exact
+    assert calls
+    for key in tokens:
+        assert torch.equal(tokens[key], tokens["sdpa", "ar"]), key
+    layer = model.model.layers[0].self_attn
+    assert type(layer).__name__ == "SlotFusedLlamaAttention"
+    assert attention.install_slot_attention(model) == 0
