@@ -165,9 +165,13 @@ def resources(
     signature = {
         n: "constexpr" if n in constants else pointers.get(n, "fp32" if n == "scale" else "i32") for n in fn.arg_names
     }
-    kernel = triton.compile(
-        ASTSource(fn, signature, constants), target=GPUTarget("cuda", arch, 32), options={"num_warps": warps}
-    )
+    try:
+        source = ASTSource(fn, signature, constants)
+    except TypeError as e:  # ASTSource is Triton's internal API: its arguments have changed between releases
+        raise NotImplementedError(
+            f"attn_bench --resources does not know Triton {triton.__version__}'s compiler: {e}"
+        ) from e
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(tool):
         raise FileNotFoundError(f"attn_bench --resources needs Triton's cuobjdump, not found at {tool}")
