@@ -139,10 +139,19 @@ def _run_fused(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
 
 
 def resources(
-    fused: bool, merge: bool, queries: int, head_dim: int, block_n: int, warps: int, split_len: int, arch: int = 90
+    fused: bool,
+    merge: bool,
+    queries: int,
+    head_dim: int,
+    block_n: int,
+    warps: int,
+    keys: int,
+    batch_heads: int,
+    arch: int = 90,
 ) -> dict:
     """Registers and stack bytes per thread of the split-KV kernel compiled for CUDA `arch` (no GPU
-    needed: Triton's compiler and ptxas, `cuobjdump -res-usage`), bf16 inputs."""
+    needed: Triton's compiler and ptxas, `cuobjdump -res-usage`), bf16 inputs, the default split
+    plan of `batch_heads` (batch x heads) over `keys` cache slots."""
     import os
     import re
     import subprocess
@@ -153,6 +162,10 @@ def resources(
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):  # the NVIDIA backend's tools (ptxas beside it) ship in Triton's CUDA wheels
+        raise FileNotFoundError(f"attn_bench --resources needs Triton's cuobjdump, not found at {tool}")
+    splits, split_len = splitkv.plan_splits(batch_heads, keys, block_n)
     fn = splitkv._splitkv_partial_kernel
     if not isinstance(fn, JITFunction):  # Triton's interpreter is on: compile the Python function itself
         fn = JITFunction(fn.fn)
@@ -160,7 +173,7 @@ def resources(
     pointers.update(dict.fromkeys(("Out", "Max", "Sum"), "*fp32"), Slots="*i64", Counter="*i32")
     constants = {
         "SPLIT_LEN": split_len, "BLOCK_M": max(16, triton.next_power_of_2(queries)), "BLOCK_N": block_n,
-        "HEAD_DIM": head_dim, "NUM_SPLITS": 4, "IEEE": False, "NEG": splitkv._NEG, "ROPE": fused, "MERGE": merge,
+        "HEAD_DIM": head_dim, "NUM_SPLITS": splits, "IEEE": False, "NEG": splitkv._NEG, "ROPE": fused, "MERGE": merge,
     }  # fmt: skip
     signature = {
         n: "constexpr" if n in constants else pointers.get(n, "fp32" if n == "scale" else "i32") for n in fn.arg_names
@@ -172,9 +185,6 @@ def resources(
             f"attn_bench --resources does not know Triton {triton.__version__}'s compiler: {e}"
         ) from e
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(tool):
-        raise FileNotFoundError(f"attn_bench --resources needs Triton's cuobjdump, not found at {tool}")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -187,9 +197,8 @@ def resources(
 def _run_resources(args: argparse.Namespace) -> list[dict]:
     rows = []
     for M, block_n, warps in itertools.product(args.queries, args.block_n, args.warps):
-        split_len = splitkv.plan_splits(args.batch * args.heads, args.keys, block_n)[1]
         for name, fused, merge in (("splitkv", False, False), ("fused", True, False), ("fused, merge", True, True)):
-            r = resources(fused, merge, M, args.head_dim, block_n, warps, split_len, args.arch)
+            r = resources(fused, merge, M, args.head_dim, block_n, warps, args.keys, args.batch * args.heads, args.arch)
             rows.append({"queries": M, "variant": f"{name} n={block_n} warps={warps}", "arch": args.arch, **r})
             print(
                 f"M={M:<3} {rows[-1]['variant']:<32} sm_{args.arch}: {r['registers']:3d} registers, "
@@ -198,13 +207,9 @@ def _run_resources(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def run(args: argparse.Namespace) -> dict:
-    dtype = getattr(torch, args.dtype)
-    if args.resources:
-        return {"shape": {k: getattr(args, k) for k in ("batch", "heads", "keys", "head_dim")},
-                "rows": _run_resources(args)}  # fmt: skip
-    rows = [] if not args.fused else _run_fused(args, dtype)
-    for M in [] if args.fused else args.queries:
+def _run_attention(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
+    rows = []
+    for M in args.queries:
         q, k, v, mask = _inputs(args.batch, args.heads, args.kv_heads, M, args.keys, args.head_dim, dtype, args.device)
         ref = _sdpa(q, k, v, mask)
         timing = dict(compile=not args.no_compile, kernels=args.kernels)
@@ -223,6 +228,15 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(
                 {"queries": M, "variant": name, "us": t, "vs_sdpa": us / t, "max_abs_diff": diff, "kernels": table}
             )
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    dtype = getattr(torch, args.dtype)
+    if args.resources:
+        return {"shape": {k: getattr(args, k) for k in ("batch", "heads", "keys", "head_dim")},
+                "rows": _run_resources(args)}  # fmt: skip
+    rows = _run_fused(args, dtype) if args.fused else _run_attention(args, dtype)
     report = {
         "shape": {k: getattr(args, k) for k in ("batch", "heads", "kv_heads", "keys", "head_dim", "dtype", "layers")},
         "compiled": args.device == "cuda" and not args.no_compile,

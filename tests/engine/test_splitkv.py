@@ -292,22 +292,16 @@ def test_the_kernels_default_plans_fit_hoppers_registers():
     22 queries, 32-key tiles) spill at most a few values to local memory, not the kilobytes per
     thread of a kernel whose tiles do not fit (4 warps for the fused kernel)."""
     import inspect
-    import os
-
-    import triton
 
     from ee_vla.benchmarks.attn_bench import resources
 
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")):
-        pytest.skip("this Triton has no NVIDIA backend (ptxas, cuobjdump) to compile with")
     fused_warps = inspect.signature(splitkv.rope_splitkv_attention).parameters["num_warps"].default
     plain_warps = inspect.signature(splitkv.splitkv_attention).parameters["num_warps"].default
-    split_len = splitkv.plan_splits(32, 363, 32)[1]
     for queries in (1, 22):
         for fused, merge, warps in ((False, False, plain_warps), (True, False, fused_warps), (True, True, fused_warps)):
             try:
-                r = resources(fused, merge, queries, 128, 32, warps, split_len, arch=90)
-            except NotImplementedError as e:
+                r = resources(fused, merge, queries, 128, 32, warps, keys=363, batch_heads=32, arch=90)
+            except (FileNotFoundError, NotImplementedError) as e:  # no NVIDIA tools, or an unknown compiler API
                 pytest.skip(str(e))
             assert r["registers"] <= 255 and r["stack_bytes"] <= 64, (queries, fused, merge, r)
 
