@@ -75,7 +75,7 @@ def _fused_forward(module, hidden_states, position_embeddings, attention_mask, p
         return None
     if position_embeddings is None or getattr(module, "sliding_window", None) is not None:
         return None
-    if any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "sliding_window")):
+    if splitkv.has_unsupported_kwargs(kwargs):
         return None
     layer = _slot_layer(past_key_values, module.layer_idx)
     if layer is None:

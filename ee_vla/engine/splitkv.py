@@ -346,6 +346,13 @@ def _(query, key, value, mask, scale, splits, split_len, block_n, num_warps):
     return _partials(query, splits)
 
 
+def _rope_outputs(query: torch.Tensor, splits: int, merge: bool) -> tuple[torch.Tensor, ...]:
+    """The fused op's outputs, unfilled: the merged output (B, M, H, D) (empty without `merge`) and
+    `_partials` (query: (B, H, M, D))."""
+    B, H, M, D = query.shape
+    return (query.new_empty((B, M, H, D) if merge else (0,)), *_partials(query, splits))
+
+
 # `counters` is written and left at zero by every call: no net change, so not declared as mutated
 # (a compiled forward then has nothing to copy back).
 @torch.library.custom_op("ee_vla::rope_splitkv", mutates_args=("key_cache", "value_cache"))
@@ -369,9 +376,7 @@ def _rope_splitkv(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rope_splitkv_attention`'s kernel as a torch op: (the merged output (B, M, H, D), empty
     without `merge`; the splits' outputs, maxima and sums)."""
-    B, H, M, D = query.shape
-    partials = _partials(query, splits)
-    final = query.new_empty((B, M, H, D) if merge else (0,))
+    final, *partials = _rope_outputs(query, splits, merge)
     _launch(
         query, key_cache, value_cache, mask, scale, splits, split_len, block_n, num_warps, partials,
         rope=(key_new, value_new, cos, sin, slots), merge=(final.transpose(1, 2), counters) if merge else None,
@@ -382,8 +387,7 @@ def _rope_splitkv(
 @_rope_splitkv.register_fake
 def _(query, key_new, value_new, cos, sin, key_cache, value_cache, slots, mask, counters, scale, splits, split_len,
       block_n, num_warps, merge):  # fmt: skip
-    B, H, M, D = query.shape
-    return (query.new_empty((B, M, H, D) if merge else (0,)), *_partials(query, splits))
+    return _rope_outputs(query, splits, merge)
 
 
 def _merge(out: torch.Tensor, mx: torch.Tensor, total: torch.Tensor, shape, dtype) -> torch.Tensor:
@@ -466,6 +470,15 @@ def rope_splitkv_attention(
     return final if merge else _merge(out, mx, total, (B, H, M, D), query.dtype)
 
 
+UNSUPPORTED_KWARGS = ("softcap", "position_bias", "sliding_window", "cache")
+"""Attention arguments the kernel does not implement: a call that sets any of them runs SDPA."""
+
+
+def has_unsupported_kwargs(kwargs: dict) -> bool:
+    """Whether an attention call sets any of `UNSUPPORTED_KWARGS`."""
+    return any(kwargs.get(k) is not None for k in UNSUPPORTED_KWARGS)
+
+
 def attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -480,8 +493,7 @@ def attention_forward(
     with): the split-KV kernel where `kernel_applies`, transformers' SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    special = any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "sliding_window", "cache"))
-    if special or kernel_applies(query, key, attention_mask, dropout) is not None:
+    if has_unsupported_kwargs(kwargs) or kernel_applies(query, key, attention_mask, dropout) is not None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
