@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim_envs.tabletop import TabletopEnv
+from sim_envs.tabletop import MOVED, TabletopEnv
 
 PICK_TEMPLATES = (
     "pick up the {obj}",
@@ -73,3 +73,12 @@ class PickCubeEnv(TabletopEnv):
         lift = float(self.target_pos[2] - self._obj_rest_z[i])
         reward = 0.4 * (1.0 - np.tanh(10.0 * d)) + (0.2 + 0.4 * np.clip(lift / LIFT_HEIGHT, 0, 1)) * grasped
         return float(reward), grasped and lift > LIFT_HEIGHT
+
+    def _goal_distance(self) -> float:
+        lift = float(self.target_pos[2] - self._obj_rest_z[self.target_index])
+        return max(0.0, LIFT_HEIGHT - lift)
+
+    def _shortfall(self, target_moved: float) -> str:
+        if self.is_grasped(self.target_index):
+            return "target grasped, not lifted"
+        return "target not moved" if target_moved < MOVED else "target moved, not grasped"

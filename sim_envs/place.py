@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim_envs.tabletop import OBJECT_HALF, PLATE_COLORS, PLATE_HALF_HEIGHT, PLATE_RADIUS, TabletopEnv
+from sim_envs.tabletop import MOVED, OBJECT_HALF, PLATE_COLORS, PLATE_HALF_HEIGHT, PLATE_RADIUS, TabletopEnv
 
 PLACE_TEMPLATES = (
     "put the {obj} on the {plate}",
@@ -89,15 +89,23 @@ class PlaceEnv(TabletopEnv):
         i = self.target_index
         obj = self.target_pos
         d_reach = float(np.linalg.norm(self.tcp_pos - obj))
-        d_plate = float(np.linalg.norm(obj[:2] - self.plate_xy))
+        d_plate = self._goal_distance()
         left, right = self.object_touches_fingers(i)
         reward = 0.2 * (1 - np.tanh(10 * d_reach)) + 0.1 * (left and right) + 0.7 * (1 - np.tanh(10 * d_plate))
         resting = obj[2] < 2 * PLATE_HALF_HEIGHT + OBJECT_HALF + 0.015
         success = d_plate < PLATE_RADIUS - PLACE_MARGIN and resting and not (left or right)
         return float(reward), bool(success)
 
-    def _info(self, success: bool) -> dict:
-        return {**super()._info(success), "target_plate": self.plate_name}
+    def _goal_distance(self) -> float:
+        return float(np.linalg.norm(self.target_pos[:2] - self.plate_xy))
+
+    def _shortfall(self, target_moved: float) -> str:
+        if self.is_grasped(self.target_index):
+            return "target still held"
+        return "target not moved" if target_moved < MOVED else "target not on the plate"
+
+    def _info(self, success: bool, lost: bool) -> dict:
+        return {**super()._info(success, lost), "target_plate": self.plate_name}
 
     def privileged_state(self) -> dict:
         return {**super().privileged_state(), "plate_xy": self.plate_xy.copy()}

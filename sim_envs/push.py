@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim_envs.tabletop import OBJECT_HALF, TabletopEnv
+from sim_envs.tabletop import MOVED, OBJECT_HALF, TabletopEnv
 
 PUSH_TEMPLATES = (
     "push the {obj} to the white circle",
@@ -92,10 +92,16 @@ class PushEnv(TabletopEnv):
     def _evaluate(self) -> tuple[float, bool]:
         obj = self.target_pos
         d_reach = float(np.linalg.norm(self.tcp_pos - obj))
-        d_goal = float(np.linalg.norm(obj[:2] - self.goal_xy))
+        d_goal = self._goal_distance()
         reward = 0.3 * (1.0 - np.tanh(10.0 * d_reach)) + 0.7 * (1.0 - np.tanh(10.0 * d_goal))
         on_table = obj[2] < OBJECT_HALF + 0.01
         return float(reward), d_goal < PUSH_THRESHOLD and on_table
+
+    def _goal_distance(self) -> float:
+        return float(np.linalg.norm(self.target_pos[:2] - self.goal_xy))
+
+    def _shortfall(self, target_moved: float) -> str:
+        return "target not moved" if target_moved < MOVED else "target short of the circle"
 
     def privileged_state(self) -> dict:
         return {**super().privileged_state(), "goal_xy": self.goal_xy.copy()}

@@ -64,5 +64,11 @@ class ReachEnv(TabletopEnv):
         self._describe(template)
 
     def _evaluate(self) -> tuple[float, bool]:
-        d = float(np.linalg.norm(self.tcp_pos - self.target_pos))
+        d = self._goal_distance()
         return 1.0 - float(np.tanh(10.0 * d)), d < REACH_THRESHOLD
+
+    def _goal_distance(self) -> float:
+        return float(np.linalg.norm(self.tcp_pos - self.target_pos))
+
+    def _shortfall(self, target_moved: float) -> str:
+        return "target not reached"

@@ -60,6 +60,13 @@ ON_TOP_NORMAL_Z = 0.5
 """A finger or the palm rests on top of an object or plate when their contact normal's vertical
 component exceeds this (about 60 degrees from the horizontal or steeper). While it does, the gripper
 cannot be driven lower (`TabletopEnv.simulate`)."""
+MOVED = 0.01
+"""An object whose centre has moved this far (m, in the table plane) since the episode's start has
+been moved (`info["outcome"]`)."""
+DISTURBED = 0.02
+"""Another object than the target that has moved this far (m, in the table plane) was disturbed:
+unless the episode succeeded or lost its target, its outcome is "moved another object, not the
+target" (the target has not moved by `MOVED`) or "moved another object too"."""
 
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.1),
@@ -139,7 +146,8 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
     """Base class of the ee_vla tabletop tasks (see the task classes for their tables).
 
     Subclasses set `n_objects`, `n_plates`, `goal_marker` and implement `_sample_task(rng)` (which
-    names the target through `_describe`) and `_evaluate() -> (reward, success)`.
+    names the target through `_describe`), `_evaluate() -> (reward, success)`, and for
+    `info["outcome"]` (`outcome`) `_goal_distance()` and `_shortfall(target_moved)`.
 
     Args:
         render_mode: None or "rgb_array" (`render()` returns the main camera at `image_size`).
@@ -224,6 +232,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         self._cmd_pos = np.zeros(3)
         self._cmd_euler = np.zeros(3)
         self._obj_rest_z = np.zeros(self.n_objects)
+        self._obj_start_xy = np.zeros((self.n_objects, 2))
 
     # ---- task hooks -------------------------------------------------------------------------
     def _sample_task(self, rng: np.random.Generator) -> None:
@@ -249,6 +258,15 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
 
     def _evaluate(self) -> tuple[float, bool]:
         """(reward, success) of the current state (subclass)."""
+        raise NotImplementedError
+
+    def _goal_distance(self) -> float:
+        """How far (m) the state is from the task's success distance (subclass; `info["goal_distance"]`)."""
+        raise NotImplementedError
+
+    def _shortfall(self, target_moved: float) -> str:
+        """What an unfinished episode's state lacks, when no object was lost or disturbed (subclass;
+        `info["outcome"]`)."""
         raise NotImplementedError
 
     # ---- scene helpers used by tasks -----------------------------------------------------------
@@ -418,14 +436,15 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         mujoco.mj_forward(self.model, self.data)
         mujoco.mj_step(self.model, self.data, nstep=10)
         self._obj_rest_z = np.array([self.object_pos(i)[2] for i in range(self.n_objects)])
+        self._obj_start_xy = np.array([self.object_pos(i)[:2] for i in range(self.n_objects)])
         _, success = self._evaluate()
-        return self._get_obs(), {**self._info(success), "target_lost": False}
+        return self._get_obs(), self._info(success, lost=False)
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         self.simulate(action)
         reward, success = self._evaluate()
         lost = bool(self.target_pos[2] < LOST_Z)  # unrecoverable: no scene is left to act in
-        info = {**self._info(success), "target_lost": lost}
+        info = self._info(success, lost)
         return self._get_obs(), float(reward), bool(success) or lost, False, info
 
     def simulate(self, action: np.ndarray) -> None:
@@ -488,11 +507,40 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             self.data = data
             self._cmd_pos, self._cmd_euler = commanded
 
-    def _info(self, success: bool) -> dict:
+    def moved(self, i: int) -> float:
+        """How far (m, in the table plane) object `i` is from where it stood at the episode's start."""
+        return float(np.linalg.norm(self.object_pos(i)[:2] - self._obj_start_xy[i]))
+
+    def outcome(self, success: bool, lost: bool) -> tuple[str, dict[str, float]]:
+        """What the current state says of the episode (`info["outcome"]`), and the measurements behind
+        it: ``goal_distance``, ``target_moved`` and ``other_moved`` (m; the largest move of another
+        object). In order: "success", "target fell off the table", "moved another object, not the
+        target" or "moved another object too" (another by `DISTURBED` or more, the target by less
+        than `MOVED` or not), else the task's own shortfall (e.g. "target not moved")."""
+        others = [self.moved(i) for i in range(self.n_objects) if i != self.target_index]
+        metrics = {
+            "goal_distance": self._goal_distance(),
+            "target_moved": self.moved(self.target_index),
+            "other_moved": max(others, default=0.0),
+        }
+        if success:
+            return "success", metrics
+        if lost:
+            return "target fell off the table", metrics
+        if metrics["other_moved"] >= DISTURBED:
+            alone = metrics["target_moved"] < MOVED
+            return ("moved another object, not the target" if alone else "moved another object too"), metrics
+        return self._shortfall(metrics["target_moved"]), metrics
+
+    def _info(self, success: bool, lost: bool) -> dict:
+        outcome, metrics = self.outcome(success, lost)
         return {
             "is_success": bool(success),
             "task_description": self.task_description,
             "target_object": self.objects[self.target_index].name,
+            "target_lost": bool(lost),
+            "outcome": outcome,
+            **metrics,
         }
 
     def render(self) -> np.ndarray | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,15 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return (lo, hi)
 
 
+def failure_outcomes(episodes: Sequence[dict]) -> dict[str, int]:
+    """How many failed episodes ended in each `outcome` their env reported (`info["outcome"]`),
+    most frequent first; episodes without one are not counted."""
+    counts = Counter(e["outcome"] for e in episodes if not e["success"] and e.get("outcome") is not None)
+    return dict(counts.most_common())
+
+
 def aggregate(episodes: Sequence[dict], eval_s: float) -> dict[str, Any]:
-    """LeRobot's `aggregated` block over per-episode results."""
+    """LeRobot's `aggregated` block over per-episode results, plus `failure_outcomes`."""
     n = len(episodes)
     k = sum(bool(e["success"]) for e in episodes)
     lo, hi = wilson_interval(k, n)
@@ -55,6 +63,7 @@ def aggregate(episodes: Sequence[dict], eval_s: float) -> dict[str, Any]:
         "n_episodes": n,
         "eval_s": eval_s,
         "eval_ep_s": eval_s / n if n else float("nan"),
+        "failure_outcomes": failure_outcomes(episodes),
     }
 
 
@@ -73,6 +82,9 @@ def compare_runs(runs: dict[str, dict], cfg: EvalConfig) -> dict[str, Any]:
             "pc_success": agg["pc_success"],
             "pc_success_ci95": agg["pc_success_ci95"],
             "pc_success_per_env": {env_id: e["aggregated"]["pc_success"] for env_id, e in info["per_env"].items()},
+            "failure_outcomes_per_env": {
+                env_id: e["aggregated"]["failure_outcomes"] for env_id, e in info["per_env"].items()
+            },
             "successes": k,
             "n_episodes": agg["n_episodes"],
             "avg_sum_reward": agg["avg_sum_reward"],
@@ -134,6 +146,10 @@ def format_summary(info: dict) -> str:
             f"{name:<32} {a['n_episodes']:>8} {a['pc_success']:>9.1f} {f'[{lo:.0f}, {hi:.0f}]':>13} "
             f"{a['avg_sum_reward']:>10.3f} {a['avg_max_reward']:>10.3f} {a['eval_s']:>8.1f}"
         )
+    failed = {k: v["aggregated"]["failure_outcomes"] for k, v in info["per_env"].items()}
+    if any(failed.values()):
+        lines.append("failed episodes by outcome:")
+        lines += [f"  {env_id:<30} {_outcome_list(counts)}" for env_id, counts in failed.items() if counts]
     lat = dec["latency_ms"]
     lines.append(
         f"decode: {dec['calls']} calls x {dec['mean_batch_size']:.1f} chunks | latency ms p50 {lat['p50']:.1f} "
@@ -171,6 +187,15 @@ def format_comparison(result: dict) -> str:
         for name, r in result["decoders"].items():
             per = ", ".join(f"{env_id.split('/')[-1]} {pc:.1f}" for env_id, pc in r["pc_success_per_env"].items())
             lines.append(f"  {name:<{w}} {per}")
+    failed = [
+        (name, env_id, counts)
+        for name, r in result["decoders"].items()
+        for env_id, counts in r["failure_outcomes_per_env"].items()
+        if counts
+    ]
+    if failed:
+        lines.append("failed episodes by outcome:")
+        lines += [f"  {name:<{w}} {env_id.split('/')[-1]}: {_outcome_list(c)}" for name, env_id, c in failed]
     lines.append(
         f"fwd/call: model forward passes per decode call; iter/chunk: parallel iterations after the prefill; "
         f"x{b} tok/s, x{b} fwd: decoded tokens per second and forward passes per call relative to {b} in this "
@@ -182,6 +207,10 @@ def format_comparison(result: dict) -> str:
     if "plot_path" in result:
         lines.append(f"wrote {Path(result['plot_path']).with_name(COMPARE_FILE)} and {result['plot_path']}")
     return "\n".join(lines)
+
+
+def _outcome_list(counts: dict[str, int]) -> str:
+    return ", ".join(f"{outcome} {n}" for outcome, n in counts.items())
 
 
 def _setup_line(setup_s: dict[str, float]) -> str:

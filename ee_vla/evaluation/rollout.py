@@ -220,9 +220,11 @@ class _Episode:
     success: bool = False
     steps: int = 0
     frames: list[np.ndarray] | None = None
+    outcome: str | None = None
+    final_info: dict[str, float] = field(default_factory=dict)
 
     def result(self) -> dict[str, Any]:
-        return {
+        out = {
             "episode_ix": self.episode_ix,
             "sum_reward": self.sum_reward,
             "max_reward": self.max_reward if self.steps else float("nan"),
@@ -230,7 +232,28 @@ class _Episode:
             "seed": self.seed,
             "steps": self.steps,
             "task_description": self.instruction,
+            "final_info": self.final_info,
         }
+        if self.outcome is not None:
+            out["outcome"] = self.outcome
+        return out
+
+
+def _final_info(info: dict, slot: int, n: int) -> tuple[str | None, dict[str, float]]:
+    """Copy `slot`'s `info["outcome"]` (a string, where the env reports one) and its numeric
+    scalar entries (bools as 0/1) out of a vector env's info: what the episode's last step said."""
+    outcome = None
+    numbers: dict[str, float] = {}
+    for key, column in info.items():
+        if key.startswith("_") or key == "is_success" or np.shape(column) != (n,):  # arrays per copy: not scalars
+            continue
+        value = _info_column(info, key, n)[slot]
+        if key == "outcome":
+            outcome = value if isinstance(value, str) else None
+        elif isinstance(value, bool | np.bool_ | int | np.integer | float | np.floating):
+            if math.isfinite(float(value)):
+                numbers[key] = float(value)
+    return outcome, numbers
 
 
 @dataclass
@@ -383,8 +406,10 @@ class _Rollout:
             if success is None or success[s] is None:
                 raise RuntimeError(f"env {self.env_id!r} did not report info['is_success'] at step {ep.steps}")
             self._record(ep, s, c, actions[s], float(reward[s]), bool(success[s]))
-            if done[s] and self._next_episode(c, s):
-                new_slots.append(s)
+            if done[s]:
+                ep.outcome, ep.final_info = _final_info(c.info, s, len(c.running))
+                if self._next_episode(c, s):
+                    new_slots.append(s)
         if done.any():
             self._reset_finished(envs, c, done, new_slots)
 

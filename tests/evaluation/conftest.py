@@ -30,7 +30,8 @@ class FakeReachEnv(gymnasium.Env):
     | `pixels`    | (S, S, 3)   | uint8   |
     | `agent_pos` | (3,)        | float32 |
 
-    Reward: minus the distance to the goal. Success: distance < 0.4 (terminates). The episode also
+    Reward: minus the distance to the goal. Success: distance < 0.4 (terminates). `info` also has
+    `distance`, `point` (the position) and `outcome`: "success", "close" (< 1.5) or "far". The episode also
     terminates, unsuccessfully, after `3 + seed % 4` steps when reset with a seed. `crash_at_step`
     makes `step` raise (an env that crashes).
     """
@@ -70,9 +71,13 @@ class FakeReachEnv(gymnasium.Env):
         return {"pixels": np.ascontiguousarray(px), "agent_pos": self._pos.astype(np.float32)}
 
     def _info(self) -> dict:
+        distance = float(np.linalg.norm(self._pos - self._goal))
         return {
-            "is_success": bool(np.linalg.norm(self._pos - self._goal) < 0.4),
+            "is_success": bool(distance < 0.4),
             "task_description": self.task_description,
+            "outcome": "success" if distance < 0.4 else "close" if distance < 1.5 else "far",
+            "distance": distance,
+            "point": self._pos.copy(),  # not a scalar: not one of an episode's final_info numbers
         }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

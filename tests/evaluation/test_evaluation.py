@@ -80,6 +80,12 @@ def check_eval_info(info: dict, cfg: EvalConfig) -> None:
             assert e["steps"] >= 1 and isinstance(e["success"], bool)
             if env_id == FAKE_ENV:  # rewards are minus distances, at most 8 steps
                 assert e["steps"] <= 8 and e["max_reward"] <= 0 and e["sum_reward"] <= e["max_reward"]
+                # the last step's info: its outcome and numbers (the last reward is minus its distance)
+                d = e["final_info"]["distance"]
+                assert e["outcome"] == ("success" if e["success"] else "close" if d < 1.5 else "far")
+                assert set(e["final_info"]) == {"distance"}
+        failed = [e["outcome"] for e in mine if not e["success"] and "outcome" in e]
+        assert agg["failure_outcomes"] == {k: failed.count(k) for k in set(failed)}
     agg = info["aggregated"]
     assert LEROBOT_AGGREGATED_KEYS <= agg.keys()
     assert agg["pc_success"] == pytest.approx(sum(e["success"] * 100 for e in eps) / len(eps))
@@ -177,6 +183,33 @@ def test_compare_ar_jacobi_identical_episodes(tiny_policy_dir, tmp_path, capsys,
     end = head.index("success %") + len("success %")
     for line, r in zip(body, (rows["ar"], rows["jacobi"]), strict=True):
         assert line[:end].endswith(f"{r['pc_success']:.1f}") and line[end] == " ", (head, line)
+
+
+def test_failed_episodes_are_counted_by_the_outcome_their_env_reported(tiny_policy_dir, tmp_path, capsys):
+    """The last step's `info["outcome"]` of each failed episode, per env: in eval_info.json, on the
+    summary and in the comparison; an env without outcomes (none reported) adds nothing."""
+    cfg = make_cfg(tiny_policy_dir, tmp_path / "one", decoder="ar", episodes=8, num_envs=2, print_summary=True)
+    info = evaluate(cfg)
+    counts = info["per_env"][FAKE_ENV]["aggregated"]["failure_outcomes"]
+    failed = [e for e in info["per_episode"] if not e["success"]]
+    assert failed and sum(counts.values()) == len(failed) and set(counts) <= {"close", "far"}
+    assert list(counts.values()) == sorted(counts.values(), reverse=True)  # most frequent first
+    assert info["aggregated"]["failure_outcomes"] == counts
+    assert all(e["final_info"]["distance"] >= 0.4 for e in failed)  # the last step's: not a success
+    out = capsys.readouterr().out.splitlines()
+    i = out.index("failed episodes by outcome:")
+    assert out[i + 1].split(maxsplit=1) == [FAKE_ENV, ", ".join(f"{k} {n}" for k, n in counts.items())]
+
+    result = evaluate(make_cfg(tiny_policy_dir, tmp_path / "cmp", compare=["ar", "jacobi"], episodes=8, num_envs=2))
+    assert result["decoders"]["ar"]["failure_outcomes_per_env"] == {FAKE_ENV: counts}
+    lines = format_comparison(result).splitlines()
+    i = lines.index("failed episodes by outcome:")
+    short = FAKE_ENV.split("/")[-1]
+    assert [ln.split()[:2] for ln in lines[i + 1 : i + 3]] == [["ar", f"{short}:"], ["jacobi", f"{short}:"]]
+
+    block = info["per_env"][FAKE_ENV]
+    silent = {**block, "aggregated": {**block["aggregated"], "failure_outcomes": {}}}
+    assert "failed episodes by outcome" not in format_summary({**info, "per_env": {FAKE_ENV: silent}})
 
 
 def test_ceed_warm_start_is_per_copy(tiny_policy_dir, tmp_path):

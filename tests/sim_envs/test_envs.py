@@ -182,6 +182,102 @@ def test_target_falling_off_the_table_ends_the_episode_failed(env_id):
                 break
         assert terminated and not truncated and steps > 1  # it fell first
         assert info["target_lost"] is True and info["is_success"] is False
+        assert info["outcome"] == "target fell off the table"
+    finally:
+        env.close()
+
+
+SHORTFALLS = {
+    "ee_vla/Reach-v0": "target not reached",
+    "ee_vla/PickCube-v0": "target not moved",
+    "ee_vla/Push-v0": "target not moved",
+    "ee_vla/Place-v0": "target not moved",
+}
+HOLD = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+
+
+def _slide(base, i: int, dxy) -> None:
+    """Move object `i` by `dxy` in the table plane (its joint's position; it settles in the next step)."""
+    adr = base._obj_qpos[i]
+    base.data.qpos[adr : adr + 2] += dxy
+
+
+@pytest.mark.parametrize("env_id", sim_envs.SUITE_ENV_IDS)
+def test_outcome_names_what_the_state_lacks(env_id):
+    """`info["outcome"]` and its measurements: on reset the task's first shortfall with nothing
+    moved; the expert's finished episode ends in "success" with `goal_distance` under the task's
+    success distance; a distractor slid 5 cm is "moved another object, not the target", and once the
+    target has moved as well, "moved another object too"."""
+    from sim_envs.experts import make_expert
+
+    env = gym.make(env_id, image_size=32)
+    try:
+        _, info = env.reset(seed=5)
+        base = env.unwrapped
+        assert info["outcome"] == SHORTFALLS[env_id]
+        assert info["target_moved"] == 0.0 and info["other_moved"] == 0.0
+        if env_id == "ee_vla/Reach-v0":
+            goal = np.linalg.norm(base.tcp_pos - base.target_pos)
+        elif env_id == "ee_vla/PickCube-v0":
+            goal = 0.06  # nothing lifted yet
+        else:  # the circle or the named plate
+            goal = np.linalg.norm(base.target_pos[:2] - base.goal_pos[:2])
+        assert info["goal_distance"] == pytest.approx(goal, abs=1e-6)
+
+        expert = make_expert(env)
+        for _ in range(gym.spec(env_id).max_episode_steps):
+            _, _, terminated, truncated, info = env.step(expert.act())
+            if terminated or truncated:
+                break
+        assert info["is_success"] and info["outcome"] == "success"
+        assert info["goal_distance"] < {"ee_vla/PickCube-v0": 1e-9}.get(env_id, 0.045)
+
+        _, info = env.reset(seed=5)
+        other = next(i for i in range(base.n_objects) if i != base.target_index)
+        _slide(base, other, [0.0, 0.05])
+        _, _, _, _, info = env.step(HOLD)
+        assert info["outcome"] == "moved another object, not the target"
+        assert info["other_moved"] == pytest.approx(0.05, abs=0.01) and info["target_moved"] < 0.005
+        _slide(base, base.target_index, [0.0, 0.03])
+        _, _, _, _, info = env.step(HOLD)
+        assert info["outcome"] == "moved another object too" and info["target_moved"] > 0.02
+    finally:
+        env.close()
+
+
+def test_push_outcome_tells_a_short_push_from_an_untouched_target():
+    env = gym.make("ee_vla/Push-v0", image_size=32)
+    try:
+        _, info = env.reset(seed=5)
+        base = env.unwrapped
+        before = info["goal_distance"]
+        toward = (base.goal_xy - base.target_pos[:2]) / before
+        _slide(base, base.target_index, 0.03 * toward)
+        _, _, terminated, _, info = env.step(HOLD)
+        assert not terminated and info["outcome"] == "target short of the circle"
+        assert info["target_moved"] == pytest.approx(0.03, abs=0.005)
+        assert info["goal_distance"] == pytest.approx(before - 0.03, abs=0.005)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "held"), [("ee_vla/PickCube-v0", "target grasped, not lifted"), ("ee_vla/Place-v0", "target still held")]
+)
+def test_a_grasped_target_is_named_until_the_task_is_done(env_id, held):
+    """The expert's first grasped state (before it lifts far enough or lets go on the plate)."""
+    from sim_envs.experts import make_expert
+
+    env = gym.make(env_id, image_size=32)
+    try:
+        env.reset(seed=5)
+        base, expert = env.unwrapped, make_expert(env)
+        for _ in range(gym.spec(env_id).max_episode_steps):
+            _, _, _, _, info = env.step(expert.act())
+            if base.is_grasped(base.target_index):
+                break
+        assert base.is_grasped(base.target_index) and not info["is_success"]
+        assert info["outcome"] == held
     finally:
         env.close()
 
