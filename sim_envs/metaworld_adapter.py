@@ -48,6 +48,12 @@ def instruction_for(task_name: str) -> str:
     return task_name.removesuffix("-v3").replace("-", " ")
 
 
+MEASURES = ("near_object", "grasp_success", "grasp_reward", "in_place_reward", "obj_to_target")
+"""Meta-World's step measurements that `info` passes on after every step (their meanings differ
+between tasks: e.g. `obj_to_target` is the hand's distance to the goal in reach); an evaluation keeps
+the last step's in each episode's `final_info`."""
+
+
 class MetaWorldEnv(gym.Env[dict, np.ndarray]):
     """One Meta-World v3 task with the ee_vla observation/action interface.
 
@@ -169,8 +175,15 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
             "agent_pos": self._raw_obs[:4].astype(np.float32),
         }
 
-    def _info(self, success: bool) -> dict:
-        return {"is_success": bool(success), "task_description": self.task_description, "task_index": self.task_index}
+    def _info(self, success: bool, measures: dict | None = None) -> dict:
+        """Ours, plus Meta-World's own measurements of the step (`MEASURES`, as floats)."""
+        extra = {k: float(measures[k]) for k in MEASURES if k in measures} if measures else {}
+        return {
+            "is_success": bool(success),
+            "task_description": self.task_description,
+            "task_index": self.task_index,
+            **extra,
+        }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
@@ -191,7 +204,7 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         self._steps += 1
         success = bool(mw_info["success"])
         truncated = self.max_path_length is not None and self._steps >= self.max_path_length
-        return self._get_obs(), float(reward), success, truncated, self._info(success)
+        return self._get_obs(), float(reward), success, truncated, self._info(success, mw_info)
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":

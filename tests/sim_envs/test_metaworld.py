@@ -10,6 +10,7 @@ import pytest
 
 import sim_envs
 from sim_envs.experts import make_expert
+from sim_envs.metaworld_adapter import MEASURES
 
 pytest.importorskip("metaworld")
 
@@ -22,9 +23,11 @@ def test_mt10_reset_step_render(task):
         assert obs["pixels"].shape == (32, 32, 3) and obs["pixels"].std() > 5
         assert obs["agent_pos"].shape == (4,)
         assert info["is_success"] is False and info["task_description"]
+        assert not set(MEASURES) & set(info)  # Meta-World measures a step, not a reset
         for _ in range(3):
             obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
         assert np.isfinite(reward) and isinstance(info["is_success"], bool)
+        assert all(isinstance(info[k], float) and np.isfinite(info[k]) for k in MEASURES)
         assert env.render().shape == (32, 32, 3)
     finally:
         env.close()
