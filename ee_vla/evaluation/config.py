@@ -67,6 +67,10 @@ class EvalConfig:
     """Replace the results of an earlier evaluation in `output_dir`."""
     videos: int = 0
     """Save videos of the first N episodes of each env id (the policy's `pixels` view)."""
+    failure_videos: int = 0
+    """Also save videos of the first N failed episodes of each env id to end (failed episodes among
+    the first `videos` count); each saved episode's `video` in eval_info.json names its file, beside
+    its `outcome`."""
     video_format: Literal["gif", "mp4"] = "gif"
     """gif (Pillow, always available) or mp4 (needs imageio-ffmpeg or PyAV)."""
     warmup: int = 1
@@ -114,7 +118,7 @@ class EvalConfig:
         for name in ("episodes", "num_envs"):
             if getattr(self, name) < 1:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("videos", "warmup"):
+        for name in ("videos", "failure_videos", "warmup"):
             if getattr(self, name) < 0:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
@@ -231,7 +235,7 @@ def check_env_ids(cfg: EvalConfig) -> None:
 
 
 def check_video_backend(cfg: EvalConfig) -> None:
-    if cfg.videos and cfg.video_format == "mp4":
+    if (cfg.videos or cfg.failure_videos) and cfg.video_format == "mp4":
         if importlib.util.find_spec("imageio_ffmpeg") is None and importlib.util.find_spec("av") is None:
             raise EvalConfigError(
                 "EvalConfig.video_format=mp4 needs imageio-ffmpeg or PyAV (pip install imageio[ffmpeg]); use gif"

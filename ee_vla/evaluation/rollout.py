@@ -222,6 +222,7 @@ class _Episode:
     frames: list[np.ndarray] | None = None
     outcome: str | None = None
     final_info: dict[str, float] = field(default_factory=dict)
+    video: str | None = None
 
     def result(self) -> dict[str, Any]:
         out = {
@@ -236,6 +237,8 @@ class _Episode:
         }
         if self.outcome is not None:
             out["outcome"] = self.outcome
+        if self.video is not None:
+            out["video"] = self.video
         return out
 
 
@@ -316,6 +319,7 @@ class _Rollout:
         """perf_counter() time after which no new episode starts (running ones finish); None = run all."""
         self.log = DecodeLog(policy.vla.n_action_tokens, policy.chunk_size)
         self.video_paths: list[str] = []
+        self.failure_videos_left = cfg.failure_videos
 
     def run(self) -> tuple[list[dict], float]:
         """Run the episodes; returns their results (by episode index) and the seconds they took
@@ -427,10 +431,10 @@ class _Rollout:
         """Close copy s's finished episode and give the copy the next one, if any is left (and
         `stop_at` has not passed); whether it got one."""
         ep = c.running[s]
+        self._save_video(ep)
         c.done.append(ep.result())
         if self.recorder is not None:
             self.recorder.finish(ep)
-        self._save_video(ep)
         if self.pbar is not None:
             self.pbar.update(1)
         c.queues[s].clear()
@@ -454,7 +458,8 @@ class _Rollout:
                 self._frame(c.running[s], c.obs, c.info, s)
 
     def _new_episode(self, ix: int) -> _Episode:
-        return _Episode(ix, self.cfg.seed + ix, frames=[] if ix < self.cfg.videos else None)
+        record = ix < self.cfg.videos or self.failure_videos_left > 0  # a failure is known at the end only
+        return _Episode(ix, self.cfg.seed + ix, frames=[] if record else None)
 
     def _frame(self, ep: _Episode, obs: dict, info: dict, s: int) -> None:
         if ep.frames is not None:
@@ -497,8 +502,16 @@ class _Rollout:
         return out
 
     def _save_video(self, ep: _Episode) -> None:
-        if not ep.frames:
+        """Write `ep`'s frames when it is one of the first `videos` episodes, or a failure while
+        `failure_videos` are left; drop them either way."""
+        frames, ep.frames = ep.frames, None
+        if not frames:
             return
+        failure = not ep.success and self.failure_videos_left > 0
+        if ep.episode_ix >= self.cfg.videos and not failure:
+            return
+        if failure:
+            self.failure_videos_left -= 1
         import imageio.v3 as iio
 
         folder = self.out_dir / "videos" / re.sub(r"[^A-Za-z0-9_.-]+", "_", self.env_id)
@@ -506,8 +519,8 @@ class _Rollout:
         path = folder / f"episode_{ep.episode_ix}.{self.cfg.video_format}"
         fps = 10
         if self.cfg.video_format == "gif":
-            iio.imwrite(path, np.stack(ep.frames), duration=1000 / fps, loop=0)
+            iio.imwrite(path, np.stack(frames), duration=1000 / fps, loop=0)
         else:
-            iio.imwrite(path, np.stack(ep.frames), fps=fps)
+            iio.imwrite(path, np.stack(frames), fps=fps)
         self.video_paths.append(str(path))
-        ep.frames = None
+        ep.video = str(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import gymnasium
 import pytest
@@ -210,6 +211,22 @@ def test_failed_episodes_are_counted_by_the_outcome_their_env_reported(tiny_poli
     block = info["per_env"][FAKE_ENV]
     silent = {**block, "aggregated": {**block["aggregated"], "failure_outcomes": {}}}
     assert "failed episodes by outcome" not in format_summary({**info, "per_env": {FAKE_ENV: silent}})
+
+
+def test_failure_videos_are_saved_for_the_first_failed_episodes(tiny_policy_dir, tmp_path):
+    """`failure_videos=2` beside `videos=1`: episode 0's video, and those of the first two failed
+    episodes (episode 0 among them if it failed), each named in its episode's `video`; no other
+    episode has one."""
+    cfg = make_cfg(tiny_policy_dir, tmp_path, decoder="ar", episodes=6, num_envs=2, videos=1, failure_videos=2)
+    info = evaluate(cfg)
+    eps = info["per_episode"]
+    failed = [e for e in eps if not e["success"]]
+    assert len(failed) >= 3  # the tiny random policy rarely reaches the goal: there is a choice to make
+    with_video = [e for e in eps if "video" in e]
+    assert sorted(info["video_paths"]) == sorted(e["video"] for e in with_video)
+    assert all(Path(e["video"]).stat().st_size > 0 for e in with_video)
+    assert eps[0].get("video") and all(e["episode_ix"] == 0 or not e["success"] for e in with_video)
+    assert sum(not e["success"] for e in with_video) == 2
 
 
 def test_ceed_warm_start_is_per_copy(tiny_policy_dir, tmp_path):
