@@ -225,3 +225,28 @@ def test_push_expert_recovers_from_noisy_pushes():
     finally:
         env.close()
     assert wins >= 21, f"{wins}/30"
+
+
+def test_place_expert_lowers_within_its_start_distance_of_the_plate():
+    """Carrying the object at its carrying height, the expert goes down once the object is within
+    `LOWER_WITHIN` of the plate's centre (correcting on the way), and stays up further out."""
+    from sim_envs.experts import PlaceExpert
+
+    env = gym.make("ee_vla/Place-v0", image_size=32)
+    try:
+        env.reset(seed=5)
+        base, expert = env.unwrapped, make_expert(env)
+        for _ in range(80):  # grasp and carry up to the carrying height
+            env.step(expert.act())
+            s = base.privileged_state()
+            if s["target_grasped"] and abs(s["tcp_pos"][2] - PlaceExpert.LIFT_Z) < 0.01:
+                break
+        assert s["target_grasped"] and abs(s["tcp_pos"][2] - PlaceExpert.LIFT_Z) < 0.01
+        obj = s["target_pos"][:2]
+        for away, lowers in ((0.7 * PlaceExpert.LOWER_WITHIN, True), (1.3 * PlaceExpert.KEEP_LOWERING_WITHIN, False)):
+            base.privileged_state = lambda s=s, away=away: {**s, "plate_xy": obj + np.array([away, 0.0])}
+            dz = expert.act()[2]
+            assert (dz < -0.1) == lowers, (away, dz)
+        del base.privileged_state
+    finally:
+        env.close()
