@@ -70,13 +70,16 @@ class PickCubeEnv(TabletopEnv):
         i = self.target_index
         d = float(np.linalg.norm(self.tcp_pos - self.target_pos))
         grasped = self.is_grasped(i)
-        lift = float(self.target_pos[2] - self._obj_rest_z[i])
+        lift = self._lift()
         reward = 0.4 * (1.0 - np.tanh(10.0 * d)) + (0.2 + 0.4 * np.clip(lift / LIFT_HEIGHT, 0, 1)) * grasped
         return float(reward), grasped and lift > LIFT_HEIGHT
 
+    def _lift(self) -> float:
+        """How far (m) the target's centre is above where it rested at the episode's start."""
+        return float(self.target_pos[2] - self._obj_rest_z[self.target_index])
+
     def _goal_distance(self) -> float:
-        lift = float(self.target_pos[2] - self._obj_rest_z[self.target_index])
-        return max(0.0, LIFT_HEIGHT - lift)
+        return max(0.0, LIFT_HEIGHT - self._lift())
 
     def _shortfall(self, target_moved: float) -> str:
         if self.is_grasped(self.target_index):

@@ -435,8 +435,8 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         self.data.ctrl[0] = FINGER_TRAVEL
         mujoco.mj_forward(self.model, self.data)
         mujoco.mj_step(self.model, self.data, nstep=10)
-        self._obj_rest_z = np.array([self.object_pos(i)[2] for i in range(self.n_objects)])
-        self._obj_start_xy = np.array([self.object_pos(i)[:2] for i in range(self.n_objects)])
+        start = np.array([self.object_pos(i) for i in range(self.n_objects)])
+        self._obj_rest_z, self._obj_start_xy = start[:, 2], start[:, :2]
         _, success = self._evaluate()
         return self._get_obs(), self._info(success, lost=False)
 
