@@ -8,11 +8,12 @@
         ...
 
 `obs` is a dict: ``pixels`` (H, W, 3) uint8 RGB, ``instruction`` (non-empty str) and, for models
-trained with proprio, ``agent_pos`` (1-D float). A leading batch dimension (``pixels`` (B, H, W, 3),
-``instruction`` a list of B strings) decodes B observations in one batch. Bad observations raise
-`ObservationError` naming the key and what is wrong; an instruction longer than
-`PolicyConfig.max_instruction_tokens` text tokens is one too (it would make the prefill arbitrarily
-slow). A model that outputs NaN/inf logits raises `ee_vla.decoding.NonFiniteLogitsError` instead of
+trained with proprio, ``agent_pos`` (1-D float). A model that reads several cameras takes an image
+under each of its `cameras` keys (e.g. ``pixels`` and ``wrist_pixels``). A leading batch dimension
+(``pixels`` (B, H, W, 3), ``instruction`` a list of B strings) decodes B observations in one
+batch. Bad observations raise `ObservationError` naming the key and what is wrong; an instruction
+longer than `PolicyConfig.max_instruction_tokens` text tokens is one too (it would make the
+prefill arbitrarily slow). A model that outputs NaN/inf logits raises `ee_vla.decoding.NonFiniteLogitsError` instead of
 returning actions.
 """
 
@@ -262,7 +263,7 @@ class VLAPolicy:
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """(chunk_size, action_dim) actions, or (B, chunk_size, action_dim) for a batched obs."""
-        batched = isinstance(obs, dict) and np.ndim(obs.get("pixels")) == 4
+        batched = isinstance(obs, dict) and np.ndim(obs.get(self.vla.cameras[0])) == 4
         final = last(self._decode_states(obs))
         actions = self.vla.tokens_to_actions(final.tokens.cpu().numpy())
         return actions if batched else actions[0]
@@ -308,24 +309,16 @@ class VLAPolicy:
         return self._decode_states(obs, action_deadline)
 
     # ---- internals -----------------------------------------------------------------------
-    def validate(self, obs: dict) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-        """Check an observation; returns batched (pixels, instructions, proprio)."""
+    def validate(self, obs: dict) -> tuple[list[np.ndarray], list[str], np.ndarray | None]:
+        """Check an observation; returns batched (images, one (B, H, W, 3) array per camera of the
+        model's `cameras`; instructions; proprio)."""
         if not isinstance(obs, dict):
             raise ObservationError(f"observation must be a dict, got {type(obs).__name__}")
-        if "pixels" not in obs:
-            raise ObservationError("observation has no 'pixels' (H, W, 3) uint8 RGB image")
-        px = np.asarray(obs["pixels"])
-        if px.ndim == 3:
-            px = px[None]
-        if px.ndim != 4 or px.shape[-1] != 3:
-            raise ObservationError(
-                f"'pixels' must be (H, W, 3) or (B, H, W, 3) RGB, got shape {np.shape(obs['pixels'])}"
-            )
-        if px.dtype != np.uint8:
-            raise ObservationError(f"'pixels' must be uint8 (0..255), got dtype {px.dtype}")
-        if min(px.shape[1:3]) < 8:
-            raise ObservationError(f"'pixels' image {px.shape[1]}x{px.shape[2]} is too small")
-        B = px.shape[0]
+        images = [self._camera_image(obs, key) for key in self.vla.cameras]
+        B = images[0].shape[0]
+        if any(im.shape[0] != B for im in images):
+            shapes = ", ".join(f"'{k}' {im.shape[0]}" for k, im in zip(self.vla.cameras, images, strict=True))
+            raise ObservationError(f"the cameras' images have different batch sizes: {shapes}")
         instr = obs.get("instruction")
         instrs = [instr] if isinstance(instr, str) else list(instr) if instr is not None else []
         if len(instrs) != B:
@@ -350,7 +343,24 @@ class VLAPolicy:
             ap = np.asarray(obs["agent_pos"], dtype=np.float64)
             if not np.isfinite(ap).all():
                 raise ObservationError("'agent_pos' contains NaN or inf")
-        return px, instrs, proprio
+        return images, instrs, proprio
+
+    def _camera_image(self, obs: dict, key: str) -> np.ndarray:
+        """The (B, H, W, 3) uint8 image of camera `key` in `obs`; ObservationError naming the key."""
+        if key not in obs:
+            cams = self.vla.cameras
+            which = "" if len(cams) == 1 else f" (this policy reads cameras {', '.join(cams)})"
+            raise ObservationError(f"observation has no '{key}' (H, W, 3) uint8 RGB image{which}")
+        px = np.asarray(obs[key])
+        if px.ndim == 3:
+            px = px[None]
+        if px.ndim != 4 or px.shape[-1] != 3:
+            raise ObservationError(f"'{key}' must be (H, W, 3) or (B, H, W, 3) RGB, got shape {np.shape(obs[key])}")
+        if px.dtype != np.uint8:
+            raise ObservationError(f"'{key}' must be uint8 (0..255), got dtype {px.dtype}")
+        if min(px.shape[1:3]) < 8:
+            raise ObservationError(f"'{key}' image {px.shape[1]}x{px.shape[2]} is too small")
+        return px
 
     def _check_instruction_length(self, instruction: str) -> None:
         """ObservationError when the instruction has more than `max_instruction_tokens` tokens."""
@@ -376,10 +386,10 @@ class VLAPolicy:
 
     def _decode_states(self, obs: dict, action_deadline=None):
         cfg = self.config.decoder
-        px, instrs, proprio = self.validate(obs)
+        images, instrs, proprio = self.validate(obs)
         t_start = time.perf_counter()
         with torch.inference_mode():
-            inputs = self.vla.build_inputs(px, instrs, proprio)
+            inputs = self.vla.build_inputs(images, instrs, proprio)
             n = self.vla.n_action_tokens
             shift = self._warm_start_shift
             if isinstance(shift, tuple):  # per-row values belong to this call's batch only

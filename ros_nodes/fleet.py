@@ -447,11 +447,13 @@ class FleetPolicy:
         ok = []
         for c in batch:
             try:
-                px, _instrs, _proprio = self.policy.validate(c.obs)
-                if px.shape[0] != 1:
+                images, _instrs, _proprio = self.policy.validate(c.obs)
+                if images[0].shape[0] != 1:
                     from ee_vla.policy import ObservationError
 
-                    raise ObservationError(f"a robot's call decodes one observation, got a batch of {px.shape[0]}")
+                    raise ObservationError(
+                        f"a robot's call decodes one observation, got a batch of {images[0].shape[0]}"
+                    )
             except Exception as e:  # noqa: BLE001 - whatever validation raises is this call's
                 c.out.put(e)
                 continue

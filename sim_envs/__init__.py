@@ -19,6 +19,7 @@ headless backend, egl or else osmesa (`sim_envs.gl`); a value you set is kept.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import gymnasium
 
@@ -111,6 +112,29 @@ def takes_argument(env_id: str, name: str) -> bool:
         return False
 
 
+CAMERA_ARGUMENTS = {"wrist_pixels": "wrist_camera"}
+"""Observation keys of the cameras an env renders only when asked, and the constructor argument
+that asks for each (`pixels`, the main camera, is always observed)."""
+
+
+def camera_kwargs(env_id: str, cameras: Sequence[str]) -> dict[str, bool]:
+    """The constructor arguments that make `env_id` observe every camera of `cameras` (a policy's
+    observation keys, `ee_vla.models.contract.ModelContract.cameras`); ValueError naming a camera
+    the env cannot render."""
+    kwargs = {}
+    for camera in cameras:
+        if camera == "pixels":
+            continue
+        arg = CAMERA_ARGUMENTS.get(camera)
+        if arg is None or not takes_argument(env_id, arg):
+            known = ", ".join(["pixels"] + [c for c, a in CAMERA_ARGUMENTS.items() if takes_argument(env_id, a)])
+            raise ValueError(
+                f"{env_id} has no camera {camera!r} (the policy reads {list(cameras)}; {env_id} renders {known})"
+            )
+        kwargs[arg] = True
+    return kwargs
+
+
 def make(env_id: str, **kwargs: object) -> gymnasium.Env:
     """`gymnasium.make` with a `ValueError` that lists the known ids when `env_id` is unknown."""
     if env_id not in gymnasium.registry:
@@ -125,6 +149,7 @@ __all__ = [
     "METAWORLD_ENV_IDS",
     "MT10_TASKS",
     "SUITE_ENV_IDS",
+    "camera_kwargs",
     "control_hz",
     "make",
     "metaworld_env_id",

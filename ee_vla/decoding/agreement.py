@@ -117,9 +117,9 @@ def collect_frames(policy, env_id: str, seeds: Sequence[int], max_frames_per_epi
     call, actions clipped to the action space) and record every re-planning observation."""
     import gymnasium as gym
 
-    import sim_envs  # noqa: F401 - registers the ee_vla/ env ids
+    import sim_envs
 
-    env = gym.make(env_id)
+    env = gym.make(env_id, **sim_envs.camera_kwargs(env_id, policy.vla.cameras))
     saved = policy.decoder
     policy.decoder = DecodeConfig.preset("ar")
     frames: list[Frame] = []
@@ -129,7 +129,7 @@ def collect_frames(policy, env_id: str, seeds: Sequence[int], max_frames_per_epi
             instruction = info["task_description"]
             warm, done, n = None, False, 0
             while not done and (max_frames_per_episode is None or n < max_frames_per_episode):
-                o = {"pixels": obs["pixels"], "instruction": instruction}
+                o = {**{c: obs[c] for c in policy.vla.cameras}, "instruction": instruction}
                 if "agent_pos" in obs:
                     o["agent_pos"] = obs["agent_pos"]
                 policy.warm_start_tokens = warm

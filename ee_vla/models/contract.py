@@ -23,6 +23,32 @@ from ee_vla.models.files import EE_VLA_FILE, PROMPT_TEMPLATE, ModelLoadError
 
 CONTRACT_KEY = "contract"
 """The section of `ee_vla.json` that training writes (`recorded_contract`)."""
+CAMERAS = ("pixels",)
+"""The cameras of a policy that does not name its own (`ee_vla.json` without `cameras`): the one
+image of the `pixels` observation."""
+MAX_CAMERAS = 8
+"""Most cameras a policy may read: each adds its image tokens to every prompt."""
+
+
+def check_cameras(cameras, what: str = "cameras") -> tuple[str, ...]:
+    """`cameras` as a tuple of observation keys, or ValueError naming what is wrong with it: a
+    non-empty list of distinct non-empty strings (at most `MAX_CAMERAS`), other than the
+    observation's `instruction` and `agent_pos`."""
+    if isinstance(cameras, str) or not isinstance(cameras, (list, tuple)):
+        raise ValueError(
+            f"{what} must be a list of observation keys such as ['pixels', 'wrist_pixels'], got {cameras!r}"
+        )
+    names = tuple(cameras)
+    if not names or len(names) > MAX_CAMERAS:
+        raise ValueError(f"{what} must name 1 to {MAX_CAMERAS} cameras, got {len(names)}")
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(f"{what}: a camera must be a non-empty observation key without spaces, got {name!r}")
+        if name in ("instruction", "agent_pos"):
+            raise ValueError(f"{what}: {name!r} is an observation key that is not an image")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names a camera twice: {list(names)}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -34,7 +60,7 @@ class ModelContract:
     action_dim: int
     """Numbers per action."""
     image_size: int
-    """Side of the square camera image the policy sees, in pixels (`pixels` observation)."""
+    """Side of the square image the policy sees of each camera, in pixels."""
     proprio_dim: int
     """Length of the `agent_pos` observation the policy reads; 0 = it reads none."""
     prompt_template: str
@@ -47,6 +73,14 @@ class ModelContract:
     """Environments the training data came from (empty = not recorded)."""
     action_space: dict[str, Any] = field(default_factory=dict)
     """Description of the actions (names, bounds, units, gripper convention) as the data recorded it."""
+    cameras: tuple[str, ...] = CAMERAS
+    """The observation keys of the images the policy reads, in the prompt's order (`pixels` = the
+    env's main camera, `wrist_pixels` = the suite's gripper camera)."""
+
+    @property
+    def uses_wrist_camera(self) -> bool:
+        """Whether the policy reads the suite's gripper camera (`wrist_pixels`)."""
+        return "wrist_pixels" in self.cameras
 
     @property
     def uses_proprio(self) -> bool:
@@ -67,6 +101,7 @@ class ModelContract:
                 control_hz=None if recorded.get("control_hz") is None else float(recorded["control_hz"]),
                 env_ids=tuple(str(e) for e in recorded.get("env_ids", ())),
                 action_space=dict(recorded.get("action_space") or {}),
+                cameras=check_cameras(extra.get("cameras", list(CAMERAS)), "cameras"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelLoadError(f"{where} is corrupt: {e!r}") from e

@@ -9,7 +9,10 @@ with a convolutional vision stem, its subclass `ee_vla.models.network.VLANetwork
 
 Prompt (OpenVLA's): `<s> <image>*P In: What action should the robot take to {instruction}?\\nOut:`
 followed, when the model uses proprio, by the discretised proprio as tokens of the action block.
-The model then emits `chunk_size * action_dim` action tokens.
+The model then emits `chunk_size * action_dim` action tokens. A model that reads several cameras
+(`cameras` in `ee_vla.json`, e.g. `["pixels", "wrist_pixels"]`) has P placeholders per camera, one
+camera after the other in that order; each image goes through the same vision tower and projector,
+and the camera it came from is told by its place in the prompt.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ee_vla.models.checks import (  # noqa: F401 (ModelBounds, MODEL_BOUNDS: imp
     check_config_bounds,
     check_image_normalisation,
 )
-from ee_vla.models.contract import CONTRACT_KEY, ModelContract
+from ee_vla.models.contract import CAMERAS, CONTRACT_KEY, ModelContract, check_cameras
 from ee_vla.models.files import EE_VLA_FILE, PROMPT_TEMPLATE, ModelLoadError, check_model_dir
 
 log = logging.getLogger(__name__)
@@ -182,9 +185,12 @@ class VLA:
         meta: dict | None = None,
         contract: dict | None = None,
         image_token_id: int | None = None,
+        cameras: Sequence[str] = CAMERAS,
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.cameras = check_cameras(cameras)
+        """The observation keys of the images the model reads, in the prompt's order."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.action_tokenizer = action_tokenizer
@@ -200,6 +206,7 @@ class VLA:
         env ids, action space), saved as the `contract` section of `ee_vla.json`."""
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>") if image_token_id is None else image_token_id
         self.n_image_tokens = model.config.image_seq_length
+        """Image placeholders per camera (the vision tower's patches)."""
         at = action_tokenizer
         if at.last_token_id >= len(tokenizer) or at.first_token_id < 0:
             raise ValueError(
@@ -220,8 +227,10 @@ class VLA:
         patch_size: int | None = None,
         vision_pos_init: str | None = None,
         vision_stem: str | None = None,
+        cameras: Sequence[str] = CAMERAS,
     ) -> VLA:
-        """A randomly initialised VLA. Without `action_stats`, actions are assumed in [-1, 1]."""
+        """A randomly initialised VLA reading the images of `cameras` (observation keys). Without
+        `action_stats`, actions are assumed in [-1, 1]."""
         from ee_vla.models.text_tokenizer import build_text_tokenizer
 
         if isinstance(preset, str) and preset not in PRESETS:
@@ -244,7 +253,7 @@ class VLA:
         at = ActionTokenizer.openvla(stats, vocab_size=len(tok))
         pt = ActionTokenizer.openvla(proprio_stats, vocab_size=len(tok)) if proprio_stats else None
         meta = {"preset": preset if isinstance(preset, str) else "custom", "spec": asdict(spec)}
-        return cls(net, tok, at, chunk_size, spec.image_size, proprio_tokenizer=pt, meta=meta)
+        return cls(net, tok, at, chunk_size, spec.image_size, proprio_tokenizer=pt, meta=meta, cameras=cameras)
 
     def ee_vla_json(self) -> dict:
         """The content of the model directory's `ee_vla.json`."""
@@ -252,6 +261,7 @@ class VLA:
             "format_version": 1,
             "chunk_size": self.chunk_size,
             "image_size": self.image_size,
+            "cameras": list(self.cameras),
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
             "prompt_template": self.prompt_template,
@@ -343,6 +353,7 @@ class VLA:
                 prompt_template=extra.get("prompt_template", PROMPT_TEMPLATE),
                 meta=extra.get("meta"),
                 contract=extra.get(CONTRACT_KEY),
+                cameras=extra.get("cameras", list(CAMERAS)),
             )
         except ValueError as e:
             raise ModelLoadError(f"{path / EE_VLA_FILE}: {e}") from e
@@ -375,6 +386,28 @@ class VLA:
         return (self.action_tokenizer.first_token_id, self.action_tokenizer.last_token_id)
 
     # ---- inputs -------------------------------------------------------------------------
+    def camera_images(self, obs) -> list[np.ndarray]:
+        """The images of the model's cameras, in order, from a mapping keyed by observation key (an
+        observation, a training batch); KeyError naming a missing camera."""
+        missing = [c for c in self.cameras if c not in obs]
+        if missing:
+            raise KeyError(f"no image of camera {missing[0]!r}: this model reads {list(self.cameras)}")
+        return [obs[c] for c in self.cameras]
+
+    def pixel_values(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """(B * n_cameras, 3, S, S) model inputs: `images` is one (B, H, W, 3) uint8 array per camera
+        of `cameras` (or the array itself for a one-camera model); row b * n_cameras + c is camera
+        c of observation b, the order in which Llava's placeholders take their features."""
+        per_camera = [images] if isinstance(images, np.ndarray) else list(images)
+        if len(per_camera) != len(self.cameras):
+            raise ValueError(f"{len(per_camera)} camera images for a model that reads {list(self.cameras)}")
+        if len(per_camera) == 1:
+            return self.preprocess_images(per_camera[0])
+        sizes = {len(p) for p in per_camera}
+        if len(sizes) != 1:
+            raise ValueError(f"the cameras' images have different batch sizes: {[len(p) for p in per_camera]}")
+        return torch.stack([self.preprocess_images(p) for p in per_camera], 1).flatten(0, 1)
+
     def preprocess_images(self, pixels: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, S, S) normalised float tensor on the model's device."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
@@ -394,7 +427,7 @@ class VLA:
         ids = self._prompt_cache.get(key)
         if ids is None:
             text = prompt_text(instruction, template or self.prompt_template)
-            ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * self.n_image_tokens
+            ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * (self.n_image_tokens * len(self.cameras))
             ids += self.tokenizer(text, add_special_tokens=False).input_ids
             if len(self._prompt_cache) > 4096:
                 self._prompt_cache.clear()
@@ -411,13 +444,15 @@ class VLA:
 
     def build_inputs(
         self,
-        pixels: np.ndarray,
+        pixels: np.ndarray | Sequence[np.ndarray],
         instructions: Sequence[str],
         proprio: np.ndarray | None = None,
         templates: Sequence[str | None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Left-padded model inputs for a batch of validated observations (`templates`: a prompt
-        template per row, None = the model's own; training uses it for grounding questions)."""
+        """Left-padded model inputs for a batch of validated observations: `pixels` is one (B, H, W,
+        3) uint8 array per camera (`camera_images`), or the array itself for a one-camera model;
+        `templates` a prompt template per row, None = the model's own (training uses it for
+        grounding questions)."""
         B = len(instructions)
         tpl = templates if templates is not None else [None] * B
         heads = [self._head_ids(s, tpl[i]) for i, s in enumerate(instructions)]
@@ -437,7 +472,7 @@ class VLA:
         return {
             "input_ids": torch.from_numpy(ids).to(dev),
             "attention_mask": torch.from_numpy(mask).to(dev),
-            "pixel_values": self.preprocess_images(pixels),
+            "pixel_values": self.pixel_values(pixels),
         }
 
     def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
