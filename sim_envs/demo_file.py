@@ -23,7 +23,10 @@ files; `ee-vla train` and `ee-vla distill` read them. Schema (docs/sim_envs.md):
 
 The reader needs only `actions`, `obs/pixels` and a non-empty `instruction` attribute per
 demonstration (attributes may also sit on `data` or the file); the other entries are read when
-present. `<out>/stats.json` next to the file holds the action statistics (`action_stats`).
+present. Every (T, H, W, 3) uint8 dataset under `obs/` is a camera, named by its key
+(`Episode.camera_shapes`); `read_pixels(episodes, camera)` reads one camera's images of many
+episodes at once (training reads every camera its model reads). `<out>/stats.json` next to the
+file holds the action statistics (`action_stats`).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class Episode:
     """One demonstration: T observations and the T actions taken after them.
 
     An episode read without images (`DemoFile.episodes(pixels=False)`) has `pixels` None and its
-    `image_shape` set; `read_pixels` reads them later.
+    `image_shape` and `camera_shapes` set; `read_pixels` reads them later, camera by camera.
     """
 
     actions: np.ndarray
@@ -90,10 +93,39 @@ class Episode:
     """The array `read_pixels` read several episodes' images into; `pixels` is rows
     frame_offset.. of it (datasets gather a batch from it with one fancy index)."""
     frame_offset: int = 0
+    camera_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """(H, W, 3) of the images of every camera of the episode by observation key (`pixels`,
+    `wrist_pixels`, ...: the file's (T, H, W, 3) uint8 datasets under obs/), known before they are
+    read."""
+    camera_frames: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+    """Cameras other than `pixels` read by `read_pixels(episodes, camera)`: camera -> (the array
+    several episodes' images of it were read into, this episode's first row in it)."""
 
     def __post_init__(self) -> None:
         if self.pixels is not None and not self.image_shape:
             self.image_shape = tuple(self.pixels.shape[1:])
+        if not self.camera_shapes:
+            images = {"pixels": self.pixels, "wrist_pixels": self.wrist_pixels}
+            self.camera_shapes = {k: tuple(v.shape[1:]) for k, v in images.items() if v is not None}
+            if self.image_shape and "pixels" not in self.camera_shapes:
+                self.camera_shapes["pixels"] = tuple(self.image_shape)
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The observation keys of the episode's cameras (`camera_shapes`), `pixels` first."""
+        return tuple(sorted(self.camera_shapes, key=lambda k: (k != "pixels", k)))
+
+    def image(self, camera: str) -> np.ndarray | None:
+        """(T, H, W, 3) images of `camera` (an observation key), None when they are not read (or
+        the episode has no such camera)."""
+        if camera == "pixels":
+            return self.pixels
+        if camera == "wrist_pixels" and self.wrist_pixels is not None:
+            return self.wrist_pixels
+        if camera in self.camera_frames:
+            frames, offset = self.camera_frames[camera]
+            return frames[offset : offset + len(self)]
+        return None
 
     @property
     def source(self) -> str:
@@ -412,6 +444,13 @@ class DemoFile:
             if executed.shape != actions.shape:
                 raise DemoFileError(f"{src}/executed_actions must be a ({T}, {A}) array, got shape {executed.shape}")
         rewards = g["rewards"][()] if "rewards" in g else None
+        cameras = {"pixels": tuple(px.shape[1:])}
+        for name, d in g["obs"].items():
+            if name == "pixels" or not hasattr(d, "shape") or d.ndim != 4 or d.shape[-1] != 3 or d.dtype != np.uint8:
+                continue
+            if d.shape[0] != T:
+                raise DemoFileError(f"{src} has {d.shape[0]} obs/{name} images but {T} actions")
+            cameras[name] = tuple(d.shape[1:])
         wrist = g["obs/wrist_pixels"][()] if pixels and "obs/wrist_pixels" in g else None
         return Episode(
             actions=actions,
@@ -430,6 +469,7 @@ class DemoFile:
             path=self.path,
             key=key,
             image_shape=tuple(px.shape[1:]),
+            camera_shapes=cameras,
         )
 
 
@@ -444,14 +484,22 @@ def load_dataset(path: str | Path) -> DemoFile:
     return DemoFile(path)
 
 
-def read_pixels(episodes: Sequence[Episode]) -> np.ndarray:
-    """Read the images of episodes read without them (`DemoFile.episodes(pixels=False)`) into one
-    (sum T, H, W, 3) uint8 array (returned), each file opened once; each episode's `pixels`
-    becomes a view of it (`frames`, `frame_offset`)."""
+def read_pixels(episodes: Sequence[Episode], camera: str = "pixels") -> np.ndarray:
+    """Read the images of camera `camera` (`obs/<camera>`) of episodes read without them
+    (`DemoFile.episodes(pixels=False)`) into one (sum T, H, W, 3) uint8 array (returned), each file
+    opened once. For `pixels` each episode's `pixels` becomes a view of it (`frames`,
+    `frame_offset`); for another camera its `camera_frames[camera]` (and, for `wrist_pixels`, its
+    `wrist_pixels`). An episode without that camera is a `DemoFileError` naming it."""
     import h5py
 
+    missing = [e for e in episodes if camera not in e.camera_shapes]
+    if missing:
+        raise DemoFileError(f"{missing[0].source} has no obs/{camera} ({len(missing)} of {len(episodes)} episodes)")
+    shapes = {e.camera_shapes[camera] for e in episodes}
+    if len(shapes) != 1:
+        raise DemoFileError(f"the obs/{camera} images of the episodes differ in shape: {sorted(shapes)}")
     offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])]).astype(np.int64)
-    frames = np.empty((int(offsets[-1]), *episodes[0].image_shape), dtype=np.uint8)
+    frames = np.empty((int(offsets[-1]), *shapes.pop()), dtype=np.uint8)
     by_file: dict[str, list[int]] = {}
     for i, e in enumerate(episodes):
         if e.path is None:
@@ -467,8 +515,13 @@ def read_pixels(episodes: Sequence[Episode]) -> np.ndarray:
                 e = episodes[i]
                 view = frames[offsets[i] : offsets[i + 1]]
                 try:
-                    view[...] = h5[f"data/{e.key}/obs/pixels"][()]
+                    view[...] = h5[f"data/{e.key}/obs/{camera}"][()]
                 except OSError as err:
-                    raise _corrupt(f"{e.source}/obs/pixels", err) from err
-                e.pixels, e.frames, e.frame_offset = view, frames, int(offsets[i])
+                    raise _corrupt(f"{e.source}/obs/{camera}", err) from err
+                if camera == "pixels":
+                    e.pixels, e.frames, e.frame_offset = view, frames, int(offsets[i])
+                else:
+                    e.camera_frames[camera] = (frames, int(offsets[i]))
+                    if camera == "wrist_pixels":
+                        e.wrist_pixels = view
     return frames

@@ -13,6 +13,8 @@ layout no demonstration or evaluation starts from.
     ((8, 128, 128, 3), (8, 6))
 
 A renderer holds one env per task id; create one per process (GL contexts do not survive a fork).
+Envs made with more cameras (`env_kwargs={"wrist_camera": True}`, `sim_envs.camera_kwargs`) give
+each camera's images under its observation key too (``wrist_pixels``), from the same reset.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class SceneRenderer:
 
     def render(self, seeds: Iterable[int]) -> dict:
         """Scenes `seeds`: ``pixels`` (B, H, W, 3) uint8, ``agent_pos`` (B, 7) float32, ``instruction``
-        and ``env_id`` lists, ``task_points`` (B, 6) float32 (target xyz, goal xyz; `task_points`)."""
+        and ``env_id`` lists, ``task_points`` (B, 6) float32 (target xyz, goal xyz; `task_points`),
+        and (B, H, W, 3) uint8 images of every other camera the envs observe (``wrist_pixels``)."""
         rows = []
         for seed in map(int, seeds):
             k, obs, info = self._reset(seed)
@@ -99,13 +102,17 @@ class SceneRenderer:
 
 def _stack(rows: list) -> dict:
     """`render`'s batch from rows of (observation, instruction, task points, env id)."""
-    return {
+    out = {
         "pixels": np.stack([r[0]["pixels"] for r in rows]),
         "agent_pos": np.stack([r[0]["agent_pos"] for r in rows]),
         "task_points": np.stack([r[2] for r in rows]).astype(np.float32),
         "instruction": [r[1] for r in rows],
         "env_id": [r[3] for r in rows],
     }
+    cameras = [k for k, v in rows[0][0].items() if k not in out and np.ndim(v) == 3 and np.asarray(v).dtype == np.uint8]
+    for camera in cameras:  # every row's env observes them: one renderer makes its envs alike
+        out[camera] = np.stack([r[0][camera] for r in rows])
+    return out
 
 
 class SceneRendererProcess:

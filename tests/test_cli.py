@@ -189,3 +189,30 @@ def test_training_on_a_missing_gpu_is_a_user_error(tmp_path, capsys):
         err
         == "ee-vla train: error: device='cuda' but CUDA is not available on this machine (use --device cpu or auto)\n"
     )
+
+
+def test_eval_of_a_two_camera_policy_from_the_console(tmp_path, capsys, monkeypatch):
+    """`ee-vla eval` of a policy that reads the gripper camera: it runs on a suite env (both cameras
+    in eval_info.json); `--env-kwargs wrist_camera false` (which reaches the config as the string
+    "false") and a Meta-World env, which has no gripper camera, are one-line errors."""
+    import json
+
+    from ee_vla.models import create_random_vla_dir
+
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    model = str(create_random_vla_dir(tmp_path / "m", cameras=("pixels", "wrist_pixels")))
+    run = ["eval", "--policy", model, "--env", "ee_vla/Reach-v0", "--episodes", "1", "--max-episode-steps", "2"]
+    run += ["--decoder", "ar", "--no-progress", "--no-print-summary"]
+    assert main([*run, "--output-dir", str(tmp_path / "ok")]) == 0
+    assert json.loads((tmp_path / "ok" / "eval_info.json").read_text())["policy"]["cameras"] == [
+        "pixels",
+        "wrist_pixels",
+    ]
+    capsys.readouterr()
+    assert main([*run, "--env-kwargs", "wrist_camera", "false", "--output-dir", str(tmp_path / "off")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ee-vla eval: error: env 'ee_vla/Reach-v0': --env-kwargs wrist_camera false turns off")
+    assert "'wrist_pixels'" in err and not (tmp_path / "off" / "eval_info.json").exists()
+    bad = [a if a != "ee_vla/Reach-v0" else "ee_vla/MetaWorld-push-v0" for a in run]
+    assert main([*bad, "--output-dir", str(tmp_path / "mw")]) == 2
+    assert "ee_vla/MetaWorld-push-v0 has no camera 'wrist_pixels'" in capsys.readouterr().err

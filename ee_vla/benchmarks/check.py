@@ -4,8 +4,9 @@
 and the engine under test) and compares tokens, iteration counts and the prefill's logits.
 `run_checks(device)` is the whole check the GPU job runs (also as `python -m ee_vla.benchmarks.check`):
 
-* strict (float64, tiny random Llama / Qwen2 LMs and a tiny Llava VLA, batch 1 and 4, left-padded
-  prompts, AR / Jacobi / CEED): the engine must give exactly the eager tokens and iterations.
+* strict (float64, tiny random Llama / Qwen2 LMs and a tiny Llava VLA reading one camera and one
+  reading two (not compiled), batch 1 and 4, left-padded prompts, AR / Jacobi / CEED): the engine
+  must give exactly the eager tokens and iterations.
   float64 keeps argmax ties from flipping between kernels that sum in different orders.
 * bf16 (the `small` VLA preset): the agreement rate of graph vs static (the same forwards, replayed)
   and of graph vs eager (other kernels: bf16 rounding may flip near-ties), reported, not asserted.
@@ -133,7 +134,8 @@ def _agreement(model, inputs: dict, n: int, a: Prefill, b: Prefill, cfg: DecodeC
 def strict_cases(device: str | torch.device, engine: str, archs: tuple[str, ...] = ("llama", "qwen2")) -> list[dict]:
     """The float64 exactness cases on `device` for `engine` (static | graph | compiled): tiny
     Llama/Qwen2 (`archs`), batch 1 and 4 (left-padded), with and without an action range; a tiny
-    Llava VLA, batch 2."""
+    Llava VLA, batch 2, reading one camera and (but for the compiled engine, whose every shape
+    compiles) two."""
     cases = []
     n = 12
     for arch in archs:
@@ -146,26 +148,40 @@ def strict_cases(device: str | torch.device, engine: str, archs: tuple[str, ...]
                 res = compare_to_eager(model, inputs, n, prefill, guess=guess, action_range=action_range)
                 cases.append({"model": f"tiny-{arch}", "batch": batch, "action_range": action_range, "results": res})
     cases.append(vla_case("tiny", device, engine, torch.float64, batch=2))
+    if engine != "compiled":  # the graph engine places several cameras' image features as the static one
+        cases.append(vla_case("tiny", device, engine, torch.float64, batch=2, cameras=TWO_CAMERAS))
     return cases
 
 
-def vla_case(preset: str, device: str | torch.device, engine: str, dtype: torch.dtype, batch: int = 2) -> dict:
-    """A random Llava VLA of `preset`: policy-style inputs (image + instructions of different
-    lengths, so left padding), decoded with every check config."""
+TWO_CAMERAS = ("pixels", "wrist_pixels")
+"""The cameras of the two-camera VLA case: each image's tokens after the previous one's in the prompt."""
+
+
+def vla_case(
+    preset: str,
+    device: str | torch.device,
+    engine: str,
+    dtype: torch.dtype,
+    batch: int = 2,
+    cameras: tuple[str, ...] = ("pixels",),
+) -> dict:
+    """A random Llava VLA of `preset` reading `cameras`: policy-style inputs (an image per camera +
+    instructions of different lengths, so left padding), decoded with every check config."""
+    from ee_vla.benchmarks.shapes import random_camera_images
     from ee_vla.models.vla import VLA
 
-    vla = VLA.create(preset, chunk_size=3, seed=0)
+    vla = VLA.create(preset, chunk_size=3, seed=0, cameras=cameras)
     vla.model.to(device=device, dtype=dtype)
-    rng = np.random.default_rng(0)
-    px = rng.integers(0, 256, (batch, vla.image_size, vla.image_size, 3), dtype=np.uint8)
+    images = random_camera_images(vla, batch, np.random.default_rng(0))
     instr = ["pick up the red cube and put it in the basket", "open the drawer"][:batch] + ["push"] * max(0, batch - 2)
-    inputs = vla.build_inputs(px, instr)
+    inputs = vla.build_inputs(vla.camera_images(images), instr)
     n = vla.n_action_tokens
     res = compare_to_eager(
         vla.model, inputs, n, make_prefill(engine, vla.model, n), action_range=vla.action_range, unit=vla.action_dim
     )
     return {
-        "model": f"vla-{preset}",
+        "model": f"vla-{preset}" + ("" if len(vla.cameras) == 1 else f"-{len(vla.cameras)}cameras"),
+        "cameras": list(vla.cameras),
         "batch": batch,
         "dtype": str(dtype),
         "action_range": vla.action_range,
@@ -176,13 +192,15 @@ def vla_case(preset: str, device: str | torch.device, engine: str, dtype: torch.
 def bf16_agreement(device: str | torch.device, batch: int = 2, compiled: bool = False) -> dict:
     """Token agreement (0..1) in bf16 on the `small` VLA: graph vs static and graph vs eager (and
     compiled vs eager, compiled vs graph with `compiled`)."""
+    from ee_vla.benchmarks.shapes import random_camera_images
     from ee_vla.models.vla import VLA
 
     vla = VLA.create("small", chunk_size=3, seed=0)
     vla.model.to(device=device, dtype=torch.bfloat16)
-    rng = np.random.default_rng(1)
-    px = rng.integers(0, 256, (batch, vla.image_size, vla.image_size, 3), dtype=np.uint8)
-    inputs = vla.build_inputs(px, ["pick up the red cube", "open the top drawer of the cabinet"][:batch])
+    images = random_camera_images(vla, batch, np.random.default_rng(1))
+    inputs = vla.build_inputs(
+        vla.camera_images(images), ["pick up the red cube", "open the top drawer of the cabinet"][:batch]
+    )
     n, m = vla.n_action_tokens, vla.model
     graph, static = make_prefill("graph", m, n), make_prefill("static", m, n)
     kw = dict(action_range=vla.action_range, unit=vla.action_dim)

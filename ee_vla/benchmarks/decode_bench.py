@@ -54,6 +54,10 @@ class DecodeBenchConfig:
     """Untimed calls per decoder before timing."""
     batch_size: int = 1
     """Observations decoded per call."""
+    cameras: tuple[str, ...] = ()
+    """A random ee_vla preset (`--model tiny|small`): the observation keys of the cameras it reads,
+    e.g. `pixels wrist_pixels` (each camera adds its image tokens to the prefill); empty = `pixels`.
+    A saved policy reads its own (`cameras` in its ee_vla.json), random observations of each."""
     seed: int = 0
     """Seed of the random observations (and of a random model)."""
     out: Path = Path("outputs/bench")
@@ -68,6 +72,10 @@ class DecodeBenchConfig:
             raise ValueError(f"DecodeBenchConfig.warmup must be >= 0, got {self.warmup}")
         if self.batch_size < 1:
             raise ValueError(f"DecodeBenchConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.cameras:
+            from ee_vla.models.contract import check_cameras
+
+            self.cameras = check_cameras(tuple(self.cameras), "DecodeBenchConfig.cameras")
         if not self.decoders:
             self.decoders = tuple(dict.fromkeys(("ar", "jacobi", self.runtime.decoder)))
         self.decoders = tuple(self.decoders)
@@ -81,6 +89,15 @@ class DecodeBenchConfig:
             from ee_vla.models import check_model_dir
 
             check_model_dir(self.model, "DecodeBenchConfig.model:")
+            if self.cameras:
+                raise ValueError(
+                    f"DecodeBenchConfig.cameras: {self.model} is a saved policy, which reads its own cameras "
+                    "(its ee_vla.json); --cameras is for a random preset model"
+                )
+        elif self.cameras and self.model.startswith("openvla-"):
+            raise ValueError(
+                f"DecodeBenchConfig.cameras: --model {self.model} reads one camera; --cameras is for tiny|small"
+            )
         elif self.model.startswith("openvla-") and (self.tokenizer is None or not self.tokenizer.is_dir()):
             raise ValueError(
                 f"DecodeBenchConfig.tokenizer: --model {self.model} needs --tokenizer, a directory with a Llama-2 "
@@ -118,15 +135,19 @@ def _policy(cfg: DecodeBenchConfig):
             names = ", ".join([*PRESETS, "openvla-7b", "openvla-tiny"])
             raise ValueError(f"--model {cfg.model!r} is neither a directory nor a preset ({names})")
         chunk = cfg.runtime.chunk_size or 3  # a random preset model's: --chunk-size, else 3
-        path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, chunk, cfg.seed)
+        cams = {"cameras": cfg.cameras} if cfg.cameras else {}
+        path = create_random_vla_dir(Path(tempfile.mkdtemp()) / cfg.model, cfg.model, chunk, cfg.seed, **cams)
     return VLAPolicy.from_config(path, cfg.runtime.policy_config(DecodeConfig.preset("ar")))
 
 
 def _observations(policy, cfg: DecodeBenchConfig) -> dict:
+    """`batch_size` random observations: an image of every camera the policy reads, an instruction
+    and, for a proprio policy, `agent_pos`."""
+    from ee_vla.benchmarks.shapes import random_camera_images
+
     rng = np.random.default_rng(cfg.seed)
-    S = policy.vla.image_size
     obs = {
-        "pixels": rng.integers(0, 256, (cfg.batch_size, S, S, 3), dtype=np.uint8),
+        **random_camera_images(policy.vla, cfg.batch_size, rng),
         "instruction": ["pick up the red cube"] * cfg.batch_size,
     }
     if policy.vla.proprio_dim:
@@ -201,6 +222,8 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
             "chunk_size": policy.chunk_size,
             "action_dim": policy.action_dim,
             "tokens_per_chunk": policy.vla.n_action_tokens,
+            "cameras": list(policy.vla.cameras),
+            "prompt_image_tokens": policy.vla.n_image_tokens * len(policy.vla.cameras),
             "parameters": sum(p.numel() for p in policy.vla.model.parameters()),
             "meta": policy.vla.meta,
         },
@@ -225,7 +248,7 @@ def _time_generate(policy, obs: dict, cfg: DecodeBenchConfig) -> dict:
     n = vla.n_action_tokens
 
     def call() -> np.ndarray:
-        inputs = vla.build_inputs(obs["pixels"], obs["instruction"], obs.get("agent_pos"))
+        inputs = vla.build_inputs(vla.camera_images(obs), obs["instruction"], obs.get("agent_pos"))
         with torch.inference_mode():
             out = vla.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         return vla.tokens_to_actions(out[:, -n:].cpu().numpy())
@@ -266,7 +289,8 @@ def format_table(out: dict) -> str:
     )
     lines = [
         f"device: {env.get('device_name', out['config']['device'])}  dtype: {out['config']['dtype']}  "
-        f"batch: {out['config']['batch_size']}  tokens/chunk: {out['model']['tokens_per_chunk']}",
+        f"batch: {out['config']['batch_size']}  tokens/chunk: {out['model']['tokens_per_chunk']}  "
+        f"cameras: {', '.join(out['model'].get('cameras', ['pixels']))}",
         head,
         "-" * len(head),
     ]

@@ -6,7 +6,8 @@
 * ``qwen2-0.5b``: Qwen2-0.5B (hidden 896, 24 layers, 14 heads / 2 KV heads, intermediate 4864,
   vocab 151936, tied embeddings), same 276-token prefix.
 * ``tiny`` / ``small``: the project's VLA presets (`ee_vla.models.vla.PRESETS`), the whole Llava
-  model: the prefill includes the vision tower, as in the policy.
+  model: the prefill includes the vision tower, as in the policy; built to read one camera
+  (`pixels`) or several (`cameras`: each adds its image tokens to the prefix).
 
 A 7B model must never be materialised on the CPU first: `build_lm` creates the parameters under a
 `torch.device(device)` context directly in the target dtype, so the 13.5 GB of bf16 weights are
@@ -16,6 +17,7 @@ values and Jacobi convergence are not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -92,6 +94,13 @@ def build_lm(
     return model.eval()
 
 
+def random_camera_images(vla, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random (batch_size, S, S, 3) uint8 images of every camera `vla` reads (S = its image size),
+    keyed by observation key, drawn from `rng` in the order of `vla.cameras`."""
+    S = vla.image_size
+    return {c: rng.integers(0, 256, (batch_size, S, S, 3), dtype=np.uint8) for c in vla.cameras}
+
+
 @dataclass
 class Workload:
     """A model, one batch of its inputs, and what a chunk of actions is for it."""
@@ -123,12 +132,16 @@ def build_workload(
     left_pad: int = 0,
     seed: int = 0,
     attn_implementation: str = "sdpa",
+    cameras: Sequence[str] | None = None,
 ) -> Workload:
     """Build the model of shape `name` and a batch of inputs. LM shapes: random prefix ids
     (row b left-padded by b * `left_pad` tokens), the last 256 ids are the action tokens (OpenVLA's
-    layout), 7 tokens per action. VLA presets: random images and an instruction through the VLA's
-    own prompt builder. `attn_implementation` (LM shapes): transformers' attention of the model."""
+    layout), 7 tokens per action. VLA presets: random images of each of its `cameras` (observation
+    keys; None = `pixels` alone) and an instruction through the VLA's own prompt builder.
+    `attn_implementation` (LM shapes): transformers' attention of the model."""
     check_attn_implementation(attn_implementation, "build_workload attn_implementation")
+    if name in LM_SHAPES and cameras is not None and tuple(cameras) != ("pixels",):
+        raise ValueError("cameras applies to the VLA shapes only; an LM shape's prefix is random token ids")
     if name in LM_SHAPES:
         shape = LM_SHAPES[name]
         P = prefix_len or shape.prefix_len
@@ -150,12 +163,15 @@ def build_workload(
             raise ValueError("prefix_len applies to LM shapes only; a VLA's prefix is its prompt")
         if attn_implementation != "sdpa":
             raise ValueError("attn_implementation applies to LM shapes only; the VLA presets use sdpa")
-        vla = VLA.create(name, chunk_size=chunk_size, seed=seed)
+        vla = VLA.create(name, chunk_size=chunk_size, seed=seed, **({} if cameras is None else {"cameras": cameras}))
         vla.model.to(device=device, dtype=dtype)
-        rng = np.random.default_rng(seed)
-        px = rng.integers(0, 256, (batch_size, vla.image_size, vla.image_size, 3), dtype=np.uint8)
+        images = random_camera_images(vla, batch_size, np.random.default_rng(seed))
         instr = ["pick up the red cube and put it in the basket"] * batch_size
-        inputs = vla.build_inputs(px, instr)
-        info = {"spec": vla.meta.get("spec"), "prefix_len": int(inputs["input_ids"].shape[1])}
+        inputs = vla.build_inputs(vla.camera_images(images), instr)
+        info = {
+            "spec": vla.meta.get("spec"),
+            "prefix_len": int(inputs["input_ids"].shape[1]),
+            "cameras": list(vla.cameras),
+        }
         return Workload(name, vla.model, inputs, vla.n_action_tokens, vla.action_dim, vla.action_range, True, info)
     raise ValueError(f"unknown shape {name!r}: choose one of {', '.join(SHAPES)}")

@@ -217,7 +217,14 @@ def main(cfg: AgreementConfig) -> dict:
         print(f"{name:{w}s} " + " ".join(cells))
     if cfg.output is not None:
         cfg.output.write_text(
-            json.dumps({"config": {k: str(v) for k, v in vars(cfg).items()}, "result": result}, indent=2)
+            json.dumps(
+                {
+                    "config": {k: str(v) for k, v in vars(cfg).items()},
+                    "cameras": list(policy.vla.cameras),
+                    "result": result,
+                },
+                indent=2,
+            )
         )
     return result
 

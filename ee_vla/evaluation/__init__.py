@@ -50,7 +50,7 @@ from ee_vla.evaluation.report import (
     wilson_interval,
     write_json,
 )
-from ee_vla.evaluation.rollout import DecodeLog, Recorder, _Rollout, check_env_compatible
+from ee_vla.evaluation.rollout import DecodeLog, Recorder, _Rollout, check_env_cameras, check_env_compatible
 from ee_vla.threads import configure_threads
 from ee_vla.timing import environment_info
 
@@ -64,6 +64,7 @@ __all__ = [
     "EvalConfigError",
     "Recorder",
     "aggregate",
+    "check_env_cameras",
     "check_env_compatible",
     "check_env_ids",
     "compare_runs",
@@ -117,6 +118,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     cfg.prepare()
     out_dir = Path(cfg.output_dir) if cfg.output_dir else new_run_dir(Path("outputs/eval"))
 
+    from ee_vla.models.contract import read_contract
+
+    check_env_cameras(cfg, read_contract(cfg.policy).cameras)  # before the weights load
     rt = cfg.runtime
     configure_threads(rt.threads)
     policy = rt.load_policy(cfg.policy, decode_cfgs[cfg.decoders[0]])
@@ -211,6 +215,7 @@ def _evaluate_decoder(policy, name: str, cfg: EvalConfig, out_dir: Path, env_inf
             "action_dim": policy.action_dim,
             "n_action_steps": policy.n_action_steps,
             "tokens_per_chunk": policy.vla.n_action_tokens,
+            "cameras": list(policy.vla.cameras),
         },
         "config": config_json(cfg),
         "environment": env_info,

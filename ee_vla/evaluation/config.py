@@ -66,7 +66,8 @@ class EvalConfig:
     overwrite: bool = False
     """Replace the results of an earlier evaluation in `output_dir`."""
     videos: int = 0
-    """Save videos of the first N episodes of each env id (the policy's `pixels` view)."""
+    """Save videos of the first N episodes of each env id: what the policy saw, its cameras side by
+    side (`pixels` alone for a one-camera policy)."""
     failure_videos: int = 0
     """Also save videos of the first N failed episodes of each env id to end (failed episodes among
     the first `videos` count); each saved episode's `video` in eval_info.json names its file, beside
@@ -83,7 +84,9 @@ class EvalConfig:
     env_modules: list[str] = field(default_factory=lambda: ["sim_envs"])
     """Modules imported before the envs are made (they register env ids with Gymnasium)."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
-    """Extra keyword arguments of gymnasium.make, as name value pairs: `--env-kwargs image_size 64`."""
+    """Extra keyword arguments of gymnasium.make, as name value pairs: `--env-kwargs image_size 64`.
+    The arguments that make an env render the cameras the policy reads (`wrist_camera` for
+    `wrist_pixels`) are set by the evaluation; turning one of those off is an error."""
     mujoco_gl: Literal["egl", "osmesa", "glfw"] | None = None
     """MuJoCo rendering backend, set as MUJOCO_GL before the envs import MuJoCo. None = keep the
     variable when set, else egl (the GPU's EGL, or Mesa's software EGL on a CPU-only machine)."""

@@ -106,6 +106,7 @@ def compare_runs(runs: dict[str, dict], cfg: EvalConfig) -> dict[str, Any]:
         "baseline": baseline,
         "seeds": [cfg.seed + i for i in range(cfg.episodes)],
         "env": list(cfg.env),
+        "policy": base["policy"],
         "decoders": rows,
         "environment": base["environment"],
         "config": config_json(cfg),
@@ -133,9 +134,11 @@ def write_json(path: Path, data: dict) -> None:
 def format_summary(info: dict) -> str:
     """One screen: success per env id and overall, then the decode metrics."""
     env, dec = info["environment"], info["decode"]
+    cameras = info["policy"].get("cameras", ["pixels"])
     lines = [
         f"ee_vla eval | decoder {info['decoder']} | policy {info['policy']['path']} | "
-        f"{env['device']} ({env['device_name']}) {env['dtype']}",
+        + (f"cameras {', '.join(cameras)} | " if len(cameras) > 1 else "")
+        + f"{env['device']} ({env['device_name']}) {env['dtype']}",
         f"{'env':<32} {'episodes':>8} {'success %':>9} {'95% CI':>13} "
         f"{'avg sum_r':>10} {'avg max_r':>10} {'eval_s':>8}",
     ]
@@ -168,9 +171,11 @@ def format_comparison(result: dict) -> str:
     env = result["environment"]
     b = result["baseline"]
     w = max(8, *(len(name) for name in result["decoders"]))  # variants' names are long
+    cameras = result.get("policy", {}).get("cameras", ["pixels"])
     lines = [
         f"ee_vla eval --compare | {', '.join(result['env'])} | {len(result['seeds'])} seeds per env | "
-        f"{env['device']} ({env['device_name']}) {env['dtype']}",
+        + (f"cameras {', '.join(cameras)} | " if len(cameras) > 1 else "")
+        + f"{env['device']} ({env['device_name']}) {env['dtype']}",
         f"{'decoder':<{w}} {'success %':>9} {'95% CI':>13} {'fwd/call':>9} {'iter/chunk':>10} {'tokens/s':>9} "
         f"{'p50 ms':>8} {'p95 ms':>8} {f'x{b} tok/s':>11} {f'x{b} fwd':>9} {'same eps':>9}",
     ]

@@ -138,13 +138,61 @@ def _make_env(
 def env_kwargs_for(env_id: str, cfg: EvalConfig, policy) -> dict[str, Any]:
     """The keyword arguments `env_id` is made with: `cfg.env_kwargs`, plus `image_size` = the camera
     size the policy was trained on (its contract) when the env takes that argument and it is not given,
-    so the env renders what the policy expects instead of an image the policy must resize."""
+    so the env renders what the policy expects instead of an image the policy must resize, plus the
+    arguments that make the env render every camera the policy reads (`camera_env_kwargs`)."""
     from sim_envs import takes_argument
 
-    kwargs = dict(cfg.env_kwargs)
+    kwargs = camera_env_kwargs(env_id, cfg, policy.vla.cameras)
     if "image_size" not in kwargs and takes_argument(env_id, "image_size"):
         kwargs["image_size"] = int(policy.vla.image_size)
     return kwargs
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _flag(value: Any) -> bool | None:
+    """A command-line value as a bool (`--env-kwargs wrist_camera false` arrives as the string
+    "false"), None when it is not one."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    text = str(value).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+def camera_env_kwargs(env_id: str, cfg: EvalConfig, cameras: Sequence[str]) -> dict[str, Any]:
+    """`cfg.env_kwargs` with the constructor arguments that make `env_id` observe every camera of
+    `cameras` (a policy's, `sim_envs.camera_kwargs`), e.g. `wrist_camera=True` for `wrist_pixels`.
+    EvalConfigError naming the env and the camera when the env cannot render one, or when
+    `env_kwargs` turns off a camera the policy reads (`--env-kwargs wrist_camera false`). A camera
+    argument given as a string ("true", "false") is passed on as a bool."""
+    import sim_envs
+
+    kwargs = dict(cfg.env_kwargs)
+    try:
+        needed = sim_envs.camera_kwargs(env_id, cameras)
+    except ValueError as e:
+        raise EvalConfigError(f"env {env_id!r} cannot render every camera the policy reads: {e}") from None
+    for camera, arg in sim_envs.CAMERA_ARGUMENTS.items():
+        if arg not in kwargs or not sim_envs.takes_argument(env_id, arg):
+            continue
+        value = _flag(kwargs[arg])
+        if value is None:
+            raise EvalConfigError(f"env {env_id!r}: --env-kwargs {arg} must be true or false, got {kwargs[arg]!r}")
+        if arg in needed and not value:
+            raise EvalConfigError(
+                f"env {env_id!r}: --env-kwargs {arg} {kwargs[arg]} turns off the camera {camera!r}, which the "
+                f"policy reads (its cameras: {', '.join(cameras)}); leave {arg} out, the evaluation sets it"
+            )
+        kwargs[arg] = value
+    return {**kwargs, **needed}
+
+
+def check_env_cameras(cfg: EvalConfig, cameras: Sequence[str]) -> None:
+    """`camera_env_kwargs` of every env id of `cfg`: an env that cannot render a camera of `cameras`
+    (a policy's, read from its directory before the model loads) is an EvalConfigError."""
+    for env_id in cfg.env:
+        camera_env_kwargs(env_id, cfg, cameras)
 
 
 def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: int = 0) -> None:
@@ -162,11 +210,18 @@ def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: i
     contract = policy.vla.model_contract
     if fps and (warning := rate_mismatch(contract, float(fps), f"env {env_id!r}")):
         log.warning(warning)
-    if not isinstance(obs_space, spaces.Dict) or "pixels" not in obs_space.spaces:
-        raise EvalConfigError(f"env {env_id!r}: observations must be a Dict with 'pixels', got {obs_space}")
-    px = obs_space["pixels"]
-    if len(px.shape) != 3 or px.shape[-1] != 3 or px.dtype != np.uint8:
-        raise EvalConfigError(f"env {env_id!r}: 'pixels' must be (H, W, 3) uint8, got {px.shape} {px.dtype}")
+    cameras = policy.vla.cameras
+    if not isinstance(obs_space, spaces.Dict):
+        raise EvalConfigError(f"env {env_id!r}: observations must be a Dict with {cameras[0]!r}, got {obs_space}")
+    for camera in cameras:
+        px = obs_space.spaces.get(camera)
+        if px is None:
+            which = "" if cameras == ("pixels",) else f" (the policy reads cameras {', '.join(cameras)})"
+            raise EvalConfigError(
+                f"env {env_id!r}: observations must be a Dict with {camera!r}{which}, got {obs_space}"
+            )
+        if len(px.shape) != 3 or px.shape[-1] != 3 or px.dtype != np.uint8:
+            raise EvalConfigError(f"env {env_id!r}: {camera!r} must be (H, W, 3) uint8, got {px.shape} {px.dtype}")
     if not isinstance(act_space, spaces.Box) or act_space.shape != (policy.action_dim,):
         raise EvalConfigError(
             f"env {env_id!r}: action space {act_space} does not match the policy's action_dim={policy.action_dim}"
@@ -184,6 +239,24 @@ def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, kwargs: dict[str, Any
     fn = functools.partial(_make_env, env_id, tuple(cfg.env_modules), cfg.max_episode_steps, kwargs, expert_horizon)
     cls = SyncVectorEnv if cfg.vector == "sync" else AsyncVectorEnv
     return cls([fn] * n, autoreset_mode=AutoresetMode.DISABLED)
+
+
+def video_frame(images: Sequence[np.ndarray]) -> np.ndarray:
+    """One video frame of what the policy saw: its cameras' (H, W, 3) images side by side, in the
+    order it reads them, each scaled (nearest pixel) to the tallest one's height; a copy of the
+    image for a one-camera policy."""
+    if len(images) == 1:
+        return np.array(images[0], copy=True)
+    h = max(im.shape[0] for im in images)
+    parts = []
+    for im in images:
+        if im.shape[0] != h:
+            w = max(1, round(im.shape[1] * h / im.shape[0]))
+            rows = np.arange(h) * im.shape[0] // h
+            cols = np.arange(w) * im.shape[1] // w
+            im = im[rows][:, cols]
+        parts.append(im)
+    return np.concatenate(parts, axis=1)
 
 
 def _info_column(info: dict, key: str, n: int) -> np.ndarray | None:
@@ -463,13 +536,15 @@ class _Rollout:
 
     def _frame(self, ep: _Episode, obs: dict, info: dict, s: int) -> None:
         if ep.frames is not None:
-            ep.frames.append(np.array(obs["pixels"][s], copy=True))
+            ep.frames.append(video_frame([obs[c][s] for c in self.policy.vla.cameras]))
         if self.recorder is not None:
             self.recorder.observe(ep, obs, info, s)
 
-    @staticmethod
-    def _batch(obs: dict, slots: list[int], instr: dict[int, str]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"pixels": np.asarray(obs["pixels"])[slots], "instruction": [instr[s] for s in slots]}
+    def _batch(self, obs: dict, slots: list[int], instr: dict[int, str]) -> dict[str, Any]:
+        """The policy's observation of copies `slots`: the image of every camera it reads, the
+        instructions and, where the env gives it, `agent_pos`."""
+        batch: dict[str, Any] = {c: np.asarray(obs[c])[slots] for c in self.policy.vla.cameras}
+        batch["instruction"] = [instr[s] for s in slots]
         if "agent_pos" in obs:
             batch["agent_pos"] = np.asarray(obs["agent_pos"])[slots]
         return batch

@@ -189,8 +189,6 @@ class VLA:
     ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.cameras = check_cameras(cameras)
-        """The observation keys of the images the model reads, in the prompt's order."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.action_tokenizer = action_tokenizer
@@ -200,6 +198,7 @@ class VLA:
         self.image_mean, self.image_std = check_image_normalisation(image_mean, image_std)
         self.prompt_template = prompt_template
         self._prompt_cache: dict[tuple[str, str | None], list[int]] = {}
+        self.cameras = cameras
         self.meta = dict(meta or {})
         self.contract = dict(contract or {})
         """What the training data fixed (`ee_vla.models.contract.recorded_contract`: control rate,
@@ -359,6 +358,17 @@ class VLA:
             raise ModelLoadError(f"{path / EE_VLA_FILE}: {e}") from e
 
     # ---- properties ---------------------------------------------------------------------
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The observation keys of the images the model reads, in the prompt's order. Settable (a
+        fine-tune that adds a camera): the network's weights serve any number of cameras."""
+        return self._cameras
+
+    @cameras.setter
+    def cameras(self, cameras: Sequence[str]) -> None:
+        self._cameras = check_cameras(cameras)
+        self._prompt_cache.clear()  # cached prompts hold one set of placeholders per camera
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -1,8 +1,9 @@
 """Behaviour cloning of a VLA on demonstrations: `train(TrainConfig) -> Path`.
 
-The model reads the image, instruction (and optionally proprio) prompt and is taught, teacher
-forced, the action tokens of the chunk starting at each demonstration step: next-token
-cross-entropy on the k * action_dim chunk tokens only. The result is the AR teacher of CEED
+The model reads the image (one per camera of `TrainConfig.cameras`, e.g. `pixels` and
+`wrist_pixels`), instruction (and optionally proprio) prompt and is taught, teacher forced, the
+action tokens of the chunk starting at each demonstration step: next-token cross-entropy on the
+k * action_dim chunk tokens only. The result is the AR teacher of CEED
 distillation (and a policy in its own right under any decoder).
 """
 
@@ -25,6 +26,7 @@ from ee_vla.training.data import (
     RepeatDataset,
     SceneGroundingDataset,
     check_against_model,
+    check_cameras_recorded,
     compute_action_stats,
     compute_point_stats,
     compute_proprio_stats,
@@ -114,7 +116,7 @@ def start_frame_eval_hook(demo: DemoDataset, n_episodes: int, point_tokenizer=No
         points_mean_err = float(np.abs(points - points.mean(0)).mean())
 
     def decode(vla, autocast, templates=None) -> np.ndarray:
-        inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"], templates)
+        inputs = vla.build_inputs(vla.camera_images(batch), batch["instruction"], batch["proprio"], templates)
         with torch.no_grad(), autocast():
             states, _ = jacobi_states(vla, inputs, None)
         return states[-1].cpu().numpy()
@@ -194,8 +196,8 @@ def data_contract(episodes) -> dict:
 
 def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
     """The model to train: `src` (`_start_model`: the checkpoint when resuming, `init_from`), set to
-    `chunk_size` when given (a resumed run's checkpoint has it already: the field cannot change on
-    resume), or a new `preset` model whose tokenizers fit the data."""
+    `chunk_size` and `cameras` when given (a resumed run's checkpoint has them already: the fields
+    cannot change on resume), or a new `preset` model whose tokenizers fit the data."""
     from ee_vla.models.vla import PROMPT_TEMPLATE, VLA
 
     if src is not None:
@@ -203,6 +205,9 @@ def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
         if cfg.chunk_size is not None and cfg.chunk_size != vla.chunk_size:
             log.info("fine-tuning %s from chunks of %d actions to chunks of %d", src, vla.chunk_size, cfg.chunk_size)
             vla.chunk_size = cfg.chunk_size
+        if cfg.cameras is not None and cfg.cameras != vla.cameras:
+            log.info("fine-tuning %s from cameras %s to cameras %s", src, list(vla.cameras), list(cfg.cameras))
+            vla.cameras = cfg.cameras
         return vla
     proprio_stats = compute_proprio_stats(episodes) if cfg.use_proprio else None
     corpus = instruction_corpus(episodes, PROMPT_TEMPLATE)
@@ -216,13 +221,15 @@ def _build_vla(cfg: TrainConfig, episodes, src: Path | None, stats):
         patch_size=cfg.patch_size,
         vision_pos_init=cfg.vision_pos_init,
         vision_stem=cfg.vision_stem,
+        cameras=cfg.model_cameras(None),
     )
 
 
 def _grounding_mix(
     cfg: TrainConfig, episodes, demo: DemoDataset, points, use_proprio: bool, world_size: int, scenes=None
 ):
-    """(training set, grounding dataset) for `cfg.grounding_fraction` f of grounding items.
+    """(training set, grounding dataset) for `cfg.grounding_fraction` f of grounding items, showing
+    the cameras of `demo` (the model's).
 
     demos: f / (1 - f) questions per demonstration item, on demonstration frames. scenes (`scenes`
     = `scene_sources(episodes)`): every question a new scene; the demonstration items are repeated
@@ -231,11 +238,11 @@ def _grounding_mix(
     f, n_tok = cfg.grounding_fraction, demo.targets[0].shape[1]
     if scenes is None:
         n_items = round(len(demo) * f / (1 - f))
-        grounding = GroundingDataset(episodes, points, n_tok, use_proprio, n_items, cfg.seed)
+        grounding = GroundingDataset(episodes, points, n_tok, use_proprio, n_items, cfg.seed, cameras=demo.cameras)
         log.info("grounding co-training: %d questions beside %d demonstration items", n_items, len(demo))
         return MixedDataset([demo, grounding]), grounding
     env_ids, env_kwargs = scenes
-    questions = {"all_questions": cfg.grounding_questions == "all"}
+    questions = {"all_questions": cfg.grounding_questions == "all", "cameras": demo.cameras}
     total = cfg.steps * cfg.batch_size * world_size
     if f >= 1:
         grounding = SceneGroundingDataset(env_ids, env_kwargs, points, n_tok, use_proprio, total, **questions)
@@ -267,22 +274,29 @@ def train(cfg: TrainConfig) -> Path:
     train_eps, val_eps = split_episodes(episodes, cfg.val_fraction)
     resume_from = resolve_run_dir(cfg, kind="bc")
     src = _start_model(cfg, resume_from)
+    cameras = cfg.model_cameras(src)
+    check_cameras_recorded(episodes, cameras)
     stats = _check_inputs(cfg, train_eps, src)
     point_stats = compute_point_stats(train_eps) if cfg.grounding_fraction > 0 else None
     if point_stats is not None and src is not None and (kept := model_point_stats(src)) is not None:
         log.info("grounding answers keep the discretisation of %s", src)
         point_stats = kept
-    # the tasks and camera of fresh grounding scenes (fails here, before training, if the tasks cannot be rendered)
-    scenes = scene_sources(train_eps) if point_stats is not None and cfg.grounding_source == "scenes" else None
+    # the tasks and cameras of fresh grounding scenes (fails here, before training, if they cannot be rendered)
+    use_scenes = point_stats is not None and cfg.grounding_source == "scenes"
+    scenes = scene_sources(train_eps, cameras) if use_scenes else None
     rt = init_runtime(cfg.device, cfg.threads, cfg.num_workers)
     try:
         torch.manual_seed(cfg.seed)
         vla = _build_vla(cfg, train_eps, src, stats)
         vla.contract = data_contract(episodes)
         use_proprio = vla.proprio_tokenizer is not None
-        load_pixels(episodes)
-        dataset = DemoDataset(train_eps, vla.action_tokenizer, vla.chunk_size, use_proprio)
-        eval_dataset = DemoDataset(val_eps, vla.action_tokenizer, vla.chunk_size, use_proprio) if val_eps else None
+        if vla.cameras != cameras:  # _cameras read them from the same ee_vla.json
+            raise RuntimeError(f"the model reads cameras {list(vla.cameras)}, expected {list(cameras)}")
+        load_pixels(episodes, cameras)
+        dataset = DemoDataset(train_eps, vla.action_tokenizer, vla.chunk_size, use_proprio, cameras)
+        eval_dataset = (
+            DemoDataset(val_eps, vla.action_tokenizer, vla.chunk_size, use_proprio, cameras) if val_eps else None
+        )
         if val_eps:
             log.info("holding out %d of %d episodes for evaluation", len(val_eps), len(episodes))
         train_set, hooks, points = dataset, [], None

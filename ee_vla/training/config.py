@@ -186,6 +186,13 @@ class TrainConfig(RunConfig):
     k x action_dim tokens after the prompt); a resumed run keeps its model's."""
     use_proprio: bool = False
     """Append the discretised proprio (`obs/agent_pos`) to the prompt as action-block tokens."""
+    cameras: tuple[str, ...] | None = None
+    """Observation keys of the images the model reads, in the prompt's order: pixels (the env's
+    main camera), wrist_pixels (the ee_vla suite's gripper camera: record it with `ee-vla collect
+    --wrist-camera`), e.g. `--cameras pixels wrist_pixels`. Saved as `cameras` in the model's
+    ee_vla.json; every demonstration must hold each camera's images (obs/<key>). None = pixels for a
+    new model, the model's own with init_from; with init_from, another list fine-tunes the model to
+    read those cameras (its weights serve any number of cameras); a resumed run keeps its model's."""
     init_from: str | None = None
     """Start from this ee_vla model directory (fine-tuning) instead of a random `preset` model; its
     action/proprio statistics are kept, and its chunk size unless chunk_size is set."""
@@ -283,6 +290,24 @@ class TrainConfig(RunConfig):
         )
         _check(0 <= self.input_noise < 1, "TrainConfig", "input_noise", f"must be in [0, 1), got {self.input_noise}")
         self.unnormalized_dims = tuple(int(d) for d in self.unnormalized_dims)
+        if self.cameras is not None:
+            from ee_vla.models.contract import check_cameras
+
+            self.cameras = check_cameras(self.cameras, "TrainConfig.cameras")
+
+    def model_cameras(self, model_dir: str | Path | None) -> tuple[str, ...]:
+        """The cameras the trained model reads: `cameras`, else those of the model in `model_dir`
+        (init_from, or the checkpoint a run resumes; its ee_vla.json, read without torch), else
+        pixels alone."""
+        if self.cameras is not None:
+            return self.cameras
+        if model_dir is None:
+            from ee_vla.models.contract import CAMERAS
+
+            return CAMERAS
+        from ee_vla.models.contract import read_contract
+
+        return read_contract(model_dir).cameras
 
     def check_inputs(self) -> None:
         super().check_inputs()

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from ee_vla.training.config import DistillConfig
-from ee_vla.training.data import DemoDataset, check_against_model, collate, load_pixels, model_dims, scan_dataset
+from ee_vla.training.data import (
+    DemoDataset,
+    check_against_model,
+    check_cameras_recorded,
+    collate,
+    load_pixels,
+    model_dims,
+    scan_dataset,
+)
 from ee_vla.training.loop import Objective, autocast_for, fit, init_runtime, shutdown_runtime
 from ee_vla.training.losses import after_first_wrong, ar_loss, consistency_loss, mixed_labels, window_logits
 from ee_vla.training.run_dir import TRAJECTORY_DIR, check_out_dir, resolve_run_dir
@@ -161,6 +169,10 @@ def distill(cfg: DistillConfig) -> Path:
     episodes = scan_dataset(cfg.data, cfg.success_only)
     a_dim, p_dim, _ = model_dims(cfg.teacher, cfg.unnorm_key, cfg.chunk_size)
     check_against_model(episodes, a_dim, p_dim, what=f"the teacher {cfg.teacher}")
+    from ee_vla.models.contract import read_contract
+
+    cameras = read_contract(cfg.teacher).cameras  # the student reads the teacher's cameras
+    check_cameras_recorded(episodes, cameras, what=f"the teacher {cfg.teacher}")
     _trajectory_source(cfg)  # a missing `trajectories` path fails here, before compute
     if cfg.collect_only:  # trajectories only: nothing is trained or resumed
         check_out_dir(Path(cfg.out_dir))
@@ -178,8 +190,8 @@ def distill(cfg: DistillConfig) -> Path:
         rt.barrier()  # every rank decides before any rank writes trajectories
         torch.manual_seed(cfg.seed)
         vla = load_vla(cfg.teacher, device=rt.device, unnorm_key=cfg.unnorm_key, chunk_size=cfg.chunk_size)
-        load_pixels(episodes)
-        demo = DemoDataset(episodes, vla.action_tokenizer, vla.chunk_size, use_proprio=p_dim > 0)
+        load_pixels(episodes, vla.cameras)
+        demo = DemoDataset(episodes, vla.action_tokenizer, vla.chunk_size, use_proprio=p_dim > 0, cameras=vla.cameras)
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if source is None:

@@ -22,6 +22,10 @@ as `expert_chunks`): the policy executes a chunk of k actions open loop, so the 
 a state is the k actions the expert would execute from it, not the labels of the next k visited
 states (those correct deviations the policy's own chunk made). A `dagger_info.json` beside the file
 records the policy's success rate during collection.
+
+The envs render every camera the policy reads (`sim_envs.camera_kwargs`: `wrist_camera=True` for a
+policy that reads `wrist_pixels`), and the file records the gripper camera's images as
+`obs/wrist_pixels` whenever the envs observe it, so a two-camera policy trains on its own data.
 """
 
 from __future__ import annotations
@@ -171,10 +175,12 @@ class _Labeller(Recorder):
         label = _slot_value(info, "expert_action", slot)
         if label is None:
             raise RuntimeError(f"{self.env_id}: the env gave no info['expert_action'] (not wrapped in ExpertLabels?)")
-        keys = ("pixels", "pos", "label", "plan", "points", "act", "reward")
+        keys = ("pixels", "wrist", "pos", "label", "plan", "points", "act", "reward")
         buf = self.buffers.setdefault(ep.episode_ix, {k: [] for k in keys})
         buf["target_lost"] = bool(_slot_value(info, "target_lost", slot))
         buf["pixels"].append(np.array(obs["pixels"][slot], copy=True))
+        if "wrist_pixels" in obs:  # the envs render the gripper camera (a policy that reads it)
+            buf["wrist"].append(np.array(obs["wrist_pixels"][slot], copy=True))
         if "agent_pos" in obs:
             buf["pos"].append(np.asarray(obs["agent_pos"][slot], dtype=np.float32))
         buf["label"].append(np.asarray(label, dtype=np.float32))
@@ -201,6 +207,7 @@ class _Labeller(Recorder):
         self.writer.add(
             Episode(
                 pixels=np.stack(buf["pixels"][:t]),
+                wrist_pixels=np.stack(buf["wrist"][:t]) if buf["wrist"] else None,
                 agent_pos=np.stack(buf["pos"][:t]) if buf["pos"] else np.zeros((t, 0), np.float32),
                 actions=np.stack(buf["label"][:t]),
                 instruction=ep.instruction,
@@ -218,6 +225,23 @@ class _Labeller(Recorder):
         )
 
 
+def _camera_kwargs(policy: Path, env_ids: list[str]) -> dict[str, bool]:
+    """The env arguments that make every env of `env_ids` render each camera the policy reads
+    (`sim_envs.camera_kwargs`, its cameras read from its directory before it loads); a
+    DaggerConfigError names an env that cannot render one."""
+    import sim_envs
+    from ee_vla.models.contract import read_contract
+
+    cameras = read_contract(policy).cameras
+    kwargs: dict[str, bool] = {}
+    for env_id in env_ids:
+        try:
+            kwargs.update(sim_envs.camera_kwargs(env_id, cameras))
+        except ValueError as e:
+            raise DaggerConfigError(f"DaggerConfig.env {env_id!r}: {e}") from None
+    return kwargs
+
+
 def collect_on_policy(cfg: DaggerConfig) -> Path:
     """Run `cfg.policy` on `cfg.env` and write its expert-labelled episodes; returns the HDF5 path."""
     from tqdm.auto import tqdm
@@ -233,6 +257,7 @@ def collect_on_policy(cfg: DaggerConfig) -> Path:
 
         ecfg.env = list(SUITE_ENV_IDS)
     ecfg.prepare()  # env ids, the policy's files, then the device (torch)
+    ecfg.env_kwargs.update(_camera_kwargs(cfg.policy, ecfg.env))  # before the policy loads
 
     from sim_envs.demo_file import DemoWriter
 

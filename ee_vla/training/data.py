@@ -8,6 +8,10 @@ images, so a bad dataset (missing file, no demonstrations, inconsistent dims) fa
 is built or any compute runs. The images are then loaded into memory once (`load_pixels`): datasets
 of this project are a few GB at most, and in-memory indexing keeps the training loop simple.
 
+A model may read several cameras (`VLA.cameras`: observation keys such as `pixels` and
+`wrist_pixels`); the datasets then take those `cameras`, and a batch carries each camera's images
+under its key (`VLA.camera_images(batch)` picks them for the model). `pixels` is always there.
+
 `DemoDataset` item t of an episode carries the chunk target: actions t..t+k-1 (the last action
 repeated past the episode end), tokenised by the model's `ActionTokenizer`. `GroundingDataset`
 items ask where the instruction's objects are (`GROUNDING_TEMPLATE`) and carry the discretised
@@ -29,6 +33,7 @@ from ee_vla.action_tokenizer import ActionStats, ActionTokenizer
 from ee_vla.training.dataset_files import HDF5_SUFFIXES as HDF5_SUFFIXES
 from ee_vla.training.dataset_files import DatasetError
 from ee_vla.training.dataset_files import check_against_model as check_against_model
+from ee_vla.training.dataset_files import check_cameras_recorded as check_cameras_recorded
 from ee_vla.training.dataset_files import find_dataset_files as find_dataset_files
 from ee_vla.training.dataset_files import load_pixels as load_pixels
 from ee_vla.training.dataset_files import scan_dataset as scan_dataset
@@ -79,28 +84,53 @@ def model_dims(
         raise ModelLoadError(f"{path} is corrupt: {e}") from e
 
 
-def gather_pixels(episodes: list[Episode], ep: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) frames t of episodes ep: one fancy index into the shared `frames` array when
-    the episodes were loaded together, else a stack."""
-    base = episodes[int(ep[0])].frames if len(ep) else None
-    if base is not None and all(episodes[int(i)].frames is base for i in np.unique(ep)):
-        offsets = np.fromiter((episodes[int(i)].frame_offset for i in ep), dtype=np.int64, count=len(ep))
+def _frames_of(episode: Episode, camera: str) -> tuple[np.ndarray | None, int]:
+    """(the array `load_pixels` read `camera`'s images of `episode` into, its first row there)."""
+    if camera == "pixels":
+        return episode.frames, episode.frame_offset
+    return episode.camera_frames.get(camera, (None, 0))
+
+
+def gather_pixels(episodes: list[Episode], ep: np.ndarray, t: np.ndarray, camera: str = "pixels") -> np.ndarray:
+    """(B, H, W, 3) images of `camera` at frames t of episodes ep: one fancy index into the shared
+    array of that camera when the episodes were loaded together, else a stack."""
+    base = _frames_of(episodes[int(ep[0])], camera)[0] if len(ep) else None
+    if base is not None and all(_frames_of(episodes[int(i)], camera)[0] is base for i in np.unique(ep)):
+        offsets = np.fromiter((_frames_of(episodes[int(i)], camera)[1] for i in ep), dtype=np.int64, count=len(ep))
         return base[offsets + t]
-    return np.stack([episodes[int(i)].pixels[int(j)] for i, j in zip(ep, t, strict=True)])
+    return np.stack([episodes[int(i)].image(camera)[int(j)] for i, j in zip(ep, t, strict=True)])
 
 
-def frame_batch(episodes: list[Episode], ep_t: np.ndarray, use_proprio: bool) -> dict:
+def frame_batch(
+    episodes: list[Episode], ep_t: np.ndarray, use_proprio: bool, cameras: Sequence[str] = ("pixels",)
+) -> dict:
     """The observation fields of frames (episode, t) = rows of `ep_t` (B, 2), collated: ``pixels``,
-    ``instruction``, ``proprio`` (None without `use_proprio`), ``episode``, ``t``. Datasets add
-    their target."""
+    ``instruction``, ``proprio`` (None without `use_proprio`), ``episode``, ``t``, and the images
+    of every other camera of `cameras` under its key (e.g. ``wrist_pixels``). Datasets add their
+    target."""
     ep, t = ep_t[:, 0].tolist(), ep_t[:, 1].tolist()
-    return {
+    batch = {
         "pixels": gather_pixels(episodes, ep_t[:, 0], ep_t[:, 1]),
         "instruction": [episodes[i].instruction for i in ep],
         "proprio": np.stack([episodes[i].agent_pos[j] for i, j in zip(ep, t, strict=True)]) if use_proprio else None,
         "episode": ep_t[:, 0].copy(),
         "t": ep_t[:, 1].copy(),
     }
+    for camera in cameras:
+        if camera != "pixels":
+            batch[camera] = gather_pixels(episodes, ep_t[:, 0], ep_t[:, 1], camera)
+    return batch
+
+
+def _check_images_loaded(cls: str, episodes: list[Episode], cameras: Sequence[str]) -> tuple[str, ...]:
+    """`cameras` as a tuple, or ValueError when an episode's images of one of them are not loaded."""
+    cameras = tuple(cameras)
+    if any(e.pixels is None for e in episodes):
+        raise ValueError(f"{cls} needs episodes with pixels loaded (load_pixels)")
+    for camera in cameras:
+        if any(e.image(camera) is None for e in episodes):
+            raise ValueError(f"{cls} needs the {camera} images of every episode loaded (load_pixels with cameras)")
+    return cameras
 
 
 def first_item(batch: dict) -> dict:
@@ -210,6 +240,7 @@ class _FrameDataset(torch.utils.data.Dataset):
     episodes: list[Episode]
     use_proprio: bool
     index: np.ndarray
+    cameras: tuple[str, ...] = ("pixels",)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -219,19 +250,28 @@ class _FrameDataset(torch.utils.data.Dataset):
 
     def frames(self, indices: Sequence[int]) -> dict:
         """The observation fields of items `indices` (`frame_batch`)."""
-        return frame_batch(self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio)
+        return frame_batch(
+            self.episodes, self.index[np.asarray(indices, dtype=np.int64)], self.use_proprio, self.cameras
+        )
 
 
 class DemoDataset(_FrameDataset):
     """Training samples (episode, step) with their chunk targets as action tokens.
 
     Item: ``pixels`` (H, W, 3) uint8, ``instruction`` str, ``proprio`` (P,) float32 or None,
-    ``target`` (k * A,) int64 token ids, ``episode`` and ``t`` ints.
+    ``target`` (k * A,) int64 token ids, ``episode`` and ``t`` ints, and the (H, W, 3) image of
+    every other camera of `cameras` (the model's) under its key.
     """
 
-    def __init__(self, episodes: list[Episode], action_tokenizer: ActionTokenizer, chunk_size: int, use_proprio: bool):
-        if any(e.pixels is None for e in episodes):
-            raise ValueError("DemoDataset needs episodes with pixels loaded (load_pixels)")
+    def __init__(
+        self,
+        episodes: list[Episode],
+        action_tokenizer: ActionTokenizer,
+        chunk_size: int,
+        use_proprio: bool,
+        cameras: Sequence[str] = ("pixels",),
+    ):
+        self.cameras = _check_images_loaded("DemoDataset", episodes, cameras)
         self.episodes = episodes
         self.chunk_size = chunk_size
         self.use_proprio = use_proprio
@@ -286,9 +326,9 @@ class GroundingDataset(_GroundingAnswers, _FrameDataset):
         use_proprio: bool,
         n_items: int,
         seed: int = 0,
+        cameras: Sequence[str] = ("pixels",),
     ):
-        if any(e.pixels is None for e in episodes):
-            raise ValueError("GroundingDataset needs episodes with pixels loaded (load_pixels)")
+        self.cameras = _check_images_loaded("GroundingDataset", episodes, cameras)
         self._set_answer_format(point_tokenizer, n_tokens)
         self.episodes = episodes
         self.use_proprio = use_proprio
@@ -302,9 +342,11 @@ class GroundingDataset(_GroundingAnswers, _FrameDataset):
         return self._answer(batch, points)
 
 
-def scene_sources(episodes: list[Episode]) -> tuple[list[str], dict]:
+def scene_sources(episodes: list[Episode], cameras: Sequence[str] = ("pixels",)) -> tuple[list[str], dict]:
     """(env ids, env kwargs) the demonstrations were recorded with (the demonstration file's ``env_id``
-    and ``env_args`` attributes), to render fresh scenes of the same tasks and camera."""
+    and ``env_args`` attributes), to render fresh scenes of the same tasks and camera, plus the
+    arguments that make the envs render every camera of `cameras` (`sim_envs.camera_kwargs`; a
+    camera the envs cannot render is a DatasetError)."""
     import json
 
     ids = sorted({str(e.attrs.get("env_id", "")) for e in episodes})
@@ -331,7 +373,23 @@ def scene_sources(episodes: list[Episode]) -> tuple[list[str], dict]:
     H, W, _ = episodes[0].image_shape
     if kwargs.get("image_size", H) != H or H != W:
         raise DatasetError(f"the demonstrations' images are {H}x{W} but their env_args say {kwargs}")
-    return ids, {**kwargs, "image_size": H}
+    for camera in cameras:
+        shape = episodes[0].camera_shapes.get(camera)
+        if shape is not None and tuple(shape) != (H, W, 3):
+            raise DatasetError(
+                f"grounding on fresh scenes renders every camera at the demonstrations' {H}x{W}, but their "
+                f"obs/{camera} images are {shape[0]}x{shape[1]} ({episodes[0].source})"
+            )
+    kwargs = {**kwargs, "image_size": H}
+    if tuple(cameras) != ("pixels",):
+        from sim_envs import camera_kwargs
+
+        for env_id in ids:
+            try:
+                kwargs.update(camera_kwargs(env_id, cameras))
+            except ValueError as e:
+                raise DatasetError(f"grounding on fresh scenes cannot render every camera the model reads: {e}") from e
+    return ids, kwargs
 
 
 class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
@@ -339,7 +397,8 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
     `first_seed + i` of `env_ids`, answered with its task points like `GroundingDataset`'s items.
     Make `n_items` as large as the run consumes and no scene is seen twice, so the network cannot
     memorise answers: it has to find the named objects. Items have `GroundingDataset`'s keys
-    (``episode`` -1, ``t`` 0). Each process that renders (the main one or a DataLoader worker)
+    (``episode`` -1, ``t`` 0), the image of every camera of `cameras` included (`env_kwargs` must
+    make the envs render them: `scene_sources`). Each process that renders (the main one or a DataLoader worker)
     starts its own renderer process (`SceneRendererProcess`, fork + exec: GL state must not be
     forked).
 
@@ -358,6 +417,7 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
         n_items: int,
         first_seed: int | None = None,
         all_questions: bool = False,
+        cameras: Sequence[str] = ("pixels",),
     ):
         from sim_envs.scenes import SCENE_SEED_BASE
 
@@ -370,6 +430,7 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
         self.n_items = n_items
         self.first_seed = SCENE_SEED_BASE if first_seed is None else first_seed
         self.all_questions = all_questions
+        self.cameras = tuple(cameras)
         self._renderer = None
         self._pid = None
 
@@ -406,6 +467,15 @@ class SceneGroundingDataset(_GroundingAnswers, torch.utils.data.Dataset):
             "episode": np.full(len(idx), -1, dtype=np.int64),
             "t": np.zeros(len(idx), dtype=np.int64),
         }
+        for camera in self.cameras:
+            if camera == "pixels":
+                continue
+            if camera not in scenes:
+                raise DatasetError(
+                    f"the scene renderer gave no {camera!r} images (its envs {self.env_ids} were made with "
+                    f"{self.env_kwargs}); the model reads {list(self.cameras)}"
+                )
+            batch[camera] = scenes[camera]
         return self._answer(batch, scenes["task_points"])
 
     def __getstate__(self) -> dict:

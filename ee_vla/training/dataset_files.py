@@ -3,7 +3,8 @@
 
 The files are the HDF5 files `sim_envs` collects (schema, reader: `sim_envs.demo_file`). `scan_dataset`
 reads and checks everything except the images, so a bad dataset (missing file, no demonstrations,
-inconsistent dims) fails before any model is built or any compute runs.
+inconsistent dims, a camera the model reads that the files did not record: `check_cameras_recorded`)
+fails before any model is built or any compute runs.
 """
 
 from __future__ import annotations
@@ -77,6 +78,38 @@ def scan_dataset(paths: Sequence[str | Path], success_only: bool = True) -> list
     return episodes
 
 
+def how_to_record(camera: str) -> str:
+    """How demonstration files get the images of `camera` (an observation key), for error messages."""
+    if camera == "wrist_pixels":
+        return (
+            "record the gripper camera with `ee-vla collect --wrist-camera` (CollectConfig.wrist_camera; "
+            "on-policy data from `ee-vla dagger` has it when the acting policy reads it)"
+        )
+    return f"record obs/{camera} in every demonstration"
+
+
+def check_cameras_recorded(episodes: list[Episode], cameras: Sequence[str], what: str = "the model") -> None:
+    """Fail before compute when a camera of `cameras` (the observation keys `what` reads) is not
+    recorded in every demonstration (`obs/<camera>`), or its images differ in shape between them:
+    a `DatasetError` naming the camera, the file and how to record it."""
+    for camera in cameras:
+        lacking = [e for e in episodes if camera not in e.camera_shapes]
+        if lacking:
+            files = sorted({str(e.path) for e in lacking})
+            more = f" and {len(files) - 1} more files" if len(files) > 1 else ""
+            raise DatasetError(
+                f"{what} reads camera {camera!r} but {files[0]}{more} has no obs/{camera} ({len(lacking)} of "
+                f"{len(episodes)} demonstrations lack it, e.g. {lacking[0].source}): {how_to_record(camera)}, "
+                f"or train on cameras the data has ({', '.join(lacking[0].cameras)})"
+            )
+        shapes = {}
+        for e in episodes:
+            shapes.setdefault(e.camera_shapes[camera], e)
+        if len(shapes) > 1:
+            (s0, e0), (s1, e1) = list(shapes.items())[:2]
+            raise DatasetError(f"obs/{camera} image shapes differ: {e0.source} has {s0}, {e1.source} has {s1}")
+
+
 def _check_consistent(episodes: list[Episode]) -> None:
     first = episodes[0]
     for e in episodes[1:]:
@@ -110,15 +143,26 @@ def check_against_model(episodes: list[Episode], action_dim: int, proprio_dim: i
             )
 
 
-def load_pixels(episodes: list[Episode]) -> np.ndarray:
-    """Read the images of every episode into one (sum T, H, W, 3) uint8 array (returned); each
-    episode's `pixels` is a view of it (`frames`, `frame_offset`)."""
+def load_pixels(episodes: list[Episode], cameras: Sequence[str] = ("pixels",)) -> np.ndarray:
+    """Read the `pixels` images of every episode into one (sum T, H, W, 3) uint8 array (returned);
+    each episode's `pixels` is a view of it (`frames`, `frame_offset`). Every other camera of
+    `cameras` (a model's observation keys, e.g. `wrist_pixels`) is read the same way into an array
+    of its own (`Episode.camera_frames`, `Episode.image(camera)`)."""
     from sim_envs.demo_file import DemoFileError, read_pixels
 
+    others = [c for c in cameras if c != "pixels"]
+    if others:
+        check_cameras_recorded(episodes, others)
     try:
         frames = read_pixels(episodes)
+        nbytes = frames.nbytes + sum(read_pixels(episodes, c).nbytes for c in others)
     except DemoFileError as e:
         raise DatasetError(str(e)) from e
-    nbytes = frames.nbytes
-    log.info("loaded %d episodes, %d steps, %.1f MB of images", len(episodes), sum(map(len, episodes)), nbytes / 2**20)
+    log.info(
+        "loaded %d episodes, %d steps, %.1f MB of images%s",
+        len(episodes),
+        sum(map(len, episodes)),
+        nbytes / 2**20,
+        f" ({', '.join(['pixels', *others])})" if others else "",
+    )
     return frames

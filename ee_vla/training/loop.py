@@ -288,7 +288,7 @@ def _train_step(run: _Run, batch: dict, objective: Objective) -> dict[str, torch
     """One optimizer step on `batch`; returns its loss, gradient norm and the objective's metrics
     (tensors, unsynchronised)."""
     cfg, vla = run.cfg, run.vla
-    inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"], batch.get("template"))
+    inputs = vla.build_inputs(vla.camera_images(batch), batch["instruction"], batch["proprio"], batch.get("template"))
     if cfg.augment:
         inputs["pixel_values"] = augment_pixel_values(
             inputs["pixel_values"],
@@ -409,7 +409,8 @@ def fit(
 ) -> Path:
     """Train `vla.model` on `dataset` with `objective` for `cfg.steps` steps; returns the final
     model directory (out_dir/model). `eval_dataset` (default `dataset`) provides the fixed
-    evaluation batch: items with ``pixels``, ``instruction``, ``proprio``, ``target``. Each of
+    evaluation batch: items with ``pixels`` (and the image of every other camera of `vla.cameras`
+    under its key), ``instruction``, ``proprio``, ``target``. Each of
     `eval_hooks` is called as hook(vla, autocast) at every evaluation (main process, model in eval
     mode) and returns more ``eval/*`` metrics."""
     deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes

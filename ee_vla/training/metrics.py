@@ -129,7 +129,7 @@ def evaluate_decoding(vla, batch: dict, autocast: Callable[[], contextlib.Abstra
     from ee_vla.training.trajectories import jacobi_states
 
     with eval_mode(vla.model):
-        inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
+        inputs = vla.build_inputs(vla.camera_images(batch), batch["instruction"], batch["proprio"])
         with autocast():
             states, iters = jacobi_states(vla, inputs, None)
     tok = vla.action_tokenizer

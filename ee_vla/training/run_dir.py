@@ -72,6 +72,7 @@ FIXED_BY_CHECKPOINT = frozenset(
     {
         "preset",
         "chunk_size",
+        "cameras",
         "use_proprio",
         "init_from",
         "action_stats",

@@ -216,7 +216,7 @@ def collect_trajectories(
         for b0 in range(0, len(wave), batch_size):
             idx = wave[b0 : b0 + batch_size]
             batch = collate([dataset[i] for i in idx])
-            inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
+            inputs = vla.build_inputs(vla.camera_images(batch), batch["instruction"], batch["proprio"])
             guess = None
             if init == "prompt":
                 guess = prompt_guess(

@@ -85,3 +85,35 @@ def test_distances_are_given_per_action_and_per_env(tiny_vla_dir):
     assert b["first_action_max_bins"] == 0.0 and b["max_bins"] == 2.0
     assert r["action_mean_bins"] == pytest.approx([0.0, 0.0, 2 / 3]) and r["chunks_exact"] == pytest.approx(2 / 3)
     assert "per_env" not in agreement(policy, frames, ["jacobi"])["jacobi"]  # one env: no breakdown
+
+
+def test_frames_of_a_two_camera_policy_hold_each_camera(tmp_path, monkeypatch):
+    """`collect_frames` makes the env render the gripper camera for a policy that reads it, each
+    frame holds both images, and the JSON of `main` names the cameras; Meta-World, without a
+    gripper camera, is refused before an env is made."""
+    import json
+
+    from ee_vla.decoding import agreement as module
+    from ee_vla.models import create_random_vla_dir
+
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    model = create_random_vla_dir(tmp_path / "m", cameras=("pixels", "wrist_pixels"))
+    policy = VLAPolicy.from_pretrained(model, decoder="ar")
+    frames = module.collect_frames(policy, "ee_vla/Reach-v0", [0], max_frames_per_episode=2)
+    assert len(frames) == 2
+    for f in frames:
+        assert f.obs["wrist_pixels"].shape == f.obs["pixels"].shape == (128, 128, 3)
+        assert not np.array_equal(f.obs["wrist_pixels"], f.obs["pixels"])
+    assert agreement(policy, frames, ["jacobi"])["jacobi"]["chunks_exact"] == 1.0
+    with pytest.raises(ValueError, match="MetaWorld-reach-v0 has no camera 'wrist_pixels'"):
+        module.collect_frames(policy, "ee_vla/MetaWorld-reach-v0", [0])
+    cfg = AgreementConfig(
+        policy=model,
+        env=["ee_vla/Reach-v0"],
+        decoders=["jacobi"],
+        episodes=1,
+        max_frames_per_episode=1,
+        output=tmp_path / "agreement.json",
+    )
+    module.main(cfg)
+    assert json.loads((tmp_path / "agreement.json").read_text())["cameras"] == ["pixels", "wrist_pixels"]

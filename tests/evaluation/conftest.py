@@ -121,6 +121,16 @@ def tiny_policy_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def two_camera_policy_dir(tmp_path_factory) -> str:
+    """A tiny random VLA that reads two cameras, `pixels` then `wrist_pixels` (the suite's gripper
+    camera), saved once per session."""
+    from ee_vla.models import create_random_vla_dir
+
+    path = tmp_path_factory.mktemp("policy") / "two_cameras"
+    return str(create_random_vla_dir(path, preset="tiny", cameras=("pixels", "wrist_pixels")))
+
+
+@pytest.fixture(scope="session")
 def sim_env_id() -> str:
     """`ee_vla/PickCube-v0`, registered by importing sim_envs (a hard requirement of these tests)."""
     os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo reads it at import (Mesa EGL on a CPU)

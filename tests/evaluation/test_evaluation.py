@@ -614,7 +614,7 @@ def test_envs_render_at_the_policys_image_size(tiny_policy_dir, tmp_path, sim_en
 
     from ee_vla.evaluation.rollout import env_kwargs_for
 
-    policy = SimpleNamespace(vla=SimpleNamespace(image_size=64))
+    policy = SimpleNamespace(vla=SimpleNamespace(image_size=64, cameras=("pixels",)))
     cfg = make_cfg(tiny_policy_dir, tmp_path / "a", env=[sim_env_id])
     assert env_kwargs_for(sim_env_id, cfg, policy) == {"image_size": 64}
     cfg.env_kwargs = {"image_size": 96}

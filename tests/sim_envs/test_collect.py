@@ -73,6 +73,7 @@ def test_the_reader_returns_the_files_arrays(dataset):
                     bool(g.attrs["success"]),
                 )
                 assert e.image_shape == g["obs/pixels"].shape[1:]
+                assert e.cameras == ("pixels",) and e.camera_shapes == {"pixels": e.image_shape}
     assert np.shares_memory(lazy[1].pixels, frames) and lazy[1].frame_offset == len(lazy[0])
 
 
@@ -127,6 +128,36 @@ def test_replay_matches_recording(dataset):
         assert terminated and info["is_success"]
     finally:
         env.close()
+
+
+def test_wrist_camera_is_recorded_and_replays(tmp_path):
+    """With wrist_camera every demonstration holds obs/wrist_pixels, the gripper camera's images of
+    the same steps (replay reproduces them); read lazily (`read_pixels(episodes, "wrist_pixels")`,
+    how training loads a camera) they equal the eager read."""
+    import gymnasium as gym
+
+    from sim_envs.demo_file import read_pixels
+
+    cfg = CollectConfig(env=("ee_vla/PickCube-v0",), episodes=2, out=tmp_path, seed=4, image_size=32, wrist_camera=True)
+    ds = load_dataset(collect(cfg))
+    assert json.loads(ds.attrs["env_args"]) == {"ee_vla/PickCube-v0": {"image_size": 32, "wrist_camera": True}}
+    lazy = ds.episodes(pixels=False)
+    assert all(e.wrist_pixels is None and e.cameras == ("pixels", "wrist_pixels") for e in lazy)
+    frames = read_pixels(lazy, "wrist_pixels")
+    assert len(frames) == sum(map(len, lazy)) and np.shares_memory(lazy[1].wrist_pixels, frames)
+    for ep, lazy_ep in zip(ds, lazy, strict=True):
+        assert ep.wrist_pixels.shape == ep.pixels.shape == (len(ep), 32, 32, 3)
+        assert not np.array_equal(ep.wrist_pixels, ep.pixels)
+        np.testing.assert_array_equal(lazy_ep.wrist_pixels, ep.wrist_pixels)
+        np.testing.assert_array_equal(lazy_ep.image("wrist_pixels"), ep.wrist_pixels)
+        env = gym.make(ep.env_id, image_size=32, wrist_camera=True)
+        try:
+            obs, _ = env.reset(seed=ep.seed)
+            for t, a in enumerate(ep.actions):
+                np.testing.assert_array_equal(obs["wrist_pixels"], ep.wrist_pixels[t])
+                obs, *_ = env.step(a)
+        finally:
+            env.close()
 
 
 def test_schema_attrs_and_stats(dataset):

@@ -117,6 +117,10 @@ def test_writer_refuses_an_episode_without_its_identity(tmp_path):
         (lambda g: g["actions"].__setitem__((1, 2), np.nan), "demo_0/actions contains NaN"),
         (lambda g: g.__delitem__("obs/pixels"), "demo_0 has no 'obs/pixels'"),
         (lambda g: (g.__delitem__("obs/agent_pos"), g.create_dataset("obs/agent_pos", data=np.zeros((2, 7)))), "2 obs"),
+        (
+            lambda g: g.create_dataset("obs/wrist_pixels", data=np.zeros((2, 4, 4, 3), np.uint8)),
+            "demo_0 has 2 obs/wrist_pixels images but 3 actions",
+        ),
     ],
 )
 def test_reader_errors_name_the_file_and_the_demo(tmp_path, edit, message):
@@ -127,3 +131,37 @@ def test_reader_errors_name_the_file_and_the_demo(tmp_path, edit, message):
     with pytest.raises(DemoFileError, match=message) as err:
         load_dataset(tmp_path)[0]
     assert str(tmp_path / "demos.hdf5") in str(err.value)
+
+
+def test_every_image_under_obs_is_a_camera_read_one_at_a_time(tmp_path):
+    """`Episode.cameras` are the (T, H, W, 3) uint8 datasets under obs/ (known before any image is
+    read); `read_pixels(episodes, camera)` reads one camera of many episodes into one array and
+    names an episode without it."""
+    from sim_envs.demo_file import read_pixels
+
+    rng = np.random.default_rng(2)
+    eps = [_episode(T, T, wrist_pixels=rng.integers(0, 256, (T, 16, 16, 3), dtype=np.uint8)) for T in (4, 3)]
+    assert eps[0].cameras == ("pixels", "wrist_pixels")
+    assert eps[0].camera_shapes == {"pixels": (16, 16, 3), "wrist_pixels": (16, 16, 3)}
+    with DemoWriter(tmp_path, ["ee_vla/Place-v0"], {}, {}) as w:
+        for ep in eps:
+            w.add(ep)
+    side = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "demos.hdf5", "r+") as f:
+        f["data/demo_1/obs"].create_dataset("side_pixels", data=side)
+        f["data/demo_1/obs"].create_dataset("depth", data=np.zeros((3, 8, 8), np.float32))  # not a camera
+    lazy = load_dataset(tmp_path).episodes(pixels=False)
+    assert lazy[0].cameras == ("pixels", "wrist_pixels")
+    assert lazy[1].cameras == ("pixels", "side_pixels", "wrist_pixels")
+    assert lazy[1].camera_shapes["side_pixels"] == (8, 8, 3) and lazy[1].image("side_pixels") is None
+    wrist = read_pixels(lazy, "wrist_pixels")
+    assert wrist.shape == (7, 16, 16, 3) and all(e.pixels is None for e in lazy)
+    for written, read in zip(eps, lazy, strict=True):
+        np.testing.assert_array_equal(read.wrist_pixels, written.wrist_pixels)
+        np.testing.assert_array_equal(read.image("wrist_pixels"), written.wrist_pixels)
+    with pytest.raises(DemoFileError, match=r"demo_0 has no obs/side_pixels \(1 of 2 episodes\)"):
+        read_pixels(lazy, "side_pixels")
+    read_pixels(lazy[1:], "side_pixels")
+    np.testing.assert_array_equal(lazy[1].image("side_pixels"), side)
+    read_pixels(lazy)
+    np.testing.assert_array_equal(lazy[0].image("pixels"), eps[0].pixels)

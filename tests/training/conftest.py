@@ -1,9 +1,9 @@
 """Fixtures of the training tests: tiny synthetic demonstration files in the sim_envs HDF5 layout.
 
 `write_demo_file` is a stand-in for `sim_envs` collection: `data/demo_<i>/{obs/pixels, obs/agent_pos,
-actions}` + attrs (instruction, env_id, seed, success). Each episode shows a coloured square that
-moves with time; the actions are smooth functions of time and the square's colour, so a tiny model
-can fit them from the image.
+actions}` (and `obs/wrist_pixels` with `wrist`) + attrs (instruction, env_id, seed, success). Each
+episode shows a coloured square that moves with time; the actions are smooth functions of time and
+the square's colour, so a tiny model can fit them from the image.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def write_demo_file(
     success: list[bool] | None = None,
     with_demos: bool = True,
     task_points: bool = False,
+    wrist: bool = False,
 ) -> Path:
     """Write a tiny demonstration file; returns its path."""
     import h5py
@@ -52,6 +53,10 @@ def write_demo_file(
             g.create_dataset("obs/pixels", data=px)
             g.create_dataset("obs/agent_pos", data=rng.normal(size=(steps, proprio_dim)).astype(np.float32))
             g.create_dataset("actions", data=actions)
+            if wrist:  # a gripper view: the square large, its colour the episode's, at a fixed place
+                w = np.full((steps, size, size, 3), 40, dtype=np.uint8)
+                w[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = COLORS[color]
+                g.create_dataset("obs/wrist_pixels", data=w)
             if task_points:  # the square's x (pixels) and a fixed goal, as sim_envs records them
                 xs = np.array([4 + (s * 3) % (size - 16) for s in range(steps)], dtype=np.float32)
                 pts = np.stack(

@@ -47,6 +47,7 @@ def test_labels_are_the_experts_on_the_states_the_policy_visited(dagger_file):
     assert [e.env_id for e in ds] == [ENVS[0]] * 2 + [ENVS[1]] * 2
     for ep in ds:
         assert ep.executed_actions is not None and ep.executed_actions.shape == ep.actions.shape
+        assert ep.wrist_pixels is None and ep.cameras == ("pixels",)  # the policy reads pixels only
         assert ep.task_points is not None and len(ep.task_points) == len(ep)
         assert ep.expert_chunks is not None and ep.expert_chunks.shape == (len(ep), 3, 7)  # tiny VLA: chunk 3
         np.testing.assert_array_equal(ep.expert_chunks[:, 0], ep.actions)

@@ -30,8 +30,11 @@ prompt and a random chunk (`ee_vla.models.quantize`), reporting the range of the
 With `--kernels N`, each step width is also recorded under `torch.profiler` and its N costliest
 kernels per forward are kept (JSON ``raw[engine]["kernels_w<w>"]``, `<stem>_kernels.txt`).
 
-Writes `profile_<shape>[_b<B>].json` (+ `.png`: latency histograms and speedup bars). Numbers are
-printed and saved, never asserted: machines are noisy.
+Writes `profile_<shape>[_<N>cameras][_b<B>].json` (+ `.png`: latency histograms and speedup
+bars). Numbers are printed and saved, never asserted: machines are noisy.
+
+With `--cameras pixels wrist_pixels` (tiny, small) the random VLA reads those cameras: a random image
+of each, its image tokens after the previous camera's in the prefill.
 
 Modules: `config` (`ProfileConfig`), `timing` (the measurements, `run_profile`), `report` (kernel
 tables, printed tables, plots, `summarize_files`); the package itself holds the command line.
@@ -72,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device (auto = cuda when available)")
     p.add_argument("--dtype", default=d.runtime.dtype, choices=DTYPES)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--cameras",
+        nargs="+",
+        default=list(d.cameras),
+        help="tiny/small: the cameras the random VLA reads, e.g. pixels wrist_pixels (image tokens for each)",
+    )
     p.add_argument("--chunk-size", type=int, default=3, help="actions per chunk (7 tokens each)")
     p.add_argument("--prefix-len", type=int, default=None)
     p.add_argument("--left-pad", type=int, default=d.left_pad)
@@ -156,6 +165,7 @@ def config_from_args(argv: list[str] | None = None) -> ProfileConfig:
             chunk_size=a.chunk_size,
         ),
         batch_size=a.batch_size,
+        cameras=tuple(a.cameras),
         prefix_len=a.prefix_len,
         left_pad=a.left_pad,
         engines=tuple(a.engines),

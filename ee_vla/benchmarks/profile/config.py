@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch._inductor.config as inductor_config
 
-from ee_vla.benchmarks.shapes import SHAPES, check_attn_implementation
+from ee_vla.benchmarks.shapes import SHAPES, VLA_SHAPES, check_attn_implementation
 from ee_vla.decoding import DecodeConfig
 from ee_vla.engine.factory import ENGINES
 from ee_vla.engine.static import check_sdpa_backends
@@ -34,6 +34,9 @@ class ProfileConfig:
     `decoders` rather than running one engine and decoder."""
     batch_size: int = 1
     """Observations per call (fixed per engine)."""
+    cameras: tuple[str, ...] = ("pixels",)
+    """VLA shapes: the observation keys of the cameras the random model reads, e.g. `pixels
+    wrist_pixels` (each camera adds its image tokens to the prefill)."""
     prefix_len: int | None = None
     """LM shapes: prefix tokens (None: the shape's, 276 for OpenVLA)."""
     left_pad: int = 0
@@ -119,6 +122,14 @@ class ProfileConfig:
         bad = [e for e in self.engines if e not in ENGINES or e == "auto"]
         if bad:
             raise ValueError(f"ProfileConfig.engines must be eager|static|graph|compiled, got {bad}")
+        from ee_vla.models.contract import check_cameras
+
+        self.cameras = check_cameras(self.cameras, "ProfileConfig.cameras")
+        if self.cameras != ("pixels",) and self.shape not in VLA_SHAPES:
+            raise ValueError(
+                f"ProfileConfig.cameras applies to the VLA shapes ({', '.join(VLA_SHAPES)}); {self.shape}'s prefix "
+                "is random token ids"
+            )
         self.runtime = self.runtime.resolved()  # device auto -> cuda|cpu
         self.sdpa_backends = check_sdpa_backends(self.sdpa_backends, "ProfileConfig.sdpa_backends")
         check_attn_implementation(self.attn_implementation, "ProfileConfig.attn_implementation")
@@ -189,4 +200,5 @@ class ProfileConfig:
 
     @property
     def stem(self) -> str:
-        return f"profile_{self.shape}" + (f"_b{self.batch_size}" if self.batch_size != 1 else "")
+        cams = f"_{len(self.cameras)}cameras" if len(self.cameras) > 1 else ""
+        return f"profile_{self.shape}{cams}" + (f"_b{self.batch_size}" if self.batch_size != 1 else "")

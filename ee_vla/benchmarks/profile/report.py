@@ -91,7 +91,8 @@ def format_table(out: dict) -> str:
     env, m, c = out["environment"], out["model"], out["config"]
     lines = [
         f"{c['shape']} ({m['parameters'] / 1e6:.1f}M params, prefix {m['prefix_len']}, "
-        f"{m['tokens_per_chunk']} tokens/chunk{', vision in prefill' if m['vision_in_prefill'] else ''})  "
+        + (f"cameras {', '.join(m['cameras'])}, " if len(m.get("cameras", ())) > 1 else "")
+        + f"{m['tokens_per_chunk']} tokens/chunk{', vision in prefill' if m['vision_in_prefill'] else ''})  "
         f"device: {env['device_name']}  dtype: {c['dtype']}  batch: {c['batch_size']}  "
         f"torch {env['versions'].get('torch')}  transformers {env['versions'].get('transformers')}",
     ]

@@ -16,7 +16,7 @@ import torch._inductor.config as inductor_config
 
 from ee_vla.benchmarks.profile.config import ProfileConfig
 from ee_vla.benchmarks.profile.report import format_kernels, format_table, kernel_table, plot_profile
-from ee_vla.benchmarks.shapes import Workload, build_workload
+from ee_vla.benchmarks.shapes import VLA_SHAPES, Workload, build_workload
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine import attention
 from ee_vla.engine.factory import make_prefill
@@ -237,6 +237,7 @@ def _build(cfg: ProfileConfig) -> tuple[Workload, float]:
         left_pad=cfg.left_pad,
         seed=cfg.seed,
         attn_implementation=cfg.attn_implementation,
+        cameras=cfg.cameras if cfg.shape in VLA_SHAPES else None,
     )
     synchronize(rt.device)
     build_s = time.perf_counter() - t
