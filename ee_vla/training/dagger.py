@@ -75,6 +75,10 @@ class DaggerConfig:
     """Gymnasium vector env: sync (one process) or async (one subprocess per copy)."""
     image_size: int = 128
     """Camera image side in pixels; must be what the policy was trained on."""
+    wrist_camera: bool = False
+    """Also record the gripper camera (`obs/wrist_pixels`, ee_vla suite only) when the acting policy
+    does not read it: on-policy data for teaching a policy to read it (`ee-vla train --init-from P
+    --cameras pixels wrist_pixels`). A policy that reads it gets it recorded anyway."""
     instructions: str = "train"
     """Instruction set of the ee_vla suite's tasks while the policy acts: train (the task's
     templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`),
@@ -125,6 +129,8 @@ class DaggerConfig:
             check_training_set(self.instructions, "DaggerConfig.instructions", self.env)
         except ValueError as e:
             raise DaggerConfigError(str(e)) from None
+        if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
+            raise DaggerConfigError("DaggerConfig.wrist_camera: Meta-World envs have no gripper camera")
         if not (self.policy / "config.json").is_file():
             raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
         if (self.out / "demos.hdf5").exists() and not self.overwrite:
@@ -144,7 +150,8 @@ class DaggerConfig:
             vector=self.vector,
             seed=self.seed,
             env_kwargs={"image_size": self.image_size}
-            | ({"instructions": self.instructions} if self.instructions != "train" else {}),
+            | ({"instructions": self.instructions} if self.instructions != "train" else {})
+            | ({"wrist_camera": True} if self.wrist_camera else {}),
             max_episode_steps=self.max_episode_steps,
             progress=self.progress,
             print_summary=False,

@@ -209,7 +209,8 @@ def test_a_model_to_start_from_keeps_its_cameras_or_learns_new_ones(write_demo, 
     # a one-camera model fine-tuned to read the wrist camera too: the same weights, a longer prompt
     added = train(_cfg([data], tmp_path / "added", init_from=str(tiny_vla_dir), steps=1, cameras=TWO))
     vla = VLA.from_pretrained(added)
-    assert vla.cameras == TWO and len(vla.prompt_ids("x")) == len(VLA.from_pretrained(tiny_vla_dir).prompt_ids("x")) + 16
+    one_camera = len(VLA.from_pretrained(tiny_vla_dir).prompt_ids("x"))
+    assert vla.cameras == TWO and len(vla.prompt_ids("x")) == one_camera + 16
     assert VLA.from_pretrained(tiny_vla_dir).cameras == ("pixels",)  # the source is left as it was
     wrist_only = train(_cfg([data], tmp_path / "wrist", init_from=str(two), steps=1, cameras=("wrist_pixels",)))
     assert VLA.from_pretrained(wrist_only).cameras == ("wrist_pixels",)
@@ -288,6 +289,40 @@ def test_dagger_with_a_two_camera_policy_records_the_wrist_camera(tmp_path):
     assert VLA.from_pretrained(model_dir).cameras == TWO
     with pytest.raises(DaggerConfigError, match=r"MetaWorld-reach-v0.*'wrist_pixels'"):
         _camera_kwargs(policy, ["ee_vla/MetaWorld-reach-v0"])
+
+
+def test_dagger_records_the_wrist_camera_for_a_policy_that_does_not_read_it(tiny_vla_dir, tmp_path):
+    """`--wrist-camera`: a one-camera policy acts, its on-policy data holds the gripper camera too,
+    and that data teaches the policy to read it (`--init-from P --cameras pixels wrist_pixels`)."""
+    from ee_vla.models.vla import VLA
+    from ee_vla.runtime import RuntimeConfig
+    from ee_vla.training.dagger import DaggerConfig, DaggerConfigError, collect_on_policy
+    from sim_envs.demo_file import load_dataset
+
+    kw = dict(
+        policy=tiny_vla_dir,
+        env=["ee_vla/Push-v0"],
+        episodes=2,
+        num_envs=2,
+        vector="sync",
+        image_size=32,
+        runtime=RuntimeConfig(device="cpu", decoder="jacobi"),
+        max_episode_steps=5,
+        progress=False,
+        seed=12,
+    )
+    plain = load_dataset(collect_on_policy(DaggerConfig(out=tmp_path / "plain", **kw)))
+    path = collect_on_policy(DaggerConfig(out=tmp_path / "wrist", wrist_camera=True, **kw))
+    ds = load_dataset(path)
+    for ep, same in zip(ds, plain, strict=True):
+        assert ep.cameras == TWO and ep.wrist_pixels.shape == (len(ep), 32, 32, 3)
+        # rendering the gripper camera changes nothing the policy saw or did
+        np.testing.assert_array_equal(ep.pixels, same.pixels)
+        np.testing.assert_array_equal(ep.executed_actions, same.executed_actions)
+    model_dir = train(_cfg([path], tmp_path / "add", init_from=str(tiny_vla_dir), steps=1, batch_size=4, cameras=TWO))
+    assert VLA.from_pretrained(model_dir).cameras == TWO
+    with pytest.raises(DaggerConfigError, match="Meta-World envs have no gripper camera"):
+        DaggerConfig(out=tmp_path / "mw", wrist_camera=True, **{**kw, "env": ["ee_vla/MetaWorld-reach-v0"]})
 
 
 def test_fresh_grounding_scenes_show_every_camera(write_demo, tmp_path):
