@@ -66,12 +66,17 @@ class InitModelConfig:
     """Actions per chunk."""
     seed: int = 0
     """Initialisation seed."""
+    cameras: tuple[str, ...] = ("pixels",)
+    """Observation keys of the images the model reads, in the prompt's order (e.g. `--cameras
+    pixels wrist_pixels`)."""
 
 
 def init_model(cfg: InitModelConfig) -> Path:
     from ee_vla.models import create_random_vla_dir
+    from ee_vla.models.contract import check_cameras
 
-    path = create_random_vla_dir(cfg.out, cfg.preset, cfg.chunk_size, cfg.seed)
+    cameras = check_cameras(cfg.cameras, "InitModelConfig.cameras")
+    path = create_random_vla_dir(cfg.out, cfg.preset, cfg.chunk_size, cfg.seed, cameras=cameras)
     logging.getLogger("ee_vla").info("wrote a random %s VLA to %s", cfg.preset, path)
     return path
 

@@ -15,6 +15,16 @@ def test_unknown_subcommand_is_an_error(capsys):
     assert "unknown subcommand 'fly'" in capsys.readouterr().err
 
 
+def test_init_model_writes_the_cameras_it_is_given(tmp_path, capsys):
+    from ee_vla.models.contract import read_contract
+
+    model = tmp_path / "two"
+    assert main(["init-model", "--out", str(model), "--cameras", "pixels", "wrist_pixels"]) == 0
+    assert read_contract(model).cameras == ("pixels", "wrist_pixels")
+    assert main(["init-model", "--out", str(tmp_path / "bad"), "--cameras", "pixels", "pixels"]) == 2
+    assert "InitModelConfig.cameras names a camera twice" in capsys.readouterr().err
+
+
 def test_init_model_then_bench_from_the_console(tmp_path):
     model = tmp_path / "m"
     assert main(["init-model", "--out", str(model), "--preset", "tiny", "--chunk-size", "2"]) == 0
