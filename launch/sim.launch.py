@@ -4,7 +4,9 @@
     ros2 launch ee_vla sim.launch.py model_path:=/models/ceed env_id:=ee_vla/PickCube-v0
 
 The policy is the shipped one unless `model_path` names another. With max_episodes > 0 the launch
-ends when the bridge has run them (its last line gives the successes).
+ends when the bridge has run them (its last line gives the successes). The bridge reads the policy's
+contract (its ee_vla.json): for a policy that reads the gripper camera (`wrist_pixels`) it renders
+and publishes that camera on wrist_camera/image_raw, where the policy node subscribes to it.
 
 The policy node is ee_vla.launch.py with config/sim.yaml over config/ee_vla.yaml (Float64MultiArray
 commands, the env's 10 Hz, dry_run off: the commands only reach the simulator). MuJoCo renders
@@ -41,6 +43,11 @@ def _sim_bridge(context, *args, **kwargs):
     episodes = LaunchConfiguration("max_episodes").perform(context)
     if episodes:
         overrides["max_episodes"] = int(episodes)
+    wrist = LaunchConfiguration("wrist_camera").perform(context).strip().lower()
+    if wrist:
+        if wrist not in ("true", "false"):
+            raise ValueError(f"launch argument wrist_camera:={wrist!r}: expected true or false")
+        overrides["wrist_camera"] = wrist == "true"
     return [
         Node(
             package="ee_vla",
@@ -67,6 +74,12 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("env_id", default_value="", description="Gymnasium env id (empty: sim.yaml's)"),
             DeclareLaunchArgument("seed", default_value="", description="Seed of the first episode"),
             DeclareLaunchArgument("max_episodes", default_value="", description="Stop after N episodes (0: never)"),
+            DeclareLaunchArgument(
+                "wrist_camera",
+                default_value="",
+                description="true: the bridge also publishes the gripper camera on wrist_camera/image_raw "
+                "(empty: sim.yaml's; on anyway for a policy that reads wrist_pixels)",
+            ),
             DeclareLaunchArgument("sim_params_file", default_value=sim_params, description="Sim parameters YAML"),
             DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes"),
             DeclareLaunchArgument("mujoco_gl", default_value="egl", description="MuJoCo GL backend: egl | osmesa"),

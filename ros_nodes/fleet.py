@@ -13,8 +13,8 @@ one decode thread:
   `FleetConfig.gather_s` for others to join, and starts at once when `max_batch` calls, or one call
   of every attached robot, are pending. Calls that arrive while a batch decodes wait for the next
   batch, so under load batches form without any window;
-* runs ONE batched decode (`VLAPolicy` decodes (B, H, W, 3) pixels with a list of instructions) of
-  calls with the same image size (another size waits for the next batch);
+* runs ONE batched decode (`VLAPolicy` decodes (B, H, W, 3) images of each camera it reads with a
+  list of instructions) of calls with the same image sizes (other sizes wait for the next batch);
 * streams each row's actions to its robot as that row's tokens become final (the decode loop
   keeps a final-token count per row), not when the whole batch has them. A batch runs until its
   slowest row is done (rows that are done are masked, not removed); a robot whose row converged
@@ -160,9 +160,10 @@ class _Call:
     late: bool = False
     """Its first action's deadline had passed when its batch started: its row sets no deadline."""
 
-    def shape(self) -> tuple[int, ...]:
-        px = self.obs.get("pixels") if isinstance(self.obs, dict) else None
-        return tuple(np.shape(px)) if px is not None else ()
+    def shape(self, cameras: tuple[str, ...] = ("pixels",)) -> tuple[tuple[int, ...], ...]:
+        """The shapes of its images, one per camera of `cameras` (calls of one batch have the same)."""
+        obs = self.obs if isinstance(self.obs, dict) else {}
+        return tuple(tuple(np.shape(obs[c])) if c in obs else () for c in cameras)
 
 
 class RobotPolicy:
@@ -300,6 +301,11 @@ class FleetPolicy:
     def _proprio(self) -> bool:
         return bool(getattr(self.policy.vla, "proprio_dim", 0))
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The observation keys of the images the policy reads (`VLA.cameras`)."""
+        return tuple(getattr(self.policy.vla, "cameras", None) or ("pixels",))
+
     # ---- robots -------------------------------------------------------------------------------
     def robot(self, name: str, on_close: Callable[[], object] | None = None) -> RobotPolicy:
         """The `ActionChunkPolicy` of robot `name` (one per name; a second call is refused while the
@@ -355,7 +361,8 @@ class FleetPolicy:
         vla = self.policy.vla
         if obs is None:
             size = int(getattr(vla, "image_size", 64) or 64)
-            obs = {"pixels": np.zeros((size, size, 3), np.uint8), "instruction": "pick up the object"}
+            obs = {c: np.zeros((size, size, 3), np.uint8) for c in self.cameras}
+            obs["instruction"] = "pick up the object"
             if getattr(vla, "proprio_dim", 0):
                 obs["agent_pos"] = np.zeros(int(vla.proprio_dim), np.float32)
         if sizes is None:
@@ -364,7 +371,7 @@ class FleetPolicy:
         with self._decode_lock:
             saved = self.policy.warm_start_tokens
             for b in sizes:
-                batch = _stack([obs] * b, self._proprio)
+                batch = _stack([obs] * b, self._proprio, self.cameras)
                 t = time.perf_counter()
                 self.policy.warm_start_tokens = None
                 for _ in range(2):  # cold, then warm from the first (`guess_in_prefill`: another prefill shape)
@@ -411,8 +418,9 @@ class FleetPolicy:
                 if not self._pending:
                     self._cv.wait(0.5)
                     continue
-                shape = self._pending[0].shape()
-                same = [c for c in self._pending if c.shape() == shape]
+                cams = self.cameras
+                shape = self._pending[0].shape(cams)
+                same = [c for c in self._pending if c.shape(cams) == shape]
                 waiting = self._pending[0].t + cfg.gather_s - self.clock()
                 if len(same) >= cfg.max_batch or len(same) >= len(self._robots) or waiting <= 0:
                     batch = same[: cfg.max_batch]
@@ -472,7 +480,7 @@ class FleetPolicy:
         B = len(batch)
         size = self.padded_size(B)
         rows = batch + [batch[0]] * (size - B)
-        obs = _stack([c.obs for c in rows], self._proprio)
+        obs = _stack([c.obs for c in rows], self._proprio, self.cameras)
         t0 = self.clock()
         for c in batch:
             self.queue_wait.add(t0 - c.t)
@@ -650,13 +658,11 @@ def _deadline(call: _Call, j: int) -> float | None:
         return None
 
 
-def _stack(observations: list[dict[str, Any]], proprio: bool) -> dict[str, Any]:
-    """One batched observation from single (validated) ones: pixels (B, H, W, 3), a list of
-    instructions and, for a policy with `proprio`, agent_pos (B, P)."""
-    out: dict[str, Any] = {
-        "pixels": np.stack([np.asarray(o["pixels"]) for o in observations]),
-        "instruction": [o["instruction"] for o in observations],
-    }
+def _stack(observations: list[dict[str, Any]], proprio: bool, cameras: tuple[str, ...] = ("pixels",)) -> dict[str, Any]:
+    """One batched observation from single (validated) ones: each camera's images (B, H, W, 3), a
+    list of instructions and, for a policy with `proprio`, agent_pos (B, P)."""
+    out: dict[str, Any] = {c: np.stack([np.asarray(o[c]) for o in observations]) for c in cameras}
+    out["instruction"] = [o["instruction"] for o in observations]
     if proprio:
         out["agent_pos"] = np.stack([np.asarray(o["agent_pos"], dtype=np.float64).reshape(-1) for o in observations])
     return out

@@ -18,7 +18,8 @@ from ros_nodes.params import check_namespace, param_specs, validate_param
 POLICY_LAUNCH_ARGS = {
     "model_path": "Directory of the saved ee_vla policy",
     "instruction": "Instruction used until one arrives on the instruction topic",
-    "image_topic": "sensor_msgs/Image input topic",
+    "image_topic": "sensor_msgs/Image input topic of the main camera (the policy's pixels)",
+    "wrist_image_topic": "sensor_msgs/Image topic of the gripper camera (subscribed if the policy reads wrist_pixels)",
     "instruction_topic": "std_msgs/String instruction topic",
     "command_topic": "Command output topic (default: the command type's consumer)",
     "command_type": "twist | array | trajectory",

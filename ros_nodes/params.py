@@ -76,6 +76,11 @@ A ROS parameter has no None: 0 (max_iterations, window, deadline_s, chunk_size),
 
 CommandType = Literal["twist", "array", "trajectory"]
 
+CAMERA_TOPIC_PARAMS = {"pixels": "image_topic", "wrist_pixels": "wrist_image_topic"}
+"""The parameter that names the sensor_msgs/Image topic of each camera a policy may read (its
+observation key, `ee_vla.models.contract.ModelContract.cameras`): the node subscribes to the
+topics of the cameras the loaded policy reads, and no others."""
+
 
 @dataclass
 class PolicyParams:
@@ -133,7 +138,11 @@ class PolicyParams:
     instruction: str = ""
     """Instruction used until one arrives on `instruction_topic` (empty: wait for one)."""
     image_topic: str = "camera/image_raw"
-    """sensor_msgs/Image input (subscribed with sensor-data QoS: best effort, keep last 5)."""
+    """sensor_msgs/Image input of the main camera, the policy's `pixels` (subscribed with sensor-data
+    QoS: best effort, keep last 5)."""
+    wrist_image_topic: str = "wrist_camera/image_raw"
+    """sensor_msgs/Image input of the gripper camera, the policy's `wrist_pixels`: subscribed (as
+    `image_topic`) only when the policy reads that camera (its ee_vla.json `cameras`)."""
     instruction_topic: str = "instruction"
     """std_msgs/String input; the newest non-empty instruction is used for the next chunk."""
     joint_state_topic: str = "joint_states"
@@ -231,6 +240,18 @@ class PolicyParams:
     def resolved_command_topic(self) -> str:
         """`command_topic`, or the default topic of `command_type` when empty."""
         return self.command_topic or DEFAULT_COMMAND_TOPICS[self.command_type]
+
+    def camera_topics(self, cameras: tuple[str, ...] | list[str]) -> dict[str, str]:
+        """The image topic of each of `cameras` (a policy's observation keys, `CAMERA_TOPIC_PARAMS`);
+        ValueError naming a camera no parameter gives a topic to."""
+        unknown = [c for c in cameras if c not in CAMERA_TOPIC_PARAMS]
+        if unknown:
+            known = ", ".join(f"{c} on {n}" for c, n in CAMERA_TOPIC_PARAMS.items())
+            raise ValueError(
+                f"the policy reads camera {unknown[0]!r}, which no parameter gives an image topic to "
+                f"(the node subscribes {known})"
+            )
+        return {c: getattr(self, CAMERA_TOPIC_PARAMS[c]) for c in cameras}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> PolicyParams:
@@ -366,6 +387,7 @@ _CHECKS = {
     ),
     "instruction": _string,
     "image_topic": _topic,
+    "wrist_image_topic": _topic,
     "instruction_topic": _topic,
     "joint_state_topic": _topic,
     "use_joint_state": _bool,

@@ -48,7 +48,8 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class PolicyNode(LifecycleNode):
-    """Lifecycle node: camera + instruction (+ joint states) in, commands and /diagnostics out."""
+    """Lifecycle node: camera images (a topic per camera the policy reads) + instruction (+ joint
+    states) in, commands and /diagnostics out."""
 
     def __init__(self, node_name: str = "policy_node", policy_factory=load_policy, **kwargs: Any):
         super().__init__(node_name, **kwargs)
@@ -157,17 +158,21 @@ class PolicyNode(LifecycleNode):
         diag_pub = self.create_publisher(DiagnosticArray, params.diagnostics_topic, RELIABLE)
         self._entities.append(("publisher", diag_pub))
         self._diag_pub = diag_pub
+        for camera, topic in runner.camera_topics.items():  # the cameras the policy reads, and no others
+            name = "image" if camera == "pixels" else f"image_{camera}"
+            self._entities.append(
+                (
+                    "subscription",
+                    self.create_subscription(
+                        Image,
+                        topic,
+                        g.wrap(name, lambda msg, camera=camera: runner.on_image_msg(msg, camera=camera)),
+                        qos_profile_sensor_data,
+                        callback_group=self._inputs,
+                    ),
+                )
+            )
         self._entities += [
-            (
-                "subscription",
-                self.create_subscription(
-                    Image,
-                    params.image_topic,
-                    g.wrap("image", runner.on_image_msg),
-                    qos_profile_sensor_data,
-                    callback_group=self._inputs,
-                ),
-            ),
             (
                 "subscription",
                 self.create_subscription(

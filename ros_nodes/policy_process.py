@@ -139,8 +139,10 @@ def _serve_parent(conn: Any, params: dict[str, Any], dt: float, factory: Callabl
 
         configure_threads(p.threads)
         policy = (factory or load_policy_here)(p)
-        proprio = int(getattr(getattr(policy, "vla", None), "proprio_dim", 0) or 0)
-        conn.send(("ready", int(policy.chunk_size), int(policy.action_dim), proprio))
+        vla = getattr(policy, "vla", None)
+        proprio = int(getattr(vla, "proprio_dim", 0) or 0)
+        cameras = tuple(getattr(vla, "cameras", None) or ("pixels",))
+        conn.send(("ready", int(policy.chunk_size), int(policy.action_dim), proprio, cameras))
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
         from ee_vla.cli import is_user_error
 
@@ -244,8 +246,9 @@ class ProcessPolicy:
             self.close()
             error = PolicyLoadError if msg[3] else PolicyProcessError
             raise error(f"loading the policy failed: {msg[1]}: {msg[2]}")
-        _, self.chunk_size, self.action_dim, proprio = msg
-        self.vla = SimpleNamespace(proprio_dim=proprio)
+        _, self.chunk_size, self.action_dim, proprio, cameras = msg
+        self.vla = SimpleNamespace(proprio_dim=proprio, cameras=cameras)
+        """What the runner reads of the child's model: its `proprio_dim` and `cameras`."""
         self._busy = False
         self.warm_start_shift: int | None = None
         """Sent with each decode: the child's `VLAPolicy.warm_start_shift` for that call."""

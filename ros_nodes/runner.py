@@ -7,10 +7,15 @@ nothing). Everything else is here and in the runner's parts:
 * a worker thread decodes the newest valid image (older ones are skipped: the newest image wins)
   with `policy.stream_action_chunk`, pushing each action into `ee_vla.streaming.ChunkSchedule` the
   moment it is final, so `tick()` sends it as soon as it is final *and* due (`ros_nodes.runner_decode`);
+* a policy that reads several cameras (`pixels`, `wrist_pixels`: its `cameras`) gets the newest
+  image of each; the next decode waits until every camera has delivered an image newer than the
+  last decode, and none is older than `image_timeout_s`. The watchdog and the status watch each
+  camera and name the topic of the one that is missing or stale;
 * the decode deadline: the policy is told when each action must be final (`action_deadline`), and a
   chunk whose first action comes later than `decode_deadline_s` after its image is dropped;
-* halting: on deactivate, a stale image stream (watchdog) or a model error, one stop command is
-  emitted and then nothing until the cause clears; every action is clipped to the limits first;
+* halting: on deactivate, a stale image stream of any camera (watchdog) or a model error, one stop
+  command is emitted and then nothing until the cause clears; every action is clipped to the limits
+  first;
 * bad inputs and model exceptions are logged once per cause and counted, never raised into the
   transport: the node stays up and says what is wrong on /diagnostics (`ros_nodes.runner_inputs`,
   `ros_nodes.runner_status`). An observation the policy rejects (`ee_vla.policy.ObservationError`,
@@ -38,15 +43,15 @@ import numpy as np
 
 from ee_vla.streaming import ChunkSchedule, ScheduleConfig
 from ros_nodes.diagnostics import RateMonitor, Window
-from ros_nodes.params import LIVE_PARAMS, PolicyParams, with_contract
+from ros_nodes.params import CAMERA_TOPIC_PARAMS, LIVE_PARAMS, PolicyParams, with_contract
 from ros_nodes.policy_process import ProcessPolicy, load_policy_here
 from ros_nodes.runner_decode import RunnerDecode
 from ros_nodes.runner_inputs import RunnerInputs
 from ros_nodes.runner_status import RunnerStatus
-from ros_nodes.runner_types import ActionChunkPolicy, Emit, Frame, State
+from ros_nodes.runner_types import ActionChunkPolicy, CameraImage, Emit, State
 from ros_nodes.safety import ActionLimits, CauseLog, Watchdog
 
-__all__ = ["ActionChunkPolicy", "Emit", "PolicyRunner", "State", "load_policy"]
+__all__ = ["ActionChunkPolicy", "Emit", "PolicyRunner", "State", "load_policy", "policy_cameras"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,13 @@ def load_policy(params: PolicyParams) -> ActionChunkPolicy:
 
     configure_threads(params.threads)
     return load_policy_here(params)
+
+
+def policy_cameras(policy: ActionChunkPolicy) -> tuple[str, ...]:
+    """The observation keys of the images `policy` reads (`VLA.cameras`: `pixels`, `wrist_pixels`,
+    ...); `("pixels",)` for a policy that does not say."""
+    cameras = getattr(getattr(policy, "vla", None), "cameras", None)
+    return tuple(cameras) if cameras else ("pixels",)
 
 
 def shifts_warm_start(params: PolicyParams) -> bool:
@@ -120,7 +132,11 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         self.state: State = "unconfigured"
         self.policy: ActionChunkPolicy | None = None
         self.limits = ActionLimits(params.action_low, params.action_high)
-        self.watchdog = Watchdog(params.image_timeout_s, clock)
+        self.cameras: tuple[str, ...] = ("pixels",)
+        """The observation keys of the images the policy reads (set at configure, from the policy)."""
+        self.camera_topics: dict[str, str] = params.camera_topics(self.cameras)
+        """The image topic of each camera the policy reads (`CAMERA_TOPIC_PARAMS`)."""
+        self.watchdog = Watchdog(params.image_timeout_s, clock, inputs=self.cameras)
         self.schedule: ChunkSchedule | None = None
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -130,7 +146,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
             self.log.info(
                 "use_joint_state: on, the policy reads agent_pos (JointState positions on %r)", params.joint_state_topic
             )
-        self._frame: Frame | None = None
+        self._images: dict[str, CameraImage] = {}  # the newest image of each camera
         self._frame_seq = 0
         self._done_seq = 0
         self._instruction = ""
@@ -156,6 +172,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         self.last_bad_input = ""
         self._last_bad_t = float("-inf")
         self.images_received = 0
+        self.camera_images_received: dict[str, int] = {}
         self._chunk_cv = threading.Condition()
         # stall detection: when the current run of valid images began, when a chunk last finished,
         # the decode in flight (chunk id, image time, first action out?) and the chunk ids whose
@@ -177,14 +194,21 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         policy = self.policy_factory(self.params)
         try:
             proprio = self._check_policy(policy)
+            cameras = policy_cameras(policy)
+            topics = self.params.camera_topics(cameras)  # a camera without a topic parameter: refused
             if self.params.warmup:
-                self._warm_up(policy, proprio)
+                self._warm_up(policy, proprio, cameras)
         except BaseException:
             close = getattr(policy, "close", None)  # e.g. the policy's child process
             if close is not None:
                 close()
             raise
         self.policy = policy
+        with self._lock:
+            self.cameras, self.camera_topics = cameras, topics
+            self.watchdog.watch(cameras)
+            self._images = {c: im for c, im in self._images.items() if c in cameras}
+        self._log_cameras()
         p = self.params
         self._shift_warm_start = shifts_warm_start(p)
         self.schedule = ChunkSchedule(
@@ -226,16 +250,26 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
     WARMUP_INSTRUCTION = "pick up the object"
     """The warm-up's instruction when the `instruction` parameter is empty."""
 
-    def _warm_up(self, policy: ActionChunkPolicy, proprio: int) -> None:
-        """Two decodes of a blank 64x64 image (zeros for agent_pos), then `reset`: the engine of the
-        policy's device is built (compiled, CUDA graphs captured) now rather than in the first real
-        chunk; the second call starts warm, as every chunk after an episode's first does (with
-        `guess_in_prefill`, another prefill shape). A policy that cannot decode it fails
+    def _log_cameras(self) -> None:
+        """One line: the topic of each camera the policy reads, and the camera topic parameters
+        that are not used (harmless: nothing is subscribed for them)."""
+        p = self.params
+        parts = [", ".join(f"{c} on {t!r}" for c, t in self.camera_topics.items())]
+        parts += [
+            f"{name} {getattr(p, name)!r} not subscribed (the policy reads no {c})"
+            for c, name in CAMERA_TOPIC_PARAMS.items()
+            if c not in self.camera_topics
+        ]
+        self.log.info("cameras: %s", "; ".join(parts))
+
+    def _warm_up(self, policy: ActionChunkPolicy, proprio: int, cameras: tuple[str, ...] = ("pixels",)) -> None:
+        """Two decodes of a blank 64x64 image per camera (zeros for agent_pos), then `reset`: the
+        engine of the policy's device is built (compiled, CUDA graphs captured) now rather than in the
+        first real chunk; the second call starts warm, as every chunk after an episode's first does
+        (with `guess_in_prefill`, another prefill shape). A policy that cannot decode it fails
         configure, with the reason."""
-        obs: dict[str, Any] = {
-            "pixels": np.zeros((64, 64, 3), np.uint8),
-            "instruction": self.params.instruction or self.WARMUP_INSTRUCTION,
-        }
+        obs: dict[str, Any] = {c: np.zeros((64, 64, 3), np.uint8) for c in cameras}
+        obs["instruction"] = self.params.instruction or self.WARMUP_INSTRUCTION
         if proprio:
             obs["agent_pos"] = np.zeros(proprio, np.float32)
         t = time.perf_counter()
@@ -342,6 +376,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         self.limits = limits
         self.watchdog.timeout_s = params.image_timeout_s
         self.params = params
+        self.camera_topics = params.camera_topics(self.cameras)
         return later
 
     # ---- control tick -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 from ee_vla.streaming import ChunkSchedule, StreamedAction
 from ros_nodes.diagnostics import Window
 from ros_nodes.params import PolicyParams
-from ros_nodes.runner_types import ActionChunkPolicy, Frame, State
+from ros_nodes.runner_types import ActionChunkPolicy, CameraImage, Frame, State
 from ros_nodes.safety import CauseLog, Watchdog, is_bad_input
 
 
@@ -45,7 +45,10 @@ class RunnerDecode:
     _cv: threading.Condition
     _chunk_cv: threading.Condition
     _stop_evt: threading.Event
-    _frame: Frame | None
+    cameras: tuple[str, ...]
+    camera_topics: dict[str, str]
+    _images: dict[str, CameraImage]
+    _frame_seq: int
     _done_seq: int
     _instruction: str
     _joint_pos: np.ndarray | None
@@ -81,7 +84,7 @@ class RunnerDecode:
         while not self._stop_evt.is_set():
             with self._lock:
                 while self.state == "active":
-                    if self._frame is None or self._frame.seq == self._done_seq:
+                    if not self._new_images():
                         self._cv.wait(timeout=0.2)
                         continue
                     wait = self._decode_due(self.clock())
@@ -119,23 +122,50 @@ class RunnerDecode:
         at = self._decode_at()
         return 0.0 if at is None or at - now <= 1e-9 else at - now
 
+    def _new_images(self) -> bool:
+        """Whether every camera the policy reads has an image newer than the last decode (call with
+        `_lock` held). One camera: a new image; several: the newest of each, all new, so that one
+        decode reads images of one moment rather than one new image beside the last decode's."""
+        return all(c in self._images and self._images[c].seq > self._done_seq for c in self.cameras)
+
+    def _old_cameras(self, images: dict[str, CameraImage], now: float) -> list[str]:
+        """The cameras whose image in `images` is older than `image_timeout_s` at `now`."""
+        return [c for c, im in images.items() if now - im.t > self.params.image_timeout_s]
+
     def process_pending(self) -> bool:
-        """Decode the newest image not decoded yet; False when there was none, it was skipped, or
-        the next decode is not due yet (`chunk_size_threshold`)."""
+        """Decode the newest images not decoded yet (one per camera the policy reads); False when a
+        camera has none newer than the last decode, one is older than `image_timeout_s` (skipped),
+        or the next decode is not due yet (`chunk_size_threshold`)."""
         with self._lock:
-            frame = self._frame
-            if self.state != "active" or frame is None or frame.seq == self._done_seq:
+            if self.state != "active" or not self._new_images():
                 return False
-            if self._decode_due(self.clock()) > 0.0:
+            now = self.clock()
+            if self._decode_due(now) > 0.0:
                 return False
-            self._done_seq = frame.seq
+            images = {c: self._images[c] for c in self.cameras}
+            self._done_seq = self._frame_seq
+            frame = Frame(
+                max(im.seq for im in images.values()),
+                {c: im.rgb for c, im in images.items()},
+                min(im.t for im in images.values()),
+            )
             instruction = self._instruction or self.params.instruction
             joint_pos = self._joint_pos
-            self._chunk_id += 1
+            old = self._old_cameras(images, now)
+            if not old:
+                self._chunk_id += 1
             cid = self._chunk_id
         # Waiting for an input that has not arrived yet is how every start looks, not a bad input:
         # logged (INFO, once per 30 s), not counted; a wait that lasts shows as no chunk finishing
         # (the stall warning of /diagnostics).
+        if old:  # a camera stopped and this image came in beside its last one: the watchdog's case
+            self.causes.log(
+                "wait:camera",
+                "not decoding: no image newer than image_timeout_s="
+                f"{self.params.image_timeout_s} s on {', '.join(self.camera_topics.get(c, c) for c in old)}",
+                level=logging.INFO,
+            )
+            return False
         if not instruction:
             self.causes.log(
                 "wait:instruction",
@@ -144,7 +174,7 @@ class RunnerDecode:
                 level=logging.INFO,
             )
             return False
-        obs: dict[str, Any] = {"pixels": frame.rgb, "instruction": instruction}
+        obs: dict[str, Any] = {**frame.images, "instruction": instruction}
         if self.params.use_joint_state:
             if joint_pos is None:
                 self.causes.log(

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ros_nodes.images import ImageError, image_msg_to_rgb, image_to_rgb
-from ros_nodes.params import PolicyParams
-from ros_nodes.runner_types import Frame
+from ros_nodes.params import CAMERA_TOPIC_PARAMS, PolicyParams
+from ros_nodes.runner_types import CameraImage
 from ros_nodes.safety import CauseLog, Watchdog
 
 
@@ -31,7 +31,10 @@ class RunnerInputs:
     watchdog: Watchdog
     _lock: threading.Lock
     _cv: threading.Condition
-    _frame: Frame | None
+    cameras: tuple[str, ...]
+    camera_topics: dict[str, str]
+    camera_images_received: dict[str, int]
+    _images: dict[str, CameraImage]
     _frame_seq: int
     _instruction: str
     _joint_pos: np.ndarray | None
@@ -63,45 +66,73 @@ class RunnerInputs:
 
         self.bad_input(f"sample:{topic}:{type(error).__name__}", bad_sample_message(topic, error))
 
-    def on_image_msg(self, msg: Any, now: float | None = None) -> bool:
-        """A sensor_msgs/Image (either transport); False if rejected (logged once per cause)."""
+    def on_image_msg(self, msg: Any, now: float | None = None, camera: str = "pixels") -> bool:
+        """A sensor_msgs/Image (either transport) of `camera` (the policy's observation key: `pixels`
+        on `image_topic`, `wrist_pixels` on `wrist_image_topic`); False if rejected (logged once per
+        cause)."""
         try:
             rgb = image_msg_to_rgb(msg, (self.params.image_height, self.params.image_width))
         except ImageError as e:
-            self.bad_input(f"image:{e.cause}", f"dropping image: {e}")
+            self.bad_input(f"image:{e.cause}", f"dropping image{self._on_topic(camera)}: {e}")
             return False
         except Exception as e:  # noqa: BLE001 - fields of the wrong type: a malformed message
-            self.bad_input("image:malformed", f"dropping malformed image: {type(e).__name__}: {str(e)[:160]}")
+            self.bad_input(
+                "image:malformed",
+                f"dropping malformed image{self._on_topic(camera)}: {type(e).__name__}: {str(e)[:160]}",
+            )
             return False
-        return self.on_image(rgb, now)
+        return self.on_image(rgb, now, camera)
 
     def on_image_fields(
-        self, height: int, width: int, encoding: str, step: int, data: Any, now: float | None = None
+        self,
+        height: int,
+        width: int,
+        encoding: str,
+        step: int,
+        data: Any,
+        now: float | None = None,
+        camera: str = "pixels",
     ) -> bool:
         """Like `on_image_msg`, from the fields."""
         try:
             rgb = image_to_rgb(height, width, encoding, step, data, (self.params.image_height, self.params.image_width))
         except ImageError as e:
-            self.bad_input(f"image:{e.cause}", f"dropping image: {e}")
+            self.bad_input(f"image:{e.cause}", f"dropping image{self._on_topic(camera)}: {e}")
             return False
-        return self.on_image(rgb, now)
+        return self.on_image(rgb, now, camera)
 
-    def on_image(self, rgb: np.ndarray, now: float | None = None) -> bool:
-        """A decoded HxWx3 uint8 RGB image: the newest one replaces any not yet decoded."""
+    def on_image(self, rgb: np.ndarray, now: float | None = None, camera: str = "pixels") -> bool:
+        """A decoded HxWx3 uint8 RGB image of `camera`: the newest one replaces any of that camera not
+        yet decoded. An image of a camera the policy does not read is ignored (False, not counted)."""
+        if camera not in self.cameras:
+            self.causes.log(
+                f"ignored:camera:{camera}" if camera in CAMERA_TOPIC_PARAMS else "ignored:camera",
+                f"ignoring an image of camera {camera[:40]!r}: the policy reads {', '.join(self.cameras)}",
+                level=logging.INFO,
+            )
+            return False
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            self.bad_input("image:array", f"dropping image array of shape {rgb.shape} dtype {rgb.dtype}")
+            self.bad_input(
+                "image:array", f"dropping image array{self._on_topic(camera)} of shape {rgb.shape} dtype {rgb.dtype}"
+            )
             return False
         t = self.clock() if now is None else now
         with self._lock:
             age = self.watchdog.age(t)
             if age is None or age > self.watchdog.timeout_s:
-                self._inputs_since = t  # a new run of images: the stall clock starts here
+                self._inputs_since = t  # a new run of images of every camera: the stall clock starts here
             self._frame_seq += 1
-            self._frame = Frame(self._frame_seq, rgb, t)
+            self._images[camera] = CameraImage(self._frame_seq, rgb, t)
             self.images_received += 1
-            self.watchdog.feed(t)
+            self.camera_images_received[camera] = self.camera_images_received.get(camera, 0) + 1
+            self.watchdog.feed(t, camera)
             self._cv.notify_all()
         return True
+
+    def _on_topic(self, camera: str) -> str:
+        """' on <topic>' of `camera` for a log line (empty for a camera without a topic)."""
+        topic = self.camera_topics.get(camera)
+        return f" on {topic}" if topic else ""
 
     def on_instruction(self, text: Any) -> bool:
         """A new instruction (std_msgs/String data); empty, non-text or over-long ones are rejected

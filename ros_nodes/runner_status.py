@@ -39,6 +39,9 @@ class RunnerStatus:
     last_error: str
     last_bad_input: str
     images_received: int
+    cameras: tuple[str, ...]
+    camera_topics: dict[str, str]
+    camera_images_received: dict[str, int]
     _lock: threading.Lock
     _fault: str | None
     _inflight: tuple[int, float, bool] | None
@@ -62,11 +65,13 @@ class RunnerStatus:
         wd = self.watchdog.state(now) if self.state == "active" else "inactive"
         rate = self.rate.rate(now)
         age = self.watchdog.age(now)
-        values = self._status_values(rate, wd, age, stalled)
+        values = self._status_values(rate, wd, age, stalled, now)
         level, message = self._status_level(now, rate, wd, age, stalled)
         return Status(level=level, name=name, message=message, hardware_id=p.model_path or "ee_vla", values=values)
 
-    def _status_values(self, rate: float, wd: str, age: float | None, stalled: float | None) -> dict[str, str]:
+    def _status_values(
+        self, rate: float, wd: str, age: float | None, stalled: float | None, now: float | None = None
+    ) -> dict[str, str]:
         """The status's key/values (all strings, as DiagnosticStatus carries them)."""
         p = self.params
         values = {
@@ -97,10 +102,19 @@ class RunnerStatus:
             "last_error": self.last_error,
             "no_chunk_for_s": fmt(stalled, digits=1),
         }
+        if len(self.cameras) > 1:  # each camera's own, beside the whole observation's
+            ages = self.watchdog.ages(now)
+            for c in self.cameras:
+                values[f"image_age_ms_{c}"] = fmt(ages.get(c), 1e3, 0)
+                values[f"images_received_{c}"] = str(self.camera_images_received.get(c, 0))
         if self.schedule is not None:
             for k, v in sorted(self.schedule.counts.items()):
                 values[f"ticks_{k}"] = str(v)
         return values
+
+    def _topics(self, cameras: list[str]) -> str:
+        """The image topics of `cameras`, for a status message."""
+        return ", ".join(self.camera_topics.get(c, c) for c in cameras)
 
     def _status_level(
         self, now: float, rate: float, wd: str, age: float | None, stalled: float | None
@@ -113,9 +127,17 @@ class RunnerStatus:
         elif self._fault is not None:
             level, message = ERROR, f"halted: {self._fault}: {self.last_error}"
         elif wd == "stale":
-            level, message = WARN, f"halted: no valid image for {fmt(age, digits=2)} s (> {p.image_timeout_s} s)"
+            stale = self.watchdog.stale(now)
+            ages = self.watchdog.ages(now)
+            oldest = max((ages[c] for c in stale), default=None)  # type: ignore[type-var]
+            level = WARN
+            message = f"halted: no valid image for {fmt(oldest, digits=2)} s (> {p.image_timeout_s} s)"
+            message += f" on {self._topics(stale)}"
+            waiting = self.watchdog.waiting(now)
+            if waiting:
+                message += f"; waiting for images on {self._topics(waiting)}"
         elif wd == "waiting":
-            level, message = WARN, f"waiting for images on {p.image_topic}"
+            level, message = WARN, f"waiting for images on {self._topics(self.watchdog.waiting(now))}"
         elif stalled is not None:
             level = ERROR if stalled > self.STALL_ERROR_FACTOR * p.decode_deadline_s else WARN
             with self._lock:

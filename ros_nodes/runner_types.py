@@ -45,11 +45,23 @@ class Emit:
 
 
 @dataclass
-class Frame:
-    """One received image: its sequence number, HxWx3 uint8 RGB pixels and arrival time."""
+class CameraImage:
+    """One received image of a camera: its sequence number (counted over all cameras), HxWx3 uint8
+    RGB pixels and arrival time."""
 
     seq: int
     rgb: np.ndarray
+    t: float
+
+
+@dataclass
+class Frame:
+    """The images one decode reads: the sequence number of the newest, each camera's HxWx3 uint8 RGB
+    image by observation key (`pixels`, `wrist_pixels`, ...) and the arrival time of the oldest: an
+    observation is as old as its oldest image, and deadlines and latencies count from it."""
+
+    seq: int
+    images: dict[str, np.ndarray]
     t: float
 
 

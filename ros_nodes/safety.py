@@ -59,45 +59,77 @@ class ActionLimits:
 
 
 class Watchdog:
-    """Stale-input watchdog: `ok` while the last valid input is younger than `timeout_s`.
+    """Stale-input watchdog over one or more named inputs (a policy's cameras) with one timeout:
+    `ok` while the last valid input of every one is younger than `timeout_s`.
 
-    States: ``waiting`` (nothing received since reset), ``ok``, ``stale``.
+    States: ``waiting`` (an input has had nothing since reset, and none is stale), ``ok``,
+    ``stale`` (an input's last valid value is older than `timeout_s`). `stale(now)` and
+    `waiting(now)` name the inputs behind those states.
     """
 
-    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.perf_counter, inputs: Sequence[str] = ("",)):
         if not timeout_s > 0:
             raise ValueError(f"watchdog timeout must be > 0, got {timeout_s}")
         self.timeout_s = float(timeout_s)
         self.clock = clock
-        self._last: float | None = None
         self.trips = 0
         self._was_stale = False
+        self._last: dict[str, float | None] = {}
+        self.watch(inputs)
 
-    def feed(self, now: float | None = None) -> None:
-        """Record a valid input."""
-        self._last = self.clock() if now is None else now
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The inputs watched (the first is the default of `feed`)."""
+        return tuple(self._last)
+
+    def watch(self, inputs: Sequence[str]) -> None:
+        """Watch `inputs` from now on, none of them received yet."""
+        if not inputs:
+            raise ValueError("a watchdog needs at least one input to watch")
+        self._last = dict.fromkeys(inputs)
         self._was_stale = False
+
+    def feed(self, now: float | None = None, name: str | None = None) -> None:
+        """Record a valid value of input `name` (default: the first input); one not watched is ignored."""
+        key = self.inputs[0] if name is None else name
+        if key not in self._last:
+            return
+        t = self.clock() if now is None else now
+        self._last[key] = t
+        if not self.stale(t):
+            self._was_stale = False
 
     def reset(self) -> None:
-        self._last = None
+        self._last = dict.fromkeys(self._last)
         self._was_stale = False
 
+    def ages(self, now: float | None = None) -> dict[str, float | None]:
+        """Seconds since each input's last valid value (None: none yet)."""
+        now = self.clock() if now is None else now
+        return {k: None if t is None else now - t for k, t in self._last.items()}
+
     def age(self, now: float | None = None) -> float | None:
-        """Seconds since the last valid input (None if none)."""
-        if self._last is None:
-            return None
-        return (self.clock() if now is None else now) - self._last
+        """Seconds since the oldest of the inputs' last valid values (None while one has had none)."""
+        ages = self.ages(now).values()
+        return None if any(a is None for a in ages) else max(ages)  # type: ignore[type-var]
+
+    def stale(self, now: float | None = None) -> list[str]:
+        """The inputs whose last valid value is older than `timeout_s`."""
+        return [k for k, a in self.ages(now).items() if a is not None and a > self.timeout_s]
+
+    def waiting(self, now: float | None = None) -> list[str]:
+        """The inputs that have had no valid value since reset."""
+        return [k for k, t in self._last.items() if t is None]
 
     def state(self, now: float | None = None) -> str:
         """waiting | ok | stale (counting each transition into stale in `trips`)."""
-        age = self.age(now)
-        if age is None:
-            return "waiting"
-        if age > self.timeout_s:
+        if self.stale(now):
             if not self._was_stale:
                 self._was_stale = True
                 self.trips += 1
             return "stale"
+        if self.waiting(now):
+            return "waiting"
         return "ok"
 
 

@@ -1,9 +1,10 @@
 """`serve`: the policy node over plain Cyclone DDS, for a GPU box without ROS 2.
 
 It joins the robot's ROS 2 graph on the wire (same domain id, ROS 2 topic/type names and QoS), so
-the robot side sees an ordinary node's topics: it subscribes to the camera, the instruction and
-optionally joint states, and publishes commands and /diagnostics exactly like `policy_node`, with
-the same `PolicyRunner` logic. There is no lifecycle service: serve configures and activates at
+the robot side sees an ordinary node's topics: it subscribes to the camera (one topic per camera
+the policy reads: `image_topic`, `wrist_image_topic`), the instruction and optionally joint
+states, and publishes commands and /diagnostics exactly like `policy_node`, with the same
+`PolicyRunner` logic. There is no lifecycle service: serve configures and activates at
 start, and deactivates (sending the stop command) at exit.
 
     ee-vla serve --transport dds --model-path runs/ceed --no-dry-run --domain-id 0
@@ -128,6 +129,7 @@ class ServeConfig(PolicyParams):
         return dataclasses.replace(
             p,
             image_topic=namespaced(p.image_topic, namespace),
+            wrist_image_topic=namespaced(p.wrist_image_topic, namespace),
             instruction_topic=namespaced(p.instruction_topic, namespace),
             joint_state_topic=namespaced(p.joint_state_topic, namespace),
             command_topic=namespaced(p.resolved_command_topic, namespace),
@@ -341,11 +343,14 @@ class _DdsNode:
         cmd_type = msgs.ROS_TYPES[COMMAND_MSG_TYPES[params.command_type]]
         self.cmd_writer = self.graph.writer(params.resolved_command_topic, cmd_type, "default")
         self.diag_writer = self.graph.writer(params.diagnostics_topic, msgs.DiagnosticArray, "default")
-        self.graph.reader(params.image_topic, msgs.Image, "sensor_data", callback=runner.on_image_msg)
+        for camera, topic in runner.camera_topics.items():  # the cameras the policy reads, and no others
+            self.graph.reader(
+                topic, msgs.Image, "sensor_data", callback=lambda m, c=camera: runner.on_image_msg(m, camera=c)
+            )
         self.graph.reader(
             params.instruction_topic, msgs.String, "default", callback=lambda s: runner.on_instruction(s.data)
         )
-        self.input_topics = [params.image_topic, params.instruction_topic]
+        self.input_topics = [*runner.camera_topics.values(), params.instruction_topic]
         if params.use_joint_state:
             self.graph.reader(
                 params.joint_state_topic,
@@ -375,7 +380,7 @@ class _DdsNode:
         self.log.info(
             "serving over DDS domain %d: %s -> %s (%s, %.1f Hz)%s",
             self.cfg.domain_id,
-            p.image_topic,
+            " + ".join(self.runner.camera_topics.values()),
             p.resolved_command_topic,
             p.command_type,
             p.control_hz,

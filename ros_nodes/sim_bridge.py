@@ -1,7 +1,8 @@
 """The sim bridge's logic: run an `ee_vla/*` Gymnasium env as if it were a robot.
 
 Each control period the bridge applies the newest command (or a zero action when none is fresh),
-steps the env, and hands back what a robot would publish: the camera image, the instruction,
+steps the env, and hands back what a robot would publish: the camera image (and, with
+`wrist_camera` or a policy that reads `wrist_pixels`, the gripper camera's), the instruction,
 `agent_pos` as joint positions, and whether the episode succeeded. Episodes reset on
 termination/truncation. `sim_bridge_node` (rclpy) and `sim_serve` (Cyclone DDS) are the transports.
 """
@@ -37,6 +38,10 @@ class SimBridgeParams:
     image_size: int = 0
     """Side of the env's square camera image, in pixels (0: the policy's, from `model_path`; without
     one, the env's default)."""
+    wrist_camera: bool = False
+    """Also render the env's gripper camera (the `wrist_pixels` observation, ee_vla suite envs) and
+    publish it on `wrist_image_topic`; on whatever is set when `model_path`'s policy reads
+    `wrist_pixels` (its ee_vla.json `cameras`)."""
     seed: int = 0
     """Seed of the first episode (episode i uses seed + i)."""
     control_hz: float = 0.0
@@ -47,6 +52,9 @@ class SimBridgeParams:
     """Where commands arrive (empty: the default topic of `command_type`)."""
     image_topic: str = "camera/image_raw"
     """Where the env's camera image is published."""
+    wrist_image_topic: str = "wrist_camera/image_raw"
+    """Where the gripper camera's image is published (with `wrist_camera`; header frame
+    `wrist_camera`)."""
     instruction_topic: str = "instruction"
     """Where the task description is published (latched, and again every second and on reset)."""
     joint_state_topic: str = "joint_states"
@@ -78,7 +86,7 @@ class SimBridgeParams:
             )
         if not (self.control_hz >= 0 and np.isfinite(self.control_hz)):
             raise ValueError(f"SimBridgeParams.control_hz: must be >= 0 (0: the env's rate), got {self.control_hz}")
-        for name in ("image_topic", "instruction_topic", "joint_state_topic", "success_topic"):
+        for name in ("image_topic", "wrist_image_topic", "instruction_topic", "joint_state_topic", "success_topic"):
             reason = validate_param("image_topic", getattr(self, name))
             if reason:
                 raise ValueError(f"SimBridgeParams.{name}: {reason}")
@@ -109,6 +117,10 @@ class SimBridgeParams:
         return self.command_topic or DEFAULT_COMMAND_TOPICS[self.command_type]
 
 
+WRIST_FRAME_ID = "wrist_camera"
+"""Header frame of the gripper camera's images."""
+
+
 def sim_param_docs() -> dict[str, str]:
     return field_docs(SimBridgeParams)
 
@@ -117,14 +129,15 @@ def sim_param_names() -> list[str]:
     return [f.name for f in fields(SimBridgeParams)]
 
 
-def make_env(env_id: str, image_size: int = 0) -> Any:
+def make_env(env_id: str, image_size: int = 0, cameras: tuple[str, ...] = ("pixels",)) -> Any:
     """`gymnasium.make(env_id, render_mode="rgb_array")`, importing `sim_envs` first to register
-    ee_vla/*; `image_size` > 0 is passed on when the env takes that argument."""
+    ee_vla/*; `image_size` > 0 is passed on when the env takes that argument, and the env renders
+    every camera of `cameras` (`sim_envs.camera_kwargs`: ValueError naming one it cannot render)."""
     import gymnasium as gym
 
     import sim_envs
 
-    kwargs: dict[str, Any] = {"render_mode": "rgb_array"}
+    kwargs: dict[str, Any] = {"render_mode": "rgb_array", **sim_envs.camera_kwargs(env_id, cameras)}
     if image_size and sim_envs.takes_argument(env_id, "image_size"):
         kwargs["image_size"] = image_size
     elif image_size:
@@ -144,6 +157,8 @@ class SimFrame:
     step: int
     reset: bool
     """True when this frame starts a new episode."""
+    wrist_pixels: np.ndarray | None = None
+    """The gripper camera's image (with `SimBridgeParams.wrist_camera`, else None)."""
 
 
 class SimBridge:
@@ -162,7 +177,17 @@ class SimBridge:
         self.log = logger or log
         contract = params.contract()
         size = params.image_size or (contract.image_size if contract is not None else 0)
-        self.env = env if env is not None else make_env(params.env_id, size)
+        cameras = contract.cameras if contract is not None else ("pixels",)
+        self.wrist_camera = params.wrist_camera or "wrist_pixels" in cameras
+        """Whether the gripper camera is rendered and published (`wrist_camera`, or a policy that reads it)."""
+        if self.wrist_camera and not params.wrist_camera:
+            self.log.info("wrist_camera: on, the policy reads wrist_pixels (published on %r)", params.wrist_image_topic)
+        if self.wrist_camera and "wrist_pixels" not in cameras:
+            cameras = (*cameras, "wrist_pixels")
+        self.env = env if env is not None else make_env(params.env_id, size, cameras)
+        space = getattr(self.env, "observation_space", None)
+        if self.wrist_camera and hasattr(space, "spaces") and "wrist_pixels" not in space.spaces:
+            raise ValueError(f"SimBridgeParams.wrist_camera: {params.env_id} observes no wrist_pixels")
         self.causes = CauseLog(self.log, clock=clock)
         space = self.env.action_space
         self.low = np.asarray(space.low, dtype=np.float64)
@@ -206,6 +231,7 @@ class SimBridge:
     def _frame(self, obs: dict[str, Any], reset: bool) -> SimFrame:
         pos = obs.get("agent_pos")
         return SimFrame(
+            wrist_pixels=np.asarray(obs["wrist_pixels"], dtype=np.uint8) if self.wrist_camera else None,
             pixels=np.asarray(obs["pixels"], dtype=np.uint8),
             agent_pos=None if pos is None else np.asarray(pos, dtype=np.float64),
             instruction=self.instruction,

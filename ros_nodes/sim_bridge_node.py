@@ -2,8 +2,9 @@
 
     ros2 run ee_vla sim_bridge_node --ros-args -p env_id:=ee_vla/PickCube-v0 -p command_type:=array
 
-Publishes the camera image (sensor-data QoS), the instruction (transient local), `agent_pos` as
-JointState and success (std_msgs/Bool); applies the newest command at the env's control rate. All
+Publishes the camera image (sensor-data QoS; the gripper camera's too on `wrist_image_topic` with
+`wrist_camera`, or for a policy that reads `wrist_pixels`), the instruction (transient local),
+`agent_pos` as JointState and success (std_msgs/Bool); applies the newest command at the env's control rate. All
 the stepping logic is `ros_nodes.sim_bridge.SimBridge`. Callbacks are guarded: a failing step or
 command is logged once per cause and counted (`guard`), and the node keeps running. Rendering
 headless needs MUJOCO_GL=egl (GPU) or osmesa (CPU) in the environment (the sim launch file sets it).
@@ -31,7 +32,7 @@ from ros_nodes.rclpy_support import (
     read_values,
     spin_until_shutdown,
 )
-from ros_nodes.sim_bridge import SimBridge, SimBridgeParams, SimFrame, sim_param_docs
+from ros_nodes.sim_bridge import WRIST_FRAME_ID, SimBridge, SimBridgeParams, SimFrame, sim_param_docs
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -63,6 +64,11 @@ class SimBridgeNode(Node):
         g = self.guard
         group = MutuallyExclusiveCallbackGroup()
         self.image_pub = self.create_publisher(Image, params.image_topic, qos_profile_sensor_data)
+        self.wrist_image_pub = (
+            self.create_publisher(Image, params.wrist_image_topic, qos_profile_sensor_data)
+            if self.bridge.wrist_camera
+            else None
+        )
         self.instruction_pub = self.create_publisher(String, params.instruction_topic, LATCHED)
         self.joint_pub = self.create_publisher(JointState, params.joint_state_topic, RELIABLE)
         self.success_pub = self.create_publisher(Bool, params.success_topic, RELIABLE)
@@ -77,7 +83,8 @@ class SimBridgeNode(Node):
         self.create_timer(1.0, g.wrap("instruction", self._publish_instruction), callback_group=group)
         self.get_logger().info(
             f"{params.env_id} at {self.bridge.control_hz:.1f} Hz; commands ({params.command_type}) on "
-            f"{params.resolved_command_topic}"
+            f"{params.resolved_command_topic}; images on {params.image_topic}"
+            + (f" and {params.wrist_image_topic}" if self.bridge.wrist_camera else "")
         )
 
     def _publish_instruction(self) -> None:
@@ -93,6 +100,8 @@ class SimBridgeNode(Node):
             return
         frame: SimFrame = self.bridge.step()
         stamp = self.get_clock().now().seconds_nanoseconds()
+        if self.wrist_image_pub is not None and frame.wrist_pixels is not None:
+            self.wrist_image_pub.publish(build_image(self.m, frame.wrist_pixels, stamp, WRIST_FRAME_ID))
         self.image_pub.publish(build_image(self.m, frame.pixels, stamp, self.params.frame_id))
         if frame.agent_pos is not None:
             names = [f"agent_pos_{i}" for i in range(frame.agent_pos.size)]

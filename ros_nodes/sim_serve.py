@@ -1,8 +1,9 @@
 """The sim bridge over plain Cyclone DDS: an `ee_vla/*` env that looks like a robot on a ROS 2 graph.
 
-Publishes the camera image (sensor-data QoS), the instruction (latched, and again every second),
-`agent_pos` as JointState and success as std_msgs/Bool; applies incoming commands at the env's
-control rate. With `serve` this closes the loop without ROS and without a robot:
+Publishes the camera image (sensor-data QoS; the gripper camera's too on `wrist_image_topic` with
+`--wrist-camera`, or for a `--model-path` policy that reads `wrist_pixels`), the instruction
+(latched, and again every second), `agent_pos` as JointState and success as std_msgs/Bool; applies
+incoming commands at the env's control rate. With `serve` this closes the loop without ROS and without a robot:
 
     python -m ros_nodes.sim_serve --env-id ee_vla/PickCube-v0 --loopback-only &
     python -m ros_nodes.serve --model-path runs/ceed --command-type array --no-dry-run --loopback-only
@@ -19,7 +20,7 @@ from typing import Any
 
 from ros_nodes.messages import build_image, build_joint_state, split_seconds
 from ros_nodes.params import COMMAND_MSG_TYPES
-from ros_nodes.sim_bridge import SimBridge, SimBridgeParams, SimFrame
+from ros_nodes.sim_bridge import WRIST_FRAME_ID, SimBridge, SimBridgeParams, SimFrame
 
 log = logging.getLogger("ee_vla.sim_serve")
 
@@ -60,6 +61,7 @@ def run_sim_bridge(
     bridge = SimBridge(cfg, env=env, logger=log)
     graph = DdsGraph(cfg.domain_id, cfg.dds_config or (loopback_config(cfg.domain_id) if cfg.loopback_only else None))
     img_w = graph.writer(cfg.image_topic, msgs.Image, "sensor_data")
+    wrist_w = graph.writer(cfg.wrist_image_topic, msgs.Image, "sensor_data") if bridge.wrist_camera else None
     instr_w = graph.writer(cfg.instruction_topic, msgs.String, "latched")
     js_w = graph.writer(cfg.joint_state_topic, msgs.JointState, "default")
     ok_w = graph.writer(cfg.success_topic, msgs.Bool, "default")
@@ -69,17 +71,20 @@ def run_sim_bridge(
     steps = 0
     last_instruction = float("-inf")
     log.info(
-        "sim bridge %s at %.1f Hz over DDS domain %d, commands (%s) on %s",
+        "sim bridge %s at %.1f Hz over DDS domain %d, commands (%s) on %s, images on %s",
         cfg.env_id,
         bridge.control_hz,
         cfg.domain_id,
         cfg.command_type,
         cfg.resolved_command_topic,
+        cfg.image_topic + (f" and {cfg.wrist_image_topic}" if bridge.wrist_camera else ""),
     )
 
     def publish(frame: SimFrame) -> None:
         nonlocal last_instruction
         stamp = split_seconds(time.time())
+        if wrist_w is not None and frame.wrist_pixels is not None:
+            wrist_w.write(build_image(msgs, frame.wrist_pixels, stamp, WRIST_FRAME_ID))
         img_w.write(build_image(msgs, frame.pixels, stamp, cfg.frame_id))
         if frame.agent_pos is not None:
             names = [f"agent_pos_{i}" for i in range(frame.agent_pos.size)]

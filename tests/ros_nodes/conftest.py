@@ -52,3 +52,16 @@ def _plain_logging():
     yield
     logging.setLoggerClass(logging.Logger)
     logging.root.setLevel(_ROOT_LEVEL)
+
+
+@pytest.fixture(scope="session")
+def two_camera_vla_dir(tmp_path_factory):
+    """A tiny random VLA that reads two cameras, `pixels` and `wrist_pixels` (chunks of 3)."""
+    from ee_vla.models import create_random_vla_dir
+
+    return create_random_vla_dir(
+        tmp_path_factory.mktemp("models") / "two_cameras",
+        preset="tiny",
+        chunk_size=3,
+        cameras=("pixels", "wrist_pixels"),
+    )

@@ -29,7 +29,8 @@ def main() -> None:
         from ros_nodes.sim_serve import SimServeConfig, run_sim_bridge
 
         real = cfg.pop("real_env", False)
-        result = run_sim_bridge(SimServeConfig(**cfg), env=None if real else TinyEnv())
+        wrist = cfg.pop("tiny_env_wrist_camera", False)  # TinyEnv also observes wrist_pixels
+        result = run_sim_bridge(SimServeConfig(**cfg), env=None if real else TinyEnv(wrist_camera=wrist))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(result), flush=True)

@@ -79,6 +79,9 @@ class FakePolicy:
         fail: exception raised on every call (a broken model), or on calls where fail_when(call) is true.
         clock: timestamps of the StreamedActions.
         values: action generator (call, index) -> (action_dim,) array.
+        cameras: the observation keys of the images it reads (`vla.cameras`, as a `VLAPolicy`'s;
+            None: no `vla`, which the runner reads as the one camera `pixels`); a call whose
+            observation lacks one raises `BadInputError`.
     """
 
     def __init__(
@@ -91,7 +94,12 @@ class FakePolicy:
         fail_when: Callable[[int], bool] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         values: Callable[[int, int], np.ndarray] | None = None,
+        cameras: list[str] | tuple[str, ...] | None = None,
     ):
+        if cameras is not None:
+            from types import SimpleNamespace
+
+            self.vla = SimpleNamespace(cameras=tuple(cameras), proprio_dim=0)
         self.chunk_size = chunk_size
         self.action_dim = action_dim
         self.delay_s = delay_s
@@ -116,6 +124,11 @@ class FakePolicy:
         call = len(self.calls)
         if self.fail is not None and (self.fail_when is None or self.fail_when(call)):
             raise self.fail
+        for camera in getattr(getattr(self, "vla", None), "cameras", ()):
+            if camera not in obs:
+                from ros_nodes.safety import BadInputError
+
+                raise BadInputError(f"observation has no {camera!r}")
         for i in range(self.chunk_size):
             if self.gate is not None:
                 if not self.gate.acquire(timeout=10):
@@ -127,20 +140,24 @@ class FakePolicy:
 
 
 class TinyEnv(gym.Env):
-    """A 7-dof point 'robot' with a 16x16 camera: success when agent_pos[0] > 0.5 (episodes of 20 steps)."""
+    """A 7-dof point 'robot' with a 16x16 camera: success when agent_pos[0] > 0.5 (episodes of 20 steps).
+    With `wrist_camera` it also observes a 12x12 `wrist_pixels` image whose green channel counts the
+    steps (the main camera's red channel does too)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
-    def __init__(self, render_mode: str | None = "rgb_array", max_steps: int = 20):
+    def __init__(self, render_mode: str | None = "rgb_array", max_steps: int = 20, wrist_camera: bool = False):
         self.render_mode = render_mode
         self.max_steps = max_steps
+        self.wrist_camera = wrist_camera
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
-        self.observation_space = gym.spaces.Dict(
-            {
-                "pixels": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
-                "agent_pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
-            }
-        )
+        spaces = {
+            "pixels": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8),
+            "agent_pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
+        }
+        if wrist_camera:
+            spaces["wrist_pixels"] = gym.spaces.Box(0, 255, (12, 12, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
         self.task_description = "move right"
         self.pos = np.zeros(3)
         self.t = 0
@@ -149,7 +166,12 @@ class TinyEnv(gym.Env):
     def _obs(self) -> dict[str, Any]:
         px = np.zeros((16, 16, 3), np.uint8)
         px[..., 0] = min(255, self.t * 10)
-        return {"pixels": px, "agent_pos": self.pos.copy()}
+        obs = {"pixels": px, "agent_pos": self.pos.copy()}
+        if self.wrist_camera:
+            wrist = np.zeros((12, 12, 3), np.uint8)
+            wrist[..., 1] = min(255, self.t * 10)
+            obs["wrist_pixels"] = wrist
+        return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -220,6 +220,28 @@ def test_sim_launch_closes_the_loop_and_ends(workspace, tmp_path):
     assert "[ERROR]" not in log, log[-4000:]
 
 
+@pytest.mark.timeout(300)
+def test_sim_launch_runs_a_two_camera_policy(workspace, tmp_path, two_camera_vla_dir):
+    """`ros2 launch ee_vla sim.launch.py model_path:=<a policy that reads pixels and wrist_pixels>`:
+    the bridge publishes the gripper camera because the policy reads it, the node subscribes to both
+    cameras, and the episode runs on its commands (the bridge waits for the first one, which takes a
+    decode of both cameras' images) until the launch ends."""
+    p = launch(
+        workspace, tmp_path, new_domain_id(), "sim.launch.py", f"model_path:={two_camera_vla_dir}",
+        "env_id:=ee_vla/Reach-v0", "max_episodes:=1", f"mujoco_gl:={os.environ.get('MUJOCO_GL', 'egl')}",
+    )  # fmt: skip
+    try:
+        assert p.wait(timeout=240) == 0, p.log()[-4000:]
+    finally:
+        p.close()
+    log = p.log()
+    assert "wrist_camera: on, the policy reads wrist_pixels" in log, log[-4000:]
+    assert "cameras: pixels on 'camera/image_raw', wrist_pixels on 'wrist_camera/image_raw'" in log
+    assert re.search(r"ee_vla/Reach-v0: \d+/1 episodes successful", log) is not None, log[-4000:]
+    assert "stopped: stop command published" in log
+    assert "[ERROR]" not in log, log[-4000:]
+
+
 @pytest.mark.timeout(240)
 def test_policy_launch_in_a_namespace_applies_the_yaml(workspace, tmp_path):
     """`ros2 launch ee_vla ee_vla.launch.py namespace:=robot1`: the node is /robot1/policy_node, with

@@ -108,6 +108,28 @@ def test_batched_rows_equal_each_robot_decoded_alone(tiny_vla_dir, decoder):
     assert fleet.padded_rows == 0  # the eager engine takes any batch size
 
 
+def test_two_camera_observations_batch_as_each_robot_decoded_alone(two_camera_vla_dir):
+    """A policy that reads two cameras: each robot's call carries both images, the batch stacks
+    each camera's, and every robot gets the tokens its own policy decodes; calls whose wrist images
+    differ in size go into separate batches."""
+    rng = np.random.default_rng(5)
+    obs = [dict(o, wrist_pixels=rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for o in observations(3, 4)]
+    obs[2]["wrist_pixels"] = obs[2]["wrist_pixels"][:32]
+    ref = alone(two_camera_vla_dir, "ar", [[o] for o in obs])
+    policy = VLAPolicy.from_pretrained(two_camera_vla_dir, decoder="ar", device="cpu")
+    fleet = FleetPolicy(policy, FleetConfig(gather_s=1.0, max_batch=4), start=False)
+    assert fleet.cameras == ("pixels", "wrist_pixels")
+    fleet.warm_up()  # a blank image of each camera
+    robots = [fleet.robot(f"r{i}") for i in range(3)]
+    try:
+        got = batched_round(fleet, robots, obs)
+    finally:
+        fleet.close()
+    for i in range(3):
+        assert np.array_equal(got[i], ref[i][0]), f"r{i}"
+    assert fleet.batch_sizes == {2: 1, 1: 1}
+
+
 def test_static_engine_pads_batches_to_fixed_sizes(tiny_vla_dir):
     """3 robots on the static engine: one batch padded to 4 rows, the tokens those of each alone."""
     obs = observations(3, 3)
@@ -267,8 +289,8 @@ class ScriptedPolicy:
         self.engine_pool = None
         self.deadlines: list[list[float | None]] = []
 
-    def validate(self, obs):
-        return np.asarray(obs["pixels"])[None], [obs["instruction"]], None
+    def validate(self, obs):  # VLAPolicy.validate's: one (B, H, W, 3) array per camera
+        return [np.asarray(obs["pixels"])[None]], [obs["instruction"]], None
 
     def decode_states(self, obs, unit_deadline=None):
         B = len(obs["instruction"])
@@ -421,6 +443,7 @@ def test_namespaces_resolve_like_ros2_and_are_validated():
     assert cfg.namespaces == ("robot1", "fleet/arm_2")
     p = cfg.robot_params("fleet/arm_2")
     assert p.image_topic == "/fleet/arm_2/camera/image_raw"
+    assert p.wrist_image_topic == "/fleet/arm_2/wrist_camera/image_raw"
     assert p.instruction_topic == "/fleet/arm_2/instruction"
     assert p.resolved_command_topic == "/fleet/arm_2/forward_command_controller/commands"
     assert p.diagnostics_topic == "/diagnostics"

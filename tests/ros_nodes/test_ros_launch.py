@@ -34,6 +34,9 @@ def test_arguments_are_typed_and_validated():
     with pytest.raises(ValueError, match="not a policy_node parameter"):
         parameter_overrides({"speed": "1"})
     assert parameter_overrides({"engine": "compiled", "device": "cuda"}) == {"engine": "compiled", "device": "cuda"}
+    assert parameter_overrides({"wrist_image_topic": "hand/image_raw"}) == {"wrist_image_topic": "hand/image_raw"}
+    with pytest.raises(ValueError, match="wrist_image_topic:='hand image'"):
+        parameter_overrides({"wrist_image_topic": "hand image"})
     with pytest.raises(ValueError, match="engine:='turbo'"):
         parameter_overrides({"engine": "turbo"})
     assert parameter_overrides({"engine": "compiled", "compile_mode": "frozen"})["compile_mode"] == "frozen"

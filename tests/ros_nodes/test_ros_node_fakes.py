@@ -34,7 +34,8 @@ def fake_ros():
     sys.modules.update(saved)
 
 
-def make_node(fake_ros, **overrides):
+def make_node(fake_ros, policy=None, **overrides):
+    """A `PolicyNode` of `policy` (default: a new `FakePolicy` at each configure) with `overrides`."""
     from rclpy.parameter import Parameter
 
     from ros_nodes.policy_node import PolicyNode
@@ -51,7 +52,8 @@ def make_node(fake_ros, **overrides):
     )
     values.update(overrides)
     return PolicyNode(
-        policy_factory=lambda _p: FakePolicy(), parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]
+        policy_factory=lambda _p: policy or FakePolicy(),
+        parameter_overrides=[Parameter(k, value=v) for k, v in values.items()],
     )
 
 
@@ -284,3 +286,79 @@ def test_messages_rclpy_cannot_decode_are_bad_input_and_never_stop_the_node(fake
         fake_ros.graph.shut_down = True
         loop.join(timeout=30)
     assert not loop.is_alive()
+
+
+def test_the_node_subscribes_an_image_topic_per_camera_the_policy_reads(fake_ros):
+    """`wrist_image_topic` is subscribed only for a policy that reads `wrist_pixels`; each camera's
+    images reach the policy under its key, nothing is decoded before both arrived, and a malformed
+    wrist image is a bad input of the node, which keeps running."""
+    from rclpy.parameter import Parameter
+
+    from ros_nodes.dds import msgs
+    from ros_nodes.messages import build_image
+
+    def image_subscriptions(node) -> dict:
+        return {s.topic: s for s in node.subscriptions if not s.destroyed and s.msg_type is msgs.Image}
+
+    one = make_node(fake_ros, wrist_image_topic="hand/image_raw")
+    one.trigger_configure()
+    assert list(image_subscriptions(one)) == ["camera/image_raw"]  # a one-camera policy: no wrist topic
+    one.on_exit()
+
+    policy = FakePolicy(cameras=("pixels", "wrist_pixels"))
+    node = make_node(fake_ros, policy, wrist_image_topic="hand/image_raw")
+    result = node.set_parameters([Parameter("wrist_image_topic", value="hand image")])[0]
+    assert not result.successful and result.reason.startswith("wrist_image_topic: ")
+    node.trigger_configure()
+    node.trigger_activate()
+    try:
+        subs = image_subscriptions(node)
+        assert sorted(subs) == ["camera/image_raw", "hand/image_raw"]
+        front = np.full((8, 8, 3), 1, np.uint8)
+        hand = np.full((6, 10, 3), 2, np.uint8)
+        subs["camera/image_raw"].callback(build_image(msgs, front, (0, 0)))
+        bad = build_image(msgs, hand, (0, 0))
+        bad.encoding = "yuv422"
+        subs["hand/image_raw"].callback(bad)
+        runner = node.runner
+        assert runner.bad_inputs() == 1 and "hand/image_raw" in runner.last_bad_input
+        time.sleep(0.3)  # the worker would have decoded by now
+        assert policy.calls == [] and runner.status().message == "waiting for images on hand/image_raw"
+        subs["hand/image_raw"].callback(build_image(msgs, hand, (0, 0)))
+        assert runner.wait_for_chunks(1, timeout=30)
+        obs = policy.calls[0]
+        assert np.array_equal(obs["pixels"], front) and np.array_equal(obs["wrist_pixels"], hand)
+        tick, _ = timer_callbacks(node)
+        tick()
+        assert len(fake_ros.graph.messages(TOPIC)) == 1 and node.guard.snapshot()[0] == {}
+    finally:
+        node.on_exit()
+
+
+def test_sim_bridge_node_publishes_the_wrist_camera_for_a_policy_that_reads_it(fake_ros, two_camera_vla_dir):
+    """Given a `model_path` whose policy reads `wrist_pixels`, the rclpy sim bridge publishes the
+    gripper camera on `wrist_image_topic` beside the main camera, each step, stamped alike."""
+    from rclpy.parameter import Parameter
+    from ros_fakes import TinyEnv
+
+    from ros_nodes.sim_bridge_node import SimBridgeNode
+
+    node = SimBridgeNode(
+        env=TinyEnv(wrist_camera=True),
+        parameter_overrides=[
+            Parameter("model_path", value=str(two_camera_vla_dir)),
+            Parameter("wait_for_command", value=False),
+            Parameter("wrist_image_topic", value="hand/image_raw"),
+        ],
+    )
+    try:
+        step = node.timers[0].callback
+        for _ in range(3):
+            step()
+    finally:
+        node.on_exit()
+    front, wrist = fake_ros.graph.messages("camera/image_raw"), fake_ros.graph.messages("hand/image_raw")
+    assert len(front) == len(wrist) == 3 and node.guard.snapshot()[0] == {}
+    assert (wrist[-1].height, wrist[-1].width, wrist[-1].header.frame_id) == (12, 12, "wrist_camera")
+    assert [m.header.stamp for m in wrist] == [m.header.stamp for m in front]
+    assert wrist[-1].data[1] == 20  # the green channel counts TinyEnv's steps (2 after the reset)

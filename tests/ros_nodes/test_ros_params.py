@@ -149,6 +149,7 @@ def test_sim_yaml_gives_each_node_its_own_parameters_in_any_namespace(namespace)
     assert s.control_hz == 0.0  # the bridge's own value, not the policy node's
     assert p.command_type == s.command_type and p.resolved_command_topic == s.resolved_command_topic
     assert p.image_topic == s.image_topic and p.instruction_topic == s.instruction_topic
+    assert p.wrist_image_topic == s.wrist_image_topic == "wrist_camera/image_raw" and s.wrist_camera is False
 
 
 def test_every_command_type_has_a_default_topic():

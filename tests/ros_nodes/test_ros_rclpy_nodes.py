@@ -89,6 +89,63 @@ def test_policy_node_lifecycle_commands_and_parameters(ros):
     assert node.runner is None
 
 
+def test_policy_node_reads_the_wrist_camera_of_a_two_camera_policy(ros):
+    """`wrist_image_topic` on a real ROS 2 graph: with only the main camera publishing, nothing is
+    commanded and the status names the wrist topic; once it publishes too, commands flow."""
+    from rclpy.node import Node
+    from std_msgs.msg import Float64MultiArray
+
+    from ros_nodes.policy_node import PolicyNode
+
+    executor, nodes = ros
+    policy = FakePolicy(cameras=("pixels", "wrist_pixels"))
+    node = PolicyNode(
+        policy_factory=lambda p: policy,
+        parameter_overrides=[
+            Parameter("dry_run", value=False),
+            Parameter("instruction", value="pick"),
+            Parameter("command_type", value="array"),
+            Parameter("control_hz", value=50.0),
+            Parameter("image_timeout_s", value=5.0),
+            Parameter("wrist_image_topic", value="hand_camera/image_raw"),
+            Parameter("warmup", value=False),  # policy.calls: the decodes of real images only
+        ],
+    )
+    robot = Node("robot")
+    nodes += [node, robot]
+    executor.add_node(node)
+    executor.add_node(robot)
+    got = []
+    robot.create_subscription(Float64MultiArray, "forward_command_controller/commands", got.append, 10)
+    m = rclpy_namespace()
+    image_type = type(build_image(m, np.zeros((1, 1, 3), np.uint8), (0, 0)))
+    front_pub = robot.create_publisher(image_type, "camera/image_raw", qos_profile_sensor_data)
+    hand_pub = robot.create_publisher(image_type, "hand_camera/image_raw", qos_profile_sensor_data)
+    assert node.get_parameter("wrist_image_topic").value == "hand_camera/image_raw"
+    node.trigger_configure()
+    node.trigger_activate()
+    front = build_image(m, np.zeros((16, 16, 3), np.uint8), (0, 0))
+    hand = build_image(m, np.zeros((12, 12, 3), np.uint8), (0, 0), "wrist_camera")
+
+    def front_only() -> bool:
+        front_pub.publish(front)
+        return node.runner.images_received >= 5
+
+    assert spin_until(executor, front_only)
+    assert node.runner.status().message == "waiting for images on hand_camera/image_raw"
+    assert got == [] and policy.calls == []
+
+    def both() -> bool:
+        front_pub.publish(front)
+        hand_pub.publish(hand)
+        return len(got) >= 3
+
+    assert spin_until(executor, both)
+    assert set(policy.calls[0]) >= {"pixels", "wrist_pixels"} and policy.calls[0]["wrist_pixels"].shape == (12, 12, 3)
+    node.trigger_deactivate()
+    node.trigger_cleanup()
+
+
 def test_policy_node_reports_load_failure_and_stays_up(ros):
     from ros_nodes.policy_node import PolicyNode
 

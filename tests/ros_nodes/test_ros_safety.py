@@ -39,6 +39,32 @@ def test_watchdog_states(clock):
     assert wd.state() == "stale" and wd.trips == 2
 
 
+def test_watchdog_over_several_inputs_names_the_missing_and_the_stale(clock):
+    """One timeout for every camera: waiting while one has had nothing, stale as soon as one is
+    older than the timeout (one trip, however the others keep arriving), ok when all are fresh."""
+    wd = Watchdog(0.5, clock, inputs=("pixels", "wrist_pixels"))
+    assert wd.state() == "waiting" and wd.waiting() == ["pixels", "wrist_pixels"] and wd.age() is None
+    wd.feed(name="pixels")
+    assert wd.state() == "waiting" and wd.waiting() == ["wrist_pixels"] and wd.age() is None
+    wd.feed(name="wrist_pixels")
+    clock.advance(0.3)
+    wd.feed(name="pixels")
+    assert wd.state() == "ok" and wd.age() == pytest.approx(0.3)
+    for _ in range(4):  # the front camera keeps going, the wrist one stopped
+        clock.advance(0.2)
+        wd.feed(name="pixels")
+    assert wd.state() == "stale" and wd.stale() == ["wrist_pixels"] and wd.trips == 1
+    assert wd.ages()["pixels"] == 0.0 and wd.age() == pytest.approx(1.1)
+    wd.feed(name="pixels")
+    assert wd.state() == "stale" and wd.trips == 1
+    wd.feed(name="wrist_pixels")
+    assert wd.state() == "ok" and wd.trips == 1
+    wd.feed(name="top_pixels")  # not watched: ignored
+    assert wd.inputs == ("pixels", "wrist_pixels")
+    wd.reset()
+    assert wd.state() == "waiting"
+
+
 def test_cause_log_once_per_cause_then_rate_limited(clock, caplog):
     logger = logging.getLogger("test.causes")
     cl = CauseLog(logger, period_s=10.0, clock=clock)
