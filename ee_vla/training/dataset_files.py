@@ -83,7 +83,8 @@ def how_to_record(camera: str) -> str:
     if camera == "wrist_pixels":
         return (
             "record the gripper camera with `ee-vla collect --wrist-camera` (CollectConfig.wrist_camera; "
-            "on-policy data from `ee-vla dagger` has it when the acting policy reads it)"
+            "on-policy data from `ee-vla dagger` has it when the acting policy reads it, or with "
+            "`ee-vla dagger --wrist-camera`)"
         )
     return f"record obs/{camera} in every demonstration"
 
