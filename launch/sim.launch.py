@@ -26,6 +26,7 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 from ee_vla import DEFAULT_POLICY
+from ee_vla.flags import parse_bool
 from launch import LaunchDescription
 
 
@@ -43,11 +44,12 @@ def _sim_bridge(context, *args, **kwargs):
     episodes = LaunchConfiguration("max_episodes").perform(context)
     if episodes:
         overrides["max_episodes"] = int(episodes)
-    wrist = LaunchConfiguration("wrist_camera").perform(context).strip().lower()
+    wrist = LaunchConfiguration("wrist_camera").perform(context).strip()
     if wrist:
-        if wrist not in ("true", "false"):
-            raise ValueError(f"launch argument wrist_camera:={wrist!r}: expected true or false")
-        overrides["wrist_camera"] = wrist == "true"
+        try:
+            overrides["wrist_camera"] = parse_bool(wrist)
+        except ValueError as e:
+            raise ValueError(f"launch argument wrist_camera:={wrist!r}: {e}") from None
     return [
         Node(
             package="ee_vla",

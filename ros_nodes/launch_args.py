@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ee_vla.flags import parse_bool
 from ros_nodes.fleet import FleetConfig
 from ros_nodes.params import check_namespace, param_specs, validate_param
 
@@ -48,12 +49,7 @@ POLICY_LAUNCH_ARGS = {
 
 def _convert(ros_type: str, text: str) -> Any:
     if ros_type == "bool":
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
+        return parse_bool(text)
     if ros_type == "double":
         return float(text)
     if ros_type == "integer":

@@ -112,6 +112,18 @@ def takes_argument(env_id: str, name: str) -> bool:
         return False
 
 
+def bool_arguments(env_id: str) -> frozenset[str]:
+    """The constructor arguments of the env registered as `env_id` whose default is a bool (e.g.
+    `wrist_camera`): those a value given as text ("false") must be read as a bool for."""
+    import inspect
+
+    try:
+        params = inspect.signature(_creator(env_id)).parameters.values()
+    except (TypeError, ValueError):  # no signature to read
+        return frozenset()
+    return frozenset(p.name for p in params if isinstance(p.default, bool))
+
+
 CAMERA_ARGUMENTS = {"wrist_pixels": "wrist_camera"}
 """Observation keys of the cameras an env renders only when asked, and the constructor argument
 that asks for each (`pixels`, the main camera, is always observed)."""

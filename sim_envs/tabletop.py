@@ -177,6 +177,8 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if not isinstance(image_size, int) or not 16 <= image_size <= 1024:
             raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
+        if not isinstance(wrist_camera, bool | np.bool_):
+            raise ValueError(f"wrist_camera must be a bool, got {wrist_camera!r}")
         if camera not in ("front", "top"):
             raise ValueError(f"camera must be 'front' or 'top', got {camera!r}")
         if instructions not in INSTRUCTION_SETS:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from ee_vla.flags import parse_bool
+
 Method = Literal["ar", "jacobi", "ceed"]
 InitGuess = Literal["repeat", "prompt", "warm"]
 
@@ -123,22 +125,14 @@ PRESETS: dict[str, dict] = {
 """
 
 
-def _as_bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
 SPEC_OPTIONS = {
     "max_iterations": int,
     "tau": int,
     "deadline_s": float,
     "init": str,
     "window": int,
-    "keep_final_kv": _as_bool,
-    "guess_in_prefill": _as_bool,
+    "keep_final_kv": parse_bool,
+    "guess_in_prefill": parse_bool,
 }
 """The `DecodeConfig` fields a decoder spec may set, with their parsers."""
 

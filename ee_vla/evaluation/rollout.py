@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ee_vla.evaluation.config import EvalConfig, EvalConfigError, import_env_modules
+from ee_vla.flags import parse_bool
 from ee_vla.models.contract import rate_mismatch
 from ee_vla.timing import LatencyRecorder, summarize
 
@@ -148,43 +149,41 @@ def env_kwargs_for(env_id: str, cfg: EvalConfig, policy) -> dict[str, Any]:
     return kwargs
 
 
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+def typed_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`env_kwargs` with each value of a bool constructor argument of `env_id`
+    (`sim_envs.bool_arguments`) read as a bool: the command line leaves `--env-kwargs wrist_camera
+    false` as the string "false", which an env would take as true. EvalConfigError naming the env and
+    the argument when such a value is not a true/false word."""
+    import sim_envs
 
-
-def _flag(value: Any) -> bool | None:
-    """A command-line value as a bool (`--env-kwargs wrist_camera false` arrives as the string
-    "false"), None when it is not one."""
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    text = str(value).strip().lower()
-    return True if text in _TRUE else False if text in _FALSE else None
+    kwargs = dict(env_kwargs)
+    for name in sorted(sim_envs.bool_arguments(env_id) & kwargs.keys()):
+        try:
+            kwargs[name] = parse_bool(kwargs[name])
+        except ValueError as e:
+            raise EvalConfigError(f"env {env_id!r}: --env-kwargs {name}: {e}") from None
+    return kwargs
 
 
 def camera_env_kwargs(env_id: str, cfg: EvalConfig, cameras: Sequence[str]) -> dict[str, Any]:
-    """`cfg.env_kwargs` with the constructor arguments that make `env_id` observe every camera of
-    `cameras` (a policy's, `sim_envs.camera_kwargs`), e.g. `wrist_camera=True` for `wrist_pixels`.
-    EvalConfigError naming the env and the camera when the env cannot render one, or when
-    `env_kwargs` turns off a camera the policy reads (`--env-kwargs wrist_camera false`). A camera
-    argument given as a string ("true", "false") is passed on as a bool."""
+    """`cfg.env_kwargs` (`typed_env_kwargs`) with the constructor arguments that make `env_id`
+    observe every camera of `cameras` (a policy's, `sim_envs.camera_kwargs`), e.g.
+    `wrist_camera=True` for `wrist_pixels`. EvalConfigError naming the env and the camera when the
+    env cannot render one, or when `env_kwargs` turns off a camera the policy reads
+    (`--env-kwargs wrist_camera false`)."""
     import sim_envs
 
-    kwargs = dict(cfg.env_kwargs)
+    kwargs = typed_env_kwargs(env_id, cfg.env_kwargs)
     try:
         needed = sim_envs.camera_kwargs(env_id, cameras)
     except ValueError as e:
         raise EvalConfigError(f"env {env_id!r} cannot render every camera the policy reads: {e}") from None
     for camera, arg in sim_envs.CAMERA_ARGUMENTS.items():
-        if arg not in kwargs or not sim_envs.takes_argument(env_id, arg):
-            continue
-        value = _flag(kwargs[arg])
-        if value is None:
-            raise EvalConfigError(f"env {env_id!r}: --env-kwargs {arg} must be true or false, got {kwargs[arg]!r}")
-        if arg in needed and not value:
+        if arg in needed and arg in kwargs and not kwargs[arg]:
             raise EvalConfigError(
-                f"env {env_id!r}: --env-kwargs {arg} {kwargs[arg]} turns off the camera {camera!r}, which the "
-                f"policy reads (its cameras: {', '.join(cameras)}); leave {arg} out, the evaluation sets it"
+                f"env {env_id!r}: --env-kwargs {arg} {cfg.env_kwargs[arg]} turns off the camera {camera!r}, which "
+                f"the policy reads (its cameras: {', '.join(cameras)}); leave {arg} out, the evaluation sets it"
             )
-        kwargs[arg] = value
     return {**kwargs, **needed}
 
 

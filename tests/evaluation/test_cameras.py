@@ -10,9 +10,11 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
+import tyro
 
+import sim_envs
 from ee_vla.evaluation import EvalConfig, EvalConfigError, evaluate
-from ee_vla.evaluation.rollout import camera_env_kwargs, check_env_compatible, video_frame
+from ee_vla.evaluation.rollout import camera_env_kwargs, check_env_compatible, typed_env_kwargs, video_frame
 from ee_vla.policy import VLAPolicy
 from ee_vla.runtime import RuntimeConfig
 
@@ -147,8 +149,30 @@ def test_camera_arguments_given_as_words_reach_the_env_as_bools(tmp_path, sim_en
     assert camera_env_kwargs(REACH, cfg, CAMERAS) == {"wrist_camera": True}
     assert camera_env_kwargs(REACH, cfg, ("pixels",)) == {}
     cfg.env_kwargs = {"wrist_camera": "sometimes"}
-    with pytest.raises(EvalConfigError, match="wrist_camera must be true or false, got 'sometimes'"):
+    with pytest.raises(EvalConfigError, match="Reach-v0.*--env-kwargs wrist_camera: expected true or .*'sometimes'"):
         camera_env_kwargs(REACH, cfg, CAMERAS)
+
+
+def test_every_bool_env_argument_given_as_a_word_reaches_the_env_as_a_bool(tmp_path, sim_env_id):
+    """tyro leaves `--env-kwargs NAME false` as the string "false" (truthy): each argument whose
+    default is a bool is read as one; other arguments keep their value, a word included."""
+    assert sim_envs.bool_arguments(REACH) == {"wrist_camera"}
+    given = {"wrist_camera": " OFF", "camera": "top", "instructions": "held_out", "image_size": 32}
+    assert typed_env_kwargs(REACH, given) == {**given, "wrist_camera": False}
+    assert typed_env_kwargs(REACH, {"wrist_camera": 1}) == {"wrist_camera": True}
+    with pytest.raises(EvalConfigError, match="Reach-v0.*wrist_camera: expected true or false.*got 2"):
+        typed_env_kwargs(REACH, {"wrist_camera": 2})
+    # parsed as tyro parses `ee-vla eval --env-kwargs wrist_camera false`: the env gets False
+    args = ["--policy", str(tmp_path), "--env", REACH, "--env-kwargs", "wrist_camera", "false"]
+    cfg = tyro.cli(EvalConfig, args=args)
+    assert cfg.env_kwargs == {"wrist_camera": "false"}
+    kwargs = camera_env_kwargs(REACH, cfg, ("pixels",))
+    assert kwargs == {"wrist_camera": False}
+    env = gymnasium.make(REACH, image_size=32, **kwargs)
+    try:
+        assert "wrist_pixels" not in env.reset(seed=0)[0]
+    finally:
+        env.close()
 
 
 class _NoWristEnv(gymnasium.Env):

@@ -60,6 +60,7 @@ def test_gripper_stays_in_workspace(env):
         ({"image_size": 4}, "image_size"),
         ({"render_mode": "depth_array"}, "render_mode"),
         ({"camera": "side"}, "camera"),
+        ({"wrist_camera": "false"}, "wrist_camera must be a bool, got 'false'"),  # a truthy string
     ],
 )
 def test_bad_constructor_args(kwargs, match):
