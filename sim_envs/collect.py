@@ -90,9 +90,15 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.max_attempts_factor must be >= 1, got {self.max_attempts_factor!r}")
         if not 0 <= self.compression_level <= 9:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
-        if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
-            raise ValueError("CollectConfig.wrist_camera is only supported by the ee_vla suite, not Meta-World envs")
         check_training_set(self.instructions, "CollectConfig.instructions", self.env)
+        if self.wrist_camera:
+            from sim_envs import camera_kwargs
+
+            for env_id in self.env:
+                try:
+                    camera_kwargs(env_id, ["pixels", "wrist_pixels"])
+                except ValueError as e:
+                    raise ValueError(f"CollectConfig.wrist_camera: {e}") from None
 
     def env_kwargs(self) -> dict:
         """Keyword arguments passed to `gymnasium.make` for every env id."""

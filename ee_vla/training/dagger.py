@@ -129,8 +129,14 @@ class DaggerConfig:
             check_training_set(self.instructions, "DaggerConfig.instructions", self.env)
         except ValueError as e:
             raise DaggerConfigError(str(e)) from None
-        if self.wrist_camera and any(e.startswith("ee_vla/MetaWorld") for e in self.env):
-            raise DaggerConfigError("DaggerConfig.wrist_camera: Meta-World envs have no gripper camera")
+        if self.wrist_camera:
+            from sim_envs import camera_kwargs
+
+            for env_id in self.env:
+                try:
+                    camera_kwargs(env_id, ["pixels", "wrist_pixels"])
+                except ValueError as e:
+                    raise DaggerConfigError(f"DaggerConfig.wrist_camera: {e}") from None
         if not (self.policy / "config.json").is_file():
             raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
         if (self.out / "demos.hdf5").exists() and not self.overwrite:

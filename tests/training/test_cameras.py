@@ -321,7 +321,7 @@ def test_dagger_records_the_wrist_camera_for_a_policy_that_does_not_read_it(tiny
         np.testing.assert_array_equal(ep.executed_actions, same.executed_actions)
     model_dir = train(_cfg([path], tmp_path / "add", init_from=str(tiny_vla_dir), steps=1, batch_size=4, cameras=TWO))
     assert VLA.from_pretrained(model_dir).cameras == TWO
-    with pytest.raises(DaggerConfigError, match="Meta-World envs have no gripper camera"):
+    with pytest.raises(DaggerConfigError, match="wrist_camera: ee_vla/MetaWorld-reach-v0 has no camera .wrist_pixels."):
         DaggerConfig(out=tmp_path / "mw", wrist_camera=True, **{**kw, "env": ["ee_vla/MetaWorld-reach-v0"]})
 
 
