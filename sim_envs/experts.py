@@ -179,15 +179,32 @@ class PlaceExpert(_StateExpert):
 class PushExpert(_StateExpert):
     """Closed fingers as a pusher: turn the gripper so its fingers' flat side faces the push
     direction, go behind the object (relative to the circle) above it, drop to table height and push
-    along the object-to-circle line. Off the line but clear behind the object it slides back onto
-    the line at table height; too close to slide, it first backs off along the line; only from in
-    front of or beside the object does it lift and go round. Like the grasping experts, the phase
-    is read off the current state."""
+    along the object-to-circle line. Once low near the object it stays low: off the line but clear
+    behind the object it slides back onto the line; too close to slide, it backs off along the line;
+    beside the object it goes back past it; in front of it, it first steps out to the side. Only far
+    from the object does it lift and come over. Like the grasping experts, the phase is read off the
+    current state."""
 
     PUSH_Z = 0.016
     SAFE_Z = 0.075
     CONTACT = OBJECT_HALF + 0.012  # object half-size + finger half-width (gripper x axis)
     BEHIND = CONTACT + 0.018
+    # The push goes on while the pusher is at most PUSH_ABOVE over the push height, at most
+    # PUSH_LATERAL off the line and at least PUSH_BEHIND behind the object's centre: the steering
+    # brings it back onto the line. The descent behind the object starts within DESCEND_WITHIN of
+    # that point and DESCEND_ALIGNED (rad) of the push yaw, and both are corrected on the way down.
+    # Gates as wide as a policy's own precision: tighter ones label the states a policy visits
+    # (`ExpertLabels`) "hover until aligned" where pushing on succeeds.
+    PUSH_ABOVE = 0.010
+    PUSH_LATERAL = 0.025
+    PUSH_BEHIND = 0.012
+    DESCEND_WITHIN = 0.025
+    DESCEND_ALIGNED = 0.25
+    # Low within ROUND_WITHIN of the object, the pusher goes round it at table height, SIDE off the
+    # line: lifting there labels a policy's states with a climb to a hover above the object, where
+    # the scene camera no longer sees the object under the gripper.
+    ROUND_WITHIN = 0.10
+    SIDE = CONTACT + 0.015
 
     def act(self) -> np.ndarray:
         s = self.env.privileged_state()
@@ -195,29 +212,41 @@ class PushExpert(_StateExpert):
         to_goal = goal - obj[:2]
         dist = float(np.linalg.norm(to_goal))
         d = to_goal / max(dist, 1e-9)
+        normal = np.array([-d[1], d[0]])
         yaw = wrap_half_turn(math.atan2(d[1], d[0]))  # gripper x axis along the push
         rot = _rotate(s, yaw)
         rel = tcp[:2] - obj[:2]
         behind = -float(np.dot(rel, d))  # how far the pusher is behind the object along the line
-        lateral = abs(float(rel[0] * d[1] - rel[1] * d[0]))
+        offset = float(np.dot(rel, normal))  # signed distance from the line
+        lateral = abs(offset)
         pre = obj[:2] - d * self.BEHIND
         to_pre = float(np.linalg.norm(tcp[:2] - pre))
         low = tcp[2] < self.SAFE_Z - 0.01
-        if tcp[2] - self.PUSH_Z <= 0.006 and lateral <= 0.015 and behind >= 0.015:
+
+        def table(xy) -> np.ndarray:  # move at table height (push height)
+            return _action(_translate(tcp, [*xy, self.PUSH_Z]), rot, CLOSE)
+
+        if tcp[2] - self.PUSH_Z <= self.PUSH_ABOVE and lateral <= self.PUSH_LATERAL and behind >= self.PUSH_BEHIND:
             # push: track a point a little ahead of the contact point on the line through the
             # object, which also steers the pusher back onto the line
             target = obj[:2] - d * self.CONTACT + d * min(dist, 0.02)
             return _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
-        aligned = abs(wrap_half_turn(yaw - euler[2])) < 0.1
+        aligned = abs(wrap_half_turn(yaw - euler[2])) < self.DESCEND_ALIGNED
         clear = behind >= self.BEHIND - 0.005  # far enough behind to move sideways without touching it
-        if (to_pre < 0.01 and aligned) or (low and to_pre < 0.02) or (low and clear and lateral < 0.05):
-            return _action(_translate(tcp, [*pre, self.PUSH_Z]), rot, CLOSE)  # (down) behind the object
-        if low and 0 < behind and lateral < 0.05:  # off the line, too close to slide: back off along it
-            back = tcp[:2] - d * (self.BEHIND - behind)
-            return _action(_translate(tcp, [*back, self.PUSH_Z]), rot, CLOSE)
-        if low:
-            return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # up first
-        return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)
+        if to_pre < self.DESCEND_WITHIN and aligned:
+            return table(pre)  # (down) behind the object
+        if not low:
+            return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)  # over to above that point
+        if clear or to_pre < 0.02:
+            return table(pre)  # slide onto the line behind the object
+        if float(np.linalg.norm(rel)) > self.ROUND_WITHIN:
+            return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # far: up first
+        side = 1.0 if offset >= 0 else -1.0
+        if lateral >= self.SIDE - 0.005:  # beside the object with room: back past it, on this side
+            return table(obj[:2] - d * self.BEHIND + normal * side * lateral)
+        if behind > 0:  # behind it, too close to slide: back off along the line
+            return table(tcp[:2] - d * (self.BEHIND - behind))
+        return table(obj[:2] - d * behind + normal * side * self.SIDE)  # in front of it: step out sideways
 
 
 class MetaWorldExpert:

@@ -204,9 +204,9 @@ def test_expert_labels_refuse_a_bad_horizon():
 
 def test_push_expert_recovers_from_noisy_pushes():
     """With strong noise on the executed xy motion (sigma 0.6 of the per-step limit), the push
-    expert mostly still succeeds: off the line but clear behind the object it slides back onto the
-    line at table height, and too close it backs off along it, instead of lifting and starting over
-    (the earlier expert succeeded 47/100 times this way, this one 86/100)."""
+    expert still succeeds: it keeps pushing a little off the line, and once low near the object it
+    goes round it at table height instead of lifting (seeds 7000-7099: 99/100; the expert that
+    pushed only within 1.5 cm of the line and lifted to go round, 94/100; at sigma 0.9, 97 vs 66)."""
     env = gym.make("ee_vla/Push-v0", image_size=32)
     expert = make_expert(env)
     rng = np.random.default_rng(0)
@@ -224,7 +224,40 @@ def test_push_expert_recovers_from_noisy_pushes():
             wins += info["is_success"]
     finally:
         env.close()
-    assert wins >= 21, f"{wins}/30"
+    assert wins >= 27, f"{wins}/30"
+
+
+@pytest.mark.parametrize("where", ["in_front", "beside"])
+def test_push_expert_goes_round_the_object_at_table_height(where):
+    """Started low 7 cm from the object, in front of it (between it and the circle) or beside it,
+    the push expert goes round it at table height and pushes it onto the circle: it does not lift
+    to a hover above the object, where a policy's camera loses the object under the gripper (the
+    expert that lifted did so in every one of these episodes)."""
+    from sim_envs.experts import PushExpert
+
+    env = gym.make("ee_vla/Push-v0", image_size=32)
+    expert = make_expert(env)
+    wins = lifted = 0
+    try:
+        for seed in range(8000, 8010):
+            env.reset(seed=seed)
+            s = env.unwrapped.privileged_state()
+            obj, goal = s["target_pos"][:2], s["goal_xy"]
+            d = (goal - obj) / np.linalg.norm(goal - obj)
+            start = obj + 0.07 * (d if where == "in_front" else np.array([-d[1], d[0]]))
+            env.reset(seed=seed, options={"gripper_pos": [*start, 0.02]})
+            expert.reset()
+            top = 0.0
+            while True:
+                _, _, terminated, truncated, info = env.step(expert.act())
+                top = max(top, float(env.unwrapped.privileged_state()["tcp_pos"][2]))
+                if terminated or truncated:
+                    break
+            wins += info["is_success"]
+            lifted += top > PushExpert.SAFE_Z - 0.03
+    finally:
+        env.close()
+    assert wins >= 9 and lifted <= 1, f"{wins}/10 succeeded, {lifted}/10 lifted"
 
 
 def test_place_expert_lowers_within_its_start_distance_of_the_plate():
