@@ -3,6 +3,8 @@
     python scripts/dagger_report.py data/dagger            # per task and outcome
     python scripts/dagger_report.py data/dagger --replay   # + re-simulate every episode and check
                                                            #   each stored image and label
+    python scripts/dagger_report.py data/dagger --relabel data/dagger_new   # a copy labelled by
+                                                           #   today's experts
 
 Per task and episode outcome: episodes, samples, the mean |label - executed| per action dim, and
 the fraction of steps where the gripper label and the executed gripper command differ in sign.
@@ -11,6 +13,10 @@ the policy's own successful path differently from how it acts: labels that contr
 demonstrations (docs/training.md, "On-policy data"). `--replay` resets each episode's env with its
 seed, executes the stored `executed_actions` and compares every image and a fresh expert's label
 (and plan, where the file has `expert_chunks`) with the file (it must be 0 mismatched).
+`--relabel OUT` writes a copy of the file (and of the files beside it) to the directory OUT with
+every label and plan from the experts as they are now, replayed the same way: on-policy data stays
+usable after an expert changes, without running the policy again. Each replayed image is checked
+against the file's; a mismatch (the simulator changed) is an error naming the episode.
 """
 
 from __future__ import annotations
@@ -76,10 +82,71 @@ def replay(ds) -> tuple[int, int]:
     return total, bad
 
 
+def relabel(src: Path, out: Path) -> tuple[int, int]:
+    """Copy the dagger file `src` (a demos.hdf5 or its directory) and the files beside it into the
+    directory `out`, with each episode's `actions` and `expert_chunks` replaced by today's experts'
+    labels and plans along its `executed_actions`; returns (labels changed, labels)."""
+    import shutil
+
+    import gymnasium as gym
+    import h5py
+
+    import sim_envs  # noqa: F401  (registers the ids)
+    from sim_envs.demo_file import DATA_FILE
+    from sim_envs.experts import ExpertLabels
+
+    src = Path(src)
+    src_dir = src if src.is_dir() else src.parent
+    src_file = src_dir / DATA_FILE if src.is_dir() else src
+    out = Path(out)
+    if out.resolve() == src_dir.resolve():
+        raise SystemExit(f"--relabel {out}: give another directory than the file's own")
+    if (out / DATA_FILE).exists():
+        raise SystemExit(f"--relabel {out}: {out / DATA_FILE} exists")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src_dir.iterdir():
+        if f.is_file() and f != src_file:
+            shutil.copy2(f, out / f.name)
+    shutil.copy2(src_file, out / DATA_FILE)
+    changed = total = 0
+    with h5py.File(out / DATA_FILE, "r+") as h5:
+        for name in sorted(h5["data"]):
+            g = h5["data"][name]
+            if "executed_actions" not in g:
+                raise SystemExit(f"{src_file}: episode {name} has no executed_actions (not an ee-vla dagger file)")
+            executed, pixels = g["executed_actions"][:], g["obs/pixels"]
+            plans = g["expert_chunks"][:] if "expert_chunks" in g else None
+            labels = np.empty_like(g["actions"][:])
+            env = ExpertLabels(
+                gym.make(g.attrs["env_id"], image_size=pixels.shape[1]), 1 if plans is None else plans.shape[1]
+            )
+            try:
+                obs, info = env.reset(seed=int(g.attrs["seed"]))
+                for t in range(len(executed)):
+                    if not np.array_equal(obs["pixels"], pixels[t]):
+                        raise SystemExit(
+                            f"{src_file}: episode {name} (seed {g.attrs['seed']}) replays to another "
+                            f"image at step {t}: the simulator changed, collect it again"
+                        )
+                    labels[t] = info["expert_action"]
+                    if plans is not None:
+                        plans[t] = info["expert_plan"]
+                    obs, _, _, _, info = env.step(executed[t])
+            finally:
+                env.close()
+            changed += int((np.abs(labels - g["actions"][:]).max(axis=1) > 1e-6).sum())
+            total += len(labels)
+            g["actions"][...] = labels
+            if plans is not None:
+                g["expert_chunks"][...] = plans
+    return changed, total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="an ee-vla dagger output directory or its demos.hdf5")
     parser.add_argument("--replay", action="store_true", help="re-simulate every episode and check images and labels")
+    parser.add_argument("--relabel", metavar="OUT", help="write a copy labelled by today's experts into directory OUT")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     from sim_envs.demo_file import load_dataset
@@ -98,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         total, bad = replay(ds)
         print(f"replay: {bad} of {total} samples mismatched (image or label)")
-        return 1 if bad else 0
+        if bad:
+            return 1
+    if args.relabel:
+        changed, total = relabel(Path(args.data), Path(args.relabel))
+        print(f"relabel: {changed} of {total} labels changed; wrote {Path(args.relabel)}")
     return 0
 
 

@@ -154,6 +154,41 @@ def test_dagger_report_replays_the_file_exactly(dagger_file, capsys):
     assert sum(r["episodes"] for r in rows) == 4 and all(0 <= r["gripper_disagree"] <= 1 for r in rows)
 
 
+def test_dagger_report_relabels_a_copy_with_todays_experts(dagger_file, tmp_path):
+    """`--relabel OUT` replays each episode and writes the experts' labels and plans into a copy:
+    a file labelled by other experts (here: one label and one plan changed) comes back as today's
+    experts label it; an image that no longer replays is an error naming the episode."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    import h5py
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "dagger_report.py"
+    spec = importlib.util.spec_from_file_location("dagger_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    old = tmp_path / "old"
+    shutil.copytree(Path(dagger_file).parent, old)
+    with h5py.File(old / "demos.hdf5", "r+") as h5:
+        name = sorted(h5["data"])[0]
+        h5["data"][name]["actions"][1, 0] += 0.5
+        h5["data"][name]["expert_chunks"][2, 1, 0] += 0.5
+    assert report.relabel(old, tmp_path / "new") == (1, sum(len(e) for e in load_dataset(dagger_file)))
+    fresh, new = load_dataset(dagger_file), load_dataset(tmp_path / "new")
+    for a, b in zip(fresh, new, strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.expert_chunks, b.expert_chunks)
+        np.testing.assert_array_equal(a.executed_actions, b.executed_actions)
+    assert {p.name for p in (tmp_path / "new").iterdir()} == {p.name for p in old.iterdir()}
+    with pytest.raises(SystemExit, match="exists"):
+        report.relabel(old, tmp_path / "new")
+    with h5py.File(old / "demos.hdf5", "r+") as h5:
+        h5["data"][name]["obs/pixels"][3] ^= 1
+    with pytest.raises(SystemExit, match=f"episode {name} .*another image at step 3"):
+        report.relabel(old, tmp_path / "again")
+
+
 def test_training_targets_are_the_experts_plans(dagger_file, tiny_vla_dir, tmp_path):
     """`ee-vla train` learns each visited state's chunk from the expert's plan, not from the labels
     of the next states; a plan shorter than the model's chunk is refused by name; without plans the
