@@ -44,7 +44,8 @@
 # model's stages up to DAgger round 1 ran on the simulator before the rule that a gripper resting on
 # an object is not driven lower (commit e1164a9), the demonstrations of stages collect to
 # every_object came from the scripted experts of commit 8cfa2a2, round 3's shipped run trained with
-# seed 19 (this script: ROUND_SEEDS), and the on-policy collection ran with a time budget per round
+# seed 19 (this script: ROUND_SEEDS), every Push demonstration and label came from the Push expert
+# before commit 72a867e (which lifted to go round the object), and the on-policy collection ran with a time budget per round
 # (DAGGER_MINUTES="1.75 1.2 1.0" on 2 H200s). docs/training.md has the recipe and its measurements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
