@@ -57,28 +57,40 @@ def disagreement(ds) -> list[dict]:
     return rows
 
 
-def replay(ds) -> tuple[int, int]:
+def _plans(ep):
+    """The episode's stored plans when they are longer than one action (ExpertLabels gives a plan
+    only then), else None."""
+    return ep.expert_chunks if ep.expert_chunks is not None and ep.expert_chunks.shape[1] > 1 else None
+
+
+def _replayed(ep):
+    """Re-simulate an on-policy episode along its `executed_actions`: yields (t, the step's image
+    is the stored one, ExpertLabels' info with today's experts' label and plan) for every step."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids)
     from sim_envs.experts import ExpertLabels
 
+    horizon = 1 if ep.expert_chunks is None else ep.expert_chunks.shape[1]
+    env = ExpertLabels(gym.make(ep.env_id, image_size=ep.pixels.shape[1]), horizon)
+    try:
+        obs, info = env.reset(seed=ep.seed)
+        for t in range(len(ep)):
+            yield t, np.array_equal(obs["pixels"], ep.pixels[t]), info
+            obs, _, _, _, info = env.step(ep.executed_actions[t])
+    finally:
+        env.close()
+
+
+def replay(ds) -> tuple[int, int]:
     total = bad = 0
     for ep in ds:
-        horizon = 1 if ep.expert_chunks is None else ep.expert_chunks.shape[1]
-        env = ExpertLabels(gym.make(ep.env_id, image_size=ep.pixels.shape[1]), horizon)
-        try:
-            obs, info = env.reset(seed=ep.seed)
-            for t in range(len(ep)):
-                ok = np.array_equal(obs["pixels"], ep.pixels[t])
-                ok = ok and np.allclose(info["expert_action"], ep.actions[t], atol=1e-5)
-                if horizon > 1:
-                    ok = ok and np.allclose(info["expert_plan"], ep.expert_chunks[t], atol=1e-5)
-                total += 1
-                bad += not ok
-                obs, _, _, _, info = env.step(ep.executed_actions[t])
-        finally:
-            env.close()
+        for t, same_image, info in _replayed(ep):
+            ok = same_image and np.allclose(info["expert_action"], ep.actions[t], atol=1e-5)
+            if _plans(ep) is not None:
+                ok = ok and np.allclose(info["expert_plan"], ep.expert_chunks[t], atol=1e-5)
+            total += 1
+            bad += not ok
     return total, bad
 
 
@@ -88,12 +100,9 @@ def relabel(src: Path, out: Path) -> tuple[int, int]:
     labels and plans along its `executed_actions`; returns (labels changed, labels)."""
     import shutil
 
-    import gymnasium as gym
     import h5py
 
-    import sim_envs  # noqa: F401  (registers the ids)
-    from sim_envs.demo_file import DATA_FILE
-    from sim_envs.experts import ExpertLabels
+    from sim_envs.demo_file import DATA_FILE, load_dataset
 
     src = Path(src)
     src_dir = src if src.is_dir() else src.parent
@@ -110,32 +119,23 @@ def relabel(src: Path, out: Path) -> tuple[int, int]:
     shutil.copy2(src_file, out / DATA_FILE)
     changed = total = 0
     with h5py.File(out / DATA_FILE, "r+") as h5:
-        for name in sorted(h5["data"]):
-            g = h5["data"][name]
-            if "executed_actions" not in g:
-                raise SystemExit(f"{src_file}: episode {name} has no executed_actions (not an ee-vla dagger file)")
-            executed, pixels = g["executed_actions"][:], g["obs/pixels"]
-            plans = g["expert_chunks"][:] if "expert_chunks" in g else None
-            labels = np.empty_like(g["actions"][:])
-            env = ExpertLabels(
-                gym.make(g.attrs["env_id"], image_size=pixels.shape[1]), 1 if plans is None else plans.shape[1]
-            )
-            try:
-                obs, info = env.reset(seed=int(g.attrs["seed"]))
-                for t in range(len(executed)):
-                    if not np.array_equal(obs["pixels"], pixels[t]):
-                        raise SystemExit(
-                            f"{src_file}: episode {name} (seed {g.attrs['seed']}) replays to another "
-                            f"image at step {t}: the simulator changed, collect it again"
-                        )
-                    labels[t] = info["expert_action"]
-                    if plans is not None:
-                        plans[t] = info["expert_plan"]
-                    obs, _, _, _, info = env.step(executed[t])
-            finally:
-                env.close()
-            changed += int((np.abs(labels - g["actions"][:]).max(axis=1) > 1e-6).sum())
+        for ep in load_dataset(src_file):
+            if ep.executed_actions is None:
+                raise SystemExit(f"{src_file}: episode {ep.key} has no executed_actions (not an ee-vla dagger file)")
+            labels = np.empty_like(ep.actions)
+            plans = None if _plans(ep) is None else np.empty_like(ep.expert_chunks)
+            for t, same_image, info in _replayed(ep):
+                if not same_image:
+                    raise SystemExit(
+                        f"{src_file}: episode {ep.key} (seed {ep.seed}) replays to another "
+                        f"image at step {t}: the simulator changed, collect it again"
+                    )
+                labels[t] = info["expert_action"]
+                if plans is not None:
+                    plans[t] = info["expert_plan"]
+            changed += int((np.abs(labels - ep.actions).max(axis=1) > 1e-6).sum())
             total += len(labels)
+            g = h5["data"][ep.key]
             g["actions"][...] = labels
             if plans is not None:
                 g["expert_chunks"][...] = plans
