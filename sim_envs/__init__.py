@@ -112,6 +112,13 @@ def takes_argument(env_id: str, name: str) -> bool:
         return False
 
 
+def check_cameras(env_ids: Sequence[str], cameras: Sequence[str]) -> None:
+    """`camera_kwargs` of every env id: ValueError naming the first env that cannot render a camera
+    of `cameras` and what it renders (e.g. `ee-vla collect --wrist-camera` on a Meta-World env)."""
+    for env_id in env_ids:
+        camera_kwargs(env_id, cameras)
+
+
 def bool_arguments(env_id: str) -> frozenset[str]:
     """The constructor arguments of the env registered as `env_id` whose default is a bool (e.g.
     `wrist_camera`): those a value given as text ("false") must be read as a bool for."""
@@ -161,7 +168,9 @@ __all__ = [
     "METAWORLD_ENV_IDS",
     "MT10_TASKS",
     "SUITE_ENV_IDS",
+    "bool_arguments",
     "camera_kwargs",
+    "check_cameras",
     "control_hz",
     "make",
     "metaworld_env_id",

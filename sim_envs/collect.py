@@ -92,13 +92,12 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
         check_training_set(self.instructions, "CollectConfig.instructions", self.env)
         if self.wrist_camera:
-            from sim_envs import camera_kwargs
+            from sim_envs import check_cameras
 
-            for env_id in self.env:
-                try:
-                    camera_kwargs(env_id, ["pixels", "wrist_pixels"])
-                except ValueError as e:
-                    raise ValueError(f"CollectConfig.wrist_camera: {e}") from None
+            try:
+                check_cameras(self.env, ["pixels", "wrist_pixels"])
+            except ValueError as e:
+                raise ValueError(f"CollectConfig.wrist_camera: {e}") from None
 
     def env_kwargs(self) -> dict:
         """Keyword arguments passed to `gymnasium.make` for every env id."""

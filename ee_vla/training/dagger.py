@@ -130,13 +130,12 @@ class DaggerConfig:
         except ValueError as e:
             raise DaggerConfigError(str(e)) from None
         if self.wrist_camera:
-            from sim_envs import camera_kwargs
+            from sim_envs import check_cameras
 
-            for env_id in self.env:
-                try:
-                    camera_kwargs(env_id, ["pixels", "wrist_pixels"])
-                except ValueError as e:
-                    raise DaggerConfigError(f"DaggerConfig.wrist_camera: {e}") from None
+            try:
+                check_cameras(self.env, ["pixels", "wrist_pixels"])
+            except ValueError as e:
+                raise DaggerConfigError(f"DaggerConfig.wrist_camera: {e}") from None
         if not (self.policy / "config.json").is_file():
             raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
         if (self.out / "demos.hdf5").exists() and not self.overwrite:
