@@ -26,30 +26,15 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 from ee_vla import DEFAULT_POLICY
-from ee_vla.flags import parse_bool
 from launch import LaunchDescription
+from ros_nodes.launch_args import SIM_LAUNCH_ARGS, sim_bridge_overrides
 
 
 def _sim_bridge(context, *args, **kwargs):
-    overrides = {}
+    overrides = sim_bridge_overrides({name: LaunchConfiguration(name).perform(context) for name in SIM_LAUNCH_ARGS})
     model_path = LaunchConfiguration("model_path").perform(context)
     if model_path:  # the bridge renders the camera size the policy was trained on
         overrides["model_path"] = model_path
-    env_id = LaunchConfiguration("env_id").perform(context)
-    if env_id:
-        overrides["env_id"] = env_id
-    seed = LaunchConfiguration("seed").perform(context)
-    if seed:
-        overrides["seed"] = int(seed)
-    episodes = LaunchConfiguration("max_episodes").perform(context)
-    if episodes:
-        overrides["max_episodes"] = int(episodes)
-    wrist = LaunchConfiguration("wrist_camera").perform(context).strip()
-    if wrist:
-        try:
-            overrides["wrist_camera"] = parse_bool(wrist)
-        except ValueError as e:
-            raise ValueError(f"launch argument wrist_camera:={wrist!r}: {e}") from None
     return [
         Node(
             package="ee_vla",
@@ -73,14 +58,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "model_path", default_value=str(DEFAULT_POLICY), description="Directory of the saved ee_vla policy"
             ),
-            DeclareLaunchArgument("env_id", default_value="", description="Gymnasium env id (empty: sim.yaml's)"),
-            DeclareLaunchArgument("seed", default_value="", description="Seed of the first episode"),
-            DeclareLaunchArgument("max_episodes", default_value="", description="Stop after N episodes (0: never)"),
-            DeclareLaunchArgument(
-                "wrist_camera",
-                default_value="",
-                description="true: the bridge also publishes the gripper camera on wrist_camera/image_raw "
-                "(empty: sim.yaml's; on anyway for a policy that reads wrist_pixels)",
+            *(
+                DeclareLaunchArgument(name, default_value="", description=text)
+                for name, text in SIM_LAUNCH_ARGS.items()
             ),
             DeclareLaunchArgument("sim_params_file", default_value=sim_params, description="Sim parameters YAML"),
             DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes"),

@@ -8,6 +8,7 @@ instead of a node that later refuses to configure.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from ee_vla.flags import parse_bool
 from ros_nodes.fleet import FleetConfig
 from ros_nodes.params import check_namespace, param_specs, validate_param
+from ros_nodes.sim_bridge import SimBridgeParams
 
 POLICY_LAUNCH_ARGS = {
     "model_path": "Directory of the saved ee_vla policy",
@@ -141,4 +143,38 @@ def fleet_arguments(namespaces: str, settings: dict[str, str]) -> list[str]:
         except ValueError:
             raise ValueError(f"launch argument {name}:={text!r}: {FLEET_LAUNCH_ARGS[name]}") from None
         out += ["--" + name.replace("_", "-"), text]
+    return out
+
+
+SIM_LAUNCH_ARGS = {
+    "env_id": "Gymnasium env id (empty: sim.yaml's)",
+    "seed": "Seed of the first episode (empty: sim.yaml's)",
+    "max_episodes": "Stop after N episodes (0: never; empty: sim.yaml's)",
+    "wrist_camera": "true: the bridge also publishes the gripper camera on wrist_camera/image_raw "
+    "(empty: sim.yaml's; on anyway for a policy that reads wrist_pixels)",
+}
+"""sim.launch.py's arguments for the sim bridge (name -> description): `SimBridgeParams` fields."""
+
+_SIM_TYPES = {"bool": "bool", "int": "integer", "float": "double", "str": "string"}
+
+
+def sim_bridge_overrides(args: dict[str, str]) -> dict[str, Any]:
+    """Typed, validated sim-bridge parameters from launch-argument strings (empty ones skipped),
+    checked by `SimBridgeParams` itself.
+
+    Raises:
+        ValueError: naming the argument and why its value is invalid.
+    """
+    types = {f.name: _SIM_TYPES[str(f.type)] for f in dataclasses.fields(SimBridgeParams)}
+    out: dict[str, Any] = {}
+    for name, text in args.items():
+        if name not in types:
+            raise ValueError(f"launch argument {name!r} is not a sim_bridge parameter")
+        if text is None or text.strip() == "":
+            continue
+        try:
+            out[name] = _convert(types[name], text.strip())
+            SimBridgeParams(**{name: out[name]})
+        except ValueError as e:
+            raise ValueError(f"launch argument {name}:={text!r}: {e}") from None
     return out

@@ -8,11 +8,14 @@ import pytest
 from ros_nodes.launch_args import (
     FLEET_LAUNCH_ARGS,
     POLICY_LAUNCH_ARGS,
+    SIM_LAUNCH_ARGS,
     fleet_arguments,
     node_parameters,
     parameter_overrides,
+    sim_bridge_overrides,
 )
 from ros_nodes.params import PolicyParams
+from ros_nodes.sim_bridge import SimBridgeParams
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
 
@@ -54,6 +57,28 @@ def test_node_parameters_stack_the_yaml_the_extra_yaml_and_the_given_arguments()
     assert node_parameters(args.get, autostart=True)[-1] == {"control_hz": 15.0, "autostart": True}
     with pytest.raises(ValueError, match="control_hz:='fast'"):
         node_parameters((args | {"control_hz": "fast"}).get)
+
+
+def test_sim_launch_arguments_are_typed_and_validated_by_the_bridge_params():
+    """sim.launch.py: empty arguments keep sim.yaml's values; given ones are typed by their
+    `SimBridgeParams` field and refused with the argument's name when SimBridgeParams refuses them."""
+    assert sim_bridge_overrides({name: "" for name in SIM_LAUNCH_ARGS}) == {}
+    out = sim_bridge_overrides(
+        {"env_id": "ee_vla/Reach-v0", "seed": "100000", "max_episodes": "10", "wrist_camera": " on "}
+    )
+    assert out == {"env_id": "ee_vla/Reach-v0", "seed": 100000, "max_episodes": 10, "wrist_camera": True}
+    SimBridgeParams(**out)
+    assert sim_bridge_overrides({"wrist_camera": "false"}) == {"wrist_camera": False}
+    with pytest.raises(ValueError, match="wrist_camera:='maybe'"):
+        sim_bridge_overrides({"wrist_camera": "maybe"})
+    with pytest.raises(ValueError, match="seed:='ten'"):
+        sim_bridge_overrides({"seed": "ten"})
+    with pytest.raises(ValueError, match="max_episodes:='-1': SimBridgeParams.max_episodes: must be >= 0"):
+        sim_bridge_overrides({"max_episodes": "-1"})
+    with pytest.raises(ValueError, match="env_id:='Reach': SimBridgeParams.env_id"):
+        sim_bridge_overrides({"env_id": "Reach"})
+    with pytest.raises(ValueError, match="'speed' is not a sim_bridge parameter"):
+        sim_bridge_overrides({"speed": "1"})
 
 
 def test_fleet_arguments_become_policy_node_options():
