@@ -8,14 +8,13 @@ instead of a node that later refuses to configure.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
 
 from ee_vla.flags import parse_bool
 from ros_nodes.fleet import FleetConfig
-from ros_nodes.params import check_namespace, param_specs, validate_param
+from ros_nodes.params import check_namespace, dataclass_specs, param_specs, validate_param
 from ros_nodes.sim_bridge import SimBridgeParams
 
 POLICY_LAUNCH_ARGS = {
@@ -61,28 +60,35 @@ def _convert(ros_type: str, text: str) -> Any:
     raise ValueError(f"launch arguments of type {ros_type} are not supported")
 
 
-def parameter_overrides(args: dict[str, str]) -> dict[str, Any]:
-    """Typed, validated parameter overrides from launch-argument strings (empty ones skipped).
-
-    Raises:
-        ValueError: naming the argument and why its value is invalid.
-    """
-    types = {s.name: s.ros_type for s in param_specs()}
+def _typed_overrides(
+    args: dict[str, str], types: dict[str, str], check: Callable[[str, Any], str | None], node: str
+) -> dict[str, Any]:
+    """The launch-argument strings of `args` that are not empty, converted to their parameter's
+    ROS type (`types`) and checked by `check(name, value)` (a reason, or None when valid)."""
     out: dict[str, Any] = {}
     for name, text in args.items():
         if name not in types:
-            raise ValueError(f"launch argument {name!r} is not a policy_node parameter")
+            raise ValueError(f"launch argument {name!r} is not a {node} parameter")
         if text is None or text == "":
             continue
         try:
             value = _convert(types[name], text)
         except ValueError as e:
             raise ValueError(f"launch argument {name}:={text!r}: {e}") from None
-        reason = validate_param(name, value)
+        reason = check(name, value)
         if reason is not None:
             raise ValueError(f"launch argument {name}:={text!r}: {reason}")
         out[name] = value
     return out
+
+
+def parameter_overrides(args: dict[str, str]) -> dict[str, Any]:
+    """Typed, validated parameter overrides from launch-argument strings (empty ones skipped).
+
+    Raises:
+        ValueError: naming the argument and why its value is invalid.
+    """
+    return _typed_overrides(args, {s.name: s.ros_type for s in param_specs()}, validate_param, "policy_node")
 
 
 def node_parameters(value: Callable[[str], str], **fixed: Any) -> list[str | dict[str, Any]]:
@@ -155,26 +161,22 @@ SIM_LAUNCH_ARGS = {
 }
 """sim.launch.py's arguments for the sim bridge (name -> description): `SimBridgeParams` fields."""
 
-_SIM_TYPES = {"bool": "bool", "int": "integer", "float": "double", "str": "string"}
+
+def _check_sim_param(name: str, value: Any) -> str | None:
+    try:
+        SimBridgeParams(**{name: value})
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def sim_bridge_overrides(args: dict[str, str]) -> dict[str, Any]:
-    """Typed, validated sim-bridge parameters from launch-argument strings (empty ones skipped),
-    checked by `SimBridgeParams` itself.
+    """Typed, validated sim-bridge parameters from launch-argument strings (empty or blank ones
+    skipped; the others stripped), checked by `SimBridgeParams` itself.
 
     Raises:
         ValueError: naming the argument and why its value is invalid.
     """
-    types = {f.name: _SIM_TYPES[str(f.type)] for f in dataclasses.fields(SimBridgeParams)}
-    out: dict[str, Any] = {}
-    for name, text in args.items():
-        if name not in types:
-            raise ValueError(f"launch argument {name!r} is not a sim_bridge parameter")
-        if text is None or text.strip() == "":
-            continue
-        try:
-            out[name] = _convert(types[name], text.strip())
-            SimBridgeParams(**{name: out[name]})
-        except ValueError as e:
-            raise ValueError(f"launch argument {name}:={text!r}: {e}") from None
-    return out
+    types = {s.name: s.ros_type for s in dataclass_specs(SimBridgeParams)}
+    stripped = {name: (text or "").strip() for name, text in args.items()}
+    return _typed_overrides(stripped, types, _check_sim_param, "sim_bridge")

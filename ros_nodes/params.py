@@ -541,23 +541,28 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def param_specs() -> list[ParamSpec]:
-    """One spec per `PolicyParams` field, in declaration order."""
-    docs = field_docs(PolicyParams)
+def dataclass_specs(cls: type, live: frozenset[str] | set[str] = frozenset()) -> list[ParamSpec]:
+    """One spec per field of the parameters dataclass `cls`, in declaration order: its default (a
+    tuple as a list), ROS type, docstring as description, and whether it is in `live`."""
+    docs = field_docs(cls)
     specs = []
-    for f in fields(PolicyParams):
+    for f in fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        ros_type = _ROS_TYPES[str(f.type)]
         specs.append(
             ParamSpec(
                 name=f.name,
                 default=list(default) if isinstance(default, tuple) else default,
-                ros_type=ros_type,
+                ros_type=_ROS_TYPES[str(f.type)],
                 description=docs.get(f.name, f.name),
-                live=f.name in LIVE_PARAMS,
+                live=f.name in live,
             )
         )
     return specs
+
+
+def param_specs() -> list[ParamSpec]:
+    """One spec per `PolicyParams` field, in declaration order."""
+    return dataclass_specs(PolicyParams, LIVE_PARAMS)
 
 
 _NS_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -20,7 +20,7 @@ import numpy as np
 
 from ee_vla.models.contract import rate_mismatch
 from ros_nodes.messages import command_to_actions
-from ros_nodes.params import COMMAND_TYPES, DEFAULT_COMMAND_TOPICS, field_docs, validate_param
+from ros_nodes.params import COMMAND_TYPES, DEFAULT_COMMAND_TOPICS, validate_param
 from ros_nodes.safety import CauseLog
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,6 @@ class SimBridgeParams:
 
 WRIST_FRAME_ID = "wrist_camera"
 """Header frame of the gripper camera's images."""
-
-
-def sim_param_docs() -> dict[str, str]:
-    return field_docs(SimBridgeParams)
 
 
 def sim_param_names() -> list[str]:

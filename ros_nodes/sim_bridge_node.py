@@ -12,7 +12,6 @@ headless needs MUJOCO_GL=egl (GPU) or osmesa (CPU) in the environment (the sim l
 
 from __future__ import annotations
 
-from dataclasses import MISSING, fields
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -22,7 +21,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 
 from ros_nodes.messages import build_image, build_joint_state
-from ros_nodes.params import COMMAND_MSG_TYPES, ParamSpec
+from ros_nodes.params import COMMAND_MSG_TYPES, dataclass_specs
 from ros_nodes.rclpy_support import (
     CallbackGuard,
     declare_from_specs,
@@ -32,20 +31,10 @@ from ros_nodes.rclpy_support import (
     read_values,
     spin_until_shutdown,
 )
-from ros_nodes.sim_bridge import WRIST_FRAME_ID, SimBridge, SimBridgeParams, SimFrame, sim_param_docs
+from ros_nodes.sim_bridge import WRIST_FRAME_ID, SimBridge, SimBridgeParams, SimFrame
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-_TYPES = {"bool": "bool", "int": "integer", "float": "double", "str": "string"}
-
-
-def sim_param_specs() -> list[ParamSpec]:
-    docs = sim_param_docs()
-    return [
-        ParamSpec(f.name, f.default, _TYPES[str(f.type)], docs.get(f.name, f.name), False)
-        for f in fields(SimBridgeParams)
-        if f.default is not MISSING
-    ]
 
 
 class SimBridgeNode(Node):
@@ -54,7 +43,7 @@ class SimBridgeNode(Node):
     def __init__(self, node_name: str = "sim_bridge", env: Any | None = None, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         self.m = rclpy_namespace()
-        self.specs = sim_param_specs()
+        self.specs = dataclass_specs(SimBridgeParams)
         declare_from_specs(self, self.specs)
         params = SimBridgeParams(**read_values(self, self.specs))  # invalid parameters: fail loudly at start
         self.params = params
