@@ -85,10 +85,11 @@ def _replayed(ep):
 def replay(ds) -> tuple[int, int]:
     total = bad = 0
     for ep in ds:
+        plans = _plans(ep)
         for t, same_image, info in _replayed(ep):
             ok = same_image and np.allclose(info["expert_action"], ep.actions[t], atol=1e-5)
-            if _plans(ep) is not None:
-                ok = ok and np.allclose(info["expert_plan"], ep.expert_chunks[t], atol=1e-5)
+            if plans is not None:
+                ok = ok and np.allclose(info["expert_plan"], plans[t], atol=1e-5)
             total += 1
             bad += not ok
     return total, bad
