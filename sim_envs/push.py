@@ -59,7 +59,10 @@ class PushEnv(TabletopEnv):
 
     ## Starting state
     Objects uniformly in x in [-0.15, 0.15], y in [-0.1, 0.12], at least 8 cm apart; the gripper
-    open, pointing down, 18 cm above the table (+/- 3 cm).
+    open, pointing down, 18 cm above the table (+/- 3 cm). `info["push_angle"]` is the direction
+    from the target to the circle, in degrees from the table's +x axis: the scene camera looks along
+    +y, so 90 is a push straight away from it (the gripper then hides the target from that camera)
+    and -90 one towards it.
     """
 
     n_objects = 3
@@ -86,6 +89,7 @@ class PushEnv(TabletopEnv):
             self._set_object_pose(i, p, rng.uniform(-np.pi / 4, np.pi / 4))
         self._set_body_xy(self._goal_body, goal)
         self.goal_xy = goal
+        self.push_angle = float(np.degrees(np.arctan2(goal[1] - target[1], goal[0] - target[0])))
         template = self._draw_template(rng, PUSH_TEMPLATES, "push")
         self._describe(template)
 
@@ -102,6 +106,9 @@ class PushEnv(TabletopEnv):
 
     def _shortfall(self, target_moved: float) -> str:
         return "target not moved" if target_moved < MOVED else "target short of the circle"
+
+    def _layout_info(self) -> dict[str, float]:
+        return {"push_angle": self.push_angle}
 
     def privileged_state(self) -> dict:
         return {**super().privileged_state(), "goal_xy": self.goal_xy.copy()}

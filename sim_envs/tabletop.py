@@ -147,7 +147,8 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
 
     Subclasses set `n_objects`, `n_plates`, `goal_marker` and implement `_sample_task(rng)` (which
     names the target through `_describe`), `_evaluate() -> (reward, success)`, and for
-    `info["outcome"]` (`outcome`) `_goal_distance()` and `_shortfall(target_moved)`.
+    `info["outcome"]` (`outcome`) `_goal_distance()` and `_shortfall(target_moved)`; `_layout_info()`
+    adds a task's layout descriptors to `info`.
 
     Args:
         render_mode: None or "rgb_array" (`render()` returns the main camera at `image_size`).
@@ -270,6 +271,11 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         """What an unfinished episode's state lacks, when no object was lost or disturbed (subclass;
         `info["outcome"]`)."""
         raise NotImplementedError
+
+    def _layout_info(self) -> dict[str, float]:
+        """Numbers that describe the episode's layout, the same at every step (subclass; added to
+        `info`, so that an evaluation's results can be grouped by them)."""
+        return {}
 
     # ---- scene helpers used by tasks -----------------------------------------------------------
     def _sample_objects(self, rng: np.random.Generator) -> None:
@@ -543,6 +549,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             "target_lost": bool(lost),
             "outcome": outcome,
             **metrics,
+            **self._layout_info(),
         }
 
     def render(self) -> np.ndarray | None:

@@ -245,6 +245,31 @@ def test_outcome_names_what_the_state_lacks(env_id):
         env.close()
 
 
+def test_push_info_gives_the_push_direction_for_the_whole_episode():
+    """`info["push_angle"]`: the direction from the target's start to the circle (degrees from +x),
+    on reset and unchanged by steps that move the target; the other suite tasks have no such key."""
+    env = gym.make("ee_vla/Push-v0", image_size=32)
+    try:
+        angles = []
+        for seed in range(6):
+            _, info = env.reset(seed=seed)
+            base = env.unwrapped
+            v = base.goal_xy - base.target_pos[:2]
+            assert info["push_angle"] == pytest.approx(np.degrees(np.arctan2(v[1], v[0])), abs=0.05)  # settled target
+            _slide(base, base.target_index, [0.02, 0.0])
+            _, _, _, _, after = env.step(HOLD)
+            assert after["push_angle"] == info["push_angle"]
+            angles.append(info["push_angle"])
+        assert len(set(angles)) == len(angles)
+    finally:
+        env.close()
+    other = gym.make("ee_vla/Place-v0", image_size=32)
+    try:
+        assert "push_angle" not in other.reset(seed=0)[1]
+    finally:
+        other.close()
+
+
 def test_push_outcome_tells_a_short_push_from_an_untouched_target():
     env = gym.make("ee_vla/Push-v0", image_size=32)
     try:
