@@ -176,3 +176,69 @@ def test_cpu_load_bench_runs_the_demo_command_under_load(tmp_path):
     rows = out["cases"]["demo"]
     assert set(rows) == {"quiet", "loaded"} and set(rows["loaded"]["decoders"]) == {"ar", "ceed"}
     assert json.loads((tmp_path / "cpu_load_bench.json").read_text())["competitors"] == 1
+
+
+def _load_probe_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_localisation", SCRIPTS / "probe_localisation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_localisation_probe_finds_a_signal_and_not_noise():
+    """The probe's fit: a nonlinear function of the features is predicted well on held-out rows,
+    an unrelated quantity no better than its mean."""
+    import numpy as np
+
+    probe = _load_probe_module()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 12))
+    signal = np.stack([3 * np.sin(x[:, 0]), x[:, 1] * x[:, 2]], 1)
+    noise = rng.normal(size=(1500, 2))
+    test = np.arange(1500) % 5 == 0
+    err = np.sqrt(((probe.fit_probe(x, signal, test) - signal[test]) ** 2).mean(0))
+    assert (err < 0.35 * signal[test].std(0)).all()
+    err = np.sqrt(((probe.fit_probe(x, noise, test) - noise[test]) ** 2).mean(0))
+    assert (err > 0.9 * noise[test].std(0)).all()
+
+
+def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_vla_dir):
+    """End to end on a random model and five PickCube demonstrations: one row per env id, every
+    fifth episode held out, the standard deviations those of the held-out frames' ground truth;
+    a file without the privileged task points is refused with its name."""
+    import numpy as np
+
+    from sim_envs.collect import CollectConfig, collect
+    from sim_envs.demo_file import DemoWriter, Episode, load_dataset
+
+    data = tmp_path / "pick"
+    collect(CollectConfig(env=("ee_vla/PickCube-v0",), episodes=5, out=data, seed=3, image_size=32))
+    probe = _load_probe_module()
+    out = tmp_path / "probe.json"
+    assert probe.main(["--policy", str(tiny_vla_dir), "--data", str(data), "--json", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    ((env_id, r),) = result["envs"].items()
+    first = next(iter(load_dataset(data)))
+    truth = probe.probe_targets(first)
+    assert env_id == "ee_vla/PickCube-v0" and r["episodes"] == 5 and r["held_out_frames"] == len(first)
+    assert list(r["std_cm"].values()) == pytest.approx(truth.std(0), abs=0.01)
+    assert all(v >= 0 for v in r["rmse_cm"].values())
+
+    bare = tmp_path / "bare"
+    with DemoWriter(bare, ["ee_vla/PickCube-v0"], {}, {}) as w:
+        for seed in range(5):
+            w.add(
+                Episode(
+                    actions=np.zeros((4, 7), np.float32),
+                    instruction="pick up the red cube",
+                    pixels=np.zeros((4, 32, 32, 3), np.uint8),
+                    agent_pos=np.zeros((4, 7), np.float32),
+                    env_id="ee_vla/PickCube-v0",
+                    seed=seed,
+                    success=True,
+                )
+            )
+    with pytest.raises(ValueError, match="task_points"):
+        probe.probe(tiny_vla_dir, [bare], progress=False)
