@@ -160,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from ee_vla.models.files import ModelLoadError
+
     try:
         result = probe(args.policy, args.data, args.max_episodes, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ModelLoadError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(result))

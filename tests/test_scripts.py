@@ -204,10 +204,10 @@ def test_localisation_probe_finds_a_signal_and_not_noise():
     assert (err > 0.9 * noise[test].std(0)).all()
 
 
-def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_vla_dir):
+def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_vla_dir, capsys):
     """End to end on a random model and five PickCube demonstrations: one row per env id, every
     fifth episode held out, the standard deviations those of the held-out frames' ground truth;
-    a file without the privileged task points is refused with its name."""
+    a file without the privileged task points is refused, a missing model named (exit 2)."""
     import numpy as np
 
     from sim_envs.collect import CollectConfig, collect
@@ -242,3 +242,5 @@ def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_v
             )
     with pytest.raises(ValueError, match="task_points"):
         probe.probe(tiny_vla_dir, [bare], progress=False)
+    assert probe.main(["--policy", str(tmp_path / "missing"), "--data", str(data), "--no-progress"]) == 2
+    assert "missing is not a directory" in capsys.readouterr().err
