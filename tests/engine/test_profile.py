@@ -158,6 +158,11 @@ def test_raw_steps_only_under_an_inductor_setting(tmp_path):
     assert out["model"]["engine_widths"] == [3] and out["results"] == {"static": {}}
     assert set(out["raw"]["static"]) == {"prefill_ms", "step_w3_ms"}
     assert tuple(out["config"]["inductor"]) == ("coordinate_descent_tuning=True",)
+    # a steps_only run (CUDA graphs) records replays and no prefill: its summary line says so
+    saved = json.loads((tmp_path / f"{cfg.stem}.json").read_text())
+    saved["raw"]["static"] = {"replay_w3_ms": 1.25}
+    (tmp_path / "steps_only.json").write_text(json.dumps(saved))
+    assert "raw ms: replay w3 1.25" in summarize_files([tmp_path / "steps_only.json"])
 
 
 def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):

@@ -239,14 +239,13 @@ def summarize_files(paths: list[Path]) -> str:
                 f"{'':>8} {'':>6} {g['actions_per_s']:>8.1f}"
             )
         for engine, r in out["raw"].items():
-            steps = ", ".join(f"{k[5:-3]} {v['p50']:.2f}" for k, v in r.items() if k.startswith("step_"))
-            steps += "".join(
-                f", replay {k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("replay_") and k.endswith("_ms")
-            )
-            lines.append(
-                f"{c['shape']:<12} {c['batch_size']:>2} {engine:<7} raw ms: "
-                f"prefill {r['prefill_ms']['p50']:.2f}, {steps}{_compile_note(c, engine)}"
-            )
+            parts = [f"prefill {r['prefill_ms']['p50']:.2f}"] if "prefill_ms" in r else []  # none when steps_only
+            parts += [f"{k[5:-3]} {v['p50']:.2f}" for k, v in r.items() if k.startswith("step_")]
+            parts += [
+                f"replay {k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("replay_") and k.endswith("_ms")
+            ]
+            head = f"{c['shape']:<12} {c['batch_size']:>2} {engine:<7} raw ms: "
+            lines.append(head + ", ".join(parts) + _compile_note(c, engine))
         for name, tg in out.get("targets", {}).items():
             bound = f"<= {tg['target_max']}" if "target_max" in tg else f">= {tg['target_min']}"
             lines.append(
