@@ -96,7 +96,7 @@ step sweep-autotune 400 "${PROFILE[@]}" "${W22[@]}" --out "$OUT/sweep/autotune" 
 step kernels-7b 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --compile-mode frozen --decoders \
   --step-widths 1 22 --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 30 --out "$OUT/kernels"
 
-step pytest-splitkv 150 python3 -m pytest tests/engine/test_splitkv.py -q -p no:cacheprovider
+step pytest-splitkv 360 python3 -m pytest tests/engine/test_splitkv.py -q -p no:cacheprovider
 step attn-bench 240 python3 -m ee_vla.benchmarks.attn_bench --device cuda --queries 1 22 --block-n 16 32 64 \
   --splits 0 2 8 --warps 2 4 --out "$OUT/attn"
 F7B=(--shape openvla-7b --engines compiled --compile-mode frozen --decoders ar ceed --calls 30 --step-widths 1 22
