@@ -30,7 +30,8 @@
 # (`--action-logits`); `pytest-gpu`: the GPU engine tests alone (test_gpu.py, test_splitkv.py).
 # The fused attention layers (`ee_vla.engine.attention`, off by default): the attention layers
 # alone (attn/attn_bench.json), then the calibrated fp8 7B step's width 22 with transformers' layers
-# and with the fused ones (both merges), kernel tables included (~1.5 minutes each once compiled):
+# and with the fused ones (both merges), kernel tables included (~1.5 minutes each once compiled, about
+# 4.5 minutes each to compile on a fresh machine: run one or two per device call):
 #   STEPS="pytest-splitkv attn-fused fp8-transformers fp8-fused fp8-fused-torch-merge" bash scripts/gpu_bench.sh
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
@@ -110,9 +111,9 @@ step attn-fused 120 python3 -m ee_vla.benchmarks.attn_bench --device cuda --fuse
   --out "$OUT/attn"
 FP8=(--shape openvla-7b --engines compiled --compile-mode inductor --steps-only --step-widths 22 --step-iters 100
   --action-logits --attn-implementation ee_splitkv --quantize fp8_tensor --calibrate --kernels 30 --no-plots)
-step fp8-transformers 300 "${PROFILE[@]}" "${FP8[@]}" --attn-layer transformers --out "$OUT/fp8/transformers"
-step fp8-fused 300 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused --out "$OUT/fp8/fused"
-step fp8-fused-torch-merge 300 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused_torch_merge --out "$OUT/fp8/torch_merge"
+step fp8-transformers 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer transformers --out "$OUT/fp8/transformers"
+step fp8-fused 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused --out "$OUT/fp8/fused"
+step fp8-fused-torch-merge 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused_torch_merge --out "$OUT/fp8/torch_merge"
 
 echo "=== summary" | tee -a "$LOG"
 shopt -s nullglob
