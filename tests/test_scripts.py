@@ -138,17 +138,18 @@ def test_reproduce_default_policy_splits_gpus(tmp_path):
     assert {_flag(c, "--out") for c in round1} <= set(data) and len(data) == 3
 
 
-def _load_bench_module():
+def _load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts are not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("cpu_load_bench", SCRIPTS / "cpu_load_bench.py")
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_cpu_load_bench_reads_eval_outputs_and_tabulates(tmp_path):
-    bench = _load_bench_module()
+    bench = _load_script("cpu_load_bench")
     for dec, p50 in (("ar", 100.0), ("ceed", 40.0)):
         (tmp_path / dec).mkdir()
         info = {"decode": {"latency_ms": {"p50": p50, "p99": 2 * p50}}, "aggregated": {"pc_success": 50.0}}
@@ -169,7 +170,7 @@ def test_cpu_load_bench_reads_eval_outputs_and_tabulates(tmp_path):
 
 def test_cpu_load_bench_runs_the_demo_command_under_load(tmp_path):
     """The whole script on a tiny evaluation (one 2-step episode per task), quiet and loaded."""
-    bench = _load_bench_module()
+    bench = _load_script("cpu_load_bench")
     out = bench.main(
         ["--cases", "demo", "--episodes", "1", "--out", str(tmp_path), "--extra", "--max-episode-steps", "2"]
     )
@@ -178,21 +179,12 @@ def test_cpu_load_bench_runs_the_demo_command_under_load(tmp_path):
     assert json.loads((tmp_path / "cpu_load_bench.json").read_text())["competitors"] == 1
 
 
-def _load_probe_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("probe_localisation", SCRIPTS / "probe_localisation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_localisation_probe_finds_a_signal_and_not_noise():
     """The probe's fit: a nonlinear function of the features is predicted well on held-out rows,
     an unrelated quantity no better than its mean."""
     import numpy as np
 
-    probe = _load_probe_module()
+    probe = _load_script("probe_localisation")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1500, 12))
     signal = np.stack([3 * np.sin(x[:, 0]), x[:, 1] * x[:, 2]], 1)
@@ -215,7 +207,7 @@ def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_v
 
     data = tmp_path / "pick"
     collect(CollectConfig(env=("ee_vla/PickCube-v0",), episodes=5, out=data, seed=3, image_size=32))
-    probe = _load_probe_module()
+    probe = _load_script("probe_localisation")
     out = tmp_path / "probe.json"
     assert probe.main(["--policy", str(tiny_vla_dir), "--data", str(data), "--json", str(out), "--no-progress"]) == 0
     result = json.loads(out.read_text())
@@ -224,7 +216,8 @@ def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_v
     truth = probe.probe_targets(first)
     assert env_id == "ee_vla/PickCube-v0" and r["episodes"] == 5 and r["held_out_frames"] == len(first)
     assert list(r["std_cm"].values()) == pytest.approx(truth.std(0), abs=0.01)
-    assert all(v >= 0 for v in r["rmse_cm"].values())
+    assert all(np.isfinite(v) for v in r["rmse_cm"].values())
+    assert "ee_vla/PickCube-v0" in capsys.readouterr().out  # the printed table has its row
 
     bare = tmp_path / "bare"
     with DemoWriter(bare, ["ee_vla/PickCube-v0"], {}, {}) as w:
