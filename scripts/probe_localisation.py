@@ -45,8 +45,7 @@ def features(vla, ep, layers: list[int]) -> np.ndarray:
     """(T, len(layers) * hidden) residual stream at the prompt's last token of every frame."""
     import torch
 
-    obs = {"pixels": ep.pixels, "wrist_pixels": ep.wrist_pixels}
-    images = vla.camera_images({k: v for k, v in obs.items() if v is not None})
+    images = vla.camera_images({c: ep.image(c) for c in ep.cameras if ep.image(c) is not None})
     proprio = ep.agent_pos if vla.proprio_tokenizer is not None else None
     inputs = vla.build_inputs(images, [ep.instruction] * len(ep), proprio)
     with torch.no_grad():
