@@ -206,8 +206,21 @@ class PushExpert(_StateExpert):
     ROUND_WITHIN = 0.10
     SIDE = CONTACT + 0.015
 
+    PHASES = ("push", "descend", "over", "slide", "up", "round", "back_off", "step_out")
+    """The branches of `act`, in the order they are tried (`phase` names the one a state is in)."""
+
     def act(self) -> np.ndarray:
-        s = self.env.privileged_state()
+        return self._plan(self.env.privileged_state())[1]
+
+    def phase(self) -> str:
+        """Which of `PHASES` the current state is in: "push" (pushing along the line), "descend"
+        (down behind the object), "over" (above the table, moving over to the point behind the
+        object), "slide" (low, onto the line behind the object), "up" (low but far from the object:
+        lift first), "round" (low beside the object: back past it), "back_off" (low, behind it but too
+        close to slide: back off along the line), "step_out" (low in front of it: step out sideways)."""
+        return self._plan(self.env.privileged_state())[0]
+
+    def _plan(self, s: dict) -> tuple[str, np.ndarray]:
         tcp, obj, goal, euler = s["tcp_pos"], s["target_pos"], s["goal_xy"], s["gripper_euler"]
         to_goal = goal - obj[:2]
         dist = float(np.linalg.norm(to_goal))
@@ -227,26 +240,26 @@ class PushExpert(_StateExpert):
             return _action(_translate(tcp, [*xy, self.PUSH_Z]), rot, CLOSE)
 
         if tcp[2] - self.PUSH_Z <= self.PUSH_ABOVE and lateral <= self.PUSH_LATERAL and behind >= self.PUSH_BEHIND:
-            # push: track a point a little ahead of the contact point on the line through the
-            # object, which also steers the pusher back onto the line
+            # track a point a little ahead of the contact point on the line through the object,
+            # which also steers the pusher back onto the line
             target = obj[:2] - d * self.CONTACT + d * min(dist, 0.02)
-            return _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
+            return "push", _action(_translate(tcp, [*target, self.PUSH_Z], max_speed=0.5), rot, CLOSE)
         aligned = abs(wrap_half_turn(yaw - euler[2])) < self.DESCEND_ALIGNED
         clear = behind >= self.BEHIND - 0.005  # far enough behind to move sideways without touching it
         if to_pre < self.DESCEND_WITHIN and aligned:
-            return table(pre)  # (down) behind the object
+            return "descend", table(pre)
         if not low:
-            return _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)  # over to above that point
+            return "over", _action(_translate(tcp, [*pre, self.SAFE_Z]), rot, CLOSE)
         if clear or to_pre < 0.02:
-            return table(pre)  # slide onto the line behind the object
+            return "slide", table(pre)
         if float(np.linalg.norm(rel)) > self.ROUND_WITHIN:
-            return _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)  # far: up first
+            return "up", _action(_translate(tcp, [tcp[0], tcp[1], self.SAFE_Z]), rot, CLOSE)
         side = 1.0 if offset >= 0 else -1.0
         if lateral >= self.SIDE - 0.005:  # beside the object with room: back past it, on this side
-            return table(obj[:2] - d * self.BEHIND + normal * side * lateral)
-        if behind > 0:  # behind it, too close to slide: back off along the line
-            return table(tcp[:2] - d * (self.BEHIND - behind))
-        return table(obj[:2] - d * behind + normal * side * self.SIDE)  # in front of it: step out sideways
+            return "round", table(obj[:2] - d * self.BEHIND + normal * side * lateral)
+        if behind > 0:  # behind it, too close to slide
+            return "back_off", table(tcp[:2] - d * (self.BEHIND - behind))
+        return "step_out", table(obj[:2] - d * behind + normal * side * self.SIDE)
 
 
 class MetaWorldExpert:

@@ -237,3 +237,57 @@ def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_v
         probe.probe(tiny_vla_dir, [bare], progress=False)
     assert probe.main(["--policy", str(tmp_path / "missing"), "--data", str(data), "--no-progress"]) == 2
     assert "missing is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "mode, before_push, pushing, after_push",
+    [
+        ("policy", False, False, False),
+        ("expert", True, True, True),
+        ("expert-approach", True, False, False),
+        ("expert-recovery", False, False, True),
+        ("expert-outside-push", True, False, True),
+        ("expert-push", False, True, False),
+    ],
+)
+def test_push_diagnosis_hands_each_mode_its_part_of_the_task(mode, before_push, pushing, after_push):
+    """Who acts (True: the expert) before the first push, while pushing, and outside a push after it."""
+    diag = _load_script("push_diagnosis")
+    assert diag.expert_acts(mode, "over", pushed=False) is before_push
+    assert diag.expert_acts(mode, "push", pushed=True) is pushing
+    assert diag.expert_acts(mode, "back_off", pushed=True) is after_push
+
+
+def test_push_diagnosis_runs_every_mode_on_the_same_seeds(tmp_path, tiny_vla_dir, capsys):
+    """End to end on a random model: the expert alone succeeds, the random policy does not; every
+    policy episode is counted in one landing group; an unknown mode and a missing model exit 2."""
+    diag = _load_script("push_diagnosis")
+    out = tmp_path / "push.json"
+    argv = ["--policy", str(tiny_vla_dir), "--episodes", "2", "--modes", "policy", "expert", "--json", str(out)]
+    assert diag.main([*argv, "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["modes"]["expert"]["successes"] == 2 and r["modes"]["policy"]["successes"] == 0
+    assert [e["seed"] for e in r["modes"]["policy"]["per_episode"]] == [100000, 100001]
+    assert sum(row["episodes"] for row in r["landing"]) == 2
+    printed = capsys.readouterr().out
+    assert "expert-approach" not in printed and "where the policy's pusher came down" in printed
+
+    assert diag.main(["--policy", str(tiny_vla_dir), "--modes", "policy", "expert-pull", "--no-progress"]) == 2
+    assert "unknown mode 'expert-pull'" in capsys.readouterr().err
+    assert diag.main(["--policy", str(tmp_path / "missing"), "--no-progress"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_push_diagnosis_groups_episodes_by_where_the_pusher_came_down():
+    diag = _load_script("push_diagnosis")
+    eps = [
+        {"landing_cm": [2.9, 0.0], "success": False},
+        {"landing_cm": [3.0, -2.9], "success": True},  # a bin includes its lower edge
+        {"landing_cm": [7.0, 0.0], "success": True},
+        {"landing_cm": [5.0, 3.0], "success": False},  # 3 cm across: off the line, whatever behind
+        {"landing_cm": None, "success": False},
+    ]
+    rows = {r["landing"]: (r["episodes"], r["successes"]) for r in diag.landing_table(eps)}
+    assert list(rows) == diag.landing_groups()
+    assert rows["behind < 3 cm"] == (1, 0) and rows["behind 3-4 cm"] == (1, 1) and rows["behind >= 6 cm"] == (1, 1)
+    assert rows[diag.OFF_LINE] == (1, 0) and rows["never came down"] == (1, 0) and rows["behind 4-5 cm"] == (0, 0)

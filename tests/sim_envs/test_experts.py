@@ -260,6 +260,38 @@ def test_push_expert_goes_round_the_object_at_table_height(where):
     assert wins >= 9 and lifted <= 1, f"{wins}/10 succeeded, {lifted}/10 lifted"
 
 
+def test_push_expert_names_the_phase_it_acts_in():
+    """`PushExpert.phase` names the branch `act` takes: from the start high above the table an
+    episode goes over to the point behind the object, descends there and pushes, in that order, and
+    the push phase acts only low behind the object, near the push line."""
+    from sim_envs.experts import PushExpert
+
+    env = gym.make("ee_vla/Push-v0", image_size=32)
+    expert = make_expert(env)
+    try:
+        for seed in range(3):
+            env.reset(seed=seed)
+            expert.reset()
+            phases = []
+            while True:
+                phases.append(expert.phase())
+                s = env.unwrapped.privileged_state()
+                if phases[-1] == "push":
+                    obj, goal, tcp = s["target_pos"][:2], s["goal_xy"], s["tcp_pos"]
+                    d = (goal - obj) / np.linalg.norm(goal - obj)
+                    assert -(tcp[:2] - obj) @ d >= PushExpert.PUSH_BEHIND
+                    assert tcp[2] <= PushExpert.PUSH_Z + PushExpert.PUSH_ABOVE
+                _, _, terminated, truncated, info = env.step(expert.act())
+                if terminated or truncated:
+                    break
+            assert info["is_success"], seed
+            assert set(phases) <= set(PushExpert.PHASES)
+            order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+            assert order == ["over", "descend", "push"], order
+    finally:
+        env.close()
+
+
 def test_place_expert_lowers_within_its_start_distance_of_the_plate():
     """Carrying the object at its carrying height, the expert goes down once the object is within
     `LOWER_WITHIN` of the plate's centre (correcting on the way), and stays up further out."""

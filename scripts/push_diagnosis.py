@@ -1,0 +1,231 @@
+"""Which part of ee_vla/Push-v0 a policy fails at: the scripted expert takes over one part at a time.
+
+    python scripts/push_diagnosis.py --policy ee_vla/checkpoints/default
+    python scripts/push_diagnosis.py --policy P --episodes 80 --modes policy expert-approach --json push.json
+
+Every mode runs the same seeds. The push expert's branch names the part of the task each state is in
+(`PushExpert.phase`: "push" while the pusher is low behind the object and near the object-to-circle
+line, else approaching, going round or backing off). Modes:
+
+    policy               the policy alone
+    expert               the expert alone (the reference)
+    expert-approach      the expert until the state first reaches "push", the policy from then on
+    expert-recovery      the policy until the first "push"; after it, the expert outside "push"
+    expert-outside-push  the expert in every state outside "push" (the policy only pushes)
+    expert-push          the expert in "push" (the policy everywhere else)
+
+Per mode: success with its 95% interval, the failed episodes' outcomes (`info["outcome"]`), and how
+often a push was left (a "push" state followed by another). For the `policy` mode, where the pusher
+first came down near the table (the TCP below `LANDING_Z`), measured from the object along the push
+line ("behind") and across it: success by that distance, beside the distance the expert descends to
+(`PushExpert.BEHIND`). docs/training.md, "Where Push fails", reads these tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ENV_ID = "ee_vla/Push-v0"
+MODES = ("policy", "expert", "expert-approach", "expert-recovery", "expert-outside-push", "expert-push")
+LANDING_Z = 0.055
+"""The pusher has come down once its TCP is below this height (m): the object's top is at 0.04."""
+OFF_LINE_CM = 3.0
+BEHIND_BINS_CM = (3.0, 4.0, 5.0, 6.0)
+
+
+def expert_acts(mode: str, phase: str, pushed: bool) -> bool:
+    """Whether the expert, not the policy, acts in a state of `phase` under `mode`; `pushed`: the
+    episode has been in "push" before this step."""
+    if mode == "policy":
+        return False
+    if mode == "expert":
+        return True
+    if mode == "expert-approach":
+        return not pushed and phase != "push"
+    if mode == "expert-recovery":
+        return pushed and phase != "push"
+    if mode == "expert-outside-push":
+        return phase != "push"
+    if mode == "expert-push":
+        return phase == "push"
+    raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+
+
+def push_frame(state: dict) -> tuple[float, float]:
+    """(behind, across) in m: the TCP's position relative to the object, along the object-to-circle
+    line (positive behind the object, on the side away from the circle) and across it."""
+    obj, goal = state["target_pos"][:2], state["goal_xy"]
+    d = (goal - obj) / max(float(np.linalg.norm(goal - obj)), 1e-9)
+    rel = state["tcp_pos"][:2] - obj
+    return -float(rel @ d), float(rel @ np.array([-d[1], d[0]]))
+
+
+def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
+    """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down."""
+    base = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    policy.reset()
+    expert.reset()
+    pushed = by_expert = False
+    previous, exits, landing = None, 0, None
+    while True:
+        state = base.privileged_state()
+        phase = expert.phase()
+        if landing is None and state["tcp_pos"][2] < LANDING_Z:
+            landing = push_frame(state)
+        if expert_acts(mode, phase, pushed):
+            action, by_expert = expert.act(), True
+        else:
+            if by_expert:  # the policy takes over: a fresh chunk from this state
+                policy.reset()
+            action, by_expert = policy.select_action({**obs, "instruction": base.task_description}), False
+        exits += previous == "push" and phase != "push"
+        previous, pushed = phase, pushed or phase == "push"
+        obs, _, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
+        if terminated or truncated:
+            break
+    return {
+        "seed": seed,
+        "success": bool(info.get("is_success")),
+        "outcome": info.get("outcome"),
+        "pushes_left": exits,
+        "landing_cm": None if landing is None else [100.0 * v for v in landing],
+    }
+
+
+def landing_groups() -> list[str]:
+    """The names of `landing_table`'s groups, in order: the bins of the distance behind the object
+    (`BEHIND_BINS_CM`), then pushers that came down off the line, then those that never came down."""
+    b = BEHIND_BINS_CM
+    bins = [f"behind {lo:g}-{hi:g} cm" for lo, hi in zip(b[:-1], b[1:], strict=True)]
+    return [f"behind < {b[0]:g} cm", *bins, f"behind >= {b[-1]:g} cm", OFF_LINE, "never came down"]
+
+
+OFF_LINE = f"off the line (>= {OFF_LINE_CM:g} cm across)"
+
+
+def landing_table(episodes: list[dict]) -> list[dict]:
+    """Success of `episodes` grouped by where the pusher came down (see the module's doc)."""
+    names = landing_groups()
+    groups: dict[str, list[bool]] = {name: [] for name in names}
+    for ep in episodes:
+        if ep["landing_cm"] is None:
+            name = names[-1]
+        elif abs(ep["landing_cm"][1]) >= OFF_LINE_CM:
+            name = OFF_LINE
+        else:
+            name = names[int(np.searchsorted(BEHIND_BINS_CM, ep["landing_cm"][0], side="right"))]
+        groups[name].append(ep["success"])
+    return [{"landing": k, "episodes": len(v), "successes": int(sum(v))} for k, v in groups.items()]
+
+
+def summarise(episodes: list[dict]) -> dict:
+    from ee_vla.evaluation.report import wilson_interval
+
+    n, k = len(episodes), sum(e["success"] for e in episodes)
+    lo, hi = wilson_interval(k, n)
+    outcomes = collections.Counter(e["outcome"] for e in episodes if not e["success"])
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n,
+        "ci95": [lo, hi],
+        "pushes_left_per_episode": float(np.mean([e["pushes_left"] for e in episodes])),
+        "failed_outcomes": dict(outcomes.most_common()),
+    }
+
+
+def diagnose(
+    policy_dir: Path,
+    modes: list[str],
+    episodes: int,
+    seed: int,
+    decoder: str = "ar",
+    progress: bool = True,
+) -> dict:
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+
+    import sim_envs
+    from ee_vla.policy import VLAPolicy
+    from sim_envs.experts import PushExpert, make_expert
+
+    for mode in modes:
+        expert_acts(mode, "push", False)  # an unknown mode fails before the model loads
+    policy = VLAPolicy.from_pretrained(policy_dir, decoder=decoder)
+    kwargs = {**sim_envs.camera_kwargs(ENV_ID, policy.vla.cameras), "image_size": int(policy.vla.image_size)}
+    env = gym.make(ENV_ID, **kwargs)
+    expert = make_expert(env)
+    results: dict = {"policy": str(policy_dir), "decoder": decoder, "seed": seed, "modes": {}}
+    try:
+        with tqdm(total=len(modes) * episodes, desc="push diagnosis", disable=not progress) as bar:
+            for mode in modes:
+                eps = []
+                for i in range(episodes):
+                    eps.append(run_episode(env, policy, expert, mode, seed + i))
+                    bar.update()
+                results["modes"][mode] = {**summarise(eps), "per_episode": eps}
+                if mode == "policy":
+                    results["landing"] = landing_table(eps)
+    finally:
+        env.close()
+    results["expert_descends_cm"] = 100.0 * PushExpert.BEHIND
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{results['policy']} on {ENV_ID}, {results['decoder']}, seeds from {results['seed']}", ""]
+    lines.append(f"{'mode':<20} {'success':>8} {'95% CI':>12} {'pushes left':>12}  failed episodes")
+    for mode, r in results["modes"].items():
+        ci = "[{:.0f}, {:.0f}]".format(*(100 * v for v in r["ci95"]))
+        fails = ", ".join(f"{k} {v}" for k, v in r["failed_outcomes"].items()) or "-"
+        lines.append(
+            f"{mode:<20} {100 * r['success_rate']:>7.1f}% {ci:>12} {r['pushes_left_per_episode']:>12.2f}  {fails}"
+        )
+    if "landing" in results:
+        behind = results["expert_descends_cm"]
+        lines += ["", f"where the policy's pusher came down (the expert descends {behind:.1f} cm behind the object)"]
+        for row in results["landing"]:
+            rate = f"{100 * row['successes'] / row['episodes']:.0f}%" if row["episodes"] else "-"
+            lines.append(f"  {row['landing']:<32} {row['episodes']:>4} episodes, success {rate}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--policy", type=Path, required=True, help="model directory (VLA.save_pretrained)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), help=f"of: {', '.join(MODES)} (default: all)")
+    ap.add_argument("--episodes", type=int, default=40, help="episodes per mode (default: 40)")
+    ap.add_argument("--seed", type=int, default=100000, help="seed of the first episode (default: 100000)")
+    ap.add_argument("--decoder", default="ar", help="the policy's decoder (default: ar)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results (every episode) here")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.episodes < 1:
+        ap.error("--episodes must be >= 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from ee_vla.models.files import ModelLoadError
+
+    try:
+        results = diagnose(args.policy, args.modes, args.episodes, args.seed, args.decoder, not args.no_progress)
+    except (ModelLoadError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
