@@ -36,6 +36,7 @@ MODES = ("policy", "expert", "expert-approach", "expert-recovery", "expert-outsi
 LANDING_Z = 0.055
 """The pusher has come down once its TCP is below this height (m): the object's top is at 0.04."""
 OFF_LINE_CM = 3.0
+OFF_LINE = f"off the line (>= {OFF_LINE_CM:g} cm across)"
 BEHIND_BINS_CM = (3.0, 4.0, 5.0, 6.0)
 
 
@@ -69,7 +70,8 @@ def push_frame(state: dict) -> tuple[float, float]:
 def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down."""
     base = env.unwrapped
-    obs, info = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
+    info: dict = {}
     policy.reset()
     expert.reset()
     pushed = by_expert = False
@@ -105,9 +107,6 @@ def landing_groups() -> list[str]:
     b = BEHIND_BINS_CM
     bins = [f"behind {lo:g}-{hi:g} cm" for lo, hi in zip(b[:-1], b[1:], strict=True)]
     return [f"behind < {b[0]:g} cm", *bins, f"behind >= {b[-1]:g} cm", OFF_LINE, "never came down"]
-
-
-OFF_LINE = f"off the line (>= {OFF_LINE_CM:g} cm across)"
 
 
 def landing_table(episodes: list[dict]) -> list[dict]:
