@@ -147,9 +147,7 @@ def camera_kwargs(env_id: str, cameras: Sequence[str]) -> dict[str, bool]:
         arg = CAMERA_ARGUMENTS.get(camera)
         if arg is None or not takes_argument(env_id, arg):
             known = ", ".join(["pixels"] + [c for c, a in CAMERA_ARGUMENTS.items() if takes_argument(env_id, a)])
-            raise ValueError(
-                f"{env_id} has no camera {camera!r} (asked for {list(cameras)}; {env_id} renders {known})"
-            )
+            raise ValueError(f"{env_id} has no camera {camera!r} (asked for {list(cameras)}; {env_id} renders {known})")
         kwargs[arg] = True
     return kwargs
 
