@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
-        import torch
+        from ee_vla.threads import configure_threads
 
-        torch.set_num_threads(args.threads)
+        configure_threads(args.threads)
     from ee_vla.models.files import ModelLoadError
 
     try:

@@ -151,15 +151,16 @@ def diagnose(
     import gymnasium as gym
     from tqdm.auto import tqdm
 
-    import sim_envs
+    import sim_envs  # noqa: F401  (registers the env ids)
+    from ee_vla.evaluation.config import EvalConfig
+    from ee_vla.evaluation.rollout import env_kwargs_for
     from ee_vla.policy import VLAPolicy
     from sim_envs.experts import PushExpert, make_expert
 
     for mode in modes:
         expert_acts(mode, "push", False)  # an unknown mode fails before the model loads
     policy = VLAPolicy.from_pretrained(policy_dir, decoder=decoder)
-    kwargs = {**sim_envs.camera_kwargs(ENV_ID, policy.vla.cameras), "image_size": int(policy.vla.image_size)}
-    env = gym.make(ENV_ID, **kwargs)
+    env = gym.make(ENV_ID, **env_kwargs_for(ENV_ID, EvalConfig(policy=policy_dir, env=[ENV_ID]), policy))
     expert = make_expert(env)
     results: dict = {"policy": str(policy_dir), "decoder": decoder, "seed": seed, "modes": {}}
     try:
@@ -210,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
     if args.threads:
-        import torch
+        from ee_vla.threads import configure_threads
 
-        torch.set_num_threads(args.threads)
+        configure_threads(args.threads)
     from ee_vla.models.files import ModelLoadError
 
     try:
