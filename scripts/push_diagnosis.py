@@ -13,12 +13,16 @@ line, else approaching, going round or backing off). Modes:
     expert-recovery      the policy until the first "push"; after it, the expert outside "push"
     expert-outside-push  the expert in every state outside "push" (the policy only pushes)
     expert-push          the expert in "push" (the policy everywhere else)
+    expert-yaw           the policy, with the expert's rotation about the vertical axis (dyaw) in
+                         place of its own in every state
 
 Per mode: success with its 95% interval, the failed episodes' outcomes (`info["outcome"]`), and how
 often a push was left (a "push" state followed by another). For the `policy` mode, where the pusher
 first came down near the table (the TCP below `LANDING_Z`), measured from the object along the push
 line ("behind") and across it: success by that distance, beside the distance the expert descends to
-(`PushExpert.BEHIND`). docs/training.md, "Where Push fails", reads these tables.
+(`PushExpert.BEHIND`); and success by how far the gripper's yaw was from the push direction (modulo a
+half turn: the closed fingers push with either flat side) when it came down. docs/training.md,
+"Where Push fails", reads these tables.
 """
 
 from __future__ import annotations
@@ -26,18 +30,20 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 ENV_ID = "ee_vla/Push-v0"
-MODES = ("policy", "expert", "expert-approach", "expert-recovery", "expert-outside-push", "expert-push")
+MODES = ("policy", "expert", "expert-approach", "expert-recovery", "expert-outside-push", "expert-push", "expert-yaw")
 LANDING_Z = 0.055
 """The pusher has come down once its TCP is below this height (m): the object's top is at 0.04."""
 OFF_LINE_CM = 3.0
 OFF_LINE = f"off the line (>= {OFF_LINE_CM:g} cm across)"
 BEHIND_BINS_CM = (3.0, 4.0, 5.0, 6.0)
+YAW_BINS_DEG = (10.0, 20.0)
 
 
 def expert_acts(mode: str, phase: str, pushed: bool) -> bool:
@@ -55,6 +61,8 @@ def expert_acts(mode: str, phase: str, pushed: bool) -> bool:
         return phase != "push"
     if mode == "expert-push":
         return phase == "push"
+    if mode == "expert-yaw":
+        return False  # the policy acts; `run_episode` swaps in the expert's rotation
     raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
 
 
@@ -67,6 +75,14 @@ def push_frame(state: dict) -> tuple[float, float]:
     return -float(rel @ d), float(rel @ np.array([-d[1], d[0]]))
 
 
+def yaw_error(state: dict) -> float:
+    """|gripper yaw - push direction| in radians, modulo a half turn (in [0, pi/2])."""
+    from sim_envs.tabletop import wrap_half_turn
+
+    d = state["goal_xy"] - state["target_pos"][:2]
+    return abs(wrap_half_turn(math.atan2(d[1], d[0]) - float(state["gripper_euler"][2])))
+
+
 def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down."""
     base = env.unwrapped
@@ -75,18 +91,24 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     policy.reset()
     expert.reset()
     pushed = by_expert = False
-    previous, exits, landing = None, 0, None
+    previous, exits, landing, landing_yaw = None, 0, None, None
     while True:
         state = base.privileged_state()
         phase = expert.phase()
         if landing is None and state["tcp_pos"][2] < LANDING_Z:
-            landing = push_frame(state)
+            landing, landing_yaw = push_frame(state), yaw_error(state)
         if expert_acts(mode, phase, pushed):
             action, by_expert = expert.act(), True
         else:
             if by_expert:  # the policy takes over: a fresh chunk from this state
                 policy.reset()
             action, by_expert = policy.select_action({**obs, "instruction": base.task_description}), False
+            if mode == "expert-yaw":
+                from sim_envs.common import ACTION_NAMES
+
+                yaw = ACTION_NAMES.index("dyaw")
+                action = np.array(action, dtype=np.float32)
+                action[yaw] = expert.act()[yaw]
         exits += previous == "push" and phase != "push"
         previous, pushed = phase, pushed or phase == "push"
         obs, _, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
@@ -98,6 +120,7 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
         "outcome": info.get("outcome"),
         "pushes_left": exits,
         "landing_cm": None if landing is None else [100.0 * v for v in landing],
+        "landing_yaw_deg": None if landing_yaw is None else math.degrees(landing_yaw),
     }
 
 
@@ -112,16 +135,42 @@ def landing_groups() -> list[str]:
 def landing_table(episodes: list[dict]) -> list[dict]:
     """Success of `episodes` grouped by where the pusher came down (see the module's doc)."""
     names = landing_groups()
+
+    def group(ep: dict) -> str:
+        if ep["landing_cm"] is None:
+            return names[-1]
+        if abs(ep["landing_cm"][1]) >= OFF_LINE_CM:
+            return OFF_LINE
+        return names[int(np.searchsorted(BEHIND_BINS_CM, ep["landing_cm"][0], side="right"))]
+
+    return success_by(episodes, names, group)
+
+
+def success_by(episodes: list[dict], names: list[str], group) -> list[dict]:
+    """Episodes and successes per group, in the order of `names`; `group(episode)` names its group."""
     groups: dict[str, list[bool]] = {name: [] for name in names}
     for ep in episodes:
-        if ep["landing_cm"] is None:
-            name = names[-1]
-        elif abs(ep["landing_cm"][1]) >= OFF_LINE_CM:
-            name = OFF_LINE
-        else:
-            name = names[int(np.searchsorted(BEHIND_BINS_CM, ep["landing_cm"][0], side="right"))]
-        groups[name].append(ep["success"])
-    return [{"landing": k, "episodes": len(v), "successes": int(sum(v))} for k, v in groups.items()]
+        groups[group(ep)].append(ep["success"])
+    return [{"group": k, "episodes": len(v), "successes": int(sum(v))} for k, v in groups.items()]
+
+
+def yaw_groups() -> list[str]:
+    """The names of `yaw_table`'s groups, in order: bins of the yaw error (`YAW_BINS_DEG`), then
+    pushers that never came down."""
+    b = YAW_BINS_DEG
+    bins = [f"yaw {lo:g}-{hi:g} deg off" for lo, hi in zip(b[:-1], b[1:], strict=True)]
+    return [f"yaw < {b[0]:g} deg off", *bins, f"yaw >= {b[-1]:g} deg off", "never came down"]
+
+
+def yaw_table(episodes: list[dict]) -> list[dict]:
+    """Success of `episodes` grouped by the gripper's yaw error when the pusher came down."""
+    names = yaw_groups()
+
+    def group(ep: dict) -> str:
+        deg = ep["landing_yaw_deg"]
+        return names[-1] if deg is None else names[int(np.searchsorted(YAW_BINS_DEG, deg, side="right"))]
+
+    return success_by(episodes, names, group)
 
 
 def summarise(episodes: list[dict]) -> dict:
@@ -173,6 +222,7 @@ def diagnose(
                 results["modes"][mode] = {**summarise(eps), "per_episode": eps}
                 if mode == "policy":
                     results["landing"] = landing_table(eps)
+                    results["landing_yaw"] = yaw_table(eps)
     finally:
         env.close()
     results["expert_descends_cm"] = 100.0 * PushExpert.BEHIND
@@ -191,10 +241,18 @@ def table(results: dict) -> str:
     if "landing" in results:
         behind = results["expert_descends_cm"]
         lines += ["", f"where the policy's pusher came down (the expert descends {behind:.1f} cm behind the object)"]
-        for row in results["landing"]:
-            rate = f"{100 * row['successes'] / row['episodes']:.0f}%" if row["episodes"] else "-"
-            lines.append(f"  {row['landing']:<32} {row['episodes']:>4} episodes, success {rate}")
+        lines += _rates(results["landing"])
+        lines += ["", "the gripper's yaw against the push direction when the pusher came down"]
+        lines += _rates(results["landing_yaw"])
     return "\n".join(lines)
+
+
+def _rates(rows: list[dict]) -> list[str]:
+    out = []
+    for row in rows:
+        rate = f"{100 * row['successes'] / row['episodes']:.0f}%" if row["episodes"] else "-"
+        out.append(f"  {row['group']:<32} {row['episodes']:>4} episodes, success {rate}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -248,6 +249,7 @@ def test_localisation_probe_reports_each_env_of_collected_demos(tmp_path, tiny_v
         ("expert-recovery", False, False, True),
         ("expert-outside-push", True, False, True),
         ("expert-push", False, True, False),
+        ("expert-yaw", False, False, False),  # the policy acts, with the expert's rotation
     ],
 )
 def test_push_diagnosis_hands_each_mode_its_part_of_the_task(mode, before_push, pushing, after_push):
@@ -268,9 +270,10 @@ def test_push_diagnosis_runs_every_mode_on_the_same_seeds(tmp_path, tiny_vla_dir
     r = json.loads(out.read_text())
     assert r["modes"]["expert"]["successes"] == 2 and r["modes"]["policy"]["successes"] == 0
     assert [e["seed"] for e in r["modes"]["policy"]["per_episode"]] == [100000, 100001]
-    assert sum(row["episodes"] for row in r["landing"]) == 2
+    assert sum(row["episodes"] for row in r["landing"]) == 2 == sum(row["episodes"] for row in r["landing_yaw"])
     printed = capsys.readouterr().out
     assert "expert-approach" not in printed and "where the policy's pusher came down" in printed
+    assert "the gripper's yaw against the push direction" in printed
 
     assert diag.main(["--policy", str(tiny_vla_dir), "--modes", "policy", "expert-pull", "--no-progress"]) == 2
     assert "unknown mode 'expert-pull'" in capsys.readouterr().err
@@ -287,7 +290,51 @@ def test_push_diagnosis_groups_episodes_by_where_the_pusher_came_down():
         {"landing_cm": [5.0, 3.0], "success": False},  # 3 cm across: off the line, whatever behind
         {"landing_cm": None, "success": False},
     ]
-    rows = {r["landing"]: (r["episodes"], r["successes"]) for r in diag.landing_table(eps)}
+    rows = {r["group"]: (r["episodes"], r["successes"]) for r in diag.landing_table(eps)}
     assert list(rows) == diag.landing_groups()
     assert rows["behind < 3 cm"] == (1, 0) and rows["behind 3-4 cm"] == (1, 1) and rows["behind >= 6 cm"] == (1, 1)
     assert rows[diag.OFF_LINE] == (1, 0) and rows["never came down"] == (1, 0) and rows["behind 4-5 cm"] == (0, 0)
+    for ep, deg in zip(eps, [9.9, 10.0, 25.0, 19.9, None], strict=True):
+        ep["landing_yaw_deg"] = deg
+    yaw = {r["group"]: (r["episodes"], r["successes"]) for r in diag.yaw_table(eps)}
+    assert list(yaw) == diag.yaw_groups()
+    assert yaw["yaw < 10 deg off"] == (1, 0) and yaw["yaw 10-20 deg off"] == (2, 1)
+    assert yaw["yaw >= 20 deg off"] == (1, 1) and yaw["never came down"] == (1, 0)
+
+
+class _StillPolicy:
+    """Stands in for a policy: never moves (all-zero actions)."""
+
+    def reset(self):
+        pass
+
+    def select_action(self, obs):
+        return np.zeros(7, dtype=np.float32)
+
+
+def test_push_diagnosis_expert_yaw_turns_only_the_gripper():
+    """In `expert-yaw` the expert's rotation replaces the policy's and nothing else: a policy that
+    never moves ends its episode turned to the push direction, where it started, and not in
+    `policy` mode."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401
+    from sim_envs.experts import make_expert
+
+    diag = _load_script("push_diagnosis")
+    env = gym.make(diag.ENV_ID, image_size=32, max_episode_steps=12)
+    try:
+        expert, base = make_expert(env), env.unwrapped
+        ends = {}
+        for mode in ("policy", "expert-yaw"):
+            ep = diag.run_episode(env, _StillPolicy(), expert, mode, seed=100002)
+            state = base.privileged_state()
+            ends[mode] = (diag.yaw_error(state), state["tcp_pos"].copy())
+            assert not ep["success"] and ep["landing_cm"] is None
+        env.reset(seed=100002)
+        start = base.privileged_state()
+        assert diag.yaw_error(start) > 0.2  # this seed's push direction is not the start yaw
+        assert abs(ends["policy"][0] - diag.yaw_error(start)) < 0.02 and ends["expert-yaw"][0] < 0.05
+        np.testing.assert_allclose(ends["expert-yaw"][1], start["tcp_pos"], atol=0.01)
+    finally:
+        env.close()
