@@ -64,6 +64,19 @@ class CollectConfig:
     """Replace an existing demos.hdf5 in `out`, and discard the saved attempts of an unfinished
     collection with other image settings (an unfinished collection with the same settings is
     always continued: its episodes are the ones this run would record)."""
+    explore_steps: int = 0
+    """0: record the expert's demonstrations. K > 0 (ee_vla suite): record the expert's labels of
+    explored states instead. Each episode is a fresh scene, reset with its seed, from which the
+    gripper takes a random number (0 to K-1) of random steps (`explore_action`); every state on the
+    way, the reset's included, is stored with the expert's action as its label, the random step as
+    `executed_actions` and the expert's plan from that state (`explore_plan` actions) as
+    `expert_chunks`, the chunk `ee-vla train` learns for it. Nothing fails: `episodes` counts
+    scenes, and the episodes carry labels="expert" so that training keeps them. Many scenes,
+    cheap to label, teach a policy how a scene maps to its first moves (docs/training.md, "Fresh
+    scenes")."""
+    explore_plan: int = 8
+    """With `explore_steps`: actions of the expert's plan stored per state; at least the chunk size
+    of the policy that trains on the data."""
 
     def __post_init__(self) -> None:
         import sim_envs
@@ -91,6 +104,17 @@ class CollectConfig:
         if not 0 <= self.compression_level <= 9:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
         check_training_set(self.instructions, "CollectConfig.instructions", self.env)
+        if not isinstance(self.explore_steps, int) or self.explore_steps < 0:
+            raise ValueError(f"CollectConfig.explore_steps must be an int >= 0, got {self.explore_steps!r}")
+        if not isinstance(self.explore_plan, int) or self.explore_plan < 1:
+            raise ValueError(f"CollectConfig.explore_plan must be an int >= 1, got {self.explore_plan!r}")
+        if self.explore_steps:
+            other = [e for e in self.env if e not in sim_envs.SUITE_ENV_IDS]
+            if other:
+                raise ValueError(
+                    f"CollectConfig.explore_steps: the experts of {other} cannot plan from a copy of a state; "
+                    f"exploration is for the ee_vla suite {list(sim_envs.SUITE_ENV_IDS)}"
+                )
         if self.wrist_camera:
             from sim_envs import check_cameras
 
@@ -112,18 +136,94 @@ class CollectConfig:
 # ---- recording ------------------------------------------------------------------------------
 _WORKER_ENVS: dict = {}
 
+EXPLORE_XY = 0.7
+"""`explore_action`: largest random translation in the table plane, as a fraction of a full step."""
+EXPLORE_Z = 0.2
+"""`explore_action`: largest random vertical step, as a fraction of a full step."""
+EXPLORE_LOW_Z = 0.10
+"""`explore_action`: below this TCP height (m) a random step does not go down (clear of the objects)."""
 
-def _rollout(env_id: str, env_kwargs: dict, seed: int) -> Episode:
-    """One expert episode of `env_id` from `seed` (env and expert cached per process)."""
+
+def explore_action(rng: np.random.Generator, tcp_z: float, expert_action: np.ndarray) -> np.ndarray:
+    """One random step of `CollectConfig.explore_steps` (ee_vla suite actions): a translation of up
+    to `EXPLORE_XY` of a full step in x and y and `EXPLORE_Z` in z (upwards only below
+    `EXPLORE_LOW_Z`), a yaw rotation of up to a full step, no roll or pitch, the expert's gripper."""
+    from sim_envs.common import ACTION_NAMES
+
+    a = np.zeros(len(ACTION_NAMES), dtype=np.float32)
+    a[:2] = rng.uniform(-EXPLORE_XY, EXPLORE_XY, 2)
+    a[2] = rng.uniform(0.0 if tcp_z < EXPLORE_LOW_Z else -EXPLORE_Z, EXPLORE_Z)
+    a[ACTION_NAMES.index("dyaw")] = rng.uniform(-1.0, 1.0)
+    a[-1] = expert_action[-1]
+    return a
+
+
+def _kept(ep: Episode) -> bool:
+    """Whether an attempt goes into the file: a successful demonstration, or explored states."""
+    return bool(ep.success) or ep.executed_actions is not None
+
+
+def _worker_env(env_id: str, env_kwargs: dict, horizon: int = 0):
+    """The process's env of `env_id` and its expert (`horizon` > 0: wrapped in `ExpertLabels` with
+    that plan length), made once per process."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids in worker processes)
-    from sim_envs.experts import make_expert
+    from sim_envs.experts import ExpertLabels, make_expert
 
-    if env_id not in _WORKER_ENVS:
+    key = (env_id, horizon)
+    if key not in _WORKER_ENVS:
         env = gym.make(env_id, **env_kwargs)
-        _WORKER_ENVS[env_id] = (env, make_expert(env))
-    env, expert = _WORKER_ENVS[env_id]
+        if horizon:
+            env = ExpertLabels(env, horizon=horizon)
+        _WORKER_ENVS[key] = (env, make_expert(env))
+    return _WORKER_ENVS[key]
+
+
+def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int) -> Episode:
+    """The explored states of one fresh scene (`CollectConfig.explore_steps`), labelled by the expert."""
+    env, _ = _worker_env(env_id, env_kwargs, plan)
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    n = int(rng.integers(0, steps))
+    frames, wrist, proprio, labels, executed, plans, points, rewards = [], [], [], [], [], [], [], []
+    for t in range(n + 1):
+        frames.append(obs["pixels"])
+        if "wrist_pixels" in obs:
+            wrist.append(obs["wrist_pixels"])
+        proprio.append(obs["agent_pos"])
+        labels.append(info["expert_action"])
+        plans.append(info["expert_plan"])
+        if "task_points" in info:
+            points.append(info["task_points"])
+        action = explore_action(rng, float(obs["agent_pos"][2]), info["expert_action"])
+        executed.append(action)
+        if t < n:
+            obs, reward, _, _, info = env.step(action)
+            rewards.append(reward)
+    rewards.append(0.0)  # the last state's step is never taken
+    return Episode(
+        pixels=np.stack(frames),
+        agent_pos=np.stack(proprio).astype(np.float32),
+        actions=np.stack(labels).astype(np.float32),
+        instruction=str(info["task_description"]),
+        env_id=env_id,
+        seed=seed,
+        success=bool(info.get("is_success", False)),
+        rewards=np.asarray(rewards, dtype=np.float32),
+        wrist_pixels=np.stack(wrist) if wrist else None,
+        task_points=np.stack(points).astype(np.float32) if points else None,
+        executed_actions=np.stack(executed),
+        expert_chunks=np.stack(plans).astype(np.float32),
+    )
+
+
+def _rollout(env_id: str, env_kwargs: dict, seed: int, explore_steps: int = 0, explore_plan: int = 1) -> Episode:
+    """One expert episode of `env_id` from `seed`, or with `explore_steps` the explored states of
+    its scene (env and expert cached per process)."""
+    if explore_steps:
+        return _explore(env_id, env_kwargs, seed, explore_steps, explore_plan)
+    env, expert = _worker_env(env_id, env_kwargs)
     obs, info = env.reset(seed=seed)
     expert.reset()
     frames, wrist, proprio, actions, rewards, points = [], [], [], [], [], []
@@ -186,14 +286,14 @@ def _successful_episodes(
         seeds = list(range(next_seed, next_seed + n))
         next_seed += n
         attempts += n
-        if pool is None:
-            results: Iterator[Episode] = (_rollout(env_id, kwargs, s) for s in seeds)
-        else:
-            results = pool.map(_rollout, [env_id] * n, [kwargs] * n, seeds)
+        args: list[list] = [[env_id] * n, [kwargs] * n, seeds]
+        if cfg.explore_steps:
+            args += [[cfg.explore_steps] * n, [cfg.explore_plan] * n]
+        results: Iterator[Episode] = map(_rollout, *args) if pool is None else pool.map(_rollout, *args)
         for ep in results:
             if done == cfg.episodes:
                 break
-            if ep.success:
+            if _kept(ep):
                 done += 1
                 yield ep
             else:
@@ -255,16 +355,19 @@ class AttemptStore:
         return out
 
     def save(self, ep: Episode, level: int) -> None:
-        """Save an attempt: the episode when it succeeded, its step count when it failed."""
+        """Save an attempt: the episode when it is kept (`_kept`), its step count when it failed."""
         import h5py
 
         d = self._dir(ep.env_id)
         d.mkdir(parents=True, exist_ok=True)
-        if ep.success:
+        if _kept(ep):
             final = self.episode_path(ep.env_id, ep.seed)
             tmp = final.with_suffix(".tmp")
             with h5py.File(tmp, "w") as f:
-                write_demo(f.create_group("demo"), ep, level)
+                group = f.create_group("demo")
+                write_demo(group, ep, level)
+                if ep.executed_actions is not None:
+                    group.attrs["labels"] = "expert"
         else:
             final = d / f"{ep.seed}.failed"
             tmp = final.with_suffix(".tmp")
@@ -289,6 +392,8 @@ def collect(cfg: CollectConfig) -> Path:
     if path.exists() and not cfg.overwrite:
         raise FileExistsError(f"{path} exists (CollectConfig.out); pass --overwrite to replace it")
     settings = {"env_kwargs": cfg.env_kwargs(), "compression_level": cfg.compression_level}
+    if cfg.explore_steps:
+        settings["explore"] = [cfg.explore_steps, cfg.explore_plan]
     store = AttemptStore(cfg.out / PARTS_DIR, settings, discard_other=cfg.overwrite)
     attempts: dict[str, list[tuple[int, bool]]] = {}
     pool = None
@@ -304,8 +409,8 @@ def collect(cfg: CollectConfig) -> Path:
             bar = tqdm(total=cfg.episodes, initial=done, desc=env_id, unit="demo")
             for ep in _successful_episodes(cfg, env_id, pool, len(saved), done):
                 store.save(ep, cfg.compression_level)
-                saved.append((ep.seed, ep.success))
-                if ep.success:
+                saved.append((ep.seed, _kept(ep)))
+                if _kept(ep):
                     bar.update(1)
                 else:
                     bar.set_postfix(failed=sum(not ok for _, ok in saved))

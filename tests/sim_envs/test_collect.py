@@ -194,11 +194,52 @@ def test_refuses_to_overwrite(dataset):
         ({"num_workers": 0}, "CollectConfig.num_workers"),
         ({"max_attempts_factor": 0.5}, "CollectConfig.max_attempts_factor"),
         ({"env": ("ee_vla/MetaWorld-reach-v0",), "wrist_camera": True}, "CollectConfig.wrist_camera"),
+        ({"explore_steps": -1}, "CollectConfig.explore_steps"),
+        ({"explore_steps": 3, "explore_plan": 0}, "CollectConfig.explore_plan"),
+        ({"env": ("ee_vla/MetaWorld-reach-v0",), "explore_steps": 3}, "CollectConfig.explore_steps"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         CollectConfig(**kwargs)
+
+
+def test_explored_states_carry_the_experts_labels_and_plans(tmp_path):
+    """`explore_steps`: every scene is kept (labels="expert", whatever its success), its random steps
+    replay from the seed to the stored images, each state's label is the expert's action there and
+    its chunk target the expert's plan from it; training keeps the episodes and learns the plans."""
+    import gymnasium as gym
+
+    from ee_vla.training.data import chunk_targets
+    from ee_vla.training.dataset_files import scan_dataset
+    from sim_envs.collect import EXPLORE_LOW_Z
+    from sim_envs.experts import ExpertLabels
+
+    cfg = CollectConfig(
+        env="ee_vla/Push-v0", episodes=4, out=tmp_path, seed=500, image_size=32, explore_steps=4, explore_plan=3
+    )
+    path = collect(cfg)
+    episodes = load_dataset(path)
+    assert [e.seed for e in episodes] == [500, 501, 502, 503]
+    assert all(1 <= len(e) <= 4 for e in episodes) and len({len(e) for e in episodes}) > 1
+    with h5py.File(path) as f:
+        assert all(f["data"][k].attrs["labels"] == "expert" for k in f["data"])
+    assert len(scan_dataset([path])) == 4  # kept by `ee-vla train` though no scene is a success
+    env = ExpertLabels(gym.make("ee_vla/Push-v0", image_size=32), horizon=3)
+    try:
+        for ep in episodes:
+            np.testing.assert_array_equal(chunk_targets(ep, 3), ep.expert_chunks)
+            np.testing.assert_array_equal(ep.expert_chunks[:, 0], ep.actions)
+            obs, info = env.reset(seed=ep.seed)
+            for t in range(len(ep)):
+                np.testing.assert_array_equal(obs["pixels"], ep.pixels[t])
+                np.testing.assert_allclose(info["expert_plan"], ep.expert_chunks[t], atol=1e-6)
+                a = ep.executed_actions[t]
+                assert abs(a[3]) == abs(a[4]) == 0 and a[6] == ep.actions[t, 6]
+                assert a[2] >= 0 or obs["agent_pos"][2] >= EXPLORE_LOW_Z
+                obs, _, _, _, info = env.step(a)
+    finally:
+        env.close()
 
 
 def test_config_accepts_a_single_id_string():
