@@ -40,7 +40,7 @@ class CollectConfig:
     env: tuple[str, ...] = ("ee_vla/PickCube-v0",)
     """Gymnasium ids to record, e.g. ee_vla/PickCube-v0 or ee_vla/MetaWorld-reach-v0."""
     episodes: int = 100
-    """Successful demonstrations to record per env id."""
+    """Successful demonstrations to record per env id (with `explore_steps`: explored scenes)."""
     out: Path = Path("data/demos")
     """Output directory; receives demos.hdf5 and stats.json."""
     seed: int = 0
