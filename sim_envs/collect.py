@@ -3,9 +3,11 @@
 `collect(CollectConfig(...))` runs the expert of each env id until it has `episodes` successful
 episodes per env id (failed attempts are skipped, counted and logged, never stored), writes
 `<out>/demos.hdf5` plus `<out>/stats.json` (the action statistics the action tokenizer needs), and
-returns the HDF5 path. Every attempt is saved as it completes (`<out>/demos.hdf5.parts/`, one
-file per attempt): a collection that is killed keeps its episodes, and rerunning the same command
-continues from them with the same seeds, so its file holds what an uninterrupted run's holds.
+returns the HDF5 path. With `explore_steps` it records the expert's labels of randomly explored
+states of fresh scenes instead (`CollectConfig.explore_steps`). Every attempt is saved as it
+completes (`<out>/demos.hdf5.parts/`, one file per attempt): a collection that is killed keeps its
+episodes, and rerunning the same command continues from them with the same seeds, so its file
+holds what an uninterrupted run's holds.
 The file's schema, its writer and its reader are `sim_envs.demo_file` (docs/sim_envs.md).
 """
 
