@@ -85,6 +85,8 @@ def yaw_error(state: dict) -> float:
 
 def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down."""
+    from sim_envs.common import ACTION_NAMES
+
     base = env.unwrapped
     obs, _ = env.reset(seed=seed)
     info: dict = {}
@@ -92,6 +94,7 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     expert.reset()
     pushed = by_expert = False
     previous, exits, landing, landing_yaw = None, 0, None, None
+    yaw = ACTION_NAMES.index("dyaw")
     while True:
         state = base.privileged_state()
         phase = expert.phase()
@@ -104,9 +107,6 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
                 policy.reset()
             action, by_expert = policy.select_action({**obs, "instruction": base.task_description}), False
             if mode == "expert-yaw":
-                from sim_envs.common import ACTION_NAMES
-
-                yaw = ACTION_NAMES.index("dyaw")
                 action = np.array(action, dtype=np.float32)
                 action[yaw] = expert.act()[yaw]
         exits += previous == "push" and phase != "push"

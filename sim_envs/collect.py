@@ -167,7 +167,7 @@ def _kept(ep: Episode) -> bool:
 
 def _worker_env(env_id: str, env_kwargs: dict, horizon: int = 0):
     """The process's env of `env_id` and its expert (`horizon` > 0: wrapped in `ExpertLabels` with
-    that plan length), made once per process."""
+    that plan length, whose expert it is), made once per process."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the ids in worker processes)
@@ -178,8 +178,29 @@ def _worker_env(env_id: str, env_kwargs: dict, horizon: int = 0):
         env = gym.make(env_id, **env_kwargs)
         if horizon:
             env = ExpertLabels(env, horizon=horizon)
-        _WORKER_ENVS[key] = (env, make_expert(env))
+        _WORKER_ENVS[key] = (env, env.expert if horizon else make_expert(env))
     return _WORKER_ENVS[key]
+
+
+def _episode(
+    env_id: str, seed: int, observations: list[dict], actions: list, rewards: list, points: list, info: dict, **extra
+) -> Episode:
+    """The Episode of an attempt: one observation per action (its images, wrist images when the env
+    has them, proprio), the task points where recorded; `info` is the last step's; `extra` are
+    further Episode fields (success, on-policy arrays)."""
+    wrist = [o["wrist_pixels"] for o in observations if "wrist_pixels" in o]
+    return Episode(
+        pixels=np.stack([o["pixels"] for o in observations]),
+        agent_pos=np.stack([o["agent_pos"] for o in observations]).astype(np.float32),
+        actions=np.stack(actions).astype(np.float32),
+        instruction=str(info["task_description"]),
+        env_id=env_id,
+        seed=seed,
+        rewards=np.asarray(rewards, dtype=np.float32),
+        wrist_pixels=np.stack(wrist) if wrist else None,
+        task_points=np.stack(points).astype(np.float32) if points else None,
+        **extra,
+    )
 
 
 def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int) -> Episode:
@@ -188,12 +209,9 @@ def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int) ->
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
     n = int(rng.integers(0, steps))
-    frames, wrist, proprio, labels, executed, plans, points, rewards = [], [], [], [], [], [], [], []
+    observations, labels, executed, plans, points, rewards = [], [], [], [], [], []
     for t in range(n + 1):
-        frames.append(obs["pixels"])
-        if "wrist_pixels" in obs:
-            wrist.append(obs["wrist_pixels"])
-        proprio.append(obs["agent_pos"])
+        observations.append(obs)
         labels.append(info["expert_action"])
         plans.append(info["expert_plan"])
         if "task_points" in info:
@@ -204,17 +222,15 @@ def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int) ->
             obs, reward, _, _, info = env.step(action)
             rewards.append(reward)
     rewards.append(0.0)  # the last state's step is never taken
-    return Episode(
-        pixels=np.stack(frames),
-        agent_pos=np.stack(proprio).astype(np.float32),
-        actions=np.stack(labels).astype(np.float32),
-        instruction=str(info["task_description"]),
-        env_id=env_id,
-        seed=seed,
+    return _episode(
+        env_id,
+        seed,
+        observations,
+        labels,
+        rewards,
+        points,
+        info,
         success=bool(info.get("is_success", False)),
-        rewards=np.asarray(rewards, dtype=np.float32),
-        wrist_pixels=np.stack(wrist) if wrist else None,
-        task_points=np.stack(points).astype(np.float32) if points else None,
         executed_actions=np.stack(executed),
         expert_chunks=np.stack(plans).astype(np.float32),
     )
@@ -228,33 +244,19 @@ def _rollout(env_id: str, env_kwargs: dict, seed: int, explore_steps: int = 0, e
     env, expert = _worker_env(env_id, env_kwargs)
     obs, info = env.reset(seed=seed)
     expert.reset()
-    frames, wrist, proprio, actions, rewards, points = [], [], [], [], [], []
+    observations, actions, rewards, points = [], [], [], []
     task_points = getattr(env.unwrapped, "task_points", None)
     while True:
         action = expert.act()
-        frames.append(obs["pixels"])
+        observations.append(obs)
         if task_points is not None:
             points.append(task_points())
-        proprio.append(obs["agent_pos"])
-        if "wrist_pixels" in obs:
-            wrist.append(obs["wrist_pixels"])
         actions.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
         rewards.append(reward)
         if terminated or truncated:
             break
-    return Episode(
-        pixels=np.stack(frames),
-        agent_pos=np.stack(proprio).astype(np.float32),
-        actions=np.stack(actions).astype(np.float32),
-        instruction=str(info["task_description"]),
-        env_id=env_id,
-        seed=seed,
-        success=bool(info["is_success"]),
-        rewards=np.asarray(rewards, dtype=np.float32),
-        wrist_pixels=np.stack(wrist) if wrist else None,
-        task_points=np.stack(points).astype(np.float32) if points else None,
-    )
+    return _episode(env_id, seed, observations, actions, rewards, points, info, success=bool(info["is_success"]))
 
 
 def _close_worker_envs() -> None:
