@@ -28,10 +28,12 @@
 #   STEPS="profile-7b-sdpa attn-bench" bash scripts/gpu_bench.sh       # (e.g. on a second GPU)
 # and `profile-7b-fast`: the same with the decode steps' output layer on the action rows only
 # (`--action-logits`); `pytest-gpu`: the GPU engine tests alone (test_gpu.py, test_splitkv.py).
-# The fused attention layers (`ee_vla.engine.attention`, off by default): the attention layers
+# These ee_splitkv steps run transformers' attention layers (`--attn-layer transformers`), as the
+# tables of docs/performance.md's "The 7B step on an H200" were measured.
+# The fused attention layers (`ee_vla.engine.attention`, the engines' default): the attention layers
 # alone (attn/attn_bench.json), then the calibrated fp8 7B step's width 22 with transformers' layers
-# and with the fused ones (both merges), kernel tables included (~1.5 minutes each once compiled, about
-# 4.5 minutes each to compile on a fresh machine: run one or two per device call):
+# and with the fused ones (both merges), kernel tables included (about 4.5 minutes to compile the
+# first on a fresh machine, 1.5-2.5 minutes each after it, Inductor's cache being warm):
 #   STEPS="pytest-splitkv attn-fused fp8-transformers fp8-fused fp8-fused-torch-merge" bash scripts/gpu_bench.sh
 #
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
@@ -102,10 +104,12 @@ step attn-bench 240 python3 -m ee_vla.benchmarks.attn_bench --device cuda --quer
   --splits 0 2 8 --warps 2 4 --out "$OUT/attn"
 F7B=(--shape openvla-7b --engines compiled --compile-mode frozen --decoders ar ceed --calls 30 --step-widths 1 22
   --step-iters 100 --warmup 3 --no-generate --no-plots --kernels 12)
-step profile-7b-splitkv 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --out "$OUT/splitkv"
+step profile-7b-splitkv 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --attn-layer transformers \
+  --out "$OUT/splitkv"
 step profile-7b-sdpa 420 "${PROFILE[@]}" "${F7B[@]}" --out "$OUT/sdpa"
 # the split-KV attention and the output layer's action rows only (docs/performance.md's 7B step)
-step profile-7b-fast 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --action-logits --out "$OUT/fast"
+step profile-7b-fast 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --attn-layer transformers \
+  --action-logits --out "$OUT/fast"
 step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
 step attn-fused 120 python3 -m ee_vla.benchmarks.attn_bench --device cuda --fused --queries 1 22 --warps 4 8 \
   --out "$OUT/attn"

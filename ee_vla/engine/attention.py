@@ -17,10 +17,11 @@ embedding in float32 inside the kernel). It applies only where the kernel does; 
 slot cache: plain transformers calls, training; another attention implementation; a prompt longer
 than `splitkv.MAX_QUERIES`; a device the kernel does not run on) the module's own forward runs.
 
-Two switches, read when a forward is traced or run: `FUSED` (off by default: the fused kernel has
-not yet been shown faster on a GPU, see docs/performance.md) and `MERGE_IN_KERNEL` (on; off: the
-splits are merged by torch ops after the kernel, which Inductor fuses with what follows). The profiler's
-`--attn-layer fused|fused_torch_merge|transformers` sets them for a run (`layer_mode`).
+Two switches, read when a forward is traced or run: `FUSED` (on; off: the modules' own forwards,
+transformers' layers with the split-KV kernel as their attention function) and `MERGE_IN_KERNEL` (on;
+off: the splits are merged by torch ops after the kernel, which Inductor fuses with what follows).
+The profiler's `--attn-layer fused|fused_torch_merge|transformers` sets them for a run
+(`layer_mode`); docs/performance.md compares them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ee_vla.engine import splitkv
 from ee_vla.engine.cache import SlotLayer
 from ee_vla.models.fusion import Columns
 
-FUSED = False
+FUSED = True
 """Run the fused kernel where it applies (False: the modules' own forwards, as before installing)."""
 
 MERGE_IN_KERNEL = True

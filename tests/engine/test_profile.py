@@ -316,7 +316,7 @@ def test_attn_layer_sets_the_engines_attention_layers_for_the_run(tmp_path, monk
     )
     out = run_profile(cfg)
     assert seen == [flags] and out["config"]["attn_layer"] == layer
-    assert (attention.FUSED, attention.MERGE_IN_KERNEL) == (False, True)  # the defaults, restored
-    assert config_from_args([]).attn_layer == "transformers"
+    assert (attention.FUSED, attention.MERGE_IN_KERNEL) == (True, True)  # the defaults, restored
+    assert config_from_args([]).attn_layer == "fused"
     with pytest.raises(ValueError, match="attn_layer must be transformers|fused|fused_torch_merge"):
         ProfileConfig(attn_layer="flash")

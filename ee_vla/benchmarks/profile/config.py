@@ -57,12 +57,12 @@ class ProfileConfig:
     flex_attention | ee_splitkv; flex_attention only makes sense with the compiled engine, which
     compiles it into the forward; ee_splitkv is `ee_vla.engine.splitkv`'s split-KV kernel for the
     decode steps, SDPA for the prefill)."""
-    attn_layer: str = "transformers"
+    attn_layer: str = "fused"
     """With `ee_splitkv`, how the static/graph/compiled engines run each attention layer (see
-    `ee_vla.engine.attention`): `transformers` (transformers' layers, the kernel as their attention
-    function; what every other entry point runs), `fused` (the engine's layers: rotary embedding,
-    cache write, attention and the merge of the key splits in one kernel) or `fused_torch_merge`
-    (the same, the splits merged by torch ops after the kernel)."""
+    `ee_vla.engine.attention`): `fused` (the engine's layers, what every other entry point runs:
+    rotary embedding, cache write, attention and the merge of the key splits in one kernel),
+    `fused_torch_merge` (the same, the splits merged by torch ops after the kernel) or
+    `transformers` (transformers' layers, the kernel as their attention function)."""
     sdpa_backends: tuple[str, ...] | None = None
     """Attention kernels the static/graph/compiled engines may use (`StaticEngine(sdpa_backends=)`,
     names of `SDPA_BACKENDS`); None: torch's choice. The eager engine always runs torch's choice."""
