@@ -22,7 +22,13 @@
 #                  task (seed 12) and 150 (seed 0) for distillation, `ee-vla dagger` of the distilled
 #                  student (250 episodes per task from seed 212000, a 2-minute budget), BC from it
 #                  (1500 steps, lr 1e-4, seed 7), then the distillation above on the 150-per-task set
-#                  (GPU): the shipped model
+#                  (GPU): para_ceed
+#   scenes         fresh scenes (`ee-vla collect --explore-steps 5`: 3000 Push scenes, seed 500000, and
+#                  800 of each other task, seed 600000), 700 fresh Push demonstrations and 250 of each
+#                  other task (seed 16), `ee-vla dagger` of para_ceed on Push (400 episodes from seed
+#                  216000, cut at 60 steps, a 1.3-minute budget), all with the varied wording; BC from
+#                  para_ceed on them (1000 steps, seed 16), then the distillation above on the
+#                  150-per-task set (CPU): the shipped model
 #
 # The last stage that ran copies its model to $DEST.
 #
@@ -37,23 +43,28 @@
 # round about 10 minutes on 2 H200s); the first two distillations ran on a 2-core CPU (about 15
 # minutes each); collecting 1500 demonstrations per task takes about a minute on 32 cores. The
 # paraphrase stage, all of it on one H200 with 16 cores, took about 8 minutes (BC 3.5, distillation
-# 1.5 with its trajectories; DISTILL_DEVICE=cpu distils on the CPU instead).
+# 1.5 with its trajectories). The scenes stage's collection, on-policy episodes and BC took about
+# 7 minutes on one H100 with 16 cores (BC 3.5), its distillation 16 minutes on a 2-core CPU.
+# DISTILL_DEVICE sets the device of these two distillations (by default each stage's: cuda for
+# paraphrase, cpu for scenes).
 #
 # Every stage is skipped when its result exists, so the script can be run again after an
 # interruption. Seeds are fixed. It reproduces the recipe, not the exact weights: the shipped
 # model's stages up to DAgger round 1 ran on the simulator before the rule that a gripper resting on
 # an object is not driven lower (commit e1164a9), the demonstrations of stages collect to
 # every_object came from the scripted experts of commit 8cfa2a2, round 3's shipped run trained with
-# seed 19 (this script: ROUND_SEEDS), every Push demonstration and label came from the Push expert
-# before commit 72a867e (which lifted to go round the object), and the on-policy collection ran with a time budget per round
-# (DAGGER_MINUTES="1.75 1.2 1.0" on 2 H200s). docs/training.md has the recipe and its measurements.
+# seed 19 (this script: ROUND_SEEDS), every Push demonstration and label up to the paraphrase stage
+# came from the Push expert before commit 72a867e (which lifted to go round the object), and the
+# on-policy collection of the DAgger rounds ran with a time budget per round (DAGGER_MINUTES="1.75
+# 1.2 1.0" on 2 H200s). The scenes stage ran on the current experts and simulator. docs/training.md
+# has the recipe and its measurements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
-ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase"
+ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes"
 STAGES="${STAGES:-$ALL_STAGES}"
 for s in $STAGES; do
   case " $ALL_STAGES " in
@@ -96,12 +107,19 @@ COMMON=(--weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat1
 # BC on fresh scenes with every object asked about (every_object, fresh_demos, dagger)
 FT=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100 "${COMMON[@]}")
 
-collect() {  # dir, demonstrations per task, seed, extra flags
+collect_on() {  # dir, episodes per task, seed, "task ...", extra flags
   [ "$DRY_RUN" != 1 ] && [ -f "$1/demos.hdf5" ] && return
+  local out="$1" n="$2" seed="$3" tasks
+  read -r -a tasks <<<"$4"
+  shift 4
+  run "${EE[@]}" collect --env "${tasks[@]}" --episodes "$n" --out "$out" --seed "$seed" --image-size 128 \
+    --num-workers "$(nproc)" "$@"
+}
+
+collect() {  # dir, demonstrations per task, seed, extra flags: every task of TASKS
   local out="$1" n="$2" seed="$3"
   shift 3
-  run "${EE[@]}" collect --env "${TASK_LIST[@]}" --episodes "$n" --out "$out" --seed "$seed" --image-size 128 \
-    --num-workers "$(nproc)" "$@"
+  collect_on "$out" "$n" "$seed" "$TASKS" "$@"
 }
 
 distill_from() {  # teacher, run prefix, data, device, extra flags: the teacher's trajectories, then the student
@@ -229,5 +247,25 @@ if has paraphrase; then
   done_model "$RUNS/para" || run "${EE[@]}" train --data "${sets[@]}" --out-dir "$RUNS/para" \
     --init-from "$RUNS/ceed/model" --seed 7 "${BC[@]}" --steps 1500
   distill_from "$RUNS/para/model" para_ "$DATA/suite150_aug" "${DISTILL_DEVICE:-cuda}" "${STUDENT[@]}"
-  ship "$RUNS/para_ceed/model"
+  has scenes || ship "$RUNS/para_ceed/model"
+fi
+
+if has scenes; then
+  AUG=(--instructions augmented)
+  OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"
+  collect_on "$DATA/push_s16" 700 16 ee_vla/Push-v0 "${AUG[@]}"
+  collect_on "$DATA/other_s16" 250 16 "$OTHER" "${AUG[@]}"
+  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
+  collect_on "$DATA/other_scenes" 800 600000 "$OTHER" --explore-steps 5 "${AUG[@]}"
+  collect "$DATA/suite150_aug" 150 0 "${AUG[@]}"
+  if [ "$DRY_RUN" = 1 ] || [ ! -f "$DATA/dagger_push_216000/demos.hdf5" ]; then
+    run "${EE[@]}" dagger --policy "$RUNS/para_ceed/model" --env ee_vla/Push-v0 --episodes 400 \
+      --max-minutes "${SCENES_MINUTES:-1.3}" --seed 216000 --num-envs 10 --max-episode-steps 60 \
+      --out "$DATA/dagger_push_216000" --overwrite --no-progress --dtype bfloat16 "${AUG[@]}"
+  fi
+  done_model "$RUNS/scenes" || run "${EE[@]}" train --data "$DATA/push_s16" "$DATA/dagger_push_216000" \
+    "$DATA/other_s16" "$DATA/push_scenes" "$DATA/other_scenes" --out-dir "$RUNS/scenes" \
+    --init-from "$RUNS/para_ceed/model" --seed 16 "${BC[@]}" --steps 1000
+  distill_from "$RUNS/scenes/model" scenes_ "$DATA/suite150_aug" "${DISTILL_DEVICE:-cpu}" "${STUDENT[@]}"
+  ship "$RUNS/scenes_ceed/model"
 fi

@@ -63,8 +63,8 @@ def test_reproduce_default_policy_rejects_an_unknown_stage():
 def test_reproduce_default_policy_chains_its_stages(tmp_path):
     """Each training run starts from the model the stage before it wrote, each on-policy collection
     runs the latest model, the student distilled from the last DAgger round goes through the
-    paraphrase round, whose distilled student is shipped, and the result lands outside the shipped
-    checkpoint."""
+    paraphrase round, whose distilled student goes through the fresh-scenes round, whose distilled
+    student is shipped, and the result lands outside the shipped checkpoint."""
     cmds = _recipe(tmp_path)
     made = []  # model dirs written so far, in order
     trains = []
@@ -93,16 +93,31 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
         "ceed",
         "para",
         "para_ceed",
+        "scenes",
+        "scenes_ceed",
     ]
-    student, para, shipped = trains[-3:]
+    student, para, para_student, scenes, shipped = trains[-5:]
     assert _flag(student, "--teacher").endswith("dagger3/model")
-    assert _flag(para, "--init-from").endswith("/ceed/model") and _flag(shipped, "--teacher").endswith("para/model")
-    for s in (student, shipped):
+    assert _flag(para, "--init-from").endswith("/ceed/model")
+    assert _flag(para_student, "--teacher").endswith("para/model")
+    assert _flag(scenes, "--init-from").endswith("para_ceed/model")
+    assert _flag(shipped, "--teacher").endswith("scenes/model")
+    for s in (student, para_student, shipped):
         assert [_flag(s, f) for f in ("--ar-weight", "--lr", "--label-smoothing")] == ["3", "5e-5", "0"]
         assert "--freeze-vision" in s
-    # the paraphrase round records varied wording, never the held-out phrasings
+    # the fresh-scenes round trains on explored scenes of every task beside demonstrations and Push's
+    # on-policy episodes
+    explored = [c for c in cmds if "collect" in c and "--explore-steps" in c]
+    scene_envs = []
+    for c in explored:  # `--env A B C`: the words after --env up to the next flag
+        after = c[c.index("--env") + 1 :]
+        scene_envs += after[: next(i for i, w in enumerate(after) if w.startswith("--"))]
+    scene_envs.sort()
+    assert scene_envs == sorted(["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"])
+    assert {_flag(c, "--out") for c in explored} <= set(scenes[scenes.index("--data") + 1 : scenes.index("--out-dir")])
+    # the paraphrase and fresh-scenes rounds record varied wording, never the held-out phrasings
     worded = [c for c in cmds if ("collect" in c or "dagger" in c) and "--instructions" in c]
-    assert len(worded) == 3 and {_flag(c, "--instructions") for c in worded} == {"augmented"}
+    assert len(worded) == 9 and {_flag(c, "--instructions") for c in worded} == {"augmented"}
     assert {_flag(c, "--out").rsplit("/", 1)[1] for c in worded} <= {
         d.rsplit("/", 1)[1] for c in cmds if "distill" in c or "train" in c for d in c if d.startswith("data/")
     }
@@ -110,9 +125,9 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
     assert [_flag(rounds[f"dagger{r}"], "--seed") for r in (1, 2, 3)] == ["7", "8", "19"]
     assert [_flag(rounds[f"dagger{r}"], "--stop-after") for r in (1, 2, 3)] == ["2000", "1900", "1700"]
     dagger_seeds = [_flag(c, "--seed") for c in cmds if "dagger" in c and "--policy" in c]
-    assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000", "212000"]
+    assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000", "212000", "216000"]
     assert len(rounds["dagger2"][rounds["dagger2"].index("--data") + 1 : rounds["dagger2"].index("--out-dir")]) == 3
-    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("para_ceed/model/.")
+    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("scenes_ceed/model/.")
     assert sum(c[:2] == ["cp", "-r"] for c in cmds) == 1
     assert "checkpoints" not in cmds[-1][3]
 
