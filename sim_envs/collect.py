@@ -4,7 +4,8 @@
 episodes per env id (failed attempts are skipped, counted and logged, never stored), writes
 `<out>/demos.hdf5` plus `<out>/stats.json` (the action statistics the action tokenizer needs), and
 returns the HDF5 path. With `explore_steps` it records the expert's labels of randomly explored
-states of fresh scenes instead (`CollectConfig.explore_steps`). Every attempt is saved as it
+states of fresh scenes instead (`CollectConfig.explore_steps`; from the reset, or with
+`explore_lead` from where the expert stopped after a few steps). Every attempt is saved as it
 completes (`<out>/demos.hdf5.parts/`, one file per attempt): a collection that is killed keeps its
 episodes, and rerunning the same command continues from them with the same seeds, so its file
 holds what an uninterrupted run's holds.
@@ -79,6 +80,11 @@ class CollectConfig:
     explore_plan: int = 8
     """With `explore_steps`: actions of the expert's plan stored per state; at least the chunk size
     of the policy that trains on the data."""
+    explore_lead: int = 0
+    """With `explore_steps`: 0, the random steps start at the reset. L > 0: the expert first acts for
+    a random number (0 to L-1) of steps, which are not recorded, and the random steps start where it
+    stopped: explored states along the whole task (a push under way, an object in the gripper), not
+    only near the start."""
 
     def __post_init__(self) -> None:
         import sim_envs
@@ -110,6 +116,10 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.explore_steps must be an int >= 0, got {self.explore_steps!r}")
         if not isinstance(self.explore_plan, int) or self.explore_plan < 1:
             raise ValueError(f"CollectConfig.explore_plan must be an int >= 1, got {self.explore_plan!r}")
+        if not isinstance(self.explore_lead, int) or self.explore_lead < 0:
+            raise ValueError(f"CollectConfig.explore_lead must be an int >= 0, got {self.explore_lead!r}")
+        if self.explore_lead and not self.explore_steps:
+            raise ValueError("CollectConfig.explore_lead needs explore_steps > 0 (it delays the random steps)")
         if self.explore_steps:
             other = [e for e in self.env if e not in sim_envs.SUITE_ENV_IDS]
             if other:
@@ -203,12 +213,18 @@ def _episode(
     )
 
 
-def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int) -> Episode:
-    """The explored states of one fresh scene (`CollectConfig.explore_steps`), labelled by the expert."""
+def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int, lead: int = 0) -> Episode:
+    """The explored states of one fresh scene (`CollectConfig.explore_steps`), labelled by the expert;
+    with `lead` (`CollectConfig.explore_lead`) the expert first takes 0 to lead-1 unrecorded steps."""
     env, _ = _worker_env(env_id, env_kwargs, plan)
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
     n = int(rng.integers(0, steps))
+    for _ in range(int(rng.integers(0, lead)) if lead else 0):
+        obs, _, terminated, truncated, info = env.step(info["expert_action"])
+        if terminated or truncated:  # the expert finished the task: this last state alone is recorded
+            n = 0
+            break
     observations, labels, executed, plans, points, rewards = [], [], [], [], [], []
     for t in range(n + 1):
         observations.append(obs)
@@ -236,11 +252,13 @@ def _explore(env_id: str, env_kwargs: dict, seed: int, steps: int, plan: int) ->
     )
 
 
-def _rollout(env_id: str, env_kwargs: dict, seed: int, explore_steps: int = 0, explore_plan: int = 1) -> Episode:
+def _rollout(
+    env_id: str, env_kwargs: dict, seed: int, explore_steps: int = 0, explore_plan: int = 1, explore_lead: int = 0
+) -> Episode:
     """One expert episode of `env_id` from `seed`, or with `explore_steps` the explored states of
     its scene (env and expert cached per process)."""
     if explore_steps:
-        return _explore(env_id, env_kwargs, seed, explore_steps, explore_plan)
+        return _explore(env_id, env_kwargs, seed, explore_steps, explore_plan, explore_lead)
     env, expert = _worker_env(env_id, env_kwargs)
     obs, info = env.reset(seed=seed)
     expert.reset()
@@ -292,7 +310,7 @@ def _successful_episodes(
         attempts += n
         args: list[list] = [[env_id] * n, [kwargs] * n, seeds]
         if cfg.explore_steps:
-            args += [[cfg.explore_steps] * n, [cfg.explore_plan] * n]
+            args += [[cfg.explore_steps] * n, [cfg.explore_plan] * n, [cfg.explore_lead] * n]
         results: Iterator[Episode] = map(_rollout, *args) if pool is None else pool.map(_rollout, *args)
         for ep in results:
             if done == cfg.episodes:
@@ -397,7 +415,7 @@ def collect(cfg: CollectConfig) -> Path:
         raise FileExistsError(f"{path} exists (CollectConfig.out); pass --overwrite to replace it")
     settings = {"env_kwargs": cfg.env_kwargs(), "compression_level": cfg.compression_level}
     if cfg.explore_steps:
-        settings["explore"] = [cfg.explore_steps, cfg.explore_plan]
+        settings["explore"] = [cfg.explore_steps, cfg.explore_plan] + ([cfg.explore_lead] if cfg.explore_lead else [])
     store = AttemptStore(cfg.out / PARTS_DIR, settings, discard_other=cfg.overwrite)
     attempts: dict[str, list[tuple[int, bool]]] = {}
     pool = None

@@ -197,6 +197,8 @@ def test_refuses_to_overwrite(dataset):
         ({"explore_steps": -1}, "CollectConfig.explore_steps"),
         ({"explore_steps": 3, "explore_plan": 0}, "CollectConfig.explore_plan"),
         ({"env": ("ee_vla/MetaWorld-reach-v0",), "explore_steps": 3}, "CollectConfig.explore_steps"),
+        ({"explore_steps": 3, "explore_lead": -1}, "CollectConfig.explore_lead"),
+        ({"explore_lead": 5}, "CollectConfig.explore_lead"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, field):
@@ -240,6 +242,43 @@ def test_explored_states_carry_the_experts_labels_and_plans(tmp_path):
                 obs, _, _, _, info = env.step(a)
     finally:
         env.close()
+
+
+def test_explored_states_can_start_where_the_expert_left_off(tmp_path):
+    """`explore_lead`: the expert first takes some unrecorded steps from the reset (from the same
+    seed: the reset's image is not the first stored one where it moved), then the random steps run
+    as without a lead; the stored states replay from the seed through the expert's steps."""
+    import gymnasium as gym
+
+    from sim_envs.experts import ExpertLabels
+
+    cfg = CollectConfig(
+        env="ee_vla/Push-v0", episodes=6, out=tmp_path, seed=700, image_size=32, explore_steps=3,
+        explore_plan=3, explore_lead=12,
+    )  # fmt: skip
+    episodes = load_dataset(collect(cfg))
+    env = ExpertLabels(gym.make("ee_vla/Push-v0", image_size=32), horizon=3)
+    leads = []
+    try:
+        for ep in episodes:
+            rng = np.random.default_rng(ep.seed)
+            n = int(rng.integers(0, 3))
+            lead = int(rng.integers(0, 12))
+            obs, info = env.reset(seed=ep.seed)
+            for _ in range(lead):
+                obs, _, terminated, truncated, info = env.step(info["expert_action"])
+                if terminated or truncated:
+                    n = 0
+                    break
+            assert len(ep) == n + 1
+            leads.append(lead)
+            for t in range(len(ep)):
+                np.testing.assert_array_equal(obs["pixels"], ep.pixels[t])
+                np.testing.assert_allclose(info["expert_plan"], ep.expert_chunks[t], atol=1e-6)
+                obs, _, _, _, info = env.step(ep.executed_actions[t])
+    finally:
+        env.close()
+    assert max(leads) > 0 and len(set(leads)) > 1
 
 
 def test_config_accepts_a_single_id_string():
