@@ -431,8 +431,9 @@ def collect(cfg: CollectConfig) -> Path:
             bar = tqdm(total=cfg.episodes, initial=done, desc=env_id, unit="demo")
             for ep in _successful_episodes(cfg, env_id, pool, len(saved), done):
                 store.save(ep, cfg.compression_level)
-                saved.append((ep.seed, _kept(ep)))
-                if _kept(ep):
+                kept = _kept(ep)
+                saved.append((ep.seed, kept))
+                if kept:
                     bar.update(1)
                 else:
                     bar.set_postfix(failed=sum(not ok for _, ok in saved))
