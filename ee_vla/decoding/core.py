@@ -137,8 +137,12 @@ class DecodeState:
 
 class _DecodeLoop:
     """The state of one `iter_decode` call and its steps: the window `y`, the final counts `F`,
-    the samples still running, the per-action records and the exits. Every step keeps the
-    loop's torch ops and host syncs as they are in `iter_decode`'s order."""
+    the samples still running, the per-action records and the exits.
+
+    `F` and `active` live on the model's device (the next iteration's inputs) and, mirrored, on
+    the host (`f`, `act`: what the exits and the records read). Both change together, so the loop
+    reads the device once per iteration (and once after the prefill): on a GPU every other host
+    read would wait for the queue to drain."""
 
     def __init__(
         self,
@@ -174,6 +178,8 @@ class _DecodeLoop:
         self.stats = DecodeStats(n_tokens=n_tokens, batch_size=self.B, prefill_s=prefill_s)
         self.F = torch.ones(self.B, dtype=torch.long, device=self.dev)
         self.active = torch.ones(self.B, dtype=torch.bool, device=self.dev)
+        self.f = [1] * self.B  # host copies of F and active
+        self.act = [True] * self.B
         self.c = 0  # committed KV entries of generated tokens (shared by the batch)
         self.it = 0  # parallel iterations run so far
         if first_logits.ndim == 2:
@@ -220,19 +226,22 @@ class _DecodeLoop:
         if not 1 <= L <= n - 1:
             raise ValueError(f"a prefill may run 1 .. {n - 1} guess tokens before an {n}-token chunk, got {L}")
         g = guess.to(self.dev)
-        if bool((g[:, :L] < 0).any()):
-            raise ValueError("the guess tokens a prefill ran must be token ids (>= 0): fill the rows without a guess")
         bad = ~torch.isfinite(logits).all(-1)
-        if bad.any():
-            raise _nonfinite_error("the prefill", bad, 0)
         pred = greedy(logits, self.action_range)  # (B, 1 + L): positions 0 .. L
         y = torch.empty(B, n, dtype=torch.long, device=self.dev)
         y[:, : L + 1] = pred
         y[:, L + 1 :] = torch.where(g[:, L + 1 :] < 0, pred[:, -1:], g[:, L + 1 :])
         right = g[:, :L] == pred[:, :L]
         run = torch.cumprod(right.long(), dim=1).sum(1)
+        checks = torch.stack([(g[:, :L] < 0).any(), bad.any()]).long()
+        negative, nonfinite, *run_h = torch.cat([checks, run]).tolist()  # the prefill's one host sync
+        if negative:
+            raise ValueError("the guess tokens a prefill ran must be token ids (>= 0): fill the rows without a guess")
+        if nonfinite:
+            raise _nonfinite_error("the prefill", bad, 0)
         self.F = 1 + run  # run <= L <= n - 1
-        self.c = int(run.min().item())  # the right guesses' KV entries, shared by the batch
+        self.f = [1 + r for r in run_h]
+        self.c = min(run_h)  # the right guesses' KV entries, shared by the batch
         return y
 
     def mark(self, forced: list[int] | None = None) -> list[int]:
@@ -240,7 +249,7 @@ class _DecodeLoop:
         now final in every sample and not reported before."""
         unit, it = self.unit, self.it
         now = self.clock() - self.t0
-        f = self.F.tolist()
+        f = self.f
         for b in range(self.B):
             for j in range(self.n_units):
                 if self.unit_iter[b][j] < 0 and f[b] >= (j + 1) * unit:
@@ -252,20 +261,36 @@ class _DecodeLoop:
         self.emitted = max(self.emitted, all_final)
         return new
 
-    def finish(self, b_mask: torch.Tensor, reason: str) -> None:
-        """End the samples of `b_mask`: the actions that `F` does not cover yet are released as
-        they stand (inexact); those already final by `F` (e.g. made final by the very iteration
-        that triggers a tau exit) keep their exactness and are recorded by the next `mark`."""
-        F, active = self.F, self.active
-        rows = torch.nonzero(b_mask & active).flatten().tolist()
-        f = F.tolist() if rows else []
-        for b in rows:
+    def finish(self, rows: list[bool], b_mask: torch.Tensor, reason: str) -> None:
+        """End the running samples among `rows` (host flags per sample; `b_mask` is the same
+        selection on the device): the actions that `F` does not cover yet are released as they
+        stand (inexact); those already final by `F` (e.g. made final by the very iteration that
+        triggers a tau exit) keep their exactness and are recorded by the next `mark`."""
+        ending = [b for b in range(self.B) if rows[b] and self.act[b]]
+        if not ending:
+            return
+        f = self.f
+        for b in ending:
             self.reasons[b] = reason
             for j in range(self.n_units):
                 if self.unit_iter[b][j] < 0 and f[b] < (j + 1) * self.unit:
                     self.unit_exact[b][j] = False
-        F[b_mask & active] = self.n
-        active[b_mask] = False
+            f[b], self.act[b] = self.n, False
+        sel = b_mask & self.active
+        self.F = self.F.masked_fill(sel, self.n)
+        self.active = self.active & ~sel
+
+    def finish_converged(self) -> None:
+        """End the samples whose every token is final."""
+        self.finish([f >= self.n for f in self.f], self.F >= self.n, "converged")
+
+    def finish_running(self, reason: str) -> None:
+        """End every sample still running (an iteration cap or the call's deadline)."""
+        self.finish(self.act, self.active, reason)
+
+    @property
+    def running(self) -> bool:
+        return any(self.act)
 
     def snapshot(self, done: bool, new_units: list[int]) -> DecodeState:
         """The state to yield (streaming): the window, a copy of `F`, the units newly final."""
@@ -285,24 +310,27 @@ class _DecodeLoop:
         when no exit applied (decided on the host: no device sync then)."""
         config, deadline, unit_deadline = self.config, self.deadline, self.unit_deadline
         if config.max_iterations is not None and self.it >= config.max_iterations:
-            self.finish(self.active.clone(), "cap")
+            self.finish_running("cap")
         elif deadline is not None and now + est_s > deadline:
-            self.finish(self.active.clone(), "deadline")
+            self.finish_running("deadline")
         elif unit_deadline is not None:
-            F, unit = self.F, self.unit
+            unit, f = self.unit, self.f
             forced = []
             for j in range(self.n_units):
                 dl = unit_deadline(j)
                 if dl is None or now + est_s <= dl:
                     continue
-                late = self.active & (F < (j + 1) * unit)
-                if late.any():
-                    forced += torch.nonzero(late).flatten().tolist()
-                    F[late] = (j + 1) * unit
+                end = (j + 1) * unit
+                late = [b for b in range(self.B) if self.act[b] and f[b] < end]
+                if late:
+                    forced += late
+                    for b in late:
+                        f[b] = end
+                    self.F = torch.where(self.active & (self.F < end), end, self.F)
             if not forced:
                 return None
             released = self.mark(forced)
-            self.finish(F >= self.n, "action_deadline")
+            self.finish([x >= self.n for x in f], self.F >= self.n, "action_deadline")
             return released
         else:
             return None
@@ -312,7 +340,7 @@ class _DecodeLoop:
         """The units that the last iteration made final, then those that an exit released (the
         cap and the deadlines, decided before spending another forward pass)."""
         new_units = self.mark()  # units that the last iteration made final
-        if self.active.any():
+        if self.running:
             new_units += self.exits(self.clock(), est_s) or []
         new_units += self.mark()  # units released by an exit (marked inexact by finish)
         return new_units
@@ -344,29 +372,33 @@ class _DecodeLoop:
         right = frozen[:, :-1] | (y_old[:, :-1] == pred[:, :-1])
         run = torch.cumprod(right.long(), dim=1).sum(1) if right.shape[1] else torch.zeros_like(F)
         F_new = torch.where(active, torch.maximum(F, s + 2 + run), F).clamp(max=n)
-        n_active = active.sum()
-        accepted = ((F_new - F) * active).sum().float() / n_active.clamp(min=1)
-        n_bad = (bad & active[:, None]).sum()
-        accepted_v, n_bad_v = torch.stack([accepted, n_bad.float()]).tolist()  # one host sync
-        if n_bad_v:
-            raise _nonfinite_error(f"iteration {self.it + 1}", bad & active[:, None], s + 1)
-        self.stats.accepted_per_iteration.append(accepted_v)
         moved = torch.where(upd, token_distance(pred, y_old, ar), 0).amax(1)
-        self.F = F_new
+        n_bad = (bad & active[:, None]).sum()
+        B = self.B
+        host = torch.cat([F_new, run.to(F_new.dtype), moved.to(F_new.dtype), n_bad[None]]).tolist()  # one host sync
+        if host[-1]:
+            raise _nonfinite_error(f"iteration {self.it + 1}", bad & active[:, None], s + 1)
+        f_new, run_h, moved_h = host[:B], host[B : 2 * B], host[2 * B : 3 * B]
+        running = [b for b in range(B) if self.act[b]]
+        accepted = sum(f_new[b] - self.f[b] for b in running) / max(1, len(running))
+        self.stats.accepted_per_iteration.append(float(accepted))
+        self.F, self.f = F_new, f_new
         self.it += 1
-        self._converge(moved, run, s, e)
+        self._converge(moved, moved_h, run_h, s, e)
         last_iter_s = self.clock() - t_it
         self.stats.iteration_s.append(last_iter_s)
         return last_iter_s
 
-    def _converge(self, moved: torch.Tensor, run: torch.Tensor, s: int, e: int) -> None:
+    def _converge(self, moved: torch.Tensor, moved_h: list[int], run_h: list[int], s: int, e: int) -> None:
         """End the samples that converged (exactly, or within `tau` once the window reaches the
-        end) and commit the KV entries of the right inputs (`keep_final_kv`)."""
-        self.finish(self.F >= self.n, "converged")
+        end) and commit the KV entries of the right inputs (`keep_final_kv`); `moved` and `run`
+        per sample, `moved_h` and `run_h` their host copies."""
+        self.finish_converged()
+        tau = self.config.tau
         if e == self.n - 1:
-            self.finish(self.active & (moved <= self.config.tau), "tau")
-        if self.config.keep_final_kv and self.active.any():
-            self.c = int(torch.minimum(s + 1 + run, self.F - 1)[self.active].min().item())
+            self.finish([m <= tau for m in moved_h], moved <= tau, "tau")
+        if self.config.keep_final_kv and self.running:
+            self.c = min(min(s + 1 + run_h[b], self.f[b] - 1) for b in range(self.B) if self.act[b])
 
 
 def iter_decode(
@@ -410,12 +442,12 @@ def iter_decode(
     loop = _DecodeLoop(
         first_logits, n_tokens, config, guess, action_range, unit, deadline, unit_deadline, clock, t_start, prefill_s
     )
-    loop.finish(loop.F >= loop.n, "converged")
+    loop.finish_converged()
     # the next iteration's cost is estimated by the last one; before the first, by the prefill
     last_iter_s = prefill_s
     while True:
         new_units = loop.exits_before_iteration(last_iter_s)
-        if not loop.active.any():
+        if not loop.running:
             yield loop.snapshot(True, new_units)
             return
         yield loop.snapshot(False, new_units)
@@ -423,7 +455,7 @@ def iter_decode(
         if loop.deadline is not None or loop.unit_deadline is not None:
             released = loop.deadlines_again(last_iter_s)
             if released is not None:
-                if not loop.active.any():
+                if not loop.running:
                     yield loop.snapshot(True, released)
                     return
                 if released:

@@ -259,3 +259,60 @@ def test_non_finite_logits_are_refused_by_every_decoder():
     for name in ("ar", "jacobi", "ceed", "ceed_cap", "ceed_2pass"):
         with pytest.raises(NonFiniteLogitsError):
             decode(NaNStep(1, [0]), first_logits(1), 6, DecodeConfig.preset(name), action_range=(LO, HI))
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Record every `tolist`, `item` and truth test of a tensor made by the decode loop's own code
+    (on a GPU each one waits for the queue to drain)."""
+    import sys
+
+    reads = []
+    for name in ("tolist", "item", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            if sys._getframe(1).f_globals.get("__name__") == "ee_vla.decoding.core":
+                reads.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+@pytest.mark.parametrize("window_in_prefill", [False, True])
+def test_the_loop_reads_the_device_once_after_the_prefill_and_once_per_iteration(monkeypatch, window_in_prefill):
+    """Per-sample convergence, a per-action deadline and the iteration cap are decided on host
+    copies: the loop's host reads are one for the prefill's logits and one per iteration."""
+    clock = Clock()
+    B, n = 3, 12
+    guess = torch.stack([torch.arange(LO, LO + n), torch.full((n,), LO), torch.arange(LO, LO + n)])
+    guess[2, 5:] = LO  # right up to token 4
+    logits, step = first_logits(B), CountingStep(B, clock)
+    if window_in_prefill:  # the prefill also ran guess tokens 0 .. 3: their predictions are the next tokens
+        L = 4
+        logits = torch.zeros(B, 1 + L, HI + 1, dtype=torch.float64)
+        logits[:, 0, LO] = 1.0
+        for b in range(B):
+            for i in range(L):
+                logits[b, 1 + i, min(int(guess[b, i]) + 1, HI)] = 1.0
+            step.cached[b] = guess[b, :L].tolist()  # the prefill wrote them to the cache
+    reads = _count_host_reads(monkeypatch)
+    cfg = DecodeConfig(method="ceed", init="repeat", max_iterations=4)
+    states = list(
+        iter_decode(
+            step,
+            logits,
+            n,
+            cfg,
+            guess=guess,
+            unit=3,
+            unit_deadline={2: 0.025}.get,
+            clock=clock,
+            action_range=(LO, HI),
+        )
+    )
+    stats = states[-1].stats
+    assert stats.iterations == 4 and "cap" in stats.exit_reason and "action_deadline" not in stats.exit_reason
+    assert stats.unit_exact[1][2] is False  # the deadline froze action 2 of the slow sample
+    assert stats.exit_reason[0] == "converged" and states[1].n_final.tolist()[0] == n
+    assert len(reads) == 1 + stats.iterations, reads
