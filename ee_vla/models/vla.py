@@ -426,9 +426,18 @@ class VLA:
             x = F.interpolate(
                 x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
             )
-        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
+        mean, std = self._normalisation(x.device)
         return ((x - mean) / std).to(self.model.dtype)
+
+    def _normalisation(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, 3, 1, 1) image mean and std on `device`, made once per device (building them
+        per call is a host-to-device copy, which waits for the GPU's queue)."""
+        key = (device, self.image_mean, self.image_std)
+        if getattr(self, "_norm_key", None) != key:
+            mean = torch.tensor(self.image_mean, device=device).view(1, 3, 1, 1)
+            self._norm = (mean, torch.tensor(self.image_std, device=device).view(1, 3, 1, 1))
+            self._norm_key = key
+        return self._norm
 
     def _head_ids(self, instruction: str, template: str | None) -> list[int]:
         """BOS, the image placeholders and the templated instruction (cached: a training batch
@@ -478,12 +487,8 @@ class VLA:
             ids[i, P - lens[i] : P - n_tail] = h
         if tail is not None:
             ids[:, P - n_tail :] = tail
-        dev = self.device
-        return {
-            "input_ids": torch.from_numpy(ids).to(dev),
-            "attention_mask": torch.from_numpy(mask).to(dev),
-            "pixel_values": self.pixel_values(pixels),
-        }
+        ids_mask = torch.from_numpy(np.stack([ids, mask])).to(self.device)  # one copy to the device, not two
+        return {"input_ids": ids_mask[0], "attention_mask": ids_mask[1], "pixel_values": self.pixel_values(pixels)}
 
     def tokens_to_actions(self, tokens: np.ndarray) -> np.ndarray:
         """(..., chunk_size * action_dim) -> (..., chunk_size, action_dim)."""
