@@ -2,8 +2,11 @@
 
 A decoder streams a chunk of `k` actions one at a time, each the moment its tokens are final
 (`StreamedAction`). `ChunkSchedule` places chunk `c`'s action `i` at execution time
-`t0_c + i * dt` (`dt = 1 / control_hz`), where `t0_c` is the time the chunk's first action arrived,
-and answers one question at every control tick: which action is due now?
+`t0_c + i * dt` (`dt = 1 / control_hz`), where `t0_c` is the time the chunk's first action arrived
+(`chunk_start="arrival"`), or the time of the observation it was decoded from
+(`chunk_start="observation"`: action `i` was planned for `i` periods after that observation, so the
+actions whose time passed while the chunk decoded are skipped), and answers one question at every
+control tick: which action is due now?
 
 What happens when chunks overlap or run out is configuration (`ScheduleConfig`):
 
@@ -61,6 +64,11 @@ class ScheduleConfig:
     """Rate at which actions are executed (one action per 1/control_hz seconds)."""
     on_new_chunk: Literal["replace", "blend", "hold"] = "replace"
     """What a new chunk does to the queued rest of the previous one."""
+    chunk_start: Literal["arrival", "observation"] = "arrival"
+    """When a chunk's action 0 is due: when it arrives, or at the time of the observation the chunk
+    was decoded from (`begin_chunk(observed_at=...)`), so that each action runs at the time it was
+    planned for and those already past when the chunk arrives are skipped. `observation` does not
+    combine with `on_new_chunk="hold"`, which starts a chunk when the previous one ends."""
     blend_decay: float = 0.5
     """`blend` only: weight of the older chunk relative to the newer, per chunk of age (0..1)."""
     on_empty: Literal["hold", "zero"] = "hold"
@@ -75,6 +83,13 @@ class ScheduleConfig:
             raise ValueError(f"ScheduleConfig.control_hz must be a positive number, got {self.control_hz}")
         if self.on_new_chunk not in ("replace", "blend", "hold"):
             raise ValueError(f"ScheduleConfig.on_new_chunk must be replace|blend|hold, got {self.on_new_chunk!r}")
+        if self.chunk_start not in ("arrival", "observation"):
+            raise ValueError(f"ScheduleConfig.chunk_start must be arrival|observation, got {self.chunk_start!r}")
+        if self.chunk_start == "observation" and self.on_new_chunk == "hold":
+            raise ValueError(
+                "ScheduleConfig.chunk_start='observation' places a chunk at its observation's time, "
+                "on_new_chunk='hold' after the previous chunk: use replace or blend with it"
+            )
         if self.on_empty not in ("hold", "zero"):
             raise ValueError(f"ScheduleConfig.on_empty must be hold|zero, got {self.on_empty!r}")
         if not 0.0 <= self.blend_decay <= 1.0:
@@ -108,6 +123,7 @@ class _Chunk:
     chunk_id: int
     length: int | None
     t0: float | None = None
+    observed_at: float | None = None
     actions: dict[int, np.ndarray] = field(default_factory=dict)
 
     def slot(self, now: float, dt: float) -> int:
@@ -136,12 +152,16 @@ class ChunkSchedule:
         self.counts: dict[str, int] = {}
 
     # ---- producer side --------------------------------------------------------------------
-    def begin_chunk(self, chunk_id: int, length: int) -> None:
-        """Announce a chunk of `length` actions (its start time is set by its first action)."""
+    def begin_chunk(self, chunk_id: int, length: int, observed_at: float | None = None) -> None:
+        """Announce a chunk of `length` actions decoded from an observation made at clock time
+        `observed_at` (its start time is set by its first action: that action's arrival, or
+        `observed_at` with `chunk_start="observation"`, which needs it)."""
         if length <= 0:
             raise ValueError(f"chunk length must be positive, got {length}")
+        if self.config.chunk_start == "observation" and observed_at is None:
+            raise ValueError("ScheduleConfig.chunk_start='observation' needs begin_chunk(observed_at=...)")
         with self._lock:
-            self._chunks.append(_Chunk(chunk_id, length))
+            self._chunks.append(_Chunk(chunk_id, length, observed_at=observed_at))
 
     def push(self, chunk_id: int, action: StreamedAction) -> None:
         """Add a streamed action of an announced chunk."""
@@ -171,6 +191,8 @@ class ChunkSchedule:
     def _start_time(self, ch: _Chunk, t_ready: float) -> float:
         """When a chunk whose first action is ready at t_ready starts executing."""
         dt = self.config.dt
+        if self.config.chunk_start == "observation" and ch.observed_at is not None:
+            return min(ch.observed_at, t_ready)  # a clock skew never starts it in the future
         if self.config.on_new_chunk == "hold":
             prev = [c for c in self._chunks if c is not ch and c.t0 is not None]
             if prev:

@@ -189,6 +189,10 @@ class PolicyParams:
     """Expected image height in pixels (0: any); other sizes are rejected."""
     on_new_chunk: str = "replace"
     """What a new chunk does to the rest of the previous one: replace | blend | hold."""
+    chunk_start: str = "arrival"
+    """When a chunk's first action is due: arrival (when it is decoded) | observation (at its image's
+    arrival, so each action runs at the time it was planned for and those that fell due while the
+    chunk decoded are skipped; not with on_new_chunk hold)."""
     on_empty: str = "hold"
     """No action queued: hold (repeat the last one) | zero (send zeros)."""
     keep_dims_on_zero: tuple[int, ...] = ()
@@ -408,6 +412,7 @@ _CHECKS = {
     "image_width": _non_negative_int,
     "image_height": _non_negative_int,
     "on_new_chunk": _one_of(("replace", "blend", "hold")),
+    "chunk_start": _one_of(("arrival", "observation")),
     "on_empty": _one_of(("hold", "zero")),
     "keep_dims_on_zero": _dims,
     "max_hold_s": _non_negative,
@@ -453,6 +458,11 @@ def cross_check(p: PolicyParams) -> str | None:
         return f"action_low: twist commands need >= 6 action dims (xyz + rpy), limits have {len(p.action_low)}"
     if p.command_type == "trajectory" and not p.joint_names:
         return "joint_names: trajectory commands need the joint names the action dims map to"
+    if p.chunk_start == "observation" and p.on_new_chunk == "hold":
+        return (
+            "chunk_start: observation places a chunk at its image's time, on_new_chunk hold after the "
+            "previous chunk: use replace or blend with it"
+        )
     if p.keep_dims_on_zero and max(p.keep_dims_on_zero) >= len(p.action_low):
         return f"keep_dims_on_zero: dim {max(p.keep_dims_on_zero)} is outside the {len(p.action_low)} action dims"
     try:  # the decoder options must fit the decoder (e.g. no tau for ar), as in `ee-vla eval`

@@ -215,6 +215,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
             ScheduleConfig(
                 control_hz=p.control_hz,
                 on_new_chunk=p.on_new_chunk,  # type: ignore[arg-type]
+                chunk_start=p.chunk_start,  # type: ignore[arg-type]
                 on_empty=p.on_empty,  # type: ignore[arg-type]
                 keep_dims_on_zero=p.keep_dims_on_zero,
                 max_hold_s=p.max_hold_s if p.max_hold_s > 0 else float("inf"),

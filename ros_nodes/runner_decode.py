@@ -307,7 +307,7 @@ class RunnerDecode:
                     if not self._first_action_on_time(cid, frame, now, first_deadline):
                         return None
                     if stream:
-                        schedule.begin_chunk(cid, int(policy.chunk_size))
+                        schedule.begin_chunk(cid, int(policy.chunk_size), observed_at=frame.t)
                         begun = True
                     with self._lock:
                         self._fault = None  # the policy works again

@@ -56,6 +56,33 @@ def test_hold_finishes_the_old_chunk_before_the_new_one_starts():
     assert [s.tick(t).action[0] for t in (0.0, 0.1, 0.2, 0.3)] == [10, 11, 12, 20]
 
 
+def test_a_chunk_started_at_its_observation_skips_the_actions_whose_time_passed():
+    """Chunk 1 was decoded from an observation at 0.3 s and arrives at 0.42 s: its action 0 was
+    planned for 0.3 s and action 1 for 0.4 s, so action 1 runs at once and action 0 never does;
+    with arrival starts action 0 would run at 0.42 s."""
+    for start, expected in (("observation", [12, 21, 22, 22]), ("arrival", [12, 20, 21, 22])):
+        s = sched(chunk_start=start)
+        s.begin_chunk(0, 3, observed_at=0.0)
+        for i in range(3):
+            s.push(0, act(i, 10 + i, t=0.01))
+        assert s.deadline(0, 1) == pytest.approx(0.1 if start == "observation" else 0.11)
+        assert s.tick(0.15).action[0] == 11
+        s.begin_chunk(1, 3, observed_at=0.3)
+        for i in range(3):
+            s.push(1, act(i, 20 + i, t=0.42))
+        assert s.deadline(1, 2) == pytest.approx(0.5 if start == "observation" else 0.62)
+        assert [s.tick(t).action[0] for t in (0.25, 0.43, 0.53, 0.63)] == expected, start
+
+
+def test_observation_starts_need_the_observation_time_and_no_hold():
+    with pytest.raises(ValueError, match="chunk_start"):
+        ScheduleConfig(chunk_start="image")
+    with pytest.raises(ValueError, match="on_new_chunk='hold'"):
+        ScheduleConfig(chunk_start="observation", on_new_chunk="hold")
+    with pytest.raises(ValueError, match="observed_at"):
+        sched(chunk_start="observation").begin_chunk(0, 3)
+
+
 @pytest.mark.parametrize("mode", ["replace", "hold", "blend"])
 def test_planned_until_is_the_end_of_the_last_scheduled_slot(mode):
     s = sched(on_new_chunk=mode)

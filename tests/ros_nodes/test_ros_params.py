@@ -47,6 +47,7 @@ def test_defaults_are_valid_and_safe():
         ("joint_names", ["a", "a"], "repeat"),
         ("keep_dims_on_zero", [-1], "indices"),
         ("image_width", 1.5, "integer"),
+        ("chunk_start", "image", "arrival|observation"),
     ],
 )
 def test_invalid_values_are_rejected_with_a_reason(name, value, fragment):
@@ -71,6 +72,9 @@ def test_cross_field_checks_name_the_field():
         PolicyParams(command_type="trajectory")
     with pytest.raises(ValueError, match="keep_dims_on_zero"):
         PolicyParams(keep_dims_on_zero=(9,))
+    with pytest.raises(ValueError, match="chunk_start: observation .* on_new_chunk hold"):
+        PolicyParams(chunk_start="observation", on_new_chunk="hold")
+    assert PolicyParams(chunk_start="observation", on_new_chunk="blend")
     assert PolicyParams(command_type="trajectory", joint_names=tuple(f"j{i}" for i in range(7)))
 
 

@@ -605,3 +605,25 @@ def test_capped_or_cold_decoders_keep_the_policys_own_shift(clock, fake_policy, 
         r.on_image(IMG)
         assert r.process_pending()
     assert fake_policy.shifts == [None, None]
+
+
+@pytest.mark.parametrize("chunk_start", ["arrival", "observation"])
+def test_a_chunk_starts_at_its_arrival_or_at_its_images_time(clock, chunk_start):
+    """A chunk decoded in 0.25 s (2.5 control periods) at 10 Hz: started at its arrival, its action 0
+    runs first; started at its image's time, actions 0-1 fell due while it decoded and the first
+    tick sends action 2 (planned for 0.2 s after the image, due until 0.3 s)."""
+
+    class Slow(FakePolicy):
+        def stream_action_chunk(self, obs, action_deadline=None):
+            clock.advance(0.25)
+            yield from super().stream_action_chunk(obs, action_deadline)
+
+    r = make(clock, Slow(clock=clock), chunk_start=chunk_start, image_timeout_s=5.0)
+    r.on_image(IMG)
+    r.process_pending()
+    emits = [e for e in run_ticks(r, clock, 4) if e is not None]
+    first = 0 if chunk_start == "arrival" else 2
+    sent = list(range(first, 4))
+    assert [e.source for e in emits] == ["chunk"] * len(sent) + ["hold"] * (4 - len(sent))
+    for i, e in zip(sent, emits, strict=False):
+        assert np.allclose(e.actions, action_value(1, i))
