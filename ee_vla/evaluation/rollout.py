@@ -3,9 +3,10 @@
 How episodes run: each env id gets a Gymnasium vector env of `num_envs` copies (autoreset
 disabled). Episode i of an env id is reset with seed `seed + i`, whichever copy runs it, so every
 decoder and every `num_envs` sees the same initial states. Each copy holds a queue of the
-`n_action_steps` first actions of its last chunk; whenever copies run out, ONE batched policy call
-decodes new chunks for all of them. A copy whose episode ends is reset with the next episode's seed
-(its queued actions are dropped); when no episodes are left it idles on a hold action and its
+`n_action_steps` first actions of its last chunk; whenever copies run out (or, with an
+`inference_delay` of d steps, are down to their last d actions: the new chunk queues behind them),
+ONE batched policy call decodes new chunks for all of them. A copy whose episode ends is reset with
+the next episode's seed (its queued actions are dropped); when no episodes are left it idles on a hold action and its
 results are ignored. Any exception in an env or the policy aborts the evaluation: a crash is an
 error, never a failed episode.
 """
@@ -389,6 +390,12 @@ class _Rollout:
         self.recorder = recorder
         self.stop_at: float | None = None
         """perf_counter() time after which no new episode starts (running ones finish); None = run all."""
+        if cfg.inference_delay >= policy.n_action_steps:
+            raise EvalConfigError(
+                f"EvalConfig.inference_delay={cfg.inference_delay} must be below the actions executed per chunk "
+                f"(n_action_steps={policy.n_action_steps}): the next chunk is decoded while the last "
+                f"inference_delay actions of the current one run"
+            )
         self.log = DecodeLog(policy.vla.n_action_tokens, policy.chunk_size)
         self.video_paths: list[str] = []
         self.failure_videos_left = cfg.failure_videos
@@ -463,12 +470,16 @@ class _Rollout:
         return time.perf_counter() - t
 
     def _step(self, envs, c: _Copies) -> None:
-        """One env step of every copy: new chunks for the copies whose queue ran out (one policy
-        call), then each running episode's bookkeeping, and resets of the copies that finished."""
-        need = [s for s, ep in enumerate(c.running) if ep is not None and not c.queues[s]]
+        """One env step of every copy: new chunks for the copies whose queue ran out, or is down to
+        `inference_delay` actions (one policy call; a new chunk queues behind those), then each
+        running episode's bookkeeping, and resets of the copies that finished."""
+        delay, n = self.cfg.inference_delay, self.policy.n_action_steps
+        need = [s for s, ep in enumerate(c.running) if ep is not None and len(c.queues[s]) <= delay]
         if need:
             for s, chunk in self._decode(c.obs, need, c.instr, c.previous).items():
-                c.queues[s].extend(chunk[: self.policy.n_action_steps])
+                # a chunk decoded while another runs arrives `delay` steps after its observation
+                first = delay if self.cfg.skip_stale_actions and c.queues[s] else 0
+                c.queues[s].extend(chunk[first:n])
         actions = np.stack([c.queues[s].popleft() if ep is not None else c.hold for s, ep in enumerate(c.running)])
         if self.cfg.clip_actions:
             actions = np.clip(actions, c.low, c.high)
@@ -554,6 +565,8 @@ class _Rollout:
         import torch
 
         policy = self.policy
+        if self.cfg.skip_stale_actions:  # actions run between two decodes (every copy's chunk but its first)
+            policy.warm_start_shift = policy.n_action_steps - self.cfg.inference_delay
         if self.warm:
             have = [previous[s] for s in slots if previous[s] is not None]
             if have:

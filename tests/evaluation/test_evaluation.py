@@ -683,3 +683,93 @@ def test_a_variant_runs_in_a_folder_whose_name_every_tool_takes(tiny_policy_dir,
         tmp_path / "ceed_cap_max_iterations_1" / "eval_info.json"
     )
     assert result["runs"]["ceed_cap:max_iterations=1"]["decode_config"]["max_iterations"] == 1
+
+
+@pytest.mark.parametrize("delay", [0, 1, 2])
+def test_with_an_inference_delay_each_chunk_acts_that_many_steps_after_its_observation(
+    tiny_policy_dir, tmp_path, monkeypatch, delay
+):
+    """The next chunk is decoded while the current one's last `delay` actions run: after each
+    decode but the episode's first, `delay` steps still execute the previous chunk, then the new
+    chunk's 3 actions run; every chunk's actions run once each, in order."""
+    import gymnasium
+    import numpy as np
+
+    from ee_vla.policy import VLAPolicy
+
+    events, real_predict = [], VLAPolicy.predict_action_chunk
+
+    def predict(self, obs):
+        k = sum(1 for e in events if e[0] == "decode")
+        events.append(("decode", k))
+        return np.full_like(real_predict(self, obs), 0.01 * k)  # chunk k's actions say k
+
+    env_cls = gymnasium.spec(FAKE_ENV).entry_point
+    real_step = env_cls.step
+
+    def step(self, action):
+        events.append(("step", round(float(action[0]) * 100)))
+        return real_step(self, action)
+
+    monkeypatch.setattr(VLAPolicy, "predict_action_chunk", predict)
+    monkeypatch.setattr(env_cls, "step", step)
+    evaluate(make_cfg(tiny_policy_dir, tmp_path, episodes=1, seed=15, inference_delay=delay))  # a 6-step episode
+    expected, queue, k = [], [], 0
+    for _ in range(6):
+        if len(queue) <= delay:
+            expected.append(("decode", k))
+            queue += [k] * 3
+            k += 1
+        expected.append(("step", queue.pop(0)))
+    assert events == expected
+    if delay == 1:
+        D, S = "decode", "step"
+        assert events == [(D, 0), (S, 0), (S, 0), (D, 1), (S, 0), (S, 1), (S, 1), (D, 2), (S, 1)]
+
+
+def test_an_inference_delay_must_leave_a_chunk_action_to_decode_behind(tiny_policy_dir, tmp_path):
+    with pytest.raises(EvalConfigError, match=r"inference_delay=3 must be below .*n_action_steps=3"):
+        evaluate(make_cfg(tiny_policy_dir, tmp_path, inference_delay=3))
+    with pytest.raises(EvalConfigError, match=r"inference_delay=2 must be below .*n_action_steps=2"):
+        evaluate(make_cfg(tiny_policy_dir, tmp_path / "b", inference_delay=2, n_action_steps=2))
+    with pytest.raises(EvalConfigError, match=r"EvalConfig.inference_delay must be >= 0"):
+        make_cfg(tiny_policy_dir, tmp_path / "c", inference_delay=-1)
+
+
+def test_skipping_stale_actions_starts_each_delayed_chunk_where_it_arrives(tiny_policy_dir, tmp_path, monkeypatch):
+    """With a delay of 1 step and stale actions skipped, a chunk decoded while another runs starts at
+    its action 1 (action 0 was meant for the step its decode took); the episode's first chunk runs
+    whole; the warm guess shifts by the 2 actions run between decodes."""
+    import gymnasium
+    import numpy as np
+
+    from ee_vla.policy import VLAPolicy
+
+    events, shifts, real_predict = [], [], VLAPolicy.predict_action_chunk
+
+    def predict(self, obs):
+        k = sum(1 for e in events if e[0] == "decode")
+        events.append(("decode", k))
+        shifts.append(self.warm_start_shift)
+        chunk = real_predict(self, obs)
+        return (10 * k + np.arange(chunk.shape[1]))[None, :, None] / 1000 + 0 * chunk  # action j of chunk k: k, j
+
+    env_cls = gymnasium.spec(FAKE_ENV).entry_point
+    real_step = env_cls.step
+
+    def step(self, action):
+        events.append(("step", divmod(round(float(action[0]) * 1000), 10)))
+        return real_step(self, action)
+
+    monkeypatch.setattr(VLAPolicy, "predict_action_chunk", predict)
+    monkeypatch.setattr(env_cls, "step", step)
+    cfg = make_cfg(tiny_policy_dir, tmp_path, episodes=1, seed=15, inference_delay=1, skip_stale_actions=True)
+    evaluate(cfg)  # a 6-step episode
+    D, S = "decode", "step"
+    assert events == [
+        (D, 0), (S, (0, 0)), (S, (0, 1)), (D, 1), (S, (0, 2)), (S, (1, 1)),
+        (D, 2), (S, (1, 2)), (S, (2, 1)),
+    ]  # fmt: skip
+    assert set(shifts) == {2}
+    with pytest.raises(EvalConfigError, match="skip_stale_actions needs an inference_delay above 0"):
+        make_cfg(tiny_policy_dir, tmp_path / "b", skip_stale_actions=True)
