@@ -179,10 +179,11 @@ class PolicyParams:
     """Stale-input watchdog: without a valid image for this long, send one stop command and go quiet."""
     decode_deadline_s: float = 1.0
     """Budget from an image to its chunk's first action; later chunks are dropped (acting on old input)."""
-    chunk_size_threshold: float = 1.0
+    chunk_size_threshold: float = 0.5
     """Decode the next chunk once the actions still planned last at most this fraction of a chunk (as
-    LeRobot's async inference): 1 decodes each new image as soon as the decoder is free; 0.5 waits until
-    half of the current chunk is sent, so a robot asks for fewer decodes (for a fleet on one GPU)."""
+    LeRobot's async inference): 0.5 waits until half of the current chunk is sent, so the robot runs
+    chunks rather than re-planning after nearly every action, and asks for fewer decodes (a fleet on
+    one GPU); 1 decodes each new image as soon as the decoder is free."""
     image_width: int = 0
     """Expected image width in pixels (0: any); other sizes are rejected."""
     image_height: int = 0

@@ -35,8 +35,16 @@ WRIST = RNG.integers(0, 256, (48, 40, 3), dtype=np.uint8)
 
 
 def fake_runner(clock, **params):
-    """A configured, active, unthreaded runner of a `FakePolicy` that reads both cameras."""
-    kw = dict(instruction="pick", control_hz=10.0, image_timeout_s=0.5, warmup=False, policy_process=False)
+    """A configured, active, unthreaded runner of a `FakePolicy` that reads both cameras; it decodes
+    every new image (`chunk_size_threshold` 1) unless told otherwise."""
+    kw = dict(
+        instruction="pick",
+        control_hz=10.0,
+        image_timeout_s=0.5,
+        warmup=False,
+        policy_process=False,
+        chunk_size_threshold=1.0,
+    )
     kw.update(params)
     policy = FakePolicy(clock=clock, cameras=CAMERAS)
     r = PolicyRunner(PolicyParams(**kw), lambda _p: policy, clock=clock, threaded=False)

@@ -16,7 +16,10 @@ IMG = np.zeros((16, 16, 3), np.uint8)
 
 
 def make(clock, policy, threaded=False, **params):
-    kw = dict(instruction="pick up the cube", control_hz=10.0, image_timeout_s=0.5, warmup=False)
+    """A configured, active runner; it decodes every new image (`chunk_size_threshold` 1) unless told otherwise."""
+    kw = dict(
+        instruction="pick up the cube", control_hz=10.0, image_timeout_s=0.5, warmup=False, chunk_size_threshold=1.0
+    )
     kw.update(params)
     r = PolicyRunner(PolicyParams(**kw), lambda p: policy, clock=clock, threaded=threaded)
     r.configure()
@@ -482,7 +485,7 @@ def test_chunk_size_threshold_decodes_once_the_plan_runs_short(clock, fake_polic
     # The new chunk replaced the rest of the old one; its first action is sent now.
     e = r.tick()
     assert e.chunk_id == 2 and np.allclose(e.actions, action_value(2, 0))
-    # At 1 (the default) every new image is decoded as soon as the decoder is free.
+    # At 1 every new image is decoded as soon as the decoder is free.
     every = make(clock, FakePolicy(clock=clock))
     for _ in range(3):
         every.on_image(IMG)
