@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ee_vla.runtime import RuntimeConfig
+    from ee_vla.streaming import ScheduleConfig
 
 COMMAND_TYPES = ("twist", "array", "trajectory")
 """twist: geometry_msgs/TwistStamped (MoveIt Servo); array: std_msgs/Float64MultiArray (ros2_control
@@ -241,6 +242,21 @@ class PolicyParams:
             chunk_size=self.chunk_size or None,
         )
 
+    def schedule_config(self, control_hz: float | None = None) -> ScheduleConfig:
+        """The `ee_vla.streaming.ScheduleConfig` of these parameters: when each action of a chunk
+        is due and what is sent between chunks; at `control_hz` (None: the parameter's, once
+        `with_contract` has resolved a 0)."""
+        from ee_vla.streaming import ScheduleConfig
+
+        return ScheduleConfig(
+            control_hz=self.control_hz if control_hz is None else control_hz,
+            on_new_chunk=self.on_new_chunk,  # type: ignore[arg-type]
+            chunk_start=self.chunk_start,  # type: ignore[arg-type]
+            on_empty=self.on_empty,  # type: ignore[arg-type]
+            keep_dims_on_zero=self.keep_dims_on_zero,
+            max_hold_s=self.max_hold_s if self.max_hold_s > 0 else float("inf"),
+        )
+
     @property
     def resolved_command_topic(self) -> str:
         """`command_topic`, or the default topic of `command_type` when empty."""
@@ -459,17 +475,16 @@ def cross_check(p: PolicyParams) -> str | None:
         return f"action_low: twist commands need >= 6 action dims (xyz + rpy), limits have {len(p.action_low)}"
     if p.command_type == "trajectory" and not p.joint_names:
         return "joint_names: trajectory commands need the joint names the action dims map to"
-    if p.chunk_start == "observation" and p.on_new_chunk == "hold":
-        return (
-            "chunk_start: observation places a chunk at its image's time, on_new_chunk hold after the "
-            "previous chunk: use replace or blend with it"
-        )
     if p.keep_dims_on_zero and max(p.keep_dims_on_zero) >= len(p.action_low):
         return f"keep_dims_on_zero: dim {max(p.keep_dims_on_zero)} is outside the {len(p.action_low)} action dims"
     try:  # the decoder options must fit the decoder (e.g. no tau for ar), as in `ee-vla eval`
         p.runtime_config()
     except ValueError as e:
         return f"decoder: {e}"
+    try:  # the schedule's own rules (e.g. chunk_start observation does not go with on_new_chunk hold)
+        p.schedule_config(control_hz=p.control_hz or DEFAULT_CONTROL_HZ)
+    except ValueError as e:
+        return f"schedule: {e}"
     return None
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ee_vla.streaming import ChunkSchedule, ScheduleConfig
+from ee_vla.streaming import ChunkSchedule
 from ros_nodes.diagnostics import RateMonitor, Window
 from ros_nodes.params import CAMERA_TOPIC_PARAMS, LIVE_PARAMS, PolicyParams, with_contract
 from ros_nodes.policy_process import ProcessPolicy, load_policy_here
@@ -211,17 +211,7 @@ class PolicyRunner(RunnerInputs, RunnerDecode, RunnerStatus):
         self._log_cameras()
         p = self.params
         self._shift_warm_start = shifts_warm_start(p)
-        self.schedule = ChunkSchedule(
-            ScheduleConfig(
-                control_hz=p.control_hz,
-                on_new_chunk=p.on_new_chunk,  # type: ignore[arg-type]
-                chunk_start=p.chunk_start,  # type: ignore[arg-type]
-                on_empty=p.on_empty,  # type: ignore[arg-type]
-                keep_dims_on_zero=p.keep_dims_on_zero,
-                max_hold_s=p.max_hold_s if p.max_hold_s > 0 else float("inf"),
-            ),
-            clock=self.clock,
-        )
+        self.schedule = ChunkSchedule(p.schedule_config(), clock=self.clock)
         self.state = "inactive"
         self.log.info(
             "configured: policy chunk_size=%d action_dim=%d decoder=%s device=%s command_type=%s",

@@ -72,7 +72,7 @@ def test_cross_field_checks_name_the_field():
         PolicyParams(command_type="trajectory")
     with pytest.raises(ValueError, match="keep_dims_on_zero"):
         PolicyParams(keep_dims_on_zero=(9,))
-    with pytest.raises(ValueError, match="chunk_start: observation .* on_new_chunk hold"):
+    with pytest.raises(ValueError, match="schedule: .*chunk_start=.observation.* on_new_chunk=.hold."):
         PolicyParams(chunk_start="observation", on_new_chunk="hold")
     assert PolicyParams(chunk_start="observation", on_new_chunk="blend")
     assert PolicyParams(command_type="trajectory", joint_names=tuple(f"j{i}" for i in range(7)))
