@@ -226,19 +226,16 @@ class _DecodeLoop:
         if not 1 <= L <= n - 1:
             raise ValueError(f"a prefill may run 1 .. {n - 1} guess tokens before an {n}-token chunk, got {L}")
         g = guess.to(self.dev)
-        bad = ~torch.isfinite(logits).all(-1)
         pred = greedy(logits, self.action_range)  # (B, 1 + L): positions 0 .. L
-        y = torch.empty(B, n, dtype=torch.long, device=self.dev)
-        y[:, : L + 1] = pred
-        y[:, L + 1 :] = torch.where(g[:, L + 1 :] < 0, pred[:, -1:], g[:, L + 1 :])
-        right = g[:, :L] == pred[:, :L]
-        run = torch.cumprod(right.long(), dim=1).sum(1)
-        checks = torch.stack([(g[:, :L] < 0).any(), bad.any()]).long()
-        negative, nonfinite, *run_h = torch.cat([checks, run]).tolist()  # the prefill's one host sync
+        rest = g[:, L + 1 :]
+        y = torch.cat([pred, torch.where(rest < 0, pred[:, -1:], rest)], 1)
+        run = torch.cumprod(g[:, :L] == pred[:, :L], dim=1, dtype=torch.long).sum(1)
+        checks = torch.stack([(g[:, :L] < 0).any(), torch.isfinite(logits).all()])
+        negative, finite, *run_h = torch.cat([checks, run]).tolist()  # the prefill's one host sync
         if negative:
             raise ValueError("the guess tokens a prefill ran must be token ids (>= 0): fill the rows without a guess")
-        if nonfinite:
-            raise _nonfinite_error("the prefill", bad, 0)
+        if not finite:
+            raise _nonfinite_error("the prefill", ~torch.isfinite(logits).all(-1), 0)
         self.F = 1 + run  # run <= L <= n - 1
         self.f = [1 + r for r in run_h]
         self.c = min(run_h)  # the right guesses' KV entries, shared by the batch

@@ -34,13 +34,15 @@ def crop_cache(cache, length: int) -> None:
         cache.crop(-extra)
 
 
-def check_window(window: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """A prefill's guess window on the prompt's device: (B, L >= 1) token ids for B prompts."""
+def check_window(window: torch.Tensor, input_ids: torch.Tensor, values: bool = True) -> torch.Tensor:
+    """A prefill's guess window on the prompt's device: (B, L >= 1) token ids for B prompts.
+    `values`: check that the ids are >= 0 too (a host read; a caller that reads the device
+    anyway may check them there instead)."""
     if window.ndim != 2 or window.shape[0] != input_ids.shape[0] or window.shape[1] < 1:
         raise ValueError(
             f"the prefill's window must be (batch={input_ids.shape[0]}, L >= 1) token ids, got {tuple(window.shape)}"
         )
-    if bool((window < 0).any()):
+    if values and bool((window < 0).any()):
         raise ValueError("the prefill's window holds negative token ids")
     return window.to(input_ids.device, torch.long)
 

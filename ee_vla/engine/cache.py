@@ -86,10 +86,9 @@ class _WidthBuffers:
 class _PromptBuffers:
     """Static inputs of one prompt bucket (length Pb)."""
 
-    ids: torch.Tensor  # (B, Pb) token ids, left-padded
-    mask: torch.Tensor  # (B, Pb) attention mask (long)
-    positions: torch.Tensor  # (B, Pb) position ids
-    slots: torch.Tensor  # (Pb,) 0 .. Pb-1
+    ids: torch.Tensor  # (B, Pb + L) token ids, left-padded, then the L guess tokens run after the prompt
+    mask: torch.Tensor  # (B, Pb + L) attention mask (long; 1 over the guess tokens)
+    slots: torch.Tensor  # (Pb + L,) 0 .. Pb + L - 1
     pixels: torch.Tensor | None = None  # (B, C, H, W) images of a VLA prompt
 
 

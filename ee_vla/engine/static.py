@@ -21,15 +21,15 @@ Why the static step gives the eager step's tokens:
 * Padding of the window. A call with L tokens runs the smallest captured width w >= L; the w - L
   padded inputs come after the real ones, so no real query sees them (causality again), and their
   outputs are dropped. Their KV entries land above the real ones and are masked later.
-* Positions. Position ids are `valid_len + start + j`, exactly `HFStep`'s, so a left-padded
-  sample decodes as it would alone.
+* Positions. Position ids are the real prompt length + start + j, exactly `HFStep`'s, so a
+  left-padded sample decodes as it would alone.
 * Prompt buckets. A prompt of P tokens is left-padded further, to a multiple of `prefill_bucket`
   (masked padding, positions from the attention mask as in `HFStep`), so that prompts of nearby
   lengths share one static prefill shape. A Llava-style VLA's prompt with `pixel_values` is bucketed
   too: the engine runs the vision tower itself and puts the image features in place of the
   placeholder embeddings with a gather (transformers' own merge counts the placeholders on the host,
-  which a graph cannot hold; the engine checks that count outside the forward). Prompts with any
-  other extra inputs run eagerly at their own length.
+  which a graph cannot hold; the engine checks that count on the device and reads it with the
+  forward's end). Prompts with any other extra inputs run eagerly at their own length.
 
 With `graphs=True` (CUDA only) each width is captured once as a `torch.cuda.CUDAGraph` whose
 inputs are the static buffers (and each prompt bucket, lazily, at its first prefill): a step is
@@ -281,11 +281,6 @@ class StaticEngine(PromptBuckets):
         """`self.model(**kwargs)` over the engine's cache."""
         return self.model(past_key_values=self.cache, use_cache=True, **kwargs)
 
-    def _buffer_forward(self, buf, **extra) -> torch.Tensor:
-        """One forward of a set of static buffers (what a CUDA graph captures): logits."""
-        self._slots.index = buf.slots
-        return self._model_logits(buf.ids, self._mask(buf.slots), buf.positions, **extra)
-
     def _forward(self, width: int) -> torch.Tensor:
         """One step over the width-`width` buffers; (B, w, V) logits."""
         buf = self._buffers[width]
@@ -393,24 +388,29 @@ class StaticEngine(PromptBuckets):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(dev).long()
+        images = self._image_token is not None and set(extra) == {"pixel_values"}
+        bucketed = self.prefill_bucket is not None and (not extra or images)
         if window is not None:
-            window = check_window(window, input_ids)
+            # a bucketed prefill checks the window's values with its forward's end (`_input_faults`)
+            window = check_window(window, input_ids, values=not bucketed)
             if window.shape[1] > self.max_new_tokens:
                 raise ValueError(
                     f"a prefill window of {window.shape[1]} tokens exceeds the engine's "
                     f"max_new_tokens={self.max_new_tokens}"
                 )
-        images = self._image_token is not None and set(extra) == {"pixel_values"}
-        if self.prefill_bucket is not None and (not extra or images):
+        if bucketed:
             pixels = extra["pixel_values"].to(dev) if images else None
-            logits, P, attention_mask = self._bucketed_prefill(input_ids, attention_mask, pixels, window)
+            logits, P, faults = self._bucketed_prefill(input_ids, attention_mask, pixels, window)
         else:
+            faults = None
             L = 0 if window is None else window.shape[1]
             ids, mask = input_ids, attention_mask
             if L:
                 ids, mask = torch.cat([ids, window], 1), torch.cat([mask, torch.ones_like(window)], 1)
             self._key_ok.fill_(True)
             self._key_ok[:, : P + L] = mask.bool()
+            self._pos_base.copy_(attention_mask.sum(1, keepdim=True))
+            self._slot_base.fill_(P)
             slots = torch.arange(P + L, device=dev)
             self._slots.index = slots
             with _sdpa_context(self.sdpa_backends):
@@ -423,10 +423,12 @@ class StaticEngine(PromptBuckets):
                 )
             logits = out.logits[:, -1, :] if window is None else out.logits
         self._generation += 1
-        step = StaticStep(self, self._generation, P, attention_mask.sum(1, keepdim=True))
-        self._pos_base.copy_(step.valid_len)
-        self._slot_base.fill_(P)
-        synchronize(dev)  # the seconds are the prefill's, not its launch's
+        step = StaticStep(self, self._generation, P)
+        # one host read: it waits for the forward (the seconds are the prefill's, not its launch's)
+        if faults is not None:
+            self.raise_input_faults(faults.tolist(), input_ids, window)
+        else:
+            synchronize(dev)
         return step, logits, time.perf_counter() - t
 
     def width_for(self, length: int) -> int:
@@ -479,11 +481,10 @@ class StaticEngine(PromptBuckets):
 class StaticStep:
     """`step(tokens, start) -> logits` of one prefill of a `StaticEngine` (see `ee_vla.decoding.core`)."""
 
-    def __init__(self, engine: StaticEngine, generation: int, prompt_len: int, valid_len: torch.Tensor):
+    def __init__(self, engine: StaticEngine, generation: int, prompt_len: int):
         self.engine = engine
         self.generation = generation
         self.prompt_len = prompt_len
-        self.valid_len = valid_len  # (B, 1) real prompt tokens per sample
         self.calls = 0
 
     @torch.inference_mode()

@@ -385,6 +385,52 @@ def test_vla_prefill_checks_image_placeholders_and_image_shape():
         engine.prefill(**{**inputs, "pixel_values": inputs["pixel_values"][..., :32]})
 
 
+def test_a_vla_prefill_with_a_window_reads_the_device_once_and_refuses_negative_ids(monkeypatch):
+    """The bucketed image prefill with guess tokens checks its inputs (image placeholders, window
+    ids >= 0) on the device and reads them with the end of its forward: one host read per prefill
+    (on a GPU each read waits for the queue to drain). A negative id is refused after the forward
+    (it ran clamped) and leaves the engine usable."""
+    import sys
+
+    vla, inputs = _tiny_vla_inputs()
+    n = vla.n_action_tokens
+    engine = StaticEngine(vla.model, batch_size=2, max_prompt_len=96, max_new_tokens=n)
+    window = torch.full((2, n - 1), vla.action_range[0])
+    _, ref, _ = engine.prefill(**inputs, window=window)
+
+    reads = []
+    for name in ("tolist", "item", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith(("ee_vla.engine", "ee_vla.decoding")):
+                reads.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    import ee_vla.engine.static as static_mod
+
+    real_sync = static_mod.synchronize
+    monkeypatch.setattr(static_mod, "synchronize", lambda dev: (reads.append("synchronize"), real_sync(dev)))
+    _, first, _ = engine.prefill(**inputs, window=window)
+    assert reads == ["tolist"]
+    torch.testing.assert_close(first, ref)
+    reads.clear()
+    engine.prefill(**inputs)  # no window: the placeholder check alone
+    assert reads == ["tolist"]
+
+    bad = window.clone()
+    bad[1, 2] = -3
+    with pytest.raises(ValueError, match="negative token ids"):
+        engine.prefill(**inputs, window=bad)
+    ids = inputs["input_ids"].clone()
+    ids[1, (ids[1] == vla.model.config.image_token_id).nonzero()[0]] = 5
+    with pytest.raises(ValueError, match=r"image placeholders per prompt \[16, 15\]"):
+        engine.prefill(ids, inputs["attention_mask"], pixel_values=inputs["pixel_values"], window=window)
+    _, again, _ = engine.prefill(**inputs, window=window)
+    torch.testing.assert_close(again, ref)
+
+
 def test_vla_prefill_has_no_host_sync():
     """The VLA prefill (vision tower + feature merge + LM) and the steps run on the meta device:
     nothing in them reads a tensor value on the host, so a CUDA graph can hold them."""
