@@ -46,6 +46,13 @@ class RosBenchConfig:
     """Decoder preset: ceed | jacobi | ar."""
     control_hz: float = 200.0
     """Command rate of the served node."""
+    chunk_size_threshold: float = 1.0
+    """The served node's `chunk_size_threshold` (1: it decodes each new image once the decoder is
+    free, the load this benchmark puts on the decoder beside the control timer)."""
+    chunk_start: Literal["arrival", "observation"] = "arrival"
+    """The served node's `chunk_start` (arrival: every chunk runs from its first action, so the
+    commands measured do not depend on how a decode's time compares with a chunk's, 40 ms for the
+    tiny model's 8 actions at 200 Hz)."""
     duration_s: float = 10.0
     """Length of the measured window."""
     camera_hz: float = 30.0
@@ -121,6 +128,10 @@ def server_cmd(cfg: RosBenchConfig, model_path: str, stats_path: str, extra: lis
         "--no-dry-run",
         "--control-hz",
         str(cfg.control_hz),
+        "--chunk-size-threshold",
+        str(cfg.chunk_size_threshold),
+        "--chunk-start",
+        cfg.chunk_start,
         "--image-timeout-s",
         str(cfg.image_timeout_s),
         "--decode-deadline-s",
@@ -151,6 +162,8 @@ def node_cmd(cfg: RosBenchConfig, model_path: str, executor: str) -> list[str]:
         "command_type": "array",
         "dry_run": "false",
         "control_hz": str(float(cfg.control_hz)),
+        "chunk_size_threshold": str(float(cfg.chunk_size_threshold)),
+        "chunk_start": cfg.chunk_start,
         "image_timeout_s": str(float(cfg.image_timeout_s)),
         "decode_deadline_s": "1.0",
         "threads": str(cfg.threads),

@@ -117,6 +117,9 @@ class FleetBenchConfig:
     chunk_size_threshold: float = 1.0
     """Each robot decodes its next chunk once its planned actions last at most this fraction of a chunk
     (`PolicyParams.chunk_size_threshold`; 1: every image)."""
+    chunk_start: str = "arrival"
+    """Each robot's `PolicyParams.chunk_start` (arrival: a chunk runs from its first action however
+    late; the deadlines measured here are the first action's)."""
     gather_s: float = 0.005
     """batched: the fleet's gather window (`FleetConfig.gather_s`)."""
     max_batch: int = 0
@@ -263,6 +266,7 @@ def _session(policy: Any, cfg: FleetBenchConfig, n: int, indices: list[int], mod
         control_hz=cfg.control_hz,
         decode_deadline_s=_deadline_s(cfg, policy.chunk_size),
         chunk_size_threshold=cfg.chunk_size_threshold,
+        chunk_start=cfg.chunk_start,
         image_timeout_s=max(1.0, 5.0 / cfg.camera_hz),
         decode_nice=0,
         max_hold_s=0.0,
@@ -676,6 +680,7 @@ def parse_args(argv: list[str] | None = None) -> FleetBenchConfig:
     p.add_argument("--control-hz", type=float, default=d.control_hz)
     p.add_argument("--decode-deadline-s", type=float, default=d.decode_deadline_s, help="0: chunk / control_hz")
     p.add_argument("--chunk-size-threshold", type=float, default=d.chunk_size_threshold, help="1: every image")
+    p.add_argument("--chunk-start", default=d.chunk_start, choices=("arrival", "observation"))
     p.add_argument("--gather-s", type=float, default=d.gather_s)
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="0: N")
     p.add_argument("--batch-padding", default=d.batch_padding, choices=PADDINGS)

@@ -191,10 +191,11 @@ class PolicyParams:
     """Expected image height in pixels (0: any); other sizes are rejected."""
     on_new_chunk: str = "replace"
     """What a new chunk does to the rest of the previous one: replace | blend | hold."""
-    chunk_start: str = "arrival"
-    """When a chunk's first action is due: arrival (when it is decoded) | observation (at its image's
-    arrival, so each action runs at the time it was planned for and those that fell due while the
-    chunk decoded are skipped; not with on_new_chunk hold)."""
+    chunk_start: str = "observation"
+    """When a chunk's first action is due: observation (at its image's arrival, so each action runs
+    at the time it was planned for and those that fell due while the chunk decoded are skipped; not
+    with on_new_chunk hold) | arrival (when it is decoded: a chunk starts from its action 0 however
+    late it comes)."""
     on_empty: str = "hold"
     """No action queued: hold (repeat the last one) | zero (send zeros)."""
     keep_dims_on_zero: tuple[int, ...] = ()

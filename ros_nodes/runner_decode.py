@@ -306,6 +306,8 @@ class RunnerDecode:
                 if not actions:
                     if not self._first_action_on_time(cid, frame, now, first_deadline):
                         return None
+                    if stream and self._past_due(cid, frame, now):
+                        return None
                     if stream:
                         schedule.begin_chunk(cid, int(policy.chunk_size), observed_at=frame.t)
                         begun = True
@@ -340,6 +342,26 @@ class RunnerDecode:
             f"over decode_deadline_s={self.params.decode_deadline_s}",
         )
         return False
+
+    def _past_due(self, cid: int, frame: Frame, now: float) -> bool:
+        """With `chunk_start` observation, True (the chunk is dropped and the cause logged) when its
+        first action came after every action of it fell due: the robot could run none of them, and
+        a decode that outlasts each chunk would otherwise leave it holding its last command."""
+        p = self.params
+        if p.chunk_start != "observation" or self.policy is None:
+            return False
+        lasts = int(self.policy.chunk_size) / p.control_hz
+        if now - frame.t < lasts:
+            return False
+        self.chunks_dropped += 1
+        self.causes.log(
+            "decode:past_due",
+            f"dropping chunk {cid}: its first action came {now - frame.t:.3f}s after its image, when "
+            f"all of its actions had fallen due (a chunk of {int(self.policy.chunk_size)} lasts {lasts:.3f}s "
+            f"at control_hz={p.control_hz:g}; chunk_start observation): decode faster, lower control_hz, "
+            "or set chunk_start arrival to run late chunks from their first action",
+        )
+        return True
 
     def _finish_chunk(
         self, cid: int, frame: Frame, actions: dict[int, np.ndarray], max_iteration: int, trajectory_of: int | None

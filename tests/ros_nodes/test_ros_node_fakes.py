@@ -324,6 +324,9 @@ def test_the_node_subscribes_an_image_topic_per_camera_the_policy_reads(fake_ros
         assert runner.bad_inputs() == 1 and "hand/image_raw" in runner.last_bad_input
         time.sleep(0.3)  # the worker would have decoded by now
         assert policy.calls == [] and runner.status().message == "waiting for images on hand/image_raw"
+        # a fresh front image too: an observation is as old as its oldest image, and every action
+        # of a chunk decoded from a 0.3 s old one would be past due (chunk_start observation)
+        subs["camera/image_raw"].callback(build_image(msgs, front, (0, 0)))
         subs["hand/image_raw"].callback(build_image(msgs, hand, (0, 0)))
         assert runner.wait_for_chunks(1, timeout=30)
         obs = policy.calls[0]

@@ -598,6 +598,30 @@ def test_a_dropped_chunk_does_not_move_the_warm_start_reference(clock):
     assert pol.shifts == [None, 1, 5]  # from chunk 1's image (t0), not the dropped chunk's (4 periods)
 
 
+def test_a_chunk_whose_actions_all_fell_due_while_it_decoded_is_dropped_and_named(clock, caplog):
+    """chunk_start observation, a 4-action chunk at 10 Hz decoded in 0.45 s: none of its actions
+    can run (the last was due until 0.4 s after the image), so it is dropped, counted and its cause
+    logged with what to change; nothing is sent. With arrival the same chunk runs from action 0."""
+
+    class Slower(FakePolicy):
+        def stream_action_chunk(self, obs, action_deadline=None):
+            clock.advance(0.45)
+            yield from super().stream_action_chunk(obs, action_deadline)
+
+    r = make(clock, Slower(clock=clock), image_timeout_s=5.0)
+    with caplog.at_level(logging.WARNING):
+        r.on_image(IMG)
+        r.process_pending()
+    assert r.chunks_dropped == 1 and r.deadline_misses == 0
+    assert "all of its actions had fallen due" in caplog.text and "chunk_start arrival" in caplog.text
+    assert [e for e in run_ticks(r, clock, 4) if e is not None] == []
+    late = make(clock, Slower(clock=clock), image_timeout_s=5.0, chunk_start="arrival")
+    late.on_image(IMG)
+    late.process_pending()
+    assert late.chunks_dropped == 0
+    assert [e.source for e in run_ticks(late, clock, 4)] == ["chunk"] * 4
+
+
 @pytest.mark.parametrize("decoder, options", [("ceed_cap", {}), ("ceed", {"max_iterations": 1}), ("jacobi", {})])
 def test_capped_or_cold_decoders_keep_the_policys_own_shift(clock, fake_policy, decoder, options):
     """A capped decode keeps part of its guess: its runner leaves the shift to the policy
