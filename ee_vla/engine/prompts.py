@@ -163,7 +163,7 @@ class PromptBuckets:
         nothing to check): every prompt holds one placeholder per image feature (what transformers'
         Llava checks in its forward; the engine's merge could not, inside a graph), and the window
         holds token ids (>= 0). Computed without a host read: the prefill reads them with the end
-        of its forward (`raise_input_faults`), and the forward is harmless on faulty inputs (the
+        of its forward (`_raise_input_faults`), and the forward is harmless on faulty inputs (the
         merge's gather and the window's ids are clamped)."""
         flags = []
         if images and self._image_tokens is not None and input_ids.device.type != "meta":
@@ -172,7 +172,7 @@ class PromptBuckets:
             flags.append((window < 0).any())
         return torch.stack(flags) if flags else None
 
-    def raise_input_faults(self, faults: list[bool], input_ids: torch.Tensor, window: torch.Tensor | None) -> None:
+    def _raise_input_faults(self, faults: list[bool], input_ids: torch.Tensor, window: torch.Tensor | None) -> None:
         """ValueError naming what is wrong, for the host copy of `_input_faults`' flags."""
         if not any(faults):
             return

@@ -426,7 +426,7 @@ class StaticEngine(PromptBuckets):
         step = StaticStep(self, self._generation, P)
         # one host read: it waits for the forward (the seconds are the prefill's, not its launch's)
         if faults is not None:
-            self.raise_input_faults(faults.tolist(), input_ids, window)
+            self._raise_input_faults(faults.tolist(), input_ids, window)
         else:
             synchronize(dev)
         return step, logits, time.perf_counter() - t
