@@ -399,6 +399,7 @@ class VLAPolicy:
                 # rows without a guess run the first action token in its place (any id will do)
                 guess = torch.where(guess < 0, self.vla.action_range[0], guess)
                 inputs = {**inputs, "window": guess[:, : min(n - 1, cfg.window or n)]}
+            inputs_s = time.perf_counter() - t_start
             step, first_logits, prefill_s = self._prefill(self.vla.model, **inputs)
             state = None
             for state in iter_decode(
@@ -413,6 +414,7 @@ class VLAPolicy:
                 t_start=t_start,
                 prefill_s=prefill_s,
             ):
+                state.stats.inputs_s = inputs_s
                 yield state
         self._previous = state.tokens.clone()
         self.last_stats = state.stats

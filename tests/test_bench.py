@@ -18,6 +18,7 @@ def test_bench_reports_every_decoder_and_a_speedup_vs_ar(tiny_vla_dir, tmp_path,
     for r in out["results"].values():
         assert r["call_ms"]["n"] == 2 and r["tokens_per_s"] > 0 and r["iteration_ms"]["p50"] > 0
         assert r["other_ms"]["n"] == 2 and 0 <= r["other_ms"]["p50"] < r["call_ms"]["p50"]
+        assert r["inputs_ms"]["n"] == 2 and 0 < r["inputs_ms"]["p50"] < r["call_ms"]["p50"]
         assert r["actions_per_s"] == pytest.approx(r["tokens_per_s"] / 7)
     assert saved["environment"]["device"] == "cpu" and saved["environment"]["versions"]["torch"]
     assert "vs ar" in capsys.readouterr().out

@@ -1,8 +1,9 @@
 """`ee-vla bench`: decode latency of AR vs Jacobi vs CEED for one policy, measured in one run.
 
 For a saved policy or a random model of a preset, decodes the same observations with every decoder
-and reports prefill ms, per-iteration ms, the rest of the call (`other`: inputs to the device, the
-decode loop's own work), iterations and forward passes per chunk, tokens/s,
+and reports the ms of the inputs (the observation's tensors on the device and the guess), of the
+prefill and of one iteration, the rest of the call (`other`: the observation's checks, the decode
+loop's own work, the actions back to the host), iterations and forward passes per chunk, tokens/s,
 actions/s, time to the first streamed action, p50/p95/p99 call latency and the speedup vs AR measured
 in the same run, with the device and library versions. Saves `bench.json` and PNG plots.
 Numbers are printed and saved, never asserted: machines are noisy.
@@ -175,17 +176,18 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
         policy.reset()
         for _ in range(cfg.warmup):  # cold, then warm calls: every shape the timed calls use gets built
             policy.predict_action_chunk(obs)
-        calls, prefill, per_iter, other, first_action = (LatencyRecorder() for _ in range(5))
+        calls, inputs, prefill, per_iter, other, first_action = (LatencyRecorder() for _ in range(6))
         iterations, passes = [], []
         policy.reset()
         for _ in range(cfg.calls):
             with calls.time(rt.device):
                 policy.predict_action_chunk(obs)
             st = policy.last_stats
+            inputs.add(st.inputs_s)
             prefill.add(st.prefill_s)
             per_iter.extend(st.iteration_s)
-            # the call's own work: inputs to the device, the decode loop's bookkeeping, actions out
-            other.add(max(0.0, calls.samples[-1] - st.prefill_s - sum(st.iteration_s)))
+            # the rest: the observation's checks, the decode loop's bookkeeping, the actions out
+            other.add(max(0.0, calls.samples[-1] - st.inputs_s - st.prefill_s - sum(st.iteration_s)))
             iterations.append(st.iterations)
             passes.append(st.forward_passes)
             first_action.add(max(row[0] for row in st.unit_final_time_s))
@@ -194,6 +196,7 @@ def run_bench(cfg: DecodeBenchConfig) -> dict:
         results[name] = {
             "decoder": asdict(policy.decoder),
             "call_ms": calls.summary_ms(),
+            "inputs_ms": inputs.summary_ms(),
             "prefill_ms": prefill.summary_ms(),
             "iteration_ms": per_iter.summary_ms(),
             "other_ms": other.summary_ms(),
@@ -269,6 +272,7 @@ def _time_generate(policy, obs: dict, cfg: DecodeBenchConfig) -> dict:
     return {
         "decoder": {"method": HF_GENERATE},
         "call_ms": calls.summary_ms(),
+        "inputs_ms": nan,
         "prefill_ms": nan,
         "iteration_ms": nan,
         "other_ms": nan,
@@ -289,8 +293,8 @@ def format_table(out: dict) -> str:
     gen = any(r.get("speedup_vs_hf_generate") for r in out["results"].values())
     w = max(11, *(len(name) for name in out["results"]))
     head = (
-        f"{'decoder':<{w}} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'prefill':>8} {'iter ms':>8} {'other':>7} "
-        f"{'iters':>6} {'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'vs ar':>8}"
+        f"{'decoder':<{w}} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'inputs':>7} {'prefill':>8} {'iter ms':>8} "
+        f"{'other':>7} {'iters':>6} {'fwd':>5} {'tok/s':>8} {'act/s':>8} {'1st act':>8} {'vs ar':>8}"
         + (f" {'vs gen':>8}" if gen else "")
     )
     lines = [
@@ -304,7 +308,8 @@ def format_table(out: dict) -> str:
         ratios = [r["speedup_vs_ar"]] + ([r.get("speedup_vs_hf_generate")] if gen else [])
         lines.append(
             f"{name:<{w}} {r['call_ms']['p50']:>8.2f} {r['call_ms']['p95']:>8.2f} {r['call_ms']['p99']:>8.2f} "
-            f"{r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} {r['other_ms']['p50']:>7.2f} "
+            f"{r['inputs_ms']['p50']:>7.2f} {r['prefill_ms']['p50']:>8.2f} {r['iteration_ms']['p50']:>8.2f} "
+            f"{r['other_ms']['p50']:>7.2f} "
             f"{r['iterations_per_chunk']:>6.2f} "
             f"{r['forward_passes_per_chunk']:>5.1f} {r['tokens_per_s']:>8.1f} {r['actions_per_s']:>8.1f} "
             f"{r['first_action_ms']['p50']:>8.2f}" + "".join(f" {f'{x:.2f}x' if x else '-':>8}" for x in ratios)

@@ -101,6 +101,9 @@ class DecodeStats:
     wall_s: float = 0.0
     """Seconds from the start of the call (prefill included when the caller timed it) to the end."""
     prefill_s: float = 0.0
+    inputs_s: float = 0.0
+    """Seconds from the start of the call to its prefill (a policy's: the observation's tensors on
+    the device and the guess), where the caller timed it; part of `wall_s`."""
     iteration_s: list[float] = field(default_factory=list)
     n_tokens: int = 0
     batch_size: int = 0
