@@ -372,10 +372,13 @@ class _DecodeLoop:
         right = frozen[:, :-1] | (y_old[:, :-1] == pred[:, :-1])
         run = torch.cumprod(right.long(), dim=1).sum(1) if right.shape[1] else torch.zeros_like(F)
         F_new = torch.where(active, torch.maximum(F, s + 2 + run), F).clamp(max=n)
-        moved = torch.where(upd, token_distance(pred, y_old, ar), 0).amax(1)
+        # tau 0: a window in which no token moved has converged exactly (F reaches n), so only a
+        # relaxed exit needs how far the tokens moved
+        moved = torch.where(upd, token_distance(pred, y_old, ar), 0).amax(1) if self.config.tau else None
         n_bad = (bad & active[:, None]).sum()
         B = self.B
-        host = torch.cat([F_new, run.to(F_new.dtype), moved.to(F_new.dtype), n_bad[None]]).tolist()  # one host sync
+        parts = [F_new, run.to(F_new.dtype)] + ([] if moved is None else [moved.to(F_new.dtype)])
+        host = torch.cat([*parts, n_bad[None]]).tolist()  # one host sync
         if host[-1]:
             raise _nonfinite_error(f"iteration {self.it + 1}", bad & active[:, None], s + 1)
         f_new, run_h, moved_h = host[:B], host[B : 2 * B], host[2 * B : 3 * B]
@@ -389,13 +392,13 @@ class _DecodeLoop:
         self.stats.iteration_s.append(last_iter_s)
         return last_iter_s
 
-    def _converge(self, moved: torch.Tensor, moved_h: list[int], run_h: list[int], s: int, e: int) -> None:
+    def _converge(self, moved: torch.Tensor | None, moved_h: list[int], run_h: list[int], s: int, e: int) -> None:
         """End the samples that converged (exactly, or within `tau` once the window reaches the
-        end) and commit the KV entries of the right inputs (`keep_final_kv`); `moved` and `run`
-        per sample, `moved_h` and `run_h` their host copies."""
+        end) and commit the KV entries of the right inputs (`keep_final_kv`); `moved` (None when
+        tau is 0) and `run` per sample, `moved_h` and `run_h` their host copies."""
         self.finish_converged()
         tau = self.config.tau
-        if e == self.n - 1:
+        if moved is not None and e == self.n - 1:
             self.finish([m <= tau for m in moved_h], moved <= tau, "tau")
         if self.config.keep_final_kv and self.running:
             self.c = min(min(s + 1 + run_h[b], self.f[b] - 1) for b in range(self.B) if self.act[b])
