@@ -44,6 +44,7 @@ POLICY_LAUNCH_ARGS = {
     "unnorm_key": "OpenVLA checkpoints: dataset of the action statistics (empty: the only one)",
     "chunk_size": "actions per decode call (0: the model's)",
     "chunk_size_threshold": "decode once the planned actions last at most this fraction of a chunk (1: every image)",
+    "chunk_start": "observation | arrival (a chunk's action 0 is due at its image's time, or when it is decoded)",
 }
 """Parameters exposed as launch arguments (name -> description); empty = the YAML's value."""
 
