@@ -88,7 +88,8 @@ class ScheduleConfig:
         if self.chunk_start == "observation" and self.on_new_chunk == "hold":
             raise ValueError(
                 "ScheduleConfig.chunk_start='observation' places a chunk at its observation's time, "
-                "on_new_chunk='hold' after the previous chunk: use replace or blend with it"
+                "on_new_chunk='hold' after the previous chunk: use replace or blend with it, or hold with "
+                "chunk_start='arrival'"
             )
         if self.on_empty not in ("hold", "zero"):
             raise ValueError(f"ScheduleConfig.on_empty must be hold|zero, got {self.on_empty!r}")

@@ -190,7 +190,8 @@ class PolicyParams:
     image_height: int = 0
     """Expected image height in pixels (0: any); other sizes are rejected."""
     on_new_chunk: str = "replace"
-    """What a new chunk does to the rest of the previous one: replace | blend | hold."""
+    """What a new chunk does to the rest of the previous one: replace | blend | hold (with
+    chunk_start arrival)."""
     chunk_start: str = "observation"
     """When a chunk's first action is due: observation (at its image's arrival, so each action runs
     at the time it was planned for and those that fell due while the chunk decoded are skipped; not
