@@ -62,15 +62,17 @@ class EvalConfig:
     """Override of the env spec's max_episode_steps (truncation)."""
     inference_delay: int = 0
     """Control steps that pass while the policy decodes, as on a robot whose decode takes that many
-    control periods: each chunk after an episode's first is decoded from the observation this many
-    steps before its first action runs, while the previous chunk's last actions run. 0 = every
-    chunk acts on the observation it was decoded from. Must be below the actions executed per
-    chunk (`--n-action-steps`, default the chunk size)."""
-    skip_stale_actions: bool = False
-    """With an `inference_delay` of d: a chunk decoded while the previous one runs starts at its
-    action d, the one meant for the step at which it arrives (its first d actions were meant for
-    the steps its decode took), and runs to action `n_action_steps` - 1; its warm guess shifts by
-    the `n_action_steps` - d actions run between two decodes. An episode's first chunk runs whole."""
+    control periods: each chunk after an episode's first is decoded when this many actions of the
+    previous one are left, from that step's observation, and arrives once they ran (`chunk_start`:
+    which of its actions runs first). 0 = every chunk acts on the observation it was decoded from.
+    Must be below the actions executed per chunk (`--n-action-steps`, default the chunk size)."""
+    chunk_start: Literal["arrival", "observation"] = "observation"
+    """With an `inference_delay` of d, where a chunk that arrives d steps after its observation
+    starts (the policy node's `chunk_start`): observation = at its action d, the one planned for the
+    step at which it arrives (its first d were planned for the steps its decode took), running to
+    action `n_action_steps` - 1, its warm guess shifted by the `n_action_steps` - d actions run
+    between two decodes; arrival = at its action 0, each action d steps later than planned. An
+    episode's first chunk runs whole; without a delay both are the same."""
     output_dir: Path | None = None
     """Where eval_info.json (and compare.json/png, videos) go; None = a new outputs/eval/<date>_<time>.
     A directory that already holds an evaluation's results is refused unless `overwrite`."""
@@ -135,8 +137,8 @@ class EvalConfig:
         for name in ("videos", "failure_videos", "warmup", "inference_delay"):
             if getattr(self, name) < 0:
                 raise EvalConfigError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.skip_stale_actions and not self.inference_delay:
-            raise EvalConfigError("EvalConfig.skip_stale_actions needs an inference_delay above 0: no action is stale")
+        if self.chunk_start not in ("arrival", "observation"):
+            raise EvalConfigError(f"EvalConfig.chunk_start must be arrival|observation, got {self.chunk_start!r}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise EvalConfigError(f"EvalConfig.max_episode_steps must be >= 1 or None, got {self.max_episode_steps}")
         if self.vector not in ("sync", "async"):

@@ -4,7 +4,8 @@ How episodes run: each env id gets a Gymnasium vector env of `num_envs` copies (
 disabled). Episode i of an env id is reset with seed `seed + i`, whichever copy runs it, so every
 decoder and every `num_envs` sees the same initial states. Each copy holds a queue of the
 `n_action_steps` first actions of its last chunk; whenever copies run out (or, with an
-`inference_delay` of d steps, are down to their last d actions: the new chunk queues behind them),
+`inference_delay` of d steps, are down to their last d actions: the new chunk queues behind them,
+from its action d with `chunk_start` observation),
 ONE batched policy call decodes new chunks for all of them. A copy whose episode ends is reset with
 the next episode's seed (its queued actions are dropped); when no episodes are left it idles on a
 hold action and its results are ignored. Any exception in an env or the policy aborts the
@@ -396,6 +397,8 @@ class _Rollout:
                 f"(n_action_steps={policy.n_action_steps}): the next chunk is decoded while the last "
                 f"inference_delay actions of the current one run"
             )
+        self._skips_stale_actions = cfg.inference_delay > 0 and cfg.chunk_start == "observation"
+        """A chunk decoded while another runs starts at the action planned for its arrival."""
         self.log = DecodeLog(policy.vla.n_action_tokens, policy.chunk_size)
         self.video_paths: list[str] = []
         self.failure_videos_left = cfg.failure_videos
@@ -478,7 +481,7 @@ class _Rollout:
         if need:
             for s, chunk in self._decode(c.obs, need, c.instr, c.previous).items():
                 # a chunk decoded while another runs arrives `delay` steps after its observation
-                first = delay if self.cfg.skip_stale_actions and c.queues[s] else 0
+                first = delay if self._skips_stale_actions and c.queues[s] else 0
                 c.queues[s].extend(chunk[first:n])
         actions = np.stack([c.queues[s].popleft() if ep is not None else c.hold for s, ep in enumerate(c.running)])
         if self.cfg.clip_actions:
@@ -565,7 +568,7 @@ class _Rollout:
         import torch
 
         policy = self.policy
-        if self.cfg.skip_stale_actions:  # actions run between two decodes (every copy's chunk but its first)
+        if self._skips_stale_actions:  # actions run between two decodes (every copy's chunk but its first)
             policy.warm_start_shift = policy.n_action_steps - self.cfg.inference_delay
         if self.warm:
             have = [previous[s] for s in slots if previous[s] is not None]

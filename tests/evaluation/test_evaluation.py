@@ -690,8 +690,8 @@ def test_with_an_inference_delay_each_chunk_acts_that_many_steps_after_its_obser
     tiny_policy_dir, tmp_path, monkeypatch, delay
 ):
     """The next chunk is decoded while the current one's last `delay` actions run: after each
-    decode but the episode's first, `delay` steps still execute the previous chunk, then the new
-    chunk's 3 actions run; every chunk's actions run once each, in order."""
+    decode but the episode's first, `delay` steps still execute the previous chunk, then (chunk_start
+    arrival) the new chunk's 3 actions run; every chunk's actions run once each, in order."""
     import gymnasium
     import numpy as np
 
@@ -713,7 +713,8 @@ def test_with_an_inference_delay_each_chunk_acts_that_many_steps_after_its_obser
 
     monkeypatch.setattr(VLAPolicy, "predict_action_chunk", predict)
     monkeypatch.setattr(env_cls, "step", step)
-    evaluate(make_cfg(tiny_policy_dir, tmp_path, episodes=1, seed=15, inference_delay=delay))  # a 6-step episode
+    cfg = make_cfg(tiny_policy_dir, tmp_path, episodes=1, seed=15, inference_delay=delay, chunk_start="arrival")
+    evaluate(cfg)  # a 6-step episode
     expected, queue, k = [], [], 0
     for _ in range(6):
         if len(queue) <= delay:
@@ -736,10 +737,10 @@ def test_an_inference_delay_must_leave_a_chunk_action_to_decode_behind(tiny_poli
         make_cfg(tiny_policy_dir, tmp_path / "c", inference_delay=-1)
 
 
-def test_skipping_stale_actions_starts_each_delayed_chunk_where_it_arrives(tiny_policy_dir, tmp_path, monkeypatch):
-    """With a delay of 1 step and stale actions skipped, a chunk decoded while another runs starts at
-    its action 1 (action 0 was meant for the step its decode took); the episode's first chunk runs
-    whole; the warm guess shifts by the 2 actions run between decodes."""
+def test_a_delayed_chunk_starts_at_the_action_planned_for_its_arrival(tiny_policy_dir, tmp_path, monkeypatch):
+    """With a delay of 1 step and chunk_start observation (the default), a chunk decoded while
+    another runs starts at its action 1 (action 0 was meant for the step its decode took); the
+    episode's first chunk runs whole; the warm guess shifts by the 2 actions run between decodes."""
     import gymnasium
     import numpy as np
 
@@ -763,7 +764,8 @@ def test_skipping_stale_actions_starts_each_delayed_chunk_where_it_arrives(tiny_
 
     monkeypatch.setattr(VLAPolicy, "predict_action_chunk", predict)
     monkeypatch.setattr(env_cls, "step", step)
-    cfg = make_cfg(tiny_policy_dir, tmp_path, episodes=1, seed=15, inference_delay=1, skip_stale_actions=True)
+    cfg = make_cfg(tiny_policy_dir, tmp_path, episodes=1, seed=15, inference_delay=1)
+    assert cfg.chunk_start == "observation"
     evaluate(cfg)  # a 6-step episode
     D, S = "decode", "step"
     assert events == [
@@ -771,5 +773,5 @@ def test_skipping_stale_actions_starts_each_delayed_chunk_where_it_arrives(tiny_
         (D, 2), (S, (1, 2)), (S, (2, 1)),
     ]  # fmt: skip
     assert set(shifts) == {2}
-    with pytest.raises(EvalConfigError, match="skip_stale_actions needs an inference_delay above 0"):
-        make_cfg(tiny_policy_dir, tmp_path / "b", skip_stale_actions=True)
+    with pytest.raises(EvalConfigError, match="chunk_start must be arrival.observation, got 'late'"):
+        make_cfg(tiny_policy_dir, tmp_path / "b", chunk_start="late")
