@@ -345,8 +345,9 @@ class RunnerDecode:
 
     def _past_due(self, cid: int, frame: Frame, now: float) -> bool:
         """With `chunk_start` observation, True (the chunk is dropped and the cause logged) when its
-        first action came after every action of it fell due: the robot could run none of them, and
-        a decode that outlasts each chunk would otherwise leave it holding its last command."""
+        first action came after every action of it fell due: the robot could run none of them, so
+        the decode stops there (the decoder is free for a newer image) and the log says what to
+        change, where the schedule would skip the chunk without a word."""
         p = self.params
         if p.chunk_start != "observation" or self.policy is None:
             return False
