@@ -36,6 +36,11 @@
 # first on a fresh machine, 1.5-2.5 minutes each after it, Inductor's cache being warm):
 #   STEPS="pytest-splitkv attn-fused fp8-transformers fp8-fused fp8-fused-torch-merge" bash scripts/gpu_bench.sh
 #
+# `bench-default`: where a call of the shipped policy goes (inputs, prefill, iteration, other), AR
+# against ceed_2pass, graph and compiled engines, batch 10 and 1 (docs/performance.md, "The shipped
+# policy on a GPU"; about 3 minutes):
+#   STEPS="bench-default" bash scripts/gpu_bench.sh
+#
 # Needs python3 with torch (CUDA), transformers 5.17+, numpy, matplotlib, tokenizers, pytest
 # (+ hypothesis, pytest-timeout); ee_vla is used from the working tree (PYTHONPATH), no install.
 # Each step has its own time limit and a failed step does not stop the others; the exit status is
@@ -110,6 +115,10 @@ step profile-7b-sdpa 420 "${PROFILE[@]}" "${F7B[@]}" --out "$OUT/sdpa"
 # the split-KV attention and the output layer's action rows only (docs/performance.md's 7B step)
 step profile-7b-fast 420 "${PROFILE[@]}" "${F7B[@]}" --attn-implementation ee_splitkv --attn-layer transformers \
   --action-logits --out "$OUT/fast"
+step bench-default 400 bash -c 'for e in graph compiled; do for b in 10 1; do
+  python3 -m ee_vla.cli bench --model ee_vla/checkpoints/default --decoders ar ceed_2pass --device cuda \
+    --dtype bfloat16 --calls 200 --warmup 5 --engine $e --batch-size $b --no-plots --out "$0/bench_default/${e}_b$b" \
+    || exit 1; done; done' "$OUT"
 step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
 step attn-fused 120 python3 -m ee_vla.benchmarks.attn_bench --device cuda --fused --queries 1 22 --warps 4 8 \
   --out "$OUT/attn"
