@@ -23,15 +23,11 @@ class PromptBuckets:
     def _prompt_forward(self, key: tuple[int, int]) -> torch.Tensor:
         """The prefill of the buffers of `key` = (bucket length, guess tokens L after it);
         (B, 1 + L, V) logits of the prompt's last position and of the guess tokens. It also sets
-        what the steps after it read: the cache slots that are keys (`_key_ok`), each row's real
-        prompt length (`_pos_base`) and the bucket's length (`_slot_base`), so that a replay needs
-        only the prompt, its mask, the window and the images copied in."""
+        what the steps after it read (`_set_prompt_state`), so that a replay needs only the
+        prompt, its mask, the window and the images copied in."""
         buf = self._prompts[key]
         Pb, L = key
-        self._key_ok.fill_(True)
-        self._key_ok[:, : Pb + L].copy_(buf.mask)
-        self._pos_base.copy_(buf.mask[:, :Pb].sum(1, keepdim=True))
-        self._slot_base.fill_(Pb)
+        self._set_prompt_state(buf.mask, Pb)
         positions = prompt_positions(buf.mask)
         self._slots.index = buf.slots
         mask = self._mask(buf.slots)

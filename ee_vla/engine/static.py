@@ -281,6 +281,15 @@ class StaticEngine(PromptBuckets):
         """`self.model(**kwargs)` over the engine's cache."""
         return self.model(past_key_values=self.cache, use_cache=True, **kwargs)
 
+    def _set_prompt_state(self, mask: torch.Tensor, prompt_len: int) -> None:
+        """What the steps after a prefill read, from its (B, prompt_len + L) attention mask (L guess
+        tokens after the prompt): the cache slots that are keys (`_key_ok`), each row's real prompt
+        length (`_pos_base`) and the prompt's padded length (`_slot_base`)."""
+        self._key_ok.fill_(True)
+        self._key_ok[:, : mask.shape[1]].copy_(mask)
+        self._pos_base.copy_(mask[:, :prompt_len].sum(1, keepdim=True))
+        self._slot_base.fill_(prompt_len)
+
     def _forward(self, width: int) -> torch.Tensor:
         """One step over the width-`width` buffers; (B, w, V) logits."""
         buf = self._buffers[width]
@@ -407,10 +416,7 @@ class StaticEngine(PromptBuckets):
             ids, mask = input_ids, attention_mask
             if L:
                 ids, mask = torch.cat([ids, window], 1), torch.cat([mask, torch.ones_like(window)], 1)
-            self._key_ok.fill_(True)
-            self._key_ok[:, : P + L] = mask.bool()
-            self._pos_base.copy_(attention_mask.sum(1, keepdim=True))
-            self._slot_base.fill_(P)
+            self._set_prompt_state(mask, P)
             slots = torch.arange(P + L, device=dev)
             self._slots.index = slots
             with _sdpa_context(self.sdpa_backends):

@@ -5,11 +5,11 @@ disabled). Episode i of an env id is reset with seed `seed + i`, whichever copy 
 decoder and every `num_envs` sees the same initial states. Each copy holds a queue of the
 `n_action_steps` first actions of its last chunk; whenever copies run out (or, with an
 `inference_delay` of d steps, are down to their last d actions: the new chunk queues behind them,
-from its action d with `chunk_start` observation),
-ONE batched policy call decodes new chunks for all of them. A copy whose episode ends is reset with
-the next episode's seed (its queued actions are dropped); when no episodes are left it idles on a
-hold action and its results are ignored. Any exception in an env or the policy aborts the
-evaluation: a crash is an error, never a failed episode.
+from its action d with `chunk_start` observation), ONE batched policy call decodes new chunks for
+all of them. A copy whose episode ends is reset with the next episode's seed (its queued actions
+are dropped); when no episodes are left it idles on a hold action and its results are ignored.
+Any exception in an env or the policy aborts the evaluation: a crash is an error, never a failed
+episode.
 """
 
 from __future__ import annotations
