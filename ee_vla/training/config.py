@@ -21,6 +21,7 @@ TrainDtype = Literal["auto", "float32", "bfloat16"]
 SaveDtype = Literal["float32", "bfloat16", "float16"]
 Init = Literal["warm", "prompt", "repeat"]
 StateSampling = Literal["uniform", "all"]
+Consistency = Literal["global", "local"]
 Reduction = Literal["mean", "sum"]
 
 
@@ -359,6 +360,10 @@ class DistillConfig(RunConfig):
     mixed_label_threshold: float = 0.1
     """Deviation above which an action step of Y* is replaced by the demonstration: mean absolute
     difference over the action dims, in normalised units ([-1, 1] per dim; one bin = 2/255)."""
+    consistency: Consistency = "global"
+    """What the consistency loss maps a Jacobi state Y_j to (CLLM's two losses): global = the fixed
+    point, KL(Q_sg(. | Y*) || Q(. | Y_j)) (CEED); local = the next state of its trajectory,
+    KL(Q_sg(. | Y_{j+1}) || Q(. | Y_j)), one Jacobi iteration at a time."""
     consistency_weight: float = 1.0
     """Weight of the consistency loss (CEED: 1:1; its Table 6 finds 1:10 worse)."""
     ar_weight: float = 1.0
@@ -367,9 +372,9 @@ class DistillConfig(RunConfig):
     """Which trajectory states Y are trained on: uniform = one state per sample and step, drawn
     uniformly among the states before the fixed point; all = every such state is a training item."""
     mask_converged_prefix: bool = True
-    """Consistency loss only on positions after the first input token of Y that differs from Y*
-    (CLLM). Earlier positions see identical inputs and have zero KL; masking them only changes the
-    averaging of the `mean` reduction."""
+    """Consistency loss only on positions after the first input token of Y that differs from its
+    target (Y*, or the next state with `consistency` local) (CLLM). Earlier positions see identical
+    inputs and have zero KL; masking them only changes the averaging of the `mean` reduction."""
     reduction: Reduction = "mean"
     """How both losses combine token positions: mean (CLLM's code; the 1:1 weighting does not depend
     on the chunk length) or sum (the paper's formula)."""
@@ -430,6 +435,9 @@ class DistillConfig(RunConfig):
             f"must be uniform|all, got {self.state_sampling!r}",
         )
         _check(self.reduction in ("mean", "sum"), c, "reduction", f"must be mean|sum, got {self.reduction!r}")
+        _check(
+            self.consistency in ("global", "local"), c, "consistency", f"must be global|local, got {self.consistency!r}"
+        )
 
     def check_inputs(self) -> None:
         super().check_inputs()

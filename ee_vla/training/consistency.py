@@ -8,6 +8,8 @@ consistency loss follows CLLM, arXiv 2403.00835).
      + ar_weight * CE(Q(. | labels, x), labels)                      (teacher forced)
    where labels are Y* except on action steps where Y* deviates from the demonstration by more
    than `mixed_label_threshold` (mixed-label supervision), which take the demonstration's tokens.
+   With `consistency="local"` the consistency target of a state Y_j is the next state of its
+   trajectory, Y_{j+1}, instead of Y* (CLLM's local consistency).
 
 A student trained this way predicts the fixed point from intermediate Jacobi states, so the same
 greedy Jacobi/CEED decoder (`ee_vla.decoding.core`) converges in fewer iterations.
@@ -75,11 +77,18 @@ class DistillDataset(torch.utils.data.Dataset):
 
 def pick_states(states: torch.Tensor, n_states: torch.Tensor, state_index: torch.Tensor, generator: torch.Generator):
     """(B, n) the training state of each item: `state_index` where >= 0, else uniform among the
-    states before the fixed point (the fixed point itself when the guess already was one)."""
+    states before the fixed point (the fixed point itself when the guess already was one); with
+    the index of each state."""
     before = (n_states - 1).clamp(min=1)
     drawn = (torch.rand(len(before), generator=generator) * before).long()
     s = torch.where(state_index >= 0, state_index, drawn)
     return states[torch.arange(len(s)), s], s
+
+
+def next_states(states: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(B, n) the state after state `s` of each trajectory (B, n_max, n): the trajectories are
+    padded with their fixed point, so the fixed point's next state is itself."""
+    return states[torch.arange(len(s)), (s + 1).clamp(max=states.shape[1] - 1)]
 
 
 def _twice(inputs: dict) -> dict:
@@ -93,29 +102,26 @@ def distill_objective(cfg: DistillConfig, vla) -> Objective:
 
     def objective(model, inputs: dict, batch: dict, generator: torch.Generator):
         dev = inputs["input_ids"].device
-        y, s = pick_states(
-            torch.as_tensor(batch["states"]),
-            torch.as_tensor(batch["n_states"]),
-            torch.as_tensor(batch["state_index"]),
-            generator,
-        )
+        states = torch.as_tensor(batch["states"])
+        y, s = pick_states(states, torch.as_tensor(batch["n_states"]), torch.as_tensor(batch["state_index"]), generator)
         fixed = np.asarray(batch["fixed"])
         if cfg.mixed_labels:
             labels, replaced = mixed_labels(fixed, batch["target"], tok, cfg.mixed_label_threshold)
         else:
             labels, replaced = fixed, np.zeros((len(fixed), 1), dtype=bool)
-        y, fixed_t, labels_t = (torch.as_tensor(a, device=dev) for a in (y, fixed, labels))
+        target = fixed if cfg.consistency == "global" else next_states(states, s)
+        y, target_t, labels_t = (torch.as_tensor(a, device=dev) for a in (y, target, labels))
         raw = getattr(model, "module", model)
         # one forward with gradients over [Jacobi states; labels] (one DDP forward per backward)
         logits = window_logits(model, _twice(inputs), torch.cat([y[:, :-1], labels_t[:, :-1]]))
         logits_y, logits_lab = logits.chunk(2)
-        if torch.equal(labels_t, fixed_t):
-            logits_fixed = logits_lab.detach()  # the labels are Y*: the same forward gives Q(. | Y*)
+        if torch.equal(labels_t, target_t):
+            logits_target = logits_lab.detach()  # the labels are the target: the same forward gives Q(. | target)
         else:
             with torch.no_grad():
-                logits_fixed = window_logits(raw, inputs, fixed_t[:, :-1])
-        mask = after_first_wrong(y, fixed_t) if cfg.mask_converged_prefix else None
-        cons = consistency_loss(logits_y, logits_fixed, mask, action_range, cfg.reduction)
+                logits_target = window_logits(raw, inputs, target_t[:, :-1])
+        mask = after_first_wrong(y, target_t) if cfg.mask_converged_prefix else None
+        cons = consistency_loss(logits_y, logits_target, mask, action_range, cfg.reduction)
         ar = ar_loss(logits_lab, labels_t, action_range, cfg.label_smoothing, cfg.reduction)
         loss = cfg.consistency_weight * cons + cfg.ar_weight * ar
         metrics = {

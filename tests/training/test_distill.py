@@ -108,6 +108,45 @@ def test_consistency_is_zero_when_the_state_is_the_fixed_point(setup):
         assert metrics["consistency_loss"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_local_consistency_maps_a_state_to_the_next_one_global_to_the_fixed_point(setup):
+    from ee_vla.models.vla import VLA
+    from ee_vla.training.consistency import DistillDataset, distill_objective
+    from ee_vla.training.losses import WindowLM, after_first_wrong, consistency_loss, window_logits
+
+    root, data, teacher = setup
+    vla = VLA.from_pretrained(teacher)
+    ds = _demo(data, vla)
+    traj = collect_trajectories(vla, ds, ("repeat",), batch_size=8, progress=False)
+    items = DistillDataset(ds, traj, state_sampling="all")
+    # the first state of trajectories with at least one state between it and the fixed point
+    pick = [i for i, (m, j) in enumerate(items.items) if j == 0 and traj.n_states[m] >= 3][:4]
+    assert pick, "the tiny teacher's trajectories are too short to tell the two targets apart"
+    batch = collate([items[i] for i in pick])
+    inputs = vla.build_inputs(batch["pixels"], batch["instruction"], batch["proprio"])
+    y0 = torch.as_tensor(batch["states"])[:, 0]
+    y1 = torch.as_tensor(batch["states"])[:, 1]
+    fixed = torch.as_tensor(batch["fixed"])
+    assert not torch.equal(y1, fixed)
+    lm = WindowLM(vla.model)
+    losses = {}
+    for kind, target in (("global", fixed), ("local", y1)):
+        cfg = DistillConfig(
+            data=(str(data),), out_dir=str(root / "x"), teacher=str(teacher), consistency=kind, mixed_labels=False
+        )
+        with torch.no_grad():
+            _, metrics = distill_objective(cfg, vla)(lm, inputs, batch, torch.Generator())
+            expect = consistency_loss(
+                window_logits(lm, inputs, y0[:, :-1]),
+                window_logits(lm, inputs, target[:, :-1]),
+                after_first_wrong(y0, target),
+                vla.action_range,
+                "mean",
+            )
+        assert metrics["consistency_loss"].item() == pytest.approx(expect.item(), rel=1e-4, abs=1e-6)
+        losses[kind] = expect.item()
+    assert losses["local"] != pytest.approx(losses["global"], rel=1e-3)
+
+
 def test_distill_runs_reduces_the_loss_and_reuses_trajectories(setup):
     from ee_vla.models.vla import VLA
 
@@ -142,6 +181,7 @@ def test_distill_runs_reduces_the_loss_and_reuses_trajectories(setup):
             mixed_labels=False,
             state_sampling="all",
             reduction="sum",
+            consistency="local",
             eval_every=0,
             **base,
         )

@@ -31,6 +31,7 @@ def test_defaults_are_valid():
         (DistillConfig, {"mixed_label_threshold": -0.1}, "DistillConfig.mixed_label_threshold"),
         (DistillConfig, {"inits": ("guess",)}, "DistillConfig.inits"),
         (DistillConfig, {"state_sampling": "last"}, "DistillConfig.state_sampling"),
+        (DistillConfig, {"consistency": "both"}, "DistillConfig.consistency"),
         (DistillConfig, {"consistency_weight": 0.0, "ar_weight": 0.0}, "DistillConfig.consistency_weight"),
         (DistillConfig, {"label_smoothing": 1.0}, "DistillConfig.label_smoothing"),
     ],
