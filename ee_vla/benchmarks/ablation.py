@@ -1,0 +1,248 @@
+"""The CEED paper's ablation ladder (its Table 3) for a teacher and its distilled students, in one command.
+
+    python -m ee_vla.benchmarks.ablation --teacher T --student S [--student-no-mix S0] \
+        --env ee_vla/Reach-v0 --env ee_vla/PickCube-v0 --env ee_vla/Push-v0 --env ee_vla/Place-v0 \
+        --episodes 50 --num-envs 10 --seed 100000 [--device cuda --dtype bfloat16 --engine graph --vector async]
+
+Each model is evaluated once, `ee-vla eval --compare` over the decoders of its rows with `ar` first,
+on the same seeds: every row's tokens/s ratio is against the AR of its own run (same process, same
+device), and every row's forward passes against AR's one per token. The rows (`ROWS`):
+
+| row | model | decoder |
+|---|---|---|
+| AR | teacher | `ar` |
+| Jacobi, no training | teacher | `jacobi` |
+| + consistency | student without mixed labels (`ee-vla distill --no-mixed-labels`) | `jacobi` |
+| + mixed labels | student | `jacobi` |
+| + early exit (cap 2) | student | `ceed_cap:init=repeat` |
+| + relaxed convergence (tau 1) | student | `ceed_cap:init=repeat:tau=1` |
+| + warm start | student | `ceed_cap:tau=1` |
+| + warm guess in the prefill, cap 1 | student | `ceed_2pass` |
+| CEED preset (tau 1, warm, no cap) | student | `ceed` |
+
+A row whose model is not given (`--student-no-mix`) is left out. Writes `out/ablation.json`,
+`out/ablation.md` (the table, with the command and the machine), `out/ablation.png` and each run's
+`ee-vla eval` results under `out/<model>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from ee_vla.runtime import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("AR", "teacher", "ar"),
+    ("Jacobi, no training", "teacher", "jacobi"),
+    ("+ consistency", "student_no_mix", "jacobi"),
+    ("+ mixed labels", "student", "jacobi"),
+    ("+ early exit (cap 2)", "student", "ceed_cap:init=repeat"),
+    ("+ relaxed convergence (tau 1)", "student", "ceed_cap:init=repeat:tau=1"),
+    ("+ warm start", "student", "ceed_cap:tau=1"),
+    ("+ warm guess in the prefill, cap 1", "student", "ceed_2pass"),
+    ("CEED preset (tau 1, warm, no cap)", "student", "ceed"),
+)
+"""(row, model, decoder spec) of the ladder, in order; each row adds one thing to the row above it
+(the last is the shipped CEED setting, for reference)."""
+
+MODELS = ("teacher", "student_no_mix", "student")
+SUITE = ["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"]
+
+
+@dataclass
+class AblationConfig:
+    """Evaluate a teacher and its students on the same seeds, one `ee-vla eval --compare` run per
+    model, and assemble the ablation table."""
+
+    teacher: Path
+    """The AR-trained model the students were distilled from."""
+    student: Path
+    """Its CEED student (consistency + mixed labels: `ee-vla distill`)."""
+    student_no_mix: Path | None = None
+    """Its student distilled without mixed labels (`ee-vla distill --no-mixed-labels`), for the
+    `+ consistency` row; None = that row is left out."""
+    env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=lambda: list(SUITE))
+    """Env ids (repeat the flag); default the ee_vla suite."""
+    episodes: int = 50
+    """Episodes per env id, seeds seed .. seed + episodes - 1 (the same for every model)."""
+    seed: int = 100000
+    """Seed of the first episode (100000: the held-out seeds of `ee-vla eval`)."""
+    num_envs: int = 10
+    """Env copies stepped together (one batched policy call)."""
+    vector: Literal["sync", "async"] = "sync"
+    """Gymnasium vector env: sync (one process) or async (one subprocess per copy)."""
+    max_episode_steps: int | None = None
+    """Override of the env spec's step limit."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keyword arguments of gymnasium.make, as in `ee-vla eval --env-kwargs`."""
+    runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
+    """How the models run (`--device`, `--dtype`, `--engine`, `--threads`, ...), as in `ee-vla eval`."""
+    out: Path = Path("outputs/ablation")
+    """Output directory (ablation.json, ablation.md, ablation.png, one folder per model)."""
+    overwrite: bool = False
+    """Replace the results of an earlier ablation in `out`."""
+    progress: bool = True
+    """Show each evaluation's progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in MODELS:
+            path = getattr(self, name)
+            if path is not None and not (Path(path) / "config.json").is_file():
+                raise ValueError(f"AblationConfig.{name}: {path} is not a model directory (no config.json)")
+        if self.episodes < 1 or self.num_envs < 1:
+            raise ValueError(f"AblationConfig.episodes and num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
+        if (Path(self.out) / "ablation.json").exists() and not self.overwrite:
+            raise ValueError(f"{Path(self.out) / 'ablation.json'} exists (AblationConfig.out); pass --overwrite")
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """The rows whose model is given."""
+        return [r for r in ROWS if getattr(self, r[1]) is not None]
+
+    def decoders(self, model: str) -> list[str]:
+        """The decoders one model's run compares: `ar` first, then its rows' in order."""
+        specs = ["ar"] + [spec for _, m, spec in ROWS if m == model]
+        return list(dict.fromkeys(specs))
+
+    def eval_config(self, model: str):
+        from ee_vla.evaluation.config import EvalConfig
+
+        return EvalConfig(
+            policy=Path(getattr(self, model)),
+            env=list(self.env),
+            runtime=self.runtime,
+            compare=self.decoders(model),
+            episodes=self.episodes,
+            num_envs=self.num_envs,
+            vector=self.vector,
+            seed=self.seed,
+            max_episode_steps=self.max_episode_steps,
+            env_kwargs=dict(self.env_kwargs),
+            output_dir=Path(self.out) / model,
+            overwrite=self.overwrite,
+            progress=self.progress,
+            print_summary=False,
+        )
+
+
+def table_rows(cfg: AblationConfig, compares: dict[str, dict]) -> list[dict[str, Any]]:
+    """One dict per row from each model's comparison (`compare.json`'s `decoders`)."""
+    rows = []
+    for row, model, spec in cfg.rows():
+        r = compares[model]["decoders"][spec]
+        rows.append(
+            {
+                "row": row,
+                "model": model,
+                "policy": str(getattr(cfg, model)),
+                "decoder": spec,
+                "pc_success": r["pc_success"],
+                "pc_success_ci95": r["pc_success_ci95"],
+                "pc_success_per_env": r["pc_success_per_env"],
+                "n_episodes": r["n_episodes"],
+                "forward_passes_per_call": r["forward_passes_per_call"],
+                "iterations_per_chunk": r["iterations_per_chunk"],
+                "speedup_forward_passes": r["speedup_forward_passes"],
+                "speedup_tokens_per_s": r["speedup_tokens_per_s"],
+                "tokens_per_s": r["tokens_per_s"],
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], env_ids: list[str]) -> str:
+    """The ablation table in Markdown."""
+    short = [e.split("/")[-1].removesuffix("-v0") for e in env_ids]
+    head = (
+        "| row | model | decoder | success [95% CI] | "
+        + " / ".join(short)
+        + " | passes per call | fewer passes than AR | iterations per chunk | tokens/s vs its AR |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lo, hi = r["pc_success_ci95"]
+        per = " / ".join(f"{r['pc_success_per_env'].get(e, float('nan')):.0f}" for e in env_ids)
+        lines.append(
+            f"| {r['row']} | {r['model'].replace('_', ' ')} | `{r['decoder']}` | {r['pc_success']:.1f}% "
+            f"[{lo:.0f}, {hi:.0f}] | {per} | {r['forward_passes_per_call']:.2f} | "
+            f"{r['speedup_forward_passes']:.2f}x | {r['iterations_per_chunk']:.2f} | {r['speedup_tokens_per_s']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Success with its interval, and the forward-pass and tokens/s ratios, row by row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [r["row"] for r in rows]
+    y = np.arange(len(rows))[::-1]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 1.5), sharey=True)
+    succ = np.array([r["pc_success"] for r in rows])
+    ci = np.array([r["pc_success_ci95"] for r in rows])
+    a.errorbar(succ, y, xerr=[succ - ci[:, 0], ci[:, 1] - succ], fmt="o", capsize=3)
+    a.set_yticks(y, labels)
+    a.set_xlabel("success % (95% interval)")
+    h = 0.38
+    b.barh(y + h / 2, [r["speedup_forward_passes"] for r in rows], h, label="fewer forward passes than AR")
+    b.barh(y - h / 2, [r["speedup_tokens_per_s"] for r in rows], h, label="tokens/s vs AR (same run)")
+    b.axvline(1.0, color="gray", lw=0.8)
+    b.set_xlabel("x AR")
+    b.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: AblationConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate every given model, then write ablation.json / .md / .png; returns the JSON dict."""
+    from ee_vla.evaluation import evaluate
+
+    out = Path(cfg.out)
+    evals = {m: cfg.eval_config(m) for m in MODELS if getattr(cfg, m) is not None}  # every check before a run
+    compares, environment = {}, None
+    for model, ecfg in evals.items():
+        log.info("ablation: %s (%s): %s", model, ecfg.policy, " ".join(ecfg.compare))
+        result = evaluate(ecfg)
+        compares[model] = {k: v for k, v in result.items() if k != "runs"}
+        environment = result["environment"]
+    rows = table_rows(cfg, compares)
+    command = "python -m ee_vla.benchmarks.ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
+    info = {"command": command, "environment": environment, "env": list(cfg.env), "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(info, indent=2))
+    device = f"{environment['device_name']} ({environment['device']}, {environment['dtype']})" if environment else ""
+    table = markdown(rows, list(cfg.env))
+    seeds = f"seeds {cfg.seed}-{cfg.seed + cfg.episodes - 1} per env"
+    (out / "ablation.md").write_text(f"`{command}`\n\n{device}, {seeds}\n\n{table}\n")
+    plot(rows, out / "ablation.png")
+    print(table)
+    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'} and {out / 'ablation.png'}")
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = tyro.cli(AblationConfig, args=args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return run(cfg, args)
+
+
+if __name__ == "__main__":
+    main()
