@@ -5,7 +5,9 @@
   real shape (random weights), raw forwards, HF `generate`, kernel tables;
 * `shapes`       - the named model shapes the profiler builds (OpenVLA-7B, Qwen2-0.5B, tiny, small);
 * `attn_bench`   - `python -m ee_vla.benchmarks.attn_bench`: the split-KV attention kernel alone;
-* `check`        - `python -m ee_vla.benchmarks.check`: the static engines' tokens against eager.
+* `check`        - `python -m ee_vla.benchmarks.check`: the static engines' tokens against eager;
+* `ablation`     - `python -m ee_vla.benchmarks.ablation`: the CEED paper's ablation ladder, a
+  teacher and its students evaluated in simulation on the same seeds.
 
 The engines they measure are in `ee_vla.engine`.
 """

@@ -228,7 +228,7 @@ def test_the_measuring_tools_live_beside_the_engine():
         "static",
     }
     tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
-    assert tools == {"attn_bench", "check", "decode_bench", "linear_bench", "profile", "shapes"}
+    assert tools == {"ablation", "attn_bench", "check", "decode_bench", "linear_bench", "profile", "shapes"}
     assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"
 
 
