@@ -95,18 +95,22 @@ class AblationConfig:
     """Show each evaluation's progress bar."""
 
     def __post_init__(self) -> None:
-        for name in MODELS:
-            path = getattr(self, name)
-            if path is not None and not (Path(path) / "config.json").is_file():
-                raise ValueError(f"AblationConfig.{name}: {path} is not a model directory (no config.json)")
-        if self.episodes < 1 or self.num_envs < 1:
-            raise ValueError(f"AblationConfig.episodes and num_envs must be >= 1, got {self.episodes}, {self.num_envs}")
+        for model in self.models():
+            path = getattr(self, model)
+            if not (Path(path) / "config.json").is_file():
+                raise ValueError(f"AblationConfig.{model}: {path} is not a model directory (no config.json)")
+            self.eval_config(model)  # the run's own checks (episodes, envs, decoder options), before any run
         if (Path(self.out) / "ablation.json").exists() and not self.overwrite:
             raise ValueError(f"{Path(self.out) / 'ablation.json'} exists (AblationConfig.out); pass --overwrite")
 
+    def models(self) -> list[str]:
+        """The models given, in the order they are evaluated."""
+        return [m for m in MODELS if getattr(self, m) is not None]
+
     def rows(self) -> list[tuple[str, str, str]]:
         """The rows whose model is given."""
-        return [r for r in ROWS if getattr(self, r[1]) is not None]
+        given = self.models()
+        return [r for r in ROWS if r[1] in given]
 
     def decoders(self, model: str) -> list[str]:
         """The decoders one model's run compares: `ar` first, then its rows' in order."""
@@ -212,19 +216,19 @@ def run(cfg: AblationConfig, argv: list[str] | None = None) -> dict[str, Any]:
     from ee_vla.evaluation import evaluate
 
     out = Path(cfg.out)
-    evals = {m: cfg.eval_config(m) for m in MODELS if getattr(cfg, m) is not None}  # every check before a run
-    compares, environment = {}, None
-    for model, ecfg in evals.items():
+    compares = {}
+    for model in cfg.models():
+        ecfg = cfg.eval_config(model)
         log.info("ablation: %s (%s): %s", model, ecfg.policy, " ".join(ecfg.compare))
         result = evaluate(ecfg)
         compares[model] = {k: v for k, v in result.items() if k != "runs"}
-        environment = result["environment"]
+    environment = result["environment"]  # the same machine and settings for every run
     rows = table_rows(cfg, compares)
     command = "python -m ee_vla.benchmarks.ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
     info = {"command": command, "environment": environment, "env": list(cfg.env), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(info, indent=2))
-    device = f"{environment['device_name']} ({environment['device']}, {environment['dtype']})" if environment else ""
+    device = f"{environment['device_name']} ({environment['device']}, {environment['dtype']})"
     table = markdown(rows, list(cfg.env))
     seeds = f"seeds {cfg.seed}-{cfg.seed + cfg.episodes - 1} per env"
     (out / "ablation.md").write_text(f"`{command}`\n\n{device}, {seeds}\n\n{table}\n")
@@ -237,11 +241,7 @@ def run(cfg: AblationConfig, argv: list[str] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = tyro.cli(AblationConfig, args=args)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return run(cfg, args)
+    return run(tyro.cli(AblationConfig, args=args), args)  # tyro reports a refused config and exits
 
 
 if __name__ == "__main__":

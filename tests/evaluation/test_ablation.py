@@ -50,3 +50,6 @@ def test_the_ablation_evaluates_each_model_once_and_tabulates_the_ladder(tiny_po
 def test_a_model_that_is_not_a_model_directory_is_refused_before_any_run(tiny_policy_dir, tmp_path):
     with pytest.raises(ValueError, match=r"AblationConfig\.student: .* is not a model directory"):
         AblationConfig(teacher=tiny_policy_dir, student=tmp_path, out=tmp_path / "abl")
+    # each model's evaluation is checked when the ablation is configured, not when its run starts
+    with pytest.raises(ValueError, match=r"EvalConfig\.episodes must be >= 1"):
+        AblationConfig(teacher=tiny_policy_dir, student=tiny_policy_dir, episodes=0, out=tmp_path / "abl")
