@@ -195,6 +195,7 @@ def test_fp8_policies_run_on_the_graph_engine(tiny_vla_dir, mode):
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability >= 8.9")
+    pytest.importorskip("torchao", reason="quantize needs torchao: pip install 'ee_vla[quant]'")
     policy = VLAPolicy.from_pretrained(
         tiny_vla_dir, decoder="ar", device="cuda", dtype="bfloat16", engine="graph", quantize=mode
     )
@@ -220,6 +221,7 @@ def test_a_calibrated_fp8_policy_runs_on_the_graph_engine(tiny_vla_dir, tmp_path
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 needs compute capability >= 8.9")
+    pytest.importorskip("torchao", reason="quantize needs torchao: pip install 'ee_vla[quant]'")
     vla = VLA.from_pretrained(tiny_vla_dir, device="cuda", dtype=torch.bfloat16)
     rng = np.random.default_rng(0)
     size = vla.image_size
