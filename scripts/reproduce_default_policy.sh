@@ -28,7 +28,11 @@
 #                  other task (seed 16), `ee-vla dagger` of para_ceed on Push (400 episodes from seed
 #                  216000, cut at 60 steps, a 1.3-minute budget), all with the varied wording; BC from
 #                  para_ceed on them (1000 steps, seed 16), then the distillation above on the
-#                  150-per-task set (CPU): the shipped model
+#                  150-per-task set (CPU): scenes_ceed
+#   chunk8         chunks of 8 actions: 750 fresh demonstrations per task (seed 14, varied wording),
+#                  BC from scenes_ceed with --chunk-size 8 on them and the scenes stage's fresh scenes
+#                  (1500 steps, seed 14): the shipped model (CEED decodes its 56-token chunks in
+#                  parallel; a distilled student of it decodes no faster, docs/training.md)
 #
 # The last stage that ran copies its model to $DEST.
 #
@@ -44,7 +48,8 @@
 # minutes each); collecting 1500 demonstrations per task takes about a minute on 32 cores. The
 # paraphrase stage, all of it on one H200 with 16 cores, took about 8 minutes (BC 3.5, distillation
 # 1.5 with its trajectories). The scenes stage's collection, on-policy episodes and BC took about
-# 7 minutes on one H100 with 16 cores (BC 3.5), its distillation 16 minutes on a 2-core CPU.
+# 7 minutes on one H100 with 16 cores (BC 3.5), its distillation 16 minutes on a 2-core CPU; the
+# chunk8 stage (its collection and BC) about 5.5 minutes on one H100 with 16 cores (BC 3.6).
 # DISTILL_DEVICE sets the device of these two distillations (by default each stage's: cuda for
 # paraphrase, cpu for scenes).
 #
@@ -64,7 +69,7 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
-ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes"
+ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes chunk8"
 STAGES="${STAGES:-$ALL_STAGES}"
 for s in $STAGES; do
   case " $ALL_STAGES " in
@@ -267,5 +272,17 @@ if has scenes; then
     "$DATA/other_s16" "$DATA/push_scenes" "$DATA/other_scenes" --out-dir "$RUNS/scenes" \
     --init-from "$RUNS/para_ceed/model" --seed 16 "${BC[@]}" --steps 1000
   distill_from "$RUNS/scenes/model" scenes_ "$DATA/suite150_aug" "${DISTILL_DEVICE:-cpu}" "${STUDENT[@]}"
-  ship "$RUNS/scenes_ceed/model"
+  has chunk8 || ship "$RUNS/scenes_ceed/model"
+fi
+
+if has chunk8; then
+  AUG=(--instructions augmented)
+  OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"
+  collect "$DATA/suite_aug14" 750 14 "${AUG[@]}"
+  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
+  collect_on "$DATA/other_scenes" 800 600000 "$OTHER" --explore-steps 5 "${AUG[@]}"
+  done_model "$RUNS/chunk8" || run "${EE[@]}" train --data "$DATA/suite_aug14" "$DATA/push_scenes" \
+    "$DATA/other_scenes" --out-dir "$RUNS/chunk8" --init-from "$RUNS/scenes_ceed/model" --chunk-size 8 \
+    --seed 14 "${BC[@]}" --steps 1500
+  ship "$RUNS/chunk8/model"
 fi

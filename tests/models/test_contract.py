@@ -22,7 +22,7 @@ def test_the_shipped_policy_records_the_suite_rate_and_its_inputs():
     c = read_contract(ee_vla.DEFAULT_POLICY)
     assert c.control_hz == 10.0  # sim_envs' tabletop suite steps at 10 Hz
     assert set(c.env_ids) == {"ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"}
-    assert (c.chunk_size, c.action_dim, c.image_size) == (3, 7, 128)
+    assert (c.chunk_size, c.action_dim, c.image_size) == (8, 7, 128)
     assert c.action_space["names"][-1] == "gripper"
 
 
