@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "checkpoints" / "default"
 """The shipped default policy (a model directory installed with the package): the tabletop suite's
-CEED-distilled student, `VLAPolicy.from_pretrained(ee_vla.DEFAULT_POLICY)` from any directory."""
+policy, chunks of 8 actions decoded in parallel by CEED (docs/training.md),
+`VLAPolicy.from_pretrained(ee_vla.DEFAULT_POLICY)` from any directory."""
 
 # Before anything imports torch: idle OpenMP threads sleep instead of spinning (ee_vla.threads).
 quiet_waiting()

@@ -86,7 +86,7 @@ class FleetBenchConfig:
     """Decoder preset: ar | jacobi | ceed | ceed_cap | ceed_2pass."""
     max_iterations: int = 0
     """ceed/ceed_cap/ceed_2pass: iteration cap (0: the preset's). Random weights never converge like a trained
-    model: cap them (4 is about the shipped policy's iterations per chunk)."""
+    model: cap them (a trained policy of the suite needs 3-4 iterations per chunk of 3 actions, 5-6 per chunk of 8)."""
     guess_in_prefill: bool = False
     """Run the warm start's guess in the prefill (`RuntimeConfig.guess_in_prefill`)."""
     device: str = "auto"
