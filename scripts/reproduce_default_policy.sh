@@ -127,6 +127,12 @@ collect() {  # dir, demonstrations per task, seed, extra flags: every task of TA
   collect_on "$out" "$n" "$seed" "$TASKS" "$@"
 }
 
+fresh_scenes() {  # the explored scenes both the scenes and the chunk8 stage train on (varied wording)
+  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 --instructions augmented
+  collect_on "$DATA/other_scenes" 800 600000 "ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0" --explore-steps 5 \
+    --instructions augmented
+}
+
 distill_from() {  # teacher, run prefix, data, device, extra flags: the teacher's trajectories, then the student
   local teacher="$1" pre="$2" data="$3" device="$4"
   shift 4
@@ -260,8 +266,7 @@ if has scenes; then
   OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"
   collect_on "$DATA/push_s16" 700 16 ee_vla/Push-v0 "${AUG[@]}"
   collect_on "$DATA/other_s16" 250 16 "$OTHER" "${AUG[@]}"
-  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
-  collect_on "$DATA/other_scenes" 800 600000 "$OTHER" --explore-steps 5 "${AUG[@]}"
+  fresh_scenes
   collect "$DATA/suite150_aug" 150 0 "${AUG[@]}"
   if [ "$DRY_RUN" = 1 ] || [ ! -f "$DATA/dagger_push_216000/demos.hdf5" ]; then
     run "${EE[@]}" dagger --policy "$RUNS/para_ceed/model" --env ee_vla/Push-v0 --episodes 400 \
@@ -276,11 +281,8 @@ if has scenes; then
 fi
 
 if has chunk8; then
-  AUG=(--instructions augmented)
-  OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"
-  collect "$DATA/suite_aug14" 750 14 "${AUG[@]}"
-  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
-  collect_on "$DATA/other_scenes" 800 600000 "$OTHER" --explore-steps 5 "${AUG[@]}"
+  collect "$DATA/suite_aug14" 750 14 --instructions augmented
+  fresh_scenes
   done_model "$RUNS/chunk8" || run "${EE[@]}" train --data "$DATA/suite_aug14" "$DATA/push_scenes" \
     "$DATA/other_scenes" --out-dir "$RUNS/chunk8" --init-from "$RUNS/scenes_ceed/model" --chunk-size 8 \
     --seed 14 "${BC[@]}" --steps 1500
