@@ -27,7 +27,6 @@ A row whose model is not given (`--student-no-mix`) is left out. Writes `out/abl
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import sys
@@ -185,15 +184,15 @@ def markdown(rows: list[dict[str, Any]], env_ids: list[str]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Success with its interval, and the forward-pass and tokens/s ratios, row by row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     labels = [r["row"] for r in rows]
     y = np.arange(len(rows))[::-1]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 1.5), sharey=True)
+    fig = Figure(figsize=(12, 0.5 * len(rows) + 1.5), layout="tight")
+    FigureCanvasAgg(fig)
+    a, b = fig.subplots(1, 2, sharey=True)
     succ = np.array([r["pc_success"] for r in rows])
     ci = np.array([r["pc_success_ci95"] for r in rows])
     a.errorbar(succ, y, xerr=[succ - ci[:, 0], ci[:, 1] - succ], fmt="o", capsize=3)
@@ -205,15 +204,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     b.axvline(1.0, color="gray", lw=0.8)
     b.set_xlabel("x AR")
     b.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def run(cfg: AblationConfig, argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate every given model, then write ablation.json / .md / .png; returns the JSON dict."""
     from ee_vla.evaluation import evaluate
+    from ee_vla.evaluation.report import write_json
 
     out = Path(cfg.out)
     compares = {}
@@ -227,7 +225,7 @@ def run(cfg: AblationConfig, argv: list[str] | None = None) -> dict[str, Any]:
     command = "python -m ee_vla.benchmarks.ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
     info = {"command": command, "environment": environment, "env": list(cfg.env), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "ablation.json", info)
     device = f"{environment['device_name']} ({environment['device']}, {environment['dtype']})"
     table = markdown(rows, list(cfg.env))
     seeds = f"seeds {cfg.seed}-{cfg.seed + cfg.episodes - 1} per env"
