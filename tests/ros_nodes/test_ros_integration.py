@@ -115,8 +115,8 @@ def test_tiny_model_drives_pickcube_over_dds(tiny_vla_dir):
 
 def test_shipped_policy_solves_reach_over_dds():
     """The shipped default policy commands ee_vla/Reach-v0 through the middleware in real time (10 Hz,
-    Float64MultiArray, proprio from JointState) and solves episodes: 10 of 10 held-out seeds on a
-    2-core CPU (docs/ros.md). 3 successes in 10 are asked: a policy that solved 60% of them would
+    Float64MultiArray, proprio from JointState) and solves episodes: 10 of 10 held-out seeds through
+    `ros2 launch` on a 2-core CPU (docs/ros.md). 3 successes in 10 are asked: a policy that solved 60% of them would
     fall short with probability 1.2%, a broken path always does."""
     serve_cfg = dict(
         model_path=str(REPO / "ee_vla" / "checkpoints" / "default"),
