@@ -18,6 +18,7 @@
 #   STAGES="trajectories distill eval" DEVICE=cpu bash scripts/train_mt10.sh   # the last stages on a CPU
 #   NPROC=4 STAGES=train bash scripts/train_mt10.sh             # DDP over 4 GPUs (global batch x4)
 #   WHEELS=.whl_run bash scripts/train_mt10.sh                  # install carried wheels into $SITE first
+#   CAMERAS="pixels wrist_pixels" bash scripts/train_mt10.sh    # the camera on the hand too (collect + train)
 #
 # Machines and times, as measured for docs/training.md's MT10 results (N=300, GROUNDING=0.3): on one
 # H200, collect 2 min (16 workers), train 3500 steps at 8-10 steps/s, distill 1000 steps at batch 64
@@ -46,6 +47,7 @@ DATA="${DATA:-data/mt10}"
 DATA_DISTILL="${DATA_DISTILL:-data/mt10_distill}"
 IMAGE="${IMAGE:-128}"
 COMPRESSION="${COMPRESSION:-0}"                 # gzip level of $DATA's images (0: fastest write and load)
+CAMERAS="${CAMERAS:-pixels}"                    # the policy's cameras: "pixels wrist_pixels" adds the hand's camera
 COLLECT_WORKERS="${COLLECT_WORKERS:-$(nproc)}"
 RUNS="${RUNS:-outputs/mt10}"
 # behaviour cloning
@@ -122,8 +124,10 @@ collect_demos() {  # dir, demos per task, gzip level
     echo "$1/demos.hdf5 exists: skipped"
     return
   fi
+  local wrist=()
+  if [[ " $CAMERAS " == *" wrist_pixels "* ]]; then wrist=(--wrist-camera); fi
   "${EE[@]}" collect --env "${TASK_LIST[@]}" --episodes "$2" --out "$1" --seed "$SEED" --image-size "$IMAGE" \
-    --num-workers "$COLLECT_WORKERS" --compression-level "$3"
+    --num-workers "$COLLECT_WORKERS" --compression-level "$3" "${wrist[@]}"
   du -sh "$1/demos.hdf5"
 }
 
@@ -139,7 +143,9 @@ if has_stage train; then
   if [ -d "$RUNS/bc/model" ]; then
     echo "$RUNS/bc/model exists: skipped"
   else
+    read -r -a CAMERA_LIST <<<"$CAMERAS"
     TRAIN=(train --data "$DATA" --out-dir "$RUNS/bc" --preset "$PRESET" --chunk-size "$CHUNK" --use-proprio
+      --cameras "${CAMERA_LIST[@]}"
       --steps "$STEPS" --lr "$LR" --warmup-steps "$WARMUP" --input-noise "$INPUT_NOISE" --batch-size "$BATCH"
       --weight-decay 0.01 --aug-shift 0.03 --val-fraction "$VAL" --dtype "$DTYPE" --save-dtype bfloat16
       --seed "$SEED" --num-workers "$WORKERS" --log-every "$LOG_EVERY" --save-every "$SAVE_EVERY"

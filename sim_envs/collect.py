@@ -51,7 +51,7 @@ class CollectConfig:
     image_size: int = 128
     """Side of the square camera images in pixels."""
     wrist_camera: bool = False
-    """Also record the gripper camera (ee_vla suite only) as obs/wrist_pixels, the images a policy
+    """Also record the gripper camera (the ee_vla suite, Meta-World) as obs/wrist_pixels, the images a policy
     trained with `ee-vla train --cameras pixels wrist_pixels` reads."""
     instructions: str = "train"
     """Instruction set of the ee_vla suite's tasks (the envs' `instructions`): train (the task's

@@ -39,6 +39,8 @@ META_WORLD_CONTROL_HZ = 80
 """Meta-World steps 5 physics frames of 2.5 ms: 80 Hz."""
 META_WORLD_HORIZON = 500
 """Meta-World's episode length (`max_path_length`), also the registered ids' max_episode_steps."""
+WRIST_CAMERA = "gripperPOV"
+"""Meta-World's camera on the hand, the `wrist_pixels` of `wrist_camera=True`."""
 
 
 def instruction_for(task_name: str) -> str:
@@ -64,10 +66,12 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
     Out-of-range values are clipped; a wrong shape or NaN raises `ValueError`.
 
     ## Observation space
-    | key         | shape                       | dtype   | content                                     |
-    |-------------|-----------------------------|---------|---------------------------------------------|
-    | `pixels`    | (image_size, image_size, 3) | uint8   | camera `camera_name` ("corner4", upright)   |
-    | `agent_pos` | (4,)                        | float32 | hand x, y, z (m), normalised jaw opening    |
+    | key            | shape                       | dtype   | content                                   |
+    |----------------|-----------------------------|---------|-------------------------------------------|
+    | `pixels`       | (image_size, image_size, 3) | uint8   | camera `camera_name` ("corner4", upright) |
+    | `agent_pos`    | (4,)                        | float32 | hand x, y, z (m), normalised jaw opening  |
+    | `wrist_pixels` | (image_size, image_size, 3) | uint8   | camera `gripperPOV` (on the hand), only   |
+    |                |                             |         | with `wrist_camera=True`                  |
 
     ## Rewards
     Meta-World's v2 reward function (0..10), unchanged.
@@ -94,6 +98,9 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         render_mode: None or "rgb_array".
         image_size: side of the square `pixels` image.
         camera_name: a Meta-World camera ("corner", "corner2", "corner3", "corner4", "topview", ...).
+        wrist_camera: also observe Meta-World's camera on the hand (`gripperPOV`: the fingers and
+            what lies below and ahead of them) under `wrist_pixels`, as the ee_vla suite's
+            `wrist_camera` does.
         benchmark_seed: seed of Meta-World's task (goal) generation.
         max_path_length: steps after which an episode is truncated (Meta-World's 500 by default);
             None = no limit of its own (the registered ids: `gymnasium.make`'s TimeLimit rules).
@@ -107,6 +114,7 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         render_mode: str | None = None,
         image_size: int = 128,
         camera_name: str = "corner4",
+        wrist_camera: bool = False,
         benchmark_seed: int = 0,
         max_path_length: int | None = META_WORLD_HORIZON,
     ):
@@ -122,6 +130,8 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if not isinstance(image_size, int) or not 16 <= image_size <= 1024:
             raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
+        if not isinstance(wrist_camera, bool | np.bool_):
+            raise ValueError(f"wrist_camera must be a bool, got {wrist_camera!r}")
         if max_path_length is not None and (not isinstance(max_path_length, int) or max_path_length < 1):
             raise ValueError(f"max_path_length must be an int >= 1 or None, got {max_path_length!r}")
         self.max_path_length = max_path_length
@@ -140,21 +150,24 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         self._steps = 0
         # Meta-World's corner cameras look at the table upside down; rotate them upright.
         self._camera = OffscreenCamera(self._env.model, camera_name, image_size, flip=camera_name.startswith("corner"))
+        self.wrist_camera = bool(wrist_camera)
+        self._wrist = OffscreenCamera(self._env.model, WRIST_CAMERA, image_size) if wrist_camera else None
         self._raw_obs = np.zeros(39)
         self.task_index = 0
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
-        self.observation_space = spaces.Dict(
-            {
-                "pixels": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
-                # Meta-World clips its observation to these bounds (hand box, gripper in [-1, 1]).
-                "agent_pos": spaces.Box(
-                    self._env.sawyer_observation_space.low[:4].astype(np.float32),
-                    self._env.sawyer_observation_space.high[:4].astype(np.float32),
-                    dtype=np.float32,
-                ),
-            }
-        )
+        obs_spaces = {
+            "pixels": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
+            # Meta-World clips its observation to these bounds (hand box, gripper in [-1, 1]).
+            "agent_pos": spaces.Box(
+                self._env.sawyer_observation_space.low[:4].astype(np.float32),
+                self._env.sawyer_observation_space.high[:4].astype(np.float32),
+                dtype=np.float32,
+            ),
+        }
+        if wrist_camera:
+            obs_spaces["wrist_pixels"] = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+        self.observation_space = spaces.Dict(obs_spaces)
 
     def privileged_state(self) -> np.ndarray:
         """Meta-World's 39-dim state observation (what its scripted policies read)."""
@@ -170,10 +183,13 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         return np.concatenate([self._raw_obs[4:7], self._raw_obs[36:39]]).astype(np.float32)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
-        return {
+        obs = {
             "pixels": self._camera.render(self._env.data),
             "agent_pos": self._raw_obs[:4].astype(np.float32),
         }
+        if self._wrist is not None:
+            obs["wrist_pixels"] = self._wrist.render(self._env.data)
+        return obs
 
     def _info(self, success: bool, measures: dict | None = None) -> dict:
         """Ours, plus Meta-World's own measurements of the step (`MEASURES`, as floats)."""
@@ -213,4 +229,6 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
 
     def close(self) -> None:
         self._camera.close()
+        if self._wrist is not None:
+            self._wrist.close()
         self._env.close()

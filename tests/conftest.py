@@ -18,6 +18,31 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+ONE_CAMERA_ENV = "test_ee_vla/OneCamera-v0"
+"""A registered env with no gripper camera (its constructor has no `wrist_camera`), as any env of
+another package may be: what asking such an env for `wrist_pixels` gives. Every env of sim_envs
+renders one."""
+
+
+def _register_one_camera_env() -> None:
+    import gymnasium
+    import numpy as np
+
+    class OneCameraEnv(gymnasium.Env):
+        metadata = {"render_modes": [], "render_fps": 10}
+
+        def __init__(self, image_size: int = 64):
+            self.observation_space = gymnasium.spaces.Dict(
+                {"pixels": gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)}
+            )
+            self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (7,), np.float32)
+
+    if ONE_CAMERA_ENV not in gymnasium.registry:
+        gymnasium.register(ONE_CAMERA_ENV, entry_point=OneCameraEnv, max_episode_steps=5)
+
+
+_register_one_camera_env()
+
 
 @pytest.fixture(scope="session")
 def tiny_vla_dir(tmp_path_factory):

@@ -223,6 +223,6 @@ def test_eval_of_a_two_camera_policy_from_the_console(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.startswith("ee-vla eval: error: env 'ee_vla/Reach-v0': --env-kwargs wrist_camera false turns off")
     assert "'wrist_pixels'" in err and not (tmp_path / "off" / "eval_info.json").exists()
-    bad = [a if a != "ee_vla/Reach-v0" else "ee_vla/MetaWorld-push-v0" for a in run]
+    bad = [a if a != "ee_vla/Reach-v0" else "test_ee_vla/OneCamera-v0" for a in run]
     assert main([*bad, "--output-dir", str(tmp_path / "mw")]) == 2
-    assert "ee_vla/MetaWorld-push-v0 has no camera 'wrist_pixels'" in capsys.readouterr().err
+    assert "test_ee_vla/OneCamera-v0 has no camera 'wrist_pixels'" in capsys.readouterr().err

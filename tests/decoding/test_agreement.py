@@ -105,8 +105,8 @@ def test_frames_of_a_two_camera_policy_hold_each_camera(tmp_path, monkeypatch):
         assert f.obs["wrist_pixels"].shape == f.obs["pixels"].shape == (128, 128, 3)
         assert not np.array_equal(f.obs["wrist_pixels"], f.obs["pixels"])
     assert agreement(policy, frames, ["jacobi"])["jacobi"]["chunks_exact"] == 1.0
-    with pytest.raises(ValueError, match="MetaWorld-reach-v0 has no camera 'wrist_pixels'"):
-        module.collect_frames(policy, "ee_vla/MetaWorld-reach-v0", [0])
+    with pytest.raises(ValueError, match="OneCamera-v0 has no camera 'wrist_pixels'"):
+        module.collect_frames(policy, "test_ee_vla/OneCamera-v0", [0])
     cfg = AgreementConfig(
         policy=model,
         env=["ee_vla/Reach-v0"],

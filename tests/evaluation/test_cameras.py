@@ -116,16 +116,16 @@ def test_video_frames_put_cameras_of_other_sizes_at_one_height():
 def test_an_env_without_a_camera_the_policy_reads_fails_before_the_model_loads(
     two_camera_policy_dir, tmp_path, monkeypatch
 ):
-    """Meta-World renders one camera: the error names the env and the camera, and comes from the
-    registered env's signature (no Meta-World env is made, no weights are read)."""
+    """An env with no gripper camera: the error names the env and the camera, and comes from the
+    registered env's signature (no env is made, no weights are read)."""
     import sim_envs  # noqa: F401  (registers the ids)
 
     def no_load(*args, **kwargs):
         raise AssertionError("the policy was loaded")
 
     monkeypatch.setattr(RuntimeConfig, "load_policy", no_load)
-    cfg = reach_cfg(two_camera_policy_dir, tmp_path, env=[REACH, "ee_vla/MetaWorld-reach-v0"])
-    with pytest.raises(EvalConfigError, match="'ee_vla/MetaWorld-reach-v0' cannot render.*no camera 'wrist_pixels'"):
+    cfg = reach_cfg(two_camera_policy_dir, tmp_path, env=[REACH, "test_ee_vla/OneCamera-v0"])
+    with pytest.raises(EvalConfigError, match="'test_ee_vla/OneCamera-v0' cannot render.*no camera 'wrist_pixels'"):
         evaluate(cfg)
     assert not (tmp_path / "eval_info.json").exists()
 

@@ -193,7 +193,6 @@ def test_refuses_to_overwrite(dataset):
         ({"image_size": 8}, "CollectConfig.image_size"),
         ({"num_workers": 0}, "CollectConfig.num_workers"),
         ({"max_attempts_factor": 0.5}, "CollectConfig.max_attempts_factor"),
-        ({"env": ("ee_vla/MetaWorld-reach-v0",), "wrist_camera": True}, "CollectConfig.wrist_camera"),
         ({"explore_steps": -1}, "CollectConfig.explore_steps"),
         ({"explore_steps": 3, "explore_plan": 0}, "CollectConfig.explore_plan"),
         ({"env": ("ee_vla/MetaWorld-reach-v0",), "explore_steps": 3}, "CollectConfig.explore_steps"),
@@ -204,6 +203,18 @@ def test_refuses_to_overwrite(dataset):
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         CollectConfig(**kwargs)
+
+
+def test_wrist_camera_is_refused_for_an_env_without_one(monkeypatch):
+    """Every env of sim_envs renders a gripper camera; an ee_vla id whose env has none (the tests'
+    one-camera env registered under it) is refused by name before anything is collected."""
+    import gymnasium
+
+    spec = gymnasium.registry["test_ee_vla/OneCamera-v0"]  # tests/conftest.py
+    monkeypatch.setitem(gymnasium.registry, "ee_vla/OneCamera-v0", spec)
+    with pytest.raises(ValueError, match="wrist_camera: ee_vla/OneCamera-v0 has no camera 'wrist_pixels'"):
+        CollectConfig(env=("ee_vla/OneCamera-v0",), wrist_camera=True)
+    CollectConfig(env=("ee_vla/OneCamera-v0",))  # without the gripper camera it is an env like any other
 
 
 def test_explored_states_carry_the_experts_labels_and_plans(tmp_path):

@@ -161,3 +161,44 @@ def test_collect_records_metaworld_task_points(tmp_path):
     (ep,) = list(load_dataset(path))
     assert ep.task_points is not None and ep.task_points.shape == (len(ep.actions), 6)
     assert np.isfinite(ep.task_points).all()
+
+
+def test_wrist_camera_sees_from_the_hand_and_is_recorded(tmp_path):
+    """`wrist_camera=True` adds `wrist_pixels` (Meta-World's `gripperPOV`, riding on the hand): in
+    the observation space, different from the scene camera, changing as the hand moves while the
+    scene camera's view of the table stays; `ee-vla collect --wrist-camera` records it, replayable
+    from the seed; and the scene camera's images are the same with it or without it."""
+    from sim_envs.collect import CollectConfig, collect
+    from sim_envs.demo_file import load_dataset
+
+    env = gym.make("ee_vla/MetaWorld-push-v0", image_size=32, wrist_camera=True)
+    plain = gym.make("ee_vla/MetaWorld-push-v0", image_size=32)
+    try:
+        assert env.observation_space["wrist_pixels"].shape == (32, 32, 3)
+        assert "wrist_pixels" not in plain.observation_space.spaces
+        obs, _ = env.reset(seed=3)
+        obs_plain, _ = plain.reset(seed=3)
+        assert env.observation_space.contains(obs)
+        np.testing.assert_array_equal(obs["pixels"], obs_plain["pixels"])
+        assert not np.array_equal(obs["wrist_pixels"], obs["pixels"])
+        first = obs["wrist_pixels"].copy()
+        for _ in range(5):  # the hand goes down 5 cm
+            obs, *_ = env.step(np.array([0, 0, -1, 0, 0, 0, -1], np.float32))
+        assert np.mean(obs["wrist_pixels"] != first) > 0.2
+    finally:
+        env.close()
+        plain.close()
+    with pytest.raises(ValueError, match="wrist_camera must be a bool"):
+        gym.make("ee_vla/MetaWorld-push-v0", wrist_camera="yes")
+
+    cfg = CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), episodes=1, out=tmp_path, image_size=32, wrist_camera=True)
+    (ep,) = list(load_dataset(collect(cfg)))
+    assert ep.cameras == ("pixels", "wrist_pixels") and ep.wrist_pixels.shape == ep.pixels.shape
+    env = gym.make(ep.env_id, image_size=32, wrist_camera=True)
+    try:
+        obs, _ = env.reset(seed=ep.seed)
+        for t, a in enumerate(ep.actions[:10]):
+            np.testing.assert_array_equal(obs["wrist_pixels"], ep.wrist_pixels[t])
+            obs, *_ = env.step(a)
+    finally:
+        env.close()

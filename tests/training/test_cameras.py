@@ -287,8 +287,8 @@ def test_dagger_with_a_two_camera_policy_records_the_wrist_camera(tmp_path):
     # the on-policy data trains the policy further, both cameras included
     model_dir = train(_cfg([path], tmp_path / "round", init_from=str(policy), steps=1, batch_size=4))
     assert VLA.from_pretrained(model_dir).cameras == TWO
-    with pytest.raises(DaggerConfigError, match=r"MetaWorld-reach-v0.*'wrist_pixels'"):
-        _camera_kwargs(policy, ["ee_vla/MetaWorld-reach-v0"])
+    with pytest.raises(DaggerConfigError, match=r"OneCamera-v0.*'wrist_pixels'"):
+        _camera_kwargs(policy, ["test_ee_vla/OneCamera-v0"])
 
 
 def test_dagger_records_the_wrist_camera_for_a_policy_that_does_not_read_it(tiny_vla_dir, tmp_path):
@@ -321,8 +321,8 @@ def test_dagger_records_the_wrist_camera_for_a_policy_that_does_not_read_it(tiny
         np.testing.assert_array_equal(ep.executed_actions, same.executed_actions)
     model_dir = train(_cfg([path], tmp_path / "add", init_from=str(tiny_vla_dir), steps=1, batch_size=4, cameras=TWO))
     assert VLA.from_pretrained(model_dir).cameras == TWO
-    with pytest.raises(DaggerConfigError, match="wrist_camera: ee_vla/MetaWorld-reach-v0 has no camera .wrist_pixels."):
-        DaggerConfig(out=tmp_path / "mw", wrist_camera=True, **{**kw, "env": ["ee_vla/MetaWorld-reach-v0"]})
+    with pytest.raises(DaggerConfigError, match="wrist_camera: test_ee_vla/OneCamera-v0 has no camera .wrist_pixels."):
+        DaggerConfig(out=tmp_path / "one", wrist_camera=True, **{**kw, "env": ["test_ee_vla/OneCamera-v0"]})
 
 
 def test_fresh_grounding_scenes_show_every_camera(write_demo, tmp_path):
