@@ -21,8 +21,10 @@ often a push was left (a "push" state followed by another). For the `policy` mod
 first came down near the table (the TCP below `LANDING_Z`), measured from the object along the push
 line ("behind") and across it: success by that distance, beside the distance the expert descends to
 (`PushExpert.BEHIND`); and success by how far the gripper's yaw was from the push direction (modulo a
-half turn: the closed fingers push with either flat side) when it came down. docs/training.md,
-"Where Push fails", reads these tables.
+half turn: the closed fingers push with either flat side) when it came down; and, for the episodes
+that succeeded and those that failed, how far from the expert's descend point the pusher came down
+along the scene camera's view on the table ("depth") and across it ("lateral"). docs/training.md,
+"Where Push fails" and "Chunks of 8 actions", reads these tables.
 """
 
 from __future__ import annotations
@@ -75,6 +77,27 @@ def push_frame(state: dict) -> tuple[float, float]:
     return -float(rel @ d), float(rel @ np.array([-d[1], d[0]]))
 
 
+def camera_axes(env) -> np.ndarray:
+    """(2, 2): the scene camera's viewing direction projected on the table (unit; "depth") and the
+    horizontal direction across it ("lateral"), as rows, in world x, y."""
+    import mujoco
+
+    base = env.unwrapped
+    cam = mujoco.mj_name2id(base.model, mujoco.mjtObj.mjOBJ_CAMERA, base._camera.camera)
+    view = -base.data.cam_xmat[cam].reshape(3, 3)[:2, 2]  # a camera looks along its -z axis
+    view = view / max(float(np.linalg.norm(view)), 1e-9)
+    return np.stack([view, np.array([-view[1], view[0]])])
+
+
+def landing_offset(state: dict, axes: np.ndarray, behind: float) -> tuple[float, float]:
+    """(depth, lateral) in m: where the TCP is against the point the expert descends to (`behind`
+    m behind the object on the object-to-circle line), along the scene camera's `axes`."""
+    obj, goal = state["target_pos"][:2], state["goal_xy"]
+    d = (goal - obj) / max(float(np.linalg.norm(goal - obj)), 1e-9)
+    depth, lateral = axes @ (state["tcp_pos"][:2] - (obj - behind * d))
+    return float(depth), float(lateral)
+
+
 def yaw_error(state: dict) -> float:
     """|gripper yaw - push direction| in radians, modulo a half turn (in [0, pi/2])."""
     from sim_envs.tabletop import wrap_half_turn
@@ -86,20 +109,23 @@ def yaw_error(state: dict) -> float:
 def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down."""
     from sim_envs.common import ACTION_NAMES
+    from sim_envs.experts import PushExpert
 
     base = env.unwrapped
     obs, _ = env.reset(seed=seed)
+    axes = camera_axes(env)
     info: dict = {}
     policy.reset()
     expert.reset()
     pushed = by_expert = False
-    previous, exits, landing, landing_yaw = None, 0, None, None
+    previous, exits, landing, landing_yaw, offset = None, 0, None, None, None
     yaw = ACTION_NAMES.index("dyaw")
     while True:
         state = base.privileged_state()
         phase = expert.phase()
         if landing is None and state["tcp_pos"][2] < LANDING_Z:
             landing, landing_yaw = push_frame(state), yaw_error(state)
+            offset = landing_offset(state, axes, PushExpert.BEHIND)
         if expert_acts(mode, phase, pushed):
             action, by_expert = expert.act(), True
         else:
@@ -121,6 +147,7 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
         "pushes_left": exits,
         "landing_cm": None if landing is None else [100.0 * v for v in landing],
         "landing_yaw_deg": None if landing_yaw is None else math.degrees(landing_yaw),
+        "landing_camera_cm": None if offset is None else [100.0 * v for v in offset],
     }
 
 
@@ -173,6 +200,18 @@ def yaw_table(episodes: list[dict]) -> list[dict]:
     return success_by(episodes, names, group)
 
 
+def camera_error_table(episodes: list[dict]) -> list[dict]:
+    """Succeeded and failed episodes whose pusher came down: how far from the expert's descend point
+    it came down along the scene camera's view ("depth") and across it ("lateral"), mean |cm|."""
+    rows = []
+    for name, ok in (("succeeded", True), ("failed", False)):
+        off = np.array([e["landing_camera_cm"] for e in episodes if e["success"] == ok and e["landing_camera_cm"]])
+        off = off.reshape(-1, 2)
+        mean = np.abs(off).mean(0) if len(off) else [float("nan")] * 2
+        rows.append({"group": name, "episodes": len(off), "depth_cm": float(mean[0]), "lateral_cm": float(mean[1])})
+    return rows
+
+
 def summarise(episodes: list[dict]) -> dict:
     from ee_vla.evaluation.report import wilson_interval
 
@@ -223,6 +262,7 @@ def diagnose(
                 if mode == "policy":
                     results["landing"] = landing_table(eps)
                     results["landing_yaw"] = yaw_table(eps)
+                    results["landing_camera"] = camera_error_table(eps)
     finally:
         env.close()
     results["expert_descends_cm"] = 100.0 * PushExpert.BEHIND
@@ -244,6 +284,12 @@ def table(results: dict) -> str:
         lines += _rates(results["landing"])
         lines += ["", "the gripper's yaw against the push direction when the pusher came down"]
         lines += _rates(results["landing_yaw"])
+        lines += ["", "where it came down against the expert's descend point, along the scene camera's view and across"]
+        for row in results["landing_camera"]:
+            lines.append(
+                f"  {row['group']:<10} {row['episodes']:>4} episodes: depth {row['depth_cm']:.2f} cm, "
+                f"lateral {row['lateral_cm']:.2f} cm (mean |offset|)"
+            )
     return "\n".join(lines)
 
 

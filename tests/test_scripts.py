@@ -294,6 +294,9 @@ def test_push_diagnosis_runs_every_mode_on_the_same_seeds(tmp_path, tiny_vla_dir
     printed = capsys.readouterr().out
     assert "expert-approach" not in printed and "where the policy's pusher came down" in printed
     assert "the gripper's yaw against the push direction" in printed
+    came_down = [e for e in r["modes"]["policy"]["per_episode"] if e["landing_camera_cm"]]
+    assert sum(row["episodes"] for row in r["landing_camera"]) == len(came_down)
+    assert "along the scene camera's view and across" in printed
 
     assert diag.main(["--policy", str(tiny_vla_dir), "--modes", "policy", "expert-pull", "--no-progress"]) == 2
     assert "unknown mode 'expert-pull'" in capsys.readouterr().err
@@ -320,6 +323,43 @@ def test_push_diagnosis_groups_episodes_by_where_the_pusher_came_down():
     assert list(yaw) == diag.yaw_groups()
     assert yaw["yaw < 10 deg off"] == (1, 0) and yaw["yaw 10-20 deg off"] == (2, 1)
     assert yaw["yaw >= 20 deg off"] == (1, 1) and yaw["never came down"] == (1, 0)
+
+
+def test_push_diagnosis_measures_landings_along_the_scene_camera():
+    """`camera_axes`: unit, orthogonal, the first along the scene camera's view on the table (the
+    front camera looks along +y); `landing_offset` is zero at the
+    expert's descend point and splits an offset into depth and lateral; `camera_error_table`
+    averages |offset| over succeeded and failed episodes that came down."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401
+
+    diag = _load_script("push_diagnosis")
+    env = gym.make("ee_vla/Push-v0", image_size=32)
+    try:
+        env.reset(seed=0)
+        axes = diag.camera_axes(env)
+    finally:
+        env.close()
+    np.testing.assert_allclose(axes @ axes.T, np.eye(2), atol=1e-6)
+    np.testing.assert_allclose(axes[0], [0.0, 1.0], atol=1e-6)
+    state = {"target_pos": np.array([0.1, 0.0, 0.02]), "goal_xy": np.array([0.1, 0.2]), "tcp_pos": np.zeros(3)}
+    state["tcp_pos"] = np.array([0.1, -0.05, 0.05])  # 5 cm behind the object on the push line
+    np.testing.assert_allclose(diag.landing_offset(state, axes, 0.05), [0.0, 0.0], atol=1e-9)
+    state["tcp_pos"] = np.array([0.1, -0.05, 0.05]) + 0.02 * np.append(axes[0], 0) + 0.01 * np.append(axes[1], 0)
+    np.testing.assert_allclose(diag.landing_offset(state, axes, 0.05), [0.02, 0.01], atol=1e-9)
+    rows = diag.camera_error_table(
+        [
+            {"success": True, "landing_camera_cm": [1.0, -2.0]},
+            {"success": True, "landing_camera_cm": [-3.0, 0.0]},
+            {"success": False, "landing_camera_cm": [4.0, 1.0]},
+            {"success": False, "landing_camera_cm": None},
+        ]
+    )
+    assert rows == [
+        {"group": "succeeded", "episodes": 2, "depth_cm": 2.0, "lateral_cm": 1.0},
+        {"group": "failed", "episodes": 1, "depth_cm": 4.0, "lateral_cm": 1.0},
+    ]
 
 
 class _StillPolicy:
