@@ -68,12 +68,17 @@ def expert_acts(mode: str, phase: str, pushed: bool) -> bool:
     raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
 
 
+def push_direction(state: dict) -> np.ndarray:
+    """(2,): the unit vector from the object to the circle's centre on the table."""
+    d = state["goal_xy"] - state["target_pos"][:2]
+    return d / max(float(np.linalg.norm(d)), 1e-9)
+
+
 def push_frame(state: dict) -> tuple[float, float]:
     """(behind, across) in m: the TCP's position relative to the object, along the object-to-circle
     line (positive behind the object, on the side away from the circle) and across it."""
-    obj, goal = state["target_pos"][:2], state["goal_xy"]
-    d = (goal - obj) / max(float(np.linalg.norm(goal - obj)), 1e-9)
-    rel = state["tcp_pos"][:2] - obj
+    d = push_direction(state)
+    rel = state["tcp_pos"][:2] - state["target_pos"][:2]
     return -float(rel @ d), float(rel @ np.array([-d[1], d[0]]))
 
 
@@ -92,9 +97,8 @@ def camera_axes(env) -> np.ndarray:
 def landing_offset(state: dict, axes: np.ndarray, behind: float) -> tuple[float, float]:
     """(depth, lateral) in m: where the TCP is against the point the expert descends to (`behind`
     m behind the object on the object-to-circle line), along the scene camera's `axes`."""
-    obj, goal = state["target_pos"][:2], state["goal_xy"]
-    d = (goal - obj) / max(float(np.linalg.norm(goal - obj)), 1e-9)
-    depth, lateral = axes @ (state["tcp_pos"][:2] - (obj - behind * d))
+    aim = state["target_pos"][:2] - behind * push_direction(state)
+    depth, lateral = axes @ (state["tcp_pos"][:2] - aim)
     return float(depth), float(lateral)
 
 

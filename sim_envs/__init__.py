@@ -114,7 +114,8 @@ def takes_argument(env_id: str, name: str) -> bool:
 
 def check_cameras(env_ids: Sequence[str], cameras: Sequence[str]) -> None:
     """`camera_kwargs` of every env id: ValueError naming the first env that cannot render a camera
-    of `cameras` and what it renders (e.g. `ee-vla collect --wrist-camera` on an env without a gripper camera)."""
+    of `cameras` and what it renders (e.g. `ee-vla collect --wrist-camera` on an env without a
+    gripper camera)."""
     for env_id in env_ids:
         camera_kwargs(env_id, cameras)
 

@@ -51,8 +51,8 @@ class CollectConfig:
     image_size: int = 128
     """Side of the square camera images in pixels."""
     wrist_camera: bool = False
-    """Also record the gripper camera (the ee_vla suite, Meta-World) as obs/wrist_pixels, the images a policy
-    trained with `ee-vla train --cameras pixels wrist_pixels` reads."""
+    """Also record the gripper camera (the ee_vla suite, Meta-World) as obs/wrist_pixels, the images
+    a policy trained with `ee-vla train --cameras pixels wrist_pixels` reads."""
     instructions: str = "train"
     """Instruction set of the ee_vla suite's tasks (the envs' `instructions`): train (the task's
     templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`).

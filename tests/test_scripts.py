@@ -327,9 +327,9 @@ def test_push_diagnosis_groups_episodes_by_where_the_pusher_came_down():
 
 def test_push_diagnosis_measures_landings_along_the_scene_camera():
     """`camera_axes`: unit, orthogonal, the first along the scene camera's view on the table (the
-    front camera looks along +y); `landing_offset` is zero at the
-    expert's descend point and splits an offset into depth and lateral; `camera_error_table`
-    averages |offset| over succeeded and failed episodes that came down."""
+    front camera looks along +y); `landing_offset` is zero at the expert's descend point and splits
+    an offset into depth and lateral; `camera_error_table` averages |offset| over succeeded and
+    failed episodes that came down."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401

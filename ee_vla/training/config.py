@@ -189,8 +189,8 @@ class TrainConfig(RunConfig):
     """Append the discretised proprio (`obs/agent_pos`) to the prompt as action-block tokens."""
     cameras: tuple[str, ...] | None = None
     """Observation keys of the images the model reads, in the prompt's order: pixels (the env's
-    main camera), wrist_pixels (the gripper camera of the suite and Meta-World: record it with `ee-vla collect
-    --wrist-camera`), e.g. `--cameras pixels wrist_pixels`. Saved as `cameras` in the model's
+    main camera), wrist_pixels (the gripper camera of the suite and Meta-World: record it with
+    `ee-vla collect --wrist-camera`), e.g. `--cameras pixels wrist_pixels`. Saved as `cameras` in the model's
     ee_vla.json; every demonstration must hold each camera's images (obs/<key>). None = pixels for a
     new model, the model's own with init_from; with init_from, another list fine-tunes the model to
     read those cameras (its weights serve any number of cameras); a resumed run keeps its model's."""

@@ -76,9 +76,9 @@ class DaggerConfig:
     image_size: int = 128
     """Camera image side in pixels; must be what the policy was trained on."""
     wrist_camera: bool = False
-    """Also record the gripper camera (`obs/wrist_pixels`: the ee_vla suite, Meta-World) when the acting policy
-    does not read it: on-policy data for teaching a policy to read it (`ee-vla train --init-from P
-    --cameras pixels wrist_pixels`). A policy that reads it gets it recorded anyway."""
+    """Also record the gripper camera (`obs/wrist_pixels`: the ee_vla suite, Meta-World) when the
+    acting policy does not read it: on-policy data for teaching a policy to read it (`ee-vla train
+    --init-from P --cameras pixels wrist_pixels`). A policy that reads it gets it recorded anyway."""
     instructions: str = "train"
     """Instruction set of the ee_vla suite's tasks while the policy acts: train (the task's
     templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`),
