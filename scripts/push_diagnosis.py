@@ -2,6 +2,7 @@
 
     python scripts/push_diagnosis.py --policy ee_vla/checkpoints/default
     python scripts/push_diagnosis.py --policy P --episodes 80 --modes policy expert-approach --json push.json
+    python scripts/push_diagnosis.py --policy P --trace 100047      # one episode, step by step
 
 Every mode runs the same seeds. The push expert's branch names the part of the task each state is in
 (`PushExpert.phase`: "push" while the pusher is low behind the object and near the object-to-circle
@@ -23,8 +24,15 @@ line ("behind") and across it: success by that distance, beside the distance the
 (`PushExpert.BEHIND`); and success by how far the gripper's yaw was from the push direction (modulo a
 half turn: the closed fingers push with either flat side) when it came down; and, for the episodes
 that succeeded and those that failed, how far from the expert's descend point the pusher came down
-along the scene camera's view on the table ("depth") and across it ("lateral"). docs/training.md,
+along the scene camera's view on the table ("depth") and across it ("lateral"); and how far the
+policy's moves on the table while pushing point from the expert's for the same states (the angle
+between the two (dx, dy)), and from the object-to-circle line, beside the expert's, which steers the
+pusher back onto the line. docs/training.md,
 "Where Push fails" and "Chunks of 8 actions", reads these tables.
+
+`--trace SEED` prints one episode instead, a line per step: the expert's phase for the state, who
+acted, where the TCP is against the object (behind it along the push line, across the line, height),
+the gripper's yaw error, the executed action and the expert's action for the same state.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ LANDING_Z = 0.055
 OFF_LINE_CM = 3.0
 OFF_LINE = f"off the line (>= {OFF_LINE_CM:g} cm across)"
 BEHIND_BINS_CM = (3.0, 4.0, 5.0, 6.0)
+MIN_MOVE = 0.05
+"""An action's (dx, dy) shorter than this (normalised units) has no heading."""
+HEADING_OFF_DEG = 15.0
 YAW_BINS_DEG = (10.0, 20.0)
 
 
@@ -110,8 +121,22 @@ def yaw_error(state: dict) -> float:
     return abs(wrap_half_turn(math.atan2(d[1], d[0]) - float(state["gripper_euler"][2])))
 
 
-def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
-    """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down."""
+def heading_error(action: np.ndarray, reference: np.ndarray) -> float | None:
+    """Degrees between two actions' moves on the table (dx, dy), or None when either is shorter than
+    `MIN_MOVE` (a pause has no heading)."""
+    a, b = np.asarray(action[:2], dtype=np.float64), np.asarray(reference[:2], dtype=np.float64)
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na < MIN_MOVE or nb < MIN_MOVE:
+        return None
+    return math.degrees(math.acos(float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))))
+
+
+def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = None) -> dict:
+    """One episode of `mode` from `seed`: success, outcome, pushes left, where the pusher came down,
+    and for each step the policy pushed (state in "push"): the angles (deg) between its move on the
+    table and the expert's, between its move and the object-to-circle line, between the expert's and
+    the line, and the pusher's offset across the line (cm). `trace`, a list, receives one row per
+    step (`TRACE_FIELDS`)."""
     from sim_envs.common import ACTION_NAMES
     from sim_envs.experts import PushExpert
 
@@ -123,22 +148,41 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
     expert.reset()
     pushed = by_expert = False
     previous, exits, landing, landing_yaw, offset = None, 0, None, None, None
+    pushes: list[list[float]] = []
     yaw = ACTION_NAMES.index("dyaw")
     while True:
         state = base.privileged_state()
-        phase = expert.phase()
+        phase, expert_action = expert.phase(), expert.act()
         if landing is None and state["tcp_pos"][2] < LANDING_Z:
             landing, landing_yaw = push_frame(state), yaw_error(state)
             offset = landing_offset(state, axes, PushExpert.BEHIND)
         if expert_acts(mode, phase, pushed):
-            action, by_expert = expert.act(), True
+            action, by_expert = expert_action, True
         else:
             if by_expert:  # the policy takes over: a fresh chunk from this state
                 policy.reset()
             action, by_expert = policy.select_action({**obs, "instruction": base.task_description}), False
             if mode == "expert-yaw":
                 action = np.array(action, dtype=np.float32)
-                action[yaw] = expert.act()[yaw]
+                action[yaw] = expert_action[yaw]
+            if phase == "push" and (deg := heading_error(action, expert_action)) is not None:
+                line, across = push_direction(state), 100.0 * push_frame(state)[1]
+                pushes.append([deg, heading_error(action, line), heading_error(expert_action, line), across])
+        if trace is not None:
+            behind, across = push_frame(state)
+            trace.append(
+                {
+                    "step": len(trace),
+                    "phase": phase,
+                    "actor": "expert" if by_expert else "policy",
+                    "behind_cm": 100.0 * behind,
+                    "across_cm": 100.0 * across,
+                    "z_cm": 100.0 * float(state["tcp_pos"][2]),
+                    "yaw_error_deg": math.degrees(yaw_error(state)),
+                    "action": [float(v) for v in action],
+                    "expert_action": [float(v) for v in expert_action],
+                }
+            )
         exits += previous == "push" and phase != "push"
         previous, pushed = phase, pushed or phase == "push"
         obs, _, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
@@ -152,6 +196,7 @@ def run_episode(env, policy, expert, mode: str, seed: int) -> dict:
         "landing_cm": None if landing is None else [100.0 * v for v in landing],
         "landing_yaw_deg": None if landing_yaw is None else math.degrees(landing_yaw),
         "landing_camera_cm": None if offset is None else [100.0 * v for v in offset],
+        "push_steps": pushes,
     }
 
 
@@ -216,6 +261,56 @@ def camera_error_table(episodes: list[dict]) -> list[dict]:
     return rows
 
 
+def heading_table(episodes: list[dict]) -> list[dict]:
+    """Succeeded and failed episodes in which the policy pushed, over all their push steps: the
+    median angle between the policy's move on the table and the expert's, the share of steps more
+    than `HEADING_OFF_DEG` apart, the median angles of each move to the object-to-circle line (the
+    expert's steers the pusher back onto it), and the median offset across the line."""
+    rows = []
+    for name, ok in (("succeeded", True), ("failed", False)):
+        eps = [e for e in episodes if e["success"] == ok and e["push_steps"]]
+        steps = np.array([p for e in eps for p in e["push_steps"]], dtype=np.float64).reshape(-1, 4)
+        med = np.median(np.abs(steps), 0) if len(steps) else [float("nan")] * 4
+        rows.append(
+            {
+                "group": name,
+                "episodes": len(eps),
+                "push_steps": len(steps),
+                "median_deg": float(med[0]),
+                "share_off": float((steps[:, 0] > HEADING_OFF_DEG).mean()) if len(steps) else float("nan"),
+                "policy_to_line_deg": float(med[1]),
+                "expert_to_line_deg": float(med[2]),
+                "across_cm": float(med[3]),
+            }
+        )
+    return rows
+
+
+TRACE_FIELDS = ("step", "phase", "actor", "behind_cm", "across_cm", "z_cm", "yaw_error_deg", "action", "expert_action")
+"""A `trace` row: the state before the step (the push expert's phase, the TCP in the push frame and
+its height, the yaw error), who acted, the executed action and the expert's action for that state."""
+
+
+def trace_table(rows: list[dict]) -> str:
+    """`run_episode`'s trace as text: one line per step; actions as (dx, dy, dz, dyaw, gripper)."""
+    from sim_envs.common import ACTION_NAMES
+
+    cols = [ACTION_NAMES.index(k) for k in ("dx", "dy", "dz", "dyaw")] + [len(ACTION_NAMES) - 1]
+
+    def act(a: list[float]) -> str:
+        return " ".join(f"{a[i]:+.2f}" for i in cols)
+
+    head = f"{'step':>4} {'phase':<9} {'actor':<6} {'behind':>7} {'across':>7} {'z':>5} {'yaw':>5}"
+    units = f"{'':>27}{'cm':>5}{'cm':>8}{'cm':>6}{'deg':>6}"
+    lines = [f"{head}  {'action (dx dy dz dyaw grip)':<34} expert's action", units]
+    for r in rows:
+        lines.append(
+            f"{r['step']:>4} {r['phase']:<9} {r['actor']:<6} {r['behind_cm']:>7.1f} {r['across_cm']:>7.1f} "
+            f"{r['z_cm']:>5.1f} {r['yaw_error_deg']:>5.0f}  {act(r['action']):<34} {act(r['expert_action'])}"
+        )
+    return "\n".join(lines)
+
+
 def summarise(episodes: list[dict]) -> dict:
     from ee_vla.evaluation.report import wilson_interval
 
@@ -232,6 +327,33 @@ def summarise(episodes: list[dict]) -> dict:
     }
 
 
+def _load(policy_dir: Path, decoder: str):
+    """The policy, a Push env rendering what it reads, and the env's expert."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401  (registers the env ids)
+    from ee_vla.evaluation.config import EvalConfig
+    from ee_vla.evaluation.rollout import env_kwargs_for
+    from ee_vla.policy import VLAPolicy
+    from sim_envs.experts import make_expert
+
+    policy = VLAPolicy.from_pretrained(policy_dir, decoder=decoder)
+    env = gym.make(ENV_ID, **env_kwargs_for(ENV_ID, EvalConfig(policy=policy_dir, env=[ENV_ID]), policy))
+    return policy, env, make_expert(env)
+
+
+def trace_episode(policy_dir: Path, mode: str, seed: int, decoder: str = "ar") -> tuple[list[dict], dict]:
+    """One episode of `mode` from `seed`, step by step: (`trace` rows, the episode's result)."""
+    expert_acts(mode, "push", False)
+    policy, env, expert = _load(policy_dir, decoder)
+    rows: list[dict] = []
+    try:
+        episode = run_episode(env, policy, expert, mode, seed, trace=rows)
+    finally:
+        env.close()
+    return rows, episode
+
+
 def diagnose(
     policy_dir: Path,
     modes: list[str],
@@ -240,20 +362,13 @@ def diagnose(
     decoder: str = "ar",
     progress: bool = True,
 ) -> dict:
-    import gymnasium as gym
     from tqdm.auto import tqdm
 
-    import sim_envs  # noqa: F401  (registers the env ids)
-    from ee_vla.evaluation.config import EvalConfig
-    from ee_vla.evaluation.rollout import env_kwargs_for
-    from ee_vla.policy import VLAPolicy
-    from sim_envs.experts import PushExpert, make_expert
+    from sim_envs.experts import PushExpert
 
     for mode in modes:
         expert_acts(mode, "push", False)  # an unknown mode fails before the model loads
-    policy = VLAPolicy.from_pretrained(policy_dir, decoder=decoder)
-    env = gym.make(ENV_ID, **env_kwargs_for(ENV_ID, EvalConfig(policy=policy_dir, env=[ENV_ID]), policy))
-    expert = make_expert(env)
+    policy, env, expert = _load(policy_dir, decoder)
     results: dict = {"policy": str(policy_dir), "decoder": decoder, "seed": seed, "modes": {}}
     try:
         with tqdm(total=len(modes) * episodes, desc="push diagnosis", disable=not progress) as bar:
@@ -267,6 +382,7 @@ def diagnose(
                     results["landing"] = landing_table(eps)
                     results["landing_yaw"] = yaw_table(eps)
                     results["landing_camera"] = camera_error_table(eps)
+                    results["push_heading"] = heading_table(eps)
     finally:
         env.close()
     results["expert_descends_cm"] = 100.0 * PushExpert.BEHIND
@@ -294,6 +410,21 @@ def table(results: dict) -> str:
                 f"  {row['group']:<10} {row['episodes']:>4} episodes: depth {row['depth_cm']:.2f} cm, "
                 f"lateral {row['lateral_cm']:.2f} cm (mean |offset|)"
             )
+        lines += [
+            "",
+            f"the policy's moves while pushing against the expert's (> {HEADING_OFF_DEG:g} deg: off) and the"
+            " object-to-circle line (medians)",
+        ]
+        for row in results["push_heading"]:
+            if not row["push_steps"]:
+                lines.append(f"  {row['group']:<10} no push steps")
+                continue
+            lines.append(
+                f"  {row['group']:<10} {row['episodes']:>4} episodes, {row['push_steps']:>5} push steps: "
+                f"{row['median_deg']:.1f} deg from the expert's, {100 * row['share_off']:.0f}% off; to the line: "
+                f"policy {row['policy_to_line_deg']:.1f} deg, expert {row['expert_to_line_deg']:.1f} deg; "
+                f"{row['across_cm']:.2f} cm off the line"
+            )
     return "\n".join(lines)
 
 
@@ -308,12 +439,21 @@ def _rates(rows: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", type=Path, required=True, help="model directory (VLA.save_pretrained)")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), help=f"of: {', '.join(MODES)} (default: all)")
+    ap.add_argument(
+        "--modes", nargs="+", default=None, help=f"of: {', '.join(MODES)} (default: all; with --trace: policy)"
+    )
     ap.add_argument("--episodes", type=int, default=40, help="episodes per mode (default: 40)")
     ap.add_argument("--seed", type=int, default=100000, help="seed of the first episode (default: 100000)")
     ap.add_argument("--decoder", default="ar", help="the policy's decoder (default: ar)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results (every episode) here")
+    ap.add_argument(
+        "--trace",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="print every step of one episode from SEED instead (the first of --modes; default: policy)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.episodes < 1:
@@ -324,8 +464,22 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(args.threads)
     from ee_vla.models.files import ModelLoadError
 
+    if args.trace is not None:
+        mode = args.modes[0] if args.modes else "policy"
+        try:
+            rows, episode = trace_episode(args.policy, mode, args.trace, args.decoder)
+        except (ModelLoadError, ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.policy} on {ENV_ID}, {args.decoder}, mode {mode}, seed {args.trace}")
+        print(trace_table(rows))
+        print(f"{'success' if episode['success'] else episode['outcome']} after {len(rows)} steps")
+        if args.json:
+            args.json.write_text(json.dumps({"episode": episode, "trace": rows}, indent=2))
+        return 0
     try:
-        results = diagnose(args.policy, args.modes, args.episodes, args.seed, args.decoder, not args.no_progress)
+        modes = args.modes or list(MODES)
+        results = diagnose(args.policy, modes, args.episodes, args.seed, args.decoder, not args.no_progress)
     except (ModelLoadError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -297,6 +297,7 @@ def test_push_diagnosis_runs_every_mode_on_the_same_seeds(tmp_path, tiny_vla_dir
     came_down = [e for e in r["modes"]["policy"]["per_episode"] if e["landing_camera_cm"]]
     assert sum(row["episodes"] for row in r["landing_camera"]) == len(came_down)
     assert "along the scene camera's view and across" in printed
+    assert "the policy's moves while pushing against the expert's" in printed and len(r["push_heading"]) == 2
 
     assert diag.main(["--policy", str(tiny_vla_dir), "--modes", "policy", "expert-pull", "--no-progress"]) == 2
     assert "unknown mode 'expert-pull'" in capsys.readouterr().err
@@ -370,6 +371,83 @@ class _StillPolicy:
 
     def select_action(self, obs):
         return np.zeros(7, dtype=np.float32)
+
+
+class _TurnedExpert:
+    """Stands in for a policy: the expert's action with its move on the table turned by `deg`."""
+
+    def __init__(self, expert, deg: float):
+        self.expert, self.turn = expert, np.radians(deg)
+
+    def reset(self):
+        pass
+
+    def select_action(self, obs):
+        a = np.array(self.expert.act(), dtype=np.float32)
+        c, s = np.cos(self.turn), np.sin(self.turn)
+        a[:2] = [c * a[0] - s * a[1], s * a[0] + c * a[1]]
+        return a
+
+
+def test_push_diagnosis_heading_error_and_table():
+    diag = _load_script("push_diagnosis")
+    assert diag.heading_error(np.array([1.0, 0.0, 0.5]), np.array([0.0, 0.3, -1.0])) == pytest.approx(90.0)
+    assert diag.heading_error(np.array([0.2, 0.2]), np.array([-0.5, -0.5])) == pytest.approx(180.0)
+    assert diag.heading_error(np.array([0.01, 0.02]), np.array([1.0, 0.0])) is None  # a pause has no heading
+    rows = diag.heading_table(
+        [
+            {"success": True, "push_steps": [[2.0, 1.0, 3.0, -0.5], [4.0, 2.0, 6.0, 0.2], [30.0, 9.0, 5.0, 1.0]]},
+            {"success": True, "push_steps": []},  # never pushed: not counted
+            {"success": False, "push_steps": [[20.0, 10.0, 30.0, -2.0], [10.0, 6.0, 16.0, 1.0]]},
+        ]
+    )
+    got = [(r["group"], r["episodes"], r["push_steps"], r["median_deg"]) for r in rows]
+    assert got == [("succeeded", 1, 3, 4.0), ("failed", 1, 2, 15.0)]
+    assert rows[0]["share_off"] == pytest.approx(1 / 3) and rows[1]["share_off"] == pytest.approx(0.5)
+    assert (rows[0]["policy_to_line_deg"], rows[0]["expert_to_line_deg"], rows[0]["across_cm"]) == (2.0, 5.0, 0.5)
+    assert (rows[1]["policy_to_line_deg"], rows[1]["expert_to_line_deg"], rows[1]["across_cm"]) == (8.0, 23.0, 1.5)
+
+
+def test_push_diagnosis_traces_each_step_and_measures_push_headings():
+    """A policy that moves as the expert does, turned by 20 degrees: every push step it takes is
+    20 degrees off; the trace has one row per step with the executed and the expert's action."""
+    import gymnasium as gym
+
+    import sim_envs  # noqa: F401
+    from sim_envs.experts import make_expert
+
+    diag = _load_script("push_diagnosis")
+    env = gym.make(diag.ENV_ID, image_size=32, max_episode_steps=40)
+    try:
+        expert = make_expert(env)
+        rows: list[dict] = []
+        ep = diag.run_episode(env, _TurnedExpert(expert, 20.0), expert, "policy", seed=100000, trace=rows)
+    finally:
+        env.close()
+    steps = np.array(ep["push_steps"])
+    assert len(steps) and np.allclose(steps[:, 0], 20.0, atol=1e-3)
+    # the turned moves are 20 degrees from the expert's, so at most 20 further from the line
+    assert np.all(steps[:, 1] <= steps[:, 2] + 20.0 + 1e-3) and np.all(np.abs(steps[:, 3]) < 5.0)
+    assert len(rows) == 40 or ep["success"]
+    assert [r["step"] for r in rows] == list(range(len(rows))) and {r["actor"] for r in rows} == {"policy"}
+    assert set(rows[0]) == set(diag.TRACE_FIELDS)
+    assert "push" in {r["phase"] for r in rows}
+    r = rows[0]
+    assert diag.heading_error(np.array(r["action"]), np.array(r["expert_action"])) == pytest.approx(20.0, abs=1e-3)
+    text = diag.trace_table(rows)
+    assert len(text.splitlines()) == len(rows) + 2 and " push " in text
+
+
+def test_push_diagnosis_trace_from_the_command_line(tmp_path, tiny_vla_dir, capsys):
+    diag = _load_script("push_diagnosis")
+    out = tmp_path / "trace.json"
+    assert diag.main(["--policy", str(tiny_vla_dir), "--trace", "100003", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert "mode policy, seed 100003" in printed and f"after {len(saved['trace'])} steps" in printed
+    assert saved["episode"]["seed"] == 100003 and saved["trace"][0]["actor"] == "policy"
+    assert diag.main(["--policy", str(tiny_vla_dir), "--trace", "1", "--modes", "expert-pull"]) == 2
+    assert "unknown mode 'expert-pull'" in capsys.readouterr().err
 
 
 def test_push_diagnosis_expert_yaw_turns_only_the_gripper():
