@@ -27,7 +27,8 @@ that succeeded and those that failed, how far from the expert's descend point th
 along the scene camera's view on the table ("depth") and across it ("lateral"); and how far the
 policy's moves on the table while pushing point from the expert's for the same states (the angle
 between the two (dx, dy)), and from the object-to-circle line, beside the expert's, which steers the
-pusher back onto the line. docs/training.md,
+pusher back onto the line; and the share of the policy's steps in each of the expert's phases, for
+succeeded and failed episodes. docs/training.md,
 "Where Push fails" and "Chunks of 8 actions", reads these tables.
 
 `--trace SEED` prints one episode instead, a line per step: the expert's phase for the state, who
@@ -149,6 +150,7 @@ def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = 
     pushed = by_expert = False
     previous, exits, landing, landing_yaw, offset = None, 0, None, None, None
     pushes: list[list[float]] = []
+    phases: collections.Counter = collections.Counter()
     yaw = ACTION_NAMES.index("dyaw")
     while True:
         state = base.privileged_state()
@@ -162,6 +164,7 @@ def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = 
             if by_expert:  # the policy takes over: a fresh chunk from this state
                 policy.reset()
             action, by_expert = policy.select_action({**obs, "instruction": base.task_description}), False
+            phases[phase] += 1
             if mode == "expert-yaw":
                 action = np.array(action, dtype=np.float32)
                 action[yaw] = expert_action[yaw]
@@ -197,6 +200,7 @@ def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = 
         "landing_yaw_deg": None if landing_yaw is None else math.degrees(landing_yaw),
         "landing_camera_cm": None if offset is None else [100.0 * v for v in offset],
         "push_steps": pushes,
+        "policy_phases": dict(phases),
     }
 
 
@@ -283,6 +287,23 @@ def heading_table(episodes: list[dict]) -> list[dict]:
                 "across_cm": float(med[3]),
             }
         )
+    return rows
+
+
+def phase_table(episodes: list[dict]) -> list[dict]:
+    """Succeeded and failed episodes: the share of the steps the policy acted in that were in each
+    of the expert's phases (`PushExpert.PHASES`), which says where a failed episode spent its time."""
+    from sim_envs.experts import PushExpert
+
+    rows = []
+    for name, ok in (("succeeded", True), ("failed", False)):
+        eps = [e for e in episodes if e["success"] == ok]
+        counts = collections.Counter()
+        for e in eps:
+            counts.update(e["policy_phases"])
+        total = sum(counts.values())
+        share = {p: counts[p] / total if total else float("nan") for p in PushExpert.PHASES}
+        rows.append({"group": name, "episodes": len(eps), "steps": total, "share": share})
     return rows
 
 
@@ -383,6 +404,7 @@ def diagnose(
                     results["landing_yaw"] = yaw_table(eps)
                     results["landing_camera"] = camera_error_table(eps)
                     results["push_heading"] = heading_table(eps)
+                    results["policy_phases"] = phase_table(eps)
     finally:
         env.close()
     results["expert_descends_cm"] = 100.0 * PushExpert.BEHIND
@@ -424,6 +446,12 @@ def table(results: dict) -> str:
                 f"{row['median_deg']:.1f} deg from the expert's, {100 * row['share_off']:.0f}% off; to the line: "
                 f"policy {row['policy_to_line_deg']:.1f} deg, expert {row['expert_to_line_deg']:.1f} deg; "
                 f"{row['across_cm']:.2f} cm off the line"
+            )
+        lines += ["", "where the policy acted: the share of its steps in each of the expert's phases"]
+        for row in results["policy_phases"]:
+            shares = ", ".join(f"{p} {100 * v:.0f}%" for p, v in row["share"].items() if v > 0)
+            lines.append(
+                f"  {row['group']:<10} {row['episodes']:>4} episodes, {row['steps']:>5} steps: {shares or '-'}"
             )
     return "\n".join(lines)
 

@@ -298,6 +298,9 @@ def test_push_diagnosis_runs_every_mode_on_the_same_seeds(tmp_path, tiny_vla_dir
     assert sum(row["episodes"] for row in r["landing_camera"]) == len(came_down)
     assert "along the scene camera's view and across" in printed
     assert "the policy's moves while pushing against the expert's" in printed and len(r["push_heading"]) == 2
+    assert "the share of its steps in each of the expert's phases" in printed
+    acted = sum(sum(e["policy_phases"].values()) for e in r["modes"]["policy"]["per_episode"])
+    assert sum(row["steps"] for row in r["policy_phases"]) == acted > 0
 
     assert diag.main(["--policy", str(tiny_vla_dir), "--modes", "policy", "expert-pull", "--no-progress"]) == 2
     assert "unknown mode 'expert-pull'" in capsys.readouterr().err
@@ -408,6 +411,23 @@ def test_push_diagnosis_heading_error_and_table():
     assert (rows[1]["policy_to_line_deg"], rows[1]["expert_to_line_deg"], rows[1]["across_cm"]) == (8.0, 23.0, 1.5)
 
 
+def test_push_diagnosis_phase_table_shares_the_policys_steps():
+    from sim_envs.experts import PushExpert
+
+    diag = _load_script("push_diagnosis")
+    rows = diag.phase_table(
+        [
+            {"success": True, "policy_phases": {"over": 6, "push": 2}},
+            {"success": False, "policy_phases": {"up": 3, "step_out": 1}},
+            {"success": False, "policy_phases": {}},  # the expert acted throughout
+        ]
+    )
+    assert [(r["group"], r["episodes"], r["steps"]) for r in rows] == [("succeeded", 1, 8), ("failed", 2, 4)]
+    assert rows[0]["share"]["over"] == 0.75 and rows[0]["share"]["up"] == 0.0
+    assert rows[1]["share"]["up"] == 0.75 and rows[1]["share"]["step_out"] == 0.25
+    assert list(rows[1]["share"]) == list(PushExpert.PHASES)
+
+
 def test_push_diagnosis_traces_each_step_and_measures_push_headings():
     """A policy that moves as the expert does, turned by 20 degrees: every push step it takes is
     20 degrees off; the trace has one row per step with the executed and the expert's action."""
@@ -429,6 +449,9 @@ def test_push_diagnosis_traces_each_step_and_measures_push_headings():
     # the turned moves are 20 degrees from the expert's, so at most 20 further from the line
     assert np.all(steps[:, 1] <= steps[:, 2] + 20.0 + 1e-3) and np.all(np.abs(steps[:, 3]) < 5.0)
     assert len(rows) == 40 or ep["success"]
+    assert sum(ep["policy_phases"].values()) == len(rows) and ep["policy_phases"]["push"] == sum(
+        r["phase"] == "push" for r in rows
+    )
     assert [r["step"] for r in rows] == list(range(len(rows))) and {r["actor"] for r in rows} == {"policy"}
     assert set(rows[0]) == set(diag.TRACE_FIELDS)
     assert "push" in {r["phase"] for r in rows}
