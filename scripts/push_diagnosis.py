@@ -118,7 +118,7 @@ def yaw_error(state: dict) -> float:
     """|gripper yaw - push direction| in radians, modulo a half turn (in [0, pi/2])."""
     from sim_envs.tabletop import wrap_half_turn
 
-    d = state["goal_xy"] - state["target_pos"][:2]
+    d = push_direction(state)
     return abs(wrap_half_turn(math.atan2(d[1], d[0]) - float(state["gripper_euler"][2])))
 
 
@@ -154,9 +154,10 @@ def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = 
     yaw = ACTION_NAMES.index("dyaw")
     while True:
         state = base.privileged_state()
+        behind, across = push_frame(state)
         phase, expert_action = expert.phase(), expert.act()
         if landing is None and state["tcp_pos"][2] < LANDING_Z:
-            landing, landing_yaw = push_frame(state), yaw_error(state)
+            landing, landing_yaw = (behind, across), yaw_error(state)
             offset = landing_offset(state, axes, PushExpert.BEHIND)
         if expert_acts(mode, phase, pushed):
             action, by_expert = expert_action, True
@@ -169,10 +170,9 @@ def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = 
                 action = np.array(action, dtype=np.float32)
                 action[yaw] = expert_action[yaw]
             if phase == "push" and (deg := heading_error(action, expert_action)) is not None:
-                line, across = push_direction(state), 100.0 * push_frame(state)[1]
-                pushes.append([deg, heading_error(action, line), heading_error(expert_action, line), across])
+                line = push_direction(state)
+                pushes.append([deg, heading_error(action, line), heading_error(expert_action, line), 100.0 * across])
         if trace is not None:
-            behind, across = push_frame(state)
             trace.append(
                 {
                     "step": len(trace),
@@ -348,8 +348,9 @@ def summarise(episodes: list[dict]) -> dict:
     }
 
 
-def _load(policy_dir: Path, decoder: str):
-    """The policy, a Push env rendering what it reads, and the env's expert."""
+def _load(policy_dir: Path, decoder: str, modes: list[str]):
+    """The policy, a Push env rendering what it reads, and the env's expert; an unknown mode of
+    `modes` fails first, before the model loads."""
     import gymnasium as gym
 
     import sim_envs  # noqa: F401  (registers the env ids)
@@ -358,6 +359,8 @@ def _load(policy_dir: Path, decoder: str):
     from ee_vla.policy import VLAPolicy
     from sim_envs.experts import make_expert
 
+    for mode in modes:
+        expert_acts(mode, "push", False)
     policy = VLAPolicy.from_pretrained(policy_dir, decoder=decoder)
     env = gym.make(ENV_ID, **env_kwargs_for(ENV_ID, EvalConfig(policy=policy_dir, env=[ENV_ID]), policy))
     return policy, env, make_expert(env)
@@ -365,8 +368,7 @@ def _load(policy_dir: Path, decoder: str):
 
 def trace_episode(policy_dir: Path, mode: str, seed: int, decoder: str = "ar") -> tuple[list[dict], dict]:
     """One episode of `mode` from `seed`, step by step: (`trace` rows, the episode's result)."""
-    expert_acts(mode, "push", False)
-    policy, env, expert = _load(policy_dir, decoder)
+    policy, env, expert = _load(policy_dir, decoder, [mode])
     rows: list[dict] = []
     try:
         episode = run_episode(env, policy, expert, mode, seed, trace=rows)
@@ -387,9 +389,7 @@ def diagnose(
 
     from sim_envs.experts import PushExpert
 
-    for mode in modes:
-        expert_acts(mode, "push", False)  # an unknown mode fails before the model loads
-    policy, env, expert = _load(policy_dir, decoder)
+    policy, env, expert = _load(policy_dir, decoder, modes)
     results: dict = {"policy": str(policy_dir), "decoder": decoder, "seed": seed, "modes": {}}
     try:
         with tqdm(total=len(modes) * episodes, desc="push diagnosis", disable=not progress) as bar:
