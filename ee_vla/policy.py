@@ -319,8 +319,11 @@ class VLAPolicy:
         if any(im.shape[0] != B for im in images):
             shapes = ", ".join(f"'{k}' {im.shape[0]}" for k, im in zip(self.vla.cameras, images, strict=True))
             raise ObservationError(f"the cameras' images have different batch sizes: {shapes}")
-        instr = obs.get("instruction")
-        instrs = [instr] if isinstance(instr, str) else list(instr) if instr is not None else []
+        if B == 0:
+            raise ObservationError(f"'{self.vla.cameras[0]}' is an empty batch (shape {images[0].shape})")
+        if obs.get("instruction") is None:
+            raise ObservationError("observation has no 'instruction' (one string per image)")
+        instrs = self._instructions(obs["instruction"])
         if len(instrs) != B:
             raise ObservationError(
                 f"'instruction' must be one string per image: {B} images, {len(instrs)} instructions"
@@ -344,6 +347,20 @@ class VLAPolicy:
             if not np.isfinite(ap).all():
                 raise ObservationError("'agent_pos' contains NaN or inf")
         return images, instrs, proprio
+
+    @staticmethod
+    def _instructions(instr: object) -> list:
+        """`obs["instruction"]` as a list (one string, or a list, tuple or array of them);
+        ObservationError for anything else."""
+        if isinstance(instr, str):
+            return [instr]
+        if isinstance(instr, np.ndarray):
+            return list(instr.reshape(-1))
+        if isinstance(instr, (list, tuple)):
+            return list(instr)
+        raise ObservationError(
+            f"'instruction' must be a string, or a list of strings for a batch, got {type(instr).__name__}"
+        )
 
     def _camera_image(self, obs: dict, key: str) -> np.ndarray:
         """The (B, H, W, 3) uint8 image of camera `key` in `obs`; ObservationError naming the key."""

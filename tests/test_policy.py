@@ -110,7 +110,12 @@ def test_warm_start_shift_sets_the_warm_guess_shift(tiny_vla_dir, monkeypatch):
         ({"pixels": np.zeros((64, 64), np.uint8), "instruction": "x"}, "must be \\(H, W, 3\\)"),
         ({"pixels": np.zeros((64, 64, 3), np.float32), "instruction": "x"}, "uint8"),
         ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "   "}, "non-empty"),
-        ({"pixels": np.zeros((64, 64, 3), np.uint8)}, "one string per image"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8)}, "no 'instruction' \\(one string per image\\)"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": None}, "no 'instruction'"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": b"push"}, "a string, .* got bytes"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": 5}, "a string, .* got int"),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": [5]}, "non-empty string, got 5"),
+        ({"pixels": np.zeros((0, 64, 64, 3), np.uint8), "instruction": []}, "'pixels' is an empty batch"),
         ({"pixels": np.zeros((2, 64, 64, 3), np.uint8), "instruction": ["a"]}, "2 images, 1 instructions"),
         ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "x", "agent_pos": [np.nan]}, "NaN"),
         ("not a dict", "must be a dict"),
@@ -119,6 +124,15 @@ def test_warm_start_shift_sets_the_warm_guess_shift(tiny_vla_dir, monkeypatch):
 def test_bad_observations_get_clear_errors(policy, bad, match):
     with pytest.raises(ObservationError, match=match):
         policy.predict_action_chunk(bad)
+
+
+@pytest.mark.parametrize(
+    "instruction", [("pick up the cube",), np.array(["pick up the cube"]), np.str_("pick up the cube")]
+)
+def test_an_instruction_may_be_a_tuple_an_array_or_a_numpy_string(policy, instruction):
+    obs = {"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": instruction}
+    expected = policy.predict_action_chunk({**obs, "instruction": "pick up the cube"})
+    np.testing.assert_array_equal(policy.predict_action_chunk(obs), expected)
 
 
 @pytest.mark.parametrize("decoder", ["ar", "jacobi", "ceed"])
