@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
+
 import mujoco
 import numpy as np
+
+_OPEN: weakref.WeakSet[OffscreenCamera] = weakref.WeakSet()
+"""Cameras whose GL context is open, closed at interpreter exit (`_close_open_cameras`)."""
+
+
+def _close_open_cameras() -> None:
+    """Free the GL contexts of cameras still open at exit while GL still works: left to the garbage
+    collector at shutdown, a renderer frees its EGL context after MuJoCo's own exit hook terminated
+    the EGL display, and Python prints an ignored exception for each one. Registered once the first
+    renderer exists, after MuJoCo's hook, so that it runs before it (exit hooks run last first)."""
+    for camera in list(_OPEN):
+        camera.close()
 
 
 class OffscreenCamera:
@@ -39,6 +54,10 @@ class OffscreenCamera:
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
+            if not _OPEN:
+                atexit.unregister(_close_open_cameras)
+                atexit.register(_close_open_cameras)
+            _OPEN.add(self)
         self._renderer.update_scene(data, camera=self.camera, scene_option=self._option)
         img = self._renderer.render()
         if self.flip:
@@ -46,6 +65,7 @@ class OffscreenCamera:
         return np.ascontiguousarray(img)
 
     def close(self) -> None:
+        _OPEN.discard(self)
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None

@@ -41,3 +41,22 @@ def test_user_choice_and_display_are_kept():
     assert _gl_after_import(_headless_env(MUJOCO_GL="osmesa")) == "osmesa"
     # With a display, MuJoCo's default window backend (GLFW) is left to work.
     assert _gl_after_import(_headless_env(DISPLAY=":0")) == "<unset>"
+
+
+def test_an_env_left_open_exits_without_gl_errors():
+    """A script that renders and exits without `env.close()` (the garbage collector then frees the
+    renderers at shutdown) prints nothing on stderr."""
+    from sim_envs.gl import headless_gl_backend
+
+    backend = headless_gl_backend()
+    if backend is None:
+        pytest.skip("neither libEGL nor libOSMesa is installed here (Debian: libegl1 / libosmesa6)")
+    code = (
+        "import gymnasium as gym, sim_envs\n"
+        "env = gym.make('ee_vla/Push-v0', wrist_camera=True)\n"
+        "obs, _ = env.reset(seed=0)\n"
+        "assert obs['pixels'].any() and obs['wrist_pixels'].any()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=_headless_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Exception ignored" not in r.stderr and "Error" not in r.stderr, r.stderr
