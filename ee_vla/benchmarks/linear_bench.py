@@ -12,9 +12,11 @@ again), captured as one CUDA graph and replayed back to back, with three kinds o
   column of W (torchao's `fp8` quantisation, `Float8DynamicActivationFloat8WeightConfig(PerRow())`);
 * ``fp8_tensor``: the same with one scale per tensor.
 
-It reports ms for all linear layers of the model and the weight bytes read per second. The
-activations' own quantisation is not in these times. CUDA GPUs of compute capability >= 8.9 (fp8);
-prints a table, writes `linear_bench.json`.
+It reports ms for all linear layers of the model, the weight bytes read per second, and that as a
+share of the speed at which the same device reads a 1 GiB buffer once (`read_tbs`, measured in the
+same run): how near each product is to the memory bound. `--stacked` times q/k/v and gate/up as one
+product each, as the engines run them. The activations' own quantisation is not in these times.
+CUDA GPUs of compute capability >= 8.9 (fp8); prints a table, writes `linear_bench.json`.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ from ee_vla.timing import capture_cuda_graph, cuda_ms_back_to_back, environment_
 KINDS = ("bf16", "fp8_row", "fp8_tensor")
 
 
-def linear_shapes(shape: LMShape) -> dict[str, tuple[int, int, int]]:
-    """Per layer of `shape`: name -> (in features, out features, how many such layers)."""
+def linear_shapes(shape: LMShape, stacked: bool = False) -> dict[str, tuple[int, int, int]]:
+    """Per layer of `shape`: name -> (in features, out features, how many such layers). `stacked`:
+    as the engine runs them once `ee_vla.models.fusion` stacked the projections that read the same
+    input (q/k/v into one product, gate/up into one)."""
     head_dim = shape.hidden_size // shape.num_heads
     kv = shape.num_kv_heads * head_dim
     h, i = shape.hidden_size, shape.intermediate_size
+    if stacked:
+        return {"qkv": (h, h + 2 * kv, 1), "o": (h, h, 1), "gate_up": (h, 2 * i, 1), "down": (i, h, 1)}
     if kv == h:
         return {"q_k_v_o": (h, h, 4), "gate_up": (h, i, 2), "down": (i, h, 1)}
     return {"q_o": (h, h, 2), "k_v": (h, kv, 2), "gate_up": (h, i, 2), "down": (i, h, 1)}
@@ -55,15 +61,27 @@ def _products(x: torch.Tensor, weights: list[torch.Tensor], kind: str) -> list:
     return [lambda w=w: torch._scaled_mm(x8, w.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16) for w in fp8]
 
 
-def time_linears(shape: LMShape, rows: int, kind: str, iters: int = 20, seed: int = 0) -> dict[str, float]:
-    """ms of every linear layer of `shape` at `rows` input rows with product `kind`, and per layer shape."""
+def read_tbs(gib: float = 1.0, iters: int = 20) -> float:
+    """TB/s at which the current CUDA device reads a `gib` GiB buffer once (a sum over it, captured
+    as a graph): the memory's speed a product that reads its weight once can approach."""
+    buf = torch.zeros(int(gib * 2**30) // 2, dtype=torch.bfloat16, device="cuda")
+    graph = capture_cuda_graph([lambda: buf.sum(dtype=torch.float32)])
+    ms = cuda_ms_back_to_back(graph.replay, iters)
+    return buf.numel() * buf.element_size() / ms / 1e9
+
+
+def time_linears(
+    shape: LMShape, rows: int, kind: str, iters: int = 20, seed: int = 0, stacked: bool = False
+) -> dict[str, float]:
+    """ms of every linear layer of `shape` at `rows` input rows with product `kind`, and per layer
+    shape (`linear_shapes`)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {'|'.join(KINDS)}, got {kind!r}")
     dev = torch.device("cuda")
     torch.manual_seed(seed)
     out: dict[str, float] = {}
     total = 0.0
-    for name, (k, n, per_layer) in linear_shapes(shape).items():
+    for name, (k, n, per_layer) in linear_shapes(shape, stacked).items():
         x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
         weights = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(shape.num_layers)]
         fns = _products(x, weights, kind)
@@ -88,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rows", nargs="+", type=int, default=[1, 22], help="input rows (tokens of the step)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument(
+        "--stacked", action="store_true", help="q/k/v and gate/up as one product each, as the engine runs them"
+    )
     p.add_argument("--out", type=Path, default=Path("outputs/linear_bench"))
     a = p.parse_args(argv)
     if any(r < 1 for r in a.rows):
@@ -97,18 +118,34 @@ def main(argv: list[str] | None = None) -> dict:
     if any(k.startswith("fp8") for k in a.kinds) and torch.cuda.get_device_capability() < (8, 9):
         p.error(f"fp8 products need compute capability >= 8.9; {torch.cuda.get_device_name()} has less")
     shape = LM_SHAPES[a.shape]
-    results = {f"rows{r}": {kind: time_linears(shape, r, kind, a.iters) for kind in a.kinds} for r in a.rows}
-    print(
-        f"{a.shape}: all linear layers ({shape.num_layers} layers), ms and weight TB/s, {torch.cuda.get_device_name()}"
-    )
-    print(f"{'rows':>5} " + " ".join(f"{k:>22}" for k in a.kinds))
+    read = read_tbs(iters=a.iters)
+    torch.cuda.empty_cache()
+    results = {
+        f"rows{r}": {kind: time_linears(shape, r, kind, a.iters, stacked=a.stacked) for kind in a.kinds} for r in a.rows
+    }
+    for r in a.rows:
+        for kind in a.kinds:
+            row = results[f"rows{r}"][kind]
+            row["weight_tbs"] = weight_bytes(shape, kind) / row["all_linears_ms"] / 1e9
+            row["of_read_speed"] = row["weight_tbs"] / read
+    layers = "stacked q/k/v and gate/up" if a.stacked else "q, k, v, o, gate, up, down"
+    print(f"{a.shape}: all linear layers ({shape.num_layers} layers; {layers}), {torch.cuda.get_device_name()}")
+    print(f"the device reads memory at {read:.2f} TB/s (one pass over 1 GiB); each cell: ms, weight TB/s, % of that")
+    print(f"{'rows':>5} " + " ".join(f"{k:>28}" for k in a.kinds))
     for r in a.rows:
         cells = []
         for kind in a.kinds:
-            ms = results[f"rows{r}"][kind]["all_linears_ms"]
-            cells.append(f"{ms:>9.3f} ms {weight_bytes(shape, kind) / ms / 1e9:>6.2f} TB/s")
-        print(f"{r:>5} " + " ".join(f"{c:>22}" for c in cells))
-    out = {"shape": a.shape, "results": results, "environment": environment_info("cuda", "bfloat16")}
+            row = results[f"rows{r}"][kind]
+            ms, tbs, share = row["all_linears_ms"], row["weight_tbs"], row["of_read_speed"]
+            cells.append(f"{ms:>8.3f} ms {tbs:>5.2f} TB/s {share:>4.0%}")
+        print(f"{r:>5} " + " ".join(f"{c:>28}" for c in cells))
+    out = {
+        "shape": a.shape,
+        "stacked": a.stacked,
+        "read_tbs": read,
+        "results": results,
+        "environment": environment_info("cuda", "bfloat16"),
+    }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "linear_bench.json").write_text(json.dumps(out, indent=2))
     return out

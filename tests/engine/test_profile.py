@@ -266,6 +266,17 @@ def test_linear_bench_covers_every_linear_layer_of_a_shape():
     )
     qwen = LM_SHAPES["qwen2-0.5b"]
     assert linear_shapes(qwen)["k_v"] == (896, 2 * 64, 2)
+    # stacked as the engine runs them: the same weights, in four products per layer
+    assert linear_shapes(llama, stacked=True) == {
+        "qkv": (4096, 3 * 4096, 1),
+        "o": (4096, 4096, 1),
+        "gate_up": (4096, 2 * 11008, 1),
+        "down": (11008, 4096, 1),
+    }
+    assert linear_shapes(qwen, stacked=True)["qkv"] == (896, 896 + 2 * 128, 1)
+    for shape in (llama, qwen):
+        params = [sum(k * n * per for k, n, per in linear_shapes(shape, s).values()) for s in (False, True)]
+        assert params[0] == params[1]
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             main(["--rows", "1"])
