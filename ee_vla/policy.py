@@ -229,8 +229,21 @@ class VLAPolicy:
 
     @warm_start_tokens.setter
     def warm_start_tokens(self, tokens: torch.Tensor | None) -> None:
-        if tokens is not None and (tokens.ndim != 2 or tokens.shape[1] != self.vla.n_action_tokens):
-            raise ValueError(f"warm_start_tokens must be (B, {self.vla.n_action_tokens}), got {tuple(tokens.shape)}")
+        if tokens is not None:
+            if not isinstance(tokens, torch.Tensor):
+                tokens = torch.as_tensor(np.asarray(tokens))
+            n = self.vla.n_action_tokens
+            if tokens.ndim != 2 or tokens.shape[1] != n:
+                raise ValueError(f"warm_start_tokens must be (B, {n}), got {tuple(tokens.shape)}")
+            if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+                raise ValueError(f"warm_start_tokens must be integer token ids, got {tokens.dtype}")
+            at = self.vla.action_tokenizer
+            actions = ((tokens >= at.first_token_id) & (tokens <= at.last_token_id)).all(dim=1)
+            if not bool((actions | (tokens == -1).all(dim=1)).all()):
+                raise ValueError(
+                    f"warm_start_tokens rows must be action token ids ({at.first_token_id}..{at.last_token_id})"
+                    " or all -1 (no previous chunk)"
+                )
         self._previous = tokens
 
     @property

@@ -126,6 +126,27 @@ def test_bad_observations_get_clear_errors(policy, bad, match):
         policy.predict_action_chunk(bad)
 
 
+def test_warm_start_tokens_must_be_action_token_ids_or_a_row_of_minus_one(policy):
+    obs = {"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "pick up the cube"}
+    chunk = policy.predict_action_chunk(obs)
+    tokens = policy.warm_start_tokens
+    n = tokens.shape[1]
+    first = policy.vla.action_tokenizer.first_token_id
+    for bad, match in [
+        (torch.zeros(n, dtype=torch.long), r"must be \(B, \d+\), got \(\d+,\)"),
+        (tokens.float(), "integer token ids, got torch.float32"),
+        (torch.full((1, n), 10**9), "action token ids"),
+        (torch.full((1, n), first - 1), "action token ids"),
+        (torch.cat([tokens[:, :1] * 0 - 1, tokens[:, 1:]], dim=1), "or all -1"),  # -1 in part of a row
+    ]:
+        with pytest.raises(ValueError, match=match):
+            policy.warm_start_tokens = bad
+    policy.warm_start_tokens = tokens.tolist()  # a nested list is taken as a tensor
+    assert torch.equal(policy.warm_start_tokens, tokens.cpu())
+    policy.warm_start_tokens = torch.full((1, n), -1)  # no previous chunk: the default guess
+    np.testing.assert_array_equal(policy.predict_action_chunk(obs), chunk)
+
+
 @pytest.mark.parametrize(
     "instruction", [("pick up the cube",), np.array(["pick up the cube"]), np.str_("pick up the cube")]
 )
