@@ -155,7 +155,7 @@ def run_episode(env, policy, expert, mode: str, seed: int, trace: list | None = 
     while True:
         state = base.privileged_state()
         behind, across = push_frame(state)
-        phase, expert_action = expert.phase(), expert.act()
+        phase, expert_action = expert.plan(state)
         if landing is None and state["tcp_pos"][2] < LANDING_Z:
             landing, landing_yaw = (behind, across), yaw_error(state)
             offset = landing_offset(state, axes, PushExpert.BEHIND)

@@ -220,6 +220,11 @@ class PushExpert(_StateExpert):
         close to slide: back off along the line), "step_out" (low in front of it: step out sideways)."""
         return self._plan(self.env.privileged_state())[0]
 
+    def plan(self, state: dict | None = None) -> tuple[str, np.ndarray]:
+        """(`phase`, `act`) from one reading of the state: `state`, the env's `privileged_state()`
+        when given (a caller that already read it), else read here."""
+        return self._plan(self.env.privileged_state() if state is None else state)
+
     def _plan(self, s: dict) -> tuple[str, np.ndarray]:
         tcp, obj, goal, euler = s["tcp_pos"], s["target_pos"], s["goal_xy"], s["gripper_euler"]
         to_goal = goal - obj[:2]

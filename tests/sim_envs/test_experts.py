@@ -261,9 +261,9 @@ def test_push_expert_goes_round_the_object_at_table_height(where):
 
 
 def test_push_expert_names_the_phase_it_acts_in():
-    """`PushExpert.phase` names the branch `act` takes: from the start high above the table an
-    episode goes over to the point behind the object, descends there and pushes, in that order, and
-    the push phase acts only low behind the object, near the push line."""
+    """`PushExpert.phase` names the branch `act` takes (`plan` gives both at once): from the start
+    high above the table an episode goes over to the point behind the object, descends there and
+    pushes, in that order, and the push phase acts only low behind the object, near the push line."""
     from sim_envs.experts import PushExpert
 
     env = gym.make("ee_vla/Push-v0", image_size=32)
@@ -276,6 +276,8 @@ def test_push_expert_names_the_phase_it_acts_in():
             while True:
                 phases.append(expert.phase())
                 s = env.unwrapped.privileged_state()
+                plan_phase, plan_action = expert.plan(s)  # one reading of the state for both
+                assert plan_phase == phases[-1] and np.array_equal(plan_action, expert.act())
                 if phases[-1] == "push":
                     obj, goal, tcp = s["target_pos"][:2], s["goal_xy"], s["tcp_pos"]
                     d = (goal - obj) / np.linalg.norm(goal - obj)
