@@ -19,6 +19,7 @@
 #   NPROC=4 STAGES=train bash scripts/train_mt10.sh             # DDP over 4 GPUs (global batch x4)
 #   WHEELS=.whl_run bash scripts/train_mt10.sh                  # install carried wheels into $SITE first
 #   CAMERAS="pixels wrist_pixels" bash scripts/train_mt10.sh    # the camera on the hand too (collect + train)
+#   OBSERVE_GOAL=1 bash scripts/train_mt10.sh                   # the goal's position in agent_pos (collect + eval)
 #
 # Machines and times, as measured for docs/training.md's MT10 results (N=300, GROUNDING=0.3): on one
 # H200, collect 2 min (16 workers), train 3500 steps at 8-10 steps/s, distill 1000 steps at batch 64
@@ -48,6 +49,7 @@ DATA_DISTILL="${DATA_DISTILL:-data/mt10_distill}"
 IMAGE="${IMAGE:-128}"
 COMPRESSION="${COMPRESSION:-0}"                 # gzip level of $DATA's images (0: fastest write and load)
 CAMERAS="${CAMERAS:-pixels}"                    # the policy's cameras: "pixels wrist_pixels" adds the hand's camera
+OBSERVE_GOAL="${OBSERVE_GOAL:-0}"               # 1: agent_pos ends with the goal's x, y, z (Meta-World's MT10 state has it)
 COLLECT_WORKERS="${COLLECT_WORKERS:-$(nproc)}"
 RUNS="${RUNS:-outputs/mt10}"
 # behaviour cloning
@@ -118,6 +120,8 @@ else
 fi
 read -r -a TASK_LIST <<<"$(echo "$TASKS" | tr '\n' ' ')"
 has_ckpt() { compgen -G "$1/checkpoints/step_*" >/dev/null; }
+ENV_KWARGS=()
+if [ "$OBSERVE_GOAL" = 1 ]; then ENV_KWARGS=(--env-kwargs observe_goal true); fi
 
 collect_demos() {  # dir, demos per task, gzip level
   if [ -f "$1/demos.hdf5" ]; then
@@ -127,7 +131,7 @@ collect_demos() {  # dir, demos per task, gzip level
   local wrist=()
   if [[ " $CAMERAS " == *" wrist_pixels "* ]]; then wrist=(--wrist-camera); fi
   "${EE[@]}" collect --env "${TASK_LIST[@]}" --episodes "$2" --out "$1" --seed "$SEED" --image-size "$IMAGE" \
-    --num-workers "$COLLECT_WORKERS" --compression-level "$3" "${wrist[@]}"
+    --num-workers "$COLLECT_WORKERS" --compression-level "$3" "${wrist[@]}" "${ENV_KWARGS[@]}"
   du -sh "$1/demos.hdf5"
 }
 
@@ -192,7 +196,7 @@ if has_stage eval; then
   POLICY="$RUNS/$EVAL_POLICY/model"
   read -r -a DEC <<<"$DECODERS"
   EVAL=(eval --policy "$POLICY" --compare "${DEC[@]}" --episodes "$EPISODES" --num-envs "$NUM_ENVS"
-    --seed "$EVAL_SEED" --vector "$VECTOR" --device "$DEVICE" --no-progress)
+    --seed "$EVAL_SEED" --vector "$VECTOR" --device "$DEVICE" --no-progress "${ENV_KWARGS[@]}")
   if [ -n "$EVAL_MAX_STEPS" ]; then EVAL+=(--max-episode-steps "$EVAL_MAX_STEPS"); fi
   EVAL_DIR="$RUNS/eval"
   if [ "$EVAL_POLICY" != ceed ]; then EVAL_DIR="$RUNS/eval_$EVAL_POLICY"; fi

@@ -132,6 +132,35 @@ def bool_arguments(env_id: str) -> frozenset[str]:
     return frozenset(p.name for p in params if isinstance(p.default, bool))
 
 
+FLAG_ARGUMENTS = ("image_size", "wrist_camera", "instructions")
+"""Env constructor arguments that `ee-vla collect` and `ee-vla dagger` set with flags of their own
+(`--image-size`, `--wrist-camera`, `--instructions`), never through `--env-kwargs`."""
+
+
+def check_extra_env_kwargs(env_kwargs: dict, where: str) -> None:
+    """ValueError naming `where` (e.g. "CollectConfig.env_kwargs") and the flag to use when
+    `env_kwargs` sets one of `FLAG_ARGUMENTS`."""
+    for name in env_kwargs:
+        if name in FLAG_ARGUMENTS:
+            raise ValueError(f"{where}: {name!r} is a field of its own (--{name.replace('_', '-')})")
+
+
+def typed_env_kwargs(env_id: str, env_kwargs: dict) -> dict:
+    """`env_kwargs` with each value of a bool constructor argument of `env_id` (`bool_arguments`)
+    read as a bool: a command line leaves `--env-kwargs wrist_camera false` as the string "false",
+    which an env would take as true. ValueError naming the argument when such a value is not a
+    true/false word (`ee_vla.flags.parse_bool`)."""
+    from ee_vla.flags import parse_bool
+
+    kwargs = dict(env_kwargs)
+    for name in sorted(bool_arguments(env_id) & kwargs.keys()):
+        try:
+            kwargs[name] = parse_bool(kwargs[name])
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return kwargs
+
+
 CAMERA_ARGUMENTS = {"wrist_pixels": "wrist_camera"}
 """Observation keys of the cameras an env renders only when asked, and the constructor argument
 that asks for each (`pixels`, the main camera, is always observed)."""
@@ -168,6 +197,8 @@ __all__ = [
     "MT10_TASKS",
     "SUITE_ENV_IDS",
     "bool_arguments",
+    "check_extra_env_kwargs",
+    "typed_env_kwargs",
     "camera_kwargs",
     "check_cameras",
     "control_hz",

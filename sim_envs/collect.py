@@ -22,7 +22,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,10 @@ class CollectConfig:
     """Instruction set of the ee_vla suite's tasks (the envs' `instructions`): train (the task's
     templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`).
     The held-out paraphrases are for evaluation only and are refused here."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keyword arguments of gymnasium.make for every env id, as name value pairs:
+    `--env-kwargs observe_goal true` (a Meta-World task's goal in `agent_pos`). The image size, the
+    gripper camera and the instruction set have their own fields, not these."""
     num_workers: int = 1
     """Processes that run episodes in parallel (1 = in this process)."""
     max_attempts_factor: float = 2.0
@@ -112,6 +116,7 @@ class CollectConfig:
         if not 0 <= self.compression_level <= 9:
             raise ValueError(f"CollectConfig.compression_level must be in 0..9, got {self.compression_level!r}")
         check_training_set(self.instructions, "CollectConfig.instructions", self.env)
+        self.env_kwargs = self._typed_env_kwargs()
         if not isinstance(self.explore_steps, int) or self.explore_steps < 0:
             raise ValueError(f"CollectConfig.explore_steps must be an int >= 0, got {self.explore_steps!r}")
         if not isinstance(self.explore_plan, int) or self.explore_plan < 1:
@@ -135,9 +140,27 @@ class CollectConfig:
             except ValueError as e:
                 raise ValueError(f"CollectConfig.wrist_camera: {e}") from None
 
-    def env_kwargs(self) -> dict:
+    def _typed_env_kwargs(self) -> dict:
+        """`env_kwargs` checked against every env id: a key that has its own field, or that an env
+        does not take, is refused; a bool argument given as a word is read as a bool."""
+        import sim_envs
+
+        kwargs = dict(self.env_kwargs)
+        sim_envs.check_extra_env_kwargs(kwargs, "CollectConfig.env_kwargs")
+        for name in kwargs:
+            for env_id in self.env:
+                if not sim_envs.takes_argument(env_id, name):
+                    raise ValueError(f"CollectConfig.env_kwargs: {env_id} takes no argument {name!r}")
+        for env_id in self.env:
+            try:
+                kwargs = sim_envs.typed_env_kwargs(env_id, kwargs)
+            except ValueError as e:
+                raise ValueError(f"CollectConfig.env_kwargs, {env_id}: {e}") from None
+        return kwargs
+
+    def make_kwargs(self) -> dict:
         """Keyword arguments passed to `gymnasium.make` for every env id."""
-        kw: dict = {"image_size": self.image_size}
+        kw: dict = {**self.env_kwargs, "image_size": self.image_size}
         if self.wrist_camera:
             kw["wrist_camera"] = True
         if self.instructions != "train":
@@ -295,7 +318,7 @@ def _successful_episodes(
     succeeded; failures are logged here and skipped by the caller. `attempts` made earlier (`done`
     of them successful) are skipped: the sequence continues at seed cfg.seed + attempts."""
     max_attempts = int(cfg.episodes * cfg.max_attempts_factor) + 10
-    kwargs = cfg.env_kwargs()
+    kwargs = cfg.make_kwargs()
     batch = 2 * cfg.num_workers
     next_seed = cfg.seed + attempts
     while done < cfg.episodes:
@@ -413,7 +436,7 @@ def collect(cfg: CollectConfig) -> Path:
     path = cfg.out / DATA_FILE
     if path.exists() and not cfg.overwrite:
         raise FileExistsError(f"{path} exists (CollectConfig.out); pass --overwrite to replace it")
-    settings = {"env_kwargs": cfg.env_kwargs(), "compression_level": cfg.compression_level}
+    settings = {"env_kwargs": cfg.make_kwargs(), "compression_level": cfg.compression_level}
     if cfg.explore_steps:
         settings["explore"] = [cfg.explore_steps, cfg.explore_plan] + ([cfg.explore_lead] if cfg.explore_lead else [])
     store = AttemptStore(cfg.out / PARTS_DIR, settings, discard_other=cfg.overwrite)
@@ -444,7 +467,7 @@ def collect(cfg: CollectConfig) -> Path:
         _close_worker_envs()
     failed = {env_id: sum(not ok for _, ok in saved) for env_id, saved in attempts.items()}
     creation = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    with DemoWriter(cfg.out, cfg.env, {e: cfg.env_kwargs() for e in cfg.env}, creation, cfg.compression_level) as w:
+    with DemoWriter(cfg.out, cfg.env, {e: cfg.make_kwargs() for e in cfg.env}, creation, cfg.compression_level) as w:
         for env_id in cfg.env:
             for seed, ok in attempts[env_id]:
                 if ok:

@@ -69,7 +69,8 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
     | key            | shape                       | dtype   | content                                   |
     |----------------|-----------------------------|---------|-------------------------------------------|
     | `pixels`       | (image_size, image_size, 3) | uint8   | camera `camera_name` ("corner4", upright) |
-    | `agent_pos`    | (4,)                        | float32 | hand x, y, z (m), normalised jaw opening  |
+    | `agent_pos`    | (4,); (7,) with             | float32 | hand x, y, z (m), normalised jaw opening; |
+    |                | `observe_goal`              |         | then the goal's x, y, z (m)               |
     | `wrist_pixels` | (image_size, image_size, 3) | uint8   | camera `gripperPOV` (on the hand), only   |
     |                |                             |         | with `wrist_camera=True`                  |
 
@@ -101,6 +102,9 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         wrist_camera: also observe Meta-World's camera on the hand (`gripperPOV`: the fingers and
             what lies below and ahead of them) under `wrist_pixels`, as the ee_vla suite's
             `wrist_camera` does.
+        observe_goal: append the task's goal position (m) to `agent_pos`, the goal that
+            Meta-World's MT10 puts in its state observation (`obs[36:39]`). Off, the goal is seen
+            only where the camera shows it (a small marker for reach, push and pick-place).
         benchmark_seed: seed of Meta-World's task (goal) generation.
         max_path_length: steps after which an episode is truncated (Meta-World's 500 by default);
             None = no limit of its own (the registered ids: `gymnasium.make`'s TimeLimit rules).
@@ -115,6 +119,7 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         image_size: int = 128,
         camera_name: str = "corner4",
         wrist_camera: bool = False,
+        observe_goal: bool = False,
         benchmark_seed: int = 0,
         max_path_length: int | None = META_WORLD_HORIZON,
     ):
@@ -132,6 +137,8 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
             raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
         if not isinstance(wrist_camera, bool | np.bool_):
             raise ValueError(f"wrist_camera must be a bool, got {wrist_camera!r}")
+        if not isinstance(observe_goal, bool | np.bool_):
+            raise ValueError(f"observe_goal must be a bool, got {observe_goal!r}")
         if max_path_length is not None and (not isinstance(max_path_length, int) or max_path_length < 1):
             raise ValueError(f"max_path_length must be an int >= 1 or None, got {max_path_length!r}")
         self.max_path_length = max_path_length
@@ -152,22 +159,29 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         self._camera = OffscreenCamera(self._env.model, camera_name, image_size, flip=camera_name.startswith("corner"))
         self.wrist_camera = bool(wrist_camera)
         self._wrist = OffscreenCamera(self._env.model, WRIST_CAMERA, image_size) if wrist_camera else None
+        self.observe_goal = bool(observe_goal)
         self._raw_obs = np.zeros(39)
         self.task_index = 0
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
         obs_spaces = {
             "pixels": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
-            # Meta-World clips its observation to these bounds (hand box, gripper in [-1, 1]).
+            # Meta-World clips its observation to these bounds (hand box, gripper in [-1, 1], goal box).
             "agent_pos": spaces.Box(
-                self._env.sawyer_observation_space.low[:4].astype(np.float32),
-                self._env.sawyer_observation_space.high[:4].astype(np.float32),
+                self._env.sawyer_observation_space.low[self._proprio].astype(np.float32),
+                self._env.sawyer_observation_space.high[self._proprio].astype(np.float32),
                 dtype=np.float32,
             ),
         }
         if wrist_camera:
             obs_spaces["wrist_pixels"] = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
+
+    @property
+    def _proprio(self) -> np.ndarray:
+        """Indices of `agent_pos` in Meta-World's state observation: the hand and the jaw, then the
+        goal with `observe_goal`."""
+        return np.r_[0:4, 36:39] if self.observe_goal else np.r_[0:4]
 
     def privileged_state(self) -> np.ndarray:
         """Meta-World's 39-dim state observation (what its scripted policies read)."""
@@ -185,7 +199,7 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
     def _get_obs(self) -> dict[str, np.ndarray]:
         obs = {
             "pixels": self._camera.render(self._env.data),
-            "agent_pos": self._raw_obs[:4].astype(np.float32),
+            "agent_pos": self._raw_obs[self._proprio].astype(np.float32),
         }
         if self._wrist is not None:
             obs["wrist_pixels"] = self._wrist.render(self._env.data)

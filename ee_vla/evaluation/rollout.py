@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ee_vla.evaluation.config import EvalConfig, EvalConfigError, import_env_modules
-from ee_vla.flags import parse_bool
 from ee_vla.models.contract import rate_mismatch
 from ee_vla.timing import LatencyRecorder, summarize
 
@@ -152,19 +151,15 @@ def env_kwargs_for(env_id: str, cfg: EvalConfig, policy) -> dict[str, Any]:
 
 
 def typed_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`env_kwargs` with each value of a bool constructor argument of `env_id`
-    (`sim_envs.bool_arguments`) read as a bool: the command line leaves `--env-kwargs wrist_camera
-    false` as the string "false", which an env would take as true. EvalConfigError naming the env and
-    the argument when such a value is not a true/false word."""
+    """`sim_envs.typed_env_kwargs`: each value of a bool constructor argument of `env_id` read as a
+    bool. EvalConfigError naming the env and the argument when such a value is not a true/false
+    word."""
     import sim_envs
 
-    kwargs = dict(env_kwargs)
-    for name in sorted(sim_envs.bool_arguments(env_id) & kwargs.keys()):
-        try:
-            kwargs[name] = parse_bool(kwargs[name])
-        except ValueError as e:
-            raise EvalConfigError(f"env {env_id!r}: --env-kwargs {name}: {e}") from None
-    return kwargs
+    try:
+        return sim_envs.typed_env_kwargs(env_id, env_kwargs)
+    except ValueError as e:
+        raise EvalConfigError(f"env {env_id!r}: --env-kwargs {e}") from None
 
 
 def camera_env_kwargs(env_id: str, cfg: EvalConfig, cameras: Sequence[str]) -> dict[str, Any]:
@@ -231,7 +226,12 @@ def check_env_compatible(env_id: str, policy, cfg: EvalConfig, expert_horizon: i
     if p:
         ap = obs_space.spaces.get("agent_pos")
         if ap is None or int(np.prod(ap.shape)) != p:
-            raise EvalConfigError(f"env {env_id!r}: the policy needs 'agent_pos' of {p} dims, the env gives {ap}")
+            import sim_envs
+
+            hint = ""
+            if sim_envs.takes_argument(env_id, "observe_goal") and "observe_goal" not in cfg.env_kwargs:
+                hint = " (a policy trained with the goal in agent_pos needs `--env-kwargs observe_goal true`)"
+            raise EvalConfigError(f"env {env_id!r}: the policy needs 'agent_pos' of {p} dims, the env gives {ap}{hint}")
 
 
 def _make_vector_env(env_id: str, n: int, cfg: EvalConfig, kwargs: dict[str, Any], expert_horizon: int = 0):

@@ -84,6 +84,10 @@ class DaggerConfig:
     templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`),
     as `ee-vla collect --instructions`. The held-out paraphrases are refused: they never go into
     training data."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keyword arguments of gymnasium.make, as `ee-vla collect --env-kwargs`: `--env-kwargs
+    observe_goal true` for a policy trained with a Meta-World task's goal in `agent_pos`. The image
+    size, the gripper camera and the instruction set have their own flags, not these."""
     runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
     """How the policy runs while acting, with `ee-vla eval`'s options (`ee_vla.runtime.RuntimeConfig`):
     `--decoder` (the one it is deployed with), `--max-iterations`, `--tau`, ..., `--device`,
@@ -136,6 +140,12 @@ class DaggerConfig:
                 check_cameras(self.env, ["pixels", "wrist_pixels"])
             except ValueError as e:
                 raise DaggerConfigError(f"DaggerConfig.wrist_camera: {e}") from None
+        from sim_envs import check_extra_env_kwargs
+
+        try:
+            check_extra_env_kwargs(self.env_kwargs, "DaggerConfig.env_kwargs")
+        except ValueError as e:
+            raise DaggerConfigError(str(e)) from None
         if not (self.policy / "config.json").is_file():
             raise DaggerConfigError(f"DaggerConfig.policy: {self.policy} is not a model directory (no config.json)")
         if (self.out / "demos.hdf5").exists() and not self.overwrite:
@@ -154,7 +164,8 @@ class DaggerConfig:
             num_envs=self.num_envs,
             vector=self.vector,
             seed=self.seed,
-            env_kwargs={"image_size": self.image_size}
+            env_kwargs=dict(self.env_kwargs)
+            | {"image_size": self.image_size}
             | ({"instructions": self.instructions} if self.instructions != "train" else {})
             | ({"wrist_camera": True} if self.wrist_camera else {}),
             max_episode_steps=self.max_episode_steps,

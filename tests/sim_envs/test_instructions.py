@@ -59,9 +59,9 @@ def test_the_same_seed_gives_the_same_scene_in_other_words(task):
 
 def test_collection_uses_the_training_templates_only():
     """Demonstrations (collect, and the DAgger/training data built from them) are made with
-    `CollectConfig.env_kwargs()`, which never selects the held-out set: over 40 scenes per task the
+    `CollectConfig.make_kwargs()`, which never selects the held-out set: over 40 scenes per task the
     instructions are all training phrasings."""
-    kwargs = CollectConfig(env=list(ENVS.values())).env_kwargs()
+    kwargs = CollectConfig(env=list(ENVS.values())).make_kwargs()
     assert "instructions" not in kwargs
     held = {t for ts in HELD_OUT.values() for t in ts}
     for task, env_id in ENVS.items():
@@ -109,7 +109,7 @@ def test_augmented_draws_cover_templates_and_paraphrases_without_moving_the_scen
 
 def test_collection_takes_the_training_paraphrases_and_refuses_the_held_out_ones():
     cfg = CollectConfig(env=list(ENVS.values()), instructions="augmented")
-    assert cfg.env_kwargs()["instructions"] == "augmented"
+    assert cfg.make_kwargs()["instructions"] == "augmented"
     with pytest.raises(ValueError, match="held-out paraphrases never go into training data"):
         CollectConfig(env=list(ENVS.values()), instructions="held_out")
     with pytest.raises(ValueError, match="only supported by the ee_vla suite"):

@@ -202,3 +202,71 @@ def test_wrist_camera_sees_from_the_hand_and_is_recorded(tmp_path):
             obs, *_ = env.step(a)
     finally:
         env.close()
+
+
+def test_observe_goal_appends_the_goal_to_agent_pos_and_collect_records_it(tmp_path):
+    """`observe_goal=True`: agent_pos is the hand and the jaw, then Meta-World's goal (the goal of
+    its state observation, which the task's success is measured against), inside the observation
+    space, fixed while the hand moves; the first four values are those of the plain env. `ee-vla
+    collect --env-kwargs observe_goal true` records it (the word read as a bool), and a key that has
+    its own flag, or that an env does not take, is refused by name."""
+    from sim_envs.collect import CollectConfig, collect
+    from sim_envs.demo_file import load_dataset
+
+    env = gym.make("ee_vla/MetaWorld-reach-v0", image_size=32, observe_goal=True)
+    plain = gym.make("ee_vla/MetaWorld-reach-v0", image_size=32)
+    try:
+        assert env.observation_space["agent_pos"].shape == (7,)
+        obs, _ = env.reset(seed=4)
+        obs_plain, _ = plain.reset(seed=4)
+        goal = obs["agent_pos"][4:]
+        assert env.observation_space.contains(obs)
+        np.testing.assert_array_equal(obs["agent_pos"][:4], obs_plain["agent_pos"])
+        np.testing.assert_allclose(goal, env.unwrapped._env._target_pos, atol=1e-6)
+        np.testing.assert_allclose(goal, env.unwrapped.task_points()[3:])
+        for _ in range(3):
+            obs, *_ = env.step(np.array([1, 0, 0, 0, 0, 0, -1], np.float32))
+        assert obs["agent_pos"][0] > obs_plain["agent_pos"][0] + 0.005  # the hand moved, the goal did not
+        np.testing.assert_array_equal(obs["agent_pos"][4:], goal)
+    finally:
+        env.close()
+        plain.close()
+    with pytest.raises(ValueError, match="observe_goal must be a bool"):
+        gym.make("ee_vla/MetaWorld-reach-v0", observe_goal="yes")
+
+    cfg = CollectConfig(
+        env=("ee_vla/MetaWorld-reach-v0",), episodes=1, out=tmp_path, image_size=32, env_kwargs={"observe_goal": "true"}
+    )
+    assert cfg.make_kwargs() == {"observe_goal": True, "image_size": 32}
+    (ep,) = list(load_dataset(collect(cfg)))
+    assert ep.agent_pos.shape == (len(ep.actions), 7)
+    np.testing.assert_allclose(ep.agent_pos[:, 4:], ep.task_points[:, 3:], atol=1e-6)
+    with pytest.raises(ValueError, match="'image_size' is a field of its own"):
+        CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), env_kwargs={"image_size": 64})
+    with pytest.raises(ValueError, match="ee_vla/Reach-v0 takes no argument 'observe_goal'"):
+        CollectConfig(env=("ee_vla/MetaWorld-reach-v0", "ee_vla/Reach-v0"), env_kwargs={"observe_goal": True})
+    with pytest.raises(ValueError, match="observe_goal: expected true or false"):
+        CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), env_kwargs={"observe_goal": "maybe"})
+
+
+def test_eval_names_the_goal_argument_a_goal_observing_policy_needs(tmp_path):
+    """A policy trained with the goal in agent_pos (7 dims) on a Meta-World env made without it:
+    the evaluation refuses before any episode and says which argument is missing; with it, the
+    env fits."""
+    from ee_vla.action_tokenizer import ActionStats
+    from ee_vla.evaluation import EvalConfig, EvalConfigError
+    from ee_vla.evaluation.rollout import check_env_compatible
+    from ee_vla.models.vla import VLA
+    from ee_vla.policy import VLAPolicy
+
+    stats = ActionStats(q01=[-1.0] * 7, q99=[1.0] * 7, mask=[True] * 7)
+    VLA.create("tiny", proprio_stats=stats).save_pretrained(tmp_path / "p")
+    policy = VLAPolicy.from_pretrained(tmp_path / "p", decoder="ar")
+    env_id = "ee_vla/MetaWorld-reach-v0"
+
+    def cfg(**env_kwargs) -> EvalConfig:
+        return EvalConfig(policy=tmp_path / "p", env=[env_id], env_kwargs=env_kwargs, output_dir=tmp_path / "e")
+
+    with pytest.raises(EvalConfigError, match=r"agent_pos' of 7 dims.*`--env-kwargs observe_goal true`"):
+        check_env_compatible(env_id, policy, cfg())
+    check_env_compatible(env_id, policy, cfg(observe_goal="true"))

@@ -123,6 +123,15 @@ def test_on_policy_data_takes_the_training_paraphrases_never_the_held_out_ones(t
         _config(tiny_vla_dir, tmp_path, instructions="augmented", env=["ee_vla/MetaWorld-door-open-v0"])
 
 
+def test_env_kwargs_reach_the_envs_and_flags_keep_their_own_names(tiny_vla_dir, tmp_path):
+    """`--env-kwargs` go to every env the policy acts in, beside the image size; an argument that has
+    a flag of its own is refused there, naming the flag."""
+    cfg = _config(tiny_vla_dir, tmp_path, env_kwargs={"observe_goal": "true"})
+    assert cfg.eval_config().env_kwargs == {"observe_goal": "true", "image_size": 32}
+    with pytest.raises(DaggerConfigError, match=r"'wrist_camera' is a field of its own \(--wrist-camera\)"):
+        _config(tiny_vla_dir, tmp_path, env_kwargs={"wrist_camera": True})
+
+
 def test_config_refuses_a_missing_policy_and_an_existing_file(tiny_vla_dir, dagger_file, tmp_path):
     with pytest.raises(DaggerConfigError, match="not a model directory"):
         _config(tmp_path / "nothing", tmp_path)
