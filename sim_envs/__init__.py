@@ -149,8 +149,8 @@ def typed_env_kwargs(env_id: str, env_kwargs: dict) -> dict:
     """`env_kwargs` with each value of a bool constructor argument of `env_id` (`bool_arguments`)
     read as a bool: a command line leaves `--env-kwargs wrist_camera false` as the string "false",
     which an env would take as true. ValueError naming the argument when such a value is not a
-    true/false word (`ee_vla.flags.parse_bool`)."""
-    from ee_vla.flags import parse_bool
+    true/false word (`sim_envs.common.parse_bool`)."""
+    from sim_envs.common import parse_bool
 
     kwargs = dict(env_kwargs)
     for name in sorted(bool_arguments(env_id) & kwargs.keys()):

@@ -31,3 +31,21 @@ def validate_action(action: np.ndarray, dim: int = ACTION_DIM) -> np.ndarray:
         bad = [ACTION_NAMES[i] if dim == ACTION_DIM else str(i) for i in np.nonzero(~np.isfinite(a))[0]]
         raise ValueError(f"action contains NaN or inf in {bad}: {a.tolist()}")
     return np.clip(a, -1.0, 1.0)
+
+
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+
+
+def parse_bool(value: object) -> bool:
+    """An env argument given as text (`--env-kwargs observe_goal true`) as a bool: a bool as it is,
+    an int 0 or 1, or one of `TRUE_WORDS` / `FALSE_WORDS` in any case and with surrounding spaces;
+    ValueError naming the value otherwise. The same words and rules as `ee_vla.flags.parse_bool`
+    (sim_envs imports nothing from ee_vla; a test keeps the two equal)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and (word := value.strip().lower()) in TRUE_WORDS + FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError(f"expected true or false (or 1/0, yes/no, on/off), got {value!r}")

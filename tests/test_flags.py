@@ -3,6 +3,8 @@ command line's env kwargs, ROS 2 launch arguments, decoder specs)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,21 @@ def test_every_text_setting_takes_the_same_words():
         expected = parse_bool(word)
         assert parse_decoder_spec(f"ceed_cap:guess_in_prefill={word}")[1] == {"guess_in_prefill": expected}
         assert parameter_overrides({"dry_run": word}) == {"dry_run": expected}
+
+
+@pytest.mark.parametrize(
+    "value", [*TRUE_WORDS, *FALSE_WORDS, " Yes ", "OFF", True, False, 0, 1, np.bool_(True), "maybe", 2, None]
+)
+def test_the_envs_read_env_arguments_with_the_same_words(value):
+    """sim_envs (which imports nothing from ee_vla) reads `--env-kwargs` bools with its own copy of
+    the words: the same words, the same answers and errors."""
+    import sim_envs.common
+
+    assert (sim_envs.common.TRUE_WORDS, sim_envs.common.FALSE_WORDS) == (TRUE_WORDS, FALSE_WORDS)
+    try:
+        expected = parse_bool(value)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=re.escape(str(e))):
+            sim_envs.common.parse_bool(value)
+    else:
+        assert sim_envs.common.parse_bool(value) is expected
