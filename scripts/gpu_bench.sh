@@ -35,6 +35,10 @@
 # and with the fused ones (both merges), kernel tables included (about 4.5 minutes to compile the
 # first on a fresh machine, 1.5-2.5 minutes each after it, Inductor's cache being warm):
 #   STEPS="pytest-splitkv attn-fused fp8-transformers fp8-fused fp8-fused-torch-merge" bash scripts/gpu_bench.sh
+# The 7B step's bounds in bf16: the linear products alone (stacked as the engines run them) as a share of
+# the device's read speed, and the frozen bf16 step with the fused layers, its kernel table included
+# (about 3 minutes on a fresh machine); with `fp8-fused`, the two targets of docs/performance.md:
+#   STEPS="env linear-stacked bf16-fused fp8-fused" bash scripts/gpu_bench.sh
 #
 # `bench-default`: where a call of the shipped policy goes (inputs, prefill, iteration, other), AR
 # against ceed_2pass, graph and compiled engines, batch 10 and 1 (docs/performance.md, "The shipped
@@ -127,12 +131,19 @@ FP8=(--shape openvla-7b --engines compiled --compile-mode inductor --steps-only 
 step fp8-transformers 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer transformers --out "$OUT/fp8/transformers"
 step fp8-fused 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused --out "$OUT/fp8/fused"
 step fp8-fused-torch-merge 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused_torch_merge --out "$OUT/fp8/torch_merge"
+# the bf16 step's two bounds: the products alone against the device's read speed, and the frozen step
+# with the fused layers (the engines' default) and its kernel table
+step linear-stacked 120 python3 -m ee_vla.benchmarks.linear_bench --shape openvla-7b --rows 1 22 --stacked \
+  --out "$OUT/linear/stacked"
+step bf16-fused 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --compile-mode frozen --steps-only \
+  --step-widths 22 --step-iters 100 --action-logits --attn-implementation ee_splitkv --attn-layer fused --kernels 30 \
+  --no-plots --out "$OUT/bf16/fused"
 
 echo "=== summary" | tee -a "$LOG"
 shopt -s nullglob
 python3 -m ee_vla.benchmarks.profile summarize "$OUT"/profile_*.json "$OUT"/fp32/profile_*.json "$OUT"/sweep/*/profile_*.json \
   "$OUT"/kernels/profile_*.json "$OUT"/splitkv/profile_*.json "$OUT"/sdpa/profile_*.json "$OUT"/fast/profile_*.json \
-  "$OUT"/fp8/*/profile_*.json 2>&1 | tee -a "$LOG"
+  "$OUT"/fp8/*/profile_*.json "$OUT"/bf16/*/profile_*.json 2>&1 | tee -a "$LOG"
 printf '%s\n' "${STATUS[@]}" | tee -a "$LOG"
 echo "failed steps: $FAILED; files in $OUT: $(find "$OUT" -type f | tr "\n" " ")" | tee -a "$LOG"
 exit "$FAILED"
