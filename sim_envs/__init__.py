@@ -112,6 +112,20 @@ def takes_argument(env_id: str, name: str) -> bool:
         return False
 
 
+def unknown_arguments(env_id: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(those of `names` that the constructor of `env_id` does not take, the arguments it does
+    take); no names are unknown where its signature cannot be read or ends in **kwargs."""
+    import inspect
+
+    try:
+        params = inspect.signature(_creator(env_id)).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return [], []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return [], list(params)
+    return [n for n in names if n not in params], list(params)
+
+
 def check_cameras(env_ids: Sequence[str], cameras: Sequence[str]) -> None:
     """`camera_kwargs` of every env id: ValueError naming the first env that cannot render a camera
     of `cameras` and what it renders (e.g. `ee-vla collect --wrist-camera` on an env without a
@@ -149,9 +163,13 @@ def typed_env_kwargs(env_id: str, env_kwargs: dict) -> dict:
     """`env_kwargs` with each value of a bool constructor argument of `env_id` (`bool_arguments`)
     read as a bool: a command line leaves `--env-kwargs wrist_camera false` as the string "false",
     which an env would take as true. ValueError naming the argument when such a value is not a
-    true/false word (`sim_envs.common.parse_bool`)."""
+    true/false word (`sim_envs.common.parse_bool`), or when the env takes no such argument
+    (`unknown_arguments`)."""
     from sim_envs.common import parse_bool
 
+    unknown, known = unknown_arguments(env_id, list(env_kwargs))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not an argument of this env (it takes {', '.join(known)})")
     kwargs = dict(env_kwargs)
     for name in sorted(bool_arguments(env_id) & kwargs.keys()):
         try:
@@ -199,6 +217,7 @@ __all__ = [
     "bool_arguments",
     "check_extra_env_kwargs",
     "typed_env_kwargs",
+    "unknown_arguments",
     "camera_kwargs",
     "check_cameras",
     "control_hz",

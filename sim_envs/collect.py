@@ -141,16 +141,13 @@ class CollectConfig:
                 raise ValueError(f"CollectConfig.wrist_camera: {e}") from None
 
     def _typed_env_kwargs(self) -> dict:
-        """`env_kwargs` checked against every env id: a key that has its own field, or that an env
-        does not take, is refused; a bool argument given as a word is read as a bool."""
+        """`env_kwargs` checked against every env id (`sim_envs.typed_env_kwargs`): a key that has
+        its own field, or that an env does not take, is refused; a bool argument given as a word is
+        read as a bool."""
         import sim_envs
 
         kwargs = dict(self.env_kwargs)
         sim_envs.check_extra_env_kwargs(kwargs, "CollectConfig.env_kwargs")
-        for name in kwargs:
-            for env_id in self.env:
-                if not sim_envs.takes_argument(env_id, name):
-                    raise ValueError(f"CollectConfig.env_kwargs: {env_id} takes no argument {name!r}")
         for env_id in self.env:
             try:
                 kwargs = sim_envs.typed_env_kwargs(env_id, kwargs)

@@ -195,3 +195,23 @@ def test_the_observation_space_is_checked_for_every_camera(two_camera_policy_dir
     cfg = reach_cfg(two_camera_policy_dir, tmp_path, env=[env_id], env_modules=[])
     with pytest.raises(EvalConfigError, match="NoWrist-v0.*Dict with 'wrist_pixels' \\(the policy reads cameras"):
         check_env_compatible(env_id, policy, cfg)
+
+
+def test_an_argument_the_env_does_not_take_is_named_before_any_env_is_made(monkeypatch):
+    """`--env-kwargs observe_goal true` on an env without that argument: an EvalConfigError naming
+    the env, the argument and the arguments it takes (it was a TypeError from inside gymnasium.make,
+    reported as a bug). An env whose constructor takes **kwargs is given anything."""
+    with pytest.raises(
+        EvalConfigError, match=r"Reach-v0.*observe_goal: not an argument of this env \(it takes .*image_size"
+    ):
+        typed_env_kwargs(REACH, {"observe_goal": True, "image_size": 32})
+
+    def open_env(render_mode=None, **kwargs):
+        raise AssertionError("never made")
+
+    monkeypatch.setitem(
+        gymnasium.registry,
+        "test/OpenKwargs-v0",
+        gymnasium.envs.registration.EnvSpec("test/OpenKwargs-v0", entry_point=open_env),
+    )
+    assert typed_env_kwargs("test/OpenKwargs-v0", {"observe_goal": "x"}) == {"observe_goal": "x"}

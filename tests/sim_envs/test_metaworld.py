@@ -243,7 +243,7 @@ def test_observe_goal_appends_the_goal_to_agent_pos_and_collect_records_it(tmp_p
     np.testing.assert_allclose(ep.agent_pos[:, 4:], ep.task_points[:, 3:], atol=1e-6)
     with pytest.raises(ValueError, match="'image_size' is a field of its own"):
         CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), env_kwargs={"image_size": 64})
-    with pytest.raises(ValueError, match="ee_vla/Reach-v0 takes no argument 'observe_goal'"):
+    with pytest.raises(ValueError, match="ee_vla/Reach-v0: observe_goal: not an argument of this env"):
         CollectConfig(env=("ee_vla/MetaWorld-reach-v0", "ee_vla/Reach-v0"), env_kwargs={"observe_goal": True})
     with pytest.raises(ValueError, match="observe_goal: expected true or false"):
         CollectConfig(env=("ee_vla/MetaWorld-reach-v0",), env_kwargs={"observe_goal": "maybe"})
