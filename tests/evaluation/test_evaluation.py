@@ -609,7 +609,8 @@ def _env_without_image_size(action_dim: int = 7):
 
 def test_envs_render_at_the_policys_image_size(tiny_policy_dir, tmp_path, sim_env_id, monkeypatch):
     """The tiny policy sees 64x64 images: the sim env renders 64x64 pixels for it (not its 128x128
-    default, resized), an `image_size` in env_kwargs wins, and an env without that argument gets none."""
+    default, resized), an `image_size` in env_kwargs wins, and an env without that argument gets none
+    (given for it, it is an error that names it)."""
     from types import SimpleNamespace
 
     from ee_vla.evaluation.rollout import env_kwargs_for
@@ -621,7 +622,8 @@ def test_envs_render_at_the_policys_image_size(tiny_policy_dir, tmp_path, sim_en
     assert env_kwargs_for(sim_env_id, cfg, policy) == {"image_size": 96}
     if "test_ee_vla/NoImageSize-v0" not in gymnasium.registry:
         gymnasium.register("test_ee_vla/NoImageSize-v0", entry_point=_env_without_image_size)
-    assert env_kwargs_for("test_ee_vla/NoImageSize-v0", cfg, policy) == {"image_size": 96}  # given: kept
+    with pytest.raises(EvalConfigError, match="NoImageSize-v0.*image_size: not an argument of this env"):
+        env_kwargs_for("test_ee_vla/NoImageSize-v0", cfg, policy)
     cfg.env_kwargs = {}
     assert env_kwargs_for("test_ee_vla/NoImageSize-v0", cfg, policy) == {}
 
