@@ -160,6 +160,8 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         self.wrist_camera = bool(wrist_camera)
         self._wrist = OffscreenCamera(self._env.model, WRIST_CAMERA, image_size) if wrist_camera else None
         self.observe_goal = bool(observe_goal)
+        # indices of `agent_pos` in Meta-World's state observation: the hand and the jaw, then the goal
+        self._proprio = np.r_[0:4, 36:39] if self.observe_goal else np.r_[0:4]
         self._raw_obs = np.zeros(39)
         self.task_index = 0
 
@@ -176,12 +178,6 @@ class MetaWorldEnv(gym.Env[dict, np.ndarray]):
         if wrist_camera:
             obs_spaces["wrist_pixels"] = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-
-    @property
-    def _proprio(self) -> np.ndarray:
-        """Indices of `agent_pos` in Meta-World's state observation: the hand and the jaw, then the
-        goal with `observe_goal`."""
-        return np.r_[0:4, 36:39] if self.observe_goal else np.r_[0:4]
 
     def privileged_state(self) -> np.ndarray:
         """Meta-World's 39-dim state observation (what its scripted policies read)."""
