@@ -14,7 +14,8 @@ on the CPU (Triton's interpreter; a smoke test) it loops. Every variant is check
 `--fused` times what lies between a layer's projections and its output projection instead:
 transformers' path (the rotary embedding, the cache write at the window's slots, the split-KV
 kernel and its merge; what Inductor makes of them) against the fused kernel of
-`ee_vla.engine.attention`, with the splits merged after it by torch ops or inside it.
+`ee_vla.engine.attention`, with the splits merged after it by torch ops or inside it; `--block-n`,
+`--warps` and `--splits` sweep the fused kernel's plan as they do the attention's.
 
 `--resources` compiles the kernels for a GPU architecture without one (`--arch`, default 90:
 Hopper) and reports each variant's registers and stack per thread (`cuobjdump -res-usage`, shipped
@@ -116,23 +117,23 @@ def _run_fused(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
         ref = _transformers_layer(*fresh()).float()
         timing = dict(compile=not args.no_compile, kernels=args.kernels)
         base = None
-        for block_n, warps in itertools.product(args.block_n, args.warps):
+        for block_n, warps, splits in itertools.product(args.block_n, args.warps, args.splits):
             counters = torch.zeros(args.batch * args.heads, dtype=torch.int32, device=args.device)
+            fused = partial(splitkv.rope_splitkv_attention, block_n=block_n, num_warps=warps, num_splits=splits or None)
             variants = {
                 "transformers (rotary, cache write, kernel, merge)": partial(
                     _transformers_layer, block_n=block_n, warps=warps
                 ),
-                "fused, merged by torch": partial(splitkv.rope_splitkv_attention, block_n=block_n, num_warps=warps),
-                "fused, merged in the kernel": partial(
-                    splitkv.rope_splitkv_attention, counters=counters, block_n=block_n, num_warps=warps
-                ),
+                "fused, merged by torch": fused,
+                "fused, merged in the kernel": partial(fused, counters=counters),
             }
             for name, fn in variants.items():
                 diff = (fn(*fresh()).float() - ref).abs().max().item()
                 t, table = _time(fn, fresh(), args.layers, args.iters, args.device, **timing)
                 base = base or t
+                plan = f"n={block_n} warps={warps}" + (f" splits={splits}" if splits else "")
                 rows.append(
-                    {"queries": M, "variant": f"{name} n={block_n} warps={warps}", "us": t, "vs_transformers": base / t,
+                    {"queries": M, "variant": f"{name} {plan}", "us": t, "vs_transformers": base / t,
                      "max_abs_diff": diff, "kernels": table}
                 )  # fmt: skip
     return rows

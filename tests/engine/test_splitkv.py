@@ -270,18 +270,22 @@ def test_rope_kernel_refuses_what_does_not_fit():
 
 def test_attention_bench_times_whole_attention_layers(tmp_path):
     """`attn_bench --fused`: transformers' path (rotary, cache write, kernel, merge) and the fused
-    kernel with both merges, each checked against the first."""
+    kernel with both merges, each checked against the first, for each split plan asked."""
     from ee_vla.benchmarks import attn_bench
 
     report = attn_bench.main(
         ["--device", DEVICE, "--dtype", "float32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16"]
         + ["--keys", "60", "--queries", "3", "--layers", "1", "--iters", "1", "--fused", "--out", str(tmp_path)]
+        + ["--splits", "0", "2"]
     )
     rows = report["rows"]
-    assert [r["variant"].split(" n=")[0] for r in rows] == [
+    names = [
         "transformers (rotary, cache write, kernel, merge)",
         "fused, merged by torch",
         "fused, merged in the kernel",
+    ]
+    assert [r["variant"] for r in rows] == [f"{n} n=32 warps=4" for n in names] + [
+        f"{n} n=32 warps=4 splits=2" for n in names
     ]
     assert all(r["us"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows) and rows[0]["vs_transformers"] == 1.0
 
