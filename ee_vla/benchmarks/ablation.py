@@ -22,11 +22,14 @@ device), and every row's forward passes against AR's one per token. The rows (`R
 
 A row whose model is not given (`--student-no-mix`) is left out. Writes `out/ablation.json`,
 `out/ablation.md` (the table, with the command and the machine), `out/ablation.png` and each run's
-`ee-vla eval` results under `out/<model>/`.
+`ee-vla eval` results under `out/<model>/`. With `--resume`, a model whose evaluation in
+`out/<model>/` finished with the same settings is not evaluated again: an ablation cut short (a time
+limit, a lost machine) runs only the models left.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import sys
@@ -70,8 +73,8 @@ class AblationConfig:
     student_no_mix: Path | None = None
     """Its student distilled without mixed labels (`ee-vla distill --no-mixed-labels`), for the
     `+ consistency` row; None = that row is left out."""
-    env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=lambda: list(SUITE))
-    """Env ids (repeat the flag); default the ee_vla suite."""
+    env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    """Env ids (repeat the flag); none given: the ee_vla suite (`SUITE`)."""
     episodes: int = 50
     """Episodes per env id, seeds seed .. seed + episodes - 1 (the same for every model)."""
     seed: int = 100000
@@ -90,17 +93,26 @@ class AblationConfig:
     """Output directory (ablation.json, ablation.md, ablation.png, one folder per model)."""
     overwrite: bool = False
     """Replace the results of an earlier ablation in `out`."""
+    resume: bool = False
+    """Reuse each model's finished evaluation in `out/<model>/` (its compare.json) when it ran with
+    the same settings, and evaluate only the others; a finished one with other settings is an error."""
     progress: bool = True
     """Show each evaluation's progress bar."""
 
     def __post_init__(self) -> None:
+        self.env = list(self.env) or list(SUITE)  # not tyro's default: its append action would add to it
+        if self.resume and self.overwrite:
+            raise ValueError("AblationConfig: --resume keeps earlier results and --overwrite replaces them; pass one")
         for model in self.models():
             path = getattr(self, model)
             if not (Path(path) / "config.json").is_file():
                 raise ValueError(f"AblationConfig.{model}: {path} is not a model directory (no config.json)")
-            self.eval_config(model)  # the run's own checks (episodes, envs, decoder options), before any run
-        if (Path(self.out) / "ablation.json").exists() and not self.overwrite:
-            raise ValueError(f"{Path(self.out) / 'ablation.json'} exists (AblationConfig.out); pass --overwrite")
+            if self.finished(model) is None:
+                self.eval_config(model)  # the run's own checks (episodes, envs, decoder options), before any run
+        if (Path(self.out) / "ablation.json").exists() and not (self.overwrite or self.resume):
+            raise ValueError(
+                f"{Path(self.out) / 'ablation.json'} exists (AblationConfig.out); pass --overwrite (or --resume)"
+            )
 
     def models(self) -> list[str]:
         """The models given, in the order they are evaluated."""
@@ -116,7 +128,31 @@ class AblationConfig:
         specs = ["ar"] + [spec for _, m, spec in ROWS if m == model]
         return list(dict.fromkeys(specs))
 
-    def eval_config(self, model: str):
+    def finished(self, model: str) -> dict[str, Any] | None:
+        """With `resume`: the model's earlier comparison in `out/<model>/` (compare.json) when one
+        finished there with this ablation's settings; None when there is none (or without
+        `resume`). One with other settings raises, naming them."""
+        from ee_vla.evaluation.report import COMPARE_FILE, config_json
+
+        path = Path(self.out) / model / COMPARE_FILE
+        if not self.resume or not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        ecfg = self.eval_config(model, overwrite=True)
+        ecfg.runtime = ecfg.runtime.resolved()  # as the finished run recorded it (device auto -> cuda|cpu)
+        want = json.loads(json.dumps(config_json(ecfg), default=str))
+        ignore = ("overwrite", "progress", "print_summary")
+        differ = sorted(k for k in set(want) | set(saved.get("config", {})) if k not in ignore
+                        and want.get(k) != saved.get("config", {}).get(k))  # fmt: skip
+        if differ:
+            raise ValueError(
+                f"AblationConfig.resume: {path} was run with other settings ({', '.join(differ)}); "
+                "give the same ones, another --out, or --overwrite"
+            )
+        return saved
+
+    def eval_config(self, model: str, overwrite: bool | None = None):
+        """The `ee-vla eval` run of one model (`overwrite`: None = the ablation's)."""
         from ee_vla.evaluation.config import EvalConfig
 
         return EvalConfig(
@@ -131,7 +167,7 @@ class AblationConfig:
             max_episode_steps=self.max_episode_steps,
             env_kwargs=dict(self.env_kwargs),
             output_dir=Path(self.out) / model,
-            overwrite=self.overwrite,
+            overwrite=self.overwrite if overwrite is None else overwrite,
             progress=self.progress,
             print_summary=False,
         )
@@ -216,11 +252,19 @@ def run(cfg: AblationConfig, argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.out)
     compares = {}
     for model in cfg.models():
+        done = cfg.finished(model)
+        if done is not None:
+            log.info("ablation: %s: its finished evaluation in %s (--resume)", model, out / model)
+            compares[model] = done
+            continue
         ecfg = cfg.eval_config(model)
         log.info("ablation: %s (%s): %s", model, ecfg.policy, " ".join(ecfg.compare))
         result = evaluate(ecfg)
         compares[model] = {k: v for k, v in result.items() if k != "runs"}
-    environment = result["environment"]  # the same machine and settings for every run
+    devices = {c["environment"]["device_name"] for c in compares.values()}
+    if len(devices) > 1:  # resumed on another machine: each row's ratios hold within its own run
+        log.warning("ablation: the models were evaluated on different machines: %s", ", ".join(sorted(devices)))
+    environment = compares[cfg.models()[-1]]["environment"]
     rows = table_rows(cfg, compares)
     command = "python -m ee_vla.benchmarks.ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
     info = {"command": command, "environment": environment, "env": list(cfg.env), "rows": rows}
