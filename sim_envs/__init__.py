@@ -18,8 +18,9 @@ headless backend, egl or else osmesa (`sim_envs.gl`); a value you set is kept.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import gymnasium
 
@@ -100,26 +101,28 @@ def control_hz(env_id: str) -> float | None:
     return None if fps is None else float(fps)
 
 
+def _parameters(env_id: str) -> Mapping[str, inspect.Parameter] | None:
+    """The constructor parameters of the env registered as `env_id` (ValueError for an id that is
+    not registered), or None where its signature cannot be read."""
+    creator = _creator(env_id)
+    try:
+        return inspect.signature(creator).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin, a C extension)
+        return None
+
+
 def takes_argument(env_id: str, name: str) -> bool:
     """Whether the env registered as `env_id` (any Gymnasium id) has a constructor argument `name`,
     e.g. `image_size`."""
-    import inspect
-
-    creator = _creator(env_id)
-    try:
-        return name in inspect.signature(creator).parameters
-    except (TypeError, ValueError):  # no signature to read
-        return False
+    params = _parameters(env_id)
+    return params is not None and name in params
 
 
 def unknown_arguments(env_id: str, names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(those of `names` that the constructor of `env_id` does not take, the arguments it does
     take); no names are unknown where its signature cannot be read or ends in **kwargs."""
-    import inspect
-
-    try:
-        params = inspect.signature(_creator(env_id)).parameters
-    except (TypeError, ValueError):  # no signature to read
+    params = _parameters(env_id)
+    if params is None:
         return [], []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return [], list(params)
@@ -137,13 +140,8 @@ def check_cameras(env_ids: Sequence[str], cameras: Sequence[str]) -> None:
 def bool_arguments(env_id: str) -> frozenset[str]:
     """The constructor arguments of the env registered as `env_id` whose default is a bool (e.g.
     `wrist_camera`): those a value given as text ("false") must be read as a bool for."""
-    import inspect
-
-    try:
-        params = inspect.signature(_creator(env_id)).parameters.values()
-    except (TypeError, ValueError):  # no signature to read
-        return frozenset()
-    return frozenset(p.name for p in params if isinstance(p.default, bool))
+    params = _parameters(env_id)
+    return frozenset(p.name for p in (params or {}).values() if isinstance(p.default, bool))
 
 
 FLAG_ARGUMENTS = ("image_size", "wrist_camera", "instructions")

@@ -175,6 +175,20 @@ def test_every_bool_env_argument_given_as_a_word_reaches_the_env_as_a_bool(tmp_p
         env.close()
 
 
+def test_the_env_argument_readers_name_an_unknown_env_id_alike():
+    """`takes_argument`, `bool_arguments` and `unknown_arguments` read one constructor signature:
+    an id that is not registered is the same error from each."""
+    for read in (
+        lambda e: sim_envs.takes_argument(e, "image_size"),
+        sim_envs.bool_arguments,
+        lambda e: sim_envs.unknown_arguments(e, ["image_size"]),
+    ):
+        with pytest.raises(ValueError, match="unknown env id 'ee_vla/Nope-v0'"):
+            read("ee_vla/Nope-v0")
+    assert sim_envs.takes_argument(REACH, "image_size") and not sim_envs.takes_argument(REACH, "size")
+    assert sim_envs.unknown_arguments(REACH, ["image_size", "size"])[0] == ["size"]
+
+
 class _NoWristEnv(gymnasium.Env):
     """Takes `wrist_camera` but observes only `pixels`: an env that does not keep its word."""
 
