@@ -95,7 +95,8 @@ class AblationConfig:
     """Replace the results of an earlier ablation in `out`."""
     resume: bool = False
     """Reuse each model's finished evaluation in `out/<model>/` (its compare.json) when it ran with
-    the same settings, and evaluate only the others; a finished one with other settings is an error."""
+    the same settings, and evaluate only the others (replacing what a run cut short left); a
+    finished one with other settings is an error."""
     progress: bool = True
     """Show each evaluation's progress bar."""
 
@@ -152,7 +153,8 @@ class AblationConfig:
         return saved
 
     def eval_config(self, model: str, overwrite: bool | None = None):
-        """The `ee-vla eval` run of one model (`overwrite`: None = the ablation's)."""
+        """The `ee-vla eval` run of one model (`overwrite`: None = the ablation's; with `resume`, a
+        model's unfinished run, cut short before its compare.json, is replaced)."""
         from ee_vla.evaluation.config import EvalConfig
 
         return EvalConfig(
@@ -167,7 +169,7 @@ class AblationConfig:
             max_episode_steps=self.max_episode_steps,
             env_kwargs=dict(self.env_kwargs),
             output_dir=Path(self.out) / model,
-            overwrite=self.overwrite if overwrite is None else overwrite,
+            overwrite=(self.overwrite or self.resume) if overwrite is None else overwrite,
             progress=self.progress,
             print_summary=False,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -72,7 +71,7 @@ def test_resume_evaluates_only_the_models_left_and_refuses_other_settings(tiny_p
     args += ["--num-envs", "2", "--seed", "10", "--max-episode-steps", "6", "--out", str(out), "--no-progress"]
     first = main(args)
     teacher = (out / "teacher" / "compare.json").read_text()
-    shutil.rmtree(out / "student")  # the student's run never finished
+    (out / "student" / "compare.json").unlink()  # the student's run was cut short: its decoders' results stay
     (out / "ablation.json").unlink()
     evaluated = []
     real = evaluation.evaluate
