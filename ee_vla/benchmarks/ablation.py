@@ -104,16 +104,16 @@ class AblationConfig:
         self.env = list(self.env) or list(SUITE)  # not tyro's default: its append action would add to it
         if self.resume and self.overwrite:
             raise ValueError("AblationConfig: --resume keeps earlier results and --overwrite replaces them; pass one")
-        for model in self.models():
-            path = getattr(self, model)
-            if not (Path(path) / "config.json").is_file():
-                raise ValueError(f"AblationConfig.{model}: {path} is not a model directory (no config.json)")
-            if self.finished(model) is None:
-                self.eval_config(model)  # the run's own checks (episodes, envs, decoder options), before any run
         if (Path(self.out) / "ablation.json").exists() and not (self.overwrite or self.resume):
             raise ValueError(
                 f"{Path(self.out) / 'ablation.json'} exists (AblationConfig.out); pass --overwrite (or --resume)"
             )
+        for model in self.models():
+            path = getattr(self, model)
+            if not (Path(path) / "config.json").is_file():
+                raise ValueError(f"AblationConfig.{model}: {path} is not a model directory (no config.json)")
+            if self.finished(model) is None:  # the run's own checks (fields, env ids, policy files), before any run
+                self.eval_config(model).check_inputs()
 
     def models(self) -> list[str]:
         """The models given, in the order they are evaluated."""

@@ -59,6 +59,8 @@ def test_a_model_that_is_not_a_model_directory_is_refused_before_any_run(tiny_po
     # each model's evaluation is checked when the ablation is configured, not when its run starts
     with pytest.raises(ValueError, match=r"EvalConfig\.episodes must be >= 1"):
         AblationConfig(teacher=tiny_policy_dir, student=tiny_policy_dir, episodes=0, out=tmp_path / "abl")
+    with pytest.raises(ValueError, match=r"EvalConfig\.env: 'ee_vla/Nope-v0' is not a registered Gymnasium env id"):
+        AblationConfig(teacher=tiny_policy_dir, student=tiny_policy_dir, env=["ee_vla/Nope-v0"], out=tmp_path / "abl")
 
 
 def test_resume_evaluates_only_the_models_left_and_refuses_other_settings(tiny_policy_dir, tmp_path, monkeypatch):
