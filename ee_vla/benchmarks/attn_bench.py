@@ -44,7 +44,7 @@ def _inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
     q, k, v = (torch.randn(B, h, n, D, generator=g).to(device, dtype) for h, n in ((H, M), (Hk, S), (Hk, S)))
     # The engine's mask: a 288-slot bucket with 12 padding slots, then the window at its causal place.
     slot = torch.arange(S)
-    q_slot = S - M - 21 + torch.arange(M)  # the window after a prompt, below the cache's top
+    q_slot = max(0, S - M - 21) + torch.arange(M)  # the window after a prompt, below the cache's top
     allowed = (slot[None, :] <= q_slot[:, None]) & (slot[None, :] >= min(12, S // 4))
     allowed |= slot[None, :] == q_slot[:, None]
     mask = torch.zeros(B, 1, M, S, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
@@ -87,7 +87,7 @@ def _layer_inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
     its slots (the window after a prompt, below the cache's top) and the mask over them."""
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, M, h, D, generator=g).to(device, dtype) for h in (H, Hk, Hk))
-    first = S - M - 21
+    first = max(0, S - M - 21)
     freqs = torch.arange(first, first + M)[:, None].float() * 10000.0 ** (-torch.arange(0, D, 2).float() / D)
     emb = torch.cat([freqs, freqs], -1).expand(B, M, D)
     cos, sin = emb.cos().to(device, dtype), emb.sin().to(device, dtype)
@@ -305,8 +305,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """SystemExit naming the first option that cannot describe an attention layer or a plan."""
+    for name in ("batch", "heads", "kv_heads", "head_dim", "keys", "layers", "iters"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"attn_bench: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.heads % args.kv_heads:
+        raise SystemExit(f"attn_bench: --heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
+    bad = [m for m in args.queries if not 1 <= m <= min(args.keys, splitkv.MAX_QUERIES)]
+    if bad:
+        raise SystemExit(
+            f"attn_bench: --queries {bad[0]}: each must be 1 .. {min(args.keys, splitkv.MAX_QUERIES)} (at most --keys "
+            f"and the kernel's {splitkv.MAX_QUERIES})"
+        )
+    for name in ("block_n", "warps"):
+        bad = [v for v in getattr(args, name) if v < 1 or v & (v - 1)]
+        if bad:
+            raise SystemExit(f"attn_bench: --{name.replace('_', '-')} {bad[0]}: each must be a power of two")
+    if any(n < 0 for n in args.splits):
+        raise SystemExit(f"attn_bench: --splits must be >= 0 (0: the default plan), got {min(args.splits)}")
+    if args.device == "cpu" and args.dtype == "bfloat16" and not args.resources:
+        raise SystemExit("attn_bench: Triton's CPU interpreter gets bfloat16 products wrong: pass --dtype float32")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    check_args(args)
     if args.resources:
         return run(args)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -2,6 +2,8 @@
 CPU through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET there). bfloat16 runs on
 the GPU only: the interpreter's bf16 `tl.dot` is wrong."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,6 +178,26 @@ def test_attention_bench_checks_and_times_every_variant(tmp_path):
     assert all(r["us"] > 0 and r["max_abs_diff"] < 1e-5 for r in rows)
     assert "splits=2" in rows[2]["variant"] and "(auto)" in rows[1]["variant"]
     assert (tmp_path / "attn_bench.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--queries", "0"], "--queries 0: each must be 1 .. 40"),
+        (["--queries", "41"], "--queries 41: each must be 1 .. 40"),
+        (["--heads", "3"], "--heads 3 must be a multiple of --kv-heads 2"),
+        (["--splits", "-1"], "--splits must be >= 0"),
+        (["--block-n", "24"], "--block-n 24: each must be a power of two"),
+        (["--layers", "0"], "--layers must be >= 1"),
+        (["--dtype", "bfloat16", "--device", "cpu"], "interpreter gets bfloat16 products wrong"),
+    ],
+)
+def test_attention_bench_names_an_option_that_cannot_run(extra, message):
+    from ee_vla.benchmarks import attn_bench
+
+    base = ["--device", DEVICE, "--dtype", "float32", "--heads", "4", "--kv-heads", "2", "--keys", "40"]
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        attn_bench.main(base + extra)
 
 
 @pytest.mark.parametrize("merge", [False, True])
