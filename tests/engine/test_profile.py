@@ -290,6 +290,10 @@ def test_calibrate_fixes_activation_scales_and_reports_their_range(tmp_path, mon
 
     with pytest.raises(ValueError, match="calibrate needs quantize fp8_tensor, got 'int8'"):
         config_from_args(["--quantize", "int8", "--calibrate", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="profile: ProfileConfig.calibrate needs quantize fp8_tensor, got 'int8'"):
+        main(["--quantize", "int8", "--calibrate", "--device", "cpu"])  # the command line: the message, no traceback
+    with pytest.raises(SystemExit, match="ProfileConfig.left_pad must be >= 0, got -1"):
+        main(["--left-pad", "-1", "--device", "cpu"])
     monkeypatch.setattr(quantize, "_config", lambda mode, device: None)
     cfg = config_from_args(
         ["--shape", "tiny", "--engines", "eager", "--decoders", "ar", "--calls", "1", "--step-widths", "1"]

@@ -199,5 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "summarize":
         print(summarize_files([Path(p) for p in argv[1:]]))
         return 0
-    out = run_profile(config_from_args(argv))
+    try:
+        cfg = config_from_args(argv)
+    except ValueError as e:  # a refused option: its message, not a traceback
+        raise SystemExit(f"python -m ee_vla.benchmarks.profile: {e}") from None
+    out = run_profile(cfg)
     return 1 if out["errors"] else 0

@@ -117,6 +117,8 @@ class ProfileConfig:
         ):
             if v < 1:
                 raise ValueError(f"ProfileConfig.{name} must be >= 1, got {v}")
+        if self.left_pad < 0:
+            raise ValueError(f"ProfileConfig.left_pad must be >= 0, got {self.left_pad}")
         if self.warmup < 0:
             raise ValueError(f"ProfileConfig.warmup must be >= 0, got {self.warmup}")
         bad = [e for e in self.engines if e not in ENGINES or e == "auto"]
