@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also check the torch.compile engine (default: on CUDA)",
     )
     args = p.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available here")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = run_checks(args.device, args.compiled)
     from ee_vla.timing import environment_info

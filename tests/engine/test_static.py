@@ -514,3 +514,11 @@ def test_logit_rows_are_validated():
         StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, logit_rows=(5, TINY_VOCAB))
     with pytest.raises(ValueError, match="logit_rows must be 0 <= lo <= hi"):
         StaticEngine(model, batch_size=1, max_prompt_len=4, max_new_tokens=3, logit_rows=(5, 4))
+
+
+def test_the_exactness_check_names_a_device_it_cannot_use(capsys):
+    from ee_vla.benchmarks.check import main
+
+    with pytest.raises(SystemExit):
+        main(["--device", "bogus"])
+    assert "--device 'bogus' is not a torch device" in capsys.readouterr().err
