@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from sim_envs.demo_file import load_dataset
 
-    ds = load_dataset(args.data)
+    try:
+        ds = load_dataset(args.data)
+    except (FileNotFoundError, ValueError, OSError) as e:  # no file, or not a demonstration file
+        parser.error(f"{args.data}: {e}")
     print(
         f"{'env id':<22} {'outcome':<8} {'eps':>5} {'samples':>8}  mean |label - executed| (7 dims)"
         "       gripper disagree"

@@ -161,6 +161,9 @@ def test_dagger_report_replays_the_file_exactly(dagger_file, capsys):
     assert "replay: 0 of" in out and "ee_vla/Place-v0" in out
     rows = report.disagreement(load_dataset(dagger_file))
     assert sum(r["episodes"] for r in rows) == 4 and all(0 <= r["gripper_disagree"] <= 1 for r in rows)
+    with pytest.raises(SystemExit):  # a path without a demonstration file: a usage error naming it
+        report.main([str(Path(dagger_file).parent / "nope")])
+    assert "nope: no demonstration file at" in capsys.readouterr().err
 
 
 def test_dagger_report_relabels_a_copy_with_todays_experts(dagger_file, tmp_path):
