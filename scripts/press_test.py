@@ -17,7 +17,7 @@ import argparse
 import gymnasium as gym
 import numpy as np
 
-import sim_envs  # noqa: F401  (registers the suite)
+import sim_envs  # registers the suite
 
 
 def press(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float, float]:
@@ -41,11 +41,16 @@ def press(env_id: str, seed: int, offset: np.ndarray) -> tuple[float, float, flo
         env.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="ee_vla/Push-v0")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 100000, 100001, ...")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    if a.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {a.seeds}")
+    suite = [e for e in sim_envs.registered_env_ids() if "MetaWorld" not in e]
+    if a.env not in suite:
+        ap.error(f"--env {a.env}: one of the ee_vla suite's envs ({', '.join(suite)})")
     offsets = [d * np.array([np.cos(t), np.sin(t)]) for d in (0.025, 0.03, 0.035) for t in np.arange(8) * np.pi / 4]
     rows = [press(a.env, 100000 + s, o) for s in range(a.seeds) for o in offsets]
     speed = np.array([r[0] for r in rows])

@@ -348,6 +348,17 @@ def _press_down_on_edge(env_id: str, seed: int, offset: np.ndarray) -> tuple[flo
     return peak, lowest
 
 
+def test_the_press_script_names_an_env_or_seed_count_it_cannot_run(capsys):
+    for argv, message in (
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--env", "ee_vla/Nope-v0"], "--env ee_vla/Nope-v0: one of the ee_vla suite's envs"),
+        (["--env", "ee_vla/MetaWorld-push-v0"], "--env ee_vla/MetaWorld-push-v0: one of the ee_vla suite's envs"),
+    ):
+        with pytest.raises(SystemExit):
+            _press_test().main(argv)
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("env_id", ["ee_vla/Push-v0", "ee_vla/PickCube-v0"])
 def test_pressing_down_on_an_object_does_not_fling_it(env_id):
     """A finger driven down onto an object's top edge stops on it (the gripper rests there)
