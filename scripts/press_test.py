@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {a.seeds}")
-    suite = [e for e in sim_envs.registered_env_ids() if "MetaWorld" not in e]
-    if a.env not in suite:
-        ap.error(f"--env {a.env}: one of the ee_vla suite's envs ({', '.join(suite)})")
+    if a.env not in sim_envs.SUITE_ENV_IDS:
+        ap.error(f"--env {a.env}: one of the ee_vla suite's envs ({', '.join(sim_envs.SUITE_ENV_IDS)})")
     offsets = [d * np.array([np.cos(t), np.sin(t)]) for d in (0.025, 0.03, 0.035) for t in np.arange(8) * np.pi / 4]
     rows = [press(a.env, 100000 + s, o) for s in range(a.seeds) for o in offsets]
     speed = np.array([r[0] for r in rows])

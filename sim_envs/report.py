@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sim_envs import SUITE_ENV_IDS
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 class ReportConfig:
     """Which envs to measure and how much."""
 
-    env: tuple[str, ...] = ("ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0")
+    env: tuple[str, ...] = SUITE_ENV_IDS
     """Gymnasium ids to measure."""
     episodes: int = 100
     """Seeded expert episodes per env id."""

@@ -58,7 +58,6 @@ ROWS: tuple[tuple[str, str, str], ...] = (
 (the last is the shipped CEED setting, for reference)."""
 
 MODELS = ("teacher", "student_no_mix", "student")
-SUITE = ["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"]
 
 
 @dataclass
@@ -74,7 +73,7 @@ class AblationConfig:
     """Its student distilled without mixed labels (`ee-vla distill --no-mixed-labels`), for the
     `+ consistency` row; None = that row is left out."""
     env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    """Env ids (repeat the flag); none given: the ee_vla suite (`SUITE`)."""
+    """Env ids (repeat the flag); none given: the ee_vla suite (`sim_envs.SUITE_ENV_IDS`)."""
     episodes: int = 50
     """Episodes per env id, seeds seed .. seed + episodes - 1 (the same for every model)."""
     seed: int = 100000
@@ -101,7 +100,9 @@ class AblationConfig:
     """Show each evaluation's progress bar."""
 
     def __post_init__(self) -> None:
-        self.env = list(self.env) or list(SUITE)  # not tyro's default: its append action would add to it
+        from sim_envs import SUITE_ENV_IDS
+
+        self.env = list(self.env) or list(SUITE_ENV_IDS)  # not tyro's default: its append action would add to it
         if self.resume and self.overwrite:
             raise ValueError("AblationConfig: --resume keeps earlier results and --overwrite replaces them; pass one")
         if (Path(self.out) / "ablation.json").exists() and not (self.overwrite or self.resume):
