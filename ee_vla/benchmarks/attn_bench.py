@@ -119,7 +119,15 @@ def _run_fused(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
         base = None
         for block_n, warps, splits in itertools.product(args.block_n, args.warps, args.splits):
             counters = torch.zeros(args.batch * args.heads, dtype=torch.int32, device=args.device)
-            fused = partial(splitkv.rope_splitkv_attention, block_n=block_n, num_warps=warps, num_splits=splits or None)
+            # every slot is a key: the flags from which the engine's layers compute this causal mask
+            key_ok = torch.ones(args.batch, args.keys, dtype=torch.bool, device=args.device)
+            fused = partial(
+                splitkv.rope_splitkv_attention,
+                block_n=block_n,
+                num_warps=warps,
+                num_splits=splits or None,
+                key_ok=key_ok,
+            )
             variants = {
                 "transformers (rotary, cache write, kernel, merge)": partial(
                     _transformers_layer, block_n=block_n, warps=warps
@@ -152,7 +160,8 @@ def resources(
 ) -> dict:
     """Registers and stack bytes per thread of the split-KV kernel compiled for CUDA `arch` (no GPU
     needed: Triton's compiler and ptxas, `cuobjdump -res-usage`), bf16 inputs, the default split
-    plan of `batch_heads` (batch x heads) over `keys` cache slots. Where Triton's CPU interpreter
+    plan of `batch_heads` (batch x heads) over `keys` cache slots; the fused kernel as the engine runs
+    it, its mask computed from the key flags. Where Triton's CPU interpreter
     is on (`TRITON_INTERPRET=1`, as in the CPU tests), its patched language cannot compile: the
     compilation runs in a child process without it."""
     import os
@@ -191,10 +200,11 @@ def resources(
     if not isinstance(fn, JITFunction):  # Triton's interpreter is on: compile the Python function itself
         fn = JITFunction(fn.fn)
     pointers = dict.fromkeys(("Q", "K", "V", "Mask", "KN", "VN", "Cos", "Sin", "Final"), "*bf16")
-    pointers.update(dict.fromkeys(("Out", "Max", "Sum"), "*fp32"), Slots="*i64", Counter="*i32")
+    pointers.update(dict.fromkeys(("Out", "Max", "Sum"), "*fp32"), Slots="*i64", Counter="*i32", KeyOk="*u8")
     constants = {
         "SPLIT_LEN": split_len, "BLOCK_M": max(16, triton.next_power_of_2(queries)), "BLOCK_N": block_n,
         "HEAD_DIM": head_dim, "NUM_SPLITS": splits, "IEEE": False, "NEG": splitkv._NEG, "ROPE": fused, "MERGE": merge,
+        "KEY_OK": fused,
     }  # fmt: skip
     signature = {
         n: "constexpr" if n in constants else pointers.get(n, "fp32" if n == "scale" else "i32") for n in fn.arg_names

@@ -97,7 +97,7 @@ def _fused_forward(module, hidden_states, position_embeddings, attention_mask, p
     v = module.v_proj(x).view(B, M, -1, D)
     out = splitkv.rope_splitkv_attention(
         q, k, v, cos.to(q.dtype), sin.to(q.dtype), layer.keys, layer.values, layer.slots.index, attention_mask,
-        counters=layer.counters if MERGE_IN_KERNEL else None, scale=module.scaling,
+        counters=layer.counters if MERGE_IN_KERNEL else None, scale=module.scaling, key_ok=layer.slots.key_ok,
     )  # fmt: skip
     return module.o_proj(out.reshape(B, M, heads * D)), None
 

@@ -14,11 +14,15 @@ class _Slots:
     """The cache slots written by the forward that is running now (shared by all layers).
 
     `consecutive`: the index is always `first, first + 1, ...` (a `StaticEngine`'s prompts and
-    windows are), which the fused attention kernel (`ee_vla.engine.attention`) relies on."""
+    windows are), which the fused attention kernel (`ee_vla.engine.attention`) relies on.
+    `key_ok`: None, or the (batch, capacity) bool flags of the slots that are keys, from which every
+    mask of the forwards is made (a `StaticEngine`'s `_mask`: a query sees the slots up to its own
+    that are keys, and its own); the fused kernel then computes the mask instead of reading it."""
 
-    def __init__(self, index: torch.Tensor, consecutive: bool = False):
+    def __init__(self, index: torch.Tensor, consecutive: bool = False, key_ok: torch.Tensor | None = None):
         self.index = index
         self.consecutive = consecutive
+        self.key_ok = key_ok
 
 
 class SlotLayer(CacheLayerMixin):

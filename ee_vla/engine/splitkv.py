@@ -75,9 +75,10 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         scb, scm, scd,
         Final, Counter,
         sfb, sfh, sfm, sfd,
+        KeyOk, sob, son,
         SPLIT_LEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, NEG: tl.constexpr, ROPE: tl.constexpr,
-        MERGE: tl.constexpr,
+        MERGE: tl.constexpr, KEY_OK: tl.constexpr,
     ):  # fmt: skip
         """One (batch x head, key split) program. With ROPE, Q, KN and VN are the window's queries,
         keys and values before the rotary embedding (KN/VN strided by `sn*`, K/V the cache), and the
@@ -86,7 +87,14 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         waits for its threads' writes (a block barrier), then rotates its queries and runs as
         without ROPE. The heads of a group write the same values to the same slots. With MERGE, the
         split that finishes last merges every split of its (batch x head) into Final (B, M, H, D)
-        and resets the counter."""
+        and resets the counter. With KEY_OK (needs ROPE), the mask is not read: query m (at slot
+        `Slots[0] + m`) sees key slot n where n <= its slot and `KeyOk[b, n]` is set or n is its own
+        slot, the rule of `StaticEngine`'s masks, computed from the (B, S) flags instead of loaded as a
+        (M, S) tile per key tile.
+
+        With ROPE the rotation works on the two halves of the head dim (x1, x2): x1 cos1 - x2 sin1 and
+        x2 cos2 + x1 sin2 (transformers' x cos + rotate_half(x) sin, for any cos and sin), and the
+        scores are the sum of the two halves' products, so no element is loaded twice."""
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = bh // H
@@ -95,68 +103,90 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         offs_m = tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
+        HALF: tl.constexpr = HEAD_DIM // 2
+        HALF_DOTS: tl.constexpr = ROPE and HALF >= 16  # a GPU's tl.dot needs an inner size of at least 16
+        offs_h = tl.arange(0, HALF)
         m_ok = offs_m < M
-        q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+        q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sqm
         if ROPE:
-            # rotate_half(x)[d] = -x[d + D/2] for d < D/2, x[d - D/2] after
-            rot_d = (offs_d + HEAD_DIM // 2) % HEAD_DIM
-            sign = tl.where(offs_d < HEAD_DIM // 2, -1.0, 1.0)
             first = tl.load(Slots).to(tl.int32)
             for t0 in range(0, SPLIT_LEN, BLOCK_N):  # the split's tiles that hold window slots
                 lo = split * SPLIT_LEN + t0
                 if (lo < first + M) & (lo + BLOCK_N > first):
                     n = lo + offs_n
-                    ok = (n >= first) & (n < first + M) & (n < S)
+                    ok = ((n >= first) & (n < first + M) & (n < S))[:, None]
                     j = n - first
-                    kn_ptr = KN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd
-                    k_new = tl.load(kn_ptr, mask=ok[:, None], other=0.0).to(tl.float32)
-                    k_half = tl.load(kn_ptr + (rot_d - offs_d)[None, :] * snd, mask=ok[:, None], other=0.0)
-                    cs_k = b * scb + j[:, None] * scm + offs_d[None, :] * scd
-                    cos_k = tl.load(Cos + cs_k, mask=ok[:, None], other=0.0).to(tl.float32)
-                    sin_k = tl.load(Sin + cs_k, mask=ok[:, None], other=0.0).to(tl.float32)
-                    k_new = k_new * cos_k + sign[None, :] * k_half.to(tl.float32) * sin_k
+                    kn_ptr = KN + b * snb + kh * snh + j[:, None] * snm
+                    cs_k = b * scb + j[:, None] * scm
+                    x1 = tl.load(kn_ptr + offs_h[None, :] * snd, mask=ok, other=0.0).to(tl.float32)
+                    x2 = tl.load(kn_ptr + (offs_h + HALF)[None, :] * snd, mask=ok, other=0.0).to(tl.float32)
+                    c1 = tl.load(Cos + cs_k + offs_h[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
+                    c2 = tl.load(Cos + cs_k + (offs_h + HALF)[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
+                    s1 = tl.load(Sin + cs_k + offs_h[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
+                    s2 = tl.load(Sin + cs_k + (offs_h + HALF)[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
+                    k_ptr = K + b * skb + kh * skh + n[:, None] * sks
+                    tl.store(k_ptr + offs_h[None, :] * skd, (x1 * c1 - x2 * s1).to(K.dtype.element_ty), mask=ok)
                     tl.store(
-                        K + b * skb + kh * skh + n[:, None] * sks + offs_d[None, :] * skd,
-                        k_new.to(K.dtype.element_ty),
-                        mask=ok[:, None],
+                        k_ptr + (offs_h + HALF)[None, :] * skd, (x2 * c2 + x1 * s2).to(K.dtype.element_ty), mask=ok
                     )
                     v_new = tl.load(
-                        VN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd, mask=ok[:, None], other=0.0
+                        VN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd, mask=ok, other=0.0
                     )
                     tl.store(
                         V + b * svb + kh * svh + n[:, None] * svs + offs_d[None, :] * svd,
                         v_new.to(V.dtype.element_ty),
-                        mask=ok[:, None],
+                        mask=ok,
                     )
             tl.debug_barrier()  # this block's cache writes, visible to all its threads
-            q = tl.load(q_ptr, mask=m_ok[:, None], other=0.0)
-            q_half = tl.load(q_ptr + (rot_d - offs_d)[None, :] * sqd, mask=m_ok[:, None], other=0.0)
-            cs_q = b * scb + offs_m[:, None] * scm + offs_d[None, :] * scd
-            cos_q = tl.load(Cos + cs_q, mask=m_ok[:, None], other=0.0).to(tl.float32)
-            sin_q = tl.load(Sin + cs_q, mask=m_ok[:, None], other=0.0).to(tl.float32)
-            q = (q.to(tl.float32) * cos_q + sign[None, :] * q_half.to(tl.float32) * sin_q).to(Q.dtype.element_ty)
+            cs_q = b * scb + offs_m[:, None] * scm
+            mq = m_ok[:, None]
+            x1 = tl.load(q_ptr + offs_h[None, :] * sqd, mask=mq, other=0.0).to(tl.float32)
+            x2 = tl.load(q_ptr + (offs_h + HALF)[None, :] * sqd, mask=mq, other=0.0).to(tl.float32)
+            c1 = tl.load(Cos + cs_q + offs_h[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
+            c2 = tl.load(Cos + cs_q + (offs_h + HALF)[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
+            s1 = tl.load(Sin + cs_q + offs_h[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
+            s2 = tl.load(Sin + cs_q + (offs_h + HALF)[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
+            q1 = (x1 * c1 - x2 * s1).to(Q.dtype.element_ty)
+            q2 = (x2 * c2 + x1 * s2).to(Q.dtype.element_ty)
+            if not HALF_DOTS:  # the halves side by side: (BLOCK_M, HALF, 2) -> (BLOCK_M, 2, HALF) -> rows
+                q = tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (BLOCK_M, HEAD_DIM))
         else:
-            q = tl.load(q_ptr, mask=m_ok[:, None], other=0.0)
+            q = tl.load(q_ptr + offs_d[None, :] * sqd, mask=m_ok[:, None], other=0.0)
         m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         for n0 in range(0, SPLIT_LEN, BLOCK_N):
             n = split * SPLIT_LEN + n0 + offs_n
             n_ok = n < S
-            k_ptr = K + b * skb + kh * skh + n[:, None] * sks + offs_d[None, :] * skd
+            k_ptr = K + b * skb + kh * skh + n[:, None] * sks
             v_ptr = V + b * svb + kh * svh + n[:, None] * svs + offs_d[None, :] * svd
-            k = tl.load(k_ptr, mask=n_ok[:, None], other=0.0)
             v = tl.load(v_ptr, mask=n_ok[:, None], other=0.0)
-            if IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+            if HALF_DOTS:
+                k1 = tl.load(k_ptr + offs_h[None, :] * skd, mask=n_ok[:, None], other=0.0)
+                k2 = tl.load(k_ptr + (offs_h + HALF)[None, :] * skd, mask=n_ok[:, None], other=0.0)
+                if IEEE:
+                    qk = tl.dot(q1, tl.trans(k1), input_precision="ieee")
+                    qk += tl.dot(q2, tl.trans(k2), input_precision="ieee")
+                else:
+                    qk = tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))
             else:
-                qk = tl.dot(q, tl.trans(k))
-            bias = tl.load(
-                Mask + b * smb + h * smh + offs_m[:, None] * smm + n[None, :] * sms,
-                mask=m_ok[:, None] & n_ok[None, :],
-                other=0.0,
-            )
-            qk = tl.where(n_ok[None, :], qk * scale + bias.to(tl.float32), NEG)
+                k = tl.load(k_ptr + offs_d[None, :] * skd, mask=n_ok[:, None], other=0.0)
+                if IEEE:
+                    qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+                else:
+                    qk = tl.dot(q, tl.trans(k))
+            if KEY_OK:
+                key_ok = tl.load(KeyOk + b * sob + n * son, mask=n_ok, other=0) != 0
+                own = first + offs_m
+                seen = (n[None, :] <= own[:, None]) & (key_ok[None, :] | (n[None, :] == own[:, None]))
+                qk = tl.where(seen & n_ok[None, :], qk * scale, NEG)
+            else:
+                bias = tl.load(
+                    Mask + b * smb + h * smh + offs_m[:, None] * smm + n[None, :] * sms,
+                    mask=m_ok[:, None] & n_ok[None, :],
+                    other=0.0,
+                )
+                qk = tl.where(n_ok[None, :], qk * scale + bias.to(tl.float32), NEG)
             m_new = tl.maximum(m_i, tl.max(qk, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(qk - m_new[:, None])
@@ -296,10 +326,13 @@ def _partials(query: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Ten
     return out, mx, torch.empty_like(mx)
 
 
-def _launch(query, key, value, mask, scale, splits, split_len, block_n, num_warps, partials, rope=None, merge=None):
+def _launch(
+    query, key, value, mask, scale, splits, split_len, block_n, num_warps, partials, rope=None, merge=None, key_ok=None
+):
     """Run the kernel. query (B, H, M, D) as strided views (any layout); `rope`: (key_new,
     value_new, cos, sin, slots) with key_new/value_new (B, Hk, M, D) views; `merge`: (final,
-    counters) with final (B, H, M, D) views."""
+    counters) with final (B, H, M, D) views; `key_ok` (with `rope`): the (B, S) key flags that
+    replace the mask (see the kernel)."""
     B, H, M, D = query.shape
     out, mx, total = partials
     mask_h = 0 if mask.shape[1] == 1 else mask.stride(1)
@@ -309,6 +342,9 @@ def _launch(query, key, value, mask, scale, splits, split_len, block_n, num_warp
         kn, vn, cos, sin, slots = rope
         ns, cs = kn.stride(), cos.stride()
     final, counters, fs = (out, out, (0, 0, 0, 0)) if merge is None else (merge[0], merge[1], merge[0].stride())
+    if key_ok is not None and rope is None:
+        raise ValueError("the split-KV kernel reads key flags only with the rotary embedding's slots")
+    flags, os_ = (out, (0, 0)) if key_ok is None else (key_ok.view(torch.uint8), key_ok.stride())
     _splitkv_partial_kernel[(B * H, splits)](
         query, key, value, mask, out, mx, total,
         *query.stride(), *key.stride(), *value.stride(),
@@ -316,9 +352,10 @@ def _launch(query, key, value, mask, scale, splits, split_len, block_n, num_warp
         M, key.shape[2], H, H // key.shape[1], scale,
         kn, vn, cos, sin, slots, *ns, *cs,
         final, counters, *fs,
+        flags, *os_,
         SPLIT_LEN=split_len, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, HEAD_DIM=D,
         NUM_SPLITS=splits, IEEE=query.dtype == torch.float32, NEG=_NEG, ROPE=rope is not None,
-        MERGE=merge is not None, num_warps=num_warps,
+        MERGE=merge is not None, KEY_OK=key_ok is not None, num_warps=num_warps,
     )  # fmt: skip
 
 
@@ -373,6 +410,7 @@ def _rope_splitkv(
     block_n: int,
     num_warps: int,
     merge: bool,
+    key_ok: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rope_splitkv_attention`'s kernel as a torch op: (the merged output (B, M, H, D), empty
     without `merge`; the splits' outputs, maxima and sums)."""
@@ -380,13 +418,14 @@ def _rope_splitkv(
     _launch(
         query, key_cache, value_cache, mask, scale, splits, split_len, block_n, num_warps, partials,
         rope=(key_new, value_new, cos, sin, slots), merge=(final.transpose(1, 2), counters) if merge else None,
+        key_ok=key_ok,
     )  # fmt: skip
     return (final, *partials)
 
 
 @_rope_splitkv.register_fake
 def _(query, key_new, value_new, cos, sin, key_cache, value_cache, slots, mask, counters, scale, splits, split_len,
-      block_n, num_warps, merge):  # fmt: skip
+      block_n, num_warps, merge, key_ok=None):  # fmt: skip
     return _rope_outputs(query, splits, merge)
 
 
@@ -415,6 +454,7 @@ def rope_splitkv_attention(
     num_splits: int | None = None,
     block_n: int = 32,
     num_warps: int = 8,
+    key_ok: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A window's attention over a slot cache in one kernel: the rotary embedding of its queries
     and keys (transformers' `apply_rotary_pos_emb`: x cos + rotate_half(x) sin), the write of its
@@ -426,7 +466,10 @@ def rope_splitkv_attention(
     (`slots`: a (M,) tensor, what a `SlotLayer` writes at); mask (B, 1 or H, M, S) additive.
     `counters`: None (the splits are merged by torch ops after the kernel) or a zeroed int32 tensor
     of at least B x H entries, owned by this cache (the kernel's last split of each head merges
-    them, and leaves the counters at zero). Returns (B, M, H, D).
+    them, and leaves the counters at zero). `key_ok`: None (the kernel reads `mask`) or the (B, S)
+    bool key flags of a `StaticEngine`, whose masks it computes from them instead: query m sees slot
+    n <= slots[m] where key_ok[b, n] or n == slots[m]; the result is the same, without loading a mask
+    tile per key tile. Returns (B, M, H, D).
 
     8 warps by default: with 4, the rotation's tiles do not fit the registers of the 7B shape (head
     dim 128) and ptxas spills hundreds of bytes per thread to local memory for Hopper
@@ -451,6 +494,10 @@ def rope_splitkv_attention(
             f"{tuple(value.shape)}, cos/sin {tuple(cos.shape)}/{tuple(sin.shape)}, caches {tuple(key_cache.shape)}/"
             f"{tuple(value_cache.shape)} and slots {tuple(slots.shape)} do not fit together"
         )
+    if key_ok is not None and (key_ok.dtype != torch.bool or key_ok.shape != (B, S)):
+        raise ValueError(
+            f"rope_splitkv_attention: key_ok must be bool of shape {(B, S)}, got {key_ok.dtype} {tuple(key_ok.shape)}"
+        )
     if counters is not None and (counters.dtype != torch.int32 or counters.numel() < B * H):
         raise ValueError(f"rope_splitkv_attention: counters must be int32 with >= {B * H} entries")
     if sin.stride() != cos.stride():
@@ -465,7 +512,7 @@ def rope_splitkv_attention(
         counters = slots.new_empty(0, dtype=torch.int32)
     final, out, mx, total = torch.ops.ee_vla.rope_splitkv(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cos, sin, key_cache, value_cache,
-        slots, mask, counters, scale, splits, split_len, block_n, num_warps, merge,
+        slots, mask, counters, scale, splits, split_len, block_n, num_warps, merge, key_ok,
     )  # fmt: skip
     return final if merge else _merge(out, mx, total, (B, H, M, D), query.dtype)
 

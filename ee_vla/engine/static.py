@@ -218,6 +218,7 @@ class StaticEngine(PromptBuckets):
         )
         self._kidx = torch.arange(self.capacity, device=dev)
         self._key_ok = torch.ones(batch_size, self.capacity, dtype=torch.bool, device=dev)
+        self._slots.key_ok = self._key_ok  # the rule of `_mask`, for the fused attention kernel
         # A step's window starts at generated position `_start`: its position ids are
         # `_pos_base + _start + j` (`_pos_base`: each sample's real prompt length) and its cache
         # slots `_slot_base + _start + j` (`_slot_base`: the padded prompt length). The prefill

@@ -200,6 +200,7 @@ def test_attention_bench_names_an_option_that_cannot_run(extra, message):
         attn_bench.main(base + extra)
 
 
+@pytest.mark.parametrize("engine_mask", [False, True])
 @pytest.mark.parametrize("merge", [False, True])
 @pytest.mark.parametrize(
     "B, H, Hk, M, S, D, first, splits",
@@ -210,10 +211,14 @@ def test_attention_bench_names_an_option_that_cannot_run(extra, message):
         (1, 2, 1, 5, 33, 16, 0, 2),  # a window at slot 0
     ],
 )
-def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(B, H, Hk, M, S, D, first, splits, merge):
+def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(
+    B, H, Hk, M, S, D, first, splits, merge, engine_mask
+):
     """`rope_splitkv_attention` against transformers' `apply_rotary_pos_emb`, a cache write at the
     window's slots and SDPA (float32): the output, both caches (only the window's slots change), and
-    the merge counters, back at zero."""
+    the merge counters, back at zero. With `engine_mask`, a `StaticEngine`'s mask (some slots below
+    the window are not keys, a different set per batch row) computed by the kernel from the key
+    flags, and a rotation whose cos and sin halves differ (any cos and sin, not only Llama's)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     g = torch.Generator().manual_seed(B * 100 + M)
@@ -226,8 +231,16 @@ def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(B, H, Hk, M
     cos, sin = emb.cos(), emb.sin()
     keys, values = (torch.randn(B, Hk, S, D, generator=g).to(DEVICE) for _ in range(2))
     slots = torch.arange(first, first + M, device=DEVICE)
+    key_ok = None
     allowed = torch.arange(S, device=DEVICE) <= slots[:, None]
-    mask = torch.zeros(B, 1, M, S, device=DEVICE).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    if engine_mask:
+        cos, sin = (torch.rand(B, M, D, generator=g).to(DEVICE) * 2 - 1 for _ in range(2))
+        key_ok = torch.rand(B, S, generator=g).to(DEVICE) < 0.7
+        n = torch.arange(S, device=DEVICE)
+        allowed = allowed & (key_ok[:, None, :] | (n == slots[:, None]))  # StaticEngine._mask's rule
+    mask = torch.zeros(B, 1, M, S, device=DEVICE).masked_fill_(
+        ~allowed.view(-1, 1, M, S), torch.finfo(torch.float32).min
+    )
 
     q_rot, k_rot = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
     ref_keys, ref_values = keys.clone(), values.clone()
@@ -235,7 +248,9 @@ def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(B, H, Hk, M
     expected = _reference(q_rot, ref_keys, ref_values, mask)
 
     counters = torch.zeros(B * H, dtype=torch.int32, device=DEVICE) if merge else None
-    out = splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, counters, num_splits=splits)
+    out = splitkv.rope_splitkv_attention(
+        q, k, v, cos, sin, keys, values, slots, mask, counters, num_splits=splits, key_ok=key_ok
+    )
     assert out.shape == (B, M, H, D)
     torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close((keys, values), (ref_keys, ref_values), atol=1e-6, rtol=1e-6)
@@ -288,6 +303,9 @@ def test_rope_kernel_refuses_what_does_not_fit():
         )
     with pytest.raises(ValueError, match="dtype"):
         splitkv.rope_splitkv_attention(q.double(), k, v, cos, sin, keys, values, slots, mask)
+    for flags in (torch.ones(1, 19, dtype=torch.bool), torch.ones(1, 20)):
+        with pytest.raises(ValueError, match="key_ok must be bool of shape"):
+            splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, key_ok=flags.to(DEVICE))
 
 
 def test_attention_bench_times_whole_attention_layers(tmp_path):
