@@ -129,12 +129,16 @@ def _run_fused(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
                 key_ok=key_ok,
             )
             variants = {
-                "transformers (rotary, cache write, kernel, merge)": partial(
-                    _transformers_layer, block_n=block_n, warps=warps
-                ),
                 "fused, merged by torch": fused,
                 "fused, merged in the kernel": partial(fused, counters=counters),
             }
+            if splits == args.splits[0]:  # transformers' path runs its own split plan: once per tile and warps
+                variants = {
+                    "transformers (rotary, cache write, kernel, merge)": partial(
+                        _transformers_layer, block_n=block_n, warps=warps
+                    ),
+                    **variants,
+                }
             for name, fn in variants.items():
                 diff = (fn(*fresh()).float() - ref).abs().max().item()
                 t, table = _time(fn, fresh(), args.layers, args.iters, args.device, **timing)
