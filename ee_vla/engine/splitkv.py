@@ -494,9 +494,12 @@ def rope_splitkv_attention(
             f"{tuple(value.shape)}, cos/sin {tuple(cos.shape)}/{tuple(sin.shape)}, caches {tuple(key_cache.shape)}/"
             f"{tuple(value_cache.shape)} and slots {tuple(slots.shape)} do not fit together"
         )
-    if key_ok is not None and (key_ok.dtype != torch.bool or key_ok.shape != (B, S)):
+    if key_ok is not None and (
+        key_ok.dtype != torch.bool or key_ok.shape != (B, S) or key_ok.device != key_cache.device
+    ):
         raise ValueError(
-            f"rope_splitkv_attention: key_ok must be bool of shape {(B, S)}, got {key_ok.dtype} {tuple(key_ok.shape)}"
+            f"rope_splitkv_attention: key_ok must be bool of shape {(B, S)} on {key_cache.device}, got "
+            f"{key_ok.dtype} {tuple(key_ok.shape)} on {key_ok.device}"
         )
     if counters is not None and (counters.dtype != torch.int32 or counters.numel() < B * H):
         raise ValueError(f"rope_splitkv_attention: counters must be int32 with >= {B * H} entries")

@@ -303,9 +303,11 @@ def test_rope_kernel_refuses_what_does_not_fit():
         )
     with pytest.raises(ValueError, match="dtype"):
         splitkv.rope_splitkv_attention(q.double(), k, v, cos, sin, keys, values, slots, mask)
-    for flags in (torch.ones(1, 19, dtype=torch.bool), torch.ones(1, 20)):
+    flags = [torch.ones(1, 19, dtype=torch.bool).to(DEVICE), torch.ones(1, 20).to(DEVICE)]
+    flags.append(torch.ones(1, 20, dtype=torch.bool, device="meta"))  # another device than the cache's
+    for f in flags:
         with pytest.raises(ValueError, match="key_ok must be bool of shape"):
-            splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, key_ok=flags.to(DEVICE))
+            splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, key_ok=f)
 
 
 def test_attention_bench_times_whole_attention_layers(tmp_path):
