@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from ee_vla.benchmarks.check import padded_prompts, tiny_lm  # noqa: E402
+from ee_vla.benchmarks.check import TINY_VOCAB, padded_prompts, tiny_lm  # noqa: E402
 from ee_vla.decoding import DecodeConfig, decode  # noqa: E402
 from ee_vla.engine import StaticEngine, splitkv  # noqa: E402
 
@@ -163,6 +163,32 @@ def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch, fused, m
     out = model(**inputs).logits
     torch.testing.assert_close(out, _lm("sdpa")(**inputs).logits)
     assert calls == []
+
+
+def test_fused_layers_run_a_short_padded_prefill_with_a_guess_window_as_sdpa(monkeypatch):
+    """A prompt of at most `MAX_QUERIES` tokens, left-padded, with a guess window after it: the
+    prefill runs the fused kernel too, its mask computed from the key flags that the prefill sets
+    (a padding slot is no key). The prefill's logits and the steps' tokens equal the SDPA model's."""
+    from ee_vla.engine import attention
+
+    monkeypatch.setattr(splitkv, "TARGET_PROGRAMS", 8)
+    monkeypatch.setattr(attention, "FUSED", True)
+    queries = []
+    real = splitkv.rope_splitkv_attention
+    monkeypatch.setattr(
+        splitkv, "rope_splitkv_attention", lambda *a, **kw: queries.append(a[0].shape[1]) or real(*a, **kw)
+    )
+    inputs = padded_prompts(2, 20, [0, 5], seed=2, device=DEVICE)
+    window = torch.randint(0, TINY_VOCAB, (2, 4), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    logits, tokens = {}, {}
+    for attn in ("sdpa", splitkv.ATTN_NAME):
+        engine = StaticEngine(_lm(attn), batch_size=2, max_prompt_len=20, max_new_tokens=5)
+        step, logits[attn], _ = engine.prefill(**inputs, window=window)
+        tokens[attn], stats = decode(step, logits[attn][:, 0], 5, DecodeConfig(method="jacobi"))
+        assert stats.exact
+    assert 24 in queries  # the prompt and its window in one fused forward
+    torch.testing.assert_close(logits[splitkv.ATTN_NAME], logits["sdpa"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(tokens[splitkv.ATTN_NAME], tokens["sdpa"])
 
 
 def test_attention_bench_checks_and_times_every_variant(tmp_path):
