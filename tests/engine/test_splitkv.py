@@ -285,10 +285,12 @@ def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(
 
 
 @on_gpu
+@pytest.mark.parametrize("key_flags", [False, True])
 @pytest.mark.parametrize("merge", [False, True])
-def test_rope_kernel_at_the_7b_step_shape_in_bfloat16(merge):
+def test_rope_kernel_at_the_7b_step_shape_in_bfloat16(merge, key_flags):
     """OpenVLA's Jacobi window (22 queries, 32 heads of 128) written at slots 340-361 of a 363-slot
-    cache, against transformers' rotary embedding, the cache write and SDPA in float64."""
+    cache, against transformers' rotary embedding, the cache write and SDPA in float64; with
+    `key_flags`, 12 padding slots at the prompt's start (no keys), the mask computed from the flags."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     B, H, M, S, D, first = 1, 32, 22, 363, 128, 340
@@ -300,6 +302,11 @@ def test_rope_kernel_at_the_7b_step_shape_in_bfloat16(merge):
     keys, values = (torch.randn(B, H, S, D, generator=g).to(DEVICE, torch.bfloat16) for _ in range(2))
     slots = torch.arange(first, first + M, device=DEVICE)
     allowed = torch.arange(S, device=DEVICE) <= slots[:, None]
+    key_ok = None
+    if key_flags:
+        key_ok = torch.ones(B, S, dtype=torch.bool, device=DEVICE)
+        key_ok[:, :12] = False
+        allowed = allowed & key_ok[0]
     mask = torch.zeros(B, 1, M, S, device=DEVICE, dtype=torch.bfloat16).masked_fill_(~allowed, -3e38)
     q_rot, k_rot = apply_rotary_pos_emb(
         q.transpose(1, 2).double(), k.transpose(1, 2).double(), cos.double(), sin.double()
@@ -308,7 +315,7 @@ def test_rope_kernel_at_the_7b_step_shape_in_bfloat16(merge):
     ref_keys[:, :, first : first + M], ref_values[:, :, first : first + M] = k_rot, v.transpose(1, 2).double()
     expected = _reference(q_rot, ref_keys, ref_values, mask.double())
     counters = torch.zeros(B * H, dtype=torch.int32, device=DEVICE) if merge else None
-    out = splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, counters)
+    out = splitkv.rope_splitkv_attention(q, k, v, cos, sin, keys, values, slots, mask, counters, key_ok=key_ok)
     torch.testing.assert_close(out.double(), expected, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(keys.double(), ref_keys, atol=3e-2, rtol=1e-2)
     torch.testing.assert_close(values.double(), ref_values)
