@@ -35,7 +35,7 @@ from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import make_prefill
 from ee_vla.engine.static import check_compile_mode
 from ee_vla.models.quantize import check_quantize_mode, engine_note, load_calibration, quantize_weights
-from ee_vla.runtime import DTYPES, ENGINES, EngineKind, resolve_device
+from ee_vla.runtime import DTYPES, ENGINES, EngineKind, check_temporal_ensemble, resolve_device
 from ee_vla.streaming import StreamedAction
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,12 @@ class PolicyConfig:
     """Decoder and its early-exit rules, or a preset name (ar | jacobi | ceed | ceed_cap | ceed_2pass)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning (`select_action`; the warm start shifts
-    the previous chunk by this many actions). None = the whole chunk."""
+    the previous chunk by this many actions). None = the whole chunk (1 with `temporal_ensemble`)."""
+    temporal_ensemble: float | None = None
+    """ACT's temporal ensembling (`TemporalEnsemble`): a chunk is decoded at every step and the
+    action executed is the weighted mean of what the last `chunk_size` chunks planned for this step,
+    weight exp(-m i) for the i-th oldest; m is this value (ACT's default 0.01: nearly equal weights;
+    larger favours older chunks, negative newer ones). None = off. Needs `n_action_steps` None or 1."""
     device: str = "auto"
     """torch device of the model (auto = cuda when available, else cpu)."""
     dtype: str = "float32"
@@ -98,6 +103,7 @@ class PolicyConfig:
         self.decoder = as_decode_config(self.decoder)
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"PolicyConfig.n_action_steps must be >= 1 or None, got {self.n_action_steps}")
+        check_temporal_ensemble(self.temporal_ensemble, self.n_action_steps, "PolicyConfig")
         if self.dtype not in DTYPES:
             raise ValueError(f"PolicyConfig.dtype must be {'|'.join(DTYPES)}, got {self.dtype!r}")
         if self.engine not in ENGINES:
@@ -114,6 +120,32 @@ class PolicyConfig:
             )
 
 
+class TemporalEnsemble:
+    """ACT's temporal ensembling of action chunks (Zhao et al., "Learning Fine-Grained Bimanual
+    Manipulation with Low-Cost Hardware", 2023) for one episode: a chunk decoded at every step, and
+    the action of step t the weighted mean of the actions that the chunks decoded at steps
+    t - k + 1 .. t (k = the chunk size) planned for step t, weight exp(-m i) for the i-th oldest."""
+
+    def __init__(self, m: float, chunk_size: int):
+        self.m, self.chunk_size = float(m), int(chunk_size)
+        self._chunks: deque[np.ndarray] = deque(maxlen=self.chunk_size)
+
+    def reset(self) -> None:
+        """Forget the chunks (an episode's start)."""
+        self._chunks.clear()
+
+    def add(self, chunk: np.ndarray) -> np.ndarray:
+        """Take the chunk decoded at this step, (chunk_size, action_dim); returns this step's action."""
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 2 or chunk.shape[0] != self.chunk_size:
+            raise ValueError(f"TemporalEnsemble.add takes a ({self.chunk_size}, action_dim) chunk, got {chunk.shape}")
+        self._chunks.append(chunk)
+        n = len(self._chunks)
+        planned = np.stack([c[n - 1 - i] for i, c in enumerate(self._chunks)])  # oldest first
+        weights = np.exp(-self.m * np.arange(n))
+        return (weights @ planned / weights.sum()).astype(chunk.dtype)
+
+
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
     return DecodeConfig.preset(decoder) if isinstance(decoder, str) else decoder
 
@@ -128,6 +160,8 @@ class VLAPolicy:
         if self.config.n_action_steps is not None and self.config.n_action_steps > k:
             raise ValueError(f"PolicyConfig.n_action_steps={self.config.n_action_steps} exceeds chunk_size={k}")
         self._queue: deque[np.ndarray] = deque()
+        m = self.config.temporal_ensemble
+        self._ensemble = None if m is None else TemporalEnsemble(m, k)
         self._previous: torch.Tensor | None = None
         self._warm_start_shift: int | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
@@ -165,21 +199,23 @@ class VLAPolicy:
         chunk_size: int | None = None,
         quantize: str = "none",
         calibration: str | None = None,
+        temporal_ensemble: float | None = None,
     ) -> VLAPolicy:
         """Load a saved policy (`VLA.save_pretrained`'s directory, or an OpenVLA checkpoint) with
         these runtime options (`RuntimeConfig.load_policy` loads one from a `RuntimeConfig`)."""
         cfg = PolicyConfig(
-            as_decode_config(decoder),
-            n_action_steps,
-            device,
-            dtype,
-            engine,
-            compile_mode,
-            max_instruction_tokens,
-            unnorm_key,
-            chunk_size,
-            quantize,
-            calibration,
+            decoder=as_decode_config(decoder),
+            n_action_steps=n_action_steps,
+            temporal_ensemble=temporal_ensemble,
+            device=device,
+            dtype=dtype,
+            engine=engine,
+            compile_mode=compile_mode,
+            max_instruction_tokens=max_instruction_tokens,
+            unnorm_key=unnorm_key,
+            chunk_size=chunk_size,
+            quantize=quantize,
+            calibration=calibration,
         )
         return cls.from_config(path, cfg)
 
@@ -217,6 +253,8 @@ class VLAPolicy:
 
     @property
     def n_action_steps(self) -> int:
+        if self.config.temporal_ensemble is not None:
+            return 1
         return self.config.n_action_steps or self.chunk_size
 
     @property
@@ -270,9 +308,11 @@ class VLAPolicy:
 
     # ---- contract ------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget queued actions and the warm-start chunk (call at every episode start)."""
+        """Forget queued actions, the warm-start chunk and the ensembled chunks (call at every episode start)."""
         self._queue.clear()
         self._previous = None
+        if self._ensemble is not None:
+            self._ensemble.reset()
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """(chunk_size, action_dim) actions, or (B, chunk_size, action_dim) for a batched obs."""
@@ -282,11 +322,14 @@ class VLAPolicy:
         return actions if batched else actions[0]
 
     def select_action(self, obs: dict) -> np.ndarray:
-        """The next action: decodes a new chunk when the queue of `n_action_steps` is empty."""
+        """The next action: decodes a new chunk when the queue of `n_action_steps` is empty (with
+        `temporal_ensemble`, at every step: the ensemble's action)."""
         if not self._queue:
             chunk = self.predict_action_chunk(obs)
             if chunk.ndim != 2:
                 raise ObservationError("select_action takes one observation; use predict_action_chunk for batches")
+            if self._ensemble is not None:
+                return self._ensemble.add(chunk)
             self._queue.extend(chunk[: self.n_action_steps])
         return self._queue.popleft()
 

@@ -23,6 +23,7 @@ This module imports no torch, transformers or MuJoCo (a test checks it); `resolv
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +80,12 @@ class RuntimeConfig:
     (on for ceed_2pass, off for the others)."""
     n_action_steps: int | None = None
     """Actions executed from each chunk before re-planning; the warm start shifts the previous
-    chunk by this many actions (None = the whole chunk)."""
+    chunk by this many actions (None = the whole chunk; 1 with `temporal_ensemble`)."""
+    temporal_ensemble: float | None = None
+    """ACT's temporal ensembling: a chunk decoded at every step, and the action executed the
+    weighted mean of what the last chunk-size chunks planned for this step, weight exp(-m i) for the
+    i-th oldest, m this value (ACT's 0.01: nearly equal weights). None = off; needs
+    `n_action_steps` 1 or None (`ee_vla.policy.TemporalEnsemble`)."""
     device: str = "auto"
     """torch device of the policy: auto (cuda when available, else cpu) | cpu | cuda | cuda:1 ..."""
     dtype: Dtype = "float32"
@@ -141,6 +147,7 @@ class RuntimeConfig:
             raise RuntimeConfigError(f"RuntimeConfig.unnorm_key must be a dataset name, got {self.unnorm_key!r}")
         for name in ("max_iterations", "window", "n_action_steps", "chunk_size"):
             _check_int(name, getattr(self, name), low=1, optional=True)
+        check_temporal_ensemble(self.temporal_ensemble, self.n_action_steps, "RuntimeConfig", RuntimeConfigError)
         _check_int("tau", self.tau, low=0, optional=True)
         _check_int("threads", self.threads, low=0, optional=False)
         if not isinstance(self.guess_in_prefill, bool):
@@ -211,6 +218,7 @@ class RuntimeConfig:
         return PolicyConfig(
             decoder=decoder if decoder is not None else self.decode_config(seed=seed),
             n_action_steps=self.n_action_steps,
+            temporal_ensemble=self.temporal_ensemble,
             device=resolve_device(self.device),
             dtype=self.dtype,
             engine=self.engine,
@@ -253,6 +261,21 @@ def config_dict(cfg: Any) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+def check_temporal_ensemble(
+    m: float | None, n_action_steps: int | None, owner: str, error: type[ValueError] = ValueError
+) -> None:
+    """A `temporal_ensemble` coefficient that cannot run raises `error` naming `owner`'s fields."""
+    if m is None:
+        return
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
+        raise error(f"{owner}.temporal_ensemble must be a finite number or None, got {m!r}")
+    if n_action_steps not in (None, 1):
+        raise error(
+            f"{owner}.temporal_ensemble decodes a chunk at every step: it needs n_action_steps 1 (or unset), "
+            f"got n_action_steps={n_action_steps}"
+        )
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -73,7 +73,9 @@ RUNTIME_PARAMS = (
 """The parameters that are `ee_vla.runtime.RuntimeConfig` fields, under the same names (the
 `--decoder`, `--max-iterations`, ... of `ee-vla eval`): `runtime_config()` builds one from them.
 A ROS parameter has no None: 0 (max_iterations, window, deadline_s, chunk_size), -1 (tau) and ""
-(init, unnorm_key, calibration) stand for RuntimeConfig's None: the decoder preset's or the model's value."""
+(init, unnorm_key, calibration) stand for RuntimeConfig's None: the decoder preset's or the model's value.
+`n_action_steps` and `temporal_ensemble` are not among them: on a robot, which action runs when is
+the node's timed schedule (`ee_vla.streaming`, with its own `blend` of overlapping chunks)."""
 
 CommandType = Literal["twist", "array", "trajectory"]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ee_vla.decoding import DecodeConfig, NonFiniteLogitsError
-from ee_vla.policy import ObservationError, PolicyConfig, VLAPolicy
+from ee_vla.policy import ObservationError, PolicyConfig, TemporalEnsemble, VLAPolicy
 
 
 def obs(batch: int | None = None, size: int = 64):
@@ -57,6 +57,35 @@ def test_select_action_is_a_queue_over_chunks(tiny_vla_dir):
     first, second = policy.select_action(obs()), policy.select_action(obs())
     np.testing.assert_array_equal(np.stack([first, second]), chunk[:2])
     assert len(policy._queue) == 0  # the third call decodes a new chunk
+
+
+def test_temporal_ensemble_weighs_each_chunks_plan_for_the_step_by_its_age():
+    """Step t's action: the plans of the chunks decoded at t-2..t (chunks of 3) for step t, weight
+    exp(-m i) for the i-th oldest; older chunks drop out, and `reset` forgets them all."""
+    ens = TemporalEnsemble(m=0.5, chunk_size=3)
+    chunks = [np.arange(3)[:, None] + 10.0 * k + np.zeros((3, 2)) for k in range(4)]  # chunk k, action i: 10k + i
+    np.testing.assert_allclose(ens.add(chunks[0]), [0.0, 0.0])
+    w = np.exp(-0.5 * np.arange(3))
+    ens.add(chunks[1])
+    np.testing.assert_allclose(ens.add(chunks[2]), [w @ np.array([2.0, 11.0, 20.0]) / w.sum()] * 2)
+    np.testing.assert_allclose(ens.add(chunks[3]), [w @ np.array([12.0, 21.0, 30.0]) / w.sum()] * 2)  # chunk 0 gone
+    ens.reset()
+    np.testing.assert_allclose(ens.add(chunks[3]), [30.0, 30.0])
+    with pytest.raises(ValueError, match=r"takes a \(3, action_dim\) chunk"):
+        ens.add(np.zeros((2, 2)))
+
+
+def test_select_action_with_temporal_ensembling_decodes_every_step(tiny_vla_dir, monkeypatch):
+    policy = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ar", temporal_ensemble=0.0)
+    assert policy.n_action_steps == 1
+    chunks = iter([np.full((3, 7), 0.1), np.full((3, 7), 0.4), np.full((3, 7), 0.7)])
+    monkeypatch.setattr(policy, "predict_action_chunk", lambda o: next(chunks))
+    got = [policy.select_action(obs()) for _ in range(2)]
+    np.testing.assert_allclose(got, [np.full(7, 0.1), np.full(7, 0.25)])
+    policy.reset()
+    np.testing.assert_allclose(policy.select_action(obs()), np.full(7, 0.7))
+    with pytest.raises(ValueError, match="PolicyConfig.temporal_ensemble decodes a chunk at every step"):
+        PolicyConfig(temporal_ensemble=0.01, n_action_steps=3)
 
 
 def test_warm_start_changes_the_guess_not_the_exact_result(tiny_vla_dir):

@@ -6,8 +6,10 @@ decoder and every `num_envs` sees the same initial states. Each copy holds a que
 `n_action_steps` first actions of its last chunk; whenever copies run out (or, with an
 `inference_delay` of d steps, are down to their last d actions: the new chunk queues behind them,
 from its action d with `chunk_start` observation), ONE batched policy call decodes new chunks for
-all of them. A copy whose episode ends is reset with the next episode's seed (its queued actions
-are dropped); when no episodes are left it idles on a hold action and its results are ignored.
+all of them. With the policy's `temporal_ensemble`, every copy decodes a chunk at every step and
+executes its `TemporalEnsemble`'s action. A copy whose episode ends is reset with the next
+episode's seed (its queued actions and ensembled chunks are dropped); when no episodes are left it
+idles on a hold action and its results are ignored.
 Any exception in an env or the policy aborts the evaluation: a crash is an error, never a failed
 episode.
 """
@@ -341,6 +343,8 @@ class _Copies:
     """The episode each copy runs; None once no episode is left for it (it idles on `hold`)."""
     queues: list[deque[np.ndarray]]
     """Actions of each copy's last chunk not executed yet."""
+    ensembles: list[Any]
+    """Each copy's `TemporalEnsemble` (the policy's `temporal_ensemble`), or None for each."""
     previous: list[Any]
     """Each copy's last chunk's tokens (its warm start), None at an episode's start."""
     next_ix: int
@@ -433,6 +437,7 @@ class _Rollout:
         c = _Copies(
             running=[self._new_episode(i) for i in range(n)],
             queues=[deque() for _ in range(n)],
+            ensembles=[self._ensemble() for _ in range(n)],
             previous=[None] * n,
             next_ix=n,
             space=space,
@@ -480,6 +485,9 @@ class _Rollout:
         need = [s for s, ep in enumerate(c.running) if ep is not None and len(c.queues[s]) <= delay]
         if need:
             for s, chunk in self._decode(c.obs, need, c.instr, c.previous).items():
+                if c.ensembles[s] is not None:  # a chunk every step: the ensemble's action
+                    c.queues[s].append(c.ensembles[s].add(chunk))
+                    continue
                 # a chunk decoded while another runs arrives `delay` steps after its observation
                 first = delay if self._skips_stale_actions and c.queues[s] else 0
                 c.queues[s].extend(chunk[first:n])
@@ -524,6 +532,8 @@ class _Rollout:
         if self.pbar is not None:
             self.pbar.update(1)
         c.queues[s].clear()
+        if c.ensembles[s] is not None:
+            c.ensembles[s].reset()
         c.previous[s] = None
         more = c.next_ix < self.cfg.episodes and (self.stop_at is None or time.perf_counter() < self.stop_at)
         c.running[s] = self._new_episode(c.next_ix) if more else None
@@ -542,6 +552,13 @@ class _Rollout:
             for s in new_slots:
                 c.running[s].instruction = c.instr[s]
                 self._frame(c.running[s], c.obs, c.info, s)
+
+    def _ensemble(self):
+        """A copy's `TemporalEnsemble`, or None without the policy's `temporal_ensemble`."""
+        from ee_vla.policy import TemporalEnsemble
+
+        m = self.policy.config.temporal_ensemble
+        return None if m is None else TemporalEnsemble(m, self.policy.chunk_size)
 
     def _new_episode(self, ix: int) -> _Episode:
         record = ix < self.cfg.videos or self.failure_videos_left > 0  # a failure is known at the end only

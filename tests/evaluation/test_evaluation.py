@@ -25,7 +25,7 @@ from ee_vla.evaluation import (
     wilson_interval,
 )
 from ee_vla.models.vla import ModelLoadError
-from ee_vla.runtime import RuntimeConfig
+from ee_vla.runtime import RuntimeConfig, RuntimeConfigError
 
 FAKE_ENV = "test_ee_vla/FakeReach-v0"  # registered by conftest.py
 FAKE_ENV_4D = "test_ee_vla/FakeReach4D-v0"
@@ -728,6 +728,57 @@ def test_with_an_inference_delay_each_chunk_acts_that_many_steps_after_its_obser
     if delay == 1:
         D, S = "decode", "step"
         assert events == [(D, 0), (S, 0), (S, 0), (D, 1), (S, 0), (S, 1), (S, 1), (D, 2), (S, 1)]
+
+
+def test_with_temporal_ensembling_a_chunk_is_decoded_every_step_and_the_plans_for_it_averaged(
+    tiny_policy_dir, tmp_path, monkeypatch
+):
+    """`temporal_ensemble` 0 (equal weights): a decode before every step, and step t executes the
+    mean of what the chunks decoded at steps t-2..t (chunks of 3) planned for step t; a new episode
+    starts without the last one's chunks."""
+    import gymnasium
+    import numpy as np
+
+    from ee_vla.policy import VLAPolicy
+
+    events, real_predict = [], VLAPolicy.predict_action_chunk
+
+    def predict(self, obs):
+        k = sum(1 for e in events if e[0] == "decode")
+        events.append(("decode", k))
+        chunk = np.zeros_like(real_predict(self, obs))
+        chunk[..., 0] = 0.01 * (10 * k + np.arange(3))  # chunk k's action i says 10 k + i
+        return chunk
+
+    env_cls = gymnasium.spec(FAKE_ENV).entry_point
+    real_step = env_cls.step
+
+    def step(self, action):
+        events.append(("step", round(float(action[0]) * 100, 3)))
+        return real_step(self, action)
+
+    monkeypatch.setattr(VLAPolicy, "predict_action_chunk", predict)
+    monkeypatch.setattr(env_cls, "step", step)
+    info = evaluate(make_cfg(tiny_policy_dir, tmp_path, episodes=2, seed=15, temporal_ensemble=0.0))
+    lengths = [e["steps"] for e in info["per_episode"]]
+    assert lengths[0] > 3  # an episode longer than a chunk: every step averages up to three plans
+    expected, k = [], 0
+    for steps in lengths:
+        first = k
+        for _step in range(steps):
+            expected.append(("decode", k))
+            planned = [10 * j + (k - j) for j in range(max(first, k - 2), k + 1)]
+            expected.append(("step", round(float(np.mean(planned)), 3)))
+            k += 1
+    assert events == expected
+
+
+def test_temporal_ensembling_needs_a_decode_every_step(tiny_policy_dir, tmp_path):
+    with pytest.raises(RuntimeConfigError, match=r"temporal_ensemble decodes a chunk at every step.*n_action_steps=2"):
+        make_cfg(tiny_policy_dir, tmp_path, temporal_ensemble=0.01, n_action_steps=2)
+    for bad in (float("nan"), float("inf"), True):
+        with pytest.raises(RuntimeConfigError, match="RuntimeConfig.temporal_ensemble must be a finite number"):
+            make_cfg(tiny_policy_dir, tmp_path, temporal_ensemble=bad)
 
 
 def test_an_inference_delay_must_leave_a_chunk_action_to_decode_behind(tiny_policy_dir, tmp_path):
