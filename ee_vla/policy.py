@@ -142,7 +142,8 @@ class TemporalEnsemble:
         self._chunks.append(chunk)
         n = len(self._chunks)
         planned = np.stack([c[n - 1 - i] for i, c in enumerate(self._chunks)])  # oldest first
-        weights = np.exp(-self.m * np.arange(n))
+        logw = -self.m * np.arange(n)
+        weights = np.exp(logw - logw.max())  # any finite m: no overflow
         return (weights @ planned / weights.sum()).astype(chunk.dtype)
 
 

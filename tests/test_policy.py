@@ -71,6 +71,10 @@ def test_temporal_ensemble_weighs_each_chunks_plan_for_the_step_by_its_age():
     np.testing.assert_allclose(ens.add(chunks[3]), [w @ np.array([12.0, 21.0, 30.0]) / w.sum()] * 2)  # chunk 0 gone
     ens.reset()
     np.testing.assert_allclose(ens.add(chunks[3]), [30.0, 30.0])
+    newest = TemporalEnsemble(m=-1000.0, chunk_size=3)  # weights exp(1000 i): all on the newest chunk, finite
+    for k in range(3):
+        got = newest.add(chunks[k])
+    np.testing.assert_allclose(got, [20.0, 20.0])
     with pytest.raises(ValueError, match=r"takes a \(3, action_dim\) chunk"):
         ens.add(np.zeros((2, 2)))
 
