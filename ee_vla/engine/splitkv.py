@@ -63,6 +63,19 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
     import triton.language as tl
 
     @triton.jit
+    def _rotate_halves(X, Cos, Sin, x_rows, cs_rows, sxd, scd, offs_h, HALF: tl.constexpr, mask):
+        """The rotary embedding of rows `X + x_rows` by `Cos/Sin + cs_rows` (x cos + rotate_half(x)
+        sin), by halves of the head dim: (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2), float32."""
+        lo, hi = offs_h[None, :], (offs_h + HALF)[None, :]
+        x1 = tl.load(X + x_rows + lo * sxd, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(X + x_rows + hi * sxd, mask=mask, other=0.0).to(tl.float32)
+        c1 = tl.load(Cos + cs_rows + lo * scd, mask=mask, other=0.0).to(tl.float32)
+        c2 = tl.load(Cos + cs_rows + hi * scd, mask=mask, other=0.0).to(tl.float32)
+        s1 = tl.load(Sin + cs_rows + lo * scd, mask=mask, other=0.0).to(tl.float32)
+        s2 = tl.load(Sin + cs_rows + hi * scd, mask=mask, other=0.0).to(tl.float32)
+        return x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+
+    @triton.jit
     def _splitkv_partial_kernel(
         Q, K, V, Mask, Out, Max, Sum,
         sqb, sqh, sqm, sqd,
@@ -107,7 +120,7 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         HALF_DOTS: tl.constexpr = ROPE and HALF >= 16  # a GPU's tl.dot needs an inner size of at least 16
         offs_h = tl.arange(0, HALF)
         m_ok = offs_m < M
-        q_ptr = Q + b * sqb + h * sqh + offs_m[:, None] * sqm
+        q_rows = b * sqb + h * sqh + offs_m[:, None] * sqm
         if ROPE:
             first = tl.load(Slots).to(tl.int32)
             for t0 in range(0, SPLIT_LEN, BLOCK_N):  # the split's tiles that hold window slots
@@ -116,19 +129,13 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
                     n = lo + offs_n
                     ok = ((n >= first) & (n < first + M) & (n < S))[:, None]
                     j = n - first
-                    kn_ptr = KN + b * snb + kh * snh + j[:, None] * snm
-                    cs_k = b * scb + j[:, None] * scm
-                    x1 = tl.load(kn_ptr + offs_h[None, :] * snd, mask=ok, other=0.0).to(tl.float32)
-                    x2 = tl.load(kn_ptr + (offs_h + HALF)[None, :] * snd, mask=ok, other=0.0).to(tl.float32)
-                    c1 = tl.load(Cos + cs_k + offs_h[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
-                    c2 = tl.load(Cos + cs_k + (offs_h + HALF)[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
-                    s1 = tl.load(Sin + cs_k + offs_h[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
-                    s2 = tl.load(Sin + cs_k + (offs_h + HALF)[None, :] * scd, mask=ok, other=0.0).to(tl.float32)
+                    k1, k2 = _rotate_halves(
+                        KN, Cos, Sin, b * snb + kh * snh + j[:, None] * snm, b * scb + j[:, None] * scm,
+                        snd, scd, offs_h, HALF, ok,
+                    )  # fmt: skip
                     k_ptr = K + b * skb + kh * skh + n[:, None] * sks
-                    tl.store(k_ptr + offs_h[None, :] * skd, (x1 * c1 - x2 * s1).to(K.dtype.element_ty), mask=ok)
-                    tl.store(
-                        k_ptr + (offs_h + HALF)[None, :] * skd, (x2 * c2 + x1 * s2).to(K.dtype.element_ty), mask=ok
-                    )
+                    tl.store(k_ptr + offs_h[None, :] * skd, k1.to(K.dtype.element_ty), mask=ok)
+                    tl.store(k_ptr + (offs_h + HALF)[None, :] * skd, k2.to(K.dtype.element_ty), mask=ok)
                     v_new = tl.load(
                         VN + b * snb + kh * snh + j[:, None] * snm + offs_d[None, :] * snd, mask=ok, other=0.0
                     )
@@ -138,20 +145,15 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
                         mask=ok,
                     )
             tl.debug_barrier()  # this block's cache writes, visible to all its threads
-            cs_q = b * scb + offs_m[:, None] * scm
-            mq = m_ok[:, None]
-            x1 = tl.load(q_ptr + offs_h[None, :] * sqd, mask=mq, other=0.0).to(tl.float32)
-            x2 = tl.load(q_ptr + (offs_h + HALF)[None, :] * sqd, mask=mq, other=0.0).to(tl.float32)
-            c1 = tl.load(Cos + cs_q + offs_h[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
-            c2 = tl.load(Cos + cs_q + (offs_h + HALF)[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
-            s1 = tl.load(Sin + cs_q + offs_h[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
-            s2 = tl.load(Sin + cs_q + (offs_h + HALF)[None, :] * scd, mask=mq, other=0.0).to(tl.float32)
-            q1 = (x1 * c1 - x2 * s1).to(Q.dtype.element_ty)
-            q2 = (x2 * c2 + x1 * s2).to(Q.dtype.element_ty)
+            q1, q2 = _rotate_halves(
+                Q, Cos, Sin, q_rows, b * scb + offs_m[:, None] * scm,
+                sqd, scd, offs_h, HALF, m_ok[:, None],
+            )  # fmt: skip
+            q1, q2 = q1.to(Q.dtype.element_ty), q2.to(Q.dtype.element_ty)
             if not HALF_DOTS:  # the halves side by side: (BLOCK_M, HALF, 2) -> (BLOCK_M, 2, HALF) -> rows
                 q = tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (BLOCK_M, HEAD_DIM))
         else:
-            q = tl.load(q_ptr + offs_d[None, :] * sqd, mask=m_ok[:, None], other=0.0)
+            q = tl.load(Q + q_rows + offs_d[None, :] * sqd, mask=m_ok[:, None], other=0.0)
         m_i = tl.full([BLOCK_M], NEG, tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
