@@ -34,6 +34,13 @@ the action tokens') and the decoder's windows.
 
 Greedy decoding of a quantised model is exact with respect to *that* model (Jacobi equals AR on
 it), not to the unquantised one: its tokens can differ where two logits are close.
+
+Quantising changes no process-wide setting. torchao's configs would by default switch on some of
+Inductor's global options (`set_inductor_config`), coordinate-descent tuning among them, for every
+later compilation in the process: that tuning benchmarks a kernel the first time it runs, which
+inside a CUDA graph's capture is an error, and it multiplies build times. The configs here turn
+that off; `python -m ee_vla.benchmarks.profile --inductor KEY=VALUE` sets Inductor's options for
+one run where they are wanted.
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ def _torchao():
 def _config(mode: str, device: torch.device):
     q = _torchao()
     if mode == "int8":
-        return q.Int8WeightOnlyConfig()
+        return q.Int8WeightOnlyConfig(set_inductor_config=False)
     if device.type != "cuda":
         raise QuantizeError(f"quantize={mode!r} needs a CUDA GPU (compute capability >= 8.9), the model is on {device}")
     major, minor = torch.cuda.get_device_capability(device)
@@ -104,7 +111,7 @@ def _config(mode: str, device: torch.device):
     # (docs/performance.md, linear_bench)
     granularity = q.PerRow() if mode == "fp8" else q.PerTensor()
     return q.Float8DynamicActivationFloat8WeightConfig(
-        granularity=granularity, activation_value_lb=ACTIVATION_AMAX_FLOOR
+        granularity=granularity, activation_value_lb=ACTIVATION_AMAX_FLOOR, set_inductor_config=False
     )
 
 
@@ -274,7 +281,9 @@ def _quantize_static(
         c = calibration[name]
         amax = max(c.amax, ACTIVATION_AMAX_FLOOR) * STATIC_HEADROOM
         scale = torch.full((1,) * c.ndim, amax / e4m3_max, dtype=torch.float32, device=layers[name].weight.device)
-        return Float8StaticActivationFloat8WeightConfig(act_quant_scale=scale, granularity=q.PerTensor())
+        return Float8StaticActivationFloat8WeightConfig(
+            act_quant_scale=scale, granularity=q.PerTensor(), set_inductor_config=False
+        )
 
     q.quantize_(model, q.FqnToConfig(OrderedDict((name, config(name)) for name in chosen)), filter_fn=None)
     return chosen

@@ -272,3 +272,29 @@ def test_a_calibration_is_for_per_tensor_fp8_only(tiny_vla_dir):
     with pytest.raises(ValueError, match="PolicyConfig.calibration needs quantize='fp8_tensor'"):
         PolicyConfig(calibration="cal.json")
     assert RuntimeConfig(quantize="fp8_tensor", calibration="c.json").policy_config().calibration == "c.json"
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8_tensor"])
+def test_quantising_changes_none_of_inductors_process_wide_settings(tiny_vla_dir, request, mode):
+    """torchao's configs would switch on Inductor's coordinate-descent tuning (and other options) for
+    every later compilation in the process: a kernel it tunes the first time it runs breaks a CUDA
+    graph capture that reaches it. quantize_weights leaves Inductor's settings as they were (int8,
+    and fp8_tensor with a calibration, which run on the CPU)."""
+    import torch._inductor.config as inductor_config
+
+    from ee_vla.models.quantize import recording_activation_amax
+
+    before = inductor_config.get_config_copy()
+    try:
+        if mode == "int8":
+            assert quantize_weights(VLA.from_pretrained(tiny_vla_dir).model, "int8") > 0
+        else:
+            request.getfixturevalue("fp8_on_the_cpu")
+            model = _tiny_llama()
+            with recording_activation_amax(model) as table, torch.inference_mode():
+                model(torch.ones(1, 4, dtype=torch.long))
+            assert quantize_weights(model, "fp8_tensor", calibration=table) == 8
+        after = inductor_config.get_config_copy()
+        assert {k for k in after if after[k] != before.get(k)} == set()
+    finally:
+        inductor_config.load_config(before)
