@@ -394,7 +394,9 @@ def _rope_outputs(query: torch.Tensor, splits: int, merge: bool) -> tuple[torch.
 
 # `counters` is written and left at zero by every call: no net change, so not declared as mutated
 # (a compiled forward then has nothing to copy back).
-@torch.library.custom_op("ee_vla::rope_splitkv", mutates_args=("key_cache", "value_cache"))
+@torch.library.custom_op(
+    "ee_vla::rope_splitkv", mutates_args=("key_cache", "value_cache"), tags=(torch.Tag.flexible_layout,)
+)
 def _rope_splitkv(
     query: torch.Tensor,
     key_new: torch.Tensor,
@@ -415,7 +417,17 @@ def _rope_splitkv(
     key_ok: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rope_splitkv_attention`'s kernel as a torch op: (the merged output (B, M, H, D), empty
-    without `merge`; the splits' outputs, maxima and sums)."""
+    without `merge`; the splits' outputs, maxima and sums).
+
+    The op is `flexible_layout`: a compiled forward hands it its buffers in whatever layout they
+    have, instead of copying each input to the strides it had when traced. That lets the 32 layers
+    of a 7B forward read one cos and one sin, where exact strides made Inductor compute (and
+    launch) them again for every layer. The kernel reads any strides, but one set for cos and sin
+    and one for the window's keys and values: a pair that differs is made contiguous here."""
+    if sin.stride() != cos.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    if value_new.stride() != key_new.stride():
+        key_new, value_new = key_new.contiguous(), value_new.contiguous()
     final, *partials = _rope_outputs(query, splits, merge)
     _launch(
         query, key_cache, value_cache, mask, scale, splits, split_len, block_n, num_warps, partials,
@@ -505,8 +517,6 @@ def rope_splitkv_attention(
         )
     if counters is not None and (counters.dtype != torch.int32 or counters.numel() < B * H):
         raise ValueError(f"rope_splitkv_attention: counters must be int32 with >= {B * H} entries")
-    if sin.stride() != cos.stride():
-        cos, sin = cos.contiguous(), sin.contiguous()
     mask = mask.expand(B, mask.shape[1], M, S)
     if mask.shape[1] not in (1, H):
         raise ValueError(f"rope_splitkv_attention: mask heads {mask.shape[1]} must be 1 or {H}")

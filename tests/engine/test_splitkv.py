@@ -191,6 +191,37 @@ def test_fused_layers_run_a_short_padded_prefill_with_a_guess_window_as_sdpa(mon
     assert torch.equal(tokens[splitkv.ATTN_NAME], tokens["sdpa"])
 
 
+def test_a_compiled_forward_gives_every_layer_the_same_cos_and_sin(monkeypatch):
+    """The fused op takes its inputs in any layout (`flexible_layout`): Inductor computes the rotary
+    embedding's cos and sin once per forward and hands the same two buffers to every layer's kernel.
+    With exact strides (torch's default for custom ops) it computed and launched them again for each
+    layer, 0.14 ms of a 7B step on an H100."""
+    from torch._inductor.utils import run_and_get_code
+
+    from ee_vla.engine import attention
+
+    monkeypatch.setattr(splitkv, "TARGET_PROGRAMS", 8)
+    monkeypatch.setattr(attention, "FUSED", True)
+    model = _lm(splitkv.ATTN_NAME)
+    engine = StaticEngine(model, batch_size=1, max_prompt_len=20, max_new_tokens=3, compile="inductor")
+    _, codes = run_and_get_code(lambda: engine.prefill(**padded_prompts(1, 20, [0], seed=4, device=DEVICE)))
+    calls = [c for code in codes for c in re.findall(r"torch\.ops\.ee_vla\.rope_splitkv\.default\((.*)\)", code)]
+    assert len(calls) == model.config.num_hidden_layers >= 2
+    # (query, key, value views, then cos and sin): the same two names in every call
+    assert len({tuple(_top_level_args(c)[3:5]) for c in calls}) == 1, calls
+
+
+def _top_level_args(call: str) -> list[str]:
+    """A generated call's arguments, split at the commas outside parentheses."""
+    args, depth, start = [], 0, 0
+    for i, ch in enumerate(call):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            args.append(call[start:i].strip())
+            start = i + 1
+    return [*args, call[start:].strip()]
+
+
 def test_attention_bench_checks_and_times_every_variant(tmp_path):
     from ee_vla.benchmarks import attn_bench
 
@@ -244,7 +275,8 @@ def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(
     window's slots and SDPA (float32): the output, both caches (only the window's slots change), and
     the merge counters, back at zero. With `engine_mask`, a `StaticEngine`'s mask (some slots below
     the window are not keys, a different set per batch row) computed by the kernel from the key
-    flags, and a rotation whose cos and sin halves differ (any cos and sin, not only Llama's)."""
+    flags, and a rotation whose cos and sin halves differ (any cos and sin, not only Llama's), with
+    cos, sin, keys and values in layouts that differ pairwise."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     g = torch.Generator().manual_seed(B * 100 + M)
@@ -259,8 +291,10 @@ def test_rope_kernel_equals_transformers_rotary_cache_write_and_sdpa(
     slots = torch.arange(first, first + M, device=DEVICE)
     key_ok = None
     allowed = torch.arange(S, device=DEVICE) <= slots[:, None]
-    if engine_mask:
-        cos, sin = (torch.rand(B, M, D, generator=g).to(DEVICE) * 2 - 1 for _ in range(2))
+    if engine_mask:  # any cos and sin, in layouts unlike each other's; values unlike the keys' layout
+        cos = (torch.rand(B, D, M, generator=g).to(DEVICE) * 2 - 1).transpose(1, 2)
+        sin = torch.rand(B, M, D, generator=g).to(DEVICE) * 2 - 1
+        v = v.contiguous()
         key_ok = torch.rand(B, S, generator=g).to(DEVICE) < 0.7
         n = torch.arange(S, device=DEVICE)
         allowed = allowed & (key_ok[:, None, :] | (n == slots[:, None]))  # StaticEngine._mask's rule
