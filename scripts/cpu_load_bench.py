@@ -24,14 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from sim_envs import SUITE_ENV_IDS
+
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "ee_vla" / "checkpoints" / "default"
-DEMO_ENVS = ("ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0")
 
 
 def demo_command(out_dir: Path, episodes: int, extra: list[str]) -> list[str]:
     """`make demo`'s evaluation (same policy, envs, seeds and copies), writing under `out_dir`."""
-    envs = [a for e in DEMO_ENVS for a in ("--env", e)]
+    envs = [a for e in SUITE_ENV_IDS for a in ("--env", e)]
     return [
         sys.executable, "-m", "ee_vla.cli", "eval", "--policy", str(POLICY), *envs, "--compare", "ar", "ceed",
         "--episodes", str(episodes), "--num-envs", "4", "--seed", "100000", "--output-dir", str(out_dir),
