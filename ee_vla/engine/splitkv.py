@@ -420,10 +420,10 @@ def _rope_splitkv(
     without `merge`; the splits' outputs, maxima and sums).
 
     The op is `flexible_layout`: a compiled forward hands it its buffers in whatever layout they
-    have, instead of copying each input to the strides it had when traced. That lets the 32 layers
-    of a 7B forward read one cos and one sin, where exact strides made Inductor compute (and
-    launch) them again for every layer. The kernel reads any strides, but one set for cos and sin
-    and one for the window's keys and values: a pair that differs is made contiguous here."""
+    have, instead of copying each input to the strides it had when traced. Every layer then reads
+    the same cos and sin buffers, where exact strides made Inductor copy them, computed again, into
+    new buffers for each layer. The kernel reads any strides, but one set for cos and sin and one
+    for the window's keys and values: a pair that differs is made contiguous here."""
     if sin.stride() != cos.stride():
         cos, sin = cos.contiguous(), sin.contiguous()
     if value_new.stride() != key_new.stride():

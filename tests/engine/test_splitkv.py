@@ -194,8 +194,8 @@ def test_fused_layers_run_a_short_padded_prefill_with_a_guess_window_as_sdpa(mon
 def test_a_compiled_forward_gives_every_layer_the_same_cos_and_sin(monkeypatch):
     """The fused op takes its inputs in any layout (`flexible_layout`): Inductor computes the rotary
     embedding's cos and sin once per forward and hands the same two buffers to every layer's kernel.
-    With exact strides (torch's default for custom ops) it computed and launched them again for each
-    layer, 0.14 ms of a 7B step on an H100."""
+    With exact strides (torch's default for custom ops) it copied them into new buffers for each
+    layer, computing them again each time."""
     from torch._inductor.utils import run_and_get_code
 
     from ee_vla.engine import attention
