@@ -161,8 +161,7 @@ class VLAPolicy:
         if self.config.n_action_steps is not None and self.config.n_action_steps > k:
             raise ValueError(f"PolicyConfig.n_action_steps={self.config.n_action_steps} exceeds chunk_size={k}")
         self._queue: deque[np.ndarray] = deque()
-        m = self.config.temporal_ensemble
-        self._ensemble = None if m is None else TemporalEnsemble(m, k)
+        self._ensemble = self.new_ensemble()
         self._previous: torch.Tensor | None = None
         self._warm_start_shift: int | None = None
         self._generator = torch.Generator().manual_seed(self.config.decoder.seed)
@@ -251,6 +250,12 @@ class VLAPolicy:
     @decoder.setter
     def decoder(self, value: str | DecodeConfig) -> None:
         self.config.decoder = as_decode_config(value)
+
+    def new_ensemble(self) -> TemporalEnsemble | None:
+        """A fresh `TemporalEnsemble` for one episode (of `select_action`, or of one env copy in an
+        evaluation), or None without `temporal_ensemble`."""
+        m = self.config.temporal_ensemble
+        return None if m is None else TemporalEnsemble(m, self.chunk_size)
 
     @property
     def n_action_steps(self) -> int:

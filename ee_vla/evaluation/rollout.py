@@ -437,7 +437,7 @@ class _Rollout:
         c = _Copies(
             running=[self._new_episode(i) for i in range(n)],
             queues=[deque() for _ in range(n)],
-            ensembles=[self._ensemble() for _ in range(n)],
+            ensembles=[self.policy.new_ensemble() for _ in range(n)],
             previous=[None] * n,
             next_ix=n,
             space=space,
@@ -552,13 +552,6 @@ class _Rollout:
             for s in new_slots:
                 c.running[s].instruction = c.instr[s]
                 self._frame(c.running[s], c.obs, c.info, s)
-
-    def _ensemble(self):
-        """A copy's `TemporalEnsemble`, or None without the policy's `temporal_ensemble`."""
-        from ee_vla.policy import TemporalEnsemble
-
-        m = self.policy.config.temporal_ensemble
-        return None if m is None else TemporalEnsemble(m, self.policy.chunk_size)
 
     def _new_episode(self, ix: int) -> _Episode:
         record = ix < self.cfg.videos or self.failure_videos_left > 0  # a failure is known at the end only
