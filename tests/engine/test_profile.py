@@ -167,8 +167,9 @@ def test_raw_steps_only_under_an_inductor_setting(tmp_path):
 
 def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):
     """`--kernels N`: each width's forward is recorded under torch.profiler; the N costliest
-    operators (CPU) per forward are kept, their shares add up to at most 1, and a wider step
-    spends more in its matmuls than a narrow one."""
+    operators (CPU) per forward are kept, their shares add up to at most 1, and the matmuls are
+    among them at both widths. (Which width spends more is a timing, which a shared CPU cannot
+    promise: a 2-core run once recorded 0.74 ms of matmuls at width 64 against 2.36 at width 1.)"""
     cfg = config_from_args(
         ["--shape", "tiny", "--engines", "static", "--decoders", "--step-widths", "1", "64", "--step-iters", "2"]
         + ["--warmup", "0", "--no-generate", "--no-plots", "--kernels", "5", "--kernel-iters", "3"]
@@ -186,7 +187,7 @@ def test_kernel_tables_say_where_a_step_spends_its_time(tmp_path, capsys):
         assert [r["ms"] for r in k["top"]] == sorted((r["ms"] for r in k["top"]), reverse=True)
         assert all(r["calls"] > 0 for r in k["top"])
     mm = lambda k: sum(r["ms"] for r in k["top"] if "mm" in r["name"] or "linear" in r["name"])  # noqa: E731
-    assert mm(k64) > mm(k1) > 0
+    assert mm(k64) > 0 and mm(k1) > 0
     text = (tmp_path / "profile_tiny.json").parent.joinpath("profile_tiny_kernels.txt").read_text()
     assert "static step w64: " in text and "operators (self CPU time)" in text and " runs), " in text
     assert " ms per forward (measured p50 " in text
