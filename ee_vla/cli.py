@@ -124,7 +124,8 @@ def is_user_error(e: BaseException) -> bool:
     raised by a `raise` statement of this project (option validation, `__post_init__`),
     `ModelLoadError` (a model directory that cannot be loaded), path errors (FileNotFoundError,
     FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError), a full or read-only
-    disk, gymnasium's errors (an unknown env id), a training loss that became NaN
+    disk, gymnasium's errors (an unknown env id), a GL backend MuJoCo cannot load (`GLBackendError`:
+    its message names MUJOCO_GL and the library to install), a training loss that became NaN
     (FloatingPointError, whose message names the options to change) and torch's out-of-memory
     error (a batch too large for the device). A ValueError raised inside a library or by an
     unpacking in our code, a TypeError, KeyError, RuntimeError, ... is a bug.
@@ -141,6 +142,9 @@ def is_user_error(e: BaseException) -> bool:
         return True
     gym_error = sys.modules.get("gymnasium.error")
     if gym_error is not None and isinstance(e, gym_error.Error):
+        return True
+    gl = sys.modules.get("sim_envs.gl")
+    if gl is not None and isinstance(e, gl.GLBackendError):
         return True
     if not isinstance(e, ValueError):
         return False
@@ -218,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except Exception as e:  # e.g. a GL backend MuJoCo cannot load, met while importing
+        if debug:
+            raise
+        return _report(prog, e)
     try:
         config = _parse(getattr(mod, cls), rest, prog)
         if hasattr(config, "check_inputs"):  # paths and ids, before the job imports torch

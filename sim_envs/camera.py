@@ -5,8 +5,9 @@ from __future__ import annotations
 import atexit
 import weakref
 
-import mujoco
 import numpy as np
+
+from sim_envs.gl import mujoco  # MuJoCo, or a GLBackendError naming MUJOCO_GL when its backend cannot load
 
 _OPEN: weakref.WeakSet[OffscreenCamera] = weakref.WeakSet()
 """Cameras whose GL context is open, closed at interpreter exit (`_close_open_cameras`)."""

@@ -4,6 +4,10 @@ MuJoCo reads `MUJOCO_GL` once, when it is first imported, and defaults to GLFW, 
 system. `choose_mujoco_gl` (run when `sim_envs` is imported, before any of its modules imports
 MuJoCo) picks a headless backend when the variable is unset and no display exists: egl (a GPU's
 EGL, or Mesa's software EGL on a CPU-only machine), else osmesa. A value you set is kept.
+
+MuJoCo loads the backend's library when it is imported. The modules that render import it from here
+(`from sim_envs.gl import mujoco`), so that a backend that cannot load is a `GLBackendError` naming
+`MUJOCO_GL` and what to install or set, not PyOpenGL's AttributeError from deep inside.
 """
 
 from __future__ import annotations
@@ -12,6 +16,47 @@ import ctypes.util
 import logging
 import os
 import sys
+from types import ModuleType
+
+_HINTS = {
+    "egl": "install libEGL (Debian/Ubuntu: libegl1; a GPU driver's EGL or Mesa's software EGL), or set "
+    "MUJOCO_GL=osmesa with libosmesa6 installed",
+    "osmesa": "install libOSMesa (Debian/Ubuntu: libosmesa6), or set MUJOCO_GL=egl with libegl1 installed",
+    "glfw": "GLFW needs a display; on a headless machine set MUJOCO_GL=egl (libegl1) or osmesa (libosmesa6)",
+}
+
+
+class GLBackendError(RuntimeError):
+    """MuJoCo cannot load the GL backend `MUJOCO_GL` names on this machine (rendering needs one)."""
+
+
+def load_mujoco() -> ModuleType:
+    """Import MuJoCo; raise GLBackendError naming `MUJOCO_GL` and the fix when its GL backend cannot
+    load (a missing libEGL/libOSMesa, an unknown value). MuJoCo itself missing stays an ImportError."""
+    try:
+        import mujoco
+    except ModuleNotFoundError as e:
+        if e.name == "mujoco":
+            raise
+        raise _backend_error(e) from e
+    except Exception as e:  # PyOpenGL's AttributeError for a missing library, MuJoCo's RuntimeError, ...
+        raise _backend_error(e) from e
+    return mujoco
+
+
+def __getattr__(name: str) -> ModuleType:
+    """`from sim_envs.gl import mujoco`: MuJoCo through `load_mujoco`."""
+    if name == "mujoco":
+        return load_mujoco()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _backend_error(e: BaseException) -> GLBackendError:
+    backend = os.environ.get("MUJOCO_GL", "")
+    hint = _HINTS.get(backend.lower().strip(), "set MUJOCO_GL to egl, osmesa or glfw")
+    return GLBackendError(
+        f"MuJoCo could not load its GL backend MUJOCO_GL={backend or '(unset: glfw)'} ({type(e).__name__}: {e}); {hint}"
+    )
 
 
 def headless_gl_backend() -> str | None:

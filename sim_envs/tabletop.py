@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 from gymnasium import spaces
 
 from sim_envs.camera import OffscreenCamera
 from sim_envs.common import ACTION_DIM, validate_action
+from sim_envs.gl import mujoco  # MuJoCo, or a GLBackendError naming MUJOCO_GL when its backend cannot load
 from sim_envs.instructions import INSTRUCTION_SETS, choose_template
 from sim_envs.scene_xml import FINGER_TRAVEL, OBJECT_HALF, PHYSICS_DT, build_scene_xml
 from sim_envs.scene_xml import GOAL_RADIUS as GOAL_RADIUS  # sizes of the scene, also importable from here

@@ -60,3 +60,34 @@ def test_an_env_left_open_exits_without_gl_errors():
     r = subprocess.run([sys.executable, "-c", code], env=_headless_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Exception ignored" not in r.stderr and "Error" not in r.stderr, r.stderr
+
+
+_BROKEN_EGL = (
+    "import importlib.abc, sys\n"
+    "class _NoEGL(importlib.abc.MetaPathFinder):  # PyOpenGL's failure where libEGL is missing\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name == 'OpenGL.EGL':\n"
+    "            raise AttributeError(\"'NoneType' object has no attribute 'eglQueryString'\")\n"
+    "sys.meta_path.insert(0, _NoEGL())\n"
+)
+
+
+@pytest.mark.parametrize(
+    "backend, prelude, hint",
+    [("nonsense", "", "set MUJOCO_GL to egl, osmesa or glfw"), ("egl", _BROKEN_EGL, "libegl1")],
+)
+def test_a_backend_that_cannot_load_is_one_error_line_naming_mujoco_gl(tmp_path, backend, prelude, hint):
+    """`ee-vla collect` with a GL backend MuJoCo cannot load (an unknown MUJOCO_GL; EGL without its
+    library, as PyOpenGL fails then): a usage error naming MUJOCO_GL and the fix, no traceback."""
+    code = prelude + (
+        "from ee_vla.cli import main\n"
+        f"args = ['collect', '--env', 'ee_vla/Reach-v0', '--episodes', '1', '--out', {str(tmp_path)!r}]\n"
+        "raise SystemExit(main(args))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=_headless_env(MUJOCO_GL=backend), capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("ee-vla collect: error:"))
+    assert f"GL backend MUJOCO_GL={backend}" in line and hint in line, line
