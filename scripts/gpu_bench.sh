@@ -32,12 +32,11 @@
 # tables of docs/performance.md's "The 7B step on an H200" were measured.
 # The fused attention layers (`ee_vla.engine.attention`, the engines' default): the attention layers
 # alone (attn/attn_bench.json), then the calibrated fp8 7B step's width 22 with transformers' layers
-# and with the fused ones (both merges), kernel tables included (about 4.5 minutes to compile the
-# first on a fresh machine, 1.5-2.5 minutes each after it, Inductor's cache being warm):
+# and with the fused ones (both merges), kernel tables included (`fp8-fused`: 31 s on a fresh H200):
 #   STEPS="pytest-splitkv attn-fused fp8-transformers fp8-fused fp8-fused-torch-merge" bash scripts/gpu_bench.sh
 # The 7B step's bounds in bf16: the linear products alone (stacked as the engines run them) as a share of
-# the device's read speed, and the frozen bf16 step with the fused layers, its kernel table included
-# (about 3 minutes on a fresh machine); with `fp8-fused`, the two targets of docs/performance.md:
+# the device's read speed, and the frozen bf16 step with the fused layers, its kernel table included;
+# with `fp8-fused`, the two targets of docs/performance.md (about 80 s in all on a fresh H200):
 #   STEPS="env linear-stacked bf16-fused fp8-fused" bash scripts/gpu_bench.sh
 #
 # `bench-default`: where a call of the shipped policy goes (inputs, prefill, iteration, other), AR
