@@ -540,7 +540,7 @@ def test_serve_namespaces_over_dds_loopback(tiny_vla_dir, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_bench_fleet_smoke(tmp_path):
-    """The fleet benchmark on the CPU with the tiny model, a few robots for about 2 s per run: every
+    """The fleet benchmark on the CPU with the tiny model, a few robots for about 1 s per run: every
     field is reported (nothing asserted about speed), without mujoco, gymnasium or tyro."""
     import json
     import subprocess
@@ -552,7 +552,7 @@ def test_bench_fleet_smoke(tmp_path):
     code = (
         "import sys\n"
         "from ros_nodes.bench_fleet import main\n"
-        f"main(['--model', 'tiny', '--robots', '1', '3', '--duration-s', '2', '--settle-s', '0.5', '--threads', '1',"
+        f"main(['--model', 'tiny', '--robots', '1', '3', '--duration-s', '1', '--settle-s', '0.3', '--threads', '1',"
         " '--keep-going', '--modes', 'batched', 'sequential', 'processes', '--process-max', '2',"
         f" '--out', {str(out)!r}])\n"
         "print('IMPORTED', [m for m in ('mujoco', 'gymnasium', 'tyro', 'sim_envs') if m in sys.modules])\n"
