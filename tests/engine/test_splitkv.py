@@ -136,7 +136,7 @@ def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch, fused, m
         counted = lambda *a, _r=real, _n=name, **kw: calls.append((_n, a[0].shape)) or _r(*a, **kw)  # noqa: E731
         monkeypatch.setattr(splitkv, name, counted)
     inputs = padded_prompts(2, 70, [0, 3], seed=1, device=DEVICE)
-    n = 6
+    n = 4
     tokens, caches = {}, {}
     compiled = "inductor" if DEVICE == "cuda" else "aot_eager"  # traced around the kernel's custom op
     for attn, compile_mode in (("sdpa", None), (splitkv.ATTN_NAME, None), (splitkv.ATTN_NAME, compiled)):
