@@ -153,7 +153,7 @@ def test_static_engine_with_ee_splitkv_decodes_sdpa_tokens(monkeypatch, fused, m
             torch.testing.assert_close((k, v), (k0, v0), atol=1e-5, rtol=1e-5)
     used = "rope_splitkv_attention" if fused else "splitkv_attention"
     assert {name for name, _ in calls} == {used}
-    # AR steps and the Jacobi window (query lengths 1 and n - 1); the 80-token prefill is SDPA's
+    # AR steps and the Jacobi window (query lengths 1 and n - 1); the 70-token prefill (over MAX_QUERIES) is SDPA's
     seq_dim = 1 if fused else 2  # the fused kernel takes (B, M, H, D) projections, the other (B, H, M, D)
     assert {shape[seq_dim] for _, shape in calls} == {1, n - 1}
     # Without the engine's cache and mask (a plain transformers forward of the model the engines
