@@ -238,12 +238,27 @@ class RuntimeConfig:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (imports torch); other names unchanged."""
-    if device != "auto":
-        return device
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; any other name is returned as given
+    once checked (imports torch): a device torch can name, and a CUDA device only where CUDA is
+    available and has that index. Else `RuntimeConfigError` naming the device."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RuntimeConfigError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeConfigError(
+                f"device={device!r} but CUDA is not available on this machine (use --device cpu or auto)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeConfigError(
+                f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

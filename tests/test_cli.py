@@ -201,6 +201,33 @@ def test_training_on_a_missing_gpu_is_a_user_error(tmp_path, capsys):
     )
 
 
+def test_a_device_the_machine_lacks_is_one_line_for_eval_and_bench(capsys):
+    """`--device gpu` (no such torch device) and `--device cuda` on a machine without CUDA: one line
+    naming the device, exit 2, for the commands that load a policy."""
+    import pytest
+    import torch
+
+    import ee_vla
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cases = [
+        (
+            ["eval", "--policy", str(ee_vla.DEFAULT_POLICY), "--env", "ee_vla/Reach-v0", "--episodes", "1"],
+            "ee-vla eval",
+        ),
+        (["bench", "--model", str(ee_vla.DEFAULT_POLICY), "--calls", "1"], "ee-vla bench"),
+    ]
+    for argv, prog in cases:
+        for device, said in (
+            ("gpu", "device='gpu' is not a torch device"),
+            ("cuda", "device='cuda' but CUDA is not available on this machine (use --device cpu or auto)"),
+        ):
+            assert main([*argv, "--device", device]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"{prog}: error: {said}") and err.count("\n") == 1, err
+
+
 def test_eval_of_a_two_camera_policy_from_the_console(tmp_path, capsys, monkeypatch):
     """`ee-vla eval` of a policy that reads the gripper camera: it runs on a suite env (both cameras
     in eval_info.json); `--env-kwargs wrist_camera false` (which reaches the config as the string

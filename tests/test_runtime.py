@@ -23,6 +23,7 @@ from ee_vla.runtime import (
     RuntimeConfig,
     RuntimeConfigError,
     config_dict,
+    resolve_device,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +169,38 @@ def test_runtime_tables_match_the_engine():
 def test_bad_values_are_rejected(kwargs, match):
     with pytest.raises(RuntimeConfigError, match=match):
         RuntimeConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "match"),
+    [
+        ("gpu", 0, "device='gpu' is not a torch device"),
+        ("cuda", 0, "device='cuda' but CUDA is not available on this machine"),
+        ("cuda:0", 0, "device='cuda:0' but CUDA is not available on this machine"),
+        ("cuda:2", 2, "device='cuda:2' but this machine has 2 CUDA device"),
+    ],
+)
+def test_a_device_the_machine_cannot_run_is_named(monkeypatch, device, gpus, match):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(RuntimeConfigError, match=match):
+        resolve_device(device)
+    with pytest.raises(RuntimeConfigError, match=match):
+        RuntimeConfig(device=device).resolved()
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "expected"),
+    [("auto", 0, "cpu"), ("auto", 1, "cuda"), ("cpu", 0, "cpu"), ("cuda:1", 2, "cuda:1")],
+)
+def test_devices_that_can_run_resolve(monkeypatch, device, gpus, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert resolve_device(device) == expected
 
 
 def test_ros_rejects_options_its_decoder_does_not_take():
