@@ -13,6 +13,7 @@ exception is a bug: its traceback is printed with a request to report it, exit c
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib
 import logging
@@ -176,6 +177,51 @@ class OptionValueError(ValueError):
     """A config rejected the values it was given (its `__post_init__`): reported as one line."""
 
 
+def _env_flags(cls: type, args: list[str]) -> list[str]:
+    """Every `--env` value on the command line, in the form `cls` parses: `--env A --env B` for a
+    repeatable flag (eval, dagger), `--env A B` for one that takes several values (collect). Either
+    form is accepted by every command; without this, argparse keeps only the last of repeated
+    several-value flags and refuses several values after a repeatable one."""
+    import typing
+
+    if not dataclasses.is_dataclass(cls) or not any(a == "--env" or a.startswith("--env=") for a in args):
+        return args
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except (NameError, TypeError):  # an annotation only a type checker resolves: leave the flags as given
+        return args
+    if "env" not in hints:
+        return args
+    import tyro
+
+    repeatable = tyro.conf.UseAppendAction in getattr(hints["env"], "__metadata__", ())
+    values: list[str] = []
+    out: list[str] = []
+    first = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--env="):
+            values.append(a.split("=", 1)[1])
+            i += 1
+        elif a == "--env":
+            j = i + 1
+            while j < len(args) and not args[j].startswith("-"):
+                values.append(args[j])
+                j += 1
+            if j == i + 1:  # no value: tyro reports it
+                return args
+            i = j
+        else:
+            out.append(a)
+            i += 1
+            continue
+        if first is None:
+            first = len(out)
+    flags = [x for v in values for x in ("--env", v)] if repeatable else ["--env", *values]
+    return out[:first] + flags + out[first:]
+
+
 def _parse(cls: type, args: list[str], prog: str):
     """`tyro.cli(cls)`. A ValueError from building the config (a value its checks refuse: a missing
     path, an unknown env id) is raised as OptionValueError, reported in one line like every other
@@ -183,6 +229,7 @@ def _parse(cls: type, args: list[str], prog: str):
     wrong type) keep its usage box."""
     import tyro
 
+    args = _env_flags(cls, args)
     try:
         from tyro._errors import InstantiationFailure, on_parse_error
     except ImportError:  # a tyro without parse-error hooks: its own rendering

@@ -253,3 +253,33 @@ def test_eval_of_a_two_camera_policy_from_the_console(tmp_path, capsys, monkeypa
     bad = [a if a != "ee_vla/Reach-v0" else "test_ee_vla/OneCamera-v0" for a in run]
     assert main([*bad, "--output-dir", str(tmp_path / "mw")]) == 2
     assert "test_ee_vla/OneCamera-v0 has no camera 'wrist_pixels'" in capsys.readouterr().err
+
+
+def test_every_command_takes_env_ids_in_every_form():
+    """`--env A B`, `--env A --env B`, `--env=A` and commas give the same ids to collect (a
+    several-value flag), eval and dagger (repeatable flags): argparse alone would keep only the last
+    repeated several-value flag, and refuse several values after a repeatable one."""
+    from ee_vla.cli import _parse
+    from ee_vla.evaluation.config import EvalConfig
+    from ee_vla.training.dagger import DaggerConfig
+    from sim_envs.collect import CollectConfig
+
+    ids = ["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0"]
+    forms = [
+        ["--env", *ids],
+        ["--env", ids[0], "--env", ids[1], "--env", ids[2]],
+        ["--env", ids[0], ids[1], "--env", ids[2]],
+        [f"--env={ids[0]}", "--env", f"{ids[1]},{ids[2]}"],
+    ]
+    import ee_vla
+
+    policy = str(ee_vla.DEFAULT_POLICY)
+    for cls, before in (
+        (CollectConfig, ["--episodes", "2"]),
+        (EvalConfig, ["--policy", policy]),
+        (DaggerConfig, ["--policy", policy]),
+    ):
+        for form in forms:
+            config = _parse(cls, [*before, *form, "--seed", "3"], "ee-vla test")
+            assert list(config.env) == ids, (cls.__name__, form, config.env)
+            assert config.seed == 3

@@ -39,7 +39,7 @@ class EvalConfig:
     policy: Path
     """Model directory written by `VLA.save_pretrained` (config.json, model.safetensors, ee_vla.json, tokenizer)."""
     env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    """Gymnasium env id to evaluate on; repeat the flag (or separate with commas) for several, each
+    """Gymnasium env id to evaluate on; several after one flag, the flag repeated, or commas; each
     gets `episodes` episodes. Empty = ee_vla/PickCube-v0."""
     runtime: tyro.conf.OmitArgPrefixes[RuntimeConfig] = field(default_factory=RuntimeConfig)
     """How the policy runs (`ee_vla.runtime.RuntimeConfig`): `--decoder` (used when `compare` is

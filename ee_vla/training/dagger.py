@@ -62,8 +62,8 @@ class DaggerConfig:
     out: Path = Path("data/dagger")
     """Output directory; receives demos.hdf5, stats.json and dagger_info.json."""
     env: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    """Env ids (repeat the flag); empty = the ee_vla suite (Reach, PickCube, Push, Place). Each needs
-    a scripted expert (the ee_vla suite, Meta-World)."""
+    """Env ids (several after one flag, the flag repeated, or commas); empty = the ee_vla suite (Reach,
+    PickCube, Push, Place). Each needs a scripted expert (the ee_vla suite, Meta-World)."""
     episodes: int = 100
     """Episodes per env id, with seeds seed, seed+1, ..."""
     seed: int = 200000
