@@ -70,12 +70,24 @@ class InitModelConfig:
     cameras: tuple[str, ...] = ("pixels",)
     """Observation keys of the images the model reads, in the prompt's order (e.g. `--cameras
     pixels wrist_pixels`)."""
+    overwrite: bool = False
+    """Replace what `out` holds (a directory that is not empty is refused without it)."""
 
 
 def init_model(cfg: InitModelConfig) -> Path:
     from ee_vla.models import create_random_vla_dir
     from ee_vla.models.contract import check_cameras
 
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"InitModelConfig.out: {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        held = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise FileExistsError(
+            f"InitModelConfig.out: {out} is not empty (it holds {shown}); pass --overwrite to replace it "
+            "with a random model"
+        )
     cameras = check_cameras(cfg.cameras, "InitModelConfig.cameras")
     path = create_random_vla_dir(cfg.out, cfg.preset, cfg.chunk_size, cfg.seed, cameras=cameras)
     logging.getLogger("ee_vla").info("wrote a random %s VLA to %s", cfg.preset, path)

@@ -25,6 +25,21 @@ def test_init_model_writes_the_cameras_it_is_given(tmp_path, capsys):
     assert "InitModelConfig.cameras names a camera twice" in capsys.readouterr().err
 
 
+def test_init_model_refuses_a_model_it_would_replace(tmp_path, capsys):
+    """A mistyped `--out` must not turn a trained model into a random one: a directory that is not
+    empty is refused, one line naming it, unless `--overwrite` is given."""
+    model = tmp_path / "trained"
+    assert main(["init-model", "--out", str(model), "--seed", "1"]) == 0
+    before = (model / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["init-model", "--out", str(model), "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--overwrite" in err and err.count("\n") == 1, err
+    assert (model / "model.safetensors").read_bytes() == before
+    assert main(["init-model", "--out", str(model), "--seed", "2", "--overwrite"]) == 0
+    assert (model / "model.safetensors").read_bytes() != before
+
+
 def test_init_model_then_bench_from_the_console(tmp_path):
     model = tmp_path / "m"
     assert main(["init-model", "--out", str(model), "--preset", "tiny", "--chunk-size", "2"]) == 0
