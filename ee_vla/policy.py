@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ee_vla.decoding import DecodeConfig, DecodeStats, iter_decode
+from ee_vla.decoding.config import PRESETS
 from ee_vla.decoding.core import DecodeState, last
 from ee_vla.decoding.guess import prompt_guess, warm_guess
 from ee_vla.engine import make_prefill
@@ -148,7 +149,16 @@ class TemporalEnsemble:
 
 
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
-    return DecodeConfig.preset(decoder) if isinstance(decoder, str) else decoder
+    """A `DecodeConfig` from a preset name, a variant of one (`PRESET:field=value:...`, as
+    `--compare` takes it) or a `DecodeConfig`; ValueError for anything else."""
+    if isinstance(decoder, str):
+        return DecodeConfig.from_spec(decoder)
+    if not isinstance(decoder, DecodeConfig):
+        raise ValueError(
+            f"decoder must be a preset name ({', '.join(sorted(PRESETS))}), a variant of one "
+            f"('ceed_cap:max_iterations=1') or a DecodeConfig, got {decoder!r}"
+        )
+    return decoder
 
 
 class VLAPolicy:

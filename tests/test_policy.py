@@ -31,6 +31,19 @@ def test_decoders_agree_and_report_stats(policy):
     assert np.all(np.abs(ar[:, :6]) <= 1.0 + 1e-6)
 
 
+def test_the_python_api_takes_the_decoder_names_the_cli_takes(tiny_vla_dir, policy):
+    """`decoder=` takes what `--decoder` / `--compare` take, variants of a preset included; anything
+    else is a ValueError naming what it got."""
+    variant = VLAPolicy.from_pretrained(tiny_vla_dir, decoder="ceed_cap:max_iterations=1:guess_in_prefill=true")
+    assert variant.decoder == DecodeConfig.preset("ceed_2pass")
+    policy.decoder = "ceed:tau=2"
+    assert policy.decoder.tau == 2 and policy.decoder.method == "ceed"
+    assert PolicyConfig(decoder="jacobi:window=4").decoder.window == 4
+    for bad, said in ((None, "got None"), (3, "got 3"), ("beam", "unknown decoder 'beam'"), ("ar:tau=1", "'ar:tau=1'")):
+        with pytest.raises(ValueError, match=said):
+            VLAPolicy.from_pretrained(tiny_vla_dir, decoder=bad)
+
+
 def test_batched_decoding_matches_one_by_one(policy):
     policy.decoder = "jacobi"
     batch = obs(batch=3)

@@ -143,7 +143,8 @@ def parse_decoder_spec(spec: str) -> tuple[str, dict]:
     ValueError naming what is wrong. Lets one run compare variants of a preset side by side."""
     name, *items = spec.split(":")
     if name not in PRESETS:
-        raise ValueError(f"unknown decoder {name!r} in {spec!r}: choose one of {sorted(PRESETS)}")
+        where = f" in {spec!r}" if items else ""
+        raise ValueError(f"unknown decoder {name!r}{where}: choose one of {sorted(PRESETS)}")
     options: dict = {}
     for item in items:
         key, eq, value = item.partition("=")
