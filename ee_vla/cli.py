@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import importlib
 import logging
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -234,22 +235,63 @@ def _env_flags(cls: type, args: list[str]) -> list[str]:
     return out[:first] + flags + out[first:]
 
 
+def _flag(argument) -> str:
+    """The flag of a tyro argument (`--decoder`), for a one-line error."""
+    flags = getattr(getattr(argument, "lowered", None), "name_or_flags", None) or ()
+    return str(flags[0]) if flags else str(getattr(argument, "display_name", "") or "an option")
+
+
 def _parse(cls: type, args: list[str], prog: str):
-    """`tyro.cli(cls)`. A ValueError from building the config (a value its checks refuse: a missing
-    path, an unknown env id) is raised as OptionValueError, reported in one line like every other
-    user error, instead of tyro's boxed message; tyro's own errors (an unknown flag, a value of the
-    wrong type) keep its usage box."""
+    """`tyro.cli(cls)`, its errors in one line (`OptionValueError`): a ValueError from building the
+    config (a value its checks refuse: a missing path, an unknown env id), a value of the wrong type,
+    a choice not on the list, an unknown flag, a required option missing. A tyro without its
+    parse-error hooks renders its own boxed message."""
     import tyro
 
     args = _env_flags(cls, args)
     try:
-        from tyro._errors import InstantiationFailure, on_parse_error
+        from tyro._errors import (
+            BadValue,
+            InstantiationFailure,
+            InvalidChoice,
+            MissingArgs,
+            UnrecognizedArgs,
+            on_parse_error,
+        )
     except ImportError:  # a tyro without parse-error hooks: its own rendering
         return tyro.cli(cls, args=args, prog=prog)
 
     def one_line(event) -> None:
-        if isinstance(event, InstantiationFailure) and event.argument is None:
-            raise OptionValueError(event.message)
+        if isinstance(event, InstantiationFailure):
+            where = "" if event.argument is None else f"{_flag(event.argument)}: "
+            message = str(event.message)
+            for python_says, kind in (
+                ("invalid literal for int() with base 10: ", "an integer"),
+                ("could not convert string to float: ", "a number"),
+            ):
+                if message.startswith(python_says):
+                    message = f"expected {kind}, got {message[len(python_says) :]}"
+            optional = re.match(r"no type matching \{None\}\|(INT|FLOAT) could be instantiated from \[(.*?)\]", message)
+            if optional:
+                kind = "an integer" if optional[1] == "INT" else "a number"
+                message = f"expected {kind} or None, got {optional[2]}"
+            raise OptionValueError(f"{where}{message}")
+        if isinstance(event, InvalidChoice):
+            choices = ", ".join(map(str, event.choices))
+            raise OptionValueError(f"{_flag(event.argument)}: invalid choice {event.value!r}; choose one of {choices}")
+        if isinstance(event, BadValue):
+            got = "" if event.offending_value is None else f" (got {event.offending_value!r})"
+            reason = {"too_few_values": "expected a value"}.get(str(event.reason), str(event.reason))
+            raise OptionValueError(f"{_flag(event.argument)}: {reason}{got}")
+        if isinstance(event, UnrecognizedArgs):
+            raise OptionValueError(
+                f"unrecognized arguments: {' '.join(map(str, event.tokens))} (`{prog} --help` lists the options)"
+            )
+        if isinstance(event, MissingArgs):
+            missing = ", ".join(_flag(m.arg) for m in event.missing_arguments)
+            unknown = " ".join(map(str, getattr(event, "unrecognized_tokens", None) or ()))
+            also = f"; unrecognized arguments: {unknown} (`{prog} --help` lists the options)" if unknown else ""
+            raise OptionValueError(f"missing required option(s): {missing}{also}")
 
     with on_parse_error(one_line):
         return tyro.cli(cls, args=args, prog=prog)

@@ -148,6 +148,18 @@ class TemporalEnsemble:
         return (weights @ planned / weights.sum()).astype(chunk.dtype)
 
 
+def _agent_pos(value: object) -> np.ndarray:
+    """`obs["agent_pos"]` as a float64 array; `ObservationError` for what is not numbers."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ObservationError(
+            f"'agent_pos' must be numbers (a float array), got {type(value).__name__} {shown}"
+        ) from None
+
+
 def as_decode_config(decoder: str | DecodeConfig) -> DecodeConfig:
     """A `DecodeConfig` from a preset name, a variant of one (`PRESET:field=value:...`, as
     `--compare` takes it) or a `DecodeConfig`; ValueError for anything else."""
@@ -409,13 +421,16 @@ class VLAPolicy:
         if P:
             if obs.get("agent_pos") is None:
                 raise ObservationError(f"this policy needs 'agent_pos' (proprio of {P} dims)")
-            proprio = np.asarray(obs["agent_pos"], dtype=np.float64).reshape(B, -1)
+            proprio = _agent_pos(obs["agent_pos"])
+            if proprio.size % B:
+                raise ObservationError(f"'agent_pos' has {proprio.size} values, not a multiple of the batch of {B}")
+            proprio = proprio.reshape(B, -1)
             if proprio.shape[1] != P:
                 raise ObservationError(f"'agent_pos' must have {P} dims, got {proprio.shape[1]}")
             if not np.isfinite(proprio).all():
                 raise ObservationError("'agent_pos' contains NaN or inf")
         elif obs.get("agent_pos") is not None:
-            ap = np.asarray(obs["agent_pos"], dtype=np.float64)
+            ap = _agent_pos(obs["agent_pos"])
             if not np.isfinite(ap).all():
                 raise ObservationError("'agent_pos' contains NaN or inf")
         return images, instrs, proprio

@@ -92,6 +92,21 @@ CASES = {
         "DistillConfig.teacher: .* not a directory",
     ),
     "serve model": (["serve", "--transport", "dds", "--model-path", "{tmp}/nope"], "not a directory"),
+    "choice not on the list": (
+        ["eval", "--policy", POLICY, "--decoder", "fast"],
+        "--decoder: invalid choice 'fast'; choose one of ar, jacobi",
+    ),
+    "not an integer": (["collect", "--episodes", "ten"], "--episodes: expected an integer, got 'ten'"),
+    "not an integer or None": (
+        ["eval", "--policy", POLICY, "--max-iterations", "1.5"],
+        "--max-iterations: expected an integer or None, got '1.5'",
+    ),
+    "flag without its value": (["eval", "--policy", POLICY, "--episodes"], "--episodes: expected a value"),
+    "unknown flag": (
+        ["train", "--data", POLICY, "--out-dir", "{tmp}/r", "--epochs", "3"],
+        r"unrecognized arguments: --epochs 3 \(`ee-vla train --help`",
+    ),
+    "required option missing": (["dagger"], "missing required option\\(s\\): --policy"),
 }
 
 

@@ -164,6 +164,11 @@ def test_warm_start_shift_sets_the_warm_guess_shift(tiny_vla_dir, monkeypatch):
         ({"pixels": np.zeros((0, 64, 64, 3), np.uint8), "instruction": []}, "'pixels' is an empty batch"),
         ({"pixels": np.zeros((2, 64, 64, 3), np.uint8), "instruction": ["a"]}, "2 images, 1 instructions"),
         ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "x", "agent_pos": [np.nan]}, "NaN"),
+        (
+            {"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "x", "agent_pos": "abc"},
+            "'agent_pos' must be numbers",
+        ),
+        ({"pixels": np.zeros((64, 64, 3), np.uint8), "instruction": "x", "agent_pos": [[1, 2], [3]]}, "'agent_pos'"),
         ("not a dict", "must be a dict"),
     ],
 )
