@@ -92,6 +92,10 @@ CASES = {
         "DistillConfig.teacher: .* not a directory",
     ),
     "serve model": (["serve", "--transport", "dds", "--model-path", "{tmp}/nope"], "not a directory"),
+    "results into a model": (
+        ["eval", "--policy", POLICY, "--output-dir", POLICY, "--overwrite"],
+        "holds a model \\(model.safetensors\\); write the results to another --output-dir",
+    ),
     "choice not on the list": (
         ["eval", "--policy", POLICY, "--decoder", "fast"],
         "--decoder: invalid choice 'fast'; choose one of ar, jacobi",

@@ -174,7 +174,7 @@ class EvalConfig:
 
     def check_inputs(self) -> None:
         """The policy directory has a saved policy's files, every env id is registered, and
-        `output_dir` holds no earlier results (unless `overwrite`). Imports no torch or MuJoCo: the
+        `output_dir` holds no model and no earlier results (unless `overwrite`). Imports no torch or MuJoCo: the
         CLI runs it first, so that such a mistake is reported at once."""
         from ee_vla.models import check_model_dir
 
@@ -183,6 +183,11 @@ class EvalConfig:
         check_model_dir(self.policy, "EvalConfig.policy:")
         if self.runtime.calibration is not None and not Path(self.runtime.calibration).is_file():
             raise EvalConfigError(f"EvalConfig.calibration: calibration file not found: {self.runtime.calibration}")
+        if self.output_dir is not None and (Path(self.output_dir) / "model.safetensors").exists():
+            raise EvalConfigError(
+                f"EvalConfig.output_dir: {self.output_dir} holds a model (model.safetensors); "
+                "write the results to another --output-dir"
+            )
         if self.output_dir is not None and not self.overwrite:
             from ee_vla.evaluation.report import COMPARE_FILE, EVAL_INFO_FILE
 
