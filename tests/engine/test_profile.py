@@ -70,7 +70,11 @@ def test_the_7b_shape_is_built_without_allocating_it():
         build_workload("tiny", attn_implementation="eager")
 
 
-def test_config_validation_and_cli_parsing(tmp_path):
+def test_config_validation_and_cli_parsing(tmp_path, monkeypatch):
+    # the checks of a CUDA profile, also where there is no GPU (a device the machine lacks is refused
+    # at once otherwise: test_a_cuda_profile_without_cuda_is_refused)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="shape"):
         ProfileConfig(shape="gpt-5")
     with pytest.raises(ValueError, match="engines"):
@@ -336,3 +340,9 @@ def test_attn_layer_sets_the_engines_attention_layers_for_the_run(tmp_path, monk
     assert config_from_args([]).attn_layer == "fused"
     with pytest.raises(ValueError, match="attn_layer must be transformers|fused|fused_torch_merge"):
         ProfileConfig(attn_layer="flash")
+
+
+def test_a_cuda_profile_without_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cuda' but CUDA is not available on this machine"):
+        ProfileConfig(runtime=RuntimeConfig(device="cuda"))
