@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ee_vla.runtime import resolve_device
 from ee_vla.threads import configure_threads, resolve_threads
 from ee_vla.training.augment import augment_pixel_values
 from ee_vla.training.config import RunConfig
@@ -93,8 +94,7 @@ def init_runtime(device: str = "auto", threads: int = 0, num_workers: int = 0) -
     configure_threads(training_threads(threads, num_workers))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = device == "auto" and torch.cuda.is_available() or device.startswith("cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available on this machine (use --device cpu or auto)")
+    resolve_device(device)  # a device this machine cannot run: one line naming it
     if world <= 1:
         dev = torch.device("cuda" if device == "auto" and want_cuda else ("cpu" if device == "auto" else device))
         return Runtime(0, 1, 0, dev)
