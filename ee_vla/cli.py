@@ -191,10 +191,10 @@ class OptionValueError(ValueError):
 
 
 def _env_flags(cls: type, args: list[str]) -> list[str]:
-    """Every `--env` value on the command line, in the form `cls` parses: `--env A --env B` for a
-    repeatable flag (eval, dagger), `--env A B` for one that takes several values (collect). Either
-    form is accepted by every command; without this, argparse keeps only the last of repeated
-    several-value flags and refuses several values after a repeatable one."""
+    """Every `--env` value on the command line (comma-separated ones split), in the form `cls`
+    parses: `--env A --env B` for a repeatable flag (eval, dagger), `--env A B` for one that takes
+    several values (collect). Every form is accepted by every command; without this, argparse keeps
+    only the last of repeated several-value flags and refuses several values after a repeatable one."""
     import typing
 
     if not dataclasses.is_dataclass(cls) or not any(a == "--env" or a.startswith("--env=") for a in args):
@@ -231,6 +231,7 @@ def _env_flags(cls: type, args: list[str]) -> list[str]:
             continue
         if first is None:
             first = len(out)
+    values = [e.strip() for v in values for e in v.split(",") if e.strip()]
     flags = [x for v in values for x in ("--env", v)] if repeatable else ["--env", *values]
     return out[:first] + flags + out[first:]
 

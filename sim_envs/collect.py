@@ -41,8 +41,8 @@ class CollectConfig:
     """What to record and where (`ee-vla collect` exposes these fields as flags)."""
 
     env: tuple[str, ...] = ("ee_vla/PickCube-v0",)
-    """Gymnasium ids to record, e.g. ee_vla/PickCube-v0 or ee_vla/MetaWorld-reach-v0: several after
-    one flag, the flag repeated, or commas."""
+    """Gymnasium ids to record, e.g. ee_vla/PickCube-v0 or ee_vla/MetaWorld-reach-v0 (on the command
+    line: several after one flag, the flag repeated, or commas)."""
     episodes: int = 100
     """Successful demonstrations to record per env id (with `explore_steps`: explored scenes)."""
     out: Path = Path("data/demos")
@@ -96,7 +96,7 @@ class CollectConfig:
 
         if isinstance(self.env, str):
             self.env = (self.env,)
-        self.env = tuple(e.strip() for item in self.env for e in str(item).split(",") if e.strip())
+        self.env = tuple(self.env)
         self.out = Path(self.out)
         if not self.env:
             raise ValueError("CollectConfig.env is empty: name at least one env id")
