@@ -82,8 +82,8 @@ def init_model(cfg: InitModelConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"InitModelConfig.out: {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        held = sorted(p.name for p in out.iterdir())
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not cfg.overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise FileExistsError(
             f"InitModelConfig.out: {out} is not empty (it holds {shown}); pass --overwrite to replace it "
