@@ -51,6 +51,11 @@ class RunConfig:
     """AdamW weight decay (applied to matrices only, not to biases and norms)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 = no clipping)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights (torch's `AveragedModel`): after each step
+    from the end of the warmup on, the average moves 1 - ema_decay of the way to the trained weights
+    (0.999 averages over about the last 1000 steps). out_dir/model is then the average and
+    out_dir/model_raw the last step's own weights; checkpoints carry the average. 0 = off."""
     label_smoothing: float = 0.0
     """Label smoothing of the next-token cross-entropy."""
     action_vocab_only: bool = True
@@ -140,6 +145,7 @@ class RunConfig:
         )
         _check(self.weight_decay >= 0, c, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.grad_clip >= 0, c, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _check(0 <= self.ema_decay < 1, c, "ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")
         _check(0 <= self.label_smoothing < 1, c, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         _check(0 <= self.aug_shift < 0.5, c, "aug_shift", f"must be in [0, 0.5), got {self.aug_shift}")
         for name in ("aug_brightness", "aug_contrast", "aug_saturation"):

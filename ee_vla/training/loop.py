@@ -35,7 +35,14 @@ from ee_vla.training.config import RunConfig
 from ee_vla.training.data import DatasetError, collate, evenly_spaced
 from ee_vla.training.losses import WindowLM
 from ee_vla.training.metrics import MetricsLog, eval_mode, evaluate_decoding
-from ee_vla.training.run_dir import CONFIG_FILE, MODEL_DIR, load_trainer_state, save_checkpoint, save_final_model
+from ee_vla.training.run_dir import (
+    CONFIG_FILE,
+    MODEL_DIR,
+    RAW_MODEL_DIR,
+    load_trainer_state,
+    save_checkpoint,
+    save_final_model,
+)
 from ee_vla.training.run_dir import ResumeConfigError as ResumeConfigError  # also importable from here
 
 log = logging.getLogger(__name__)
@@ -186,7 +193,8 @@ def _gather(obj, rt: Runtime) -> list:
 class _Run:
     """What the steps of `fit` share: `net` is the `WindowLM` the objective calls (DDP-wrapped when
     distributed), `aug_gen` and `obj_gen` the augmentation's and the objective's generators (both
-    checkpointed), `step` the number of optimizer steps taken."""
+    checkpointed), `step` the number of optimizer steps taken, `ema` the average of the weights
+    (`RunConfig.ema_decay`; None when off)."""
 
     cfg: RunConfig
     rt: Runtime
@@ -198,6 +206,7 @@ class _Run:
     autocast: Callable[[], contextlib.AbstractContextManager]
     aug_gen: torch.Generator
     obj_gen: torch.Generator
+    ema: Any = None
     step: int = 0
 
     @property
@@ -231,7 +240,13 @@ def _prepare(cfg: RunConfig, vla, rt: Runtime, kind: str) -> _Run:
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     aug_gen = torch.Generator(device=rt.device).manual_seed(cfg.seed * 7919 + rt.rank)
     obj_gen = torch.Generator().manual_seed(cfg.seed * 104729 + rt.rank + 1)
-    return _Run(cfg, rt, vla, kind, net, optimizer, scheduler, autocast_for(cfg.dtype, rt.device), aug_gen, obj_gen)
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    autocast = autocast_for(cfg.dtype, rt.device)
+    return _Run(cfg, rt, vla, kind, net, optimizer, scheduler, autocast, aug_gen, obj_gen, ema)
 
 
 def _restore(run: _Run, ckpt: Path) -> None:
@@ -242,6 +257,10 @@ def _restore(run: _Run, ckpt: Path) -> None:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     run.step = int(state["step"])
+    if run.ema is not None and "ema" in state:
+        run.ema.load_state_dict(state["ema"])
+    elif run.ema is not None:
+        log.warning("%s holds no average of the weights: the average starts again at step %d", ckpt, run.step)
     # the saved state carries the run's lr and weight decay: the config's apply (they differ
     # only with allow_config_change), on the schedule of the config's steps and warmup
     optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
@@ -310,6 +329,8 @@ def _train_step(run: _Run, batch: dict, objective: Objective) -> dict[str, torch
     run.optimizer.step()
     run.scheduler.step()
     run.step += 1
+    if run.ema is not None and run.step > cfg.warmup_steps:
+        run.ema.update_parameters(vla.model)  # the first update copies the weights
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}
 
 
@@ -378,10 +399,30 @@ def _checkpoint(run: _Run, metrics_log: MetricsLog | None) -> None:
         "kind": run.kind,
         "world_size": rt.world_size,
     }
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
     if rt.is_main:
         path = save_checkpoint(run.out, run.step, run.vla, state, run.cfg.keep_checkpoints)
         metrics_log.plot(f"{run.kind} ({run.out.name})")
         log.info("saved checkpoint %s", path)
+
+
+def _swap_in_average(run: _Run) -> None:
+    """Save the last step's own weights as out_dir/model_raw, then load the average of the weights
+    into the model, which `_finish` saves as out_dir/model."""
+    n = int(run.ema.n_averaged)
+    if n == 0:
+        log.warning(
+            "ema_decay: the run ended at step %d, within its %d warmup steps, before the average started: "
+            "out_dir/model holds the last step's weights",
+            run.step,
+            run.cfg.warmup_steps,
+        )
+        return
+    save_final_model(run.out, run.vla, run.cfg.save_dtype, name=RAW_MODEL_DIR)
+    log.info("saved the last step's weights (%s) to %s", run.cfg.save_dtype, run.out / RAW_MODEL_DIR)
+    run.vla.model.load_state_dict(run.ema.module.state_dict())
+    log.info("the final model is the average of the weights over %d steps (ema_decay=%s)", n, run.cfg.ema_decay)
 
 
 def _finish(run: _Run, metrics_log: MetricsLog | None) -> Path:
@@ -389,6 +430,8 @@ def _finish(run: _Run, metrics_log: MetricsLog | None) -> Path:
     if run.rt.is_main:
         if not metrics_log.plot_path.is_file():
             metrics_log.plot(f"{run.kind} ({run.out.name})")
+        if run.ema is not None:
+            _swap_in_average(run)
         save_final_model(run.out, run.vla, run.cfg.save_dtype)
         log.info("saved the final model (%s) to %s", run.cfg.save_dtype, run.out / MODEL_DIR)
     run.rt.barrier()

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 MODEL_DIR = "model"
+RAW_MODEL_DIR = "model_raw"
+"""With an average of the weights (`RunConfig.ema_decay`): the last step's own weights, beside the
+average in `MODEL_DIR`."""
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 CONFIG_FILE = "config.json"
@@ -38,7 +41,17 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 
 
 RUN_ENTRIES = frozenset(
-    {CONFIG_FILE, METRICS_FILE, PLOT_FILE, CHECKPOINTS, MODEL_DIR, MODEL_DIR + ".tmp", TRAJECTORY_DIR}
+    {
+        CONFIG_FILE,
+        METRICS_FILE,
+        PLOT_FILE,
+        CHECKPOINTS,
+        MODEL_DIR,
+        MODEL_DIR + ".tmp",
+        RAW_MODEL_DIR,
+        RAW_MODEL_DIR + ".tmp",
+        TRAJECTORY_DIR,
+    }
 )
 """What a run directory may hold: the files a run writes (distillation's trajectories included)."""
 RUN_KINDS = ("bc", "distill")
@@ -232,13 +245,13 @@ def save_checkpoint(out_dir: Path, step: int, vla, state: dict, keep: int) -> Pa
     return final
 
 
-def save_final_model(out_dir: Path, vla, save_dtype: str) -> Path:
-    """Write out_dir/model in `save_dtype` (float32, bfloat16 or float16), replacing any earlier one
+def save_final_model(out_dir: Path, vla, save_dtype: str, name: str = MODEL_DIR) -> Path:
+    """Write out_dir/`name` in `save_dtype` (float32, bfloat16 or float16), replacing any earlier one
     only once the new one is complete; returns its path."""
-    final = out_dir / MODEL_DIR
+    final = out_dir / name
     import torch
 
-    tmp = out_dir / (MODEL_DIR + ".tmp")
+    tmp = out_dir / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     from ee_vla.training.lora import merged_lora
 

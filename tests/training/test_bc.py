@@ -241,3 +241,50 @@ def test_input_noise_trains_and_is_validated(tmp_path, write_demo):
     assert 0 <= rows[-1]["eval/first_token_acc"] <= 1 and rows[-1]["eval/first_action_l1"] >= 0
     with pytest.raises(ValueError, match="input_noise"):
         _cfg([data], tmp_path / "bad", input_noise=1.0)
+
+
+def test_ema_decay_saves_the_average_and_the_last_weights_and_resumes(tmp_path, write_demo):
+    """With ema_decay the final model is the exponential average of the weights after each step past
+    the warmup (checked against the checkpoint of every step), model_raw the last step's; resuming
+    carries the average on to the same result."""
+    from safetensors.torch import load_file
+
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=6)
+    d = 0.6
+    kw = dict(steps=5, warmup_steps=2, save_every=1, keep_checkpoints=10, ema_decay=d)
+    out = tmp_path / "ema"
+    train(_cfg([data], out, **kw))
+    steps = {int(p.name[5:]): load_file(p / "model.safetensors") for p in list_checkpoints(out)}
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    avg, raw = load_file(out / "model" / "model.safetensors"), load_file(out / "model_raw" / "model.safetensors")
+    moved = 0
+    for key in avg:
+        assert torch.equal(raw[key], steps[5][key]), key
+        expected = steps[3][key].clone()  # the first step past the warmup is copied
+        for s in (4, 5):
+            expected = d * expected + (1 - d) * steps[s][key]
+        torch.testing.assert_close(avg[key], expected, rtol=1e-5, atol=1e-6)
+        moved += not torch.equal(avg[key], raw[key])
+    assert moved > 0, "the average equals the last step's weights"
+    # an interrupted run resumes with the average it had
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    for s in (4, 5):
+        shutil.rmtree(cut / "checkpoints" / f"step_{s:07d}")
+    shutil.rmtree(cut / "model")
+    shutil.rmtree(cut / "model_raw")
+    train(_cfg([data], cut, resume=True, **kw))
+    _assert_same_weights(out / "model", cut / "model")
+    _assert_same_weights(out / "model_raw", cut / "model_raw")
+
+
+def test_ema_decay_ending_within_the_warmup_keeps_the_last_weights(tmp_path, write_demo, caplog):
+    data = write_demo(tmp_path / "demos.hdf5", n_episodes=2, steps=6)
+    out = tmp_path / "short"
+    with caplog.at_level("WARNING"):
+        train(_cfg([data], out, steps=2, warmup_steps=2, ema_decay=0.9))
+    assert "before the average started" in caplog.text
+    assert not (out / "model_raw").exists()
+    _assert_same_weights(out / "model", list_checkpoints(out)[-1])
+    with pytest.raises(ValueError, match="ema_decay"):
+        _cfg([data], out, ema_decay=1.0)
