@@ -297,7 +297,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.attn_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto: cuda where torch sees a GPU"
+    )
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=32)
@@ -344,11 +346,16 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    if not args.resources:  # --resources compiles for Hopper and needs no GPU
+        from ee_vla.runtime import RuntimeConfigError, resolve_device
+
+        try:
+            args.device = resolve_device(args.device)
+        except RuntimeConfigError as e:
+            raise SystemExit(f"attn_bench: {e}") from None
     check_args(args)
     if args.resources:
         return run(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("attn_bench: --device cuda but CUDA is not available")
     if args.device == "cpu" and not splitkv.INTERPRET:
         raise SystemExit("attn_bench: on the CPU the kernel runs in Triton's interpreter: set TRITON_INTERPRET=1")
     return run(args)

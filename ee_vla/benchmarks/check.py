@@ -249,7 +249,9 @@ def run_checks(device: str = "cpu", compiled: bool | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Check the static/graph decode engines against eager HFStep.")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda where torch sees a GPU, else cpu), cpu, cuda, cuda:1, ..."
+    )
     p.add_argument("--out", type=Path, default=None, help="directory for exactness.json")
     p.add_argument(
         "--compiled",
@@ -258,12 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also check the torch.compile engine (default: on CUDA)",
     )
     args = p.parse_args(argv)
+    from ee_vla.runtime import RuntimeConfigError, resolve_device
+
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        p.error(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available here")
+        args.device = resolve_device(args.device)
+    except RuntimeConfigError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = run_checks(args.device, args.compiled)
     from ee_vla.timing import environment_info

@@ -257,6 +257,14 @@ def test_attention_bench_names_an_option_that_cannot_run(extra, message):
         attn_bench.main(base + extra)
 
 
+def test_attention_bench_refuses_cuda_where_there_is_none(monkeypatch):
+    from ee_vla.benchmarks import attn_bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=re.escape("attn_bench: device='cuda' but CUDA is not available")):
+        attn_bench.main(["--device", "cuda", "--dtype", "float32"])
+
+
 @pytest.mark.parametrize("engine_mask", [False, True])
 @pytest.mark.parametrize("merge", [False, True])
 @pytest.mark.parametrize(

@@ -521,4 +521,13 @@ def test_the_exactness_check_names_a_device_it_cannot_use(capsys):
 
     with pytest.raises(SystemExit):
         main(["--device", "bogus"])
-    assert "--device 'bogus' is not a torch device" in capsys.readouterr().err
+    assert "device='bogus' is not a torch device" in capsys.readouterr().err
+
+
+def test_the_exactness_check_refuses_cuda_where_there_is_none(capsys, monkeypatch):
+    from ee_vla.benchmarks.check import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda"])
+    assert "device='cuda' but CUDA is not available" in capsys.readouterr().err
