@@ -86,7 +86,12 @@ done
 mkdir -p "$ROS2_SRC"
 if [[ -z $repos_file ]]; then
   repos_file=$ROS2_SRC/jazzy.repos
-  [[ -s $repos_file ]] || curl -sSfL "$REPOS_URL" -o "$repos_file"
+  if [[ ! -s $repos_file ]] && ! curl -sSfL "$REPOS_URL" -o "$repos_file"; then
+    rm -f "$repos_file"
+    echo "fetch_ros2_sources.sh: could not download $REPOS_URL (is GitHub reachable from here?); on a machine" \
+      "without network access give local copies: --mirror DIR (bare repositories) and --repos FILE" >&2
+    exit 1
+  fi
 fi
 
 # jazzy.repos filtered to REPOS, in the same YAML layout.

@@ -101,3 +101,15 @@ def test_make_targets_build_and_test_against_the_prefix(tmp_path):
     assert "-m pytest -q tests/ros_nodes --ignore tests/ros_nodes/test_ros_node_fakes.py" in r.stdout
     # launch_testing's pytest plugins cannot load under pytest 9: the project's pytest config disables them
     assert "-p no:launch_testing -p no:launch_ros" in (ROOT / "setup.cfg").read_text()
+
+
+def test_fetching_without_network_names_the_offline_way_and_leaves_no_empty_repos_file(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "curl").write_text("#!/bin/sh\necho 'curl: (6) Could not resolve host' >&2\nexit 6\n")
+    (fake / "curl").chmod(0o755)
+    src = tmp_path / "src"
+    r = _run(FETCH, env={"PATH": f"{fake}:/usr/bin:/bin", "ROS2_SRC": str(src)})
+    assert r.returncode == 1
+    assert "could not download" in r.stderr and "--mirror DIR" in r.stderr and "--repos FILE" in r.stderr
+    assert not (src / "jazzy.repos").exists()
