@@ -100,11 +100,11 @@ def init_runtime(device: str = "auto", threads: int = 0, num_workers: int = 0) -
     processes use gloo. Sets torch's CPU threads (`training_threads`)."""
     configure_threads(training_threads(threads, num_workers))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device == "auto" and torch.cuda.is_available() or device.startswith("cuda")
-    resolve_device(device)  # a device this machine cannot run: one line naming it
+    # auto -> cuda or cpu; a device this machine cannot run is one line naming it
+    resolved = torch.device(resolve_device(device))
+    want_cuda = resolved.type == "cuda"
     if world <= 1:
-        dev = torch.device("cuda" if device == "auto" and want_cuda else ("cpu" if device == "auto" else device))
-        return Runtime(0, 1, 0, dev)
+        return Runtime(0, 1, 0, resolved)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if want_cuda:
         if device not in ("auto", "cuda"):
