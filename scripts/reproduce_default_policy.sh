@@ -31,8 +31,13 @@
 #                  150-per-task set (CPU): scenes_ceed
 #   chunk8         chunks of 8 actions: 750 fresh demonstrations per task (seed 14, varied wording),
 #                  BC from scenes_ceed with --chunk-size 8 on them and the scenes stage's fresh scenes
-#                  (1500 steps, seed 14): the shipped model (CEED decodes its 56-token chunks in
-#                  parallel; a distilled student of it decodes no faster, docs/training.md)
+#                  (1500 steps, seed 14) (CEED decodes its 56-token chunks in parallel; a distilled
+#                  student of it decodes no faster, docs/training.md)
+#   noshift        BC from chunk8 without the random image shift and with an average of the weights
+#                  (--aug-shift 0 --ema-decay 0.998): 750 fresh Push demonstrations and 400 of each
+#                  other task (seed 23), fresh scenes (3000 Push from seed 520000, 800 of each other
+#                  task from seed 620000), all with the varied wording; 1000 steps, seed 23: the
+#                  shipped model
 #
 # The last stage that ran copies its model to $DEST.
 #
@@ -49,7 +54,9 @@
 # paraphrase stage, all of it on one H200 with 16 cores, took about 8 minutes (BC 3.5, distillation
 # 1.5 with its trajectories). The scenes stage's collection, on-policy episodes and BC took about
 # 7 minutes on one H100 with 16 cores (BC 3.5), its distillation 16 minutes on a 2-core CPU; the
-# chunk8 stage (its collection and BC) about 5.5 minutes on one H100 with 16 cores (BC 3.6).
+# chunk8 stage (its collection and BC) about 5.5 minutes on one H100 with 16 cores (BC 3.6); the
+# noshift stage's collection 73 s on one H100 with 16 cores, its BC 6.5 minutes with a second BC run
+# beside it on the same GPU.
 # DISTILL_DEVICE sets the device of these two distillations (by default each stage's: cuda for
 # paraphrase, cpu for scenes).
 #
@@ -69,7 +76,7 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
-ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes chunk8"
+ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes chunk8 noshift"
 STAGES="${STAGES:-$ALL_STAGES}"
 for s in $STAGES; do
   case " $ALL_STAGES " in
@@ -107,10 +114,12 @@ read -r -a DAGGER_TASKS <<<"${DAGGER_TASKS:-ee_vla/Push-v0 ee_vla/Place-v0 ee_vl
 ENVS=()
 for t in "${TASK_LIST[@]}"; do ENVS+=(--env "$t"); done
 
-COMMON=(--weight-decay 0.01 --aug-shift 0.03 --val-fraction 0.05 --dtype bfloat16 --save-dtype bfloat16
-  --log-every 50 --eval-samples 256)
+BASE=(--weight-decay 0.01 --val-fraction 0.05 --dtype bfloat16 --save-dtype bfloat16 --log-every 50
+  --eval-samples 256)
+COMMON=(--aug-shift 0.03 "${BASE[@]}")  # every stage but the last: a random shift of up to 3% of the image
 # BC on fresh scenes with every object asked about (every_object, fresh_demos, dagger)
-FT=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100 "${COMMON[@]}")
+SCENE_Q=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100)
+FT=("${SCENE_Q[@]}" "${COMMON[@]}")
 
 collect_on() {  # dir, episodes per task, seed, "task ...", extra flags
   [ "$DRY_RUN" != 1 ] && [ -f "$1/demos.hdf5" ] && return
@@ -286,5 +295,19 @@ if has chunk8; then
   done_model "$RUNS/chunk8" || run "${EE[@]}" train --data "$DATA/suite_aug14" "$DATA/push_scenes" \
     "$DATA/other_scenes" --out-dir "$RUNS/chunk8" --init-from "$RUNS/scenes_ceed/model" --chunk-size 8 \
     --seed 14 "${BC[@]}" --steps 1500
-  ship "$RUNS/chunk8/model"
+  has noshift || ship "$RUNS/chunk8/model"
+fi
+
+if has noshift; then
+  AUG=(--instructions augmented)
+  collect_on "$DATA/push23" 750 23 ee_vla/Push-v0 "${AUG[@]}"
+  collect_on "$DATA/other23" 400 23 "ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0" "${AUG[@]}"
+  collect_on "$DATA/push_scenes23" 3000 520000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
+  collect_on "$DATA/other_scenes23" 800 620000 "ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0" \
+    --explore-steps 5 "${AUG[@]}"
+  done_model "$RUNS/noshift" || run "${EE[@]}" train --data "$DATA/push23" "$DATA/other23" "$DATA/push_scenes23" \
+    "$DATA/other_scenes23" --out-dir "$RUNS/noshift" --init-from "$RUNS/chunk8/model" --chunk-size 8 --seed 23 \
+    "${SCENE_Q[@]}" "${BASE[@]}" --aug-shift 0 --ema-decay 0.998 --grounding-fraction 0.5 --lr 1e-4 \
+    --save-every 500 --eval-every 500 --batch-size 512 --num-workers "$WORKERS" --steps 1000
+  ship "$RUNS/noshift/model"
 fi

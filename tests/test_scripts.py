@@ -64,8 +64,8 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
     """Each training run starts from the model the stage before it wrote, each on-policy collection
     runs the latest model, the student distilled from the last DAgger round goes through the
     paraphrase round, whose distilled student goes through the fresh-scenes round, whose distilled
-    student is fine-tuned to chunks of 8 actions and shipped, and the result lands outside the
-    shipped checkpoint."""
+    student is fine-tuned to chunks of 8 actions, which is fine-tuned once more without the random
+    image shift and shipped, and the result lands outside the shipped checkpoint."""
     cmds = _recipe(tmp_path)
     made = []  # model dirs written so far, in order
     trains = []
@@ -97,31 +97,43 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
         "scenes",
         "scenes_ceed",
         "chunk8",
+        "noshift",
     ]
-    student, para, para_student, scenes, scenes_student, shipped = trains[-6:]
+    student, para, para_student, scenes, scenes_student, chunk8, shipped = trains[-7:]
     assert _flag(student, "--teacher").endswith("dagger3/model")
     assert _flag(para, "--init-from").endswith("/ceed/model")
     assert _flag(para_student, "--teacher").endswith("para/model")
     assert _flag(scenes, "--init-from").endswith("para_ceed/model")
     assert _flag(scenes_student, "--teacher").endswith("scenes/model")
-    assert _flag(shipped, "--init-from").endswith("scenes_ceed/model") and _flag(shipped, "--chunk-size") == "8"
+    assert _flag(chunk8, "--init-from").endswith("scenes_ceed/model") and _flag(chunk8, "--chunk-size") == "8"
+    assert _flag(shipped, "--init-from").endswith("chunk8/model") and _flag(shipped, "--chunk-size") == "8"
+    # every stage before the last trains with the random image shift; the shipped one without it, and
+    # ships the average of its weights
+    assert {_flag(c, "--aug-shift") for c in trains if "train" in c and c is not shipped} == {"0.03"}
+    assert [_flag(shipped, f) for f in ("--aug-shift", "--ema-decay")] == ["0", "0.998"]
+    assert shipped.count("--aug-shift") == 1
     for s in (student, para_student, scenes_student):
         assert [_flag(s, f) for f in ("--ar-weight", "--lr", "--label-smoothing")] == ["3", "5e-5", "0"]
         assert "--freeze-vision" in s
-    # the fresh-scenes round trains on explored scenes of every task beside demonstrations and Push's
-    # on-policy episodes
-    # (a dry run prints a collection each time a stage asks for it: the chunk8 stage reuses the scenes')
-    explored = list({_flag(c, "--out"): c for c in cmds if "collect" in c and "--explore-steps" in c}.values())
-    scene_envs = []
-    for c in explored:  # `--env A B C`: the words after --env up to the next flag
-        after = c[c.index("--env") + 1 :]
-        scene_envs += after[: next(i for i, w in enumerate(after) if w.startswith("--"))]
-    scene_envs.sort()
-    assert scene_envs == sorted(["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"])
-    assert {_flag(c, "--out") for c in explored} <= set(scenes[scenes.index("--data") + 1 : scenes.index("--out-dir")])
+
+    # the fresh-scenes, chunk8 and shipped stages each train on explored scenes of every task beside
+    # demonstrations (a dry run prints a collection each time a stage asks for it: the chunk8 stage
+    # reuses the scenes stage's; the shipped stage records fresh demonstrations and scenes)
+    def data(run):
+        return set(run[run.index("--data") + 1 : run.index("--out-dir")])
+
+    def envs(cmd):  # `--env A B C`: the words after --env up to the next flag
+        after = cmd[cmd.index("--env") + 1 :]
+        return after[: next(i for i, w in enumerate(after) if w.startswith("--"))]
+
+    explored = {_flag(c, "--out"): c for c in cmds if "collect" in c and "--explore-steps" in c}
+    suite = sorted(["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"])
+    for run in (scenes, chunk8, shipped):
+        assert sorted(e for out in data(run) & set(explored) for e in envs(explored[out])) == suite
+    assert not data(shipped) & data(chunk8)
     # the paraphrase and fresh-scenes rounds record varied wording, never the held-out phrasings
     worded = [c for c in cmds if ("collect" in c or "dagger" in c) and "--instructions" in c]
-    assert len({_flag(c, "--out") for c in worded}) == 9
+    assert len({_flag(c, "--out") for c in worded}) == 13
     assert {_flag(c, "--instructions") for c in worded} == {"augmented"}
     assert {_flag(c, "--out").rsplit("/", 1)[1] for c in worded} <= {
         d.rsplit("/", 1)[1] for c in cmds if "distill" in c or "train" in c for d in c if d.startswith("data/")
@@ -132,7 +144,7 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
     dagger_seeds = [_flag(c, "--seed") for c in cmds if "dagger" in c and "--policy" in c]
     assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000", "212000", "216000"]
     assert len(rounds["dagger2"][rounds["dagger2"].index("--data") + 1 : rounds["dagger2"].index("--out-dir")]) == 3
-    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("chunk8/model/.")
+    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("noshift/model/.")
     assert sum(c[:2] == ["cp", "-r"] for c in cmds) == 1
     assert "checkpoints" not in cmds[-1][3]
 
