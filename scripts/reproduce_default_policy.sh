@@ -116,7 +116,7 @@ for t in "${TASK_LIST[@]}"; do ENVS+=(--env "$t"); done
 
 BASE=(--weight-decay 0.01 --val-fraction 0.05 --dtype bfloat16 --save-dtype bfloat16 --log-every 50
   --eval-samples 256)
-COMMON=(--aug-shift 0.03 "${BASE[@]}")  # every stage but the last: a random shift of up to 3% of the image
+COMMON=(--aug-shift 0.03 "${BASE[@]}")  # every stage but the last: a random shift of up to 3% of the image side
 # BC on fresh scenes with every object asked about (every_object, fresh_demos, dagger)
 SCENE_Q=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100)
 FT=("${SCENE_Q[@]}" "${COMMON[@]}")
