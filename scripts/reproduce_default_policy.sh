@@ -120,6 +120,8 @@ COMMON=(--aug-shift 0.03 "${BASE[@]}")  # every stage but the last: a random shi
 # BC on fresh scenes with every object asked about (every_object, fresh_demos, dagger)
 SCENE_Q=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100)
 FT=("${SCENE_Q[@]}" "${COMMON[@]}")
+AUG=(--instructions augmented)  # varied wording: the templates and the training paraphrases
+OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"  # the suite's tasks but Push
 
 collect_on() {  # dir, episodes per task, seed, "task ...", extra flags
   [ "$DRY_RUN" != 1 ] && [ -f "$1/demos.hdf5" ] && return
@@ -137,9 +139,8 @@ collect() {  # dir, demonstrations per task, seed, extra flags: every task of TA
 }
 
 fresh_scenes() {  # the explored scenes both the scenes and the chunk8 stage train on (varied wording)
-  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 --instructions augmented
-  collect_on "$DATA/other_scenes" 800 600000 "ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0" --explore-steps 5 \
-    --instructions augmented
+  collect_on "$DATA/push_scenes" 3000 500000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
+  collect_on "$DATA/other_scenes" 800 600000 "$OTHER" --explore-steps 5 "${AUG[@]}"
 }
 
 distill_from() {  # teacher, run prefix, data, device, extra flags: the teacher's trajectories, then the student
@@ -217,10 +218,11 @@ if has every_object; then
     --seed $((SEED + 4)) "${EO[@]}"
 fi
 
-# one-process BC of the last three stages: 512 per step, grounding fraction 0.5, lr 1e-4; BC1 adds
+# one-process BC of the later stages: 512 per step, grounding fraction 0.5, lr 1e-4; BC1 adds
 # the 2000-step schedule of fresh_demos and dagger
-BC=("${FT[@]}" --grounding-fraction 0.5 --lr 1e-4 --save-every 500 --eval-every 500 --batch-size 512
+BC_STEP=(--grounding-fraction 0.5 --lr 1e-4 --save-every 500 --eval-every 500 --batch-size 512
   --num-workers "$WORKERS")
+BC=("${FT[@]}" "${BC_STEP[@]}")
 BC1=("${BC[@]}" --steps 2000)
 
 if has fresh_demos; then
@@ -258,7 +260,6 @@ if has distill; then
 fi
 
 if has paraphrase; then
-  AUG=(--instructions augmented)
   collect "$DATA/suite_aug12" 750 12 "${AUG[@]}"
   collect "$DATA/suite150_aug" 150 0 "${AUG[@]}"
   on_policy "$RUNS/ceed/model" "$DATA/dagger_aug_212000" 212000 "${PARAPHRASE_MINUTES:-2}" "${AUG[@]}"
@@ -271,8 +272,6 @@ if has paraphrase; then
 fi
 
 if has scenes; then
-  AUG=(--instructions augmented)
-  OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"
   collect_on "$DATA/push_s16" 700 16 ee_vla/Push-v0 "${AUG[@]}"
   collect_on "$DATA/other_s16" 250 16 "$OTHER" "${AUG[@]}"
   fresh_scenes
@@ -299,15 +298,12 @@ if has chunk8; then
 fi
 
 if has noshift; then
-  AUG=(--instructions augmented)
   collect_on "$DATA/push23" 750 23 ee_vla/Push-v0 "${AUG[@]}"
-  collect_on "$DATA/other23" 400 23 "ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0" "${AUG[@]}"
+  collect_on "$DATA/other23" 400 23 "$OTHER" "${AUG[@]}"
   collect_on "$DATA/push_scenes23" 3000 520000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
-  collect_on "$DATA/other_scenes23" 800 620000 "ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0" \
-    --explore-steps 5 "${AUG[@]}"
+  collect_on "$DATA/other_scenes23" 800 620000 "$OTHER" --explore-steps 5 "${AUG[@]}"
   done_model "$RUNS/noshift" || run "${EE[@]}" train --data "$DATA/push23" "$DATA/other23" "$DATA/push_scenes23" \
     "$DATA/other_scenes23" --out-dir "$RUNS/noshift" --init-from "$RUNS/chunk8/model" --chunk-size 8 --seed 23 \
-    "${SCENE_Q[@]}" "${BASE[@]}" --aug-shift 0 --ema-decay 0.998 --grounding-fraction 0.5 --lr 1e-4 \
-    --save-every 500 --eval-every 500 --batch-size 512 --num-workers "$WORKERS" --steps 1000
+    "${SCENE_Q[@]}" "${BASE[@]}" "${BC_STEP[@]}" --aug-shift 0 --ema-decay 0.998 --steps 1000
   ship "$RUNS/noshift/model"
 fi
