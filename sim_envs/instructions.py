@@ -9,8 +9,11 @@ seen, for measuring how well it follows paraphrases:
 
     ee-vla eval --policy P --env ee_vla/PickCube-v0 --env-kwargs instructions held_out
 
-`AUGMENT` holds twenty more phrasings per task for training with paraphrases, disjoint from the
-held-out ones and avoiding their distinctive wording (a test checks both): an env made with
+`HELD_OUT_2` (`instructions="held_out_2"`) is a second such set, five more phrasings per task that
+lean on constraints and negations ("don't grab it", "without pushing it", "never raising it").
+
+`AUGMENT` holds twenty more phrasings per task for training with paraphrases, disjoint from both
+held-out sets and avoiding their distinctive wording (a test checks both): an env made with
 `instructions="augmented"` draws uniformly from the training templates and these, so data
 collected with it teaches other words while the held-out set stays a fair test:
 
@@ -28,9 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-INSTRUCTION_SETS = ("train", "held_out", "augmented")
-"""`instructions` of the tabletop envs: the training templates | the held-out paraphrases | the
-training templates and `AUGMENT`'s paraphrases."""
+INSTRUCTION_SETS = ("train", "held_out", "held_out_2", "augmented")
+"""`instructions` of the tabletop envs: the training templates | the held-out paraphrases | the second
+held-out set | the training templates and `AUGMENT`'s paraphrases."""
 
 HELD_OUT: dict[str, tuple[str, ...]] = {
     "reach": (
@@ -63,6 +66,41 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
     ),
 }
 """Per task, phrasings that training never uses (same placeholders as its templates)."""
+
+
+HELD_OUT_2: dict[str, tuple[str, ...]] = {
+    "reach": (
+        "hover near the {obj}",
+        "don't grab the {obj}, just go to the {obj}",
+        "aim for the {obj}",
+        "reach the {obj} but leave the {obj} in place",
+        "line the gripper up with the {obj}",
+    ),
+    "pick_cube": (
+        "hoist the {obj}",
+        "pick up the {obj} and don't let it fall",
+        "the {obj} needs to come up off the table",
+        "lift the {obj} without pushing it away",
+        "raise the {obj} into the air",
+    ),
+    "place": (
+        "load the {obj} onto the {plate}",
+        "put the {obj} on the {plate} and don't drop it on the table",
+        "the {plate} is where the {obj} should end up",
+        "set the {obj} down on the {plate} without pushing it",
+        "relocate the {obj} to the {plate}",
+    ),
+    "push": (
+        "bump the {obj} forward until it reaches the white circle",
+        "push the {obj} to the white circle but don't grab it",
+        "hold the gripper low while pushing the {obj} onto the circle",
+        "move the {obj} to the white circle, never raising it",
+        "press the {obj} over to the circle",
+    ),
+}
+"""A second held-out set per task, written with constraints and negations ("don't", "without",
+"never") as well as new verbs; like `HELD_OUT`, no training data contains its phrasings or the words
+only it uses (a test checks both)."""
 
 
 AUGMENT: dict[str, tuple[str, ...]] = {
@@ -158,6 +196,9 @@ AUGMENT: dict[str, tuple[str, ...]] = {
 """Per task, phrasings for training with paraphrases (`instructions="augmented"`); none is held out."""
 
 
+HELD_OUT_SETS = {"held_out": HELD_OUT, "held_out_2": HELD_OUT_2}
+"""The held-out instruction sets by name: evaluation only."""
+
 TRAINING_SETS = ("train", "augmented")
 """The instruction sets training data may be recorded with (collection, DAgger): never held_out."""
 
@@ -166,7 +207,7 @@ def check_training_set(which: str, owner: str, env_ids: Sequence[str] = ()) -> s
     """`which` if training data of `env_ids` may use it (`TRAINING_SETS`; another set than train
     only for the ee_vla suite, whose tasks have instruction sets); else a ValueError naming `owner`."""
     if which not in TRAINING_SETS:
-        why = " (held-out paraphrases never go into training data)" if which == "held_out" else ""
+        why = " (held-out paraphrases never go into training data)" if which in HELD_OUT_SETS else ""
         raise ValueError(f"{owner} must be train or augmented{why}, got {which!r}")
     if which != "train" and any(e.startswith("ee_vla/MetaWorld") for e in env_ids):
         raise ValueError(f"{owner} is only supported by the ee_vla suite, not Meta-World envs")
@@ -181,8 +222,8 @@ def choose_template(
     copy of `rng`, so that `rng` itself, which places the scene, is not advanced."""
     if which == "train":
         return train[index]
-    if which == "held_out":
-        held = HELD_OUT[task]
+    if which in HELD_OUT_SETS:
+        held = HELD_OUT_SETS[which][task]
         return held[index % len(held)]
     if which == "augmented":
         if rng is None:

@@ -155,10 +155,10 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         image_size: side of the square `pixels` image (and of `wrist_pixels`).
         wrist_camera: also observe a gripper-mounted camera under `wrist_pixels`.
         camera: the main camera, "front" (default) or "top".
-        instructions: "train" (the task's templates, default), "held_out" (paraphrases that no
-            training data contains, for measuring how well a policy follows them) or "augmented"
-            (the templates and more paraphrases, none held out, for training data;
-            `sim_envs.instructions`).
+        instructions: "train" (the task's templates, default), "held_out" or "held_out_2"
+            (paraphrases that no training data contains, for measuring how well a policy follows
+            them) or "augmented" (the templates and more paraphrases, none held out, for
+            training data; `sim_envs.instructions`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -244,7 +244,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
 
     def _draw_template(self, rng: np.random.Generator, train: tuple[str, ...], task: str) -> str:
         """One instruction template: drawn from the task's training `train` templates, or the same
-        draw's held-out paraphrase (`instructions="held_out"`), or one of the templates and the
+        draw's held-out paraphrase (`instructions="held_out"` or `"held_out_2"`), or one of the templates and the
         training paraphrases (`instructions="augmented"`; `sim_envs.instructions`)."""
         return choose_template(train, task, int(rng.integers(len(train))), self.instructions, rng)
 

@@ -10,7 +10,7 @@ import pytest
 
 import sim_envs  # noqa: F401
 from sim_envs.collect import CollectConfig
-from sim_envs.instructions import AUGMENT, HELD_OUT, choose_template
+from sim_envs.instructions import AUGMENT, HELD_OUT_SETS, check_training_set, choose_template
 from sim_envs.pick_cube import PICK_TEMPLATES
 from sim_envs.place import PLACE_TEMPLATES
 from sim_envs.push import PUSH_TEMPLATES
@@ -26,20 +26,29 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def test_no_held_out_phrasing_is_a_training_one():
-    """Rendered with the same names, no held-out instruction equals a training instruction of any task."""
-    train = {_norm(t.format(**NAMES)) for ts in TRAIN.values() for t in ts}
-    held = [_norm(t.format(**NAMES)) for ts in HELD_OUT.values() for t in ts]
-    assert set(HELD_OUT) == set(TRAIN) and all(len(ts) == 5 for ts in HELD_OUT.values())
-    assert len(set(held)) == len(held) and not set(held) & train
-    for task, ts in HELD_OUT.items():  # the same fields as the task's own templates
+def _rendered(sets) -> list[str]:
+    return [_norm(t.format(**NAMES)) for s in sets for ts in s.values() for t in ts]
+
+
+@pytest.mark.parametrize("which", sorted(HELD_OUT_SETS))
+def test_no_held_out_phrasing_is_a_training_one(which):
+    """Rendered with the same names, no held-out instruction equals a training instruction of any
+    task, and the two held-out sets share none."""
+    held_set = HELD_OUT_SETS[which]
+    train = set(_rendered([TRAIN]))
+    held = _rendered([held_set])
+    other = set(_rendered([s for name, s in HELD_OUT_SETS.items() if name != which]))
+    assert set(held_set) == set(TRAIN) and all(len(ts) == 5 for ts in held_set.values())
+    assert len(set(held)) == len(held) and not set(held) & (train | other)
+    for task, ts in held_set.items():  # the same fields as the task's own templates
         fields = {f for t in TRAIN[task] for f in ("obj", "plate") if "{" + f + "}" in t}
         assert all({f for f in ("obj", "plate") if "{" + f + "}" in t} == fields for t in ts), task
 
 
+@pytest.mark.parametrize("which", sorted(HELD_OUT_SETS))
 @pytest.mark.parametrize("task", sorted(ENVS))
-def test_the_same_seed_gives_the_same_scene_in_other_words(task):
-    train, held = gym.make(ENVS[task]), gym.make(ENVS[task], instructions="held_out")
+def test_the_same_seed_gives_the_same_scene_in_other_words(task, which):
+    train, held = gym.make(ENVS[task]), gym.make(ENVS[task], instructions=which)
     try:
         for seed in range(3):
             a, _ = train.reset(seed=seed)
@@ -49,7 +58,7 @@ def test_the_same_seed_gives_the_same_scene_in_other_words(task):
             name = train.unwrapped.objects[train.unwrapped.target_index].name
             assert ta != tb and name in ta and name in tb
             plate = getattr(held.unwrapped, "plate_name", "")
-            assert any(tb == t.format(obj=name, plate=plate) for t in HELD_OUT[task])
+            assert any(tb == t.format(obj=name, plate=plate) for t in HELD_OUT_SETS[which][task])
     finally:
         train.close()
         held.close()
@@ -63,7 +72,7 @@ def test_collection_uses_the_training_templates_only():
     instructions are all training phrasings."""
     kwargs = CollectConfig(env=list(ENVS.values())).make_kwargs()
     assert "instructions" not in kwargs
-    held = {t for ts in HELD_OUT.values() for t in ts}
+    held = {t for s in HELD_OUT_SETS.values() for ts in s.values() for t in ts}
     for task, env_id in ENVS.items():
         env = gym.make(env_id, **kwargs)
         try:
@@ -80,15 +89,16 @@ def _words(template: str) -> set[str]:
 
 
 def test_training_paraphrases_are_disjoint_from_the_held_out_ones():
-    """`AUGMENT` (for training) shares no phrasing with the held-out set or the templates, and no
-    word that only the held-out phrasings of its task use: the held-out test stays unseen words."""
-    train = {_norm(t.format(**NAMES)) for ts in TRAIN.values() for t in ts}
-    held = {_norm(t.format(**NAMES)) for ts in HELD_OUT.values() for t in ts}
-    aug = [_norm(t.format(**NAMES)) for ts in AUGMENT.values() for t in ts]
+    """`AUGMENT` (for training) shares no phrasing with either held-out set or the templates, and no
+    word that only the held-out phrasings of its task use: the held-out tests stay unseen words."""
+    train = set(_rendered([TRAIN]))
+    held = set(_rendered(HELD_OUT_SETS.values()))
+    aug = _rendered([AUGMENT])
     assert set(AUGMENT) == set(TRAIN) and all(len(ts) == 20 for ts in AUGMENT.values())
     assert len(set(aug)) == len(aug) and not set(aug) & (train | held)
     for task, ts in AUGMENT.items():
-        held_only = set().union(*map(_words, HELD_OUT[task])) - set().union(*map(_words, TRAIN[task]))
+        held_words = set().union(*(_words(t) for s in HELD_OUT_SETS.values() for t in s[task]))
+        held_only = held_words - set().union(*map(_words, TRAIN[task]))
         assert not [t for t in ts if _words(t) & held_only], task
         fields = {f for t in TRAIN[task] for f in ("obj", "plate") if "{" + f + "}" in t}
         assert all({f for f in ("obj", "plate") if "{" + f + "}" in t} == fields for t in ts), task
@@ -103,15 +113,18 @@ def test_augmented_draws_cover_templates_and_paraphrases_without_moving_the_scen
         seen.add(choose_template(PICK_TEMPLATES, "pick_cube", index, "augmented", rng))
         assert rng.bit_generator.state == state  # the draw that places the scene comes next, unchanged
     assert seen == set(PICK_TEMPLATES) | set(AUGMENT["pick_cube"])
-    with pytest.raises(ValueError, match="instructions must be one of train, held_out, augmented"):
+    with pytest.raises(ValueError, match="instructions must be one of train, held_out, held_out_2, augmented"):
         choose_template(PICK_TEMPLATES, "pick_cube", 0, "paraphrased", np.random.default_rng(0))
 
 
 def test_collection_takes_the_training_paraphrases_and_refuses_the_held_out_ones():
     cfg = CollectConfig(env=list(ENVS.values()), instructions="augmented")
     assert cfg.make_kwargs()["instructions"] == "augmented"
-    with pytest.raises(ValueError, match="held-out paraphrases never go into training data"):
-        CollectConfig(env=list(ENVS.values()), instructions="held_out")
+    for which in HELD_OUT_SETS:
+        with pytest.raises(ValueError, match="held-out paraphrases never go into training data"):
+            CollectConfig(env=list(ENVS.values()), instructions=which)
+        with pytest.raises(ValueError, match=f"--instructions must be train or augmented.*{which}"):
+            check_training_set(which, "--instructions")
     with pytest.raises(ValueError, match="only supported by the ee_vla suite"):
         CollectConfig(env=["ee_vla/MetaWorld-door-open-v0"], instructions="augmented")
 
