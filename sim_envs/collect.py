@@ -56,7 +56,8 @@ class CollectConfig:
     a policy trained with `ee-vla train --cameras pixels wrist_pixels` reads."""
     instructions: str = "train"
     """Instruction set of the ee_vla suite's tasks (the envs' `instructions`): train (the task's
-    templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`).
+    templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`) |
+    augmented_negated (those and the constraint and negation phrasings of `NEGATED`).
     The held-out paraphrases are for evaluation only and are refused here."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keyword arguments of gymnasium.make for every env id, as name value pairs:

@@ -19,6 +19,13 @@ collected with it teaches other words while the held-out set stays a fair test:
 
     ee-vla collect --env ee_vla/PickCube-v0 --instructions augmented ...
 
+`NEGATED` holds ten phrasings per task that add a constraint or a negation of another task's action
+("push the {obj} to the white circle, do not lift it", "reach the {obj} without grasping it"), under
+the same rules; `instructions="augmented_negated"` draws uniformly from the templates, `AUGMENT` and
+these:
+
+    ee-vla collect --env ee_vla/Push-v0 --instructions augmented_negated ...
+
 The held-out template is chosen by the same random draw as the training one, and the augmented
 choice by a draw that leaves the scene's random stream untouched, so a seed gives the same scene
 under every set and only the words differ.
@@ -31,9 +38,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-INSTRUCTION_SETS = ("train", "held_out", "held_out_2", "augmented")
+INSTRUCTION_SETS = ("train", "held_out", "held_out_2", "augmented", "augmented_negated")
 """`instructions` of the tabletop envs: the training templates | the held-out paraphrases | the second
-held-out set | the training templates and `AUGMENT`'s paraphrases."""
+held-out set | the training templates and `AUGMENT`'s paraphrases | those and `NEGATED`'s."""
 
 HELD_OUT: dict[str, tuple[str, ...]] = {
     "reach": (
@@ -196,10 +203,69 @@ AUGMENT: dict[str, tuple[str, ...]] = {
 """Per task, phrasings for training with paraphrases (`instructions="augmented"`); none is held out."""
 
 
+NEGATED: dict[str, tuple[str, ...]] = {
+    "reach": (
+        "reach the {obj} without grasping it",
+        "move the gripper to the {obj}, do not lift it",
+        "reach the {obj} and do not push it",
+        "go to the {obj} without pushing it",
+        "approach the {obj} without moving it",
+        "reach for the {obj}, no grasping",
+        "go to the {obj} and do not close the gripper",
+        "do not lift the {obj}, only reach it",
+        "move to the {obj} and do not grasp it",
+        "reach the {obj}, not any other object",
+    ),
+    "pick_cube": (
+        "pick up the {obj} and do not push it",
+        "lift the {obj}, do not slide it",
+        "grasp the {obj} and lift it, do not drop it",
+        "pick the {obj} up, do not only reach it",
+        "lift the {obj}, not just slide it",
+        "do not leave the {obj} on the table, lift it",
+        "raise the {obj} off the table and do not release it",
+        "pick up the {obj} rather than sliding it",
+        "lift the {obj}, no sliding",
+        "do not push the {obj}, pick it up",
+    ),
+    "place": (
+        "put the {obj} on the {plate}, do not push it there",
+        "place the {obj} onto the {plate} and do not slide it",
+        "set the {obj} down on the {plate}, not next to it",
+        "move the {obj} to the {plate} by lifting it, not by sliding it",
+        "do not only lift the {obj}, put it on the {plate}",
+        "put the {obj} on the {plate} rather than sliding it",
+        "pick up the {obj} and put it on the {plate}, do not shove it",
+        "place the {obj} onto the {plate}, no sliding",
+        "do not slide the {obj}, set it down on the {plate}",
+        "put the {obj} on the {plate} and not on any other plate",
+    ),
+    "push": (
+        "push the {obj} to the white circle, do not lift it",
+        "slide the {obj} onto the white circle and do not pick it up",
+        "do not grasp the {obj}, push it onto the target",
+        "shove the {obj} onto the circle, no grasping",
+        "push the {obj} onto the target rather than picking it up",
+        "move the {obj} to the white circle by pushing it, not by picking it up",
+        "do not pick up the {obj}, slide it to the white circle",
+        "slide the {obj} to the white circle instead of picking it up",
+        "push the {obj} to the white circle and do not close the fingers",
+        "keep the {obj} down and push it to the circle",
+    ),
+}
+"""Per task, training phrasings that add a constraint or a negation ("do not lift it", "without
+pushing it", "rather than sliding it"): with `instructions="augmented_negated"` a policy learns
+that a negated verb names what not to do. None is held out, and none uses a word that only the
+held-out phrasings of its task use (a test checks both)."""
+
+
 HELD_OUT_SETS = {"held_out": HELD_OUT, "held_out_2": HELD_OUT_2}
 """The held-out instruction sets by name: evaluation only."""
 
-TRAINING_SETS = ("train", "augmented")
+AUGMENTED_SETS = {"augmented": (AUGMENT,), "augmented_negated": (AUGMENT, NEGATED)}
+"""The training sets that draw from the templates and paraphrases, by name: the paraphrase lists each adds."""
+
+TRAINING_SETS = ("train", *AUGMENTED_SETS)
 """The instruction sets training data may be recorded with (collection, DAgger): never held_out."""
 
 
@@ -208,7 +274,7 @@ def check_training_set(which: str, owner: str, env_ids: Sequence[str] = ()) -> s
     only for the ee_vla suite, whose tasks have instruction sets); else a ValueError naming `owner`."""
     if which not in TRAINING_SETS:
         why = " (held-out paraphrases never go into training data)" if which in HELD_OUT_SETS else ""
-        raise ValueError(f"{owner} must be train or augmented{why}, got {which!r}")
+        raise ValueError(f"{owner} must be one of {', '.join(TRAINING_SETS)}{why}, got {which!r}")
     if which != "train" and any(e.startswith("ee_vla/MetaWorld") for e in env_ids):
         raise ValueError(f"{owner} is only supported by the ee_vla suite, not Meta-World envs")
     return which
@@ -218,17 +284,18 @@ def choose_template(
     train: tuple[str, ...], task: str, index: int, which: str, rng: np.random.Generator | None = None
 ) -> str:
     """The template of draw `index` from `train` (`which="train"`), from the task's held-out set, or
-    (`which="augmented"`) one of `train` and the task's `AUGMENT` chosen uniformly by a draw from a
-    copy of `rng`, so that `rng` itself, which places the scene, is not advanced."""
+    (`which="augmented"`, `"augmented_negated"`) one of `train` and the task's paraphrases of that
+    set (`AUGMENTED_SETS`) chosen uniformly by a draw from a copy of `rng`, so that `rng` itself,
+    which places the scene, is not advanced."""
     if which == "train":
         return train[index]
     if which in HELD_OUT_SETS:
         held = HELD_OUT_SETS[which][task]
         return held[index % len(held)]
-    if which == "augmented":
+    if which in AUGMENTED_SETS:
         if rng is None:
-            raise ValueError("instructions='augmented' needs the episode's random generator")
-        options = (*train, *AUGMENT[task])
+            raise ValueError(f"instructions={which!r} needs the episode's random generator")
+        options = (*train, *(t for extra in AUGMENTED_SETS[which] for t in extra[task]))
         seed = int(copy.deepcopy(rng).integers(2**62)) + index
         return options[int(np.random.default_rng(seed).integers(len(options)))]
     raise ValueError(f"instructions must be one of {', '.join(INSTRUCTION_SETS)}, got {which!r}")

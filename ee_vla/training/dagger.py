@@ -81,7 +81,8 @@ class DaggerConfig:
     --init-from P --cameras pixels wrist_pixels`). A policy that reads it gets it recorded anyway."""
     instructions: str = "train"
     """Instruction set of the ee_vla suite's tasks while the policy acts: train (the task's
-    templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`),
+    templates) | augmented (the templates and training paraphrases, `sim_envs.instructions.AUGMENT`) |
+    augmented_negated (those and the constraint and negation phrasings of `NEGATED`),
     as `ee-vla collect --instructions`. The held-out paraphrases are refused: they never go into
     training data."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)

@@ -10,7 +10,7 @@ import pytest
 
 import sim_envs  # noqa: F401
 from sim_envs.collect import CollectConfig
-from sim_envs.instructions import AUGMENT, HELD_OUT_SETS, check_training_set, choose_template
+from sim_envs.instructions import AUGMENT, HELD_OUT_SETS, NEGATED, check_training_set, choose_template
 from sim_envs.pick_cube import PICK_TEMPLATES
 from sim_envs.place import PLACE_TEMPLATES
 from sim_envs.push import PUSH_TEMPLATES
@@ -88,15 +88,18 @@ def _words(template: str) -> set[str]:
     return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", template.lower())))
 
 
-def test_training_paraphrases_are_disjoint_from_the_held_out_ones():
-    """`AUGMENT` (for training) shares no phrasing with either held-out set or the templates, and no
-    word that only the held-out phrasings of its task use: the held-out tests stay unseen words."""
+@pytest.mark.parametrize(("name", "paraphrases", "per_task"), [("AUGMENT", AUGMENT, 20), ("NEGATED", NEGATED, 10)])
+def test_training_paraphrases_are_disjoint_from_the_held_out_ones(name, paraphrases, per_task):
+    """`AUGMENT` and `NEGATED` (for training) share no phrasing with either held-out set, the
+    templates or each other, and no word that only the held-out phrasings of its task use: the
+    held-out tests stay unseen words."""
     train = set(_rendered([TRAIN]))
     held = set(_rendered(HELD_OUT_SETS.values()))
-    aug = _rendered([AUGMENT])
-    assert set(AUGMENT) == set(TRAIN) and all(len(ts) == 20 for ts in AUGMENT.values())
-    assert len(set(aug)) == len(aug) and not set(aug) & (train | held)
-    for task, ts in AUGMENT.items():
+    others = set(_rendered([AUGMENT, NEGATED])) - set(_rendered([paraphrases]))
+    aug = _rendered([paraphrases])
+    assert set(paraphrases) == set(TRAIN) and all(len(ts) == per_task for ts in paraphrases.values())
+    assert len(set(aug)) == len(aug) and not set(aug) & (train | held | others)
+    for task, ts in paraphrases.items():
         held_words = set().union(*(_words(t) for s in HELD_OUT_SETS.values() for t in s[task]))
         held_only = held_words - set().union(*map(_words, TRAIN[task]))
         assert not [t for t in ts if _words(t) & held_only], task
@@ -113,17 +116,34 @@ def test_augmented_draws_cover_templates_and_paraphrases_without_moving_the_scen
         seen.add(choose_template(PICK_TEMPLATES, "pick_cube", index, "augmented", rng))
         assert rng.bit_generator.state == state  # the draw that places the scene comes next, unchanged
     assert seen == set(PICK_TEMPLATES) | set(AUGMENT["pick_cube"])
-    with pytest.raises(ValueError, match="instructions must be one of train, held_out, held_out_2, augmented"):
+    seen = set()
+    for seed in range(600):
+        rng = np.random.default_rng(seed)
+        index = int(rng.integers(len(PICK_TEMPLATES)))
+        negated = choose_template(PICK_TEMPLATES, "pick_cube", index, "augmented_negated", rng)
+        seen.add(negated)
+        # the same draw under "augmented" is unchanged by the added set
+        assert choose_template(PICK_TEMPLATES, "pick_cube", index, "augmented", rng) in (
+            *PICK_TEMPLATES,
+            *AUGMENT["pick_cube"],
+        )
+    assert seen == set(PICK_TEMPLATES) | set(AUGMENT["pick_cube"]) | set(NEGATED["pick_cube"])
+    with pytest.raises(
+        ValueError, match="instructions must be one of train, held_out, held_out_2, augmented, augmented_negated"
+    ):
         choose_template(PICK_TEMPLATES, "pick_cube", 0, "paraphrased", np.random.default_rng(0))
 
 
 def test_collection_takes_the_training_paraphrases_and_refuses_the_held_out_ones():
-    cfg = CollectConfig(env=list(ENVS.values()), instructions="augmented")
-    assert cfg.make_kwargs()["instructions"] == "augmented"
+    for which in ("augmented", "augmented_negated"):
+        cfg = CollectConfig(env=list(ENVS.values()), instructions=which)
+        assert cfg.make_kwargs()["instructions"] == which
     for which in HELD_OUT_SETS:
         with pytest.raises(ValueError, match="held-out paraphrases never go into training data"):
             CollectConfig(env=list(ENVS.values()), instructions=which)
-        with pytest.raises(ValueError, match=f"--instructions must be train or augmented.*{which}"):
+        with pytest.raises(
+            ValueError, match=f"--instructions must be one of train, augmented, augmented_negated.*{which}"
+        ):
             check_training_set(which, "--instructions")
     with pytest.raises(ValueError, match="only supported by the ee_vla suite"):
         CollectConfig(env=["ee_vla/MetaWorld-door-open-v0"], instructions="augmented")
