@@ -20,9 +20,10 @@ collected with it teaches other words while the held-out set stays a fair test:
     ee-vla collect --env ee_vla/PickCube-v0 --instructions augmented ...
 
 `NEGATED` holds ten phrasings per task that add a constraint or a negation of another task's action
-("push the {obj} to the white circle, do not lift it", "reach the {obj} without grasping it"), under
-the same rules; `instructions="augmented_negated"` draws uniformly from the templates, `AUGMENT` and
-these:
+("push the {obj} to the white circle, do not lift it", "reach the {obj}, do not grasp it"), under the
+same rules and one more: no word that a held-out phrasing of any task uses and no training template
+does ("without", "don't", "never" among them), so the held-out sets' negations stay unseen words.
+`instructions="augmented_negated"` draws uniformly from the templates, `AUGMENT` and these:
 
     ee-vla collect --env ee_vla/Push-v0 --instructions augmented_negated ...
 
@@ -205,11 +206,11 @@ AUGMENT: dict[str, tuple[str, ...]] = {
 
 NEGATED: dict[str, tuple[str, ...]] = {
     "reach": (
-        "reach the {obj} without grasping it",
+        "reach the {obj}, do not grasp it",
         "move the gripper to the {obj}, do not lift it",
         "reach the {obj} and do not push it",
-        "go to the {obj} without pushing it",
-        "approach the {obj} without moving it",
+        "go to the {obj}, no pushing",
+        "approach the {obj}, do not move it",
         "reach for the {obj}, no grasping",
         "go to the {obj} and do not close the gripper",
         "do not lift the {obj}, only reach it",
@@ -219,10 +220,10 @@ NEGATED: dict[str, tuple[str, ...]] = {
     "pick_cube": (
         "pick up the {obj} and do not push it",
         "lift the {obj}, do not slide it",
-        "grasp the {obj} and lift it, do not drop it",
+        "grasp the {obj} and lift it, do not shove it",
         "pick the {obj} up, do not only reach it",
-        "lift the {obj}, not just slide it",
-        "do not leave the {obj} on the table, lift it",
+        "lift the {obj}, do not only slide it",
+        "do not keep the {obj} on the table, lift it",
         "raise the {obj} off the table and do not release it",
         "pick up the {obj} rather than sliding it",
         "lift the {obj}, no sliding",
@@ -231,8 +232,8 @@ NEGATED: dict[str, tuple[str, ...]] = {
     "place": (
         "put the {obj} on the {plate}, do not push it there",
         "place the {obj} onto the {plate} and do not slide it",
-        "set the {obj} down on the {plate}, not next to it",
-        "move the {obj} to the {plate} by lifting it, not by sliding it",
+        "set the {obj} down on the {plate}, not beside it",
+        "move the {obj} to the {plate} by picking it up, not by sliding it",
         "do not only lift the {obj}, put it on the {plate}",
         "put the {obj} on the {plate} rather than sliding it",
         "pick up the {obj} and put it on the {plate}, do not shove it",
@@ -248,15 +249,15 @@ NEGATED: dict[str, tuple[str, ...]] = {
         "push the {obj} onto the target rather than picking it up",
         "move the {obj} to the white circle by pushing it, not by picking it up",
         "do not pick up the {obj}, slide it to the white circle",
-        "slide the {obj} to the white circle instead of picking it up",
+        "slide the {obj} to the white circle, do not raise it",
         "push the {obj} to the white circle and do not close the fingers",
         "keep the {obj} down and push it to the circle",
     ),
 }
-"""Per task, training phrasings that add a constraint or a negation ("do not lift it", "without
-pushing it", "rather than sliding it"): with `instructions="augmented_negated"` a policy learns
-that a negated verb names what not to do. None is held out, and none uses a word that only the
-held-out phrasings of its task use (a test checks both)."""
+"""Per task, training phrasings that add a constraint or a negation ("do not lift it", "no
+pushing", "rather than sliding it"), for teaching a policy (`instructions="augmented_negated"`)
+that a negated verb names what not to do. None is held out, and none uses a word of a held-out
+phrasing of any task that no training template uses (a test checks both)."""
 
 
 HELD_OUT_SETS = {"held_out": HELD_OUT, "held_out_2": HELD_OUT_2}

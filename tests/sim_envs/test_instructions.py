@@ -107,6 +107,15 @@ def test_training_paraphrases_are_disjoint_from_the_held_out_ones(name, paraphra
         assert all({f for f in ("obj", "plate") if "{" + f + "}" in t} == fields for t in ts), task
 
 
+def test_negated_phrasings_use_no_held_out_word_of_any_task():
+    """`NEGATED` uses no word that a held-out phrasing of any task uses and no template does: the
+    held-out negations ("without", "don't", "never") stay unseen in every task."""
+    held = set().union(*(_words(t) for s in HELD_OUT_SETS.values() for ts in s.values() for t in ts))
+    held_only = held - set().union(*(_words(t) for ts in TRAIN.values() for t in ts))
+    assert {"without", "never", "don"} <= held_only
+    assert not [t for ts in NEGATED.values() for t in ts if _words(t) & held_only]
+
+
 def test_augmented_draws_cover_templates_and_paraphrases_without_moving_the_scene_stream():
     seen = set()
     for seed in range(300):
