@@ -39,10 +39,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-INSTRUCTION_SETS = ("train", "held_out", "held_out_2", "augmented", "augmented_negated")
-"""`instructions` of the tabletop envs: the training templates | the held-out paraphrases | the second
-held-out set | the training templates and `AUGMENT`'s paraphrases | those and `NEGATED`'s."""
-
 HELD_OUT: dict[str, tuple[str, ...]] = {
     "reach": (
         "bring the gripper over to the {obj}",
@@ -268,6 +264,10 @@ AUGMENTED_SETS = {"augmented": (AUGMENT,), "augmented_negated": (AUGMENT, NEGATE
 
 TRAINING_SETS = ("train", *AUGMENTED_SETS)
 """The instruction sets training data may be recorded with (collection, DAgger): never held_out."""
+
+INSTRUCTION_SETS = ("train", *HELD_OUT_SETS, *AUGMENTED_SETS)
+"""`instructions` of the tabletop envs: the training templates | the held-out paraphrases | the second
+held-out set | the training templates and `AUGMENT`'s paraphrases | those and `NEGATED`'s."""
 
 
 def check_training_set(which: str, owner: str, env_ids: Sequence[str] = ()) -> str:

@@ -157,8 +157,9 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         camera: the main camera, "front" (default) or "top".
         instructions: "train" (the task's templates, default), "held_out" or "held_out_2"
             (paraphrases that no training data contains, for measuring how well a policy follows
-            them) or "augmented" (the templates and more paraphrases, none held out, for
-            training data; `sim_envs.instructions`).
+            them), "augmented" (the templates and more paraphrases, none held out, for training
+            data) or "augmented_negated" (those and phrasings with negations;
+            `sim_envs.instructions`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
@@ -244,8 +245,9 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
 
     def _draw_template(self, rng: np.random.Generator, train: tuple[str, ...], task: str) -> str:
         """One instruction template: drawn from the task's training `train` templates, or the same
-        draw's held-out paraphrase (`instructions="held_out"` or `"held_out_2"`), or one of the templates and the
-        training paraphrases (`instructions="augmented"`; `sim_envs.instructions`)."""
+        draw's held-out paraphrase (`instructions="held_out"` or `"held_out_2"`), or one of the
+        templates and the training paraphrases (`instructions="augmented"` or `"augmented_negated"`;
+        `sim_envs.instructions`)."""
         return choose_template(train, task, int(rng.integers(len(train))), self.instructions, rng)
 
     def _describe(self, template: str, **names: str) -> None:
