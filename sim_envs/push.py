@@ -67,6 +67,7 @@ class PushEnv(TabletopEnv):
 
     n_objects = 3
     goal_marker = True
+    retargetable = False  # the layout keeps the path from the sampled target to the circle clear
 
     def _sample_task(self, rng: np.random.Generator) -> None:
         low, high = np.array([-0.15, -0.1]), np.array([0.15, 0.12])

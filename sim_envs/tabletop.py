@@ -160,12 +160,20 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             them), "augmented" (the templates and more paraphrases, none held out, for training
             data) or "augmented_negated" (those and phrasings with negations;
             `sim_envs.instructions`).
+        target: "sampled" (default) or "distractor": the instruction, the success test and
+            `info["target_object"]` name another object of the scene than the one sampled as the
+            target. Scene, gripper start and phrasing are those of "sampled" for the same seed, so
+            a policy that succeeds as often goes for the object the instruction names, not for
+            one it expects from the scene. Not for Push (`retargetable` False), whose layout keeps
+            the push path clear for the sampled object only.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
     n_objects: int = 3
     n_plates: int = 0
     goal_marker: bool = False
+    retargetable: bool = True
+    """Whether `target="distractor"` is a fair task: any object could have been the target."""
 
     def __init__(
         self,
@@ -174,6 +182,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         wrist_camera: bool = False,
         camera: str = "front",
         instructions: str = "train",
+        target: str = "sampled",
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
@@ -185,7 +194,15 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             raise ValueError(f"camera must be 'front' or 'top', got {camera!r}")
         if instructions not in INSTRUCTION_SETS:
             raise ValueError(f"instructions must be one of {', '.join(INSTRUCTION_SETS)}, got {instructions!r}")
+        if target not in ("sampled", "distractor"):
+            raise ValueError(f"target must be 'sampled' or 'distractor', got {target!r}")
+        if target == "distractor" and not self.retargetable:
+            raise ValueError(
+                f"target='distractor' is not available for {type(self).__name__}: its layout is sampled "
+                "for the target it draws (another object may block the way or start too near the goal)"
+            )
         self.instructions = instructions
+        self.target = target
         self.render_mode = render_mode
         self.image_size = image_size
         self.wrist_camera = wrist_camera
@@ -445,6 +462,10 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
         self.data.ctrl[0] = FINGER_TRAVEL
         mujoco.mj_forward(self.model, self.data)
         mujoco.mj_step(self.model, self.data, nstep=10)
+        if self.target == "distractor":  # drawn last, so the scene is the one "sampled" gets
+            others = [i for i in range(self.n_objects) if i != self.target_index]
+            self.target_index = others[int(self.np_random.integers(len(others)))]
+            self._describe(self._template, **self._names)
         start = np.array([self.object_pos(i) for i in range(self.n_objects)])
         self._obj_rest_z, self._obj_start_xy = start[:, 2], start[:, :2]
         _, success = self._evaluate()

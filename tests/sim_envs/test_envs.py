@@ -12,6 +12,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim_envs
+from sim_envs.experts import make_expert
 from sim_envs.tabletop import CONTROL_HZ
 
 SUITE = list(sim_envs.SUITE_ENV_IDS)
@@ -117,6 +118,52 @@ def test_place_names_the_plate():
             assert info["target_plate"] in info["task_description"]
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("env_id", ["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Place-v0"])
+def test_distractor_target_names_another_object_of_the_same_scene(env_id):
+    """target="distractor": same scene, gripper start and phrasing as the sampled target for a
+    seed, but the instruction, `info["target_object"]` and the success test follow another object."""
+    sampled = gym.make(env_id, image_size=SMALL)
+    other = gym.make(env_id, image_size=SMALL, target="distractor")
+    a, b = sampled.unwrapped, other.unwrapped
+    try:
+        for seed in range(8):
+            obs_a, info_a = sampled.reset(seed=seed)
+            obs_b, info_b = other.reset(seed=seed)
+            assert [o.name for o in a.objects] == [o.name for o in b.objects]
+            np.testing.assert_array_equal(obs_a["agent_pos"], obs_b["agent_pos"])
+            np.testing.assert_array_equal(obs_a["pixels"], obs_b["pixels"])
+            assert b.target_index != a.target_index
+            assert info_b["target_object"] == b.objects[b.target_index].name != info_a["target_object"]
+            assert info_b["task_description"] == info_a["task_description"].replace(
+                info_a["target_object"], info_b["target_object"]
+            )
+            np.testing.assert_allclose(b.privileged_state()["target_pos"], b.object_pos(b.target_index))
+        # the success test follows the named object: the scripted expert, which goes for the
+        # privileged target, succeeds, and the sampled object stays where it was
+        expert = make_expert(other)
+        sampled.reset(seed=3)
+        other.reset(seed=3)
+        expert.reset()
+        sampled_start = b.object_pos(a.target_index).copy() if env_id != "ee_vla/Reach-v0" else None
+        for _ in range(200):
+            _, _, terminated, truncated, info = other.step(expert.act())
+            if terminated or truncated:
+                break
+        assert info["is_success"], info["outcome"]
+        if sampled_start is not None:
+            np.testing.assert_allclose(b.object_pos(a.target_index)[:2], sampled_start[:2], atol=0.01)
+    finally:
+        sampled.close()
+        other.close()
+
+
+def test_distractor_target_is_refused_where_the_layout_belongs_to_the_sampled_target():
+    with pytest.raises(ValueError, match="not available for PushEnv"):
+        gym.make("ee_vla/Push-v0", target="distractor")
+    with pytest.raises(ValueError, match="target must be 'sampled' or 'distractor', got 'nearest'"):
+        gym.make("ee_vla/Reach-v0", target="nearest")
 
 
 @pytest.mark.timeout(120)
