@@ -36,7 +36,12 @@
 #   noshift        BC from chunk8 without the random image shift and with an average of the weights
 #                  (--aug-shift 0 --ema-decay 0.998): 750 fresh Push demonstrations and 400 of each
 #                  other task (seed 23), fresh scenes (3000 Push from seed 520000, 800 of each other
-#                  task from seed 620000), all with the varied wording; 1000 steps, seed 23: the
+#                  task from seed 620000), all with the varied wording; 1000 steps, seed 23
+#   negated        the noshift round again, from noshift, on fresh data worded with negations too
+#                  (`--instructions augmented_negated`: the varied wording and phrasings that forbid
+#                  another task's action, "push the ..., do not lift it"): 750 fresh Push
+#                  demonstrations and 400 of each other task (seed 25), fresh scenes (3000 Push from
+#                  seed 530000, 800 of each other task from seed 630000); 1000 steps, seed 25: the
 #                  shipped model
 #
 # The last stage that ran copies its model to $DEST.
@@ -56,7 +61,8 @@
 # 7 minutes on one H100 with 16 cores (BC 3.5), its distillation 16 minutes on a 2-core CPU; the
 # chunk8 stage (its collection and BC) about 5.5 minutes on one H100 with 16 cores (BC 3.6); the
 # noshift stage's collection 73 s on one H100 with 16 cores, its BC 6.5 minutes with a second BC run
-# beside it on the same GPU.
+# beside it on the same GPU; the negated stage's collection about a minute, its BC 3.1 minutes (one H100,
+# 16 cores).
 # DISTILL_DEVICE sets the device of these two distillations (by default each stage's: cuda for
 # paraphrase, cpu for scenes).
 #
@@ -76,7 +82,7 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
-ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes chunk8 noshift"
+ALL_STAGES="collect pretrain bc first_student every_object fresh_demos dagger distill paraphrase scenes chunk8 noshift negated"
 STAGES="${STAGES:-$ALL_STAGES}"
 for s in $STAGES; do
   case " $ALL_STAGES " in
@@ -121,6 +127,7 @@ COMMON=(--aug-shift 0.03 "${BASE[@]}")  # every stage but the last: a random shi
 SCENE_Q=(--grounding-source scenes --grounding-questions all --input-noise 0.5 --warmup-steps 100)
 FT=("${SCENE_Q[@]}" "${COMMON[@]}")
 AUG=(--instructions augmented)  # varied wording: the templates and the training paraphrases
+NEG=(--instructions augmented_negated)  # the varied wording and the phrasings with negations
 OTHER="ee_vla/Reach-v0 ee_vla/PickCube-v0 ee_vla/Place-v0"  # the suite's tasks but Push
 
 collect_on() {  # dir, episodes per task, seed, "task ...", extra flags
@@ -305,5 +312,16 @@ if has noshift; then
   done_model "$RUNS/noshift" || run "${EE[@]}" train --data "$DATA/push23" "$DATA/other23" "$DATA/push_scenes23" \
     "$DATA/other_scenes23" --out-dir "$RUNS/noshift" --init-from "$RUNS/chunk8/model" --chunk-size 8 --seed 23 \
     "${SCENE_Q[@]}" "${BASE[@]}" "${BC_STEP[@]}" --aug-shift 0 --ema-decay 0.998 --steps 1000
-  ship "$RUNS/noshift/model"
+  has negated || ship "$RUNS/noshift/model"
+fi
+
+if has negated; then
+  collect_on "$DATA/push25" 750 25 ee_vla/Push-v0 "${NEG[@]}"
+  collect_on "$DATA/other25" 400 25 "$OTHER" "${NEG[@]}"
+  collect_on "$DATA/push_scenes25" 3000 530000 ee_vla/Push-v0 --explore-steps 5 "${NEG[@]}"
+  collect_on "$DATA/other_scenes25" 800 630000 "$OTHER" --explore-steps 5 "${NEG[@]}"
+  done_model "$RUNS/negated" || run "${EE[@]}" train --data "$DATA/push25" "$DATA/other25" "$DATA/push_scenes25" \
+    "$DATA/other_scenes25" --out-dir "$RUNS/negated" --init-from "$RUNS/noshift/model" --chunk-size 8 --seed 25 \
+    "${SCENE_Q[@]}" "${BASE[@]}" "${BC_STEP[@]}" --aug-shift 0 --ema-decay 0.998 --steps 1000
+  ship "$RUNS/negated/model"
 fi

@@ -98,20 +98,24 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
         "scenes_ceed",
         "chunk8",
         "noshift",
+        "negated",
     ]
-    student, para, para_student, scenes, scenes_student, chunk8, shipped = trains[-7:]
+    student, para, para_student, scenes, scenes_student, chunk8, noshift, shipped = trains[-8:]
     assert _flag(student, "--teacher").endswith("dagger3/model")
     assert _flag(para, "--init-from").endswith("/ceed/model")
     assert _flag(para_student, "--teacher").endswith("para/model")
     assert _flag(scenes, "--init-from").endswith("para_ceed/model")
     assert _flag(scenes_student, "--teacher").endswith("scenes/model")
     assert _flag(chunk8, "--init-from").endswith("scenes_ceed/model") and _flag(chunk8, "--chunk-size") == "8"
-    assert _flag(shipped, "--init-from").endswith("chunk8/model") and _flag(shipped, "--chunk-size") == "8"
-    # every stage before the last trains with the random image shift; the shipped one without it, and
-    # ships the average of its weights
-    assert {_flag(c, "--aug-shift") for c in trains if "train" in c and c is not shipped} == {"0.03"}
-    assert [_flag(shipped, f) for f in ("--aug-shift", "--ema-decay")] == ["0", "0.998"]
-    assert shipped.count("--aug-shift") == 1
+    assert _flag(noshift, "--init-from").endswith("chunk8/model") and _flag(noshift, "--chunk-size") == "8"
+    assert _flag(shipped, "--init-from").endswith("noshift/model") and _flag(shipped, "--chunk-size") == "8"
+    # every stage before the last two trains with the random image shift; those two without it, and
+    # each keeps the average of its weights
+    last_two = (noshift, shipped)
+    assert {_flag(c, "--aug-shift") for c in trains if "train" in c and c not in last_two} == {"0.03"}
+    for run in last_two:
+        assert [_flag(run, f) for f in ("--aug-shift", "--ema-decay")] == ["0", "0.998"]
+        assert run.count("--aug-shift") == 1
     for s in (student, para_student, scenes_student):
         assert [_flag(s, f) for f in ("--ar-weight", "--lr", "--label-smoothing")] == ["3", "5e-5", "0"]
         assert "--freeze-vision" in s
@@ -128,13 +132,16 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
 
     explored = {_flag(c, "--out"): c for c in cmds if "collect" in c and "--explore-steps" in c}
     suite = sorted(["ee_vla/Reach-v0", "ee_vla/PickCube-v0", "ee_vla/Push-v0", "ee_vla/Place-v0"])
-    for run in (scenes, chunk8, shipped):
+    for run in (scenes, chunk8, noshift, shipped):
         assert sorted(e for out in data(run) & set(explored) for e in envs(explored[out])) == suite
-    assert not data(shipped) & data(chunk8)
-    # the paraphrase and fresh-scenes rounds record varied wording, never the held-out phrasings
+    assert not data(noshift) & data(chunk8) and not data(shipped) & (data(noshift) | data(chunk8))
+    # the paraphrase and fresh-scenes rounds record varied wording, never the held-out phrasings; the
+    # last stage's data adds the phrasings with negations
     worded = [c for c in cmds if ("collect" in c or "dagger" in c) and "--instructions" in c]
-    assert len({_flag(c, "--out") for c in worded}) == 13
-    assert {_flag(c, "--instructions") for c in worded} == {"augmented"}
+    assert len({_flag(c, "--out") for c in worded}) == 17
+    negated = {_flag(c, "--out") for c in worded if _flag(c, "--instructions") == "augmented_negated"}
+    assert negated == data(shipped)
+    assert {_flag(c, "--instructions") for c in worded} == {"augmented", "augmented_negated"}
     assert {_flag(c, "--out").rsplit("/", 1)[1] for c in worded} <= {
         d.rsplit("/", 1)[1] for c in cmds if "distill" in c or "train" in c for d in c if d.startswith("data/")
     }
@@ -144,7 +151,7 @@ def test_reproduce_default_policy_chains_its_stages(tmp_path):
     dagger_seeds = [_flag(c, "--seed") for c in cmds if "dagger" in c and "--policy" in c]
     assert dagger_seeds == ["207000", "208000", "209000", "210000", "211000", "212000", "216000"]
     assert len(rounds["dagger2"][rounds["dagger2"].index("--data") + 1 : rounds["dagger2"].index("--out-dir")]) == 3
-    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("noshift/model/.")
+    assert cmds[-1][:2] == ["cp", "-r"] and cmds[-1][2].endswith("negated/model/.")
     assert sum(c[:2] == ["cp", "-r"] for c in cmds) == 1
     assert "checkpoints" not in cmds[-1][3]
 
