@@ -161,7 +161,7 @@ class TabletopEnv(gym.Env[dict, np.ndarray]):
             data) or "augmented_negated" (those and phrasings with negations;
             `sim_envs.instructions`).
         target: "sampled" (default) or "distractor": the instruction, the success test and
-            `info["target_object"]` name another object of the scene than the one sampled as the
+            `info["target_object"]` name an object of the scene other than the one sampled as the
             target. Scene, gripper start and phrasing are those of "sampled" for the same seed, so
             a policy that succeeds as often goes for the object the instruction names, not for
             one it expects from the scene. Not for Push (`retargetable` False), whose layout keeps
