@@ -304,24 +304,29 @@ if has chunk8; then
   has noshift || ship "$RUNS/chunk8/model"
 fi
 
+# The round of the last two stages, into $RUNS/NAME: 750 fresh Push demonstrations and 400 of each
+# other task (seed SEED), fresh scenes (3000 Push from PUSH_SCENES, 800 of each other task from
+# OTHER_SCENES), all worded by the flags given; BC from INIT on them without the random shift,
+# keeping an average of the weights (1000 steps, seed SEED).
+fine_tune_round() {  # name, init model dir, seed, Push scene seed, other scene seed, wording flags
+  local name="$1" init="$2" seed="$3" push_scenes="$4" other_scenes="$5"
+  shift 5
+  local sets=("$DATA/push$seed" "$DATA/other$seed" "$DATA/push_scenes$seed" "$DATA/other_scenes$seed")
+  collect_on "${sets[0]}" 750 "$seed" ee_vla/Push-v0 "$@"
+  collect_on "${sets[1]}" 400 "$seed" "$OTHER" "$@"
+  collect_on "${sets[2]}" 3000 "$push_scenes" ee_vla/Push-v0 --explore-steps 5 "$@"
+  collect_on "${sets[3]}" 800 "$other_scenes" "$OTHER" --explore-steps 5 "$@"
+  done_model "$RUNS/$name" || run "${EE[@]}" train --data "${sets[@]}" --out-dir "$RUNS/$name" \
+    --init-from "$init" --chunk-size 8 --seed "$seed" "${SCENE_Q[@]}" "${BASE[@]}" "${BC_STEP[@]}" \
+    --aug-shift 0 --ema-decay 0.998 --steps 1000
+}
+
 if has noshift; then
-  collect_on "$DATA/push23" 750 23 ee_vla/Push-v0 "${AUG[@]}"
-  collect_on "$DATA/other23" 400 23 "$OTHER" "${AUG[@]}"
-  collect_on "$DATA/push_scenes23" 3000 520000 ee_vla/Push-v0 --explore-steps 5 "${AUG[@]}"
-  collect_on "$DATA/other_scenes23" 800 620000 "$OTHER" --explore-steps 5 "${AUG[@]}"
-  done_model "$RUNS/noshift" || run "${EE[@]}" train --data "$DATA/push23" "$DATA/other23" "$DATA/push_scenes23" \
-    "$DATA/other_scenes23" --out-dir "$RUNS/noshift" --init-from "$RUNS/chunk8/model" --chunk-size 8 --seed 23 \
-    "${SCENE_Q[@]}" "${BASE[@]}" "${BC_STEP[@]}" --aug-shift 0 --ema-decay 0.998 --steps 1000
+  fine_tune_round noshift "$RUNS/chunk8/model" 23 520000 620000 "${AUG[@]}"
   has negated || ship "$RUNS/noshift/model"
 fi
 
 if has negated; then
-  collect_on "$DATA/push25" 750 25 ee_vla/Push-v0 "${NEG[@]}"
-  collect_on "$DATA/other25" 400 25 "$OTHER" "${NEG[@]}"
-  collect_on "$DATA/push_scenes25" 3000 530000 ee_vla/Push-v0 --explore-steps 5 "${NEG[@]}"
-  collect_on "$DATA/other_scenes25" 800 630000 "$OTHER" --explore-steps 5 "${NEG[@]}"
-  done_model "$RUNS/negated" || run "${EE[@]}" train --data "$DATA/push25" "$DATA/other25" "$DATA/push_scenes25" \
-    "$DATA/other_scenes25" --out-dir "$RUNS/negated" --init-from "$RUNS/noshift/model" --chunk-size 8 --seed 25 \
-    "${SCENE_Q[@]}" "${BASE[@]}" "${BC_STEP[@]}" --aug-shift 0 --ema-decay 0.998 --steps 1000
+  fine_tune_round negated "$RUNS/noshift/model" 25 530000 630000 "${NEG[@]}"
   ship "$RUNS/negated/model"
 fi
