@@ -38,6 +38,9 @@
 # the device's read speed, and the frozen bf16 step with the fused layers, its kernel table included;
 # with `fp8-fused`, the two targets of docs/performance.md (about 80 s in all on a fresh H200):
 #   STEPS="env linear-stacked bf16-fused fp8-fused" bash scripts/gpu_bench.sh
+# `linear-splitk`: the split-K Triton product (`ee_vla.benchmarks.splitk`) against cuBLAS, both bf16
+# (docs/performance.md, "A Triton product for a few rows against cuBLAS"; about 3 minutes):
+#   STEPS="env linear-splitk bf16-fused" bash scripts/gpu_bench.sh
 #
 # `bench-default`: where a call of the shipped policy goes (inputs, prefill, iteration, other), AR
 # against ceed_2pass, graph and compiled engines, batch 10 and 1 (docs/performance.md, "The shipped
@@ -134,6 +137,10 @@ step fp8-fused-torch-merge 420 "${PROFILE[@]}" "${FP8[@]}" --attn-layer fused_to
 # with the fused layers (the engines' default) and its kernel table
 step linear-stacked 120 python3 -m ee_vla.benchmarks.linear_bench --shape openvla-7b --rows 1 22 --stacked \
   --out "$OUT/linear/stacked"
+# the split-K Triton product against cuBLAS: both kinds, then every plan of its sweep at 22 rows
+step linear-splitk 420 bash -c 'python3 -m ee_vla.benchmarks.linear_bench --shape openvla-7b --rows 1 22 --stacked \
+  --kinds bf16 splitk --out "$0/linear/splitk" && python3 -m ee_vla.benchmarks.linear_bench --shape openvla-7b \
+  --rows 22 --stacked --kinds bf16 --splitk-sweep --out "$0/linear/splitk_sweep"' "$OUT"
 step bf16-fused 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --compile-mode frozen --steps-only \
   --step-widths 22 --step-iters 100 --action-logits --attn-implementation ee_splitkv --attn-layer fused --kernels 30 \
   --no-plots --out "$OUT/bf16/fused"

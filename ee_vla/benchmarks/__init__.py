@@ -5,6 +5,9 @@
   real shape (random weights), raw forwards, HF `generate`, kernel tables;
 * `shapes`       - the named model shapes the profiler builds (OpenVLA-7B, Qwen2-0.5B, tiny, small);
 * `attn_bench`   - `python -m ee_vla.benchmarks.attn_bench`: the split-KV attention kernel alone;
+* `linear_bench` - `python -m ee_vla.benchmarks.linear_bench`: the linear layers alone, bf16 and fp8
+  products against the device's read speed;
+* `splitk`       - a split-K Triton product for a few rows, a candidate `linear_bench` times against cuBLAS;
 * `check`        - `python -m ee_vla.benchmarks.check`: the static engines' tokens against eager;
 * `ablation`     - `python -m ee_vla.benchmarks.ablation`: the CEED paper's ablation ladder, a
   teacher and its students evaluated in simulation on the same seeds.

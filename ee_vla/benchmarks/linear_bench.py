@@ -5,12 +5,15 @@
 A step of a 7B model over a short window is mostly its linear layers reading their weights. For
 each row count (1 = an AR token, 22 = a Jacobi window) this times every linear layer of the shape
 (q, k, v, o, gate, up, down; one weight per layer, so that no weight is still in L2 when it is read
-again), captured as one CUDA graph and replayed back to back, with three kinds of product:
+again), captured as one CUDA graph and replayed back to back, with these kinds of product:
 
 * ``bf16``: `x @ W.T` in bfloat16;
 * ``fp8_row``: `torch._scaled_mm` of float8 e4m3 inputs with one scale per row of x and per
   column of W (torchao's `fp8` quantisation, `Float8DynamicActivationFloat8WeightConfig(PerRow())`);
-* ``fp8_tensor``: the same with one scale per tensor.
+* ``fp8_tensor``: the same with one scale per tensor;
+* ``splitk`` (when named in ``--kinds``): the bf16 product by `ee_vla.benchmarks.splitk`'s Triton
+  kernel in its plan for the shape; ``--splitk-sweep`` also times every plan of its sweep per layer
+  shape and reports the fastest against cuBLAS.
 
 It reports ms for all linear layers of the model, the weight bytes read per second, and that as a
 share of the speed at which the same device reads a 1 GiB buffer once (`read_tbs`, measured in the
@@ -23,14 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from ee_vla.benchmarks.shapes import LM_SHAPES, LMShape
+from ee_vla.benchmarks.splitk import SWEEP, Plan, SplitK
 from ee_vla.timing import capture_cuda_graph, cuda_ms_back_to_back, environment_info
 
-KINDS = ("bf16", "fp8_row", "fp8_tensor")
+log = logging.getLogger(__name__)
+
+KINDS = ("bf16", "fp8_row", "fp8_tensor", "splitk")
+DEFAULT_KINDS = KINDS[:3]
+"""What torch and cuBLAS run; ``splitk`` is timed when named."""
 
 
 def linear_shapes(shape: LMShape, stacked: bool = False) -> dict[str, tuple[int, int, int]]:
@@ -51,6 +60,11 @@ def _products(x: torch.Tensor, weights: list[torch.Tensor], kind: str) -> list:
     """One call per weight: `x` times it, as product `kind` computes it."""
     if kind == "bf16":
         return [lambda w=w: x @ w.t() for w in weights]
+    if kind == "splitk" or isinstance(kind, Plan):
+        n, k = weights[0].shape
+        product = SplitK(x.shape[0], n, k, x.device, None if kind == "splitk" else kind)
+        outs = [x.new_empty(x.shape[0], n) for _ in weights]
+        return [lambda w=w, o=o: product(x, w, o) for w, o in zip(weights, outs, strict=True)]
     x8 = x.to(torch.float8_e4m3fn)
     rows, n = x.shape[0], weights[0].shape[0]
     if kind == "fp8_row":
@@ -97,17 +111,81 @@ def time_linears(
 def weight_bytes(shape: LMShape, kind: str) -> int:
     """Bytes of every linear layer's weight of `shape` stored for `kind`."""
     params = sum(k * n * per for k, n, per in linear_shapes(shape).values()) * shape.num_layers
-    return params * (2 if kind == "bf16" else 1)
+    return params * (2 if kind in ("bf16", "splitk") else 1)
+
+
+def weight_bytes_of(row: dict) -> int:
+    """Bytes of one bf16 weight of a `sweep_splitk` row."""
+    return row["in"] * row["out"] * 2
+
+
+def _product_us(x: torch.Tensor, weights: list[torch.Tensor], kind, iters: int) -> float:
+    """us per product of `x` by each of `weights` (`kind`: a product kind or a split-K `Plan`),
+    captured as one CUDA graph and replayed back to back."""
+    fns = _products(x, weights, kind)
+    return cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / len(weights) * 1e3
+
+
+def sweep_splitk(shape: LMShape, rows: int, iters: int = 20, stacked: bool = True, seed: int = 0) -> dict[str, dict]:
+    """Per layer shape of `shape`: cuBLAS's bf16 product and every plan of `splitk.SWEEP`, us per
+    product (a plan that does not compile or run on this device is left out), fastest first."""
+    from tqdm.auto import tqdm
+
+    dev = torch.device("cuda")
+    torch.manual_seed(seed)
+    out = {}
+    for name, (k, n, _) in linear_shapes(shape, stacked).items():
+        x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
+        weights = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(shape.num_layers)]
+        ref = (x @ weights[0].t()).float()
+        plans = []
+        for plan in tqdm(SWEEP, desc=f"{name} plans", leave=False):
+            try:
+                got = _products(x, weights[:1], plan)[0]().float()
+                if not torch.allclose(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()):
+                    raise AssertionError(f"plan {plan} gives a wrong product")
+                plans.append({**plan._asdict(), "us": _product_us(x, weights, plan, iters)})
+            except (RuntimeError, ValueError) as e:  # e.g. Triton's OutOfResources on a smaller GPU
+                log.info("splitk plan %s skipped: %s", plan, str(e).splitlines()[0])
+        plans.sort(key=lambda r: r["us"])
+        out[name] = {"in": k, "out": n, "cublas_us": _product_us(x, weights, "bf16", iters), "plans": plans}
+        del weights
+        torch.cuda.empty_cache()
+    return out
+
+
+def _sweep_lines(sweep: dict[str, dict], rows: int, read: float) -> list[str]:
+    """One line per layer shape of a `sweep_splitk` result: cuBLAS and the fastest plan, us and
+    share of the read speed `read` (TB/s)."""
+    lines = []
+    for name, row in sweep.items():
+        nbytes = weight_bytes_of(row)
+        cells = [f"{rows:>5} {name:<8} cuBLAS {row['cublas_us']:7.2f} us {nbytes / row['cublas_us'] / 1e6 / read:4.0%}"]
+        if row["plans"]:
+            b = row["plans"][0]
+            cells.append(f"split-K {b['us']:7.2f} us {nbytes / b['us'] / 1e6 / read:4.0%}")
+            cells.append(f"plan {b['block_n']} {b['block_k']} {b['split_k']} {b['stages']}")
+        else:
+            cells.append("split-K: no plan ran")
+        lines.append("  ".join(cells))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.linear_bench", description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="openvla-7b", choices=list(LM_SHAPES))
     p.add_argument("--rows", nargs="+", type=int, default=[1, 22], help="input rows (tokens of the step)")
-    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument(
+        "--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=KINDS, help=f"default: {' '.join(DEFAULT_KINDS)}"
+    )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument(
         "--stacked", action="store_true", help="q/k/v and gate/up as one product each, as the engine runs them"
+    )
+    p.add_argument(
+        "--splitk-sweep",
+        action="store_true",
+        help="also time every plan of the split-K kernel's sweep per layer shape (stacked), against cuBLAS",
     )
     p.add_argument("--out", type=Path, default=Path("outputs/linear_bench"))
     a = p.parse_args(argv)
@@ -139,11 +217,20 @@ def main(argv: list[str] | None = None) -> dict:
             ms, tbs, share = row["all_linears_ms"], row["weight_tbs"], row["of_read_speed"]
             cells.append(f"{ms:>8.3f} ms {tbs:>5.2f} TB/s {share:>4.0%}")
         print(f"{r:>5} " + " ".join(f"{c:>28}" for c in cells))
+    sweeps = {}
+    if a.splitk_sweep:
+        print(
+            "split-K plans against cuBLAS: us per product, % of the read speed (plan: block_n block_k split_k stages)"
+        )
+        for r in a.rows:
+            sweeps[f"rows{r}"] = sweep_splitk(shape, r, a.iters)
+            print("\n".join(_sweep_lines(sweeps[f"rows{r}"], r, read)))
     out = {
         "shape": a.shape,
         "stacked": a.stacked,
         "read_tbs": read,
         "results": results,
+        "splitk_sweep": sweeps,
         "environment": environment_info("cuda", "bfloat16"),
     }
     a.out.mkdir(parents=True, exist_ok=True)

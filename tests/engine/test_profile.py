@@ -233,7 +233,7 @@ def test_the_measuring_tools_live_beside_the_engine():
         "static",
     }
     tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
-    assert tools == {"ablation", "attn_bench", "check", "decode_bench", "linear_bench", "profile", "shapes"}
+    assert tools == {"ablation", "attn_bench", "check", "decode_bench", "linear_bench", "profile", "shapes", "splitk"}
     assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"
 
 
@@ -285,6 +285,25 @@ def test_linear_bench_covers_every_linear_layer_of_a_shape():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             main(["--rows", "1"])
+
+
+def test_linear_bench_splitk_kind_and_sweep_report():
+    """The split-K candidate reads bf16 weights; each sweep line gives cuBLAS's and the fastest
+    plan's time with their share of the read speed, or says that no plan ran."""
+    from ee_vla.benchmarks.linear_bench import DEFAULT_KINDS, KINDS, _sweep_lines, weight_bytes
+
+    llama = LM_SHAPES["openvla-7b"]
+    assert "splitk" in KINDS and "splitk" not in DEFAULT_KINDS  # timed when named
+    assert weight_bytes(llama, "splitk") == weight_bytes(llama, "bf16")
+    plan = {"block_n": 64, "block_k": 256, "split_k": 2, "stages": 3, "warps": 4, "us": 16.0}
+    sweep = {
+        "o": {"in": 4096, "out": 4096, "cublas_us": 12.0, "plans": [plan]},
+        "down": {"in": 11008, "out": 4096, "cublas_us": 30.0, "plans": []},
+    }
+    lines = _sweep_lines(sweep, 22, read=4.0)
+    # 33.5 MB in 12 us is 2.80 TB/s, 70% of 4 TB/s; in 16 us, 52%
+    assert lines[0].split() == "22 o cuBLAS 12.00 us 70% split-K 16.00 us 52% plan 64 256 2 3".split()
+    assert lines[1].endswith("split-K: no plan ran")
 
 
 def test_calibrate_fixes_activation_scales_and_reports_their_range(tmp_path, monkeypatch):
