@@ -19,12 +19,14 @@ Triton's CPU interpreter in float32 (as the CPU tests run it).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from typing import NamedTuple
 
 import torch
 
-from ee_vla.engine.splitkv import HAS_TRITON
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+"""Whether Triton is installed (it ships with CUDA builds of torch)."""
 
 MAX_ROWS = 64
 """Most rows the kernel takes (its tiles hold every row)."""
