@@ -11,8 +11,8 @@ fixed order and writes the output. Nothing else is launched (no reduction kernel
 counters return to zero), and the sum's order never changes, so a product gives the same bits on
 every call.
 
-Each weight shape has a launch plan (`Plan`): `PLANS` holds the fastest of `SWEEP` measured on an
-H100 for OpenVLA-7B's stacked products at 22 rows (docs/performance.md); `plan` gives a rule for the
+Each weight shape has a launch plan (`Plan`): `PLANS` holds plans picked from a sweep on an H100
+for OpenVLA-7B's stacked products at 22 rows (docs/performance.md); `plan` gives a rule for the
 rest; `linear_bench --splitk-sweep` times the sweep again on any GPU. CUDA in float16/bfloat16, or
 Triton's CPU interpreter in float32 (as the CPU tests run it).
 """
@@ -49,8 +49,10 @@ PLANS: dict[tuple[int, int], Plan] = {
     (22016, 4096): Plan(split_k=1),  # gate/up stacked
     (4096, 11008): Plan(split_k=2, stages=5),  # down
 }
-"""(out features, in features) -> plan: the fastest of `SWEEP` for OpenVLA-7B's stacked products at
-22 rows on one H100 (2026-12-07)."""
+"""(out features, in features) -> plan for OpenVLA-7B's stacked products at 22 rows, picked from a
+sweep of `SWEEP` on one H100 (2026-12-07). The sweep in docs/performance.md, on another H100 the
+same day, found the same plans but for o: `Plan(split_k=1, stages=5)` at 14.2 us, where this one
+took 15.6 us in that machine's `--kinds splitk` run."""
 
 SWEEP = [
     Plan(block_n, block_k, split_k, stages)
