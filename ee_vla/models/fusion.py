@@ -75,7 +75,7 @@ def _stack(layers: list[nn.Linear]) -> nn.Linear:
     fused.weight = nn.Parameter(torch.cat([m.weight.detach() for m in layers]), requires_grad=w.requires_grad)
     if all(has_bias):
         fused.bias = nn.Parameter(torch.cat([m.bias.detach() for m in layers]), requires_grad=w.requires_grad)
-    return fused
+    return fused.train(first.training)  # the mode of the layers it replaces
 
 
 def fuse_projections(model: nn.Module) -> int:
@@ -96,7 +96,7 @@ def fuse_projections(model: nn.Module) -> int:
         setattr(module, fused_name, _stack(layers))
         start = 0
         for name, layer in zip(names, layers, strict=True):
-            setattr(module, name, Columns(start, start + layer.out_features))
+            setattr(module, name, Columns(start, start + layer.out_features).train(layer.training))
             start += layer.out_features
         module.__class__ = _fused_class(type(module), fused_name)
         done += 1

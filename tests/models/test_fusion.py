@@ -40,6 +40,11 @@ def test_fused_model_computes_what_the_unfused_one_did(arch):
     assert isinstance(layer.self_attn.q_proj, Columns) and isinstance(layer.mlp.up_proj, Columns)
     assert (layer.self_attn.qkv_proj.bias is not None) == (arch == "qwen2")
     assert is_fused(model) and fuse_projections(model) == 0  # a second call changes nothing
+    # the fused layers take the replaced layers' mode: an eval-mode model has no module left in training
+    assert not any(m.training for m in model.modules())
+    train = _tiny(arch).train()
+    fuse_projections(train)
+    assert all(m.training for m in train.modules())
 
 
 def test_the_weights_are_the_projections_stacked():
