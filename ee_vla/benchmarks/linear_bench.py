@@ -84,6 +84,13 @@ def read_tbs(gib: float = 1.0, iters: int = 20) -> float:
     return buf.numel() * buf.element_size() / ms / 1e9
 
 
+def _product_us(x: torch.Tensor, weights: list[torch.Tensor], kind, iters: int) -> float:
+    """us per product of `x` by each of `weights` (`kind`: a product kind or a split-K `Plan`),
+    captured as one CUDA graph and replayed back to back."""
+    fns = _products(x, weights, kind)
+    return cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / len(weights) * 1e3
+
+
 def time_linears(
     shape: LMShape, rows: int, kind: str, iters: int = 20, seed: int = 0, stacked: bool = False
 ) -> dict[str, float]:
@@ -98,11 +105,10 @@ def time_linears(
     for name, (k, n, per_layer) in linear_shapes(shape, stacked).items():
         x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
         weights = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(shape.num_layers)]
-        fns = _products(x, weights, kind)
-        per_copy = cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / shape.num_layers
+        per_copy = _product_us(x, weights, kind, iters) / 1e3
         out[f"{name}_ms"] = per_copy
         total += per_copy * per_layer * shape.num_layers
-        del weights, fns
+        del weights
         torch.cuda.empty_cache()
     out["all_linears_ms"] = total
     return out
@@ -112,18 +118,6 @@ def weight_bytes(shape: LMShape, kind: str) -> int:
     """Bytes of every linear layer's weight of `shape` stored for `kind`."""
     params = sum(k * n * per for k, n, per in linear_shapes(shape).values()) * shape.num_layers
     return params * (2 if kind in ("bf16", "splitk") else 1)
-
-
-def weight_bytes_of(row: dict) -> int:
-    """Bytes of one bf16 weight of a `sweep_splitk` row."""
-    return row["in"] * row["out"] * 2
-
-
-def _product_us(x: torch.Tensor, weights: list[torch.Tensor], kind, iters: int) -> float:
-    """us per product of `x` by each of `weights` (`kind`: a product kind or a split-K `Plan`),
-    captured as one CUDA graph and replayed back to back."""
-    fns = _products(x, weights, kind)
-    return cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / len(weights) * 1e3
 
 
 def sweep_splitk(shape: LMShape, rows: int, iters: int = 20, stacked: bool = True, seed: int = 0) -> dict[str, dict]:
@@ -161,7 +155,7 @@ def _sweep_lines(sweep: dict[str, dict], rows: int, read: float) -> list[str]:
     share of the read speed `read` (TB/s)."""
     lines = []
     for name, row in sweep.items():
-        nbytes = weight_bytes_of(row)
+        nbytes = row["in"] * row["out"] * 2  # one bf16 weight
         cells = [f"{rows:>5} {name:<8} cuBLAS {row['cublas_us']:7.2f} us {nbytes / row['cublas_us'] / 1e6 / read:4.0%}"]
         if row["plans"]:
             b = row["plans"][0]
