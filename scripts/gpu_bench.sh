@@ -126,10 +126,10 @@ step bench-default 400 bash -c 'for e in graph compiled; do for b in 10 1; do
   python3 -m ee_vla.cli bench --model ee_vla/checkpoints/default --decoders ar ceed_2pass --device cuda \
     --dtype bfloat16 --calls 200 --warmup 5 --engine $e --batch-size $b --no-plots --out "$0/bench_default/${e}_b$b" \
     || exit 1; done; done' "$OUT"
-step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
+GPU_TESTS=(python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider)
+step pytest-gpu 360 "${GPU_TESTS[@]}"
 # the same with Inductor's programmatic dependent launch (docs/performance.md, "Programmatic dependent launch")
-step pytest-gpu-pdl 360 env TORCHINDUCTOR_ENABLE_PDL=1 python3 -m pytest tests/engine/test_gpu.py \
-  tests/engine/test_splitkv.py -q -p no:cacheprovider
+step pytest-gpu-pdl 360 env TORCHINDUCTOR_ENABLE_PDL=1 "${GPU_TESTS[@]}"
 step attn-fused 120 python3 -m ee_vla.benchmarks.attn_bench --device cuda --fused --queries 1 22 --warps 4 8 \
   --out "$OUT/attn"
 FP8=(--shape openvla-7b --engines compiled --compile-mode inductor --steps-only --step-widths 22 --step-iters 100

@@ -54,7 +54,7 @@ def test_wrong_inputs_are_named():
 
 def test_plans():
     """A measured shape gets its table entry; another gets the fewest slices that make about
-    TARGET_PROGRAMS programs, never more slices than loop steps; every plan of the sweep fits."""
+    TARGET_PROGRAMS programs, never more slices than loop steps; the sweep's plans are distinct."""
     assert splitk.plan(4096, 11008) == splitk.PLANS[(4096, 11008)]
     p = splitk.plan(2048, 8192)
     tiles = 2048 // p.block_n
