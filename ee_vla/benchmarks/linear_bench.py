@@ -84,11 +84,14 @@ def read_tbs(gib: float = 1.0, iters: int = 20) -> float:
     return buf.numel() * buf.element_size() / ms / 1e9
 
 
+def _calls_us(fns: list, iters: int) -> float:
+    """us per call of `fns` (one product each), captured as one CUDA graph and replayed back to back."""
+    return cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / len(fns) * 1e3
+
+
 def _product_us(x: torch.Tensor, weights: list[torch.Tensor], kind, iters: int) -> float:
-    """us per product of `x` by each of `weights` (`kind`: a product kind or a split-K `Plan`),
-    captured as one CUDA graph and replayed back to back."""
-    fns = _products(x, weights, kind)
-    return cuda_ms_back_to_back(capture_cuda_graph(fns).replay, iters) / len(weights) * 1e3
+    """us per product of `x` by each of `weights` (`kind`: a product kind or a split-K `Plan`)."""
+    return _calls_us(_products(x, weights, kind), iters)
 
 
 def time_linears(
@@ -135,14 +138,15 @@ def sweep_splitk(shape: LMShape, rows: int, iters: int = 20, stacked: bool = Tru
         ref = (x @ weights[0].t()).float()
         plans = []
         for plan in tqdm(SWEEP, desc=f"{name} plans", leave=False):
+            calls = _products(x, weights, plan)  # the product checked is the one timed
             try:
-                got = _products(x, weights[:1], plan)[0]().float()
+                got = calls[0]().float()
             except (OutOfResources, RuntimeError) as e:  # a plan's tiles need more shared memory than this GPU has
                 log.info("splitk plan %s skipped: %s", plan, str(e).splitlines()[0])
                 continue
             if not torch.allclose(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item()):
                 raise AssertionError(f"split-K plan {plan} gives a wrong {name} product on this device")
-            plans.append({**plan._asdict(), "us": _product_us(x, weights, plan, iters)})
+            plans.append({**plan._asdict(), "us": _calls_us(calls, iters)})
         plans.sort(key=lambda r: r["us"])
         out[name] = {"in": k, "out": n, "cublas_us": _product_us(x, weights, "bf16", iters), "plans": plans}
         del weights
