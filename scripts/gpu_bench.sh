@@ -27,8 +27,7 @@
 #   STEPS="env pytest-splitkv profile-7b-splitkv" bash scripts/gpu_bench.sh
 #   STEPS="profile-7b-sdpa attn-bench" bash scripts/gpu_bench.sh       # (e.g. on a second GPU)
 # and `profile-7b-fast`: the same with the decode steps' output layer on the action rows only
-# (`--action-logits`); `pytest-gpu`: the GPU engine tests alone (test_gpu.py, test_splitkv.py);
-# `pytest-gpu-pdl`: the same with Inductor's programmatic dependent launch on (TORCHINDUCTOR_ENABLE_PDL=1).
+# (`--action-logits`); `pytest-gpu`: the GPU engine tests alone (test_gpu.py, test_splitkv.py).
 # These ee_splitkv steps run transformers' attention layers (`--attn-layer transformers`), as the
 # tables of docs/performance.md's "The 7B step on an H200" were measured.
 # The fused attention layers (`ee_vla.engine.attention`, the engines' default): the attention layers
@@ -126,10 +125,7 @@ step bench-default 400 bash -c 'for e in graph compiled; do for b in 10 1; do
   python3 -m ee_vla.cli bench --model ee_vla/checkpoints/default --decoders ar ceed_2pass --device cuda \
     --dtype bfloat16 --calls 200 --warmup 5 --engine $e --batch-size $b --no-plots --out "$0/bench_default/${e}_b$b" \
     || exit 1; done; done' "$OUT"
-GPU_TESTS=(python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider)
-step pytest-gpu 360 "${GPU_TESTS[@]}"
-# the same with Inductor's programmatic dependent launch (docs/performance.md, "Programmatic dependent launch")
-step pytest-gpu-pdl 360 env TORCHINDUCTOR_ENABLE_PDL=1 "${GPU_TESTS[@]}"
+step pytest-gpu 360 python3 -m pytest tests/engine/test_gpu.py tests/engine/test_splitkv.py -q -p no:cacheprovider
 step attn-fused 120 python3 -m ee_vla.benchmarks.attn_bench --device cuda --fused --queries 1 22 --warps 4 8 \
   --out "$OUT/attn"
 FP8=(--shape openvla-7b --engines compiled --compile-mode inductor --steps-only --step-widths 22 --step-iters 100

@@ -5,7 +5,9 @@ through `torch.compile(dynamic=False)`: Inductor fuses the many small kernels of
 eager modules (RMSNorm, rotary, SiLU-gate, residual adds, the cache writes) into a few generated
 ones, which matters because a 7B forward over a short window is otherwise bound by launching and
 running ~40 small kernels per layer rather than by reading the weights. The compiled forward is
-then captured as the CUDA graph like the eager one.
+then captured as the CUDA graph like the eager one. On Hopper and later GPUs Inductor's own
+kernels use programmatic dependent launch (`_PDL`), which shortens the gaps between kernels in the
+replayed graph (docs/performance.md, "Programmatic dependent launch").
 
 * `compile="frozen"`: Inductor's freezing as well. The weights become constants of the generated
   code, which lets Inductor fold constant work and concatenate the projections that read the same
@@ -31,19 +33,56 @@ an H200").
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 
 import torch
 
+_PDL = {"triton.enable_pdl": True}
+"""Programmatic dependent launch for Inductor's Triton kernels: on Hopper and later GPUs each one
+starts while the kernel before it finishes and waits for its inputs inside (Inductor applies it
+only on CUDA devices of compute capability 9.0 and above; elsewhere the setting does nothing).
+Inductor's own environment variable turns it off: `TORCHINDUCTOR_ENABLE_PDL=0`."""
+
+
+def _mode_settings(compile: str) -> dict:
+    """The Inductor settings of compile mode `compile`, less PDL where the environment says
+    `TORCHINDUCTOR_ENABLE_PDL=0`."""
+    settings = dict(COMPILE_MODES[compile].get("inductor_config", {}))
+    if os.environ.get("TORCHINDUCTOR_ENABLE_PDL") == "0":
+        settings.pop("triton.enable_pdl", None)
+    return settings
+
+
 COMPILE_MODES: dict[str, dict] = {
-    "inductor": {"backend": "inductor"},
-    "frozen": {"backend": "inductor", "inductor_config": {"freezing": True}},
-    "max-autotune": {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"},
+    "inductor": {"backend": "inductor", "inductor_config": dict(_PDL)},
+    "frozen": {"backend": "inductor", "inductor_config": {"freezing": True, **_PDL}},
+    "max-autotune": {"backend": "inductor", "mode": "max-autotune-no-cudagraphs", "inductor_config": dict(_PDL)},
     "aot_eager": {"backend": "aot_eager"},
 }
 """`StaticEngine(compile=...)` choices and their `torch.compile` arguments (always dynamic=False:
 every forward of the engine has a static shape; the engine captures its own CUDA graphs), with
-`inductor_config`: `torch._inductor.config` settings in force while the forwards compile."""
+`inductor_config`: `torch._inductor.config` settings in force while the forwards compile (those of
+an enclosing `inductor_overrides` take precedence)."""
+
+_OVERRIDES: dict = {}
+
+
+@contextlib.contextmanager
+def inductor_overrides(settings: dict):
+    """`torch._inductor.config` settings (dotted keys for nested ones, e.g. `triton.enable_pdl`)
+    for everything compiled inside the context, over those of the compile mode itself: how a
+    benchmark tries an Inductor option, or turns one of the modes' own off, without editing code."""
+    global _OVERRIDES
+    import torch._inductor.config as inductor_config
+
+    before = _OVERRIDES
+    _OVERRIDES = {**before, **settings}
+    try:
+        with inductor_config.patch(settings) if settings else contextlib.nullcontext():
+            yield
+    finally:
+        _OVERRIDES = before
 
 
 SDPA_BACKENDS: tuple[str, ...] = ("flash", "efficient", "cudnn", "math")
@@ -121,12 +160,13 @@ def model_logits(eager: Callable, compile: str | None, sdpa_backends: tuple[str,
     if compile is not None:
         _raise_recompile_limit()
         kwargs = dict(COMPILE_MODES[compile])
-        settings = kwargs.pop("inductor_config", None)
+        kwargs.pop("inductor_config", None)
+        settings = _mode_settings(compile)
         compiled = torch.compile(eager, dynamic=False, **kwargs)
         if settings:
             import torch._inductor.config as inductor_config
 
-            compiled = _within(compiled, lambda: inductor_config.patch(settings))
+            compiled = _within(compiled, lambda: inductor_config.patch({**settings, **_OVERRIDES}))
         fn = compiled
     if sdpa_backends is not None:
         fn = _within(fn, lambda: _sdpa_context(sdpa_backends))

@@ -243,10 +243,14 @@ def test_traced_static_engine_equals_eager():
 
 
 def test_frozen_mode_compiles_with_inductor_freezing_in_force_only_there(monkeypatch):
-    """`compile="frozen"`: torch.compile gets no `inductor_config` argument, and the settings are in
-    force inside every call of the compiled forward (where compilation happens) and only there.
+    """`compile="frozen"`: torch.compile gets no `inductor_config` argument, and the settings
+    (freezing, programmatic dependent launch) are in force inside every call of the compiled forward
+    (where compilation happens) and only there; an enclosing `inductor_overrides` wins over them,
+    and `TORCHINDUCTOR_ENABLE_PDL=0` leaves PDL out.
     Inductor's frozen kernels themselves are checked against eager on the GPU (test_gpu.py)."""
     import torch._inductor.config as inductor_config
+
+    from ee_vla.engine.modes import inductor_overrides
 
     seen, kwargs_seen = [], []
 
@@ -254,7 +258,7 @@ def test_frozen_mode_compiles_with_inductor_freezing_in_force_only_there(monkeyp
         kwargs_seen.append(kwargs)
 
         def run(*a, **k):
-            seen.append(inductor_config.freezing)
+            seen.append((inductor_config.freezing, inductor_config.triton.enable_pdl))
             return fn(*a, **k)
 
         return run
@@ -262,10 +266,26 @@ def test_frozen_mode_compiles_with_inductor_freezing_in_force_only_there(monkeyp
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = tiny_lm("llama", seed=1)
     inputs = padded_prompts(2, 9, [0, 3], seed=3)
+    before = (inductor_config.freezing, inductor_config.triton.enable_pdl)
     pool = EnginePool(model, 6, graphs=False, compile="frozen")
     _assert_all_match(compare_to_eager(model, inputs, 6, pool))
     assert kwargs_seen == [{"dynamic": False, "backend": "inductor"}]
-    assert seen and all(seen) and not inductor_config.freezing
+    assert seen and set(seen) == {(True, True)}
+    assert (inductor_config.freezing, inductor_config.triton.enable_pdl) == before
+
+    seen.clear()
+    with inductor_overrides({"triton.enable_pdl": False}):
+        pool = EnginePool(model, 6, graphs=False, compile="frozen")
+        _assert_all_match(compare_to_eager(model, inputs, 6, pool))
+    assert seen and set(seen) == {(True, False)}
+    assert (inductor_config.freezing, inductor_config.triton.enable_pdl) == before
+
+    # Inductor's environment variable turns the modes' PDL off: Inductor's own setting stays
+    seen.clear()
+    monkeypatch.setenv("TORCHINDUCTOR_ENABLE_PDL", "0")
+    pool = EnginePool(model, 6, graphs=False, compile="frozen")
+    _assert_all_match(compare_to_eager(model, inputs, 6, pool))
+    assert seen and set(seen) == {(True, before[1])}
 
 
 def test_a_pool_releases_the_engines_it_evicts():

@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="torch._inductor.config settings for the run, e.g. freezing=True coordinate_descent_tuning=True",
+        help="torch._inductor.config settings for the run, over the compile mode's own, e.g. "
+        "coordinate_descent_tuning=True or triton.enable_pdl=False",
     )
     p.add_argument(
         "--action-logits",

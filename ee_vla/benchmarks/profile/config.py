@@ -51,7 +51,9 @@ class ProfileConfig:
     before each cast."""
     inductor: tuple[str, ...] = ()
     """Extra `torch._inductor.config` settings for the whole run, KEY=VALUE (e.g. `freezing=True`,
-    `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code."""
+    `coordinate_descent_tuning=True`): to try Inductor's options on a shape without editing code.
+    They take precedence over the compile mode's own (`triton.enable_pdl=False` turns off the
+    modes' programmatic dependent launch)."""
     attn_implementation: str = "sdpa"
     """LM shapes: transformers' attention implementation of the random model (sdpa | eager |
     flex_attention | ee_splitkv; flex_attention only makes sense with the compiled engine, which

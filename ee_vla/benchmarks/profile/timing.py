@@ -3,7 +3,6 @@ every engine x decoder, HF `generate`, the vision tower; `run_profile` runs them
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -12,7 +11,6 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-import torch._inductor.config as inductor_config
 
 from ee_vla.benchmarks.profile.config import ProfileConfig
 from ee_vla.benchmarks.profile.report import format_kernels, format_table, kernel_table, plot_profile
@@ -20,6 +18,7 @@ from ee_vla.benchmarks.shapes import VLA_SHAPES, Workload, build_workload
 from ee_vla.decoding import DecodeConfig, decode
 from ee_vla.engine import attention
 from ee_vla.engine.factory import make_prefill
+from ee_vla.engine.modes import inductor_overrides
 from ee_vla.runtime import config_dict
 from ee_vla.timing import LatencyRecorder, environment_info, summarize, synchronize, time_call
 
@@ -363,7 +362,7 @@ def run_profile(cfg: ProfileConfig) -> dict:
     if settings:
         log.info("torch._inductor.config for this run: %s", settings)
     with (
-        inductor_config.patch(settings) if settings else contextlib.nullcontext(),
+        inductor_overrides(settings),
         attention.layer_mode(fused=cfg.attn_layer != "transformers", merge_in_kernel=cfg.attn_layer == "fused"),
     ):
         raw, results, tokens, setup_s, errors = _run_engines(cfg, wl, widths)
