@@ -45,10 +45,10 @@ only on CUDA devices of compute capability 9.0 and above; elsewhere the setting 
 Inductor's own environment variable turns it off: `TORCHINDUCTOR_ENABLE_PDL=0`."""
 
 
-def _mode_settings(compile: str) -> dict:
-    """The Inductor settings of compile mode `compile`, less PDL where the environment says
+def _mode_settings(inductor_config: dict) -> dict:
+    """A compile mode's `inductor_config`, less PDL where the environment says
     `TORCHINDUCTOR_ENABLE_PDL=0`."""
-    settings = dict(COMPILE_MODES[compile].get("inductor_config", {}))
+    settings = dict(inductor_config)
     if os.environ.get("TORCHINDUCTOR_ENABLE_PDL") == "0":
         settings.pop("triton.enable_pdl", None)
     return settings
@@ -160,8 +160,7 @@ def model_logits(eager: Callable, compile: str | None, sdpa_backends: tuple[str,
     if compile is not None:
         _raise_recompile_limit()
         kwargs = dict(COMPILE_MODES[compile])
-        kwargs.pop("inductor_config", None)
-        settings = _mode_settings(compile)
+        settings = _mode_settings(kwargs.pop("inductor_config", {}))
         compiled = torch.compile(eager, dynamic=False, **kwargs)
         if settings:
             import torch._inductor.config as inductor_config
