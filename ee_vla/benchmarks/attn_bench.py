@@ -163,46 +163,19 @@ def resources(
     arch: int = 90,
 ) -> dict:
     """Registers and stack bytes per thread of the split-KV kernel compiled for CUDA `arch` (no GPU
-    needed: Triton's compiler and ptxas, `cuobjdump -res-usage`), bf16 inputs, the default split
-    plan of `batch_heads` (batch x heads) over `keys` cache slots; the fused kernel as the engine runs
-    it, its mask computed from the key flags. Where Triton's CPU interpreter
-    is on (`TRITON_INTERPRET=1`, as in the CPU tests), its patched language cannot compile: the
-    compilation runs in a child process without it."""
-    import os
-    import re
-    import subprocess
-    import sys
-    import tempfile
+    needed: `ee_vla.benchmarks.cubin`), bf16 inputs, the default split plan of `batch_heads` (batch
+    x heads) over `keys` cache slots; the fused kernel as the engine runs it, its mask computed from
+    the key flags."""
+    from ee_vla.benchmarks import cubin
 
-    if splitkv.INTERPRET:
-        import json
-
+    if cubin.interpreting():
         args = (fused, merge, queries, head_dim, block_n, warps, keys, batch_heads, arch)
-        call = f"resources{args!r}"
-        code = f"import json; from ee_vla.benchmarks.attn_bench import resources; print(json.dumps({call}))"
-        env = {**os.environ, "TRITON_INTERPRET": "0"}
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-        if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            kind, _, message = last.partition(": ")
-            expected = {"FileNotFoundError": FileNotFoundError, "NotImplementedError": NotImplementedError}
-            if kind in expected:  # the errors callers expect (no NVIDIA tools, an unknown compiler API)
-                raise expected[kind](message)
-            raise RuntimeError(f"compiling the split-KV kernel for sm_{arch} failed: {last}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        what = f"the split-KV kernel for sm_{arch}"
+        return cubin.in_child("ee_vla.benchmarks.attn_bench", f"resources{args!r}", what)
 
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
 
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(tool):  # the NVIDIA backend's tools (ptxas beside it) ship in Triton's CUDA wheels
-        raise FileNotFoundError(f"attn_bench --resources needs Triton's cuobjdump, not found at {tool}")
     splits, split_len = splitkv.plan_splits(batch_heads, keys, block_n)
-    fn = splitkv._splitkv_partial_kernel
-    if not isinstance(fn, JITFunction):  # Triton's interpreter is on: compile the Python function itself
-        fn = JITFunction(fn.fn)
     pointers = dict.fromkeys(("Q", "K", "V", "Mask", "KN", "VN", "Cos", "Sin", "Final"), "*bf16")
     pointers.update(dict.fromkeys(("Out", "Max", "Sum"), "*fp32"), Slots="*i64", Counter="*i32", KeyOk="*u8")
     constants = {
@@ -210,23 +183,7 @@ def resources(
         "HEAD_DIM": head_dim, "NUM_SPLITS": splits, "IEEE": False, "NEG": splitkv._NEG, "ROPE": fused, "MERGE": merge,
         "KEY_OK": fused,
     }  # fmt: skip
-    signature = {
-        n: "constexpr" if n in constants else pointers.get(n, "fp32" if n == "scale" else "i32") for n in fn.arg_names
-    }
-    try:
-        source = ASTSource(fn, signature, constants)
-    except TypeError as e:  # ASTSource is Triton's internal API: its arguments have changed between releases
-        raise NotImplementedError(
-            f"attn_bench --resources does not know Triton {triton.__version__}'s compiler: {e}"
-        ) from e
-    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(kernel.asm["cubin"])
-        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
-    usage = dict(re.findall(r"(REG|STACK):(\d+)", text))
-    return {"registers": int(usage["REG"]), "stack_bytes": int(usage["STACK"])}
+    return cubin.usage(splitkv._splitkv_partial_kernel, pointers, constants, warps, arch, scalars={"scale": "fp32"})
 
 
 def _run_resources(args: argparse.Namespace) -> list[dict]:

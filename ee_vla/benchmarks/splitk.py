@@ -15,6 +15,16 @@ Each weight shape has a launch plan (`Plan`): `PLANS` holds plans picked from a 
 for OpenVLA-7B's stacked products at 22 rows (docs/performance.md); `plan` gives a rule for the
 rest; `linear_bench --splitk-sweep` times the sweep again on any GPU. CUDA in float16/bfloat16, or
 Triton's CPU interpreter in float32 (as the CPU tests run it).
+
+An `Epilogue` makes the product do the rest of a decoder layer with its sum before it stores it,
+so that a layer is its four products and its attention kernel (`layer_bench` times that against
+the compiled engine's layers):
+
+    qkv = SplitK(22, 12288, 4096, "cuda", epilogue=Epilogue(norm=True))(x, fold_norm(w_qkv, w_norm), ss_in=ss)
+
+`pdl=True` launches the kernel with programmatic dependent launch (Hopper and later), `prefetch`
+asks for the start of each of its weight rows in L2 before it waits for the kernel before it, and
+`resources` gives the registers and stack a launch plan takes on a GPU architecture, without one.
 """
 
 from __future__ import annotations
@@ -45,14 +55,15 @@ class Plan(NamedTuple):
 
 PLANS: dict[tuple[int, int], Plan] = {
     (12288, 4096): Plan(split_k=1),  # q/k/v stacked
-    (4096, 4096): Plan(block_k=256, split_k=2),  # o
+    (4096, 4096): Plan(split_k=1, stages=5),  # o
     (22016, 4096): Plan(split_k=1),  # gate/up stacked
     (4096, 11008): Plan(split_k=2, stages=5),  # down
 }
-"""(out features, in features) -> plan for OpenVLA-7B's stacked products at 22 rows, picked from a
-sweep of `SWEEP` on one H100 (2026-12-07). The sweep in docs/performance.md, on another H100 the
-same day, found the same plans but for o: `Plan(split_k=1, stages=5)` at 14.2 us, where this one
-took 15.6 us in that machine's `--kinds splitk` run."""
+"""(out features, in features) -> plan for OpenVLA-7B's stacked products at 22 rows, picked from
+sweeps of `SWEEP` on two H100s (2026-12-07, docs/performance.md). Both found these plans for
+q/k/v, gate/up and down; for o, one found `Plan(block_k=256, split_k=2)`, which the other timed at
+15.6 us against 14.2 us for this one, and whose 256-element loop steps spill over 400 bytes per
+thread to local memory for Hopper (`resources`)."""
 
 SWEEP = [
     Plan(block_n, block_k, split_k, stages)
@@ -84,16 +95,52 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
+    def _finish(
+        acc, rn, rm, n_ok, m_ok, M, N, Out, som, SSIn, ss_tiles, Res, srm, SSOut, norm_dim, eps,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, NORM: tl.constexpr, SS_TILES: tl.constexpr,
+        RESIDUAL: tl.constexpr, SS_OUT: tl.constexpr, SWIGLU: tl.constexpr,
+    ):  # fmt: skip
+        """The epilogue of a tile's float32 sum `acc` (BLOCK_N columns, BLOCK_M rows): the RMS
+        norm's row scale, SiLU(gate) x up of interleaved columns, the residual, the store, and the
+        tile's sums of squares for the next norm."""
+        if NORM:  # rsqrt(mean of the input row's squares + eps), from the previous product's tiles
+            t = tl.arange(0, SS_TILES)
+            ss = tl.load(SSIn + t[:, None] * M + rm[None, :], mask=(t < ss_tiles)[:, None] & m_ok[None, :], other=0.0)
+            acc = acc * tl.rsqrt(tl.sum(ss, axis=0) / norm_dim + eps)[None, :]
+        if SWIGLU:  # columns 2j and 2j+1 are gate j and up j: the tile writes BLOCK_N // 2 columns
+            gate, up = tl.split(tl.permute(tl.reshape(acc, [BLOCK_N // 2, 2, BLOCK_M]), (0, 2, 1)))
+            rh = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            o_ok = m_ok[None, :] & (rh < N // 2)[:, None]
+            tl.store(Out + rm[None, :] * som + rh[:, None], (gate * tl.sigmoid(gate) * up).to(Out.dtype.element_ty),
+                     mask=o_ok)  # fmt: skip
+        else:
+            o_ok = m_ok[None, :] & n_ok[:, None]
+            if RESIDUAL:
+                acc += tl.load(Res + rm[None, :] * srm + rn[:, None], mask=o_ok, other=0.0).to(tl.float32)
+            val = acc.to(Out.dtype.element_ty)
+            tl.store(Out + rm[None, :] * som + rn[:, None], val, mask=o_ok)
+            if SS_OUT:  # this tile's share of each row's sum of squares, as stored
+                sq = val.to(tl.float32)
+                sq = tl.where(o_ok, sq * sq, 0.0)
+                tl.store(SSOut + tl.program_id(0) * M + rm, tl.sum(sq, axis=0), mask=m_ok)
+
+    @triton.jit
     def _splitk_kernel(
-        X, W, Out, Part, Counter,
-        M, N, K, sxm, swn, som,
+        X, W, Out, Part, Counter, SSIn, Res, SSOut,
+        M, N, K, sxm, swn, som, srm, ss_tiles, norm_dim, eps,
         K_SLICE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr, STAGES: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+        NORM: tl.constexpr, SS_TILES: tl.constexpr, RESIDUAL: tl.constexpr, SS_OUT: tl.constexpr,
+        SWIGLU: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr, LINE: tl.constexpr,
     ):  # fmt: skip
         """One (column tile, inner slice) program: the tile's BLOCK_N output columns over the
         slice's K_SLICE inner elements for all M (<= BLOCK_M) rows, as W_tile @ x_slice.T. With
         SPLIT_K > 1 the partial goes to Part (SPLIT_K, N, BLOCK_M) float32, and the tile's last
-        program (a release/acquire counter per tile) sums the slices in order and resets the counter."""
+        program (a release/acquire counter per tile) sums the slices in order and resets the counter.
+        `_finish` applies the epilogue (`Epilogue`) to the tile's sum. With PDL (programmatic
+        dependent launch) the program first asks for the L2 prefetch of PREFETCH_LINES 128-byte
+        lines of each of its weight rows, which no earlier kernel writes, then waits for the
+        earlier kernel to finish before it reads anything else."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -102,6 +149,15 @@ if HAS_TRITON:
         n_ok = rn < N
         m_ok = rm < M
         k0 = pid_k * K_SLICE
+        if PDL:
+            if PREFETCH_LINES > 0:
+                lines = k0 + tl.arange(0, PREFETCH_LINES) * LINE
+                ok = n_ok[:, None] & (lines < tl.minimum(k0 + K_SLICE, K))[None, :]
+                where = tl.where(ok, W + rn[:, None] * swn + lines[None, :], W)
+                tl.inline_asm_elementwise("mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l", [where],
+                                          dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         w_ptr = W + rn[:, None] * swn + (k0 + rk)[None, :]
         x_ptr = X + rm[None, :] * sxm + (k0 + rk)[:, None]
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -117,10 +173,9 @@ if HAS_TRITON:
                 acc = tl.dot(w, x, acc, input_precision="ieee")
             else:
                 acc = tl.dot(w, x, acc)
-        o_ptr = Out + rm[None, :] * som + rn[:, None]
-        o_ok = m_ok[None, :] & n_ok[:, None]
         if SPLIT_K == 1:
-            tl.store(o_ptr, acc.to(Out.dtype.element_ty), mask=o_ok)
+            _finish(acc, rn, rm, n_ok, m_ok, M, N, Out, som, SSIn, ss_tiles, Res, srm, SSOut, norm_dim, eps,
+                    BLOCK_N, BLOCK_M, NORM, SS_TILES, RESIDUAL, SS_OUT, SWIGLU)  # fmt: skip
         else:
             tile = rn[:, None] * BLOCK_M + rm[None, :]
             tl.store(Part + pid_k * N * BLOCK_M + tile, acc, mask=n_ok[:, None])
@@ -130,22 +185,77 @@ if HAS_TRITON:
                 total = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
                 for s in tl.static_range(SPLIT_K):
                     total += tl.load(Part + s * N * BLOCK_M + tile, mask=n_ok[:, None], other=0.0, cache_modifier=".cg")
-                tl.store(o_ptr, total.to(Out.dtype.element_ty), mask=o_ok)
+                _finish(total, rn, rm, n_ok, m_ok, M, N, Out, som, SSIn, ss_tiles, Res, srm, SSOut, norm_dim, eps,
+                        BLOCK_N, BLOCK_M, NORM, SS_TILES, RESIDUAL, SS_OUT, SWIGLU)  # fmt: skip
                 tl.atomic_xchg(Counter + pid_n, 0)
+
+
+class Epilogue(NamedTuple):
+    """What a product does with its sum before it stores it, so that a decoder layer needs no
+    other kernel than its products and its attention (`ee_vla.benchmarks.layer_bench`):
+
+    * ``norm``: multiply each row by rsqrt(mean(h**2) + `eps`) of its input row h, the RMS norm
+      whose weight is folded into this product's weight columns (`fold_norm`). The mean comes from
+      the per-tile sums of squares that the product writing h stored (``ss_out``) as `ss_in`;
+    * ``swiglu``: the weight's rows interleave gate and up (`interleave_gate_up`): store
+      SiLU(gate) x up, half the columns;
+    * ``residual``: add `residual` (out's shape; it may be `out` itself);
+    * ``ss_out``: store each column tile's sum of squares of every row of the result as stored,
+      (tiles, rows) float32, for the next product's ``norm``."""
+
+    norm: bool = False
+    swiglu: bool = False
+    residual: bool = False
+    ss_out: bool = False
+    eps: float = 1e-6
+
+
+def fold_norm(weight: torch.Tensor, norm_weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out, in) times the RMS norm's `norm_weight` (in,) along its columns: x_normed @
+    weight.T == (x * rsqrt(...)) @ fold_norm(weight, norm_weight).T."""
+    return (weight.float() * norm_weight.float()[None, :]).to(weight.dtype)
+
+
+def interleave_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """One (2 x intermediate, hidden) weight whose rows 2j and 2j+1 are gate's and up's row j."""
+    if gate.shape != up.shape:
+        raise ValueError(f"gate and up weights differ in shape: {tuple(gate.shape)} and {tuple(up.shape)}")
+    return torch.stack([gate, up], dim=1).reshape(2 * gate.shape[0], gate.shape[1])
 
 
 class SplitK:
     """`x @ weight.T` for x (rows, in_features) and weights (out_features, in_features) by the
-    kernel, with `p` (default: `plan`). Holds the partial sums' buffer and the per-tile counters,
-    so that a call allocates only its output (and none with `out=`): capturable in a CUDA graph."""
+    kernel, with `p` (default: `plan`) and `epilogue`. Holds the partial sums' buffer and the
+    per-tile counters, so that a call allocates only its output (and none with `out=`):
+    capturable in a CUDA graph. `pdl`: launch with programmatic dependent launch (CUDA, compute
+    capability >= 9.0), after asking for an L2 prefetch of the first `prefetch` elements of each
+    weight row of the program's slice."""
 
-    def __init__(self, rows: int, out_features: int, in_features: int, device, p: Plan | None = None):
+    def __init__(
+        self,
+        rows: int,
+        out_features: int,
+        in_features: int,
+        device,
+        p: Plan | None = None,
+        epilogue: Epilogue | None = None,
+        pdl: bool = False,
+        prefetch: int = 0,
+    ):
         if not HAS_TRITON:
             raise RuntimeError("the split-K product needs Triton")
         if not 1 <= rows <= MAX_ROWS:
             raise ValueError(f"SplitK takes 1 .. {MAX_ROWS} rows, got {rows}")
         self.rows, self.n, self.k = rows, out_features, in_features
         self.plan = plan(out_features, in_features) if p is None else p
+        self.epilogue = epilogue = epilogue or Epilogue()
+        self.pdl = pdl
+        if epilogue.swiglu and (epilogue.residual or epilogue.ss_out or self.plan.block_n % 2 or out_features % 2):
+            raise ValueError("a SwiGLU epilogue takes an even out_features and block_n, and no residual or ss_out")
+        if prefetch and not pdl:
+            raise ValueError("prefetch is asked for before the wait of a programmatic dependent launch: it needs pdl")
+        self.prefetch = prefetch
+        self.out_features = out_features // 2 if epilogue.swiglu else out_features
         self.block_m = max(16, 1 << (rows - 1).bit_length())
         steps = -(-in_features // self.plan.block_k)
         self.k_slice = -(-steps // self.plan.split_k) * self.plan.block_k
@@ -154,7 +264,21 @@ class SplitK:
                                 dtype=torch.float32, device=device)  # fmt: skip
         self.counters = torch.zeros(self.grid[0], dtype=torch.int32, device=device)
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def tiles(self) -> int:
+        """Column tiles: the rows of the sums of squares an ``ss_out`` epilogue stores."""
+        return self.grid[0]
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        out: torch.Tensor | None = None,
+        *,
+        ss_in: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+        ss_out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if x.shape != (self.rows, self.k) or weight.shape != (self.n, self.k):
             raise ValueError(
                 f"SplitK built for x ({self.rows}, {self.k}) and weight ({self.n}, {self.k}), "
@@ -162,13 +286,65 @@ class SplitK:
             )
         if x.dtype != weight.dtype or x.stride(1) != 1 or weight.stride(1) != 1:
             raise ValueError("SplitK needs x and weight of one dtype, each row contiguous")
-        out = x.new_empty(self.rows, self.n) if out is None else out
+        e = self.epilogue
+        taken = {"ss_in": (ss_in, e.norm), "residual": (residual, e.residual), "ss_out": (ss_out, e.ss_out)}
+        for name, (t, wanted) in taken.items():
+            if (t is not None) != wanted:
+                raise ValueError(f"{name} is {'needed' if wanted else 'not taken'} by this epilogue: {e}")
+        out = x.new_empty(self.rows, self.out_features) if out is None else out
+        if residual is not None and (residual.shape != out.shape or residual.stride(1) != 1):
+            raise ValueError(f"residual must be rows of out's shape {tuple(out.shape)}, got {tuple(residual.shape)}")
+        if ss_out is not None and ss_out.shape != (self.tiles, self.rows):
+            raise ValueError(f"ss_out must be ({self.tiles}, {self.rows}) float32, got {tuple(ss_out.shape)}")
+        if ss_in is not None and (ss_in.dim() != 2 or ss_in.shape[1] != self.rows or not ss_in.is_contiguous()):
+            raise ValueError(f"ss_in must be contiguous (tiles, {self.rows}) float32, got {tuple(ss_in.shape)}")
         p = self.plan
+        unused = self.part  # the pointer given for the tensors an epilogue does not read or write
+        ss_in_, residual_, ss_out_ = (unused if t is None else t for t in (ss_in, residual, ss_out))
+        lines = triton.next_power_of_2(-(-self.prefetch * weight.element_size() // 128)) if self.prefetch else 0
+        extra = {"launch_pdl": True} if self.pdl else {}
         _splitk_kernel[self.grid](
-            x, weight, out, self.part, self.counters, self.rows, self.n, self.k,
-            x.stride(0), weight.stride(0), out.stride(0),
+            x, weight, out, self.part, self.counters,
+            ss_in_, residual_, ss_out_,
+            self.rows, self.n, self.k, x.stride(0), weight.stride(0), out.stride(0),
+            0 if residual is None else residual.stride(0), 0 if ss_in is None else ss_in.shape[0], self.k, e.eps,
             K_SLICE=self.k_slice, BLOCK_M=self.block_m, BLOCK_N=p.block_n, BLOCK_K=p.block_k, SPLIT_K=p.split_k,
             STAGES=p.stages, EVEN_K=self.k_slice * p.split_k == self.k, IEEE=x.dtype == torch.float32,
-            num_warps=p.warps,
+            NORM=e.norm, SS_TILES=1 if ss_in is None else triton.next_power_of_2(ss_in.shape[0]),
+            RESIDUAL=e.residual, SS_OUT=e.ss_out, SWIGLU=e.swiglu, PDL=self.pdl,
+            PREFETCH_LINES=lines, LINE=128 // weight.element_size(), num_warps=p.warps, **extra,
         )  # fmt: skip
         return out
+
+
+def resources(
+    out_features: int,
+    in_features: int,
+    rows: int,
+    p: Plan | None = None,
+    epilogue: Epilogue | None = None,
+    pdl: bool = False,
+    prefetch: int = 0,
+    arch: int = 90,
+) -> dict:
+    """Registers and stack bytes per thread of the kernel for a bf16 (out_features, in_features)
+    weight at `rows` rows, as `SplitK` with these arguments launches it, compiled for CUDA `arch`
+    without a GPU (`ee_vla.benchmarks.cubin`)."""
+    from ee_vla.benchmarks import cubin
+
+    if cubin.interpreting():
+        args = (out_features, in_features, rows, p, epilogue, pdl, prefetch, arch)
+        return cubin.in_child("ee_vla.benchmarks.splitk", f"resources{args!r}", f"the split-K kernel for sm_{arch}")
+    p = plan(out_features, in_features) if p is None else p
+    e = epilogue or Epilogue()
+    steps = -(-in_features // p.block_k)
+    k_slice = -(-steps // p.split_k) * p.block_k
+    constants = {
+        "K_SLICE": k_slice, "BLOCK_M": max(16, 1 << (rows - 1).bit_length()), "BLOCK_N": p.block_n,
+        "BLOCK_K": p.block_k, "SPLIT_K": p.split_k, "STAGES": p.stages, "EVEN_K": k_slice * p.split_k == in_features,
+        "IEEE": False, "NORM": e.norm, "SS_TILES": 64, "RESIDUAL": e.residual, "SS_OUT": e.ss_out, "SWIGLU": e.swiglu,
+        "PDL": pdl, "PREFETCH_LINES": triton.next_power_of_2(-(-prefetch // 64)) if prefetch else 0, "LINE": 64,
+    }  # fmt: skip
+    pointers = dict.fromkeys(("X", "W", "Out", "Res"), "*bf16")
+    pointers.update(dict.fromkeys(("Part", "SSIn", "SSOut"), "*fp32"), Counter="*i32")
+    return cubin.usage(_splitk_kernel, pointers, constants, p.warps, arch, {"eps": "fp32"}, {"launch_pdl": pdl})

@@ -233,7 +233,10 @@ def test_the_measuring_tools_live_beside_the_engine():
         "static",
     }
     tools = {m.name for m in pkgutil.iter_modules(ee_vla.benchmarks.__path__)}
-    assert tools == {"ablation", "attn_bench", "check", "decode_bench", "linear_bench", "profile", "shapes", "splitk"}
+    assert tools == {
+        "ablation", "attn_bench", "check", "cubin", "decode_bench", "layer_bench", "linear_bench", "profile", "shapes",
+        "splitk",
+    }  # fmt: skip
     assert SUBCOMMANDS["bench"][0] == "ee_vla.benchmarks.decode_bench"
 
 

@@ -1,0 +1,359 @@
+"""Time a language model's decoder layers as the compiled engine runs them, against layers made only
+of split-K products whose epilogues do the rest of the layer, and the engine's attention kernel.
+
+    python -m ee_vla.benchmarks.layer_bench --rows 22 --out outputs/layer_bench
+    python -m ee_vla.benchmarks.layer_bench --rows 1 22 --prefetch 0 256 1024   # L2 prefetch sweep
+
+Every layer of the shape (default: OpenVLA-7B's 32 Llama layers, random bf16 weights, batch 1, the
+window after a prompt in the static engine's 363-slot cache) computes the same thing: RMS norm,
+the stacked q/k/v product, the fused attention kernel (`splitkv.rope_splitkv_attention`: rotary
+embedding, cache write, split-KV attention, merge), the o product and the residual, RMS norm, the
+stacked gate/up product, SiLU(gate) x up, the down product and the residual. Variants:
+
+* ``engine``: those layers in torch as transformers' Llama layers compute them, compiled as the
+  engine's `frozen` mode compiles a forward (Inductor, freezing, programmatic dependent launch):
+  cuBLAS's products and Inductor's kernels for the norms, SiLU x up and the residual adds;
+* ``fused``: four `splitk.SplitK` products per layer whose epilogues (`splitk.Epilogue`) do the
+  rest: the norms' weights folded into the products' columns and each row's scale from the sums of
+  squares that the product before stored, SiLU x up on interleaved gate/up columns, the residual
+  adds. Five kernels per layer;
+* ``fused_pdl``: the same products launched with programmatic dependent launch;
+  ``fused_pdl_prefetch<N>`` (``--prefetch N``, N > 0): each of them first asks for an L2 prefetch of
+  the first N elements of each weight row of its slice, before it waits for the kernel before it.
+
+Each variant runs all layers captured as one CUDA graph, replayed back to back; the fused variants'
+last hidden states are checked against the engine's (relative max difference, in the report). It
+reports ms per step's layers, and that against the time the device takes to read the layers'
+weights once (`linear_bench.read_tbs`, measured in the same run). CUDA GPUs; prints a table, writes
+`layer_bench.json`. On the CPU (`--device cpu`: float32 through Triton's interpreter, a smoke test)
+the variants run eagerly and only the check means anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ee_vla.benchmarks import splitk
+from ee_vla.benchmarks.shapes import LM_SHAPES, LMShape
+from ee_vla.timing import capture_cuda_graph, cuda_ms_back_to_back, environment_info
+
+EPS = 1e-6
+"""The RMS norms' epsilon (Llama-2's)."""
+
+CACHE_SLOTS = 363
+"""Slots of the static engine's cache for OpenVLA's prompt and window (as `attn_bench`'s default)."""
+
+MAX_REL_DIFF = 5e-2
+"""Largest max |fused - engine| / max |engine| of the last hidden states a fused variant may give."""
+
+
+@dataclasses.dataclass
+class LayerWeights:
+    """One decoder layer's weights as the engine holds them (`ee_vla.models.fusion`: q/k/v stacked
+    into one product, gate/up into one) and as the fused layer holds them (the norms' weights
+    folded into the q/k/v and gate/up columns, gate/up rows interleaved)."""
+
+    norm1: torch.Tensor
+    qkv: torch.Tensor
+    o: torch.Tensor
+    norm2: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    qkv_folded: torch.Tensor
+    gate_up_folded: torch.Tensor
+
+    @classmethod
+    def random(cls, shape: LMShape, device, dtype, generator: torch.Generator) -> LayerWeights:
+        h, i = shape.hidden_size, shape.intermediate_size
+        kv = shape.num_kv_heads * (h // shape.num_heads)
+
+        def w(n, k):  # scaled so that the residual stream stays of order 1 over the layers
+            return (torch.randn(n, k, generator=generator, device=device) / k**0.5).to(dtype)
+
+        norm1, norm2 = ((1 + 0.1 * torch.randn(h, generator=generator, device=device)).to(dtype) for _ in range(2))
+        qkv, o, gate_up, down = w(h + 2 * kv, h), w(h, h), w(2 * i, h), w(h, i)
+        gate, up = gate_up.chunk(2)
+        return cls(
+            norm1, qkv, o, norm2, gate_up, down,
+            splitk.fold_norm(qkv, norm1),
+            splitk.interleave_gate_up(splitk.fold_norm(gate, norm2), splitk.fold_norm(up, norm2)),
+        )  # fmt: skip
+
+    def nbytes(self) -> int:
+        """Bytes of the weights a layer's products read."""
+        return sum(t.numel() * t.element_size() for t in (self.qkv, self.o, self.gate_up, self.down))
+
+
+@dataclasses.dataclass
+class Attention:
+    """What the attention kernel of every layer reads besides the projections: the window's rotary
+    cos/sin, one key and value cache per layer, the window's slots and the key flags."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    slots: torch.Tensor
+    mask: torch.Tensor
+    key_ok: torch.Tensor
+    counters: list[torch.Tensor]
+
+    @classmethod
+    def random(cls, shape: LMShape, rows: int, slots: int, device, dtype, generator: torch.Generator) -> Attention:
+        d = shape.hidden_size // shape.num_heads
+        first = slots - rows - 21  # the window after a prompt, below the cache's top
+        pos = torch.arange(first, first + rows, device=device)[:, None].float()
+        freqs = pos * 10000.0 ** (-torch.arange(0, d, 2, device=device).float() / d)
+        emb = torch.cat([freqs, freqs], -1)[None]
+        cache = (1, shape.num_kv_heads, slots, d)
+        window = torch.arange(first, first + rows, device=device)
+        allowed = torch.arange(slots, device=device)[None, :] <= window[:, None]
+        mask = torch.zeros(1, 1, rows, slots, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        return cls(
+            emb.cos().to(dtype), emb.sin().to(dtype),
+            [torch.randn(cache, generator=generator, device=device).to(dtype) for _ in range(shape.num_layers)],
+            [torch.randn(cache, generator=generator, device=device).to(dtype) for _ in range(shape.num_layers)],
+            window, mask, torch.ones(1, slots, dtype=torch.bool, device=device),
+            [torch.zeros(shape.num_heads, dtype=torch.int32, device=device) for _ in range(shape.num_layers)],
+        )  # fmt: skip
+
+    def __call__(self, layer: int, qkv: torch.Tensor, shape: LMShape) -> torch.Tensor:
+        """The attention of `layer` over the (rows, q + k + v) projections: (rows, hidden)."""
+        rows, d = qkv.shape[0], shape.hidden_size // shape.num_heads
+        q, k, v = qkv.split([shape.hidden_size, shape.num_kv_heads * d, shape.num_kv_heads * d], -1)
+        out = splitkv_attention(
+            q.view(1, rows, shape.num_heads, d), k.view(1, rows, -1, d), v.view(1, rows, -1, d),
+            self.cos, self.sin, self.keys[layer], self.values[layer], self.slots, self.mask,
+            counters=self.counters[layer], key_ok=self.key_ok,
+        )  # fmt: skip
+        return out.reshape(rows, shape.hidden_size)
+
+
+def splitkv_attention(*args, **kwargs) -> torch.Tensor:
+    from ee_vla.engine import splitkv
+
+    return splitkv.rope_splitkv_attention(*args, **kwargs)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: the mean of squares in float32, the weight in x's dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS)
+    return weight * h.to(x.dtype)
+
+
+class EngineLayers(nn.Module):
+    """The layers in torch, as the engine's forward computes them (the module Inductor compiles)."""
+
+    def __init__(self, shape: LMShape, weights: list[LayerWeights], attention: Attention):
+        super().__init__()
+        self.shape, self.attention = shape, attention
+        names = ("norm1", "qkv", "o", "norm2", "gate_up", "down")
+        self.layers = nn.ModuleList()
+        for w in weights:
+            m = nn.Module()
+            for name in names:
+                m.register_parameter(name, nn.Parameter(getattr(w, name), requires_grad=False))
+            self.layers.append(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, w in enumerate(self.layers):
+            a = self.attention(i, F.linear(_rms_norm(x, w.norm1), w.qkv), self.shape)
+            x = x + F.linear(a, w.o)
+            gate, up = F.linear(_rms_norm(x, w.norm2), w.gate_up).chunk(2, -1)
+            x = x + F.linear(F.silu(gate) * up, w.down)
+        return x
+
+
+class FusedLayers:
+    """The layers as four `splitk.SplitK` products each (their epilogues do the norms, SiLU x up
+    and the residual adds) and the attention kernel. Holds every buffer a step writes, so that a
+    call allocates nothing (capturable as a CUDA graph) and gives the same result every time."""
+
+    def __init__(
+        self,
+        shape: LMShape,
+        weights: list[LayerWeights],
+        attention: Attention,
+        x: torch.Tensor,
+        pdl: bool = False,
+        prefetch: int = 0,
+    ):
+        self.shape, self.weights, self.attention = shape, weights, attention
+        rows, h = x.shape
+        w = weights[0]
+        opts = dict(pdl=pdl, prefetch=prefetch)
+        Ep = splitk.Epilogue
+        self.qkv = splitk.SplitK(rows, *w.qkv.shape, x.device, epilogue=Ep(norm=True, eps=EPS), **opts)
+        self.o = splitk.SplitK(rows, *w.o.shape, x.device, epilogue=Ep(residual=True, ss_out=True), **opts)
+        swiglu = Ep(norm=True, swiglu=True, eps=EPS)
+        self.gate_up = splitk.SplitK(rows, *w.gate_up.shape, x.device, epilogue=swiglu, **opts)
+        self.down = splitk.SplitK(rows, *w.down.shape, x.device, epilogue=Ep(residual=True, ss_out=True), **opts)
+        self.x0 = x
+        self.ss0 = x.float().pow(2).sum(-1)[None].contiguous()  # the first norm's sums: one tile
+        n = len(weights)
+        self.hidden = [torch.empty_like(x) for _ in range(2 * n)]  # after each o and each down product
+        self.ss = [torch.empty(p.tiles, rows, device=x.device) for p in (self.o, self.down) for _ in range(n)]
+        self.qkv_out = x.new_empty(rows, w.qkv.shape[0])
+        self.act = x.new_empty(rows, w.gate_up.shape[0] // 2)
+
+    def __call__(self) -> torch.Tensor:
+        n = len(self.weights)
+        x, ss = self.x0, self.ss0
+        for i, w in enumerate(self.weights):
+            mid, out = self.hidden[2 * i], self.hidden[2 * i + 1]
+            ss_mid, ss_out = self.ss[i], self.ss[n + i]
+            qkv = self.qkv(x, w.qkv_folded, self.qkv_out, ss_in=ss)
+            self.o(self.attention(i, qkv, self.shape), w.o, mid, residual=x, ss_out=ss_mid)
+            self.gate_up(mid, w.gate_up_folded, self.act, ss_in=ss_mid)
+            self.down(self.act, w.down, out, residual=mid, ss_out=ss_out)
+            x, ss = out, ss_out
+        return x
+
+
+def _rel_diff(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+
+
+def _time_ms(fn, device: str, iters: int) -> float:
+    """ms per call: a CUDA graph of one call replayed back to back, or (CPU) a loop."""
+    if device == "cuda":
+        return cuda_ms_back_to_back(capture_cuda_graph([fn]).replay, iters)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / iters
+
+
+def run(
+    shape: LMShape,
+    rows: int,
+    device: str = "cuda",
+    layers: int | None = None,
+    prefetch: tuple[int, ...] = (0,),
+    iters: int = 20,
+    kernels: int = 0,
+    seed: int = 0,
+    compile: bool = True,
+) -> dict:
+    """Time the variants at `rows` window rows over `layers` (default: all) layers of `shape`.
+    Returns per variant ``ms``, ``layers_per_s`` and, for the fused ones, ``rel_diff`` against the
+    engine (and ``kernels``: the `kernels` costliest kernels of one replay when asked)."""
+    from ee_vla.engine.modes import model_logits
+
+    if not 1 <= rows <= splitk.MAX_ROWS:
+        raise ValueError(f"rows must be 1 .. {splitk.MAX_ROWS}, got {rows}")
+    cuda = device == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    shape = dataclasses.replace(shape, num_layers=layers or shape.num_layers)
+    g = torch.Generator(device).manual_seed(seed)
+    weights = [LayerWeights.random(shape, device, dtype, g) for _ in range(shape.num_layers)]
+    attention = Attention.random(shape, rows, CACHE_SLOTS, device, dtype, g)
+    x = torch.randn(rows, shape.hidden_size, generator=g, device=device).to(dtype)
+
+    engine = EngineLayers(shape, weights, attention)
+    variants: dict = {}
+    with torch.inference_mode():
+        forward = model_logits(engine.forward, "frozen" if compile and cuda else None, None)
+        variants["engine"] = lambda: forward(x)
+        variants["fused"] = FusedLayers(shape, weights, attention, x)
+        if cuda and torch.cuda.get_device_capability() >= (9, 0):
+            for n in prefetch:
+                name = "fused_pdl" + (f"_prefetch{n}" if n else "")
+                variants[name] = FusedLayers(shape, weights, attention, x, pdl=True, prefetch=n)
+        ref = variants["engine"]().clone()
+        results = {}
+        for name, fn in variants.items():
+            row: dict = {}
+            if name != "engine":
+                row["rel_diff"] = _rel_diff(fn(), ref)
+                if not row["rel_diff"] <= MAX_REL_DIFF:
+                    raise AssertionError(f"{name} differs from the engine's layers by {row['rel_diff']:.3g} (relative)")
+            row["ms"] = _time_ms(fn, device, iters)
+            if kernels and cuda:
+                from ee_vla.benchmarks.profile import kernel_table
+
+                row["kernels"] = kernel_table(capture_cuda_graph([fn]).replay, device, 5, kernels)
+            results[name] = row
+    base = results["engine"]["ms"]
+    for row in results.values():
+        row["vs_engine"] = base / row["ms"]
+    nbytes = sum(w.nbytes() for w in weights)
+    return {"rows": rows, "layers": shape.num_layers, "weight_bytes": nbytes, "variants": results}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.layer_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="openvla-7b", choices=list(LM_SHAPES))
+    p.add_argument("--rows", nargs="+", type=int, default=[22], help="window rows (tokens of the step)")
+    p.add_argument("--layers", type=int, default=None, help="layers to run (default: all of the shape's)")
+    p.add_argument(
+        "--prefetch",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="fused_pdl variants: elements of each weight row prefetched to L2 before the wait (0: none)",
+    )
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--kernels", type=int, default=0, help="also list the N costliest kernels of each variant")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--no-compile", action="store_true", help="the engine variant eager (not Inductor's frozen mode)")
+    p.add_argument("--out", type=Path, default=Path("outputs/layer_bench"))
+    a = p.parse_args(argv)
+    if any(not 1 <= r <= splitk.MAX_ROWS for r in a.rows):
+        p.error(f"--rows must be 1 .. {splitk.MAX_ROWS}, got {a.rows}")
+    if any(n < 0 for n in a.prefetch):
+        p.error(f"--prefetch must be >= 0, got {a.prefetch}")
+    if a.layers is not None and a.layers < 1:
+        p.error(f"--layers must be >= 1, got {a.layers}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU here (--device cpu runs the check through Triton's interpreter)")
+    if not splitk.HAS_TRITON:
+        p.error("the fused layers need Triton")
+    shape = LM_SHAPES[a.shape]
+    read = None
+    if a.device == "cuda":
+        from ee_vla.benchmarks.linear_bench import read_tbs
+
+        read = read_tbs(iters=a.iters)
+        torch.cuda.empty_cache()
+    results = []
+    for r in a.rows:
+        res = run(shape, r, a.device, a.layers, tuple(a.prefetch), a.iters, a.kernels, compile=not a.no_compile)
+        results.append(res)
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+    name = "CPU (Triton's interpreter: only the check means anything)"
+    if a.device == "cuda":
+        name = torch.cuda.get_device_name()
+    print(f"{a.shape}: {results[0]['layers']} decoder layer(s), {name}")
+    if read is not None:
+        print(f"the device reads memory at {read:.2f} TB/s (one pass over 1 GiB)")
+    print(f"{'rows':>5} {'variant':<24} {'ms':>9} {'vs engine':>10} {'of read':>8} {'rel diff':>9}")
+    for res in results:
+        bound_ms = res["weight_bytes"] / read / 1e9 if read else None
+        for name, row in res["variants"].items():
+            share = f"{bound_ms / row['ms']:8.0%}" if bound_ms else f"{'':>8}"
+            diff = f"{row['rel_diff']:9.2e}" if "rel_diff" in row else f"{'':>9}"
+            print(f"{res['rows']:>5} {name:<24} {row['ms']:9.3f} {row['vs_engine']:9.3f}x {share} {diff}")
+    out = {
+        "shape": a.shape,
+        "read_tbs": read,
+        "results": results,
+        "environment": environment_info(a.device, "bfloat16" if a.device == "cuda" else "float32"),
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "layer_bench.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
