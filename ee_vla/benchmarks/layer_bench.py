@@ -3,6 +3,7 @@ of split-K products whose epilogues do the rest of the layer, and the engine's a
 
     python -m ee_vla.benchmarks.layer_bench --rows 22 --out outputs/layer_bench
     python -m ee_vla.benchmarks.layer_bench --rows 1 22 --prefetch 0 256 1024   # L2 prefetch sweep
+    python -m ee_vla.benchmarks.layer_bench --rows 22 --sweep                    # launch plans too
 
 Every layer of the shape (default: OpenVLA-7B's 32 Llama layers, random bf16 weights, batch 1, the
 window after a prompt in the static engine's 363-slot cache) computes the same thing: RMS norm,
@@ -19,7 +20,9 @@ stacked gate/up product, SiLU(gate) x up, the down product and the residual. Var
   adds. Five kernels per layer;
 * ``fused_pdl``: the same products launched with programmatic dependent launch;
   ``fused_pdl_prefetch<N>`` (``--prefetch N``, N > 0): each of them first asks for an L2 prefetch of
-  the first N elements of each weight row of its slice, before it waits for the kernel before it.
+  the first N elements of each weight row of its slice, before it waits for the kernel before it;
+* ``fused_pdl_swept`` (``--sweep``; ``fused_swept`` without PDL): the launch plan of each product
+  (`splitk.Plan`) that `sweep_plans` finds fastest for the whole layers, one product at a time.
 
 Each variant runs all layers captured as one CUDA graph, replayed back to back; the fused variants'
 last hidden states are checked against the engine's (relative max difference, in the report). It
@@ -44,6 +47,14 @@ from torch import nn
 from ee_vla.benchmarks import splitk
 from ee_vla.benchmarks.shapes import LM_SHAPES, LMShape
 from ee_vla.timing import capture_cuda_graph, cuda_ms_back_to_back, environment_info
+
+PRODUCTS = ("qkv", "o", "gate_up", "down")
+"""A layer's products, in the order they run."""
+
+SWEEP_PLANS = [
+    splitk.Plan(block_n, 128, split_k, stages) for block_n in (64, 128) for split_k in (1, 2, 4) for stages in (3, 5)
+]
+"""The plans `--sweep` tries for each product (128-element loop steps: 256 spill, `splitk.resources`)."""
 
 EPS = 1e-6
 """The RMS norms' epsilon (Llama-2's)."""
@@ -186,17 +197,24 @@ class FusedLayers:
         x: torch.Tensor,
         pdl: bool = False,
         prefetch: int = 0,
+        plans: dict[str, splitk.Plan] | None = None,
     ):
         self.shape, self.weights, self.attention = shape, weights, attention
         rows, h = x.shape
         w = weights[0]
-        opts = dict(pdl=pdl, prefetch=prefetch)
         Ep = splitk.Epilogue
-        self.qkv = splitk.SplitK(rows, *w.qkv.shape, x.device, epilogue=Ep(norm=True, eps=EPS), **opts)
-        self.o = splitk.SplitK(rows, *w.o.shape, x.device, epilogue=Ep(residual=True, ss_out=True), **opts)
-        swiglu = Ep(norm=True, swiglu=True, eps=EPS)
-        self.gate_up = splitk.SplitK(rows, *w.gate_up.shape, x.device, epilogue=swiglu, **opts)
-        self.down = splitk.SplitK(rows, *w.down.shape, x.device, epilogue=Ep(residual=True, ss_out=True), **opts)
+        epilogues = {
+            "qkv": Ep(norm=True, eps=EPS),
+            "o": Ep(residual=True, ss_out=True),
+            "gate_up": Ep(norm=True, swiglu=True, eps=EPS),
+            "down": Ep(residual=True, ss_out=True),
+        }
+        plans = plans or {}
+        for name, epilogue in epilogues.items():  # the plan: `plans`' entry, else `splitk.plan`'s
+            shape_ = getattr(w, name).shape
+            product = splitk.SplitK(rows, *shape_, x.device, plans.get(name), epilogue, pdl, prefetch)
+            setattr(self, name, product)
+        self.plans = {name: getattr(self, name).plan for name in PRODUCTS}
         self.x0 = x
         self.ss0 = x.float().pow(2).sum(-1)[None].contiguous()  # the first norm's sums: one tile
         n = len(weights)
@@ -223,6 +241,44 @@ def _rel_diff(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
+def _check(name: str, fn, ref: torch.Tensor) -> float:
+    """`fn`'s relative difference from the engine's hidden states `ref`; AssertionError past
+    `MAX_REL_DIFF`."""
+    diff = _rel_diff(fn(), ref)
+    if not diff <= MAX_REL_DIFF:
+        raise AssertionError(f"{name} differs from the engine's layers by {diff:.3g} (relative)")
+    return diff
+
+
+def sweep_plans(make, ref: torch.Tensor, device: str, iters: int, plans=None, products=PRODUCTS):
+    """The fastest launch plans of the fused layers `make(plans)` builds, one product at a time
+    (coordinate descent): each product tries every plan of `plans` (default: `SWEEP_PLANS`) with
+    the others at the best found so far, starting from `splitk.plan`'s. Every trial is checked
+    against `ref`; a plan that does not compile or launch on this device is left out. Returns (best
+    plans, per product and plan: ``ms``, or ``error``)."""
+    from tqdm.auto import tqdm
+    from triton.runtime.errors import OutOfResources
+
+    best: dict[str, splitk.Plan] = {}
+    best_ms = _time_ms(make(best), device, iters)
+    log = []
+    for product in products:
+        for p in tqdm(SWEEP_PLANS if plans is None else plans, desc=f"{product} plans", leave=False):
+            trial = {**best, product: p}
+            entry = {"product": product, **p._asdict()}
+            try:
+                fn = make(trial)
+                _check(f"the fused layers with {product} plan {p}", fn, ref)
+            except (OutOfResources, RuntimeError) as e:  # a plan needs more shared memory than the GPU has
+                log.append({**entry, "error": str(e).splitlines()[0]})
+                continue
+            ms = _time_ms(fn, device, iters)
+            log.append({**entry, "ms": ms})
+            if ms < best_ms:
+                best, best_ms = trial, ms
+    return best, log
+
+
 def _time_ms(fn, device: str, iters: int) -> float:
     """ms per call: a CUDA graph of one call replayed back to back, or (CPU) a loop."""
     if device == "cuda":
@@ -243,10 +299,13 @@ def run(
     kernels: int = 0,
     seed: int = 0,
     compile: bool = True,
+    sweep: bool = False,
 ) -> dict:
     """Time the variants at `rows` window rows over `layers` (default: all) layers of `shape`.
-    Returns per variant ``ms``, ``layers_per_s`` and, for the fused ones, ``rel_diff`` against the
-    engine (and ``kernels``: the `kernels` costliest kernels of one replay when asked)."""
+    Returns per variant ``ms``, ``vs_engine`` (the engine's ms over this one's) and, for the fused
+    ones, ``rel_diff`` against the engine and the ``plans`` of the products (and ``kernels``: the
+    `kernels` costliest kernels of one replay when asked). `sweep` adds ``fused_swept`` (or
+    ``fused_pdl_swept`` where PDL runs): the fastest plans `sweep_plans` finds, with its ``sweep``."""
     from ee_vla.engine.modes import model_logits
 
     if not 1 <= rows <= splitk.MAX_ROWS:
@@ -266,19 +325,27 @@ def run(
         forward = model_logits(engine.forward, "frozen" if compile and cuda else None, None)
         variants["engine"] = lambda: forward(x)
         variants["fused"] = FusedLayers(shape, weights, attention, x)
-        if cuda and torch.cuda.get_device_capability() >= (9, 0):
+        pdl = cuda and torch.cuda.get_device_capability() >= (9, 0)
+        if pdl:
             for n in prefetch:
                 name = "fused_pdl" + (f"_prefetch{n}" if n else "")
                 variants[name] = FusedLayers(shape, weights, attention, x, pdl=True, prefetch=n)
         ref = variants["engine"]().clone()
         results = {}
+        swept: dict = {}
+        if sweep:
+            make = lambda plans: FusedLayers(shape, weights, attention, x, pdl=pdl, plans=plans)  # noqa: E731
+            best, log = sweep_plans(make, ref, device, iters)
+            variants["fused_pdl_swept" if pdl else "fused_swept"] = make(best)
+            swept = {"sweep": log}
         for name, fn in variants.items():
             row: dict = {}
             if name != "engine":
-                row["rel_diff"] = _rel_diff(fn(), ref)
-                if not row["rel_diff"] <= MAX_REL_DIFF:
-                    raise AssertionError(f"{name} differs from the engine's layers by {row['rel_diff']:.3g} (relative)")
+                row["rel_diff"] = _check(name, fn, ref)
+                row["plans"] = {k: p._asdict() for k, p in fn.plans.items()}
             row["ms"] = _time_ms(fn, device, iters)
+            if name.endswith("_swept"):
+                row.update(swept)
             if kernels and cuda:
                 from ee_vla.benchmarks.profile import kernel_table
 
@@ -305,6 +372,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=[0],
         help="fused_pdl variants: elements of each weight row prefetched to L2 before the wait (0: none)",
     )
+    p.add_argument(
+        "--sweep", action="store_true", help="also find the fastest launch plan of each product (splitk.Plan)"
+    )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--kernels", type=int, default=0, help="also list the N costliest kernels of each variant")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -330,7 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.empty_cache()
     results = []
     for r in a.rows:
-        res = run(shape, r, a.device, a.layers, tuple(a.prefetch), a.iters, a.kernels, compile=not a.no_compile)
+        res = run(
+            shape, r, a.device, a.layers, tuple(a.prefetch), a.iters, a.kernels, compile=not a.no_compile, sweep=a.sweep
+        )
         results.append(res)
         if a.device == "cuda":
             torch.cuda.empty_cache()
@@ -347,6 +419,9 @@ def main(argv: list[str] | None = None) -> dict:
             share = f"{bound_ms / row['ms']:8.0%}" if bound_ms else f"{'':>8}"
             diff = f"{row['rel_diff']:9.2e}" if "rel_diff" in row else f"{'':>9}"
             print(f"{res['rows']:>5} {name:<24} {row['ms']:9.3f} {row['vs_engine']:9.3f}x {share} {diff}")
+            if name.endswith("_swept"):
+                for product, plan in row["plans"].items():
+                    print(f"{'':>6}{product:<8} {plan}")
     out = {
         "shape": a.shape,
         "read_tbs": read,

@@ -67,3 +67,39 @@ def test_main_reports_and_saves(tmp_path, monkeypatch, capsys):
     for bad in (["--rows", "65"], ["--prefetch", "-1"], ["--layers", "0"]):
         with pytest.raises(SystemExit):
             layer_bench.main(["--device", DEVICE, *bad])
+
+
+def test_the_sweep_keeps_the_fastest_plan_it_checked(monkeypatch):
+    """`sweep_plans` tries each plan per product with the others at their best so far, checks each
+    trial's hidden states, logs a plan that fails instead of stopping, and keeps the fastest."""
+    g = torch.Generator(DEVICE).manual_seed(0)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    weights = [layer_bench.LayerWeights.random(TINY, DEVICE, dtype, g)]
+    attention = layer_bench.Attention.random(TINY, 3, layer_bench.CACHE_SLOTS, DEVICE, dtype, g)
+    x = torch.randn(3, TINY.hidden_size, generator=g, device=DEVICE).to(dtype)
+    ref = layer_bench.EngineLayers(TINY, weights, attention)(x)
+    fast, slow, broken = splitk.Plan(32, 32, 2, 1), splitk.Plan(32, 32, 1, 1), splitk.Plan(33, 32, 1, 1)
+    built = []
+
+    def make(plans):
+        built.append(dict(plans))
+        if plans.get("o") == broken:
+            raise RuntimeError("out of resources: shared memory")
+        return layer_bench.FusedLayers(TINY, weights, attention, x, plans=plans)
+
+    times = iter([5.0, 4.0, 3.0])  # the start, then o's two plans that run
+    monkeypatch.setattr(layer_bench, "_time_ms", lambda fn, device, iters: next(times))
+    best, log = layer_bench.sweep_plans(make, ref, DEVICE, 1, plans=[slow, broken, fast], products=("o",))
+    assert best == {"o": fast} and built == [{}, {"o": slow}, {"o": broken}, {"o": fast}]
+    assert [r.get("ms") for r in log] == [4.0, None, 3.0] and "out of resources" in log[1]["error"]
+    assert layer_bench.FusedLayers(TINY, weights, attention, x, plans=best).plans["o"] == fast
+
+
+def test_a_run_with_the_sweep_reports_the_swept_variant(monkeypatch):
+    one = splitk.Plan(32, 32, 1, 1)
+    monkeypatch.setattr(layer_bench, "SWEEP_PLANS", [one])
+    v = layer_bench.run(TINY, 2, DEVICE, layers=1, iters=1, compile=False, sweep=True)["variants"]
+    name = "fused_pdl_swept" if PDL else "fused_swept"
+    assert v[name]["rel_diff"] < (1e-5 if DEVICE == "cpu" else 2e-2)
+    assert [r["product"] for r in v[name]["sweep"]] == list(layer_bench.PRODUCTS)
+    assert set(v[name]["plans"]) == set(layer_bench.PRODUCTS) and "sweep" not in v["fused"]
