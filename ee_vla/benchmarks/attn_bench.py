@@ -181,7 +181,7 @@ def resources(
     constants = {
         "SPLIT_LEN": split_len, "BLOCK_M": max(16, triton.next_power_of_2(queries)), "BLOCK_N": block_n,
         "HEAD_DIM": head_dim, "NUM_SPLITS": splits, "IEEE": False, "NEG": splitkv._NEG, "ROPE": fused, "MERGE": merge,
-        "KEY_OK": fused,
+        "KEY_OK": fused, "PDL": False,
     }  # fmt: skip
     return cubin.usage(splitkv._splitkv_partial_kernel, pointers, constants, warps, arch, scalars={"scale": "fp32"})
 

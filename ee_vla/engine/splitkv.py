@@ -91,7 +91,7 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
         KeyOk, sob, son,
         SPLIT_LEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr, NEG: tl.constexpr, ROPE: tl.constexpr,
-        MERGE: tl.constexpr, KEY_OK: tl.constexpr,
+        MERGE: tl.constexpr, KEY_OK: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         """One (batch x head, key split) program. With ROPE, Q, KN and VN are the window's queries,
         keys and values before the rotary embedding (KN/VN strided by `sn*`, K/V the cache), and the
@@ -107,7 +107,14 @@ if HAS_TRITON:  # imported here, after INTERPRET: Triton reads TRITON_INTERPRET 
 
         With ROPE the rotation works on the two halves of the head dim (x1, x2): x1 cos1 - x2 sin1 and
         x2 cos2 + x1 sin2 (transformers' x cos + rotate_half(x) sin, for any cos and sin), and the
-        scores are the sum of the two halves' products, so no element is loaded twice."""
+        scores are the sum of the two halves' products, so no element is loaded twice.
+
+        With PDL (launched with programmatic dependent launch) the program waits for the kernel
+        before it to finish, then lets the kernel after it start: that one's programs can run
+        beside the attention (e.g. prefetch their weights) and wait for its result themselves."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = bh // H
@@ -329,12 +336,13 @@ def _partials(query: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def _launch(
-    query, key, value, mask, scale, splits, split_len, block_n, num_warps, partials, rope=None, merge=None, key_ok=None
-):
+    query, key, value, mask, scale, splits, split_len, block_n, num_warps, partials, rope=None, merge=None, key_ok=None,
+    pdl=False,
+):  # fmt: skip
     """Run the kernel. query (B, H, M, D) as strided views (any layout); `rope`: (key_new,
     value_new, cos, sin, slots) with key_new/value_new (B, Hk, M, D) views; `merge`: (final,
     counters) with final (B, H, M, D) views; `key_ok` (with `rope`): the (B, S) key flags that
-    replace the mask (see the kernel)."""
+    replace the mask (see the kernel); `pdl`: programmatic dependent launch."""
     B, H, M, D = query.shape
     out, mx, total = partials
     mask_h = 0 if mask.shape[1] == 1 else mask.stride(1)
@@ -357,7 +365,8 @@ def _launch(
         flags, *os_,
         SPLIT_LEN=split_len, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_N=block_n, HEAD_DIM=D,
         NUM_SPLITS=splits, IEEE=query.dtype == torch.float32, NEG=_NEG, ROPE=rope is not None,
-        MERGE=merge is not None, KEY_OK=key_ok is not None, num_warps=num_warps,
+        MERGE=merge is not None, KEY_OK=key_ok is not None, PDL=pdl, num_warps=num_warps,
+        **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
 
 
@@ -415,6 +424,7 @@ def _rope_splitkv(
     num_warps: int,
     merge: bool,
     key_ok: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rope_splitkv_attention`'s kernel as a torch op: (the merged output (B, M, H, D), empty
     without `merge`; the splits' outputs, maxima and sums).
@@ -432,14 +442,14 @@ def _rope_splitkv(
     _launch(
         query, key_cache, value_cache, mask, scale, splits, split_len, block_n, num_warps, partials,
         rope=(key_new, value_new, cos, sin, slots), merge=(final.transpose(1, 2), counters) if merge else None,
-        key_ok=key_ok,
+        key_ok=key_ok, pdl=pdl,
     )  # fmt: skip
     return (final, *partials)
 
 
 @_rope_splitkv.register_fake
 def _(query, key_new, value_new, cos, sin, key_cache, value_cache, slots, mask, counters, scale, splits, split_len,
-      block_n, num_warps, merge, key_ok=None):  # fmt: skip
+      block_n, num_warps, merge, key_ok=None, pdl=False):  # fmt: skip
     return _rope_outputs(query, splits, merge)
 
 
@@ -469,6 +479,7 @@ def rope_splitkv_attention(
     block_n: int = 32,
     num_warps: int = 8,
     key_ok: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """A window's attention over a slot cache in one kernel: the rotary embedding of its queries
     and keys (transformers' `apply_rotary_pos_emb`: x cos + rotate_half(x) sin), the write of its
@@ -483,7 +494,9 @@ def rope_splitkv_attention(
     them, and leaves the counters at zero). `key_ok`: None (the kernel reads `mask`) or the (B, S)
     bool key flags of a `StaticEngine`, whose masks it computes from them instead: query m sees slot
     n <= slots[m] where key_ok[b, n] or n == slots[m]; the result is the same, without loading a mask
-    tile per key tile. Returns (B, M, H, D).
+    tile per key tile. `pdl`: launch it with programmatic dependent launch (CUDA devices of compute
+    capability 9.0 and above), so that the kernel after it may start while it runs (the engines do
+    not; `ee_vla.benchmarks.layer_bench` does). Returns (B, M, H, D).
 
     8 warps by default: with 4, the rotation's tiles do not fit the registers of the 7B shape (head
     dim 128) and ptxas spills hundreds of bytes per thread to local memory for Hopper
@@ -517,6 +530,8 @@ def rope_splitkv_attention(
         )
     if counters is not None and (counters.dtype != torch.int32 or counters.numel() < B * H):
         raise ValueError(f"rope_splitkv_attention: counters must be int32 with >= {B * H} entries")
+    if pdl and (query.device.type != "cuda" or torch.cuda.get_device_capability(query.device) < (9, 0)):
+        raise ValueError(f"rope_splitkv_attention: pdl needs CUDA compute capability 9.0 or above, not {query.device}")
     mask = mask.expand(B, mask.shape[1], M, S)
     if mask.shape[1] not in (1, H):
         raise ValueError(f"rope_splitkv_attention: mask heads {mask.shape[1]} must be 1 or {H}")
@@ -527,7 +542,7 @@ def rope_splitkv_attention(
         counters = slots.new_empty(0, dtype=torch.int32)
     final, out, mx, total = torch.ops.ee_vla.rope_splitkv(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), cos, sin, key_cache, value_cache,
-        slots, mask, counters, scale, splits, split_len, block_n, num_warps, merge, key_ok,
+        slots, mask, counters, scale, splits, split_len, block_n, num_warps, merge, key_ok, pdl,
     )  # fmt: skip
     return final if merge else _merge(out, mx, total, (B, H, M, D), query.dtype)
 

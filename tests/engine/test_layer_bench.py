@@ -24,7 +24,7 @@ PDL = DEVICE == "cuda" and torch.cuda.get_device_capability() >= (9, 0)
 def test_fused_layers_give_the_engines_hidden_states():
     out = layer_bench.run(TINY, 5, DEVICE, iters=1, prefetch=(0, 256), compile=False)
     v = out["variants"]
-    pdl = {"fused_pdl", "fused_pdl_prefetch256"} if PDL else set()
+    pdl = {"fused_pdl", "fused_pdl_attn", "fused_pdl_attn_prefetch256"} if PDL else set()
     assert set(v) == {"engine", "fused", *pdl} and out["layers"] == 2
     for name in ("fused", *pdl):
         assert v[name]["rel_diff"] < (1e-5 if DEVICE == "cpu" else 2e-2)  # float32: rounding only
@@ -99,7 +99,7 @@ def test_a_run_with_the_sweep_reports_the_swept_variant(monkeypatch):
     one = splitk.Plan(32, 32, 1, 1)
     monkeypatch.setattr(layer_bench, "SWEEP_PLANS", [one])
     v = layer_bench.run(TINY, 2, DEVICE, layers=1, iters=1, compile=False, sweep=True)["variants"]
-    name = "fused_pdl_swept" if PDL else "fused_swept"
+    name = "fused_pdl_attn_swept" if PDL else "fused_swept"
     assert v[name]["rel_diff"] < (1e-5 if DEVICE == "cpu" else 2e-2)
     assert [r["product"] for r in v[name]["sweep"]] == list(layer_bench.PRODUCTS)
     assert set(v[name]["plans"]) == set(layer_bench.PRODUCTS) and "sweep" not in v["fused"]

@@ -463,3 +463,15 @@ def test_fused_attention_layers_over_fused_projections(monkeypatch):
     layer = model.model.layers[0].self_attn
     assert type(layer).__name__ == "SlotFusedLlamaAttention"
     assert attention.install_slot_attention(model) == 0
+
+
+def test_pdl_is_refused_where_it_cannot_run():
+    """Programmatic dependent launch needs a CUDA device of compute capability 9.0 or above: the
+    fused attention names that elsewhere instead of launching."""
+    if DEVICE == "cuda" and torch.cuda.get_device_capability() >= (9, 0):
+        pytest.skip("this GPU runs it (tests/engine/test_layer_bench.py launches it)")
+    from ee_vla.benchmarks.attn_bench import _layer_inputs
+
+    inputs = _layer_inputs(1, 2, 2, 3, 40, 16, torch.float32, DEVICE)
+    with pytest.raises(ValueError, match="pdl needs CUDA compute capability 9.0"):
+        splitkv.rope_splitkv_attention(*inputs, pdl=True)
