@@ -310,8 +310,9 @@ def run(
     """Time the variants at `rows` window rows over `layers` (default: all) layers of `shape`.
     Returns per variant ``ms``, ``vs_engine`` (the engine's ms over this one's) and, for the fused
     ones, ``rel_diff`` against the engine and the ``plans`` of the products (and ``kernels``: the
-    `kernels` costliest kernels of one replay when asked). `sweep` adds ``fused_swept`` (or
-    ``fused_pdl_swept`` where PDL runs): the fastest plans `sweep_plans` finds, with its ``sweep``."""
+    `kernels` costliest kernels of one replay when asked). `sweep` adds ``fused_pdl_attn_swept``
+    (``fused_swept`` where PDL does not run): the fastest plans `sweep_plans` finds, and its log
+    as ``sweep``."""
     from ee_vla.engine.modes import model_logits
 
     if not 1 <= rows <= splitk.MAX_ROWS:
