@@ -370,7 +370,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m ee_vla.benchmarks.layer_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--shape", default="openvla-7b", choices=list(LM_SHAPES))
+    llama = [name for name, shape in LM_SHAPES.items() if shape.arch == "llama"]  # no q/k/v biases (Qwen2's)
+    p.add_argument("--shape", default="openvla-7b", choices=llama)
     p.add_argument("--rows", nargs="+", type=int, default=[22], help="window rows (tokens of the step)")
     p.add_argument("--layers", type=int, default=None, help="layers to run (default: all of the shape's)")
     p.add_argument(

@@ -56,7 +56,7 @@ def test_the_check_catches_a_wrong_fused_layer(monkeypatch, broken):
 
 
 def test_main_reports_and_saves(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(layer_bench.LM_SHAPES, "tiny-llama", TINY)
+    monkeypatch.setitem(layer_bench.LM_SHAPES, "tiny-llama", TINY)  # a Llama shape: the choices
     args = ["--shape", "tiny-llama", "--device", DEVICE, "--no-compile", "--rows", "2", "--layers", "1", "--iters", "1"]
     out = layer_bench.main([*args, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "layer_bench.json").read_text())
@@ -64,7 +64,7 @@ def test_main_reports_and_saves(tmp_path, monkeypatch, capsys):
     assert saved["environment"]["device"] == DEVICE
     printed = capsys.readouterr().out
     assert "1 decoder layer(s)" in printed and "fused" in printed
-    for bad in (["--rows", "65"], ["--prefetch", "-1"], ["--layers", "0"]):
+    for bad in (["--rows", "65"], ["--prefetch", "-1"], ["--layers", "0"], ["--shape", "qwen2-0.5b"]):
         with pytest.raises(SystemExit):
             layer_bench.main(["--device", DEVICE, *bad])
 
