@@ -292,12 +292,21 @@ class SplitK:
             if (t is not None) != wanted:
                 raise ValueError(f"{name} is {'needed' if wanted else 'not taken'} by this epilogue: {e}")
         out = x.new_empty(self.rows, self.out_features) if out is None else out
-        if residual is not None and (residual.shape != out.shape or residual.stride(1) != 1):
-            raise ValueError(f"residual must be rows of out's shape {tuple(out.shape)}, got {tuple(residual.shape)}")
-        if ss_out is not None and ss_out.shape != (self.tiles, self.rows):
-            raise ValueError(f"ss_out must be ({self.tiles}, {self.rows}) float32, got {tuple(ss_out.shape)}")
-        if ss_in is not None and (ss_in.dim() != 2 or ss_in.shape[1] != self.rows or not ss_in.is_contiguous()):
-            raise ValueError(f"ss_in must be contiguous (tiles, {self.rows}) float32, got {tuple(ss_in.shape)}")
+        if residual is not None and (
+            residual.shape != out.shape or residual.stride(1) != 1 or residual.dtype != out.dtype
+        ):
+            raise ValueError(
+                f"residual must be rows of out's shape {tuple(out.shape)} and dtype {out.dtype}, "
+                f"got {tuple(residual.shape)} {residual.dtype}"
+            )
+        if ss_out is not None and (ss_out.shape != (self.tiles, self.rows) or ss_out.dtype != torch.float32):
+            got = f"{tuple(ss_out.shape)} {ss_out.dtype}"
+            raise ValueError(f"ss_out must be ({self.tiles}, {self.rows}) float32, got {got}")
+        if ss_in is not None and (
+            ss_in.dim() != 2 or ss_in.shape[1] != self.rows or not ss_in.is_contiguous() or ss_in.dtype != torch.float32
+        ):
+            got = f"{tuple(ss_in.shape)} {ss_in.dtype}"
+            raise ValueError(f"ss_in must be contiguous (tiles, {self.rows}) float32, got {got}")
         p = self.plan
         unused = self.part  # the pointer given for the tensors an epilogue does not read or write
         ss_in_, residual_, ss_out_ = (unused if t is None else t for t in (ss_in, residual, ss_out))

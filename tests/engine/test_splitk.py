@@ -124,9 +124,13 @@ def test_wrong_epilogue_arguments_are_named():
         norm(x, w, ss_in=torch.ones(1, 4, device=DEVICE), residual=x[:, :32])
     with pytest.raises(ValueError, match=r"ss_in must be contiguous \(tiles, 4\)"):
         norm(x, w, ss_in=torch.ones(1, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="float32, got .* torch.float16"):
+        norm(x, w, ss_in=torch.ones(1, 4, device=DEVICE, dtype=torch.float16))
     res = splitk.SplitK(4, 32, 64, DEVICE, epilogue=splitk.Epilogue(residual=True, ss_out=True))
     with pytest.raises(ValueError, match=r"ss_out must be \(1, 4\)"):
         res(x, w, residual=x[:, :32].contiguous(), ss_out=torch.ones(2, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="residual must be rows of out's shape"):
+        res(x, w, residual=x[:, :32].double(), ss_out=torch.ones(1, 4, device=DEVICE))
     with pytest.raises(ValueError, match="SwiGLU epilogue takes an even"):
         splitk.SplitK(4, 33, 64, DEVICE, epilogue=splitk.Epilogue(swiglu=True))
     with pytest.raises(ValueError, match="needs pdl"):
