@@ -45,7 +45,7 @@
 # epilogues do the norms, SiLU x up and residual adds (`ee_vla.benchmarks.layer_bench`), without and with
 # programmatic dependent launch and L2 prefetches, and with the launch plans swept, at 22 rows, kernel
 # tables; with the whole step beside it to compare:
-#   STEPS="env pytest-splitk layer-fused bf16-fused" bash scripts/gpu_bench.sh
+#   STEPS="env pytest-splitk layer-fused" bash scripts/gpu_bench.sh; STEPS="env bf16-fused" bash scripts/gpu_bench.sh
 #
 # `bench-default`: where a call of the shipped policy goes (inputs, prefill, iteration, other), AR
 # against ceed_2pass, graph and compiled engines, batch 10 and 1 (docs/performance.md, "The shipped
@@ -147,7 +147,7 @@ step linear-splitk 420 bash -c 'python3 -m ee_vla.benchmarks.linear_bench --shap
   --kinds bf16 splitk --out "$0/linear/splitk" && python3 -m ee_vla.benchmarks.linear_bench --shape openvla-7b \
   --rows 22 --stacked --kinds bf16 --splitk-sweep --out "$0/linear/splitk_sweep"' "$OUT"
 step pytest-splitk 120 python3 -m pytest tests/engine/test_splitk.py tests/engine/test_layer_bench.py -q -p no:cacheprovider
-step layer-fused 420 python3 -m ee_vla.benchmarks.layer_bench --shape openvla-7b --rows 22 --prefetch 0 256 1024 \
+step layer-fused 540 python3 -m ee_vla.benchmarks.layer_bench --shape openvla-7b --rows 22 --prefetch 0 256 1024 \
   --sweep --kernels 12 --out "$OUT/layer"
 step bf16-fused 300 "${PROFILE[@]}" --shape openvla-7b --engines compiled --compile-mode frozen --steps-only \
   --step-widths 22 --step-iters 100 --action-logits --attn-implementation ee_splitkv --attn-layer fused --kernels 30 \

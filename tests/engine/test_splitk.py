@@ -144,8 +144,8 @@ def test_wrong_epilogue_arguments_are_named():
 def test_the_plans_fit_hoppers_registers():
     """Each of `PLANS` compiled for sm_90 without a GPU (Triton's compiler, ptxas, cuobjdump) at 22
     rows, with the epilogue `layer_bench` gives its product and with programmatic dependent launch
-    and a prefetch, spills at most a few values to local memory: not the hundreds of bytes per
-    thread of 256-element loop steps."""
+    and a prefetch, spills at most a few values to local memory, as does the widest plan of
+    `layer_bench.SWEEP_PLANS`: not the hundreds of bytes per thread of 256-element loop steps."""
     epilogues = {
         (12288, 4096): splitk.Epilogue(norm=True),
         (4096, 4096): splitk.Epilogue(residual=True, ss_out=True),
@@ -157,6 +157,7 @@ def test_the_plans_fit_hoppers_registers():
 
     calls = [f"resources({n}, {k}, 22, None, {e if pdl else None!r}, {pdl}, {512 if pdl else 0})"
              for (n, k), e in epilogues.items() for pdl in (False, True)]  # fmt: skip
+    calls.append("resources(22016, 4096, 22, Plan(128, 128, 4, 5, 8), Epilogue(norm=True, swiglu=True), True)")
     calls.append("resources(4096, 4096, 22, Plan(block_k=256, split_k=2))")
     try:  # one child process without the interpreter compiles them all
         *found, spilling = cubin.in_child("ee_vla.benchmarks.splitk", f"[{', '.join(calls)}]", "the split-K plans")
