@@ -9,7 +9,6 @@
   products against the device's read speed;
 * `splitk`       - a split-K Triton product for a few rows, a candidate `linear_bench` times against cuBLAS,
   with epilogues that do the rest of a decoder layer (its norms, SiLU x up, residual adds);
-
 * `layer_bench`  - `python -m ee_vla.benchmarks.layer_bench`: whole decoder layers as the compiled engine
   runs them against `splitk`'s products with those epilogues and the engine's attention kernel;
 * `cubin`        - a Triton kernel's registers and stack for a GPU architecture, without a GPU;
