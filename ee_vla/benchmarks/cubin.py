@@ -20,8 +20,11 @@ import tempfile
 
 
 def interpreting() -> bool:
-    """Whether Triton's CPU interpreter is on in this process."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether Triton's CPU interpreter is on in this process (`splitkv.INTERPRET`: as Triton read
+    TRITON_INTERPRET when first imported)."""
+    from ee_vla.engine.splitkv import INTERPRET
+
+    return INTERPRET
 
 
 def in_child(module: str, call: str, what: str) -> dict:
