@@ -269,6 +269,19 @@ class SplitK:
         """Column tiles: the rows of the sums of squares an ``ss_out`` epilogue stores."""
         return self.grid[0]
 
+    def constants(self, element_size: int, ss_tiles: int, ieee: bool) -> dict:
+        """The kernel's constexpr arguments for weights of `element_size` bytes and `ss_tiles` tiles
+        of sums of squares in (``norm``; else ignored); `ieee`: float32 dots in IEEE precision."""
+        p, e = self.plan, self.epilogue
+        lines = triton.next_power_of_2(-(-self.prefetch * element_size // 128)) if self.prefetch else 0
+        return dict(
+            K_SLICE=self.k_slice, BLOCK_M=self.block_m, BLOCK_N=p.block_n, BLOCK_K=p.block_k, SPLIT_K=p.split_k,
+            STAGES=p.stages, EVEN_K=self.k_slice * p.split_k == self.k, IEEE=ieee,
+            NORM=e.norm, SS_TILES=triton.next_power_of_2(ss_tiles) if e.norm else 1,
+            RESIDUAL=e.residual, SS_OUT=e.ss_out, SWIGLU=e.swiglu, PDL=self.pdl,
+            PREFETCH_LINES=lines, LINE=128 // element_size,
+        )  # fmt: skip
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -307,21 +320,17 @@ class SplitK:
         ):
             got = f"{tuple(ss_in.shape)} {ss_in.dtype}"
             raise ValueError(f"ss_in must be contiguous (tiles, {self.rows}) float32, got {got}")
-        p = self.plan
         unused = self.part  # the pointer given for the tensors an epilogue does not read or write
         ss_in_, residual_, ss_out_ = (unused if t is None else t for t in (ss_in, residual, ss_out))
-        lines = triton.next_power_of_2(-(-self.prefetch * weight.element_size() // 128)) if self.prefetch else 0
+        ss_tiles = 0 if ss_in is None else ss_in.shape[0]
+        constants = self.constants(weight.element_size(), ss_tiles, x.dtype == torch.float32)
         extra = {"launch_pdl": True} if self.pdl else {}
         _splitk_kernel[self.grid](
             x, weight, out, self.part, self.counters,
             ss_in_, residual_, ss_out_,
             self.rows, self.n, self.k, x.stride(0), weight.stride(0), out.stride(0),
-            0 if residual is None else residual.stride(0), 0 if ss_in is None else ss_in.shape[0], self.k, e.eps,
-            K_SLICE=self.k_slice, BLOCK_M=self.block_m, BLOCK_N=p.block_n, BLOCK_K=p.block_k, SPLIT_K=p.split_k,
-            STAGES=p.stages, EVEN_K=self.k_slice * p.split_k == self.k, IEEE=x.dtype == torch.float32,
-            NORM=e.norm, SS_TILES=1 if ss_in is None else triton.next_power_of_2(ss_in.shape[0]),
-            RESIDUAL=e.residual, SS_OUT=e.ss_out, SWIGLU=e.swiglu, PDL=self.pdl,
-            PREFETCH_LINES=lines, LINE=128 // weight.element_size(), num_warps=p.warps, **extra,
+            0 if residual is None else residual.stride(0), ss_tiles, self.k, e.eps,
+            **constants, num_warps=self.plan.warps, **extra,
         )  # fmt: skip
         return out
 
@@ -344,16 +353,9 @@ def resources(
     if cubin.interpreting():
         args = (out_features, in_features, rows, p, epilogue, pdl, prefetch, arch)
         return cubin.in_child("ee_vla.benchmarks.splitk", f"resources{args!r}", f"the split-K kernel for sm_{arch}")
-    p = plan(out_features, in_features) if p is None else p
-    e = epilogue or Epilogue()
-    steps = -(-in_features // p.block_k)
-    k_slice = -(-steps // p.split_k) * p.block_k
-    constants = {
-        "K_SLICE": k_slice, "BLOCK_M": max(16, 1 << (rows - 1).bit_length()), "BLOCK_N": p.block_n,
-        "BLOCK_K": p.block_k, "SPLIT_K": p.split_k, "STAGES": p.stages, "EVEN_K": k_slice * p.split_k == in_features,
-        "IEEE": False, "NORM": e.norm, "SS_TILES": 64, "RESIDUAL": e.residual, "SS_OUT": e.ss_out, "SWIGLU": e.swiglu,
-        "PDL": pdl, "PREFETCH_LINES": triton.next_power_of_2(-(-prefetch // 64)) if prefetch else 0, "LINE": 64,
-    }  # fmt: skip
+    product = SplitK(rows, out_features, in_features, "meta", p, epilogue, pdl, prefetch)  # nothing allocated
+    constants = product.constants(element_size=2, ss_tiles=64, ieee=False)  # ss_tiles: the 7B's 4096 // 64
     pointers = dict.fromkeys(("X", "W", "Out", "Res"), "*bf16")
     pointers.update(dict.fromkeys(("Part", "SSIn", "SSOut"), "*fp32"), Counter="*i32")
-    return cubin.usage(_splitk_kernel, pointers, constants, p.warps, arch, {"eps": "fp32"}, {"launch_pdl": pdl})
+    warps = product.plan.warps
+    return cubin.usage(_splitk_kernel, pointers, constants, warps, arch, {"eps": "fp32"}, {"launch_pdl": pdl})
