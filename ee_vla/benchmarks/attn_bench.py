@@ -82,7 +82,7 @@ def _time(fn, args, layers: int, iters: int, device: str, compile: bool = True, 
     return (time.perf_counter() - t0) * 1e6 / (iters * layers), None
 
 
-def _layer_inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
+def layer_inputs(B, H, Hk, M, S, D, dtype, device, seed=0):
     """A window's projections before the rotary embedding (B, M, heads, D), its cos/sin, the cache,
     its slots (the window after a prompt, below the cache's top) and the mask over them."""
     g = torch.Generator().manual_seed(seed)
@@ -112,7 +112,7 @@ def _run_fused(args: argparse.Namespace, dtype: torch.dtype) -> list[dict]:
     rows = []
     for M in args.queries:
         shape = (args.batch, args.heads, args.kv_heads, M, args.keys, args.head_dim)
-        inputs = _layer_inputs(*shape, dtype, args.device)
+        inputs = layer_inputs(*shape, dtype, args.device)
         fresh = lambda i=inputs: tuple(t.clone() for t in i)  # noqa: E731 (each variant writes its own cache)
         ref = _transformers_layer(*fresh()).float()
         timing = dict(compile=not args.no_compile, kernels=args.kernels)

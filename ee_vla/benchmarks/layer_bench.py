@@ -126,21 +126,20 @@ class Attention:
     counters: list[torch.Tensor]
 
     @classmethod
-    def random(cls, shape: LMShape, rows: int, slots: int, device, dtype, generator: torch.Generator) -> Attention:
+    def random(cls, shape: LMShape, rows: int, slots: int, device, dtype, seed: int = 0) -> Attention:
+        """Random caches, and the window after a prompt below the cache's top, as `attn_bench`
+        times one layer (`attn_bench.layer_inputs`, seeds `seed`, `seed` + 1, ... per layer)."""
+        from ee_vla.benchmarks.attn_bench import layer_inputs
+
         d = shape.hidden_size // shape.num_heads
-        first = slots - rows - 21  # the window after a prompt, below the cache's top
-        pos = torch.arange(first, first + rows, device=device)[:, None].float()
-        freqs = pos * 10000.0 ** (-torch.arange(0, d, 2, device=device).float() / d)
-        emb = torch.cat([freqs, freqs], -1)[None]
-        cache = (1, shape.num_kv_heads, slots, d)
-        window = torch.arange(first, first + rows, device=device)
-        allowed = torch.arange(slots, device=device)[None, :] <= window[:, None]
-        mask = torch.zeros(1, 1, rows, slots, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        per_layer = [
+            layer_inputs(1, shape.num_heads, shape.num_kv_heads, rows, slots, d, dtype, device, seed + i)
+            for i in range(shape.num_layers)
+        ]
+        _, _, _, cos, sin, _, _, window, mask = per_layer[0]
         return cls(
-            emb.cos().to(dtype), emb.sin().to(dtype),
-            [torch.randn(cache, generator=generator, device=device).to(dtype) for _ in range(shape.num_layers)],
-            [torch.randn(cache, generator=generator, device=device).to(dtype) for _ in range(shape.num_layers)],
-            window, mask, torch.ones(1, slots, dtype=torch.bool, device=device),
+            cos, sin, [inputs[5] for inputs in per_layer], [inputs[6] for inputs in per_layer], window, mask,
+            torch.ones(1, slots, dtype=torch.bool, device=device),
             [torch.zeros(shape.num_heads, dtype=torch.int32, device=device) for _ in range(shape.num_layers)],
         )  # fmt: skip
 
@@ -327,7 +326,7 @@ def run(
     shape = dataclasses.replace(shape, num_layers=layers or shape.num_layers)
     g = torch.Generator(device).manual_seed(seed)
     weights = [LayerWeights.random(shape, device, dtype, g) for _ in range(shape.num_layers)]
-    attention = Attention.random(shape, rows, CACHE_SLOTS, device, dtype, g)
+    attention = Attention.random(shape, rows, CACHE_SLOTS, device, dtype, seed)
     x = torch.randn(rows, shape.hidden_size, generator=g, device=device).to(dtype)
 
     engine = EngineLayers(shape, weights, attention)

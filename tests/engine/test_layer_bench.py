@@ -75,7 +75,7 @@ def test_the_sweep_keeps_the_fastest_plan_it_checked(monkeypatch):
     g = torch.Generator(DEVICE).manual_seed(0)
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     weights = [layer_bench.LayerWeights.random(TINY, DEVICE, dtype, g)]
-    attention = layer_bench.Attention.random(TINY, 3, layer_bench.CACHE_SLOTS, DEVICE, dtype, g)
+    attention = layer_bench.Attention.random(TINY, 3, layer_bench.CACHE_SLOTS, DEVICE, dtype)
     x = torch.randn(3, TINY.hidden_size, generator=g, device=DEVICE).to(dtype)
     ref = layer_bench.EngineLayers(TINY, weights, attention)(x)
     fast, slow, broken = splitk.Plan(32, 32, 2, 1), splitk.Plan(32, 32, 1, 1), splitk.Plan(33, 32, 1, 1)

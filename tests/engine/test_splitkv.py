@@ -470,8 +470,8 @@ def test_pdl_is_refused_where_it_cannot_run():
     fused attention names that elsewhere instead of launching."""
     if DEVICE == "cuda" and torch.cuda.get_device_capability() >= (9, 0):
         pytest.skip("this GPU runs it (tests/engine/test_layer_bench.py launches it)")
-    from ee_vla.benchmarks.attn_bench import _layer_inputs
+    from ee_vla.benchmarks.attn_bench import layer_inputs
 
-    inputs = _layer_inputs(1, 2, 2, 3, 40, 16, torch.float32, DEVICE)
+    inputs = layer_inputs(1, 2, 2, 3, 40, 16, torch.float32, DEVICE)
     with pytest.raises(ValueError, match="pdl needs CUDA compute capability 9.0"):
         splitkv.rope_splitkv_attention(*inputs, pdl=True)
