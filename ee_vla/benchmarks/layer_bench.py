@@ -209,7 +209,7 @@ class FusedLayers:
         attn_pdl: bool = False,
     ):
         self.shape, self.weights, self.attention, self.attn_pdl = shape, weights, attention, attn_pdl
-        rows, h = x.shape
+        rows = x.shape[0]
         w = weights[0]
         Ep = splitk.Epilogue
         epilogues = {
@@ -220,9 +220,8 @@ class FusedLayers:
         }
         plans = plans or {}
         for name, epilogue in epilogues.items():  # the plan: `plans`' entry, else `splitk.plan`'s
-            shape_ = getattr(w, name).shape
-            product = splitk.SplitK(rows, *shape_, x.device, plans.get(name), epilogue, pdl, prefetch)
-            setattr(self, name, product)
+            n, k = getattr(w, name).shape
+            setattr(self, name, splitk.SplitK(rows, n, k, x.device, plans.get(name), epilogue, pdl, prefetch))
         self.plans = {name: getattr(self, name).plan for name in PRODUCTS}
         self.x0 = x
         self.ss0 = x.float().pow(2).sum(-1)[None].contiguous()  # the first norm's sums: one tile
